@@ -1,0 +1,250 @@
+//! Email address rules (see the README's normalization table for the reasoning behind
+//! each rule and how it compares with the major platforms' published rules).
+
+use std::borrow::Cow;
+
+use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+use unicode_general_category::{GeneralCategory, get_general_category};
+use unicode_normalization::UnicodeNormalization;
+
+use super::{Reject, trim};
+
+/// Longest local part, in octets (RFC 5321 §4.5.3.1.1).
+const MAX_LOCAL: usize = 64;
+/// Longest address, in octets (RFC 5321 path limit less the angle brackets).
+const MAX_ADDRESS: usize = 254;
+/// Inputs longer than this are rejected before any Unicode work is done.
+const MAX_INPUT: usize = 1024;
+
+/// Normalizes one email address into `out` (which the caller has cleared).
+pub(super) fn normalize(input: &str, fold_gmail: bool, out: &mut String) -> Result<(), Reject> {
+    // 1. Trim whitespace, BOM and zero-width characters at both ends.
+    let trimmed = trim(input);
+    if trimmed.is_empty() {
+        return Err(Reject::Empty);
+    }
+    if trimmed.len() > MAX_INPUT {
+        return Err(Reject::TooLong);
+    }
+    // 2. Unicode NFC (ASCII is always NFC).
+    let nfc: Cow<str> = if trimmed.is_ascii() || unicode_normalization::is_nfc(trimmed) {
+        Cow::Borrowed(trimmed)
+    } else {
+        Cow::Owned(trimmed.nfc().collect())
+    };
+    // 3. No whitespace, control or format characters may remain inside.
+    if nfc.chars().any(is_forbidden_inside) {
+        return Err(Reject::BadCharacter);
+    }
+    // 4. Exactly one `@`.
+    let mut parts = nfc.split('@');
+    let (local, domain) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(local), Some(domain), None) => (local, domain),
+        (_, None, _) => return Err(Reject::MissingAt),
+        _ => return Err(Reject::MultipleAt),
+    };
+    // 7. Domain to its IDNA ASCII form, checked (done before the local part so that
+    //    Gmail folding can depend on the canonical domain).
+    let domain = ascii_domain(domain)?;
+    let gmail = fold_gmail && (domain == "gmail.com" || domain == "googlemail.com");
+    // 5. Lowercase the local part (locale-independent, Final_Sigma aware).
+    // 6. It must be a dot-atom.
+    check_dot_atom(local)?;
+    if gmail {
+        // 8. Gmail: drop everything from the first `+`, remove dots.
+        let kept = local.split('+').next().unwrap_or("");
+        push_lowercase(out, kept, |c| c != '.');
+        if out.is_empty() {
+            return Err(Reject::EmptyLocal);
+        }
+    } else {
+        push_lowercase(out, local, |_| true);
+    }
+    // 9. Length limits on the final form.
+    if out.len() > MAX_LOCAL {
+        return Err(Reject::TooLong);
+    }
+    out.push('@');
+    out.push_str(if gmail { "gmail.com" } else { &domain });
+    if out.len() > MAX_ADDRESS {
+        return Err(Reject::TooLong);
+    }
+    Ok(())
+}
+
+/// Whitespace, control (Cc) or format (Cf) characters, forbidden inside an address.
+fn is_forbidden_inside(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_whitespace() || c.is_ascii_control();
+    }
+    c.is_whitespace()
+        || matches!(
+            get_general_category(c),
+            GeneralCategory::Control | GeneralCategory::Format
+        )
+}
+
+/// Appends `s` lowercased to `out`, keeping only characters for which `keep` holds.
+/// ASCII takes a byte-wise fast path; anything else uses `str::to_lowercase`, which
+/// applies the locale-independent Unicode mapping including Final_Sigma.
+fn push_lowercase(out: &mut String, s: &str, keep: impl Fn(char) -> bool) {
+    if s.is_ascii() {
+        out.extend(s.chars().filter(|&c| keep(c)).map(|c| c.to_ascii_lowercase()));
+    } else {
+        out.extend(s.to_lowercase().chars().filter(|&c| keep(c)));
+    }
+}
+
+/// RFC 5322 dot-atom: atext runs separated by single dots; RFC 6531 adds any
+/// non-ASCII letter, mark or number. Quoted strings and comments are not accepted.
+fn check_dot_atom(local: &str) -> Result<(), Reject> {
+    if local.is_empty() || local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+        return Err(Reject::BadLocal);
+    }
+    if local.chars().all(is_atext_or_dot) {
+        Ok(())
+    } else {
+        Err(Reject::BadLocal)
+    }
+}
+
+fn is_atext_or_dot(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c);
+    }
+    use GeneralCategory::*;
+    matches!(
+        get_general_category(c),
+        UppercaseLetter
+            | LowercaseLetter
+            | TitlecaseLetter
+            | ModifierLetter
+            | OtherLetter
+            | NonspacingMark
+            | SpacingMark
+            | EnclosingMark
+            | DecimalNumber
+            | LetterNumber
+            | OtherNumber
+    )
+}
+
+/// The domain through IDNA UTS-46 with the same options as
+/// `idna::domain_to_ascii_strict` (STD3 ASCII rules, CheckHyphens, VerifyDnsLength),
+/// then the structural checks: at least two labels and an alphabetic or `xn--`
+/// top-level label. IP literals, underscores and a trailing dot fail here too.
+fn ascii_domain(domain: &str) -> Result<Cow<'_, str>, Reject> {
+    if domain.is_empty() || domain.starts_with('[') || domain.ends_with('.') {
+        return Err(Reject::BadDomain);
+    }
+    let ascii = Uts46::new()
+        .to_ascii(domain.as_bytes(), AsciiDenyList::STD3, Hyphens::Check, DnsLength::Verify)
+        .map_err(|_| Reject::BadDomain)?;
+    let mut labels = ascii.rsplit('.');
+    let tld = labels.next().unwrap_or("");
+    let tld_ok = tld.starts_with("xn--") || (!tld.is_empty() && tld.bytes().all(|b| b.is_ascii_alphabetic()));
+    if !tld_ok || labels.next().is_none() {
+        return Err(Reject::BadDomain);
+    }
+    Ok(ascii)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(input: &str, gmail: bool) -> Result<String, Reject> {
+        let mut out = String::new();
+        normalize(input, gmail, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn trims_and_lowercases() {
+        assert_eq!(norm("  Alice.Smith@Example.COM \u{FEFF}", true).unwrap(), "alice.smith@example.com");
+        assert_eq!(norm("\u{200B}bob@example.org\t", true).unwrap(), "bob@example.org");
+    }
+
+    #[test]
+    fn nfc_makes_composed_and_decomposed_agree() {
+        let composed = norm("jos\u{E9}@example.com", true).unwrap();
+        let decomposed = norm("jose\u{301}@example.com", true).unwrap();
+        assert_eq!(composed, decomposed);
+    }
+
+    #[test]
+    fn rejects_inner_whitespace_control_and_format() {
+        assert_eq!(norm("a b@example.com", true), Err(Reject::BadCharacter));
+        assert_eq!(norm("ab\u{0007}@example.com", true), Err(Reject::BadCharacter));
+        assert_eq!(norm("a\u{200B}b@example.com", true), Err(Reject::BadCharacter));
+        assert_eq!(norm("a\u{00A0}b@example.com", true), Err(Reject::BadCharacter));
+    }
+
+    #[test]
+    fn at_sign_rules() {
+        assert_eq!(norm("alice.example.com", true), Err(Reject::MissingAt));
+        assert_eq!(norm("a@b@example.com", true), Err(Reject::MultipleAt));
+        assert_eq!(norm("", true), Err(Reject::Empty));
+        assert_eq!(norm("   ", true), Err(Reject::Empty));
+    }
+
+    #[test]
+    fn final_sigma_lowercasing() {
+        assert_eq!(norm("ΟΔΟΣ@example.gr", true).unwrap(), "οδος@example.gr");
+    }
+
+    #[test]
+    fn dot_atom() {
+        assert_eq!(norm(".a@example.com", true), Err(Reject::BadLocal));
+        assert_eq!(norm("a.@example.com", true), Err(Reject::BadLocal));
+        assert_eq!(norm("a..b@example.com", true), Err(Reject::BadLocal));
+        assert_eq!(norm("\"a b\"@example.com", true), Err(Reject::BadCharacter));
+        assert_eq!(norm("\"ab\"@example.com", true), Err(Reject::BadLocal));
+        assert_eq!(norm("a(comment)@example.com", true), Err(Reject::BadLocal));
+        assert_eq!(norm("@example.com", true), Err(Reject::BadLocal));
+        assert_eq!(norm("o'brien+news@example.com", true).unwrap(), "o'brien+news@example.com");
+        assert_eq!(norm("Jürgen@example.de", true).unwrap(), "jürgen@example.de");
+    }
+
+    #[test]
+    fn idna_domains_agree() {
+        assert_eq!(norm("info@Müller.de", true).unwrap(), "info@xn--mller-kva.de");
+        assert_eq!(norm("info@xn--mller-kva.de", true).unwrap(), "info@xn--mller-kva.de");
+    }
+
+    #[test]
+    fn bad_domains() {
+        for d in ["a@localhost", "a@[127.0.0.1]", "a@1.2.3.4", "a@ex_ample.com", "a@example.com.", "a@", "a@-x.com", "a@x..com", "a@example.c0m"] {
+            assert_eq!(norm(d, true), Err(Reject::BadDomain), "{d}");
+        }
+    }
+
+    #[test]
+    fn gmail_folding() {
+        assert_eq!(norm("John.Smith+promo@GoogleMail.com", true).unwrap(), "johnsmith@gmail.com");
+        assert_eq!(norm("j.o.h.n@gmail.com", true).unwrap(), "john@gmail.com");
+        assert_eq!(norm("+tag@gmail.com", true), Err(Reject::EmptyLocal));
+        assert_eq!(norm(".+x@gmail.com", true), Err(Reject::BadLocal));
+        // Other domains keep dots and plus-tags.
+        assert_eq!(norm("john.smith+promo@example.com", true).unwrap(), "john.smith+promo@example.com");
+        // Without folding (basic-v1) Gmail is like any other domain.
+        assert_eq!(norm("John.Smith+promo@googlemail.com", false).unwrap(), "john.smith+promo@googlemail.com");
+    }
+
+    #[test]
+    fn length_limits() {
+        let local64 = "a".repeat(64);
+        assert!(norm(&format!("{local64}@example.com"), true).is_ok());
+        assert_eq!(norm(&format!("{local64}a@example.com"), true), Err(Reject::TooLong));
+        let long_domain = format!("{}.com", vec!["b".repeat(60); 4].join("."));
+        assert_eq!(norm(&format!("{local64}@{long_domain}"), true), Err(Reject::TooLong));
+        assert_eq!(norm(&"x".repeat(5000), true), Err(Reject::TooLong));
+    }
+
+    #[test]
+    fn output_is_a_fixed_point() {
+        for input in ["  Alice.Smith+x@Example.COM", "info@Müller.de", "J.Doe+1@googlemail.com", "ΟΔΟΣ@example.gr"] {
+            let once = norm(input, true).unwrap();
+            assert_eq!(norm(&once, true).unwrap(), once);
+        }
+    }
+}
