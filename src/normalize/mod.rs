@@ -135,11 +135,13 @@ pub enum Reject {
     InvalidNumber,
     /// A region column value that is not an ISO 3166 alpha-2 code.
     BadRegion,
+    /// A CSV cell that is not valid UTF-8.
+    BadEncoding,
 }
 
 impl Reject {
     /// Every reason, in report order.
-    pub const ALL: [Reject; 13] = [
+    pub const ALL: [Reject; 14] = [
         Reject::Empty,
         Reject::BadCharacter,
         Reject::MissingAt,
@@ -153,6 +155,7 @@ impl Reject {
         Reject::UnknownCountry,
         Reject::InvalidNumber,
         Reject::BadRegion,
+        Reject::BadEncoding,
     ];
 
     /// The stable, machine-readable reason code.
@@ -171,6 +174,7 @@ impl Reject {
             Reject::UnknownCountry => "unknown_country",
             Reject::InvalidNumber => "invalid_number",
             Reject::BadRegion => "bad_region",
+            Reject::BadEncoding => "bad_encoding",
         }
     }
 }

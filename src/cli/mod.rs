@@ -1,0 +1,141 @@
+//! The `idmatch` command line: argument structures (clap derive) and one module per
+//! subcommand that turns arguments into library calls and prints the results. No
+//! matching logic lives here.
+
+mod keygen;
+mod normalize;
+mod synth;
+mod tokens;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::normalize::{Normalizer, Profile, Region, parse_region};
+use crate::records::ColumnSpec;
+
+/// Privacy-preserving identifier matching: normalize emails and phone numbers, turn
+/// them into keyed tokens, and match two parties' lists revealing only the
+/// intersection.
+#[derive(Debug, Parser)]
+#[command(name = "idmatch", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Normalize identifiers read from stdin, one per line (prints the value or `!error <reason>`).
+    Normalize(normalize::NormalizeArgs),
+    /// Turn the identifiers of a CSV/TSV file into keyed tokens (`record_id,kind,token_hex`).
+    Tokens(tokens::TokensArgs),
+    /// Write a new random 32-byte key file (mode 0600).
+    Keygen(keygen::KeygenArgs),
+    /// Write a synthetic members/partner pair with its truth file.
+    Synth(synth::SynthArgs),
+}
+
+/// Normalization settings shared by every command that reads identifiers.
+#[derive(Debug, Args, Clone)]
+pub struct ProfileArgs {
+    /// Normalization profile (both parties must use the same): idmatch-v1 or basic-v1.
+    #[arg(long, default_value = "idmatch-v1", value_parser = parse_profile)]
+    pub profile: Profile,
+    /// Default region (ISO 3166 alpha-2) for national-format phone numbers.
+    #[arg(long, value_parser = parse_region_arg)]
+    pub region: Option<Region>,
+}
+
+impl ProfileArgs {
+    pub fn normalizer(&self) -> Normalizer {
+        Normalizer::new(self.profile, self.region)
+    }
+}
+
+/// Column selection for CSV/TSV inputs; without these, columns are found by header name.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ColumnArgs {
+    /// Column holding the record id (default: id, record_id, member_id, user_id or customer_id; else the line number).
+    #[arg(long, value_name = "NAME")]
+    pub id_col: Option<String>,
+    /// Email column (repeatable; default: email, e-mail, email_address).
+    #[arg(long, value_name = "NAME")]
+    pub email_col: Vec<String>,
+    /// Phone column (repeatable; default: phone, phone_number, mobile, msisdn).
+    #[arg(long, value_name = "NAME")]
+    pub phone_col: Vec<String>,
+    /// Column with each record's phone region (default: country or region).
+    #[arg(long, value_name = "NAME")]
+    pub region_col: Option<String>,
+}
+
+impl ColumnArgs {
+    pub fn spec(&self) -> ColumnSpec {
+        ColumnSpec { id: self.id_col.clone(), email: self.email_col.clone(), phone: self.phone_col.clone(), region: self.region_col.clone() }
+    }
+}
+
+/// Where to write the reject report.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RejectArgs {
+    /// Write every rejected identifier and row (line, column, reason) to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+    /// Also write the raw rejected values to the reject report (they are personal data).
+    #[arg(long, requires = "rejects")]
+    pub rejects_include_values: bool,
+}
+
+fn parse_profile(s: &str) -> Result<Profile, String> {
+    s.parse()
+}
+
+fn parse_region_arg(s: &str) -> Result<Region, String> {
+    parse_region(s).map_err(|_| format!("`{s}` is not an ISO 3166 alpha-2 region code"))
+}
+
+/// Runs a parsed command line; the returned code is the process's exit status
+/// (0 success, 1 failure; clap itself exits with 2 on usage errors).
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Normalize(args) => normalize::run(args),
+        Command::Tokens(args) => tokens::run(args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Synth(args) => synth::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("idmatch: error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Errors reported by commands: each wraps the library's precise error.
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A human-readable summary of one file's read statistics.
+pub fn format_stats(path: &std::path::Path, stats: &crate::records::ReadStats) -> String {
+    let list = |map: &std::collections::BTreeMap<&'static str, u64>| {
+        map.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    };
+    let mut s = format!("{}:\n", path.display());
+    s += &format!("  rows: {} ({} records", stats.rows, stats.records);
+    if stats.bad_rows_total() > 0 {
+        s += &format!(", {} bad rows: {}", stats.bad_rows_total(), list(&stats.bad_rows));
+    }
+    s += ")\n";
+    s += &format!("  identifiers: {} ({})\n", stats.identifiers_total(), list(&stats.identifiers));
+    s += &format!("  rejected: {}", stats.rejected_total());
+    if stats.rejected_total() > 0 {
+        s += &format!(" ({})", list(&stats.rejected));
+    }
+    s += "\n";
+    s += &format!("  blank cells: {}\n", stats.blank_cells);
+    s += &format!("  records without a valid identifier: {}\n", stats.records_without_identifiers);
+    s += &format!("  duplicate identifiers: {}\n", stats.duplicate_identifiers);
+    s
+}

@@ -1,0 +1,37 @@
+//! `idmatch synth`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::CliResult;
+use crate::synth::{SynthOptions, generate};
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Rows in each file.
+    #[arg(long)]
+    pub rows: usize,
+    /// Share of the partner's rows that are also members (0 to 1).
+    #[arg(long, default_value_t = 0.5)]
+    pub overlap: f64,
+    /// Directory for members.csv, partner.csv and truth.csv (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
+    /// Random seed; the same seed gives the same files.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+pub fn run(args: SynthArgs) -> CliResult {
+    let summary = generate(&args.out_dir, &SynthOptions { rows: args.rows, overlap: args.overlap, seed: args.seed })?;
+    println!(
+        "wrote {dir}/members.csv ({m} rows), {dir}/partner.csv ({p} rows), {dir}/truth.csv ({t} matching pairs; {s} people in both files)",
+        dir = args.out_dir.display(),
+        m = summary.members,
+        p = summary.partners,
+        t = summary.truth_pairs,
+        s = summary.shared_people,
+    );
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! Secret keys: 32 random bytes, stored as one line of lowercase hex in a key file
+//! created with mode 0600.
+//!
+//! Security properties: a [`Key`] never prints its bytes (`Debug` shows
+//! `<redacted>`), is zeroized on drop, and no error built from a key file ever
+//! contains the file's contents, only its path and what was wrong.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+use rand::rngs::OsRng;
+use zeroize::{Zeroize, Zeroizing};
+
+/// Length of every key, in bytes.
+pub const KEY_LEN: usize = 32;
+
+/// A 32-byte secret key (a campaign key shared by the two parties, or an opt-out
+/// store key private to one installation).
+#[derive(Clone)]
+pub struct Key(Zeroizing<[u8; KEY_LEN]>);
+
+/// Why a key file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("key file {path}: {reason}")]
+    Malformed { path: PathBuf, reason: &'static str },
+    #[error("key file {path} already exists; refusing to overwrite a key")]
+    Exists { path: PathBuf },
+    #[error("the operating system's random number generator failed: {0}")]
+    Rng(rand::Error),
+}
+
+impl Key {
+    /// Draws a fresh key from the operating system's CSPRNG.
+    pub fn generate() -> Result<Key, KeyError> {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        OsRng.try_fill_bytes(bytes.as_mut()).map_err(KeyError::Rng)?;
+        Ok(Key(bytes))
+    }
+
+    /// Builds a key from raw bytes (tests and benches).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Key {
+        Key(Zeroizing::new(bytes))
+    }
+
+    /// Reads a key file: one line of 64 hex digits, surrounding whitespace allowed.
+    pub fn load(path: &Path) -> Result<Key, KeyError> {
+        let malformed = |reason| KeyError::Malformed { path: path.to_owned(), reason };
+        let text = Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?);
+        let hex_part = text.trim_ascii();
+        if hex_part.len() != 2 * KEY_LEN {
+            return Err(malformed("expected exactly 64 hex digits (32 bytes) on one line"));
+        }
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        hex::decode_to_slice(hex_part, bytes.as_mut()).map_err(|_| malformed("contains a character that is not a hex digit"))?;
+        if bytes.iter().all(|&b| b == 0) {
+            return Err(malformed("the key is all zeros"));
+        }
+        Ok(Key(bytes))
+    }
+
+    /// Generates a key and writes it to a new file with mode 0600. Never overwrites.
+    pub fn generate_to_file(path: &Path) -> Result<Key, KeyError> {
+        let key = Key::generate()?;
+        let io = |source: std::io::Error| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyError::Exists { path: path.to_owned() }
+            } else {
+                KeyError::Io { path: path.to_owned(), source }
+            }
+        };
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path).map_err(io)?;
+        let mut line = Zeroizing::new(hex::encode(key.0.as_ref()));
+        line.push('\n');
+        file.write_all(line.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        line.zeroize();
+        Ok(key)
+    }
+
+    /// The key bytes, for the keyed-hash constructors in this crate only.
+    pub(crate) fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_redacted() {
+        let key = Key::from_bytes([7; 32]);
+        assert_eq!(format!("{key:?}"), "<redacted>");
+    }
+
+    #[test]
+    fn generate_load_roundtrip_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.hex");
+        let key = Key::generate_to_file(&path).unwrap();
+        let loaded = Key::load(&path).unwrap();
+        assert_eq!(key.bytes(), loaded.bytes());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert!(matches!(Key::generate_to_file(&path), Err(KeyError::Exists { .. })));
+    }
+
+    #[test]
+    fn malformed_files_name_the_reason_not_the_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.hex");
+        std::fs::write(&path, "zz".repeat(32)).unwrap();
+        let err = Key::load(&path).unwrap_err().to_string();
+        assert!(err.contains("not a hex digit") && !err.contains("zzzz"), "{err}");
+        std::fs::write(&path, "abcd").unwrap();
+        assert!(Key::load(&path).unwrap_err().to_string().contains("64 hex digits"));
+        std::fs::write(&path, "00".repeat(32)).unwrap();
+        assert!(Key::load(&path).unwrap_err().to_string().contains("all zeros"));
+    }
+}

@@ -1,0 +1,136 @@
+//! Finding the identifier, id and region columns of an input file from its header,
+//! or from the names the user gave explicitly.
+
+use crate::normalize::Kind;
+
+/// Header names recognised automatically (compared case-insensitively, trimmed).
+const EMAIL_NAMES: &[&str] = &["email", "e-mail", "email_address"];
+const PHONE_NAMES: &[&str] = &["phone", "phone_number", "mobile", "msisdn"];
+const ID_NAMES: &[&str] = &["id", "record_id", "member_id", "user_id", "customer_id"];
+const REGION_NAMES: &[&str] = &["country", "region"];
+
+/// Column names chosen by the user; an empty list means "detect from the header".
+#[derive(Clone, Debug, Default)]
+pub struct ColumnSpec {
+    pub id: Option<String>,
+    pub email: Vec<String>,
+    pub phone: Vec<String>,
+    pub region: Option<String>,
+}
+
+/// Column indices resolved against one file's header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColumnMap {
+    /// The record id column; `None` means ids are 1-based line numbers.
+    pub id: Option<usize>,
+    /// Identifier columns with their kind, in header order.
+    pub identifiers: Vec<(usize, Kind)>,
+    /// The per-record phone region column.
+    pub region: Option<usize>,
+    /// The header's names, for reject reports.
+    pub names: Vec<String>,
+}
+
+/// Why a header does not give usable columns.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ColumnError {
+    #[error("no column named `{0}` in the header")]
+    NotFound(String),
+    #[error("no identifier column: name one with --email-col/--phone-col, or use a header such as email, phone, mobile, msisdn")]
+    NoIdentifiers,
+    #[error("column `{0}` is named as more than one role")]
+    Ambiguous(String),
+}
+
+fn clean(name: &str) -> String {
+    name.trim_matches(|c: char| c.is_whitespace() || c == '\u{FEFF}').to_lowercase()
+}
+
+impl ColumnSpec {
+    /// Resolves this spec against a header row.
+    pub fn resolve(&self, header: &[String]) -> Result<ColumnMap, ColumnError> {
+        let names: Vec<String> = header.iter().map(|h| clean(h)).collect();
+        let find = |wanted: &str| -> Result<usize, ColumnError> {
+            let wanted = clean(wanted);
+            names.iter().position(|n| *n == wanted).ok_or(ColumnError::NotFound(wanted))
+        };
+        let detect = |candidates: &[&str]| -> Vec<usize> {
+            names.iter().enumerate().filter(|(_, n)| candidates.contains(&n.as_str())).map(|(i, _)| i).collect()
+        };
+        let explicit_or_detect = |explicit: &[String], candidates: &[&str]| -> Result<Vec<usize>, ColumnError> {
+            if explicit.is_empty() {
+                Ok(detect(candidates))
+            } else {
+                explicit.iter().map(|c| find(c)).collect()
+            }
+        };
+        let id = match &self.id {
+            Some(name) => Some(find(name)?),
+            None => detect(ID_NAMES).first().copied(),
+        };
+        let region = match &self.region {
+            Some(name) => Some(find(name)?),
+            None => detect(REGION_NAMES).first().copied(),
+        };
+        let mut identifiers: Vec<(usize, Kind)> = explicit_or_detect(&self.email, EMAIL_NAMES)?
+            .into_iter()
+            .map(|i| (i, Kind::Email))
+            .chain(explicit_or_detect(&self.phone, PHONE_NAMES)?.into_iter().map(|i| (i, Kind::Phone)))
+            .collect();
+        identifiers.sort();
+        identifiers.dedup();
+        if identifiers.is_empty() {
+            return Err(ColumnError::NoIdentifiers);
+        }
+        for w in identifiers.windows(2) {
+            if w[0].0 == w[1].0 {
+                return Err(ColumnError::Ambiguous(names[w[0].0].clone()));
+            }
+        }
+        for role in [id, region].into_iter().flatten() {
+            if identifiers.iter().any(|&(i, _)| i == role) {
+                return Err(ColumnError::Ambiguous(names[role].clone()));
+            }
+        }
+        Ok(ColumnMap { id, identifiers, region, names })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn detects_common_names_case_insensitively() {
+        let map = ColumnSpec::default().resolve(&header(&["\u{FEFF}Member_ID", "E-Mail", "Mobile", "Country", "name"])).unwrap();
+        assert_eq!(map.id, Some(0));
+        assert_eq!(map.identifiers, vec![(1, Kind::Email), (2, Kind::Phone)]);
+        assert_eq!(map.region, Some(3));
+    }
+
+    #[test]
+    fn explicit_columns_override_detection() {
+        let spec = ColumnSpec {
+            id: Some("uid".into()),
+            email: vec!["work".into(), "home".into()],
+            phone: vec![],
+            region: None,
+        };
+        let map = spec.resolve(&header(&["uid", "email", "home", "work", "phone"])).unwrap();
+        assert_eq!(map.id, Some(0));
+        assert_eq!(map.identifiers, vec![(2, Kind::Email), (3, Kind::Email), (4, Kind::Phone)]);
+    }
+
+    #[test]
+    fn errors_are_precise() {
+        let spec = ColumnSpec { email: vec!["mail".into()], ..Default::default() };
+        assert_eq!(spec.resolve(&header(&["id", "email"])), Err(ColumnError::NotFound("mail".into())));
+        assert_eq!(ColumnSpec::default().resolve(&header(&["id", "name"])), Err(ColumnError::NoIdentifiers));
+        let spec = ColumnSpec { email: vec!["x".into()], phone: vec!["x".into()], ..Default::default() };
+        assert_eq!(spec.resolve(&header(&["x"])), Err(ColumnError::Ambiguous("x".into())));
+    }
+}

@@ -1,0 +1,158 @@
+//! Records read from CSV or TSV files: each record is an id plus the keyed tokens of
+//! its valid identifiers.
+//!
+//! Memory invariant: a [`RecordSet`] holds, per identifier, one [`Entry`] (32-byte
+//! token, record index and kind) and, per record, its id text; never the raw file
+//! text or the normalized identifiers. Every row and identifier that does not make it
+//! into the set is counted in [`ReadStats`] and, if asked, written to a reject report.
+
+mod columns;
+mod reader;
+mod rejects;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+pub use columns::{ColumnError, ColumnMap, ColumnSpec};
+pub use reader::{ReadError, ReadOptions, read};
+pub use rejects::{RejectWriteError, RejectWriter};
+
+use crate::normalize::{Kind, Profile};
+use crate::token::Token;
+
+/// One valid identifier of one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub token: Token,
+    pub record: u32,
+    pub kind: Kind,
+}
+
+/// Why a whole row was not turned into a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RowProblem {
+    /// The row has a different number of fields than the header.
+    WrongFieldCount,
+    /// The id column is empty.
+    MissingId,
+    /// The id is not valid UTF-8.
+    BadEncoding,
+}
+
+impl RowProblem {
+    pub fn code(self) -> &'static str {
+        match self {
+            RowProblem::WrongFieldCount => "wrong_field_count",
+            RowProblem::MissingId => "missing_id",
+            RowProblem::BadEncoding => "bad_encoding",
+        }
+    }
+}
+
+/// Counts gathered while reading one file.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Data rows in the file (header excluded).
+    pub rows: u64,
+    /// Rows that became records.
+    pub records: u64,
+    /// Rows that could not become records, by reason.
+    pub bad_rows: BTreeMap<&'static str, u64>,
+    /// Valid identifiers, by kind.
+    pub identifiers: BTreeMap<&'static str, u64>,
+    /// Rejected identifiers, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// Empty identifier cells (not an error; a record may have only a phone).
+    pub blank_cells: u64,
+    /// Records without any valid identifier.
+    pub records_without_identifiers: u64,
+    /// Valid identifiers equal to one seen earlier in the file (same or other record).
+    pub duplicate_identifiers: u64,
+}
+
+impl ReadStats {
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+    pub fn bad_rows_total(&self) -> u64 {
+        self.bad_rows.values().sum()
+    }
+    pub fn identifiers_total(&self) -> u64 {
+        self.identifiers.values().sum()
+    }
+}
+
+/// Opt-out digests of a record set, computed once at load under an opt-out source's
+/// own key (see [`crate::optout`]): one per record id and one per entry.
+#[derive(Clone, Debug, Default)]
+pub struct OptOutDigests {
+    pub ids: Vec<Token>,
+    pub entries: Vec<Token>,
+}
+
+/// The records of one file.
+#[derive(Debug)]
+pub struct RecordSet {
+    profile: Profile,
+    id_text: String,
+    id_ends: Vec<usize>,
+    entries: Vec<Entry>,
+    optout_digests: Option<OptOutDigests>,
+    stats: ReadStats,
+}
+
+impl RecordSet {
+    fn new(profile: Profile) -> RecordSet {
+        RecordSet {
+            profile,
+            id_text: String::new(),
+            id_ends: Vec::new(),
+            entries: Vec::new(),
+            optout_digests: None,
+            stats: ReadStats::default(),
+        }
+    }
+
+    /// The normalization profile the tokens were computed under.
+    pub fn profile(&self) -> Profile {
+        self.profile
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.id_ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.id_ends.is_empty()
+    }
+
+    /// The id of record `index`.
+    pub fn id(&self, index: u32) -> &str {
+        let i = index as usize;
+        let start = if i == 0 { 0 } else { self.id_ends[i - 1] };
+        &self.id_text[start..self.id_ends[i]]
+    }
+
+    /// All entries, grouped by record in file order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Opt-out digests, if the set was read with an opt-out digester.
+    pub fn optout_digests(&self) -> Option<&OptOutDigests> {
+        self.optout_digests.as_ref()
+    }
+
+    pub fn stats(&self) -> &ReadStats {
+        &self.stats
+    }
+
+    fn push_record(&mut self, id: &str) -> u32 {
+        let index = self.id_ends.len() as u32;
+        self.id_text.push_str(id);
+        self.id_ends.push(self.id_text.len());
+        index
+    }
+}

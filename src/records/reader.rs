@@ -1,0 +1,312 @@
+//! Reading a CSV/TSV file into a [`RecordSet`].
+//!
+//! A reader thread parses the file into batches of raw rows (recycled, so parsing
+//! allocates little); the calling thread normalizes and tokenizes each batch on all
+//! cores with rayon and appends the results in file order.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use super::{ColumnError, ColumnMap, ColumnSpec, Entry, OptOutDigests, RecordSet, RejectWriteError, RejectWriter, RowProblem};
+use crate::normalize::{Kind, Normalizer, Region, Reject, parse_region};
+use crate::token::{Token, Tokenizer};
+
+/// The label hashed with record ids for opt-out digests (`id:<record id>`).
+pub const ID_LABEL: &str = "id";
+
+/// Rows per batch handed from the parser thread to the workers.
+const BATCH_ROWS: usize = 8192;
+
+/// How to read one input file.
+pub struct ReadOptions {
+    pub columns: ColumnSpec,
+    pub normalizer: Normalizer,
+    /// Where to report rejects, if anywhere.
+    pub rejects: Option<RejectWriter>,
+    /// Also compute opt-out digests under this key (see [`crate::optout`]).
+    pub optout_digester: Option<Tokenizer>,
+    /// Show a progress bar on stderr (hidden automatically when it is not a terminal).
+    pub progress: bool,
+}
+
+impl ReadOptions {
+    pub fn new(normalizer: Normalizer) -> ReadOptions {
+        ReadOptions { columns: ColumnSpec::default(), normalizer, rejects: None, optout_digester: None, progress: false }
+    }
+}
+
+/// Why a file could not be read. Identifier-level problems are not errors: they are
+/// counted and reported.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("{path}: line {line}: {source}")]
+    Csv { path: PathBuf, line: u64, source: csv::Error },
+    #[error("{path}: the file is empty (a header row is required)")]
+    NoHeader { path: PathBuf },
+    #[error("{path}: header: {source}")]
+    Columns { path: PathBuf, source: ColumnError },
+    #[error("{path}: more than {max} records", max = u32::MAX)]
+    TooManyRecords { path: PathBuf },
+    #[error(transparent)]
+    Rejects(#[from] RejectWriteError),
+}
+
+/// A parsed row and the line it starts on.
+struct RawRow {
+    line: u64,
+    record: csv::ByteRecord,
+}
+
+/// What a worker made of one row.
+struct RowOut {
+    line: u64,
+    id: Result<String, RowProblem>,
+    /// The record id's opt-out digest, when a digester is set.
+    id_digest: Option<Token>,
+    /// (kind, token, opt-out digest)
+    identifiers: Vec<(Kind, Token, Option<Token>)>,
+    /// (column, reason, raw value if the report wants values)
+    rejects: Vec<(usize, Reject, Option<String>)>,
+    blank_cells: u64,
+    /// Valid identifiers by kind (emails, phones), repeats within the row included.
+    valid: [u64; 2],
+    /// Identifiers repeated within this row (e.g. the same email in two columns).
+    repeated: u64,
+}
+
+/// Reads `path` into a [`RecordSet`] of tokens under `tokenizer`.
+pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Result<RecordSet, ReadError> {
+    let open_err = |source| ReadError::Open { path: path.to_owned(), source };
+    let file = File::open(path).map_err(open_err)?;
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let delimiter = sniff_delimiter(path, &mut input).map_err(open_err)?;
+    let mut csv = csv::ReaderBuilder::new().delimiter(delimiter).flexible(true).has_headers(true).from_reader(input);
+    let header: Vec<String> = csv
+        .headers()
+        .map_err(|source| ReadError::Csv { path: path.to_owned(), line: 1, source })?
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    if header.is_empty() || header.iter().all(|h| h.trim().is_empty()) {
+        return Err(ReadError::NoHeader { path: path.to_owned() });
+    }
+    let columns = options.columns.resolve(&header).map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
+
+    let progress = if options.progress { ProgressBar::new(file_len) } else { ProgressBar::hidden() };
+    progress.set_style(
+        ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} ({eta})").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    progress.set_message(format!("reading {}", path.display()));
+
+    let keep_values = options.rejects.as_ref().is_some_and(RejectWriter::include_values);
+    let mut set = RecordSet::new(options.normalizer.profile());
+    let mut digests = options.optout_digester.as_ref().map(|_| OptOutDigests::default());
+
+    let (full_tx, full_rx) = sync_channel::<Result<Vec<RawRow>, (u64, csv::Error)>>(2);
+    let (free_tx, free_rx) = sync_channel::<Vec<RawRow>>(4);
+    for _ in 0..3 {
+        let _ = free_tx.send(Vec::with_capacity(BATCH_ROWS));
+    }
+    let worker = Worker { columns: &columns, normalizer: &options.normalizer, tokenizer, digester: options.optout_digester.as_ref(), keep_values };
+    std::thread::scope(|scope| -> Result<(), ReadError> {
+        let bar = progress.clone();
+        scope.spawn(move || parse_rows(csv, full_tx, free_rx, bar));
+        for batch in full_rx {
+            let batch = batch.map_err(|(line, source)| ReadError::Csv { path: path.to_owned(), line, source })?;
+            let outs: Vec<RowOut> = batch.par_iter().with_min_len(256).map_init(String::new, |buf, row| worker.row(row, buf)).collect();
+            let _ = free_tx.send(batch);
+            for out in outs {
+                append(&mut set, digests.as_mut(), &columns, out, options.rejects.as_mut(), path)?;
+            }
+        }
+        Ok(())
+    })?;
+    progress.finish_and_clear();
+    set.stats.duplicate_identifiers += count_duplicates(&set.entries);
+    set.optout_digests = digests;
+    if let Some(rejects) = options.rejects.take() {
+        rejects.finish()?;
+    }
+    Ok(set)
+}
+
+/// `.tsv`/`.tab` files are tab-separated; otherwise a first line with tabs and no
+/// commas is taken as TSV; anything else is CSV.
+fn sniff_delimiter(path: &Path, input: &mut BufReader<File>) -> std::io::Result<u8> {
+    use std::io::BufRead;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if ext == "tsv" || ext == "tab" {
+        return Ok(b'\t');
+    }
+    let head = input.fill_buf()?;
+    let first_line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    Ok(if first_line.contains(&b'\t') && !first_line.contains(&b',') { b'\t' } else { b',' })
+}
+
+/// The parser thread: fills recycled batches and sends them on, in order.
+fn parse_rows<R: Read>(
+    mut csv: csv::Reader<R>,
+    full: SyncSender<Result<Vec<RawRow>, (u64, csv::Error)>>,
+    free: Receiver<Vec<RawRow>>,
+    progress: ProgressBar,
+) {
+    let mut spare: Vec<csv::ByteRecord> = Vec::new();
+    for mut batch in free {
+        spare.extend(batch.drain(..).map(|row| row.record));
+        while batch.len() < BATCH_ROWS {
+            let mut record = spare.pop().unwrap_or_default();
+            match csv.read_byte_record(&mut record) {
+                Ok(true) => {
+                    let line = record.position().map_or(0, |p| p.line());
+                    batch.push(RawRow { line, record });
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    let line = e.position().map_or(0, |p| p.line());
+                    let _ = full.send(Err((line, e)));
+                    return;
+                }
+            }
+        }
+        progress.set_position(csv.position().byte());
+        let done = batch.len() < BATCH_ROWS;
+        if full.send(Ok(batch)).is_err() || done {
+            return;
+        }
+    }
+}
+
+/// Per-row work, shared by the rayon workers.
+struct Worker<'a> {
+    columns: &'a ColumnMap,
+    normalizer: &'a Normalizer,
+    tokenizer: &'a Tokenizer,
+    digester: Option<&'a Tokenizer>,
+    keep_values: bool,
+}
+
+impl Worker<'_> {
+    fn row(&self, row: &RawRow, buf: &mut String) -> RowOut {
+        let record = &row.record;
+        let mut out = RowOut { line: row.line, id: Ok(String::new()), id_digest: None, identifiers: Vec::new(), rejects: Vec::new(), blank_cells: 0, valid: [0; 2], repeated: 0 };
+        if record.len() != self.columns.names.len() {
+            out.id = Err(RowProblem::WrongFieldCount);
+            return out;
+        }
+        out.id = match self.columns.id {
+            None => Ok(row.line.to_string()),
+            Some(col) => match std::str::from_utf8(&record[col]) {
+                Err(_) => Err(RowProblem::BadEncoding),
+                Ok(id) if id.trim().is_empty() => Err(RowProblem::MissingId),
+                Ok(id) => Ok(id.trim().to_owned()),
+            },
+        };
+        let Ok(id) = &out.id else { return out };
+        out.id_digest = self.digester.map(|d| d.token(ID_LABEL, id));
+        let region: Result<Option<Region>, Reject> = match self.columns.region.map(|c| &record[c]) {
+            None => Ok(None),
+            Some(cell) if cell.trim_ascii().is_empty() => Ok(None),
+            Some(cell) => std::str::from_utf8(cell).map_err(|_| Reject::BadRegion).and_then(parse_region).map(Some),
+        };
+        for &(col, kind) in &self.columns.identifiers {
+            let cell = &record[col];
+            if cell.trim_ascii().is_empty() {
+                out.blank_cells += 1;
+                continue;
+            }
+            let result = match std::str::from_utf8(cell) {
+                Err(_) => Err(Reject::BadEncoding),
+                Ok(text) => match (kind, region) {
+                    (Kind::Phone, Err(reject)) => Err(reject),
+                    (_, region) => self.normalizer.normalize_into(kind, text, region.ok().flatten(), buf),
+                },
+            };
+            match result {
+                Ok(()) => {
+                    let token = self.tokenizer.token(kind.label(), buf);
+                    out.valid[kind as usize] += 1;
+                    if out.identifiers.iter().any(|&(_, t, _)| t == token) {
+                        out.repeated += 1;
+                        continue;
+                    }
+                    let digest = self.digester.map(|d| d.token(kind.label(), buf));
+                    out.identifiers.push((kind, token, digest));
+                }
+                Err(reason) => {
+                    let value = self.keep_values.then(|| String::from_utf8_lossy(cell).into_owned());
+                    out.rejects.push((col, reason, value));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Appends one worker result to the set, in file order.
+fn append(
+    set: &mut RecordSet,
+    digests: Option<&mut OptOutDigests>,
+    columns: &ColumnMap,
+    out: RowOut,
+    rejects: Option<&mut RejectWriter>,
+    path: &Path,
+) -> Result<(), ReadError> {
+    let stats = &mut set.stats;
+    stats.rows += 1;
+    stats.blank_cells += out.blank_cells;
+    stats.duplicate_identifiers += out.repeated;
+    let id = match out.id {
+        Ok(id) => id,
+        Err(problem) => {
+            *stats.bad_rows.entry(problem.code()).or_default() += 1;
+            if let Some(rejects) = rejects {
+                let column = columns.id.filter(|_| problem != RowProblem::WrongFieldCount).map_or("", |c| columns.names[c].as_str());
+                rejects.write(out.line, column, problem.code(), None)?;
+            }
+            return Ok(());
+        }
+    };
+    if set.id_ends.len() >= u32::MAX as usize {
+        return Err(ReadError::TooManyRecords { path: path.to_owned() });
+    }
+    stats.records += 1;
+    for &(_, reason, _) in &out.rejects {
+        *stats.rejected.entry(reason.code()).or_default() += 1;
+    }
+    if let Some(rejects) = rejects {
+        for (col, reason, value) in &out.rejects {
+            rejects.write(out.line, &columns.names[*col], reason.code(), value.as_deref())?;
+        }
+    }
+    if out.identifiers.is_empty() {
+        stats.records_without_identifiers += 1;
+    }
+    for kind in Kind::ALL {
+        if out.valid[kind as usize] > 0 {
+            *stats.identifiers.entry(kind.label()).or_default() += out.valid[kind as usize];
+        }
+    }
+    let record = set.push_record(&id);
+    if let (Some(digests), Some(id_digest)) = (digests, out.id_digest) {
+        digests.ids.push(id_digest);
+        digests.entries.extend(out.identifiers.iter().filter_map(|&(_, _, d)| d));
+    }
+    set.entries.extend(out.identifiers.into_iter().map(|(kind, token, _)| Entry { token, record, kind }));
+    Ok(())
+}
+
+/// Identifiers that equal one seen earlier: total minus distinct tokens.
+fn count_duplicates(entries: &[Entry]) -> u64 {
+    let mut tokens: Vec<Token> = entries.iter().map(|e| e.token).collect();
+    tokens.par_sort_unstable();
+    tokens.dedup();
+    (entries.len() - tokens.len()) as u64
+}

@@ -1,0 +1,239 @@
+//! Synthetic data: a realistic pair of member and partner files with a known truth,
+//! for examples, tests and benchmarks.
+//!
+//! Each synthetic person has a canonical email and/or phone number. The two files
+//! render the people they share differently, the way real exports differ: mixed case,
+//! stray spaces, Gmail dots and plus-tags, several phone formats. A small share of
+//! values is deliberately invalid. `truth.csv` lists every (partner, member) pair of
+//! the same person that shares at least one identifier valid on both sides: exactly
+//! the pairs a correct matcher must find under the `idmatch-v1` profile.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::normalize::{Kind, Normalizer, Profile, Region};
+
+const FIRST: &[&str] = &[
+    "james", "mary", "robert", "patricia", "john", "jennifer", "michael", "linda", "david", "elizabeth", "william",
+    "barbara", "richard", "susan", "joseph", "jessica", "thomas", "sarah", "chris", "karen", "lisa", "daniel",
+    "nancy", "matthew", "betty", "anthony", "sandra", "mark", "ashley", "paul", "emily", "kevin", "sofia", "lukas",
+    "zoë", "josé", "anaïs", "jürgen", "chloé", "søren",
+];
+const LAST: &[&str] = &[
+    "smith", "johnson", "williams", "brown", "jones", "garcia", "miller", "davis", "rodriguez", "martinez",
+    "hernandez", "lopez", "gonzalez", "wilson", "anderson", "thomas", "taylor", "moore", "jackson", "martin", "lee",
+    "perez", "thompson", "white", "harris", "clark", "lewis", "walker", "young", "allen", "king", "wright", "müller",
+    "o'neil", "nguyen", "kim",
+];
+const DOMAINS: &[&str] = &[
+    "gmail.com", "gmail.com", "gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com", "aol.com",
+    "example.com", "example.org", "mail.example.net", "googlemail.com", "müller.de", "proton.me",
+];
+/// Area codes whose numbers libphonenumber treats as valid US/CA numbers.
+const AREA_CODES: &[u32] = &[201, 202, 206, 212, 213, 214, 305, 310, 312, 404, 415, 503, 512, 617, 646, 702, 713, 718, 773, 818, 917, 949];
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct SynthOptions {
+    /// Rows in each file.
+    pub rows: usize,
+    /// Share of the partner's rows that are members too (0.0 to 1.0).
+    pub overlap: f64,
+    pub seed: u64,
+}
+
+/// Counts of what was written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SynthSummary {
+    pub members: usize,
+    pub partners: usize,
+    pub shared_people: usize,
+    pub truth_pairs: usize,
+}
+
+/// Why synthetic data could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error("--overlap must be between 0 and 1, got {0}")]
+    Overlap(f64),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// One synthetic person: canonical identifiers (either may be absent, not both).
+struct Person {
+    email_user: String,
+    email_domain: &'static str,
+    has_email: bool,
+    /// National significant number of a US number, or None.
+    phone: Option<u64>,
+}
+
+/// One rendered row: the cells plus which identifiers are valid in it.
+struct Rendered {
+    email: String,
+    phone: String,
+    email_ok: bool,
+    phone_ok: bool,
+}
+
+/// Writes `members.csv`, `partner.csv` and `truth.csv` into `dir`.
+pub fn generate(dir: &Path, options: &SynthOptions) -> Result<SynthSummary, SynthError> {
+    if !(0.0..=1.0).contains(&options.overlap) || options.overlap.is_nan() {
+        return Err(SynthError::Overlap(options.overlap));
+    }
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SynthError::Io { path: path.clone(), source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let shared = ((options.rows as f64) * options.overlap).round() as usize;
+    let total_people = 2 * options.rows - shared;
+    let people: Vec<Person> = (0..total_people).map(|i| person(i, &mut rng)).collect();
+    // Members are people [0, rows); the partner has `shared` of them plus new people.
+    let mut member_order: Vec<usize> = (0..options.rows).collect();
+    member_order.shuffle(&mut rng);
+    let mut partner_people: Vec<usize> = member_order[..shared].to_vec();
+    partner_people.extend(options.rows..total_people);
+    partner_people.shuffle(&mut rng);
+
+    let normalizer = Normalizer::new(Profile::IdmatchV1, Some(Region::US));
+    let mut member_cells: Vec<Option<Rendered>> = (0..options.rows).map(|_| None).collect();
+    let members_path = dir.join("members.csv");
+    let mut members = CsvOut::create(&members_path)?;
+    for &p in &member_order {
+        let r = render(&people[p], &mut rng, &normalizer);
+        members.row(&format!("m{:07}", p + 1), &r)?;
+        member_cells[p] = Some(r);
+    }
+    members.finish()?;
+
+    let partner_path = dir.join("partner.csv");
+    let truth_path = dir.join("truth.csv");
+    let mut partner = CsvOut::create(&partner_path)?;
+    let mut truth = BufWriter::new(File::create(&truth_path).map_err(io(&truth_path))?);
+    writeln!(truth, "partner_id,member_id").map_err(io(&truth_path))?;
+    let mut pairs = 0;
+    for (i, &p) in partner_people.iter().enumerate() {
+        let r = render(&people[p], &mut rng, &normalizer);
+        let partner_id = format!("p{:07}", i + 1);
+        partner.row(&partner_id, &r)?;
+        if let Some(Some(m)) = member_cells.get(p) {
+            if (m.email_ok && r.email_ok) || (m.phone_ok && r.phone_ok) {
+                writeln!(truth, "{partner_id},m{:07}", p + 1).map_err(io(&truth_path))?;
+                pairs += 1;
+            }
+        }
+    }
+    partner.finish()?;
+    truth.flush().map_err(io(&truth_path))?;
+    Ok(SynthSummary { members: options.rows, partners: options.rows, shared_people: shared, truth_pairs: pairs })
+}
+
+fn person(index: usize, rng: &mut StdRng) -> Person {
+    let first = FIRST[rng.gen_range(0..FIRST.len())];
+    let last = LAST[rng.gen_range(0..LAST.len())];
+    let sep = ["", ".", "_", "-"][rng.gen_range(0..4)];
+    // The index keeps every person's identifiers unique.
+    let email_user = format!("{first}{sep}{last}{index}").replace('\'', "");
+    let email_domain = DOMAINS[rng.gen_range(0..DOMAINS.len())];
+    let roll: f64 = rng.r#gen();
+    let (has_email, has_phone) = if roll < 0.1 { (false, true) } else if roll < 0.2 { (true, false) } else { (true, true) };
+    let phone = has_phone.then(|| {
+        let area = AREA_CODES[index % AREA_CODES.len()] as u64;
+        let local = (index / AREA_CODES.len()) as u64;
+        // Exchange 200..=999 (never N11 or 555), line 0000..=9999.
+        let exchange = 200 + (local / 10_000) % 800;
+        let exchange = if exchange % 100 == 11 || exchange == 555 { exchange + 1 } else { exchange };
+        area * 10_000_000 + exchange * 10_000 + local % 10_000
+    });
+    Person { email_user, email_domain, has_email, phone }
+}
+
+fn render(p: &Person, rng: &mut StdRng, normalizer: &Normalizer) -> Rendered {
+    let mut email = String::new();
+    if p.has_email {
+        let mut user = p.email_user.clone();
+        if p.email_domain == "gmail.com" || p.email_domain == "googlemail.com" {
+            if rng.gen_bool(0.3) {
+                let at = rng.gen_range(1..user.chars().count().max(2));
+                let byte = user.char_indices().nth(at).map_or(user.len(), |(b, _)| b);
+                user.insert(byte, '.');
+                user = user.replace("..", ".");
+            }
+            if rng.gen_bool(0.2) {
+                user.push_str("+promo");
+            }
+        } else if rng.gen_bool(0.05) {
+            user.push_str("+news");
+        }
+        email = format!("{user}@{}", p.email_domain);
+        if rng.gen_bool(0.3) {
+            email = email.to_uppercase();
+        } else if rng.gen_bool(0.2) {
+            let mut chars: Vec<char> = email.chars().collect();
+            if let Some(c) = chars.first_mut() {
+                *c = c.to_uppercase().next().unwrap_or(*c);
+            }
+            email = chars.into_iter().collect();
+        }
+        if rng.gen_bool(0.1) {
+            email = format!("  {email} ");
+        }
+        if rng.gen_bool(0.02) {
+            email = ["not-an-email", "john@", "@example.com", "a@b", "x@@example.com"][rng.gen_range(0..5)].to_owned();
+        }
+    }
+    let phone = match p.phone {
+        None => String::new(),
+        Some(n) if rng.gen_bool(0.02) => ["555-555-5555", "12345", "+1234567890A", "n/a"][(n % 4) as usize].to_owned(),
+        Some(n) => {
+            let (a, b, c) = (n / 10_000_000, (n / 10_000) % 1000, n % 10_000);
+            match rng.gen_range(0..7) {
+                0 => format!("({a}) {b}-{c:04}"),
+                1 => format!("{a}.{b}.{c:04}"),
+                2 => format!("+1 {a}-{b}-{c:04}"),
+                3 => format!("1-{a}-{b}-{c:04}"),
+                4 => format!("tel:+1{a}{b}{c:04}"),
+                5 => format!("001 {a} {b} {c:04}"),
+                _ => format!("{a}{b}{c:04}"),
+            }
+        }
+    };
+    let email_ok = !email.is_empty() && normalizer.normalize(Kind::Email, &email, None).is_ok();
+    let phone_ok = !phone.is_empty() && normalizer.normalize(Kind::Phone, &phone, None).is_ok();
+    Rendered { email, phone, email_ok, phone_ok }
+}
+
+/// A small CSV writer for the `id,email,phone` files.
+struct CsvOut {
+    path: PathBuf,
+    writer: csv::Writer<BufWriter<File>>,
+}
+
+impl CsvOut {
+    fn create(path: &Path) -> Result<CsvOut, SynthError> {
+        let file = File::create(path).map_err(|source| SynthError::Io { path: path.to_owned(), source })?;
+        let mut out = CsvOut { path: path.to_owned(), writer: csv::Writer::from_writer(BufWriter::new(file)) };
+        out.write(["id", "email", "phone"])?;
+        Ok(out)
+    }
+
+    fn row(&mut self, id: &str, r: &Rendered) -> Result<(), SynthError> {
+        self.write([id, &r.email, &r.phone])
+    }
+
+    fn write(&mut self, cells: [&str; 3]) -> Result<(), SynthError> {
+        self.writer.write_record(cells).map_err(|e| SynthError::Io { path: self.path.clone(), source: e.into() })
+    }
+
+    fn finish(mut self) -> Result<(), SynthError> {
+        self.writer.flush().map_err(|source| SynthError::Io { path: self.path.clone(), source })
+    }
+}
