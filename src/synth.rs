@@ -74,12 +74,20 @@ struct Person {
     phone: Option<u64>,
 }
 
-/// One rendered row: the cells plus which identifiers are valid in it.
+/// One rendered row: the cells plus their normalized forms (None when invalid).
 struct Rendered {
     email: String,
     phone: String,
-    email_ok: bool,
-    phone_ok: bool,
+    email_norm: Option<String>,
+    phone_norm: Option<String>,
+}
+
+impl Rendered {
+    /// Whether the two rows share an identifier valid in both.
+    fn shares_identifier(&self, other: &Rendered) -> bool {
+        let same = |a: &Option<String>, b: &Option<String>| a.is_some() && a == b;
+        same(&self.email_norm, &other.email_norm) || same(&self.phone_norm, &other.phone_norm)
+    }
 }
 
 /// Writes `members.csv`, `partner.csv` and `truth.csv` into `dir`.
@@ -125,7 +133,7 @@ pub fn generate(dir: &Path, options: &SynthOptions) -> Result<SynthSummary, Synt
         let partner_id = format!("p{:07}", i + 1);
         partner.row(&partner_id, &r)?;
         if let Some(Some(m)) = member_cells.get(p) {
-            if (m.email_ok && r.email_ok) || (m.phone_ok && r.phone_ok) {
+            if m.shares_identifier(&r) {
                 writeln!(truth, "{partner_id},m{:07}", p + 1).map_err(io(&truth_path))?;
                 pairs += 1;
             }
@@ -206,9 +214,9 @@ fn render(p: &Person, rng: &mut StdRng, normalizer: &Normalizer) -> Rendered {
             }
         }
     };
-    let email_ok = !email.is_empty() && normalizer.normalize(Kind::Email, &email, None).is_ok();
-    let phone_ok = !phone.is_empty() && normalizer.normalize(Kind::Phone, &phone, None).is_ok();
-    Rendered { email, phone, email_ok, phone_ok }
+    let email_norm = normalizer.normalize(Kind::Email, &email, None).ok();
+    let phone_norm = normalizer.normalize(Kind::Phone, &phone, None).ok();
+    Rendered { email, phone, email_norm, phone_norm }
 }
 
 /// A small CSV writer for the `id,email,phone` files.

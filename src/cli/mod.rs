@@ -3,6 +3,7 @@
 //! matching logic lives here.
 
 mod keygen;
+mod matching;
 mod normalize;
 mod synth;
 mod tokens;
@@ -35,6 +36,8 @@ pub enum Command {
     Keygen(keygen::KeygenArgs),
     /// Write a synthetic members/partner pair with its truth file.
     Synth(synth::SynthArgs),
+    /// Match an owner's and a partner's file by private set intersection (both roles in this process).
+    Match(matching::MatchArgs),
 }
 
 /// Normalization settings shared by every command that reads identifiers.
@@ -104,6 +107,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Tokens(args) => tokens::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Match(args) => matching::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

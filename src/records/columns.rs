@@ -47,8 +47,10 @@ fn clean(name: &str) -> String {
 }
 
 impl ColumnSpec {
-    /// Resolves this spec against a header row.
-    pub fn resolve(&self, header: &[String]) -> Result<ColumnMap, ColumnError> {
+    /// Resolves this spec against a header row. Unless `require_identifiers` is
+    /// false (opt-out lists may hold ids only), at least one identifier column must
+    /// be found.
+    pub fn resolve(&self, header: &[String], require_identifiers: bool) -> Result<ColumnMap, ColumnError> {
         let names: Vec<String> = header.iter().map(|h| clean(h)).collect();
         let find = |wanted: &str| -> Result<usize, ColumnError> {
             let wanted = clean(wanted);
@@ -79,7 +81,7 @@ impl ColumnSpec {
             .collect();
         identifiers.sort();
         identifiers.dedup();
-        if identifiers.is_empty() {
+        if identifiers.is_empty() && (require_identifiers || id.is_none()) {
             return Err(ColumnError::NoIdentifiers);
         }
         for w in identifiers.windows(2) {
@@ -106,7 +108,7 @@ mod tests {
 
     #[test]
     fn detects_common_names_case_insensitively() {
-        let map = ColumnSpec::default().resolve(&header(&["\u{FEFF}Member_ID", "E-Mail", "Mobile", "Country", "name"])).unwrap();
+        let map = ColumnSpec::default().resolve(&header(&["\u{FEFF}Member_ID", "E-Mail", "Mobile", "Country", "name"]), true).unwrap();
         assert_eq!(map.id, Some(0));
         assert_eq!(map.identifiers, vec![(1, Kind::Email), (2, Kind::Phone)]);
         assert_eq!(map.region, Some(3));
@@ -120,7 +122,7 @@ mod tests {
             phone: vec![],
             region: None,
         };
-        let map = spec.resolve(&header(&["uid", "email", "home", "work", "phone"])).unwrap();
+        let map = spec.resolve(&header(&["uid", "email", "home", "work", "phone"]), true).unwrap();
         assert_eq!(map.id, Some(0));
         assert_eq!(map.identifiers, vec![(2, Kind::Email), (3, Kind::Email), (4, Kind::Phone)]);
     }
@@ -128,9 +130,9 @@ mod tests {
     #[test]
     fn errors_are_precise() {
         let spec = ColumnSpec { email: vec!["mail".into()], ..Default::default() };
-        assert_eq!(spec.resolve(&header(&["id", "email"])), Err(ColumnError::NotFound("mail".into())));
-        assert_eq!(ColumnSpec::default().resolve(&header(&["id", "name"])), Err(ColumnError::NoIdentifiers));
+        assert_eq!(spec.resolve(&header(&["id", "email"]), true), Err(ColumnError::NotFound("mail".into())));
+        assert_eq!(ColumnSpec::default().resolve(&header(&["id", "name"]), true), Err(ColumnError::NoIdentifiers));
         let spec = ColumnSpec { email: vec!["x".into()], phone: vec!["x".into()], ..Default::default() };
-        assert_eq!(spec.resolve(&header(&["x"])), Err(ColumnError::Ambiguous("x".into())));
+        assert_eq!(spec.resolve(&header(&["x"]), true), Err(ColumnError::Ambiguous("x".into())));
     }
 }

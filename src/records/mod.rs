@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use columns::{ColumnError, ColumnMap, ColumnSpec};
-pub use reader::{ReadError, ReadOptions, read};
+pub use reader::{ID_LABEL, ReadError, ReadOptions, read};
 pub use rejects::{RejectWriteError, RejectWriter};
 
 use crate::normalize::{Kind, Profile};
@@ -95,6 +95,7 @@ pub struct OptOutDigests {
 #[derive(Debug)]
 pub struct RecordSet {
     profile: Profile,
+    id_column: bool,
     id_text: String,
     id_ends: Vec<usize>,
     entries: Vec<Entry>,
@@ -103,9 +104,10 @@ pub struct RecordSet {
 }
 
 impl RecordSet {
-    fn new(profile: Profile) -> RecordSet {
+    fn new(profile: Profile, id_column: bool) -> RecordSet {
         RecordSet {
             profile,
+            id_column,
             id_text: String::new(),
             id_ends: Vec::new(),
             entries: Vec::new(),
@@ -117,6 +119,11 @@ impl RecordSet {
     /// The normalization profile the tokens were computed under.
     pub fn profile(&self) -> Profile {
         self.profile
+    }
+
+    /// Whether ids came from an id column (otherwise they are line numbers).
+    pub fn has_id_column(&self) -> bool {
+        self.id_column
     }
 
     /// Number of records.

@@ -32,11 +32,13 @@ pub struct ReadOptions {
     pub optout_digester: Option<Tokenizer>,
     /// Show a progress bar on stderr (hidden automatically when it is not a terminal).
     pub progress: bool,
+    /// Fail when the header has no identifier column (false for id-only opt-out lists).
+    pub require_identifiers: bool,
 }
 
 impl ReadOptions {
     pub fn new(normalizer: Normalizer) -> ReadOptions {
-        ReadOptions { columns: ColumnSpec::default(), normalizer, rejects: None, optout_digester: None, progress: false }
+        ReadOptions { columns: ColumnSpec::default(), normalizer, rejects: None, optout_digester: None, progress: false, require_identifiers: true }
     }
 }
 
@@ -98,7 +100,7 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
     if header.is_empty() || header.iter().all(|h| h.trim().is_empty()) {
         return Err(ReadError::NoHeader { path: path.to_owned() });
     }
-    let columns = options.columns.resolve(&header).map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
+    let columns = options.columns.resolve(&header, options.require_identifiers).map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
 
     let progress = if options.progress { ProgressBar::new(file_len) } else { ProgressBar::hidden() };
     progress.set_style(
@@ -107,7 +109,7 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
     progress.set_message(format!("reading {}", path.display()));
 
     let keep_values = options.rejects.as_ref().is_some_and(RejectWriter::include_values);
-    let mut set = RecordSet::new(options.normalizer.profile());
+    let mut set = RecordSet::new(options.normalizer.profile(), columns.id.is_some());
     let mut digests = options.optout_digester.as_ref().map(|_| OptOutDigests::default());
 
     let (full_tx, full_rx) = sync_channel::<Result<Vec<RawRow>, (u64, csv::Error)>>(2);

@@ -1,0 +1,192 @@
+//! `idmatch match` on two local files: reads both, applies opt-outs and
+//! suppressions, runs owner and partner over the in-memory transport, and writes the
+//! match files and `summary.json`.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::key::{Key, KeyError};
+use crate::normalize::Normalizer;
+use crate::optout::{FileList, OptOutError, OptOutSource, excluded_records};
+use crate::psi::{
+    LocalMatchError, Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, ProtocolError, Reveal, run_in_memory,
+};
+use crate::records::{self, ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
+use crate::token::Tokenizer;
+
+/// Everything a local match needs.
+#[derive(Clone, Debug)]
+pub struct LocalMatchOptions {
+    pub owner: PathBuf,
+    pub partner: PathBuf,
+    pub key_file: PathBuf,
+    pub reveal: Reveal,
+    pub normalizer: Normalizer,
+    pub columns: ColumnSpec,
+    pub optouts: Option<PathBuf>,
+    pub suppress: Option<PathBuf>,
+    pub out_dir: PathBuf,
+    /// Write `owner_rejects.csv` and `partner_rejects.csv` (without values).
+    pub write_rejects: bool,
+    pub progress: bool,
+}
+
+/// Why a local match failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalMatchFailure {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    OptOut(#[from] OptOutError),
+    #[error(transparent)]
+    Rejects(#[from] RejectWriteError),
+    #[error(transparent)]
+    Protocol(#[from] LocalMatchError),
+    #[error("{0}")]
+    Setup(#[from] ProtocolError),
+    #[error("{path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// One side's counts, as written to `summary.json`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SideSummary {
+    pub file: String,
+    #[serde(flatten)]
+    pub read: ReadStats,
+    /// Records removed by opt-outs (owner) or suppressions (partner) before blinding.
+    pub excluded_records: u64,
+    /// Identifiers of the remaining records.
+    pub identifiers_after_exclusion: u64,
+    /// Identifiers removed as duplicates before blinding.
+    pub deduplicated: u64,
+    /// Distinct tokens blinded and sent.
+    pub blinded: u64,
+    /// Records that matched, where this side learns it.
+    pub matched_records: Option<u64>,
+}
+
+/// The whole `summary.json`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct MatchSummary {
+    pub profile: String,
+    pub reveal: String,
+    pub owner: SideSummary,
+    pub partner: SideSummary,
+    /// Distinct matching tokens, where either side learns it.
+    pub intersection: Option<u64>,
+    /// Files written, relative to the output directory.
+    pub outputs: Vec<String>,
+}
+
+/// Runs the match and writes its outputs into `options.out_dir`.
+pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailure> {
+    let key = Key::load(&options.key_file)?;
+    let tokenizer = Tokenizer::new(&key);
+    let out_dir = &options.out_dir;
+    std::fs::create_dir_all(out_dir).map_err(|source| LocalMatchFailure::Write { path: out_dir.clone(), source })?;
+
+    let optouts = load_list(options.optouts.as_deref(), options)?;
+    let suppress = load_list(options.suppress.as_deref(), options)?;
+    let reject_file = |name: &str| -> Result<Option<RejectWriter>, RejectWriteError> {
+        options.write_rejects.then(|| RejectWriter::create(&out_dir.join(name), false)).transpose()
+    };
+    let owner_records = read_side(&options.owner, &tokenizer, options, optouts.as_ref(), reject_file("owner_rejects.csv")?)?;
+    let partner_records = read_side(&options.partner, &tokenizer, options, suppress.as_ref(), reject_file("partner_rejects.csv")?)?;
+    let owner_set = prepare(&owner_records, optouts.as_ref())?;
+    let partner_set = prepare(&partner_records, suppress.as_ref())?;
+
+    let profile = options.normalizer.profile();
+    let mut owner = Owner::new(OwnerConfig::local("local", profile), &owner_set)?;
+    let mut partner = Partner::new(PartnerConfig::new("local", profile, options.reveal), &partner_set)?;
+    run_in_memory(&mut owner, &mut partner, |_| {})?;
+    let owner_outcome = owner.outcome().ok_or(LocalMatchError::Stalled)?;
+    let partner_outcome = partner.outcome().ok_or(LocalMatchError::Stalled)?;
+
+    let mut outputs = Vec::new();
+    let mut write_matches = |name: &str, records: &RecordSet, set: &PreparedSet, matched: &[bool]| {
+        let matches = set.matched_records(matched);
+        write_match_file(&out_dir.join(name), records, &matches)?;
+        outputs.push(name.to_owned());
+        Ok::<u64, LocalMatchFailure>(matches.len() as u64)
+    };
+    let partner_matched = match &partner_outcome.matched {
+        Some(m) => Some(write_matches("partner_matches.csv", &partner_records, &partner_set, m)?),
+        None => None,
+    };
+    let owner_matched = match &owner_outcome.matched {
+        Some(m) => Some(write_matches("owner_matches.csv", &owner_records, &owner_set, m)?),
+        None => None,
+    };
+    let owner_intersection = owner_outcome.matched.as_ref().map(|m| m.iter().filter(|&&x| x).count() as u64);
+    outputs.push("summary.json".to_owned());
+    let summary = MatchSummary {
+        profile: profile.name().to_owned(),
+        reveal: options.reveal.name().to_owned(),
+        owner: side_summary(&options.owner, &owner_records, &owner_set, owner_outcome.blinded, owner_matched),
+        partner: side_summary(&options.partner, &partner_records, &partner_set, partner_outcome.blinded, partner_matched),
+        intersection: partner_outcome.intersection.or(owner_intersection),
+        outputs,
+    };
+    let path = out_dir.join("summary.json");
+    let write_err = |source| LocalMatchFailure::Write { path: path.clone(), source };
+    let file = File::create(&path).map_err(write_err)?;
+    serde_json::to_writer_pretty(BufWriter::new(file), &summary).map_err(|e| write_err(e.into()))?;
+    Ok(summary)
+}
+
+fn load_list(path: Option<&Path>, options: &LocalMatchOptions) -> Result<Option<FileList>, OptOutError> {
+    path.map(|p| FileList::load(p, options.normalizer.clone(), ColumnSpec::default())).transpose()
+}
+
+fn read_side(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    options: &LocalMatchOptions,
+    list: Option<&FileList>,
+    rejects: Option<RejectWriter>,
+) -> Result<RecordSet, ReadError> {
+    let mut read = ReadOptions::new(options.normalizer.clone());
+    read.columns = options.columns.clone();
+    read.optout_digester = list.map(|l| l.digester().clone());
+    read.rejects = rejects;
+    read.progress = options.progress;
+    records::read(path, tokenizer, read)
+}
+
+fn prepare(records: &RecordSet, list: Option<&FileList>) -> Result<PreparedSet, OptOutError> {
+    let excluded = match list {
+        Some(list) => excluded_records(records, list)?,
+        None => Vec::new(),
+    };
+    Ok(PreparedSet::new(records, &excluded))
+}
+
+fn side_summary(path: &Path, records: &RecordSet, set: &PreparedSet, blinded: u64, matched: Option<u64>) -> SideSummary {
+    SideSummary {
+        file: path.display().to_string(),
+        read: records.stats().clone(),
+        excluded_records: set.excluded_records(),
+        identifiers_after_exclusion: set.identifiers(),
+        deduplicated: set.identifiers() - set.len() as u64,
+        blinded,
+        matched_records: matched,
+    }
+}
+
+/// Writes `record_id,matched_kinds` rows.
+pub fn write_match_file(path: &Path, records: &RecordSet, matches: &[(u32, crate::psi::KindSet)]) -> Result<(), LocalMatchFailure> {
+    let err = |e: csv::Error| LocalMatchFailure::Write { path: path.to_owned(), source: e.into() };
+    let file = File::create(path).map_err(|source| LocalMatchFailure::Write { path: path.to_owned(), source })?;
+    let mut out = csv::Writer::from_writer(BufWriter::new(file));
+    out.write_record(["record_id", "matched_kinds"]).map_err(err)?;
+    for (record, kinds) in matches {
+        out.write_record([records.id(*record), &kinds.joined()]).map_err(err)?;
+    }
+    out.flush().map_err(|source| LocalMatchFailure::Write { path: path.to_owned(), source })
+}

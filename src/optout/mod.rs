@@ -1,0 +1,108 @@
+//! Opt-outs: members who must never be matched, applied before anything is blinded.
+//!
+//! An [`OptOutSource`] indexes opted-out identifiers and record ids by keyed digest
+//! (`HMAC-SHA256(source key, label ":" value)` with label `email`, `phone` or `id`),
+//! never by raw value. A record set is read with the source's digester once (at
+//! load); [`excluded_records`] then asks the source which records are out, so a
+//! source that changes (a live store) is honored by the next match without
+//! re-reading the audience.
+//!
+//! [`FileList`] is the file-backed source: a CSV of opted-out emails, phones and/or
+//! record ids, held in memory under a random per-process key.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use crate::key::{Key, KeyError};
+use crate::normalize::Normalizer;
+use crate::records::{self, ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet};
+use crate::token::{Token, Tokenizer};
+
+pub use crate::records::ID_LABEL;
+
+/// Why opt-outs could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum OptOutError {
+    #[error("the record set was read without this opt-out source's digests")]
+    NotDigested,
+    #[error("opt-out source: {0}")]
+    Source(String),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// A set of opted-out digests.
+pub trait OptOutSource {
+    /// The keyed hash under which this source indexes identifiers and ids.
+    fn digester(&self) -> &Tokenizer;
+    /// For each digest, whether it is opted out now.
+    fn contains(&self, digests: &[Token]) -> Result<Vec<bool>, OptOutError>;
+}
+
+/// One flag per record of `records`: set when its id or any of its identifiers is
+/// opted out in `source`. `records` must have been read with `source.digester()`.
+pub fn excluded_records(records: &RecordSet, source: &dyn OptOutSource) -> Result<Vec<bool>, OptOutError> {
+    let digests = records.optout_digests().ok_or(OptOutError::NotDigested)?;
+    if digests.ids.len() != records.len() || digests.entries.len() != records.entries().len() {
+        return Err(OptOutError::NotDigested);
+    }
+    let mut excluded = source.contains(&digests.ids)?;
+    let by_entry = source.contains(&digests.entries)?;
+    for (entry, out) in records.entries().iter().zip(by_entry) {
+        if out {
+            excluded[entry.record as usize] = true;
+        }
+    }
+    Ok(excluded)
+}
+
+/// Opt-outs (or a partner's suppressions) from a CSV file, held in memory.
+pub struct FileList {
+    digester: Tokenizer,
+    digests: HashSet<Token>,
+    stats: ReadStats,
+    ids: usize,
+}
+
+impl FileList {
+    /// Reads `path`: identifiers from the usual email/phone columns (normalized under
+    /// `normalizer`, so `John.Doe@GMail.com` opts out `johndoe@gmail.com`) and record
+    /// ids from an id column if there is one.
+    pub fn load(path: &Path, normalizer: Normalizer, columns: ColumnSpec) -> Result<FileList, OptOutError> {
+        let key = Key::generate()?;
+        let digester = Tokenizer::new(&key);
+        let mut options = ReadOptions::new(normalizer);
+        options.columns = columns;
+        options.require_identifiers = false;
+        let set = records::read(path, &digester, options)?;
+        let mut digests: HashSet<Token> = set.entries().iter().map(|e| e.token).collect();
+        let mut ids = 0;
+        if set.has_id_column() {
+            ids = set.len();
+            digests.extend((0..set.len() as u32).map(|r| digester.token(ID_LABEL, set.id(r))));
+        }
+        Ok(FileList { digester, digests, stats: set.stats().clone(), ids })
+    }
+
+    /// How the file was read (rows, identifiers, rejects).
+    pub fn stats(&self) -> &ReadStats {
+        &self.stats
+    }
+
+    /// Record ids listed.
+    pub fn ids(&self) -> usize {
+        self.ids
+    }
+}
+
+impl OptOutSource for FileList {
+    fn digester(&self) -> &Tokenizer {
+        &self.digester
+    }
+
+    fn contains(&self, digests: &[Token]) -> Result<Vec<bool>, OptOutError> {
+        Ok(digests.iter().map(|d| self.digests.contains(d)).collect())
+    }
+}

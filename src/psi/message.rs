@@ -1,0 +1,186 @@
+//! Protocol messages: the values that cross between owner and partner, apart from
+//! the logic that produces them. The gRPC service maps these one-to-one onto
+//! `proto/idmatch/v1/match.proto`; the in-memory transport passes them as they are.
+//! `docs/PROTOCOL.md` gives their byte-exact encoding.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Elements per chunk the partner sends unless the owner asks for fewer.
+pub const DEFAULT_CHUNK: u32 = 4096;
+/// Largest chunk any party accepts (2 MiB of elements, under gRPC's 4 MiB default).
+pub const MAX_CHUNK: u32 = 65536;
+/// Bytes in one encoded group element.
+pub const ELEMENT_LEN: usize = 32;
+
+/// A ristretto255 element in its 32-byte canonical encoding, always blinded by at
+/// least one party's secret scalar: it reveals nothing about the token beneath.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Element(pub [u8; ELEMENT_LEN]);
+
+/// A chunk whose byte length is not a multiple of 32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a chunk of {len} bytes is not a whole number of 32-byte elements")]
+pub struct ChunkLengthError {
+    pub len: usize,
+}
+
+impl Element {
+    /// Splits concatenated 32-byte encodings (the wire form of a chunk).
+    pub fn parse_chunk(bytes: &[u8]) -> Result<Vec<Element>, ChunkLengthError> {
+        if bytes.len() % ELEMENT_LEN != 0 {
+            return Err(ChunkLengthError { len: bytes.len() });
+        }
+        Ok(bytes.chunks_exact(ELEMENT_LEN).map(|c| Element(c.try_into().expect("exact chunk"))).collect())
+    }
+
+    /// Concatenates encodings (the wire form of a chunk).
+    pub fn join_chunk(elements: &[Element]) -> Vec<u8> {
+        elements.iter().flat_map(|e| e.0).collect()
+    }
+}
+
+/// Who learns what (see `docs/PRIVACY.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reveal {
+    /// The partner learns which of its records match; the owner learns sizes only.
+    Partner,
+    /// The owner learns which of its records match; the partner learns sizes only.
+    Owner,
+    /// Both learn which of their own records match.
+    Both,
+    /// The partner learns only the intersection size; the owner learns sizes only.
+    Count,
+}
+
+impl Reveal {
+    pub const ALL: [Reveal; 4] = [Reveal::Partner, Reveal::Owner, Reveal::Both, Reveal::Count];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reveal::Partner => "partner",
+            Reveal::Owner => "owner",
+            Reveal::Both => "both",
+            Reveal::Count => "count",
+        }
+    }
+
+    /// The owner returns the partner's elements re-blinded (in order, or shuffled in
+    /// `count` mode).
+    pub fn owner_returns_partner_elements(self) -> bool {
+        !matches!(self, Reveal::Owner)
+    }
+
+    /// The partner returns the owner's elements re-blinded, in order.
+    pub fn partner_returns_owner_elements(self) -> bool {
+        matches!(self, Reveal::Owner | Reveal::Both)
+    }
+
+    /// The partner learns which of its records match.
+    pub fn partner_learns_records(self) -> bool {
+        matches!(self, Reveal::Partner | Reveal::Both)
+    }
+
+    /// The partner learns the intersection size.
+    pub fn partner_learns_count(self) -> bool {
+        !matches!(self, Reveal::Owner)
+    }
+}
+
+impl fmt::Display for Reveal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Reveal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Reveal::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| format!("unknown reveal mode `{s}` (expected partner, owner, both or count)"))
+    }
+}
+
+/// partner → owner, first: what the partner wants to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u32,
+    pub campaign: String,
+    /// Normalization profile name (e.g. `idmatch-v1`).
+    pub profile: String,
+    pub reveal: Reveal,
+    /// Number of distinct tokens the partner will send.
+    pub partner_set_size: u64,
+}
+
+/// owner → partner, first: the owner agrees and states its own size and chunk limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accept {
+    pub version: u32,
+    /// Number of distinct tokens (after opt-outs) the owner will send.
+    pub owner_set_size: u64,
+    /// Largest chunk, in elements, the owner accepts.
+    pub max_chunk: u32,
+}
+
+/// owner → partner, last: the owner's view of the finished match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub partner_set_size: u64,
+    pub owner_set_size: u64,
+    /// Distinct matching tokens the owner found; present only in `both` mode (where
+    /// the partner knows it already).
+    pub intersection: Option<u64>,
+}
+
+/// Messages from the partner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartnerMessage {
+    Hello(Hello),
+    /// `A_i = a·P(c_i)`, in the partner's (shuffled) order.
+    PartnerElements(Vec<Element>),
+    /// `a·B_j`, in the order the owner sent `B_j` (owner and both modes).
+    ReblindedOwnerElements(Vec<Element>),
+    /// The partner has everything it needs and sends nothing more.
+    Finished,
+}
+
+/// Messages from the owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnerMessage {
+    Accept(Accept),
+    /// `b·A_i`, in the order received (shuffled as a whole in count mode; not sent in
+    /// owner mode).
+    ReblindedPartnerElements(Vec<Element>),
+    /// `B_j = b·P(s_j)` for the owner's tokens that survive opt-outs, shuffled.
+    OwnerElements(Vec<Element>),
+    Summary(Summary),
+}
+
+impl PartnerMessage {
+    /// The message's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PartnerMessage::Hello(_) => "hello",
+            PartnerMessage::PartnerElements(_) => "partner_elements",
+            PartnerMessage::ReblindedOwnerElements(_) => "reblinded_owner_elements",
+            PartnerMessage::Finished => "finished",
+        }
+    }
+}
+
+impl OwnerMessage {
+    /// The message's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OwnerMessage::Accept(_) => "accept",
+            OwnerMessage::ReblindedPartnerElements(_) => "reblinded_partner_elements",
+            OwnerMessage::OwnerElements(_) => "owner_elements",
+            OwnerMessage::Summary(_) => "summary",
+        }
+    }
+}

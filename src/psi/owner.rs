@@ -1,0 +1,272 @@
+//! The owner's side of a match, as a state machine: feed it the partner's messages
+//! with [`Owner::receive`], send what [`Owner::poll_outgoing`] returns. Every
+//! transport (in-memory, gRPC) drives this same code.
+//!
+//! Order of work: after the hello, the owner re-blinds the partner's elements chunk
+//! by chunk as they arrive; once all have arrived it sends its own blinded elements
+//! (computed lazily, one chunk per poll), then, in `owner`/`both` modes, receives
+//! them back re-blinded by the partner and marks its matches.
+
+use std::collections::{HashSet, VecDeque};
+
+use rand::seq::SliceRandom;
+
+use super::error::ProtocolError;
+use super::group::BlindingKey;
+use super::message::{Accept, Element, Hello, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Reveal, Summary};
+use super::set::PreparedSet;
+use crate::normalize::Profile;
+
+/// What the owner accepts.
+#[derive(Clone, Debug)]
+pub struct OwnerConfig {
+    pub campaign: String,
+    pub profile: Profile,
+    /// Reveal modes this partner may ask for.
+    pub allowed_reveals: Vec<Reveal>,
+    /// Smallest and largest partner set accepted (probing protection).
+    pub min_partner_set: u64,
+    pub max_partner_set: u64,
+    /// Largest chunk, in elements, accepted from the partner.
+    pub max_chunk: u32,
+    /// Chunk size the owner itself sends.
+    pub send_chunk: u32,
+}
+
+impl OwnerConfig {
+    /// A permissive configuration for local matches: every reveal mode, any set size.
+    pub fn local(campaign: &str, profile: Profile) -> OwnerConfig {
+        OwnerConfig {
+            campaign: campaign.to_owned(),
+            profile,
+            allowed_reveals: Reveal::ALL.to_vec(),
+            min_partner_set: 0,
+            max_partner_set: u64::MAX,
+            max_chunk: super::message::MAX_CHUNK,
+            send_chunk: super::message::DEFAULT_CHUNK,
+        }
+    }
+}
+
+/// Where the owner is in the protocol.
+#[derive(Debug)]
+enum State {
+    AwaitingHello,
+    ReceivingPartnerElements { received: u64 },
+    SendingOwnerElements { next: usize },
+    ReceivingReturnedElements { received: u64 },
+    AwaitingFinished,
+    Done,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::AwaitingHello => "awaiting hello",
+            State::ReceivingPartnerElements { .. } => "receiving partner elements",
+            State::SendingOwnerElements { .. } => "sending owner elements",
+            State::ReceivingReturnedElements { .. } => "receiving re-blinded owner elements",
+            State::AwaitingFinished => "awaiting finished",
+            State::Done => "done",
+        }
+    }
+}
+
+/// The owner's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerOutcome {
+    pub reveal: Reveal,
+    pub partner_set_size: u64,
+    pub owner_set_size: u64,
+    /// Elements the owner blinded with its own tokens (equals `owner_set_size`).
+    pub blinded: u64,
+    /// `matched[i]` for each of the owner's tokens, in `owner` and `both` modes.
+    pub matched: Option<Vec<bool>>,
+}
+
+/// The owner's state machine for one match. Its secret scalar lives exactly as long
+/// as this value.
+pub struct Owner<'a> {
+    config: OwnerConfig,
+    set: &'a PreparedSet,
+    key: BlindingKey,
+    state: State,
+    outbox: VecDeque<OwnerMessage>,
+    reveal: Reveal,
+    partner_set_size: u64,
+    /// `b·A_i`, kept for shuffling (count) or matching (owner, both).
+    reblinded: Vec<Element>,
+    reblinded_set: HashSet<Element>,
+    matched: Vec<bool>,
+    blinded: u64,
+}
+
+impl<'a> Owner<'a> {
+    pub fn new(config: OwnerConfig, set: &'a PreparedSet) -> Result<Owner<'a>, ProtocolError> {
+        let key = BlindingKey::random().map_err(|e| ProtocolError::Rng(e.to_string()))?;
+        Ok(Owner {
+            config,
+            set,
+            key,
+            state: State::AwaitingHello,
+            outbox: VecDeque::new(),
+            reveal: Reveal::Partner,
+            partner_set_size: 0,
+            reblinded: Vec::new(),
+            reblinded_set: HashSet::new(),
+            matched: Vec::new(),
+            blinded: 0,
+        })
+    }
+
+    /// Whether the match has ended successfully.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done) && self.outbox.is_empty()
+    }
+
+    /// Handles one message from the partner.
+    pub fn receive(&mut self, message: PartnerMessage) -> Result<(), ProtocolError> {
+        match (&self.state, message) {
+            (State::AwaitingHello, PartnerMessage::Hello(hello)) => self.on_hello(hello),
+            (&State::ReceivingPartnerElements { received }, PartnerMessage::PartnerElements(chunk)) => {
+                self.on_partner_elements(received, chunk)
+            }
+            (&State::ReceivingReturnedElements { received }, PartnerMessage::ReblindedOwnerElements(chunk)) => {
+                self.on_returned_elements(received, chunk)
+            }
+            (State::AwaitingFinished, PartnerMessage::Finished) => {
+                let intersection = (self.reveal == Reveal::Both).then(|| self.matched.iter().filter(|&&m| m).count() as u64);
+                self.outbox.push_back(OwnerMessage::Summary(Summary {
+                    partner_set_size: self.partner_set_size,
+                    owner_set_size: self.set.len() as u64,
+                    intersection,
+                }));
+                self.state = State::Done;
+                Ok(())
+            }
+            (state, message) => Err(ProtocolError::UnexpectedMessage { state: state.name(), message: message.name() }),
+        }
+    }
+
+    /// The next message to send, if any is ready. Blinding of the owner's own
+    /// elements happens here, one chunk per call.
+    pub fn poll_outgoing(&mut self) -> Option<OwnerMessage> {
+        if let Some(message) = self.outbox.pop_front() {
+            return Some(message);
+        }
+        let State::SendingOwnerElements { next } = self.state else { return None };
+        let end = (next + self.config.send_chunk as usize).min(self.set.len());
+        let chunk = self.key.blind_tokens(&self.set.tokens()[next..end]);
+        self.blinded += chunk.len() as u64;
+        self.state = if end < self.set.len() { State::SendingOwnerElements { next: end } } else { self.after_sending() };
+        Some(OwnerMessage::OwnerElements(chunk))
+    }
+
+    /// The result, once the match is done.
+    pub fn outcome(self) -> Option<OwnerOutcome> {
+        matches!(self.state, State::Done).then(|| OwnerOutcome {
+            reveal: self.reveal,
+            partner_set_size: self.partner_set_size,
+            owner_set_size: self.set.len() as u64,
+            blinded: self.blinded,
+            matched: self.reveal.partner_returns_owner_elements().then_some(self.matched),
+        })
+    }
+
+    fn on_hello(&mut self, hello: Hello) -> Result<(), ProtocolError> {
+        if hello.version != PROTOCOL_VERSION {
+            return Err(ProtocolError::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs: hello.version });
+        }
+        if hello.campaign != self.config.campaign {
+            return Err(ProtocolError::CampaignMismatch { ours: self.config.campaign.clone(), theirs: hello.campaign });
+        }
+        if hello.profile != self.config.profile.name() {
+            return Err(ProtocolError::ProfileMismatch { ours: self.config.profile.name().to_owned(), theirs: hello.profile });
+        }
+        if !self.config.allowed_reveals.contains(&hello.reveal) {
+            return Err(ProtocolError::RevealNotAllowed(hello.reveal));
+        }
+        let (min, max) = (self.config.min_partner_set, self.config.max_partner_set);
+        if hello.partner_set_size < min || hello.partner_set_size > max {
+            return Err(ProtocolError::SetSizeOutOfRange { size: hello.partner_set_size, min, max });
+        }
+        self.reveal = hello.reveal;
+        self.partner_set_size = hello.partner_set_size;
+        self.outbox.push_back(OwnerMessage::Accept(Accept {
+            version: PROTOCOL_VERSION,
+            owner_set_size: self.set.len() as u64,
+            max_chunk: self.config.max_chunk,
+        }));
+        self.state = State::ReceivingPartnerElements { received: 0 };
+        if self.partner_set_size == 0 {
+            self.after_partner_elements();
+        }
+        Ok(())
+    }
+
+    fn on_partner_elements(&mut self, received: u64, chunk: Vec<Element>) -> Result<(), ProtocolError> {
+        check_chunk(chunk.len(), self.config.max_chunk, received, self.partner_set_size, "partner elements")?;
+        let reblinded = self.key.reblind(&chunk)?;
+        let received = received + chunk.len() as u64;
+        if self.reveal.partner_returns_owner_elements() {
+            self.reblinded_set.extend(reblinded.iter().copied());
+        }
+        match self.reveal {
+            Reveal::Partner | Reveal::Both => self.outbox.push_back(OwnerMessage::ReblindedPartnerElements(reblinded)),
+            Reveal::Count => self.reblinded.extend(reblinded),
+            Reveal::Owner => {}
+        }
+        self.state = State::ReceivingPartnerElements { received };
+        if received == self.partner_set_size {
+            self.after_partner_elements();
+        }
+        Ok(())
+    }
+
+    /// All partner elements are in: in count mode send them back shuffled as a
+    /// whole, then start sending the owner's own elements.
+    fn after_partner_elements(&mut self) {
+        if self.reveal == Reveal::Count {
+            let mut all = std::mem::take(&mut self.reblinded);
+            all.shuffle(&mut rand::thread_rng());
+            for chunk in all.chunks(self.config.send_chunk as usize) {
+                self.outbox.push_back(OwnerMessage::ReblindedPartnerElements(chunk.to_vec()));
+            }
+        }
+        self.state = if self.set.is_empty() { self.after_sending() } else { State::SendingOwnerElements { next: 0 } };
+    }
+
+    fn after_sending(&mut self) -> State {
+        if self.reveal.partner_returns_owner_elements() {
+            self.matched = vec![false; self.set.len()];
+            if !self.set.is_empty() {
+                return State::ReceivingReturnedElements { received: 0 };
+            }
+        }
+        State::AwaitingFinished
+    }
+
+    fn on_returned_elements(&mut self, received: u64, chunk: Vec<Element>) -> Result<(), ProtocolError> {
+        let total = self.set.len() as u64;
+        check_chunk(chunk.len(), self.config.max_chunk, received, total, "re-blinded owner elements")?;
+        for (offset, element) in chunk.iter().enumerate() {
+            if self.reblinded_set.contains(element) {
+                self.matched[received as usize + offset] = true;
+            }
+        }
+        let received = received + chunk.len() as u64;
+        self.state = if received == total { State::AwaitingFinished } else { State::ReceivingReturnedElements { received } };
+        Ok(())
+    }
+}
+
+/// Checks a chunk's size against the limit and the announced total.
+pub(super) fn check_chunk(len: usize, max: u32, received: u64, expected: u64, what: &'static str) -> Result<(), ProtocolError> {
+    if len == 0 || len > max as usize {
+        return Err(ProtocolError::BadChunkSize { len, max });
+    }
+    if received + len as u64 > expected {
+        return Err(ProtocolError::TooManyElements { what, expected, received: received + len as u64 });
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! A party's prepared set: its records' tokens deduplicated and shuffled, with the
+//! way back from each distinct token to every record (and kind) that carried it.
+
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+
+use crate::normalize::Kind;
+use crate::records::RecordSet;
+use crate::token::Token;
+
+/// The kinds through which one record matched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindSet(u8);
+
+impl KindSet {
+    pub fn insert(&mut self, kind: Kind) {
+        self.0 |= 1 << kind as u8;
+    }
+    pub fn contains(self, kind: Kind) -> bool {
+        self.0 & (1 << kind as u8) != 0
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// `email`, `phone` or `email;phone`.
+    pub fn joined(self) -> String {
+        Kind::ALL.into_iter().filter(|&k| self.contains(k)).map(Kind::label).collect::<Vec<_>>().join(";")
+    }
+}
+
+/// Distinct tokens of the surviving records, in random order, with their holders.
+#[derive(Debug)]
+pub struct PreparedSet {
+    tokens: Vec<Token>,
+    /// `holders[starts[i]..starts[i + 1]]` are the (record, kind) pairs of token i.
+    holders: Vec<(u32, Kind)>,
+    starts: Vec<usize>,
+    excluded_records: u64,
+    identifiers: u64,
+}
+
+impl PreparedSet {
+    /// Prepares `records`, leaving out every record whose `excluded` flag is set
+    /// (opt-outs, suppressions). `excluded` is empty or has one flag per record.
+    pub fn new(records: &RecordSet, excluded: &[bool]) -> PreparedSet {
+        let is_excluded = |r: u32| excluded.get(r as usize).copied().unwrap_or(false);
+        let mut entries: Vec<(Token, u32, Kind)> =
+            records.entries().iter().filter(|e| !is_excluded(e.record)).map(|e| (e.token, e.record, e.kind)).collect();
+        let identifiers = entries.len() as u64;
+        entries.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut groups: Vec<(usize, usize)> = Vec::new();
+        let mut start = 0;
+        for i in 1..=entries.len() {
+            if i == entries.len() || entries[i].0 != entries[start].0 {
+                groups.push((start, i));
+                start = i;
+            }
+        }
+        groups.shuffle(&mut rand::thread_rng());
+        let mut tokens = Vec::with_capacity(groups.len());
+        let mut holders = Vec::with_capacity(entries.len());
+        let mut starts = Vec::with_capacity(groups.len() + 1);
+        for (from, to) in groups {
+            tokens.push(entries[from].0);
+            starts.push(holders.len());
+            holders.extend(entries[from..to].iter().map(|&(_, r, k)| (r, k)));
+        }
+        starts.push(holders.len());
+        let excluded_records = excluded.iter().filter(|&&x| x).count() as u64;
+        PreparedSet { tokens, holders, starts, excluded_records, identifiers }
+    }
+
+    /// The distinct tokens, in the order they are blinded and sent.
+    pub fn tokens(&self) -> &[Token] {
+        &self.tokens
+    }
+
+    /// Number of distinct tokens.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Records left out before blinding.
+    pub fn excluded_records(&self) -> u64 {
+        self.excluded_records
+    }
+
+    /// Identifiers of the surviving records, before deduplication.
+    pub fn identifiers(&self) -> u64 {
+        self.identifiers
+    }
+
+    /// The records holding any matched token, in record order, with the kinds that
+    /// matched. `matched[i]` says whether token i matched.
+    pub fn matched_records(&self, matched: &[bool]) -> Vec<(u32, KindSet)> {
+        let mut by_record: Vec<(u32, KindSet)> = Vec::new();
+        for (i, _) in matched.iter().enumerate().filter(|(_, m)| **m) {
+            for &(record, kind) in &self.holders[self.starts[i]..self.starts[i + 1]] {
+                let mut kinds = KindSet::default();
+                kinds.insert(kind);
+                by_record.push((record, kinds));
+            }
+        }
+        by_record.sort_unstable_by_key(|&(r, _)| r);
+        by_record.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 {
+                earlier.1 .0 |= later.1 .0;
+                true
+            } else {
+                false
+            }
+        });
+        by_record
+    }
+}

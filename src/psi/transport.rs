@@ -1,0 +1,53 @@
+//! The in-memory transport: runs both roles in one process, passing the very
+//! messages a network transport would carry. Used by `idmatch match` on two local
+//! files and by tests; an optional observer sees every message (transcript tests).
+
+use super::error::ProtocolError;
+use super::message::{OwnerMessage, PartnerMessage};
+use super::owner::Owner;
+use super::partner::Partner;
+
+/// One message as it crossed the in-memory wire.
+#[derive(Clone, Copy, Debug)]
+pub enum Observed<'m> {
+    FromPartner(&'m PartnerMessage),
+    FromOwner(&'m OwnerMessage),
+}
+
+/// Which side failed, and how.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalMatchError {
+    #[error("owner: {0}")]
+    Owner(ProtocolError),
+    #[error("partner: {0}")]
+    Partner(ProtocolError),
+    #[error("the match stalled before both sides finished (a protocol bug)")]
+    Stalled,
+}
+
+/// Drives `owner` and `partner` to completion, showing every message to `observe`.
+pub fn run_in_memory(
+    owner: &mut Owner<'_>,
+    partner: &mut Partner<'_>,
+    mut observe: impl FnMut(Observed<'_>),
+) -> Result<(), LocalMatchError> {
+    loop {
+        let mut progressed = false;
+        while let Some(message) = partner.poll_outgoing() {
+            observe(Observed::FromPartner(&message));
+            owner.receive(message).map_err(LocalMatchError::Owner)?;
+            progressed = true;
+        }
+        while let Some(message) = owner.poll_outgoing() {
+            observe(Observed::FromOwner(&message));
+            partner.receive(message).map_err(LocalMatchError::Partner)?;
+            progressed = true;
+        }
+        if owner.is_done() && partner.is_done() {
+            return Ok(());
+        }
+        if !progressed {
+            return Err(LocalMatchError::Stalled);
+        }
+    }
+}
