@@ -75,13 +75,16 @@ impl FileList {
         let digester = Tokenizer::new(&key);
         let mut options = ReadOptions::new(normalizer);
         options.columns = columns;
-        options.require_identifiers = false;
+        options.list = true;
         let set = records::read(path, &digester, options)?;
         let mut digests: HashSet<Token> = set.entries().iter().map(|e| e.token).collect();
         let mut ids = 0;
         if set.has_id_column() {
-            ids = set.len();
-            digests.extend((0..set.len() as u32).map(|r| digester.token(ID_LABEL, set.id(r))));
+            let listed = (0..set.len() as u32).map(|r| set.id(r)).filter(|id| !id.is_empty());
+            for id in listed {
+                ids += 1;
+                digests.insert(digester.token(ID_LABEL, id));
+            }
         }
         Ok(FileList { digester, digests, stats: set.stats().clone(), ids })
     }

@@ -48,13 +48,14 @@ impl OwnerConfig {
     }
 }
 
-/// Where the owner is in the protocol.
+/// Where the owner is in the protocol. Once the partner's elements are all in, the
+/// owner streams its own elements (one chunk per poll) and, in `owner`/`both` modes,
+/// accepts them back re-blinded while it is still sending.
 #[derive(Debug)]
 enum State {
     AwaitingHello,
     ReceivingPartnerElements { received: u64 },
-    SendingOwnerElements { next: usize },
-    ReceivingReturnedElements { received: u64 },
+    ExchangingOwnerElements { sent: usize, returned: u64 },
     AwaitingFinished,
     Done,
 }
@@ -64,8 +65,7 @@ impl State {
         match self {
             State::AwaitingHello => "awaiting hello",
             State::ReceivingPartnerElements { .. } => "receiving partner elements",
-            State::SendingOwnerElements { .. } => "sending owner elements",
-            State::ReceivingReturnedElements { .. } => "receiving re-blinded owner elements",
+            State::ExchangingOwnerElements { .. } => "exchanging owner elements",
             State::AwaitingFinished => "awaiting finished",
             State::Done => "done",
         }
@@ -102,7 +102,15 @@ pub struct Owner<'a> {
 }
 
 impl<'a> Owner<'a> {
-    pub fn new(config: OwnerConfig, set: &'a PreparedSet) -> Result<Owner<'a>, ProtocolError> {
+    /// Starts a match for `set`. Chunk sizes in `config` are capped at
+    /// [`MAX_CHUNK`](super::message::MAX_CHUNK) and must not be zero.
+    pub fn new(mut config: OwnerConfig, set: &'a PreparedSet) -> Result<Owner<'a>, ProtocolError> {
+        let max = super::message::MAX_CHUNK;
+        if config.send_chunk == 0 || config.max_chunk == 0 {
+            return Err(ProtocolError::BadChunkSize { len: 0, max });
+        }
+        config.send_chunk = config.send_chunk.min(max);
+        config.max_chunk = config.max_chunk.min(max);
         let key = BlindingKey::random().map_err(|e| ProtocolError::Rng(e.to_string()))?;
         Ok(Owner {
             config,
@@ -131,8 +139,10 @@ impl<'a> Owner<'a> {
             (&State::ReceivingPartnerElements { received }, PartnerMessage::PartnerElements(chunk)) => {
                 self.on_partner_elements(received, chunk)
             }
-            (&State::ReceivingReturnedElements { received }, PartnerMessage::ReblindedOwnerElements(chunk)) => {
-                self.on_returned_elements(received, chunk)
+            (&State::ExchangingOwnerElements { sent, returned }, PartnerMessage::ReblindedOwnerElements(chunk))
+                if self.reveal.partner_returns_owner_elements() =>
+            {
+                self.on_returned_elements(sent, returned, chunk)
             }
             (State::AwaitingFinished, PartnerMessage::Finished) => {
                 let intersection = (self.reveal == Reveal::Both).then(|| self.matched.iter().filter(|&&m| m).count() as u64);
@@ -154,11 +164,15 @@ impl<'a> Owner<'a> {
         if let Some(message) = self.outbox.pop_front() {
             return Some(message);
         }
-        let State::SendingOwnerElements { next } = self.state else { return None };
-        let end = (next + self.config.send_chunk as usize).min(self.set.len());
-        let chunk = self.key.blind_tokens(&self.set.tokens()[next..end]);
+        let State::ExchangingOwnerElements { sent, returned } = self.state else { return None };
+        if sent == self.set.len() {
+            return None;
+        }
+        let end = (sent + self.config.send_chunk as usize).min(self.set.len());
+        let chunk = self.key.blind_tokens(&self.set.tokens()[sent..end]);
         self.blinded += chunk.len() as u64;
-        self.state = if end < self.set.len() { State::SendingOwnerElements { next: end } } else { self.after_sending() };
+        self.state = State::ExchangingOwnerElements { sent: end, returned };
+        self.advance_exchange();
         Some(OwnerMessage::OwnerElements(chunk))
     }
 
@@ -233,29 +247,33 @@ impl<'a> Owner<'a> {
                 self.outbox.push_back(OwnerMessage::ReblindedPartnerElements(chunk.to_vec()));
             }
         }
-        self.state = if self.set.is_empty() { self.after_sending() } else { State::SendingOwnerElements { next: 0 } };
-    }
-
-    fn after_sending(&mut self) -> State {
         if self.reveal.partner_returns_owner_elements() {
             self.matched = vec![false; self.set.len()];
-            if !self.set.is_empty() {
-                return State::ReceivingReturnedElements { received: 0 };
-            }
         }
-        State::AwaitingFinished
+        self.state = State::ExchangingOwnerElements { sent: 0, returned: 0 };
+        self.advance_exchange();
     }
 
-    fn on_returned_elements(&mut self, received: u64, chunk: Vec<Element>) -> Result<(), ProtocolError> {
-        let total = self.set.len() as u64;
-        check_chunk(chunk.len(), self.config.max_chunk, received, total, "re-blinded owner elements")?;
-        for (offset, element) in chunk.iter().enumerate() {
-            if self.reblinded_set.contains(element) {
-                self.matched[received as usize + offset] = true;
+    /// The exchange ends when every owner element is sent and, where the partner
+    /// returns them, every one has come back.
+    fn advance_exchange(&mut self) {
+        if let State::ExchangingOwnerElements { sent, returned } = self.state {
+            let expected_back = if self.reveal.partner_returns_owner_elements() { sent as u64 } else { 0 };
+            if sent == self.set.len() && returned == expected_back {
+                self.state = State::AwaitingFinished;
             }
         }
-        let received = received + chunk.len() as u64;
-        self.state = if received == total { State::AwaitingFinished } else { State::ReceivingReturnedElements { received } };
+    }
+
+    fn on_returned_elements(&mut self, sent: usize, returned: u64, chunk: Vec<Element>) -> Result<(), ProtocolError> {
+        check_chunk(chunk.len(), self.config.max_chunk, returned, sent as u64, "re-blinded owner elements")?;
+        for (offset, element) in chunk.iter().enumerate() {
+            if self.reblinded_set.contains(element) {
+                self.matched[returned as usize + offset] = true;
+            }
+        }
+        self.state = State::ExchangingOwnerElements { sent, returned: returned + chunk.len() as u64 };
+        self.advance_exchange();
         Ok(())
     }
 }

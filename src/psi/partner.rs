@@ -10,7 +10,7 @@ use std::collections::{HashSet, VecDeque};
 
 use super::error::ProtocolError;
 use super::group::BlindingKey;
-use super::message::{DEFAULT_CHUNK, Element, Hello, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Reveal, Summary};
+use super::message::{DEFAULT_CHUNK, Element, MAX_CHUNK, Hello, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Reveal, Summary};
 use super::owner::check_chunk;
 use super::set::PreparedSet;
 use crate::normalize::Profile;
@@ -157,14 +157,14 @@ impl<'a> Partner<'a> {
             }
             (&State::ReceivingReblinded { received }, OwnerMessage::ReblindedPartnerElements(chunk)) => {
                 let sent = self.next_to_send.unwrap_or(0) as u64;
-                check_chunk(chunk.len(), u32::MAX, received, sent.min(partner_size), "re-blinded partner elements")?;
+                check_chunk(chunk.len(), MAX_CHUNK, received, sent.min(partner_size), "re-blinded partner elements")?;
                 self.reblinded.extend(chunk);
                 self.state = State::ReceivingReblinded { received: self.reblinded.len() as u64 };
                 self.advance();
                 Ok(())
             }
             (&State::ReceivingOwnerElements { received }, OwnerMessage::OwnerElements(chunk)) => {
-                check_chunk(chunk.len(), u32::MAX, received, self.owner_set_size, "owner elements")?;
+                check_chunk(chunk.len(), MAX_CHUNK, received, self.owner_set_size, "owner elements")?;
                 let double = self.key.reblind(&chunk)?;
                 if reveal.partner_returns_owner_elements() {
                     self.outbox.push_back(PartnerMessage::ReblindedOwnerElements(double.clone()));

@@ -32,13 +32,14 @@ pub struct ReadOptions {
     pub optout_digester: Option<Tokenizer>,
     /// Show a progress bar on stderr (hidden automatically when it is not a terminal).
     pub progress: bool,
-    /// Fail when the header has no identifier column (false for id-only opt-out lists).
-    pub require_identifiers: bool,
+    /// Read a list (opt-outs, suppressions) rather than records: the identifier
+    /// columns are optional when there is an id column, and an empty id is no error.
+    pub list: bool,
 }
 
 impl ReadOptions {
     pub fn new(normalizer: Normalizer) -> ReadOptions {
-        ReadOptions { columns: ColumnSpec::default(), normalizer, rejects: None, optout_digester: None, progress: false, require_identifiers: true }
+        ReadOptions { columns: ColumnSpec::default(), normalizer, rejects: None, optout_digester: None, progress: false, list: false }
     }
 }
 
@@ -100,7 +101,7 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
     if header.is_empty() || header.iter().all(|h| h.trim().is_empty()) {
         return Err(ReadError::NoHeader { path: path.to_owned() });
     }
-    let columns = options.columns.resolve(&header, options.require_identifiers).map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
+    let columns = options.columns.resolve(&header, !options.list).map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
 
     let progress = if options.progress { ProgressBar::new(file_len) } else { ProgressBar::hidden() };
     progress.set_style(
@@ -117,7 +118,7 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
     for _ in 0..3 {
         let _ = free_tx.send(Vec::with_capacity(BATCH_ROWS));
     }
-    let worker = Worker { columns: &columns, normalizer: &options.normalizer, tokenizer, digester: options.optout_digester.as_ref(), keep_values };
+    let worker = Worker { list: options.list, columns: &columns, normalizer: &options.normalizer, tokenizer, digester: options.optout_digester.as_ref(), keep_values };
     std::thread::scope(|scope| -> Result<(), ReadError> {
         let bar = progress.clone();
         scope.spawn(move || parse_rows(csv, full_tx, free_rx, bar));
@@ -188,6 +189,7 @@ fn parse_rows<R: Read>(
 
 /// Per-row work, shared by the rayon workers.
 struct Worker<'a> {
+    list: bool,
     columns: &'a ColumnMap,
     normalizer: &'a Normalizer,
     tokenizer: &'a Tokenizer,
@@ -207,7 +209,7 @@ impl Worker<'_> {
             None => Ok(row.line.to_string()),
             Some(col) => match std::str::from_utf8(&record[col]) {
                 Err(_) => Err(RowProblem::BadEncoding),
-                Ok(id) if id.trim().is_empty() => Err(RowProblem::MissingId),
+                Ok(id) if id.trim().is_empty() && !self.list => Err(RowProblem::MissingId),
                 Ok(id) => Ok(id.trim().to_owned()),
             },
         };

@@ -1,0 +1,195 @@
+//! The `idmatch` binary end to end: exit codes, outputs, error messages, secrets.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn idmatch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idmatch")).args(args).output().unwrap()
+}
+
+fn idmatch_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idmatch"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn keygen(dir: &Path) -> String {
+    let key = dir.join("campaign.key");
+    let out = idmatch(&["keygen", "--out", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    key.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn normalize_prints_one_line_per_input_in_order() {
+    let out = idmatch_stdin(&["normalize", "--kind", "email"], "  John.Doe+x@GoogleMail.com\nno-at-sign\n\ninfo@Müller.de\n");
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), "johndoe@gmail.com\n!error missing_at\n!error empty\ninfo@xn--mller-kva.de\n");
+    let out = idmatch_stdin(&["normalize", "--kind", "phone", "--region", "GB"], "020 7183 8750\n+1234567890A\n");
+    assert_eq!(text(&out.stdout), "+442071838750\n!error letters_in_number\n");
+    let out = idmatch_stdin(&["normalize", "--kind", "email", "--profile", "basic-v1"], "John.Doe+x@GoogleMail.com\n");
+    assert_eq!(text(&out.stdout), "john.doe+x@googlemail.com\n");
+}
+
+#[test]
+fn usage_errors_exit_2_and_other_errors_exit_1() {
+    assert_eq!(idmatch(&["normalize", "--kind", "fax"]).status.code(), Some(2));
+    assert_eq!(idmatch(&["normalize", "--kind", "email", "--region", "XX1"]).status.code(), Some(2));
+    assert_eq!(idmatch(&["frobnicate"]).status.code(), Some(2));
+    let out = idmatch(&["tokens", "--key-file", "/nonexistent/k", "--input", "x.csv", "--output", "y.csv"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/k"), "{}", text(&out.stderr));
+    assert!(idmatch(&["--help"]).status.success());
+    for sub in ["normalize", "tokens", "keygen", "synth", "match"] {
+        assert!(idmatch(&[sub, "--help"]).status.success(), "{sub} --help");
+    }
+}
+
+#[test]
+fn keygen_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let out = idmatch(&["keygen", "--out", &key]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("already exists"));
+    let contents = std::fs::read_to_string(&key).unwrap();
+    assert_eq!(contents.trim().len(), 64);
+}
+
+#[test]
+fn tokens_reports_rejects_without_values_and_never_prints_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let input = dir.path().join("in.csv");
+    std::fs::write(
+        &input,
+        "member_id,email,mobile,country\n\
+         a1,Alice@Example.com,020 7183 8750,GB\n\
+         a2,secret-bad-value,+1234567890A,US\n\
+         a3,alice@example.com,,\n\
+         ,bob@example.com,,\n\
+         a5,too,many,fields,here\n\
+         a6,,(415) 555-2671,US\n",
+    )
+    .unwrap();
+    let output = dir.path().join("tokens.csv");
+    let rejects = dir.path().join("rejects.csv");
+    let out = idmatch(&[
+        "tokens", "--key-file", &key, "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(),
+        "--rejects", rejects.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(summary.contains("rows: 6 (4 records, 2 bad rows: missing_id 1, wrong_field_count 1)"), "{summary}");
+    assert!(summary.contains("identifiers: 4 (email 2, phone 2)"), "{summary}");
+    assert!(summary.contains("rejected: 2 (letters_in_number 1, missing_at 1)"), "{summary}");
+    assert!(summary.contains("duplicate identifiers: 1"), "{summary}");
+
+    let tokens = std::fs::read_to_string(&output).unwrap();
+    let lines: Vec<&str> = tokens.lines().collect();
+    assert_eq!(lines[0], "# idmatch-tokens profile=idmatch-v1");
+    assert_eq!(lines[1], "record_id,kind,token_hex");
+    assert_eq!(lines.len(), 2 + 4);
+    assert!(lines[2].starts_with("a1,email,") && lines[3].starts_with("a1,phone,"));
+    let token_of = |line: &str| line.rsplit(',').next().unwrap().to_owned();
+    assert_eq!(token_of(lines[2]), token_of(lines[4]), "a1 and a3 share a normalized email");
+
+    let report = std::fs::read_to_string(&rejects).unwrap();
+    assert_eq!(report, "line,column,reason\n3,email,missing_at\n3,mobile,letters_in_number\n5,member_id,missing_id\n6,,wrong_field_count\n");
+    assert!(!report.contains("secret-bad-value"));
+
+    let key_hex = std::fs::read_to_string(&key).unwrap();
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(!text(stream).contains(key_hex.trim()));
+    }
+
+    // With --rejects-include-values the raw values are written, as asked.
+    let out = idmatch(&[
+        "tokens", "--key-file", &key, "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(),
+        "--rejects", rejects.to_str().unwrap(), "--rejects-include-values",
+    ]);
+    assert!(out.status.success());
+    assert!(std::fs::read_to_string(&rejects).unwrap().contains("3,email,missing_at,secret-bad-value"));
+}
+
+#[test]
+fn tokens_names_the_file_and_column_on_header_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let input = dir.path().join("in.tsv");
+    std::fs::write(&input, "id\tname\n1\tx\n").unwrap();
+    let out = idmatch(&["tokens", "--key-file", &key, "--input", input.to_str().unwrap(), "--output", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("in.tsv") && err.contains("no identifier column"), "{err}");
+    let out = idmatch(&[
+        "tokens", "--key-file", &key, "--input", input.to_str().unwrap(), "--output", "/dev/null", "--email-col", "mail",
+    ]);
+    assert!(text(&out.stderr).contains("no column named `mail`"));
+}
+
+#[test]
+fn match_on_synthetic_data_finds_exactly_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = idmatch(&["synth", "--rows", "600", "--overlap", "0.4", "--out-dir", data.to_str().unwrap(), "--seed", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let key = keygen(dir.path());
+    let results = dir.path().join("out");
+    let out = idmatch(&[
+        "match", "--owner", data.join("members.csv").to_str().unwrap(), "--partner", data.join("partner.csv").to_str().unwrap(),
+        "--key-file", &key, "--region", "US", "--reveal", "both", "--out-dir", results.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let ids = |path: &Path, col: usize| -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(path).unwrap().lines().skip(1).map(|l| l.split(',').nth(col).unwrap().to_owned()).collect()
+    };
+    let truth = data.join("truth.csv");
+    assert_eq!(ids(&results.join("partner_matches.csv"), 0), ids(&truth, 0));
+    assert_eq!(ids(&results.join("owner_matches.csv"), 0), ids(&truth, 1));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["owner"]["rows"], 600);
+    assert_eq!(summary["reveal"], "both");
+    assert!(summary["intersection"].as_u64().unwrap() > 0);
+
+    // Count mode: no match files, only the size.
+    let counted = dir.path().join("count");
+    let out = idmatch(&[
+        "match", "--owner", data.join("members.csv").to_str().unwrap(), "--partner", data.join("partner.csv").to_str().unwrap(),
+        "--key-file", &key, "--region", "US", "--reveal", "count", "--out-dir", counted.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(!counted.join("partner_matches.csv").exists() && !counted.join("owner_matches.csv").exists());
+    let s2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(counted.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s2["intersection"], summary["intersection"]);
+}
+
+#[test]
+fn match_honors_optouts_on_the_shipped_example() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let dir = tempfile::tempdir().unwrap();
+    let out = idmatch(&[
+        "match", "--owner", root.join("members.csv").to_str().unwrap(), "--partner", root.join("partner.csv").to_str().unwrap(),
+        "--key-file", root.join("campaign.key").to_str().unwrap(), "--optouts", root.join("optouts.csv").to_str().unwrap(),
+        "--region", "US", "--out-dir", dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["owner"]["excluded_records"], 6);
+    let owner_matches = std::fs::read_to_string(dir.path().join("owner_matches.csv")).unwrap();
+    for id in ["m0000102", "m0000429"] {
+        assert!(!owner_matches.contains(id), "opted-out {id} matched");
+    }
+}
