@@ -24,9 +24,6 @@ use zeroize::Zeroizing;
 use super::message::Element;
 use crate::token::Token;
 
-/// Rayon splits per-chunk work no finer than this many elements.
-const MIN_PAR_LEN: usize = 64;
-
 /// Why an element received from the peer was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ElementError {
@@ -36,7 +33,15 @@ pub enum ElementError {
     Identity { index: usize },
 }
 
-/// A party's secret scalar for one match.
+/// Elements compressed together: one shared field inversion per batch.
+const COMPRESS_BATCH: usize = 256;
+
+/// A party's secret scalar `s` for one match.
+///
+/// Invariant: the value stored is `h = s/2`, and every blinded element is encoded
+/// as `compress(2·(h·X))` with `RistrettoPoint::double_and_compress_batch`, which
+/// shares one field inversion across a batch. Since 2 is invertible mod ℓ, drawing
+/// `h` uniformly from the non-zero scalars makes `s = 2h` uniform non-zero too.
 pub struct BlindingKey(Zeroizing<Scalar>);
 
 impl BlindingKey {
@@ -55,22 +60,30 @@ impl BlindingKey {
 
     /// `s·P(t)` for each token, encoded; runs on all cores.
     pub fn blind_tokens(&self, tokens: &[Token]) -> Vec<Element> {
-        tokens.par_iter().with_min_len(MIN_PAR_LEN).map(|t| self.blind_token(t)).collect()
-    }
-
-    /// `s·P(t)`, encoded.
-    pub fn blind_token(&self, token: &Token) -> Element {
-        encode(&(hash_to_group(token) * *self.0))
+        tokens
+            .par_chunks(COMPRESS_BATCH)
+            .flat_map_iter(|batch| {
+                let halves: Vec<RistrettoPoint> = batch.iter().map(|t| hash_to_group(t) * *self.0).collect();
+                double_and_encode(&halves)
+            })
+            .collect()
     }
 
     /// `s·X` for each of the peer's elements `X`, encoded; runs on all cores.
     pub fn reblind(&self, elements: &[Element]) -> Result<Vec<Element>, ElementError> {
-        elements
-            .par_iter()
-            .with_min_len(MIN_PAR_LEN)
+        let batches: Vec<Vec<Element>> = elements
+            .par_chunks(COMPRESS_BATCH)
             .enumerate()
-            .map(|(index, e)| Ok(encode(&(decode(e, index)? * *self.0))))
-            .collect()
+            .map(|(b, batch)| {
+                let halves = batch
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| Ok(decode(e, b * COMPRESS_BATCH + i)? * *self.0))
+                    .collect::<Result<Vec<RistrettoPoint>, ElementError>>()?;
+                Ok(double_and_encode(&halves))
+            })
+            .collect::<Result<_, ElementError>>()?;
+        Ok(batches.concat())
     }
 }
 
@@ -86,8 +99,9 @@ pub fn hash_to_group(token: &Token) -> RistrettoPoint {
     RistrettoPoint::from_uniform_bytes(&wide)
 }
 
-fn encode(point: &RistrettoPoint) -> Element {
-    Element(point.compress().to_bytes())
+/// `compress(2·X)` for each point, sharing one inversion across the batch.
+fn double_and_encode(points: &[RistrettoPoint]) -> Vec<Element> {
+    RistrettoPoint::double_and_compress_batch(points).into_iter().map(|c| Element(c.to_bytes())).collect()
 }
 
 /// Decodes a peer's element, refusing non-canonical encodings and the identity.
@@ -114,11 +128,23 @@ mod tests {
     }
 
     #[test]
+    fn batched_encoding_equals_plain_scalar_multiplication() {
+        let key = BlindingKey::random().unwrap();
+        let s = *key.0 + *key.0;
+        let tokens: Vec<Token> = (0..600u16).map(|i| Token([(i % 251) as u8; 32])).collect();
+        let plain: Vec<Element> = tokens.iter().map(|t| Element((hash_to_group(t) * s).compress().to_bytes())).collect();
+        assert_eq!(key.blind_tokens(&tokens), plain);
+        let again: Vec<Element> =
+            plain.iter().map(|e| Element((decode(e, 0).unwrap() * s).compress().to_bytes())).collect();
+        assert_eq!(key.reblind(&plain).unwrap(), again);
+    }
+
+    #[test]
     fn rejects_identity_and_non_canonical() {
         let key = BlindingKey::random().unwrap();
         let identity = Element([0; 32]);
         assert_eq!(key.reblind(&[identity]), Err(ElementError::Identity { index: 0 }));
-        let good = key.blind_token(&Token([3; 32]));
+        let good = key.blind_tokens(&[Token([3; 32])])[0];
         // 2^255 - 1 is not a canonical field element encoding.
         let bad = Element([0xff; 32]);
         assert_eq!(key.reblind(&[good, bad]), Err(ElementError::NonCanonical { index: 1 }));

@@ -116,6 +116,19 @@ impl RecordSet {
         }
     }
 
+    /// One record per token (ids `1`, `2`, …), for benchmarks and tests that start
+    /// from tokens rather than files.
+    pub fn from_tokens(profile: Profile, tokens: &[Token], kind: Kind) -> RecordSet {
+        let mut set = RecordSet::new(profile, false);
+        for (i, &token) in tokens.iter().enumerate() {
+            let record = set.push_record(&(i + 1).to_string());
+            set.entries.push(Entry { token, record, kind });
+        }
+        set.stats.rows = tokens.len() as u64;
+        set.stats.records = tokens.len() as u64;
+        set
+    }
+
     /// The normalization profile the tokens were computed under.
     pub fn profile(&self) -> Profile {
         self.profile
