@@ -58,15 +58,16 @@ fn group_ops(c: &mut Criterion) {
 fn whole_match(c: &mut Criterion) {
     let mut g = c.benchmark_group("match_in_memory");
     g.sample_size(10);
-    for n in [10_000usize] {
-        let owner = RecordSet::from_tokens(Profile::IdmatchV1, &tokens(n, 0), Kind::Email);
-        let partner = RecordSet::from_tokens(Profile::IdmatchV1, &tokens(n, n / 2), Kind::Email);
-        let (os, ps) = (PreparedSet::new(&owner, &[]), PreparedSet::new(&partner, &[]));
-        g.throughput(Throughput::Elements(2 * n as u64));
-        g.bench_with_input(BenchmarkId::new("both", n), &n, |b, _| {
+    let n = 10_000usize;
+    let owner = RecordSet::from_tokens(Profile::IdmatchV1, &tokens(n, 0), Kind::Email);
+    let partner = RecordSet::from_tokens(Profile::IdmatchV1, &tokens(n, n / 2), Kind::Email);
+    let (os, ps) = (PreparedSet::new(&owner, &[]), PreparedSet::new(&partner, &[]));
+    g.throughput(Throughput::Elements(2 * n as u64));
+    for reveal in [Reveal::Both, Reveal::Partner] {
+        g.bench_with_input(BenchmarkId::new(reveal.name(), n), &reveal, |b, &reveal| {
             b.iter(|| {
                 let mut o = Owner::new(OwnerConfig::local("bench", Profile::IdmatchV1), &os).unwrap();
-                let mut p = Partner::new(PartnerConfig::new("bench", Profile::IdmatchV1, Reveal::Both), &ps).unwrap();
+                let mut p = Partner::new(PartnerConfig::new("bench", Profile::IdmatchV1, reveal), &ps).unwrap();
                 run_in_memory(&mut o, &mut p, |_| {}).unwrap();
                 p.outcome().unwrap().intersection
             })

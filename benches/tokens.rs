@@ -15,7 +15,11 @@ fn emails(n: usize) -> Vec<String> {
 fn phones(n: usize) -> Vec<String> {
     let formats = ["(415) 555-{:04}", "+1 212 555 {:04}", "1-646-555-{:04}", "tel:+1702555{:04}", "001 305 555 {:04}"];
     (0..n)
-        .map(|i| formats[i % formats.len()].replace("{:04}", &format!("{:04}", 1000 + i % 9000)).replace("555", &format!("{}", 200 + i % 700)))
+        .map(|i| {
+            formats[i % formats.len()]
+                .replace("{:04}", &format!("{:04}", 1000 + i % 9000))
+                .replace("555", &format!("{}", 200 + i % 700))
+        })
         .collect()
 }
 

@@ -51,13 +51,15 @@ impl Key {
     /// Reads a key file: one line of 64 hex digits, surrounding whitespace allowed.
     pub fn load(path: &Path) -> Result<Key, KeyError> {
         let malformed = |reason| KeyError::Malformed { path: path.to_owned(), reason };
-        let text = Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?);
+        let text =
+            Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?);
         let hex_part = text.trim_ascii();
         if hex_part.len() != 2 * KEY_LEN {
             return Err(malformed("expected exactly 64 hex digits (32 bytes) on one line"));
         }
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-        hex::decode_to_slice(hex_part, bytes.as_mut()).map_err(|_| malformed("contains a character that is not a hex digit"))?;
+        hex::decode_to_slice(hex_part, bytes.as_mut())
+            .map_err(|_| malformed("contains a character that is not a hex digit"))?;
         if bytes.iter().all(|&b| b == 0) {
             return Err(malformed("the key is all zeros"));
         }

@@ -1,3 +1,35 @@
+//! idmatch: privacy-preserving identifier matching.
+//!
+//! A consumer company (the **owner**) and a marketing partner (the **partner**) find
+//! the members they have in common, by email address or phone number, without
+//! either side learning the other's other identifiers. Identifiers are normalized
+//! identically on both sides, turned into keyed tokens under a per-campaign key, and
+//! compared by ECDH private set intersection on ristretto255. Opt-outs are applied
+//! before anything leaves the owner.
+//!
+//! # Layout
+//!
+//! Data flows one way:
+//! CSV rows → [`records`] → [`normalize`] → [`token`] → [`optout`] filter →
+//! [`psi`] (blind, exchange, re-blind) → matches → output files.
+//!
+//! - [`normalize`]: named, versioned normalization profiles for emails and phones,
+//!   with machine-readable reject reasons.
+//! - [`key`]: 32-byte secret keys and key files (redacted, zeroized).
+//! - [`token`]: keyed tokens, `HMAC-SHA256(key, kind ":" normalized)`.
+//! - [`records`]: CSV/TSV reading with column detection, record sets of tokens,
+//!   reject reports.
+//! - [`optout`]: the opt-out source trait and the file-backed list.
+//! - [`psi`]: the matching engine: group operations, protocol messages, one state
+//!   machine per role, the in-memory transport.
+//! - [`local_match`]: `idmatch match` on two local files, end to end.
+//! - [`synth`]: realistic synthetic data with a known truth.
+//! - [`cli`]: the command line (argument structures and glue only).
+//! - [`wire`]: protobuf types generated from `proto/` (the gRPC contract).
+//!
+//! `docs/PROTOCOL.md` specifies the wire protocol byte for byte; `docs/PRIVACY.md`
+//! says what each party learns.
+
 pub mod cli;
 pub mod key;
 pub mod local_match;
@@ -7,6 +39,9 @@ pub mod psi;
 pub mod records;
 pub mod synth;
 pub mod token;
+
+/// Protobuf types generated from `proto/idmatch/v1/` by `build.rs` (protox, no
+/// `protoc`). The gRPC service that uses them is still to come.
 pub mod wire {
     tonic::include_proto!("idmatch.v1");
 }

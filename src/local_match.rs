@@ -96,8 +96,10 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
     let reject_file = |name: &str| -> Result<Option<RejectWriter>, RejectWriteError> {
         options.write_rejects.then(|| RejectWriter::create(&out_dir.join(name), false)).transpose()
     };
-    let owner_records = read_side(&options.owner, &tokenizer, options, optouts.as_ref(), reject_file("owner_rejects.csv")?)?;
-    let partner_records = read_side(&options.partner, &tokenizer, options, suppress.as_ref(), reject_file("partner_rejects.csv")?)?;
+    let owner_records =
+        read_side(&options.owner, &tokenizer, options, optouts.as_ref(), reject_file("owner_rejects.csv")?)?;
+    let partner_records =
+        read_side(&options.partner, &tokenizer, options, suppress.as_ref(), reject_file("partner_rejects.csv")?)?;
     let owner_set = prepare(&owner_records, optouts.as_ref())?;
     let partner_set = prepare(&partner_records, suppress.as_ref())?;
 
@@ -129,7 +131,13 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
         profile: profile.name().to_owned(),
         reveal: options.reveal.name().to_owned(),
         owner: side_summary(&options.owner, &owner_records, &owner_set, owner_outcome.blinded, owner_matched),
-        partner: side_summary(&options.partner, &partner_records, &partner_set, partner_outcome.blinded, partner_matched),
+        partner: side_summary(
+            &options.partner,
+            &partner_records,
+            &partner_set,
+            partner_outcome.blinded,
+            partner_matched,
+        ),
         intersection: partner_outcome.intersection.or(owner_intersection),
         outputs,
     };
@@ -167,7 +175,13 @@ fn prepare(records: &RecordSet, list: Option<&FileList>) -> Result<PreparedSet, 
     Ok(PreparedSet::new(records, &excluded))
 }
 
-fn side_summary(path: &Path, records: &RecordSet, set: &PreparedSet, blinded: u64, matched: Option<u64>) -> SideSummary {
+fn side_summary(
+    path: &Path,
+    records: &RecordSet,
+    set: &PreparedSet,
+    blinded: u64,
+    matched: Option<u64>,
+) -> SideSummary {
     SideSummary {
         file: path.display().to_string(),
         read: records.stats().clone(),
@@ -180,7 +194,11 @@ fn side_summary(path: &Path, records: &RecordSet, set: &PreparedSet, blinded: u6
 }
 
 /// Writes `record_id,matched_kinds` rows.
-pub fn write_match_file(path: &Path, records: &RecordSet, matches: &[(u32, crate::psi::KindSet)]) -> Result<(), LocalMatchFailure> {
+pub fn write_match_file(
+    path: &Path,
+    records: &RecordSet,
+    matches: &[(u32, crate::psi::KindSet)],
+) -> Result<(), LocalMatchFailure> {
     let err = |e: csv::Error| LocalMatchFailure::Write { path: path.to_owned(), source: e.into() };
     let file = File::create(path).map_err(|source| LocalMatchFailure::Write { path: path.to_owned(), source })?;
     let mut out = csv::Writer::from_writer(BufWriter::new(file));

@@ -19,23 +19,104 @@ use rand::{Rng, SeedableRng};
 use crate::normalize::{Kind, Normalizer, Profile, Region};
 
 const FIRST: &[&str] = &[
-    "james", "mary", "robert", "patricia", "john", "jennifer", "michael", "linda", "david", "elizabeth", "william",
-    "barbara", "richard", "susan", "joseph", "jessica", "thomas", "sarah", "chris", "karen", "lisa", "daniel",
-    "nancy", "matthew", "betty", "anthony", "sandra", "mark", "ashley", "paul", "emily", "kevin", "sofia", "lukas",
-    "zoë", "josé", "anaïs", "jürgen", "chloé", "søren",
+    "james",
+    "mary",
+    "robert",
+    "patricia",
+    "john",
+    "jennifer",
+    "michael",
+    "linda",
+    "david",
+    "elizabeth",
+    "william",
+    "barbara",
+    "richard",
+    "susan",
+    "joseph",
+    "jessica",
+    "thomas",
+    "sarah",
+    "chris",
+    "karen",
+    "lisa",
+    "daniel",
+    "nancy",
+    "matthew",
+    "betty",
+    "anthony",
+    "sandra",
+    "mark",
+    "ashley",
+    "paul",
+    "emily",
+    "kevin",
+    "sofia",
+    "lukas",
+    "zoë",
+    "josé",
+    "anaïs",
+    "jürgen",
+    "chloé",
+    "søren",
 ];
 const LAST: &[&str] = &[
-    "smith", "johnson", "williams", "brown", "jones", "garcia", "miller", "davis", "rodriguez", "martinez",
-    "hernandez", "lopez", "gonzalez", "wilson", "anderson", "thomas", "taylor", "moore", "jackson", "martin", "lee",
-    "perez", "thompson", "white", "harris", "clark", "lewis", "walker", "young", "allen", "king", "wright", "müller",
-    "o'neil", "nguyen", "kim",
+    "smith",
+    "johnson",
+    "williams",
+    "brown",
+    "jones",
+    "garcia",
+    "miller",
+    "davis",
+    "rodriguez",
+    "martinez",
+    "hernandez",
+    "lopez",
+    "gonzalez",
+    "wilson",
+    "anderson",
+    "thomas",
+    "taylor",
+    "moore",
+    "jackson",
+    "martin",
+    "lee",
+    "perez",
+    "thompson",
+    "white",
+    "harris",
+    "clark",
+    "lewis",
+    "walker",
+    "young",
+    "allen",
+    "king",
+    "wright",
+    "müller",
+    "o'neil",
+    "nguyen",
+    "kim",
 ];
 const DOMAINS: &[&str] = &[
-    "gmail.com", "gmail.com", "gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com", "aol.com",
-    "example.com", "example.org", "mail.example.net", "googlemail.com", "müller.de", "proton.me",
+    "gmail.com",
+    "gmail.com",
+    "gmail.com",
+    "yahoo.com",
+    "outlook.com",
+    "hotmail.com",
+    "icloud.com",
+    "aol.com",
+    "example.com",
+    "example.org",
+    "mail.example.net",
+    "googlemail.com",
+    "müller.de",
+    "proton.me",
 ];
 /// Area codes whose numbers libphonenumber treats as valid US/CA numbers.
-const AREA_CODES: &[u32] = &[201, 202, 206, 212, 213, 214, 305, 310, 312, 404, 415, 503, 512, 617, 646, 702, 713, 718, 773, 818, 917, 949];
+const AREA_CODES: &[u32] =
+    &[201, 202, 206, 212, 213, 214, 305, 310, 312, 404, 415, 503, 512, 617, 646, 702, 713, 718, 773, 818, 917, 949];
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -132,11 +213,11 @@ pub fn generate(dir: &Path, options: &SynthOptions) -> Result<SynthSummary, Synt
         let r = render(&people[p], &mut rng, &normalizer);
         let partner_id = format!("p{:07}", i + 1);
         partner.row(&partner_id, &r)?;
-        if let Some(Some(m)) = member_cells.get(p) {
-            if m.shares_identifier(&r) {
-                writeln!(truth, "{partner_id},m{:07}", p + 1).map_err(io(&truth_path))?;
-                pairs += 1;
-            }
+        if let Some(Some(m)) = member_cells.get(p)
+            && m.shares_identifier(&r)
+        {
+            writeln!(truth, "{partner_id},m{:07}", p + 1).map_err(io(&truth_path))?;
+            pairs += 1;
         }
     }
     partner.finish()?;
@@ -152,7 +233,13 @@ fn person(index: usize, rng: &mut StdRng) -> Person {
     let email_user = format!("{first}{sep}{last}{index}").replace('\'', "");
     let email_domain = DOMAINS[rng.gen_range(0..DOMAINS.len())];
     let roll: f64 = rng.r#gen();
-    let (has_email, has_phone) = if roll < 0.1 { (false, true) } else if roll < 0.2 { (true, false) } else { (true, true) };
+    let (has_email, has_phone) = if roll < 0.1 {
+        (false, true)
+    } else if roll < 0.2 {
+        (true, false)
+    } else {
+        (true, true)
+    };
     let phone = has_phone.then(|| {
         let area = AREA_CODES[index % AREA_CODES.len()] as u64;
         let local = (index / AREA_CODES.len()) as u64;

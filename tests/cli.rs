@@ -33,7 +33,8 @@ fn keygen(dir: &Path) -> String {
 
 #[test]
 fn normalize_prints_one_line_per_input_in_order() {
-    let out = idmatch_stdin(&["normalize", "--kind", "email"], "  John.Doe+x@GoogleMail.com\nno-at-sign\n\ninfo@Müller.de\n");
+    let out =
+        idmatch_stdin(&["normalize", "--kind", "email"], "  John.Doe+x@GoogleMail.com\nno-at-sign\n\ninfo@Müller.de\n");
     assert!(out.status.success());
     assert_eq!(text(&out.stdout), "johndoe@gmail.com\n!error missing_at\n!error empty\ninfo@xn--mller-kva.de\n");
     let out = idmatch_stdin(&["normalize", "--kind", "phone", "--region", "GB"], "020 7183 8750\n+1234567890A\n");
@@ -86,8 +87,15 @@ fn tokens_reports_rejects_without_values_and_never_prints_the_key() {
     let output = dir.path().join("tokens.csv");
     let rejects = dir.path().join("rejects.csv");
     let out = idmatch(&[
-        "tokens", "--key-file", &key, "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(),
-        "--rejects", rejects.to_str().unwrap(),
+        "tokens",
+        "--key-file",
+        &key,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--rejects",
+        rejects.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let summary = text(&out.stdout);
@@ -106,7 +114,10 @@ fn tokens_reports_rejects_without_values_and_never_prints_the_key() {
     assert_eq!(token_of(lines[2]), token_of(lines[4]), "a1 and a3 share a normalized email");
 
     let report = std::fs::read_to_string(&rejects).unwrap();
-    assert_eq!(report, "line,column,reason\n3,email,missing_at\n3,mobile,letters_in_number\n5,member_id,missing_id\n6,,wrong_field_count\n");
+    assert_eq!(
+        report,
+        "line,column,reason\n3,email,missing_at\n3,mobile,letters_in_number\n5,member_id,missing_id\n6,,wrong_field_count\n"
+    );
     assert!(!report.contains("secret-bad-value"));
 
     let key_hex = std::fs::read_to_string(&key).unwrap();
@@ -116,8 +127,16 @@ fn tokens_reports_rejects_without_values_and_never_prints_the_key() {
 
     // With --rejects-include-values the raw values are written, as asked.
     let out = idmatch(&[
-        "tokens", "--key-file", &key, "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(),
-        "--rejects", rejects.to_str().unwrap(), "--rejects-include-values",
+        "tokens",
+        "--key-file",
+        &key,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--rejects",
+        rejects.to_str().unwrap(),
+        "--rejects-include-values",
     ]);
     assert!(out.status.success());
     assert!(std::fs::read_to_string(&rejects).unwrap().contains("3,email,missing_at,secret-bad-value"));
@@ -134,7 +153,15 @@ fn tokens_names_the_file_and_column_on_header_errors() {
     let err = text(&out.stderr);
     assert!(err.contains("in.tsv") && err.contains("no identifier column"), "{err}");
     let out = idmatch(&[
-        "tokens", "--key-file", &key, "--input", input.to_str().unwrap(), "--output", "/dev/null", "--email-col", "mail",
+        "tokens",
+        "--key-file",
+        &key,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        "/dev/null",
+        "--email-col",
+        "mail",
     ]);
     assert!(text(&out.stderr).contains("no column named `mail`"));
 }
@@ -143,23 +170,41 @@ fn tokens_names_the_file_and_column_on_header_errors() {
 fn match_on_synthetic_data_finds_exactly_the_truth() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = idmatch(&["synth", "--rows", "600", "--overlap", "0.4", "--out-dir", data.to_str().unwrap(), "--seed", "3"]);
+    let out =
+        idmatch(&["synth", "--rows", "600", "--overlap", "0.4", "--out-dir", data.to_str().unwrap(), "--seed", "3"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let key = keygen(dir.path());
     let results = dir.path().join("out");
     let out = idmatch(&[
-        "match", "--owner", data.join("members.csv").to_str().unwrap(), "--partner", data.join("partner.csv").to_str().unwrap(),
-        "--key-file", &key, "--region", "US", "--reveal", "both", "--out-dir", results.to_str().unwrap(),
+        "match",
+        "--owner",
+        data.join("members.csv").to_str().unwrap(),
+        "--partner",
+        data.join("partner.csv").to_str().unwrap(),
+        "--key-file",
+        &key,
+        "--region",
+        "US",
+        "--reveal",
+        "both",
+        "--out-dir",
+        results.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let ids = |path: &Path, col: usize| -> std::collections::BTreeSet<String> {
-        std::fs::read_to_string(path).unwrap().lines().skip(1).map(|l| l.split(',').nth(col).unwrap().to_owned()).collect()
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(col).unwrap().to_owned())
+            .collect()
     };
     let truth = data.join("truth.csv");
     assert_eq!(ids(&results.join("partner_matches.csv"), 0), ids(&truth, 0));
     assert_eq!(ids(&results.join("owner_matches.csv"), 0), ids(&truth, 1));
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["owner"]["rows"], 600);
     assert_eq!(summary["reveal"], "both");
     assert!(summary["intersection"].as_u64().unwrap() > 0);
@@ -167,12 +212,24 @@ fn match_on_synthetic_data_finds_exactly_the_truth() {
     // Count mode: no match files, only the size.
     let counted = dir.path().join("count");
     let out = idmatch(&[
-        "match", "--owner", data.join("members.csv").to_str().unwrap(), "--partner", data.join("partner.csv").to_str().unwrap(),
-        "--key-file", &key, "--region", "US", "--reveal", "count", "--out-dir", counted.to_str().unwrap(),
+        "match",
+        "--owner",
+        data.join("members.csv").to_str().unwrap(),
+        "--partner",
+        data.join("partner.csv").to_str().unwrap(),
+        "--key-file",
+        &key,
+        "--region",
+        "US",
+        "--reveal",
+        "count",
+        "--out-dir",
+        counted.to_str().unwrap(),
     ]);
     assert!(out.status.success());
     assert!(!counted.join("partner_matches.csv").exists() && !counted.join("owner_matches.csv").exists());
-    let s2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(counted.join("summary.json")).unwrap()).unwrap();
+    let s2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(counted.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s2["intersection"], summary["intersection"]);
 }
 
@@ -181,12 +238,23 @@ fn match_honors_optouts_on_the_shipped_example() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let dir = tempfile::tempdir().unwrap();
     let out = idmatch(&[
-        "match", "--owner", root.join("members.csv").to_str().unwrap(), "--partner", root.join("partner.csv").to_str().unwrap(),
-        "--key-file", root.join("campaign.key").to_str().unwrap(), "--optouts", root.join("optouts.csv").to_str().unwrap(),
-        "--region", "US", "--out-dir", dir.path().to_str().unwrap(),
+        "match",
+        "--owner",
+        root.join("members.csv").to_str().unwrap(),
+        "--partner",
+        root.join("partner.csv").to_str().unwrap(),
+        "--key-file",
+        root.join("campaign.key").to_str().unwrap(),
+        "--optouts",
+        root.join("optouts.csv").to_str().unwrap(),
+        "--region",
+        "US",
+        "--out-dir",
+        dir.path().to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["owner"]["excluded_records"], 6);
     let owner_matches = std::fs::read_to_string(dir.path().join("owner_matches.csv")).unwrap();
     for id in ["m0000102", "m0000429"] {

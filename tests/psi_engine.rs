@@ -49,7 +49,10 @@ fn run_match(owner: &RecordSet, owner_excluded: &[bool], partner: &RecordSet, re
     let oo = o.outcome().unwrap();
     let po = p.outcome().unwrap();
     let named = |records: &RecordSet, set: &PreparedSet, m: &Vec<bool>| {
-        set.matched_records(m).into_iter().map(|(r, k)| (records.id(r).to_owned(), k.joined())).collect::<BTreeMap<_, _>>()
+        set.matched_records(m)
+            .into_iter()
+            .map(|(r, k)| (records.id(r).to_owned(), k.joined()))
+            .collect::<BTreeMap<_, _>>()
     };
     Result3 {
         owner: oo.matched.as_ref().map(|m| named(owner, &owner_set, m)),
@@ -60,7 +63,10 @@ fn run_match(owner: &RecordSet, owner_excluded: &[bool], partner: &RecordSet, re
 }
 
 /// Expected matches by plain set intersection of normalized identifiers.
-fn expected(ours: &[(String, Option<String>, Option<String>)], theirs: &[(String, Option<String>, Option<String>)]) -> BTreeMap<String, String> {
+fn expected(
+    ours: &[(String, Option<String>, Option<String>)],
+    theirs: &[(String, Option<String>, Option<String>)],
+) -> BTreeMap<String, String> {
     let n = normalizer();
     let norm = |kind, v: &Option<String>| v.as_ref().and_then(|v| n.normalize(kind, v, None).ok());
     let their_emails: BTreeSet<String> = theirs.iter().filter_map(|r| norm(Kind::Email, &r.1)).collect();
@@ -102,9 +108,8 @@ fn rows(prefix: &'static str) -> impl Strategy<Value = Vec<(String, Option<Strin
         (0u32..40).prop_map(|i| format!("(415) 555-{:04}", 1000 + i)),
         Just("555-555-5555".to_owned()),
     ];
-    prop::collection::vec((prop::option::of(email), prop::option::of(phone)), 0..40).prop_map(move |v| {
-        v.into_iter().enumerate().map(|(i, (e, p))| (format!("{prefix}{i}"), e, p)).collect()
-    })
+    prop::collection::vec((prop::option::of(email), prop::option::of(phone)), 0..40)
+        .prop_map(move |v| v.into_iter().enumerate().map(|(i, (e, p))| (format!("{prefix}{i}"), e, p)).collect())
 }
 
 proptest! {
@@ -140,7 +145,11 @@ fn empty_and_disjoint_and_full_overlap() {
     let dir = tempfile::tempdir().unwrap();
     let tokenizer = Tokenizer::new(&Key::from_bytes([3; 32]));
     let empty = read(&write_csv(&dir, "e.csv", "id,email\n"), &tokenizer, None);
-    let a = read(&write_csv(&dir, "a.csv", "id,email,phone\n1,a@example.com,+14155550100\n2,b@example.com,\n"), &tokenizer, None);
+    let a = read(
+        &write_csv(&dir, "a.csv", "id,email,phone\n1,a@example.com,+14155550100\n2,b@example.com,\n"),
+        &tokenizer,
+        None,
+    );
     let b = read(&write_csv(&dir, "b.csv", "id,email\nx,c@example.com\n"), &tokenizer, None);
     for reveal in Reveal::ALL {
         let r = run_match(&empty, &[], &a, reveal);
@@ -163,7 +172,8 @@ fn opted_out_records_are_never_blinded_matched_or_counted() {
     let dir = tempfile::tempdir().unwrap();
     let tokenizer = Tokenizer::new(&Key::from_bytes([5; 32]));
     let members = "id,email,phone\nm1,alice@example.com,+14155550101\nm2,bob@example.com,+14155550102\nm3,carol@example.com,+14155550103\nm4,dave@example.com,\n";
-    let partner_text = "id,email,phone\np1,ALICE@example.com,\np2,,415-555-0102\np3,carol@example.com,\np4,dave@example.com,\n";
+    let partner_text =
+        "id,email,phone\np1,ALICE@example.com,\np2,,415-555-0102\np3,carol@example.com,\np4,dave@example.com,\n";
     // m1 opted out by email in another format, m2 by phone, m4 by record id.
     let optouts = FileList::load(
         &write_csv(&dir, "optouts.csv", "id,email,phone\n,Alice@Example.com,\n,,(415) 555-0102\nm4,,\n"),
@@ -177,7 +187,8 @@ fn opted_out_records_are_never_blinded_matched_or_counted() {
     assert_eq!(excluded, vec![true, true, false, true]);
 
     // The same match with the opted-out members removed from the file altogether.
-    let without = read(&write_csv(&dir, "m2.csv", "id,email,phone\nm3,carol@example.com,+14155550103\n"), &tokenizer, None);
+    let without =
+        read(&write_csv(&dir, "m2.csv", "id,email,phone\nm3,carol@example.com,+14155550103\n"), &tokenizer, None);
     for reveal in Reveal::ALL {
         let r = run_match(&owner, &excluded, &partner, reveal);
         let baseline = run_match(&without, &[], &partner, reveal);
@@ -208,7 +219,10 @@ fn transcript_carries_only_group_elements_and_hello_fields() {
     let mut names = Vec::new();
     run_in_memory(&mut o, &mut p, |m| match m {
         Observed::FromPartner(PartnerMessage::Hello(h)) => {
-            assert_eq!((h.campaign.as_str(), h.profile.as_str(), h.partner_set_size), ("spring-campaign", "idmatch-v1", 3));
+            assert_eq!(
+                (h.campaign.as_str(), h.profile.as_str(), h.partner_set_size),
+                ("spring-campaign", "idmatch-v1", 3)
+            );
             names.push("hello");
         }
         Observed::FromPartner(PartnerMessage::PartnerElements(c) | PartnerMessage::ReblindedOwnerElements(c))
@@ -295,7 +309,10 @@ fn out_of_order_and_malformed_messages_are_precise_errors() {
 
     let mut o = Owner::new(config.clone(), &os).unwrap();
     o.receive(hello(Reveal::Both, 2)).unwrap();
-    assert_eq!(o.receive(PartnerMessage::PartnerElements(vec![])), Err(ProtocolError::BadChunkSize { len: 0, max: 65536 }));
+    assert_eq!(
+        o.receive(PartnerMessage::PartnerElements(vec![])),
+        Err(ProtocolError::BadChunkSize { len: 0, max: 65536 })
+    );
     assert!(matches!(
         o.receive(PartnerMessage::PartnerElements(vec![Element([0; 32])])),
         Err(ProtocolError::BadElement(idmatch::psi::group::ElementError::Identity { index: 0 }))

@@ -16,6 +16,9 @@ pub struct KeygenArgs {
 
 pub fn run(args: KeygenArgs) -> CliResult {
     Key::generate_to_file(&args.out)?;
-    eprintln!("wrote a new 32-byte key to {} (mode 0600); share it with your matching partner over a secure channel", args.out.display());
+    eprintln!(
+        "wrote a new 32-byte key to {} (mode 0600); share it with your matching partner over a secure channel",
+        args.out.display()
+    );
     Ok(())
 }

@@ -76,7 +76,12 @@ pub struct ColumnArgs {
 
 impl ColumnArgs {
     pub fn spec(&self) -> ColumnSpec {
-        ColumnSpec { id: self.id_col.clone(), email: self.email_col.clone(), phone: self.phone_col.clone(), region: self.region_col.clone() }
+        ColumnSpec {
+            id: self.id_col.clone(),
+            email: self.email_col.clone(),
+            phone: self.phone_col.clone(),
+            region: self.region_col.clone(),
+        }
     }
 }
 

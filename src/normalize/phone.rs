@@ -16,7 +16,7 @@ pub(super) fn normalize(input: &str, region: Option<Region>, out: &mut String) -
     if trimmed.is_empty() {
         return Err(Reject::Empty);
     }
-    if trimmed.len() > MAX_INPUT {
+    if trimmed.chars().count() > MAX_INPUT {
         return Err(Reject::TooLong);
     }
     let number = strip_extension(strip_tel_uri(trimmed)).trim_matches(super::is_trimmable);
@@ -45,8 +45,8 @@ pub(super) fn normalize(input: &str, region: Option<Region>, out: &mut String) -
     Ok(())
 }
 
-/// 3. and 5.: parse, then require full validity (not merely a possible length), so
-/// that placeholders such as 555-555-5555 never mass-match.
+/// Steps 3 and 5: parse, then require full validity (not merely a possible length),
+/// so that placeholders such as 555-555-5555 never mass-match.
 fn parse_valid(number: &str, region: Option<Region>) -> Result<PhoneNumber, Reject> {
     let parsed = PHONE_NUMBER_UTIL.parse(number, region).map_err(|e| match e {
         ParseError::InvalidCountryCode => Reject::UnknownCountry,
@@ -67,9 +67,10 @@ fn strip_tel_uri(s: &str) -> &str {
     }
 }
 
-/// Drops a trailing extension: `#123`, `x123`, `ext 123`, `ext. 123`,
-/// `extension 123`. The marker must be followed only by digits (and separators), so
-/// `555-0199 xyz` keeps its letters and is rejected afterwards.
+/// Drops a trailing extension: `#123`, `x123`, `ext 123`, `ext. 12 34`,
+/// `extension 123`, `x１２`, or a bare trailing `#`. After the marker only digits
+/// (any script) and spaces or dashes may follow, so `555-0199 xyz` keeps its
+/// letters and is rejected afterwards.
 fn strip_extension(s: &str) -> &str {
     let lower_markers = ["extension", "ext.", "ext", "x", "#"];
     for (i, _) in s.char_indices() {
@@ -80,7 +81,9 @@ fn strip_extension(s: &str) -> &str {
                 continue;
             }
             let tail = rest[marker.len()..].trim_start_matches([' ', '.', ':', '=']);
-            if !tail.is_empty() && tail.chars().all(|c| c.is_ascii_digit()) && i > 0 {
+            let digits_only =
+                tail.chars().any(char::is_numeric) && tail.chars().all(|c| c.is_numeric() || c == ' ' || c == '-');
+            if i > 0 && (digits_only || (marker == "#" && tail.is_empty())) {
                 return &s[..i];
             }
         }
@@ -100,7 +103,17 @@ mod tests {
 
     #[test]
     fn e164_from_many_formats() {
-        for input in ["+1 415 555 2671", "(415) 555-2671", "415.555.2671", "1-415-555-2671", "011 1 415 555 2671", "tel:+1-415-555-2671", "+1 (415) 555-2671 ext. 12", "415-555-2671 x99", "415 555 2671#7"] {
+        for input in [
+            "+1 415 555 2671",
+            "(415) 555-2671",
+            "415.555.2671",
+            "1-415-555-2671",
+            "011 1 415 555 2671",
+            "tel:+1-415-555-2671",
+            "+1 (415) 555-2671 ext. 12",
+            "415-555-2671 x99",
+            "415 555 2671#7",
+        ] {
             assert_eq!(norm(input, Some("US")).unwrap(), "+14155552671", "{input}");
         }
     }
@@ -116,6 +129,18 @@ mod tests {
     #[test]
     fn non_ascii_digits() {
         assert_eq!(norm("+１ ４１５ ５５５ ２６７１", None).unwrap(), "+14155552671");
+    }
+
+    #[test]
+    fn extensions_in_many_forms() {
+        for input in [
+            "+1 650 555 1212 ext 12 34",
+            "+1 650 555 1212 x１２",
+            "+1 650 555 1212 #",
+            "＋１ （６５０） ５５５－１２１２ ext. １２３４",
+        ] {
+            assert_eq!(norm(input, None).unwrap(), "+16505551212", "{input}");
+        }
     }
 
     #[test]

@@ -132,7 +132,8 @@ mod tests {
         let key = BlindingKey::random().unwrap();
         let s = *key.0 + *key.0;
         let tokens: Vec<Token> = (0..600u16).map(|i| Token([(i % 251) as u8; 32])).collect();
-        let plain: Vec<Element> = tokens.iter().map(|t| Element((hash_to_group(t) * s).compress().to_bytes())).collect();
+        let plain: Vec<Element> =
+            tokens.iter().map(|t| Element((hash_to_group(t) * s).compress().to_bytes())).collect();
         assert_eq!(key.blind_tokens(&tokens), plain);
         let again: Vec<Element> =
             plain.iter().map(|e| Element((decode(e, 0).unwrap() * s).compress().to_bytes())).collect();

@@ -30,7 +30,7 @@ pub struct ChunkLengthError {
 impl Element {
     /// Splits concatenated 32-byte encodings (the wire form of a chunk).
     pub fn parse_chunk(bytes: &[u8]) -> Result<Vec<Element>, ChunkLengthError> {
-        if bytes.len() % ELEMENT_LEN != 0 {
+        if !bytes.len().is_multiple_of(ELEMENT_LEN) {
             return Err(ChunkLengthError { len: bytes.len() });
         }
         Ok(bytes.chunks_exact(ELEMENT_LEN).map(|c| Element(c.try_into().expect("exact chunk"))).collect())

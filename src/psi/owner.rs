@@ -145,7 +145,8 @@ impl<'a> Owner<'a> {
                 self.on_returned_elements(sent, returned, chunk)
             }
             (State::AwaitingFinished, PartnerMessage::Finished) => {
-                let intersection = (self.reveal == Reveal::Both).then(|| self.matched.iter().filter(|&&m| m).count() as u64);
+                let intersection =
+                    (self.reveal == Reveal::Both).then(|| self.matched.iter().filter(|&&m| m).count() as u64);
                 self.outbox.push_back(OwnerMessage::Summary(Summary {
                     partner_set_size: self.partner_set_size,
                     owner_set_size: self.set.len() as u64,
@@ -195,7 +196,10 @@ impl<'a> Owner<'a> {
             return Err(ProtocolError::CampaignMismatch { ours: self.config.campaign.clone(), theirs: hello.campaign });
         }
         if hello.profile != self.config.profile.name() {
-            return Err(ProtocolError::ProfileMismatch { ours: self.config.profile.name().to_owned(), theirs: hello.profile });
+            return Err(ProtocolError::ProfileMismatch {
+                ours: self.config.profile.name().to_owned(),
+                theirs: hello.profile,
+            });
         }
         if !self.config.allowed_reveals.contains(&hello.reveal) {
             return Err(ProtocolError::RevealNotAllowed(hello.reveal));
@@ -279,7 +283,13 @@ impl<'a> Owner<'a> {
 }
 
 /// Checks a chunk's size against the limit and the announced total.
-pub(super) fn check_chunk(len: usize, max: u32, received: u64, expected: u64, what: &'static str) -> Result<(), ProtocolError> {
+pub(super) fn check_chunk(
+    len: usize,
+    max: u32,
+    received: u64,
+    expected: u64,
+    what: &'static str,
+) -> Result<(), ProtocolError> {
     if len == 0 || len > max as usize {
         return Err(ProtocolError::BadChunkSize { len, max });
     }

@@ -10,7 +10,9 @@ use std::collections::{HashSet, VecDeque};
 
 use super::error::ProtocolError;
 use super::group::BlindingKey;
-use super::message::{DEFAULT_CHUNK, Element, MAX_CHUNK, Hello, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Reveal, Summary};
+use super::message::{
+    DEFAULT_CHUNK, Element, Hello, MAX_CHUNK, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Reveal, Summary,
+};
 use super::owner::check_chunk;
 use super::set::PreparedSet;
 use crate::normalize::Profile;
@@ -205,10 +207,11 @@ impl<'a> Partner<'a> {
             }
         }
         let all_sent = self.next_to_send.is_some_and(|n| n >= self.set.len());
-        if let State::ReceivingOwnerElements { received } = self.state {
-            if received == self.owner_set_size && all_sent {
-                self.finish();
-            }
+        if let State::ReceivingOwnerElements { received } = self.state
+            && received == self.owner_set_size
+            && all_sent
+        {
+            self.finish();
         }
     }
 
@@ -235,10 +238,10 @@ impl<'a> Partner<'a> {
         if summary.owner_set_size != self.owner_set_size {
             return Err(ProtocolError::SummaryMismatch("owner set size"));
         }
-        if let (Some(theirs), Some(ours)) = (summary.intersection, self.intersection) {
-            if theirs != ours {
-                return Err(ProtocolError::SummaryMismatch("intersection size"));
-            }
+        if let (Some(theirs), Some(ours)) = (summary.intersection, self.intersection)
+            && theirs != ours
+        {
+            return Err(ProtocolError::SummaryMismatch("intersection size"));
         }
         Ok(())
     }

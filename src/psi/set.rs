@@ -108,7 +108,7 @@ impl PreparedSet {
         by_record.sort_unstable_by_key(|&(r, _)| r);
         by_record.dedup_by(|later, earlier| {
             if later.0 == earlier.0 {
-                earlier.1 .0 |= later.1 .0;
+                earlier.1.0 |= later.1.0;
                 true
             } else {
                 false

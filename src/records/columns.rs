@@ -36,7 +36,9 @@ pub struct ColumnMap {
 pub enum ColumnError {
     #[error("no column named `{0}` in the header")]
     NotFound(String),
-    #[error("no identifier column: name one with --email-col/--phone-col, or use a header such as email, phone, mobile, msisdn")]
+    #[error(
+        "no identifier column: name one with --email-col/--phone-col, or use a header such as email, phone, mobile, msisdn"
+    )]
     NoIdentifiers,
     #[error("column `{0}` is named as more than one role")]
     Ambiguous(String),
@@ -60,11 +62,7 @@ impl ColumnSpec {
             names.iter().enumerate().filter(|(_, n)| candidates.contains(&n.as_str())).map(|(i, _)| i).collect()
         };
         let explicit_or_detect = |explicit: &[String], candidates: &[&str]| -> Result<Vec<usize>, ColumnError> {
-            if explicit.is_empty() {
-                Ok(detect(candidates))
-            } else {
-                explicit.iter().map(|c| find(c)).collect()
-            }
+            if explicit.is_empty() { Ok(detect(candidates)) } else { explicit.iter().map(|c| find(c)).collect() }
         };
         let id = match &self.id {
             Some(name) => Some(find(name)?),
@@ -108,7 +106,9 @@ mod tests {
 
     #[test]
     fn detects_common_names_case_insensitively() {
-        let map = ColumnSpec::default().resolve(&header(&["\u{FEFF}Member_ID", "E-Mail", "Mobile", "Country", "name"]), true).unwrap();
+        let map = ColumnSpec::default()
+            .resolve(&header(&["\u{FEFF}Member_ID", "E-Mail", "Mobile", "Country", "name"]), true)
+            .unwrap();
         assert_eq!(map.id, Some(0));
         assert_eq!(map.identifiers, vec![(1, Kind::Email), (2, Kind::Phone)]);
         assert_eq!(map.region, Some(3));

@@ -12,7 +12,9 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use super::{ColumnError, ColumnMap, ColumnSpec, Entry, OptOutDigests, RecordSet, RejectWriteError, RejectWriter, RowProblem};
+use super::{
+    ColumnError, ColumnMap, ColumnSpec, Entry, OptOutDigests, RecordSet, RejectWriteError, RejectWriter, RowProblem,
+};
 use crate::normalize::{Kind, Normalizer, Region, Reject, parse_region};
 use crate::token::{Token, Tokenizer};
 
@@ -39,7 +41,14 @@ pub struct ReadOptions {
 
 impl ReadOptions {
     pub fn new(normalizer: Normalizer) -> ReadOptions {
-        ReadOptions { columns: ColumnSpec::default(), normalizer, rejects: None, optout_digester: None, progress: false, list: false }
+        ReadOptions {
+            columns: ColumnSpec::default(),
+            normalizer,
+            rejects: None,
+            optout_digester: None,
+            progress: false,
+            list: false,
+        }
     }
 }
 
@@ -101,11 +110,15 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
     if header.is_empty() || header.iter().all(|h| h.trim().is_empty()) {
         return Err(ReadError::NoHeader { path: path.to_owned() });
     }
-    let columns = options.columns.resolve(&header, !options.list).map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
+    let columns = options
+        .columns
+        .resolve(&header, !options.list)
+        .map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
 
     let progress = if options.progress { ProgressBar::new(file_len) } else { ProgressBar::hidden() };
     progress.set_style(
-        ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} ({eta})").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     progress.set_message(format!("reading {}", path.display()));
 
@@ -118,13 +131,21 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
     for _ in 0..3 {
         let _ = free_tx.send(Vec::with_capacity(BATCH_ROWS));
     }
-    let worker = Worker { list: options.list, columns: &columns, normalizer: &options.normalizer, tokenizer, digester: options.optout_digester.as_ref(), keep_values };
+    let worker = Worker {
+        list: options.list,
+        columns: &columns,
+        normalizer: &options.normalizer,
+        tokenizer,
+        digester: options.optout_digester.as_ref(),
+        keep_values,
+    };
     std::thread::scope(|scope| -> Result<(), ReadError> {
         let bar = progress.clone();
         scope.spawn(move || parse_rows(csv, full_tx, free_rx, bar));
         for batch in full_rx {
             let batch = batch.map_err(|(line, source)| ReadError::Csv { path: path.to_owned(), line, source })?;
-            let outs: Vec<RowOut> = batch.par_iter().with_min_len(256).map_init(String::new, |buf, row| worker.row(row, buf)).collect();
+            let outs: Vec<RowOut> =
+                batch.par_iter().with_min_len(256).map_init(String::new, |buf, row| worker.row(row, buf)).collect();
             let _ = free_tx.send(batch);
             for out in outs {
                 append(&mut set, digests.as_mut(), &columns, out, options.rejects.as_mut(), path)?;
@@ -200,7 +221,16 @@ struct Worker<'a> {
 impl Worker<'_> {
     fn row(&self, row: &RawRow, buf: &mut String) -> RowOut {
         let record = &row.record;
-        let mut out = RowOut { line: row.line, id: Ok(String::new()), id_digest: None, identifiers: Vec::new(), rejects: Vec::new(), blank_cells: 0, valid: [0; 2], repeated: 0 };
+        let mut out = RowOut {
+            line: row.line,
+            id: Ok(String::new()),
+            id_digest: None,
+            identifiers: Vec::new(),
+            rejects: Vec::new(),
+            blank_cells: 0,
+            valid: [0; 2],
+            repeated: 0,
+        };
         if record.len() != self.columns.names.len() {
             out.id = Err(RowProblem::WrongFieldCount);
             return out;
@@ -272,7 +302,10 @@ fn append(
         Err(problem) => {
             *stats.bad_rows.entry(problem.code()).or_default() += 1;
             if let Some(rejects) = rejects {
-                let column = columns.id.filter(|_| problem != RowProblem::WrongFieldCount).map_or("", |c| columns.names[c].as_str());
+                let column = columns
+                    .id
+                    .filter(|_| problem != RowProblem::WrongFieldCount)
+                    .map_or("", |c| columns.names[c].as_str());
                 rejects.write(out.line, column, problem.code(), None)?;
             }
             return Ok(());

@@ -41,7 +41,13 @@ impl RejectWriter {
     }
 
     /// Appends one reject.
-    pub fn write(&mut self, line: u64, column: &str, reason: &str, value: Option<&str>) -> Result<(), RejectWriteError> {
+    pub fn write(
+        &mut self,
+        line: u64,
+        column: &str,
+        reason: &str,
+        value: Option<&str>,
+    ) -> Result<(), RejectWriteError> {
         let line = line.to_string();
         let result = if self.include_values {
             self.writer.write_record([line.as_str(), column, reason, value.unwrap_or("")])
