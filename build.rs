@@ -1,12 +1,17 @@
 //! Compiles `proto/` into Rust with `protox` (a pure-Rust protobuf compiler) and
-//! `tonic-prost-build`, so no `protoc` binary is needed on any machine.
+//! `tonic-prost-build`, so no `protoc` binary is needed on any machine. Also writes
+//! the encoded file descriptor set that gRPC server reflection serves.
+
+use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["proto/idmatch/v1/match.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptors = protox::compile(protos, ["proto"])?;
+    std::fs::write(out_dir.join("idmatch_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
     tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(descriptors)?;
     Ok(())
 }

@@ -37,6 +37,7 @@ pub mod normalize;
 pub mod optout;
 pub mod psi;
 pub mod records;
+pub mod service;
 pub mod synth;
 pub mod token;
 

@@ -193,14 +193,22 @@ fn side_summary(
     }
 }
 
-/// Writes `record_id,matched_kinds` rows.
+/// Writes `record_id,matched_kinds` rows to a file created with mode 0600 (match
+/// results are personal data).
 pub fn write_match_file(
     path: &Path,
     records: &RecordSet,
     matches: &[(u32, crate::psi::KindSet)],
 ) -> Result<(), LocalMatchFailure> {
     let err = |e: csv::Error| LocalMatchFailure::Write { path: path.to_owned(), source: e.into() };
-    let file = File::create(path).map_err(|source| LocalMatchFailure::Write { path: path.to_owned(), source })?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(path).map_err(|source| LocalMatchFailure::Write { path: path.to_owned(), source })?;
     let mut out = csv::Writer::from_writer(BufWriter::new(file));
     out.write_record(["record_id", "matched_kinds"]).map_err(err)?;
     for (record, kinds) in matches {

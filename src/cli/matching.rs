@@ -1,4 +1,5 @@
-//! `idmatch match`: two local files, both roles in one process.
+//! `idmatch match`: two local files with both roles in one process, or, with
+//! `--server`, the partner's side against an owner's gRPC server.
 
 use std::path::PathBuf;
 
@@ -7,15 +8,40 @@ use clap::Args;
 use super::{CliResult, ColumnArgs, ProfileArgs};
 use crate::local_match::{self, LocalMatchOptions};
 use crate::psi::Reveal;
+use crate::service::client::{self, ClientOptions};
 
 #[derive(Debug, Args)]
 pub struct MatchArgs {
-    /// The owner's member file (CSV/TSV with a header).
-    #[arg(long, value_name = "FILE")]
-    pub owner: PathBuf,
-    /// The partner's file (CSV/TSV with a header).
-    #[arg(long, value_name = "FILE")]
-    pub partner: PathBuf,
+    /// Local mode: the owner's member file (CSV/TSV with a header).
+    #[arg(long, value_name = "FILE", required_unless_present = "server", conflicts_with = "server")]
+    pub owner: Option<PathBuf>,
+    /// Local mode: the partner's file (CSV/TSV with a header).
+    #[arg(long, value_name = "FILE", required_unless_present = "server", conflicts_with = "server")]
+    pub partner: Option<PathBuf>,
+    /// Client mode: the owner's server, `https://host:port` (plain `http://` only for a loopback test server).
+    #[arg(long, value_name = "URL", requires_all = ["campaign", "input", "output"])]
+    pub server: Option<String>,
+    /// Client mode: the campaign id on the server.
+    #[arg(long, requires = "server")]
+    pub campaign: Option<String>,
+    /// Client mode: the partner's file.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub input: Option<PathBuf>,
+    /// Client mode: where to write `record_id,matched_kinds` (partner and both modes).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub output: Option<PathBuf>,
+    /// Client mode: CA bundle (PEM) that signed the server's certificate.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub ca: Option<PathBuf>,
+    /// Client mode: client certificate (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires_all = ["server", "key"])]
+    pub cert: Option<PathBuf>,
+    /// Client mode: client private key (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires_all = ["server", "cert"])]
+    pub key: Option<PathBuf>,
+    /// Client mode: file holding the bearer token the owner issued.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub token_file: Option<PathBuf>,
     /// The campaign key file shared by both parties (see `idmatch keygen`).
     #[arg(long, value_name = "FILE")]
     pub key_file: PathBuf,
@@ -26,17 +52,17 @@ pub struct MatchArgs {
     pub profile: ProfileArgs,
     #[command(flatten)]
     pub columns: ColumnArgs,
-    /// The owner's opt-out list (CSV with email, phone and/or id columns): opted-out members are never matched.
-    #[arg(long, value_name = "FILE")]
+    /// Local mode: the owner's opt-out list (CSV with email, phone and/or id columns): opted-out members are never matched.
+    #[arg(long, value_name = "FILE", conflicts_with = "server")]
     pub optouts: Option<PathBuf>,
     /// The partner's suppression list (same format), applied the same way on the partner's side.
     #[arg(long, value_name = "FILE")]
     pub suppress: Option<PathBuf>,
-    /// Directory for partner_matches.csv, owner_matches.csv and summary.json (created if missing).
-    #[arg(long, value_name = "DIR")]
-    pub out_dir: PathBuf,
-    /// Also write owner_rejects.csv and partner_rejects.csv (line, column, reason) to the output directory.
-    #[arg(long)]
+    /// Local mode: directory for partner_matches.csv, owner_matches.csv and summary.json (created if missing).
+    #[arg(long, value_name = "DIR", required_unless_present = "server", conflicts_with = "server")]
+    pub out_dir: Option<PathBuf>,
+    /// Local mode: also write owner_rejects.csv and partner_rejects.csv (line, column, reason) to the output directory.
+    #[arg(long, conflicts_with = "server")]
     pub write_rejects: bool,
 }
 
@@ -45,16 +71,23 @@ fn parse_reveal(s: &str) -> Result<Reveal, String> {
 }
 
 pub fn run(args: MatchArgs) -> CliResult {
+    if args.server.is_some() {
+        return run_client(args);
+    }
+    let (Some(owner), Some(partner), Some(out_dir)) = (args.owner.clone(), args.partner.clone(), args.out_dir.clone())
+    else {
+        return Err("local mode needs --owner, --partner and --out-dir".into());
+    };
     let options = LocalMatchOptions {
-        owner: args.owner,
-        partner: args.partner,
+        owner,
+        partner,
         key_file: args.key_file,
         reveal: args.reveal,
         normalizer: args.profile.normalizer(),
         columns: args.columns.spec(),
         optouts: args.optouts,
         suppress: args.suppress,
-        out_dir: args.out_dir.clone(),
+        out_dir: out_dir.clone(),
         write_rejects: args.write_rejects,
         progress: true,
     };
@@ -76,7 +109,43 @@ pub fn run(args: MatchArgs) -> CliResult {
         "intersection: {} distinct identifiers; wrote {} to {}",
         summary.intersection.map_or("not revealed".to_owned(), |n| n.to_string()),
         summary.outputs.join(", "),
-        args.out_dir.display()
+        out_dir.display()
+    );
+    Ok(())
+}
+
+fn run_client(args: MatchArgs) -> CliResult {
+    let (Some(server), Some(campaign), Some(input), Some(output)) = (args.server, args.campaign, args.input, args.output)
+    else {
+        return Err("--server needs --campaign, --input and --output".into());
+    };
+    let options = ClientOptions {
+        server,
+        campaign,
+        key_file: args.key_file,
+        input,
+        output: output.clone(),
+        reveal: args.reveal,
+        normalizer: args.profile.normalizer(),
+        columns: args.columns.spec(),
+        suppress: args.suppress,
+        ca: args.ca,
+        cert: args.cert,
+        key: args.key,
+        token_file: args.token_file,
+        idle_timeout: std::time::Duration::from_secs(300),
+        progress: true,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let summary = runtime.block_on(client::run(options))?;
+    let o = &summary.outcome;
+    println!(
+        "partner set {} (after {} suppressed records), owner set {}; intersection: {}; matched records: {}",
+        o.partner_set_size,
+        summary.suppressed_records,
+        o.owner_set_size,
+        o.intersection.map_or("not revealed".to_owned(), |n| n.to_string()),
+        summary.matched_records.map_or("not revealed".to_owned(), |n| format!("{n}, written to {}", output.display())),
     );
     Ok(())
 }

@@ -5,6 +5,8 @@
 mod keygen;
 mod matching;
 mod normalize;
+mod serve;
+mod optout;
 mod synth;
 mod tokens;
 
@@ -36,8 +38,12 @@ pub enum Command {
     Keygen(keygen::KeygenArgs),
     /// Write a synthetic members/partner pair with its truth file.
     Synth(synth::SynthArgs),
-    /// Match an owner's and a partner's file by private set intersection (both roles in this process).
+    /// Match by private set intersection: two local files (both roles here), or against an owner's server.
     Match(matching::MatchArgs),
+    /// Run the owner's gRPC matching server.
+    Serve(serve::ServeArgs),
+    /// Manage the durable opt-out store: add, remove, import, check, count, export, audit, verify.
+    Optout(optout::OptoutArgs),
 }
 
 /// Normalization settings shared by every command that reads identifiers.
@@ -113,12 +119,17 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keygen(args) => keygen::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Match(args) => matching::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Optout(args) => optout::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("idmatch: error: {err}");
-            ExitCode::FAILURE
+            match err.downcast_ref::<crate::service::client::ClientError>() {
+                Some(client_error) => ExitCode::from(client_error.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -9,6 +9,10 @@
 //!
 //! [`FileList`] is the file-backed source: a CSV of opted-out emails, phones and/or
 //! record ids, held in memory under a random per-process key.
+//!
+//! [`store::OptOutStore`] is the durable source: the installation's opt-out store
+//! (SQLite, behind the [`store::Backend`] trait) under its own store key, kept across
+//! runs, with an audit trail; `idmatch optout` manages it.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -19,6 +23,9 @@ use crate::records::{self, ColumnSpec, ReadError, ReadOptions, ReadStats, Record
 use crate::token::{Token, Tokenizer};
 
 pub use crate::records::ID_LABEL;
+
+pub mod store;
+pub use store::OptOutStore;
 
 /// Why opt-outs could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +79,17 @@ impl FileList {
     /// ids from an id column if there is one.
     pub fn load(path: &Path, normalizer: Normalizer, columns: ColumnSpec) -> Result<FileList, OptOutError> {
         let key = Key::generate()?;
-        let digester = Tokenizer::new(&key);
+        FileList::load_with_digester(path, normalizer, columns, Tokenizer::new(&key))
+    }
+
+    /// Like [`FileList::load`], under a given digester, so that a list re-read later
+    /// matches record sets digested once at load (a long-running server).
+    pub fn load_with_digester(
+        path: &Path,
+        normalizer: Normalizer,
+        columns: ColumnSpec,
+        digester: Tokenizer,
+    ) -> Result<FileList, OptOutError> {
         let mut options = ReadOptions::new(normalizer);
         options.columns = columns;
         options.list = true;

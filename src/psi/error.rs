@@ -30,6 +30,9 @@ pub enum ProtocolError {
     BadElement(#[from] ElementError),
     #[error("the peer's summary disagrees with this side's counts: {0}")]
     SummaryMismatch(&'static str),
+    /// A wire message that does not decode into a protocol message.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
     #[error("random number generator failed: {0}")]
     Rng(String),
 }

@@ -26,4 +26,4 @@ pub use message::{Element, OwnerMessage, PartnerMessage, Reveal};
 pub use owner::{Owner, OwnerConfig, OwnerOutcome};
 pub use partner::{Partner, PartnerConfig, PartnerOutcome};
 pub use set::{KindSet, PreparedSet};
-pub use transport::{LocalMatchError, Observed, run_in_memory};
+pub use transport::{Endpoint, LocalMatchError, Observed, run_in_memory};

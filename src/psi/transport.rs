@@ -51,3 +51,42 @@ pub fn run_in_memory(
         }
     }
 }
+
+/// What every transport needs from a role's state machine.
+pub trait Endpoint {
+    /// Messages this role receives.
+    type Incoming;
+    /// Messages this role sends.
+    type Outgoing;
+    fn receive(&mut self, message: Self::Incoming) -> Result<(), ProtocolError>;
+    fn poll_outgoing(&mut self) -> Option<Self::Outgoing>;
+    fn is_done(&self) -> bool;
+}
+
+impl Endpoint for Owner<'_> {
+    type Incoming = PartnerMessage;
+    type Outgoing = OwnerMessage;
+    fn receive(&mut self, message: PartnerMessage) -> Result<(), ProtocolError> {
+        Owner::receive(self, message)
+    }
+    fn poll_outgoing(&mut self) -> Option<OwnerMessage> {
+        Owner::poll_outgoing(self)
+    }
+    fn is_done(&self) -> bool {
+        Owner::is_done(self)
+    }
+}
+
+impl Endpoint for Partner<'_> {
+    type Incoming = OwnerMessage;
+    type Outgoing = PartnerMessage;
+    fn receive(&mut self, message: OwnerMessage) -> Result<(), ProtocolError> {
+        Partner::receive(self, message)
+    }
+    fn poll_outgoing(&mut self) -> Option<PartnerMessage> {
+        Partner::poll_outgoing(self)
+    }
+    fn is_done(&self) -> bool {
+        Partner::is_done(self)
+    }
+}

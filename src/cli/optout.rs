@@ -1,0 +1,375 @@
+//! `idmatch optout`: the durable opt-out store (add, remove, import, check, count,
+//! export, audit, verify). The store logic lives in [`crate::optout::store`].
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+
+use super::{CliResult, ColumnArgs, format_stats, parse_profile, parse_region_arg};
+use crate::key::Key;
+use crate::normalize::{Profile, Region};
+use crate::optout::store::{
+    BatchReport, Counts, EntryKind, ImportOptions, OptOutStore, StoreError, StoreOptions, format_rfc3339_ms,
+};
+use crate::records::RejectWriter;
+
+#[derive(Debug, Args)]
+pub struct OptoutArgs {
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Action {
+    /// Opt one member out, by email, phone or member id (creates the store if missing).
+    Add(ChangeArgs),
+    /// Opt one member back in: removes the entry; the next match sees the change.
+    Remove(ChangeArgs),
+    /// Import a CSV/TSV list of opt-outs (email, phone and/or id columns; creates the store if missing).
+    Import(ImportArgs),
+    /// Tell whether one identifier is opted out (prints `opted out` or `not opted out`; exit 0 either way).
+    Check(CheckArgs),
+    /// Print how many entries the store holds, by kind.
+    Count(StoreArgs),
+    /// Write every entry as CSV: digest_hex, kind, added_at, source (never a raw value).
+    Export(ExportArgs),
+    /// Write the audit trail as CSV: id, at, source, action, kind, requested, changed (never a value).
+    Audit(ExportArgs),
+    /// Check the database's integrity and its entry counts.
+    Verify(StoreArgs),
+}
+
+/// The store every subcommand works on.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The opt-out store database file (SQLite).
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+    /// The store key file (`idmatch keygen`): one per installation, never a campaign key.
+    #[arg(long, value_name = "FILE")]
+    pub store_key: PathBuf,
+}
+
+/// Exactly one identifier.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct IdentifierArgs {
+    /// An email address (normalized under the store's profile).
+    #[arg(long, value_name = "ADDRESS")]
+    pub email: Option<String>,
+    /// A phone number (E.164, or national with --region).
+    #[arg(long, value_name = "NUMBER")]
+    pub phone: Option<String>,
+    /// A member (record) id, as in the id column of member files.
+    #[arg(long, value_name = "MEMBER_ID")]
+    pub id: Option<String>,
+}
+
+impl IdentifierArgs {
+    fn get(&self) -> (EntryKind, &str) {
+        match (&self.email, &self.phone, &self.id) {
+            (Some(v), _, _) => (EntryKind::Email, v),
+            (_, Some(v), _) => (EntryKind::Phone, v),
+            (_, _, Some(v)) => (EntryKind::Id, v),
+            // clap's required group guarantees one of them.
+            (None, None, None) => (EntryKind::Id, ""),
+        }
+    }
+}
+
+/// Normalization settings. The store records its profile when it is created.
+#[derive(Debug, Args)]
+pub struct NormalizeArgs {
+    /// Normalization profile: a new store records it (default idmatch-v1); an existing store must match.
+    #[arg(long, value_parser = parse_profile)]
+    pub profile: Option<Profile>,
+    /// Default region (ISO 3166 alpha-2) for national-format phone numbers.
+    #[arg(long, value_parser = parse_region_arg)]
+    pub region: Option<Region>,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub identifier: IdentifierArgs,
+    #[command(flatten)]
+    pub normalize: NormalizeArgs,
+    /// Where the change comes from, recorded with the entry and in the audit trail (e.g. account-settings).
+    #[arg(long, default_value = "cli", value_name = "LABEL")]
+    pub source: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The list to import: CSV/TSV with a header (columns detected as for every input).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub normalize: NormalizeArgs,
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+    /// Source label recorded with the entries and in the audit trail (default: import:<file name>).
+    #[arg(long, value_name = "LABEL")]
+    pub source: Option<String>,
+    /// Import nothing if any row or identifier is rejected.
+    #[arg(long)]
+    pub strict: bool,
+    /// Write every rejected row and identifier (line, column, reason; no values) to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+    /// Entries per transaction (each committed batch is reported on stderr).
+    #[arg(long, hide = true, default_value_t = crate::optout::store::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub identifier: IdentifierArgs,
+    #[command(flatten)]
+    pub normalize: NormalizeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Write the CSV to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// How many rejects the import prints on stderr (all of them go to --rejects).
+const REJECTS_SHOWN: usize = 10;
+
+pub fn run(args: OptoutArgs) -> CliResult {
+    match args.action {
+        Action::Add(args) => change(args, true),
+        Action::Remove(args) => change(args, false),
+        Action::Import(args) => import(args),
+        Action::Check(args) => check(args),
+        Action::Count(args) => count(args),
+        Action::Export(args) => export(args),
+        Action::Audit(args) => audit(args),
+        Action::Verify(args) => verify(args),
+    }
+}
+
+fn open(store: &StoreArgs, create: bool, profile: Option<Profile>) -> Result<OptOutStore, Box<dyn std::error::Error>> {
+    let key = Key::load(&store.store_key)?;
+    let options = StoreOptions { create, profile, ..StoreOptions::default() };
+    Ok(OptOutStore::open(&store.db, &key, &options)?)
+}
+
+fn counts_text(counts: &Counts) -> String {
+    format!("email {}, phone {}, id {}", counts.email, counts.phone, counts.id)
+}
+
+fn change(args: ChangeArgs, add: bool) -> CliResult {
+    let store = open(&args.store, add, args.normalize.profile)?;
+    let (kind, value) = args.identifier.get();
+    let region = args.normalize.region;
+    if add {
+        if store.add(kind, value, region, &args.source)? {
+            println!("added: {kind} opted out (source {})", args.source);
+        } else {
+            println!("already opted out: {kind} (nothing changed)");
+        }
+    } else if store.remove(kind, value, region, &args.source)? {
+        println!("removed: {kind} opted back in (source {})", args.source);
+    } else {
+        println!("not opted out: {kind} (nothing removed)");
+    }
+    Ok(())
+}
+
+fn check(args: CheckArgs) -> CliResult {
+    let store = open(&args.store, false, args.normalize.profile)?;
+    let (kind, value) = args.identifier.get();
+    let out = store.is_opted_out(kind, value, args.normalize.region)?;
+    println!("{}", if out { "opted out" } else { "not opted out" });
+    Ok(())
+}
+
+fn count(args: StoreArgs) -> CliResult {
+    let store = open(&args, false, None)?;
+    let counts = store.count()?;
+    println!("{} opt-outs ({})", counts.total(), counts_text(&counts));
+    Ok(())
+}
+
+fn verify(args: StoreArgs) -> CliResult {
+    let store = open(&args, false, None)?;
+    let problems = store.backend().verify()?;
+    if problems.is_empty() {
+        println!("ok: {} opt-outs, profile {}", store.count()?.total(), store.profile());
+        return Ok(());
+    }
+    for problem in &problems {
+        println!("{problem}");
+    }
+    Err(format!("opt-out store {}: {} problems found", args.db.display(), problems.len()).into())
+}
+
+/// A CSV writer on `--output` or stdout, and how to name it in errors.
+fn csv_output(output: Option<&Path>) -> Result<(csv::Writer<Box<dyn Write>>, String), Box<dyn std::error::Error>> {
+    Ok(match output {
+        Some(path) => {
+            let file = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            (csv::Writer::from_writer(Box::new(BufWriter::new(file))), path.display().to_string())
+        }
+        None => (csv::Writer::from_writer(Box::new(BufWriter::new(std::io::stdout().lock()))), "stdout".to_owned()),
+    })
+}
+
+fn export(args: ExportArgs) -> CliResult {
+    let store = open(&args.store, false, None)?;
+    let (mut out, name) = csv_output(args.output.as_deref())?;
+    let named = |e: &dyn std::fmt::Display| format!("{name}: {e}");
+    out.write_record(["digest_hex", "kind", "added_at", "source"]).map_err(|e| named(&e))?;
+    let written = store
+        .backend()
+        .export(&mut |row| {
+            let record = [row.digest.to_hex(), row.kind.label().to_owned(), format_rfc3339_ms(row.added_ms)];
+            out.write_record([&record[0], &record[1], &record[2], &row.source]).map_err(std::io::Error::other)
+        })
+        .map_err(|e| named(&e))?;
+    out.flush().map_err(|e| named(&e))?;
+    if args.output.is_some() {
+        eprintln!("exported {written} opt-outs to {name}");
+    }
+    Ok(())
+}
+
+fn audit(args: ExportArgs) -> CliResult {
+    let store = open(&args.store, false, None)?;
+    let (mut out, name) = csv_output(args.output.as_deref())?;
+    let named = |e: &dyn std::fmt::Display| format!("{name}: {e}");
+    out.write_record(["id", "at", "source", "action", "kind", "requested", "changed"]).map_err(|e| named(&e))?;
+    let written = store
+        .backend()
+        .audit(&mut |event| {
+            out.write_record([
+                event.id.to_string().as_str(),
+                &format_rfc3339_ms(event.at_ms),
+                &event.source,
+                event.action.label(),
+                event.kind.label(),
+                &event.requested.to_string(),
+                &event.changed.to_string(),
+            ])
+            .map_err(std::io::Error::other)
+        })
+        .map_err(|e| named(&e))?;
+    out.flush().map_err(|e| named(&e))?;
+    if args.output.is_some() {
+        eprintln!("exported {written} audit events to {name}");
+    }
+    Ok(())
+}
+
+/// The reject report: the user's `--rejects` file, or a temporary one whose first
+/// lines are shown and which is removed afterwards.
+struct Rejects {
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl Rejects {
+    fn new(requested: Option<PathBuf>) -> Rejects {
+        match requested {
+            Some(path) => Rejects { path, temporary: false },
+            None => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let name = format!("idmatch-optout-rejects-{}-{nanos}.csv", std::process::id());
+                Rejects { path: std::env::temp_dir().join(name), temporary: true }
+            }
+        }
+    }
+
+    /// Prints the first rejects (`line N, column C: reason`) on stderr.
+    fn show(&self, total: u64) {
+        let Ok(file) = File::open(&self.path) else { return };
+        let lines: Vec<String> =
+            BufReader::new(file).lines().skip(1).take(REJECTS_SHOWN).map_while(Result::ok).collect();
+        for line in &lines {
+            let mut fields = line.splitn(3, ',');
+            if let (Some(row), Some(column), Some(reason)) = (fields.next(), fields.next(), fields.next()) {
+                let column = if column.is_empty() { String::new() } else { format!(", column {column}") };
+                eprintln!("  line {row}{column}: {reason}");
+            }
+        }
+        let rest = total.saturating_sub(lines.len() as u64);
+        if rest > 0 {
+            if self.temporary {
+                eprintln!("  … and {rest} more (write them all with --rejects FILE)");
+            } else {
+                eprintln!("  … and {rest} more in {}", self.path.display());
+            }
+        }
+    }
+}
+
+impl Drop for Rejects {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn import(args: ImportArgs) -> CliResult {
+    let store = open(&args.store, true, args.normalize.profile)?;
+    let source = args.source.clone().unwrap_or_else(|| {
+        format!("import:{}", args.file.file_name().map_or_else(|| args.file.display().to_string(), |n| n.to_string_lossy().into_owned()))
+    });
+    let rejects = Rejects::new(args.rejects.clone());
+    let mut options = ImportOptions::new(source.clone());
+    options.columns = args.columns.spec();
+    options.region = args.normalize.region;
+    options.batch_size = args.batch_size;
+    options.strict = args.strict;
+    options.progress = true;
+    options.rejects = Some(RejectWriter::create(&rejects.path, false)?);
+    let mut on_batch = |b: &BatchReport| {
+        eprintln!(
+            "committed batch {}/{}: {} entries ({} new); {} of {} written",
+            b.index, b.batches, b.entries, b.added, b.committed, b.total
+        );
+    };
+    let report = match store.import_file(&args.file, options, &mut on_batch) {
+        Ok(report) => report,
+        Err(err @ StoreError::StrictRejected { rejected, bad_rows, .. }) => {
+            eprintln!("rejected rows and identifiers:");
+            rejects.show(rejected + bad_rows);
+            return Err(err.into());
+        }
+        Err(err) => return Err(err.into()),
+    };
+    print!("{}", format_stats(&args.file, &report.read));
+    println!(
+        "  opt-outs: {} distinct ({} identifiers and ids listed, {} ids)",
+        report.distinct, report.candidates, report.ids
+    );
+    println!("  added: {} ({})", report.added.total(), counts_text(&report.added));
+    println!("  already present: {} ({})", report.present.total(), counts_text(&report.present));
+    println!("  batches committed: {} (source {source})", report.batches);
+    let now = store.count()?;
+    println!("store {} now holds {} opt-outs ({})", args.store.db.display(), now.total(), counts_text(&now));
+    let problems = report.read.rejected_total() + report.read.bad_rows_total();
+    if problems > 0 {
+        eprintln!("rejected rows and identifiers (not imported):");
+        rejects.show(problems);
+    }
+    Ok(())
+}

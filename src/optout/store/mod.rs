@@ -1,0 +1,510 @@
+//! The durable opt-out store: members who opted out of marketing (in their account
+//! settings, or by an imported list), kept across runs and honored by every match.
+//!
+//! # What is stored
+//!
+//! Never a raw identifier. Each entry is the keyed digest
+//! `HMAC-SHA256(store key, label ":" normalized)` — exactly
+//! `Tokenizer::new(&store_key).token(label, normalized)` with label `email`, `phone`
+//! or `id` ([`ID_LABEL`]) — under a per-installation **store key** (its own key file,
+//! made by `idmatch keygen`, never a campaign key). A copy of the database therefore
+//! does not reveal who opted out to anyone without the store key. Each entry also
+//! records when it was added and by which source (`account-settings`,
+//! `import:members.csv`, …), through the audit event that added it.
+//!
+//! The store also keeps:
+//! - a fingerprint of the store key (`HMAC(store key, "fingerprint:idmatch-optout-store-v1")`,
+//!   never the key), so opening it with another key file is an error instead of a
+//!   store that silently never matches;
+//! - the normalization profile it was created with: every entry is normalized under
+//!   it, and a command asking for another profile is an error (see
+//!   [`OptOutStore::ensure_profile`] for audiences);
+//! - an audit trail: one event per change (time, source, action, kind, counts — never
+//!   values), written in the same transaction as the change.
+//!
+//! # Layout
+//!
+//! Storage is behind the small [`Backend`] trait; [`SqliteBackend`] (one SQLite file,
+//! WAL, `synchronous=FULL`) implements it now, and a server-side backend (PostgreSQL)
+//! can implement it later for several replicas. [`OptOutStore`] adds what every
+//! backend shares — normalization, digests, the key check, file import — and
+//! implements [`OptOutSource`](super::OptOutSource), so
+//! [`excluded_records`](super::excluded_records) works against the live store:
+//!
+//! ```no_run
+//! # use std::path::Path;
+//! # use idmatch::key::Key;
+//! # use idmatch::normalize::{Normalizer, Profile};
+//! # use idmatch::optout::{OptOutSource, excluded_records};
+//! # use idmatch::optout::store::{OptOutStore, StoreOptions};
+//! # use idmatch::records::{self, ReadOptions};
+//! # use idmatch::token::Tokenizer;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store_key = Key::load(Path::new("store.key"))?;
+//! let store = OptOutStore::open(Path::new("optouts.db"), &store_key, &StoreOptions::existing())?;
+//! let campaign = Tokenizer::new(&Key::load(Path::new("campaign.key"))?);
+//! let mut options = ReadOptions::new(Normalizer::new(store.profile(), None));
+//! options.optout_digester = Some(store.digester().clone());
+//! let members = records::read(Path::new("members.csv"), &campaign, options)?;
+//! store.ensure_profile(&members)?;
+//! let excluded: Vec<bool> = excluded_records(&members, &store)?;
+//! # Ok(()) }
+//! ```
+//!
+//! Removal (opting back in) takes effect for the next [`OptOutSource::contains`] call:
+//! nothing is cached between calls.
+
+mod import;
+mod sqlite;
+mod time;
+
+use std::path::Path;
+
+pub use import::{BatchReport, DEFAULT_BATCH_SIZE, ImportOptions, ImportReport};
+pub use sqlite::{SqliteBackend, SqliteTuning};
+pub use time::format_rfc3339_ms;
+
+use super::{OptOutError, OptOutSource};
+use crate::key::{Key, KeyError};
+use crate::normalize::{Kind, Normalizer, Profile, Region, Reject};
+use crate::records::{ID_LABEL, ReadError, RecordSet};
+use crate::token::{Token, Tokenizer};
+
+/// What an entry opts out: an email address, a phone number, or a member (record) id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntryKind {
+    Email,
+    Phone,
+    Id,
+}
+
+impl EntryKind {
+    /// All kinds, in their stored order.
+    pub const ALL: [EntryKind; 3] = [EntryKind::Email, EntryKind::Phone, EntryKind::Id];
+
+    /// The label hashed into the digest and written in exports: `email`, `phone`, `id`.
+    pub fn label(self) -> &'static str {
+        match self {
+            EntryKind::Email => Kind::Email.label(),
+            EntryKind::Phone => Kind::Phone.label(),
+            EntryKind::Id => ID_LABEL,
+        }
+    }
+
+    /// The small integer stored for this kind (0 email, 1 phone, 2 id).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The kind stored as `code`.
+    pub fn from_code(code: i64) -> Option<EntryKind> {
+        EntryKind::ALL.into_iter().find(|k| i64::from(k.code()) == code)
+    }
+}
+
+impl From<Kind> for EntryKind {
+    fn from(kind: Kind) -> EntryKind {
+        match kind {
+            Kind::Email => EntryKind::Email,
+            Kind::Phone => EntryKind::Phone,
+        }
+    }
+}
+
+impl std::fmt::Display for EntryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// One opt-out: a digest and what kind of identifier it was computed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreEntry {
+    pub digest: Token,
+    pub kind: EntryKind,
+}
+
+/// Entries in the store, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub email: u64,
+    pub phone: u64,
+    pub id: u64,
+}
+
+impl Counts {
+    pub fn total(&self) -> u64 {
+        self.email + self.phone + self.id
+    }
+
+    /// The count for one kind.
+    pub fn get(&self, kind: EntryKind) -> u64 {
+        match kind {
+            EntryKind::Email => self.email,
+            EntryKind::Phone => self.phone,
+            EntryKind::Id => self.id,
+        }
+    }
+
+    fn add(&mut self, kind: EntryKind, n: u64) {
+        match kind {
+            EntryKind::Email => self.email += n,
+            EntryKind::Phone => self.phone += n,
+            EntryKind::Id => self.id += n,
+        }
+    }
+}
+
+/// One entry as exported: no raw value, only its digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportRow {
+    pub digest: Token,
+    pub kind: EntryKind,
+    /// When it was added, in milliseconds since the Unix epoch (UTC).
+    pub added_ms: i64,
+    pub source: String,
+}
+
+/// What an audit event records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditAction {
+    /// `idmatch optout add` or [`OptOutStore::add`].
+    Add,
+    /// `idmatch optout remove` (opting back in).
+    Remove,
+    /// One committed batch of an import.
+    Import,
+}
+
+impl AuditAction {
+    pub fn label(self) -> &'static str {
+        match self {
+            AuditAction::Add => "add",
+            AuditAction::Remove => "remove",
+            AuditAction::Import => "import",
+        }
+    }
+
+    fn code(self) -> i64 {
+        match self {
+            AuditAction::Add => 0,
+            AuditAction::Remove => 1,
+            AuditAction::Import => 2,
+        }
+    }
+
+    fn from_code(code: i64) -> Option<AuditAction> {
+        [AuditAction::Add, AuditAction::Remove, AuditAction::Import].into_iter().find(|a| a.code() == code)
+    }
+}
+
+/// One event of the audit trail: never a value or a digest, only what happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Increasing event number.
+    pub id: i64,
+    /// Milliseconds since the Unix epoch (UTC).
+    pub at_ms: i64,
+    pub source: String,
+    pub action: AuditAction,
+    pub kind: EntryKind,
+    /// Entries the change asked for (distinct digests of this kind).
+    pub requested: u64,
+    /// Entries it actually added or removed (the rest were already present / absent).
+    pub changed: u64,
+}
+
+/// What one batch write did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// New entries, by kind.
+    pub added: Counts,
+    /// Entries that were already in the store, by kind.
+    pub present: Counts,
+}
+
+/// Settings recorded in a store when it is created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Hex of `HMAC(store key, "fingerprint:idmatch-optout-store-v1")`.
+    pub key_fingerprint: String,
+    /// The normalization profile every entry is normalized under.
+    pub profile: Profile,
+}
+
+/// Why the store could not do what was asked. Messages name the database file and
+/// never contain a key, digest or raw identifier.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "opt-out store {path}: no such file (a store is created by `idmatch optout add` or `idmatch optout import`)"
+    )]
+    NotFound { path: String },
+    #[error("opt-out store {path}: {source}")]
+    Sqlite { path: String, source: rusqlite::Error },
+    #[error("opt-out store {path}: not an idmatch opt-out store ({reason})")]
+    NotAStore { path: String, reason: String },
+    #[error(
+        "opt-out store {path}: schema version {found} was written by a newer idmatch (this build supports up to version {supported}); upgrade idmatch to open it"
+    )]
+    NewerSchema { path: String, found: i64, supported: i64 },
+    #[error(
+        "opt-out store {path}: the store key does not match the key this store was created with (key fingerprint differs); use the store's own key file"
+    )]
+    WrongKey { path: String },
+    #[error(
+        "opt-out store {path}: created with normalization profile {store}, but profile {requested} was asked for (entries are normalized under the store's profile)"
+    )]
+    ProfileMismatch { path: String, store: Profile, requested: Profile },
+    #[error("invalid source label: {0}")]
+    BadSource(String),
+    #[error("{kind} rejected: {reason}")]
+    Rejected { kind: EntryKind, reason: Reject },
+    #[error(
+        "{path}: {rejected} rejected identifiers and {bad_rows} bad rows; nothing was imported (--strict). Rejects: {summary}"
+    )]
+    StrictRejected { path: String, rejected: u64, bad_rows: u64, summary: String },
+    #[error(
+        "import stopped after {committed_batches} committed batches ({committed_entries} entries, which stay imported; running the import again is safe): {source}"
+    )]
+    ImportInterrupted { committed_batches: u64, committed_entries: u64, source: Box<StoreError> },
+    #[error("export: {0}")]
+    Output(std::io::Error),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+impl From<StoreError> for OptOutError {
+    fn from(err: StoreError) -> OptOutError {
+        match err {
+            StoreError::Read(e) => OptOutError::Read(e),
+            StoreError::Key(e) => OptOutError::Key(e),
+            other => OptOutError::Source(other.to_string()),
+        }
+    }
+}
+
+/// Longest accepted source label, in bytes.
+pub const MAX_SOURCE_LEN: usize = 200;
+
+/// Checks a source label: 1 to [`MAX_SOURCE_LEN`] bytes, no control characters.
+pub fn check_source(source: &str) -> Result<(), StoreError> {
+    if source.trim().is_empty() {
+        return Err(StoreError::BadSource("empty".into()));
+    }
+    if source.len() > MAX_SOURCE_LEN {
+        return Err(StoreError::BadSource(format!("longer than {MAX_SOURCE_LEN} bytes")));
+    }
+    if source.chars().any(char::is_control) {
+        return Err(StoreError::BadSource("contains a control character".into()));
+    }
+    Ok(())
+}
+
+/// Storage for opt-out entries. Implementations must make each call atomic (all or
+/// nothing), durable once it returns `Ok`, and visible to every later call, from any
+/// thread or process using the same store; each changing call writes its audit
+/// events in the same transaction.
+pub trait Backend: Send + Sync {
+    /// The settings recorded when the store was created.
+    fn settings(&self) -> &StoreSettings;
+    /// Adds one entry; `true` if it was new.
+    fn add(&self, entry: StoreEntry, source: &str) -> Result<bool, StoreError>;
+    /// Removes one entry (opting back in); `true` if it was present.
+    fn remove(&self, entry: StoreEntry, source: &str) -> Result<bool, StoreError>;
+    /// For each digest, whether it is in the store now.
+    fn contains_many(&self, digests: &[Token]) -> Result<Vec<bool>, StoreError>;
+    /// Entries by kind.
+    fn count(&self) -> Result<Counts, StoreError>;
+    /// Adds many distinct entries in one transaction (one audit event per kind).
+    fn import_batch(&self, entries: &[StoreEntry], source: &str) -> Result<BatchOutcome, StoreError>;
+    /// Calls `sink` for every entry, in digest order, from one consistent snapshot.
+    fn export(&self, sink: &mut dyn FnMut(&ExportRow) -> std::io::Result<()>) -> Result<u64, StoreError>;
+    /// Calls `sink` for every audit event, oldest first.
+    fn audit(&self, sink: &mut dyn FnMut(&AuditEvent) -> std::io::Result<()>) -> Result<u64, StoreError>;
+    /// Checks the storage's integrity and its kept counts; returns the problems found
+    /// (none when healthy).
+    fn verify(&self) -> Result<Vec<String>, StoreError>;
+    /// Called after a bulk import: lets the backend compact its logs.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// How to open a store.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// Create the store if the file does not exist.
+    pub create: bool,
+    /// The profile the caller normalizes under. A new store records it (default
+    /// `idmatch-v1`); an existing store made under another profile is an error.
+    /// `None`: use the store's own.
+    pub profile: Option<Profile>,
+    /// SQLite tuning (cache size, memory map).
+    pub tuning: SqliteTuning,
+}
+
+impl StoreOptions {
+    /// Open an existing store, any profile.
+    pub fn existing() -> StoreOptions {
+        StoreOptions::default()
+    }
+
+    /// Open the store, creating it if needed.
+    pub fn create() -> StoreOptions {
+        StoreOptions { create: true, ..StoreOptions::default() }
+    }
+}
+
+/// The text whose keyed hash is a store's key fingerprint (label `fingerprint`, which
+/// no entry uses).
+const FINGERPRINT_LABEL: &str = "fingerprint";
+const FINGERPRINT_VALUE: &str = "idmatch-optout-store-v1";
+
+/// The fingerprint recorded for `key`: hex of `HMAC(key, "fingerprint:idmatch-optout-store-v1")`.
+pub fn key_fingerprint(key: &Key) -> String {
+    Tokenizer::new(key).token(FINGERPRINT_LABEL, FINGERPRINT_VALUE).to_hex()
+}
+
+/// The opt-out store: a [`Backend`] plus the store key's digester and the store's
+/// normalization profile. Cheap to share between threads (`&self` everywhere; wrap
+/// it in an `Arc` for a server).
+pub struct OptOutStore {
+    backend: Box<dyn Backend>,
+    digester: Tokenizer,
+    name: String,
+}
+
+impl OptOutStore {
+    /// Opens (or with `options.create`, creates) the SQLite store at `db`, checking
+    /// the schema version, the key fingerprint and the profile.
+    pub fn open(db: &Path, store_key: &Key, options: &StoreOptions) -> Result<OptOutStore, StoreError> {
+        let init = StoreSettings {
+            key_fingerprint: key_fingerprint(store_key),
+            profile: options.profile.unwrap_or_default(),
+        };
+        let backend = SqliteBackend::open(db, &init, options.create, options.tuning)?;
+        OptOutStore::with_backend(Box::new(backend), store_key, options.profile, &db.display().to_string())
+    }
+
+    /// Wraps any backend, checking that `store_key` is the one it was created with
+    /// and, if given, that it uses `profile`. `name` names the store in errors.
+    pub fn with_backend(
+        backend: Box<dyn Backend>,
+        store_key: &Key,
+        profile: Option<Profile>,
+        name: &str,
+    ) -> Result<OptOutStore, StoreError> {
+        let settings = backend.settings();
+        let path = name.to_owned();
+        if settings.key_fingerprint != key_fingerprint(store_key) {
+            return Err(StoreError::WrongKey { path });
+        }
+        if let Some(requested) = profile
+            && requested != settings.profile
+        {
+            return Err(StoreError::ProfileMismatch { path, store: settings.profile, requested });
+        }
+        Ok(OptOutStore { backend, digester: Tokenizer::new(store_key), name: path })
+    }
+
+    /// The normalization profile of every entry. Audiences checked against the store
+    /// must be read under it (see [`ensure_profile`](Self::ensure_profile)).
+    pub fn profile(&self) -> Profile {
+        self.backend.settings().profile
+    }
+
+    /// The store-key digester (the same one [`OptOutSource::digester`] returns).
+    pub fn digester(&self) -> &Tokenizer {
+        &self.digester
+    }
+
+    /// The storage backend, for bulk and export calls.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Errors unless `records` were normalized under the store's profile: a record
+    /// set read under another profile would miss entries (e.g. Gmail dot variants).
+    pub fn ensure_profile(&self, records: &RecordSet) -> Result<(), StoreError> {
+        if records.profile() == self.profile() {
+            Ok(())
+        } else {
+            Err(StoreError::ProfileMismatch {
+                path: self.name.clone(),
+                store: self.profile(),
+                requested: records.profile(),
+            })
+        }
+    }
+
+    /// The store digest of one raw identifier: normalized under the store's profile
+    /// (`region` interprets national phone numbers), or a trimmed record id as is.
+    pub fn digest(&self, kind: EntryKind, raw: &str, region: Option<Region>) -> Result<StoreEntry, StoreError> {
+        let normalizer = Normalizer::new(self.profile(), region);
+        let value = match kind {
+            EntryKind::Email => normalizer.normalize(Kind::Email, raw, None),
+            EntryKind::Phone => normalizer.normalize(Kind::Phone, raw, None),
+            EntryKind::Id => {
+                let id = raw.trim();
+                if id.is_empty() { Err(Reject::Empty) } else { Ok(id.to_owned()) }
+            }
+        };
+        let value = value.map_err(|reason| StoreError::Rejected { kind, reason })?;
+        Ok(StoreEntry { digest: self.digester.token(kind.label(), &value), kind })
+    }
+
+    /// Opts one identifier out; `true` if it was not opted out before.
+    pub fn add(&self, kind: EntryKind, raw: &str, region: Option<Region>, source: &str) -> Result<bool, StoreError> {
+        check_source(source)?;
+        let entry = self.digest(kind, raw, region)?;
+        self.backend.add(entry, source)
+    }
+
+    /// Opts one identifier back in; `true` if it was opted out.
+    pub fn remove(&self, kind: EntryKind, raw: &str, region: Option<Region>, source: &str) -> Result<bool, StoreError> {
+        check_source(source)?;
+        let entry = self.digest(kind, raw, region)?;
+        self.backend.remove(entry, source)
+    }
+
+    /// Whether one identifier is opted out now.
+    pub fn is_opted_out(&self, kind: EntryKind, raw: &str, region: Option<Region>) -> Result<bool, StoreError> {
+        let entry = self.digest(kind, raw, region)?;
+        Ok(self.backend.contains_many(&[entry.digest])?[0])
+    }
+
+    /// Entries by kind.
+    pub fn count(&self) -> Result<Counts, StoreError> {
+        self.backend.count()
+    }
+
+    /// Imports a CSV/TSV list; see [`ImportOptions`]. `on_batch` is called after each
+    /// batch is committed.
+    pub fn import_file(
+        &self,
+        path: &Path,
+        options: ImportOptions,
+        on_batch: &mut dyn FnMut(&BatchReport),
+    ) -> Result<ImportReport, StoreError> {
+        import::import_file(self, path, options, on_batch)
+    }
+}
+
+impl OptOutSource for OptOutStore {
+    fn digester(&self) -> &Tokenizer {
+        &self.digester
+    }
+
+    fn contains(&self, digests: &[Token]) -> Result<Vec<bool>, OptOutError> {
+        Ok(self.backend.contains_many(digests)?)
+    }
+}
+
+impl std::fmt::Debug for OptOutStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OptOutStore").field("store", &self.name).field("profile", &self.profile()).finish()
+    }
+}

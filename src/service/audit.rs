@@ -1,0 +1,69 @@
+//! The append-only audit log: one JSON line per match (and per opt-out change),
+//! flushed to disk before the match's outcome is reported. It never contains
+//! identifiers, tokens or keys: only names, sizes, counts and outcomes.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// One match, as audited.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MatchRecord {
+    /// Milliseconds since the Unix epoch, UTC.
+    pub time_unix_ms: u64,
+    pub match_id: String,
+    pub partner: String,
+    pub campaign: String,
+    pub reveal: Option<String>,
+    pub partner_set_size: Option<u64>,
+    pub owner_set_size: Option<u64>,
+    /// Audience records excluded by opt-outs at the start of this match.
+    pub opted_out_records: Option<u64>,
+    /// Matching member records, where the owner learns them.
+    pub owner_matched_records: Option<u64>,
+    /// `ok`, or the failure reason (a gRPC status code name).
+    pub outcome: String,
+    pub duration_ms: u64,
+}
+
+/// The log file.
+pub struct AuditLog {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl AuditLog {
+    /// Opens (creating, mode 0600) the log for appending.
+    pub fn open(path: &Path) -> std::io::Result<AuditLog> {
+        let mut options = OpenOptions::new();
+        options.append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        Ok(AuditLog { path: path.to_owned(), file: Mutex::new(options.open(path)?) })
+    }
+
+    /// Appends one record and syncs it to disk.
+    pub fn append(&self, record: &impl Serialize) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        file.write_all(&line)?;
+        file.sync_data()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

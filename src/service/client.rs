@@ -1,0 +1,255 @@
+//! The partner's client: `idmatch match --server https://host:port …`. Reads the
+//! partner's file, applies its suppressions, and runs the partner state machine over
+//! one gRPC stream to the owner's server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Request;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::convert::{owner_from_wire, partner_to_wire};
+use super::driver::{DriveError, drive};
+use crate::key::{Key, KeyError};
+use crate::local_match::{LocalMatchFailure, write_match_file};
+use crate::normalize::Normalizer;
+use crate::optout::{FileList, OptOutError, OptOutSource, excluded_records};
+use crate::psi::{Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, ProtocolError, Reveal};
+use crate::records::{self, ColumnSpec, ReadError, ReadOptions};
+use crate::token::Tokenizer;
+use crate::wire::matcher_client::MatcherClient;
+
+/// Everything the client needs.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// `https://host:port` (or `http://` for a loopback test server).
+    pub server: String,
+    pub campaign: String,
+    pub key_file: PathBuf,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub reveal: Reveal,
+    pub normalizer: Normalizer,
+    pub columns: ColumnSpec,
+    pub suppress: Option<PathBuf>,
+    /// CA bundle to verify the server (default: the system's web PKI roots are not
+    /// used; a CA file is required for https).
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// File holding the bearer token.
+    pub token_file: Option<PathBuf>,
+    pub idle_timeout: Duration,
+    pub progress: bool,
+}
+
+/// What the client learned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientSummary {
+    pub outcome: PartnerOutcome,
+    pub matched_records: Option<u64>,
+    pub suppressed_records: u64,
+}
+
+/// Why the client failed; [`ClientError::exit_code`] gives distinct exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    OptOut(#[from] OptOutError),
+    #[error(transparent)]
+    Output(#[from] LocalMatchFailure),
+    #[error("{path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("cannot reach {server}: {reason}")]
+    Unreachable { server: String, reason: String },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("the server refused the credentials: {0}")]
+    Unauthenticated(String),
+    #[error("not allowed: {0}")]
+    PermissionDenied(String),
+    #[error("limit reached: {0}")]
+    ResourceExhausted(String),
+    #[error("the server ended the match: {0}")]
+    Server(String),
+    #[error("protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("{0}")]
+    Stream(String),
+}
+
+impl ClientError {
+    /// 3 unreachable, 4 TLS, 5 credentials, 6 permission, 7 limits, 1 anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Unreachable { .. } => 3,
+            ClientError::Tls(_) => 4,
+            ClientError::Unauthenticated(_) => 5,
+            ClientError::PermissionDenied(_) => 6,
+            ClientError::ResourceExhausted(_) => 7,
+            _ => 1,
+        }
+    }
+
+    fn from_status(status: &tonic::Status) -> ClientError {
+        let message = status.message().to_owned();
+        match status.code() {
+            tonic::Code::Unauthenticated => ClientError::Unauthenticated(message),
+            tonic::Code::PermissionDenied => ClientError::PermissionDenied(message),
+            tonic::Code::ResourceExhausted => ClientError::ResourceExhausted(message),
+            code => ClientError::Server(format!("{code:?}: {message}")),
+        }
+    }
+}
+
+fn read_file(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|source| ClientError::File { path: path.clone(), source })
+}
+
+async fn connect(options: &ClientOptions) -> Result<Channel, ClientError> {
+    let unreachable = |reason: String| ClientError::Unreachable { server: options.server.clone(), reason };
+    let mut endpoint = Endpoint::from_shared(options.server.clone())
+        .map_err(|e| unreachable(e.to_string()))?
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        .connect_timeout(Duration::from_secs(10));
+    if options.server.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        match &options.ca {
+            Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read_file(ca)?)),
+            None => return Err(ClientError::Tls("--ca is required for an https server".into())),
+        }
+        match (&options.cert, &options.key) {
+            (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read_file(cert)?, read_file(key)?)),
+            (None, None) => {}
+            _ => return Err(ClientError::Tls("--cert and --key go together".into())),
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| ClientError::Tls(e.to_string()))?;
+    }
+    endpoint.connect().await.map_err(|e| {
+        let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        if reason.contains("certificate") || reason.contains("tls") || reason.contains("TLS") {
+            ClientError::Tls(reason)
+        } else {
+            unreachable(reason)
+        }
+    })
+}
+
+/// Runs one match against the server and writes the partner's matches.
+pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
+    let key = Key::load(&options.key_file)?;
+    let token = options
+        .token_file
+        .as_ref()
+        .map(|p| read_file(p).map(|b| String::from_utf8_lossy(&b).trim().to_owned()))
+        .transpose()?;
+    let suppress = options
+        .suppress
+        .as_ref()
+        .map(|p| FileList::load(p, options.normalizer.clone(), ColumnSpec::default()))
+        .transpose()?;
+    let mut read = ReadOptions::new(options.normalizer.clone());
+    read.columns = options.columns.clone();
+    read.optout_digester = suppress.as_ref().map(|s| s.digester().clone());
+    read.progress = options.progress;
+    let input = options.input.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        let tokenizer = Tokenizer::new(&key);
+        records::read(&input, &tokenizer, read)
+    })
+    .await
+    .map_err(|e| ClientError::Stream(e.to_string()))??;
+    let excluded = match &suppress {
+        Some(list) => excluded_records(&records, list)?,
+        None => Vec::new(),
+    };
+    let records = Arc::new(records);
+    let set = Arc::new(PreparedSet::new(&records, &excluded));
+
+    let channel = connect(&options).await?;
+    let (out_tx, mut out_rx) = mpsc::channel::<PartnerMessage>(4);
+    let request_stream = async_stream_of(&mut out_rx);
+    let mut request = Request::new(request_stream);
+    if let Some(token) = &token {
+        let value: MetadataValue<_> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Unauthenticated("the token file holds characters not allowed in a header".into()))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    // Start the partner (its hello is the first message) before the call, so the
+    // request stream has something to send.
+    let (in_tx, mut in_rx) = mpsc::unbounded_channel();
+    let config = PartnerConfig::new(&options.campaign, options.normalizer.profile(), options.reveal);
+    let driver_set = set.clone();
+    let idle = options.idle_timeout;
+    let runtime = tokio::runtime::Handle::current();
+    let driver = tokio::task::spawn_blocking(move || {
+        let mut partner = Partner::new(config, &driver_set)?;
+        drive(&mut partner, &mut in_rx, &out_tx, idle, &runtime)?;
+        partner.outcome().ok_or(DriveError::PeerClosed)
+    });
+    let mut client = MatcherClient::new(channel).max_decoding_message_size(8 << 20).max_encoding_message_size(8 << 20);
+    let response = match client.r#match(request).await {
+        Ok(r) => r,
+        Err(status) => {
+            driver.abort();
+            return Err(ClientError::from_status(&status));
+        }
+    };
+    let mut responses = response.into_inner();
+    let reader = tokio::spawn(async move {
+        while let Some(item) = responses.next().await {
+            let message = match item {
+                Ok(m) => owner_from_wire(m).map_err(DriveError::from),
+                Err(status) => Err(DriveError::Remote { code: status.code(), message: status.message().to_owned() }),
+            };
+            let failed = message.is_err();
+            if in_tx.send(message).is_err() || failed {
+                break;
+            }
+        }
+    });
+    let outcome = driver.await.map_err(|e| ClientError::Stream(e.to_string()))?.map_err(|e| match e {
+        DriveError::Protocol(p) => ClientError::Protocol(p),
+        DriveError::Remote { code, message } => ClientError::from_status(&tonic::Status::new(code, message)),
+        other => ClientError::Stream(other.to_string()),
+    })?;
+    reader.abort();
+
+    let matched_records = match &outcome.matched {
+        Some(matched) => {
+            let matches = set.matched_records(matched);
+            write_match_file(&options.output, &records, &matches)?;
+            Some(matches.len() as u64)
+        }
+        None => None,
+    };
+    Ok(ClientSummary { outcome, matched_records, suppressed_records: set.excluded_records() })
+}
+
+/// The request stream: the driver's outgoing messages, in wire form.
+fn async_stream_of(
+    rx: &mut mpsc::Receiver<PartnerMessage>,
+) -> impl tokio_stream::Stream<Item = crate::wire::PartnerMessage> + Send + 'static {
+    let (tx, forwarded) = mpsc::channel(4);
+    let mut source = std::mem::replace(rx, mpsc::channel(1).1);
+    tokio::spawn(async move {
+        while let Some(message) = source.recv().await {
+            if tx.send(partner_to_wire(message)).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(forwarded)
+}

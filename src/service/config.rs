@@ -1,0 +1,294 @@
+//! `server.toml`: the matching server's configuration, validated at start with
+//! errors that name the setting and what is wrong. `examples/server.toml` is a
+//! commented example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::normalize::{Profile, Region, parse_region};
+use crate::psi::Reveal;
+use crate::records::ColumnSpec;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, e.g. `0.0.0.0:7443`.
+    pub listen: SocketAddr,
+    /// TLS; required unless `listen` is a loopback address.
+    pub tls: Option<TlsConfig>,
+    /// Where per-match result files (owner/both modes) are written, mode 0600.
+    pub results_dir: PathBuf,
+    /// Append-only audit log, one JSON line per match.
+    pub audit_log: PathBuf,
+    /// Where per-partner daily budgets are kept across restarts.
+    pub state_file: PathBuf,
+    /// `text` (default) or `json` logs on stderr.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Prometheus metrics endpoint (`GET /metrics`), e.g. `127.0.0.1:9464`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Owner's opt-out list (CSV with email/phone/id columns), re-read at the start
+    /// of a match whenever the file has changed.
+    pub optouts: Option<PathBuf>,
+    #[serde(default)]
+    pub limits: Limits,
+    pub partners: Vec<PartnerConfig>,
+    pub campaigns: Vec<CampaignConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle: when set, clients must present a certificate it signed.
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_concurrent_matches: usize,
+    /// Smallest partner set accepted (IAB PAIR recommends ≥ 1000 against probing).
+    pub min_partner_set: u64,
+    pub max_partner_set: u64,
+    pub max_matches_per_partner_per_day: u64,
+    pub max_identifiers_per_partner_per_day: u64,
+    /// A match whose partner sends nothing for this long is ended.
+    pub idle_timeout_secs: u64,
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_concurrent_matches: 16,
+            min_partner_set: 1000,
+            max_partner_set: 50_000_000,
+            max_matches_per_partner_per_day: 100,
+            max_identifiers_per_partner_per_day: 200_000_000,
+            idle_timeout_secs: 120,
+            max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerConfig {
+    pub name: String,
+    /// SHA-256 (hex) of the partner's bearer token.
+    pub token_sha256: Option<String>,
+    /// Common name (CN) of the partner's client certificate subject (mutual TLS).
+    pub cert_common_name: Option<String>,
+    /// Campaign ids this partner may match against.
+    pub campaigns: Vec<String>,
+    /// Reveal modes this partner may ask for: partner, owner, both, count.
+    pub reveals: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignConfig {
+    pub id: String,
+    pub key_file: PathBuf,
+    /// The member audience (CSV/TSV).
+    pub audience: PathBuf,
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// Default region for national-format phone numbers.
+    pub region: Option<String>,
+    #[serde(default)]
+    pub columns: ColumnNames,
+}
+
+fn default_profile() -> String {
+    Profile::IdmatchV1.name().to_owned()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnNames {
+    pub id: Option<String>,
+    #[serde(default)]
+    pub email: Vec<String>,
+    #[serde(default)]
+    pub phone: Vec<String>,
+    pub region: Option<String>,
+}
+
+impl ColumnNames {
+    pub fn spec(&self) -> ColumnSpec {
+        ColumnSpec { id: self.id.clone(), email: self.email.clone(), phone: self.phone.clone(), region: self.region.clone() }
+    }
+}
+
+/// A configuration problem, naming the file and the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {problem}")]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+/// A partner's validated permissions.
+#[derive(Debug, Clone)]
+pub struct PartnerPolicy {
+    pub name: String,
+    pub token_sha256: Option<[u8; 32]>,
+    pub cert_common_name: Option<String>,
+    pub campaigns: Vec<String>,
+    pub reveals: Vec<Reveal>,
+}
+
+/// A campaign's validated settings.
+#[derive(Debug, Clone)]
+pub struct CampaignSettings {
+    pub id: String,
+    pub key_file: PathBuf,
+    pub audience: PathBuf,
+    pub profile: Profile,
+    pub region: Option<Region>,
+    pub columns: ColumnSpec,
+}
+
+impl Config {
+    /// Reads and validates `path`. Relative paths inside are taken relative to the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |problem: String| ConfigError { path: path.to_owned(), problem };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.results_dir);
+        fix(&mut self.audit_log);
+        fix(&mut self.state_file);
+        if let Some(p) = &mut self.optouts {
+            fix(p);
+        }
+        if let Some(tls) = &mut self.tls {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+            if let Some(ca) = &mut tls.client_ca {
+                fix(ca);
+            }
+        }
+        for c in &mut self.campaigns {
+            fix(&mut c.key_file);
+            fix(&mut c.audience);
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.tls.is_none() && !self.listen.ip().is_loopback() {
+            return Err(format!("listen = {}: plaintext is allowed only on a loopback address; add a [tls] section", self.listen));
+        }
+        let l = &self.limits;
+        if l.max_concurrent_matches == 0 || l.idle_timeout_secs == 0 || l.max_message_bytes < 64 * 1024 {
+            return Err("[limits]: max_concurrent_matches and idle_timeout_secs must be positive and max_message_bytes at least 65536".into());
+        }
+        if l.min_partner_set > l.max_partner_set {
+            return Err("[limits]: min_partner_set is larger than max_partner_set".into());
+        }
+        if self.campaigns.is_empty() || self.partners.is_empty() {
+            return Err("at least one [[campaigns]] and one [[partners]] entry are required".into());
+        }
+        for (i, c) in self.campaigns.iter().enumerate() {
+            if self.campaigns[..i].iter().any(|o| o.id == c.id) {
+                return Err(format!("campaign id `{}` appears twice", c.id));
+            }
+            self.campaign_settings(c)?;
+        }
+        for (i, p) in self.partners.iter().enumerate() {
+            if self.partners[..i].iter().any(|o| o.name == p.name) {
+                return Err(format!("partner name `{}` appears twice", p.name));
+            }
+            self.partner_policy(p)?;
+        }
+        Ok(())
+    }
+
+    /// The validated settings of one campaign entry.
+    pub fn campaign_settings(&self, c: &CampaignConfig) -> Result<CampaignSettings, String> {
+        let profile: Profile = c.profile.parse().map_err(|e| format!("campaign `{}`: {e}", c.id))?;
+        let region = c
+            .region
+            .as_deref()
+            .map(|r| parse_region(r).map_err(|_| format!("campaign `{}`: region `{r}` is not an ISO 3166 alpha-2 code", c.id)))
+            .transpose()?;
+        Ok(CampaignSettings {
+            id: c.id.clone(),
+            key_file: c.key_file.clone(),
+            audience: c.audience.clone(),
+            profile,
+            region,
+            columns: c.columns.spec(),
+        })
+    }
+
+    /// The validated policy of one partner entry.
+    pub fn partner_policy(&self, p: &PartnerConfig) -> Result<PartnerPolicy, String> {
+        let token_sha256 = p
+            .token_sha256
+            .as_deref()
+            .map(|hex_digest| {
+                let mut digest = [0u8; 32];
+                hex::decode_to_slice(hex_digest.trim(), &mut digest)
+                    .map_err(|_| format!("partner `{}`: token_sha256 must be 64 hex digits", p.name))?;
+                Ok::<_, String>(digest)
+            })
+            .transpose()?;
+        if token_sha256.is_none() && p.cert_common_name.is_none() {
+            return Err(format!("partner `{}`: set token_sha256 or cert_common_name", p.name));
+        }
+        if p.cert_common_name.is_some() && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+            return Err(format!("partner `{}`: cert_common_name needs [tls] client_ca (mutual TLS)", p.name));
+        }
+        for c in &p.campaigns {
+            if !self.campaigns.iter().any(|k| &k.id == c) {
+                return Err(format!("partner `{}`: unknown campaign `{c}`", p.name));
+            }
+        }
+        let reveals =
+            p.reveals.iter().map(|r| r.parse::<Reveal>()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("partner `{}`: {e}", p.name))?;
+        Ok(PartnerPolicy {
+            name: p.name.clone(),
+            token_sha256,
+            cert_common_name: p.cert_common_name.clone(),
+            campaigns: p.campaigns.clone(),
+            reveals,
+        })
+    }
+}

@@ -1,0 +1,87 @@
+//! Prometheus metrics: matches started, finished and failed (by reason),
+//! identifiers processed and match durations, served as text at `GET /metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    started: Counter,
+    finished: Counter,
+    failed: Family<Reason, Counter>,
+    identifiers: Counter,
+    duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::with_prefix("idmatch");
+        let started = Counter::default();
+        let finished = Counter::default();
+        let failed = Family::<Reason, Counter>::default();
+        let identifiers = Counter::default();
+        let duration = Histogram::new(exponential_buckets(0.05, 2.0, 16));
+        registry.register("matches_started", "Matches started", started.clone());
+        registry.register("matches_finished", "Matches finished successfully", finished.clone());
+        registry.register("matches_failed", "Matches failed, by reason (gRPC status code)", failed.clone());
+        registry.register("identifiers_processed", "Elements blinded or re-blinded by the owner", identifiers.clone());
+        registry.register("match_duration_seconds", "Duration of matches", duration.clone());
+        Metrics { registry, started, finished, failed, identifiers, duration }
+    }
+}
+
+impl Metrics {
+    pub fn started(&self) {
+        self.started.inc();
+    }
+
+    pub fn finished(&self, identifiers: u64, seconds: f64) {
+        self.finished.inc();
+        self.identifiers.inc_by(identifiers);
+        self.duration.observe(seconds);
+    }
+
+    pub fn failed(&self, reason: &str, seconds: f64) {
+        self.failed.get_or_create(&Reason { reason: reason.to_owned() }).inc();
+        self.duration.observe(seconds);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until `shutdown` resolves.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,423 @@
+//! The gRPC server and client end to end over loopback TLS: every reveal mode,
+//! authentication and permissions, malformed and abandoned streams, concurrency,
+//! opt-outs added while the server runs, the audit log and result files.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use idmatch::key::Key;
+use idmatch::normalize::{Normalizer, Profile, Region};
+use idmatch::psi::Reveal;
+use idmatch::records::ColumnSpec;
+use idmatch::service::client::{self, ClientError, ClientOptions};
+use idmatch::service::config::Config;
+use idmatch::wire;
+use idmatch::wire::matcher_client::MatcherClient;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use sha2::{Digest, Sha256};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+const TOKEN: &str = "acme-secret-token";
+
+struct Pki {
+    ca_pem: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn issue(issuer: &Issuer<'_, KeyPair>, cn: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose) -> (String, String) {
+    let mut params = CertificateParams::new(sans).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![usage];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn ca(cn: &str) -> (String, Issuer<'static, KeyPair>) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, cn);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), Issuer::new(params, key))
+}
+
+fn pki() -> Pki {
+    let (ca_pem, issuer) = ca("idmatch test ca");
+    let (server_cert, server_key) =
+        issue(&issuer, "localhost", vec!["localhost".into(), "127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = issue(&issuer, "acme", vec![], ExtendedKeyUsagePurpose::ClientAuth);
+    Pki { ca_pem, server_cert, server_key, client_cert, client_key }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+    path
+}
+
+/// A running server on loopback with TLS (mutual TLS optional) and its files.
+struct Fixture {
+    dir: tempfile::TempDir,
+    port: u16,
+    pki: Pki,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    fn start(mutual_tls: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pki = pki();
+        write(d, "ca.pem", &pki.ca_pem);
+        write(d, "server.pem", &pki.server_cert);
+        write(d, "server.key", &pki.server_key);
+        write(d, "client.pem", &pki.client_cert);
+        write(d, "client.key", &pki.client_key);
+        write(d, "token", TOKEN);
+        Key::generate_to_file(&d.join("campaign.key")).unwrap();
+        let mut members = String::from("member_id,email,phone\n");
+        let mut partner = String::from("id,email\n");
+        for i in 0..1500 {
+            members += &format!("m{i},user{i}@example.com,+1 415 555 {:04}\n", i % 10000);
+            partner += &format!("p{i},USER{}@Example.com\n", i + 1000);
+        }
+        write(d, "members.csv", &members);
+        write(d, "partner.csv", &partner);
+        write(d, "optouts.csv", "email\nnobody@example.com\n");
+        let port = free_port();
+        let token_sha = hex::encode(Sha256::digest(TOKEN.as_bytes()));
+        let client_ca = if mutual_tls { "client_ca = \"ca.pem\"" } else { "" };
+        let cert_partner = if mutual_tls {
+            "[[partners]]\nname = \"acme-mtls\"\ncert_common_name = \"acme\"\ncampaigns = [\"spring\"]\nreveals = [\"partner\", \"owner\", \"both\", \"count\"]\n"
+        } else {
+            ""
+        };
+        let config = format!(
+            r#"
+listen = "127.0.0.1:{port}"
+results_dir = "results"
+audit_log = "audit.jsonl"
+state_file = "budgets.json"
+optouts = "optouts.csv"
+
+[tls]
+cert = "server.pem"
+key = "server.key"
+{client_ca}
+
+[limits]
+min_partner_set = 100
+max_concurrent_matches = 32
+idle_timeout_secs = 5
+
+[[partners]]
+name = "acme"
+token_sha256 = "{token_sha}"
+campaigns = ["spring"]
+reveals = ["partner", "owner", "both", "count"]
+
+[[partners]]
+name = "limited"
+token_sha256 = "{limited_sha}"
+campaigns = ["autumn"]
+reveals = ["count"]
+
+{cert_partner}
+
+[[campaigns]]
+id = "spring"
+key_file = "campaign.key"
+audience = "members.csv"
+region = "US"
+
+[[campaigns]]
+id = "autumn"
+key_file = "campaign.key"
+audience = "members.csv"
+region = "US"
+"#,
+            limited_sha = hex::encode(Sha256::digest(b"limited-token")),
+        );
+        let config_path = write(d, "server.toml", &config);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let config = Config::load(&config_path).unwrap();
+        runtime.spawn(async move {
+            idmatch::service::server::serve(config).await.unwrap();
+        });
+        let fixture = Fixture { dir, port, pki, runtime };
+        fixture.wait_until_listening();
+        fixture
+    }
+
+    fn wait_until_listening(&self) {
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not start");
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn options(&self, reveal: Reveal, output: &str) -> ClientOptions {
+        ClientOptions {
+            server: format!("https://localhost:{}", self.port),
+            campaign: "spring".into(),
+            key_file: self.path("campaign.key"),
+            input: self.path("partner.csv"),
+            output: self.path(output),
+            reveal,
+            normalizer: Normalizer::new(Profile::IdmatchV1, Some(Region::from_code("US").unwrap())),
+            columns: ColumnSpec::default(),
+            suppress: None,
+            ca: Some(self.path("ca.pem")),
+            cert: None,
+            key: None,
+            token_file: Some(self.path("token")),
+            idle_timeout: Duration::from_secs(10),
+            progress: false,
+        }
+    }
+
+    fn run(&self, options: ClientOptions) -> Result<client::ClientSummary, ClientError> {
+        self.runtime.block_on(client::run(options))
+    }
+
+    fn audit_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// A raw gRPC client for malformed traffic.
+    fn raw_channel(&self) -> Channel {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.pki.ca_pem));
+        self.runtime.block_on(async {
+            Endpoint::from_shared(format!("https://localhost:{}", self.port))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        })
+    }
+}
+
+fn matched_ids(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap().lines().skip(1).map(|l| l.split(',').next().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn every_reveal_mode_over_tls_with_a_bearer_token() {
+    let f = Fixture::start(false);
+    for reveal in Reveal::ALL {
+        let out = format!("matches-{reveal}.csv");
+        let summary = f.run(f.options(reveal, &out)).unwrap();
+        let o = &summary.outcome;
+        assert_eq!((o.partner_set_size, o.owner_set_size), (1500, 3000), "{reveal}");
+        assert_eq!(o.intersection, (reveal != Reveal::Owner).then_some(500), "{reveal}");
+        if matches!(reveal, Reveal::Partner | Reveal::Both) {
+            let ids = matched_ids(&f.path(&out));
+            assert_eq!(ids.len(), 500);
+            assert!(ids.iter().all(|id| id[1..].parse::<usize>().unwrap() < 500));
+        } else {
+            assert!(!f.path(&out).exists(), "{reveal}: nothing to write");
+        }
+    }
+    // Owner and both modes left member results on the server, mode 0600.
+    let results: Vec<_> = std::fs::read_dir(f.path("results")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(results.len(), 2);
+    for path in &results {
+        let ids = matched_ids(path);
+        assert_eq!(ids.len(), 500);
+        assert!(ids.iter().all(|id| (1000..1500).contains(&id[1..].parse::<usize>().unwrap())));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+    let audit = f.audit_lines();
+    assert_eq!(audit.len(), 4);
+    assert!(audit.iter().all(|a| a["outcome"] == "ok" && a["partner"] == "acme" && a["partner_set_size"] == 1500));
+    let text = std::fs::read_to_string(f.path("audit.jsonl")).unwrap();
+    assert!(!text.contains("example.com") && !text.contains(TOKEN));
+}
+
+#[test]
+fn credentials_and_permissions_are_enforced() {
+    let f = Fixture::start(false);
+    write(f.dir.path(), "wrong-token", "not-the-token");
+    let mut options = f.options(Reveal::Both, "x.csv");
+    options.token_file = Some(f.path("wrong-token"));
+    let err = f.run(options).unwrap_err();
+    assert!(matches!(err, ClientError::Unauthenticated(_)), "{err}");
+    assert_eq!(err.exit_code(), 5);
+
+    let mut options = f.options(Reveal::Both, "x.csv");
+    options.token_file = None;
+    assert!(matches!(f.run(options).unwrap_err(), ClientError::Unauthenticated(_)));
+
+    write(f.dir.path(), "limited-token", "limited-token");
+    let mut options = f.options(Reveal::Count, "x.csv");
+    options.token_file = Some(f.path("limited-token"));
+    let err = f.run(options).unwrap_err();
+    assert!(matches!(err, ClientError::PermissionDenied(_)), "{err}");
+    assert_eq!(err.exit_code(), 6);
+
+    let mut options = f.options(Reveal::Both, "x.csv");
+    options.token_file = Some(f.path("limited-token"));
+    options.campaign = "autumn".into();
+    assert!(matches!(f.run(options).unwrap_err(), ClientError::PermissionDenied(_)));
+
+    // A partner set below the minimum is refused as a limit.
+    write(f.dir.path(), "tiny.csv", "id,email\n1,a@example.com\n");
+    let mut options = f.options(Reveal::Both, "x.csv");
+    options.input = f.path("tiny.csv");
+    let err = f.run(options).unwrap_err();
+    assert!(matches!(err, ClientError::ResourceExhausted(_)), "{err}");
+
+    // The server still serves afterwards.
+    f.run(f.options(Reveal::Count, "x.csv")).unwrap();
+    let outcomes: Vec<String> = f.audit_lines().iter().map(|a| a["outcome"].as_str().unwrap().to_owned()).collect();
+    assert!(outcomes.contains(&"PermissionDenied".to_owned()) && outcomes.contains(&"ResourceExhausted".to_owned()));
+}
+
+#[test]
+fn mutual_tls_identifies_the_partner_and_refuses_strangers() {
+    let f = Fixture::start(true);
+    let mut options = f.options(Reveal::Partner, "mtls.csv");
+    options.token_file = None;
+    options.cert = Some(f.path("client.pem"));
+    options.key = Some(f.path("client.key"));
+    let summary = f.run(options).unwrap();
+    assert_eq!(summary.matched_records, Some(500));
+    assert!(f.audit_lines().iter().any(|a| a["partner"] == "acme-mtls"));
+
+    // A certificate from another CA is refused during the TLS handshake.
+    let (_, other_issuer) = ca("some other ca");
+    let (cert, key) = issue(&other_issuer, "acme", vec![], ExtendedKeyUsagePurpose::ClientAuth);
+    write(f.dir.path(), "stranger.pem", &cert);
+    write(f.dir.path(), "stranger.key", &key);
+    let mut options = f.options(Reveal::Partner, "x.csv");
+    options.token_file = None;
+    options.cert = Some(f.path("stranger.pem"));
+    options.key = Some(f.path("stranger.key"));
+    let err = f.run(options).unwrap_err();
+    assert!(err.exit_code() != 0 && !matches!(err, ClientError::Protocol(_)), "{err}");
+}
+
+#[test]
+fn twenty_concurrent_matches_are_all_correct() {
+    let f = Arc::new(Fixture::start(false));
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let f = f.clone();
+            std::thread::spawn(move || f.run(f.options(Reveal::Partner, &format!("c{i}.csv"))).unwrap())
+        })
+        .collect();
+    for h in handles {
+        let summary = h.join().unwrap();
+        assert_eq!(summary.outcome.intersection, Some(500));
+        assert_eq!(summary.matched_records, Some(500));
+    }
+    assert_eq!(f.audit_lines().iter().filter(|a| a["outcome"] == "ok").count(), 20);
+}
+
+#[test]
+fn an_optout_added_while_running_is_honored_by_the_next_match() {
+    let f = Fixture::start(false);
+    let before = f.run(f.options(Reveal::Both, "before.csv")).unwrap();
+    assert_eq!(before.outcome.intersection, Some(500));
+    // m1000's email is what partner p0 holds; opt it out by email and m1001 by id.
+    std::thread::sleep(Duration::from_millis(20));
+    write(f.dir.path(), "optouts.csv", "id,email\n,User1000@Example.com\nm1001,\n");
+    let after = f.run(f.options(Reveal::Both, "after.csv")).unwrap();
+    assert_eq!(after.outcome.intersection, Some(498));
+    assert_eq!(after.outcome.owner_set_size, 3000 - 4);
+    let ids = matched_ids(&f.path("after.csv"));
+    assert!(!ids.contains(&"p0".to_owned()) && !ids.contains(&"p1".to_owned()));
+    let audit = f.audit_lines();
+    assert_eq!(audit.last().unwrap()["opted_out_records"], 2);
+}
+
+fn raw_call(f: &Fixture, messages: Vec<wire::PartnerMessage>) -> tonic::Status {
+    let channel = f.raw_channel();
+    f.runtime.block_on(async move {
+        let mut client = MatcherClient::new(channel);
+        let mut request = tonic::Request::new(tokio_stream::iter(messages));
+        request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let mut stream = match client.r#match(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return status,
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return tonic::Status::ok("stream ended"),
+                Err(status) => return status,
+            }
+        }
+    })
+}
+
+fn hello(size: u64) -> wire::PartnerMessage {
+    wire::PartnerMessage {
+        body: Some(wire::partner_message::Body::Hello(wire::Hello {
+            version: 1,
+            campaign: "spring".into(),
+            profile: "idmatch-v1".into(),
+            reveal: wire::Reveal::Both as i32,
+            partner_set_size: size,
+        })),
+    }
+}
+
+fn elements(data: Vec<u8>) -> wire::PartnerMessage {
+    wire::PartnerMessage { body: Some(wire::partner_message::Body::PartnerElements(wire::Elements { data })) }
+}
+
+#[test]
+fn malformed_and_abandoned_streams_get_precise_codes_and_leave_no_state() {
+    let f = Fixture::start(false);
+    let code = |messages| raw_call(&f, messages).code();
+    assert_eq!(code(vec![elements(vec![0; 32])]), tonic::Code::FailedPrecondition, "elements before hello");
+    assert_eq!(code(vec![hello(200), elements(vec![1; 31])]), tonic::Code::InvalidArgument, "bad chunk length");
+    assert_eq!(code(vec![hello(200), elements(vec![0; 64])]), tonic::Code::InvalidArgument, "identity element");
+    assert_eq!(code(vec![hello(200), elements(vec![0xff; 32])]), tonic::Code::InvalidArgument, "non-canonical");
+    let mut bad_profile = hello(200);
+    if let Some(wire::partner_message::Body::Hello(h)) = &mut bad_profile.body {
+        h.profile = "basic-v1".into();
+    }
+    assert_eq!(code(vec![bad_profile]), tonic::Code::FailedPrecondition, "profile mismatch");
+    let oversize = elements(vec![0; 5 << 20]);
+    assert_eq!(code(vec![hello(200), oversize]), tonic::Code::OutOfRange, "message over the size limit");
+    // A client that announces 200 elements, sends none and stops: the server cancels
+    // the match when the stream closes.
+    let abandoned = code(vec![hello(200)]);
+    assert!(matches!(abandoned, tonic::Code::Cancelled | tonic::Code::DeadlineExceeded), "{abandoned:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let audit = f.audit_lines();
+    assert!(audit.len() >= 6, "every match is audited: {audit:?}");
+    assert!(audit.iter().all(|a| a["outcome"] != "ok"));
+    // And it keeps serving.
+    assert_eq!(f.run(f.options(Reveal::Count, "ok.csv")).unwrap().outcome.intersection, Some(500));
+}
