@@ -21,7 +21,7 @@ use std::time::Instant;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use idmatch::key::Key;
 use idmatch::normalize::{Normalizer, Profile};
-use idmatch::optout::store::{DEFAULT_BATCH_SIZE, EntryKind, OptOutStore, StoreEntry, StoreOptions};
+use idmatch::optout::store::{DEFAULT_BATCH_SIZE, EntryKind, LookupStrategy, OptOutStore, StoreEntry, StoreOptions};
 use idmatch::optout::{OptOutSource, excluded_records};
 use idmatch::records::{self, ReadOptions};
 use idmatch::token::{Token, Tokenizer};
@@ -37,7 +37,10 @@ fn filler(store: &OptOutStore, n: usize, offset: usize) -> Vec<StoreEntry> {
         .into_par_iter()
         .map(|i| match i % 4 {
             0 => StoreEntry { digest: digester.token("id", &format!("f{i}")), kind: EntryKind::Id },
-            _ => StoreEntry { digest: digester.token("email", &format!("filler{i}@example.net")), kind: EntryKind::Email },
+            _ => StoreEntry {
+                digest: digester.token("email", &format!("filler{i}@example.net")),
+                kind: EntryKind::Email,
+            },
         })
         .collect();
     entries.par_sort_unstable_by(|a, b| a.digest.cmp(&b.digest));
@@ -75,7 +78,11 @@ fn bench(c: &mut Criterion) {
     drop(store);
     group.throughput(Throughput::Elements(STORE as u64));
     group.bench_function(BenchmarkId::new("fresh_store", STORE), |b| {
-        b.iter_batched(|| open_new(dir.path()), |store| import(&store, &entries, 100_000), criterion::BatchSize::PerIteration)
+        b.iter_batched(
+            || open_new(dir.path()),
+            |store| import(&store, &entries, 100_000),
+            criterion::BatchSize::PerIteration,
+        )
     });
     group.finish();
 
@@ -144,7 +151,12 @@ fn big(n: usize) {
     drop(entries);
     let db = dir.join("optouts.db");
     let size = std::fs::metadata(&db).unwrap().len();
-    println!("database: {} bytes = {:.1} MiB ({:.1} bytes/entry)", size, size as f64 / 1048576.0, size as f64 / n as f64);
+    println!(
+        "database: {} bytes = {:.1} MiB ({:.1} bytes/entry)",
+        size,
+        size as f64 / 1048576.0,
+        size as f64 / n as f64
+    );
 
     let audience = dir.join("audience.csv");
     let mut out = BufWriter::new(std::fs::File::create(&audience).unwrap());
@@ -166,16 +178,19 @@ fn big(n: usize) {
         t.elapsed().as_secs_f64()
     );
     drop(store);
-    for round in 1..=3 {
+    let strategies = [LookupStrategy::Auto, LookupStrategy::Seek, LookupStrategy::Scan, LookupStrategy::Auto];
+    for (round, lookup) in strategies.into_iter().enumerate() {
         // A fresh store handle each time: no warm connections.
-        let store = OptOutStore::open(&db, &Key::from_bytes(STORE_KEY), &StoreOptions::existing()).unwrap();
+        let mut options = StoreOptions::existing();
+        options.tuning.lookup = lookup;
+        let store = OptOutStore::open(&db, &Key::from_bytes(STORE_KEY), &options).unwrap();
         let t = Instant::now();
         let excluded = excluded_records(&set, &store).unwrap();
         let secs = t.elapsed().as_secs_f64();
         let n_excluded = excluded.iter().filter(|&&x| x).count();
         assert_eq!(n_excluded, AUDIENCE / 10 + AUDIENCE / 20);
         println!(
-            "check {round}: excluded_records over {} records ({} ids + {} identifiers) against {} entries: {:.3} s, {} excluded",
+            "check {round} ({lookup:?}): excluded_records over {} records ({} ids + {} identifiers) against {} entries: {:.3} s, {} excluded",
             set.len(),
             set.len(),
             set.entries().len(),

@@ -30,7 +30,12 @@ struct Pki {
     client_key: String,
 }
 
-fn issue(issuer: &Issuer<'_, KeyPair>, cn: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose) -> (String, String) {
+fn issue(
+    issuer: &Issuer<'_, KeyPair>,
+    cn: &str,
+    sans: Vec<String>,
+    usage: ExtendedKeyUsagePurpose,
+) -> (String, String) {
     let mut params = CertificateParams::new(sans).unwrap();
     params.distinguished_name.push(DnType::CommonName, cn);
     params.extended_key_usages = vec![usage];

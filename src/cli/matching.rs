@@ -115,7 +115,8 @@ pub fn run(args: MatchArgs) -> CliResult {
 }
 
 fn run_client(args: MatchArgs) -> CliResult {
-    let (Some(server), Some(campaign), Some(input), Some(output)) = (args.server, args.campaign, args.input, args.output)
+    let (Some(server), Some(campaign), Some(input), Some(output)) =
+        (args.server, args.campaign, args.input, args.output)
     else {
         return Err("--server needs --campaign, --input and --output".into());
     };

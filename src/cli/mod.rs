@@ -5,8 +5,8 @@
 mod keygen;
 mod matching;
 mod normalize;
-mod serve;
 mod optout;
+mod serve;
 mod synth;
 mod tokens;
 
@@ -39,7 +39,7 @@ pub enum Command {
     /// Write a synthetic members/partner pair with its truth file.
     Synth(synth::SynthArgs),
     /// Match by private set intersection: two local files (both roles here), or against an owner's server.
-    Match(matching::MatchArgs),
+    Match(Box<matching::MatchArgs>),
     /// Run the owner's gRPC matching server.
     Serve(serve::ServeArgs),
     /// Manage the durable opt-out store: add, remove, import, check, count, export, audit, verify.
@@ -118,7 +118,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Tokens(args) => tokens::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Synth(args) => synth::run(args),
-        Command::Match(args) => matching::run(args),
+        Command::Match(args) => matching::run(*args),
         Command::Serve(args) => serve::run(args),
         Command::Optout(args) => optout::run(args),
     };

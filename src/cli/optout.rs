@@ -288,9 +288,8 @@ impl Rejects {
         match requested {
             Some(path) => Rejects { path, temporary: false },
             None => {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_nanos());
+                let nanos =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
                 let name = format!("idmatch-optout-rejects-{}-{nanos}.csv", std::process::id());
                 Rejects { path: std::env::temp_dir().join(name), temporary: true }
             }
@@ -331,7 +330,10 @@ impl Drop for Rejects {
 fn import(args: ImportArgs) -> CliResult {
     let store = open(&args.store, true, args.normalize.profile)?;
     let source = args.source.clone().unwrap_or_else(|| {
-        format!("import:{}", args.file.file_name().map_or_else(|| args.file.display().to_string(), |n| n.to_string_lossy().into_owned()))
+        format!(
+            "import:{}",
+            args.file.file_name().map_or_else(|| args.file.display().to_string(), |n| n.to_string_lossy().into_owned())
+        )
     });
     let rejects = Rejects::new(args.rejects.clone());
     let mut options = ImportOptions::new(source.clone());

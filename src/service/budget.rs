@@ -76,7 +76,9 @@ impl Budgets {
         usage.identifiers += identifiers;
         let bytes = serde_json::to_vec_pretty(&*state).map_err(|e| self.state_error(e))?;
         let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &self.path)).map_err(|e| self.state_error(e))?;
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| self.state_error(e))?;
         Ok(())
     }
 

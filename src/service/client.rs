@@ -182,9 +182,9 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     let request_stream = async_stream_of(&mut out_rx);
     let mut request = Request::new(request_stream);
     if let Some(token) = &token {
-        let value: MetadataValue<_> = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| ClientError::Unauthenticated("the token file holds characters not allowed in a header".into()))?;
+        let value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
+            ClientError::Unauthenticated("the token file holds characters not allowed in a header".into())
+        })?;
         request.metadata_mut().insert("authorization", value);
     }
     // Start the partner (its hello is the first message) before the call, so the

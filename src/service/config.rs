@@ -140,7 +140,12 @@ pub struct ColumnNames {
 
 impl ColumnNames {
     pub fn spec(&self) -> ColumnSpec {
-        ColumnSpec { id: self.id.clone(), email: self.email.clone(), phone: self.phone.clone(), region: self.region.clone() }
+        ColumnSpec {
+            id: self.id.clone(),
+            email: self.email.clone(),
+            phone: self.phone.clone(),
+            region: self.region.clone(),
+        }
     }
 }
 
@@ -213,7 +218,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         if self.tls.is_none() && !self.listen.ip().is_loopback() {
-            return Err(format!("listen = {}: plaintext is allowed only on a loopback address; add a [tls] section", self.listen));
+            return Err(format!(
+                "listen = {}: plaintext is allowed only on a loopback address; add a [tls] section",
+                self.listen
+            ));
         }
         let l = &self.limits;
         if l.max_concurrent_matches == 0 || l.idle_timeout_secs == 0 || l.max_message_bytes < 64 * 1024 {
@@ -246,7 +254,10 @@ impl Config {
         let region = c
             .region
             .as_deref()
-            .map(|r| parse_region(r).map_err(|_| format!("campaign `{}`: region `{r}` is not an ISO 3166 alpha-2 code", c.id)))
+            .map(|r| {
+                parse_region(r)
+                    .map_err(|_| format!("campaign `{}`: region `{r}` is not an ISO 3166 alpha-2 code", c.id))
+            })
             .transpose()?;
         Ok(CampaignSettings {
             id: c.id.clone(),
@@ -281,8 +292,12 @@ impl Config {
                 return Err(format!("partner `{}`: unknown campaign `{c}`", p.name));
             }
         }
-        let reveals =
-            p.reveals.iter().map(|r| r.parse::<Reveal>()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("partner `{}`: {e}", p.name))?;
+        let reveals = p
+            .reveals
+            .iter()
+            .map(|r| r.parse::<Reveal>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("partner `{}`: {e}", p.name))?;
         Ok(PartnerPolicy {
             name: p.name.clone(),
             token_sha256,

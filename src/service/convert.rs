@@ -91,9 +91,11 @@ pub fn owner_to_wire(message: OwnerMessage) -> wire::OwnerMessage {
 /// Wire → engine, owner side.
 pub fn owner_from_wire(message: wire::OwnerMessage) -> Result<OwnerMessage, ProtocolError> {
     Ok(match message.body.ok_or(ProtocolError::Malformed("owner message without a body"))? {
-        OwnerBody::Accept(a) => {
-            OwnerMessage::Accept(Accept { version: a.version, owner_set_size: a.owner_set_size, max_chunk: a.max_chunk })
-        }
+        OwnerBody::Accept(a) => OwnerMessage::Accept(Accept {
+            version: a.version,
+            owner_set_size: a.owner_set_size,
+            max_chunk: a.max_chunk,
+        }),
         OwnerBody::ReblindedPartnerElements(e) => OwnerMessage::ReblindedPartnerElements(parse(e)?),
         OwnerBody::OwnerElements(e) => OwnerMessage::OwnerElements(parse(e)?),
         OwnerBody::Summary(s) => OwnerMessage::Summary(Summary {
@@ -124,11 +126,11 @@ mod tests {
             partner_from_wire(wire::PartnerMessage { body: None }),
             Err(ProtocolError::Malformed("partner message without a body"))
         );
-        let bad = wire::PartnerMessage { body: Some(PartnerBody::PartnerElements(wire::Elements { data: vec![0; 31] })) };
+        let bad =
+            wire::PartnerMessage { body: Some(PartnerBody::PartnerElements(wire::Elements { data: vec![0; 31] })) };
         assert!(matches!(partner_from_wire(bad), Err(ProtocolError::ChunkLength(_))));
-        let bad_reveal = wire::PartnerMessage {
-            body: Some(PartnerBody::Hello(wire::Hello { reveal: 0, ..Default::default() })),
-        };
+        let bad_reveal =
+            wire::PartnerMessage { body: Some(PartnerBody::Hello(wire::Hello { reveal: 0, ..Default::default() })) };
         assert_eq!(partner_from_wire(bad_reveal), Err(ProtocolError::Malformed("unknown reveal mode")));
     }
 }

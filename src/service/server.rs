@@ -90,9 +90,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .initial_connection_window_size(Some(8 << 20));
     match &shared.config.tls {
         Some(tls) => {
-            let read = |path: &PathBuf| {
-                std::fs::read(path).map_err(|source| ServeError::Io { path: path.clone(), source })
-            };
+            let read =
+                |path: &PathBuf| std::fs::read(path).map_err(|source| ServeError::Io { path: path.clone(), source });
             let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
             if let Some(ca) = &tls.client_ca {
                 tls_config = tls_config.client_ca_root(Certificate::from_pem(read(ca)?));
@@ -111,7 +110,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| ServeError::Io { path: PathBuf::from("reflection"), source: std::io::Error::other(e.to_string()) })?;
+        .map_err(|e| ServeError::Io {
+            path: PathBuf::from("reflection"),
+            source: std::io::Error::other(e.to_string()),
+        })?;
     let max_message = shared.config.limits.max_message_bytes;
     let matcher = MatcherServer::new(MatchService { shared: shared.clone() })
         .max_decoding_message_size(max_message)
@@ -193,12 +195,16 @@ impl Shared {
             .map(|p| config.partner_policy(p))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|problem| ConfigError { path: PathBuf::from("server config"), problem })?;
-        for dir in [&config.results_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| ServeError::Io { path: dir.clone(), source })?;
-        }
-        let audit = AuditLog::open(&config.audit_log).map_err(|source| ServeError::Io { path: config.audit_log.clone(), source })?;
+        let results = &config.results_dir;
+        std::fs::create_dir_all(results).map_err(|source| ServeError::Io { path: results.clone(), source })?;
+        let audit = AuditLog::open(&config.audit_log)
+            .map_err(|source| ServeError::Io { path: config.audit_log.clone(), source })?;
         let limits = &config.limits;
-        let budgets = Budgets::open(&config.state_file, limits.max_matches_per_partner_per_day, limits.max_identifiers_per_partner_per_day)?;
+        let budgets = Budgets::open(
+            &config.state_file,
+            limits.max_matches_per_partner_per_day,
+            limits.max_identifiers_per_partner_per_day,
+        )?;
         let slots = Arc::new(Semaphore::new(limits.max_concurrent_matches));
         Ok(Shared {
             partners,
@@ -256,9 +262,9 @@ impl Shared {
     /// The opt-out flags for `campaign` now, re-reading the list if it changed.
     fn excluded(&self, campaign: &Campaign) -> Result<Vec<bool>, OptOutError> {
         let Some(path) = &self.config.optouts else { return Ok(Vec::new()) };
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).map_err(|e| {
-            OptOutError::Read(ReadError::Open { path: path.clone(), source: e })
-        })?;
+        let modified = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_err(|e| OptOutError::Read(ReadError::Open { path: path.clone(), source: e }))?;
         let list = {
             let mut cached = campaign.optouts.lock().unwrap_or_else(|p| p.into_inner());
             match &*cached {
@@ -282,11 +288,10 @@ impl Shared {
     /// Finds the partner a request's credentials belong to.
     fn authenticate<T>(&self, request: &Request<T>) -> Result<&PartnerPolicy, Status> {
         if let Some(value) = request.metadata().get("authorization") {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or_else(|| Status::unauthenticated("malformed authorization header (expected `Bearer <token>`)"))?;
+            let token =
+                value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(|| {
+                    Status::unauthenticated("malformed authorization header (expected `Bearer <token>`)")
+                })?;
             let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
             return self
                 .partners
@@ -297,7 +302,8 @@ impl Shared {
         if let Some(certs) = request.peer_certs()
             && let Some(cert) = certs.first()
         {
-            let cn = common_name(cert.as_ref()).ok_or_else(|| Status::unauthenticated("client certificate has no common name"))?;
+            let cn = common_name(cert.as_ref())
+                .ok_or_else(|| Status::unauthenticated("client certificate has no common name"))?;
             return self
                 .partners
                 .iter()
@@ -324,7 +330,10 @@ type OwnerStream = ReceiverStream<Result<wire::OwnerMessage, Status>>;
 impl Matcher for MatchService {
     type MatchStream = OwnerStream;
 
-    async fn r#match(&self, request: Request<Streaming<wire::PartnerMessage>>) -> Result<Response<OwnerStream>, Status> {
+    async fn r#match(
+        &self,
+        request: Request<Streaming<wire::PartnerMessage>>,
+    ) -> Result<Response<OwnerStream>, Status> {
         let shared = self.shared.clone();
         let partner = shared.authenticate(&request)?.clone();
         let permit = shared
@@ -341,7 +350,9 @@ impl Matcher for MatchService {
             while let Some(item) = stream.next().await {
                 let message = match item {
                     Ok(m) => partner_from_wire(m).map_err(DriveError::from),
-                    Err(status) => Err(DriveError::Remote { code: status.code(), message: status.message().to_owned() }),
+                    Err(status) => {
+                        Err(DriveError::Remote { code: status.code(), message: status.message().to_owned() })
+                    }
                 };
                 let failed = message.is_err();
                 if inbound_tx.send(message).is_err() || failed {
@@ -450,7 +461,10 @@ impl Session<'_> {
             .ok_or_else(|| drive_status(DriveError::PeerClosed))?
             .map_err(drive_status)?;
         let PartnerMessage::Hello(hello) = &first else {
-            return Err(protocol_status(&ProtocolError::UnexpectedMessage { state: "awaiting hello", message: first.name() }));
+            return Err(protocol_status(&ProtocolError::UnexpectedMessage {
+                state: "awaiting hello",
+                message: first.name(),
+            }));
         };
         record.campaign = hello.campaign.clone();
         record.reveal = Some(hello.reveal.name().to_owned());
@@ -499,7 +513,8 @@ impl Session<'_> {
         if let Some(matched) = &outcome.matched {
             let matches = set.matched_records(matched);
             record.owner_matched_records = Some(matches.len() as u64);
-            let name = format!("{}-{}-{}.csv", file_safe(&campaign.settings.id), file_safe(&self.partner.name), self.match_id);
+            let name =
+                format!("{}-{}-{}.csv", file_safe(&campaign.settings.id), file_safe(&self.partner.name), self.match_id);
             let path = self.shared.config.results_dir.join(name);
             write_match_file(&path, &campaign.records, &matches).map_err(|e| {
                 error!(error = %e, "could not write match results");

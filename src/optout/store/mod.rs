@@ -61,7 +61,7 @@ mod time;
 use std::path::Path;
 
 pub use import::{BatchReport, DEFAULT_BATCH_SIZE, ImportOptions, ImportReport};
-pub use sqlite::{SqliteBackend, SqliteTuning};
+pub use sqlite::{LookupStrategy, SqliteBackend, SqliteTuning};
 pub use time::format_rfc3339_ms;
 
 use super::{OptOutError, OptOutSource};
@@ -318,7 +318,8 @@ pub trait Backend: Send + Sync {
     fn contains_many(&self, digests: &[Token]) -> Result<Vec<bool>, StoreError>;
     /// Entries by kind.
     fn count(&self) -> Result<Counts, StoreError>;
-    /// Adds many distinct entries in one transaction (one audit event per kind).
+    /// Adds many entries in one transaction (one audit event per kind present);
+    /// a digest listed twice counts once.
     fn import_batch(&self, entries: &[StoreEntry], source: &str) -> Result<BatchOutcome, StoreError>;
     /// Calls `sink` for every entry, in digest order, from one consistent snapshot.
     fn export(&self, sink: &mut dyn FnMut(&ExportRow) -> std::io::Result<()>) -> Result<u64, StoreError>;
@@ -381,10 +382,8 @@ impl OptOutStore {
     /// Opens (or with `options.create`, creates) the SQLite store at `db`, checking
     /// the schema version, the key fingerprint and the profile.
     pub fn open(db: &Path, store_key: &Key, options: &StoreOptions) -> Result<OptOutStore, StoreError> {
-        let init = StoreSettings {
-            key_fingerprint: key_fingerprint(store_key),
-            profile: options.profile.unwrap_or_default(),
-        };
+        let init =
+            StoreSettings { key_fingerprint: key_fingerprint(store_key), profile: options.profile.unwrap_or_default() };
         let backend = SqliteBackend::open(db, &init, options.create, options.tuning)?;
         OptOutStore::with_backend(Box::new(backend), store_key, options.profile, &db.display().to_string())
     }

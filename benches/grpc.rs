@@ -1,0 +1,98 @@
+//! A match over loopback TLS (server and client in this process, real gRPC over
+//! HTTP/2) against the same match over the in-memory transport.
+//!
+//! `cargo bench --bench grpc`; the 1,000,000 × 1,000,000 end-to-end figure comes from
+//! `scripts/e2e-grpc.sh` (two processes), quoted in the README.
+
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use idmatch::key::Key;
+use idmatch::local_match::{self, LocalMatchOptions};
+use idmatch::normalize::{Normalizer, Profile, Region};
+use idmatch::psi::Reveal;
+use idmatch::records::ColumnSpec;
+use idmatch::service::client::{self, ClientOptions};
+use idmatch::service::config::Config;
+use idmatch::synth::{SynthOptions, generate};
+use sha2::{Digest, Sha256};
+
+const ROWS: usize = 5_000;
+
+fn setup(dir: &Path) -> u16 {
+    generate(dir, &SynthOptions { rows: ROWS, overlap: 0.5, seed: 1 }).unwrap();
+    Key::generate_to_file(&dir.join("campaign.key")).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("token"), "bench").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\nresults_dir = \"results\"\naudit_log = \"audit.jsonl\"\nstate_file = \"b.json\"\n\
+         [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         [limits]\nmin_partner_set = 0\nmax_matches_per_partner_per_day = 1000000\nmax_identifiers_per_partner_per_day = 100000000000\n\
+         [[partners]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\ncampaigns = [\"c\"]\nreveals = [\"partner\"]\n\
+         [[campaigns]]\nid = \"c\"\nkey_file = \"campaign.key\"\naudience = \"members.csv\"\nregion = \"US\"\n",
+        hex::encode(Sha256::digest(b"bench"))
+    );
+    std::fs::write(dir.join("server.toml"), config).unwrap();
+    port
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = setup(d);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let config = Config::load(&d.join("server.toml")).unwrap();
+    runtime.spawn(async move { idmatch::service::server::serve(config).await.unwrap() });
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let normalizer = Normalizer::new(Profile::IdmatchV1, Some(Region::from_code("US").unwrap()));
+    let client_options = ClientOptions {
+        server: format!("https://localhost:{port}"),
+        campaign: "c".into(),
+        key_file: d.join("campaign.key"),
+        input: d.join("partner.csv"),
+        output: d.join("grpc.csv"),
+        reveal: Reveal::Partner,
+        normalizer: normalizer.clone(),
+        columns: ColumnSpec::default(),
+        suppress: None,
+        ca: Some(d.join("server.pem")),
+        cert: None,
+        key: None,
+        token_file: Some(d.join("token")),
+        idle_timeout: Duration::from_secs(60),
+        progress: false,
+    };
+    let local_options = LocalMatchOptions {
+        owner: d.join("members.csv"),
+        partner: d.join("partner.csv"),
+        key_file: d.join("campaign.key"),
+        reveal: Reveal::Partner,
+        normalizer,
+        columns: ColumnSpec::default(),
+        optouts: None,
+        suppress: None,
+        out_dir: d.join("local"),
+        write_rejects: false,
+        progress: false,
+    };
+    let mut g = c.benchmark_group("match_5000_rows");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(2 * ROWS as u64));
+    // The local match also reads and tokenizes the owner's file, which the server did
+    // once at start: compare the two as an upper bound on the transport's cost.
+    g.bench_function("in_memory_both_files", |b| b.iter(|| local_match::run(&local_options).unwrap()));
+    g.bench_function("grpc_loopback_tls", |b| {
+        b.iter(|| runtime.block_on(client::run(client_options.clone())).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# End-to-end timing of a match over loopback TLS: `idmatch serve` and
+# `idmatch match --server` as two processes, against the in-process `idmatch match`
+# on the same data.
+#
+#   scripts/e2e-grpc.sh [ROWS]     # default 568000 rows ≈ 1,000,000 identifiers per side
+#
+# Needs openssl (for a throwaway CA and server certificate) and a release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=${1:-568000}
+work=$(mktemp -d)
+trap 'kill "${server_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+bin=target/release/idmatch
+cargo build --release --quiet
+
+"$bin" synth --rows "$rows" --overlap 0.5 --out-dir "$work" --seed 1 >/dev/null
+"$bin" keygen --out "$work/campaign.key" 2>/dev/null
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=idmatch e2e ca" \
+  -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+  -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$work/ext.cnf"
+openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -days 1 \
+  -extfile "$work/ext.cnf" -out "$work/server.pem" 2>/dev/null
+token=e2e-token
+sha=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
+printf '%s\n' "$token" > "$work/token"
+port=$((20000 + RANDOM % 20000))
+cat > "$work/server.toml" <<TOML
+listen = "127.0.0.1:$port"
+results_dir = "results"
+audit_log = "audit.jsonl"
+state_file = "budgets.json"
+[tls]
+cert = "server.pem"
+key = "server.key"
+[limits]
+idle_timeout_secs = 600
+[[partners]]
+name = "e2e"
+token_sha256 = "$sha"
+campaigns = ["e2e"]
+reveals = ["partner", "owner", "both", "count"]
+[[campaigns]]
+id = "e2e"
+key_file = "campaign.key"
+audience = "members.csv"
+region = "US"
+TOML
+
+echo "== in-process: idmatch match (both roles, one process)"
+/usr/bin/time -f "wall %e s, user %U s, sys %S s, max RSS %M KiB" \
+  "$bin" match --owner "$work/members.csv" --partner "$work/partner.csv" --key-file "$work/campaign.key" \
+  --region US --reveal partner --out-dir "$work/local"
+
+"$bin" serve --config "$work/server.toml" 2>"$work/server.log" &
+server_pid=$!
+for _ in $(seq 1 600); do
+  grep -q "serving" "$work/server.log" 2>/dev/null && break
+  sleep 0.5
+done
+echo "== over loopback TLS: idmatch match --server (audience loaded before timing)"
+/usr/bin/time -f "wall %e s, user %U s, sys %S s, max RSS %M KiB (client)" \
+  "$bin" match --server "https://localhost:$port" --ca "$work/ca.pem" --token-file "$work/token" \
+  --campaign e2e --key-file "$work/campaign.key" --input "$work/partner.csv" --output "$work/grpc.csv" \
+  --region US --reveal partner
+echo "server peak RSS: $(grep VmHWM /proc/$server_pid/status | awk '{print $2, $3}')"
+cmp <(sort "$work/local/partner_matches.csv") <(sort "$work/grpc.csv") && echo "same matches in-process and over gRPC"
