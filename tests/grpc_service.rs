@@ -75,6 +75,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 struct Fixture {
     dir: tempfile::TempDir,
     port: u16,
+    metrics_port: u16,
     pki: Pki,
     runtime: tokio::runtime::Runtime,
 }
@@ -101,6 +102,7 @@ impl Fixture {
         write(d, "partner.csv", &partner);
         write(d, "optouts.csv", "email\nnobody@example.com\n");
         let port = free_port();
+        let metrics_port = free_port();
         let token_sha = hex::encode(Sha256::digest(TOKEN.as_bytes()));
         let client_ca = if mutual_tls { "client_ca = \"ca.pem\"" } else { "" };
         let cert_partner = if mutual_tls {
@@ -115,6 +117,7 @@ results_dir = "results"
 audit_log = "audit.jsonl"
 state_file = "budgets.json"
 optouts = "optouts.csv"
+metrics_listen = "127.0.0.1:{metrics_port}"
 
 [tls]
 cert = "server.pem"
@@ -160,7 +163,7 @@ region = "US"
         runtime.spawn(async move {
             idmatch::service::server::serve(config).await.unwrap();
         });
-        let fixture = Fixture { dir, port, pki, runtime };
+        let fixture = Fixture { dir, port, metrics_port, pki, runtime };
         fixture.wait_until_listening();
         fixture
     }
@@ -425,4 +428,28 @@ fn malformed_and_abandoned_streams_get_precise_codes_and_leave_no_state() {
     assert!(audit.iter().all(|a| a["outcome"] != "ok"));
     // And it keeps serving.
     assert_eq!(f.run(f.options(Reveal::Count, "ok.csv")).unwrap().outcome.intersection, Some(500));
+}
+
+#[test]
+fn health_and_metrics_endpoints_report_the_service() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let f = Fixture::start(false);
+    f.run(f.options(Reveal::Count, "m.csv")).unwrap();
+    let channel = f.raw_channel();
+    let status = f.runtime.block_on(async move {
+        let mut health = HealthClient::new(channel);
+        let request = HealthCheckRequest { service: "idmatch.v1.Matcher".into() };
+        health.check(request).await.unwrap().into_inner().status
+    });
+    assert_eq!(status, ServingStatus::Serving as i32);
+
+    use std::io::Read;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", f.metrics_port)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    assert!(body.contains("idmatch_matches_started_total 1"), "{body}");
+    assert!(body.contains("idmatch_matches_finished_total 1"), "{body}");
+    assert!(body.contains("idmatch_match_duration_seconds_count 1"), "{body}");
 }
