@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/idmatch/v1/match.proto"];
+    let protos = ["proto/idmatch/v1/match.proto", "proto/idmatch/v1/optout.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

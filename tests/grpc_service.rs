@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 const TOKEN: &str = "acme-secret-token";
+const ADMIN_TOKEN: &str = "account-system-admin-token";
 
 struct Pki {
     ca_pem: String,
@@ -81,7 +82,8 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn start(mutual_tls: bool) -> Fixture {
+    /// `store`: opt-outs from an opt-out store with the admin service, instead of a file.
+    fn start(mutual_tls: bool, store: bool) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let pki = pki();
@@ -101,6 +103,21 @@ impl Fixture {
         write(d, "members.csv", &members);
         write(d, "partner.csv", &partner);
         write(d, "optouts.csv", "email\nnobody@example.com\n");
+        let optouts = if store {
+            let store_key = Key::generate_to_file(&d.join("store.key")).unwrap();
+            idmatch::optout::store::OptOutStore::open(
+                &d.join("optouts.db"),
+                &store_key,
+                &idmatch::optout::store::StoreOptions::create(),
+            )
+            .unwrap();
+            format!(
+                "[optout_store]\ndb = \"optouts.db\"\nkey_file = \"store.key\"\nadmin_token_sha256 = \"{}\"\n",
+                hex::encode(Sha256::digest(ADMIN_TOKEN.as_bytes()))
+            )
+        } else {
+            "optouts = \"optouts.csv\"\n".to_owned()
+        };
         let port = free_port();
         let metrics_port = free_port();
         let token_sha = hex::encode(Sha256::digest(TOKEN.as_bytes()));
@@ -116,8 +133,8 @@ listen = "127.0.0.1:{port}"
 results_dir = "results"
 audit_log = "audit.jsonl"
 state_file = "budgets.json"
-optouts = "optouts.csv"
 metrics_listen = "127.0.0.1:{metrics_port}"
+{optouts}
 
 [tls]
 cert = "server.pem"
@@ -235,7 +252,7 @@ fn matched_ids(path: &Path) -> Vec<String> {
 
 #[test]
 fn every_reveal_mode_over_tls_with_a_bearer_token() {
-    let f = Fixture::start(false);
+    let f = Fixture::start(false, false);
     for reveal in Reveal::ALL {
         let out = format!("matches-{reveal}.csv");
         let summary = f.run(f.options(reveal, &out)).unwrap();
@@ -272,7 +289,7 @@ fn every_reveal_mode_over_tls_with_a_bearer_token() {
 
 #[test]
 fn credentials_and_permissions_are_enforced() {
-    let f = Fixture::start(false);
+    let f = Fixture::start(false, false);
     write(f.dir.path(), "wrong-token", "not-the-token");
     let mut options = f.options(Reveal::Both, "x.csv");
     options.token_file = Some(f.path("wrong-token"));
@@ -311,7 +328,7 @@ fn credentials_and_permissions_are_enforced() {
 
 #[test]
 fn mutual_tls_identifies_the_partner_and_refuses_strangers() {
-    let f = Fixture::start(true);
+    let f = Fixture::start(true, false);
     let mut options = f.options(Reveal::Partner, "mtls.csv");
     options.token_file = None;
     options.cert = Some(f.path("client.pem"));
@@ -335,7 +352,7 @@ fn mutual_tls_identifies_the_partner_and_refuses_strangers() {
 
 #[test]
 fn twenty_concurrent_matches_are_all_correct() {
-    let f = Arc::new(Fixture::start(false));
+    let f = Arc::new(Fixture::start(false, false));
     let handles: Vec<_> = (0..20)
         .map(|i| {
             let f = f.clone();
@@ -352,7 +369,7 @@ fn twenty_concurrent_matches_are_all_correct() {
 
 #[test]
 fn an_optout_added_while_running_is_honored_by_the_next_match() {
-    let f = Fixture::start(false);
+    let f = Fixture::start(false, false);
     let before = f.run(f.options(Reveal::Both, "before.csv")).unwrap();
     assert_eq!(before.outcome.intersection, Some(500));
     // m1000's email is what partner p0 holds; opt it out by email and m1001 by id.
@@ -405,7 +422,7 @@ fn elements(data: Vec<u8>) -> wire::PartnerMessage {
 
 #[test]
 fn malformed_and_abandoned_streams_get_precise_codes_and_leave_no_state() {
-    let f = Fixture::start(false);
+    let f = Fixture::start(false, false);
     let code = |messages| raw_call(&f, messages).code();
     assert_eq!(code(vec![elements(vec![0; 32])]), tonic::Code::FailedPrecondition, "elements before hello");
     assert_eq!(code(vec![hello(200), elements(vec![1; 31])]), tonic::Code::InvalidArgument, "bad chunk length");
@@ -434,7 +451,7 @@ fn malformed_and_abandoned_streams_get_precise_codes_and_leave_no_state() {
 fn health_and_metrics_endpoints_report_the_service() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let f = Fixture::start(false);
+    let f = Fixture::start(false, false);
     f.run(f.options(Reveal::Count, "m.csv")).unwrap();
     let channel = f.raw_channel();
     let status = f.runtime.block_on(async move {
@@ -452,4 +469,94 @@ fn health_and_metrics_endpoints_report_the_service() {
     assert!(body.contains("idmatch_matches_started_total 1"), "{body}");
     assert!(body.contains("idmatch_matches_finished_total 1"), "{body}");
     assert!(body.contains("idmatch_match_duration_seconds_count 1"), "{body}");
+}
+
+#[test]
+fn optouts_pushed_over_the_admin_service_apply_to_the_next_match() {
+    use idmatch::wire::opt_out_admin_client::OptOutAdminClient;
+    let f = Fixture::start(false, true);
+    assert_eq!(f.run(f.options(Reveal::Partner, "a.csv")).unwrap().outcome.intersection, Some(500));
+    let channel = f.raw_channel();
+    let admin = |token: &'static str| {
+        let channel = channel.clone();
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let _ = &channel;
+            Ok(req)
+        }
+    };
+    let change = |kind: wire::EntryKind, value: &str| wire::OptOutChange {
+        kind: kind as i32,
+        value: value.into(),
+        region: "US".into(),
+        source: "account-settings".into(),
+    };
+    let (added, counted, denied, checked) = f.runtime.block_on(async {
+        let mut client = OptOutAdminClient::with_interceptor(channel.clone(), admin(ADMIN_TOKEN));
+        let added = client.add(change(wire::EntryKind::Email, " USER1000@example.com")).await.unwrap().into_inner();
+        client.add(change(wire::EntryKind::Id, "m1001")).await.unwrap();
+        let counted = client.count(wire::CountRequest {}).await.unwrap().into_inner();
+        let checked = client
+            .check(wire::OptOutQuery {
+                kind: wire::EntryKind::Email as i32,
+                value: "user1000@example.com".into(),
+                region: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut partner = OptOutAdminClient::with_interceptor(channel.clone(), admin(TOKEN));
+        let denied = partner.count(wire::CountRequest {}).await.unwrap_err().code();
+        (added, counted, denied, checked)
+    });
+    assert!(added.changed && checked.opted_out);
+    assert_eq!((counted.email, counted.id, counted.total), (1, 1, 2));
+    assert_eq!(denied, tonic::Code::PermissionDenied);
+
+    let after = f.run(f.options(Reveal::Partner, "b.csv")).unwrap();
+    assert_eq!(after.outcome.intersection, Some(498));
+    assert_eq!(after.outcome.owner_set_size, 3000 - 4);
+
+    // Bulk import over a stream: one transaction per batch, rejects counted by reason.
+    let summary = f.runtime.block_on(async {
+        let mut client = OptOutAdminClient::with_interceptor(channel.clone(), admin(ADMIN_TOKEN));
+        let entry = |kind: wire::EntryKind, value: &str| wire::ImportEntry {
+            kind: kind as i32,
+            value: value.into(),
+            region: "US".into(),
+        };
+        let batches = vec![
+            wire::ImportBatch {
+                source: "import:test".into(),
+                entries: vec![
+                    entry(wire::EntryKind::Email, "user1002@example.com"),
+                    entry(wire::EntryKind::Email, "not-an-email"),
+                ],
+            },
+            wire::ImportBatch {
+                source: "import:test".into(),
+                entries: vec![
+                    entry(wire::EntryKind::Phone, "(415) 555-1003"),
+                    entry(wire::EntryKind::Email, "user1000@example.com"),
+                ],
+            },
+        ];
+        client.import(tokio_stream::iter(batches)).await.unwrap().into_inner()
+    });
+    assert_eq!((summary.batches, summary.added, summary.already_present), (2, 2, 1));
+    assert_eq!(summary.rejected.get("missing_at"), Some(&1));
+    // m1000, m1001, m1002 (email) and m1003 (phone) are out now.
+    assert_eq!(f.run(f.options(Reveal::Partner, "c.csv")).unwrap().outcome.intersection, Some(496));
+
+    // Opting back in takes effect for the next match too.
+    f.runtime.block_on(async {
+        let mut client = OptOutAdminClient::with_interceptor(channel.clone(), admin(ADMIN_TOKEN));
+        assert!(
+            client.remove(change(wire::EntryKind::Email, "user1000@example.com")).await.unwrap().into_inner().changed
+        );
+    });
+    assert_eq!(f.run(f.options(Reveal::Partner, "d.csv")).unwrap().outcome.intersection, Some(497));
+    let audit = std::fs::read_to_string(f.path("audit.jsonl")).unwrap();
+    assert!(audit.contains("\"event\":\"optout_add\"") && audit.contains("\"event\":\"optout_remove\""));
+    assert!(!audit.contains("user1000") && !audit.contains("m1001"));
 }

@@ -34,6 +34,9 @@ pub struct Config {
     /// Owner's opt-out list (CSV with email/phone/id columns), re-read at the start
     /// of a match whenever the file has changed.
     pub optouts: Option<PathBuf>,
+    /// Owner's opt-out store (`idmatch optout`), consulted at the start of every
+    /// match and managed over gRPC by `OptOutAdmin`. Exclusive with `optouts`.
+    pub optout_store: Option<OptOutStoreConfig>,
     #[serde(default)]
     pub limits: Limits,
     pub partners: Vec<PartnerConfig>,
@@ -46,6 +49,18 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptOutStoreConfig {
+    /// The SQLite database (created by `idmatch optout`).
+    pub db: PathBuf,
+    /// The store key file.
+    pub key_file: PathBuf,
+    /// SHA-256 (hex) of the admin bearer token for `OptOutAdmin`; must differ from
+    /// every partner's.
+    pub admin_token_sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +218,10 @@ impl Config {
         if let Some(p) = &mut self.optouts {
             fix(p);
         }
+        if let Some(store) = &mut self.optout_store {
+            fix(&mut store.db);
+            fix(&mut store.key_file);
+        }
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert);
             fix(&mut tls.key);
@@ -222,6 +241,17 @@ impl Config {
                 "listen = {}: plaintext is allowed only on a loopback address; add a [tls] section",
                 self.listen
             ));
+        }
+        if self.optouts.is_some() && self.optout_store.is_some() {
+            return Err("set either optouts (a file) or [optout_store], not both".into());
+        }
+        if let Some(store) = &self.optout_store {
+            let admin = parse_sha256(&store.admin_token_sha256)
+                .map_err(|e| format!("[optout_store] admin_token_sha256: {e}"))?;
+            if self.partners.iter().any(|p| p.token_sha256.as_deref().and_then(|t| parse_sha256(t).ok()) == Some(admin))
+            {
+                return Err("[optout_store] admin_token_sha256 equals a partner's token".into());
+            }
         }
         let l = &self.limits;
         if l.max_concurrent_matches == 0 || l.idle_timeout_secs == 0 || l.max_message_bytes < 64 * 1024 {
@@ -274,12 +304,7 @@ impl Config {
         let token_sha256 = p
             .token_sha256
             .as_deref()
-            .map(|hex_digest| {
-                let mut digest = [0u8; 32];
-                hex::decode_to_slice(hex_digest.trim(), &mut digest)
-                    .map_err(|_| format!("partner `{}`: token_sha256 must be 64 hex digits", p.name))?;
-                Ok::<_, String>(digest)
-            })
+            .map(|hex_digest| parse_sha256(hex_digest).map_err(|e| format!("partner `{}`: token_sha256: {e}", p.name)))
             .transpose()?;
         if token_sha256.is_none() && p.cert_common_name.is_none() {
             return Err(format!("partner `{}`: set token_sha256 or cert_common_name", p.name));
@@ -306,4 +331,11 @@ impl Config {
             reveals,
         })
     }
+}
+
+/// A SHA-256 digest written as 64 hex digits.
+pub fn parse_sha256(hex_digest: &str) -> Result<[u8; 32], String> {
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(hex_digest.trim(), &mut digest).map_err(|_| "must be 64 hex digits".to_owned())?;
+    Ok(digest)
 }

@@ -6,8 +6,10 @@
 //! - [`client`]: the partner's client behind `idmatch match --server`;
 //! - [`convert`]: engine messages ↔ protobuf wire types;
 //! - [`driver`]: runs a role's state machine over a stream, off the async runtime;
+//! - [`admin`]: the `OptOutAdmin` service over the opt-out store;
 //! - [`audit`], [`budget`], [`metrics`]: the audit log, daily budgets, Prometheus.
 
+pub mod admin;
 pub mod audit;
 pub mod budget;
 pub mod client;

@@ -19,15 +19,17 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{error, info, warn};
 
+use super::admin::AdminService;
 use super::audit::{AuditLog, MatchRecord, now_unix_ms};
 use super::budget::{BudgetError, Budgets};
-use super::config::{CampaignSettings, Config, ConfigError, PartnerPolicy};
+use super::config::{CampaignSettings, Config, ConfigError, PartnerPolicy, parse_sha256};
 use super::convert::{owner_to_wire, partner_from_wire};
 use super::driver::{DriveError, drive};
 use super::metrics::Metrics;
 use crate::key::{Key, KeyError};
 use crate::local_match::write_match_file;
 use crate::normalize::Normalizer;
+use crate::optout::store::{OptOutStore, StoreError, StoreOptions};
 use crate::optout::{FileList, OptOutError, excluded_records};
 use crate::psi::message::{DEFAULT_CHUNK, MAX_CHUNK};
 use crate::psi::{Owner, OwnerConfig, OwnerMessage, PartnerMessage, PreparedSet, ProtocolError};
@@ -35,6 +37,7 @@ use crate::records::{self, ReadError, ReadOptions, RecordSet};
 use crate::token::Tokenizer;
 use crate::wire;
 use crate::wire::matcher_server::{Matcher, MatcherServer};
+use crate::wire::opt_out_admin_server::OptOutAdminServer;
 
 /// The encoded descriptor set served by gRPC reflection.
 const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("idmatch_descriptor");
@@ -56,6 +59,8 @@ pub enum ServeError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A campaign with its audience loaded and tokenized.
@@ -71,9 +76,12 @@ struct Shared {
     config: Config,
     partners: Vec<PartnerPolicy>,
     campaigns: RwLock<HashMap<String, Arc<Campaign>>>,
-    /// Stable per-process key for opt-out digests: audiences are digested once at load.
+    /// The opt-out store, when configured (instead of a file).
+    optout_store: Option<Arc<OptOutStore>>,
+    /// Key for opt-out digests, stable for the process (the store's own key, or a
+    /// random one for a file): audiences are digested once at load.
     optout_digester: Tokenizer,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
     budgets: Budgets,
     metrics: Arc<Metrics>,
     slots: Arc<Semaphore>,
@@ -140,10 +148,24 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     });
     let mut stop = stop_rx;
     info!(listen = %shared.config.listen, tls = shared.config.tls.is_some(), "serving");
+    let admin = match (&shared.optout_store, &shared.config.optout_store) {
+        (Some(store), Some(settings)) => Some(
+            OptOutAdminServer::new(AdminService {
+                store: store.clone(),
+                audit: shared.audit.clone(),
+                admin_token_sha256: parse_sha256(&settings.admin_token_sha256)
+                    .map_err(|problem| ConfigError { path: PathBuf::from("server config"), problem })?,
+                partner_token_sha256: shared.partners.iter().filter_map(|p| p.token_sha256).collect(),
+            })
+            .max_decoding_message_size(max_message),
+        ),
+        _ => None,
+    };
     builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(matcher)
+        .add_optional_service(admin)
         .serve_with_shutdown(shared.config.listen, async move {
             let _ = stop.wait_for(|s| *s).await;
             info!("shutting down: finishing running matches");
@@ -197,8 +219,21 @@ impl Shared {
             .map_err(|problem| ConfigError { path: PathBuf::from("server config"), problem })?;
         let results = &config.results_dir;
         std::fs::create_dir_all(results).map_err(|source| ServeError::Io { path: results.clone(), source })?;
-        let audit = AuditLog::open(&config.audit_log)
-            .map_err(|source| ServeError::Io { path: config.audit_log.clone(), source })?;
+        let audit = Arc::new(
+            AuditLog::open(&config.audit_log)
+                .map_err(|source| ServeError::Io { path: config.audit_log.clone(), source })?,
+        );
+        let optout_store = match &config.optout_store {
+            Some(store) => {
+                let key = Key::load(&store.key_file)?;
+                Some(Arc::new(OptOutStore::open(&store.db, &key, &StoreOptions::existing())?))
+            }
+            None => None,
+        };
+        let optout_digester = match &optout_store {
+            Some(store) => store.digester().clone(),
+            None => Tokenizer::new(&Key::generate()?),
+        };
         let limits = &config.limits;
         let budgets = Budgets::open(
             &config.state_file,
@@ -209,7 +244,8 @@ impl Shared {
         Ok(Shared {
             partners,
             campaigns: RwLock::new(HashMap::new()),
-            optout_digester: Tokenizer::new(&Key::generate()?),
+            optout_store,
+            optout_digester,
             audit,
             budgets,
             metrics: Arc::new(Metrics::default()),
@@ -246,6 +282,9 @@ impl Shared {
         options.optout_digester = Some(self.optout_digester.clone());
         options.progress = true;
         let records = records::read(&settings.audience, &Tokenizer::new(&key), options)?;
+        if let Some(store) = &self.optout_store {
+            store.ensure_profile(&records).map_err(OptOutError::from)?;
+        }
         let stats = records.stats();
         info!(
             campaign = %settings.id,
@@ -261,6 +300,9 @@ impl Shared {
 
     /// The opt-out flags for `campaign` now, re-reading the list if it changed.
     fn excluded(&self, campaign: &Campaign) -> Result<Vec<bool>, OptOutError> {
+        if let Some(store) = &self.optout_store {
+            return excluded_records(&campaign.records, store.as_ref());
+        }
         let Some(path) = &self.config.optouts else { return Ok(Vec::new()) };
         let modified = std::fs::metadata(path)
             .and_then(|m| m.modified())
