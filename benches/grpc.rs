@@ -77,6 +77,7 @@ fn bench(c: &mut Criterion) {
         normalizer,
         columns: ColumnSpec::default(),
         optouts: None,
+        optout_store: None,
         suppress: None,
         out_dir: d.join("local"),
         write_rejects: false,

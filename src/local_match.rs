@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
+use crate::optout::store::{OptOutStore, StoreOptions};
 use crate::optout::{FileList, OptOutError, OptOutSource, excluded_records};
 use crate::psi::{
     LocalMatchError, Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, ProtocolError, Reveal, run_in_memory,
@@ -27,6 +28,8 @@ pub struct LocalMatchOptions {
     pub normalizer: Normalizer,
     pub columns: ColumnSpec,
     pub optouts: Option<PathBuf>,
+    /// The owner's opt-out store and its key file (instead of `optouts`).
+    pub optout_store: Option<(PathBuf, PathBuf)>,
     pub suppress: Option<PathBuf>,
     pub out_dir: PathBuf,
     /// Write `owner_rejects.csv` and `partner_rejects.csv` (without values).
@@ -91,17 +94,30 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
     let out_dir = &options.out_dir;
     std::fs::create_dir_all(out_dir).map_err(|source| LocalMatchFailure::Write { path: out_dir.clone(), source })?;
 
-    let optouts = load_list(options.optouts.as_deref(), options)?;
+    let optouts: Option<Box<dyn OptOutSource>> = match (&options.optout_store, &options.optouts) {
+        (Some((db, key_file)), _) => {
+            let store_options =
+                StoreOptions { profile: Some(options.normalizer.profile()), ..StoreOptions::existing() };
+            let store = OptOutStore::open(db, &Key::load(key_file)?, &store_options).map_err(OptOutError::from)?;
+            Some(Box::new(store))
+        }
+        (None, path) => load_list(path.as_deref(), options)?.map(|l| Box::new(l) as Box<dyn OptOutSource>),
+    };
     let suppress = load_list(options.suppress.as_deref(), options)?;
     let reject_file = |name: &str| -> Result<Option<RejectWriter>, RejectWriteError> {
         options.write_rejects.then(|| RejectWriter::create(&out_dir.join(name), false)).transpose()
     };
     let owner_records =
-        read_side(&options.owner, &tokenizer, options, optouts.as_ref(), reject_file("owner_rejects.csv")?)?;
-    let partner_records =
-        read_side(&options.partner, &tokenizer, options, suppress.as_ref(), reject_file("partner_rejects.csv")?)?;
-    let owner_set = prepare(&owner_records, optouts.as_ref())?;
-    let partner_set = prepare(&partner_records, suppress.as_ref())?;
+        read_side(&options.owner, &tokenizer, options, optouts.as_deref(), reject_file("owner_rejects.csv")?)?;
+    let partner_records = read_side(
+        &options.partner,
+        &tokenizer,
+        options,
+        suppress.as_ref().map(|l| l as &dyn OptOutSource),
+        reject_file("partner_rejects.csv")?,
+    )?;
+    let owner_set = prepare(&owner_records, optouts.as_deref())?;
+    let partner_set = prepare(&partner_records, suppress.as_ref().map(|l| l as &dyn OptOutSource))?;
 
     let profile = options.normalizer.profile();
     let mut owner = Owner::new(OwnerConfig::local("local", profile), &owner_set)?;
@@ -156,7 +172,7 @@ fn read_side(
     path: &Path,
     tokenizer: &Tokenizer,
     options: &LocalMatchOptions,
-    list: Option<&FileList>,
+    list: Option<&dyn OptOutSource>,
     rejects: Option<RejectWriter>,
 ) -> Result<RecordSet, ReadError> {
     let mut read = ReadOptions::new(options.normalizer.clone());
@@ -167,7 +183,7 @@ fn read_side(
     records::read(path, tokenizer, read)
 }
 
-fn prepare(records: &RecordSet, list: Option<&FileList>) -> Result<PreparedSet, OptOutError> {
+fn prepare(records: &RecordSet, list: Option<&dyn OptOutSource>) -> Result<PreparedSet, OptOutError> {
     let excluded = match list {
         Some(list) => excluded_records(records, list)?,
         None => Vec::new(),

@@ -261,3 +261,45 @@ fn match_honors_optouts_on_the_shipped_example() {
         assert!(!owner_matches.contains(id), "opted-out {id} matched");
     }
 }
+
+#[test]
+fn match_honors_an_optout_store_managed_from_the_cli() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("optouts.db");
+    let store_key = dir.path().join("store.key");
+    assert!(idmatch(&["keygen", "--out", store_key.to_str().unwrap()]).status.success());
+    let store_args = ["--db", db.to_str().unwrap(), "--store-key", store_key.to_str().unwrap()];
+    // m0000102 matches in the example; opt it out by id.
+    let mut add = vec!["optout", "add", "--id", "m0000102", "--source", "account-settings"];
+    add.extend(store_args);
+    let out = idmatch(&add);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = |out_dir: &Path| {
+        let out = idmatch(&[
+            "match",
+            "--owner",
+            root.join("members.csv").to_str().unwrap(),
+            "--partner",
+            root.join("partner.csv").to_str().unwrap(),
+            "--key-file",
+            root.join("campaign.key").to_str().unwrap(),
+            "--optout-db",
+            db.to_str().unwrap(),
+            "--store-key",
+            store_key.to_str().unwrap(),
+            "--region",
+            "US",
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        std::fs::read_to_string(out_dir.join("owner_matches.csv")).unwrap()
+    };
+    let with_optout = run(&dir.path().join("a"));
+    assert!(!with_optout.contains("m0000102"));
+    let mut remove = vec!["optout", "remove", "--id", "m0000102", "--source", "account-settings"];
+    remove.extend(store_args);
+    assert!(idmatch(&remove).status.success());
+    assert!(run(&dir.path().join("b")).contains("m0000102"), "opting back in applies to the next match");
+}

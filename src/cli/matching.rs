@@ -55,6 +55,12 @@ pub struct MatchArgs {
     /// Local mode: the owner's opt-out list (CSV with email, phone and/or id columns): opted-out members are never matched.
     #[arg(long, value_name = "FILE", conflicts_with = "server")]
     pub optouts: Option<PathBuf>,
+    /// Local mode: the owner's opt-out store (see `idmatch optout`), instead of --optouts.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["server", "optouts"], requires = "store_key")]
+    pub optout_db: Option<PathBuf>,
+    /// Local mode: the opt-out store's key file.
+    #[arg(long, value_name = "FILE", requires = "optout_db")]
+    pub store_key: Option<PathBuf>,
     /// The partner's suppression list (same format), applied the same way on the partner's side.
     #[arg(long, value_name = "FILE")]
     pub suppress: Option<PathBuf>,
@@ -86,6 +92,7 @@ pub fn run(args: MatchArgs) -> CliResult {
         normalizer: args.profile.normalizer(),
         columns: args.columns.spec(),
         optouts: args.optouts,
+        optout_store: args.optout_db.zip(args.store_key),
         suppress: args.suppress,
         out_dir: out_dir.clone(),
         write_rejects: args.write_rejects,
