@@ -560,3 +560,25 @@ fn optouts_pushed_over_the_admin_service_apply_to_the_next_match() {
     assert!(audit.contains("\"event\":\"optout_add\"") && audit.contains("\"event\":\"optout_remove\""));
     assert!(!audit.contains("user1000") && !audit.contains("m1001"));
 }
+
+#[cfg(unix)]
+#[test]
+fn sighup_reloads_the_audience_without_a_restart() {
+    let f = Fixture::start(false, false);
+    assert_eq!(f.run(f.options(Reveal::Count, "a.csv")).unwrap().outcome.intersection, Some(500));
+    std::thread::sleep(Duration::from_millis(200));
+    let mut members = std::fs::read_to_string(f.path("members.csv")).unwrap();
+    for i in 1500..1510 {
+        members += &format!("n{i},user{i}@example.com,\n");
+    }
+    write(f.dir.path(), "members.csv", &members);
+    let status = std::process::Command::new("kill").args(["-HUP", &std::process::id().to_string()]).status().unwrap();
+    assert!(status.success());
+    for _ in 0..100 {
+        if f.run(f.options(Reveal::Count, "b.csv")).unwrap().outcome.intersection == Some(510) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the audience was not reloaded");
+}
