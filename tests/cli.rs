@@ -303,3 +303,32 @@ fn match_honors_an_optout_store_managed_from_the_cli() {
     assert!(idmatch(&remove).status.success());
     assert!(run(&dir.path().join("b")).contains("m0000102"), "opting back in applies to the next match");
 }
+
+#[test]
+fn tokens_leaves_out_opted_out_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let input = dir.path().join("in.csv");
+    std::fs::write(&input, "id,email,phone\n1,alice@example.com,\n2,bob@example.com,\n3,,+14155550100\n").unwrap();
+    let optouts = dir.path().join("optouts.csv");
+    std::fs::write(&optouts, "id,email,phone\n,ALICE@Example.com,\n,,(415) 555-0100\n").unwrap();
+    let output = dir.path().join("tokens.csv");
+    let out = idmatch(&[
+        "tokens",
+        "--key-file",
+        &key,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--optouts",
+        optouts.to_str().unwrap(),
+        "--region",
+        "US",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("records excluded by opt-outs: 2"));
+    let rows: Vec<String> = std::fs::read_to_string(&output).unwrap().lines().skip(2).map(str::to_owned).collect();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].starts_with("2,email,"));
+}

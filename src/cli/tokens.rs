@@ -9,7 +9,8 @@ use rayon::prelude::*;
 
 use super::{CliResult, ColumnArgs, ProfileArgs, RejectArgs, format_stats};
 use crate::key::Key;
-use crate::records::{self, ReadOptions, RejectWriter};
+use crate::optout::{FileList, OptOutSource, excluded_records};
+use crate::records::{self, ColumnSpec, ReadOptions, RejectWriter};
 use crate::token::Tokenizer;
 
 #[derive(Debug, Args)]
@@ -29,6 +30,9 @@ pub struct TokensArgs {
     pub columns: ColumnArgs,
     #[command(flatten)]
     pub rejects: RejectArgs,
+    /// Opt-out list (CSV with email, phone and/or id columns): opted-out records are not exported.
+    #[arg(long, value_name = "FILE")]
+    pub optouts: Option<PathBuf>,
 }
 
 pub fn run(args: TokensArgs) -> CliResult {
@@ -40,7 +44,18 @@ pub fn run(args: TokensArgs) -> CliResult {
     if let Some(path) = &args.rejects.rejects {
         options.rejects = Some(RejectWriter::create(path, args.rejects.rejects_include_values)?);
     }
+    let optouts = args
+        .optouts
+        .as_deref()
+        .map(|path| FileList::load(path, args.profile.normalizer(), ColumnSpec::default()))
+        .transpose()?;
+    options.optout_digester = optouts.as_ref().map(|list| list.digester().clone());
     let set = records::read(&args.input, &tokenizer, options)?;
+    let excluded = match &optouts {
+        Some(list) => excluded_records(&set, list)?,
+        None => Vec::new(),
+    };
+    let is_out = |record: u32| excluded.get(record as usize).copied().unwrap_or(false);
 
     let write_err = |e: std::io::Error| format!("{}: {e}", args.output.display());
     let mut out = BufWriter::new(File::create(&args.output).map_err(write_err)?);
@@ -54,7 +69,7 @@ pub fn run(args: TokensArgs) -> CliResult {
                 let mut w =
                     csv::WriterBuilder::new().has_headers(false).from_writer(Vec::with_capacity(entries.len() * 96));
                 let mut hex_buf = [0u8; 64];
-                for e in entries {
+                for e in entries.iter().filter(|e| !is_out(e.record)) {
                     let token_hex = hex::encode_to_slice(e.token.0, &mut hex_buf).map(|()| &hex_buf[..]).unwrap_or(b"");
                     // Writing into a Vec cannot fail.
                     let _ = w.write_record([set.id(e.record).as_bytes(), e.kind.label().as_bytes(), token_hex]);
@@ -68,6 +83,11 @@ pub fn run(args: TokensArgs) -> CliResult {
     }
     out.flush().map_err(write_err)?;
     print!("{}", format_stats(&args.input, set.stats()));
-    println!("tokens written: {} to {}", set.entries().len(), args.output.display());
+    let excluded_records = excluded.iter().filter(|&&x| x).count();
+    let written = set.entries().iter().filter(|e| !is_out(e.record)).count();
+    if optouts.is_some() {
+        println!("records excluded by opt-outs: {excluded_records}");
+    }
+    println!("tokens written: {written} to {}", args.output.display());
     Ok(())
 }
