@@ -340,6 +340,7 @@ fn sigkill_during_import_keeps_exactly_the_committed_batches() {
     let total = store.count().unwrap().total() as usize;
     assert_eq!(total % BATCH, 0, "a batch was half applied: {total} entries");
     let committed = total / BATCH;
+    eprintln!("killed after {reported} reported batches; {committed} committed of {}", ROWS / BATCH);
     assert!(committed >= reported && committed < ROWS / BATCH, "{committed} batches committed, {reported} reported");
     // Batches are written in digest order: exactly the first `committed` are present.
     let digests = sorted_email_digests(&store, ROWS, "user");

@@ -401,3 +401,15 @@ fn small_interleaved_chunks_give_the_same_result() {
         }
     }
 }
+
+#[test]
+fn line_number_ids_are_never_opted_out_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = Tokenizer::new(&Key::from_bytes([4; 32]));
+    let optouts = FileList::load(&write_csv(&dir, "o.csv", "id\n2\n3\n"), normalizer(), ColumnSpec::default()).unwrap();
+    // No id column: records are identified by line numbers 2 and 3.
+    let records =
+        read(&write_csv(&dir, "a.csv", "email\na@example.com\nb@example.com\n"), &tokenizer, Some(optouts.digester()));
+    assert_eq!(records.id(0), "2");
+    assert_eq!(excluded_records(&records, &optouts).unwrap(), vec![false, false]);
+}

@@ -106,7 +106,7 @@ pub struct ChangeArgs {
 #[derive(Debug, Args)]
 pub struct ImportArgs {
     /// The list to import: CSV/TSV with a header (columns detected as for every input).
-    #[arg(value_name = "FILE")]
+    #[arg(value_name = "LIST")]
     pub file: PathBuf,
     #[command(flatten)]
     pub store: StoreArgs,
@@ -219,8 +219,11 @@ fn verify(args: StoreArgs) -> CliResult {
     Err(format!("opt-out store {}: {} problems found", args.db.display(), problems.len()).into())
 }
 
+/// A CSV writer on `--output` or stdout.
+type CsvOut = csv::Writer<Box<dyn Write>>;
+
 /// A CSV writer on `--output` or stdout, and how to name it in errors.
-fn csv_output(output: Option<&Path>) -> Result<(csv::Writer<Box<dyn Write>>, String), Box<dyn std::error::Error>> {
+fn csv_output(output: Option<&Path>) -> Result<(CsvOut, String), Box<dyn std::error::Error>> {
     Ok(match output {
         Some(path) => {
             let file = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;

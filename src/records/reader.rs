@@ -21,6 +21,9 @@ use crate::token::{Token, Tokenizer};
 /// The label hashed with record ids for opt-out digests (`id:<record id>`).
 pub const ID_LABEL: &str = "id";
 
+/// The label for records whose id is their line number (never opted out by id).
+const LINE_LABEL: &str = "line";
+
 /// Rows per batch handed from the parser thread to the workers.
 const BATCH_ROWS: usize = 8192;
 
@@ -244,7 +247,11 @@ impl Worker<'_> {
             },
         };
         let Ok(id) = &out.id else { return out };
-        out.id_digest = self.digester.map(|d| d.token(ID_LABEL, id));
+        // Line numbers are not member ids: without an id column the record gets a
+        // digest under a label no opt-out entry uses, so an opted-out id `42` can
+        // never remove line 42.
+        let label = if self.columns.id.is_some() { ID_LABEL } else { LINE_LABEL };
+        out.id_digest = self.digester.map(|d| d.token(label, id));
         let region: Result<Option<Region>, Reject> = match self.columns.region.map(|c| &record[c]) {
             None => Ok(None),
             Some(cell) if cell.trim_ascii().is_empty() => Ok(None),

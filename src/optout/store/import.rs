@@ -13,7 +13,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::{Counts, EntryKind, OptOutStore, StoreEntry, StoreError, check_source};
+use super::{Counts, EntryKind, OptOutStore, StoreEntry, StoreError, check_source, digest_order};
 use crate::normalize::{Normalizer, Region};
 use crate::records::{self, ColumnSpec, ID_LABEL, ReadOptions, ReadStats, RejectWriter};
 
@@ -133,7 +133,7 @@ pub(super) fn import_file(
     }
     drop(set);
     let candidates = entries.len() as u64;
-    entries.par_sort_unstable_by(|a, b| a.digest.cmp(&b.digest));
+    entries.par_sort_unstable_by(|a, b| digest_order(&a.digest, &b.digest));
     entries.dedup_by(|a, b| a.digest == b.digest);
 
     let batch_size = options.batch_size.max(1);

@@ -40,7 +40,8 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 use super::time::now_ms;
 use super::{
-    AuditAction, AuditEvent, Backend, BatchOutcome, Counts, EntryKind, ExportRow, StoreEntry, StoreError, StoreSettings,
+    AuditAction, AuditEvent, Backend, BatchOutcome, Counts, EntryKind, ExportRow, StoreEntry, StoreError,
+    StoreSettings, digest_order,
 };
 use crate::normalize::Profile;
 use crate::token::Token;
@@ -510,7 +511,7 @@ impl Backend for SqliteBackend {
             });
         }
         let mut order: Vec<(Token, u32)> = digests.iter().copied().zip(0u32..).collect();
-        order.par_sort_unstable();
+        order.par_sort_unstable_by(|a, b| digest_order(&a.0, &b.0));
         let parts = rayon::current_num_threads().clamp(1, digests.len().div_ceil(SMALL_LOOKUP));
         let chunk = order.len().div_ceil(parts);
         // Each part runs in its own read transaction; the answer must come from one
@@ -567,7 +568,7 @@ impl Backend for SqliteBackend {
             entries
         } else {
             let mut copy = entries.to_vec();
-            copy.sort_unstable_by(|a, b| a.digest.cmp(&b.digest));
+            copy.sort_unstable_by(|a, b| digest_order(&a.digest, &b.digest));
             copy.dedup_by(|a, b| a.digest == b.digest);
             sorted = copy;
             &sorted
@@ -673,5 +674,149 @@ impl Backend for SqliteBackend {
     fn flush(&self) -> Result<(), StoreError> {
         let conn = lock(&self.writer);
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::key::Key;
+    use crate::token::Tokenizer;
+
+    fn settings() -> StoreSettings {
+        StoreSettings { key_fingerprint: "f".repeat(64), profile: Profile::IdmatchV1 }
+    }
+
+    fn tokens(n: usize, seed: &str) -> Vec<Token> {
+        let t = Tokenizer::new(&Key::from_bytes([4; 32]));
+        (0..n).map(|i| t.token(seed, &i.to_string())).collect()
+    }
+
+    fn entries(tokens: &[Token], kind: EntryKind) -> Vec<StoreEntry> {
+        tokens.iter().map(|&digest| StoreEntry { digest, kind }).collect()
+    }
+
+    #[test]
+    fn creates_the_schema_once_and_reads_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let missing = SqliteBackend::open(&path, &settings(), false, SqliteTuning::default());
+        assert!(matches!(missing, Err(StoreError::NotFound { .. })));
+        let backend = SqliteBackend::open(&path, &settings(), true, SqliteTuning::default()).unwrap();
+        assert_eq!(backend.settings(), &settings());
+        drop(backend);
+        // Reopening never re-initializes: the recorded settings win.
+        let other = StoreSettings { key_fingerprint: "0".repeat(64), profile: Profile::BasicV1 };
+        let backend = SqliteBackend::open(&path, &other, true, SqliteTuning::default()).unwrap();
+        assert_eq!(backend.settings(), &settings());
+        let conn = lock(&backend.writer);
+        let pragma = |name: &str| conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(pragma("user_version"), SCHEMA_VERSION);
+        assert_eq!(pragma("application_id"), APPLICATION_ID);
+        assert_eq!(pragma("page_size"), i64::from(PAGE_SIZE));
+        assert_eq!(pragma("synchronous"), 2, "FULL");
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn lookup_strategies_agree_with_the_truth() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let stored = tokens(6000, "in");
+        let backend = SqliteBackend::open(&path, &settings(), true, SqliteTuning::default()).unwrap();
+        backend.import_batch(&entries(&stored, EntryKind::Email), "t").unwrap();
+        drop(backend);
+        let truth: HashSet<Token> = stored.iter().copied().collect();
+        // Unsorted, with duplicates, half present; and a small query.
+        let mut queries: Vec<Token> = tokens(2000, "out");
+        queries.extend(stored.iter().step_by(3));
+        queries.extend(stored.iter().step_by(7));
+        queries.reverse();
+        let expected: Vec<bool> = queries.iter().map(|q| truth.contains(q)).collect();
+        for lookup in [LookupStrategy::Auto, LookupStrategy::Seek, LookupStrategy::Scan] {
+            for scan_ratio in [0, 4, 1000] {
+                let tuning = SqliteTuning { lookup, scan_ratio, ..SqliteTuning::default() };
+                let backend = SqliteBackend::open(&path, &settings(), false, tuning).unwrap();
+                assert_eq!(backend.contains_many(&queries).unwrap(), expected, "{lookup:?} {scan_ratio}");
+                assert_eq!(backend.contains_many(&queries[..10]).unwrap(), expected[..10]);
+                assert_eq!(backend.contains_many(&[]).unwrap(), Vec::<bool>::new());
+            }
+        }
+    }
+
+    #[test]
+    fn batches_count_new_and_present_exactly_and_audit_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend =
+            SqliteBackend::open(&dir.path().join("s.db"), &settings(), true, SqliteTuning::default()).unwrap();
+        let emails = tokens(300, "e");
+        let ids = tokens(100, "i");
+        // Every 4th email and every 5th id first: later batches then hit some groups
+        // partly present.
+        let mut first = entries(&emails.iter().copied().step_by(4).collect::<Vec<_>>(), EntryKind::Email);
+        first.extend(entries(&ids.iter().copied().step_by(5).collect::<Vec<_>>(), EntryKind::Id));
+        let outcome = backend.import_batch(&first, "a").unwrap();
+        assert_eq!(outcome.added, Counts { email: 75, phone: 0, id: 20 });
+        let mut all = entries(&emails, EntryKind::Email);
+        all.extend(entries(&ids, EntryKind::Id));
+        all.extend(entries(&ids[..10], EntryKind::Id)); // listed twice: counted once
+        let outcome = backend.import_batch(&all, "b").unwrap();
+        assert_eq!(outcome.added, Counts { email: 225, phone: 0, id: 80 });
+        assert_eq!(outcome.present, Counts { email: 75, phone: 0, id: 20 });
+        assert_eq!(backend.count().unwrap(), Counts { email: 300, phone: 0, id: 100 });
+
+        let phone = StoreEntry { digest: tokens(1, "p")[0], kind: EntryKind::Phone };
+        assert!(backend.add(phone, "account-settings").unwrap());
+        assert!(!backend.add(phone, "account-settings").unwrap());
+        assert!(backend.remove(phone, "account-settings").unwrap());
+        assert!(!backend.remove(phone, "account-settings").unwrap());
+        assert!(backend.remove(StoreEntry { digest: emails[0], kind: EntryKind::Email }, "x").unwrap());
+        assert_eq!(backend.count().unwrap(), Counts { email: 299, phone: 0, id: 100 });
+        assert_eq!(backend.verify().unwrap(), Vec::<String>::new());
+
+        let mut events = Vec::new();
+        backend
+            .audit(&mut |e| {
+                events.push((e.source.clone(), e.action, e.kind, e.requested, e.changed));
+                Ok(())
+            })
+            .unwrap();
+        use AuditAction::*;
+        use EntryKind::{Email, Id, Phone};
+        let s = |s: &str| s.to_owned();
+        assert_eq!(
+            events,
+            vec![
+                (s("a"), Import, Email, 75, 75),
+                (s("a"), Import, Id, 20, 20),
+                (s("b"), Import, Email, 300, 225),
+                (s("b"), Import, Id, 100, 80),
+                (s("account-settings"), Add, Phone, 1, 1),
+                (s("account-settings"), Add, Phone, 1, 0),
+                (s("account-settings"), Remove, Phone, 1, 1),
+                (s("account-settings"), Remove, Phone, 1, 0),
+                (s("x"), Remove, Email, 1, 1),
+            ]
+        );
+
+        // The export: every entry once, in digest order, with the source that added it.
+        let mut rows = Vec::new();
+        backend
+            .export(&mut |row| {
+                rows.push(row.clone());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 399);
+        assert!(rows.windows(2).all(|w| w[0].digest < w[1].digest));
+        let by_a = rows.iter().filter(|r| r.source == "a").count();
+        assert_eq!(by_a, 75 - 1 + 20, "emails[0] was added by `a` and removed");
+        assert!(rows.iter().all(|r| r.added_ms > 1_600_000_000_000));
+        // A failing sink stops the export with its error.
+        let err = backend.export(&mut |_| Err(std::io::Error::other("disk full"))).unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
     }
 }
