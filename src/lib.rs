@@ -19,10 +19,13 @@
 //! - [`token`]: keyed tokens, `HMAC-SHA256(key, kind ":" normalized)`.
 //! - [`records`]: CSV/TSV reading with column detection, record sets of tokens,
 //!   reject reports.
-//! - [`optout`]: the opt-out source trait and the file-backed list.
+//! - [`optout`]: the opt-out source trait, the file-backed list, and the durable
+//!   SQLite opt-out store (`optout::store`).
 //! - [`psi`]: the matching engine: group operations, protocol messages, one state
 //!   machine per role, the in-memory transport.
 //! - [`local_match`]: `idmatch match` on two local files, end to end.
+//! - [`service`]: the gRPC matching server, the `OptOutAdmin` service, the partner's
+//!   client, and what they need (configuration, audit log, budgets, metrics).
 //! - [`synth`]: realistic synthetic data with a known truth.
 //! - [`cli`]: the command line (argument structures and glue only).
 //! - [`wire`]: protobuf types generated from `proto/` (the gRPC contract).
@@ -42,7 +45,7 @@ pub mod synth;
 pub mod token;
 
 /// Protobuf types generated from `proto/idmatch/v1/` by `build.rs` (protox, no
-/// `protoc`). The gRPC service that uses them is still to come.
+/// `protoc`): the `Matcher` and `OptOutAdmin` services and their messages.
 pub mod wire {
     tonic::include_proto!("idmatch.v1");
 }

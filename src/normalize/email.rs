@@ -2,6 +2,8 @@
 //! each rule and how it compares with the major platforms' published rules).
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
 use unicode_general_category::{GeneralCategory, get_general_category};
@@ -45,7 +47,11 @@ pub(super) fn normalize(input: &str, fold_gmail: bool, out: &mut String) -> Resu
     };
     // 7. Domain to its IDNA ASCII form, checked (done before the local part so that
     //    Gmail folding can depend on the canonical domain).
-    let domain = ascii_domain(domain)?;
+    with_ascii_domain(domain, |domain| finish(local, domain, fold_gmail, out))
+}
+
+/// Steps 5, 6, 8 and 9, once the domain is in its checked ASCII form.
+fn finish(local: &str, domain: &str, fold_gmail: bool, out: &mut String) -> Result<(), Reject> {
     let gmail = fold_gmail && (domain == "gmail.com" || domain == "googlemail.com");
     // 5. Lowercase the local part (locale-independent, Final_Sigma aware).
     // 6. It must be a dot-atom.
@@ -65,7 +71,7 @@ pub(super) fn normalize(input: &str, fold_gmail: bool, out: &mut String) -> Resu
         return Err(Reject::TooLong);
     }
     out.push('@');
-    out.push_str(if gmail { "gmail.com" } else { &domain });
+    out.push_str(if gmail { "gmail.com" } else { domain });
     if out.len() > MAX_ADDRESS {
         return Err(Reject::TooLong);
     }
@@ -119,6 +125,33 @@ fn is_atext_or_dot(c: char) -> bool {
             | LetterNumber
             | OtherNumber
     )
+}
+
+/// Most recently seen domains per thread, with their checked ASCII form: real files
+/// repeat a few domains millions of times, and UTS-46 processing is a large share of
+/// an email's cost. Bounded: cleared when full.
+const DOMAIN_CACHE_MAX: usize = 4096;
+
+thread_local! {
+    static DOMAINS: RefCell<HashMap<String, Result<String, Reject>>> = RefCell::new(HashMap::new());
+}
+
+/// Calls `f` with the checked ASCII form of `domain` (see [`ascii_domain`]).
+fn with_ascii_domain<R>(domain: &str, f: impl FnOnce(&str) -> Result<R, Reject>) -> Result<R, Reject> {
+    DOMAINS.with(|cell| {
+        let mut cache = cell.borrow_mut();
+        if !cache.contains_key(domain) {
+            if cache.len() >= DOMAIN_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(domain.to_owned(), ascii_domain(domain).map(Cow::into_owned));
+        }
+        match cache.get(domain) {
+            Some(Ok(ascii)) => f(ascii),
+            Some(Err(reason)) => Err(*reason),
+            None => Err(Reject::BadDomain),
+        }
+    })
 }
 
 /// The domain through IDNA UTS-46 with the same options as

@@ -145,16 +145,25 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
     std::thread::scope(|scope| -> Result<(), ReadError> {
         let bar = progress.clone();
         scope.spawn(move || parse_rows(csv, full_tx, free_rx, bar));
+        // Batch n+1 is normalized on the pool while this thread appends batch n.
+        let mut pending: Vec<RowOut> = Vec::new();
         for batch in full_rx {
             let batch = batch.map_err(|(line, source)| ReadError::Csv { path: path.to_owned(), line, source })?;
-            let outs: Vec<RowOut> =
-                batch.par_iter().with_min_len(256).map_init(String::new, |buf, row| worker.row(row, buf)).collect();
+            let (outs, appended) = rayon::join(
+                || batch.par_iter().with_min_len(256).map_init(String::new, |buf, row| worker.row(row, buf)).collect(),
+                || {
+                    pending.drain(..).try_for_each(|out| {
+                        append(&mut set, digests.as_mut(), &columns, out, options.rejects.as_mut(), path)
+                    })
+                },
+            );
+            appended?;
+            pending = outs;
             let _ = free_tx.send(batch);
-            for out in outs {
-                append(&mut set, digests.as_mut(), &columns, out, options.rejects.as_mut(), path)?;
-            }
         }
-        Ok(())
+        pending
+            .drain(..)
+            .try_for_each(|out| append(&mut set, digests.as_mut(), &columns, out, options.rejects.as_mut(), path))
     })?;
     progress.finish_and_clear();
     set.stats.duplicate_identifiers += count_duplicates(&set.entries);

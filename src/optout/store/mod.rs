@@ -28,7 +28,7 @@
 //! WAL, `synchronous=FULL`) implements it now, and a server-side backend (PostgreSQL)
 //! can implement it later for several replicas. [`OptOutStore`] adds what every
 //! backend shares — normalization, digests, the key check, file import — and
-//! implements [`OptOutSource`](super::OptOutSource), so
+//! implements [`OptOutSource`], so
 //! [`excluded_records`](super::excluded_records) works against the live store:
 //!
 //! ```no_run
