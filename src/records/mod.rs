@@ -91,8 +91,7 @@ pub struct OptOutDigests {
     pub entries: Vec<Token>,
 }
 
-/// The records of one file.
-#[derive(Debug)]
+/// The records of one file. `Debug` shows counts only, never ids or tokens.
 pub struct RecordSet {
     profile: Profile,
     id_column: bool,
@@ -101,6 +100,16 @@ pub struct RecordSet {
     entries: Vec<Entry>,
     optout_digests: Option<OptOutDigests>,
     stats: ReadStats,
+}
+
+impl std::fmt::Debug for RecordSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordSet")
+            .field("profile", &self.profile)
+            .field("records", &self.len())
+            .field("entries", &self.entries.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RecordSet {
