@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,7 +20,9 @@ use crate::key::{Key, KeyError};
 use crate::local_match::{LocalMatchFailure, write_match_file};
 use crate::normalize::Normalizer;
 use crate::optout::{FileList, OptOutError, OptOutSource, excluded_records};
-use crate::psi::{Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, ProtocolError, Reveal};
+use crate::psi::{
+    OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, ProtocolError, Reveal,
+};
 use crate::records::{self, ColumnSpec, ReadError, ReadOptions};
 use crate::token::Tokenizer;
 use crate::wire::matcher_client::MatcherClient;
@@ -178,8 +181,15 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     let set = Arc::new(PreparedSet::new(&records, &excluded));
 
     let channel = connect(&options).await?;
-    let (out_tx, mut out_rx) = mpsc::channel::<PartnerMessage>(4);
-    let request_stream = async_stream_of(&mut out_rx);
+    let phases = Phases::new(options.progress, set.len() as u64, options.reveal);
+    let (out_tx, out_rx) = mpsc::channel::<PartnerMessage>(4);
+    let sent = phases.sent.clone();
+    let request_stream = ReceiverStream::new(out_rx).map(move |message| {
+        if let PartnerMessage::PartnerElements(chunk) = &message {
+            sent.inc(chunk.len() as u64);
+        }
+        partner_to_wire(message)
+    });
     let mut request = Request::new(request_stream);
     if let Some(token) = &token {
         let value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
@@ -208,10 +218,11 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
         }
     };
     let mut responses = response.into_inner();
+    let shown = phases.clone();
     let reader = tokio::spawn(async move {
         while let Some(item) = responses.next().await {
             let message = match item {
-                Ok(m) => owner_from_wire(m).map_err(DriveError::from),
+                Ok(m) => owner_from_wire(m).inspect(|m| shown.observe(m)).map_err(DriveError::from),
                 Err(status) => Err(DriveError::Remote { code: status.code(), message: status.message().to_owned() }),
             };
             let failed = message.is_err();
@@ -226,6 +237,7 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
         other => ClientError::Stream(other.to_string()),
     })?;
     reader.abort();
+    phases.finish();
 
     let matched_records = match &outcome.matched {
         Some(matched) => {
@@ -238,18 +250,57 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     Ok(ClientSummary { outcome, matched_records, suppressed_records: set.excluded_records() })
 }
 
-/// The request stream: the driver's outgoing messages, in wire form.
-fn async_stream_of(
-    rx: &mut mpsc::Receiver<PartnerMessage>,
-) -> impl tokio_stream::Stream<Item = crate::wire::PartnerMessage> + Send + 'static {
-    let (tx, forwarded) = mpsc::channel(4);
-    let mut source = std::mem::replace(rx, mpsc::channel(1).1);
-    tokio::spawn(async move {
-        while let Some(message) = source.recv().await {
-            if tx.send(partner_to_wire(message)).await.is_err() {
-                return;
-            }
+/// Progress bars, one per phase of the match (hidden unless asked for and stderr is
+/// a terminal).
+#[derive(Clone)]
+struct Phases {
+    sent: ProgressBar,
+    returned: ProgressBar,
+    owner: ProgressBar,
+    partner_size: u64,
+    reveal: Reveal,
+}
+
+impl Phases {
+    fn new(show: bool, partner_size: u64, reveal: Reveal) -> Phases {
+        let target = if show { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let multi = MultiProgress::with_draw_target(target);
+        let style = ProgressStyle::with_template("{msg:32} {wide_bar} {pos}/{len} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let bar = |message: &'static str, len: u64| {
+            let bar = multi.add(ProgressBar::new(len));
+            bar.set_style(style.clone());
+            bar.set_message(message);
+            bar
+        };
+        Phases {
+            sent: bar("blinded and sent", partner_size),
+            returned: bar("re-blinded by the owner", 0),
+            owner: bar("owner elements re-blinded", 0),
+            partner_size,
+            reveal,
         }
-    });
-    ReceiverStream::new(forwarded)
+    }
+
+    fn observe(&self, message: &OwnerMessage) {
+        match message {
+            OwnerMessage::Accept(accept) => {
+                self.owner.set_length(accept.owner_set_size);
+                self.returned.set_length(if self.reveal.owner_returns_partner_elements() {
+                    self.partner_size
+                } else {
+                    0
+                });
+            }
+            OwnerMessage::ReblindedPartnerElements(chunk) => self.returned.inc(chunk.len() as u64),
+            OwnerMessage::OwnerElements(chunk) => self.owner.inc(chunk.len() as u64),
+            OwnerMessage::Summary(_) => {}
+        }
+    }
+
+    fn finish(&self) {
+        for bar in [&self.sent, &self.returned, &self.owner] {
+            bar.finish_and_clear();
+        }
+    }
 }
