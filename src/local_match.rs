@@ -83,6 +83,10 @@ pub struct MatchSummary {
     pub partner: SideSummary,
     /// Distinct matching tokens, where either side learns it.
     pub intersection: Option<u64>,
+    /// How the opt-out file (`--optouts`) was read: its rows, identifiers and rejects.
+    pub optout_list: Option<ReadStats>,
+    /// How the partner's suppression file was read.
+    pub suppression_list: Option<ReadStats>,
     /// Files written, relative to the output directory.
     pub outputs: Vec<String>,
 }
@@ -94,6 +98,7 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
     let out_dir = &options.out_dir;
     std::fs::create_dir_all(out_dir).map_err(|source| LocalMatchFailure::Write { path: out_dir.clone(), source })?;
 
+    let mut optout_list = None;
     let optouts: Option<Box<dyn OptOutSource>> = match (&options.optout_store, &options.optouts) {
         (Some((db, key_file)), _) => {
             let store_options =
@@ -101,7 +106,10 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
             let store = OptOutStore::open(db, &Key::load(key_file)?, &store_options).map_err(OptOutError::from)?;
             Some(Box::new(store))
         }
-        (None, path) => load_list(path.as_deref(), options)?.map(|l| Box::new(l) as Box<dyn OptOutSource>),
+        (None, path) => load_list(path.as_deref(), options)?.map(|list| {
+            optout_list = Some(list.stats().clone());
+            Box::new(list) as Box<dyn OptOutSource>
+        }),
     };
     let suppress = load_list(options.suppress.as_deref(), options)?;
     let reject_file = |name: &str| -> Result<Option<RejectWriter>, RejectWriteError> {
@@ -155,6 +163,8 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
             partner_matched,
         ),
         intersection: partner_outcome.intersection.or(owner_intersection),
+        optout_list,
+        suppression_list: suppress.as_ref().map(|list| list.stats().clone()),
         outputs,
     };
     let path = out_dir.join("summary.json");

@@ -256,6 +256,8 @@ fn match_honors_optouts_on_the_shipped_example() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["owner"]["excluded_records"], 6);
+    assert_eq!(summary["optout_list"]["rows"], 6, "the opt-out file's own counts are reported");
+    assert_eq!(summary["suppression_list"], serde_json::Value::Null);
     let owner_matches = std::fs::read_to_string(dir.path().join("owner_matches.csv")).unwrap();
     for id in ["m0000102", "m0000429"] {
         assert!(!owner_matches.contains(id), "opted-out {id} matched");

@@ -110,6 +110,17 @@ pub fn run(args: MatchArgs) -> CliResult {
             s.matched_records.map_or("not revealed".to_owned(), |m| m.to_string()),
         )
     };
+    for (name, list) in [("opt-out list", &summary.optout_list), ("suppression list", &summary.suppression_list)] {
+        if let Some(stats) = list {
+            println!(
+                "{name}: {} rows, {} identifiers ({} rejected, {} bad rows)",
+                stats.rows,
+                stats.identifiers_total(),
+                stats.rejected_total(),
+                stats.bad_rows_total()
+            );
+        }
+    }
     println!("{}", side("owner", &summary.owner));
     println!("{}", side("partner", &summary.partner));
     println!(

@@ -85,7 +85,8 @@ pub fn run(args: TokensArgs) -> CliResult {
     print!("{}", format_stats(&args.input, set.stats()));
     let excluded_records = excluded.iter().filter(|&&x| x).count();
     let written = set.entries().iter().filter(|e| !is_out(e.record)).count();
-    if optouts.is_some() {
+    if let (Some(list), Some(path)) = (&optouts, &args.optouts) {
+        print!("{}", format_stats(path, list.stats()));
         println!("records excluded by opt-outs: {excluded_records}");
     }
     println!("tokens written: {written} to {}", args.output.display());

@@ -140,24 +140,6 @@ pub enum Reject {
 }
 
 impl Reject {
-    /// Every reason, in report order.
-    pub const ALL: [Reject; 14] = [
-        Reject::Empty,
-        Reject::BadCharacter,
-        Reject::MissingAt,
-        Reject::MultipleAt,
-        Reject::BadLocal,
-        Reject::EmptyLocal,
-        Reject::BadDomain,
-        Reject::TooLong,
-        Reject::LettersInNumber,
-        Reject::NotANumber,
-        Reject::UnknownCountry,
-        Reject::InvalidNumber,
-        Reject::BadRegion,
-        Reject::BadEncoding,
-    ];
-
     /// The stable, machine-readable reason code.
     pub fn code(self) -> &'static str {
         match self {

@@ -70,7 +70,6 @@ pub struct FileList {
     digester: Tokenizer,
     digests: HashSet<Token>,
     stats: ReadStats,
-    ids: usize,
 }
 
 impl FileList {
@@ -95,25 +94,18 @@ impl FileList {
         options.list = true;
         let set = records::read(path, &digester, options)?;
         let mut digests: HashSet<Token> = set.entries().iter().map(|e| e.token).collect();
-        let mut ids = 0;
         if set.has_id_column() {
             let listed = (0..set.len() as u32).map(|r| set.id(r)).filter(|id| !id.is_empty());
             for id in listed {
-                ids += 1;
                 digests.insert(digester.token(ID_LABEL, id));
             }
         }
-        Ok(FileList { digester, digests, stats: set.stats().clone(), ids })
+        Ok(FileList { digester, digests, stats: set.stats().clone() })
     }
 
     /// How the file was read (rows, identifiers, rejects).
     pub fn stats(&self) -> &ReadStats {
         &self.stats
-    }
-
-    /// Record ids listed.
-    pub fn ids(&self) -> usize {
-        self.ids
     }
 }
 

@@ -19,9 +19,6 @@ impl KindSet {
     pub fn contains(self, kind: Kind) -> bool {
         self.0 & (1 << kind as u8) != 0
     }
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
     /// `email`, `phone` or `email;phone`.
     pub fn joined(self) -> String {
         Kind::ALL.into_iter().filter(|&k| self.contains(k)).map(Kind::label).collect::<Vec<_>>().join(";")

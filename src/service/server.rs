@@ -319,6 +319,18 @@ impl Shared {
                         Default::default(),
                         self.optout_digester.clone(),
                     )?);
+                    let stats = list.stats();
+                    info!(
+                        path = %path.display(),
+                        rows = stats.rows,
+                        identifiers = stats.identifiers_total(),
+                        rejected = stats.rejected_total(),
+                        bad_rows = stats.bad_rows_total(),
+                        "opt-out list read"
+                    );
+                    if stats.rejected_total() + stats.bad_rows_total() > 0 {
+                        warn!(path = %path.display(), "opt-out list has rejected entries; they opt nobody out");
+                    }
                     *cached = Some((modified, list.clone()));
                     list
                 }
