@@ -167,18 +167,19 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     read.optout_digester = suppress.as_ref().map(|s| s.digester().clone());
     read.progress = options.progress;
     let input = options.input.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        let tokenizer = Tokenizer::new(&key);
-        records::read(&input, &tokenizer, read)
+    // Reading, suppressing and preparing the set are CPU work: off the runtime.
+    let (records, set) = tokio::task::spawn_blocking(move || {
+        let records = records::read(&input, &Tokenizer::new(&key), read)?;
+        let excluded = match &suppress {
+            Some(list) => excluded_records(&records, list)?,
+            None => Vec::new(),
+        };
+        let set = PreparedSet::new(&records, &excluded);
+        Ok::<_, ClientError>((records, set))
     })
     .await
     .map_err(|e| ClientError::Stream(e.to_string()))??;
-    let excluded = match &suppress {
-        Some(list) => excluded_records(&records, list)?,
-        None => Vec::new(),
-    };
-    let records = Arc::new(records);
-    let set = Arc::new(PreparedSet::new(&records, &excluded));
+    let set = Arc::new(set);
 
     let channel = connect(&options).await?;
     let phases = Phases::new(options.progress, set.len() as u64, options.reveal);
