@@ -79,6 +79,7 @@ fn bench(c: &mut Criterion) {
         optouts: None,
         optout_store: None,
         suppress: None,
+        bad_list_rows: Default::default(),
         out_dir: d.join("local"),
         write_rejects: false,
         progress: false,

@@ -3,7 +3,9 @@
 //!
 //! Security properties: a [`Key`] never prints its bytes (`Debug` shows
 //! `<redacted>`), is zeroized on drop, and no error built from a key file ever
-//! contains the file's contents, only its path and what was wrong.
+//! contains the file's contents, only its path and what was wrong. As ssh does with
+//! private keys, a key file that its group or other users can read or write is
+//! refused ([`KeyError::Exposed`]): such a key may already be someone else's.
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -31,6 +33,10 @@ pub enum KeyError {
     Malformed { path: PathBuf, reason: &'static str },
     #[error("key file {path} already exists; refusing to overwrite a key")]
     Exists { path: PathBuf },
+    #[error(
+        "key file {path} is accessible by other users (mode {mode:04o}); a key must be private to its owner: run `chmod 600 {path}`"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
     #[error("the operating system's random number generator failed: {0}")]
     Rng(rand::Error),
 }
@@ -49,10 +55,21 @@ impl Key {
     }
 
     /// Reads a key file: one line of 64 hex digits, surrounding whitespace allowed.
+    /// On Unix the file must not be readable or writable by group or others.
     pub fn load(path: &Path) -> Result<Key, KeyError> {
         let malformed = |reason| KeyError::Malformed { path: path.to_owned(), reason };
-        let text =
-            Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?);
+        let io = |source| KeyError::Io { path: path.to_owned(), source };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = file.metadata().map_err(io)?.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(KeyError::Exposed { path: path.to_owned(), mode });
+            }
+        }
+        let mut text = Zeroizing::new(Vec::with_capacity(2 * KEY_LEN + 2));
+        std::io::Read::read_to_end(&mut file, &mut text).map_err(io)?;
         let hex_part = text.trim_ascii();
         if hex_part.len() != 2 * KEY_LEN {
             return Err(malformed("expected exactly 64 hex digits (32 bytes) on one line"));
@@ -129,16 +146,46 @@ mod tests {
         assert!(matches!(Key::generate_to_file(&path), Err(KeyError::Exists { .. })));
     }
 
+    /// Writes `contents` to a new file readable by its owner only.
+    fn private_file(path: &Path, contents: &str) {
+        std::fs::write(path, contents).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_files_others_can_access_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.hex");
+        Key::generate_to_file(&path).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = Key::load(&path).unwrap_err();
+            assert!(matches!(err, KeyError::Exposed { .. }), "{mode:o}: {err}");
+            let text = err.to_string();
+            assert!(text.contains("chmod 600") && text.contains(&format!("{mode:04o}")), "{text}");
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            Key::load(&path).unwrap();
+        }
+    }
+
     #[test]
     fn malformed_files_name_the_reason_not_the_contents() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.hex");
-        std::fs::write(&path, "zz".repeat(32)).unwrap();
+        private_file(&path, &"zz".repeat(32));
         let err = Key::load(&path).unwrap_err().to_string();
         assert!(err.contains("not a hex digit") && !err.contains("zzzz"), "{err}");
-        std::fs::write(&path, "abcd").unwrap();
+        private_file(&path, "abcd");
         assert!(Key::load(&path).unwrap_err().to_string().contains("64 hex digits"));
-        std::fs::write(&path, "00".repeat(32)).unwrap();
+        private_file(&path, &"00".repeat(32));
         assert!(Key::load(&path).unwrap_err().to_string().contains("all zeros"));
     }
 }

@@ -24,6 +24,7 @@
 //! - [`psi`]: the matching engine: group operations, protocol messages, one state
 //!   machine per role, the in-memory transport.
 //! - [`local_match`]: `idmatch match` on two local files, end to end.
+//! - [`output`]: output files that appear whole or not at all.
 //! - [`service`]: the gRPC matching server, the `OptOutAdmin` service, the partner's
 //!   client, and what they need (configuration, audit log, budgets, metrics).
 //! - [`synth`]: realistic synthetic data with a known truth.
@@ -38,6 +39,7 @@ pub mod key;
 pub mod local_match;
 pub mod normalize;
 pub mod optout;
+pub mod output;
 pub mod psi;
 pub mod records;
 pub mod service;

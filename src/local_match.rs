@@ -1,9 +1,14 @@
 //! `idmatch match` on two local files: reads both, applies opt-outs and
 //! suppressions, runs owner and partner over the in-memory transport, and writes the
 //! match files and `summary.json`.
+//!
+//! Outputs appear together or not at all: they are written into a private staging
+//! directory inside the output directory and renamed into place only when the whole
+//! run has succeeded (summary last), so a failed run leaves the previous run's
+//! outputs untouched and no partial file beside them.
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -11,7 +16,8 @@ use serde::Serialize;
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
 use crate::optout::store::{OptOutStore, StoreOptions};
-use crate::optout::{FileList, OptOutError, OptOutSource, excluded_records};
+use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, excluded_records};
+use crate::output::Staged;
 use crate::psi::{
     LocalMatchError, Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, ProtocolError, Reveal, run_in_memory,
 };
@@ -31,6 +37,9 @@ pub struct LocalMatchOptions {
     /// The owner's opt-out store and its key file (instead of `optouts`).
     pub optout_store: Option<(PathBuf, PathBuf)>,
     pub suppress: Option<PathBuf>,
+    /// What to do with unreadable rows of the opt-out and suppression files
+    /// (default: refuse the match).
+    pub bad_list_rows: BadRows,
     pub out_dir: PathBuf,
     /// Write `owner_rejects.csv` and `partner_rejects.csv` (without values).
     pub write_rejects: bool,
@@ -91,12 +100,50 @@ pub struct MatchSummary {
     pub outputs: Vec<String>,
 }
 
-/// Runs the match and writes its outputs into `options.out_dir`.
+/// Every file a local match may write, relative to the output directory.
+const OUTPUTS: [&str; 5] =
+    ["partner_matches.csv", "owner_matches.csv", "owner_rejects.csv", "partner_rejects.csv", "summary.json"];
+
+/// Runs the match and writes its outputs into `options.out_dir`: all of them on
+/// success (removing older ones this run does not produce), none on failure.
 pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailure> {
     let key = Key::load(&options.key_file)?;
-    let tokenizer = Tokenizer::new(&key);
     let out_dir = &options.out_dir;
-    std::fs::create_dir_all(out_dir).map_err(|source| LocalMatchFailure::Write { path: out_dir.clone(), source })?;
+    let write_err = |source| LocalMatchFailure::Write { path: out_dir.clone(), source };
+    let created = !out_dir.exists();
+    std::fs::create_dir_all(out_dir).map_err(write_err)?;
+    let staging = tempfile::Builder::new().prefix(".idmatch-staging-").tempdir_in(out_dir).map_err(write_err)?;
+    let result = run_into(options, &key, staging.path());
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) => {
+            drop(staging);
+            if created {
+                let _ = std::fs::remove_dir(out_dir);
+            }
+            return Err(e);
+        }
+    };
+    for stale in OUTPUTS.iter().filter(|name| !summary.outputs.iter().any(|o| o == *name)) {
+        match std::fs::remove_file(out_dir.join(stale)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(LocalMatchFailure::Write { path: out_dir.join(stale), source: e });
+            }
+            _ => {}
+        }
+    }
+    // `summary.json` is the last output listed: it appears after the files it describes.
+    for name in &summary.outputs {
+        let path = out_dir.join(name);
+        std::fs::rename(staging.path().join(name), &path)
+            .map_err(|source| LocalMatchFailure::Write { path, source })?;
+    }
+    Ok(summary)
+}
+
+/// The match itself, writing every output into `out_dir` (the staging directory).
+fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<MatchSummary, LocalMatchFailure> {
+    let tokenizer = Tokenizer::new(key);
 
     let mut optout_list = None;
     let optouts: Option<Box<dyn OptOutSource>> = match (&options.optout_store, &options.optouts) {
@@ -115,6 +162,10 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
     let reject_file = |name: &str| -> Result<Option<RejectWriter>, RejectWriteError> {
         options.write_rejects.then(|| RejectWriter::create(&out_dir.join(name), false)).transpose()
     };
+    let mut outputs = Vec::new();
+    if options.write_rejects {
+        outputs.extend(["owner_rejects.csv".to_owned(), "partner_rejects.csv".to_owned()]);
+    }
     let owner_records =
         read_side(&options.owner, &tokenizer, options, optouts.as_deref(), reject_file("owner_rejects.csv")?)?;
     let partner_records = read_side(
@@ -134,7 +185,6 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
     let owner_outcome = owner.outcome().ok_or(LocalMatchError::Stalled)?;
     let partner_outcome = partner.outcome().ok_or(LocalMatchError::Stalled)?;
 
-    let mut outputs = Vec::new();
     let mut write_matches = |name: &str, records: &RecordSet, set: &PreparedSet, matched: &[bool]| {
         let matches = set.matched_records(matched);
         write_match_file(&out_dir.join(name), records, &matches)?;
@@ -175,7 +225,8 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
 }
 
 fn load_list(path: Option<&Path>, options: &LocalMatchOptions) -> Result<Option<FileList>, OptOutError> {
-    path.map(|p| FileList::load(p, options.normalizer.clone(), ColumnSpec::default())).transpose()
+    path.map(|p| FileList::read(p, options.normalizer.clone(), ColumnSpec::default(), None, options.bad_list_rows))
+        .transpose()
 }
 
 fn read_side(
@@ -219,26 +270,29 @@ fn side_summary(
     }
 }
 
-/// Writes `record_id,matched_kinds` rows to a file created with mode 0600 (match
-/// results are personal data).
+/// Writes `record_id,matched_kinds` rows to `path`, mode 0600 (match results are
+/// personal data), whole or not at all (see [`Staged`]).
 pub fn write_match_file(
     path: &Path,
     records: &RecordSet,
     matches: &[(u32, crate::psi::KindSet)],
 ) -> Result<(), LocalMatchFailure> {
-    let err = |e: csv::Error| LocalMatchFailure::Write { path: path.to_owned(), source: e.into() };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let file = options.open(path).map_err(|source| LocalMatchFailure::Write { path: path.to_owned(), source })?;
-    let mut out = csv::Writer::from_writer(BufWriter::new(file));
-    out.write_record(["record_id", "matched_kinds"]).map_err(err)?;
+    let write_err = |source| LocalMatchFailure::Write { path: path.to_owned(), source };
+    let mut staged = Staged::create(path).map_err(|e| write_err(e.source))?;
+    write_matches(&mut staged, records, matches).map_err(write_err)?;
+    staged.commit().map_err(|e| write_err(e.source))
+}
+
+/// The rows of a match file.
+fn write_matches(
+    out: &mut impl Write,
+    records: &RecordSet,
+    matches: &[(u32, crate::psi::KindSet)],
+) -> std::io::Result<()> {
+    let mut out = csv::Writer::from_writer(BufWriter::new(out));
+    out.write_record(["record_id", "matched_kinds"])?;
     for (record, kinds) in matches {
-        out.write_record([records.id(*record), &kinds.joined()]).map_err(err)?;
+        out.write_record([records.id(*record), &kinds.joined()])?;
     }
-    out.flush().map_err(|source| LocalMatchFailure::Write { path: path.to_owned(), source })
+    out.flush()
 }

@@ -1,12 +1,12 @@
 //! The `idmatch` binary end to end: exit codes, outputs, error messages, secrets.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-fn idmatch(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_idmatch")).args(args).output().unwrap()
-}
+use common::{example_key, idmatch, keygen, text};
 
 fn idmatch_stdin(args: &[&str], input: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_idmatch"))
@@ -18,17 +18,6 @@ fn idmatch_stdin(args: &[&str], input: &str) -> Output {
         .unwrap();
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn keygen(dir: &Path) -> String {
-    let key = dir.join("campaign.key");
-    let out = idmatch(&["keygen", "--out", key.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    key.to_str().unwrap().to_owned()
 }
 
 #[test]
@@ -244,7 +233,7 @@ fn match_honors_optouts_on_the_shipped_example() {
         "--partner",
         root.join("partner.csv").to_str().unwrap(),
         "--key-file",
-        root.join("campaign.key").to_str().unwrap(),
+        &example_key(dir.path()),
         "--optouts",
         root.join("optouts.csv").to_str().unwrap(),
         "--region",
@@ -272,6 +261,7 @@ fn match_honors_an_optout_store_managed_from_the_cli() {
     let store_key = dir.path().join("store.key");
     assert!(idmatch(&["keygen", "--out", store_key.to_str().unwrap()]).status.success());
     let store_args = ["--db", db.to_str().unwrap(), "--store-key", store_key.to_str().unwrap()];
+    let campaign_key = example_key(dir.path());
     // m0000102 matches in the example; opt it out by id.
     let mut add = vec!["optout", "add", "--id", "m0000102", "--source", "account-settings"];
     add.extend(store_args);
@@ -285,7 +275,7 @@ fn match_honors_an_optout_store_managed_from_the_cli() {
             "--partner",
             root.join("partner.csv").to_str().unwrap(),
             "--key-file",
-            root.join("campaign.key").to_str().unwrap(),
+            &campaign_key,
             "--optout-db",
             db.to_str().unwrap(),
             "--store-key",

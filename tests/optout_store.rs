@@ -430,8 +430,8 @@ fn bad_rows_are_reported_with_line_and_reason_and_nothing_half_applied() {
     let list = list.to_str().unwrap();
     let rejects = f.dir.path().join("rejects.csv");
 
-    // --strict: the whole file is refused, the store stays empty.
-    let out = f.optout("import", &[list, "--strict"]);
+    // By default the whole file is refused, the store stays empty.
+    let out = f.optout("import", &[list]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("line 3, column email: missing_at"), "{err}");
@@ -441,9 +441,9 @@ fn bad_rows_are_reported_with_line_and_reason_and_nothing_half_applied() {
     assert!(!err.contains("no-at-sign") && !err.contains("FLOWERS"), "{err}");
     assert_eq!(f.ok("count", &[]), "0 opt-outs (email 0, phone 0, id 0)\n");
 
-    // Default: valid entries are imported, every reject is reported, and the
-    // malformed row contributes nothing (not even its id).
-    let out = f.optout("import", &[list, "--rejects", rejects.to_str().unwrap()]);
+    // --skip-bad-rows: valid entries are imported, every reject is reported, and
+    // the malformed row contributes nothing (not even its id).
+    let out = f.optout("import", &[list, "--skip-bad-rows", "--rejects", rejects.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(stdout.contains("bad rows: wrong_field_count 1"), "{stdout}");

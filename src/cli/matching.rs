@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::{CliResult, ColumnArgs, ProfileArgs};
 use crate::local_match::{self, LocalMatchOptions};
+use crate::optout::BadRows;
 use crate::psi::Reveal;
 use crate::service::client::{self, ClientOptions};
 
@@ -64,6 +65,9 @@ pub struct MatchArgs {
     /// The partner's suppression list (same format), applied the same way on the partner's side.
     #[arg(long, value_name = "FILE")]
     pub suppress: Option<PathBuf>,
+    /// Skip (and count) unreadable rows of the opt-out and suppression lists instead of refusing the match.
+    #[arg(long)]
+    pub skip_bad_list_rows: bool,
     /// Local mode: directory for partner_matches.csv, owner_matches.csv and summary.json (created if missing).
     #[arg(long, value_name = "DIR", required_unless_present = "server", conflicts_with = "server")]
     pub out_dir: Option<PathBuf>,
@@ -94,6 +98,7 @@ pub fn run(args: MatchArgs) -> CliResult {
         optouts: args.optouts,
         optout_store: args.optout_db.zip(args.store_key),
         suppress: args.suppress,
+        bad_list_rows: if args.skip_bad_list_rows { BadRows::Skip } else { BadRows::Refuse },
         out_dir: out_dir.clone(),
         write_rejects: args.write_rejects,
         progress: true,
@@ -119,6 +124,7 @@ pub fn run(args: MatchArgs) -> CliResult {
                 stats.rejected_total(),
                 stats.bad_rows_total()
             );
+            warn_skipped(name, stats);
         }
     }
     println!("{}", side("owner", &summary.owner));
@@ -130,6 +136,18 @@ pub fn run(args: MatchArgs) -> CliResult {
         out_dir.display()
     );
     Ok(())
+}
+
+/// Says on stderr what `--skip-bad-list-rows` skipped (the counts are in summary.json).
+pub(super) fn warn_skipped(name: &str, stats: &crate::records::ReadStats) {
+    let skipped = stats.rejected_total() + stats.bad_rows_total();
+    if skipped > 0 {
+        eprintln!(
+            "idmatch: warning: {name}: skipped {} bad rows and {} rejected identifiers (--skip-bad-list-rows); they opt nobody out",
+            stats.bad_rows_total(),
+            stats.rejected_total()
+        );
+    }
 }
 
 fn run_client(args: MatchArgs) -> CliResult {

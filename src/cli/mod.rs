@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::normalize::{Normalizer, Profile, Region, parse_region};
+use crate::normalize::{Normalizer, Profile, Region, parse_region, region_problem};
 use crate::records::ColumnSpec;
 
 /// Privacy-preserving identifier matching: normalize emails and phone numbers, turn
@@ -107,7 +107,7 @@ fn parse_profile(s: &str) -> Result<Profile, String> {
 }
 
 fn parse_region_arg(s: &str) -> Result<Region, String> {
-    parse_region(s).map_err(|_| format!("`{s}` is not an ISO 3166 alpha-2 region code"))
+    parse_region(s).map_err(|_| region_problem(s))
 }
 
 /// Runs a parsed command line; the returned code is the process's exit status
@@ -157,5 +157,8 @@ pub fn format_stats(path: &std::path::Path, stats: &crate::records::ReadStats) -
     s += &format!("  blank cells: {}\n", stats.blank_cells);
     s += &format!("  records without a valid identifier: {}\n", stats.records_without_identifiers);
     s += &format!("  duplicate identifiers: {}\n", stats.duplicate_identifiers);
+    if stats.duplicate_ids > 0 {
+        s += &format!("  records repeating an earlier record's id: {}\n", stats.duplicate_ids);
+    }
     s
 }

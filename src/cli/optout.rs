@@ -117,9 +117,9 @@ pub struct ImportArgs {
     /// Source label recorded with the entries and in the audit trail (default: import:<file name>).
     #[arg(long, value_name = "LABEL")]
     pub source: Option<String>,
-    /// Import nothing if any row or identifier is rejected.
+    /// Import the readable rows and skip (count and list) the rejected ones; by default a file with any rejected row or identifier is refused whole.
     #[arg(long)]
-    pub strict: bool,
+    pub skip_bad_rows: bool,
     /// Write every rejected row and identifier (line, column, reason; no values) to this CSV file.
     #[arg(long, value_name = "FILE")]
     pub rejects: Option<PathBuf>,
@@ -343,7 +343,7 @@ fn import(args: ImportArgs) -> CliResult {
     options.columns = args.columns.spec();
     options.region = args.normalize.region;
     options.batch_size = args.batch_size;
-    options.strict = args.strict;
+    options.strict = !args.skip_bad_rows;
     options.progress = true;
     options.rejects = Some(RejectWriter::create(&rejects.path, false)?);
     let mut on_batch = |b: &BatchReport| {

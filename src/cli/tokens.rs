@@ -1,6 +1,5 @@
 //! `idmatch tokens`: the hashed export some partners ingest.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
@@ -9,7 +8,8 @@ use rayon::prelude::*;
 
 use super::{CliResult, ColumnArgs, ProfileArgs, RejectArgs, format_stats};
 use crate::key::Key;
-use crate::optout::{FileList, OptOutSource, excluded_records};
+use crate::optout::{BadRows, FileList, OptOutSource, excluded_records};
+use crate::output::Staged;
 use crate::records::{self, ColumnSpec, ReadOptions, RejectWriter};
 use crate::token::Tokenizer;
 
@@ -33,21 +33,33 @@ pub struct TokensArgs {
     /// Opt-out list (CSV with email, phone and/or id columns): opted-out records are not exported.
     #[arg(long, value_name = "FILE")]
     pub optouts: Option<PathBuf>,
+    /// Skip (and count) unreadable rows of the opt-out list instead of refusing to export.
+    #[arg(long, requires = "optouts")]
+    pub skip_bad_list_rows: bool,
 }
 
 pub fn run(args: TokensArgs) -> CliResult {
     let key = Key::load(&args.key_file)?;
+    // Created first, so an unwritable output fails before the work; it appears at
+    // its path only once complete.
+    let mut staged = Staged::create(&args.output)?;
     let tokenizer = Tokenizer::new(&key);
     let mut options = ReadOptions::new(args.profile.normalizer());
     options.columns = args.columns.spec();
     options.progress = true;
+    // A member's several rows (one per email, say) share an id in a token export;
+    // repeats are counted and reported, not refused.
+    options.unique_ids = false;
     if let Some(path) = &args.rejects.rejects {
         options.rejects = Some(RejectWriter::create(path, args.rejects.rejects_include_values)?);
     }
     let optouts = args
         .optouts
         .as_deref()
-        .map(|path| FileList::load(path, args.profile.normalizer(), ColumnSpec::default()))
+        .map(|path| {
+            let bad_rows = if args.skip_bad_list_rows { BadRows::Skip } else { BadRows::Refuse };
+            FileList::read(path, args.profile.normalizer(), ColumnSpec::default(), None, bad_rows)
+        })
         .transpose()?;
     options.optout_digester = optouts.as_ref().map(|list| list.digester().clone());
     let set = records::read(&args.input, &tokenizer, options)?;
@@ -58,7 +70,7 @@ pub fn run(args: TokensArgs) -> CliResult {
     let is_out = |record: u32| excluded.get(record as usize).copied().unwrap_or(false);
 
     let write_err = |e: std::io::Error| format!("{}: {e}", args.output.display());
-    let mut out = BufWriter::new(File::create(&args.output).map_err(write_err)?);
+    let mut out = BufWriter::new(&mut staged);
     writeln!(out, "# idmatch-tokens profile={}", set.profile()).map_err(write_err)?;
     writeln!(out, "record_id,kind,token_hex").map_err(write_err)?;
     // Rows are formatted on all cores, a block at a time, and written in order.
@@ -82,11 +94,14 @@ pub fn run(args: TokensArgs) -> CliResult {
         }
     }
     out.flush().map_err(write_err)?;
+    drop(out);
+    staged.commit()?;
     print!("{}", format_stats(&args.input, set.stats()));
     let excluded_records = excluded.iter().filter(|&&x| x).count();
     let written = set.entries().iter().filter(|e| !is_out(e.record)).count();
     if let (Some(list), Some(path)) = (&optouts, &args.optouts) {
         print!("{}", format_stats(path, list.stats()));
+        super::matching::warn_skipped("opt-out list", list.stats());
         println!("records excluded by opt-outs: {excluded_records}");
     }
     println!("tokens written: {written} to {}", args.output.display());

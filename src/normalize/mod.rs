@@ -168,6 +168,10 @@ impl fmt::Display for Reject {
 }
 
 /// Parses an ISO 3166 alpha-2 region code (case-insensitive), e.g. `US`, `de`.
+///
+/// Only regions that libphonenumber has numbering rules for are accepted: a code
+/// such as `UK` (the United Kingdom is `GB`) or `XX` would otherwise be taken and
+/// then silently reject every national-format number read under it.
 pub fn parse_region(code: &str) -> Result<Region, Reject> {
     let code = code.trim();
     if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
@@ -175,7 +179,17 @@ pub fn parse_region(code: &str) -> Result<Region, Reject> {
     }
     let upper = [code.as_bytes()[0].to_ascii_uppercase(), code.as_bytes()[1].to_ascii_uppercase()];
     let upper = std::str::from_utf8(&upper).map_err(|_| Reject::BadRegion)?;
-    Region::from_code(upper).map_err(|_| Reject::BadRegion)
+    let region = Region::from_code(upper).map_err(|_| Reject::BadRegion)?;
+    match rlibphonenumber::PHONE_NUMBER_UTIL.get_country_code_for_region(region) {
+        Some(_) => Ok(region),
+        None => Err(Reject::BadRegion),
+    }
+}
+
+/// Why `code` is not accepted by [`parse_region`], for error messages.
+pub fn region_problem(code: &str) -> String {
+    let hint = if code.trim().eq_ignore_ascii_case("uk") { " (the United Kingdom is GB)" } else { "" };
+    format!("`{code}` is not an ISO 3166 alpha-2 region with phone numbering rules, such as US, GB or DE{hint}")
 }
 
 /// Characters trimmed from both ends of every identifier: Unicode whitespace, the byte

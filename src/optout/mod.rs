@@ -10,6 +10,12 @@
 //! [`FileList`] is the file-backed source: a CSV of opted-out emails, phones and/or
 //! record ids, held in memory under a random per-process key.
 //!
+//! Fail-closed invariant: a list is used only if it was read completely. Any row or
+//! identifier that cannot be read (a malformed row, a bad encoding, an identifier
+//! that does not normalize, a quote that is never closed) refuses the whole list, and
+//! with it the match, unless the operator explicitly chose [`BadRows::Skip`]; the
+//! skipped rows are then counted in [`FileList::stats`] for the caller to report.
+//!
 //! [`store::OptOutStore`] is the durable source: the installation's opt-out store
 //! (SQLite, behind the [`store::Backend`] trait) under its own store key, kept across
 //! runs, with an audit trail; `idmatch optout` manages it.
@@ -65,6 +71,18 @@ pub fn excluded_records(records: &RecordSet, source: &dyn OptOutSource) -> Resul
     Ok(excluded)
 }
 
+/// What to do with the rows of a list file that cannot be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BadRows {
+    /// Refuse the list (the default): an opt-out that cannot be read must not turn
+    /// into a member who is matched.
+    #[default]
+    Refuse,
+    /// Skip them, counting each in the list's statistics (the operator's explicit
+    /// choice, e.g. `--skip-bad-list-rows`).
+    Skip,
+}
+
 /// Opt-outs (or a partner's suppressions) from a CSV file, held in memory.
 pub struct FileList {
     digester: Tokenizer,
@@ -76,9 +94,9 @@ impl FileList {
     /// Reads `path`: identifiers from the usual email/phone columns (normalized under
     /// `normalizer`, so `John.Doe@GMail.com` opts out `johndoe@gmail.com`) and record
     /// ids from an id column if there is one.
+    /// The list must be read completely ([`BadRows::Refuse`]).
     pub fn load(path: &Path, normalizer: Normalizer, columns: ColumnSpec) -> Result<FileList, OptOutError> {
-        let key = Key::generate()?;
-        FileList::load_with_digester(path, normalizer, columns, Tokenizer::new(&key))
+        FileList::read(path, normalizer, columns, None, BadRows::Refuse)
     }
 
     /// Like [`FileList::load`], under a given digester, so that a list re-read later
@@ -89,9 +107,26 @@ impl FileList {
         columns: ColumnSpec,
         digester: Tokenizer,
     ) -> Result<FileList, OptOutError> {
+        FileList::read(path, normalizer, columns, Some(digester), BadRows::Refuse)
+    }
+
+    /// Reads `path` under `digester` (a fresh random key if `None`), treating rows
+    /// that cannot be read as `bad_rows` says.
+    pub fn read(
+        path: &Path,
+        normalizer: Normalizer,
+        columns: ColumnSpec,
+        digester: Option<Tokenizer>,
+        bad_rows: BadRows,
+    ) -> Result<FileList, OptOutError> {
+        let digester = match digester {
+            Some(digester) => digester,
+            None => Tokenizer::new(&Key::generate()?),
+        };
         let mut options = ReadOptions::new(normalizer);
         options.columns = columns;
         options.list = true;
+        options.complete = bad_rows == BadRows::Refuse;
         let set = records::read(path, &digester, options)?;
         let mut digests: HashSet<Token> = set.entries().iter().map(|e| e.token).collect();
         if set.has_id_column() {
@@ -103,7 +138,8 @@ impl FileList {
         Ok(FileList { digester, digests, stats: set.stats().clone() })
     }
 
-    /// How the file was read (rows, identifiers, rejects).
+    /// How the file was read (rows, identifiers, rejects; with [`BadRows::Skip`],
+    /// the skipped rows and identifiers).
     pub fn stats(&self) -> &ReadStats {
         &self.stats
     }

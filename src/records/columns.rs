@@ -31,6 +31,13 @@ pub struct ColumnMap {
     pub names: Vec<String>,
 }
 
+impl ColumnMap {
+    /// Every column the reader takes a value from: id, identifiers, region.
+    pub fn used(&self) -> impl Iterator<Item = usize> + '_ {
+        self.id.into_iter().chain(self.identifiers.iter().map(|&(col, _)| col)).chain(self.region)
+    }
+}
+
 /// Why a header does not give usable columns.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ColumnError {

@@ -38,6 +38,10 @@ pub enum RowProblem {
     MissingId,
     /// The id is not valid UTF-8.
     BadEncoding,
+    /// A quoted field runs across lines where no field may (an unbalanced `"`):
+    /// never counted, always refused ([`ReadError::UnclosedQuote`]), because the rows
+    /// after it would silently become part of one field.
+    UnclosedQuote,
 }
 
 impl RowProblem {
@@ -46,6 +50,7 @@ impl RowProblem {
             RowProblem::WrongFieldCount => "wrong_field_count",
             RowProblem::MissingId => "missing_id",
             RowProblem::BadEncoding => "bad_encoding",
+            RowProblem::UnclosedQuote => "unclosed_quote",
         }
     }
 }
@@ -69,6 +74,9 @@ pub struct ReadStats {
     pub records_without_identifiers: u64,
     /// Valid identifiers equal to one seen earlier in the file (same or other record).
     pub duplicate_identifiers: u64,
+    /// Records whose id equals an earlier record's id (checked for files with an id
+    /// column; a file read with [`ReadOptions::unique_ids`] refuses the first one).
+    pub duplicate_ids: u64,
 }
 
 impl ReadStats {

@@ -5,6 +5,7 @@
 //! cores with rayon and appends the results in file order.
 
 use std::fs::File;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -40,6 +41,16 @@ pub struct ReadOptions {
     /// Read a list (opt-outs, suppressions) rather than records: the identifier
     /// columns are optional when there is an id column, and an empty id is no error.
     pub list: bool,
+    /// Refuse the file at its first bad row or rejected identifier
+    /// ([`ReadError::Incomplete`]) instead of counting and reporting it. Lists that
+    /// protect people (opt-outs, suppressions) are read this way unless the operator
+    /// explicitly chooses to skip bad rows.
+    pub complete: bool,
+    /// Refuse a file in which two records carry the same id
+    /// ([`ReadError::DuplicateId`]): match outputs name records by id, so a repeated
+    /// id would make them ambiguous. When false, repeats are counted in
+    /// [`ReadStats::duplicate_ids`]. Lists never check (a repeat there is harmless).
+    pub unique_ids: bool,
 }
 
 impl ReadOptions {
@@ -51,6 +62,8 @@ impl ReadOptions {
             optout_digester: None,
             progress: false,
             list: false,
+            complete: false,
+            unique_ids: true,
         }
     }
 }
@@ -69,6 +82,19 @@ pub enum ReadError {
     Columns { path: PathBuf, source: ColumnError },
     #[error("{path}: more than {max} records", max = u32::MAX)]
     TooManyRecords { path: PathBuf },
+    #[error(
+        "{path}: line {line}: a quoted field opened on this line is never closed (unbalanced `\"`), so the rest of the file would be read as one field; fix the quoting and read the file again"
+    )]
+    UnclosedQuote { path: PathBuf, line: u64 },
+    #[error(
+        "{path}: line {line}{column}: {reason}; this file must be read completely, so nothing was used (fix the row, or explicitly choose to skip bad rows)",
+        column = if column.is_empty() { String::new() } else { format!(", column `{column}`") }
+    )]
+    Incomplete { path: PathBuf, line: u64, column: String, reason: &'static str },
+    #[error(
+        "{path}: line {line}: the record id repeats the id of line {first_line}; match results name records by id, so ids must be unique (merge or renumber the rows)"
+    )]
+    DuplicateId { path: PathBuf, line: u64, first_line: u64 },
     #[error(transparent)]
     Rejects(#[from] RejectWriteError),
 }
@@ -126,8 +152,15 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
     progress.set_message(format!("reading {}", path.display()));
 
     let keep_values = options.rejects.as_ref().is_some_and(RejectWriter::include_values);
-    let mut set = RecordSet::new(options.normalizer.profile(), columns.id.is_some());
-    let mut digests = options.optout_digester.as_ref().map(|_| OptOutDigests::default());
+    let mut sink = Sink {
+        set: RecordSet::new(options.normalizer.profile(), columns.id.is_some()),
+        digests: options.optout_digester.as_ref().map(|_| OptOutDigests::default()),
+        ids: (columns.id.is_some() && !options.list).then(Vec::new),
+        columns: &columns,
+        rejects: options.rejects.take(),
+        path,
+        complete: options.complete,
+    };
 
     let (full_tx, full_rx) = sync_channel::<Result<Vec<RawRow>, (u64, csv::Error)>>(2);
     let (free_tx, free_rx) = sync_channel::<Vec<RawRow>>(4);
@@ -151,24 +184,26 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
             let batch = batch.map_err(|(line, source)| ReadError::Csv { path: path.to_owned(), line, source })?;
             let (outs, appended) = rayon::join(
                 || batch.par_iter().with_min_len(256).map_init(String::new, |buf, row| worker.row(row, buf)).collect(),
-                || {
-                    pending.drain(..).try_for_each(|out| {
-                        append(&mut set, digests.as_mut(), &columns, out, options.rejects.as_mut(), path)
-                    })
-                },
+                || pending.drain(..).try_for_each(|out| sink.append(out)),
             );
             appended?;
             pending = outs;
             let _ = free_tx.send(batch);
         }
-        pending
-            .drain(..)
-            .try_for_each(|out| append(&mut set, digests.as_mut(), &columns, out, options.rejects.as_mut(), path))
+        pending.drain(..).try_for_each(|out| sink.append(out))
     })?;
     progress.finish_and_clear();
+    let Sink { mut set, digests, ids, rejects, .. } = sink;
     set.stats.duplicate_identifiers += count_duplicates(&set.entries);
+    if let Some(ids) = ids {
+        let (count, first) = duplicate_ids(&set, ids);
+        set.stats.duplicate_ids = count;
+        if let (true, Some((line, first_line))) = (options.unique_ids, first) {
+            return Err(ReadError::DuplicateId { path: path.to_owned(), line, first_line });
+        }
+    }
     set.optout_digests = digests;
-    if let Some(rejects) = options.rejects.take() {
+    if let Some(rejects) = rejects {
         rejects.finish()?;
     }
     Ok(set)
@@ -243,8 +278,19 @@ impl Worker<'_> {
             valid: [0; 2],
             repeated: 0,
         };
+        // Ids, identifiers and regions never span lines: a line break in one of
+        // them, or in a row of the wrong length, is a quote that was never closed.
+        let spans_lines = |cell: &[u8]| cell.contains(&b'\n') || cell.contains(&b'\r');
         if record.len() != self.columns.names.len() {
-            out.id = Err(RowProblem::WrongFieldCount);
+            out.id = Err(if record.iter().any(spans_lines) {
+                RowProblem::UnclosedQuote
+            } else {
+                RowProblem::WrongFieldCount
+            });
+            return out;
+        }
+        if self.columns.used().any(|col| spans_lines(&record[col])) {
+            out.id = Err(RowProblem::UnclosedQuote);
             return out;
         }
         out.id = match self.columns.id {
@@ -300,60 +346,109 @@ impl Worker<'_> {
     }
 }
 
-/// Appends one worker result to the set, in file order.
-fn append(
-    set: &mut RecordSet,
-    digests: Option<&mut OptOutDigests>,
-    columns: &ColumnMap,
-    out: RowOut,
-    rejects: Option<&mut RejectWriter>,
-    path: &Path,
-) -> Result<(), ReadError> {
-    let stats = &mut set.stats;
-    stats.rows += 1;
-    stats.blank_cells += out.blank_cells;
-    stats.duplicate_identifiers += out.repeated;
-    let id = match out.id {
-        Ok(id) => id,
-        Err(problem) => {
-            *stats.bad_rows.entry(problem.code()).or_default() += 1;
-            if let Some(rejects) = rejects {
-                let column = columns
-                    .id
-                    .filter(|_| problem != RowProblem::WrongFieldCount)
-                    .map_or("", |c| columns.names[c].as_str());
-                rejects.write(out.line, column, problem.code(), None)?;
+/// Where worker results are appended, in file order.
+struct Sink<'a> {
+    set: RecordSet,
+    digests: Option<OptOutDigests>,
+    /// `(hash of id, record, line)` per record, when ids are checked for repeats.
+    ids: Option<Vec<(u64, u32, u32)>>,
+    columns: &'a ColumnMap,
+    rejects: Option<RejectWriter>,
+    path: &'a Path,
+    complete: bool,
+}
+
+impl Sink<'_> {
+    fn incomplete(&self, line: u64, column: Option<usize>, reason: &'static str) -> ReadError {
+        let column = column.map_or_else(String::new, |c| self.columns.names[c].clone());
+        ReadError::Incomplete { path: self.path.to_owned(), line, column, reason }
+    }
+
+    /// Appends one worker result to the set.
+    fn append(&mut self, out: RowOut) -> Result<(), ReadError> {
+        let columns = self.columns;
+        let id = match out.id {
+            Ok(id) => id,
+            Err(RowProblem::UnclosedQuote) => {
+                return Err(ReadError::UnclosedQuote { path: self.path.to_owned(), line: out.line });
             }
-            return Ok(());
+            Err(problem) => {
+                let column = columns.id.filter(|_| problem != RowProblem::WrongFieldCount);
+                if self.complete {
+                    return Err(self.incomplete(out.line, column, problem.code()));
+                }
+                let stats = &mut self.set.stats;
+                stats.rows += 1;
+                stats.blank_cells += out.blank_cells;
+                *stats.bad_rows.entry(problem.code()).or_default() += 1;
+                if let Some(rejects) = &mut self.rejects {
+                    rejects.write(out.line, column.map_or("", |c| columns.names[c].as_str()), problem.code(), None)?;
+                }
+                return Ok(());
+            }
+        };
+        if let (true, Some((col, reason, _))) = (self.complete, out.rejects.first()) {
+            return Err(self.incomplete(out.line, Some(*col), reason.code()));
         }
-    };
-    if set.id_ends.len() >= u32::MAX as usize {
-        return Err(ReadError::TooManyRecords { path: path.to_owned() });
+        if self.set.id_ends.len() >= u32::MAX as usize {
+            return Err(ReadError::TooManyRecords { path: self.path.to_owned() });
+        }
+        let stats = &mut self.set.stats;
+        stats.rows += 1;
+        stats.blank_cells += out.blank_cells;
+        stats.duplicate_identifiers += out.repeated;
+        stats.records += 1;
+        for &(_, reason, _) in &out.rejects {
+            *stats.rejected.entry(reason.code()).or_default() += 1;
+        }
+        if let Some(rejects) = &mut self.rejects {
+            for (col, reason, value) in &out.rejects {
+                rejects.write(out.line, &columns.names[*col], reason.code(), value.as_deref())?;
+            }
+        }
+        if out.identifiers.is_empty() {
+            stats.records_without_identifiers += 1;
+        }
+        for kind in Kind::ALL {
+            if out.valid[kind as usize] > 0 {
+                *stats.identifiers.entry(kind.label()).or_default() += out.valid[kind as usize];
+            }
+        }
+        let record = self.set.push_record(&id);
+        if let Some(ids) = &mut self.ids {
+            ids.push((ID_HASHER.hash_one(&id), record, u32::try_from(out.line).unwrap_or(u32::MAX)));
+        }
+        if let (Some(digests), Some(id_digest)) = (&mut self.digests, out.id_digest) {
+            digests.ids.push(id_digest);
+            digests.entries.extend(out.identifiers.iter().filter_map(|&(_, _, d)| d));
+        }
+        self.set.entries.extend(out.identifiers.into_iter().map(|(kind, token, _)| Entry { token, record, kind }));
+        Ok(())
     }
-    stats.records += 1;
-    for &(_, reason, _) in &out.rejects {
-        *stats.rejected.entry(reason.code()).or_default() += 1;
-    }
-    if let Some(rejects) = rejects {
-        for (col, reason, value) in &out.rejects {
-            rejects.write(out.line, &columns.names[*col], reason.code(), value.as_deref())?;
+}
+
+/// Hashes record ids to find repeats (a fixed seed: the hashes never leave the
+/// process and a collision only costs one string comparison).
+static ID_HASHER: BuildHasherDefault<DefaultHasher> = BuildHasherDefault::new();
+
+/// Records whose id equals an earlier record's, and the first such record's line
+/// with the line of the record it repeats.
+fn duplicate_ids(set: &RecordSet, mut ids: Vec<(u64, u32, u32)>) -> (u64, Option<(u64, u64)>) {
+    ids.par_sort_unstable();
+    let mut count = 0;
+    let mut first: Option<(u64, u64)> = None;
+    for run in ids.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
+        for (j, &(_, record, line)) in run.iter().enumerate().skip(1) {
+            // Sorted by record within a run: earlier entries are earlier rows.
+            if let Some(&(_, _, first_line)) = run[..j].iter().find(|e| set.id(e.1) == set.id(record)) {
+                count += 1;
+                if first.is_none_or(|(l, _)| u64::from(line) < l) {
+                    first = Some((u64::from(line), u64::from(first_line)));
+                }
+            }
         }
     }
-    if out.identifiers.is_empty() {
-        stats.records_without_identifiers += 1;
-    }
-    for kind in Kind::ALL {
-        if out.valid[kind as usize] > 0 {
-            *stats.identifiers.entry(kind.label()).or_default() += out.valid[kind as usize];
-        }
-    }
-    let record = set.push_record(&id);
-    if let (Some(digests), Some(id_digest)) = (digests, out.id_digest) {
-        digests.ids.push(id_digest);
-        digests.entries.extend(out.identifiers.iter().filter_map(|&(_, _, d)| d));
-    }
-    set.entries.extend(out.identifiers.into_iter().map(|(kind, token, _)| Entry { token, record, kind }));
-    Ok(())
+    (count, first)
 }
 
 /// Identifiers that equal one seen earlier: total minus distinct tokens.

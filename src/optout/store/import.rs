@@ -30,7 +30,8 @@ pub struct ImportOptions {
     pub source: String,
     /// Entries per transaction.
     pub batch_size: usize,
-    /// Refuse the whole file (import nothing) if any row or identifier is rejected.
+    /// Refuse the whole file (import nothing) if any row or identifier is rejected
+    /// (the default: an opt-out that cannot be read must not go missing quietly).
     pub strict: bool,
     /// Where to report rejected rows and identifiers (line, column, reason).
     pub rejects: Option<RejectWriter>,
@@ -45,7 +46,7 @@ impl ImportOptions {
             region: None,
             source: source.into(),
             batch_size: DEFAULT_BATCH_SIZE,
-            strict: false,
+            strict: true,
             rejects: None,
             progress: false,
         }

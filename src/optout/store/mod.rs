@@ -268,7 +268,7 @@ pub enum StoreError {
     #[error("{kind} rejected: {reason}")]
     Rejected { kind: EntryKind, reason: Reject },
     #[error(
-        "{path}: {rejected} rejected identifiers and {bad_rows} bad rows; nothing was imported (--strict). Rejects: {summary}"
+        "{path}: {rejected} rejected identifiers and {bad_rows} bad rows; nothing was imported (use --skip-bad-rows to import the rest). Rejects: {summary}"
     )]
     StrictRejected { path: String, rejected: u64, bad_rows: u64, summary: String },
     #[error(

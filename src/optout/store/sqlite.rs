@@ -50,6 +50,10 @@ use crate::token::Token;
 pub const SCHEMA_VERSION: i64 = 1;
 
 /// `PRAGMA application_id` of every store: ASCII `IDOO` (idmatch opt-outs).
+/// Why an uninitialized database is not opened as a store.
+const EMPTY_FILE: &str =
+    "the file is empty, not an opt-out store (a store is created by `idmatch optout add` or `idmatch optout import`)";
+
 pub const APPLICATION_ID: i64 = 0x4944_4f4f;
 
 /// How long a write waits for another process's write to finish.
@@ -166,11 +170,17 @@ impl SqliteBackend {
         tuning: SqliteTuning,
     ) -> Result<SqliteBackend, StoreError> {
         let db = Db { path: path.to_owned(), name: path.display().to_string(), tuning };
-        if !create && !path.exists() {
-            return Err(StoreError::NotFound { path: db.name });
+        if !create {
+            match std::fs::metadata(path) {
+                Err(_) => return Err(StoreError::NotFound { path: db.name }),
+                // Checked before connecting: setting up the connection would write
+                // a database header into the empty file.
+                Ok(meta) if meta.len() == 0 => return Err(db.not_a_store(EMPTY_FILE)),
+                Ok(_) => {}
+            }
         }
         let mut writer = db.connect(create, tuning.writer_cache_mib)?;
-        db.migrate(&mut writer, init)?;
+        db.migrate(&mut writer, init, create)?;
         let settings = db.read_settings(&writer)?;
         Ok(SqliteBackend { db, settings, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
     }
@@ -373,7 +383,10 @@ impl Db {
     }
 
     /// Checks the file's identity and version, and creates or upgrades the schema.
-    fn migrate(&self, conn: &mut Connection, init: &StoreSettings) -> Result<(), StoreError> {
+    /// Brings the schema up to date; an uninitialized database (an empty file) is
+    /// made a store only when `create` is set, so a store that should exist is
+    /// never silently replaced by an empty one.
+    fn migrate(&self, conn: &mut Connection, init: &StoreSettings, create: bool) -> Result<(), StoreError> {
         let (app_id, version) = self.header(conn)?;
         if version > SCHEMA_VERSION {
             return Err(self.newer(version));
@@ -393,10 +406,17 @@ impl Db {
             if objects > 0 {
                 return Err(self.not_a_store("the database already holds other tables"));
             }
+            if !create {
+                return Err(self.not_a_store(EMPTY_FILE));
+            }
         } else if app_id != APPLICATION_ID {
             return Err(self.not_a_store("its application id is not idmatch's"));
         }
-        for migration in &MIGRATIONS[version as usize..] {
+        let pending = usize::try_from(version).ok().and_then(|v| MIGRATIONS.get(v..));
+        let Some(pending) = pending else {
+            return Err(self.not_a_store("its schema version is negative"));
+        };
+        for migration in pending {
             tx.execute_batch(migration).map_err(|e| self.err(e))?;
         }
         if version == 0 {

@@ -1,0 +1,40 @@
+//! Helpers shared by the tests that run the `idmatch` binary.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs the binary with `args`.
+pub fn idmatch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idmatch")).args(args).output().unwrap()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The shipped examples directory.
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+/// The shipped example key, copied with the mode 0600 that key files must have
+/// (a checkout gives it 0644).
+pub fn example_key(dir: &Path) -> String {
+    let key = dir.join("example-campaign.key");
+    std::fs::copy(examples().join("campaign.key"), &key).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    key.to_str().unwrap().to_owned()
+}
+
+/// A new key file in `dir` made by `idmatch keygen`.
+pub fn keygen(dir: &Path) -> String {
+    let key = dir.join("campaign.key");
+    let out = idmatch(&["keygen", "--out", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    key.to_str().unwrap().to_owned()
+}

@@ -1,0 +1,343 @@
+//! Fail closed (issue 8), through the binary: an opt-out list that cannot be read
+//! completely refuses the match, CSV quoting errors name the line where the runaway
+//! quote starts, stores are opened and never created by reading commands, regions
+//! are validated, repeated record ids are refused where outputs name records by id,
+//! exposed key files are refused, and a failed run leaves no output behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{example_key, examples, idmatch, keygen, text};
+
+/// A local match of the shipped example with `optouts` and extra arguments.
+fn match_example(dir: &Path, optouts: &Path, out_dir: &Path, extra: &[&str]) -> Output {
+    let key = example_key(dir);
+    let (members, partner) = (examples().join("members.csv"), examples().join("partner.csv"));
+    let mut args = vec![
+        "match",
+        "--owner",
+        members.to_str().unwrap(),
+        "--partner",
+        partner.to_str().unwrap(),
+        "--key-file",
+        &key,
+        "--optouts",
+        optouts.to_str().unwrap(),
+        "--region",
+        "US",
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    idmatch(&args)
+}
+
+/// The shipped opt-out list with `extra` rows inserted after its first data row.
+fn optouts_with(dir: &Path, extra: &str) -> PathBuf {
+    let shipped = std::fs::read_to_string(examples().join("optouts.csv")).unwrap();
+    let mut lines: Vec<&str> = shipped.lines().collect();
+    lines.insert(2, extra);
+    let path = dir.join("optouts.csv");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap_or_default()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_runaway_quote_in_the_optout_list_refuses_the_match_and_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // Line 3 opens a quote that is never closed: the rest of the file would become
+    // one field, and the members listed after it would be matched.
+    let optouts = optouts_with(dir.path(), "m0000001,\"someone@example.com,");
+    let out_dir = dir.path().join("out");
+    let out = match_example(dir.path(), &optouts, &out_dir, &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("optouts.csv: line 3") && stderr.contains("never closed"), "{stderr}");
+    assert!(!out_dir.exists(), "a refused match leaves no output directory behind");
+    // Skipping bad rows does not skip a runaway quote: it would drop every row after it.
+    let out = match_example(dir.path(), &optouts, &out_dir, &["--skip-bad-list-rows"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_malformed_optout_row_refuses_the_match_unless_skipped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let optouts = optouts_with(dir.path(), "m0000001,too,many,fields");
+    let out_dir = dir.path().join("out");
+    let out = match_example(dir.path(), &optouts, &out_dir, &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("line 3") && stderr.contains("wrong_field_count"), "{stderr}");
+    assert!(!out_dir.exists());
+
+    let out = match_example(dir.path(), &optouts, &out_dir, &["--skip-bad-list-rows"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("skipped 1 bad rows"), "the skipped row is reported: {stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["optout_list"]["bad_rows"]["wrong_field_count"], 1);
+    assert_eq!(summary["owner"]["excluded_records"], 6, "every readable opt-out still applies");
+    let owner_matches = std::fs::read_to_string(out_dir.join("owner_matches.csv")).unwrap();
+    for id in ["m0000102", "m0000429", "m0000967", "m0000210"] {
+        assert!(!owner_matches.contains(id), "opted-out {id} matched");
+    }
+}
+
+#[test]
+fn an_optout_identifier_that_does_not_normalize_refuses_the_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let optouts = optouts_with(dir.path(), ",not-an-email,");
+    let out = match_example(dir.path(), &optouts, &dir.path().join("out"), &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("line 3, column `email`: missing_at"), "{stderr}");
+    assert!(!stderr.contains("not-an-email"), "raw identifiers never appear in errors: {stderr}");
+}
+
+#[test]
+fn a_runaway_quote_in_an_input_names_its_line_even_when_the_field_count_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let input = dir.path().join("in.csv");
+    // Two columns: the unclosed quote on line 3 swallows the rows after it into the
+    // email field, which still gives a row of the right length.
+    std::fs::write(&input, "id,email\n1,a@example.com\n2,\"b@example.com\n3,c@example.com\n4,d@example.com\n").unwrap();
+    let output = dir.path().join("tokens.csv");
+    let out = idmatch(&[
+        "tokens",
+        "--key-file",
+        &key,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("in.csv: line 3") && stderr.contains("never closed"), "{stderr}");
+    assert!(!output.exists(), "nothing is exported from a file that was not read completely");
+}
+
+#[test]
+fn optout_import_refuses_a_malformed_file_unless_asked_to_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_key = keygen(dir.path());
+    let db = dir.path().join("optouts.db");
+    let store = ["--db", db.to_str().unwrap(), "--store-key", &store_key];
+    let list = dir.path().join("list.csv");
+    let mut rows = String::from("email\n");
+    for i in 0..5000 {
+        rows += &format!("member{i}@example.com\n");
+    }
+    std::fs::write(&list, format!("{rows}\"unclosed@example.com\nlast@example.com\n")).unwrap();
+    let import = |extra: &[&str]| {
+        let mut args = vec!["optout", "import", list.to_str().unwrap()];
+        args.extend(store);
+        args.extend(extra);
+        idmatch(&args)
+    };
+    let out = import(&[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("line 5002") && stderr.contains("never closed"), "{stderr}");
+
+    std::fs::write(&list, format!("{rows}not-an-email\n")).unwrap();
+    let out = import(&[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a rejected row refuses the import by default: {stderr}");
+    assert!(stderr.contains("nothing was imported"), "{stderr}");
+    let mut count = vec!["optout", "count"];
+    count.extend(store);
+    let counted = text(&idmatch(&count).stdout);
+    assert!(counted.starts_with("0 opt-outs"), "nothing was imported: {counted}");
+
+    let out = import(&["--skip-bad-rows"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("added: 5000"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn an_empty_file_is_never_taken_for_an_empty_optout_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_key = keygen(dir.path());
+    let db = dir.path().join("optouts.db");
+    std::fs::write(&db, b"").unwrap();
+    let store = ["--db", db.to_str().unwrap(), "--store-key", &store_key];
+    for command in [vec!["count"], vec!["verify"], vec!["check", "--email", "a@example.com"]] {
+        let mut args = vec!["optout"];
+        args.extend(&command);
+        args.extend(store);
+        let out = idmatch(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(stderr.contains("optouts.db") && stderr.contains("empty"), "{command:?}: {stderr}");
+    }
+    let campaign_key = example_key(dir.path());
+    let out_dir = dir.path().join("out");
+    let out = idmatch(&[
+        "match",
+        "--owner",
+        examples().join("members.csv").to_str().unwrap(),
+        "--partner",
+        examples().join("partner.csv").to_str().unwrap(),
+        "--key-file",
+        &campaign_key,
+        "--optout-db",
+        db.to_str().unwrap(),
+        "--store-key",
+        &store_key,
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(!out_dir.exists());
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "the empty file was left as it was");
+    // `add` creates the store, even in an existing empty file.
+    let mut add = vec!["optout", "add", "--email", "a@example.com"];
+    add.extend(store);
+    assert!(idmatch(&add).status.success());
+}
+
+#[test]
+fn a_store_with_a_negative_schema_version_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_key = keygen(dir.path());
+    let db = dir.path().join("optouts.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("PRAGMA application_id = 1229213519; PRAGMA user_version = -1;").unwrap();
+    drop(conn);
+    let out = idmatch(&["optout", "count", "--db", db.to_str().unwrap(), "--store-key", &store_key]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("schema version is negative"), "{stderr}");
+}
+
+#[test]
+fn regions_without_phone_rules_are_usage_errors() {
+    for region in ["UK", "XX", "uk"] {
+        let out = idmatch(&["normalize", "--kind", "phone", "--region", region]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{region}: {stderr}");
+        assert!(stderr.contains(&format!("`{region}` is not an ISO 3166 alpha-2 region")), "{stderr}");
+    }
+    assert!(text(&idmatch(&["normalize", "--kind", "phone", "--region", "UK"]).stderr).contains("GB"));
+    let out = idmatch(&["normalize", "--kind", "phone", "--region", "gb"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn repeated_record_ids_are_refused_for_matching_and_counted_for_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let owner = dir.path().join("owner.csv");
+    std::fs::write(&owner, "id,email\n1,a@example.com\n2,b@example.com\n1,c@example.com\n").unwrap();
+    let partner = dir.path().join("partner.csv");
+    std::fs::write(&partner, "id,email\np1,a@example.com\np2,c@example.com\n").unwrap();
+    let out_dir = dir.path().join("out");
+    let out = idmatch(&[
+        "match",
+        "--owner",
+        owner.to_str().unwrap(),
+        "--partner",
+        partner.to_str().unwrap(),
+        "--key-file",
+        &key,
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("owner.csv: line 4: the record id repeats the id of line 2"), "{stderr}");
+    assert!(!out_dir.exists());
+
+    let output = dir.path().join("tokens.csv");
+    let out = idmatch(&[
+        "tokens",
+        "--key-file",
+        &key,
+        "--input",
+        owner.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("records repeating an earlier record's id: 1"), "{}", text(&out.stdout));
+}
+
+#[cfg(unix)]
+#[test]
+fn key_files_readable_by_others_are_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = example_key(dir.path());
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let input = examples().join("members.csv");
+    let output = dir.path().join("tokens.csv");
+    let out = idmatch(&[
+        "tokens",
+        "--key-file",
+        &key,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("accessible by other users (mode 0644)") && stderr.contains("chmod 600"), "{stderr}");
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    assert!(!stderr.contains(key_text.trim()), "the key never appears in errors");
+}
+
+#[test]
+fn a_failed_run_leaves_the_previous_outputs_untouched_and_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let good = optouts_with(dir.path(), "m0000001,,");
+    let out = match_example(dir.path(), &good, &out_dir, &["--write-rejects"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = listing(&out_dir);
+    assert_eq!(
+        before.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
+        ["owner_matches.csv", "owner_rejects.csv", "partner_matches.csv", "partner_rejects.csv", "summary.json"]
+    );
+    // The partner file fails after the owner's file was read and its rejects written.
+    let partner = dir.path().join("partner.csv");
+    std::fs::write(&partner, "id,email\np1,a@example.com\np1,b@example.com\n").unwrap();
+    let key = example_key(dir.path());
+    let out = idmatch(&[
+        "match",
+        "--owner",
+        examples().join("members.csv").to_str().unwrap(),
+        "--partner",
+        partner.to_str().unwrap(),
+        "--key-file",
+        &key,
+        "--write-rejects",
+        "--region",
+        "US",
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(listing(&out_dir), before, "outputs are replaced together or not at all");
+
+    // A successful run that reveals less removes the outputs it no longer makes.
+    let out = match_example(dir.path(), &good, &out_dir, &["--reveal", "partner"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let names: Vec<String> = listing(&out_dir).into_iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["partner_matches.csv", "summary.json"]);
+}
