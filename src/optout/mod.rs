@@ -61,8 +61,19 @@ pub fn excluded_records(records: &RecordSet, source: &dyn OptOutSource) -> Resul
     if digests.ids.len() != records.len() || digests.entries.len() != records.entries().len() {
         return Err(OptOutError::NotDigested);
     }
-    let mut excluded = source.contains(&digests.ids)?;
-    let by_entry = source.contains(&digests.entries)?;
+    let answers = |asked: &[Token]| -> Result<Vec<bool>, OptOutError> {
+        let answers = source.contains(asked)?;
+        if answers.len() != asked.len() {
+            return Err(OptOutError::Source(format!(
+                "answered {} of {} lookups; refusing to guess the rest",
+                answers.len(),
+                asked.len()
+            )));
+        }
+        Ok(answers)
+    };
+    let mut excluded = answers(&digests.ids)?;
+    let by_entry = answers(&digests.entries)?;
     for (entry, out) in records.entries().iter().zip(by_entry) {
         if out {
             excluded[entry.record as usize] = true;

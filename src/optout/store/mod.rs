@@ -275,6 +275,8 @@ pub enum StoreError {
         "import stopped after {committed_batches} committed batches ({committed_entries} entries, which stay imported; running the import again is safe): {source}"
     )]
     ImportInterrupted { committed_batches: u64, committed_entries: u64, source: Box<StoreError> },
+    #[error("opt-out store {path}: the backend answered {answered} of {asked} lookups; refusing to guess the rest")]
+    ShortAnswer { path: String, asked: usize, answered: usize },
     #[error("export: {0}")]
     Output(std::io::Error),
     #[error(transparent)]
@@ -479,7 +481,21 @@ impl OptOutStore {
     /// Whether one identifier is opted out now.
     pub fn is_opted_out(&self, kind: EntryKind, raw: &str, region: Option<Region>) -> Result<bool, StoreError> {
         let entry = self.digest(kind, raw, region)?;
-        Ok(self.backend.contains_many(&[entry.digest])?[0])
+        Ok(self.contains_all(&[entry.digest])?[0])
+    }
+
+    /// The backend's answers for `digests`, exactly one per digest (a backend that
+    /// answers fewer is an error: a missing answer must never read as "not out").
+    fn contains_all(&self, digests: &[Token]) -> Result<Vec<bool>, StoreError> {
+        let answers = self.backend.contains_many(digests)?;
+        if answers.len() != digests.len() {
+            return Err(StoreError::ShortAnswer {
+                path: self.name.clone(),
+                asked: digests.len(),
+                answered: answers.len(),
+            });
+        }
+        Ok(answers)
     }
 
     /// Entries by kind.
@@ -505,7 +521,7 @@ impl OptOutSource for OptOutStore {
     }
 
     fn contains(&self, digests: &[Token]) -> Result<Vec<bool>, OptOutError> {
-        Ok(self.backend.contains_many(digests)?)
+        Ok(self.contains_all(digests)?)
     }
 }
 
@@ -521,6 +537,56 @@ mod tests {
 
     fn open(dir: &Path, key: &Key, options: &StoreOptions) -> Result<OptOutStore, StoreError> {
         OptOutStore::open(&dir.join("s.db"), key, options)
+    }
+
+    /// A backend that loses the last answer of every lookup.
+    struct ShortBackend(Box<dyn Backend>);
+
+    impl Backend for ShortBackend {
+        fn settings(&self) -> &StoreSettings {
+            self.0.settings()
+        }
+        fn add(&self, entry: StoreEntry, source: &str) -> Result<bool, StoreError> {
+            self.0.add(entry, source)
+        }
+        fn remove(&self, entry: StoreEntry, source: &str) -> Result<bool, StoreError> {
+            self.0.remove(entry, source)
+        }
+        fn contains_many(&self, digests: &[Token]) -> Result<Vec<bool>, StoreError> {
+            let mut answers = self.0.contains_many(digests)?;
+            answers.pop();
+            Ok(answers)
+        }
+        fn count(&self) -> Result<Counts, StoreError> {
+            self.0.count()
+        }
+        fn import_batch(&self, entries: &[StoreEntry], source: &str) -> Result<BatchOutcome, StoreError> {
+            self.0.import_batch(entries, source)
+        }
+        fn export(&self, sink: &mut dyn FnMut(&ExportRow) -> std::io::Result<()>) -> Result<u64, StoreError> {
+            self.0.export(sink)
+        }
+        fn audit(&self, sink: &mut dyn FnMut(&AuditEvent) -> std::io::Result<()>) -> Result<u64, StoreError> {
+            self.0.audit(sink)
+        }
+        fn verify(&self) -> Result<Vec<String>, StoreError> {
+            self.0.verify()
+        }
+    }
+
+    #[test]
+    fn a_backend_that_answers_short_is_an_error_not_a_panic_or_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::from_bytes([9; 32]);
+        let path = dir.path().join("s.db");
+        let init = StoreSettings { key_fingerprint: key_fingerprint(&key), profile: Profile::IdmatchV1 };
+        let sqlite = SqliteBackend::open(&path, &init, true, SqliteTuning::default()).unwrap();
+        let store = OptOutStore::with_backend(Box::new(ShortBackend(Box::new(sqlite))), &key, None, "short").unwrap();
+        store.add(EntryKind::Email, "a@example.com", None, "t").unwrap();
+        let err = store.is_opted_out(EntryKind::Email, "a@example.com", None).unwrap_err();
+        assert!(matches!(err, StoreError::ShortAnswer { asked: 1, answered: 0, .. }), "{err}");
+        let digests = [Token([1; 32]), Token([2; 32])];
+        assert!(OptOutSource::contains(&store, &digests).is_err());
     }
 
     #[test]
