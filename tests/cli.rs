@@ -95,12 +95,21 @@ fn tokens_reports_rejects_without_values_and_never_prints_the_key() {
 
     let tokens = std::fs::read_to_string(&output).unwrap();
     let lines: Vec<&str> = tokens.lines().collect();
-    assert_eq!(lines[0], "# idmatch-tokens profile=idmatch-v1");
-    assert_eq!(lines[1], "record_id,kind,token_hex");
-    assert_eq!(lines.len(), 2 + 4);
-    assert!(lines[2].starts_with("a1,email,") && lines[3].starts_with("a1,phone,"));
+    assert_eq!(lines[0], "record_id,kind,token_hex");
+    assert_eq!(lines.len(), 1 + 4);
+    assert!(lines[1].starts_with("a1,email,") && lines[2].starts_with("a1,phone,"));
     let token_of = |line: &str| line.rsplit(',').next().unwrap().to_owned();
-    assert_eq!(token_of(lines[2]), token_of(lines[4]), "a1 and a3 share a normalized email");
+    assert_eq!(token_of(lines[1]), token_of(lines[3]), "a1 and a3 share a normalized email");
+    // Plain CSV: a strict reader (fixed field count, first row the header) takes it.
+    let mut strict = csv::ReaderBuilder::new().flexible(false).from_path(&output).unwrap();
+    assert_eq!(strict.headers().unwrap(), vec!["record_id", "kind", "token_hex"]);
+    let rows: Vec<csv::StringRecord> = strict.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r[2].len() == 64 && r[2].bytes().all(|b| b.is_ascii_hexdigit())));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{}.meta.json", output.display())).unwrap()).unwrap();
+    assert_eq!(meta["profile"], "idmatch-v1");
+    assert_eq!(meta["rows"], 4);
 
     let report = std::fs::read_to_string(&rejects).unwrap();
     assert_eq!(
@@ -320,7 +329,7 @@ fn tokens_leaves_out_opted_out_records() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("records excluded by opt-outs: 2"));
-    let rows: Vec<String> = std::fs::read_to_string(&output).unwrap().lines().skip(2).map(str::to_owned).collect();
+    let rows: Vec<String> = std::fs::read_to_string(&output).unwrap().lines().skip(1).map(str::to_owned).collect();
     assert_eq!(rows.len(), 1);
     assert!(rows[0].starts_with("2,email,"));
 }

@@ -21,7 +21,7 @@ pub struct TokensArgs {
     /// Input CSV or TSV file with a header row.
     #[arg(long, value_name = "FILE")]
     pub input: PathBuf,
-    /// Output CSV: a `# idmatch-tokens profile=<name>` line, then `record_id,kind,token_hex` rows.
+    /// Output CSV with a `record_id,kind,token_hex` header; the profile and counts go to `<output>.meta.json`.
     #[arg(long, value_name = "FILE")]
     pub output: PathBuf,
     #[command(flatten)]
@@ -43,6 +43,8 @@ pub fn run(args: TokensArgs) -> CliResult {
     // Created first, so an unwritable output fails before the work; it appears at
     // its path only once complete.
     let mut staged = Staged::create(&args.output)?;
+    let meta_path = meta_path(&args.output);
+    let mut meta = Staged::create(&meta_path)?;
     let tokenizer = Tokenizer::new(&key);
     let mut options = ReadOptions::new(args.profile.normalizer());
     options.columns = args.columns.spec();
@@ -71,7 +73,6 @@ pub fn run(args: TokensArgs) -> CliResult {
 
     let write_err = |e: std::io::Error| format!("{}: {e}", args.output.display());
     let mut out = BufWriter::new(&mut staged);
-    writeln!(out, "# idmatch-tokens profile={}", set.profile()).map_err(write_err)?;
     writeln!(out, "record_id,kind,token_hex").map_err(write_err)?;
     // Rows are formatted on all cores, a block at a time, and written in order.
     for block in set.entries().chunks(1 << 20) {
@@ -95,15 +96,37 @@ pub fn run(args: TokensArgs) -> CliResult {
     }
     out.flush().map_err(write_err)?;
     drop(out);
-    staged.commit()?;
-    print!("{}", format_stats(&args.input, set.stats()));
     let excluded_records = excluded.iter().filter(|&&x| x).count();
     let written = set.entries().iter().filter(|e| !is_out(e.record)).count();
+    let description = serde_json::json!({
+        "format": "idmatch-tokens",
+        "version": 1,
+        "columns": ["record_id", "kind", "token_hex"],
+        "profile": set.profile().name(),
+        "rows": written,
+        "records_excluded_by_optouts": excluded_records,
+    });
+    serde_json::to_writer_pretty(&mut meta, &description).map_err(|e| format!("{}: {e}", meta_path.display()))?;
+    staged.commit()?;
+    meta.commit()?;
+    print!("{}", format_stats(&args.input, set.stats()));
     if let (Some(list), Some(path)) = (&optouts, &args.optouts) {
         print!("{}", format_stats(path, list.stats()));
         super::matching::warn_skipped("opt-out list", list.stats());
         println!("records excluded by opt-outs: {excluded_records}");
     }
-    println!("tokens written: {written} to {}", args.output.display());
+    println!(
+        "tokens written: {written} to {} (profile {} in {})",
+        args.output.display(),
+        set.profile(),
+        meta_path.display()
+    );
     Ok(())
+}
+
+/// `tokens.csv` → `tokens.csv.meta.json`: the export's description, beside it.
+fn meta_path(output: &std::path::Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".meta.json");
+    PathBuf::from(name)
 }
