@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 const ROWS: usize = 5_000;
 
 fn setup(dir: &Path) -> u16 {
-    generate(dir, &SynthOptions { rows: ROWS, overlap: 0.5, seed: 1 }).unwrap();
+    generate(dir, &SynthOptions { rows: ROWS, overlap: 0.5, seed: 1, distinct: false }).unwrap();
     Key::generate_to_file(&dir.join("campaign.key")).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();

@@ -333,3 +333,48 @@ fn tokens_leaves_out_opted_out_records() {
     assert_eq!(rows.len(), 1);
     assert!(rows[0].starts_with("2,email,"));
 }
+
+#[test]
+fn synth_distinct_gives_exactly_n_distinct_identifiers_per_side_and_the_exact_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = idmatch(&[
+        "synth",
+        "--rows",
+        "2000",
+        "--overlap",
+        "0.5",
+        "--distinct",
+        "--out-dir",
+        data.to_str().unwrap(),
+        "--seed",
+        "5",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let key = keygen(dir.path());
+    let results = dir.path().join("out");
+    let out = idmatch(&[
+        "match",
+        "--owner",
+        data.join("members.csv").to_str().unwrap(),
+        "--partner",
+        data.join("partner.csv").to_str().unwrap(),
+        "--key-file",
+        &key,
+        "--reveal",
+        "count",
+        "--out-dir",
+        results.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.join("summary.json")).unwrap()).unwrap();
+    for side in ["owner", "partner"] {
+        assert_eq!(summary[side]["rows"], 2000, "{side}");
+        assert_eq!(summary[side]["blinded"], 2000, "{side}: distinct identifiers");
+        assert_eq!(summary[side]["rejected"], serde_json::json!({}), "{side}");
+    }
+    assert_eq!(summary["intersection"], 1000);
+    let truth = std::fs::read_to_string(data.join("truth.csv")).unwrap();
+    assert_eq!(truth.lines().count(), 1 + 1000);
+}
