@@ -1,10 +1,15 @@
 //! Compiles `proto/` into Rust with `protox` (a pure-Rust protobuf compiler) and
 //! `tonic-prost-build`, so no `protoc` binary is needed on any machine. Also writes
-//! the encoded file descriptor set that gRPC server reflection serves.
+//! the encoded file descriptor set that gRPC server reflection serves. Only the
+//! `service` feature needs any of it.
 
-use std::path::PathBuf;
+#[cfg(not(feature = "service"))]
+fn main() {}
 
+#[cfg(feature = "service")]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    use std::path::PathBuf;
+
     let protos = ["proto/idmatch/v1/match.proto", "proto/idmatch/v1/optout.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

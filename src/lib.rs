@@ -33,7 +33,20 @@
 //!
 //! `docs/PROTOCOL.md` specifies the wire protocol byte for byte; `docs/PRIVACY.md`
 //! says what each party learns.
+//!
+//! # Features
+//!
+//! The core — [`normalize`], [`key`], [`token`], [`records`], [`optout`] lists,
+//! [`psi`], [`local_match`], [`synth`], [`output`] — builds with
+//! `--no-default-features`. On by default:
+//! - `sqlite`: the durable opt-out store (`optout::store`, bundled SQLite);
+//! - `service`: the gRPC server and client (`service`, `wire`: tonic, tokio, axum),
+//!   with `sqlite`;
+//! - `cli`: the `idmatch` binary (`cli`: clap), which needs both.
 
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod key;
 pub mod local_match;
@@ -42,12 +55,14 @@ pub mod optout;
 pub mod output;
 pub mod psi;
 pub mod records;
+#[cfg(feature = "service")]
 pub mod service;
 pub mod synth;
 pub mod token;
 
 /// Protobuf types generated from `proto/idmatch/v1/` by `build.rs` (protox, no
 /// `protoc`): the `Matcher` and `OptOutAdmin` services and their messages.
+#[cfg(feature = "service")]
 pub mod wire {
     tonic::include_proto!("idmatch.v1");
 }

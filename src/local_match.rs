@@ -15,7 +15,6 @@ use serde::Serialize;
 
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
-use crate::optout::store::{OptOutStore, StoreOptions};
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, excluded_records};
 use crate::output::Staged;
 use crate::psi::{
@@ -147,12 +146,7 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
 
     let mut optout_list = None;
     let optouts: Option<Box<dyn OptOutSource>> = match (&options.optout_store, &options.optouts) {
-        (Some((db, key_file)), _) => {
-            let store_options =
-                StoreOptions { profile: Some(options.normalizer.profile()), ..StoreOptions::existing() };
-            let store = OptOutStore::open(db, &Key::load(key_file)?, &store_options).map_err(OptOutError::from)?;
-            Some(Box::new(store))
-        }
+        (Some((db, key_file)), _) => Some(open_store(db, key_file, options)?),
         (None, path) => load_list(path.as_deref(), options)?.map(|list| {
             optout_list = Some(list.stats().clone());
             Box::new(list) as Box<dyn OptOutSource>
@@ -222,6 +216,21 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
     let file = File::create(&path).map_err(write_err)?;
     serde_json::to_writer_pretty(BufWriter::new(file), &summary).map_err(|e| write_err(e.into()))?;
     Ok(summary)
+}
+
+#[cfg(feature = "sqlite")]
+fn open_store(db: &Path, key_file: &Path, options: &LocalMatchOptions) -> Result<Box<dyn OptOutSource>, OptOutError> {
+    use crate::optout::store::{OptOutStore, StoreOptions};
+    let store_options = StoreOptions { profile: Some(options.normalizer.profile()), ..StoreOptions::existing() };
+    Ok(Box::new(OptOutStore::open(db, &Key::load(key_file)?, &store_options)?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn open_store(db: &Path, _: &Path, _: &LocalMatchOptions) -> Result<Box<dyn OptOutSource>, OptOutError> {
+    Err(OptOutError::Source(format!(
+        "{}: this build of idmatch has no opt-out store (built without the `sqlite` feature)",
+        db.display()
+    )))
 }
 
 fn load_list(path: Option<&Path>, options: &LocalMatchOptions) -> Result<Option<FileList>, OptOutError> {

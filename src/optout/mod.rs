@@ -30,7 +30,9 @@ use crate::token::{Token, Tokenizer};
 
 pub use crate::records::ID_LABEL;
 
+#[cfg(feature = "sqlite")]
 pub mod store;
+#[cfg(feature = "sqlite")]
 pub use store::OptOutStore;
 
 /// Why opt-outs could not be applied.
