@@ -6,9 +6,11 @@
 //! using different profiles get an error, never a silent near-miss. Every rejection
 //! carries a short machine-readable [`Reject`] reason.
 //!
-//! A [`Normalizer`] is cheap to create and meant to be used by one thread at a time: it
-//! writes into a caller-supplied buffer so that the hot path allocates nothing for
-//! ASCII input.
+//! A [`Normalizer`] is cheap to create and is shared freely between threads (`Send`
+//! and `Sync`; the file reader's rayon workers all use one): it holds only the
+//! profile and default region, and writes into a caller-supplied buffer so that the
+//! hot path allocates nothing for ASCII input. The email rules keep a per-thread
+//! cache of checked domains.
 
 mod email;
 mod phone;
