@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{example_key, idmatch, keygen, text};
+use common::{example_key, idmatch, keygen, local_match, text};
 
 fn idmatch_stdin(args: &[&str], input: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_idmatch"))
@@ -353,19 +353,8 @@ fn synth_distinct_gives_exactly_n_distinct_identifiers_per_side_and_the_exact_ov
     assert!(out.status.success(), "{}", text(&out.stderr));
     let key = keygen(dir.path());
     let results = dir.path().join("out");
-    let out = idmatch(&[
-        "match",
-        "--owner",
-        data.join("members.csv").to_str().unwrap(),
-        "--partner",
-        data.join("partner.csv").to_str().unwrap(),
-        "--key-file",
-        &key,
-        "--reveal",
-        "count",
-        "--out-dir",
-        results.to_str().unwrap(),
-    ]);
+    let (members, partner) = (data.join("members.csv"), data.join("partner.csv"));
+    let out = local_match(&members, &partner, &key, &results, &["--reveal", "count"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(results.join("summary.json")).unwrap()).unwrap();

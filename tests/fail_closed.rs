@@ -9,29 +9,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{example_key, examples, idmatch, keygen, text};
+use common::{example_key, examples, idmatch, keygen, local_match, text, tokens};
 
 /// A local match of the shipped example with `optouts` and extra arguments.
 fn match_example(dir: &Path, optouts: &Path, out_dir: &Path, extra: &[&str]) -> Output {
     let key = example_key(dir);
-    let (members, partner) = (examples().join("members.csv"), examples().join("partner.csv"));
-    let mut args = vec![
-        "match",
-        "--owner",
-        members.to_str().unwrap(),
-        "--partner",
-        partner.to_str().unwrap(),
-        "--key-file",
-        &key,
-        "--optouts",
-        optouts.to_str().unwrap(),
-        "--region",
-        "US",
-        "--out-dir",
-        out_dir.to_str().unwrap(),
-    ];
+    let mut args = vec!["--optouts", optouts.to_str().unwrap(), "--region", "US"];
     args.extend(extra);
-    idmatch(&args)
+    local_match(&examples().join("members.csv"), &examples().join("partner.csv"), &key, out_dir, &args)
 }
 
 /// The shipped opt-out list with `extra` rows inserted after its first data row.
@@ -116,15 +101,7 @@ fn a_runaway_quote_in_an_input_names_its_line_even_when_the_field_count_fits() {
     // email field, which still gives a row of the right length.
     std::fs::write(&input, "id,email\n1,a@example.com\n2,\"b@example.com\n3,c@example.com\n4,d@example.com\n").unwrap();
     let output = dir.path().join("tokens.csv");
-    let out = idmatch(&[
-        "tokens",
-        "--key-file",
-        &key,
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let out = tokens(&key, &input, &output, &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("in.csv: line 3") && stderr.contains("never closed"), "{stderr}");
@@ -187,21 +164,13 @@ fn an_empty_file_is_never_taken_for_an_empty_optout_store() {
     }
     let campaign_key = example_key(dir.path());
     let out_dir = dir.path().join("out");
-    let out = idmatch(&[
-        "match",
-        "--owner",
-        examples().join("members.csv").to_str().unwrap(),
-        "--partner",
-        examples().join("partner.csv").to_str().unwrap(),
-        "--key-file",
+    let out = local_match(
+        &examples().join("members.csv"),
+        &examples().join("partner.csv"),
         &campaign_key,
-        "--optout-db",
-        db.to_str().unwrap(),
-        "--store-key",
-        &store_key,
-        "--out-dir",
-        out_dir.to_str().unwrap(),
-    ]);
+        &out_dir,
+        &["--optout-db", db.to_str().unwrap(), "--store-key", &store_key],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(!out_dir.exists());
     assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "the empty file was left as it was");
@@ -247,32 +216,14 @@ fn repeated_record_ids_are_refused_for_matching_and_counted_for_tokens() {
     let partner = dir.path().join("partner.csv");
     std::fs::write(&partner, "id,email\np1,a@example.com\np2,c@example.com\n").unwrap();
     let out_dir = dir.path().join("out");
-    let out = idmatch(&[
-        "match",
-        "--owner",
-        owner.to_str().unwrap(),
-        "--partner",
-        partner.to_str().unwrap(),
-        "--key-file",
-        &key,
-        "--out-dir",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = local_match(&owner, &partner, &key, &out_dir, &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("owner.csv: line 4: the record id repeats the id of line 2"), "{stderr}");
     assert!(!out_dir.exists());
 
     let output = dir.path().join("tokens.csv");
-    let out = idmatch(&[
-        "tokens",
-        "--key-file",
-        &key,
-        "--input",
-        owner.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let out = tokens(&key, &owner, &output, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("records repeating an earlier record's id: 1"), "{}", text(&out.stdout));
 }
@@ -286,15 +237,7 @@ fn key_files_readable_by_others_are_refused_with_the_fix() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let input = examples().join("members.csv");
     let output = dir.path().join("tokens.csv");
-    let out = idmatch(&[
-        "tokens",
-        "--key-file",
-        &key,
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let out = tokens(&key, &input, &output, &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("accessible by other users (mode 0644)") && stderr.contains("chmod 600"), "{stderr}");
@@ -318,20 +261,8 @@ fn a_failed_run_leaves_the_previous_outputs_untouched_and_no_partial_file() {
     let partner = dir.path().join("partner.csv");
     std::fs::write(&partner, "id,email\np1,a@example.com\np1,b@example.com\n").unwrap();
     let key = example_key(dir.path());
-    let out = idmatch(&[
-        "match",
-        "--owner",
-        examples().join("members.csv").to_str().unwrap(),
-        "--partner",
-        partner.to_str().unwrap(),
-        "--key-file",
-        &key,
-        "--write-rejects",
-        "--region",
-        "US",
-        "--out-dir",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out =
+        local_match(&examples().join("members.csv"), &partner, &key, &out_dir, &["--write-rejects", "--region", "US"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert_eq!(listing(&out_dir), before, "outputs are replaced together or not at all");
 

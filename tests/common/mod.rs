@@ -38,3 +38,28 @@ pub fn keygen(dir: &Path) -> String {
     assert!(out.status.success(), "{}", text(&out.stderr));
     key.to_str().unwrap().to_owned()
 }
+
+/// `idmatch match` of two local files into `out_dir`, with `extra` arguments.
+pub fn local_match(owner: &Path, partner: &Path, key: &str, out_dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "match",
+        "--owner",
+        owner.to_str().unwrap(),
+        "--partner",
+        partner.to_str().unwrap(),
+        "--key-file",
+        key,
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    idmatch(&args)
+}
+
+/// `idmatch tokens` of `input` into `output`, with `extra` arguments.
+pub fn tokens(key: &str, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let mut args =
+        vec!["tokens", "--key-file", key, "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()];
+    args.extend(extra);
+    idmatch(&args)
+}
