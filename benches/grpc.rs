@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 const ROWS: usize = 5_000;
 
-fn setup(dir: &Path) -> u16 {
+fn setup(dir: &Path) {
     generate(dir, &SynthOptions { rows: ROWS, overlap: 0.5, seed: 1, distinct: false }).unwrap();
     Key::generate_to_file(&dir.join("campaign.key")).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
@@ -28,9 +28,8 @@ fn setup(dir: &Path) -> u16 {
     std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
     std::fs::write(dir.join("token"), "bench").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = format!(
-        "listen = \"127.0.0.1:{port}\"\nresults_dir = \"results\"\naudit_log = \"audit.jsonl\"\nstate_file = \"b.json\"\n\
+        "listen = \"127.0.0.1:0\"\nresults_dir = \"results\"\naudit_log = \"audit.jsonl\"\nstate_file = \"b.json\"\n\
          [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
          [limits]\nmin_partner_set = 0\nmax_matches_per_partner_per_day = 1000000\nmax_identifiers_per_partner_per_day = 100000000000\n\
          [[partners]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\ncampaigns = [\"c\"]\nreveals = [\"partner\"]\n\
@@ -38,19 +37,20 @@ fn setup(dir: &Path) -> u16 {
         hex::encode(Sha256::digest(b"bench"))
     );
     std::fs::write(dir.join("server.toml"), config).unwrap();
-    port
 }
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let port = setup(d);
+    setup(d);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let config = Config::load(&d.join("server.toml")).unwrap();
-    runtime.spawn(async move { idmatch::service::server::serve(config).await.unwrap() });
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_reload, reload_rx) = tokio::sync::mpsc::channel(1);
+    runtime.spawn(async move {
+        idmatch::service::server::run(config, listener, std::future::pending(), reload_rx).await.unwrap()
+    });
     let normalizer = Normalizer::new(Profile::IdmatchV1, Some(Region::from_code("US").unwrap()));
     let client_options = ClientOptions {
         server: format!("https://localhost:{port}"),

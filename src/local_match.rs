@@ -173,8 +173,10 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
     let partner_set = prepare(&partner_records, suppress.as_ref().map(|l| l as &dyn OptOutSource))?;
 
     let profile = options.normalizer.profile();
-    let mut owner = Owner::new(OwnerConfig::local("local", profile), &owner_set)?;
-    let mut partner = Partner::new(PartnerConfig::new("local", profile, options.reveal), &partner_set)?;
+    let fingerprint = crate::token::KeyFingerprint::of(key);
+    let mut owner = Owner::new(OwnerConfig::local("local", profile).with_key_fingerprint(fingerprint), &owner_set)?;
+    let partner_config = PartnerConfig::new("local", profile, options.reveal).with_key_fingerprint(fingerprint);
+    let mut partner = Partner::new(partner_config, &partner_set)?;
     run_in_memory(&mut owner, &mut partner, |_| {})?;
     let owner_outcome = owner.outcome().ok_or(LocalMatchError::Stalled)?;
     let partner_outcome = partner.outcome().ok_or(LocalMatchError::Stalled)?;

@@ -5,6 +5,9 @@
 //! states) once; each token then clones that fixed-size state, so the hot path does
 //! not allocate. The cloned states hold key-derived material and are zeroized on drop
 //! (the `zeroize` features of `hmac` and `sha2`).
+//!
+//! [`KeyFingerprint`] identifies a campaign key without revealing it, so that two
+//! parties can check they hold the same key before anything is exchanged.
 
 use std::fmt;
 
@@ -54,6 +57,41 @@ impl Tokenizer {
     }
 }
 
+/// The domain-separation label of [`KeyFingerprint`]. It contains no `:`, so it can
+/// never equal a token's `label ":" value` input.
+pub const KEY_FINGERPRINT_LABEL: &str = "idmatch key fingerprint v1";
+
+/// `HMAC-SHA256(key, "idmatch key fingerprint v1")`: names a campaign key without
+/// revealing it (docs/PROTOCOL.md §5.3). `Debug` does not print it.
+#[derive(Clone, Copy)]
+pub struct KeyFingerprint([u8; 32]);
+
+impl KeyFingerprint {
+    pub fn of(key: &Key) -> KeyFingerprint {
+        let mut mac = Tokenizer::new(key).mac;
+        mac.update(KEY_FINGERPRINT_LABEL.as_bytes());
+        KeyFingerprint(mac.finalize().into_bytes().into())
+    }
+
+    /// The 32 bytes sent in `Hello.key_fingerprint`.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Whether `theirs` (as received, of any length) is this fingerprint, in constant
+    /// time.
+    pub fn matches(&self, theirs: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        theirs.len() == self.0.len() && bool::from(self.0.ct_eq(theirs))
+    }
+}
+
+impl fmt::Debug for KeyFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyFingerprint(<redacted>)")
+    }
+}
+
 impl fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Tokenizer(<redacted>)")
@@ -71,6 +109,32 @@ mod tests {
         let tokenizer = Tokenizer::new(&Key::from_bytes([0x0b; 32]));
         let t = tokenizer.token("email", "alice@example.com");
         assert_eq!(t.to_hex(), REFERENCE);
+    }
+
+    /// The test vector of docs/PROTOCOL.md §5.3 (computed independently with
+    /// Python's hmac module).
+    const FINGERPRINT_VECTORS: [([u8; 32], &str); 2] = [
+        ([0x0b; 32], "f2a2bd38726d1c8e3bb623206b05ff3571e146a34cfeb3046eec234b62d5269c"),
+        (
+            [
+                0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27,
+                28, 29, 30, 31,
+            ],
+            "4a81e5160f0b3ba4909cb5e4356aa16f670713b9aa1bbf72b835165d0b386003",
+        ),
+    ];
+
+    #[test]
+    fn key_fingerprint_matches_the_protocol_test_vector() {
+        let protocol = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
+        for (bytes, want) in FINGERPRINT_VECTORS {
+            let fingerprint = KeyFingerprint::of(&Key::from_bytes(bytes));
+            assert_eq!(hex::encode(fingerprint.as_bytes()), want);
+            assert!(protocol.contains(want), "docs/PROTOCOL.md lists {want}");
+            assert!(fingerprint.matches(&hex::decode(want).unwrap()));
+            assert!(!fingerprint.matches(&[]) && !fingerprint.matches(&[0; 32]) && !fingerprint.matches(&[0; 33]));
+        }
+        assert_eq!(format!("{:?}", KeyFingerprint::of(&Key::from_bytes([1; 32]))), "KeyFingerprint(<redacted>)");
     }
 
     const REFERENCE: &str = "60014137f9c0d61f613b64d32a71b9f962bbe34e3f7a0bf0088a71a445414f90";

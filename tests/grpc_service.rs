@@ -10,14 +10,18 @@ use std::time::Duration;
 
 use idmatch::key::Key;
 use idmatch::normalize::{Normalizer, Profile, Region};
-use idmatch::psi::Reveal;
+use idmatch::psi::group::BlindingKey;
+use idmatch::psi::{Element, Reveal};
 use idmatch::records::ColumnSpec;
 use idmatch::service::client::{self, ClientError, ClientOptions};
 use idmatch::service::config::Config;
+use idmatch::service::server::{self, Reload, ServeError};
+use idmatch::token::{KeyFingerprint, Token};
 use idmatch::wire;
 use idmatch::wire::matcher_client::MatcherClient;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 const TOKEN: &str = "acme-secret-token";
@@ -72,6 +76,18 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// What a test changes in the fixture's server.
+#[derive(Default)]
+struct Setup {
+    mutual_tls: bool,
+    /// Opt-outs from an opt-out store with the admin service, instead of a file.
+    store: bool,
+    /// Extra `[limits]` lines.
+    limits: &'static str,
+    /// Extra email-only members of the `spring` audience (none of them match).
+    extra_members: usize,
+}
+
 /// A running server on loopback with TLS (mutual TLS optional) and its files.
 struct Fixture {
     dir: tempfile::TempDir,
@@ -79,11 +95,15 @@ struct Fixture {
     metrics_port: u16,
     pki: Pki,
     runtime: tokio::runtime::Runtime,
+    reload: mpsc::Sender<Reload>,
 }
 
 impl Fixture {
-    /// `store`: opt-outs from an opt-out store with the admin service, instead of a file.
     fn start(mutual_tls: bool, store: bool) -> Fixture {
+        Fixture::with(Setup { mutual_tls, store, ..Setup::default() })
+    }
+
+    fn with(setup: Setup) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let pki = pki();
@@ -100,10 +120,14 @@ impl Fixture {
             members += &format!("m{i},user{i}@example.com,+1 415 555 {:04}\n", i % 10000);
             partner += &format!("p{i},USER{}@Example.com\n", i + 1000);
         }
+        write(d, "autumn.csv", &members);
+        for i in 0..setup.extra_members {
+            members += &format!("x{i},extra{i}@big.example.com,\n");
+        }
         write(d, "members.csv", &members);
         write(d, "partner.csv", &partner);
         write(d, "optouts.csv", "email\nnobody@example.com\n");
-        let optouts = if store {
+        let optouts = if setup.store {
             let store_key = Key::generate_to_file(&d.join("store.key")).unwrap();
             idmatch::optout::store::OptOutStore::open(
                 &d.join("optouts.db"),
@@ -118,18 +142,22 @@ impl Fixture {
         } else {
             "optouts = \"optouts.csv\"\n".to_owned()
         };
-        let port = free_port();
         let metrics_port = free_port();
         let token_sha = hex::encode(Sha256::digest(TOKEN.as_bytes()));
-        let client_ca = if mutual_tls { "client_ca = \"ca.pem\"" } else { "" };
-        let cert_partner = if mutual_tls {
+        let client_ca = if setup.mutual_tls { "client_ca = \"ca.pem\"" } else { "" };
+        let cert_partner = if setup.mutual_tls {
             "[[partners]]\nname = \"acme-mtls\"\ncert_common_name = \"acme\"\ncampaigns = [\"spring\"]\nreveals = [\"partner\", \"owner\", \"both\", \"count\"]\n"
         } else {
             ""
         };
+        let limits = if setup.limits.is_empty() {
+            "max_concurrent_matches = 32\nmax_concurrent_matches_per_partner = 32\nidle_timeout_secs = 15"
+        } else {
+            setup.limits
+        };
         let config = format!(
             r#"
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 results_dir = "results"
 audit_log = "audit.jsonl"
 state_file = "budgets.json"
@@ -143,8 +171,7 @@ key = "server.key"
 
 [limits]
 min_partner_set = 100
-max_concurrent_matches = 32
-idle_timeout_secs = 5
+{limits}
 
 [[partners]]
 name = "acme"
@@ -169,30 +196,41 @@ region = "US"
 [[campaigns]]
 id = "autumn"
 key_file = "campaign.key"
-audience = "members.csv"
+audience = "autumn.csv"
 region = "US"
 "#,
             limited_sha = hex::encode(Sha256::digest(b"limited-token")),
         );
         let config_path = write(d, "server.toml", &config);
+        write(d, "server.orig.toml", &config);
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let config = Config::load(&config_path).unwrap();
+        // The test binds the listener (port 0) and hands it over: no port race.
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (reload, reload_rx) = mpsc::channel(1);
         runtime.spawn(async move {
-            idmatch::service::server::serve(config).await.unwrap();
+            server::run(config, listener, std::future::pending(), reload_rx).await.unwrap();
         });
-        let fixture = Fixture { dir, port, metrics_port, pki, runtime };
-        fixture.wait_until_listening();
-        fixture
+        // Connections wait in the listener's backlog until the audiences are loaded.
+        Fixture { dir, port, metrics_port, pki, runtime, reload }
     }
 
-    fn wait_until_listening(&self) {
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("server did not start");
+    /// Rewrites `server.toml` (`edit` of the one the fixture started with) and
+    /// reloads it, returning the reload's outcome.
+    fn reload_with(&self, edit: impl FnOnce(String) -> String) -> Result<(), ServeError> {
+        let text = std::fs::read_to_string(self.path("server.orig.toml")).unwrap();
+        write(self.dir.path(), "server.toml", &edit(text));
+        let (request, reply) = Reload::with_reply();
+        self.runtime.block_on(async {
+            self.reload.send(request).await.unwrap();
+            reply.await.unwrap()
+        })
+    }
+
+    /// The campaign key's fingerprint, as a client sends it.
+    fn fingerprint(&self) -> Vec<u8> {
+        KeyFingerprint::of(&Key::load(&self.path("campaign.key")).unwrap()).as_bytes().to_vec()
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -233,16 +271,18 @@ region = "US"
 
     /// A raw gRPC client for malformed traffic.
     fn raw_channel(&self) -> Channel {
+        let endpoint = self.raw_endpoint();
+        self.runtime.block_on(async { endpoint.connect().await.unwrap() })
+    }
+
+    fn raw_endpoint(&self) -> Endpoint {
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.pki.ca_pem));
-        self.runtime.block_on(async {
-            Endpoint::from_shared(format!("https://localhost:{}", self.port))
-                .unwrap()
-                .tls_config(tls)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap()
-        })
+        Endpoint::from_shared(format!("https://localhost:{}", self.port)).unwrap().tls_config(tls).unwrap()
+    }
+
+    /// A hello for `spring` in both mode, with the campaign key's fingerprint.
+    fn hello(&self, size: u64) -> wire::PartnerMessage {
+        hello_with(size, |h| h.key_fingerprint = self.fingerprint())
     }
 }
 
@@ -385,35 +425,51 @@ fn an_optout_added_while_running_is_honored_by_the_next_match() {
 }
 
 fn raw_call(f: &Fixture, messages: Vec<wire::PartnerMessage>) -> tonic::Status {
+    raw_call_collect(f, messages).1
+}
+
+/// Sends `messages`, then reads until the stream ends: what the owner sent, and how
+/// it ended.
+fn raw_call_collect(f: &Fixture, messages: Vec<wire::PartnerMessage>) -> (Vec<wire::OwnerMessage>, tonic::Status) {
     let channel = f.raw_channel();
     f.runtime.block_on(async move {
         let mut client = MatcherClient::new(channel);
         let mut request = tonic::Request::new(tokio_stream::iter(messages));
         request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let mut received = Vec::new();
         let mut stream = match client.r#match(request).await {
             Ok(r) => r.into_inner(),
-            Err(status) => return status,
+            Err(status) => return (received, status),
         };
         loop {
             match stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return tonic::Status::ok("stream ended"),
-                Err(status) => return status,
+                Ok(Some(m)) => received.push(m),
+                Ok(None) => return (received, tonic::Status::ok("stream ended")),
+                Err(status) => return (received, status),
             }
         }
     })
 }
 
-fn hello(size: u64) -> wire::PartnerMessage {
-    wire::PartnerMessage {
-        body: Some(wire::partner_message::Body::Hello(wire::Hello {
-            version: 1,
-            campaign: "spring".into(),
-            profile: "idmatch-v1".into(),
-            reveal: wire::Reveal::Both as i32,
-            partner_set_size: size,
-        })),
-    }
+/// A hello for `spring` in both mode without a key fingerprint, changed by `edit`.
+fn hello_with(size: u64, edit: impl FnOnce(&mut wire::Hello)) -> wire::PartnerMessage {
+    let mut hello = wire::Hello {
+        version: 1,
+        campaign: "spring".into(),
+        profile: "idmatch-v1".into(),
+        reveal: wire::Reveal::Both as i32,
+        partner_set_size: size,
+        key_fingerprint: Vec::new(),
+    };
+    edit(&mut hello);
+    wire::PartnerMessage { body: Some(wire::partner_message::Body::Hello(hello)) }
+}
+
+/// `n` valid elements (blinded tokens), as a partner would send them.
+fn valid_elements(n: usize) -> wire::PartnerMessage {
+    let tokens: Vec<Token> = (0..n).map(|i| Token([i as u8; 32])).collect();
+    let blinded = BlindingKey::random().unwrap().blind_tokens(&tokens);
+    elements(Element::join_chunk(&blinded))
 }
 
 fn elements(data: Vec<u8>) -> wire::PartnerMessage {
@@ -425,19 +481,19 @@ fn malformed_and_abandoned_streams_get_precise_codes_and_leave_no_state() {
     let f = Fixture::start(false, false);
     let code = |messages| raw_call(&f, messages).code();
     assert_eq!(code(vec![elements(vec![0; 32])]), tonic::Code::FailedPrecondition, "elements before hello");
-    assert_eq!(code(vec![hello(200), elements(vec![1; 31])]), tonic::Code::InvalidArgument, "bad chunk length");
-    assert_eq!(code(vec![hello(200), elements(vec![0; 64])]), tonic::Code::InvalidArgument, "identity element");
-    assert_eq!(code(vec![hello(200), elements(vec![0xff; 32])]), tonic::Code::InvalidArgument, "non-canonical");
-    let mut bad_profile = hello(200);
+    assert_eq!(code(vec![f.hello(200), elements(vec![1; 31])]), tonic::Code::InvalidArgument, "bad chunk length");
+    assert_eq!(code(vec![f.hello(200), elements(vec![0; 64])]), tonic::Code::InvalidArgument, "identity element");
+    assert_eq!(code(vec![f.hello(200), elements(vec![0xff; 32])]), tonic::Code::InvalidArgument, "non-canonical");
+    let mut bad_profile = f.hello(200);
     if let Some(wire::partner_message::Body::Hello(h)) = &mut bad_profile.body {
         h.profile = "basic-v1".into();
     }
     assert_eq!(code(vec![bad_profile]), tonic::Code::FailedPrecondition, "profile mismatch");
     let oversize = elements(vec![0; 5 << 20]);
-    assert_eq!(code(vec![hello(200), oversize]), tonic::Code::OutOfRange, "message over the size limit");
+    assert_eq!(code(vec![f.hello(200), oversize]), tonic::Code::OutOfRange, "message over the size limit");
     // A client that announces 200 elements, sends none and stops: the server cancels
     // the match when the stream closes.
-    let abandoned = code(vec![hello(200)]);
+    let abandoned = code(vec![f.hello(200)]);
     assert!(matches!(abandoned, tonic::Code::Cancelled | tonic::Code::DeadlineExceeded), "{abandoned:?}");
     std::thread::sleep(Duration::from_millis(300));
     let audit = f.audit_lines();
@@ -561,24 +617,276 @@ fn optouts_pushed_over_the_admin_service_apply_to_the_next_match() {
     assert!(!audit.contains("user1000") && !audit.contains("m1001"));
 }
 
-#[cfg(unix)]
 #[test]
-fn sighup_reloads_the_audience_without_a_restart() {
+fn a_reload_reloads_the_audience_without_a_restart() {
     let f = Fixture::start(false, false);
     assert_eq!(f.run(f.options(Reveal::Count, "a.csv")).unwrap().outcome.intersection, Some(500));
-    std::thread::sleep(Duration::from_millis(200));
     let mut members = std::fs::read_to_string(f.path("members.csv")).unwrap();
     for i in 1500..1510 {
         members += &format!("n{i},user{i}@example.com,\n");
     }
     write(f.dir.path(), "members.csv", &members);
-    let status = std::process::Command::new("kill").args(["-HUP", &std::process::id().to_string()]).status().unwrap();
-    assert!(status.success());
-    for _ in 0..100 {
-        if f.run(f.options(Reveal::Count, "b.csv")).unwrap().outcome.intersection == Some(510) {
-            return;
+    f.reload_with(|text| text).unwrap();
+    assert_eq!(f.run(f.options(Reveal::Count, "b.csv")).unwrap().outcome.intersection, Some(510));
+}
+
+fn audit_outcomes(f: &Fixture) -> Vec<String> {
+    f.audit_lines().iter().map(|a| a["outcome"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Waits (at most `limit`) until the audit log has `n` lines.
+fn wait_for_audit(f: &Fixture, n: usize, limit: Duration) -> Vec<serde_json::Value> {
+    let started = std::time::Instant::now();
+    loop {
+        let lines = f.audit_lines();
+        if lines.len() >= n || started.elapsed() > limit {
+            return lines;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("the audience was not reloaded");
+}
+
+/// Opens a match, sends the hello and all its elements, then never reads: the
+/// response stream is kept (so the server's sends pile up in flow control) but never
+/// polled. The channel has small HTTP/2 windows, as a slow or hostile peer would.
+fn stalled_match(f: &Fixture) -> impl Sized {
+    let channel = f
+        .runtime
+        .block_on(f.raw_endpoint().initial_stream_window_size(65_535).initial_connection_window_size(65_535).connect());
+    let messages = vec![
+        hello_with(100, |h| {
+            h.key_fingerprint = f.fingerprint();
+            h.reveal = wire::Reveal::Partner as i32;
+        }),
+        valid_elements(100),
+    ];
+    f.runtime.block_on(async move {
+        let mut client = MatcherClient::new(channel.unwrap());
+        let stream = tokio_stream::StreamExt::chain(tokio_stream::iter(messages), tokio_stream::pending());
+        let mut request = tonic::Request::new(stream);
+        request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        client.r#match(request).await.unwrap()
+    })
+}
+
+#[test]
+fn stalled_readers_are_cut_off_within_the_idle_timeout_and_free_their_slots() {
+    // 30,000 extra owner elements (1 MB) are far more than the channels and HTTP/2
+    // buffers hold, so the owner blocks sending to a partner that does not read.
+    let f = Fixture::with(Setup {
+        limits: "max_concurrent_matches = 3\nmax_concurrent_matches_per_partner = 2\nidle_timeout_secs = 5\nmax_message_bytes = 65536",
+        extra_members: 30_000,
+        ..Setup::default()
+    });
+    let stalled = [stalled_match(&f), stalled_match(&f)];
+    // The per-partner cap refuses a third match of the same partner, naming the limit.
+    let err = f.run(f.options(Reveal::Partner, "refused.csv")).unwrap_err();
+    assert!(
+        matches!(&err, ClientError::ResourceExhausted(m) if m.contains("max_concurrent_matches_per_partner")),
+        "{err}"
+    );
+    // Both stalled matches end once the owner has been blocked for the idle timeout
+    // (plus the blinding before it, slow on a loaded machine), audited.
+    let audit = wait_for_audit(&f, 2, Duration::from_secs(18));
+    let deadline: Vec<_> = audit.iter().filter(|a| a["outcome"] == "DeadlineExceeded").collect();
+    assert_eq!(deadline.len(), 2, "{audit:?}");
+    assert!(deadline.iter().all(|a| a["partner"] == "acme"));
+    // Their slots are free again, though the stalled clients still hold their streams.
+    let summary = f.run(f.options(Reveal::Partner, "after.csv")).unwrap();
+    assert_eq!(summary.matched_records, Some(500));
+    drop(stalled);
+}
+
+#[test]
+fn a_wrong_campaign_key_is_refused_before_any_element_and_nothing_is_written() {
+    let f = Fixture::start(false, false);
+    Key::generate_to_file(&f.path("other.key")).unwrap();
+    let mut options = f.options(Reveal::Both, "wrong-key.csv");
+    options.key_file = f.path("other.key");
+    let err = f.run(options).unwrap_err();
+    assert!(matches!(err, ClientError::KeyMismatch(_)), "{err}");
+    assert_eq!(err.exit_code(), 8);
+    let message = err.to_string();
+    assert!(message.contains("campaign key mismatch"), "{message}");
+    assert!(!message.contains(&hex::encode(f.fingerprint())), "never the fingerprint");
+    // No results file, no temporary file left behind, the failure audited.
+    let files: Vec<_> = std::fs::read_dir(f.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!files.iter().any(|n| n.to_string_lossy().contains("wrong-key")), "{files:?}");
+    assert_eq!(std::fs::read_dir(f.path("results")).unwrap().count(), 0);
+    assert_eq!(audit_outcomes(&f), ["FailedPrecondition"]);
+
+    // On the wire: the refusal is the owner's first answer, not even an Accept.
+    let (received, status) = raw_call_collect(&f, vec![hello_with(200, |h| h.key_fingerprint = vec![7; 32])]);
+    assert!(received.is_empty(), "{received:?}");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(status.message(), "campaign key mismatch: the partner's key is not this campaign's key");
+    // A client without a fingerprint (older than the field) is refused too.
+    let (received, status) = raw_call_collect(&f, vec![hello_with(200, |_| {})]);
+    assert!(received.is_empty());
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.message().contains("no campaign key fingerprint"), "{}", status.message());
+    // The right key still matches.
+    assert_eq!(f.run(f.options(Reveal::Both, "ok.csv")).unwrap().matched_records, Some(500));
+}
+
+#[test]
+fn huge_peer_strings_are_truncated_in_statuses_and_the_audit_log() {
+    let f = Fixture::start(false, false);
+    let huge = "x".repeat(262_144);
+    let mut hello = f.hello(200);
+    if let Some(wire::partner_message::Body::Hello(h)) = &mut hello.body {
+        h.profile = huge.clone();
+    }
+    let status = raw_call(&f, vec![hello]);
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.message().len() < 300 && status.message().contains("(262144 bytes)"), "{}", status.message());
+    let status = raw_call(&f, vec![hello_with(200, |h| h.campaign = huge.clone())]);
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(status.message().len() < 300);
+    let audit = std::fs::read_to_string(f.path("audit.jsonl")).unwrap();
+    assert_eq!(audit.lines().count(), 2);
+    assert!(audit.lines().all(|l| l.len() < 1000), "{audit}");
+    assert!(audit.contains("…(262144 bytes)"));
+}
+
+#[test]
+fn refused_hellos_do_not_consume_the_daily_budget() {
+    let f = Fixture::with(Setup {
+        limits: "max_matches_per_partner_per_day = 1\nidle_timeout_secs = 15",
+        ..Setup::default()
+    });
+    Key::generate_to_file(&f.path("other.key")).unwrap();
+    let mut wrong_key = f.options(Reveal::Both, "x.csv");
+    wrong_key.key_file = f.path("other.key");
+    assert!(matches!(f.run(wrong_key).unwrap_err(), ClientError::KeyMismatch(_)));
+    let fingerprint = f.fingerprint();
+    let refused = [
+        hello_with(200, |h| {
+            h.key_fingerprint = fingerprint.clone();
+            h.profile = "basic-v1".into();
+        }),
+        hello_with(200, |h| {
+            h.key_fingerprint = fingerprint.clone();
+            h.version = 2;
+        }),
+        hello_with(200, |h| {
+            h.key_fingerprint = fingerprint.clone();
+            h.campaign = "autumn".into();
+        }),
+        hello_with(5, |h| h.key_fingerprint = fingerprint.clone()),
+    ];
+    for hello in refused {
+        assert_ne!(raw_call(&f, vec![hello]).code(), tonic::Code::Ok);
+    }
+    assert_eq!(audit_outcomes(&f).len(), 5);
+    // The day's one match is still available, and then used up.
+    f.run(f.options(Reveal::Both, "ok.csv")).unwrap();
+    let err = f.run(f.options(Reveal::Both, "ok.csv")).unwrap_err();
+    assert!(matches!(&err, ClientError::ResourceExhausted(m) if m.contains("daily match budget")), "{err}");
+}
+
+#[test]
+fn a_killed_partner_is_recorded_as_cancelled() {
+    let f = Fixture::start(false, false);
+    // The partner runs in its own runtime, which is then shut down mid-match: its
+    // connection closes as if the process had been killed.
+    let client_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let endpoint = f.raw_endpoint();
+    let messages = vec![f.hello(200), valid_elements(100)];
+    client_runtime.block_on(async move {
+        let mut client = MatcherClient::new(endpoint.connect().await.unwrap());
+        let stream = tokio_stream::StreamExt::chain(tokio_stream::iter(messages), tokio_stream::pending());
+        let mut request = tonic::Request::new(stream);
+        request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let mut responses = client.r#match(request).await.unwrap().into_inner();
+        // Accept, then the first re-blinded chunk: the match is under way.
+        responses.message().await.unwrap().unwrap();
+        responses.message().await.unwrap().unwrap();
+        std::mem::forget(responses);
+    });
+    client_runtime.shutdown_background();
+    let audit = wait_for_audit(&f, 1, Duration::from_secs(8));
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["outcome"], "Cancelled");
+    assert_eq!(audit[0]["partner_set_size"], 200);
+}
+
+#[test]
+fn a_reload_revokes_a_partner_and_a_broken_config_keeps_the_old_one() {
+    let f = Fixture::start(false, false);
+    f.run(f.options(Reveal::Count, "a.csv")).unwrap();
+    let token_sha = hex::encode(Sha256::digest(TOKEN.as_bytes()));
+
+    // A broken file, a missing audience, a changed listen address: each refused,
+    // and the configuration loaded before keeps serving.
+    let err = f.reload_with(|text| text.replace("[limits]", "[limits\n")).unwrap_err();
+    assert!(err.to_string().contains("server.toml"), "{err}");
+    f.run(f.options(Reveal::Count, "b.csv")).unwrap();
+    let err = f.reload_with(|text| text.replace("\"autumn.csv\"", "\"missing.csv\"")).unwrap_err();
+    assert!(err.to_string().contains("missing.csv"), "{err}");
+    let err = f.reload_with(|text| text.replace("127.0.0.1:0", "127.0.0.1:1")).unwrap_err();
+    assert!(err.to_string().contains("listen"), "{err}");
+    f.run(f.options(Reveal::Count, "c.csv")).unwrap();
+
+    // Revoking the partner (its token no longer listed) applies to its next match.
+    f.reload_with(|text| text.replace(&token_sha, &"0".repeat(64))).unwrap();
+    let err = f.run(f.options(Reveal::Count, "d.csv")).unwrap_err();
+    assert!(matches!(err, ClientError::Unauthenticated(_)), "{err}");
+}
+
+#[test]
+fn an_unwritable_output_fails_before_the_match() {
+    let f = Fixture::start(false, false);
+    let mut options = f.options(Reveal::Both, "x.csv");
+    options.output = f.path("no-such-dir").join("matches.csv");
+    let err = f.run(options).unwrap_err();
+    assert!(err.to_string().contains("no-such-dir/matches.csv"), "{err}");
+    // The server never saw a match: no audit line, no results, no budget used.
+    assert!(f.audit_lines().is_empty());
+    let results = f.path("results");
+    assert!(!results.exists() || std::fs::read_dir(&results).unwrap().count() == 0);
+    assert!(!f.path("budgets.json").exists());
+    // A successful match leaves only the output (no temporary file).
+    f.run(f.options(Reveal::Both, "out.csv")).unwrap();
+    let tmp = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"));
+    assert_eq!(tmp.count(), 0);
+}
+
+/// The `idmatch serve` process: text logs redirected to a file carry no colour
+/// escape codes; SIGHUP reloads the configuration; SIGTERM stops the server.
+#[cfg(unix)]
+#[test]
+fn serve_logs_without_colours_reloads_on_sighup_and_stops_on_sigterm() {
+    let f = Fixture::start(false, false);
+    let log = std::fs::File::create(f.path("serve.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_idmatch"))
+        .args(["serve", "--config"])
+        .arg(f.path("server.toml"))
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let wait_for = |needle: &str| {
+        for _ in 0..200 {
+            if std::fs::read_to_string(f.path("serve.log")).unwrap().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no `{needle}` in the log: {}", std::fs::read_to_string(f.path("serve.log")).unwrap());
+    };
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill").args([name, &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    };
+    wait_for("serving");
+    signal("-HUP");
+    wait_for("configuration reloaded");
+    signal("-TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let text = std::fs::read_to_string(f.path("serve.log")).unwrap();
+    assert!(!text.contains('\u{1b}'), "{text}");
 }

@@ -13,7 +13,7 @@ use idmatch::psi::{
     ProtocolError, Reveal, run_in_memory,
 };
 use idmatch::records::{self, ColumnSpec, ReadOptions, RecordSet};
-use idmatch::token::Tokenizer;
+use idmatch::token::{KeyFingerprint, Tokenizer};
 use proptest::prelude::*;
 
 fn normalizer() -> Normalizer {
@@ -263,14 +263,60 @@ fn small_sets() -> (PreparedSet, PreparedSet) {
     (PreparedSet::new(&r, &[]), PreparedSet::new(&r, &[]))
 }
 
-fn hello(reveal: Reveal, size: u64) -> PartnerMessage {
+fn hello_for(reveal: Reveal, size: u64) -> PartnerMessage {
     PartnerMessage::Hello(Hello {
         version: PROTOCOL_VERSION,
         campaign: "c".into(),
         profile: "idmatch-v1".into(),
         reveal,
         partner_set_size: size,
+        key_fingerprint: Vec::new(),
     })
+}
+
+/// A wrong or missing key fingerprint is refused on the hello: the owner sends
+/// nothing (not even `Accept`), and the partner sends no element before `Accept`.
+#[test]
+fn a_wrong_or_missing_key_fingerprint_is_refused_before_any_element() {
+    let (os, ps) = small_sets();
+    let ours = KeyFingerprint::of(&Key::from_bytes([1; 32]));
+    let theirs = KeyFingerprint::of(&Key::from_bytes([2; 32]));
+    let config = OwnerConfig::local("c", Profile::IdmatchV1).with_key_fingerprint(ours);
+
+    let mut p =
+        Partner::new(PartnerConfig::new("c", Profile::IdmatchV1, Reveal::Both).with_key_fingerprint(theirs), &ps)
+            .unwrap();
+    let hello = p.poll_outgoing().unwrap();
+    assert!(p.poll_outgoing().is_none(), "no element before accept");
+    let mut o = Owner::new(config.clone(), &os).unwrap();
+    let err = o.receive(hello).unwrap_err();
+    assert_eq!(err, ProtocolError::KeyMismatch);
+    assert_eq!(err.to_string(), "campaign key mismatch: the partner's key is not this campaign's key");
+    assert!(o.poll_outgoing().is_none(), "nothing sent after a refused hello");
+
+    let mut o = Owner::new(config.clone(), &os).unwrap();
+    assert_eq!(o.receive(hello_for(Reveal::Both, 2)), Err(ProtocolError::KeyFingerprintMissing));
+    assert!(o.poll_outgoing().is_none());
+
+    // The same key on both sides matches, through the engine's own configs.
+    let mut o = Owner::new(config, &os).unwrap();
+    let mut p = Partner::new(PartnerConfig::new("c", Profile::IdmatchV1, Reveal::Both).with_key_fingerprint(ours), &ps)
+        .unwrap();
+    run_in_memory(&mut o, &mut p, |_| {}).unwrap();
+    assert_eq!(p.outcome().unwrap().intersection, Some(2));
+}
+
+/// Peer-supplied strings echoed into errors are truncated.
+#[test]
+fn a_huge_campaign_string_is_truncated_in_the_error() {
+    let (os, _) = small_sets();
+    let mut o = Owner::new(OwnerConfig::local("c", Profile::IdmatchV1), &os).unwrap();
+    let mut h = hello_for(Reveal::Both, 2);
+    if let PartnerMessage::Hello(h) = &mut h {
+        h.campaign = "x".repeat(262_144);
+    }
+    let message = o.receive(h).unwrap_err().to_string();
+    assert!(message.len() < 200 && message.contains("…(262144 bytes)"), "{message}");
 }
 
 #[test]
@@ -286,14 +332,14 @@ fn out_of_order_and_malformed_messages_are_precise_errors() {
     );
 
     let mut o = Owner::new(config.clone(), &os).unwrap();
-    let mut h = hello(Reveal::Both, 2);
+    let mut h = hello_for(Reveal::Both, 2);
     if let PartnerMessage::Hello(h) = &mut h {
         h.profile = "basic-v1".into();
     }
     assert!(matches!(o.receive(h), Err(ProtocolError::ProfileMismatch { .. })));
 
     let mut o = Owner::new(config.clone(), &os).unwrap();
-    let mut h = hello(Reveal::Both, 2);
+    let mut h = hello_for(Reveal::Both, 2);
     if let PartnerMessage::Hello(h) = &mut h {
         h.version = 99;
     }
@@ -303,12 +349,12 @@ fn out_of_order_and_malformed_messages_are_precise_errors() {
     strict.min_partner_set = 1000;
     strict.allowed_reveals = vec![Reveal::Partner];
     let mut o = Owner::new(strict.clone(), &os).unwrap();
-    assert_eq!(o.receive(hello(Reveal::Both, 2000)), Err(ProtocolError::RevealNotAllowed(Reveal::Both)));
+    assert_eq!(o.receive(hello_for(Reveal::Both, 2000)), Err(ProtocolError::RevealNotAllowed(Reveal::Both)));
     let mut o = Owner::new(strict, &os).unwrap();
-    assert!(matches!(o.receive(hello(Reveal::Partner, 2)), Err(ProtocolError::SetSizeOutOfRange { size: 2, .. })));
+    assert!(matches!(o.receive(hello_for(Reveal::Partner, 2)), Err(ProtocolError::SetSizeOutOfRange { size: 2, .. })));
 
     let mut o = Owner::new(config.clone(), &os).unwrap();
-    o.receive(hello(Reveal::Both, 2)).unwrap();
+    o.receive(hello_for(Reveal::Both, 2)).unwrap();
     assert_eq!(
         o.receive(PartnerMessage::PartnerElements(vec![])),
         Err(ProtocolError::BadChunkSize { len: 0, max: 65536 })

@@ -16,6 +16,15 @@ pub enum ProtocolError {
     ProfileMismatch { ours: String, theirs: String },
     #[error("campaign mismatch: this side serves {ours}, the peer asked for {theirs}")]
     CampaignMismatch { ours: String, theirs: String },
+    /// The partner's key fingerprint differs from the owner's: the two sides do not
+    /// hold the same campaign key, so nothing could match.
+    #[error("campaign key mismatch: the partner's key is not this campaign's key")]
+    KeyMismatch,
+    /// The hello carries no key fingerprint (a client older than the field).
+    #[error(
+        "the hello carries no campaign key fingerprint: upgrade the client (the owner refuses to match unchecked keys)"
+    )]
+    KeyFingerprintMissing,
     #[error("reveal mode {0} is not allowed here")]
     RevealNotAllowed(Reveal),
     #[error("partner set size {size} is outside the allowed range {min}..={max}")]
@@ -35,4 +44,39 @@ pub enum ProtocolError {
     Malformed(&'static str),
     #[error("random number generator failed: {0}")]
     Rng(String),
+}
+
+/// Longest peer-supplied text kept whole in errors, logs and audit records.
+pub const UNTRUSTED_MAX_CHARS: usize = 64;
+
+/// A peer-supplied string made safe to echo into a status message, a log or an
+/// audit record: at most [`UNTRUSTED_MAX_CHARS`] characters, then `…(N bytes)` giving
+/// the original length. Every such string goes through here.
+pub fn untrusted(text: &str) -> String {
+    truncated(text, UNTRUSTED_MAX_CHARS)
+}
+
+/// `text` cut to at most `max_chars` characters, then `…(N bytes)` giving the
+/// original length (for a peer's longer free-text messages, such as the server's
+/// status messages shown by the client).
+pub fn truncated(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}…({} bytes)", &text[..cut], text.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_strings_are_truncated() {
+        assert_eq!(untrusted("spring"), "spring");
+        let exact = "é".repeat(UNTRUSTED_MAX_CHARS);
+        assert_eq!(untrusted(&exact), exact);
+        let long = "x".repeat(262_144);
+        assert_eq!(untrusted(&long), format!("{}…(262144 bytes)", "x".repeat(64)));
+        assert!(untrusted(&"é".repeat(1000)).ends_with("…(2000 bytes)"));
+    }
 }

@@ -115,6 +115,10 @@ pub struct Hello {
     pub reveal: Reveal,
     /// Number of distinct tokens the partner will send.
     pub partner_set_size: u64,
+    /// `HMAC-SHA256(campaign key, "idmatch key fingerprint v1")`
+    /// ([`KeyFingerprint`](crate::token::KeyFingerprint)); empty when the partner sent
+    /// none (a client from before the field), which a checking owner refuses.
+    pub key_fingerprint: Vec<u8>,
 }
 
 /// owner → partner, first: the owner agrees and states its own size and chunk limit.

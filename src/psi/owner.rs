@@ -11,11 +11,12 @@ use std::collections::{HashSet, VecDeque};
 
 use rand::seq::SliceRandom;
 
-use super::error::ProtocolError;
+use super::error::{ProtocolError, untrusted};
 use super::group::BlindingKey;
 use super::message::{Accept, Element, Hello, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Reveal, Summary};
 use super::set::PreparedSet;
 use crate::normalize::Profile;
+use crate::token::KeyFingerprint;
 
 /// What the owner accepts.
 #[derive(Clone, Debug)]
@@ -31,6 +32,9 @@ pub struct OwnerConfig {
     pub max_chunk: u32,
     /// Chunk size the owner itself sends.
     pub send_chunk: u32,
+    /// The campaign key's fingerprint: a hello must carry the same one. `None` skips
+    /// the check (engine tests only; the server and `idmatch match` always set it).
+    pub key_fingerprint: Option<KeyFingerprint>,
 }
 
 impl OwnerConfig {
@@ -44,7 +48,51 @@ impl OwnerConfig {
             max_partner_set: u64::MAX,
             max_chunk: super::message::MAX_CHUNK,
             send_chunk: super::message::DEFAULT_CHUNK,
+            key_fingerprint: None,
         }
+    }
+
+    /// Requires hellos to carry `fingerprint`.
+    pub fn with_key_fingerprint(mut self, fingerprint: KeyFingerprint) -> OwnerConfig {
+        self.key_fingerprint = Some(fingerprint);
+        self
+    }
+
+    /// The checks on a hello (docs/PROTOCOL.md §6.1), in order; the first that fails
+    /// is returned. Needs nothing but the configuration, so a server can refuse a
+    /// hello before it prepares a set.
+    pub fn check_hello(&self, hello: &Hello) -> Result<(), ProtocolError> {
+        if hello.version != PROTOCOL_VERSION {
+            return Err(ProtocolError::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs: hello.version });
+        }
+        if hello.campaign != self.campaign {
+            return Err(ProtocolError::CampaignMismatch {
+                ours: self.campaign.clone(),
+                theirs: untrusted(&hello.campaign),
+            });
+        }
+        if hello.profile != self.profile.name() {
+            return Err(ProtocolError::ProfileMismatch {
+                ours: self.profile.name().to_owned(),
+                theirs: untrusted(&hello.profile),
+            });
+        }
+        if let Some(ours) = &self.key_fingerprint {
+            if hello.key_fingerprint.is_empty() {
+                return Err(ProtocolError::KeyFingerprintMissing);
+            }
+            if !ours.matches(&hello.key_fingerprint) {
+                return Err(ProtocolError::KeyMismatch);
+            }
+        }
+        if !self.allowed_reveals.contains(&hello.reveal) {
+            return Err(ProtocolError::RevealNotAllowed(hello.reveal));
+        }
+        let (min, max) = (self.min_partner_set, self.max_partner_set);
+        if hello.partner_set_size < min || hello.partner_set_size > max {
+            return Err(ProtocolError::SetSizeOutOfRange { size: hello.partner_set_size, min, max });
+        }
+        Ok(())
     }
 }
 
@@ -189,25 +237,7 @@ impl<'a> Owner<'a> {
     }
 
     fn on_hello(&mut self, hello: Hello) -> Result<(), ProtocolError> {
-        if hello.version != PROTOCOL_VERSION {
-            return Err(ProtocolError::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs: hello.version });
-        }
-        if hello.campaign != self.config.campaign {
-            return Err(ProtocolError::CampaignMismatch { ours: self.config.campaign.clone(), theirs: hello.campaign });
-        }
-        if hello.profile != self.config.profile.name() {
-            return Err(ProtocolError::ProfileMismatch {
-                ours: self.config.profile.name().to_owned(),
-                theirs: hello.profile,
-            });
-        }
-        if !self.config.allowed_reveals.contains(&hello.reveal) {
-            return Err(ProtocolError::RevealNotAllowed(hello.reveal));
-        }
-        let (min, max) = (self.config.min_partner_set, self.config.max_partner_set);
-        if hello.partner_set_size < min || hello.partner_set_size > max {
-            return Err(ProtocolError::SetSizeOutOfRange { size: hello.partner_set_size, min, max });
-        }
+        self.config.check_hello(&hello)?;
         self.reveal = hello.reveal;
         self.partner_set_size = hello.partner_set_size;
         self.outbox.push_back(OwnerMessage::Accept(Accept {

@@ -16,6 +16,7 @@ use super::message::{
 use super::owner::check_chunk;
 use super::set::PreparedSet;
 use crate::normalize::Profile;
+use crate::token::KeyFingerprint;
 
 /// What the partner asks for.
 #[derive(Clone, Debug)]
@@ -25,11 +26,27 @@ pub struct PartnerConfig {
     pub reveal: Reveal,
     /// Chunk size the partner prefers to send (capped by the owner's limit).
     pub send_chunk: u32,
+    /// The campaign key's fingerprint, sent in the hello so that the owner can refuse
+    /// a wrong key before any element is exchanged. `None` sends none (which a
+    /// checking owner refuses).
+    pub key_fingerprint: Option<KeyFingerprint>,
 }
 
 impl PartnerConfig {
     pub fn new(campaign: &str, profile: Profile, reveal: Reveal) -> PartnerConfig {
-        PartnerConfig { campaign: campaign.to_owned(), profile, reveal, send_chunk: DEFAULT_CHUNK }
+        PartnerConfig {
+            campaign: campaign.to_owned(),
+            profile,
+            reveal,
+            send_chunk: DEFAULT_CHUNK,
+            key_fingerprint: None,
+        }
+    }
+
+    /// Sends `fingerprint` in the hello.
+    pub fn with_key_fingerprint(mut self, fingerprint: KeyFingerprint) -> PartnerConfig {
+        self.key_fingerprint = Some(fingerprint);
+        self
     }
 }
 
@@ -99,6 +116,7 @@ impl<'a> Partner<'a> {
             profile: config.profile.name().to_owned(),
             reveal: config.reveal,
             partner_set_size: set.len() as u64,
+            key_fingerprint: config.key_fingerprint.map(|f| f.as_bytes().to_vec()).unwrap_or_default(),
         });
         Ok(Partner {
             chunk: config.send_chunk.max(1) as usize,

@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::audit::{AuditLog, now_unix_ms};
+use super::auth::{bearer_digest, is_partner_token};
+use super::server::Shared;
 use crate::normalize::{Region, parse_region};
 use crate::optout::store::{EntryKind, OptOutStore, StoreEntry, StoreError};
 use crate::wire;
@@ -30,28 +31,24 @@ struct ChangeRecord<'a> {
 
 /// The service, sharing the server's store and audit log.
 pub struct AdminService {
-    pub store: Arc<OptOutStore>,
-    pub audit: Arc<AuditLog>,
+    pub(crate) store: Arc<OptOutStore>,
+    pub(crate) audit: Arc<AuditLog>,
     /// SHA-256 of the admin bearer token.
-    pub admin_token_sha256: [u8; 32],
-    /// SHA-256 of every partner token, to answer PERMISSION_DENIED rather than
-    /// UNAUTHENTICATED when a partner calls.
-    pub partner_token_sha256: Vec<[u8; 32]>,
+    pub(crate) admin_token_sha256: [u8; 32],
+    /// The server, for the partners configured now: a partner calling gets
+    /// PERMISSION_DENIED rather than UNAUTHENTICATED.
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl AdminService {
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+        let digest = bearer_digest(request)
+            .and_then(Result::ok)
             .ok_or_else(|| Status::unauthenticated("the admin service needs `authorization: Bearer <admin token>`"))?;
-        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
         if bool::from(digest.ct_eq(&self.admin_token_sha256)) {
             return Ok(());
         }
-        if self.partner_token_sha256.iter().any(|p| bool::from(p.ct_eq(&digest))) || request.peer_certs().is_some() {
+        if is_partner_token(&self.shared.state().partners, &digest) || request.peer_certs().is_some() {
             return Err(Status::permission_denied("partner credentials cannot manage opt-outs"));
         }
         Err(Status::unauthenticated("unknown admin token"))

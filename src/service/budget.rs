@@ -34,12 +34,18 @@ pub enum BudgetError {
     State { path: PathBuf, reason: String },
 }
 
-/// The budgets of every partner.
+/// The budgets of every partner. The limits are given with each charge, so that a
+/// configuration reload changes them without losing what was used today.
 pub struct Budgets {
     path: PathBuf,
     state: Mutex<State>,
-    max_matches: u64,
-    max_identifiers: u64,
+}
+
+/// A partner's daily allowance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allowance {
+    pub matches: u64,
+    pub identifiers: u64,
 }
 
 fn today() -> u64 {
@@ -48,29 +54,29 @@ fn today() -> u64 {
 
 impl Budgets {
     /// Loads the state file (a missing file means nothing used yet).
-    pub fn open(path: &Path, max_matches: u64, max_identifiers: u64) -> Result<Budgets, BudgetError> {
+    pub fn open(path: &Path) -> Result<Budgets, BudgetError> {
         let state = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| BudgetError::State { path: path.to_owned(), reason: e.to_string() })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(BudgetError::State { path: path.to_owned(), reason: e.to_string() }),
         };
-        Ok(Budgets { path: path.to_owned(), state: Mutex::new(state), max_matches, max_identifiers })
+        Ok(Budgets { path: path.to_owned(), state: Mutex::new(state) })
     }
 
     /// Charges one match of `identifiers` to `partner`, or refuses it.
-    pub fn charge(&self, partner: &str, identifiers: u64) -> Result<(), BudgetError> {
+    pub fn charge(&self, partner: &str, identifiers: u64, allowance: Allowance) -> Result<(), BudgetError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let day = today();
         if state.day != day {
             *state = State { day, partners: BTreeMap::new() };
         }
         let usage = state.partners.entry(partner.to_owned()).or_default();
-        if usage.matches >= self.max_matches {
-            return Err(BudgetError::Matches(self.max_matches));
+        if usage.matches >= allowance.matches {
+            return Err(BudgetError::Matches(allowance.matches));
         }
-        if usage.identifiers.saturating_add(identifiers) > self.max_identifiers {
-            return Err(BudgetError::Identifiers(self.max_identifiers));
+        if usage.identifiers.saturating_add(identifiers) > allowance.identifiers {
+            return Err(BudgetError::Identifiers(allowance.identifiers));
         }
         usage.matches += 1;
         usage.identifiers += identifiers;
@@ -95,12 +101,15 @@ mod tests {
     fn budgets_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("budgets.json");
-        let b = Budgets::open(&path, 2, 100).unwrap();
-        b.charge("acme", 40).unwrap();
-        assert_eq!(b.charge("acme", 70), Err(BudgetError::Identifiers(100)));
-        let b = Budgets::open(&path, 2, 100).unwrap();
-        b.charge("acme", 10).unwrap();
-        assert_eq!(b.charge("acme", 1), Err(BudgetError::Matches(2)));
-        b.charge("other", 1).unwrap();
+        let allow = Allowance { matches: 2, identifiers: 100 };
+        let b = Budgets::open(&path).unwrap();
+        b.charge("acme", 40, allow).unwrap();
+        assert_eq!(b.charge("acme", 70, allow), Err(BudgetError::Identifiers(100)));
+        let b = Budgets::open(&path).unwrap();
+        b.charge("acme", 10, allow).unwrap();
+        assert_eq!(b.charge("acme", 1, allow), Err(BudgetError::Matches(2)));
+        b.charge("other", 1, allow).unwrap();
+        // A larger allowance (after a reload) applies to what was used already.
+        b.charge("acme", 1, Allowance { matches: 3, identifiers: 100 }).unwrap();
     }
 }

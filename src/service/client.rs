@@ -1,8 +1,12 @@
 //! The partner's client: `idmatch match --server https://host:port …`. Reads the
 //! partner's file, applies its suppressions, and runs the partner state machine over
 //! one gRPC stream to the owner's server.
+//!
+//! The output file is prepared before anything else (a temporary file next to it,
+//! renamed into place only when the match succeeded), so an unwritable `--output`
+//! fails before the owner runs, charges or records a match.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,16 +19,17 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::convert::{owner_from_wire, partner_to_wire};
-use super::driver::{DriveError, drive};
+use super::driver::{DriveError, drive, send_with_deadline};
 use crate::key::{Key, KeyError};
 use crate::local_match::{LocalMatchFailure, write_match_file};
 use crate::normalize::Normalizer;
 use crate::optout::{FileList, OptOutError, OptOutSource, excluded_records};
 use crate::psi::{
-    OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, ProtocolError, Reveal,
+    KindSet, OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, ProtocolError, Reveal,
+    truncated,
 };
-use crate::records::{self, ColumnSpec, ReadError, ReadOptions};
-use crate::token::Tokenizer;
+use crate::records::{self, ColumnSpec, ReadError, ReadOptions, RecordSet};
+use crate::token::{KeyFingerprint, Tokenizer};
 use crate::wire::matcher_client::MatcherClient;
 
 /// Everything the client needs.
@@ -83,6 +88,9 @@ pub enum ClientError {
     PermissionDenied(String),
     #[error("limit reached: {0}")]
     ResourceExhausted(String),
+    /// The owner's campaign key differs from ours (or the owner could not check it).
+    #[error("the server refused the match: {0}")]
+    KeyMismatch(String),
     #[error("the server ended the match: {0}")]
     Server(String),
     #[error("protocol: {0}")]
@@ -92,7 +100,8 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// 3 unreachable, 4 TLS, 5 credentials, 6 permission, 7 limits, 1 anything else.
+    /// 3 unreachable, 4 TLS, 5 credentials, 6 permission, 7 limits, 8 campaign key
+    /// mismatch, 1 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Unreachable { .. } => 3,
@@ -100,20 +109,33 @@ impl ClientError {
             ClientError::Unauthenticated(_) => 5,
             ClientError::PermissionDenied(_) => 6,
             ClientError::ResourceExhausted(_) => 7,
+            ClientError::KeyMismatch(_) => 8,
             _ => 1,
         }
     }
 
-    fn from_status(status: &tonic::Status) -> ClientError {
-        let message = status.message().to_owned();
-        match status.code() {
+    fn from_status(code: tonic::Code, message: &str) -> ClientError {
+        let message = truncated(message, SERVER_MESSAGE_MAX_CHARS);
+        let key_refused =
+            [ProtocolError::KeyMismatch, ProtocolError::KeyFingerprintMissing].iter().any(|e| message == e.to_string());
+        match code {
             tonic::Code::Unauthenticated => ClientError::Unauthenticated(message),
             tonic::Code::PermissionDenied => ClientError::PermissionDenied(message),
             tonic::Code::ResourceExhausted => ClientError::ResourceExhausted(message),
+            tonic::Code::FailedPrecondition if key_refused => ClientError::KeyMismatch(message),
             code => ClientError::Server(format!("{code:?}: {message}")),
         }
     }
 }
+
+/// HTTP/2 keepalive: a PING this often, answered within [`KEEPALIVE_TIMEOUT`], or
+/// the connection (and the match) is given up.
+/// Longest server status message shown whole.
+const SERVER_MESSAGE_MAX_CHARS: usize = 1024;
+
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 fn read_file(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
     std::fs::read(path).map_err(|source| ClientError::File { path: path.clone(), source })
@@ -125,7 +147,11 @@ async fn connect(options: &ClientOptions) -> Result<Channel, ClientError> {
         .map_err(|e| unreachable(e.to_string()))?
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20))
-        .connect_timeout(Duration::from_secs(10));
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(TCP_KEEPALIVE));
     if options.server.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         match &options.ca {
@@ -151,7 +177,9 @@ async fn connect(options: &ClientOptions) -> Result<Channel, ClientError> {
 
 /// Runs one match against the server and writes the partner's matches.
 pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
+    let output = options.reveal.partner_learns_records().then(|| PendingOutput::create(&options.output)).transpose()?;
     let key = Key::load(&options.key_file)?;
+    let fingerprint = KeyFingerprint::of(&key);
     let token = options
         .token_file
         .as_ref()
@@ -201,13 +229,14 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     // Start the partner (its hello is the first message) before the call, so the
     // request stream has something to send.
     let (in_tx, mut in_rx) = mpsc::unbounded_channel();
-    let config = PartnerConfig::new(&options.campaign, options.normalizer.profile(), options.reveal);
+    let config = PartnerConfig::new(&options.campaign, options.normalizer.profile(), options.reveal)
+        .with_key_fingerprint(fingerprint);
     let driver_set = set.clone();
     let idle = options.idle_timeout;
     let runtime = tokio::runtime::Handle::current();
     let driver = tokio::task::spawn_blocking(move || {
         let mut partner = Partner::new(config, &driver_set)?;
-        drive(&mut partner, &mut in_rx, &out_tx, idle, &runtime)?;
+        drive(&mut partner, &mut in_rx, |m| send_with_deadline(&out_tx, m, idle, &runtime), idle, &runtime)?;
         partner.outcome().ok_or(DriveError::PeerClosed)
     });
     let mut client = MatcherClient::new(channel).max_decoding_message_size(8 << 20).max_encoding_message_size(8 << 20);
@@ -215,7 +244,7 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
         Ok(r) => r,
         Err(status) => {
             driver.abort();
-            return Err(ClientError::from_status(&status));
+            return Err(ClientError::from_status(status.code(), status.message()));
         }
     };
     let mut responses = response.into_inner();
@@ -234,21 +263,69 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     });
     let outcome = driver.await.map_err(|e| ClientError::Stream(e.to_string()))?.map_err(|e| match e {
         DriveError::Protocol(p) => ClientError::Protocol(p),
-        DriveError::Remote { code, message } => ClientError::from_status(&tonic::Status::new(code, message)),
+        DriveError::Remote { code, message } => ClientError::from_status(code, &message),
         other => ClientError::Stream(other.to_string()),
     })?;
     reader.abort();
     phases.finish();
 
-    let matched_records = match &outcome.matched {
-        Some(matched) => {
+    let matched_records = match (&outcome.matched, output) {
+        (Some(matched), Some(output)) => {
             let matches = set.matched_records(matched);
-            write_match_file(&options.output, &records, &matches)?;
+            output.commit(&records, &matches)?;
             Some(matches.len() as u64)
         }
-        None => None,
+        _ => None,
     };
     Ok(ClientSummary { outcome, matched_records, suppressed_records: set.excluded_records() })
+}
+
+/// The output file while the match runs: a temporary file created next to it up
+/// front (so an unwritable path fails before connecting), renamed into place on
+/// success, removed otherwise.
+struct PendingOutput {
+    path: PathBuf,
+    tmp: PathBuf,
+    committed: bool,
+}
+
+impl PendingOutput {
+    fn create(path: &Path) -> Result<PendingOutput, ClientError> {
+        let error = |source| ClientError::File { path: path.to_owned(), source };
+        let name = path
+            .file_name()
+            .ok_or_else(|| error(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")))?;
+        if path.is_dir() {
+            return Err(error(std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory")));
+        }
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), hex::encode(rand::random::<[u8; 6]>())));
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            open.mode(0o600);
+        }
+        open.open(&tmp).map_err(error)?;
+        Ok(PendingOutput { path: path.to_owned(), tmp, committed: false })
+    }
+
+    fn commit(mut self, records: &RecordSet, matches: &[(u32, KindSet)]) -> Result<(), ClientError> {
+        write_match_file(&self.tmp, records, matches)?;
+        std::fs::rename(&self.tmp, &self.path)
+            .map_err(|source| ClientError::File { path: self.path.clone(), source })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PendingOutput {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Progress bars, one per phase of the match (hidden unless asked for and stderr is

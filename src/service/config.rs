@@ -41,6 +41,9 @@ pub struct Config {
     pub limits: Limits,
     pub partners: Vec<PartnerConfig>,
     pub campaigns: Vec<CampaignConfig>,
+    /// The file this was read from (re-read on reload).
+    #[serde(skip)]
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -51,7 +54,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct OptOutStoreConfig {
     /// The SQLite database (created by `idmatch optout`).
@@ -63,7 +66,7 @@ pub struct OptOutStoreConfig {
     pub admin_token_sha256: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain.
@@ -74,20 +77,33 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_concurrent_matches: usize,
+    /// Concurrent matches of one partner (at most `max_concurrent_matches`; default
+    /// 4, or `max_concurrent_matches` when that is smaller).
+    pub max_concurrent_matches_per_partner: Option<usize>,
     /// Smallest partner set accepted (IAB PAIR recommends ≥ 1000 against probing).
     pub min_partner_set: u64,
     pub max_partner_set: u64,
     pub max_matches_per_partner_per_day: u64,
     pub max_identifiers_per_partner_per_day: u64,
-    /// A match whose partner sends nothing for this long is ended.
+    /// A match whose partner sends nothing, or takes none of the owner's messages,
+    /// for this long is ended (DEADLINE_EXCEEDED).
     pub idle_timeout_secs: u64,
     /// Largest gRPC message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// HTTP/2 keepalive: a PING on every connection this often...
+    pub keepalive_interval_secs: u64,
+    /// ...which must be answered within this long, or the connection is closed.
+    pub keepalive_timeout_secs: u64,
+    /// TCP keepalive probes on idle connections after this long.
+    pub tcp_keepalive_secs: u64,
 }
+
+/// Default of `max_concurrent_matches_per_partner`.
+pub const DEFAULT_MATCHES_PER_PARTNER: usize = 4;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -99,6 +115,10 @@ impl Default for Limits {
             max_identifiers_per_partner_per_day: 200_000_000,
             idle_timeout_secs: 120,
             max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_matches_per_partner: None,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 20,
+            tcp_keepalive_secs: 60,
         }
     }
 }
@@ -106,6 +126,17 @@ impl Default for Limits {
 impl Limits {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The per-partner cap on concurrent matches.
+    pub fn matches_per_partner(&self) -> usize {
+        self.max_concurrent_matches_per_partner.unwrap_or(DEFAULT_MATCHES_PER_PARTNER.min(self.max_concurrent_matches))
+    }
+
+    /// The settings fixed for the life of the process (the gRPC server and its
+    /// connections are built with them): a reload may not change them.
+    pub(crate) fn restart_only(&self) -> (usize, u64, u64, u64) {
+        (self.max_message_bytes, self.keepalive_interval_secs, self.keepalive_timeout_secs, self.tcp_keepalive_secs)
     }
 }
 
@@ -203,6 +234,7 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         config.validate().map_err(err)?;
+        config.path = path.to_owned();
         Ok(config)
     }
 
@@ -256,6 +288,18 @@ impl Config {
         let l = &self.limits;
         if l.max_concurrent_matches == 0 || l.idle_timeout_secs == 0 || l.max_message_bytes < 64 * 1024 {
             return Err("[limits]: max_concurrent_matches and idle_timeout_secs must be positive and max_message_bytes at least 65536".into());
+        }
+        if l.max_concurrent_matches_per_partner.is_some_and(|n| n == 0 || n > l.max_concurrent_matches) {
+            return Err(format!(
+                "[limits]: max_concurrent_matches_per_partner must be between 1 and max_concurrent_matches ({})",
+                l.max_concurrent_matches
+            ));
+        }
+        if l.keepalive_interval_secs == 0 || l.keepalive_timeout_secs == 0 || l.tcp_keepalive_secs == 0 {
+            return Err(
+                "[limits]: keepalive_interval_secs, keepalive_timeout_secs and tcp_keepalive_secs must be positive"
+                    .into(),
+            );
         }
         if l.min_partner_set > l.max_partner_set {
             return Err("[limits]: min_partner_set is larger than max_partner_set".into());
@@ -330,6 +374,30 @@ impl Config {
             campaigns: p.campaigns.clone(),
             reveals,
         })
+    }
+}
+
+impl Config {
+    /// Why `new` cannot replace `self` on a reload, if it cannot: the listening
+    /// socket, TLS, files held open and the server's HTTP/2 settings are fixed until
+    /// a restart.
+    pub fn reload_refusal(&self, new: &Config) -> Option<String> {
+        let changed = [
+            ("listen", self.listen != new.listen),
+            ("[tls]", self.tls != new.tls),
+            ("results_dir", self.results_dir != new.results_dir),
+            ("audit_log", self.audit_log != new.audit_log),
+            ("state_file", self.state_file != new.state_file),
+            ("log_format", self.log_format != new.log_format),
+            ("metrics_listen", self.metrics_listen != new.metrics_listen),
+            ("[optout_store]", self.optout_store != new.optout_store),
+            (
+                "[limits] max_message_bytes or keepalive settings",
+                self.limits.restart_only() != new.limits.restart_only(),
+            ),
+        ];
+        let names: Vec<&str> = changed.iter().filter(|(_, c)| *c).map(|(name, _)| *name).collect();
+        (!names.is_empty()).then(|| format!("{} changed: these take effect only on a restart", names.join(", ")))
     }
 }
 

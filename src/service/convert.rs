@@ -45,6 +45,7 @@ pub fn partner_to_wire(message: PartnerMessage) -> wire::PartnerMessage {
             profile: h.profile,
             reveal: reveal_to_wire(h.reveal) as i32,
             partner_set_size: h.partner_set_size,
+            key_fingerprint: h.key_fingerprint,
         }),
         PartnerMessage::PartnerElements(c) => PartnerBody::PartnerElements(elements(&c)),
         PartnerMessage::ReblindedOwnerElements(c) => PartnerBody::ReblindedOwnerElements(elements(&c)),
@@ -62,6 +63,7 @@ pub fn partner_from_wire(message: wire::PartnerMessage) -> Result<PartnerMessage
             profile: h.profile,
             reveal: reveal_from_wire(h.reveal)?,
             partner_set_size: h.partner_set_size,
+            key_fingerprint: h.key_fingerprint,
         }),
         PartnerBody::PartnerElements(e) => PartnerMessage::PartnerElements(parse(e)?),
         PartnerBody::ReblindedOwnerElements(e) => PartnerMessage::ReblindedOwnerElements(parse(e)?),
@@ -118,6 +120,7 @@ mod tests {
             profile: "idmatch-v1".into(),
             reveal: Reveal::Count,
             partner_set_size: 7,
+            key_fingerprint: vec![3; 32],
         });
         assert_eq!(partner_from_wire(partner_to_wire(hello.clone())).unwrap(), hello);
         let chunk = OwnerMessage::OwnerElements(vec![Element([1; 32]), Element([2; 32])]);

@@ -1,8 +1,11 @@
 //! The network side: the owner's gRPC matching server and the partner's client.
 //!
-//! - [`config`]: `server.toml`, validated at start;
-//! - [`server`]: the `Matcher` service (authentication, limits, opt-outs at match
-//!   start, results files, audit log), health, reflection, graceful shutdown;
+//! - [`config`]: `server.toml`, validated at start and on reload;
+//! - [`server`]: serving on a bound listener, health, reflection, graceful shutdown,
+//!   configuration reloads;
+//! - `state` (loading partners and campaigns), `auth` (credentials), `slots`
+//!   (concurrency caps), `session` (one match: checks, opt-outs, budgets, results
+//!   files, audit log);
 //! - [`client`]: the partner's client behind `idmatch match --server`;
 //! - [`convert`]: engine messages ↔ protobuf wire types;
 //! - [`driver`]: runs a role's state machine over a stream, off the async runtime;
@@ -11,6 +14,7 @@
 
 pub mod admin;
 pub mod audit;
+mod auth;
 pub mod budget;
 pub mod client;
 pub mod config;
@@ -18,3 +22,6 @@ pub mod convert;
 pub mod driver;
 pub mod metrics;
 pub mod server;
+mod session;
+pub mod slots;
+mod state;

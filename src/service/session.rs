@@ -1,0 +1,289 @@
+//! The gRPC `Matcher` service: one match per stream, on its own blocking thread.
+//!
+//! A match's protocol state (the [`Owner`] state machine and its secret scalar)
+//! lives on that thread for exactly as long as the stream: when the stream ends or
+//! breaks, everything about the match is dropped. Opt-outs are applied when each
+//! match starts, before anything is blinded. The daily budget is charged only once
+//! every check on the hello has passed, just before `Accept` is sent.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{error, info, warn};
+
+use super::audit::{MatchRecord, now_unix_ms};
+use super::auth::authenticate;
+use super::budget::{Allowance, BudgetError};
+use super::config::PartnerPolicy;
+use super::convert::{owner_to_wire, partner_from_wire};
+use super::driver::{DriveError, drive, send_with_deadline};
+use super::server::Shared;
+use super::state::State;
+use crate::local_match::write_match_file;
+use crate::psi::message::{DEFAULT_CHUNK, MAX_CHUNK};
+use crate::psi::{Owner, OwnerConfig, OwnerMessage, PartnerMessage, PreparedSet, ProtocolError, untrusted};
+use crate::wire;
+use crate::wire::matcher_server::Matcher;
+
+/// The gRPC `Matcher` service.
+pub struct MatchService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+type OwnerStream = ReceiverStream<Result<wire::OwnerMessage, Status>>;
+type Outbound = mpsc::Sender<Result<wire::OwnerMessage, Status>>;
+
+#[tonic::async_trait]
+impl Matcher for MatchService {
+    type MatchStream = OwnerStream;
+
+    async fn r#match(
+        &self,
+        request: Request<Streaming<wire::PartnerMessage>>,
+    ) -> Result<Response<OwnerStream>, Status> {
+        let shared = self.shared.clone();
+        let state = shared.state();
+        let partner = authenticate(&state.partners, &request)?.clone();
+        let limits = &state.config.limits;
+        let slot = shared
+            .slots
+            .acquire(&partner.name, limits.max_concurrent_matches, limits.matches_per_partner())
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        let match_id = hex::encode(rand::random::<[u8; 8]>());
+        shared.metrics.started();
+
+        let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+        let mut stream = request.into_inner();
+        tokio::spawn(async move {
+            while let Some(item) = stream.next().await {
+                let message = item.map_err(inbound_error).and_then(|m| partner_from_wire(m).map_err(DriveError::from));
+                let failed = message.is_err();
+                if inbound_tx.send(message).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let (response_tx, response_rx) = mpsc::channel(4);
+        let runtime = tokio::runtime::Handle::current();
+        let id = match_id.clone();
+        tokio::task::spawn_blocking(move || {
+            let session = Session { shared: &shared, state: &state, partner: &partner, match_id: &id };
+            let result = session.run(inbound_rx, &response_tx, &runtime);
+            drop(slot);
+            if let Err(status) = result {
+                // Delivered (if the partner still reads) without holding the slot.
+                let idle = state.config.limits.idle_timeout();
+                runtime.spawn(async move {
+                    let _ = tokio::time::timeout(idle, response_tx.send(Err(status))).await;
+                });
+            }
+        });
+        let mut response = Response::new(ReceiverStream::new(response_rx));
+        if let Ok(value) = match_id.parse() {
+            response.metadata_mut().insert("idmatch-match-id", value);
+        }
+        Ok(response)
+    }
+}
+
+/// One match on its blocking thread, with the state it started with.
+struct Session<'a> {
+    shared: &'a Shared,
+    state: &'a State,
+    partner: &'a PartnerPolicy,
+    match_id: &'a str,
+}
+
+impl Session<'_> {
+    fn run(
+        &self,
+        mut inbound: mpsc::UnboundedReceiver<Result<PartnerMessage, DriveError>>,
+        outbound: &Outbound,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<(), Status> {
+        let started = Instant::now();
+        let mut record = MatchRecord {
+            time_unix_ms: now_unix_ms(),
+            match_id: self.match_id.to_owned(),
+            partner: self.partner.name.clone(),
+            campaign: String::new(),
+            reveal: None,
+            partner_set_size: None,
+            owner_set_size: None,
+            opted_out_records: None,
+            owner_matched_records: None,
+            outcome: "ok".to_owned(),
+            duration_ms: 0,
+        };
+        let result = self.run_match(&mut inbound, outbound, runtime, &mut record);
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        let seconds = started.elapsed().as_secs_f64();
+        match &result {
+            Ok(_) => {
+                let processed = record.partner_set_size.unwrap_or(0) + record.owner_set_size.unwrap_or(0);
+                self.shared.metrics.finished(processed, seconds);
+                info!(match_id = self.match_id, partner = %record.partner, campaign = %record.campaign, seconds, "match finished");
+            }
+            Err(status) => {
+                record.outcome = format!("{:?}", status.code());
+                self.shared.metrics.failed(&record.outcome, seconds);
+                warn!(match_id = self.match_id, partner = %record.partner, campaign = %record.campaign, code = ?status.code(), reason = status.message(), "match failed");
+            }
+        }
+        if let Err(e) = self.shared.audit.append(&record) {
+            error!(path = %self.shared.audit.path().display(), error = %e, "could not write the audit log");
+        }
+        // The summary goes out only now that the match is audited.
+        if let Some(summary) = result? {
+            let idle = self.state.config.limits.idle_timeout();
+            let _ = send_with_deadline(outbound, Ok(owner_to_wire(summary)), idle, runtime);
+        }
+        Ok(())
+    }
+
+    /// Runs the match; returns the summary, held back for the caller to send.
+    fn run_match(
+        &self,
+        inbound: &mut mpsc::UnboundedReceiver<Result<PartnerMessage, DriveError>>,
+        outbound: &Outbound,
+        runtime: &tokio::runtime::Handle,
+        record: &mut MatchRecord,
+    ) -> Result<Option<OwnerMessage>, Status> {
+        let limits = &self.state.config.limits;
+        let idle = limits.idle_timeout();
+        let first = runtime
+            .block_on(async { tokio::time::timeout(idle, inbound.recv()).await })
+            .map_err(|_| drive_status(DriveError::Idle(idle)))?
+            .ok_or_else(|| drive_status(DriveError::PeerClosed))?
+            .map_err(drive_status)?;
+        let PartnerMessage::Hello(hello) = &first else {
+            return Err(protocol_status(&ProtocolError::UnexpectedMessage {
+                state: "awaiting hello",
+                message: first.name(),
+            }));
+        };
+        record.campaign = untrusted(&hello.campaign);
+        record.reveal = Some(hello.reveal.name().to_owned());
+        record.partner_set_size = Some(hello.partner_set_size);
+        // Checks, in the order of docs/PROTOCOL.md §9: the partner may use the
+        // campaign, then the owner's checks on the hello (version, campaign, profile,
+        // key fingerprint, reveal mode, set size)...
+        let campaign = self
+            .partner
+            .campaigns
+            .contains(&hello.campaign)
+            .then(|| self.state.campaigns.get(&hello.campaign))
+            .flatten()
+            .ok_or_else(|| Status::permission_denied("this partner may not use that campaign"))?;
+        let max_chunk = ((limits.max_message_bytes - 1024) / 32).min(MAX_CHUNK as usize) as u32;
+        let config = OwnerConfig {
+            campaign: campaign.settings.id.clone(),
+            profile: campaign.settings.profile,
+            allowed_reveals: self.partner.reveals.clone(),
+            min_partner_set: limits.min_partner_set,
+            max_partner_set: limits.max_partner_set,
+            max_chunk,
+            send_chunk: DEFAULT_CHUNK.min(max_chunk),
+            key_fingerprint: Some(campaign.key_fingerprint),
+        };
+        config.check_hello(hello).map_err(|e| protocol_status(&e))?;
+        // ...then the opt-outs as they are now...
+        let excluded = self.shared.optouts.excluded(campaign, self.state.config.optouts.as_deref()).map_err(|e| {
+            error!(error = %e, "opt-outs unavailable; refusing to match");
+            Status::unavailable("opt-outs unavailable")
+        })?;
+        let set = PreparedSet::new(&campaign.records, &excluded);
+        record.opted_out_records = Some(set.excluded_records());
+        record.owner_set_size = Some(set.len() as u64);
+        let mut owner = Owner::new(config, &set).map_err(|e| protocol_status(&e))?;
+        owner.receive(first).map_err(|e| protocol_status(&e))?;
+        // ...and only then the daily budget, just before `Accept` goes out.
+        let allowance = Allowance {
+            matches: limits.max_matches_per_partner_per_day,
+            identifiers: limits.max_identifiers_per_partner_per_day,
+        };
+        let size = record.partner_set_size.unwrap_or(0);
+        self.shared.budgets.charge(&self.partner.name, size, allowance).map_err(|e| match e {
+            BudgetError::State { .. } => {
+                error!(error = %e, "budget state unavailable");
+                Status::internal("budget state unavailable")
+            }
+            other => Status::resource_exhausted(other.to_string()),
+        })?;
+        let mut summary = None;
+        let send = |message: OwnerMessage| match message {
+            OwnerMessage::Summary(_) => {
+                summary = Some(message);
+                Ok(())
+            }
+            other => send_with_deadline(outbound, Ok(owner_to_wire(other)), idle, runtime),
+        };
+        drive(&mut owner, inbound, send, idle, runtime).map_err(drive_status)?;
+        let outcome = owner.outcome().ok_or_else(|| Status::internal("match ended in an unfinished state"))?;
+        if let Some(matched) = &outcome.matched {
+            let matches = set.matched_records(matched);
+            record.owner_matched_records = Some(matches.len() as u64);
+            let name =
+                format!("{}-{}-{}.csv", file_safe(&campaign.settings.id), file_safe(&self.partner.name), self.match_id);
+            let path = self.state.config.results_dir.join(name);
+            write_match_file(&path, &campaign.records, &matches).map_err(|e| {
+                error!(error = %e, "could not write match results");
+                Status::internal("could not store the match results")
+            })?;
+        }
+        Ok(summary)
+    }
+}
+
+/// A broken or reset stream (the partner killed, the connection lost) is the
+/// partner going away, CANCELLED, whatever h2 or hyper called it; other statuses
+/// (such as a message over the size limit) keep their code.
+fn inbound_error(status: Status) -> DriveError {
+    use tonic::Code::*;
+    match status.code() {
+        Unknown | Cancelled | Unavailable | Internal => DriveError::Transport(untrusted(status.message())),
+        code => DriveError::Remote { code, message: untrusted(status.message()) },
+    }
+}
+
+fn file_safe(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+/// The gRPC status for a protocol error (see docs/PROTOCOL.md).
+pub fn protocol_status(error: &ProtocolError) -> Status {
+    use ProtocolError::*;
+    let message = error.to_string();
+    match error {
+        BadChunkSize { .. } | TooManyElements { .. } | ChunkLength(_) | BadElement(_) | Malformed(_) => {
+            Status::invalid_argument(message)
+        }
+        UnexpectedMessage { .. }
+        | UnsupportedVersion { .. }
+        | ProfileMismatch { .. }
+        | KeyMismatch
+        | KeyFingerprintMissing
+        | SummaryMismatch(_) => Status::failed_precondition(message),
+        CampaignMismatch { .. } => Status::failed_precondition("campaign mismatch"),
+        RevealNotAllowed(_) => Status::permission_denied(message),
+        SetSizeOutOfRange { .. } => Status::resource_exhausted(message),
+        Rng(_) => Status::internal("random number generator failed"),
+    }
+}
+
+fn drive_status(error: DriveError) -> Status {
+    match error {
+        DriveError::Protocol(e) => protocol_status(&e),
+        DriveError::Idle(d) => Status::deadline_exceeded(format!("no message from the partner for {}s", d.as_secs())),
+        DriveError::Stalled(d) => {
+            Status::deadline_exceeded(format!("the partner took none of the owner's messages for {}s", d.as_secs()))
+        }
+        DriveError::PeerClosed => Status::cancelled("the partner closed the stream before the match finished"),
+        DriveError::Transport(m) => Status::cancelled(format!("stream broken: {m}")),
+        DriveError::Remote { code, message } => Status::new(code, untrusted(&message)),
+    }
+}

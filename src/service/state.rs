@@ -1,0 +1,139 @@
+//! What the server loads from its configuration file: partners, campaigns with their
+//! audiences read and tokenized, limits. A [`State`] is built whole (at start and on
+//! every reload) and then swapped in at once; a running match keeps the state it
+//! started with.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tracing::{info, warn};
+
+use super::config::{CampaignSettings, Config, ConfigError, PartnerPolicy};
+use super::server::ServeError;
+use crate::key::Key;
+use crate::normalize::Normalizer;
+use crate::optout::store::OptOutStore;
+use crate::optout::{FileList, OptOutError, excluded_records};
+use crate::records::{self, ReadError, ReadOptions, RecordSet};
+use crate::token::{KeyFingerprint, Tokenizer};
+
+/// A campaign with its audience loaded and tokenized.
+pub(crate) struct Campaign {
+    pub settings: CampaignSettings,
+    pub records: RecordSet,
+    /// The campaign key's fingerprint: hellos must carry the same.
+    pub key_fingerprint: KeyFingerprint,
+    /// The opt-out list as last read, with the file's modification time.
+    optouts: Mutex<Option<(SystemTime, Arc<FileList>)>>,
+}
+
+/// One loaded configuration.
+pub(crate) struct State {
+    pub config: Config,
+    pub partners: Vec<PartnerPolicy>,
+    pub campaigns: HashMap<String, Arc<Campaign>>,
+}
+
+/// Where opt-outs come from, for the life of the process.
+pub(crate) struct OptOuts {
+    /// The opt-out store, when configured (instead of a file).
+    pub store: Option<Arc<OptOutStore>>,
+    /// Key for opt-out digests, stable for the process (the store's own key, or a
+    /// random one for a file): audiences are digested once at load.
+    pub digester: Tokenizer,
+}
+
+fn config_error(config: &Config, problem: String) -> ServeError {
+    ServeError::Config(ConfigError { path: config.path.clone(), problem })
+}
+
+impl State {
+    /// Validates the partners and reads and tokenizes every campaign's audience (on
+    /// blocking threads).
+    pub async fn load(config: Config, optouts: &Arc<OptOuts>) -> Result<State, ServeError> {
+        let partners = config
+            .partners
+            .iter()
+            .map(|p| config.partner_policy(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|problem| config_error(&config, problem))?;
+        let mut campaigns = HashMap::new();
+        for entry in &config.campaigns {
+            let settings = config.campaign_settings(entry).map_err(|problem| config_error(&config, problem))?;
+            let optouts = optouts.clone();
+            let campaign = tokio::task::spawn_blocking(move || load_campaign(settings, &optouts))
+                .await
+                .map_err(|e| ServeError::Io { path: entry.audience.clone(), source: std::io::Error::other(e) })??;
+            campaigns.insert(entry.id.clone(), Arc::new(campaign));
+        }
+        Ok(State { config, partners, campaigns })
+    }
+}
+
+fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campaign, ServeError> {
+    let started = Instant::now();
+    info!(campaign = %settings.id, audience = %settings.audience.display(), "loading audience");
+    let key = Key::load(&settings.key_file)?;
+    let mut options = ReadOptions::new(Normalizer::new(settings.profile, settings.region));
+    options.columns = settings.columns.clone();
+    options.optout_digester = Some(optouts.digester.clone());
+    options.progress = true;
+    let records = records::read(&settings.audience, &Tokenizer::new(&key), options)?;
+    if let Some(store) = &optouts.store {
+        store.ensure_profile(&records).map_err(OptOutError::from)?;
+    }
+    let stats = records.stats();
+    info!(
+        campaign = %settings.id,
+        records = stats.records,
+        identifiers = stats.identifiers_total(),
+        rejected = stats.rejected_total(),
+        bad_rows = stats.bad_rows_total(),
+        seconds = started.elapsed().as_secs_f64(),
+        "audience loaded"
+    );
+    Ok(Campaign { settings, records, key_fingerprint: KeyFingerprint::of(&key), optouts: Mutex::new(None) })
+}
+
+impl OptOuts {
+    /// The opt-out flags for `campaign` now, from the store or from the list at
+    /// `file` (re-read if it changed).
+    pub fn excluded(&self, campaign: &Campaign, file: Option<&Path>) -> Result<Vec<bool>, OptOutError> {
+        if let Some(store) = &self.store {
+            return excluded_records(&campaign.records, store.as_ref());
+        }
+        let Some(path) = file else { return Ok(Vec::new()) };
+        let list = self.file_list(campaign, path)?;
+        excluded_records(&campaign.records, list.as_ref())
+    }
+
+    fn file_list(&self, campaign: &Campaign, path: &Path) -> Result<Arc<FileList>, OptOutError> {
+        let modified = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_err(|e| OptOutError::Read(ReadError::Open { path: PathBuf::from(path), source: e }))?;
+        let mut cached = campaign.optouts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((when, list)) = &*cached
+            && *when == modified
+        {
+            return Ok(list.clone());
+        }
+        let normalizer = Normalizer::new(campaign.settings.profile, campaign.settings.region);
+        let list = Arc::new(FileList::load_with_digester(path, normalizer, Default::default(), self.digester.clone())?);
+        let stats = list.stats();
+        info!(
+            path = %path.display(),
+            rows = stats.rows,
+            identifiers = stats.identifiers_total(),
+            rejected = stats.rejected_total(),
+            bad_rows = stats.bad_rows_total(),
+            "opt-out list read"
+        );
+        if stats.rejected_total() + stats.bad_rows_total() > 0 {
+            warn!(path = %path.display(), "opt-out list has rejected entries; they opt nobody out");
+        }
+        *cached = Some((modified, list.clone()));
+        Ok(list)
+    }
+}
