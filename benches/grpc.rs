@@ -62,6 +62,7 @@ fn bench(c: &mut Criterion) {
         normalizer: normalizer.clone(),
         columns: ColumnSpec::default(),
         suppress: None,
+        bad_list_rows: Default::default(),
         ca: Some(d.join("server.pem")),
         cert: None,
         key: None,

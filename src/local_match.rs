@@ -8,7 +8,7 @@
 //! outputs untouched and no partial file beside them.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, excluded_records};
-use crate::output::Staged;
+use crate::output::write_match_file;
 use crate::psi::{
     LocalMatchError, Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, ProtocolError, Reveal, run_in_memory,
 };
@@ -183,7 +183,8 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
 
     let mut write_matches = |name: &str, records: &RecordSet, set: &PreparedSet, matched: &[bool]| {
         let matches = set.matched_records(matched);
-        write_match_file(&out_dir.join(name), records, &matches)?;
+        write_match_file(&out_dir.join(name), records, &matches)
+            .map_err(|e| LocalMatchFailure::Write { path: e.path, source: e.source })?;
         outputs.push(name.to_owned());
         Ok::<u64, LocalMatchFailure>(matches.len() as u64)
     };
@@ -279,31 +280,4 @@ fn side_summary(
         blinded,
         matched_records: matched,
     }
-}
-
-/// Writes `record_id,matched_kinds` rows to `path`, mode 0600 (match results are
-/// personal data), whole or not at all (see [`Staged`]).
-pub fn write_match_file(
-    path: &Path,
-    records: &RecordSet,
-    matches: &[(u32, crate::psi::KindSet)],
-) -> Result<(), LocalMatchFailure> {
-    let write_err = |source| LocalMatchFailure::Write { path: path.to_owned(), source };
-    let mut staged = Staged::create(path).map_err(|e| write_err(e.source))?;
-    write_matches(&mut staged, records, matches).map_err(write_err)?;
-    staged.commit().map_err(|e| write_err(e.source))
-}
-
-/// The rows of a match file.
-fn write_matches(
-    out: &mut impl Write,
-    records: &RecordSet,
-    matches: &[(u32, crate::psi::KindSet)],
-) -> std::io::Result<()> {
-    let mut out = csv::Writer::from_writer(BufWriter::new(out));
-    out.write_record(["record_id", "matched_kinds"])?;
-    for (record, kinds) in matches {
-        out.write_record([records.id(*record), &kinds.joined()])?;
-    }
-    out.flush()
 }

@@ -1,4 +1,4 @@
-//! Output files that appear whole or not at all.
+//! Output files that appear whole or not at all, and the one writer of match files.
 //!
 //! A [`Staged`] file is written under a temporary name in its destination's
 //! directory (mode 0600: outputs hold personal data) and renamed into place by
@@ -7,10 +7,13 @@
 //! writable before any work is done, so a long match never ends in "cannot write".
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
+
+use crate::psi::KindSet;
+use crate::records::RecordSet;
 
 /// An output file could not be created or written.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,25 @@ impl Write for Staged {
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
     }
+}
+
+/// Writes a match file to `path`, mode 0600 (match results are personal data),
+/// whole or not at all.
+pub fn write_match_file(path: &Path, records: &RecordSet, matches: &[(u32, KindSet)]) -> Result<(), OutputError> {
+    let mut staged = Staged::create(path)?;
+    write_matches(&mut staged, records, matches).map_err(|source| OutputError { path: path.to_owned(), source })?;
+    staged.commit()
+}
+
+/// The match file format: a `record_id,matched_kinds` header, then one row per
+/// matched record in record order, its kinds as `email`, `phone` or `email;phone`.
+pub fn write_matches(out: &mut impl Write, records: &RecordSet, matches: &[(u32, KindSet)]) -> io::Result<()> {
+    let mut out = csv::Writer::from_writer(BufWriter::new(out));
+    out.write_record(["record_id", "matched_kinds"])?;
+    for (record, kinds) in matches {
+        out.write_record([records.id(*record), &kinds.joined()])?;
+    }
+    out.flush()
 }
 
 #[cfg(test)]

@@ -248,6 +248,7 @@ region = "US"
             normalizer: Normalizer::new(Profile::IdmatchV1, Some(Region::from_code("US").unwrap())),
             columns: ColumnSpec::default(),
             suppress: None,
+            bad_list_rows: Default::default(),
             ca: Some(self.path("ca.pem")),
             cert: None,
             key: None,
@@ -889,4 +890,32 @@ fn serve_logs_without_colours_reloads_on_sighup_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
     let text = std::fs::read_to_string(f.path("serve.log")).unwrap();
     assert!(!text.contains('\u{1b}'), "{text}");
+}
+
+#[test]
+fn a_malformed_optout_file_refuses_every_match_until_fixed_or_explicitly_skipped() {
+    let f = Fixture::start(false, false);
+    // m1000's email is what partner p0 holds. Line 3 opens a quote that is never
+    // closed: read leniently, it would swallow the opt-out on line 4.
+    std::thread::sleep(Duration::from_millis(20));
+    write(f.dir.path(), "optouts.csv", "id,email\nm1001,\nm7,\"oops@example.com\n,User1000@Example.com\n");
+    let err = f.run(f.options(Reveal::Both, "a.csv")).unwrap_err();
+    assert!(err.to_string().contains("Unavailable") && err.to_string().contains("opt-outs"), "{err}");
+    assert!(!f.path("a.csv").exists(), "nothing was written for the partner");
+    let results = f.path("results");
+    assert!(!results.exists() || std::fs::read_dir(&results).unwrap().count() == 0, "nor for the owner");
+    assert_eq!(f.audit_lines().last().unwrap()["outcome"], "Unavailable");
+
+    // A malformed row (too many fields) refuses too, unless the operator opts in.
+    std::thread::sleep(Duration::from_millis(20));
+    write(f.dir.path(), "optouts.csv", "id,email\nm1001,\nm7,x@example.com,extra\n,User1000@Example.com\n");
+    assert!(f.run(f.options(Reveal::Both, "b.csv")).is_err());
+    f.reload_with(|text| {
+        text.replace("optouts = \"optouts.csv\"", "optouts = \"optouts.csv\"\noptouts_skip_bad_rows = true")
+    })
+    .unwrap();
+    let summary = f.run(f.options(Reveal::Both, "c.csv")).unwrap();
+    assert_eq!(summary.outcome.intersection, Some(498), "the readable opt-outs still apply");
+    let ids = matched_ids(&f.path("c.csv"));
+    assert!(!ids.contains(&"p0".to_owned()) && !ids.contains(&"p1".to_owned()), "no opted-out member matched");
 }

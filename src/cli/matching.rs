@@ -98,7 +98,7 @@ pub fn run(args: MatchArgs) -> CliResult {
         optouts: args.optouts,
         optout_store: args.optout_db.zip(args.store_key),
         suppress: args.suppress,
-        bad_list_rows: if args.skip_bad_list_rows { BadRows::Skip } else { BadRows::Refuse },
+        bad_list_rows: BadRows::skip_if(args.skip_bad_list_rows),
         out_dir: out_dir.clone(),
         write_rejects: args.write_rejects,
         progress: true,
@@ -166,6 +166,7 @@ fn run_client(args: MatchArgs) -> CliResult {
         normalizer: args.profile.normalizer(),
         columns: args.columns.spec(),
         suppress: args.suppress,
+        bad_list_rows: BadRows::skip_if(args.skip_bad_list_rows),
         ca: args.ca,
         cert: args.cert,
         key: args.key,
@@ -175,6 +176,9 @@ fn run_client(args: MatchArgs) -> CliResult {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let summary = runtime.block_on(client::run(options))?;
+    if let Some(stats) = &summary.suppression_list {
+        warn_skipped("suppression list", stats);
+    }
     let o = &summary.outcome;
     println!(
         "partner set {} (after {} suppressed records), owner set {}; intersection: {}; matched records: {}",

@@ -59,7 +59,7 @@ pub fn run(args: TokensArgs) -> CliResult {
         .optouts
         .as_deref()
         .map(|path| {
-            let bad_rows = if args.skip_bad_list_rows { BadRows::Skip } else { BadRows::Refuse };
+            let bad_rows = BadRows::skip_if(args.skip_bad_list_rows);
             FileList::read(path, args.profile.normalizer(), ColumnSpec::default(), None, bad_rows)
         })
         .transpose()?;

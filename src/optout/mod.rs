@@ -96,6 +96,13 @@ pub enum BadRows {
     Skip,
 }
 
+impl BadRows {
+    /// [`BadRows::Skip`] when the operator asked for it, else [`BadRows::Refuse`].
+    pub fn skip_if(skip: bool) -> BadRows {
+        if skip { BadRows::Skip } else { BadRows::Refuse }
+    }
+}
+
 /// Opt-outs (or a partner's suppressions) from a CSV file, held in memory.
 pub struct FileList {
     digester: Tokenizer,

@@ -6,7 +6,7 @@
 //! renamed into place only when the match succeeded), so an unwritable `--output`
 //! fails before the owner runs, charges or records a match.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +21,13 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use super::convert::{owner_from_wire, partner_to_wire};
 use super::driver::{DriveError, drive, send_with_deadline};
 use crate::key::{Key, KeyError};
-use crate::local_match::{LocalMatchFailure, write_match_file};
 use crate::normalize::Normalizer;
-use crate::optout::{FileList, OptOutError, OptOutSource, excluded_records};
+use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, excluded_records};
+use crate::output::{OutputError, Staged, write_matches};
 use crate::psi::{
-    KindSet, OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, ProtocolError, Reveal,
-    truncated,
+    OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, ProtocolError, Reveal, truncated,
 };
-use crate::records::{self, ColumnSpec, ReadError, ReadOptions, RecordSet};
+use crate::records::{self, ColumnSpec, ReadError, ReadOptions, ReadStats};
 use crate::token::{KeyFingerprint, Tokenizer};
 use crate::wire::matcher_client::MatcherClient;
 
@@ -45,6 +44,9 @@ pub struct ClientOptions {
     pub normalizer: Normalizer,
     pub columns: ColumnSpec,
     pub suppress: Option<PathBuf>,
+    /// What to do with rows of the suppression list that cannot be read (default:
+    /// refuse, before connecting).
+    pub bad_list_rows: BadRows,
     /// CA bundle to verify the server (default: the system's web PKI roots are not
     /// used; a CA file is required for https).
     pub ca: Option<PathBuf>,
@@ -63,6 +65,8 @@ pub struct ClientSummary {
     pub outcome: PartnerOutcome,
     pub matched_records: Option<u64>,
     pub suppressed_records: u64,
+    /// How the suppression list was read (with [`BadRows::Skip`], what was skipped).
+    pub suppression_list: Option<ReadStats>,
 }
 
 /// Why the client failed; [`ClientError::exit_code`] gives distinct exit codes.
@@ -75,7 +79,7 @@ pub enum ClientError {
     #[error(transparent)]
     OptOut(#[from] OptOutError),
     #[error(transparent)]
-    Output(#[from] LocalMatchFailure),
+    Output(#[from] OutputError),
     #[error("{path}: {source}")]
     File { path: PathBuf, source: std::io::Error },
     #[error("cannot reach {server}: {reason}")]
@@ -177,7 +181,7 @@ async fn connect(options: &ClientOptions) -> Result<Channel, ClientError> {
 
 /// Runs one match against the server and writes the partner's matches.
 pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
-    let output = options.reveal.partner_learns_records().then(|| PendingOutput::create(&options.output)).transpose()?;
+    let output = options.reveal.partner_learns_records().then(|| Staged::create(&options.output)).transpose()?;
     let key = Key::load(&options.key_file)?;
     let fingerprint = KeyFingerprint::of(&key);
     let token = options
@@ -188,8 +192,9 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     let suppress = options
         .suppress
         .as_ref()
-        .map(|p| FileList::load(p, options.normalizer.clone(), ColumnSpec::default()))
+        .map(|p| FileList::read(p, options.normalizer.clone(), ColumnSpec::default(), None, options.bad_list_rows))
         .transpose()?;
+    let suppression_list_stats = suppress.as_ref().map(|list| list.stats().clone());
     let mut read = ReadOptions::new(options.normalizer.clone());
     read.columns = options.columns.clone();
     read.optout_digester = suppress.as_ref().map(|s| s.digester().clone());
@@ -270,62 +275,21 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     phases.finish();
 
     let matched_records = match (&outcome.matched, output) {
-        (Some(matched), Some(output)) => {
+        (Some(matched), Some(mut output)) => {
             let matches = set.matched_records(matched);
-            output.commit(&records, &matches)?;
+            write_matches(&mut output, &records, &matches)
+                .map_err(|source| OutputError { path: options.output.clone(), source })?;
+            output.commit()?;
             Some(matches.len() as u64)
         }
         _ => None,
     };
-    Ok(ClientSummary { outcome, matched_records, suppressed_records: set.excluded_records() })
-}
-
-/// The output file while the match runs: a temporary file created next to it up
-/// front (so an unwritable path fails before connecting), renamed into place on
-/// success, removed otherwise.
-struct PendingOutput {
-    path: PathBuf,
-    tmp: PathBuf,
-    committed: bool,
-}
-
-impl PendingOutput {
-    fn create(path: &Path) -> Result<PendingOutput, ClientError> {
-        let error = |source| ClientError::File { path: path.to_owned(), source };
-        let name = path
-            .file_name()
-            .ok_or_else(|| error(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")))?;
-        if path.is_dir() {
-            return Err(error(std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory")));
-        }
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), hex::encode(rand::random::<[u8; 6]>())));
-        let mut open = std::fs::OpenOptions::new();
-        open.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            open.mode(0o600);
-        }
-        open.open(&tmp).map_err(error)?;
-        Ok(PendingOutput { path: path.to_owned(), tmp, committed: false })
-    }
-
-    fn commit(mut self, records: &RecordSet, matches: &[(u32, KindSet)]) -> Result<(), ClientError> {
-        write_match_file(&self.tmp, records, matches)?;
-        std::fs::rename(&self.tmp, &self.path)
-            .map_err(|source| ClientError::File { path: self.path.clone(), source })?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for PendingOutput {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
+    Ok(ClientSummary {
+        outcome,
+        matched_records,
+        suppressed_records: set.excluded_records(),
+        suppression_list: suppression_list_stats,
+    })
 }
 
 /// Progress bars, one per phase of the match (hidden unless asked for and stderr is

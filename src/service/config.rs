@@ -34,6 +34,10 @@ pub struct Config {
     /// Owner's opt-out list (CSV with email/phone/id columns), re-read at the start
     /// of a match whenever the file has changed.
     pub optouts: Option<PathBuf>,
+    /// Skip (and log) rows of the `optouts` file that cannot be read, instead of
+    /// refusing every match with `UNAVAILABLE` until the file is fixed.
+    #[serde(default)]
+    pub optouts_skip_bad_rows: bool,
     /// Owner's opt-out store (`idmatch optout`), consulted at the start of every
     /// match and managed over gRPC by `OptOutAdmin`. Exclusive with `optouts`.
     pub optout_store: Option<OptOutStoreConfig>,

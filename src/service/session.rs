@@ -23,7 +23,8 @@ use super::convert::{owner_to_wire, partner_from_wire};
 use super::driver::{DriveError, drive, send_with_deadline};
 use super::server::Shared;
 use super::state::State;
-use crate::local_match::write_match_file;
+use crate::optout::BadRows;
+use crate::output::write_match_file;
 use crate::psi::message::{DEFAULT_CHUNK, MAX_CHUNK};
 use crate::psi::{Owner, OwnerConfig, OwnerMessage, PartnerMessage, PreparedSet, ProtocolError, untrusted};
 use crate::wire;
@@ -192,10 +193,13 @@ impl Session<'_> {
         };
         config.check_hello(hello).map_err(|e| protocol_status(&e))?;
         // ...then the opt-outs as they are now...
-        let excluded = self.shared.optouts.excluded(campaign, self.state.config.optouts.as_deref()).map_err(|e| {
-            error!(error = %e, "opt-outs unavailable; refusing to match");
-            Status::unavailable("opt-outs unavailable")
-        })?;
+        let config_file = &self.state.config;
+        let bad_rows = BadRows::skip_if(config_file.optouts_skip_bad_rows);
+        let excluded =
+            self.shared.optouts.excluded(campaign, config_file.optouts.as_deref(), bad_rows).map_err(|e| {
+                error!(error = %e, "opt-outs unavailable; refusing to match");
+                Status::unavailable("opt-outs unavailable")
+            })?;
         let set = PreparedSet::new(&campaign.records, &excluded);
         record.opted_out_records = Some(set.excluded_records());
         record.owner_set_size = Some(set.len() as u64);

@@ -15,7 +15,7 @@ use super::server::ServeError;
 use crate::key::Key;
 use crate::normalize::Normalizer;
 use crate::optout::store::OptOutStore;
-use crate::optout::{FileList, OptOutError, excluded_records};
+use crate::optout::{BadRows, FileList, OptOutError, excluded_records};
 use crate::records::{self, ReadError, ReadOptions, RecordSet};
 use crate::token::{KeyFingerprint, Tokenizer};
 
@@ -100,16 +100,23 @@ fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campai
 impl OptOuts {
     /// The opt-out flags for `campaign` now, from the store or from the list at
     /// `file` (re-read if it changed).
-    pub fn excluded(&self, campaign: &Campaign, file: Option<&Path>) -> Result<Vec<bool>, OptOutError> {
+    /// Rows of the list that cannot be read refuse the match unless `bad_rows` is
+    /// [`BadRows::Skip`] (`optouts_skip_bad_rows`).
+    pub fn excluded(
+        &self,
+        campaign: &Campaign,
+        file: Option<&Path>,
+        bad_rows: BadRows,
+    ) -> Result<Vec<bool>, OptOutError> {
         if let Some(store) = &self.store {
             return excluded_records(&campaign.records, store.as_ref());
         }
         let Some(path) = file else { return Ok(Vec::new()) };
-        let list = self.file_list(campaign, path)?;
+        let list = self.file_list(campaign, path, bad_rows)?;
         excluded_records(&campaign.records, list.as_ref())
     }
 
-    fn file_list(&self, campaign: &Campaign, path: &Path) -> Result<Arc<FileList>, OptOutError> {
+    fn file_list(&self, campaign: &Campaign, path: &Path, bad_rows: BadRows) -> Result<Arc<FileList>, OptOutError> {
         let modified = std::fs::metadata(path)
             .and_then(|m| m.modified())
             .map_err(|e| OptOutError::Read(ReadError::Open { path: PathBuf::from(path), source: e }))?;
@@ -120,7 +127,8 @@ impl OptOuts {
             return Ok(list.clone());
         }
         let normalizer = Normalizer::new(campaign.settings.profile, campaign.settings.region);
-        let list = Arc::new(FileList::load_with_digester(path, normalizer, Default::default(), self.digester.clone())?);
+        let list =
+            Arc::new(FileList::read(path, normalizer, Default::default(), Some(self.digester.clone()), bad_rows)?);
         let stats = list.stats();
         info!(
             path = %path.display(),
@@ -131,7 +139,12 @@ impl OptOuts {
             "opt-out list read"
         );
         if stats.rejected_total() + stats.bad_rows_total() > 0 {
-            warn!(path = %path.display(), "opt-out list has rejected entries; they opt nobody out");
+            warn!(
+                path = %path.display(),
+                bad_rows = stats.bad_rows_total(),
+                rejected = stats.rejected_total(),
+                "opt-out list: skipped rows that cannot be read (optouts_skip_bad_rows); they opt nobody out"
+            );
         }
         *cached = Some((modified, list.clone()));
         Ok(list)
