@@ -919,3 +919,16 @@ fn a_malformed_optout_file_refuses_every_match_until_fixed_or_explicitly_skipped
     let ids = matched_ids(&f.path("c.csv"));
     assert!(!ids.contains(&"p0".to_owned()) && !ids.contains(&"p1".to_owned()), "no opted-out member matched");
 }
+
+#[test]
+fn a_config_built_in_code_is_validated_like_a_loaded_one() {
+    let f = Fixture::start(false, false);
+    let mut config = Config::load(&f.path("server.toml")).unwrap();
+    config.limits.max_message_bytes = 100;
+    let err = f.runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (_reload, reload_rx) = mpsc::channel(1);
+        server::run(config, listener, std::future::ready(()), reload_rx).await.unwrap_err()
+    });
+    assert!(err.to_string().contains("max_message_bytes"), "{err}");
+}

@@ -151,6 +151,64 @@ mod tests {
         assert_eq!(key.reblind(&[good, bad]), Err(ElementError::NonCanonical { index: 1 }));
     }
 
+    /// A blinding key with a fixed scalar `s` (test vectors only).
+    fn fixed(s: Scalar) -> BlindingKey {
+        BlindingKey(Zeroizing::new(s * Scalar::from(2u8).invert()))
+    }
+
+    /// docs/PROTOCOL.md §3.5, parsed from the document itself so that it cannot
+    /// drift from the code: the token, `P(t)`, both scalars (derived from their
+    /// labels), `A`, `B` and `b·A = a·B`.
+    #[test]
+    fn protocol_doc_group_vectors_hold() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let section = doc.split("### 3.5").nth(1).expect("PROTOCOL.md has a §3.5");
+        let block = section.split("```").nth(1).expect("§3.5 has a code block");
+        // `name = hex`; a name whose value is not hex (`a = SHA-512(…) mod ℓ`) names
+        // the `= hex` line after it; a hex value may continue on the next line.
+        let mut values: Vec<(String, String)> = Vec::new();
+        let mut name = String::new();
+        for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let is_hex = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit());
+            match (line.split_once('='), line.rsplit_once('=')) {
+                (Some((left, _)), Some((_, value))) => {
+                    if !left.trim().is_empty() {
+                        name = line.to_owned();
+                    }
+                    if is_hex(value.trim()) {
+                        values.push((name.clone(), value.trim().to_owned()));
+                    }
+                }
+                _ if is_hex(line) => {
+                    if let Some(last) = values.last_mut() {
+                        last.1.push_str(line);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let get = |prefix: &str| -> [u8; 32] {
+            let hex_value = &values.iter().find(|(n, _)| n.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}")).1;
+            hex::decode(hex_value).unwrap()[..32].try_into().unwrap()
+        };
+        let label_scalar = |label: &str| {
+            let wide: [u8; 64] = Sha512::digest(label.as_bytes()).into();
+            Scalar::from_bytes_mod_order_wide(&wide)
+        };
+        let t = Token(get("t"));
+        assert_eq!(hash_to_group(&t).compress().to_bytes(), get("P(t)"));
+        let (a, b) = (label_scalar("idmatch test scalar a"), label_scalar("idmatch test scalar b"));
+        assert_eq!(a.to_bytes(), get("a = SHA-512"));
+        assert_eq!(b.to_bytes(), get("b = SHA-512"));
+        let (ka, kb) = (fixed(a), fixed(b));
+        let big_a = ka.blind_tokens(&[t])[0];
+        let big_b = kb.blind_tokens(&[t])[0];
+        assert_eq!(big_a.0, get("A = a"));
+        assert_eq!(big_b.0, get("B = b"));
+        assert_eq!(kb.reblind(&[big_a]).unwrap()[0].0, get("b·A"));
+        assert_eq!(ka.reblind(&[big_b]).unwrap()[0].0, get("b·A"));
+    }
+
     #[test]
     fn debug_is_redacted() {
         assert_eq!(format!("{:?}", BlindingKey::random().unwrap()), "BlindingKey(<redacted>)");

@@ -271,7 +271,9 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks every setting (done by [`Config::load`]; the server checks again, for
+    /// configurations built in code).
+    pub fn validate(&self) -> Result<(), String> {
         if self.tls.is_none() && !self.listen.ip().is_loopback() {
             return Err(format!(
                 "listen = {}: plaintext is allowed only on a loopback address; add a [tls] section",

@@ -112,6 +112,8 @@ impl Shared {
 }
 
 async fn start(config: Config) -> Result<Shared, ServeError> {
+    // A `Config` built in code (public fields) is checked like one loaded from a file.
+    config.validate().map_err(|problem| ConfigError { path: config.path.clone(), problem })?;
     let results = &config.results_dir;
     std::fs::create_dir_all(results).map_err(|source| ServeError::Io { path: results.clone(), source })?;
     let audit = Arc::new(

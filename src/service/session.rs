@@ -180,7 +180,7 @@ impl Session<'_> {
             .then(|| self.state.campaigns.get(&hello.campaign))
             .flatten()
             .ok_or_else(|| Status::permission_denied("this partner may not use that campaign"))?;
-        let max_chunk = ((limits.max_message_bytes - 1024) / 32).min(MAX_CHUNK as usize) as u32;
+        let max_chunk = (limits.max_message_bytes.saturating_sub(1024) / 32).clamp(1, MAX_CHUNK as usize) as u32;
         let config = OwnerConfig {
             campaign: campaign.settings.id.clone(),
             profile: campaign.settings.profile,
