@@ -11,9 +11,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use curve25519_dalek::ristretto::RistrettoPoint;
 use curve25519_dalek::scalar::Scalar;
 use idmatch::normalize::{Kind, Profile};
+use idmatch::prepare::prepared_set;
 use idmatch::psi::group::{BlindingKey, hash_to_group};
 use idmatch::psi::message::Element;
-use idmatch::psi::{Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, Reveal, run_in_memory};
+use idmatch::psi::{Owner, OwnerConfig, Partner, PartnerConfig, Reveal, run_in_memory};
 use idmatch::records::RecordSet;
 use idmatch::token::Token;
 
@@ -61,7 +62,7 @@ fn whole_match(c: &mut Criterion) {
     let n = 10_000usize;
     let owner = RecordSet::from_tokens(Profile::IdmatchV1, &tokens(n, 0), Kind::Email);
     let partner = RecordSet::from_tokens(Profile::IdmatchV1, &tokens(n, n / 2), Kind::Email);
-    let (os, ps) = (PreparedSet::new(&owner, &[]), PreparedSet::new(&partner, &[]));
+    let (os, ps) = (prepared_set(&owner, &[]), prepared_set(&partner, &[]));
     g.throughput(Throughput::Elements(2 * n as u64));
     for reveal in [Reveal::Both, Reveal::Partner] {
         g.bench_with_input(BenchmarkId::new(reveal.name(), n), &reveal, |b, &reveal| {

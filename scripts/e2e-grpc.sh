@@ -3,18 +3,21 @@
 # `idmatch match --server` as two processes, against the in-process `idmatch match`
 # on the same data.
 #
-#   scripts/e2e-grpc.sh [ROWS]     # default 568000 rows ≈ 1,000,000 identifiers per side
+#   scripts/e2e-grpc.sh [N]     # default 1000000: exactly N distinct identifiers per side
 #
-# Needs openssl (for a throwaway CA and server certificate) and a release build.
+# The data is `idmatch synth --distinct` (one valid email per row, 50% overlap), so
+# each side holds exactly N distinct identifiers and N/2 of them are in common; the
+# script prints both counts from summary.json. Needs openssl (for a throwaway CA and
+# server certificate) and python3 (to read summary.json); builds the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rows=${1:-568000}
+rows=${1:-1000000}
 work=$(mktemp -d)
 trap 'kill "${server_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
-bin=target/release/idmatch
+bin=${CARGO_TARGET_DIR:-target}/release/idmatch
 cargo build --release --quiet
 
-"$bin" synth --rows "$rows" --overlap 0.5 --out-dir "$work" --seed 1 >/dev/null
+"$bin" synth --rows "$rows" --overlap 0.5 --distinct --out-dir "$work" --seed 1 >/dev/null
 "$bin" keygen --out "$work/campaign.key" 2>/dev/null
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=idmatch e2e ca" \
   -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
@@ -53,6 +56,7 @@ echo "== in-process: idmatch match (both roles, one process)"
 /usr/bin/time -f "wall %e s, user %U s, sys %S s, max RSS %M KiB" \
   "$bin" match --owner "$work/members.csv" --partner "$work/partner.csv" --key-file "$work/campaign.key" \
   --region US --reveal partner --out-dir "$work/local"
+python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("distinct identifiers per side: owner %d, partner %d; in common: %d" % (s["owner"]["blinded"], s["partner"]["blinded"], s["intersection"]))' "$work/local/summary.json"
 
 "$bin" serve --config "$work/server.toml" 2>"$work/server.log" &
 server_pid=$!

@@ -23,6 +23,8 @@
 //!   SQLite opt-out store (`optout::store`).
 //! - [`psi`]: the matching engine: group operations, protocol messages, one state
 //!   machine per role, the in-memory transport.
+//! - [`prepare`]: the one path from a file to the set that is blinded (read,
+//!   opt-out or suppression filter, prepared set), used by every caller.
 //! - [`local_match`]: `idmatch match` on two local files, end to end.
 //! - [`output`]: output files that appear whole or not at all.
 //! - [`service`]: the gRPC matching server, the `OptOutAdmin` service, the partner's
@@ -53,6 +55,7 @@ pub mod local_match;
 pub mod normalize;
 pub mod optout;
 pub mod output;
+pub mod prepare;
 pub mod psi;
 pub mod records;
 #[cfg(feature = "service")]

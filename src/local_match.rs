@@ -15,12 +15,13 @@ use serde::Serialize;
 
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
-use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, excluded_records};
+use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
 use crate::output::write_match_file;
+use crate::prepare;
 use crate::psi::{
     LocalMatchError, Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, ProtocolError, Reveal, run_in_memory,
 };
-use crate::records::{self, ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
+use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
 use crate::token::Tokenizer;
 
 /// Everything a local match needs.
@@ -169,8 +170,8 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
         suppress.as_ref().map(|l| l as &dyn OptOutSource),
         reject_file("partner_rejects.csv")?,
     )?;
-    let owner_set = prepare(&owner_records, optouts.as_deref())?;
-    let partner_set = prepare(&partner_records, suppress.as_ref().map(|l| l as &dyn OptOutSource))?;
+    let owner_set = prepare::prepare(&owner_records, optouts.as_deref())?;
+    let partner_set = prepare::prepare(&partner_records, suppress.as_ref().map(|l| l as &dyn OptOutSource))?;
 
     let profile = options.normalizer.profile();
     let fingerprint = crate::token::KeyFingerprint::of(key);
@@ -245,23 +246,14 @@ fn read_side(
     path: &Path,
     tokenizer: &Tokenizer,
     options: &LocalMatchOptions,
-    list: Option<&dyn OptOutSource>,
+    filter: Option<&dyn OptOutSource>,
     rejects: Option<RejectWriter>,
 ) -> Result<RecordSet, ReadError> {
     let mut read = ReadOptions::new(options.normalizer.clone());
     read.columns = options.columns.clone();
-    read.optout_digester = list.map(|l| l.digester().clone());
     read.rejects = rejects;
     read.progress = options.progress;
-    records::read(path, tokenizer, read)
-}
-
-fn prepare(records: &RecordSet, list: Option<&dyn OptOutSource>) -> Result<PreparedSet, OptOutError> {
-    let excluded = match list {
-        Some(list) => excluded_records(records, list)?,
-        None => Vec::new(),
-    };
-    Ok(PreparedSet::new(records, &excluded))
+    prepare::read(path, tokenizer, read, filter.map(OptOutSource::digester))
 }
 
 fn side_summary(

@@ -11,7 +11,8 @@ use idmatch::key::Key;
 use idmatch::normalize::{Normalizer, Profile, Region};
 use idmatch::optout::store::{EntryKind, OptOutStore, StoreEntry, StoreError, StoreOptions};
 use idmatch::optout::{OptOutSource, excluded_records};
-use idmatch::psi::{Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, Reveal, run_in_memory};
+use idmatch::prepare::prepared_set;
+use idmatch::psi::{Owner, OwnerConfig, Partner, PartnerConfig, Reveal, run_in_memory};
 use idmatch::records::{self, ReadOptions, RecordSet};
 use idmatch::token::{Token, Tokenizer};
 
@@ -231,8 +232,8 @@ fn read_members(path: &Path, campaign: &Tokenizer, store: &OptOutStore) -> Recor
 
 /// Partner-side record ids that match the owner's non-excluded records.
 fn matched_partner_ids(owner: &RecordSet, excluded: &[bool], partner: &RecordSet) -> Vec<String> {
-    let owner_set = PreparedSet::new(owner, excluded);
-    let partner_set = PreparedSet::new(partner, &[]);
+    let owner_set = prepared_set(owner, excluded);
+    let partner_set = prepared_set(partner, &[]);
     let mut o = Owner::new(OwnerConfig::local("t", Profile::IdmatchV1), &owner_set).unwrap();
     let mut p = Partner::new(PartnerConfig::new("t", Profile::IdmatchV1, Reveal::Both), &partner_set).unwrap();
     run_in_memory(&mut o, &mut p, |_| {}).unwrap();

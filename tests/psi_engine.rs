@@ -7,6 +7,7 @@ use std::io::Write;
 use idmatch::key::Key;
 use idmatch::normalize::{Kind, Normalizer, Profile, Region};
 use idmatch::optout::{FileList, OptOutSource, excluded_records};
+use idmatch::prepare::prepared_set;
 use idmatch::psi::message::{Accept, Hello, PROTOCOL_VERSION};
 use idmatch::psi::{
     Element, Observed, Owner, OwnerConfig, OwnerMessage, Partner, PartnerConfig, PartnerMessage, PreparedSet,
@@ -41,8 +42,8 @@ struct Result3 {
 }
 
 fn run_match(owner: &RecordSet, owner_excluded: &[bool], partner: &RecordSet, reveal: Reveal) -> Result3 {
-    let owner_set = PreparedSet::new(owner, owner_excluded);
-    let partner_set = PreparedSet::new(partner, &[]);
+    let owner_set = prepared_set(owner, owner_excluded);
+    let partner_set = prepared_set(partner, &[]);
     let mut o = Owner::new(OwnerConfig::local("c", Profile::IdmatchV1), &owner_set).unwrap();
     let mut p = Partner::new(PartnerConfig::new("c", Profile::IdmatchV1, reveal), &partner_set).unwrap();
     run_in_memory(&mut o, &mut p, |_| {}).unwrap();
@@ -212,7 +213,7 @@ fn transcript_carries_only_group_elements_and_hello_fields() {
     let owner = read(&write_csv(&dir, "o.csv", text), &tokenizer, None);
     let partner = read(&write_csv(&dir, "p.csv", text), &tokenizer, None);
     let tokens: BTreeSet<[u8; 32]> = owner.entries().iter().map(|e| e.token.0).collect();
-    let (os, ps) = (PreparedSet::new(&owner, &[]), PreparedSet::new(&partner, &[]));
+    let (os, ps) = (prepared_set(&owner, &[]), prepared_set(&partner, &[]));
     let mut o = Owner::new(OwnerConfig::local("spring-campaign", Profile::IdmatchV1), &os).unwrap();
     let mut p = Partner::new(PartnerConfig::new("spring-campaign", Profile::IdmatchV1, Reveal::Both), &ps).unwrap();
     let mut elements: Vec<Element> = Vec::new();
@@ -260,7 +261,7 @@ fn small_sets() -> (PreparedSet, PreparedSet) {
     let dir = tempfile::tempdir().unwrap();
     let tokenizer = Tokenizer::new(&Key::from_bytes([1; 32]));
     let r = read(&write_csv(&dir, "a.csv", "id,email\n1,a@example.com\n2,b@example.com\n"), &tokenizer, None);
-    (PreparedSet::new(&r, &[]), PreparedSet::new(&r, &[]))
+    (prepared_set(&r, &[]), prepared_set(&r, &[]))
 }
 
 fn hello_for(reveal: Reveal, size: u64) -> PartnerMessage {
@@ -429,7 +430,7 @@ fn small_interleaved_chunks_give_the_same_result() {
     }
     let owner = read(&write_csv(&dir, "o.csv", &owner_text), &tokenizer, None);
     let partner = read(&write_csv(&dir, "p.csv", &partner_text), &tokenizer, None);
-    let (os, ps) = (PreparedSet::new(&owner, &[]), PreparedSet::new(&partner, &[]));
+    let (os, ps) = (prepared_set(&owner, &[]), prepared_set(&partner, &[]));
     for reveal in Reveal::ALL {
         let mut config = OwnerConfig::local("c", Profile::IdmatchV1);
         config.send_chunk = 3;

@@ -8,9 +8,10 @@ use rayon::prelude::*;
 
 use super::{CliResult, ColumnArgs, ProfileArgs, RejectArgs, format_stats};
 use crate::key::Key;
-use crate::optout::{BadRows, FileList, OptOutSource, excluded_records};
+use crate::optout::{BadRows, FileList, OptOutSource};
 use crate::output::Staged;
-use crate::records::{self, ColumnSpec, ReadOptions, RejectWriter};
+use crate::prepare;
+use crate::records::{ColumnSpec, ReadOptions, RejectWriter};
 use crate::token::Tokenizer;
 
 #[derive(Debug, Args)]
@@ -63,12 +64,9 @@ pub fn run(args: TokensArgs) -> CliResult {
             FileList::read(path, args.profile.normalizer(), ColumnSpec::default(), None, bad_rows)
         })
         .transpose()?;
-    options.optout_digester = optouts.as_ref().map(|list| list.digester().clone());
-    let set = records::read(&args.input, &tokenizer, options)?;
-    let excluded = match &optouts {
-        Some(list) => excluded_records(&set, list)?,
-        None => Vec::new(),
-    };
+    let filter = optouts.as_ref().map(|list| list as &dyn OptOutSource);
+    let set = prepare::read(&args.input, &tokenizer, options, filter.map(OptOutSource::digester))?;
+    let excluded = prepare::excluded(&set, filter)?;
     let is_out = |record: u32| excluded.get(record as usize).copied().unwrap_or(false);
 
     let write_err = |e: std::io::Error| format!("{}: {e}", args.output.display());

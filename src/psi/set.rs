@@ -5,7 +5,6 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use crate::normalize::Kind;
-use crate::records::RecordSet;
 use crate::token::Token;
 
 /// The kinds through which one record matched.
@@ -37,12 +36,10 @@ pub struct PreparedSet {
 }
 
 impl PreparedSet {
-    /// Prepares `records`, leaving out every record whose `excluded` flag is set
-    /// (opt-outs, suppressions). `excluded` is empty or has one flag per record.
-    pub fn new(records: &RecordSet, excluded: &[bool]) -> PreparedSet {
-        let is_excluded = |r: u32| excluded.get(r as usize).copied().unwrap_or(false);
-        let mut entries: Vec<(Token, u32, Kind)> =
-            records.entries().iter().filter(|e| !is_excluded(e.record)).map(|e| (e.token, e.record, e.kind)).collect();
+    /// Prepares the `(token, record, kind)` entries of the records that survived
+    /// the opt-out or suppression filter (`excluded_records` is how many did not;
+    /// see [`crate::prepare`]).
+    pub fn new(mut entries: Vec<(Token, u32, Kind)>, excluded_records: u64) -> PreparedSet {
         let identifiers = entries.len() as u64;
         entries.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut groups: Vec<(usize, usize)> = Vec::new();
@@ -63,7 +60,6 @@ impl PreparedSet {
             holders.extend(entries[from..to].iter().map(|&(_, r, k)| (r, k)));
         }
         starts.push(holders.len());
-        let excluded_records = excluded.iter().filter(|&&x| x).count() as u64;
         PreparedSet { tokens, holders, starts, excluded_records, identifiers }
     }
 

@@ -22,12 +22,13 @@ use super::convert::{owner_from_wire, partner_to_wire};
 use super::driver::{DriveError, drive, send_with_deadline};
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
-use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, excluded_records};
+use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
 use crate::output::{OutputError, Staged, write_matches};
+use crate::prepare;
 use crate::psi::{
-    OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, ProtocolError, Reveal, truncated,
+    OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, ProtocolError, Reveal, truncated,
 };
-use crate::records::{self, ColumnSpec, ReadError, ReadOptions, ReadStats};
+use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats};
 use crate::token::{KeyFingerprint, Tokenizer};
 use crate::wire::matcher_client::MatcherClient;
 
@@ -197,17 +198,13 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     let suppression_list_stats = suppress.as_ref().map(|list| list.stats().clone());
     let mut read = ReadOptions::new(options.normalizer.clone());
     read.columns = options.columns.clone();
-    read.optout_digester = suppress.as_ref().map(|s| s.digester().clone());
     read.progress = options.progress;
     let input = options.input.clone();
     // Reading, suppressing and preparing the set are CPU work: off the runtime.
     let (records, set) = tokio::task::spawn_blocking(move || {
-        let records = records::read(&input, &Tokenizer::new(&key), read)?;
-        let excluded = match &suppress {
-            Some(list) => excluded_records(&records, list)?,
-            None => Vec::new(),
-        };
-        let set = PreparedSet::new(&records, &excluded);
+        let filter = suppress.as_ref().map(|list| list as &dyn OptOutSource);
+        let records = prepare::read(&input, &Tokenizer::new(&key), read, filter.map(OptOutSource::digester))?;
+        let set = prepare::prepare(&records, filter)?;
         Ok::<_, ClientError>((records, set))
     })
     .await

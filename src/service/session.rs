@@ -25,8 +25,9 @@ use super::server::Shared;
 use super::state::State;
 use crate::optout::BadRows;
 use crate::output::write_match_file;
+use crate::prepare;
 use crate::psi::message::{DEFAULT_CHUNK, MAX_CHUNK};
-use crate::psi::{Owner, OwnerConfig, OwnerMessage, PartnerMessage, PreparedSet, ProtocolError, untrusted};
+use crate::psi::{Owner, OwnerConfig, OwnerMessage, PartnerMessage, ProtocolError, untrusted};
 use crate::wire;
 use crate::wire::matcher_server::Matcher;
 
@@ -200,7 +201,7 @@ impl Session<'_> {
                 error!(error = %e, "opt-outs unavailable; refusing to match");
                 Status::unavailable("opt-outs unavailable")
             })?;
-        let set = PreparedSet::new(&campaign.records, &excluded);
+        let set = prepare::prepared_set(&campaign.records, &excluded);
         record.opted_out_records = Some(set.excluded_records());
         record.owner_set_size = Some(set.len() as u64);
         let mut owner = Owner::new(config, &set).map_err(|e| protocol_status(&e))?;

@@ -16,7 +16,8 @@ use crate::key::Key;
 use crate::normalize::Normalizer;
 use crate::optout::store::OptOutStore;
 use crate::optout::{BadRows, FileList, OptOutError, excluded_records};
-use crate::records::{self, ReadError, ReadOptions, RecordSet};
+use crate::prepare;
+use crate::records::{ReadError, ReadOptions, RecordSet};
 use crate::token::{KeyFingerprint, Tokenizer};
 
 /// A campaign with its audience loaded and tokenized.
@@ -78,9 +79,9 @@ fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campai
     let key = Key::load(&settings.key_file)?;
     let mut options = ReadOptions::new(Normalizer::new(settings.profile, settings.region));
     options.columns = settings.columns.clone();
-    options.optout_digester = Some(optouts.digester.clone());
     options.progress = true;
-    let records = records::read(&settings.audience, &Tokenizer::new(&key), options)?;
+    // Digested once under the opt-outs' stable key; filtered again at every match.
+    let records = prepare::read(&settings.audience, &Tokenizer::new(&key), options, Some(&optouts.digester))?;
     if let Some(store) = &optouts.store {
         store.ensure_profile(&records).map_err(OptOutError::from)?;
     }

@@ -1,0 +1,52 @@
+//! Preparing one side of a match: the one path from a file to the set that is
+//! blinded, with its counts.
+//!
+//! read (normalize, token, and the filter's digests in the same pass) → opt-out or
+//! suppression filter → [`PreparedSet`] (distinct tokens, shuffled, with the way back
+//! to records). The local match, the partner's client, the owner's server and
+//! `idmatch tokens` all go through here, so none of them can read a side without the
+//! digests its filter needs, or prepare one without applying its filter.
+//!
+//! Invariant: a record excluded by the filter contributes nothing to the prepared set
+//! (no token, no count but [`PreparedSet::excluded_records`]).
+
+use std::path::Path;
+
+use crate::optout::{OptOutError, OptOutSource, excluded_records};
+use crate::psi::PreparedSet;
+use crate::records::{self, ReadError, ReadOptions, RecordSet};
+use crate::token::Tokenizer;
+
+/// Reads `path` into records under `tokenizer`, with the opt-out digests that a
+/// filter keyed by `filter_digester` needs (the digester of an [`OptOutSource`], or
+/// of a source that will be consulted later, as the server does at every match).
+pub fn read(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    mut options: ReadOptions,
+    filter_digester: Option<&Tokenizer>,
+) -> Result<RecordSet, ReadError> {
+    options.optout_digester = filter_digester.cloned();
+    records::read(path, tokenizer, options)
+}
+
+/// One flag per record: excluded by `filter` now (none without a filter).
+pub fn excluded(records: &RecordSet, filter: Option<&dyn OptOutSource>) -> Result<Vec<bool>, OptOutError> {
+    match filter {
+        Some(filter) => excluded_records(records, filter),
+        None => Ok(vec![false; records.len()]),
+    }
+}
+
+/// The set to blind: the tokens of the records `filter` leaves in.
+pub fn prepare(records: &RecordSet, filter: Option<&dyn OptOutSource>) -> Result<PreparedSet, OptOutError> {
+    Ok(prepared_set(records, &excluded(records, filter)?))
+}
+
+/// The set to blind from `records`, leaving out every record whose flag in
+/// `excluded` is set (`excluded` is empty or has one flag per record).
+pub fn prepared_set(records: &RecordSet, excluded: &[bool]) -> PreparedSet {
+    let is_excluded = |r: u32| excluded.get(r as usize).copied().unwrap_or(false);
+    let entries = records.entries().iter().filter(|e| !is_excluded(e.record)).map(|e| (e.token, e.record, e.kind));
+    PreparedSet::new(entries.collect(), excluded.iter().filter(|&&x| x).count() as u64)
+}
