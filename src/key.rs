@@ -26,6 +26,7 @@ pub struct Key(Zeroizing<[u8; KEY_LEN]>);
 
 /// Why a key file could not be read or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     #[error("key file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

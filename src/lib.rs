@@ -47,6 +47,8 @@
 //! - `cli`: the `idmatch` binary (`cli`: clap), which needs both.
 
 #![forbid(unsafe_code)]
+// No `unwrap`/`expect` outside tests: input never panics (issue 9).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -48,6 +48,7 @@ pub struct LocalMatchOptions {
 
 /// Why a local match failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LocalMatchFailure {
     #[error(transparent)]
     Key(#[from] KeyError),

@@ -147,6 +147,7 @@ pub struct SynthSummary {
 
 /// Why synthetic data could not be written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SynthError {
     #[error("--overlap must be between 0 and 1, got {0}")]
     Overlap(f64),

@@ -41,6 +41,7 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    #[allow(clippy::expect_used, reason = "HMAC takes keys of any length: this cannot fail")]
     pub fn new(key: &Key) -> Tokenizer {
         let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.bytes()).expect("HMAC accepts any key length");
         Tokenizer { mac }

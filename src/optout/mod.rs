@@ -37,6 +37,7 @@ pub use store::OptOutStore;
 
 /// Why opt-outs could not be applied.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OptOutError {
     #[error("the record set was read without this opt-out source's digests")]
     NotDigested,

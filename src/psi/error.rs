@@ -6,6 +6,7 @@ use super::message::{ChunkLengthError, Reveal};
 
 /// A protocol violation or refusal, by either party.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProtocolError {
     /// A message arrived that the current state does not accept.
     #[error("unexpected {message} message while {state}")]

@@ -26,6 +26,7 @@ use crate::token::Token;
 
 /// Why an element received from the peer was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ElementError {
     #[error("element {index} of the chunk is not a canonical ristretto255 encoding")]
     NonCanonical { index: usize },

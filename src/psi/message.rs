@@ -33,7 +33,8 @@ impl Element {
         if !bytes.len().is_multiple_of(ELEMENT_LEN) {
             return Err(ChunkLengthError { len: bytes.len() });
         }
-        Ok(bytes.chunks_exact(ELEMENT_LEN).map(|c| Element(c.try_into().expect("exact chunk"))).collect())
+        let (chunks, _) = bytes.as_chunks::<ELEMENT_LEN>();
+        Ok(chunks.iter().map(|&c| Element(c)).collect())
     }
 
     /// Concatenates encodings (the wire form of a chunk).

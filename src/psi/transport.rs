@@ -16,6 +16,7 @@ pub enum Observed<'m> {
 
 /// Which side failed, and how.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LocalMatchError {
     #[error("owner: {0}")]
     Owner(ProtocolError),

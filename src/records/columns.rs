@@ -40,6 +40,7 @@ impl ColumnMap {
 
 /// Why a header does not give usable columns.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ColumnError {
     #[error("no column named `{0}` in the header")]
     NotFound(String),

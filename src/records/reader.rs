@@ -71,6 +71,7 @@ impl ReadOptions {
 /// Why a file could not be read. Identifier-level problems are not errors: they are
 /// counted and reported.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReadError {
     #[error("{path}: {source}")]
     Open { path: PathBuf, source: std::io::Error },

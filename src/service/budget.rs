@@ -25,6 +25,7 @@ struct State {
 
 /// Why a match was refused by its budget.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BudgetError {
     #[error("daily match budget of {0} used up")]
     Matches(u64),

@@ -72,6 +72,7 @@ pub struct ClientSummary {
 
 /// Why the client failed; [`ClientError::exit_code`] gives distinct exit codes.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     #[error(transparent)]
     Key(#[from] KeyError),

@@ -21,6 +21,7 @@ use crate::psi::{Endpoint, ProtocolError};
 
 /// Why a driven match stopped early.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DriveError {
     #[error(transparent)]
     Protocol(#[from] ProtocolError),

@@ -41,6 +41,7 @@ const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("idmatch_descr
 
 /// Why the server could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),

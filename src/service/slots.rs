@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 /// Which limit refused a match.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SlotError {
     #[error("too many concurrent matches (max_concurrent_matches = {0}); try again later")]
     Total(usize),

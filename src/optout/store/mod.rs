@@ -242,6 +242,7 @@ pub struct StoreSettings {
 /// Why the store could not do what was asked. Messages name the database file and
 /// never contain a key, digest or raw identifier.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     #[error(
         "opt-out store {path}: no such file (a store is created by `idmatch optout add` or `idmatch optout import`)"
