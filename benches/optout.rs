@@ -24,7 +24,7 @@ use idmatch::normalize::{Normalizer, Profile};
 use idmatch::optout::store::{DEFAULT_BATCH_SIZE, EntryKind, LookupStrategy, OptOutStore, StoreEntry, StoreOptions};
 use idmatch::optout::{OptOutSource, excluded_records};
 use idmatch::records::{self, ReadOptions};
-use idmatch::token::{Token, Tokenizer};
+use idmatch::token::{Label, Token, Tokenizer};
 use rayon::prelude::*;
 
 const STORE_KEY: [u8; 32] = [0x5a; 32];
@@ -36,9 +36,9 @@ fn filler(store: &OptOutStore, n: usize, offset: usize) -> Vec<StoreEntry> {
     let mut entries: Vec<StoreEntry> = (offset..offset + n)
         .into_par_iter()
         .map(|i| match i % 4 {
-            0 => StoreEntry { digest: digester.token("id", &format!("f{i}")), kind: EntryKind::Id },
+            0 => StoreEntry { digest: digester.token(Label::Id, &format!("f{i}")), kind: EntryKind::Id },
             _ => StoreEntry {
-                digest: digester.token("email", &format!("filler{i}@example.net")),
+                digest: digester.token(Label::Email, &format!("filler{i}@example.net")),
                 kind: EntryKind::Email,
             },
         })
@@ -64,7 +64,7 @@ fn import(store: &OptOutStore, entries: &[StoreEntry], batch: usize) {
 
 fn random_tokens(n: usize, seed: u64) -> Vec<Token> {
     let t = Tokenizer::new(&Key::from_bytes([0x33; 32]));
-    (0..n as u64).into_par_iter().map(|i| t.token("x", &(seed + i).to_string())).collect()
+    (0..n as u64).into_par_iter().map(|i| t.token(Label::Email, &(seed + i).to_string())).collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -127,10 +127,10 @@ fn big(n: usize) {
         .into_par_iter()
         .filter_map(|i| match i % 20 {
             0 | 10 => Some(StoreEntry {
-                digest: digester.token("email", &format!("aud{i}@example.org")),
+                digest: digester.token(Label::Email, &format!("aud{i}@example.org")),
                 kind: EntryKind::Email,
             }),
-            5 => Some(StoreEntry { digest: digester.token("id", &format!("m{i}")), kind: EntryKind::Id }),
+            5 => Some(StoreEntry { digest: digester.token(Label::Id, &format!("m{i}")), kind: EntryKind::Id }),
             _ => None,
         })
         .collect();

@@ -15,6 +15,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::key::Key;
+use crate::normalize::Kind;
 
 /// A 32-byte keyed token. `Debug` does not print it: tokens are pseudonymous
 /// identifiers and stay out of logs; [`Token::to_hex`] is for requested outputs.
@@ -47,14 +48,53 @@ impl Tokenizer {
         Tokenizer { mac }
     }
 
-    /// `HMAC-SHA256(key, label ":" value)`; `label` is `email`, `phone`, or (for
-    /// opt-out digests) `id`.
-    pub fn token(&self, label: &str, value: &str) -> Token {
+    /// `HMAC-SHA256(key, label ":" value)`.
+    pub fn token(&self, label: Label, value: &str) -> Token {
         let mut mac = self.mac.clone();
-        mac.update(label.as_bytes());
+        mac.update(label.as_str().as_bytes());
         mac.update(b":");
         mac.update(value.as_bytes());
         Token(mac.finalize().into_bytes().into())
+    }
+}
+
+/// Every domain-separation label hashed before a value (`label ":" value`), in one
+/// place: distinct labels keep an email, a phone number, a record id and a line
+/// number with the same text from ever producing the same token or digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Label {
+    /// A normalized email address.
+    Email,
+    /// A normalized phone number (E.164).
+    Phone,
+    /// A record id, for opt-out digests (`id`).
+    Id,
+    /// A record whose id is its line number (`line`): never equal to an opted-out
+    /// id, so an opted-out id `42` cannot remove line 42.
+    Line,
+    /// The opt-out store's key fingerprint (`fingerprint`).
+    StoreFingerprint,
+}
+
+impl Label {
+    /// The ASCII label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Label::Email => "email",
+            Label::Phone => "phone",
+            Label::Id => "id",
+            Label::Line => "line",
+            Label::StoreFingerprint => "fingerprint",
+        }
+    }
+}
+
+impl From<Kind> for Label {
+    fn from(kind: Kind) -> Label {
+        match kind {
+            Kind::Email => Label::Email,
+            Kind::Phone => Label::Phone,
+        }
     }
 }
 
@@ -108,7 +148,7 @@ mod tests {
         // HMAC-SHA256(key = 32 x 0x0b, "email:alice@example.com"), computed independently
         // with Python's hmac module.
         let tokenizer = Tokenizer::new(&Key::from_bytes([0x0b; 32]));
-        let t = tokenizer.token("email", "alice@example.com");
+        let t = tokenizer.token(Label::Email, "alice@example.com");
         assert_eq!(t.to_hex(), REFERENCE);
     }
 
@@ -144,9 +184,9 @@ mod tests {
     fn kind_separates_domains_and_key_matters() {
         let a = Tokenizer::new(&Key::from_bytes([1; 32]));
         let b = Tokenizer::new(&Key::from_bytes([2; 32]));
-        assert_ne!(a.token("email", "x"), a.token("phone", "x"));
-        assert_ne!(a.token("email", "x"), b.token("email", "x"));
-        assert_eq!(a.token("email", "x"), a.clone().token("email", "x"));
-        assert_eq!(format!("{:?}", a.token("email", "x")), "Token(<redacted>)");
+        assert_ne!(a.token(Label::Email, "x"), a.token(Label::Phone, "x"));
+        assert_ne!(a.token(Label::Email, "x"), b.token(Label::Email, "x"));
+        assert_eq!(a.token(Label::Email, "x"), a.clone().token(Label::Email, "x"));
+        assert_eq!(format!("{:?}", a.token(Label::Email, "x")), "Token(<redacted>)");
     }
 }

@@ -14,7 +14,7 @@ use idmatch::optout::{OptOutSource, excluded_records};
 use idmatch::prepare::prepared_set;
 use idmatch::psi::{Owner, OwnerConfig, Partner, PartnerConfig, Reveal, run_in_memory};
 use idmatch::records::{self, ReadOptions, RecordSet};
-use idmatch::token::{Token, Tokenizer};
+use idmatch::token::{Label, Token, Tokenizer};
 
 fn idmatch(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_idmatch")).args(args).output().unwrap()
@@ -98,7 +98,7 @@ fn add_remove_check_count_roundtrip() {
     assert_eq!(lines[0], "digest_hex,kind,added_at,source");
     assert_eq!(lines.len(), 3, "{export}");
     let store = f.open();
-    let phone = store.digester().token("phone", "+14155552671");
+    let phone = store.digester().token(Label::Phone, "+14155552671");
     assert!(export.contains(&format!("{},phone,", phone.to_hex())), "{export}");
     let audit = f.ok("audit", &[]);
     assert!(audit.starts_with("id,at,source,action,kind,requested,changed\n"), "{audit}");
@@ -294,7 +294,7 @@ fn opted_out_members_never_appear_in_a_match() {
 
 fn sorted_email_digests(store: &OptOutStore, n: usize, prefix: &str) -> Vec<Token> {
     let mut digests: Vec<Token> =
-        (0..n).map(|i| store.digester().token("email", &format!("{prefix}{i}@example.com"))).collect();
+        (0..n).map(|i| store.digester().token(Label::Email, &format!("{prefix}{i}@example.com"))).collect();
     digests.sort();
     digests
 }

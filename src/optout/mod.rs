@@ -26,9 +26,7 @@ use std::path::Path;
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
 use crate::records::{self, ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet};
-use crate::token::{Token, Tokenizer};
-
-pub use crate::records::ID_LABEL;
+use crate::token::{Label, Token, Tokenizer};
 
 #[cfg(feature = "sqlite")]
 pub mod store;
@@ -153,7 +151,7 @@ impl FileList {
         if set.has_id_column() {
             let listed = (0..set.len() as u32).map(|r| set.id(r)).filter(|id| !id.is_empty());
             for id in listed {
-                digests.insert(digester.token(ID_LABEL, id));
+                digests.insert(digester.token(Label::Id, id));
             }
         }
         Ok(FileList { digester, digests, stats: set.stats().clone() })

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use columns::{ColumnError, ColumnMap, ColumnSpec};
-pub use reader::{ID_LABEL, ReadError, ReadOptions, read};
+pub use reader::{ReadError, ReadOptions, read};
 pub use rejects::{RejectWriteError, RejectWriter};
 
 use crate::normalize::{Kind, Profile};

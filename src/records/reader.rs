@@ -17,13 +17,7 @@ use super::{
     ColumnError, ColumnMap, ColumnSpec, Entry, OptOutDigests, RecordSet, RejectWriteError, RejectWriter, RowProblem,
 };
 use crate::normalize::{Kind, Normalizer, Region, Reject, parse_region};
-use crate::token::{Token, Tokenizer};
-
-/// The label hashed with record ids for opt-out digests (`id:<record id>`).
-pub const ID_LABEL: &str = "id";
-
-/// The label for records whose id is their line number (never opted out by id).
-const LINE_LABEL: &str = "line";
+use crate::token::{Label, Token, Tokenizer};
 
 /// Rows per batch handed from the parser thread to the workers.
 const BATCH_ROWS: usize = 8192;
@@ -306,7 +300,7 @@ impl Worker<'_> {
         // Line numbers are not member ids: without an id column the record gets a
         // digest under a label no opt-out entry uses, so an opted-out id `42` can
         // never remove line 42.
-        let label = if self.columns.id.is_some() { ID_LABEL } else { LINE_LABEL };
+        let label = if self.columns.id.is_some() { Label::Id } else { Label::Line };
         out.id_digest = self.digester.map(|d| d.token(label, id));
         let region: Result<Option<Region>, Reject> = match self.columns.region.map(|c| &record[c]) {
             None => Ok(None),
@@ -328,13 +322,13 @@ impl Worker<'_> {
             };
             match result {
                 Ok(()) => {
-                    let token = self.tokenizer.token(kind.label(), buf);
+                    let token = self.tokenizer.token(kind.into(), buf);
                     out.valid[kind as usize] += 1;
                     if out.identifiers.iter().any(|&(_, t, _)| t == token) {
                         out.repeated += 1;
                         continue;
                     }
-                    let digest = self.digester.map(|d| d.token(kind.label(), buf));
+                    let digest = self.digester.map(|d| d.token(kind.into(), buf));
                     out.identifiers.push((kind, token, digest));
                 }
                 Err(reason) => {

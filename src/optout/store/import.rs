@@ -15,7 +15,8 @@ use rayon::prelude::*;
 
 use super::{Counts, EntryKind, OptOutStore, StoreEntry, StoreError, check_source, digest_order};
 use crate::normalize::{Normalizer, Region};
-use crate::records::{self, ColumnSpec, ID_LABEL, ReadOptions, ReadStats, RejectWriter};
+use crate::records::{self, ColumnSpec, ReadOptions, ReadStats, RejectWriter};
+use crate::token::Label;
 
 /// Entries per transaction unless told otherwise.
 pub const DEFAULT_BATCH_SIZE: usize = 1_000_000;
@@ -126,7 +127,7 @@ pub(super) fn import_file(
             .into_par_iter()
             .filter_map(|r| {
                 let id = set.id(r);
-                (!id.is_empty()).then(|| StoreEntry { digest: digester.token(ID_LABEL, id), kind: EntryKind::Id })
+                (!id.is_empty()).then(|| StoreEntry { digest: digester.token(Label::Id, id), kind: EntryKind::Id })
             })
             .collect();
         ids = id_entries.len() as u64;

@@ -6,7 +6,7 @@
 //! Never a raw identifier. Each entry is the keyed digest
 //! `HMAC-SHA256(store key, label ":" normalized)` — exactly
 //! `Tokenizer::new(&store_key).token(label, normalized)` with label `email`, `phone`
-//! or `id` ([`ID_LABEL`]) — under a per-installation **store key** (its own key file,
+//! or `id` ([`Label`]) — under a per-installation **store key** (its own key file,
 //! made by `idmatch keygen`, never a campaign key). A copy of the database therefore
 //! does not reveal who opted out to anyone without the store key. Each entry also
 //! records when it was added and by which source (`account-settings`,
@@ -67,8 +67,8 @@ pub use time::format_rfc3339_ms;
 use super::{OptOutError, OptOutSource};
 use crate::key::{Key, KeyError};
 use crate::normalize::{Kind, Normalizer, Profile, Region, Reject};
-use crate::records::{ID_LABEL, ReadError, RecordSet};
-use crate::token::{Token, Tokenizer};
+use crate::records::{ReadError, RecordSet};
+use crate::token::{Label, Token, Tokenizer};
 
 /// What an entry opts out: an email address, a phone number, or a member (record) id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,13 +82,18 @@ impl EntryKind {
     /// All kinds, in their stored order.
     pub const ALL: [EntryKind; 3] = [EntryKind::Email, EntryKind::Phone, EntryKind::Id];
 
-    /// The label hashed into the digest and written in exports: `email`, `phone`, `id`.
-    pub fn label(self) -> &'static str {
+    /// The label hashed into the digest.
+    pub fn hash_label(self) -> Label {
         match self {
-            EntryKind::Email => Kind::Email.label(),
-            EntryKind::Phone => Kind::Phone.label(),
-            EntryKind::Id => ID_LABEL,
+            EntryKind::Email => Label::Email,
+            EntryKind::Phone => Label::Phone,
+            EntryKind::Id => Label::Id,
         }
+    }
+
+    /// The label written in exports: `email`, `phone`, `id`.
+    pub fn label(self) -> &'static str {
+        self.hash_label().as_str()
     }
 
     /// The small integer stored for this kind (0 email, 1 phone, 2 id).
@@ -371,12 +376,11 @@ impl StoreOptions {
 
 /// The text whose keyed hash is a store's key fingerprint (label `fingerprint`, which
 /// no entry uses).
-const FINGERPRINT_LABEL: &str = "fingerprint";
 const FINGERPRINT_VALUE: &str = "idmatch-optout-store-v1";
 
 /// The fingerprint recorded for `key`: hex of `HMAC(key, "fingerprint:idmatch-optout-store-v1")`.
 pub fn key_fingerprint(key: &Key) -> String {
-    Tokenizer::new(key).token(FINGERPRINT_LABEL, FINGERPRINT_VALUE).to_hex()
+    Tokenizer::new(key).token(Label::StoreFingerprint, FINGERPRINT_VALUE).to_hex()
 }
 
 /// The opt-out store: a [`Backend`] plus the store key's digester and the store's
@@ -462,7 +466,7 @@ impl OptOutStore {
             }
         };
         let value = value.map_err(|reason| StoreError::Rejected { kind, reason })?;
-        Ok(StoreEntry { digest: self.digester.token(kind.label(), &value), kind })
+        Ok(StoreEntry { digest: self.digester.token(kind.hash_label(), &value), kind })
     }
 
     /// Opts one identifier out; `true` if it was not opted out before.
@@ -598,9 +602,9 @@ mod tests {
         let t = Tokenizer::new(&key);
         let us = Some(Region::from_code("US").unwrap());
         let digest = |kind, raw| store.digest(kind, raw, us).unwrap().digest;
-        assert_eq!(digest(EntryKind::Email, " John.Doe+x@GoogleMail.com "), t.token("email", "johndoe@gmail.com"));
-        assert_eq!(digest(EntryKind::Phone, "(415) 555-2671"), t.token("phone", "+14155552671"));
-        assert_eq!(digest(EntryKind::Id, " M-7 "), t.token(ID_LABEL, "M-7"));
+        assert_eq!(digest(EntryKind::Email, " John.Doe+x@GoogleMail.com "), t.token(Label::Email, "johndoe@gmail.com"));
+        assert_eq!(digest(EntryKind::Phone, "(415) 555-2671"), t.token(Label::Phone, "+14155552671"));
+        assert_eq!(digest(EntryKind::Id, " M-7 "), t.token(Label::Id, "M-7"));
         assert!(matches!(
             store.digest(EntryKind::Email, "nope", None),
             Err(StoreError::Rejected { kind: EntryKind::Email, reason: Reject::MissingAt })
@@ -619,7 +623,7 @@ mod tests {
         assert_ne!(fp, key_fingerprint(&Key::from_bytes([2; 32])));
         assert_ne!(fp, "01".repeat(32));
         let t = Tokenizer::new(&a);
-        for label in ["email", "phone", ID_LABEL] {
+        for label in [Label::Email, Label::Phone, Label::Id] {
             assert_ne!(fp, t.token(label, FINGERPRINT_VALUE).to_hex());
         }
     }

@@ -703,7 +703,7 @@ mod tests {
 
     use super::*;
     use crate::key::Key;
-    use crate::token::Tokenizer;
+    use crate::token::{Label, Tokenizer};
 
     fn settings() -> StoreSettings {
         StoreSettings { key_fingerprint: "f".repeat(64), profile: Profile::IdmatchV1 }
@@ -711,7 +711,7 @@ mod tests {
 
     fn tokens(n: usize, seed: &str) -> Vec<Token> {
         let t = Tokenizer::new(&Key::from_bytes([4; 32]));
-        (0..n).map(|i| t.token(seed, &i.to_string())).collect()
+        (0..n).map(|i| t.token(Label::Email, &format!("{seed}{i}"))).collect()
     }
 
     fn entries(tokens: &[Token], kind: EntryKind) -> Vec<StoreEntry> {
