@@ -169,7 +169,7 @@ fn big(n: usize) {
     let campaign = Tokenizer::new(&Key::from_bytes([0x77; 32]));
     let t = Instant::now();
     let mut options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, None));
-    options.optout_digester = Some(store.digester().clone());
+    options.filter_digester = Some(store.digester().clone());
     let set = records::read(&audience, &campaign, options).unwrap();
     println!(
         "audience: read {} records ({} identifiers) in {:.2} s (normalize, campaign token and store digest; paid by any match)",

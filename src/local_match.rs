@@ -19,7 +19,7 @@ use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
 use crate::output::write_match_file;
 use crate::prepare;
 use crate::psi::{
-    LocalMatchError, Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, ProtocolError, Reveal, run_in_memory,
+    LocalMatchError, Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, Reveal, SetupError, run_in_memory,
 };
 use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
 use crate::token::Tokenizer;
@@ -61,7 +61,7 @@ pub enum LocalMatchFailure {
     #[error(transparent)]
     Protocol(#[from] LocalMatchError),
     #[error("{0}")]
-    Setup(#[from] ProtocolError),
+    Setup(#[from] SetupError),
     #[error("{path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
 }
@@ -232,10 +232,7 @@ fn open_store(db: &Path, key_file: &Path, options: &LocalMatchOptions) -> Result
 
 #[cfg(not(feature = "sqlite"))]
 fn open_store(db: &Path, _: &Path, _: &LocalMatchOptions) -> Result<Box<dyn OptOutSource>, OptOutError> {
-    Err(OptOutError::Source(format!(
-        "{}: this build of idmatch has no opt-out store (built without the `sqlite` feature)",
-        db.display()
-    )))
+    Err(OptOutError::NoStoreSupport { path: db.display().to_string() })
 }
 
 fn load_list(path: Option<&Path>, options: &LocalMatchOptions) -> Result<Option<FileList>, OptOutError> {

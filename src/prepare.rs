@@ -26,7 +26,7 @@ pub fn read(
     mut options: ReadOptions,
     filter_digester: Option<&Tokenizer>,
 ) -> Result<RecordSet, ReadError> {
-    options.optout_digester = filter_digester.cloned();
+    options.filter_digester = filter_digester.cloned();
     records::read(path, tokenizer, options)
 }
 

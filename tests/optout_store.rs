@@ -224,7 +224,7 @@ fn newer_schema_and_foreign_files_are_clear_errors() {
 /// Reads a member file as the matching engine does: campaign tokens, store digests.
 fn read_members(path: &Path, campaign: &Tokenizer, store: &OptOutStore) -> RecordSet {
     let mut options = ReadOptions::new(Normalizer::new(store.profile(), Some(Region::from_code("US").unwrap())));
-    options.optout_digester = Some(store.digester().clone());
+    options.filter_digester = Some(store.digester().clone());
     let set = records::read(path, campaign, options).unwrap();
     store.ensure_profile(&set).unwrap();
     set

@@ -11,7 +11,7 @@ use idmatch::prepare::prepared_set;
 use idmatch::psi::message::{Accept, Hello, PROTOCOL_VERSION};
 use idmatch::psi::{
     Element, Observed, Owner, OwnerConfig, OwnerMessage, Partner, PartnerConfig, PartnerMessage, PreparedSet,
-    ProtocolError, Reveal, run_in_memory,
+    ProtocolError, Reveal, SetupError, run_in_memory,
 };
 use idmatch::records::{self, ColumnSpec, ReadOptions, RecordSet};
 use idmatch::token::{KeyFingerprint, Tokenizer};
@@ -29,7 +29,7 @@ fn write_csv(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::Path
 
 fn read(path: &std::path::Path, tokenizer: &Tokenizer, digester: Option<&Tokenizer>) -> RecordSet {
     let mut options = ReadOptions::new(normalizer());
-    options.optout_digester = digester.cloned();
+    options.filter_digester = digester.cloned();
     records::read(path, tokenizer, options).unwrap()
 }
 
@@ -318,6 +318,20 @@ fn a_huge_campaign_string_is_truncated_in_the_error() {
     }
     let message = o.receive(h).unwrap_err().to_string();
     assert!(message.len() < 200 && message.contains("…(262144 bytes)"), "{message}");
+}
+
+#[test]
+fn a_bad_local_configuration_is_a_setup_error_not_a_peer_fault() {
+    let (os, _) = small_sets();
+    for zero_send in [true, false] {
+        let mut config = OwnerConfig::local("c", Profile::IdmatchV1);
+        if zero_send {
+            config.send_chunk = 0
+        } else {
+            config.max_chunk = 0
+        }
+        assert!(matches!(Owner::new(config, &os), Err(SetupError::ZeroChunk)));
+    }
 }
 
 #[test]

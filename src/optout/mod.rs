@@ -39,8 +39,14 @@ pub use store::OptOutStore;
 pub enum OptOutError {
     #[error("the record set was read without this opt-out source's digests")]
     NotDigested,
-    #[error("opt-out source: {0}")]
-    Source(String),
+    #[error("opt-out source answered {answered} of {asked} lookups; refusing to guess the rest")]
+    ShortAnswer { asked: usize, answered: usize },
+    /// The opt-out store failed; the store's own error, typed.
+    #[cfg(feature = "sqlite")]
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("{path}: this build of idmatch has no opt-out store (built without the `sqlite` feature)")]
+    NoStoreSupport { path: String },
     #[error(transparent)]
     Read(#[from] ReadError),
     #[error(transparent)]
@@ -58,18 +64,14 @@ pub trait OptOutSource {
 /// One flag per record of `records`: set when its id or any of its identifiers is
 /// opted out in `source`. `records` must have been read with `source.digester()`.
 pub fn excluded_records(records: &RecordSet, source: &dyn OptOutSource) -> Result<Vec<bool>, OptOutError> {
-    let digests = records.optout_digests().ok_or(OptOutError::NotDigested)?;
+    let digests = records.filter_digests().ok_or(OptOutError::NotDigested)?;
     if digests.ids.len() != records.len() || digests.entries.len() != records.entries().len() {
         return Err(OptOutError::NotDigested);
     }
     let answers = |asked: &[Token]| -> Result<Vec<bool>, OptOutError> {
         let answers = source.contains(asked)?;
         if answers.len() != asked.len() {
-            return Err(OptOutError::Source(format!(
-                "answered {} of {} lookups; refusing to guess the rest",
-                answers.len(),
-                asked.len()
-            )));
+            return Err(OptOutError::ShortAnswer { asked: asked.len(), answered: answers.len() });
         }
         Ok(answers)
     };

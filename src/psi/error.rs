@@ -1,10 +1,28 @@
-//! Everything that can go wrong in a match, in one place. Each case is precise
-//! enough to map onto one gRPC status code (see `docs/PROTOCOL.md`).
+//! Everything that can go wrong in a match, in one place, split by whose fault it
+//! is: [`SetupError`] is this side's own (its configuration, its random number
+//! generator) and happens before any message; [`ProtocolError`] is about what the
+//! peer sent or asked for. Each protocol case is precise enough to map onto one gRPC
+//! status code; that mapping lives at the wire boundary (`service::session`, see
+//! `docs/PROTOCOL.md`), not here.
 
 use super::group::ElementError;
 use super::message::{ChunkLengthError, Reveal};
 
-/// A protocol violation or refusal, by either party.
+/// Why a state machine could not be started: a fault of this side, never the
+/// peer's (a gRPC server reports it as `INTERNAL`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// A configured chunk size of zero elements.
+    #[error("chunk sizes must be at least 1 element")]
+    ZeroChunk,
+    #[error("random number generator failed: {0}")]
+    Rng(String),
+}
+
+/// What the peer did wrong, or asked for and this side refuses: a message out of
+/// order or malformed, a mismatch of version, profile, campaign or key, a request
+/// outside this side's policy.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtocolError {
@@ -43,8 +61,6 @@ pub enum ProtocolError {
     /// A wire message that does not decode into a protocol message.
     #[error("malformed message: {0}")]
     Malformed(&'static str),
-    #[error("random number generator failed: {0}")]
-    Rng(String),
 }
 
 /// Longest peer-supplied text kept whole in errors, logs and audit records.

@@ -21,7 +21,7 @@ pub mod partner;
 pub mod set;
 pub mod transport;
 
-pub use error::{ProtocolError, truncated, untrusted};
+pub use error::{ProtocolError, SetupError, truncated, untrusted};
 pub use message::{Element, OwnerMessage, PartnerMessage, Reveal};
 pub use owner::{Owner, OwnerConfig, OwnerOutcome};
 pub use partner::{Partner, PartnerConfig, PartnerOutcome};

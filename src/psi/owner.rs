@@ -11,7 +11,7 @@ use std::collections::{HashSet, VecDeque};
 
 use rand::seq::SliceRandom;
 
-use super::error::{ProtocolError, untrusted};
+use super::error::{ProtocolError, SetupError, untrusted};
 use super::group::BlindingKey;
 use super::message::{Accept, Element, Hello, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Reveal, Summary};
 use super::set::PreparedSet;
@@ -152,14 +152,14 @@ pub struct Owner<'a> {
 impl<'a> Owner<'a> {
     /// Starts a match for `set`. Chunk sizes in `config` are capped at
     /// [`MAX_CHUNK`](super::message::MAX_CHUNK) and must not be zero.
-    pub fn new(mut config: OwnerConfig, set: &'a PreparedSet) -> Result<Owner<'a>, ProtocolError> {
+    pub fn new(mut config: OwnerConfig, set: &'a PreparedSet) -> Result<Owner<'a>, SetupError> {
         let max = super::message::MAX_CHUNK;
         if config.send_chunk == 0 || config.max_chunk == 0 {
-            return Err(ProtocolError::BadChunkSize { len: 0, max });
+            return Err(SetupError::ZeroChunk);
         }
         config.send_chunk = config.send_chunk.min(max);
         config.max_chunk = config.max_chunk.min(max);
-        let key = BlindingKey::random().map_err(|e| ProtocolError::Rng(e.to_string()))?;
+        let key = BlindingKey::random().map_err(|e| SetupError::Rng(e.to_string()))?;
         Ok(Owner {
             config,
             set,

@@ -8,7 +8,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use super::error::ProtocolError;
+use super::error::{ProtocolError, SetupError};
 use super::group::BlindingKey;
 use super::message::{
     DEFAULT_CHUNK, Element, Hello, MAX_CHUNK, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Reveal, Summary,
@@ -108,8 +108,8 @@ pub struct Partner<'a> {
 
 impl<'a> Partner<'a> {
     /// Starts a match; the hello is the first outgoing message.
-    pub fn new(config: PartnerConfig, set: &'a PreparedSet) -> Result<Partner<'a>, ProtocolError> {
-        let key = BlindingKey::random().map_err(|e| ProtocolError::Rng(e.to_string()))?;
+    pub fn new(config: PartnerConfig, set: &'a PreparedSet) -> Result<Partner<'a>, SetupError> {
+        let key = BlindingKey::random().map_err(|e| SetupError::Rng(e.to_string()))?;
         let hello = PartnerMessage::Hello(Hello {
             version: PROTOCOL_VERSION,
             campaign: config.campaign.clone(),

@@ -91,10 +91,13 @@ impl ReadStats {
     }
 }
 
-/// Opt-out digests of a record set, computed once at load under an opt-out source's
-/// own key (see [`crate::optout`]): one per record id and one per entry.
+/// The same records keyed a second time, under a filter's own key, in the same pass
+/// as the tokens: one digest per record id and one per entry. A filter (an opt-out
+/// list or store, a suppression list: see `crate::optout`) keeps its entries under
+/// its own key, so a set is checked against it without re-reading the file and
+/// without the raw identifiers ever being kept.
 #[derive(Clone, Debug, Default)]
-pub struct OptOutDigests {
+pub struct FilterDigests {
     pub ids: Vec<Token>,
     pub entries: Vec<Token>,
 }
@@ -106,7 +109,7 @@ pub struct RecordSet {
     id_text: String,
     id_ends: Vec<usize>,
     entries: Vec<Entry>,
-    optout_digests: Option<OptOutDigests>,
+    filter_digests: Option<FilterDigests>,
     stats: ReadStats,
 }
 
@@ -128,7 +131,7 @@ impl RecordSet {
             id_text: String::new(),
             id_ends: Vec::new(),
             entries: Vec::new(),
-            optout_digests: None,
+            filter_digests: None,
             stats: ReadStats::default(),
         }
     }
@@ -177,9 +180,9 @@ impl RecordSet {
         &self.entries
     }
 
-    /// Opt-out digests, if the set was read with an opt-out digester.
-    pub fn optout_digests(&self) -> Option<&OptOutDigests> {
-        self.optout_digests.as_ref()
+    /// The filter digests, if the set was read with a filter digester.
+    pub fn filter_digests(&self) -> Option<&FilterDigests> {
+        self.filter_digests.as_ref()
     }
 
     pub fn stats(&self) -> &ReadStats {

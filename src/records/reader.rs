@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use super::{
-    ColumnError, ColumnMap, ColumnSpec, Entry, OptOutDigests, RecordSet, RejectWriteError, RejectWriter, RowProblem,
+    ColumnError, ColumnMap, ColumnSpec, Entry, FilterDigests, RecordSet, RejectWriteError, RejectWriter, RowProblem,
 };
 use crate::normalize::{Kind, Normalizer, Region, Reject, parse_region};
 use crate::token::{Label, Token, Tokenizer};
@@ -28,8 +28,8 @@ pub struct ReadOptions {
     pub normalizer: Normalizer,
     /// Where to report rejects, if anywhere.
     pub rejects: Option<RejectWriter>,
-    /// Also compute opt-out digests under this key (see [`crate::optout`]).
-    pub optout_digester: Option<Tokenizer>,
+    /// Also key every record id and identifier under this filter key ([`FilterDigests`]).
+    pub filter_digester: Option<Tokenizer>,
     /// Show a progress bar on stderr (hidden automatically when it is not a terminal).
     pub progress: bool,
     /// Read a list (opt-outs, suppressions) rather than records: the identifier
@@ -53,7 +53,7 @@ impl ReadOptions {
             columns: ColumnSpec::default(),
             normalizer,
             rejects: None,
-            optout_digester: None,
+            filter_digester: None,
             progress: false,
             list: false,
             complete: false,
@@ -104,9 +104,9 @@ struct RawRow {
 struct RowOut {
     line: u64,
     id: Result<String, RowProblem>,
-    /// The record id's opt-out digest, when a digester is set.
+    /// The record id's filter digest, when a digester is set.
     id_digest: Option<Token>,
-    /// (kind, token, opt-out digest)
+    /// (kind, token, filter digest)
     identifiers: Vec<(Kind, Token, Option<Token>)>,
     /// (column, reason, raw value if the report wants values)
     rejects: Vec<(usize, Reject, Option<String>)>,
@@ -149,7 +149,7 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
     let keep_values = options.rejects.as_ref().is_some_and(RejectWriter::include_values);
     let mut sink = Sink {
         set: RecordSet::new(options.normalizer.profile(), columns.id.is_some()),
-        digests: options.optout_digester.as_ref().map(|_| OptOutDigests::default()),
+        digests: options.filter_digester.as_ref().map(|_| FilterDigests::default()),
         ids: (columns.id.is_some() && !options.list).then(Vec::new),
         columns: &columns,
         rejects: options.rejects.take(),
@@ -167,7 +167,7 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
         columns: &columns,
         normalizer: &options.normalizer,
         tokenizer,
-        digester: options.optout_digester.as_ref(),
+        digester: options.filter_digester.as_ref(),
         keep_values,
     };
     std::thread::scope(|scope| -> Result<(), ReadError> {
@@ -197,7 +197,7 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
             return Err(ReadError::DuplicateId { path: path.to_owned(), line, first_line });
         }
     }
-    set.optout_digests = digests;
+    set.filter_digests = digests;
     if let Some(rejects) = rejects {
         rejects.finish()?;
     }
@@ -298,8 +298,8 @@ impl Worker<'_> {
         };
         let Ok(id) = &out.id else { return out };
         // Line numbers are not member ids: without an id column the record gets a
-        // digest under a label no opt-out entry uses, so an opted-out id `42` can
-        // never remove line 42.
+        // digest under a label no filter entry uses, so a filtered id `42` (an
+        // opt-out by member id) can never remove line 42.
         let label = if self.columns.id.is_some() { Label::Id } else { Label::Line };
         out.id_digest = self.digester.map(|d| d.token(label, id));
         let region: Result<Option<Region>, Reject> = match self.columns.region.map(|c| &record[c]) {
@@ -344,7 +344,7 @@ impl Worker<'_> {
 /// Where worker results are appended, in file order.
 struct Sink<'a> {
     set: RecordSet,
-    digests: Option<OptOutDigests>,
+    digests: Option<FilterDigests>,
     /// `(hash of id, record, line)` per record, when ids are checked for repeats.
     ids: Option<Vec<(u64, u32, u32)>>,
     columns: &'a ColumnMap,

@@ -26,7 +26,7 @@ use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
 use crate::output::{OutputError, Staged, write_matches};
 use crate::prepare;
 use crate::psi::{
-    OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, ProtocolError, Reveal, truncated,
+    OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, ProtocolError, Reveal, SetupError, truncated,
 };
 use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats};
 use crate::token::{KeyFingerprint, Tokenizer};
@@ -101,6 +101,8 @@ pub enum ClientError {
     Server(String),
     #[error("protocol: {0}")]
     Protocol(#[from] ProtocolError),
+    #[error("could not start the match: {0}")]
+    Setup(#[from] SetupError),
     #[error("{0}")]
     Stream(String),
 }
@@ -266,6 +268,7 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     });
     let outcome = driver.await.map_err(|e| ClientError::Stream(e.to_string()))?.map_err(|e| match e {
         DriveError::Protocol(p) => ClientError::Protocol(p),
+        DriveError::Setup(s) => ClientError::Setup(s),
         DriveError::Remote { code, message } => ClientError::from_status(code, &message),
         other => ClientError::Stream(other.to_string()),
     })?;

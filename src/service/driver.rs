@@ -17,7 +17,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Sender, UnboundedReceiver};
 
-use crate::psi::{Endpoint, ProtocolError};
+use crate::psi::{Endpoint, ProtocolError, SetupError};
 
 /// Why a driven match stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,9 @@ use crate::psi::{Endpoint, ProtocolError};
 pub enum DriveError {
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// This side's state machine could not start (never the peer's fault).
+    #[error(transparent)]
+    Setup(#[from] SetupError),
     #[error("the peer closed the stream before the match finished")]
     PeerClosed,
     #[error("the peer sent nothing for {0:?}")]

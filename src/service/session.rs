@@ -204,7 +204,10 @@ impl Session<'_> {
         let set = prepare::prepared_set(&campaign.records, &excluded);
         record.opted_out_records = Some(set.excluded_records());
         record.owner_set_size = Some(set.len() as u64);
-        let mut owner = Owner::new(config, &set).map_err(|e| protocol_status(&e))?;
+        let mut owner = Owner::new(config, &set).map_err(|e| {
+            tracing::error!(match_id = self.match_id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");
+            Status::internal("the owner could not start the match")
+        })?;
         owner.receive(first).map_err(|e| protocol_status(&e))?;
         // ...and only then the daily budget, just before `Accept` goes out.
         let allowance = Allowance {
@@ -276,13 +279,13 @@ pub fn protocol_status(error: &ProtocolError) -> Status {
         CampaignMismatch { .. } => Status::failed_precondition("campaign mismatch"),
         RevealNotAllowed(_) => Status::permission_denied(message),
         SetSizeOutOfRange { .. } => Status::resource_exhausted(message),
-        Rng(_) => Status::internal("random number generator failed"),
     }
 }
 
 fn drive_status(error: DriveError) -> Status {
     match error {
         DriveError::Protocol(e) => protocol_status(&e),
+        DriveError::Setup(_) => Status::internal("the owner could not start the match"),
         DriveError::Idle(d) => Status::deadline_exceeded(format!("no message from the partner for {}s", d.as_secs())),
         DriveError::Stalled(d) => {
             Status::deadline_exceeded(format!("the partner took none of the owner's messages for {}s", d.as_secs()))

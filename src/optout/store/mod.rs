@@ -44,7 +44,7 @@
 //! let store = OptOutStore::open(Path::new("optouts.db"), &store_key, &StoreOptions::existing())?;
 //! let campaign = Tokenizer::new(&Key::load(Path::new("campaign.key"))?);
 //! let mut options = ReadOptions::new(Normalizer::new(store.profile(), None));
-//! options.optout_digester = Some(store.digester().clone());
+//! options.filter_digester = Some(store.digester().clone());
 //! let members = records::read(Path::new("members.csv"), &campaign, options)?;
 //! store.ensure_profile(&members)?;
 //! let excluded: Vec<bool> = excluded_records(&members, &store)?;
@@ -289,16 +289,6 @@ pub enum StoreError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Read(#[from] ReadError),
-}
-
-impl From<StoreError> for OptOutError {
-    fn from(err: StoreError) -> OptOutError {
-        match err {
-            StoreError::Read(e) => OptOutError::Read(e),
-            StoreError::Key(e) => OptOutError::Key(e),
-            other => OptOutError::Source(other.to_string()),
-        }
-    }
 }
 
 /// Longest accepted source label, in bytes.
@@ -660,8 +650,9 @@ mod tests {
     }
 
     #[test]
-    fn store_errors_become_source_errors_without_values() {
+    fn store_errors_stay_typed_inside_optout_errors() {
         let err: OptOutError = StoreError::WrongKey { path: "x.db".into() }.into();
-        assert!(matches!(&err, OptOutError::Source(m) if m.contains("x.db") && m.contains("store key")));
+        assert!(matches!(&err, OptOutError::Store(StoreError::WrongKey { path }) if path == "x.db"));
+        assert!(err.to_string().contains("x.db") && err.to_string().contains("store key"));
     }
 }
