@@ -30,7 +30,9 @@
 //! - [`service`]: the gRPC matching server, the `OptOutAdmin` service, the partner's
 //!   client, and what they need (configuration, audit log, budgets, metrics).
 //! - [`synth`]: realistic synthetic data with a known truth.
-//! - [`cli`]: the command line (argument structures and glue only).
+//!
+//! The command line lives in the `idmatch` binary (`src/main.rs` and its `cli`
+//! module: argument structures and glue only), not in this library.
 //! - [`wire`]: protobuf types generated from `proto/` (the gRPC contract).
 //!
 //! `docs/PROTOCOL.md` specifies the wire protocol byte for byte; `docs/PRIVACY.md`
@@ -44,14 +46,12 @@
 //! - `sqlite`: the durable opt-out store (`optout::store`, bundled SQLite);
 //! - `service`: the gRPC server and client (`service`, `wire`: tonic, tokio, axum),
 //!   with `sqlite`;
-//! - `cli`: the `idmatch` binary (`cli`: clap), which needs both.
+//! - `cli`: the `idmatch` binary (clap), which needs both.
 
 #![forbid(unsafe_code)]
 // No `unwrap`/`expect` outside tests: input never panics (issue 9).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-#[cfg(feature = "cli")]
-pub mod cli;
 pub mod key;
 pub mod local_match;
 pub mod normalize;

@@ -1,7 +1,10 @@
-//! The `idmatch` binary: parses arguments and hands them to [`idmatch::cli::run`].
+//! The `idmatch` binary: parses arguments and hands them to [`cli::run`], which calls
+//! the library.
+
+mod cli;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    idmatch::cli::run(idmatch::cli::Cli::parse())
+    cli::run(cli::Cli::parse())
 }

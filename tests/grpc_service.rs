@@ -151,7 +151,7 @@ impl Fixture {
             ""
         };
         let limits = if setup.limits.is_empty() {
-            "max_concurrent_matches = 32\nmax_concurrent_matches_per_partner = 32\nidle_timeout_secs = 15"
+            "max_concurrent_matches = 32\nmax_concurrent_matches_per_partner = 32\nidle_timeout_secs = 60"
         } else {
             setup.limits
         };
@@ -397,7 +397,13 @@ fn twenty_concurrent_matches_are_all_correct() {
     let handles: Vec<_> = (0..20)
         .map(|i| {
             let f = f.clone();
-            std::thread::spawn(move || f.run(f.options(Reveal::Partner, &format!("c{i}.csv"))).unwrap())
+            std::thread::spawn(move || {
+                // Correctness under concurrency, not speed: twenty matches share two
+                // (possibly busy) cores, so a client may wait long for the owner.
+                let mut options = f.options(Reveal::Partner, &format!("c{i}.csv"));
+                options.idle_timeout = Duration::from_secs(120);
+                f.run(options).unwrap()
+            })
         })
         .collect();
     for h in handles {

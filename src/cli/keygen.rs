@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliResult;
-use crate::key::Key;
+use idmatch::key::Key;
 
 #[derive(Debug, Args)]
 pub struct KeygenArgs {

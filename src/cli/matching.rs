@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CliResult, ColumnArgs, ProfileArgs};
-use crate::local_match::{self, LocalMatchOptions};
-use crate::optout::BadRows;
-use crate::psi::Reveal;
-use crate::service::client::{self, ClientOptions};
+use idmatch::local_match::{self, LocalMatchOptions};
+use idmatch::optout::BadRows;
+use idmatch::psi::Reveal;
+use idmatch::service::client::{self, ClientOptions};
 
 #[derive(Debug, Args)]
 pub struct MatchArgs {
@@ -139,7 +139,7 @@ pub fn run(args: MatchArgs) -> CliResult {
 }
 
 /// Says on stderr what `--skip-bad-list-rows` skipped (the counts are in summary.json).
-pub(super) fn warn_skipped(name: &str, stats: &crate::records::ReadStats) {
+pub(super) fn warn_skipped(name: &str, stats: &idmatch::records::ReadStats) {
     let skipped = stats.rejected_total() + stats.bad_rows_total();
     if skipped > 0 {
         eprintln!(

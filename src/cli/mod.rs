@@ -15,8 +15,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::normalize::{Normalizer, Profile, Region, parse_region, region_problem};
-use crate::records::ColumnSpec;
+use idmatch::normalize::{Normalizer, Profile, Region, parse_region, region_problem};
+use idmatch::records::ColumnSpec;
 
 /// Privacy-preserving identifier matching: normalize emails and phone numbers, turn
 /// them into keyed tokens, and match two parties' lists revealing only the
@@ -126,7 +126,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("idmatch: error: {err}");
-            match err.downcast_ref::<crate::service::client::ClientError>() {
+            match err.downcast_ref::<idmatch::service::client::ClientError>() {
                 Some(client_error) => ExitCode::from(client_error.exit_code()),
                 None => ExitCode::FAILURE,
             }
@@ -138,7 +138,7 @@ pub fn run(cli: Cli) -> ExitCode {
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 /// A human-readable summary of one file's read statistics.
-pub fn format_stats(path: &std::path::Path, stats: &crate::records::ReadStats) -> String {
+pub fn format_stats(path: &std::path::Path, stats: &idmatch::records::ReadStats) -> String {
     let list = |map: &std::collections::BTreeMap<&'static str, u64>| {
         map.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
     };

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufWriter, Write};
 use clap::Args;
 
 use super::{CliResult, ProfileArgs};
-use crate::normalize::Kind;
+use idmatch::normalize::Kind;
 
 #[derive(Debug, Args)]
 pub struct NormalizeArgs {
@@ -26,7 +26,7 @@ pub fn run(args: NormalizeArgs) -> CliResult {
         let line = line.strip_suffix(b"\r").unwrap_or(&line);
         let result = match std::str::from_utf8(line) {
             Ok(text) => normalizer.normalize_into(args.kind, text, None, &mut out),
-            Err(_) => Err(crate::normalize::Reject::BadEncoding),
+            Err(_) => Err(idmatch::normalize::Reject::BadEncoding),
         };
         match result {
             Ok(()) => writeln!(stdout, "{out}"),

@@ -1,5 +1,5 @@
 //! `idmatch optout`: the durable opt-out store (add, remove, import, check, count,
-//! export, audit, verify). The store logic lives in [`crate::optout::store`].
+//! export, audit, verify). The store logic lives in [`idmatch::optout::store`].
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 
 use super::{CliResult, ColumnArgs, format_stats, parse_profile, parse_region_arg};
-use crate::key::Key;
-use crate::normalize::{Profile, Region};
-use crate::optout::store::{
+use idmatch::key::Key;
+use idmatch::normalize::{Profile, Region};
+use idmatch::optout::store::{
     BatchReport, Counts, EntryKind, ImportOptions, OptOutStore, StoreError, StoreOptions, format_rfc3339_ms,
 };
-use crate::records::RejectWriter;
+use idmatch::records::RejectWriter;
 
 #[derive(Debug, Args)]
 pub struct OptoutArgs {
@@ -124,7 +124,7 @@ pub struct ImportArgs {
     #[arg(long, value_name = "FILE")]
     pub rejects: Option<PathBuf>,
     /// Entries per transaction (each committed batch is reported on stderr).
-    #[arg(long, hide = true, default_value_t = crate::optout::store::DEFAULT_BATCH_SIZE)]
+    #[arg(long, hide = true, default_value_t = idmatch::optout::store::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
 }
 

@@ -8,8 +8,8 @@ use clap::Args;
 use tokio::sync::mpsc;
 
 use super::CliResult;
-use crate::service::config::{Config, LogFormat};
-use crate::service::server::{self, Reload, ServeError};
+use idmatch::service::config::{Config, LogFormat};
+use idmatch::service::server::{self, Reload, ServeError};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {

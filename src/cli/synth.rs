@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliResult;
-use crate::synth::{SynthOptions, generate};
+use idmatch::synth::{SynthOptions, generate};
 
 #[derive(Debug, Args)]
 pub struct SynthArgs {

@@ -7,12 +7,12 @@ use clap::Args;
 use rayon::prelude::*;
 
 use super::{CliResult, ColumnArgs, ProfileArgs, RejectArgs, format_stats};
-use crate::key::Key;
-use crate::optout::{BadRows, FileList, OptOutSource};
-use crate::output::Staged;
-use crate::prepare;
-use crate::records::{ColumnSpec, ReadOptions, RejectWriter};
-use crate::token::Tokenizer;
+use idmatch::key::Key;
+use idmatch::optout::{BadRows, FileList, OptOutSource};
+use idmatch::output::Staged;
+use idmatch::prepare;
+use idmatch::records::{ColumnSpec, ReadOptions, RejectWriter};
+use idmatch::token::Tokenizer;
 
 #[derive(Debug, Args)]
 pub struct TokensArgs {

@@ -67,7 +67,7 @@ pub enum ProtocolError {
 pub const UNTRUSTED_MAX_CHARS: usize = 64;
 
 /// A peer-supplied string made safe to echo into a status message, a log or an
-/// audit record: at most [`UNTRUSTED_MAX_CHARS`] characters, then `…(N bytes)` giving
+/// audit record: at most `UNTRUSTED_MAX_CHARS` (64) characters, then `…(N bytes)` giving
 /// the original length. Every such string goes through here.
 pub fn untrusted(text: &str) -> String {
     truncated(text, UNTRUSTED_MAX_CHARS)

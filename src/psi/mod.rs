@@ -9,17 +9,24 @@
 //!
 //! - [`group`]: hash-to-group, blinding, decoding (the only curve code);
 //! - [`message`]: the protocol messages;
-//! - [`owner`], [`partner`]: one state machine per role, transport-agnostic;
-//! - [`set`]: deduplicated, shuffled token sets and the way back to records;
-//! - [`transport`]: the in-memory transport.
+//! - `owner`, `partner`: one state machine per role ([`Owner`], [`Partner`]),
+//!   transport-agnostic;
+//! - `set`: deduplicated, shuffled token sets and the way back to records
+//!   ([`PreparedSet`]);
+//! - `transport`: the in-memory transport.
+//!
+//! The API is what this module re-exports, plus two modules kept public on purpose:
+//! [`group`] (the group operations that `docs/PROTOCOL.md` §3 specifies and gives
+//! test vectors for, measured by `benches/psi.rs`) and [`message`] (the protocol
+//! messages, field by field, that a transport carries).
 
-pub mod error;
+mod error;
 pub mod group;
 pub mod message;
-pub mod owner;
-pub mod partner;
-pub mod set;
-pub mod transport;
+mod owner;
+mod partner;
+mod set;
+mod transport;
 
 pub use error::{ProtocolError, SetupError, truncated, untrusted};
 pub use message::{Element, OwnerMessage, PartnerMessage, Reveal};

@@ -43,7 +43,7 @@ pub struct ReadOptions {
     /// Refuse a file in which two records carry the same id
     /// ([`ReadError::DuplicateId`]): match outputs name records by id, so a repeated
     /// id would make them ambiguous. When false, repeats are counted in
-    /// [`ReadStats::duplicate_ids`]. Lists never check (a repeat there is harmless).
+    /// [`ReadStats::duplicate_ids`](super::ReadStats::duplicate_ids). Lists never check (a repeat there is harmless).
     pub unique_ids: bool,
 }
 

@@ -7,21 +7,21 @@
 //!   (concurrency caps), `session` (one match: checks, opt-outs, budgets, results
 //!   files, audit log);
 //! - [`client`]: the partner's client behind `idmatch match --server`;
-//! - [`convert`]: engine messages ↔ protobuf wire types;
-//! - [`driver`]: runs a role's state machine over a stream, off the async runtime;
-//! - [`admin`]: the `OptOutAdmin` service over the opt-out store;
-//! - [`audit`], [`budget`], [`metrics`]: the audit log, daily budgets, Prometheus.
+//! - `convert`: engine messages ↔ protobuf wire types;
+//! - `driver`: runs a role's state machine over a stream, off the async runtime;
+//! - `admin`: the `OptOutAdmin` service over the opt-out store;
+//! - `audit`, `budget`, `metrics`: the audit log, daily budgets, Prometheus.
 
-pub mod admin;
-pub mod audit;
+mod admin;
+mod audit;
 mod auth;
-pub mod budget;
+mod budget;
 pub mod client;
 pub mod config;
-pub mod convert;
-pub mod driver;
-pub mod metrics;
+mod convert;
+mod driver;
+mod metrics;
 pub mod server;
 mod session;
-pub mod slots;
+mod slots;
 mod state;
