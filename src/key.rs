@@ -28,16 +28,39 @@ pub struct Key(Zeroizing<[u8; KEY_LEN]>);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
+    /// Opening, reading, writing or syncing the key file failed.
     #[error("key file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not one line of 64 hex digits, or the key is all zeros.
     #[error("key file {path}: {reason}")]
-    Malformed { path: PathBuf, reason: &'static str },
+    Malformed {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it; never any of the file's contents.
+        reason: &'static str,
+    },
+    /// [`Key::generate_to_file`] found a file already at the path.
     #[error("key file {path} already exists; refusing to overwrite a key")]
-    Exists { path: PathBuf },
+    Exists {
+        /// The existing file, left untouched.
+        path: PathBuf,
+    },
+    /// On Unix, the key file can be read or written by its group or others.
     #[error(
         "key file {path} is accessible by other users (mode {mode:04o}); a key must be private to its owner: run `chmod 600 {path}`"
     )]
-    Exposed { path: PathBuf, mode: u32 },
+    Exposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits (`mode & 0o7777`).
+        mode: u32,
+    },
+    /// The operating system's CSPRNG failed while generating a key.
     #[error("the operating system's random number generator failed: {0}")]
     Rng(rand::Error),
 }

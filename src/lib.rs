@@ -49,6 +49,7 @@
 //! - `cli`: the `idmatch` binary (clap), which needs both.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 // No `unwrap`/`expect` outside tests: input never panics (issue 9).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -67,6 +68,8 @@ pub mod token;
 
 /// Protobuf types generated from `proto/idmatch/v1/` by `build.rs` (protox, no
 /// `protoc`): the `Matcher` and `OptOutAdmin` services and their messages.
+// Generated code: the field and message docs live in the `.proto` files.
+#[allow(missing_docs)]
 #[cfg(feature = "service")]
 pub mod wire {
     tonic::include_proto!("idmatch.v1");

@@ -27,22 +27,32 @@ use crate::token::Tokenizer;
 /// Everything a local match needs.
 #[derive(Clone, Debug)]
 pub struct LocalMatchOptions {
+    /// The owner's member file (CSV/TSV with a header).
     pub owner: PathBuf,
+    /// The partner's file (CSV/TSV with a header).
     pub partner: PathBuf,
+    /// The campaign key file (see [`Key::load`]); both sides tokenize under it.
     pub key_file: PathBuf,
+    /// Who learns which records match.
     pub reveal: Reveal,
+    /// Normalization profile applied to both files and to the opt-out/suppression lists.
     pub normalizer: Normalizer,
+    /// Column names in the owner's and partner's files (unset ones are detected from the header).
     pub columns: ColumnSpec,
+    /// The owner's opt-out list file; its members are removed before blinding.
     pub optouts: Option<PathBuf>,
     /// The owner's opt-out store and its key file (instead of `optouts`).
     pub optout_store: Option<(PathBuf, PathBuf)>,
+    /// The partner's suppression list file, applied to the partner's side like opt-outs.
     pub suppress: Option<PathBuf>,
     /// What to do with unreadable rows of the opt-out and suppression files
     /// (default: refuse the match).
     pub bad_list_rows: BadRows,
+    /// Directory for the outputs; created if missing (and removed again if the run fails).
     pub out_dir: PathBuf,
     /// Write `owner_rejects.csv` and `partner_rejects.csv` (without values).
     pub write_rejects: bool,
+    /// Show progress bars on stderr while reading the two files.
     pub progress: bool,
 }
 
@@ -50,26 +60,40 @@ pub struct LocalMatchOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LocalMatchFailure {
+    /// The campaign key file or the opt-out store's key file could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The owner's or the partner's file could not be read.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// The opt-out list, the opt-out store or the suppression list could not be used.
     #[error(transparent)]
     OptOut(#[from] OptOutError),
+    /// A reject report could not be created or written.
     #[error(transparent)]
     Rejects(#[from] RejectWriteError),
+    /// The in-memory protocol run between owner and partner failed.
     #[error(transparent)]
     Protocol(#[from] LocalMatchError),
+    /// The owner or partner state machine refused its configuration or set.
     #[error("{0}")]
     Setup(#[from] SetupError),
+    /// Creating the output directory or writing, renaming or removing an output failed.
     #[error("{path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// One side's counts, as written to `summary.json`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct SideSummary {
+    /// The side's input file, as given.
     pub file: String,
+    /// How the input file was read (flattened into this object in JSON).
     #[serde(flatten)]
     pub read: ReadStats,
     /// Records removed by opt-outs (owner) or suppressions (partner) before blinding.
@@ -87,9 +111,13 @@ pub struct SideSummary {
 /// The whole `summary.json`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct MatchSummary {
+    /// Name of the normalization profile used.
     pub profile: String,
+    /// Name of the reveal mode (`partner`, `owner`, `both` or `count`).
     pub reveal: String,
+    /// The owner's counts.
     pub owner: SideSummary,
+    /// The partner's counts.
     pub partner: SideSummary,
     /// Distinct matching tokens, where either side learns it.
     pub intersection: Option<u64>,

@@ -19,7 +19,9 @@ use crate::records::RecordSet;
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {source}")]
 pub struct OutputError {
+    /// The destination path.
     pub path: PathBuf,
+    /// The underlying I/O error.
     pub source: io::Error,
 }
 

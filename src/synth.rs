@@ -130,6 +130,7 @@ pub struct SynthOptions {
     pub rows: usize,
     /// Share of the partner's rows that are members too (0.0 to 1.0).
     pub overlap: f64,
+    /// Seed of the random generator: the same options write the same files.
     pub seed: u64,
     /// One valid email per row and nothing else: exactly `rows` distinct
     /// identifiers per file, and an intersection of exactly the shared people.
@@ -139,9 +140,13 @@ pub struct SynthOptions {
 /// Counts of what was written.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SynthSummary {
+    /// Rows written to `members.csv`.
     pub members: usize,
+    /// Rows written to `partner.csv`.
     pub partners: usize,
+    /// People present in both files (`rows * overlap`, rounded).
     pub shared_people: usize,
+    /// Rows of `truth.csv`: shared people with an identifier valid on both sides.
     pub truth_pairs: usize,
 }
 
@@ -149,10 +154,17 @@ pub struct SynthSummary {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SynthError {
+    /// [`SynthOptions::overlap`] is outside 0.0..=1.0 (or NaN).
     #[error("--overlap must be between 0 and 1, got {0}")]
     Overlap(f64),
+    /// Creating the directory or writing one of the files failed.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The directory or file concerned.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// One synthetic person: canonical identifiers (either may be absent, not both).

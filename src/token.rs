@@ -42,6 +42,7 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    /// Precomputes the HMAC key schedule for `key`.
     #[allow(clippy::expect_used, reason = "HMAC takes keys of any length: this cannot fail")]
     pub fn new(key: &Key) -> Tokenizer {
         let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.bytes()).expect("HMAC accepts any key length");
@@ -108,6 +109,7 @@ pub const KEY_FINGERPRINT_LABEL: &str = "idmatch key fingerprint v1";
 pub struct KeyFingerprint([u8; 32]);
 
 impl KeyFingerprint {
+    /// The fingerprint of `key`.
     pub fn of(key: &Key) -> KeyFingerprint {
         let mut mac = Tokenizer::new(key).mac;
         mac.update(KEY_FINGERPRINT_LABEL.as_bytes());

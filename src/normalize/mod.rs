@@ -24,7 +24,9 @@ pub use rlibphonenumber::Region;
 /// into every token (`email:` / `phone:`), so an email and a phone can never collide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    /// An email address.
     Email,
+    /// A phone number (normalized to E.164).
     Phone,
 }
 
@@ -222,6 +224,7 @@ impl Normalizer {
         Normalizer { profile, default_region }
     }
 
+    /// The profile this normalizer applies.
     pub fn profile(&self) -> Profile {
         self.profile
     }

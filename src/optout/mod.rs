@@ -37,18 +37,33 @@ pub use store::OptOutStore;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OptOutError {
+    /// The record set carries no [`FilterDigests`](crate::records::FilterDigests), or
+    /// not one per record and per entry: it was not read with the source's digester.
     #[error("the record set was read without this opt-out source's digests")]
     NotDigested,
+    /// [`OptOutSource::contains`] returned a different number of answers than digests asked.
     #[error("opt-out source answered {answered} of {asked} lookups; refusing to guess the rest")]
-    ShortAnswer { asked: usize, answered: usize },
+    ShortAnswer {
+        /// Digests asked about.
+        asked: usize,
+        /// Answers received.
+        answered: usize,
+    },
     /// The opt-out store failed; the store's own error, typed.
     #[cfg(feature = "sqlite")]
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// An opt-out store was asked for, but this build has no `sqlite` feature.
     #[error("{path}: this build of idmatch has no opt-out store (built without the `sqlite` feature)")]
-    NoStoreSupport { path: String },
+    NoStoreSupport {
+        /// The store's database path, as given.
+        path: String,
+    },
+    /// The opt-out or suppression list file could not be read (completely, unless
+    /// [`BadRows::Skip`]).
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// A key could not be generated (a list's per-process key) or loaded (a store key).
     #[error(transparent)]
     Key(#[from] KeyError),
 }

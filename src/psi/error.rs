@@ -13,9 +13,11 @@ use super::message::{ChunkLengthError, Reveal};
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SetupError {
-    /// A configured chunk size of zero elements.
+    /// A configured chunk size of zero elements (the owner's `send_chunk` or
+    /// `max_chunk`; the partner treats a zero `send_chunk` as 1).
     #[error("chunk sizes must be at least 1 element")]
     ZeroChunk,
+    /// The OS CSPRNG failed while drawing the blinding scalar (its error, as text).
     #[error("random number generator failed: {0}")]
     Rng(String),
 }
@@ -28,13 +30,36 @@ pub enum SetupError {
 pub enum ProtocolError {
     /// A message arrived that the current state does not accept.
     #[error("unexpected {message} message while {state}")]
-    UnexpectedMessage { state: &'static str, message: &'static str },
+    UnexpectedMessage {
+        /// The receiving side's state, e.g. `awaiting hello`.
+        state: &'static str,
+        /// The message's name, e.g. `partner_elements`.
+        message: &'static str,
+    },
+    /// The peer's hello or accept names a protocol version other than this build's.
     #[error("protocol version {theirs} is not supported (this side speaks {ours})")]
-    UnsupportedVersion { ours: u32, theirs: u32 },
+    UnsupportedVersion {
+        /// This build's [`PROTOCOL_VERSION`](super::message::PROTOCOL_VERSION).
+        ours: u32,
+        /// The version the peer sent.
+        theirs: u32,
+    },
+    /// The partner's hello names another normalization profile than the owner's.
     #[error("normalization profile mismatch: this side uses {ours}, the peer uses {theirs}")]
-    ProfileMismatch { ours: String, theirs: String },
+    ProfileMismatch {
+        /// This side's profile name.
+        ours: String,
+        /// The peer's profile name, cut with [`untrusted`].
+        theirs: String,
+    },
+    /// The partner's hello names another campaign than the one the owner serves.
     #[error("campaign mismatch: this side serves {ours}, the peer asked for {theirs}")]
-    CampaignMismatch { ours: String, theirs: String },
+    CampaignMismatch {
+        /// This side's campaign id.
+        ours: String,
+        /// The campaign id the peer asked for, cut with [`untrusted`].
+        theirs: String,
+    },
     /// The partner's key fingerprint differs from the owner's: the two sides do not
     /// hold the same campaign key, so nothing could match.
     #[error("campaign key mismatch: the partner's key is not this campaign's key")]
@@ -44,18 +69,47 @@ pub enum ProtocolError {
         "the hello carries no campaign key fingerprint: upgrade the client (the owner refuses to match unchecked keys)"
     )]
     KeyFingerprintMissing,
+    /// The partner asked for a reveal mode outside the owner's allowed ones.
     #[error("reveal mode {0} is not allowed here")]
     RevealNotAllowed(Reveal),
+    /// The partner's announced set size is outside the owner's allowed range
+    /// (probing protection).
     #[error("partner set size {size} is outside the allowed range {min}..={max}")]
-    SetSizeOutOfRange { size: u64, min: u64, max: u64 },
+    SetSizeOutOfRange {
+        /// The size the partner announced.
+        size: u64,
+        /// Smallest size allowed.
+        min: u64,
+        /// Largest size allowed.
+        max: u64,
+    },
+    /// An empty chunk, one larger than the receiver's limit, or an accept announcing a
+    /// zero chunk limit (`len` and `max` both 0).
     #[error("a chunk of {len} elements is not allowed (1..={max})")]
-    BadChunkSize { len: usize, max: u32 },
+    BadChunkSize {
+        /// Elements in the chunk.
+        len: usize,
+        /// Largest chunk the receiver accepts, in elements.
+        max: u32,
+    },
+    /// A chunk would take the elements received past the number announced or sent.
     #[error("{what}: received {received} elements but {expected} were announced")]
-    TooManyElements { what: &'static str, expected: u64, received: u64 },
+    TooManyElements {
+        /// Which element stream, e.g. `partner elements`.
+        what: &'static str,
+        /// Elements announced (or, for returned elements, sent).
+        expected: u64,
+        /// Elements received, counting the offending chunk.
+        received: u64,
+    },
+    /// A wire chunk whose byte length is not a multiple of 32.
     #[error(transparent)]
     ChunkLength(#[from] ChunkLengthError),
+    /// A received element does not decode, or is the identity.
     #[error(transparent)]
     BadElement(#[from] ElementError),
+    /// The owner's summary disagrees with the partner's own counts; names the count
+    /// (`partner set size`, `owner set size` or `intersection size`).
     #[error("the peer's summary disagrees with this side's counts: {0}")]
     SummaryMismatch(&'static str),
     /// A wire message that does not decode into a protocol message.

@@ -28,10 +28,18 @@ use crate::token::Token;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ElementError {
+    /// The bytes are not a canonical ristretto255 encoding.
     #[error("element {index} of the chunk is not a canonical ristretto255 encoding")]
-    NonCanonical { index: usize },
+    NonCanonical {
+        /// Position of the element in its chunk (0-based).
+        index: usize,
+    },
+    /// The element is the identity, which would blind to itself.
     #[error("element {index} of the chunk is the identity element")]
-    Identity { index: usize },
+    Identity {
+        /// Position of the element in its chunk (0-based).
+        index: usize,
+    },
 }
 
 /// Elements compressed together: one shared field inversion per batch.

@@ -24,6 +24,7 @@ pub struct Element(pub [u8; ELEMENT_LEN]);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("a chunk of {len} bytes is not a whole number of 32-byte elements")]
 pub struct ChunkLengthError {
+    /// The chunk's length in bytes.
     pub len: usize,
 }
 
@@ -57,8 +58,10 @@ pub enum Reveal {
 }
 
 impl Reveal {
+    /// Every reveal mode.
     pub const ALL: [Reveal; 4] = [Reveal::Partner, Reveal::Owner, Reveal::Both, Reveal::Count];
 
+    /// The mode's wire and command-line name: `partner`, `owner`, `both` or `count`.
     pub fn name(self) -> &'static str {
         match self {
             Reveal::Partner => "partner",
@@ -109,10 +112,13 @@ impl FromStr for Reveal {
 /// partner → owner, first: what the partner wants to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
+    /// Protocol version the partner speaks; the owner requires [`PROTOCOL_VERSION`].
     pub version: u32,
+    /// The campaign id the partner asks to match against.
     pub campaign: String,
     /// Normalization profile name (e.g. `idmatch-v1`).
     pub profile: String,
+    /// Who learns what, as the partner asks.
     pub reveal: Reveal,
     /// Number of distinct tokens the partner will send.
     pub partner_set_size: u64,
@@ -125,6 +131,7 @@ pub struct Hello {
 /// owner → partner, first: the owner agrees and states its own size and chunk limit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Accept {
+    /// Protocol version the owner speaks; the partner requires [`PROTOCOL_VERSION`].
     pub version: u32,
     /// Number of distinct tokens (after opt-outs) the owner will send.
     pub owner_set_size: u64,
@@ -135,7 +142,9 @@ pub struct Accept {
 /// owner → partner, last: the owner's view of the finished match.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
+    /// Distinct partner tokens, as announced in the hello.
     pub partner_set_size: u64,
+    /// Distinct owner tokens, as announced in the accept.
     pub owner_set_size: u64,
     /// Distinct matching tokens the owner found; present only in `both` mode (where
     /// the partner knows it already).
@@ -145,6 +154,7 @@ pub struct Summary {
 /// Messages from the partner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PartnerMessage {
+    /// The opening request.
     Hello(Hello),
     /// `A_i = a·P(c_i)`, in the partner's (shuffled) order.
     PartnerElements(Vec<Element>),
@@ -157,12 +167,14 @@ pub enum PartnerMessage {
 /// Messages from the owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OwnerMessage {
+    /// The reply to a hello that passed every check.
     Accept(Accept),
     /// `b·A_i`, in the order received (shuffled as a whole in count mode; not sent in
     /// owner mode).
     ReblindedPartnerElements(Vec<Element>),
     /// `B_j = b·P(s_j)` for the owner's tokens that survive opt-outs, shuffled.
     OwnerElements(Vec<Element>),
+    /// The last message, in reply to [`PartnerMessage::Finished`].
     Summary(Summary),
 }
 

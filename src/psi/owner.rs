@@ -21,16 +21,21 @@ use crate::token::KeyFingerprint;
 /// What the owner accepts.
 #[derive(Clone, Debug)]
 pub struct OwnerConfig {
+    /// The campaign id a hello must name.
     pub campaign: String,
+    /// The normalization profile a hello must name.
     pub profile: Profile,
     /// Reveal modes this partner may ask for.
     pub allowed_reveals: Vec<Reveal>,
-    /// Smallest and largest partner set accepted (probing protection).
+    /// Smallest partner set accepted, in distinct tokens (probing protection).
     pub min_partner_set: u64,
+    /// Largest partner set accepted, in distinct tokens.
     pub max_partner_set: u64,
-    /// Largest chunk, in elements, accepted from the partner.
+    /// Largest chunk, in elements, accepted from the partner (capped at
+    /// [`MAX_CHUNK`](super::message::MAX_CHUNK); must not be 0).
     pub max_chunk: u32,
-    /// Chunk size the owner itself sends.
+    /// Chunk size, in elements, the owner itself sends (capped at
+    /// [`MAX_CHUNK`](super::message::MAX_CHUNK); must not be 0).
     pub send_chunk: u32,
     /// The campaign key's fingerprint: a hello must carry the same one. `None` skips
     /// the check (engine tests only; the server and `idmatch match` always set it).
@@ -123,8 +128,11 @@ impl State {
 /// The owner's result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnerOutcome {
+    /// The reveal mode the partner asked for.
     pub reveal: Reveal,
+    /// Distinct partner tokens, as announced in the hello.
     pub partner_set_size: u64,
+    /// Distinct owner tokens.
     pub owner_set_size: u64,
     /// Elements the owner blinded with its own tokens (equals `owner_set_size`).
     pub blinded: u64,

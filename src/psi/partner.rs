@@ -21,8 +21,11 @@ use crate::token::KeyFingerprint;
 /// What the partner asks for.
 #[derive(Clone, Debug)]
 pub struct PartnerConfig {
+    /// The campaign id to ask for.
     pub campaign: String,
+    /// The normalization profile the partner's tokens were made under.
     pub profile: Profile,
+    /// Who learns what.
     pub reveal: Reveal,
     /// Chunk size the partner prefers to send (capped by the owner's limit).
     pub send_chunk: u32,
@@ -33,6 +36,7 @@ pub struct PartnerConfig {
 }
 
 impl PartnerConfig {
+    /// A configuration with the default chunk size and no key fingerprint.
     pub fn new(campaign: &str, profile: Profile, reveal: Reveal) -> PartnerConfig {
         PartnerConfig {
             campaign: campaign.to_owned(),
@@ -75,8 +79,11 @@ impl State {
 /// The partner's result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartnerOutcome {
+    /// The reveal mode asked for.
     pub reveal: Reveal,
+    /// Distinct partner tokens.
     pub partner_set_size: u64,
+    /// Distinct owner tokens, as announced in the owner's accept.
     pub owner_set_size: u64,
     /// Elements the partner blinded with its own tokens.
     pub blinded: u64,

@@ -12,9 +12,11 @@ use crate::token::Token;
 pub struct KindSet(u8);
 
 impl KindSet {
+    /// Adds `kind`.
     pub fn insert(&mut self, kind: Kind) {
         self.0 |= 1 << kind as u8;
     }
+    /// Whether `kind` is in the set.
     pub fn contains(self, kind: Kind) -> bool {
         self.0 & (1 << kind as u8) != 0
     }
@@ -73,6 +75,7 @@ impl PreparedSet {
         self.tokens.len()
     }
 
+    /// Whether there are no tokens to send.
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
@@ -88,7 +91,8 @@ impl PreparedSet {
     }
 
     /// The records holding any matched token, in record order, with the kinds that
-    /// matched. `matched[i]` says whether token i matched.
+    /// matched. `matched[i]` says whether token i matched; `matched` must not be longer
+    /// than [`len`](Self::len) (it panics otherwise).
     pub fn matched_records(&self, matched: &[bool]) -> Vec<(u32, KindSet)> {
         let mut by_record: Vec<(u32, KindSet)> = Vec::new();
         for (i, _) in matched.iter().enumerate().filter(|(_, m)| **m) {

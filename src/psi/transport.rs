@@ -10,7 +10,9 @@ use super::partner::Partner;
 /// One message as it crossed the in-memory wire.
 #[derive(Clone, Copy, Debug)]
 pub enum Observed<'m> {
+    /// A message the partner sent to the owner.
     FromPartner(&'m PartnerMessage),
+    /// A message the owner sent to the partner.
     FromOwner(&'m OwnerMessage),
 }
 
@@ -18,10 +20,13 @@ pub enum Observed<'m> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LocalMatchError {
+    /// The owner refused a message from the partner.
     #[error("owner: {0}")]
     Owner(ProtocolError),
+    /// The partner refused a message from the owner.
     #[error("partner: {0}")]
     Partner(ProtocolError),
+    /// Neither side had anything to send but the match was not done (a protocol bug).
     #[error("the match stalled before both sides finished (a protocol bug)")]
     Stalled,
 }
@@ -59,8 +64,11 @@ pub trait Endpoint {
     type Incoming;
     /// Messages this role sends.
     type Outgoing;
+    /// Handles one message from the peer; an error ends the match.
     fn receive(&mut self, message: Self::Incoming) -> Result<(), ProtocolError>;
+    /// The next message to send, if one is ready.
     fn poll_outgoing(&mut self) -> Option<Self::Outgoing>;
+    /// Whether this role has finished successfully.
     fn is_done(&self) -> bool;
 }
 

@@ -12,9 +12,13 @@ const REGION_NAMES: &[&str] = &["country", "region"];
 /// Column names chosen by the user; an empty list means "detect from the header".
 #[derive(Clone, Debug, Default)]
 pub struct ColumnSpec {
+    /// The record id column; `None`: detect (`id`, `record_id`, `member_id`, ...), else line numbers.
     pub id: Option<String>,
+    /// Email columns; empty: detect (`email`, `e-mail`, `email_address`).
     pub email: Vec<String>,
+    /// Phone columns; empty: detect (`phone`, `phone_number`, `mobile`, `msisdn`).
     pub phone: Vec<String>,
+    /// The per-record phone region column; `None`: detect (`country`, `region`).
     pub region: Option<String>,
 }
 
@@ -42,12 +46,17 @@ impl ColumnMap {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ColumnError {
+    /// A column named explicitly is not in the header (the name, trimmed and lowercased).
     #[error("no column named `{0}` in the header")]
     NotFound(String),
+    /// No email or phone column was named or detected, and one is required (or there
+    /// is no id column either).
     #[error(
         "no identifier column: name one with --email-col/--phone-col, or use a header such as email, phone, mobile, msisdn"
     )]
     NoIdentifiers,
+    /// One column (its cleaned header name) would serve as an identifier and as
+    /// another role: email and phone, or identifier and id/region.
     #[error("column `{0}` is named as more than one role")]
     Ambiguous(String),
 }

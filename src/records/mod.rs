@@ -24,8 +24,11 @@ use crate::token::Token;
 /// One valid identifier of one record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// The identifier's keyed token.
     pub token: Token,
+    /// Index of its record in the [`RecordSet`] (see [`RecordSet::id`]).
     pub record: u32,
+    /// Email or phone.
     pub kind: Kind,
 }
 
@@ -45,6 +48,8 @@ pub enum RowProblem {
 }
 
 impl RowProblem {
+    /// The machine-readable reason, as counted in [`ReadStats::bad_rows`] and written
+    /// to reject reports (`wrong_field_count`, `missing_id`, ...).
     pub fn code(self) -> &'static str {
         match self {
             RowProblem::WrongFieldCount => "wrong_field_count",
@@ -80,12 +85,15 @@ pub struct ReadStats {
 }
 
 impl ReadStats {
+    /// Rejected identifiers, all reasons together.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
     }
+    /// Rows that did not become records, all reasons together.
     pub fn bad_rows_total(&self) -> u64 {
         self.bad_rows.values().sum()
     }
+    /// Valid identifiers, all kinds together (repeats included).
     pub fn identifiers_total(&self) -> u64 {
         self.identifiers.values().sum()
     }
@@ -98,7 +106,10 @@ impl ReadStats {
 /// without the raw identifiers ever being kept.
 #[derive(Clone, Debug, Default)]
 pub struct FilterDigests {
+    /// One digest per record, in record order: the record id under the filter key
+    /// (under a label no filter entry uses when the ids are line numbers).
     pub ids: Vec<Token>,
+    /// One digest per [`Entry`], in the order of [`RecordSet::entries`].
     pub entries: Vec<Token>,
 }
 
@@ -164,11 +175,12 @@ impl RecordSet {
         self.id_ends.len()
     }
 
+    /// Whether the set has no records.
     pub fn is_empty(&self) -> bool {
         self.id_ends.is_empty()
     }
 
-    /// The id of record `index`.
+    /// The id of record `index`. Panics if `index` is not below [`len`](Self::len).
     pub fn id(&self, index: u32) -> &str {
         let i = index as usize;
         let start = if i == 0 { 0 } else { self.id_ends[i - 1] };
@@ -185,6 +197,7 @@ impl RecordSet {
         self.filter_digests.as_ref()
     }
 
+    /// The counts gathered while reading the file.
     pub fn stats(&self) -> &ReadStats {
         &self.stats
     }

@@ -24,7 +24,9 @@ const BATCH_ROWS: usize = 8192;
 
 /// How to read one input file.
 pub struct ReadOptions {
+    /// Which columns hold the id, identifiers and region (default: detect from the header).
     pub columns: ColumnSpec,
+    /// The normalization profile applied to every identifier.
     pub normalizer: Normalizer,
     /// Where to report rejects, if anywhere.
     pub rejects: Option<RejectWriter>,
@@ -48,6 +50,8 @@ pub struct ReadOptions {
 }
 
 impl ReadOptions {
+    /// Options for reading records under `normalizer`: detected columns, no reject
+    /// report, no filter digests, no progress bar, bad rows counted, unique ids required.
     pub fn new(normalizer: Normalizer) -> ReadOptions {
         ReadOptions {
             columns: ColumnSpec::default(),
@@ -67,29 +71,82 @@ impl ReadOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReadError {
+    /// The file could not be opened or its first bytes read.
     #[error("{path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        /// The input file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The CSV parser failed (an I/O error while reading, or malformed CSV).
     #[error("{path}: line {line}: {source}")]
-    Csv { path: PathBuf, line: u64, source: csv::Error },
+    Csv {
+        /// The input file.
+        path: PathBuf,
+        /// Line where the parser stopped (1 for the header; 0 if unknown).
+        line: u64,
+        /// The parser's error.
+        source: csv::Error,
+    },
+    /// The file has no header row, or only blank header names.
     #[error("{path}: the file is empty (a header row is required)")]
-    NoHeader { path: PathBuf },
+    NoHeader {
+        /// The input file.
+        path: PathBuf,
+    },
+    /// The header does not give usable columns for the [`ColumnSpec`].
     #[error("{path}: header: {source}")]
-    Columns { path: PathBuf, source: ColumnError },
+    Columns {
+        /// The input file.
+        path: PathBuf,
+        /// What is wrong with the columns.
+        source: ColumnError,
+    },
+    /// The file has more records than a `u32` record index can address.
     #[error("{path}: more than {max} records", max = u32::MAX)]
-    TooManyRecords { path: PathBuf },
+    TooManyRecords {
+        /// The input file.
+        path: PathBuf,
+    },
+    /// A quoted field is never closed ([`RowProblem::UnclosedQuote`]); always refused.
     #[error(
         "{path}: line {line}: a quoted field opened on this line is never closed (unbalanced `\"`), so the rest of the file would be read as one field; fix the quoting and read the file again"
     )]
-    UnclosedQuote { path: PathBuf, line: u64 },
+    UnclosedQuote {
+        /// The input file.
+        path: PathBuf,
+        /// Line of the row where the unclosed field starts.
+        line: u64,
+    },
+    /// With [`ReadOptions::complete`]: the first bad row or rejected identifier.
     #[error(
         "{path}: line {line}{column}: {reason}; this file must be read completely, so nothing was used (fix the row, or explicitly choose to skip bad rows)",
         column = if column.is_empty() { String::new() } else { format!(", column `{column}`") }
     )]
-    Incomplete { path: PathBuf, line: u64, column: String, reason: &'static str },
+    Incomplete {
+        /// The input file.
+        path: PathBuf,
+        /// Line of the offending row.
+        line: u64,
+        /// The offending column's (cleaned) header name; empty for a whole-row problem.
+        column: String,
+        /// The machine-readable reason (a [`RowProblem`] or reject code).
+        reason: &'static str,
+    },
+    /// With [`ReadOptions::unique_ids`]: the earliest row whose id repeats an earlier row's id.
     #[error(
         "{path}: line {line}: the record id repeats the id of line {first_line}; match results name records by id, so ids must be unique (merge or renumber the rows)"
     )]
-    DuplicateId { path: PathBuf, line: u64, first_line: u64 },
+    DuplicateId {
+        /// The input file.
+        path: PathBuf,
+        /// Line of the repeating row.
+        line: u64,
+        /// Line of the row whose id it repeats.
+        first_line: u64,
+    },
+    /// The reject report could not be written.
     #[error(transparent)]
     Rejects(#[from] RejectWriteError),
 }

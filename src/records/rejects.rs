@@ -17,7 +17,9 @@ pub struct RejectWriter {
 #[derive(Debug, thiserror::Error)]
 #[error("reject report {path}: {source}")]
 pub struct RejectWriteError {
+    /// The report file.
     pub path: PathBuf,
+    /// The CSV or I/O error (I/O errors are wrapped as `csv::Error`).
     pub source: csv::Error,
 }
 

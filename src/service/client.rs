@@ -37,13 +37,22 @@ use crate::wire::matcher_client::MatcherClient;
 pub struct ClientOptions {
     /// `https://host:port` (or `http://` for a loopback test server).
     pub server: String,
+    /// The campaign id on the server.
     pub campaign: String,
+    /// The campaign key file shared with the owner.
     pub key_file: PathBuf,
+    /// The partner's file (CSV/TSV with a header).
     pub input: PathBuf,
+    /// Where `record_id,matched_kinds` is written (`partner` and `both` modes only);
+    /// created before connecting, so an unwritable path fails early.
     pub output: PathBuf,
+    /// Who learns what.
     pub reveal: Reveal,
+    /// Normalization profile; must be the campaign's on the server.
     pub normalizer: Normalizer,
+    /// Column names in the input file (unset ones are detected from the header).
     pub columns: ColumnSpec,
+    /// The partner's suppression list: its records are removed before blinding.
     pub suppress: Option<PathBuf>,
     /// What to do with rows of the suppression list that cannot be read (default:
     /// refuse, before connecting).
@@ -51,20 +60,27 @@ pub struct ClientOptions {
     /// CA bundle to verify the server (default: the system's web PKI roots are not
     /// used; a CA file is required for https).
     pub ca: Option<PathBuf>,
-    /// Client certificate and key for mutual TLS.
+    /// Client certificate (PEM) for mutual TLS; needs `key`.
     pub cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS (not the campaign key); needs `cert`.
     pub key: Option<PathBuf>,
-    /// File holding the bearer token.
+    /// File holding the bearer token (surrounding whitespace ignored).
     pub token_file: Option<PathBuf>,
+    /// Longest wait for the server to send a message, or to take one of ours; the
+    /// match then ends with an error.
     pub idle_timeout: Duration,
+    /// Show progress bars on stderr.
     pub progress: bool,
 }
 
 /// What the client learned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientSummary {
+    /// The partner state machine's result (sizes, intersection, matched tokens).
     pub outcome: PartnerOutcome,
+    /// Records written to the output file, in `partner` and `both` modes.
     pub matched_records: Option<u64>,
+    /// Records removed by the suppression list before blinding.
     pub suppressed_records: u64,
     /// How the suppression list was read (with [`BadRows::Skip`], what was skipped).
     pub suppression_list: Option<ReadStats>,
@@ -74,35 +90,65 @@ pub struct ClientSummary {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
+    /// The campaign key file could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The input file could not be read.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// The suppression list could not be read or applied.
     #[error(transparent)]
     OptOut(#[from] OptOutError),
+    /// The output file could not be created, written or renamed into place.
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// The CA bundle, client certificate, client key or token file could not be read.
     #[error("{path}: {source}")]
-    File { path: PathBuf, source: std::io::Error },
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The server URL is invalid or the connection failed for a non-TLS reason
+    /// (exit code 3).
     #[error("cannot reach {server}: {reason}")]
-    Unreachable { server: String, reason: String },
+    Unreachable {
+        /// The server URL, as given.
+        server: String,
+        /// Why the connection failed.
+        reason: String,
+    },
+    /// TLS could not be set up (no `--ca` for https, `--cert` without `--key`, a bad
+    /// PEM) or the handshake failed (exit code 4).
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// The server returned UNAUTHENTICATED, or the token cannot be sent as a header
+    /// (exit code 5).
     #[error("the server refused the credentials: {0}")]
     Unauthenticated(String),
+    /// The server returned PERMISSION_DENIED: campaign or reveal mode not allowed
+    /// for this partner (exit code 6).
     #[error("not allowed: {0}")]
     PermissionDenied(String),
+    /// The server returned RESOURCE_EXHAUSTED: concurrency, set-size or daily budget
+    /// limit (exit code 7).
     #[error("limit reached: {0}")]
     ResourceExhausted(String),
     /// The owner's campaign key differs from ours (or the owner could not check it).
     #[error("the server refused the match: {0}")]
     KeyMismatch(String),
+    /// The server ended the match with any other gRPC status (`Code: message`).
     #[error("the server ended the match: {0}")]
     Server(String),
+    /// The owner sent something the partner's state machine refused.
     #[error("protocol: {0}")]
     Protocol(#[from] ProtocolError),
+    /// The partner's state machine could not start (its random number generator).
     #[error("could not start the match: {0}")]
     Setup(#[from] SetupError),
+    /// The stream ended early (closed, idle or stalled past `idle_timeout`, broken),
+    /// or a background task failed.
     #[error("{0}")]
     Stream(String),
 }
@@ -136,11 +182,11 @@ impl ClientError {
     }
 }
 
-/// HTTP/2 keepalive: a PING this often, answered within [`KEEPALIVE_TIMEOUT`], or
-/// the connection (and the match) is given up.
 /// Longest server status message shown whole.
 const SERVER_MESSAGE_MAX_CHARS: usize = 1024;
 
+/// HTTP/2 keepalive: a PING this often, answered within [`KEEPALIVE_TIMEOUT`], or
+/// the connection (and the match) is given up.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);

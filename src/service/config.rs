@@ -41,23 +41,30 @@ pub struct Config {
     /// Owner's opt-out store (`idmatch optout`), consulted at the start of every
     /// match and managed over gRPC by `OptOutAdmin`. Exclusive with `optouts`.
     pub optout_store: Option<OptOutStoreConfig>,
+    /// Concurrency, set-size, budget, timeout and message-size limits (`[limits]`).
     #[serde(default)]
     pub limits: Limits,
+    /// Who may connect (`[[partners]]`, at least one; names unique).
     pub partners: Vec<PartnerConfig>,
+    /// What may be matched (`[[campaigns]]`, at least one; ids unique).
     pub campaigns: Vec<CampaignConfig>,
     /// The file this was read from (re-read on reload).
     #[serde(skip)]
     pub path: PathBuf,
 }
 
+/// The format of the server's log lines on stderr (`log_format`).
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines (`text`, the default).
     #[default]
     Text,
+    /// One JSON object per line (`json`).
     Json,
 }
 
+/// The `[optout_store]` section: the durable opt-out store and its admin access.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct OptOutStoreConfig {
@@ -70,6 +77,7 @@ pub struct OptOutStoreConfig {
     pub admin_token_sha256: String,
 }
 
+/// The `[tls]` section: the server's certificate and, for mutual TLS, the client CA.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -81,22 +89,31 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
+/// The `[limits]` section; every setting has a default.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// Matches running at once, all partners together (default 16; positive); more
+    /// are refused with RESOURCE_EXHAUSTED.
     pub max_concurrent_matches: usize,
     /// Concurrent matches of one partner (at most `max_concurrent_matches`; default
     /// 4, or `max_concurrent_matches` when that is smaller).
     pub max_concurrent_matches_per_partner: Option<usize>,
     /// Smallest partner set accepted (IAB PAIR recommends ≥ 1000 against probing).
     pub min_partner_set: u64,
+    /// Largest partner set accepted, in distinct tokens announced in the hello
+    /// (default 50 000 000).
     pub max_partner_set: u64,
+    /// Matches one partner may start per UTC day (default 100).
     pub max_matches_per_partner_per_day: u64,
+    /// Sum of announced partner set sizes one partner may match per UTC day
+    /// (default 200 000 000).
     pub max_identifiers_per_partner_per_day: u64,
     /// A match whose partner sends nothing, or takes none of the owner's messages,
-    /// for this long is ended (DEADLINE_EXCEEDED).
+    /// for this long is ended (DEADLINE_EXCEEDED); in seconds, default 120, positive.
     pub idle_timeout_secs: u64,
-    /// Largest gRPC message accepted, in bytes.
+    /// Largest gRPC message accepted, in bytes (default 4 MiB, at least 65536); also
+    /// bounds the chunk size offered to the partner. Changes need a restart.
     pub max_message_bytes: usize,
     /// HTTP/2 keepalive: a PING on every connection this often...
     pub keepalive_interval_secs: u64,
@@ -128,6 +145,7 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// [`idle_timeout_secs`](Self::idle_timeout_secs) as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }
@@ -144,9 +162,11 @@ impl Limits {
     }
 }
 
+/// One `[[partners]]` entry, as written; [`Config::partner_policy`] validates it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartnerConfig {
+    /// The partner's name, in logs, the audit log, budgets and result file names.
     pub name: String,
     /// SHA-256 (hex) of the partner's bearer token.
     pub token_sha256: Option<String>,
@@ -158,17 +178,22 @@ pub struct PartnerConfig {
     pub reveals: Vec<String>,
 }
 
+/// One `[[campaigns]]` entry, as written; [`Config::campaign_settings`] validates it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignConfig {
+    /// The campaign id a partner's hello names.
     pub id: String,
+    /// The campaign key file shared with the partners.
     pub key_file: PathBuf,
     /// The member audience (CSV/TSV).
     pub audience: PathBuf,
+    /// Normalization profile name (default `idmatch-v1`).
     #[serde(default = "default_profile")]
     pub profile: String,
     /// Default region for national-format phone numbers.
     pub region: Option<String>,
+    /// Column names in the audience file (default: detected from the header).
     #[serde(default)]
     pub columns: ColumnNames,
 }
@@ -177,18 +202,24 @@ fn default_profile() -> String {
     Profile::IdmatchV1.name().to_owned()
 }
 
+/// A campaign's `columns` table: the [`ColumnSpec`] as written in the file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnNames {
+    /// The record id column (default: detected).
     pub id: Option<String>,
+    /// Email columns (default: detected).
     #[serde(default)]
     pub email: Vec<String>,
+    /// Phone columns (default: detected).
     #[serde(default)]
     pub phone: Vec<String>,
+    /// The per-record phone region column (default: detected).
     pub region: Option<String>,
 }
 
 impl ColumnNames {
+    /// The same names as a [`ColumnSpec`].
     pub fn spec(&self) -> ColumnSpec {
         ColumnSpec {
             id: self.id.clone(),
@@ -203,28 +234,41 @@ impl ColumnNames {
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {problem}")]
 pub struct ConfigError {
+    /// The configuration file.
     pub path: PathBuf,
+    /// What is wrong (unreadable file, TOML error, or the failed check).
     pub problem: String,
 }
 
 /// A partner's validated permissions.
 #[derive(Debug, Clone)]
 pub struct PartnerPolicy {
+    /// The partner's name.
     pub name: String,
+    /// SHA-256 of its bearer token, if it authenticates by token.
     pub token_sha256: Option<[u8; 32]>,
+    /// Its client certificate's common name, if it authenticates by mutual TLS.
     pub cert_common_name: Option<String>,
+    /// Campaign ids it may match against (each a configured campaign).
     pub campaigns: Vec<String>,
+    /// Reveal modes it may ask for.
     pub reveals: Vec<Reveal>,
 }
 
 /// A campaign's validated settings.
 #[derive(Debug, Clone)]
 pub struct CampaignSettings {
+    /// The campaign id.
     pub id: String,
+    /// The campaign key file.
     pub key_file: PathBuf,
+    /// The member audience file.
     pub audience: PathBuf,
+    /// The normalization profile.
     pub profile: Profile,
+    /// Default region for national-format phone numbers.
     pub region: Option<Region>,
+    /// Column names in the audience file.
     pub columns: ColumnSpec,
 }
 

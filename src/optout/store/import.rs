@@ -41,6 +41,8 @@ pub struct ImportOptions {
 }
 
 impl ImportOptions {
+    /// Strict import under the `source` label: detected columns, no default region,
+    /// the default batch size, no reject report, no progress bar.
     pub fn new(source: impl Into<String>) -> ImportOptions {
         ImportOptions {
             columns: ColumnSpec::default(),

@@ -73,8 +73,11 @@ use crate::token::{Label, Token, Tokenizer};
 /// What an entry opts out: an email address, a phone number, or a member (record) id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EntryKind {
+    /// A normalized email address (label `email`).
     Email,
+    /// A normalized phone number, E.164 (label `phone`).
     Phone,
+    /// A member (record) id, trimmed (label `id`).
     Id,
 }
 
@@ -125,7 +128,9 @@ impl std::fmt::Display for EntryKind {
 /// One opt-out: a digest and what kind of identifier it was computed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreEntry {
+    /// `HMAC-SHA256(store key, label ":" value)`.
     pub digest: Token,
+    /// What the digest was computed from (and so its label).
     pub kind: EntryKind,
 }
 
@@ -139,12 +144,16 @@ pub(crate) fn digest_order(a: &Token, b: &Token) -> std::cmp::Ordering {
 /// Entries in the store, by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
+    /// Email entries.
     pub email: u64,
+    /// Phone entries.
     pub phone: u64,
+    /// Record-id entries.
     pub id: u64,
 }
 
 impl Counts {
+    /// All kinds together.
     pub fn total(&self) -> u64 {
         self.email + self.phone + self.id
     }
@@ -170,10 +179,13 @@ impl Counts {
 /// One entry as exported: no raw value, only its digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportRow {
+    /// The entry's store digest.
     pub digest: Token,
+    /// What the digest was computed from.
     pub kind: EntryKind,
     /// When it was added, in milliseconds since the Unix epoch (UTC).
     pub added_ms: i64,
+    /// The source label of the change that added it.
     pub source: String,
 }
 
@@ -189,6 +201,7 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
+    /// The action's name in audit listings: `add`, `remove` or `import`.
     pub fn label(self) -> &'static str {
         match self {
             AuditAction::Add => "add",
@@ -217,8 +230,11 @@ pub struct AuditEvent {
     pub id: i64,
     /// Milliseconds since the Unix epoch (UTC).
     pub at_ms: i64,
+    /// The source label given with the change (e.g. `account-settings`).
     pub source: String,
+    /// What was done.
     pub action: AuditAction,
+    /// The kind of entries changed (a batch touching several kinds has one event per kind).
     pub kind: EntryKind,
     /// Entries the change asked for (distinct digests of this kind).
     pub requested: u64,
@@ -249,44 +265,118 @@ pub struct StoreSettings {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// Opening without `create`, and there is no file at the path.
     #[error(
         "opt-out store {path}: no such file (a store is created by `idmatch optout add` or `idmatch optout import`)"
     )]
-    NotFound { path: String },
+    NotFound {
+        /// The database file.
+        path: String,
+    },
+    /// An SQLite call failed (I/O, locking past the busy timeout, corruption, ...).
     #[error("opt-out store {path}: {source}")]
-    Sqlite { path: String, source: rusqlite::Error },
+    Sqlite {
+        /// The database file.
+        path: String,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The file is empty, not an SQLite database, another application's database,
+    /// missing a setting, or cannot use write-ahead logging.
     #[error("opt-out store {path}: not an idmatch opt-out store ({reason})")]
-    NotAStore { path: String, reason: String },
+    NotAStore {
+        /// The database file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The store's schema is newer than this build understands.
     #[error(
         "opt-out store {path}: schema version {found} was written by a newer idmatch (this build supports up to version {supported}); upgrade idmatch to open it"
     )]
-    NewerSchema { path: String, found: i64, supported: i64 },
+    NewerSchema {
+        /// The database file.
+        path: String,
+        /// The store's schema version.
+        found: i64,
+        /// The newest schema version this build supports.
+        supported: i64,
+    },
+    /// The store key's fingerprint differs from the one recorded at creation.
     #[error(
         "opt-out store {path}: the store key does not match the key this store was created with (key fingerprint differs); use the store's own key file"
     )]
-    WrongKey { path: String },
+    WrongKey {
+        /// The database file (or backend name).
+        path: String,
+    },
+    /// The caller's profile, or a record set's, differs from the store's.
     #[error(
         "opt-out store {path}: created with normalization profile {store}, but profile {requested} was asked for (entries are normalized under the store's profile)"
     )]
-    ProfileMismatch { path: String, store: Profile, requested: Profile },
+    ProfileMismatch {
+        /// The database file (or backend name).
+        path: String,
+        /// The profile the store was created with.
+        store: Profile,
+        /// The profile asked for.
+        requested: Profile,
+    },
+    /// A source label fails [`check_source`]; says why.
     #[error("invalid source label: {0}")]
     BadSource(String),
+    /// A single identifier given to add, remove or look up does not normalize (or is
+    /// an empty id).
     #[error("{kind} rejected: {reason}")]
-    Rejected { kind: EntryKind, reason: Reject },
+    Rejected {
+        /// The kind it was given as.
+        kind: EntryKind,
+        /// Why it was rejected.
+        reason: Reject,
+    },
+    /// A strict import found bad rows or rejected identifiers and imported nothing.
     #[error(
         "{path}: {rejected} rejected identifiers and {bad_rows} bad rows; nothing was imported (use --skip-bad-rows to import the rest). Rejects: {summary}"
     )]
-    StrictRejected { path: String, rejected: u64, bad_rows: u64, summary: String },
+    StrictRejected {
+        /// The list file.
+        path: String,
+        /// Rejected identifiers.
+        rejected: u64,
+        /// Rows that could not be read.
+        bad_rows: u64,
+        /// Counts by reason, e.g. `missing_at 2, wrong_field_count 1`.
+        summary: String,
+    },
+    /// An import batch failed after earlier batches were committed (they stay).
     #[error(
         "import stopped after {committed_batches} committed batches ({committed_entries} entries, which stay imported; running the import again is safe): {source}"
     )]
-    ImportInterrupted { committed_batches: u64, committed_entries: u64, source: Box<StoreError> },
+    ImportInterrupted {
+        /// Batches committed before the failure.
+        committed_batches: u64,
+        /// Entries in those batches.
+        committed_entries: u64,
+        /// Why the failing batch was not written.
+        source: Box<StoreError>,
+    },
+    /// The backend returned a different number of answers than digests asked.
     #[error("opt-out store {path}: the backend answered {answered} of {asked} lookups; refusing to guess the rest")]
-    ShortAnswer { path: String, asked: usize, answered: usize },
+    ShortAnswer {
+        /// The database file (or backend name).
+        path: String,
+        /// Digests asked about.
+        asked: usize,
+        /// Answers received.
+        answered: usize,
+    },
+    /// The sink of an export or audit listing failed to write.
     #[error("export: {0}")]
     Output(std::io::Error),
+    /// A key file could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The list file to import could not be read.
     #[error(transparent)]
     Read(#[from] ReadError),
 }
