@@ -2,12 +2,19 @@
 //! completely refuses the match, CSV quoting errors name the line where the runaway
 //! quote starts, stores are opened and never created by reading commands, regions
 //! are validated, repeated record ids are refused where outputs name records by id,
-//! exposed key files are refused, and a failed run leaves no output behind.
+//! exposed key files are refused, a failed run leaves no output behind, and a read
+//! that stops early returns its error instead of hanging.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::Duration;
+
+use idmatch::key::Key;
+use idmatch::normalize::{Normalizer, Profile};
+use idmatch::records::{self, ReadError, ReadOptions};
+use idmatch::token::Tokenizer;
 
 use common::{example_key, examples, idmatch, keygen, local_match, text, tokens};
 
@@ -271,4 +278,50 @@ fn a_failed_run_leaves_the_previous_outputs_untouched_and_no_partial_file() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let names: Vec<String> = listing(&out_dir).into_iter().map(|(name, _)| name).collect();
     assert_eq!(names, ["partner_matches.csv", "summary.json"]);
+}
+
+/// Runs `read` on another thread; `None` if it has not returned within `limit`
+/// (a hang is a failure of its own, not a test that never ends).
+fn read_within(path: &Path, options: ReadOptions, limit: Duration) -> Option<Result<(), ReadError>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let tokenizer = Tokenizer::new(&Key::from_bytes([7; 32]));
+        let _ = tx.send(records::read(&path, &tokenizer, options).map(drop));
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+#[test]
+fn an_error_deep_in_a_large_file_returns_instead_of_hanging() {
+    // Many batches of rows, with the problem far past the first few, so the reader
+    // stops while the parser thread still has work queued.
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 120_000;
+    let write = |name: &str, bad: &str| {
+        let mut body = String::from("email\n");
+        for i in 0..rows {
+            body.push_str(&if i == 90_000 { bad.to_owned() } else { format!("m{i}@example.com") });
+            body.push('\n');
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    let list = |complete| {
+        let mut options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, None));
+        options.list = true;
+        options.complete = complete;
+        options
+    };
+    let limit = Duration::from_secs(120);
+    let bad_email = write("bad-email.csv", "not-an-email");
+    let result = read_within(&bad_email, list(true), limit).expect("read hung on a rejected identifier");
+    assert!(matches!(result, Err(ReadError::Incomplete { line: 90_002, .. })), "{result:?}");
+    let runaway = write("runaway.csv", "\"m@example.com");
+    let result = read_within(&runaway, list(false), limit).expect("read hung on a runaway quote");
+    assert!(matches!(result, Err(ReadError::UnclosedQuote { line: 90_002, .. })), "{result:?}");
+    // The same file without the problem reads.
+    let good = write("good.csv", "m-ok@example.com");
+    assert!(matches!(read_within(&good, list(true), limit), Some(Ok(()))));
 }

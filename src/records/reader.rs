@@ -228,6 +228,10 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
         keep_values,
     };
     std::thread::scope(|scope| -> Result<(), ReadError> {
+        // Both channel ends this side holds are owned by this closure, so any early
+        // return (a bad row, a failed reject write) drops them and the parser thread,
+        // waiting on either, ends; the scope can then join it instead of hanging.
+        let (full_rx, free_tx) = (full_rx, free_tx);
         let bar = progress.clone();
         scope.spawn(move || parse_rows(csv, full_tx, free_rx, bar));
         // Batch n+1 is normalized on the pool while this thread appends batch n.
