@@ -657,6 +657,11 @@ fn wait_for_audit(f: &Fixture, n: usize, limit: Duration) -> Vec<serde_json::Val
 /// response stream is kept (so the server's sends pile up in flow control) but never
 /// polled. The channel has small HTTP/2 windows, as a slow or hostile peer would.
 fn stalled_match(f: &Fixture) -> impl Sized {
+    stalled_match_then(f, Duration::ZERO, vec![])
+}
+
+/// Like [`stalled_match`], and sends `later` after `delay` (still never reading).
+fn stalled_match_then(f: &Fixture, delay: Duration, later: Vec<wire::PartnerMessage>) -> impl Sized {
     let channel = f
         .runtime
         .block_on(f.raw_endpoint().initial_stream_window_size(65_535).initial_connection_window_size(65_535).connect());
@@ -668,12 +673,42 @@ fn stalled_match(f: &Fixture) -> impl Sized {
         valid_elements(100),
     ];
     f.runtime.block_on(async move {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            for message in messages {
+                let _ = tx.send(message).await;
+            }
+            tokio::time::sleep(delay).await;
+            for message in later {
+                let _ = tx.send(message).await;
+            }
+            tx.closed().await; // keep the request stream open until the call ends
+        });
         let mut client = MatcherClient::new(channel.unwrap());
-        let stream = tokio_stream::StreamExt::chain(tokio_stream::iter(messages), tokio_stream::pending());
-        let mut request = tonic::Request::new(stream);
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
         client.r#match(request).await.unwrap()
     })
+}
+
+#[test]
+fn a_partner_that_sends_without_reading_is_refused_not_buffered() {
+    // The owner blocks sending to a partner that does not read (as above); the
+    // partner then sends chunks past the 100 elements it announced. They are checked
+    // while the owner waits, not queued until a deadline: elements after all announced
+    // ones arrived are an unexpected message (FAILED_PRECONDITION), at once.
+    let f = Fixture::with(Setup {
+        limits: "idle_timeout_secs = 60\nmax_message_bytes = 65536",
+        extra_members: 30_000,
+        ..Setup::default()
+    });
+    let started = std::time::Instant::now();
+    let flood = stalled_match_then(&f, Duration::from_secs(8), (0..50).map(|_| valid_elements(100)).collect());
+    let audit = wait_for_audit(&f, 1, Duration::from_secs(50));
+    assert_eq!(audit.len(), 1, "still buffering after {:?}", started.elapsed());
+    assert_eq!(audit[0]["outcome"], "FailedPrecondition", "{audit:?}");
+    assert!(audit[0]["duration_ms"].as_u64().unwrap() < 30_000, "{audit:?}");
+    drop(flood);
 }
 
 #[test]

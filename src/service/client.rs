@@ -19,7 +19,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::convert::{owner_from_wire, partner_to_wire};
-use super::driver::{DriveError, drive, send_with_deadline};
+use super::driver::{DriveError, INBOUND_QUEUE, drive};
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
@@ -279,7 +279,7 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     }
     // Start the partner (its hello is the first message) before the call, so the
     // request stream has something to send.
-    let (in_tx, mut in_rx) = mpsc::unbounded_channel();
+    let (in_tx, mut in_rx) = mpsc::channel(INBOUND_QUEUE);
     let config = PartnerConfig::new(&options.campaign, options.normalizer.profile(), options.reveal)
         .with_key_fingerprint(fingerprint);
     let driver_set = set.clone();
@@ -287,7 +287,7 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     let runtime = tokio::runtime::Handle::current();
     let driver = tokio::task::spawn_blocking(move || {
         let mut partner = Partner::new(config, &driver_set)?;
-        drive(&mut partner, &mut in_rx, |m| send_with_deadline(&out_tx, m, idle, &runtime), idle, &runtime)?;
+        drive(&mut partner, &mut in_rx, &out_tx, Some, idle, &runtime)?;
         partner.outcome().ok_or(DriveError::PeerClosed)
     });
     let mut client = MatcherClient::new(channel).max_decoding_message_size(8 << 20).max_encoding_message_size(8 << 20);
@@ -307,7 +307,7 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
                 Err(status) => Err(DriveError::Remote { code: status.code(), message: status.message().to_owned() }),
             };
             let failed = message.is_err();
-            if in_tx.send(message).is_err() || failed {
+            if in_tx.send(message).await.is_err() || failed {
                 break;
             }
         }

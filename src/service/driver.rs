@@ -1,21 +1,28 @@
 //! Drives one role's state machine ([`Endpoint`]) over a network stream.
 //!
 //! The driver runs on a blocking thread (never on the async runtime: blinding is
-//! CPU work), connected to the async stream tasks by two channels. The inbound one
-//! is unbounded, so the task reading the network never stops reading: two peers that
-//! both have much to send can then never block each other (each side's buffered
-//! input is bounded by the set size it accepted). It sends
-//! every message the role has ready and, between outgoing chunks, takes in whatever
-//! the peer has already sent, so the two directions overlap instead of
-//! ping-ponging. It waits for the peer at most `idle` at a time, in both directions:
-//! a peer that sends nothing, or takes none of our messages (its flow-control window
-//! stays full), for that long ends the match.
+//! CPU work), connected to the async stream tasks by two bounded channels. It sends
+//! every message the role has ready and takes in whatever the peer has sent, also
+//! while it waits for room to send, so the two directions overlap and two peers that
+//! both have much to send never block each other.
+//!
+//! Memory invariant: nothing from the peer waits unvalidated in this process beyond
+//! the inbound channel's few messages. When the driver does not take messages in,
+//! the task reading the network stops reading and HTTP/2 flow control holds the peer
+//! back; every message taken in goes through the state machine at once, which
+//! refuses anything past the sizes it accepted. A peer that sends without reading
+//! therefore cannot grow this side's memory.
+//!
+//! Deadlines: the driver waits for the peer at most `idle` at a time, in both
+//! directions: a peer that sends nothing, or takes none of our messages (its
+//! flow-control window stays full) while sending nothing either, for that long ends
+//! the match.
 
 use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::mpsc::{Sender, UnboundedReceiver};
+use tokio::sync::mpsc::{Receiver, Sender};
 
 use crate::psi::{Endpoint, ProtocolError, SetupError};
 
@@ -57,19 +64,30 @@ pub fn send_with_deadline<T>(tx: &Sender<T>, value: T, deadline: Duration, runti
     }
 }
 
-/// Runs `endpoint` to completion. `inbound` carries decoded peer messages (or the
-/// transport's error); `send` takes this role's messages (and should give up after
-/// `idle`, see [`send_with_deadline`]).
-pub fn drive<E: Endpoint>(
+/// Messages from the peer as the network task hands them over: decoded messages,
+/// or the transport's error.
+pub type Inbound<M> = Receiver<Result<M, DriveError>>;
+
+/// How many peer messages may wait between the network task and the driver.
+pub const INBOUND_QUEUE: usize = 4;
+
+/// Runs `endpoint` to completion. `inbound` carries the peer's messages; each
+/// outgoing message goes through `convert` (which may keep it, returning `None`)
+/// into `outbound`.
+pub fn drive<E: Endpoint, T>(
     endpoint: &mut E,
-    inbound: &mut UnboundedReceiver<Result<E::Incoming, DriveError>>,
-    mut send: impl FnMut(E::Outgoing) -> Result<(), DriveError>,
+    inbound: &mut Inbound<E::Incoming>,
+    outbound: &Sender<T>,
+    mut convert: impl FnMut(E::Outgoing) -> Option<T>,
     idle: Duration,
     runtime: &Handle,
 ) -> Result<(), DriveError> {
+    let mut inbound_open = true;
     loop {
         while let Some(message) = endpoint.poll_outgoing() {
-            send(message)?;
+            if let Some(item) = convert(message) {
+                send_taking_in(endpoint, inbound, &mut inbound_open, outbound, item, idle, runtime)?;
+            }
             while let Ok(incoming) = inbound.try_recv() {
                 endpoint.receive(incoming?)?;
             }
@@ -82,6 +100,59 @@ pub fn drive<E: Endpoint>(
             .map_err(|_| DriveError::Idle(idle))?
             .ok_or(DriveError::PeerClosed)?;
         endpoint.receive(incoming?)?;
+    }
+}
+
+/// What ended one wait for room in the outbound channel.
+enum Waited<M, T> {
+    /// Sent (`true`), or the receiving side is gone (`false`).
+    Room(bool),
+    /// A peer message arrived first (`None`: the peer will send no more); the item
+    /// still waits to be sent.
+    Incoming(Option<Result<M, DriveError>>, T),
+}
+
+/// Sends `item`, taking in the peer's messages while the outbound channel is full.
+/// [`DriveError::Stalled`] when, for `idle`, the peer neither takes a message nor
+/// sends one.
+fn send_taking_in<E: Endpoint, T>(
+    endpoint: &mut E,
+    inbound: &mut Inbound<E::Incoming>,
+    inbound_open: &mut bool,
+    outbound: &Sender<T>,
+    item: T,
+    idle: Duration,
+    runtime: &Handle,
+) -> Result<(), DriveError> {
+    let mut item = match outbound.try_send(item) {
+        Ok(()) => return Ok(()),
+        Err(TrySendError::Closed(_)) => return Err(DriveError::PeerClosed),
+        Err(TrySendError::Full(item)) => item,
+    };
+    loop {
+        let open = *inbound_open;
+        let waited = runtime.block_on(async {
+            tokio::time::timeout(idle, async {
+                tokio::select! {
+                    biased;
+                    permit = outbound.reserve() => Waited::Room(permit.map(|p| p.send(item)).is_ok()),
+                    incoming = inbound.recv(), if open => Waited::Incoming(incoming, item),
+                }
+            })
+            .await
+        });
+        match waited.map_err(|_| DriveError::Stalled(idle))? {
+            Waited::Room(true) => return Ok(()),
+            Waited::Room(false) => return Err(DriveError::PeerClosed),
+            Waited::Incoming(None, back) => {
+                *inbound_open = false;
+                item = back;
+            }
+            Waited::Incoming(Some(message), back) => {
+                endpoint.receive(message?)?;
+                item = back;
+            }
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use super::auth::authenticate;
 use super::budget::{Allowance, BudgetError};
 use super::config::PartnerPolicy;
 use super::convert::{owner_to_wire, partner_from_wire};
-use super::driver::{DriveError, drive, send_with_deadline};
+use super::driver::{DriveError, INBOUND_QUEUE, Inbound, drive, send_with_deadline};
 use super::server::Shared;
 use super::state::State;
 use crate::optout::BadRows;
@@ -58,13 +58,13 @@ impl Matcher for MatchService {
         let match_id = hex::encode(rand::random::<[u8; 8]>());
         shared.metrics.started();
 
-        let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let mut stream = request.into_inner();
         tokio::spawn(async move {
             while let Some(item) = stream.next().await {
                 let message = item.map_err(inbound_error).and_then(|m| partner_from_wire(m).map_err(DriveError::from));
                 let failed = message.is_err();
-                if inbound_tx.send(message).is_err() || failed {
+                if inbound_tx.send(message).await.is_err() || failed {
                     break;
                 }
             }
@@ -103,7 +103,7 @@ struct Session<'a> {
 impl Session<'_> {
     fn run(
         &self,
-        mut inbound: mpsc::UnboundedReceiver<Result<PartnerMessage, DriveError>>,
+        mut inbound: Inbound<PartnerMessage>,
         outbound: &Outbound,
         runtime: &tokio::runtime::Handle,
     ) -> Result<(), Status> {
@@ -150,7 +150,7 @@ impl Session<'_> {
     /// Runs the match; returns the summary, held back for the caller to send.
     fn run_match(
         &self,
-        inbound: &mut mpsc::UnboundedReceiver<Result<PartnerMessage, DriveError>>,
+        inbound: &mut Inbound<PartnerMessage>,
         outbound: &Outbound,
         runtime: &tokio::runtime::Handle,
         record: &mut MatchRecord,
@@ -223,14 +223,14 @@ impl Session<'_> {
             other => Status::resource_exhausted(other.to_string()),
         })?;
         let mut summary = None;
-        let send = |message: OwnerMessage| match message {
+        let convert = |message: OwnerMessage| match message {
             OwnerMessage::Summary(_) => {
                 summary = Some(message);
-                Ok(())
+                None
             }
-            other => send_with_deadline(outbound, Ok(owner_to_wire(other)), idle, runtime),
+            other => Some(Ok(owner_to_wire(other))),
         };
-        drive(&mut owner, inbound, send, idle, runtime).map_err(drive_status)?;
+        drive(&mut owner, inbound, outbound, convert, idle, runtime).map_err(drive_status)?;
         let outcome = owner.outcome().ok_or_else(|| Status::internal("match ended in an unfinished state"))?;
         if let Some(matched) = &outcome.matched {
             let matches = set.matched_records(matched);
