@@ -975,3 +975,22 @@ fn a_config_built_in_code_is_validated_like_a_loaded_one() {
     });
     assert!(err.to_string().contains("max_message_bytes"), "{err}");
 }
+
+#[test]
+fn one_credential_names_one_partner() {
+    let f = Fixture::start(false, false);
+    let config = Config::load(&f.path("server.toml")).unwrap();
+    assert!(config.validate().is_ok());
+    let mut twin = config.partners[0].clone();
+    twin.name = "acme-twin".into();
+    twin.campaigns.clear();
+    let mut same_token = config.clone();
+    same_token.partners.push(twin.clone());
+    let err = same_token.validate().unwrap_err();
+    assert!(err.contains("`acme` and `acme-twin` have the same token_sha256"), "{err}");
+    // A different token is fine.
+    twin.token_sha256 = Some(hex::encode(Sha256::digest(b"another token")));
+    let mut other_token = config.clone();
+    other_token.partners.push(twin);
+    assert!(other_token.validate().is_ok());
+}

@@ -367,7 +367,18 @@ impl Config {
             if self.partners[..i].iter().any(|o| o.name == p.name) {
                 return Err(format!("partner name `{}` appears twice", p.name));
             }
-            self.partner_policy(p)?;
+            let policy = self.partner_policy(p)?;
+            // One credential, one partner: otherwise authentication would pick
+            // whichever entry comes first, with its campaigns and reveal modes.
+            for earlier in &self.partners[..i] {
+                let earlier = self.partner_policy(earlier)?;
+                if policy.token_sha256.is_some() && policy.token_sha256 == earlier.token_sha256 {
+                    return Err(format!("partners `{}` and `{}` have the same token_sha256", earlier.name, p.name));
+                }
+                if policy.cert_common_name.is_some() && policy.cert_common_name == earlier.cert_common_name {
+                    return Err(format!("partners `{}` and `{}` have the same cert_common_name", earlier.name, p.name));
+                }
+            }
         }
         Ok(())
     }
