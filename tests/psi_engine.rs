@@ -332,6 +332,9 @@ fn a_bad_local_configuration_is_a_setup_error_not_a_peer_fault() {
         }
         assert!(matches!(Owner::new(config, &os), Err(SetupError::ZeroChunk)));
     }
+    let mut config = PartnerConfig::new("c", Profile::IdmatchV1, Reveal::Partner);
+    config.send_chunk = 0;
+    assert!(matches!(Partner::new(config, &os), Err(SetupError::ZeroChunk)));
 }
 
 #[test]

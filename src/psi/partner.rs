@@ -115,7 +115,11 @@ pub struct Partner<'a> {
 
 impl<'a> Partner<'a> {
     /// Starts a match; the hello is the first outgoing message.
+    /// A `send_chunk` of zero is refused ([`SetupError::ZeroChunk`]), as by the owner.
     pub fn new(config: PartnerConfig, set: &'a PreparedSet) -> Result<Partner<'a>, SetupError> {
+        if config.send_chunk == 0 {
+            return Err(SetupError::ZeroChunk);
+        }
         let key = BlindingKey::random().map_err(|e| SetupError::Rng(e.to_string()))?;
         let hello = PartnerMessage::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -126,7 +130,7 @@ impl<'a> Partner<'a> {
             key_fingerprint: config.key_fingerprint.map(|f| f.as_bytes().to_vec()).unwrap_or_default(),
         });
         Ok(Partner {
-            chunk: config.send_chunk.max(1) as usize,
+            chunk: config.send_chunk.min(MAX_CHUNK) as usize,
             config,
             set,
             key,

@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::now_unix_ms;
 
-#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 struct Usage {
     matches: u64,
     identifiers: u64,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct State {
     /// Days since the Unix epoch (UTC) the counts belong to.
     day: u64,
@@ -72,20 +72,26 @@ impl Budgets {
         if state.day != day {
             *state = State { day, partners: BTreeMap::new() };
         }
-        let usage = state.partners.entry(partner.to_owned()).or_default();
+        let usage = state.partners.get(partner).copied().unwrap_or_default();
         if usage.matches >= allowance.matches {
             return Err(BudgetError::Matches(allowance.matches));
         }
         if usage.identifiers.saturating_add(identifiers) > allowance.identifiers {
             return Err(BudgetError::Identifiers(allowance.identifiers));
         }
-        usage.matches += 1;
-        usage.identifiers += identifiers;
-        let bytes = serde_json::to_vec_pretty(&*state).map_err(|e| self.state_error(e))?;
+        // The new usage counts only once it is on disk: a failed write refuses the
+        // match without spending the partner's budget.
+        let mut next = state.clone();
+        next.partners.insert(
+            partner.to_owned(),
+            Usage { matches: usage.matches + 1, identifiers: usage.identifiers + identifiers },
+        );
+        let bytes = serde_json::to_vec_pretty(&next).map_err(|e| self.state_error(e))?;
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, bytes)
             .and_then(|()| std::fs::rename(&tmp, &self.path))
             .map_err(|e| self.state_error(e))?;
+        *state = next;
         Ok(())
     }
 
@@ -112,5 +118,18 @@ mod tests {
         b.charge("other", 1, allow).unwrap();
         // A larger allowance (after a reload) applies to what was used already.
         b.charge("acme", 1, Allowance { matches: 3, identifiers: 100 }).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_spends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join("budgets.json");
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        let allow = Allowance { matches: 1, identifiers: 100 };
+        let b = Budgets::open(&path).unwrap();
+        std::fs::remove_dir(dir.path().join("state")).unwrap();
+        assert!(matches!(b.charge("acme", 10, allow), Err(BudgetError::State { .. })));
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        b.charge("acme", 10, allow).unwrap();
     }
 }
