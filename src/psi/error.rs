@@ -13,8 +13,8 @@ use super::message::{ChunkLengthError, Reveal};
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SetupError {
-    /// A configured chunk size of zero elements (the owner's `send_chunk` or
-    /// `max_chunk`; the partner treats a zero `send_chunk` as 1).
+    /// A configured chunk size of zero elements (either side's `send_chunk`, the
+    /// owner's `max_chunk`).
     #[error("chunk sizes must be at least 1 element")]
     ZeroChunk,
     /// The OS CSPRNG failed while drawing the blinding scalar (its error, as text).
