@@ -263,15 +263,30 @@ fn person(index: usize, distinct: bool, rng: &mut StdRng) -> Person {
     } else {
         (true, true)
     };
-    let phone = has_phone.then(|| {
-        let area = AREA_CODES[index % AREA_CODES.len()] as u64;
-        let local = (index / AREA_CODES.len()) as u64;
-        // Exchange 200..=999 (never N11 or 555), line 0000..=9999.
-        let exchange = 200 + (local / 10_000) % 800;
-        let exchange = if exchange % 100 == 11 || exchange == 555 { exchange + 1 } else { exchange };
-        area * 10_000_000 + exchange * 10_000 + local % 10_000
-    });
+    let phone = has_phone.then(|| phone_number(index));
     Person { email_user, email_domain, has_email, phone }
+}
+
+/// Exchanges that are not valid for an ordinary number (N11 service codes, 555),
+/// ascending.
+const EXCLUDED_EXCHANGES: [u64; 9] = [211, 311, 411, 511, 555, 611, 711, 811, 911];
+/// Valid exchanges 200..=999 minus the excluded ones.
+const EXCHANGES: u64 = 800 - EXCLUDED_EXCHANGES.len() as u64;
+
+/// Person `index`'s national number: a distinct valid number for every index below
+/// `AREA_CODES.len() × EXCHANGES × 10,000` (about 174 million people), after which
+/// numbers repeat.
+fn phone_number(index: usize) -> u64 {
+    let area = AREA_CODES[index % AREA_CODES.len()] as u64;
+    let local = (index / AREA_CODES.len()) as u64;
+    // The n-th valid exchange: step over each excluded one at or below it.
+    let mut exchange = 200 + (local / 10_000) % EXCHANGES;
+    for excluded in EXCLUDED_EXCHANGES {
+        if exchange >= excluded {
+            exchange += 1;
+        }
+    }
+    area * 10_000_000 + exchange * 10_000 + local % 10_000
 }
 
 fn render(p: &Person, distinct: bool, rng: &mut StdRng, normalizer: &Normalizer) -> Rendered {
@@ -354,5 +369,30 @@ impl CsvOut {
 
     fn finish(mut self) -> Result<(), SynthError> {
         self.writer.flush().map_err(|source| SynthError::Io { path: self.path.clone(), source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_are_distinct_and_valid_across_the_excluded_exchanges() {
+        // The persons whose exchange steps over 211 and 555 (and their neighbours).
+        let per_exchange = AREA_CODES.len() * 10_000;
+        let mut seen = std::collections::HashSet::new();
+        for window in [9..13, 353..357] {
+            for index in window.start * per_exchange..window.end * per_exchange {
+                let number = phone_number(index);
+                assert!(seen.insert(number), "index {index}: {number} repeats");
+                let exchange = number / 10_000 % 1_000;
+                assert!(!EXCLUDED_EXCHANGES.contains(&exchange) && exchange >= 200, "{number}");
+            }
+        }
+        let normalizer = Normalizer::new(Profile::IdmatchV1, None);
+        for index in [10 * per_exchange, 11 * per_exchange, 354 * per_exchange, 355 * per_exchange] {
+            let text = format!("+1{}", phone_number(index));
+            assert!(normalizer.normalize(Kind::Phone, &text, None).is_ok(), "{text}");
+        }
     }
 }
