@@ -104,6 +104,11 @@ impl ColumnSpec {
                 return Err(ColumnError::Ambiguous(names[w[0].0].clone()));
             }
         }
+        if let (Some(id), Some(region)) = (id, region)
+            && id == region
+        {
+            return Err(ColumnError::Ambiguous(names[id].clone()));
+        }
         for role in [id, region].into_iter().flatten() {
             if identifiers.iter().any(|&(i, _)| i == role) {
                 return Err(ColumnError::Ambiguous(names[role].clone()));
@@ -116,6 +121,13 @@ impl ColumnSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_column_cannot_be_the_id_and_the_region() {
+        let spec = ColumnSpec { id: Some("cc".into()), region: Some("cc".into()), ..ColumnSpec::default() };
+        let err = spec.resolve(&header(&["cc", "email"]), true).unwrap_err();
+        assert!(matches!(&err, ColumnError::Ambiguous(n) if n == "cc"), "{err}");
+    }
 
     fn header(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()

@@ -371,7 +371,7 @@ pub enum StoreError {
         answered: usize,
     },
     /// The sink of an export or audit listing failed to write.
-    #[error("export: {0}")]
+    #[error("writing the listing failed: {0}")]
     Output(std::io::Error),
     /// A key file could not be loaded.
     #[error(transparent)]
