@@ -16,6 +16,7 @@
 pub mod error;
 pub mod group;
 pub mod message;
+pub mod oprf;
 pub mod owner;
 pub mod partner;
 pub mod set;
