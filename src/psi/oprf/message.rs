@@ -1,0 +1,162 @@
+//! The OPRF engine's messages. Each maps one-to-one onto a protobuf message whose
+//! byte-string fields are the `Vec<u8>` fields here, kept raw: their lengths and
+//! contents are checked by the state machines, so a malformed field is refused with
+//! a precise [`OprfError`](super::OprfError) whatever the transport.
+//!
+//! Byte layouts (`docs/PROTOCOL.md`, "OPRF engine", is normative):
+//! - `ReceiverSetup.ot_point`: 32 bytes, the OT point `A` (canonical ristretto255).
+//! - `SenderSetup.prf_seed`: 16 bytes; `SenderSetup.ot_points`: `w × 32` bytes,
+//!   `B_0 ‖ … ‖ B_{w−1}`.
+//! - `Correction`: a chunk of the correction matrix `U`, serialized column after
+//!   column (`w · m/8` bytes in all; row `r` of a column at byte `r >> 3`, bit
+//!   `r & 7`); chunk boundaries carry no meaning.
+//! - `Outputs`: a chunk of whole `ℓ2/8`-byte OPRF outputs, in the sender's token
+//!   order.
+//! - `Matches` (`both` mode): a chunk of the bitmap over the sender's outputs, bit
+//!   `i` (byte `i >> 3`, bit `i & 7`) set when output `i` matched; `⌈n_S / 8⌉` bytes
+//!   in all, padding bits zero.
+
+/// The engine version this build speaks.
+pub const OPRF_VERSION: u32 = 1;
+/// Largest chunk any party accepts or sends: 2 MiB, under gRPC's 4 MiB default.
+pub const MAX_CHUNK_BYTES: u32 = 2 * 1024 * 1024;
+/// Smallest chunk limit a party may announce.
+pub const MIN_CHUNK_BYTES: u32 = 1024;
+
+/// receiver → sender, first.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReceiverSetup {
+    pub version: u32,
+    /// `n_R`: the receiver's distinct tokens.
+    pub receiver_set_size: u64,
+    /// `both` mode: the receiver will report the sender's matches back.
+    pub report_back: bool,
+    /// Largest `Outputs` chunk, in bytes, the receiver accepts.
+    pub max_chunk_bytes: u32,
+    /// The base-OT point `A`, 32 bytes.
+    pub ot_point: Vec<u8>,
+}
+
+/// sender → receiver, first.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SenderSetup {
+    pub version: u32,
+    /// `n_S`: the sender's distinct tokens.
+    pub sender_set_size: u64,
+    /// `L` (`m = 2^L` rows), `w`, `ℓ2/8`: must equal the derivation from the sizes.
+    pub log_height: u32,
+    pub width: u32,
+    pub output_len: u32,
+    /// Largest `Correction` / `Matches` chunk, in bytes, the sender accepts.
+    pub max_chunk_bytes: u32,
+    /// The PRF seed, 16 bytes, fresh for this match.
+    pub prf_seed: Vec<u8>,
+    /// The base-OT points `B_i`, `w × 32` bytes.
+    pub ot_points: Vec<u8>,
+}
+
+/// Messages from the receiver.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ReceiverMessage {
+    Setup(ReceiverSetup),
+    /// A chunk of the correction matrix.
+    Correction(Vec<u8>),
+    /// A chunk of the matched bitmap (`both` mode).
+    Matches(Vec<u8>),
+    /// The receiver has everything and sends nothing more.
+    Finished,
+}
+
+/// Messages from the sender.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SenderMessage {
+    Setup(SenderSetup),
+    /// A chunk of OPRF outputs.
+    Outputs(Vec<u8>),
+}
+
+impl ReceiverMessage {
+    /// The message's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReceiverMessage::Setup(_) => "receiver_setup",
+            ReceiverMessage::Correction(_) => "correction",
+            ReceiverMessage::Matches(_) => "matches",
+            ReceiverMessage::Finished => "finished",
+        }
+    }
+
+    /// Bytes of the message's fields (integers counted at their fixed width): the
+    /// payload a transport carries, without its framing.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            ReceiverMessage::Setup(s) => 4 + 8 + 1 + 4 + s.ot_point.len(),
+            ReceiverMessage::Correction(d) | ReceiverMessage::Matches(d) => d.len(),
+            ReceiverMessage::Finished => 0,
+        }
+    }
+}
+
+impl SenderMessage {
+    /// The message's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SenderMessage::Setup(_) => "sender_setup",
+            SenderMessage::Outputs(_) => "outputs",
+        }
+    }
+
+    /// Bytes of the message's fields (integers counted at their fixed width).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            SenderMessage::Setup(s) => 4 + 8 + 4 * 4 + s.prf_seed.len() + s.ot_points.len(),
+            SenderMessage::Outputs(d) => d.len(),
+        }
+    }
+}
+
+/// Sizes only: the PRF seed is a secret of this match until the receiver holds it.
+impl std::fmt::Debug for SenderSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SenderSetup")
+            .field("version", &self.version)
+            .field("sender_set_size", &self.sender_set_size)
+            .field("log_height", &self.log_height)
+            .field("width", &self.width)
+            .field("output_len", &self.output_len)
+            .field("max_chunk_bytes", &self.max_chunk_bytes)
+            .field("prf_seed", &format_args!("<{} bytes>", self.prf_seed.len()))
+            .field("ot_points", &format_args!("<{} bytes>", self.ot_points.len()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ReceiverSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiverSetup")
+            .field("version", &self.version)
+            .field("receiver_set_size", &self.receiver_set_size)
+            .field("report_back", &self.report_back)
+            .field("max_chunk_bytes", &self.max_chunk_bytes)
+            .field("ot_point", &format_args!("<{} bytes>", self.ot_point.len()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ReceiverMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReceiverMessage::Setup(s) => s.fmt(f),
+            other => write!(f, "{}(<{} bytes>)", other.name(), other.payload_len()),
+        }
+    }
+}
+
+impl std::fmt::Debug for SenderMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SenderMessage::Setup(s) => s.fmt(f),
+            other => write!(f, "{}(<{} bytes>)", other.name(), other.payload_len()),
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The OPRF engine (`psi::oprf`) against a plain set intersection, in every reveal
+//! mode it offers, and its refusal of malformed or out-of-order messages.
+
+use std::collections::BTreeSet;
+
+use idmatch::normalize::Kind;
+use idmatch::psi::oprf::{
+    self, MAX_CHUNK_BYTES, Observed, OprfConfig, OprfError, OprfMatchError, OprfReceiver, OprfSender, Params, Party,
+    ReceiverMessage, SenderMessage, match_local, receiver_party,
+};
+use idmatch::psi::{PreparedSet, Reveal};
+use idmatch::token::Token;
+use proptest::prelude::*;
+use sha2::{Digest, Sha256};
+
+/// A token for identifier `value`: uniformly random-looking, like an HMAC output.
+fn token(value: u32) -> Token {
+    Token(Sha256::digest(value.to_le_bytes()).into())
+}
+
+/// A set whose record `r` holds the identifiers `records[r]` (as emails).
+fn set(records: &[Vec<u32>]) -> PreparedSet {
+    let entries = records
+        .iter()
+        .enumerate()
+        .flat_map(|(r, values)| values.iter().map(move |&v| (token(v), r as u32, Kind::Email)))
+        .collect();
+    PreparedSet::new(entries, 0)
+}
+
+/// A set of distinct single-identifier records `values`.
+fn flat(values: impl IntoIterator<Item = u32>) -> PreparedSet {
+    set(&values.into_iter().map(|v| vec![v]).collect::<Vec<_>>())
+}
+
+/// Records of `mine` holding any identifier of `theirs`, in record order.
+fn expected(mine: &[Vec<u32>], theirs: &[Vec<u32>]) -> Vec<u32> {
+    let other: BTreeSet<u32> = theirs.iter().flatten().copied().collect();
+    (0..mine.len() as u32).filter(|&r| mine[r as usize].iter().any(|v| other.contains(v))).collect()
+}
+
+fn records_of(set: &PreparedSet, matched: &[bool]) -> Vec<u32> {
+    set.matched_records(matched).into_iter().map(|(r, _)| r).collect()
+}
+
+const OFFERED: [Reveal; 3] = [Reveal::Partner, Reveal::Owner, Reveal::Both];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Records repeat identifiers (within and across records), sets may be empty.
+    #[test]
+    fn engine_equals_plain_set_intersection(
+        owner in prop::collection::vec(prop::collection::vec(0u32..80, 0..3), 0..40),
+        partner in prop::collection::vec(prop::collection::vec(0u32..80, 0..3), 0..40),
+        mode in 0usize..3,
+    ) {
+        let reveal = OFFERED[mode];
+        let (o, p) = (set(&owner), set(&partner));
+        let got = match_local(&o, &p, reveal).unwrap();
+        let distinct = |rs: &[Vec<u32>]| rs.iter().flatten().copied().collect::<BTreeSet<u32>>();
+        prop_assert_eq!(got.intersection, distinct(&owner).intersection(&distinct(&partner)).count() as u64);
+        let partner_gets = matches!(reveal, Reveal::Partner | Reveal::Both);
+        let owner_gets = matches!(reveal, Reveal::Owner | Reveal::Both);
+        prop_assert_eq!(got.partner_matched.is_some(), partner_gets);
+        prop_assert_eq!(got.owner_matched.is_some(), owner_gets);
+        if let Some(m) = &got.partner_matched {
+            prop_assert_eq!(records_of(&p, m), expected(&partner, &owner));
+        }
+        if let Some(m) = &got.owner_matched {
+            prop_assert_eq!(records_of(&o, m), expected(&owner, &partner));
+        }
+    }
+}
+
+#[test]
+fn roles_per_reveal_mode_and_count_is_refused() {
+    assert_eq!(receiver_party(Reveal::Partner), Ok(Party::Partner));
+    assert_eq!(receiver_party(Reveal::Owner), Ok(Party::Owner));
+    assert_eq!(receiver_party(Reveal::Both), Ok(Party::Partner));
+    assert_eq!(receiver_party(Reveal::Count), Err(OprfError::RevealNotOffered(Reveal::Count)));
+    let s = flat(0..3);
+    assert_eq!(
+        OprfReceiver::new(OprfConfig::new(Reveal::Count), &s).err(),
+        Some(OprfError::RevealNotOffered(Reveal::Count))
+    );
+    assert_eq!(
+        OprfSender::new(OprfConfig::new(Reveal::Count), &s).err(),
+        Some(OprfError::RevealNotOffered(Reveal::Count))
+    );
+    assert!(matches!(
+        match_local(&s, &s, Reveal::Count),
+        Err(OprfMatchError::Receiver(OprfError::RevealNotOffered(_)))
+    ));
+    let mut bad = OprfConfig::new(Reveal::Partner);
+    bad.max_chunk_bytes = 10;
+    assert!(matches!(OprfReceiver::new(bad, &s).err(), Some(OprfError::BadChunkLimit { value: 10, .. })));
+}
+
+#[test]
+fn empty_one_element_and_full_overlap() {
+    for reveal in OFFERED {
+        let empty = flat([]);
+        let one = flat([7]);
+        let other = flat([8]);
+        let got = match_local(&empty, &empty, reveal).unwrap();
+        assert_eq!(got.intersection, 0);
+        assert_eq!(match_local(&one, &one, reveal).unwrap().intersection, 1);
+        assert_eq!(match_local(&one, &other, reveal).unwrap().intersection, 0);
+        assert_eq!(match_local(&one, &empty, reveal).unwrap().intersection, 0);
+        assert_eq!(match_local(&empty, &one, reveal).unwrap().intersection, 0);
+        let big = flat(0..3000);
+        let got = match_local(&big, &flat(1500..4500), reveal).unwrap();
+        assert_eq!(got.intersection, 1500, "{reveal}");
+        let full = match_local(&big, &big, reveal).unwrap();
+        assert_eq!(full.intersection, 3000);
+        for m in [full.owner_matched, full.partner_matched].into_iter().flatten() {
+            assert!(m.iter().all(|&b| b));
+        }
+    }
+}
+
+/// 10 × 200,000 both ways round (unbalanced sets; 200,000 keeps the debug profile
+/// fast): exact matches, and the traffic follows the parameters.
+#[test]
+fn unbalanced_sets() {
+    let small = flat([3, 99_999, 150_000, 199_999, 250_000, 1_000_000, 1_000_001, 5, 6, 7]);
+    let large = flat(0..200_000);
+    for (owner, partner, reveal) in
+        [(&large, &small, Reveal::Partner), (&small, &large, Reveal::Owner), (&large, &small, Reveal::Both)]
+    {
+        let got = match_local(owner, partner, reveal).unwrap();
+        assert_eq!(got.intersection, 7, "{reveal}");
+        let (receiving, sending) = if reveal == Reveal::Owner { (owner, partner) } else { (partner, owner) };
+        let params = Params::derive(sending.len() as u64, receiving.len() as u64).unwrap();
+        let setup_r = 4 + 8 + 1 + 4 + 32;
+        let report = if reveal == Reveal::Both { sending.len().div_ceil(8) as u64 } else { 0 };
+        assert_eq!(got.traffic.receiver_to_sender_bytes, setup_r + params.matrix_bytes() + report);
+        let setup_s = 4 + 8 + 16 + 16 + 32 * u64::from(params.width);
+        let outputs = sending.len() as u64 * u64::from(params.output_len);
+        assert_eq!(got.traffic.sender_to_receiver_bytes, setup_s + outputs);
+    }
+}
+
+/// Runs a receiver and a sender until `stop` says so; returns them.
+fn pair<'a>(r: &'a PreparedSet, s: &'a PreparedSet, reveal: Reveal) -> (OprfReceiver<'a>, OprfSender<'a>) {
+    (OprfReceiver::new(OprfConfig::new(reveal), r).unwrap(), OprfSender::new(OprfConfig::new(reveal), s).unwrap())
+}
+
+fn setups(receiver: &mut OprfReceiver<'_>, sender: &mut OprfSender<'_>) -> (oprf::ReceiverSetup, oprf::SenderSetup) {
+    let Some(ReceiverMessage::Setup(rs)) = receiver.poll_outgoing() else { panic!("receiver setup first") };
+    sender.receive(ReceiverMessage::Setup(rs.clone())).unwrap();
+    let Some(SenderMessage::Setup(ss)) = sender.poll_outgoing() else { panic!("sender setup next") };
+    (rs, ss)
+}
+
+#[test]
+fn out_of_order_messages_are_refused_in_one_place() {
+    let (a, b) = (flat(0..50), flat(25..75));
+    let (mut receiver, mut sender) = pair(&a, &b, Reveal::Partner);
+    assert_eq!(
+        sender.receive(ReceiverMessage::Correction(vec![0; 32])),
+        Err(OprfError::UnexpectedMessage { state: "awaiting receiver setup", message: "correction" })
+    );
+    assert_eq!(
+        receiver.receive(SenderMessage::Outputs(vec![0; 10])),
+        Err(OprfError::UnexpectedMessage { state: "awaiting sender setup", message: "outputs" })
+    );
+    let (rs, ss) = setups(&mut receiver, &mut sender);
+    assert_eq!(
+        sender.receive(ReceiverMessage::Setup(rs)),
+        Err(OprfError::UnexpectedMessage { state: "receiving the correction matrix", message: "receiver_setup" })
+    );
+    assert_eq!(
+        sender.receive(ReceiverMessage::Finished),
+        Err(OprfError::UnexpectedMessage { state: "receiving the correction matrix", message: "finished" })
+    );
+    receiver.receive(SenderMessage::Setup(ss.clone())).unwrap();
+    assert_eq!(
+        receiver.receive(SenderMessage::Setup(ss)),
+        Err(OprfError::UnexpectedMessage { state: "sending the correction matrix", message: "sender_setup" })
+    );
+    // Matches are refused outside `both` mode, even at the end.
+    let (mut receiver, mut sender) = pair(&a, &b, Reveal::Partner);
+    let mut log = Vec::new();
+    oprf::run_in_memory(&mut receiver, &mut sender, |m| {
+        if let Observed::FromReceiver(m) = m {
+            log.push(m.name());
+        }
+    })
+    .unwrap();
+    assert_eq!(log.first(), Some(&"receiver_setup"));
+    assert_eq!(log.last(), Some(&"finished"));
+    assert!(!log.contains(&"matches"));
+    assert_eq!(
+        sender.receive(ReceiverMessage::Matches(vec![0])),
+        Err(OprfError::UnexpectedMessage { state: "done", message: "matches" })
+    );
+}
+
+#[test]
+fn malformed_setups_are_refused_with_the_precise_error() {
+    let (a, b) = (flat(0..50), flat(25..75));
+    let sender_error = |edit: &dyn Fn(&mut oprf::ReceiverSetup), config: OprfConfig| {
+        let (mut receiver, _) = pair(&a, &b, Reveal::Partner);
+        let mut sender = OprfSender::new(config, &b).unwrap();
+        let Some(ReceiverMessage::Setup(mut rs)) = receiver.poll_outgoing() else { panic!() };
+        edit(&mut rs);
+        sender.receive(ReceiverMessage::Setup(rs)).unwrap_err()
+    };
+    let partner = OprfConfig::new(Reveal::Partner);
+    assert_eq!(sender_error(&|s| s.version = 2, partner.clone()), OprfError::UnsupportedVersion { ours: 1, theirs: 2 });
+    assert_eq!(
+        sender_error(&|s| s.report_back = true, partner.clone()),
+        OprfError::ReportBackMismatch { ours: false, theirs: true }
+    );
+    assert_eq!(
+        sender_error(&|_| {}, OprfConfig { min_peer_set: 1000, ..partner.clone() }),
+        OprfError::SetSizeOutOfRange { what: "receiver", size: 50, min: 1000, max: 1 << 30 }
+    );
+    assert!(matches!(
+        sender_error(&|s| s.receiver_set_size = u64::MAX, partner.clone()),
+        OprfError::SetSizeOutOfRange { .. }
+    ));
+    assert!(matches!(
+        sender_error(&|s| s.max_chunk_bytes = 0, partner.clone()),
+        OprfError::BadChunkLimit { value: 0, .. }
+    ));
+    assert_eq!(
+        sender_error(&|s| s.ot_point.truncate(31), partner.clone()),
+        OprfError::BadLength { what: "receiver setup ot_point", len: 31, expected: 32 }
+    );
+    assert_eq!(
+        sender_error(&|s| s.ot_point = vec![0; 32], partner.clone()),
+        OprfError::BadPoint { what: "receiver setup ot_point", index: 0 }
+    );
+
+    let receiver_error = |edit: &dyn Fn(&mut oprf::SenderSetup)| {
+        let (mut receiver, mut sender) = pair(&a, &b, Reveal::Partner);
+        let (_, mut ss) = setups(&mut receiver, &mut sender);
+        edit(&mut ss);
+        receiver.receive(SenderMessage::Setup(ss)).unwrap_err()
+    };
+    let p = Params::derive(50, 50).unwrap();
+    assert_eq!(
+        receiver_error(&|s| s.width += 1),
+        OprfError::ParameterMismatch { what: "width", ours: u64::from(p.width), theirs: u64::from(p.width) + 1 }
+    );
+    assert_eq!(
+        receiver_error(&|s| s.log_height = 30),
+        OprfError::ParameterMismatch { what: "log_height", ours: u64::from(p.log_height), theirs: 30 }
+    );
+    assert!(matches!(receiver_error(&|s| s.output_len = 3), OprfError::ParameterMismatch { what: "output_len", .. }));
+    // A different announced size derives different parameters.
+    assert!(matches!(receiver_error(&|s| s.sender_set_size = 1 << 20), OprfError::ParameterMismatch { .. }));
+    assert_eq!(
+        receiver_error(&|s| s.prf_seed.push(0)),
+        OprfError::BadLength { what: "sender setup prf_seed", len: 17, expected: 16 }
+    );
+    assert_eq!(
+        receiver_error(&|s| s.ot_points.truncate(32 * 5)),
+        OprfError::BadLength { what: "sender setup ot_points", len: 160, expected: 32 * p.width as usize }
+    );
+    assert_eq!(
+        receiver_error(&|s| s.ot_points[32 * 3..32 * 4].fill(0xff)),
+        OprfError::BadPoint { what: "sender setup ot_points", index: 3 }
+    );
+    assert_eq!(receiver_error(&|s| s.version = 0), OprfError::UnsupportedVersion { ours: 1, theirs: 0 });
+    assert!(matches!(receiver_error(&|s| s.max_chunk_bytes = MAX_CHUNK_BYTES + 1), OprfError::BadChunkLimit { .. }));
+}
+
+#[test]
+fn malformed_chunks_are_refused_with_the_precise_error() {
+    let (a, b) = (flat(0..50), flat(25..75));
+    let p = Params::derive(50, 50).unwrap();
+    let total = p.matrix_bytes();
+    let after_setups = || {
+        let (mut receiver, mut sender) = pair(&a, &b, Reveal::Both);
+        let (_, ss) = setups(&mut receiver, &mut sender);
+        receiver.receive(SenderMessage::Setup(ss)).unwrap();
+        (receiver, sender)
+    };
+    let (_, mut sender) = after_setups();
+    assert_eq!(
+        sender.receive(ReceiverMessage::Correction(vec![])),
+        Err(OprfError::BadChunk { what: "correction", len: 0, max: MAX_CHUNK_BYTES as usize })
+    );
+    let (_, mut sender) = after_setups();
+    assert_eq!(
+        sender.receive(ReceiverMessage::Correction(vec![0; total as usize + 1])),
+        Err(OprfError::TooMuchData { what: "correction", expected: total, received: total + 1 })
+    );
+    let (_, mut sender) = after_setups();
+    assert_eq!(
+        sender.receive(ReceiverMessage::Correction(vec![0; MAX_CHUNK_BYTES as usize + 1])),
+        Err(OprfError::BadChunk {
+            what: "correction",
+            len: MAX_CHUNK_BYTES as usize + 1,
+            max: MAX_CHUNK_BYTES as usize
+        })
+    );
+    // Outputs that are not whole outputs, or too many of them.
+    let (mut receiver, mut sender) = after_setups();
+    while let Some(m) = receiver.poll_outgoing() {
+        sender.receive(m).unwrap();
+    }
+    let len = p.output_len as usize;
+    assert_eq!(
+        receiver.receive(SenderMessage::Outputs(vec![0; len + 1])),
+        Err(OprfError::NotMultiple { what: "outputs", len: len + 1, unit: len })
+    );
+    assert_eq!(
+        receiver.receive(SenderMessage::Outputs(vec![0; 51 * len])),
+        Err(OprfError::TooMuchData { what: "outputs", expected: 50 * len as u64, received: 51 * len as u64 })
+    );
+    // A report-back bitmap with a padding bit set (50 outputs: 7 bytes, 6 padding bits).
+    let Some(SenderMessage::Outputs(out)) = sender.poll_outgoing() else { panic!() };
+    receiver.receive(SenderMessage::Outputs(out)).unwrap();
+    assert!(matches!(receiver.poll_outgoing(), Some(ReceiverMessage::Matches(_))));
+    assert_eq!(
+        sender.receive(ReceiverMessage::Matches(vec![0, 0, 0, 0, 0, 0, 0x80])),
+        Err(OprfError::NonZeroPadding { what: "matches" })
+    );
+    let (mut receiver, mut sender) = after_setups();
+    while let Some(m) = receiver.poll_outgoing() {
+        sender.receive(m).unwrap();
+    }
+    let Some(SenderMessage::Outputs(out)) = sender.poll_outgoing() else { panic!() };
+    receiver.receive(SenderMessage::Outputs(out)).unwrap();
+    assert_eq!(
+        sender.receive(ReceiverMessage::Matches(vec![0; 8])),
+        Err(OprfError::TooMuchData { what: "matches", expected: 7, received: 8 })
+    );
+    assert_eq!(
+        sender.receive(ReceiverMessage::Finished),
+        Err(OprfError::UnexpectedMessage { state: "awaiting matches", message: "finished" })
+    );
+}
+
+#[test]
+fn chunks_respect_the_limits_and_secrets_stay_out_of_debug() {
+    let (a, b) = (flat(0..20_000), flat(10_000..30_000));
+    let mut config = OprfConfig::new(Reveal::Both);
+    config.max_chunk_bytes = 64 * 1024;
+    config.send_chunk_bytes = 64 * 1024;
+    let mut receiver = OprfReceiver::new(config.clone(), &a).unwrap();
+    let mut sender = OprfSender::new(config, &b).unwrap();
+    let mut largest = 0;
+    let mut debug = String::new();
+    oprf::run_in_memory(&mut receiver, &mut sender, |m| {
+        let len = match m {
+            Observed::FromReceiver(m) => m.payload_len(),
+            Observed::FromSender(m) => m.payload_len(),
+        };
+        largest = largest.max(len);
+        if debug.len() < 10_000 {
+            debug.push_str(&format!("{m:?}\n"));
+        }
+    })
+    .unwrap();
+    assert!(largest <= 64 * 1024, "{largest}");
+    assert!(debug.contains("prf_seed: <16 bytes>"), "{debug}");
+    assert!(debug.contains("correction(<65536 bytes>)"), "{debug}");
+    let r = receiver.outcome().unwrap();
+    let s = sender.outcome().unwrap();
+    assert_eq!(r.intersection, 10_000);
+    assert_eq!(s.matched.unwrap().iter().filter(|&&m| m).count(), 10_000);
+}
