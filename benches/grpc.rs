@@ -11,7 +11,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use idmatch::key::Key;
 use idmatch::local_match::{self, LocalMatchOptions};
 use idmatch::normalize::{Normalizer, Profile, Region};
-use idmatch::psi::Reveal;
+use idmatch::psi::{Protocol, ProtocolChoice, Reveal};
 use idmatch::records::ColumnSpec;
 use idmatch::service::client::{self, ClientOptions};
 use idmatch::service::config::Config;
@@ -75,6 +75,8 @@ fn bench(c: &mut Criterion) {
         partner: d.join("partner.csv"),
         key_file: d.join("campaign.key"),
         reveal: Reveal::Partner,
+        // The same engine as the gRPC client, so the two differ only by transport.
+        protocol: ProtocolChoice::Exactly(Protocol::Ecdh),
         normalizer,
         columns: ColumnSpec::default(),
         optouts: None,

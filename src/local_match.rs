@@ -18,8 +18,10 @@ use crate::normalize::Normalizer;
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
 use crate::output::write_match_file;
 use crate::prepare;
+use crate::psi::oprf::{self, OprfMatchError};
 use crate::psi::{
-    LocalMatchError, Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, Reveal, SetupError, run_in_memory,
+    LocalMatchError, Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, Protocol, ProtocolChoice,
+    ProtocolChoiceError, Reveal, SetupError, run_in_memory,
 };
 use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
 use crate::token::Tokenizer;
@@ -35,6 +37,9 @@ pub struct LocalMatchOptions {
     pub key_file: PathBuf,
     /// Who learns which records match.
     pub reveal: Reveal,
+    /// The matching engine: `auto` runs `oprf` for every reveal mode but `count`,
+    /// which only `ecdh` offers.
+    pub protocol: ProtocolChoice,
     /// Normalization profile applied to both files and to the opt-out/suppression lists.
     pub normalizer: Normalizer,
     /// Column names in the owner's and partner's files (unset ones are detected from the header).
@@ -78,6 +83,12 @@ pub enum LocalMatchFailure {
     /// The owner or partner state machine refused its configuration or set.
     #[error("{0}")]
     Setup(#[from] SetupError),
+    /// The protocol asked for cannot run this match (`oprf` with `count`).
+    #[error(transparent)]
+    ProtocolChoice(#[from] ProtocolChoiceError),
+    /// The OPRF engine failed.
+    #[error(transparent)]
+    Oprf(#[from] OprfMatchError),
     /// Creating the output directory or writing, renaming or removing an output failed.
     #[error("{path}: {source}")]
     Write {
@@ -102,7 +113,8 @@ pub struct SideSummary {
     pub identifiers_after_exclusion: u64,
     /// Identifiers removed as duplicates before blinding.
     pub deduplicated: u64,
-    /// Distinct tokens blinded and sent.
+    /// Distinct tokens that entered the protocol (blinded and sent under `ecdh`,
+    /// evaluated under `oprf`).
     pub blinded: u64,
     /// Records that matched, where this side learns it.
     pub matched_records: Option<u64>,
@@ -115,6 +127,8 @@ pub struct MatchSummary {
     pub profile: String,
     /// Name of the reveal mode (`partner`, `owner`, `both` or `count`).
     pub reveal: String,
+    /// The matching engine that ran (`ecdh` or `oprf`).
+    pub protocol: String,
     /// The owner's counts.
     pub owner: SideSummary,
     /// The partner's counts.
@@ -203,13 +217,20 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
     let partner_set = prepare::prepare(&partner_records, suppress.as_ref().map(|l| l as &dyn OptOutSource))?;
 
     let profile = options.normalizer.profile();
-    let fingerprint = crate::token::KeyFingerprint::of(key);
-    let mut owner = Owner::new(OwnerConfig::local("local", profile).with_key_fingerprint(fingerprint), &owner_set)?;
-    let partner_config = PartnerConfig::new("local", profile, options.reveal).with_key_fingerprint(fingerprint);
-    let mut partner = Partner::new(partner_config, &partner_set)?;
-    run_in_memory(&mut owner, &mut partner, |_| {})?;
-    let owner_outcome = owner.outcome().ok_or(LocalMatchError::Stalled)?;
-    let partner_outcome = partner.outcome().ok_or(LocalMatchError::Stalled)?;
+    let protocol = options.protocol.resolve(options.reveal, &Protocol::ALL)?;
+    let outcome = match protocol {
+        Protocol::Ecdh => match_ecdh(key, options, &owner_set, &partner_set)?,
+        Protocol::Oprf => {
+            let o = oprf::match_local(&owner_set, &partner_set, options.reveal)?;
+            Engined {
+                owner_matched: o.owner_matched,
+                partner_matched: o.partner_matched,
+                intersection: Some(o.intersection).filter(|_| options.reveal != Reveal::Owner),
+                owner_sent: owner_set.len() as u64,
+                partner_sent: partner_set.len() as u64,
+            }
+        }
+    };
 
     let mut write_matches = |name: &str, records: &RecordSet, set: &PreparedSet, matched: &[bool]| {
         let matches = set.matched_records(matched);
@@ -218,28 +239,23 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
         outputs.push(name.to_owned());
         Ok::<u64, LocalMatchFailure>(matches.len() as u64)
     };
-    let partner_matched = match &partner_outcome.matched {
+    let partner_matched = match &outcome.partner_matched {
         Some(m) => Some(write_matches("partner_matches.csv", &partner_records, &partner_set, m)?),
         None => None,
     };
-    let owner_matched = match &owner_outcome.matched {
+    let owner_matched = match &outcome.owner_matched {
         Some(m) => Some(write_matches("owner_matches.csv", &owner_records, &owner_set, m)?),
         None => None,
     };
-    let owner_intersection = owner_outcome.matched.as_ref().map(|m| m.iter().filter(|&&x| x).count() as u64);
+    let owner_intersection = outcome.owner_matched.as_ref().map(|m| m.iter().filter(|&&x| x).count() as u64);
     outputs.push("summary.json".to_owned());
     let summary = MatchSummary {
         profile: profile.name().to_owned(),
         reveal: options.reveal.name().to_owned(),
-        owner: side_summary(&options.owner, &owner_records, &owner_set, owner_outcome.blinded, owner_matched),
-        partner: side_summary(
-            &options.partner,
-            &partner_records,
-            &partner_set,
-            partner_outcome.blinded,
-            partner_matched,
-        ),
-        intersection: partner_outcome.intersection.or(owner_intersection),
+        protocol: protocol.name().to_owned(),
+        owner: side_summary(&options.owner, &owner_records, &owner_set, outcome.owner_sent, owner_matched),
+        partner: side_summary(&options.partner, &partner_records, &partner_set, outcome.partner_sent, partner_matched),
+        intersection: outcome.intersection.or(owner_intersection),
         optout_list,
         suppression_list: suppress.as_ref().map(|list| list.stats().clone()),
         outputs,
@@ -280,6 +296,41 @@ fn read_side(
     read.rejects = rejects;
     read.progress = options.progress;
     prepare::read(path, tokenizer, read, filter.map(OptOutSource::digester))
+}
+
+/// What either engine hands back to the local match.
+struct Engined {
+    owner_matched: Option<Vec<bool>>,
+    partner_matched: Option<Vec<bool>>,
+    /// The intersection size, where the partner learns it.
+    intersection: Option<u64>,
+    /// Distinct tokens of each side that entered the protocol.
+    owner_sent: u64,
+    partner_sent: u64,
+}
+
+/// Both roles of the ECDH engine over the in-memory transport.
+fn match_ecdh(
+    key: &Key,
+    options: &LocalMatchOptions,
+    owner_set: &PreparedSet,
+    partner_set: &PreparedSet,
+) -> Result<Engined, LocalMatchFailure> {
+    let profile = options.normalizer.profile();
+    let fingerprint = crate::token::KeyFingerprint::of(key);
+    let mut owner = Owner::new(OwnerConfig::local("local", profile).with_key_fingerprint(fingerprint), owner_set)?;
+    let partner_config = PartnerConfig::new("local", profile, options.reveal).with_key_fingerprint(fingerprint);
+    let mut partner = Partner::new(partner_config, partner_set)?;
+    run_in_memory(&mut owner, &mut partner, |_| {})?;
+    let owner_outcome = owner.outcome().ok_or(LocalMatchError::Stalled)?;
+    let partner_outcome = partner.outcome().ok_or(LocalMatchError::Stalled)?;
+    Ok(Engined {
+        owner_matched: owner_outcome.matched,
+        partner_matched: partner_outcome.matched,
+        intersection: partner_outcome.intersection,
+        owner_sent: owner_outcome.blinded,
+        partner_sent: partner_outcome.blinded,
+    })
 }
 
 fn side_summary(

@@ -367,3 +367,40 @@ fn synth_distinct_gives_exactly_n_distinct_identifiers_per_side_and_the_exact_ov
     let truth = std::fs::read_to_string(data.join("truth.csv")).unwrap();
     assert_eq!(truth.lines().count(), 1 + 1000);
 }
+
+#[test]
+fn oprf_and_ecdh_write_the_same_match_files_on_the_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = example_key(dir.path());
+    let ex = common::examples();
+    let (owner, partner, optouts) = (ex.join("members.csv"), ex.join("partner.csv"), ex.join("optouts.csv"));
+    let run = |protocol: &str, reveal: &str| {
+        let out = dir.path().join(format!("{protocol}-{reveal}"));
+        let args =
+            ["--protocol", protocol, "--reveal", reveal, "--optouts", optouts.to_str().unwrap(), "--region", "US"];
+        let output = local_match(&owner, &partner, &key, &out, &args);
+        assert!(output.status.success(), "{protocol} {reveal}: {}", text(&output.stderr));
+        assert!(text(&output.stdout).contains(&format!("protocol: {protocol}")), "{}", text(&output.stdout));
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["protocol"], protocol);
+        let read = |name: &str| std::fs::read(out.join(name)).ok();
+        (read("partner_matches.csv"), read("owner_matches.csv"), summary["intersection"].clone())
+    };
+    for reveal in ["partner", "owner", "both"] {
+        let (ecdh, oprf) = (run("ecdh", reveal), run("oprf", reveal));
+        assert_eq!(ecdh, oprf, "reveal {reveal}");
+        assert!(ecdh.0.is_some() || ecdh.1.is_some(), "reveal {reveal} writes some matches");
+    }
+    // auto runs oprf where it can, and ecdh for count.
+    let auto = local_match(&owner, &partner, &key, &dir.path().join("auto"), &["--reveal", "both"]);
+    assert!(text(&auto.stdout).contains("protocol: oprf"), "{}", text(&auto.stdout));
+    let count = local_match(&owner, &partner, &key, &dir.path().join("count"), &["--reveal", "count"]);
+    assert!(text(&count.stdout).contains("protocol: ecdh"), "{}", text(&count.stdout));
+    // oprf cannot run count: a clear refusal, nothing written.
+    let refused = dir.path().join("refused");
+    let out = local_match(&owner, &partner, &key, &refused, &["--reveal", "count", "--protocol", "oprf"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("protocol oprf does not offer reveal mode count"), "{}", text(&out.stderr));
+    assert!(!refused.join("summary.json").exists());
+}

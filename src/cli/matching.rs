@@ -8,7 +8,7 @@ use clap::Args;
 use super::{CliResult, ColumnArgs, ProfileArgs};
 use idmatch::local_match::{self, LocalMatchOptions};
 use idmatch::optout::BadRows;
-use idmatch::psi::Reveal;
+use idmatch::psi::{Protocol, ProtocolChoice, Reveal};
 use idmatch::service::client::{self, ClientOptions};
 
 #[derive(Debug, Args)]
@@ -49,6 +49,10 @@ pub struct MatchArgs {
     /// Who learns what: partner, owner, both, or count (the partner learns only the size).
     #[arg(long, default_value = "both", value_parser = parse_reveal)]
     pub reveal: Reveal,
+    /// The matching engine: auto (oprf for partner, owner and both; ecdh for count), ecdh or oprf.
+    /// Over --server only ecdh is available so far.
+    #[arg(long, default_value = "auto", value_parser = parse_protocol)]
+    pub protocol: ProtocolChoice,
     #[command(flatten)]
     pub profile: ProfileArgs,
     #[command(flatten)]
@@ -80,6 +84,10 @@ fn parse_reveal(s: &str) -> Result<Reveal, String> {
     s.parse()
 }
 
+fn parse_protocol(s: &str) -> Result<ProtocolChoice, String> {
+    s.parse()
+}
+
 pub fn run(args: MatchArgs) -> CliResult {
     if args.server.is_some() {
         return run_client(args);
@@ -93,6 +101,7 @@ pub fn run(args: MatchArgs) -> CliResult {
         partner,
         key_file: args.key_file,
         reveal: args.reveal,
+        protocol: args.protocol,
         normalizer: args.profile.normalizer(),
         columns: args.columns.spec(),
         optouts: args.optouts,
@@ -106,7 +115,7 @@ pub fn run(args: MatchArgs) -> CliResult {
     let summary = local_match::run(&options)?;
     let side = |name: &str, s: &local_match::SideSummary| {
         format!(
-            "{name}: {} rows, {} identifiers ({} rejected), {} records excluded, {} distinct tokens blinded, matched records: {}",
+            "{name}: {} rows, {} identifiers ({} rejected), {} records excluded, {} distinct tokens matched on, matched records: {}",
             s.read.rows,
             s.read.identifiers_total(),
             s.read.rejected_total(),
@@ -127,6 +136,7 @@ pub fn run(args: MatchArgs) -> CliResult {
             warn_skipped(name, stats);
         }
     }
+    println!("protocol: {}", summary.protocol);
     println!("{}", side("owner", &summary.owner));
     println!("{}", side("partner", &summary.partner));
     println!(
@@ -156,6 +166,9 @@ fn run_client(args: MatchArgs) -> CliResult {
     else {
         return Err("--server needs --campaign, --input and --output".into());
     };
+    if args.protocol == ProtocolChoice::Exactly(Protocol::Oprf) {
+        return Err("--protocol oprf is not available over --server yet (the gRPC service runs ecdh); use --protocol ecdh or auto, or oprf for local matches".into());
+    }
     let options = ClientOptions {
         server,
         campaign,

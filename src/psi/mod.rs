@@ -13,6 +13,7 @@
 //!   transport-agnostic;
 //! - `set`: deduplicated, shuffled token sets and the way back to records
 //!   ([`PreparedSet`]);
+//! - `protocol`: which engine runs a match ([`Protocol`], [`ProtocolChoice`]);
 //! - `transport`: the in-memory transport;
 //! - [`oprf`]: the second engine, OPRF-based PSI (Chase–Miao), for the reveal modes
 //!   that name records.
@@ -30,6 +31,7 @@ pub mod message;
 pub mod oprf;
 mod owner;
 mod partner;
+mod protocol;
 mod set;
 mod transport;
 
@@ -37,5 +39,6 @@ pub use error::{ProtocolError, SetupError, truncated, untrusted};
 pub use message::{Element, OwnerMessage, PartnerMessage, Reveal};
 pub use owner::{Owner, OwnerConfig, OwnerOutcome};
 pub use partner::{Partner, PartnerConfig, PartnerOutcome};
+pub use protocol::{Protocol, ProtocolChoice, ProtocolChoiceError};
 pub use set::{KindSet, PreparedSet};
 pub use transport::{Endpoint, LocalMatchError, Observed, run_in_memory};
