@@ -127,8 +127,9 @@ impl Gathered {
 }
 
 /// Gathers, for every token, its bit in each column of group `g` from `columns`
-/// (1 to 4 columns of `m/8` bytes), into `gathered`. `positions(start, out)` fills
-/// `out` with the position blocks of tokens `start..start + out.len()`.
+/// (1 to 4 columns of `m/8` bytes), into `gathered`, splitting the tokens across
+/// cores. `positions(start, out)` fills `out` with the position blocks of tokens
+/// `start..start + out.len()`.
 pub fn gather(
     gathered: &mut Gathered,
     group: usize,
@@ -142,17 +143,58 @@ pub fn gather(
         let count = TASK_TOKENS.min(tokens - start);
         let mut pos = vec![Block::default(); count];
         positions(start, &mut pos);
-        for (word, pos) in words.iter_mut().zip(pos.chunks(64)) {
-            for (j, column) in columns.iter().enumerate() {
-                let mut bits = 0u64;
-                for (e, p) in pos.iter().enumerate() {
-                    let row = lane(p, j, mask);
-                    bits |= u64::from((column[row >> 3] >> (row & 7)) & 1) << e;
-                }
-                word[j] = bits;
-            }
+        for (j, column) in columns.iter().enumerate() {
+            gather_column(column, &pos, j, mask, words);
         }
     });
+}
+
+/// Gathers the bits of column `j` (lane `j` of `positions`) into word `j` of
+/// `words` (one per 64 positions). One column at a time keeps it in cache.
+#[inline]
+pub fn gather_column(column: &[u8], positions: &[Block], j: usize, mask: u32, words: &mut [[u64; GROUP]]) {
+    for (word, pos) in words.iter_mut().zip(positions.chunks(64)) {
+        let mut bits = 0u64;
+        for (e, p) in pos.iter().enumerate() {
+            let row = lane(p, j, mask);
+            bits |= u64::from((column[row >> 3] >> (row & 7)) & 1) << e;
+        }
+        word[j] = bits;
+    }
+}
+
+/// Group-parallel work: for each group `first..first + count` (one core per group),
+/// `work(g, slab, positions)` runs once per block of `TASK_TOKENS` tokens with the
+/// tokens' position blocks under `K_g` and the slab words of those tokens.
+pub fn for_groups<S: Send>(
+    gathered: &mut Gathered,
+    first: usize,
+    states: Vec<S>,
+    prf: &Prf,
+    h1s: &[Block],
+    work: impl Fn(usize, &mut S, &[Block], &mut [[u64; GROUP]]) + Sync,
+) -> Vec<S> {
+    let blocks = gathered.blocks;
+    let count = states.len();
+    let slabs = &mut gathered.words[first * blocks..(first + count) * blocks];
+    let mut states = states;
+    let run = |g: usize, state: &mut S, slab: &mut [[u64; GROUP]]| {
+        let mut pos = vec![Block::default(); TASK_TOKENS.min(h1s.len())];
+        for (task, words) in slab.chunks_mut(TASK_TOKENS / 64).enumerate() {
+            let start = task * TASK_TOKENS;
+            let n = TASK_TOKENS.min(h1s.len() - start);
+            pos[..n].copy_from_slice(&h1s[start..start + n]);
+            prf.positions(g, &mut pos[..n]);
+            work(g, state, &pos[..n], words);
+        }
+    };
+    if blocks == 0 {
+        return states;
+    }
+    states.par_iter_mut().zip(slabs.par_chunks_mut(blocks)).enumerate().for_each(|(k, (state, slab))| {
+        run(first + k, state, slab);
+    });
+    states
 }
 
 /// Clears, in an all-ones column, the row of every position block's lane `j`.

@@ -68,8 +68,6 @@ struct Job {
     prf: Prf,
     seeds: Vec<[Seed; 2]>,
     h1s: Vec<Block>,
-    /// Position blocks of the current group (reused).
-    positions: Vec<Block>,
     gathered: Gathered,
 }
 
@@ -253,7 +251,6 @@ impl<'a> OprfReceiver<'a> {
             prf: Prf::new(&prf_seed, width.div_ceil(GROUP)),
             seeds,
             h1s: kernel::h1_all(self.set.tokens()),
-            positions: vec![Block::default(); self.set.len()],
             gathered: Gathered::new(self.set.len(), width),
         });
         self.phases.push(("receiver: H1", start.elapsed()));
@@ -264,7 +261,8 @@ impl<'a> OprfReceiver<'a> {
         Ok(())
     }
 
-    /// Computes the next groups' correction columns and queues them as chunks.
+    /// Computes the next groups' correction columns (one core per group) and
+    /// queues them as chunks.
     fn correction_batch(&mut self, first: usize) {
         let Some(job) = self.job.as_mut() else { return };
         let start = Instant::now();
@@ -272,11 +270,9 @@ impl<'a> OprfReceiver<'a> {
         let width = params.width as usize;
         let groups = width.div_ceil(GROUP);
         let group_bytes = GROUP * params.column_bytes();
-        let end = (first + (self.send_chunk / group_bytes).max(1)).min(groups);
-        let mut data = Vec::with_capacity((end - first) * group_bytes);
-        for g in first..end {
-            data.extend_from_slice(&correction_group(job, g, self.set.len()));
-        }
+        let batch = (self.send_chunk / group_bytes).max(2 * rayon::current_num_threads());
+        let end = (first + batch).min(groups);
+        let data = correction_groups(job, first, end);
         for chunk in data.chunks(self.send_chunk) {
             self.outbox.push_back(ReceiverMessage::Correction(chunk.to_vec()));
         }
@@ -363,46 +359,48 @@ impl<'a> OprfReceiver<'a> {
     }
 }
 
-/// The correction columns of group `g` (1 to 4 columns), gathering the receiver's
-/// own bits of `A` on the way.
-fn correction_group(job: &mut Job, g: usize, tokens: usize) -> Vec<u8> {
+/// One group's `A` columns and `D` columns.
+type GroupColumns = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// The correction columns `U_i` of groups `first..end`, concatenated, gathering
+/// the receiver's own bits of `A` on the way; one core per group, one pass over
+/// the tokens per group (D and A of a group stay in cache).
+fn correction_groups(job: &mut Job, first: usize, end: usize) -> Vec<u8> {
     let params = job.params;
     let width = params.width as usize;
     let column_bytes = params.column_bytes();
     let mask = (params.height() - 1) as u32;
-    let columns = GROUP.min(width - GROUP * g);
-    {
-        let prf = &job.prf;
-        job.positions.par_chunks_mut(4096).zip(job.h1s.par_chunks(4096)).for_each(|(p, h)| {
-            p.copy_from_slice(h);
-            prf.positions(g, p);
-        });
-    }
-    let positions = &job.positions;
-    let seeds = &job.seeds[GROUP * g..GROUP * g + columns];
-    let pairs: Vec<(Vec<u8>, Vec<u8>)> = seeds
-        .par_iter()
-        .enumerate()
-        .map(|(j, [seed0, seed1])| {
-            let mut u = vec![0xffu8; column_bytes];
-            kernel::clear_rows(&mut u, positions, j, mask);
-            let a = kernel::prg(seed0, column_bytes);
-            for (u, a) in u.iter_mut().zip(&a) {
-                *u ^= a;
-            }
-            kernel::xor_prg(seed1, &mut u);
-            (a, u)
+    let seeds = &job.seeds;
+    // Per group: (A columns, D columns), A = PRG(k^0), D all ones.
+    let states: Vec<GroupColumns> = (first..end)
+        .into_par_iter()
+        .map(|g| {
+            let columns = GROUP.min(width - GROUP * g);
+            let a = (0..columns).map(|j| kernel::prg(&seeds[GROUP * g + j][0], column_bytes)).collect();
+            (a, vec![vec![0xffu8; column_bytes]; columns])
         })
         .collect();
-    let a_columns: Vec<&[u8]> = pairs.iter().map(|(a, _)| a.as_slice()).collect();
-    kernel::gather(&mut job.gathered, g, &a_columns, mask, tokens, |start, out| {
-        out.copy_from_slice(&positions[start..start + out.len()]);
+    let states = kernel::for_groups(&mut job.gathered, first, states, &job.prf, &job.h1s, |_, (a, d), pos, words| {
+        for (j, (a, d)) in a.iter().zip(d.iter_mut()).enumerate() {
+            kernel::clear_rows(d, pos, j, mask);
+            kernel::gather_column(a, pos, j, mask, words);
+        }
     });
-    let mut data = Vec::with_capacity(columns * column_bytes);
-    for (_, u) in &pairs {
-        data.extend_from_slice(u);
-    }
-    data
+    let columns: Vec<Vec<u8>> = states
+        .into_par_iter()
+        .enumerate()
+        .flat_map_iter(|(k, (a, d))| {
+            let g = first + k;
+            a.into_iter().zip(d).enumerate().map(move |(j, (a, mut u))| {
+                for (u, a) in u.iter_mut().zip(&a) {
+                    *u ^= a;
+                }
+                kernel::xor_prg(&seeds[GROUP * g + j][1], &mut u);
+                u
+            })
+        })
+        .collect();
+    columns.concat()
 }
 
 pub(super) fn add_phase(phases: &mut Vec<(&'static str, Duration)>, name: &'static str, d: Duration) {

@@ -251,19 +251,27 @@ impl<'a> OprfSender<'a> {
         let column_bytes = job.params.column_bytes();
         let width = job.params.width as usize;
         let groups = width.div_ceil(GROUP);
-        let mut offset = 0;
-        while job.next_group < groups {
-            let columns = GROUP.min(width - GROUP * job.next_group);
-            let bytes = columns * column_bytes;
-            if job.pending.len() - offset < bytes {
+        let mut complete = 0;
+        let mut bytes = 0;
+        while job.next_group + complete < groups {
+            let g = job.next_group + complete;
+            let group_bytes = GROUP.min(width - GROUP * g) * column_bytes;
+            if job.pending.len() < bytes + group_bytes {
                 break;
             }
-            let data = std::mem::take(&mut job.pending);
-            evaluate_group(job, job.next_group, &data[offset..offset + bytes], self.set.len());
-            job.pending = data;
-            offset += bytes;
-            job.next_group += 1;
+            bytes += group_bytes;
+            complete += 1;
         }
+        let data = std::mem::take(&mut job.pending);
+        if complete == 1 {
+            // One group: split its tokens across cores.
+            evaluate_group(job, job.next_group, &data[..bytes], self.set.len());
+        } else if complete > 1 {
+            evaluate_groups(job, job.next_group, complete, &data[..bytes]);
+        }
+        job.pending = data;
+        job.next_group += complete;
+        let offset = bytes;
         job.pending.drain(..offset);
         add_phase(&mut self.phases, "sender: PRG, gather", start.elapsed());
         let received = received + len as u64;
@@ -314,6 +322,42 @@ impl<'a> OprfSender<'a> {
     }
 }
 
+/// `C_i = PRG(k_i^{s_i}) ⊕ (s_i · U_i)` for column `i` from its correction `u`.
+fn sender_column(job: &Job, i: usize, u: &[u8]) -> Vec<u8> {
+    let choice = job.choice_masks[i];
+    let mut c: Vec<u8> = u.iter().map(|&b| b & choice).collect();
+    kernel::xor_prg(&job.seeds[i], &mut c);
+    c
+}
+
+/// Evaluates `count` complete groups from `first`, one core per group.
+fn evaluate_groups(job: &mut Job, first: usize, count: usize, correction: &[u8]) {
+    use rayon::prelude::*;
+    let params = job.params;
+    let column_bytes = params.column_bytes();
+    let mask = (params.height() - 1) as u32;
+    let states: Vec<Vec<Vec<u8>>> = {
+        let job = &*job;
+        correction
+            .par_chunks(GROUP * column_bytes)
+            .enumerate()
+            .map(|(k, group)| {
+                group
+                    .chunks(column_bytes)
+                    .enumerate()
+                    .map(|(j, u)| sender_column(job, GROUP * (first + k) + j, u))
+                    .collect()
+            })
+            .collect()
+    };
+    debug_assert_eq!(states.len(), count);
+    kernel::for_groups(&mut job.gathered, first, states, &job.prf, &job.h1s, |_, columns, pos, words| {
+        for (j, c) in columns.iter().enumerate() {
+            kernel::gather_column(c, pos, j, mask, words);
+        }
+    });
+}
+
 /// Builds `C_i = PRG(k_i^{s_i}) ⊕ (s_i · U_i)` for the columns of group `g` and
 /// gathers the sender's bits `C_i[v_i(x)]`.
 fn evaluate_group(job: &mut Job, g: usize, correction: &[u8], tokens: usize) {
@@ -321,17 +365,8 @@ fn evaluate_group(job: &mut Job, g: usize, correction: &[u8], tokens: usize) {
     let params = job.params;
     let column_bytes = params.column_bytes();
     let mask = (params.height() - 1) as u32;
-    let columns: Vec<Vec<u8>> = correction
-        .par_chunks(column_bytes)
-        .enumerate()
-        .map(|(j, u)| {
-            let i = GROUP * g + j;
-            let choice = job.choice_masks[i];
-            let mut c: Vec<u8> = u.iter().map(|&b| b & choice).collect();
-            kernel::xor_prg(&job.seeds[i], &mut c);
-            c
-        })
-        .collect();
+    let columns: Vec<Vec<u8>> =
+        correction.par_chunks(column_bytes).enumerate().map(|(j, u)| sender_column(job, GROUP * g + j, u)).collect();
     let refs: Vec<&[u8]> = columns.iter().map(Vec::as_slice).collect();
     let (prf, h1s) = (&job.prf, &job.h1s);
     kernel::gather(&mut job.gathered, g, &refs, mask, tokens, |start, out| {
