@@ -26,8 +26,6 @@
 mod error;
 pub mod group;
 pub mod message;
-// Field-level docs of the new engine are being completed; removed before issue 10 closes.
-#[allow(missing_docs)]
 pub mod oprf;
 mod owner;
 mod partner;

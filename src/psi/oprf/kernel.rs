@@ -33,7 +33,9 @@ pub const GROUP: usize = 4;
 /// Tokens per rayon task in the gather kernels (a multiple of 64).
 const TASK_TOKENS: usize = 4096;
 
+/// Domain-separation label of H1 (token → PRF input), `docs/PROTOCOL.md` §11.
 pub const LABEL_H1: &[u8] = b"idmatch-oprf-v1 H1";
+/// Domain-separation label of H2 (gathered bits → output), `docs/PROTOCOL.md` §11.
 pub const LABEL_H2: &[u8] = b"idmatch-oprf-v1 H2";
 
 /// One AES block.
@@ -115,6 +117,7 @@ pub struct Gathered {
 }
 
 impl Gathered {
+    /// Room for `tokens` tokens' bits in `width` columns, all zero.
     pub fn new(tokens: usize, width: usize) -> Gathered {
         let blocks = tokens.div_ceil(64);
         Gathered { blocks, words: vec![[0; GROUP]; blocks * width.div_ceil(GROUP)] }

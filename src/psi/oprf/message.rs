@@ -26,6 +26,7 @@ pub const MIN_CHUNK_BYTES: u32 = 1024;
 /// receiver → sender, first.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ReceiverSetup {
+    /// The OPRF engine version the receiver speaks ([`OPRF_VERSION`]).
     pub version: u32,
     /// `n_R`: the receiver's distinct tokens.
     pub receiver_set_size: u64,
@@ -40,12 +41,16 @@ pub struct ReceiverSetup {
 /// sender → receiver, first.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SenderSetup {
+    /// The OPRF engine version the sender speaks ([`OPRF_VERSION`]).
     pub version: u32,
     /// `n_S`: the sender's distinct tokens.
     pub sender_set_size: u64,
-    /// `L` (`m = 2^L` rows), `w`, `ℓ2/8`: must equal the derivation from the sizes.
+    /// `L` (`m = 2^L` rows); like the next two, it must equal the derivation from
+    /// the set sizes.
     pub log_height: u32,
+    /// `w`, the matrix width (columns, one base OT each).
     pub width: u32,
+    /// `ℓ2/8`, the length of one OPRF output in bytes.
     pub output_len: u32,
     /// Largest `Correction` / `Matches` chunk, in bytes, the sender accepts.
     pub max_chunk_bytes: u32,
@@ -58,6 +63,7 @@ pub struct SenderSetup {
 /// Messages from the receiver.
 #[derive(Clone, PartialEq, Eq)]
 pub enum ReceiverMessage {
+    /// The receiver's setup (first message).
     Setup(ReceiverSetup),
     /// A chunk of the correction matrix.
     Correction(Vec<u8>),
@@ -70,6 +76,7 @@ pub enum ReceiverMessage {
 /// Messages from the sender.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SenderMessage {
+    /// The sender's setup (its first message).
     Setup(SenderSetup),
     /// A chunk of OPRF outputs.
     Outputs(Vec<u8>),

@@ -56,8 +56,9 @@ use crate::psi::{PreparedSet, Reveal};
 pub struct OprfConfig {
     /// `partner`, `owner` or `both`; `count` is refused.
     pub reveal: Reveal,
-    /// Smallest and largest peer set accepted (distinct tokens).
+    /// Smallest peer set accepted (distinct tokens).
     pub min_peer_set: u64,
+    /// Largest peer set accepted (distinct tokens).
     pub max_peer_set: u64,
     /// Largest chunk, in bytes, this side accepts (announced to the peer).
     pub max_chunk_bytes: u32,
@@ -93,7 +94,9 @@ impl OprfConfig {
 /// One of the two parties of a match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Party {
+    /// The owner (the member audience, the server).
     Owner,
+    /// The partner (the client).
     Partner,
 }
 
@@ -140,7 +143,9 @@ fn output_key(output: &[u8]) -> u128 {
 /// One message as it crossed the in-memory wire.
 #[derive(Clone, Copy, Debug)]
 pub enum Observed<'m> {
+    /// Sent by the receiver.
     FromReceiver(&'m ReceiverMessage),
+    /// Sent by the sender.
     FromSender(&'m SenderMessage),
 }
 
@@ -149,19 +154,26 @@ pub enum Observed<'m> {
 #[non_exhaustive]
 pub enum OprfMatchError {
     #[error("receiver: {0}")]
+    /// The receiver failed (or refused the sender's message).
     Receiver(OprfError),
     #[error("sender: {0}")]
+    /// The sender failed (or refused the receiver's message).
     Sender(OprfError),
     #[error("the match stalled before both sides finished (a protocol bug)")]
+    /// Neither side had anything to send (a bug, never the data).
     Stalled,
 }
 
 /// Payload bytes and messages in each direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Traffic {
+    /// Payload bytes the receiver sent.
     pub receiver_to_sender_bytes: u64,
+    /// Payload bytes the sender sent.
     pub sender_to_receiver_bytes: u64,
+    /// Messages the receiver sent.
     pub receiver_messages: u64,
+    /// Messages the sender sent.
     pub sender_messages: u64,
 }
 
@@ -202,11 +214,15 @@ pub fn run_in_memory(
 /// them, and the traffic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalOutcome {
+    /// `matched[i]` per owner token, where the mode lets the owner learn it.
     pub owner_matched: Option<Vec<bool>>,
+    /// `matched[i]` per partner token, where the mode lets the partner learn it.
     pub partner_matched: Option<Vec<bool>>,
     /// Distinct matching tokens.
     pub intersection: u64,
+    /// Bytes and messages each way.
     pub traffic: Traffic,
+    /// Wall time of the match (both roles).
     pub wall: Duration,
 }
 

@@ -28,6 +28,7 @@ use zeroize::Zeroizing;
 
 use super::error::OprfError;
 
+/// Domain-separation label of the base-OT key derivation, `docs/PROTOCOL.md` §11.
 pub const LABEL_OT: &[u8] = b"idmatch-oprf-v1 OT";
 /// Bytes of an encoded point.
 pub const POINT_LEN: usize = 32;
@@ -77,6 +78,7 @@ pub struct OtSender {
 }
 
 impl OtSender {
+    /// A fresh OT sender: a random scalar `a` and its point `A = a·G`.
     pub fn new() -> Result<OtSender, OprfError> {
         let a = random_scalar()?;
         let point = RistrettoPoint::mul_base(&a).compress().to_bytes();

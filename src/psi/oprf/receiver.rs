@@ -51,8 +51,11 @@ impl State {
 pub struct ReceiverOutcome {
     /// `both` mode: the sender was told which of its outputs matched.
     pub report_back: bool,
+    /// `n_R`, this side's distinct tokens.
     pub receiver_set_size: u64,
+    /// `n_S`, as the sender announced it.
     pub sender_set_size: u64,
+    /// The parameters both sides derived.
     pub params: Params,
     /// `matched[i]` for each of the receiver's tokens, in [`PreparedSet`] order.
     pub matched: Vec<bool>,

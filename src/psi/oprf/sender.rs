@@ -56,9 +56,13 @@ impl State {
 /// The sender's result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SenderOutcome {
+    /// `both` mode: the receiver reported this side's matches back.
     pub report_back: bool,
+    /// `n_R`, as the receiver announced it.
     pub receiver_set_size: u64,
+    /// `n_S`, this side's distinct tokens.
     pub sender_set_size: u64,
+    /// The parameters both sides derived.
     pub params: Params,
     /// `both` mode: `matched[i]` for each of the sender's tokens, in
     /// [`PreparedSet`] order, as reported by the receiver.
