@@ -1,4 +1,5 @@
-//! Output files that appear whole or not at all, and the one writer of match files.
+//! Output files that appear whole or not at all, the one writer of match files, and
+//! the one writer of token exports (`idmatch tokens`, and the Python package).
 //!
 //! A [`Staged`] file is written under a temporary name in its destination's
 //! directory (mode 0600: outputs hold personal data) and renamed into place by
@@ -10,6 +11,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use tempfile::NamedTempFile;
 
 use crate::psi::KindSet;
@@ -93,6 +95,97 @@ pub fn write_matches(out: &mut impl Write, records: &RecordSet, matches: &[(u32,
         out.write_record([records.id(*record), &kinds.joined()])?;
     }
     out.flush()
+}
+
+/// The hashed export of `idmatch tokens`: a plain CSV `record_id,kind,token_hex`
+/// and its description in `<output>.meta.json` (format, version, profile, counts).
+/// Both files are created first, so an unwritable output fails before any work, and
+/// both appear only once complete.
+pub struct TokenExport {
+    csv: Staged,
+    meta: Staged,
+}
+
+/// What [`TokenExport::write`] wrote.
+#[derive(Clone, Debug)]
+pub struct TokenExportSummary {
+    /// Rows written (one per distinct identifier of each record left in).
+    pub rows: u64,
+    /// Records the opt-out list left out.
+    pub excluded_records: u64,
+    /// The content of `<output>.meta.json`.
+    pub description: serde_json::Value,
+}
+
+impl TokenExport {
+    /// Creates (staged, invisible until written) `output` and `<output>.meta.json`.
+    pub fn create(output: &Path) -> Result<TokenExport, OutputError> {
+        let csv = Staged::create(output)?;
+        let meta = Staged::create(&token_meta_path(output))?;
+        Ok(TokenExport { csv, meta })
+    }
+
+    /// Where the description goes.
+    pub fn meta_path(&self) -> &Path {
+        self.meta.path()
+    }
+
+    /// Writes the rows of `records` whose flag in `excluded` is not set (`excluded`
+    /// is empty or has one flag per record), in record order, then the description.
+    pub fn write(mut self, records: &RecordSet, excluded: &[bool]) -> Result<TokenExportSummary, OutputError> {
+        let is_out = |record: u32| excluded.get(record as usize).copied().unwrap_or(false);
+        let output = self.csv.path().to_owned();
+        let write_err = |source: io::Error| OutputError { path: output.clone(), source };
+        let mut out = BufWriter::new(&mut self.csv);
+        writeln!(out, "record_id,kind,token_hex").map_err(write_err)?;
+        // Rows are formatted on all cores, a block at a time, and written in order.
+        for block in records.entries().chunks(1 << 20) {
+            let parts: Vec<Vec<u8>> = block
+                .par_chunks(1 << 14)
+                .map(|entries| {
+                    let mut w = csv::WriterBuilder::new()
+                        .has_headers(false)
+                        .from_writer(Vec::with_capacity(entries.len() * 96));
+                    let mut hex_buf = [0u8; 64];
+                    for e in entries.iter().filter(|e| !is_out(e.record)) {
+                        let token_hex =
+                            hex::encode_to_slice(e.token.0, &mut hex_buf).map(|()| &hex_buf[..]).unwrap_or(b"");
+                        // Writing into a Vec cannot fail.
+                        let _ = w.write_record([records.id(e.record).as_bytes(), e.kind.label().as_bytes(), token_hex]);
+                    }
+                    w.into_inner().unwrap_or_default()
+                })
+                .collect();
+            for part in parts {
+                out.write_all(&part).map_err(write_err)?;
+            }
+        }
+        out.flush().map_err(write_err)?;
+        drop(out);
+        let excluded_records = excluded.iter().filter(|&&x| x).count() as u64;
+        let rows = records.entries().iter().filter(|e| !is_out(e.record)).count() as u64;
+        let description = serde_json::json!({
+            "format": "idmatch-tokens",
+            "version": 1,
+            "columns": ["record_id", "kind", "token_hex"],
+            "profile": records.profile().name(),
+            "rows": rows,
+            "records_excluded_by_optouts": excluded_records,
+        });
+        let meta_path = self.meta.path().to_owned();
+        serde_json::to_writer_pretty(&mut self.meta, &description)
+            .map_err(|e| OutputError { path: meta_path, source: e.into() })?;
+        self.csv.commit()?;
+        self.meta.commit()?;
+        Ok(TokenExportSummary { rows, excluded_records, description })
+    }
+}
+
+/// `tokens.csv` → `tokens.csv.meta.json`: the export's description, beside it.
+pub fn token_meta_path(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".meta.json");
+    PathBuf::from(name)
 }
 
 #[cfg(test)]
