@@ -1,0 +1,78 @@
+//! `idmatch.tokens` / `idmatch.write_tokens`: the hashed export, as `idmatch tokens`
+//! makes it (`src/cli/tokens.rs`): the crate's reader, tokenizer, opt-out list and
+//! export writer (`idmatch::output::TokenExport`); the same rows, and with an output
+//! file the same bytes and `.meta.json` sidecar.
+
+use std::path::{Path, PathBuf};
+
+use idmatch::key::Key;
+use idmatch::normalize::Normalizer;
+use idmatch::optout::{BadRows, FileList, OptOutSource};
+use idmatch::output::TokenExport;
+use idmatch::prepare;
+use idmatch::records::{ColumnSpec, ReadOptions, RecordSet};
+use idmatch::token::Tokenizer;
+
+use crate::errors::{Class, Failure};
+
+/// Everything an export needs, free of Python objects (it runs without the GIL).
+pub struct TokensRequest {
+    pub key: Key,
+    pub input: PathBuf,
+    pub normalizer: Normalizer,
+    pub columns: ColumnSpec,
+    pub optouts: Option<PathBuf>,
+    pub bad_list_rows: BadRows,
+    pub progress: bool,
+}
+
+/// The tokenized records and which of them the opt-out list excludes.
+pub struct Export {
+    set: RecordSet,
+    excluded: Vec<bool>,
+}
+
+/// One exported row: record id, kind, token hex.
+pub type Row = (String, &'static str, String);
+
+impl Export {
+    /// Reads and tokenizes the input, as `idmatch tokens` does.
+    pub fn read(request: TokensRequest) -> Result<Export, Failure> {
+        let tokenizer = Tokenizer::new(&request.key);
+        let mut options = ReadOptions::new(request.normalizer.clone());
+        options.columns = request.columns;
+        options.progress = request.progress;
+        // As the CLI: a member's several rows share an id in a token export.
+        options.unique_ids = false;
+        let optouts = request
+            .optouts
+            .as_deref()
+            .map(|path| FileList::read(path, request.normalizer, ColumnSpec::default(), None, request.bad_list_rows))
+            .transpose()
+            .map_err(Failure::input)?;
+        let filter = optouts.as_ref().map(|list| list as &dyn OptOutSource);
+        let set = prepare::read(&request.input, &tokenizer, options, filter.map(OptOutSource::digester))
+            .map_err(Failure::input)?;
+        let excluded = prepare::excluded(&set, filter).map_err(Failure::input)?;
+        Ok(Export { set, excluded })
+    }
+
+    /// The rows, in the order the CLI writes them.
+    pub fn rows(&self) -> Vec<Row> {
+        let is_out = |record: u32| self.excluded.get(record as usize).copied().unwrap_or(false);
+        self.set
+            .entries()
+            .iter()
+            .filter(|e| !is_out(e.record))
+            .map(|e| (self.set.id(e.record).to_owned(), e.kind.label(), e.token.to_hex()))
+            .collect()
+    }
+
+    /// Writes `output` and `<output>.meta.json` with the CLI's writer (whole or not
+    /// at all, mode 0600) and returns the description.
+    pub fn write(&self, output: &Path) -> Result<serde_json::Value, Failure> {
+        let export = TokenExport::create(output).map_err(|e| Failure::new(Class::Output, e))?;
+        let written = export.write(&self.set, &self.excluded).map_err(|e| Failure::new(Class::Output, e))?;
+        Ok(written.description)
+    }
+}
