@@ -148,3 +148,26 @@ def test_malformed_input(campaign_key, tmp_path) -> None:
         idmatch.tokens(key, input=tmp_path / "missing.csv")
     # Invalid identifiers are counted and skipped, as in the CLI: not an error.
     assert idmatch.tokens(key, [{"id": "1", "email": "not-an-email"}, {"id": "2", "email": "b@example.com"}])[0][0] == "2"
+
+
+def test_an_unreadable_optout_list_refuses_the_export(idmatch_bin, campaign_key, tmp_path) -> None:
+    optouts = tmp_path / "optouts.csv"
+    optouts.write_text((EXAMPLES / "optouts.csv").read_text() + ",not-an-email,\n")
+    output = tmp_path / "cli.csv"
+    cli = run_cli(idmatch_bin, "tokens", "--key-file", campaign_key, "--input", EXAMPLES / "members.csv",
+                  "--output", output, "--region", "US", "--optouts", optouts, check=False)
+    assert cli.returncode != 0 and not output.exists()
+    with pytest.raises(idmatch.InputError, match="optouts.csv") as e:
+        idmatch.tokens(key_file=campaign_key, input=EXAMPLES / "members.csv", region="US", optouts=optouts)
+    assert "not-an-email" not in str(e.value)
+    assert not (tmp_path / "py.csv").exists()
+    with pytest.raises(idmatch.InputError):
+        idmatch.write_tokens(key_file=campaign_key, input=EXAMPLES / "members.csv", region="US", optouts=optouts,
+                             output=tmp_path / "py.csv")
+    assert not (tmp_path / "py.csv").exists() and not (tmp_path / "py.csv.meta.json").exists()
+    # With skip_bad_list_rows the rest of the list still applies, as in the CLI.
+    run_cli(idmatch_bin, "tokens", "--key-file", campaign_key, "--input", EXAMPLES / "members.csv",
+            "--output", output, "--region", "US", "--optouts", optouts, "--skip-bad-list-rows")
+    rows = idmatch.tokens(key_file=campaign_key, input=EXAMPLES / "members.csv", region="US", optouts=optouts,
+                          skip_bad_list_rows=True)
+    assert rows == cli_rows(output)
