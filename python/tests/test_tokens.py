@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -75,6 +77,19 @@ def test_pandas_dataframe(cli_export, campaign_key) -> None:
     frame = pandas.read_csv(EXAMPLES / "partner.csv", dtype=str)  # blanks are NaN: blank cells
     key = idmatch.Key.load(campaign_key)
     assert idmatch.tokens(key, frame, region="US") == cli_rows(cli_export["partner"][0])
+
+
+def test_pandas_stays_optional(campaign_key) -> None:
+    """Without pandas (its import fails), the package imports and works on dicts."""
+    script = f"""
+import sys
+sys.modules["pandas"] = None  # `import pandas` now raises ImportError
+import idmatch
+rows = idmatch.tokens(idmatch.Key.load({str(campaign_key)!r}), [{{"id": "1", "email": "a@example.com"}}])
+assert [r[:2] for r in rows] == [("1", "email")], rows
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_basic_profile_differs_and_is_recorded(campaign_key, tmp_path) -> None:
