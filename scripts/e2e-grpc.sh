@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end timing of a match over loopback TLS: `idmatch serve` and
-# `idmatch match --server` as two processes, against the in-process `idmatch match`
-# on the same data.
+# End-to-end timing of a match: the in-process `idmatch match` with both engines
+# (`--protocol ecdh` and `--protocol oprf`, side by side), then `idmatch serve` and
+# `idmatch match --server` (ecdh) over loopback TLS as two processes, on the same data.
 #
 #   scripts/e2e-grpc.sh [N]     # default 1000000: exactly N distinct identifiers per side
 #
@@ -52,11 +52,15 @@ audience = "members.csv"
 region = "US"
 TOML
 
-echo "== in-process: idmatch match (both roles, one process)"
-/usr/bin/time -f "wall %e s, user %U s, sys %S s, max RSS %M KiB" \
-  "$bin" match --owner "$work/members.csv" --partner "$work/partner.csv" --key-file "$work/campaign.key" \
-  --region US --reveal partner --out-dir "$work/local"
-python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("distinct identifiers per side: owner %d, partner %d; in common: %d" % (s["owner"]["blinded"], s["partner"]["blinded"], s["intersection"]))' "$work/local/summary.json"
+# Both engines in one run, side by side (the gRPC service below runs ecdh).
+for protocol in ecdh oprf; do
+  echo "== in-process: idmatch match --protocol $protocol (both roles, one process)"
+  /usr/bin/time -f "wall %e s, user %U s, sys %S s, max RSS %M KiB" \
+    "$bin" match --owner "$work/members.csv" --partner "$work/partner.csv" --key-file "$work/campaign.key" \
+    --region US --reveal partner --protocol "$protocol" --out-dir "$work/local-$protocol"
+  python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("distinct identifiers per side: owner %d, partner %d; in common: %d" % (s["owner"]["blinded"], s["partner"]["blinded"], s["intersection"]))' "$work/local-$protocol/summary.json"
+done
+cmp "$work/local-ecdh/partner_matches.csv" "$work/local-oprf/partner_matches.csv" && echo "both engines: identical partner_matches.csv"
 
 "$bin" serve --config "$work/server.toml" 2>"$work/server.log" &
 server_pid=$!
@@ -70,4 +74,4 @@ echo "== over loopback TLS: idmatch match --server (audience loaded before timin
   --campaign e2e --key-file "$work/campaign.key" --input "$work/partner.csv" --output "$work/grpc.csv" \
   --region US --reveal partner
 echo "server peak RSS: $(grep VmHWM /proc/$server_pid/status | awk '{print $2, $3}')"
-cmp <(sort "$work/local/partner_matches.csv") <(sort "$work/grpc.csv") && echo "same matches in-process and over gRPC"
+cmp <(sort "$work/local-ecdh/partner_matches.csv") <(sort "$work/grpc.csv") && echo "same matches in-process and over gRPC"
