@@ -89,6 +89,10 @@ pub enum LocalMatchFailure {
     /// The OPRF engine failed.
     #[error(transparent)]
     Oprf(#[from] OprfMatchError),
+    /// Both an opt-out list and an opt-out store were given: which one protects the
+    /// members would be a guess.
+    #[error("give the owner's opt-outs as a list or as a store, not both")]
+    TwoOptOutSources,
     /// Creating the output directory or writing, renaming or removing an output failed.
     #[error("{path}: {source}")]
     Write {
@@ -150,6 +154,9 @@ const OUTPUTS: [&str; 5] =
 /// Runs the match and writes its outputs into `options.out_dir`: all of them on
 /// success (removing older ones this run does not produce), none on failure.
 pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailure> {
+    if options.optouts.is_some() && options.optout_store.is_some() {
+        return Err(LocalMatchFailure::TwoOptOutSources);
+    }
     let key = Key::load(&options.key_file)?;
     let out_dir = &options.out_dir;
     let write_err = |source| LocalMatchFailure::Write { path: out_dir.clone(), source };
@@ -348,5 +355,35 @@ fn side_summary(
         deduplicated: set.identifiers() - set.len() as u64,
         blinded,
         matched_records: matched,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::Profile;
+
+    #[test]
+    fn an_optout_list_and_an_optout_store_together_are_refused_before_anything_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = |name: &str| dir.path().join(name);
+        let options = LocalMatchOptions {
+            owner: missing("members.csv"),
+            partner: missing("partner.csv"),
+            key_file: missing("campaign.key"),
+            reveal: Reveal::Both,
+            protocol: ProtocolChoice::Auto,
+            normalizer: Normalizer::new(Profile::IdmatchV1, None),
+            columns: ColumnSpec::default(),
+            optouts: Some(missing("optouts.csv")),
+            optout_store: Some((missing("optouts.db"), missing("store.key"))),
+            suppress: None,
+            bad_list_rows: BadRows::Refuse,
+            out_dir: missing("out"),
+            write_rejects: false,
+            progress: false,
+        };
+        assert!(matches!(run(&options), Err(LocalMatchFailure::TwoOptOutSources)));
+        assert!(!missing("out").exists());
     }
 }
