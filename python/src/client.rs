@@ -2,61 +2,11 @@
 //! crate's own client (`idmatch::service::client::run`), exactly as
 //! `idmatch match --server` runs it.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use idmatch::normalize::Normalizer;
-use idmatch::optout::BadRows;
-use idmatch::psi::Reveal;
-use idmatch::records::ColumnSpec;
 use idmatch::service::client::{self, ClientOptions, ClientSummary};
 
 use crate::errors::{Class, Failure};
-
-/// What a match needs, free of Python objects (it runs without the GIL). Paths are
-/// files: keys, tokens and records given as values were written to private
-/// temporary files first.
-pub struct MatchRequest {
-    pub server: String,
-    pub campaign: String,
-    pub key_file: PathBuf,
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub reveal: Reveal,
-    pub normalizer: Normalizer,
-    pub columns: ColumnSpec,
-    pub suppress: Option<PathBuf>,
-    pub bad_list_rows: BadRows,
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    pub token_file: Option<PathBuf>,
-    pub idle_timeout: Duration,
-    pub progress: bool,
-}
-
-/// The one place this extension builds the crate's [`ClientOptions`]: when the
-/// client gains options, this is the function to adapt.
-fn client_options(request: MatchRequest) -> ClientOptions {
-    ClientOptions {
-        server: request.server,
-        campaign: request.campaign,
-        key_file: request.key_file,
-        input: request.input,
-        output: request.output,
-        reveal: request.reveal,
-        normalizer: request.normalizer,
-        columns: request.columns,
-        suppress: request.suppress,
-        bad_list_rows: request.bad_list_rows,
-        ca: request.ca,
-        cert: request.cert,
-        key: request.client_key,
-        token_file: request.token_file,
-        idle_timeout: request.idle_timeout,
-        progress: request.progress,
-    }
-}
 
 /// What the partner learned.
 pub struct MatchOutcome {
@@ -67,13 +17,15 @@ pub struct MatchOutcome {
 }
 
 /// Runs one match on a runtime of its own, as the CLI does.
-pub fn run(request: MatchRequest) -> Result<MatchOutcome, Failure> {
-    let output = request.output.clone();
+/// `options` holds no Python objects (the match runs without the GIL): keys, tokens
+/// and records given as values were written to private temporary files first.
+pub fn run(options: ClientOptions) -> Result<MatchOutcome, Failure> {
+    let output = options.output.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::new(Class::Match, format!("cannot start the async runtime: {e}")))?;
-    let summary = runtime.block_on(client::run(client_options(request))).map_err(Failure::from)?;
+    let summary = runtime.block_on(client::run(options)).map_err(Failure::from)?;
     drop(runtime);
     let matches = match summary.matched_records {
         Some(_) => Some(read_matches(&output)?),

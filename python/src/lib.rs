@@ -18,6 +18,7 @@ use idmatch::normalize::{Kind, Normalizer, Profile, Region, parse_region, region
 use idmatch::optout::BadRows;
 use idmatch::psi::Reveal;
 use idmatch::records::ColumnSpec;
+use idmatch::service::client::ClientOptions;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
@@ -243,7 +244,7 @@ fn _match<'py>(
             return Err(Failure::usage("cert= and client_key= go together (mutual TLS)"));
         }
         let input = records::input_file(d, records, columns_, input)?;
-        Ok(client::MatchRequest {
+        Ok(ClientOptions {
             server,
             campaign,
             key_file,
@@ -256,7 +257,7 @@ fn _match<'py>(
             bad_list_rows: BadRows::skip_if(skip_bad_list_rows),
             ca,
             cert,
-            client_key,
+            key: client_key,
             token_file,
             idle_timeout: Duration::from_secs_f64(idle_timeout),
             progress,
