@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
         input: d.join("partner.csv"),
         output: d.join("grpc.csv"),
         reveal: Reveal::Partner,
+        protocol: ProtocolChoice::Exactly(Protocol::Ecdh),
         normalizer: normalizer.clone(),
         columns: ColumnSpec::default(),
         suppress: None,

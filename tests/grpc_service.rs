@@ -11,7 +11,7 @@ use std::time::Duration;
 use idmatch::key::Key;
 use idmatch::normalize::{Normalizer, Profile, Region};
 use idmatch::psi::group::BlindingKey;
-use idmatch::psi::{Element, Reveal};
+use idmatch::psi::{Element, Protocol, ProtocolChoice, Reveal};
 use idmatch::records::ColumnSpec;
 use idmatch::service::client::{self, ClientError, ClientOptions};
 use idmatch::service::config::Config;
@@ -192,6 +192,7 @@ id = "spring"
 key_file = "campaign.key"
 audience = "members.csv"
 region = "US"
+protocols = ["ecdh", "oprf"]
 
 [[campaigns]]
 id = "autumn"
@@ -245,6 +246,7 @@ region = "US"
             input: self.path("partner.csv"),
             output: self.path(output),
             reveal,
+            protocol: ProtocolChoice::Auto,
             normalizer: Normalizer::new(Profile::IdmatchV1, Some(Region::from_code("US").unwrap())),
             columns: ColumnSpec::default(),
             suppress: None,
@@ -291,26 +293,41 @@ fn matched_ids(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap().lines().skip(1).map(|l| l.split(',').next().unwrap().to_owned()).collect()
 }
 
+const ENGINES: [Protocol; 2] = [Protocol::Ecdh, Protocol::Oprf];
+
 #[test]
-fn every_reveal_mode_over_tls_with_a_bearer_token() {
+fn every_reveal_mode_of_both_engines_over_tls_with_a_bearer_token() {
     let f = Fixture::start(false, false);
-    for reveal in Reveal::ALL {
-        let out = format!("matches-{reveal}.csv");
-        let summary = f.run(f.options(reveal, &out)).unwrap();
-        let o = &summary.outcome;
-        assert_eq!((o.partner_set_size, o.owner_set_size), (1500, 3000), "{reveal}");
-        assert_eq!(o.intersection, (reveal != Reveal::Owner).then_some(500), "{reveal}");
-        if matches!(reveal, Reveal::Partner | Reveal::Both) {
-            let ids = matched_ids(&f.path(&out));
-            assert_eq!(ids.len(), 500);
-            assert!(ids.iter().all(|id| id[1..].parse::<usize>().unwrap() < 500));
-        } else {
-            assert!(!f.path(&out).exists(), "{reveal}: nothing to write");
+    let mut runs = 0;
+    for protocol in ENGINES {
+        for reveal in Reveal::ALL.into_iter().filter(|r| protocol.offers(*r)) {
+            let out = format!("matches-{protocol}-{reveal}.csv");
+            let mut options = f.options(reveal, &out);
+            options.protocol = ProtocolChoice::Exactly(protocol);
+            let summary = f.run(options).unwrap();
+            runs += 1;
+            assert_eq!(summary.protocol, protocol);
+            let o = &summary.outcome;
+            assert_eq!((o.partner_set_size, o.owner_set_size), (1500, 3000), "{protocol} {reveal}");
+            assert_eq!(o.intersection, (reveal != Reveal::Owner).then_some(500), "{protocol} {reveal}");
+            if matches!(reveal, Reveal::Partner | Reveal::Both) {
+                let ids = matched_ids(&f.path(&out));
+                assert_eq!(ids.len(), 500);
+                assert!(ids.iter().all(|id| id[1..].parse::<usize>().unwrap() < 500));
+            } else {
+                assert!(!f.path(&out).exists(), "{protocol} {reveal}: nothing to write");
+            }
         }
     }
-    // Owner and both modes left member results on the server, mode 0600.
+    // Both engines write byte-identical partner files.
+    for reveal in ["partner", "both"] {
+        let read = |engine: &str| std::fs::read(f.path(&format!("matches-{engine}-{reveal}.csv"))).unwrap();
+        assert_eq!(read("ecdh"), read("oprf"), "{reveal}");
+    }
+    // Owner and both modes left member results on the server, mode 0600: the same
+    // 500 members under either engine.
     let results: Vec<_> = std::fs::read_dir(f.path("results")).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(results.len(), 2);
+    assert_eq!(results.len(), 4);
     for path in &results {
         let ids = matched_ids(path);
         assert_eq!(ids.len(), 500);
@@ -322,10 +339,51 @@ fn every_reveal_mode_over_tls_with_a_bearer_token() {
         }
     }
     let audit = f.audit_lines();
-    assert_eq!(audit.len(), 4);
+    assert_eq!(audit.len(), runs);
     assert!(audit.iter().all(|a| a["outcome"] == "ok" && a["partner"] == "acme" && a["partner_set_size"] == 1500));
+    let engines: Vec<&str> = audit.iter().map(|a| a["protocol"].as_str().unwrap()).collect();
+    assert_eq!(engines, ["ecdh", "ecdh", "ecdh", "ecdh", "oprf", "oprf", "oprf"]);
     let text = std::fs::read_to_string(f.path("audit.jsonl")).unwrap();
     assert!(!text.contains("example.com") && !text.contains(TOKEN));
+}
+
+/// `auto` gets the fastest engine the campaign allows for the reveal mode; an engine
+/// the campaign does not allow is refused before anything is charged; a client from
+/// before the `protocols` field gets ECDH.
+#[test]
+fn auto_gets_the_fastest_engine_the_campaign_allows() {
+    let f = Fixture::start(false, false);
+    let run = |reveal, choice| {
+        let mut options = f.options(reveal, "auto.csv");
+        options.protocol = choice;
+        f.run(options)
+    };
+    assert_eq!(run(Reveal::Both, ProtocolChoice::Auto).unwrap().protocol, Protocol::Oprf);
+    assert_eq!(run(Reveal::Count, ProtocolChoice::Auto).unwrap().protocol, Protocol::Ecdh);
+    let err = run(Reveal::Count, ProtocolChoice::Exactly(Protocol::Oprf)).unwrap_err();
+    assert!(matches!(err, ClientError::ProtocolChoice(_)), "refused before connecting: {err}");
+    assert_eq!(f.audit_lines().len(), 2, "nothing reached the server");
+
+    // A campaign that allows only ecdh (the default: the fixture's line removed).
+    f.reload_with(|t| t.replace("protocols = [\"ecdh\", \"oprf\"]\n", "")).unwrap();
+    assert_eq!(run(Reveal::Both, ProtocolChoice::Auto).unwrap().protocol, Protocol::Ecdh);
+    let err = run(Reveal::Both, ProtocolChoice::Exactly(Protocol::Oprf)).unwrap_err();
+    assert!(matches!(err, ClientError::PermissionDenied(_)), "{err}");
+    assert_eq!(err.exit_code(), 6);
+    assert!(err.to_string().contains("none of the offered protocols (oprf) is allowed"), "{err}");
+    // An older client's hello names no engine: ECDH, and the accept says so.
+    let (received, _) = raw_call_collect(&f, vec![f.hello(1500)]);
+    let Some(wire::owner_message::Body::Accept(accept)) = &received[0].body else { panic!("{received:?}") };
+    assert_eq!(accept.protocol, wire::Protocol::Ecdh as i32);
+    assert!(accept.max_chunk > 0);
+    // And a campaign configured with an unknown engine is refused with its name.
+    let err = f.reload_with(|t| t.replace("[\"ecdh\", \"oprf\"]", "[\"rsa\"]"));
+    let err = err.unwrap_err().to_string();
+    assert!(err.contains("campaign `spring`: protocols: unknown protocol `rsa`"), "{err}");
+    let audit = f.audit_lines();
+    let engines: Vec<&str> = audit.iter().map(|a| a["protocol"].as_str().unwrap_or("-")).collect();
+    assert_eq!(engines, ["oprf", "ecdh", "ecdh", "-", "ecdh"]);
+    assert_eq!(audit[3]["outcome"], "PermissionDenied");
 }
 
 #[test]
@@ -401,6 +459,7 @@ fn twenty_concurrent_matches_are_all_correct() {
                 // Correctness under concurrency, not speed: twenty matches share two
                 // (possibly busy) cores, so a client may wait long for the owner.
                 let mut options = f.options(Reveal::Partner, &format!("c{i}.csv"));
+                options.protocol = ProtocolChoice::Exactly(ENGINES[i % 2]);
                 options.idle_timeout = Duration::from_secs(120);
                 f.run(options).unwrap()
             })
@@ -415,20 +474,28 @@ fn twenty_concurrent_matches_are_all_correct() {
 }
 
 #[test]
-fn an_optout_added_while_running_is_honored_by_the_next_match() {
+fn an_optout_added_while_running_is_honored_by_the_next_match_of_either_engine() {
     let f = Fixture::start(false, false);
-    let before = f.run(f.options(Reveal::Both, "before.csv")).unwrap();
-    assert_eq!(before.outcome.intersection, Some(500));
+    let run = |protocol, out: &str| {
+        let mut options = f.options(Reveal::Both, out);
+        options.protocol = ProtocolChoice::Exactly(protocol);
+        f.run(options).unwrap()
+    };
+    for protocol in ENGINES {
+        assert_eq!(run(protocol, "before.csv").outcome.intersection, Some(500));
+    }
     // m1000's email is what partner p0 holds; opt it out by email and m1001 by id.
     std::thread::sleep(Duration::from_millis(20));
     write(f.dir.path(), "optouts.csv", "id,email\n,User1000@Example.com\nm1001,\n");
-    let after = f.run(f.options(Reveal::Both, "after.csv")).unwrap();
-    assert_eq!(after.outcome.intersection, Some(498));
-    assert_eq!(after.outcome.owner_set_size, 3000 - 4);
-    let ids = matched_ids(&f.path("after.csv"));
-    assert!(!ids.contains(&"p0".to_owned()) && !ids.contains(&"p1".to_owned()));
-    let audit = f.audit_lines();
-    assert_eq!(audit.last().unwrap()["opted_out_records"], 2);
+    for protocol in ENGINES {
+        let after = run(protocol, "after.csv");
+        assert_eq!(after.outcome.intersection, Some(498), "{protocol}");
+        assert_eq!(after.outcome.owner_set_size, 3000 - 4);
+        let ids = matched_ids(&f.path("after.csv"));
+        assert!(!ids.contains(&"p0".to_owned()) && !ids.contains(&"p1".to_owned()));
+        let audit = f.audit_lines();
+        assert_eq!(audit.last().unwrap()["opted_out_records"], 2);
+    }
 }
 
 fn raw_call(f: &Fixture, messages: Vec<wire::PartnerMessage>) -> tonic::Status {
@@ -467,6 +534,7 @@ fn hello_with(size: u64, edit: impl FnOnce(&mut wire::Hello)) -> wire::PartnerMe
         reveal: wire::Reveal::Both as i32,
         partner_set_size: size,
         key_fingerprint: Vec::new(),
+        protocols: Vec::new(),
     };
     edit(&mut hello);
     wire::PartnerMessage { body: Some(wire::partner_message::Body::Hello(hello)) }
@@ -510,6 +578,123 @@ fn malformed_and_abandoned_streams_get_precise_codes_and_leave_no_state() {
     assert_eq!(f.run(f.options(Reveal::Count, "ok.csv")).unwrap().outcome.intersection, Some(500));
 }
 
+fn oprf(body: wire::oprf::Body) -> wire::PartnerMessage {
+    wire::PartnerMessage { body: Some(wire::partner_message::Body::Oprf(wire::Oprf { body: Some(body) })) }
+}
+
+/// A valid receiver setup for a partner of `size` tokens in `both` mode, edited.
+fn receiver_setup(size: u64, edit: impl FnOnce(&mut wire::OprfReceiverSetup)) -> wire::PartnerMessage {
+    let point = BlindingKey::random().unwrap().blind_tokens(&[Token([7; 32])])[0].0.to_vec();
+    let mut setup = wire::OprfReceiverSetup {
+        version: 1,
+        receiver_set_size: size,
+        report_back: true,
+        max_chunk_bytes: 2 << 20,
+        ot_point: point,
+    };
+    edit(&mut setup);
+    oprf(wire::oprf::Body::ReceiverSetup(setup))
+}
+
+#[test]
+fn malformed_oprf_traffic_gets_precise_codes_and_leaves_no_state() {
+    use tonic::Code::{FailedPrecondition, InvalidArgument};
+    let f = Fixture::start(false, false);
+    let hello = hello_with(1500, |h| {
+        h.key_fingerprint = f.fingerprint();
+        h.protocols = vec![wire::Protocol::Oprf as i32];
+    });
+    let call = |later: Vec<wire::PartnerMessage>| {
+        let mut messages = vec![hello.clone()];
+        messages.extend(later);
+        let (received, status) = raw_call_collect(&f, messages);
+        let Some(wire::owner_message::Body::Accept(accept)) = &received[0].body else { panic!("{received:?}") };
+        assert_eq!(accept.protocol, wire::Protocol::Oprf as i32);
+        (status.code(), status.message().to_owned())
+    };
+    let cases: Vec<(&str, Vec<wire::PartnerMessage>, tonic::Code, &str)> = vec![
+        (
+            "no body",
+            vec![wire::PartnerMessage { body: Some(wire::partner_message::Body::Oprf(wire::Oprf { body: None })) }],
+            InvalidArgument,
+            "oprf message without a body",
+        ),
+        (
+            "size other than the hello's",
+            vec![receiver_setup(1499, |_| {})],
+            FailedPrecondition,
+            "announces 1499 tokens but 1500",
+        ),
+        ("version", vec![receiver_setup(1500, |s| s.version = 2)], FailedPrecondition, "version 2 is not supported"),
+        (
+            "report back",
+            vec![receiver_setup(1500, |s| s.report_back = false)],
+            FailedPrecondition,
+            "reveal mode mismatch",
+        ),
+        (
+            "short point",
+            vec![receiver_setup(1500, |s| s.ot_point.truncate(31))],
+            InvalidArgument,
+            "31 bytes, expected 32",
+        ),
+        (
+            "identity point",
+            vec![receiver_setup(1500, |s| s.ot_point = vec![0; 32])],
+            InvalidArgument,
+            "not a canonical",
+        ),
+        (
+            "chunk limit",
+            vec![receiver_setup(1500, |s| s.max_chunk_bytes = 10)],
+            InvalidArgument,
+            "max_chunk_bytes is 10",
+        ),
+        (
+            "correction first",
+            vec![oprf(wire::oprf::Body::Correction(vec![0; 64]))],
+            FailedPrecondition,
+            "unexpected correction message",
+        ),
+        ("ecdh elements", vec![valid_elements(4)], FailedPrecondition, "unexpected partner_elements message"),
+        (
+            "sender's message",
+            vec![oprf(wire::oprf::Body::Outputs(vec![0; 10]))],
+            FailedPrecondition,
+            "unexpected oprf_outputs message",
+        ),
+        (
+            "empty correction",
+            vec![receiver_setup(1500, |_| {}), oprf(wire::oprf::Body::Correction(vec![]))],
+            InvalidArgument,
+            "a chunk of 0 bytes is not allowed",
+        ),
+        (
+            "finished before the correction",
+            vec![
+                receiver_setup(1500, |_| {}),
+                wire::PartnerMessage { body: Some(wire::partner_message::Body::Finished(wire::Finished {})) },
+            ],
+            FailedPrecondition,
+            "unexpected finished message",
+        ),
+    ];
+    let n = cases.len();
+    for (what, later, code, text) in cases {
+        let (got, message) = call(later);
+        assert_eq!(got, code, "{what}: {message}");
+        assert!(message.contains(text), "{what}: {message}");
+    }
+    // Nothing written, every match audited as failed (under oprf), the server alive.
+    assert!(std::fs::read_dir(f.path("results")).map_or(true, |mut d| d.next().is_none()));
+    let audit = f.audit_lines();
+    assert_eq!(audit.len(), n);
+    assert!(audit.iter().all(|a| a["outcome"] != "ok" && a["protocol"] == "oprf"));
+    let mut options = f.options(Reveal::Both, "after.csv");
+    options.protocol = ProtocolChoice::Exactly(Protocol::Oprf);
+    assert_eq!(f.run(options).unwrap().outcome.intersection, Some(500));
+}
+
 #[test]
 fn health_and_metrics_endpoints_report_the_service() {
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -530,7 +715,7 @@ fn health_and_metrics_endpoints_report_the_service() {
     let mut body = String::new();
     conn.read_to_string(&mut body).unwrap();
     assert!(body.contains("idmatch_matches_started_total 1"), "{body}");
-    assert!(body.contains("idmatch_matches_finished_total 1"), "{body}");
+    assert!(body.contains("idmatch_matches_finished_total{protocol=\"ecdh\"} 1"), "{body}");
     assert!(body.contains("idmatch_match_duration_seconds_count 1"), "{body}");
 }
 

@@ -366,3 +366,195 @@ fn chunks_respect_the_limits_and_secrets_stay_out_of_debug() {
     assert_eq!(r.intersection, 10_000);
     assert_eq!(s.matched.unwrap().iter().filter(|&&m| m).count(), 10_000);
 }
+
+/// The stream sides (`OprfOwner`, `OprfPartner`), as the gRPC service runs them:
+/// a hello that chose `oprf`, the accept, then the engine wrapped in the match
+/// stream's messages.
+mod stream {
+    use super::*;
+    use idmatch::psi::message::{Accept, Hello, PROTOCOL_VERSION, Summary};
+    use idmatch::psi::oprf::{ChunkLimits, OprfMessage, OprfOwner, OprfPartner};
+    use idmatch::psi::{LocalMatchError, OwnerMessage, PartnerMessage, Protocol, ProtocolError, run_in_memory};
+
+    fn hello(reveal: Reveal, partner_set_size: u64) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            campaign: "c".into(),
+            profile: "idmatch-v1".into(),
+            reveal,
+            partner_set_size,
+            key_fingerprint: vec![],
+            protocols: vec![Protocol::Oprf],
+        }
+    }
+
+    /// The owner's side with its accept taken, and the partner's side started from it.
+    fn sides<'a>(
+        owner_set: &'a PreparedSet,
+        partner_set: &'a PreparedSet,
+        reveal: Reveal,
+    ) -> (OprfOwner<'a>, OprfPartner<'a>) {
+        let limits = ChunkLimits { max_chunk_bytes: 4096, send_chunk_bytes: 4096 };
+        let mut owner = OprfOwner::new(&hello(reveal, partner_set.len() as u64), owner_set, limits).unwrap();
+        let Some(OwnerMessage::Accept(accept)) = owner.poll_outgoing() else { panic!("no accept") };
+        assert_eq!(
+            accept,
+            Accept {
+                version: PROTOCOL_VERSION,
+                owner_set_size: owner_set.len() as u64,
+                max_chunk: 0,
+                protocol: Protocol::Oprf
+            }
+        );
+        let partner = OprfPartner::new(reveal, accept.owner_set_size, partner_set, limits).unwrap();
+        (owner, partner)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// Through the stream sides, each party learns exactly what its mode gives
+        /// it; the owner's summary agrees.
+        #[test]
+        fn stream_sides_equal_plain_set_intersection(
+            owner in prop::collection::vec(prop::collection::vec(0u32..60, 0..3), 0..30),
+            partner in prop::collection::vec(prop::collection::vec(0u32..60, 0..3), 0..30),
+            mode in 0usize..3,
+        ) {
+            let reveal = OFFERED[mode];
+            let (o, p) = (set(&owner), set(&partner));
+            let (mut owner_side, mut partner_side) = sides(&o, &p, reveal);
+            let mut summary = None;
+            run_in_memory(&mut owner_side, &mut partner_side, |m| {
+                if let idmatch::psi::Observed::FromOwner(OwnerMessage::Summary(s)) = m {
+                    summary = Some(s.clone());
+                }
+            })
+            .unwrap();
+            let (ours, theirs) = (owner_side.outcome().unwrap(), partner_side.outcome().unwrap());
+            let distinct = |rs: &[Vec<u32>]| rs.iter().flatten().copied().collect::<BTreeSet<u32>>();
+            let intersection = distinct(&owner).intersection(&distinct(&partner)).count() as u64;
+            let summary = summary.unwrap();
+            prop_assert_eq!(summary.intersection, (reveal == Reveal::Both).then_some(intersection));
+            prop_assert_eq!((summary.partner_set_size, summary.owner_set_size), (p.len() as u64, o.len() as u64));
+            prop_assert_eq!(theirs.intersection, (reveal != Reveal::Owner).then_some(intersection));
+            prop_assert_eq!(ours.matched.is_some(), reveal != Reveal::Partner);
+            prop_assert_eq!(theirs.matched.is_some(), reveal != Reveal::Owner);
+            if let Some(m) = &theirs.matched {
+                prop_assert_eq!(records_of(&p, m), expected(&partner, &owner));
+            }
+            if let Some(m) = &ours.matched {
+                prop_assert_eq!(records_of(&o, m), expected(&owner, &partner));
+            }
+        }
+    }
+
+    /// A setup announcing another size than the hello (owner) or the accept
+    /// (partner) is refused before the engine sees it.
+    #[test]
+    fn setups_are_held_to_the_announced_sizes() {
+        let (o, p) = (flat(0..50), flat(25..60));
+        // The partner receives (partner mode): its setup must announce the hello's size.
+        let limits = ChunkLimits::default();
+        let mut owner = OprfOwner::new(&hello(Reveal::Partner, 34), &o, limits).unwrap();
+        owner.poll_outgoing();
+        let mut partner = OprfPartner::new(Reveal::Partner, 50, &p, limits).unwrap();
+        let Some(PartnerMessage::Oprf(setup)) = partner.poll_outgoing() else { panic!("no setup") };
+        assert_eq!(
+            owner.receive(PartnerMessage::Oprf(setup)),
+            Err(ProtocolError::AnnouncedSizeMismatch {
+                what: "oprf_receiver_setup.receiver_set_size",
+                announced: 35,
+                expected: 34
+            })
+        );
+        // The owner receives (owner mode): its setup must announce the accept's size
+        // to the partner, and the partner's sender setup the hello's to the owner.
+        let mut owner = OprfOwner::new(&hello(Reveal::Owner, 35), &o, limits).unwrap();
+        owner.poll_outgoing();
+        let Some(OwnerMessage::Oprf(setup)) = owner.poll_outgoing() else { panic!("no setup") };
+        let mut partner = OprfPartner::new(Reveal::Owner, 49, &p, limits).unwrap();
+        assert_eq!(
+            partner.receive(OwnerMessage::Oprf(setup.clone())),
+            Err(ProtocolError::AnnouncedSizeMismatch {
+                what: "oprf_receiver_setup.receiver_set_size",
+                announced: 50,
+                expected: 49
+            })
+        );
+        let mut partner = OprfPartner::new(Reveal::Owner, 50, &p, limits).unwrap();
+        partner.receive(OwnerMessage::Oprf(setup)).unwrap();
+        let Some(PartnerMessage::Oprf(sender_setup)) = partner.poll_outgoing() else { panic!("no sender setup") };
+        let OprfMessage::SenderSetup(mut s) = sender_setup else { panic!("not a sender setup") };
+        s.sender_set_size = 36;
+        assert_eq!(
+            owner.receive(PartnerMessage::Oprf(OprfMessage::SenderSetup(s))),
+            Err(ProtocolError::AnnouncedSizeMismatch {
+                what: "oprf_sender_setup.sender_set_size",
+                announced: 36,
+                expected: 35
+            })
+        );
+    }
+
+    /// Messages of the other engine, of the other role, or out of order end the
+    /// match with the precise error; so does a summary that disagrees.
+    #[test]
+    fn wrong_messages_and_summaries_are_refused() {
+        let (o, p) = (flat(0..40), flat(20..70));
+        let (mut owner, mut partner) = sides(&o, &p, Reveal::Partner);
+        assert_eq!(
+            owner.receive(PartnerMessage::PartnerElements(vec![])),
+            Err(ProtocolError::UnexpectedMessage { state: "running oprf as the sender", message: "partner_elements" })
+        );
+        let (mut owner, _) = sides(&o, &p, Reveal::Partner);
+        assert_eq!(
+            owner.receive(PartnerMessage::Oprf(OprfMessage::Outputs(vec![0; 10]))),
+            Err(ProtocolError::UnexpectedMessage { state: "running oprf as the sender", message: "oprf_outputs" })
+        );
+        assert!(matches!(
+            partner.receive(OwnerMessage::Oprf(OprfMessage::Outputs(vec![0; 10]))),
+            Err(ProtocolError::Oprf(OprfError::UnexpectedMessage { .. }))
+        ));
+        let (_, mut partner) = sides(&o, &p, Reveal::Partner);
+        let early = Summary { partner_set_size: 50, owner_set_size: 40, intersection: None };
+        assert_eq!(
+            partner.receive(OwnerMessage::Summary(early)),
+            Err(ProtocolError::UnexpectedMessage { state: "running oprf as the receiver", message: "summary" })
+        );
+        // A whole run whose summary lies about the intersection.
+        let (mut owner, mut partner) = sides(&o, &p, Reveal::Both);
+        let result = drive_with(&mut owner, &mut partner, |m| match m {
+            OwnerMessage::Summary(s) => {
+                OwnerMessage::Summary(Summary { intersection: s.intersection.map(|i| i + 1), ..s })
+            }
+            other => other,
+        });
+        assert!(matches!(result, Err(LocalMatchError::Partner(ProtocolError::SummaryMismatch("intersection size")))));
+    }
+
+    /// Like `run_in_memory`, with the owner's messages rewritten by `tamper`.
+    fn drive_with(
+        owner: &mut OprfOwner<'_>,
+        partner: &mut OprfPartner<'_>,
+        mut tamper: impl FnMut(OwnerMessage) -> OwnerMessage,
+    ) -> Result<(), LocalMatchError> {
+        loop {
+            let mut progressed = false;
+            while let Some(m) = partner.poll_outgoing() {
+                owner.receive(m).map_err(LocalMatchError::Owner)?;
+                progressed = true;
+            }
+            while let Some(m) = owner.poll_outgoing() {
+                partner.receive(tamper(m)).map_err(LocalMatchError::Partner)?;
+                progressed = true;
+            }
+            if owner.is_done() && partner.is_done() {
+                return Ok(());
+            }
+            if !progressed {
+                return Err(LocalMatchError::Stalled);
+            }
+        }
+    }
+}

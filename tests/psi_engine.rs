@@ -10,7 +10,7 @@ use idmatch::optout::{FileList, OptOutSource, excluded_records};
 use idmatch::prepare::prepared_set;
 use idmatch::psi::message::{Accept, Hello, PROTOCOL_VERSION};
 use idmatch::psi::{
-    Element, Observed, Owner, OwnerConfig, OwnerMessage, Partner, PartnerConfig, PartnerMessage, PreparedSet,
+    Element, Observed, Owner, OwnerConfig, OwnerMessage, Partner, PartnerConfig, PartnerMessage, PreparedSet, Protocol,
     ProtocolError, Reveal, SetupError, run_in_memory,
 };
 use idmatch::records::{self, ColumnSpec, ReadOptions, RecordSet};
@@ -240,6 +240,9 @@ fn transcript_carries_only_group_elements_and_hello_fields() {
             assert_eq!((s.partner_set_size, s.owner_set_size, s.intersection), (3, 3, Some(3)));
             names.push("summary");
         }
+        Observed::FromPartner(PartnerMessage::Oprf(_)) | Observed::FromOwner(OwnerMessage::Oprf(_)) => {
+            names.push("oprf (never under ecdh)")
+        }
     })
     .unwrap();
     assert_eq!(names, ["hello", "accept", "elements", "elements", "elements", "elements", "finished", "summary"]);
@@ -272,6 +275,7 @@ fn hello_for(reveal: Reveal, size: u64) -> PartnerMessage {
         reveal,
         partner_set_size: size,
         key_fingerprint: Vec::new(),
+        protocols: Vec::new(),
     })
 }
 
@@ -404,7 +408,13 @@ fn partner_rejects_out_of_order_owner_messages() {
         p.receive(OwnerMessage::OwnerElements(vec![Element([0; 32])])),
         Err(ProtocolError::UnexpectedMessage { state: "awaiting accept", message: "owner_elements" })
     );
-    p.receive(OwnerMessage::Accept(Accept { version: PROTOCOL_VERSION, owner_set_size: 1, max_chunk: 1 })).unwrap();
+    p.receive(OwnerMessage::Accept(Accept {
+        version: PROTOCOL_VERSION,
+        owner_set_size: 1,
+        max_chunk: 1,
+        protocol: Protocol::Ecdh,
+    }))
+    .unwrap();
     // Chunks now respect the owner's limit of one element.
     assert!(matches!(p.poll_outgoing(), Some(PartnerMessage::PartnerElements(c)) if c.len() == 1));
     // The owner may not return more elements than the partner has sent.

@@ -197,6 +197,7 @@ class MatchResult:
     """
 
     reveal: str
+    protocol: str
     partner_set_size: int
     owner_set_size: int
     blinded: int
@@ -219,6 +220,7 @@ class MatchResult:
         """Everything but the matched ids: sizes, intersection, counts."""
         return {
             "reveal": self.reveal,
+            "protocol": self.protocol,
             "partner_set_size": self.partner_set_size,
             "owner_set_size": self.owner_set_size,
             "blinded": self.blinded,
@@ -253,6 +255,7 @@ def match(
     columns: Optional[Sequence[str]] = None,
     output: Optional[StrPath] = None,
     reveal: str = "partner",
+    protocol: str = "auto",
     token: Optional[str] = None,
     token_file: Optional[StrPath] = None,
     ca: Optional[StrPath] = None,
@@ -278,7 +281,9 @@ def match(
     certificate (``cert`` and ``client_key``, PEM). The campaign key is ``key``
     (:class:`Key` or 32 bytes) or ``key_file``; the records ``records`` or
     ``input``. ``reveal`` is ``partner`` (default), ``both``, ``owner`` or
-    ``count``; ``suppress`` a suppression list applied before anything is blinded
+    ``count``; ``protocol`` the matching engine, ``auto`` (default: the fastest
+    the owner allows for the mode), ``ecdh`` or ``oprf`` (not with ``count``);
+    ``suppress`` a suppression list applied before anything is blinded
     (a list with unreadable rows refuses the match before connecting, unless
     ``skip_bad_list_rows``, which skips and counts them and warns, as the CLI does);
     ``output``, if given, also receives the CLI's ``record_id,matched_kinds`` file.
@@ -300,6 +305,7 @@ def match(
         columns_=names,
         output=output,
         reveal=reveal,
+        protocol=protocol,
         token=token,
         token_file=token_file,
         ca=ca,

@@ -54,6 +54,7 @@ def _match(
     columns_: Optional[List[str]] = None,
     output: Optional[StrPath] = None,
     reveal: str = "partner",
+    protocol: str = "auto",
     token: Optional[str] = None,
     token_file: Optional[StrPath] = None,
     ca: Optional[StrPath] = None,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use idmatch::normalize::{Kind, Normalizer, Profile, Region, parse_region, region_problem};
 use idmatch::optout::BadRows;
-use idmatch::psi::Reveal;
+use idmatch::psi::{ProtocolChoice, Reveal};
 use idmatch::records::ColumnSpec;
 use idmatch::service::client::ClientOptions;
 use pyo3::prelude::*;
@@ -182,7 +182,7 @@ fn _tokens<'py>(
 
 /// The partner's side of a match; see `idmatch.match`.
 #[pyfunction]
-#[pyo3(signature = (server, campaign, *, key=None, key_file=None, records=None, input=None, columns_=None, output=None, reveal="partner", token=None, token_file=None, ca=None, cert=None, client_key=None, region=None, profile="idmatch-v1", suppress=None, skip_bad_list_rows=false, id_col=None, email_col=vec![], phone_col=vec![], region_col=None, idle_timeout=300.0, progress=false))]
+#[pyo3(signature = (server, campaign, *, key=None, key_file=None, records=None, input=None, columns_=None, output=None, reveal="partner", protocol="auto", token=None, token_file=None, ca=None, cert=None, client_key=None, region=None, profile="idmatch-v1", suppress=None, skip_bad_list_rows=false, id_col=None, email_col=vec![], phone_col=vec![], region_col=None, idle_timeout=300.0, progress=false))]
 #[allow(clippy::too_many_arguments)]
 fn _match<'py>(
     py: Python<'py>,
@@ -195,6 +195,7 @@ fn _match<'py>(
     columns_: Option<Vec<String>>,
     output: Option<PathBuf>,
     reveal: &str,
+    protocol: &str,
     token: Option<String>,
     token_file: Option<PathBuf>,
     ca: Option<PathBuf>,
@@ -223,6 +224,8 @@ fn _match<'py>(
     ];
     let prepared = (|| {
         let reveal: Reveal = reveal.parse().map_err(Failure::usage)?;
+        let protocol: ProtocolChoice = protocol.parse().map_err(Failure::usage)?;
+        protocol.offer(reveal).map_err(|e| Failure::usage(e.to_string()))?;
         let normalizer = normalizer(profile, region)?;
         if !(idle_timeout.is_finite() && idle_timeout > 0.0) {
             return Err(Failure::usage("idle_timeout must be a positive number of seconds"));
@@ -251,6 +254,7 @@ fn _match<'py>(
             input,
             output: output.unwrap_or_else(|| output_path.clone()),
             reveal,
+            protocol,
             normalizer,
             columns: columns(id_col, email_col, phone_col, region_col),
             suppress,
@@ -268,6 +272,7 @@ fn _match<'py>(
     let o = &outcome.summary.outcome;
     let result = PyDict::new(py);
     result.set_item("reveal", o.reveal.name())?;
+    result.set_item("protocol", outcome.summary.protocol.name())?;
     result.set_item("partner_set_size", o.partner_set_size)?;
     result.set_item("owner_set_size", o.owner_set_size)?;
     result.set_item("blinded", o.blinded)?;

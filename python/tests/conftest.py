@@ -101,6 +101,7 @@ key_file = "{campaign_key}"
 audience = "{EXAMPLES / 'members.csv'}"
 profile = "idmatch-v1"
 region = "US"
+protocols = ["ecdh", "oprf"]
 """
         (directory / "server.toml").write_text(config)
         self.log_path = directory / "server.log"

@@ -43,6 +43,10 @@ def test_same_matches_as_the_cli(idmatch_bin, server, campaign_key, tmp_path, re
     assert result.matched_ids == [record_id for record_id, _ in expected]
     assert result.intersection == intersection and result.matched_records == len(expected)
     assert result.reveal == reveal and result.partner_set_size > 900 and result.owner_set_size > 900
+    assert result.protocol == "oprf"  # auto: the fastest engine the owner allows
+    ecdh = idmatch.match(server.url, "spring", key_file=campaign_key, token=TOKEN, input=PARTNER,
+                         region="US", reveal=reveal, protocol="ecdh")
+    assert ecdh.protocol == "ecdh" and ecdh.matches == result.matches
     assert set(result.kinds().values()) <= {("email",), ("phone",), ("email", "phone")}
     # Counts only in the repr: record ids stay out of logs.
     assert expected[0][0] not in repr(result) and "intersection" in repr(result)
@@ -144,6 +148,9 @@ def test_permission_limits_protocol_tls_and_key_errors(server, campaign_key, tmp
     exposed.chmod(0o640)
     expect(idmatch.KeyFileError, "chmod 600", url=server.url, key_file=exposed)
     expect(idmatch.UsageError, "unknown reveal mode", url=server.url, key_file=campaign_key, reveal="all")
+    expect(idmatch.UsageError, "does not offer reveal mode count", url=server.url, key_file=campaign_key,
+           reveal="count", protocol="oprf")
+    expect(idmatch.UsageError, "unknown protocol", url=server.url, key_file=campaign_key, protocol="rsa")
     expect(idmatch.UsageError, "token= or token_file=", url=server.url, key_file=campaign_key,
            token_file=tmp_path / "t")
 

@@ -8,7 +8,7 @@ use clap::Args;
 use super::{CliResult, ColumnArgs, ProfileArgs};
 use idmatch::local_match::{self, LocalMatchOptions};
 use idmatch::optout::BadRows;
-use idmatch::psi::{Protocol, ProtocolChoice, Reveal};
+use idmatch::psi::{ProtocolChoice, Reveal};
 use idmatch::service::client::{self, ClientOptions};
 
 #[derive(Debug, Args)]
@@ -50,7 +50,7 @@ pub struct MatchArgs {
     #[arg(long, default_value = "both", value_parser = parse_reveal)]
     pub reveal: Reveal,
     /// The matching engine: auto (oprf for partner, owner and both; ecdh for count), ecdh or oprf.
-    /// Over --server only ecdh is available so far.
+    /// With --server, auto offers both and the owner runs the fastest its campaign allows.
     #[arg(long, default_value = "auto", value_parser = parse_protocol)]
     pub protocol: ProtocolChoice,
     #[command(flatten)]
@@ -166,9 +166,6 @@ fn run_client(args: MatchArgs) -> CliResult {
     else {
         return Err("--server needs --campaign, --input and --output".into());
     };
-    if args.protocol == ProtocolChoice::Exactly(Protocol::Oprf) {
-        return Err("--protocol oprf is not available over --server yet (the gRPC service runs ecdh); use --protocol ecdh or auto, or oprf for local matches".into());
-    }
     let options = ClientOptions {
         server,
         campaign,
@@ -176,6 +173,7 @@ fn run_client(args: MatchArgs) -> CliResult {
         input,
         output: output.clone(),
         reveal: args.reveal,
+        protocol: args.protocol,
         normalizer: args.profile.normalizer(),
         columns: args.columns.spec(),
         suppress: args.suppress,
@@ -194,7 +192,8 @@ fn run_client(args: MatchArgs) -> CliResult {
     }
     let o = &summary.outcome;
     println!(
-        "partner set {} (after {} suppressed records), owner set {}; intersection: {}; matched records: {}",
+        "protocol {}: partner set {} (after {} suppressed records), owner set {}; intersection: {}; matched records: {}",
+        summary.protocol,
         o.partner_set_size,
         summary.suppressed_records,
         o.owner_set_size,

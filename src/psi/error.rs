@@ -7,6 +7,8 @@
 
 use super::group::ElementError;
 use super::message::{ChunkLengthError, Reveal};
+use super::oprf::OprfError;
+use super::protocol::Protocol;
 
 /// Why a state machine could not be started: a fault of this side, never the
 /// peer's (a gRPC server reports it as `INTERNAL`).
@@ -20,6 +22,10 @@ pub enum SetupError {
     /// The OS CSPRNG failed while drawing the blinding scalar (its error, as text).
     #[error("random number generator failed: {0}")]
     Rng(String),
+    /// The OPRF engine refused this side's configuration or could not draw its
+    /// randomness.
+    #[error("the OPRF engine could not start: {0}")]
+    Oprf(OprfError),
 }
 
 /// What the peer did wrong, or asked for and this side refuses: a message out of
@@ -115,6 +121,42 @@ pub enum ProtocolError {
     /// A wire message that does not decode into a protocol message.
     #[error("malformed message: {0}")]
     Malformed(&'static str),
+    /// None of the engines the hello offers is allowed for this campaign and
+    /// reveal mode.
+    #[error(
+        "none of the offered protocols ({offered}) is allowed for this campaign with reveal mode {reveal} (allowed: {allowed})"
+    )]
+    ProtocolNotAllowed {
+        /// The engines the hello offered, comma-separated.
+        offered: String,
+        /// The reveal mode asked for.
+        reveal: Reveal,
+        /// The engines this side allows for that mode, comma-separated (may be empty).
+        allowed: String,
+    },
+    /// The owner's accept names an engine this side did not offer.
+    #[error("the owner chose protocol {chosen}, which this side did not offer (offered: {offered})")]
+    UnofferedProtocol {
+        /// The engine the accept names.
+        chosen: Protocol,
+        /// The engines this side offered, comma-separated.
+        offered: String,
+    },
+    /// A size in an engine message differs from the one announced in the
+    /// hello or accept (which the owner's limits and budget were checked against).
+    #[error("{what} announces {announced} tokens but {expected} were announced at the start of the match")]
+    AnnouncedSizeMismatch {
+        /// The message and field, e.g. `oprf_receiver_setup.receiver_set_size`.
+        what: &'static str,
+        /// The size in that message.
+        announced: u64,
+        /// The size announced in the hello (partner) or accept (owner).
+        expected: u64,
+    },
+    /// The OPRF engine refused a message (or, `OprfError::Rng`, could not draw
+    /// randomness while handling one).
+    #[error("oprf: {0}")]
+    Oprf(#[from] OprfError),
 }
 
 /// Longest peer-supplied text kept whole in errors, logs and audit records.

@@ -6,6 +6,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::oprf::OprfMessage;
+use super::protocol::Protocol;
+
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Elements per chunk the partner sends unless the owner asks for fewer.
@@ -126,6 +129,17 @@ pub struct Hello {
     /// ([`KeyFingerprint`](crate::token::KeyFingerprint)); empty when the partner sent
     /// none (a client from before the field), which a checking owner refuses.
     pub key_fingerprint: Vec<u8>,
+    /// The engines the partner can run, most preferred first; empty (a client from
+    /// before the field) means `[ecdh]` ([`Hello::offered_protocols`]).
+    pub protocols: Vec<Protocol>,
+}
+
+impl Hello {
+    /// The engines offered, most preferred first: `protocols`, or `[ecdh]` when the
+    /// hello names none.
+    pub fn offered_protocols(&self) -> &[Protocol] {
+        if self.protocols.is_empty() { &[Protocol::Ecdh] } else { &self.protocols }
+    }
 }
 
 /// owner → partner, first: the owner agrees and states its own size and chunk limit.
@@ -135,8 +149,11 @@ pub struct Accept {
     pub version: u32,
     /// Number of distinct tokens (after opt-outs) the owner will send.
     pub owner_set_size: u64,
-    /// Largest chunk, in elements, the owner accepts.
+    /// Largest chunk, in elements, the owner accepts (`ecdh`; 0 under `oprf`,
+    /// whose setups carry their own limits).
     pub max_chunk: u32,
+    /// The engine the owner runs, one the hello offered.
+    pub protocol: Protocol,
 }
 
 /// owner → partner, last: the owner's view of the finished match.
@@ -162,6 +179,8 @@ pub enum PartnerMessage {
     ReblindedOwnerElements(Vec<Element>),
     /// The partner has everything it needs and sends nothing more.
     Finished,
+    /// An OPRF engine message, from the role the partner plays (`oprf` only).
+    Oprf(OprfMessage),
 }
 
 /// Messages from the owner.
@@ -174,8 +193,11 @@ pub enum OwnerMessage {
     ReblindedPartnerElements(Vec<Element>),
     /// `B_j = b·P(s_j)` for the owner's tokens that survive opt-outs, shuffled.
     OwnerElements(Vec<Element>),
-    /// The last message, in reply to [`PartnerMessage::Finished`].
+    /// The last message: in reply to [`PartnerMessage::Finished`], or (`oprf` in
+    /// `owner` mode) once the owner, as receiver, has all outputs.
     Summary(Summary),
+    /// An OPRF engine message, from the role the owner plays (`oprf` only).
+    Oprf(OprfMessage),
 }
 
 impl PartnerMessage {
@@ -186,6 +208,7 @@ impl PartnerMessage {
             PartnerMessage::PartnerElements(_) => "partner_elements",
             PartnerMessage::ReblindedOwnerElements(_) => "reblinded_owner_elements",
             PartnerMessage::Finished => "finished",
+            PartnerMessage::Oprf(m) => m.name(),
         }
     }
 }
@@ -198,6 +221,7 @@ impl OwnerMessage {
             OwnerMessage::ReblindedPartnerElements(_) => "reblinded_partner_elements",
             OwnerMessage::OwnerElements(_) => "owner_elements",
             OwnerMessage::Summary(_) => "summary",
+            OwnerMessage::Oprf(m) => m.name(),
         }
     }
 }

@@ -36,7 +36,7 @@ mod transport;
 pub use error::{ProtocolError, SetupError, truncated, untrusted};
 pub use message::{Element, OwnerMessage, PartnerMessage, Reveal};
 pub use owner::{Owner, OwnerConfig, OwnerOutcome};
-pub use partner::{Partner, PartnerConfig, PartnerOutcome};
+pub use partner::{Partner, PartnerConfig, PartnerOutcome, check_accept};
 pub use protocol::{Protocol, ProtocolChoice, ProtocolChoiceError};
 pub use set::{KindSet, PreparedSet};
 pub use transport::{Endpoint, LocalMatchError, Observed, run_in_memory};

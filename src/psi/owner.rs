@@ -14,6 +14,7 @@ use rand::seq::SliceRandom;
 use super::error::{ProtocolError, SetupError, untrusted};
 use super::group::BlindingKey;
 use super::message::{Accept, Element, Hello, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Reveal, Summary};
+use super::protocol::{Protocol, names};
 use super::set::PreparedSet;
 use crate::normalize::Profile;
 use crate::token::KeyFingerprint;
@@ -40,6 +41,10 @@ pub struct OwnerConfig {
     /// The campaign key's fingerprint: a hello must carry the same one. `None` skips
     /// the check (engine tests only; the server and `idmatch match` always set it).
     pub key_fingerprint: Option<KeyFingerprint>,
+    /// The engines this owner allows; [`OwnerConfig::check_hello`] picks the first
+    /// of the hello's offer that is allowed and offers its reveal mode. (An
+    /// [`Owner`], the ECDH state machine, keeps only `ecdh` of these.)
+    pub allowed_protocols: Vec<Protocol>,
 }
 
 impl OwnerConfig {
@@ -54,6 +59,7 @@ impl OwnerConfig {
             max_chunk: super::message::MAX_CHUNK,
             send_chunk: super::message::DEFAULT_CHUNK,
             key_fingerprint: None,
+            allowed_protocols: vec![Protocol::Ecdh],
         }
     }
 
@@ -64,9 +70,9 @@ impl OwnerConfig {
     }
 
     /// The checks on a hello (docs/PROTOCOL.md §6.1), in order; the first that fails
-    /// is returned. Needs nothing but the configuration, so a server can refuse a
-    /// hello before it prepares a set.
-    pub fn check_hello(&self, hello: &Hello) -> Result<(), ProtocolError> {
+    /// is returned, otherwise the engine to run. Needs nothing but the
+    /// configuration, so a server can refuse a hello before it prepares a set.
+    pub fn check_hello(&self, hello: &Hello) -> Result<Protocol, ProtocolError> {
         if hello.version != PROTOCOL_VERSION {
             return Err(ProtocolError::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs: hello.version });
         }
@@ -93,11 +99,24 @@ impl OwnerConfig {
         if !self.allowed_reveals.contains(&hello.reveal) {
             return Err(ProtocolError::RevealNotAllowed(hello.reveal));
         }
+        let offered = hello.offered_protocols();
+        let protocol =
+            offered.iter().copied().find(|p| p.offers(hello.reveal) && self.allowed_protocols.contains(p)).ok_or_else(
+                || {
+                    let allowed: Vec<Protocol> =
+                        self.allowed_protocols.iter().copied().filter(|p| p.offers(hello.reveal)).collect();
+                    ProtocolError::ProtocolNotAllowed {
+                        offered: names(offered),
+                        reveal: hello.reveal,
+                        allowed: names(&allowed),
+                    }
+                },
+            )?;
         let (min, max) = (self.min_partner_set, self.max_partner_set);
         if hello.partner_set_size < min || hello.partner_set_size > max {
             return Err(ProtocolError::SetSizeOutOfRange { size: hello.partner_set_size, min, max });
         }
-        Ok(())
+        Ok(protocol)
     }
 }
 
@@ -167,6 +186,9 @@ impl<'a> Owner<'a> {
         }
         config.send_chunk = config.send_chunk.min(max);
         config.max_chunk = config.max_chunk.min(max);
+        // This state machine runs only the ECDH engine: a hello that prefers another
+        // allowed engine is for [`super::oprf::OprfOwner`], not for this one.
+        config.allowed_protocols.retain(|p| *p == Protocol::Ecdh);
         let key = BlindingKey::random().map_err(|e| SetupError::Rng(e.to_string()))?;
         Ok(Owner {
             config,
@@ -252,6 +274,7 @@ impl<'a> Owner<'a> {
             version: PROTOCOL_VERSION,
             owner_set_size: self.set.len() as u64,
             max_chunk: self.config.max_chunk,
+            protocol: Protocol::Ecdh,
         }));
         self.state = State::ReceivingPartnerElements { received: 0 };
         if self.partner_set_size == 0 {

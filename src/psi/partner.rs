@@ -11,9 +11,10 @@ use std::collections::{HashSet, VecDeque};
 use super::error::{ProtocolError, SetupError};
 use super::group::BlindingKey;
 use super::message::{
-    DEFAULT_CHUNK, Element, Hello, MAX_CHUNK, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Reveal, Summary,
+    Accept, DEFAULT_CHUNK, Element, Hello, MAX_CHUNK, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Reveal, Summary,
 };
 use super::owner::check_chunk;
+use super::protocol::{Protocol, names};
 use super::set::PreparedSet;
 use crate::normalize::Profile;
 use crate::token::KeyFingerprint;
@@ -33,6 +34,11 @@ pub struct PartnerConfig {
     /// a wrong key before any element is exchanged. `None` sends none (which a
     /// checking owner refuses).
     pub key_fingerprint: Option<KeyFingerprint>,
+    /// The engines offered in the hello, most preferred first (default `[ecdh]`).
+    /// This state machine runs the match only if the owner chooses `ecdh`; a client
+    /// that offers `oprf` too hands an accept naming it to
+    /// [`super::oprf::OprfPartner`] instead.
+    pub protocols: Vec<Protocol>,
 }
 
 impl PartnerConfig {
@@ -44,6 +50,7 @@ impl PartnerConfig {
             reveal,
             send_chunk: DEFAULT_CHUNK,
             key_fingerprint: None,
+            protocols: vec![Protocol::Ecdh],
         }
     }
 
@@ -128,6 +135,7 @@ impl<'a> Partner<'a> {
             reveal: config.reveal,
             partner_set_size: set.len() as u64,
             key_fingerprint: config.key_fingerprint.map(|f| f.as_bytes().to_vec()).unwrap_or_default(),
+            protocols: config.protocols.clone(),
         });
         Ok(Partner {
             chunk: config.send_chunk.min(MAX_CHUNK) as usize,
@@ -173,9 +181,7 @@ impl<'a> Partner<'a> {
         let partner_size = self.set.len() as u64;
         match (&self.state, message) {
             (State::AwaitingAccept, OwnerMessage::Accept(accept)) => {
-                if accept.version != PROTOCOL_VERSION {
-                    return Err(ProtocolError::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs: accept.version });
-                }
+                check_accept(&accept, &[Protocol::Ecdh])?;
                 if accept.max_chunk == 0 {
                     return Err(ProtocolError::BadChunkSize { len: 0, max: 0 });
                 }
@@ -206,7 +212,12 @@ impl<'a> Partner<'a> {
                 Ok(())
             }
             (State::AwaitingSummary, OwnerMessage::Summary(summary)) => {
-                self.check_summary(&summary)?;
+                let expected = Summary {
+                    partner_set_size: self.set.len() as u64,
+                    owner_set_size: self.owner_set_size,
+                    intersection: self.intersection,
+                };
+                check_summary(&summary, &expected)?;
                 self.state = State::Done;
                 Ok(())
             }
@@ -259,19 +270,33 @@ impl<'a> Partner<'a> {
         self.outbox.push_back(PartnerMessage::Finished);
         self.state = State::AwaitingSummary;
     }
+}
 
-    fn check_summary(&self, summary: &Summary) -> Result<(), ProtocolError> {
-        if summary.partner_set_size != self.set.len() as u64 {
-            return Err(ProtocolError::SummaryMismatch("partner set size"));
-        }
-        if summary.owner_set_size != self.owner_set_size {
-            return Err(ProtocolError::SummaryMismatch("owner set size"));
-        }
-        if let (Some(theirs), Some(ours)) = (summary.intersection, self.intersection)
-            && theirs != ours
-        {
-            return Err(ProtocolError::SummaryMismatch("intersection size"));
-        }
-        Ok(())
+/// Checks the owner's accept: this build's version, and an engine among `offered`
+/// (the ones this side can run now).
+pub fn check_accept(accept: &Accept, offered: &[Protocol]) -> Result<(), ProtocolError> {
+    if accept.version != PROTOCOL_VERSION {
+        return Err(ProtocolError::UnsupportedVersion { ours: PROTOCOL_VERSION, theirs: accept.version });
     }
+    if !offered.contains(&accept.protocol) {
+        return Err(ProtocolError::UnofferedProtocol { chosen: accept.protocol, offered: names(offered) });
+    }
+    Ok(())
+}
+
+/// Checks the owner's summary against the partner's own counts (`expected`): set
+/// sizes equal, and the intersection where both know it.
+pub(super) fn check_summary(summary: &Summary, expected: &Summary) -> Result<(), ProtocolError> {
+    if summary.partner_set_size != expected.partner_set_size {
+        return Err(ProtocolError::SummaryMismatch("partner set size"));
+    }
+    if summary.owner_set_size != expected.owner_set_size {
+        return Err(ProtocolError::SummaryMismatch("owner set size"));
+    }
+    if let (Some(theirs), Some(ours)) = (summary.intersection, expected.intersection)
+        && theirs != ours
+    {
+        return Err(ProtocolError::SummaryMismatch("intersection size"));
+    }
+    Ok(())
 }

@@ -55,6 +55,11 @@ impl FromStr for Protocol {
     }
 }
 
+/// Engine names joined with `, `, for messages.
+pub(crate) fn names(protocols: &[Protocol]) -> String {
+    protocols.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+}
+
 /// What a user asks for: one engine, or `auto`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ProtocolChoice {
@@ -90,22 +95,29 @@ pub enum ProtocolChoiceError {
 }
 
 impl ProtocolChoice {
-    /// The engine to run for `reveal` when the owner allows `allowed`.
+    /// The engine to run for `reveal` when the owner allows `allowed`: the first
+    /// of [`ProtocolChoice::offer`] that is allowed.
     pub fn resolve(self, reveal: Reveal, allowed: &[Protocol]) -> Result<Protocol, ProtocolChoiceError> {
-        let not_allowed = |asked: &str| ProtocolChoiceError::NotAllowed {
-            asked: asked.to_owned(),
-            allowed: allowed.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
-        };
+        self.offer(reveal)?.into_iter().find(|p| allowed.contains(p)).ok_or_else(|| ProtocolChoiceError::NotAllowed {
+            asked: match self {
+                ProtocolChoice::Auto => "auto".to_owned(),
+                ProtocolChoice::Exactly(p) => p.name().to_owned(),
+            },
+            allowed: names(allowed),
+        })
+    }
+
+    /// The engines a client offers in its hello for `reveal`, most preferred first:
+    /// the one asked for, or (`auto`) every engine that offers the mode, fastest
+    /// first; the owner picks the first it allows. Refuses an engine that does not
+    /// offer the mode (`oprf` with `count`).
+    pub fn offer(self, reveal: Reveal) -> Result<Vec<Protocol>, ProtocolChoiceError> {
         match self {
             ProtocolChoice::Exactly(protocol) if !protocol.offers(reveal) => {
                 Err(ProtocolChoiceError::NotOffered { protocol, reveal })
             }
-            ProtocolChoice::Exactly(protocol) if allowed.contains(&protocol) => Ok(protocol),
-            ProtocolChoice::Exactly(protocol) => Err(not_allowed(protocol.name())),
-            ProtocolChoice::Auto => Protocol::ALL
-                .into_iter()
-                .find(|p| p.offers(reveal) && allowed.contains(p))
-                .ok_or_else(|| not_allowed("auto")),
+            ProtocolChoice::Exactly(protocol) => Ok(vec![protocol]),
+            ProtocolChoice::Auto => Ok(Protocol::ALL.into_iter().filter(|p| p.offers(reveal)).collect()),
         }
     }
 }

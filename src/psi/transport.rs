@@ -31,12 +31,18 @@ pub enum LocalMatchError {
     Stalled,
 }
 
-/// Drives `owner` and `partner` to completion, showing every message to `observe`.
-pub fn run_in_memory(
-    owner: &mut Owner<'_>,
-    partner: &mut Partner<'_>,
+/// Drives `owner` and `partner` to completion, showing every message to `observe`:
+/// the ECDH engine's [`Owner`] and [`Partner`], or the OPRF engine's sides
+/// ([`super::oprf::OprfOwner`], [`super::oprf::OprfPartner`]) after their accept.
+pub fn run_in_memory<O, P>(
+    owner: &mut O,
+    partner: &mut P,
     mut observe: impl FnMut(Observed<'_>),
-) -> Result<(), LocalMatchError> {
+) -> Result<(), LocalMatchError>
+where
+    O: Endpoint<Incoming = PartnerMessage, Outgoing = OwnerMessage>,
+    P: Endpoint<Incoming = OwnerMessage, Outgoing = PartnerMessage>,
+{
     loop {
         let mut progressed = false;
         while let Some(message) = partner.poll_outgoing() {

@@ -19,6 +19,8 @@ pub struct MatchRecord {
     pub partner: String,
     pub campaign: String,
     pub reveal: Option<String>,
+    /// The matching engine the owner chose (`ecdh` or `oprf`), once the hello passed.
+    pub protocol: Option<String>,
     pub partner_set_size: Option<u64>,
     pub owner_set_size: Option<u64>,
     /// Audience records excluded by opt-outs at the start of this match.

@@ -19,14 +19,16 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::convert::{owner_from_wire, partner_to_wire};
-use super::driver::{DriveError, INBOUND_QUEUE, drive};
+use super::driver::{DriveError, INBOUND_QUEUE, Inbound, drive, receive_with_deadline, send_with_deadline};
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
 use crate::output::{OutputError, Staged, write_matches};
 use crate::prepare;
+use crate::psi::oprf::{ChunkLimits, OprfPartner};
 use crate::psi::{
-    OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, ProtocolError, Reveal, SetupError, truncated,
+    OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, Protocol, ProtocolChoice,
+    ProtocolChoiceError, ProtocolError, Reveal, SetupError, check_accept, truncated,
 };
 use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats};
 use crate::token::{KeyFingerprint, Tokenizer};
@@ -48,6 +50,9 @@ pub struct ClientOptions {
     pub output: PathBuf,
     /// Who learns what.
     pub reveal: Reveal,
+    /// The matching engine: one, or `auto` (offer every engine that has the reveal
+    /// mode, fastest first; the owner runs the first its campaign allows).
+    pub protocol: ProtocolChoice,
     /// Normalization profile; must be the campaign's on the server.
     pub normalizer: Normalizer,
     /// Column names in the input file (unset ones are detected from the header).
@@ -76,6 +81,8 @@ pub struct ClientOptions {
 /// What the client learned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientSummary {
+    /// The engine the owner chose.
+    pub protocol: Protocol,
     /// The partner state machine's result (sizes, intersection, matched tokens).
     pub outcome: PartnerOutcome,
     /// Records written to the output file, in `partner` and `both` modes.
@@ -141,6 +148,9 @@ pub enum ClientError {
     /// The server ended the match with any other gRPC status (`Code: message`).
     #[error("the server ended the match: {0}")]
     Server(String),
+    /// The engine asked for does not offer the reveal mode (`oprf` with `count`).
+    #[error(transparent)]
+    ProtocolChoice(#[from] ProtocolChoiceError),
     /// The owner sent something the partner's state machine refused.
     #[error("protocol: {0}")]
     Protocol(#[from] ProtocolError),
@@ -231,6 +241,7 @@ async fn connect(options: &ClientOptions) -> Result<Channel, ClientError> {
 
 /// Runs one match against the server and writes the partner's matches.
 pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
+    let offered = options.protocol.offer(options.reveal)?;
     let output = options.reveal.partner_learns_records().then(|| Staged::create(&options.output)).transpose()?;
     let key = Key::load(&options.key_file)?;
     let fingerprint = KeyFingerprint::of(&key);
@@ -280,15 +291,15 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     // Start the partner (its hello is the first message) before the call, so the
     // request stream has something to send.
     let (in_tx, mut in_rx) = mpsc::channel(INBOUND_QUEUE);
-    let config = PartnerConfig::new(&options.campaign, options.normalizer.profile(), options.reveal)
+    let mut config = PartnerConfig::new(&options.campaign, options.normalizer.profile(), options.reveal)
         .with_key_fingerprint(fingerprint);
+    config.protocols = offered;
     let driver_set = set.clone();
     let idle = options.idle_timeout;
     let runtime = tokio::runtime::Handle::current();
     let driver = tokio::task::spawn_blocking(move || {
-        let mut partner = Partner::new(config, &driver_set)?;
-        drive(&mut partner, &mut in_rx, &out_tx, Some, idle, &runtime)?;
-        partner.outcome().ok_or(DriveError::PeerClosed)
+        let partner = Partner::new(config.clone(), &driver_set)?;
+        negotiate_and_drive(partner, &config, &driver_set, &mut in_rx, &out_tx, idle, &runtime)
     });
     let mut client = MatcherClient::new(channel).max_decoding_message_size(8 << 20).max_encoding_message_size(8 << 20);
     let response = match client.r#match(request).await {
@@ -312,7 +323,7 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
             }
         }
     });
-    let outcome = driver.await.map_err(|e| ClientError::Stream(e.to_string()))?.map_err(|e| match e {
+    let (protocol, outcome) = driver.await.map_err(|e| ClientError::Stream(e.to_string()))?.map_err(|e| match e {
         DriveError::Protocol(p) => ClientError::Protocol(p),
         DriveError::Setup(s) => ClientError::Setup(s),
         DriveError::Remote { code, message } => ClientError::from_status(code, &message),
@@ -332,11 +343,49 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
         _ => None,
     };
     Ok(ClientSummary {
+        protocol,
         outcome,
         matched_records,
         suppressed_records: set.excluded_records(),
         suppression_list: suppression_list_stats,
     })
+}
+
+/// Sends the hello, reads the owner's accept, and runs the engine it names: the
+/// ECDH `partner` it was given, or the OPRF engine's partner side.
+fn negotiate_and_drive(
+    mut partner: Partner<'_>,
+    config: &PartnerConfig,
+    set: &PreparedSet,
+    inbound: &mut Inbound<OwnerMessage>,
+    outbound: &mpsc::Sender<PartnerMessage>,
+    idle: Duration,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(Protocol, PartnerOutcome), DriveError> {
+    let hello = partner.poll_outgoing().ok_or(DriveError::PeerClosed)?;
+    send_with_deadline(outbound, hello, idle, runtime)?;
+    let first = receive_with_deadline(inbound, idle, runtime)?;
+    let protocol = match &first {
+        OwnerMessage::Accept(accept) => {
+            check_accept(accept, &config.protocols)?;
+            accept.protocol
+        }
+        // Anything else is refused by the ECDH state machine, which awaits the accept.
+        _ => Protocol::Ecdh,
+    };
+    let outcome = match (protocol, first) {
+        (Protocol::Oprf, OwnerMessage::Accept(accept)) => {
+            let mut oprf = OprfPartner::new(config.reveal, accept.owner_set_size, set, ChunkLimits::default())?;
+            drive(&mut oprf, inbound, outbound, Some, idle, runtime)?;
+            oprf.outcome()
+        }
+        (_, first) => {
+            partner.receive(first)?;
+            drive(&mut partner, inbound, outbound, Some, idle, runtime)?;
+            partner.outcome()
+        }
+    };
+    Ok((protocol, outcome.ok_or(DriveError::PeerClosed)?))
 }
 
 /// Progress bars, one per phase of the match (hidden unless asked for and stderr is
@@ -373,6 +422,8 @@ impl Phases {
 
     fn observe(&self, message: &OwnerMessage) {
         match message {
+            // The bars count the ECDH engine's elements.
+            OwnerMessage::Accept(accept) if accept.protocol == Protocol::Oprf => self.finish(),
             OwnerMessage::Accept(accept) => {
                 self.owner.set_length(accept.owner_set_size);
                 self.returned.set_length(if self.reveal.owner_returns_partner_elements() {
@@ -383,7 +434,7 @@ impl Phases {
             }
             OwnerMessage::ReblindedPartnerElements(chunk) => self.returned.inc(chunk.len() as u64),
             OwnerMessage::OwnerElements(chunk) => self.owner.inc(chunk.len() as u64),
-            OwnerMessage::Summary(_) => {}
+            OwnerMessage::Summary(_) | OwnerMessage::Oprf(_) => {}
         }
     }
 

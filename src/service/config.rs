@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::normalize::{Profile, Region, parse_region};
-use crate::psi::Reveal;
+use crate::psi::{Protocol, Reveal};
 use crate::records::ColumnSpec;
 
 /// The whole configuration file.
@@ -196,10 +196,20 @@ pub struct CampaignConfig {
     /// Column names in the audience file (default: detected from the header).
     #[serde(default)]
     pub columns: ColumnNames,
+    /// The matching engines partners may use for this campaign, `ecdh` and/or
+    /// `oprf` (a client's `auto` gets the fastest that offers its reveal mode).
+    /// Default `["ecdh"]`: `oprf` is opt-in, because it is secure against
+    /// semi-honest partners only (docs/PRIVACY.md, "Under `oprf`").
+    #[serde(default = "default_protocols")]
+    pub protocols: Vec<String>,
 }
 
 fn default_profile() -> String {
     Profile::IdmatchV1.name().to_owned()
+}
+
+fn default_protocols() -> Vec<String> {
+    vec![Protocol::Ecdh.name().to_owned()]
 }
 
 /// A campaign's `columns` table: the [`ColumnSpec`] as written in the file.
@@ -270,6 +280,8 @@ pub struct CampaignSettings {
     pub region: Option<Region>,
     /// Column names in the audience file.
     pub columns: ColumnSpec,
+    /// The matching engines allowed (not empty, no repeats).
+    pub protocols: Vec<Protocol>,
 }
 
 impl Config {
@@ -394,6 +406,17 @@ impl Config {
                     .map_err(|_| format!("campaign `{}`: region `{r}` is not an ISO 3166 alpha-2 code", c.id))
             })
             .transpose()?;
+        let mut protocols: Vec<Protocol> = Vec::new();
+        for name in &c.protocols {
+            let protocol: Protocol = name.parse().map_err(|e| format!("campaign `{}`: protocols: {e}", c.id))?;
+            if protocols.contains(&protocol) {
+                return Err(format!("campaign `{}`: protocols: `{name}` is listed twice", c.id));
+            }
+            protocols.push(protocol);
+        }
+        if protocols.is_empty() {
+            return Err(format!("campaign `{}`: protocols: allow at least one of ecdh, oprf", c.id));
+        }
         Ok(CampaignSettings {
             id: c.id.clone(),
             key_file: c.key_file.clone(),
@@ -401,6 +424,7 @@ impl Config {
             profile,
             region,
             columns: c.columns.spec(),
+            protocols,
         })
     }
 

@@ -1,10 +1,13 @@
-//! Conversions between the engine's protocol messages ([`crate::psi::message`]) and
-//! the protobuf wire types ([`crate::wire`]). Decoding validates everything the
-//! protobuf layer cannot: a message body is present, the reveal mode is known, and a
-//! chunk is a whole number of 32-byte elements.
+//! Conversions between the engines' protocol messages ([`crate::psi::message`],
+//! [`crate::psi::oprf::OprfMessage`]) and the protobuf wire types ([`crate::wire`]).
+//! Decoding validates everything the protobuf layer cannot: a message body is
+//! present, the reveal mode and engines are known, and an ECDH chunk is a whole
+//! number of 32-byte elements. OPRF byte fields are passed on raw: the OPRF state
+//! machines check them.
 
 use crate::psi::message::{Accept, Element, Hello, Summary};
-use crate::psi::{OwnerMessage, PartnerMessage, ProtocolError, Reveal};
+use crate::psi::oprf::{OprfMessage, ReceiverSetup, SenderSetup};
+use crate::psi::{OwnerMessage, PartnerMessage, Protocol, ProtocolError, Reveal};
 use crate::wire;
 use crate::wire::owner_message::Body as OwnerBody;
 use crate::wire::partner_message::Body as PartnerBody;
@@ -28,6 +31,109 @@ fn reveal_from_wire(value: i32) -> Result<Reveal, ProtocolError> {
     }
 }
 
+fn protocol_to_wire(protocol: Protocol) -> wire::Protocol {
+    match protocol {
+        Protocol::Ecdh => wire::Protocol::Ecdh,
+        Protocol::Oprf => wire::Protocol::Oprf,
+    }
+}
+
+/// The engines a hello offers. Values this build does not know (engines of a newer
+/// client) are skipped, as TLS skips unknown cipher suites; a list of nothing but
+/// unknown engines is refused (an empty list would mean `ecdh`).
+fn protocols_from_wire(values: &[i32]) -> Result<Vec<Protocol>, ProtocolError> {
+    let known: Vec<Protocol> = values
+        .iter()
+        .filter_map(|&v| match wire::Protocol::try_from(v) {
+            Ok(wire::Protocol::Ecdh) => Some(Protocol::Ecdh),
+            Ok(wire::Protocol::Oprf) => Some(Protocol::Oprf),
+            Ok(wire::Protocol::Unspecified) | Err(_) => None,
+        })
+        .collect();
+    if known.is_empty() && !values.is_empty() {
+        return Err(ProtocolError::Malformed("the hello offers no protocol this owner knows"));
+    }
+    Ok(known)
+}
+
+/// The engine an accept names: unspecified (an owner from before the field) is ECDH.
+fn accepted_protocol_from_wire(value: i32) -> Result<Protocol, ProtocolError> {
+    match wire::Protocol::try_from(value) {
+        Ok(wire::Protocol::Unspecified | wire::Protocol::Ecdh) => Ok(Protocol::Ecdh),
+        Ok(wire::Protocol::Oprf) => Ok(Protocol::Oprf),
+        Err(_) => Err(ProtocolError::Malformed("unknown protocol in the accept")),
+    }
+}
+
+fn receiver_setup_to_wire(s: ReceiverSetup) -> wire::OprfReceiverSetup {
+    wire::OprfReceiverSetup {
+        version: s.version,
+        receiver_set_size: s.receiver_set_size,
+        report_back: s.report_back,
+        max_chunk_bytes: s.max_chunk_bytes,
+        ot_point: s.ot_point,
+    }
+}
+
+fn receiver_setup_from_wire(s: wire::OprfReceiverSetup) -> ReceiverSetup {
+    ReceiverSetup {
+        version: s.version,
+        receiver_set_size: s.receiver_set_size,
+        report_back: s.report_back,
+        max_chunk_bytes: s.max_chunk_bytes,
+        ot_point: s.ot_point,
+    }
+}
+
+fn sender_setup_to_wire(s: SenderSetup) -> wire::OprfSenderSetup {
+    wire::OprfSenderSetup {
+        version: s.version,
+        sender_set_size: s.sender_set_size,
+        log_height: s.log_height,
+        width: s.width,
+        output_len: s.output_len,
+        max_chunk_bytes: s.max_chunk_bytes,
+        prf_seed: s.prf_seed,
+        ot_points: s.ot_points,
+    }
+}
+
+fn sender_setup_from_wire(s: wire::OprfSenderSetup) -> SenderSetup {
+    SenderSetup {
+        version: s.version,
+        sender_set_size: s.sender_set_size,
+        log_height: s.log_height,
+        width: s.width,
+        output_len: s.output_len,
+        max_chunk_bytes: s.max_chunk_bytes,
+        prf_seed: s.prf_seed,
+        ot_points: s.ot_points,
+    }
+}
+
+fn oprf_to_wire(message: OprfMessage) -> wire::Oprf {
+    use wire::oprf::Body;
+    let body = match message {
+        OprfMessage::ReceiverSetup(s) => Body::ReceiverSetup(receiver_setup_to_wire(s)),
+        OprfMessage::SenderSetup(s) => Body::SenderSetup(sender_setup_to_wire(s)),
+        OprfMessage::Correction(data) => Body::Correction(data),
+        OprfMessage::Outputs(data) => Body::Outputs(data),
+        OprfMessage::Matches(data) => Body::Matches(data),
+    };
+    wire::Oprf { body: Some(body) }
+}
+
+fn oprf_from_wire(message: wire::Oprf) -> Result<OprfMessage, ProtocolError> {
+    use wire::oprf::Body;
+    Ok(match message.body.ok_or(ProtocolError::Malformed("oprf message without a body"))? {
+        Body::ReceiverSetup(s) => OprfMessage::ReceiverSetup(receiver_setup_from_wire(s)),
+        Body::SenderSetup(s) => OprfMessage::SenderSetup(sender_setup_from_wire(s)),
+        Body::Correction(data) => OprfMessage::Correction(data),
+        Body::Outputs(data) => OprfMessage::Outputs(data),
+        Body::Matches(data) => OprfMessage::Matches(data),
+    })
+}
+
 fn elements(chunk: &[Element]) -> wire::Elements {
     wire::Elements { data: Element::join_chunk(chunk) }
 }
@@ -46,10 +152,12 @@ pub fn partner_to_wire(message: PartnerMessage) -> wire::PartnerMessage {
             reveal: reveal_to_wire(h.reveal) as i32,
             partner_set_size: h.partner_set_size,
             key_fingerprint: h.key_fingerprint,
+            protocols: h.protocols.into_iter().map(|p| protocol_to_wire(p) as i32).collect(),
         }),
         PartnerMessage::PartnerElements(c) => PartnerBody::PartnerElements(elements(&c)),
         PartnerMessage::ReblindedOwnerElements(c) => PartnerBody::ReblindedOwnerElements(elements(&c)),
         PartnerMessage::Finished => PartnerBody::Finished(wire::Finished {}),
+        PartnerMessage::Oprf(m) => PartnerBody::Oprf(oprf_to_wire(m)),
     };
     wire::PartnerMessage { body: Some(body) }
 }
@@ -64,10 +172,12 @@ pub fn partner_from_wire(message: wire::PartnerMessage) -> Result<PartnerMessage
             reveal: reveal_from_wire(h.reveal)?,
             partner_set_size: h.partner_set_size,
             key_fingerprint: h.key_fingerprint,
+            protocols: protocols_from_wire(&h.protocols)?,
         }),
         PartnerBody::PartnerElements(e) => PartnerMessage::PartnerElements(parse(e)?),
         PartnerBody::ReblindedOwnerElements(e) => PartnerMessage::ReblindedOwnerElements(parse(e)?),
         PartnerBody::Finished(_) => PartnerMessage::Finished,
+        PartnerBody::Oprf(m) => PartnerMessage::Oprf(oprf_from_wire(m)?),
     })
 }
 
@@ -78,6 +188,7 @@ pub fn owner_to_wire(message: OwnerMessage) -> wire::OwnerMessage {
             version: a.version,
             owner_set_size: a.owner_set_size,
             max_chunk: a.max_chunk,
+            protocol: protocol_to_wire(a.protocol) as i32,
         }),
         OwnerMessage::ReblindedPartnerElements(c) => OwnerBody::ReblindedPartnerElements(elements(&c)),
         OwnerMessage::OwnerElements(c) => OwnerBody::OwnerElements(elements(&c)),
@@ -86,6 +197,7 @@ pub fn owner_to_wire(message: OwnerMessage) -> wire::OwnerMessage {
             owner_set_size: s.owner_set_size,
             intersection: s.intersection,
         }),
+        OwnerMessage::Oprf(m) => OwnerBody::Oprf(oprf_to_wire(m)),
     };
     wire::OwnerMessage { body: Some(body) }
 }
@@ -97,6 +209,7 @@ pub fn owner_from_wire(message: wire::OwnerMessage) -> Result<OwnerMessage, Prot
             version: a.version,
             owner_set_size: a.owner_set_size,
             max_chunk: a.max_chunk,
+            protocol: accepted_protocol_from_wire(a.protocol)?,
         }),
         OwnerBody::ReblindedPartnerElements(e) => OwnerMessage::ReblindedPartnerElements(parse(e)?),
         OwnerBody::OwnerElements(e) => OwnerMessage::OwnerElements(parse(e)?),
@@ -105,6 +218,7 @@ pub fn owner_from_wire(message: wire::OwnerMessage) -> Result<OwnerMessage, Prot
             owner_set_size: s.owner_set_size,
             intersection: s.intersection,
         }),
+        OwnerBody::Oprf(m) => OwnerMessage::Oprf(oprf_from_wire(m)?),
     })
 }
 
@@ -121,8 +235,55 @@ mod tests {
             reveal: Reveal::Count,
             partner_set_size: 7,
             key_fingerprint: vec![3; 32],
+            protocols: vec![Protocol::Oprf, Protocol::Ecdh],
         });
         assert_eq!(partner_from_wire(partner_to_wire(hello.clone())).unwrap(), hello);
+        let accept =
+            OwnerMessage::Accept(Accept { version: 1, owner_set_size: 9, max_chunk: 0, protocol: Protocol::Oprf });
+        assert_eq!(owner_from_wire(owner_to_wire(accept.clone())).unwrap(), accept);
+        let setup = OprfMessage::SenderSetup(SenderSetup {
+            version: 1,
+            sender_set_size: 5,
+            log_height: 8,
+            width: 300,
+            output_len: 6,
+            max_chunk_bytes: 4096,
+            prf_seed: vec![1; 16],
+            ot_points: vec![2; 64],
+        });
+        for m in
+            [setup, OprfMessage::Correction(vec![1, 2]), OprfMessage::Outputs(vec![3]), OprfMessage::Matches(vec![])]
+        {
+            assert_eq!(
+                owner_from_wire(owner_to_wire(OwnerMessage::Oprf(m.clone()))).unwrap(),
+                OwnerMessage::Oprf(m.clone())
+            );
+            assert_eq!(
+                partner_from_wire(partner_to_wire(PartnerMessage::Oprf(m.clone()))).unwrap(),
+                PartnerMessage::Oprf(m)
+            );
+        }
+        // An owner from before the field accepts with ECDH; engines a newer client
+        // offers are skipped, a hello offering only unknown ones is refused.
+        let old_accept =
+            wire::OwnerMessage { body: Some(OwnerBody::Accept(wire::Accept { version: 1, ..Default::default() })) };
+        assert!(matches!(
+            owner_from_wire(old_accept),
+            Ok(OwnerMessage::Accept(Accept { protocol: Protocol::Ecdh, .. }))
+        ));
+        let hello_with = |protocols: Vec<i32>| wire::PartnerMessage {
+            body: Some(PartnerBody::Hello(wire::Hello { reveal: 1, protocols, ..Default::default() })),
+        };
+        let Ok(PartnerMessage::Hello(h)) = partner_from_wire(hello_with(vec![9, 2, 1])) else { panic!() };
+        assert_eq!(h.protocols, [Protocol::Oprf, Protocol::Ecdh]);
+        let Ok(PartnerMessage::Hello(h)) = partner_from_wire(hello_with(vec![])) else { panic!() };
+        assert_eq!(h.offered_protocols(), [Protocol::Ecdh]);
+        assert_eq!(
+            partner_from_wire(hello_with(vec![9])),
+            Err(ProtocolError::Malformed("the hello offers no protocol this owner knows"))
+        );
+        let empty_oprf = wire::PartnerMessage { body: Some(PartnerBody::Oprf(wire::Oprf { body: None })) };
+        assert_eq!(partner_from_wire(empty_oprf), Err(ProtocolError::Malformed("oprf message without a body")));
         let chunk = OwnerMessage::OwnerElements(vec![Element([1; 32]), Element([2; 32])]);
         assert_eq!(owner_from_wire(owner_to_wire(chunk.clone())).unwrap(), chunk);
         assert_eq!(

@@ -64,6 +64,15 @@ pub fn send_with_deadline<T>(tx: &Sender<T>, value: T, deadline: Duration, runti
     }
 }
 
+/// The peer's next message, waiting at most `idle`: [`DriveError::Idle`] when none
+/// comes, [`DriveError::PeerClosed`] when the stream ended.
+pub fn receive_with_deadline<M>(inbound: &mut Inbound<M>, idle: Duration, runtime: &Handle) -> Result<M, DriveError> {
+    runtime
+        .block_on(async { tokio::time::timeout(idle, inbound.recv()).await })
+        .map_err(|_| DriveError::Idle(idle))?
+        .ok_or(DriveError::PeerClosed)?
+}
+
 /// Messages from the peer as the network task hands them over: decoded messages,
 /// or the transport's error.
 pub type Inbound<M> = Receiver<Result<M, DriveError>>;
@@ -95,11 +104,8 @@ pub fn drive<E: Endpoint, T>(
         if endpoint.is_done() {
             return Ok(());
         }
-        let incoming = runtime
-            .block_on(async { tokio::time::timeout(idle, inbound.recv()).await })
-            .map_err(|_| DriveError::Idle(idle))?
-            .ok_or(DriveError::PeerClosed)?;
-        endpoint.receive(incoming?)?;
+        let incoming = receive_with_deadline(inbound, idle, runtime)?;
+        endpoint.receive(incoming)?;
     }
 }
 

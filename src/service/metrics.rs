@@ -1,5 +1,6 @@
-//! Prometheus metrics: matches started, finished and failed (by reason),
-//! identifiers processed and match durations, served as text at `GET /metrics`.
+//! Prometheus metrics: matches started, finished (by engine) and failed (by
+//! reason), identifiers processed and match durations, served as text at
+//! `GET /metrics`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,11 +17,16 @@ struct Reason {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Engine {
+    protocol: String,
+}
+
 /// The server's metrics.
 pub struct Metrics {
     registry: Registry,
     started: Counter,
-    finished: Counter,
+    finished: Family<Engine, Counter>,
     failed: Family<Reason, Counter>,
     identifiers: Counter,
     duration: Histogram,
@@ -30,14 +36,22 @@ impl Default for Metrics {
     fn default() -> Metrics {
         let mut registry = Registry::with_prefix("idmatch");
         let started = Counter::default();
-        let finished = Counter::default();
+        let finished = Family::<Engine, Counter>::default();
         let failed = Family::<Reason, Counter>::default();
         let identifiers = Counter::default();
         let duration = Histogram::new(exponential_buckets(0.05, 2.0, 16));
         registry.register("matches_started", "Matches started", started.clone());
-        registry.register("matches_finished", "Matches finished successfully", finished.clone());
+        registry.register(
+            "matches_finished",
+            "Matches finished successfully, by engine (ecdh, oprf)",
+            finished.clone(),
+        );
         registry.register("matches_failed", "Matches failed, by reason (gRPC status code)", failed.clone());
-        registry.register("identifiers_processed", "Elements blinded or re-blinded by the owner", identifiers.clone());
+        registry.register(
+            "identifiers_processed",
+            "Distinct identifiers of finished matches (partner and owner sets)",
+            identifiers.clone(),
+        );
         registry.register("match_duration_seconds", "Duration of matches", duration.clone());
         Metrics { registry, started, finished, failed, identifiers, duration }
     }
@@ -48,8 +62,8 @@ impl Metrics {
         self.started.inc();
     }
 
-    pub fn finished(&self, identifiers: u64, seconds: f64) {
-        self.finished.inc();
+    pub fn finished(&self, protocol: &str, identifiers: u64, seconds: f64) {
+        self.finished.get_or_create(&Engine { protocol: protocol.to_owned() }).inc();
         self.identifiers.inc_by(identifiers);
         self.duration.observe(seconds);
     }

@@ -20,14 +20,15 @@ use super::auth::authenticate;
 use super::budget::{Allowance, BudgetError};
 use super::config::PartnerPolicy;
 use super::convert::{owner_to_wire, partner_from_wire};
-use super::driver::{DriveError, INBOUND_QUEUE, Inbound, drive, send_with_deadline};
+use super::driver::{DriveError, INBOUND_QUEUE, Inbound, drive, receive_with_deadline, send_with_deadline};
 use super::server::Shared;
 use super::state::State;
 use crate::optout::BadRows;
 use crate::output::write_match_file;
 use crate::prepare;
 use crate::psi::message::{DEFAULT_CHUNK, MAX_CHUNK};
-use crate::psi::{Owner, OwnerConfig, OwnerMessage, PartnerMessage, ProtocolError, untrusted};
+use crate::psi::oprf::{ChunkLimits, MAX_CHUNK_BYTES, OprfError, OprfOwner};
+use crate::psi::{Owner, OwnerConfig, OwnerMessage, PartnerMessage, Protocol, ProtocolError, SetupError, untrusted};
 use crate::wire;
 use crate::wire::matcher_server::Matcher;
 
@@ -114,6 +115,7 @@ impl Session<'_> {
             partner: self.partner.name.clone(),
             campaign: String::new(),
             reveal: None,
+            protocol: None,
             partner_set_size: None,
             owner_set_size: None,
             opted_out_records: None,
@@ -127,8 +129,9 @@ impl Session<'_> {
         match &result {
             Ok(_) => {
                 let processed = record.partner_set_size.unwrap_or(0) + record.owner_set_size.unwrap_or(0);
-                self.shared.metrics.finished(processed, seconds);
-                info!(match_id = self.match_id, partner = %record.partner, campaign = %record.campaign, seconds, "match finished");
+                let protocol = record.protocol.as_deref().unwrap_or("none");
+                self.shared.metrics.finished(protocol, processed, seconds);
+                info!(match_id = self.match_id, partner = %record.partner, campaign = %record.campaign, protocol, seconds, "match finished");
             }
             Err(status) => {
                 record.outcome = format!("{:?}", status.code());
@@ -157,11 +160,7 @@ impl Session<'_> {
     ) -> Result<Option<OwnerMessage>, Status> {
         let limits = &self.state.config.limits;
         let idle = limits.idle_timeout();
-        let first = runtime
-            .block_on(async { tokio::time::timeout(idle, inbound.recv()).await })
-            .map_err(|_| drive_status(DriveError::Idle(idle)))?
-            .ok_or_else(|| drive_status(DriveError::PeerClosed))?
-            .map_err(drive_status)?;
+        let first = receive_with_deadline(inbound, idle, runtime).map_err(drive_status)?;
         let PartnerMessage::Hello(hello) = &first else {
             return Err(protocol_status(&ProtocolError::UnexpectedMessage {
                 state: "awaiting hello",
@@ -173,7 +172,7 @@ impl Session<'_> {
         record.partner_set_size = Some(hello.partner_set_size);
         // Checks, in the order of docs/PROTOCOL.md §9: the partner may use the
         // campaign, then the owner's checks on the hello (version, campaign, profile,
-        // key fingerprint, reveal mode, set size)...
+        // key fingerprint, reveal mode, engine, set size)...
         let campaign = self
             .partner
             .campaigns
@@ -191,8 +190,10 @@ impl Session<'_> {
             max_chunk,
             send_chunk: DEFAULT_CHUNK.min(max_chunk),
             key_fingerprint: Some(campaign.key_fingerprint),
+            allowed_protocols: campaign.settings.protocols.clone(),
         };
-        config.check_hello(hello).map_err(|e| protocol_status(&e))?;
+        let protocol = config.check_hello(hello).map_err(|e| protocol_status(&e))?;
+        record.protocol = Some(protocol.name().to_owned());
         // ...then the opt-outs as they are now...
         let config_file = &self.state.config;
         let bad_rows = BadRows::skip_if(config_file.optouts_skip_bad_rows);
@@ -204,24 +205,24 @@ impl Session<'_> {
         let set = prepare::prepared_set(&campaign.records, &excluded);
         record.opted_out_records = Some(set.excluded_records());
         record.owner_set_size = Some(set.len() as u64);
-        let mut owner = Owner::new(config, &set).map_err(|e| {
-            tracing::error!(match_id = self.match_id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");
+        let start_failed = |e: SetupError| {
+            error!(match_id = self.match_id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");
             Status::internal("the owner could not start the match")
-        })?;
-        owner.receive(first).map_err(|e| protocol_status(&e))?;
-        // ...and only then the daily budget, just before `Accept` goes out.
-        let allowance = Allowance {
-            matches: limits.max_matches_per_partner_per_day,
-            identifiers: limits.max_identifiers_per_partner_per_day,
         };
-        let size = record.partner_set_size.unwrap_or(0);
-        self.shared.budgets.charge(&self.partner.name, size, allowance).map_err(|e| match e {
-            BudgetError::State { .. } => {
-                error!(error = %e, "budget state unavailable");
-                Status::internal("budget state unavailable")
-            }
-            other => Status::resource_exhausted(other.to_string()),
-        })?;
+        // ...and only then the daily budget, just before `Accept` goes out.
+        let charge = || {
+            let allowance = Allowance {
+                matches: limits.max_matches_per_partner_per_day,
+                identifiers: limits.max_identifiers_per_partner_per_day,
+            };
+            self.shared.budgets.charge(&self.partner.name, hello.partner_set_size, allowance).map_err(|e| match e {
+                BudgetError::State { .. } => {
+                    error!(error = %e, "budget state unavailable");
+                    Status::internal("budget state unavailable")
+                }
+                other => Status::resource_exhausted(other.to_string()),
+            })
+        };
         let mut summary = None;
         let convert = |message: OwnerMessage| match message {
             OwnerMessage::Summary(_) => {
@@ -230,8 +231,24 @@ impl Session<'_> {
             }
             other => Some(Ok(owner_to_wire(other))),
         };
-        drive(&mut owner, inbound, outbound, convert, idle, runtime).map_err(drive_status)?;
-        let outcome = owner.outcome().ok_or_else(|| Status::internal("match ended in an unfinished state"))?;
+        let outcome = match protocol {
+            Protocol::Ecdh => {
+                let mut owner = Owner::new(config, &set).map_err(start_failed)?;
+                owner.receive(first.clone()).map_err(|e| protocol_status(&e))?;
+                charge()?;
+                drive(&mut owner, inbound, outbound, convert, idle, runtime).map_err(drive_status)?;
+                owner.outcome()
+            }
+            Protocol::Oprf => {
+                let limit = limits.max_message_bytes.saturating_sub(1024).min(MAX_CHUNK_BYTES as usize) as u32;
+                let chunks = ChunkLimits { max_chunk_bytes: limit, send_chunk_bytes: limit };
+                let mut owner = OprfOwner::new(hello, &set, chunks).map_err(start_failed)?;
+                charge()?;
+                drive(&mut owner, inbound, outbound, convert, idle, runtime).map_err(drive_status)?;
+                owner.outcome()
+            }
+        };
+        let outcome = outcome.ok_or_else(|| Status::internal("match ended in an unfinished state"))?;
         if let Some(matched) = &outcome.matched {
             let matches = set.matched_records(matched);
             record.owner_matched_records = Some(matches.len() as u64);
@@ -262,7 +279,7 @@ fn file_safe(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
-/// The gRPC status for a protocol error (see docs/PROTOCOL.md).
+/// The gRPC status for a protocol error (see docs/PROTOCOL.md §9 and §11.9).
 pub fn protocol_status(error: &ProtocolError) -> Status {
     use ProtocolError::*;
     let message = error.to_string();
@@ -275,10 +292,36 @@ pub fn protocol_status(error: &ProtocolError) -> Status {
         | ProfileMismatch { .. }
         | KeyMismatch
         | KeyFingerprintMissing
-        | SummaryMismatch(_) => Status::failed_precondition(message),
+        | SummaryMismatch(_)
+        | UnofferedProtocol { .. }
+        | AnnouncedSizeMismatch { .. } => Status::failed_precondition(message),
         CampaignMismatch { .. } => Status::failed_precondition("campaign mismatch"),
-        RevealNotAllowed(_) => Status::permission_denied(message),
+        RevealNotAllowed(_) | ProtocolNotAllowed { .. } => Status::permission_denied(message),
         SetSizeOutOfRange { .. } => Status::resource_exhausted(message),
+        Oprf(e) => oprf_status(e, message),
+    }
+}
+
+/// The gRPC status for an OPRF engine error (docs/PROTOCOL.md §11.5).
+fn oprf_status(error: &OprfError, message: String) -> Status {
+    use OprfError::*;
+    match error {
+        UnexpectedMessage { .. } | UnsupportedVersion { .. } | ReportBackMismatch { .. } | ParameterMismatch { .. } => {
+            Status::failed_precondition(message)
+        }
+        RevealNotOffered(_) => Status::permission_denied(message),
+        SetSizeOutOfRange { .. } => Status::resource_exhausted(message),
+        BadLength { .. }
+        | BadChunk { .. }
+        | BadChunkLimit { .. }
+        | NotMultiple { .. }
+        | TooMuchData { .. }
+        | BadPoint { .. }
+        | NonZeroPadding { .. } => Status::invalid_argument(message),
+        BadConfig(_) | Rng(_) => {
+            error!(error = %error, "the OPRF engine failed");
+            Status::internal("the owner could not continue the match")
+        }
     }
 }
 

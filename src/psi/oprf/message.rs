@@ -60,6 +60,20 @@ pub struct SenderSetup {
     pub ot_points: Vec<u8>,
 }
 
+impl ReceiverSetup {
+    /// Bytes of the fields, integers at their fixed width.
+    fn payload_len(&self) -> usize {
+        4 + 8 + 1 + 4 + self.ot_point.len()
+    }
+}
+
+impl SenderSetup {
+    /// Bytes of the fields, integers at their fixed width.
+    fn payload_len(&self) -> usize {
+        4 + 8 + 4 * 4 + self.prf_seed.len() + self.ot_points.len()
+    }
+}
+
 /// Messages from the receiver.
 #[derive(Clone, PartialEq, Eq)]
 pub enum ReceiverMessage {
@@ -97,7 +111,7 @@ impl ReceiverMessage {
     /// payload a transport carries, without its framing.
     pub fn payload_len(&self) -> usize {
         match self {
-            ReceiverMessage::Setup(s) => 4 + 8 + 1 + 4 + s.ot_point.len(),
+            ReceiverMessage::Setup(s) => s.payload_len(),
             ReceiverMessage::Correction(d) | ReceiverMessage::Matches(d) => d.len(),
             ReceiverMessage::Finished => 0,
         }
@@ -116,8 +130,97 @@ impl SenderMessage {
     /// Bytes of the message's fields (integers counted at their fixed width).
     pub fn payload_len(&self) -> usize {
         match self {
-            SenderMessage::Setup(s) => 4 + 8 + 4 * 4 + s.prf_seed.len() + s.ot_points.len(),
+            SenderMessage::Setup(s) => s.payload_len(),
             SenderMessage::Outputs(d) => d.len(),
+        }
+    }
+}
+
+/// An engine message of either role as a match stream carries it
+/// (`docs/PROTOCOL.md` §11.9): `PartnerMessage::Oprf` / `OwnerMessage::Oprf`, the
+/// stream's direction saying which party sent it. The receiver's `Finished` is not
+/// here: the partner sends the stream's own `finished`, and an owner receiver ends
+/// with its `Summary`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum OprfMessage {
+    /// [`ReceiverMessage::Setup`].
+    ReceiverSetup(ReceiverSetup),
+    /// [`SenderMessage::Setup`].
+    SenderSetup(SenderSetup),
+    /// [`ReceiverMessage::Correction`].
+    Correction(Vec<u8>),
+    /// [`SenderMessage::Outputs`].
+    Outputs(Vec<u8>),
+    /// [`ReceiverMessage::Matches`].
+    Matches(Vec<u8>),
+}
+
+impl OprfMessage {
+    /// The message's name, for errors and logs (the protobuf field's name).
+    pub fn name(&self) -> &'static str {
+        match self {
+            OprfMessage::ReceiverSetup(_) => "oprf_receiver_setup",
+            OprfMessage::SenderSetup(_) => "oprf_sender_setup",
+            OprfMessage::Correction(_) => "oprf_correction",
+            OprfMessage::Outputs(_) => "oprf_outputs",
+            OprfMessage::Matches(_) => "oprf_matches",
+        }
+    }
+
+    /// The receiver's message, for a stream (`None` for `Finished`, which the
+    /// stream carries otherwise).
+    pub fn from_receiver(message: ReceiverMessage) -> Option<OprfMessage> {
+        match message {
+            ReceiverMessage::Setup(s) => Some(OprfMessage::ReceiverSetup(s)),
+            ReceiverMessage::Correction(d) => Some(OprfMessage::Correction(d)),
+            ReceiverMessage::Matches(d) => Some(OprfMessage::Matches(d)),
+            ReceiverMessage::Finished => None,
+        }
+    }
+
+    /// The sender's message, for a stream.
+    pub fn from_sender(message: SenderMessage) -> OprfMessage {
+        match message {
+            SenderMessage::Setup(s) => OprfMessage::SenderSetup(s),
+            SenderMessage::Outputs(d) => OprfMessage::Outputs(d),
+        }
+    }
+
+    /// A message for the sender, or `Err(self)` when only a sender sends it.
+    pub fn into_receiver_message(self) -> Result<ReceiverMessage, OprfMessage> {
+        match self {
+            OprfMessage::ReceiverSetup(s) => Ok(ReceiverMessage::Setup(s)),
+            OprfMessage::Correction(d) => Ok(ReceiverMessage::Correction(d)),
+            OprfMessage::Matches(d) => Ok(ReceiverMessage::Matches(d)),
+            other => Err(other),
+        }
+    }
+
+    /// A message for the receiver, or `Err(self)` when only a receiver sends it.
+    pub fn into_sender_message(self) -> Result<SenderMessage, OprfMessage> {
+        match self {
+            OprfMessage::SenderSetup(s) => Ok(SenderMessage::Setup(s)),
+            OprfMessage::Outputs(d) => Ok(SenderMessage::Outputs(d)),
+            other => Err(other),
+        }
+    }
+
+    /// Payload bytes, as [`ReceiverMessage::payload_len`] counts them.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            OprfMessage::ReceiverSetup(s) => s.payload_len(),
+            OprfMessage::SenderSetup(s) => s.payload_len(),
+            OprfMessage::Correction(d) | OprfMessage::Outputs(d) | OprfMessage::Matches(d) => d.len(),
+        }
+    }
+}
+
+impl std::fmt::Debug for OprfMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OprfMessage::ReceiverSetup(s) => s.fmt(f),
+            OprfMessage::SenderSetup(s) => s.fmt(f),
+            other => write!(f, "{}(<{} bytes>)", other.name(), other.payload_len()),
         }
     }
 }

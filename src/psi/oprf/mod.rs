@@ -29,13 +29,17 @@
 //! - [`kernel`]: hashing domains, PRF, PRG and the bulk matrix kernels;
 //! - [`message`], [`error`]: the messages and errors;
 //! - [`receiver`], [`sender`]: one state machine per role; [`run_in_memory`] drives
-//!   both in one process.
+//!   both in one process;
+//! - `party`: the owner's and the partner's side of an `oprf` match stream
+//!   ([`OprfOwner`], [`OprfPartner`]), the roles wrapped in the messages the gRPC
+//!   service carries for either engine.
 
 pub mod error;
 pub mod kernel;
 pub mod message;
 pub mod ot;
 pub mod params;
+mod party;
 pub mod receiver;
 pub mod sender;
 
@@ -43,9 +47,11 @@ use std::time::{Duration, Instant};
 
 pub use error::OprfError;
 pub use message::{
-    MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, OPRF_VERSION, ReceiverMessage, ReceiverSetup, SenderMessage, SenderSetup,
+    MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, OPRF_VERSION, OprfMessage, ReceiverMessage, ReceiverSetup, SenderMessage,
+    SenderSetup,
 };
 pub use params::Params;
+pub use party::{ChunkLimits, OprfOwner, OprfPartner};
 pub use receiver::{OprfReceiver, ReceiverOutcome};
 pub use sender::{OprfSender, SenderOutcome};
 
