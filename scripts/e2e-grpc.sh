@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end timing of a match: the in-process `idmatch match` with both engines
 # (`--protocol ecdh` and `--protocol oprf`, side by side), then `idmatch serve` and
-# `idmatch match --server` (ecdh) over loopback TLS as two processes, on the same data.
+# `idmatch match --server` over loopback TLS as two processes, with both engines, on
+# the same data.
 #
-#   scripts/e2e-grpc.sh [N]     # default 1000000: exactly N distinct identifiers per side
+#   scripts/e2e-grpc.sh [N] [ENGINES]   # default 1000000 "ecdh oprf": exactly N distinct
+#                                       # identifiers per side; ENGINES to run, e.g. "oprf"
 #
 # The data is `idmatch synth --distinct` (one valid email per row, 50% overlap), so
 # each side holds exactly N distinct identifiers and N/2 of them are in common; the
@@ -12,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-1000000}
+engines=${2:-ecdh oprf}
 work=$(mktemp -d)
 trap 'kill "${server_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 bin=${CARGO_TARGET_DIR:-target}/release/idmatch
@@ -50,17 +53,21 @@ id = "e2e"
 key_file = "campaign.key"
 audience = "members.csv"
 region = "US"
+protocols = ["ecdh", "oprf"]
 TOML
 
-# Both engines in one run, side by side (the gRPC service below runs ecdh).
-for protocol in ecdh oprf; do
+# Both engines in one run, side by side.
+for protocol in $engines; do
   echo "== in-process: idmatch match --protocol $protocol (both roles, one process)"
   /usr/bin/time -f "wall %e s, user %U s, sys %S s, max RSS %M KiB" \
     "$bin" match --owner "$work/members.csv" --partner "$work/partner.csv" --key-file "$work/campaign.key" \
     --region US --reveal partner --protocol "$protocol" --out-dir "$work/local-$protocol"
   python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("distinct identifiers per side: owner %d, partner %d; in common: %d" % (s["owner"]["blinded"], s["partner"]["blinded"], s["intersection"]))' "$work/local-$protocol/summary.json"
 done
-cmp "$work/local-ecdh/partner_matches.csv" "$work/local-oprf/partner_matches.csv" && echo "both engines: identical partner_matches.csv"
+if [ "$engines" = "ecdh oprf" ]; then
+  cmp "$work/local-ecdh/partner_matches.csv" "$work/local-oprf/partner_matches.csv" &&
+    echo "both engines: identical partner_matches.csv"
+fi
 
 "$bin" serve --config "$work/server.toml" 2>"$work/server.log" &
 server_pid=$!
@@ -68,10 +75,13 @@ for _ in $(seq 1 600); do
   grep -q "serving" "$work/server.log" 2>/dev/null && break
   sleep 0.5
 done
-echo "== over loopback TLS: idmatch match --server (audience loaded before timing)"
-/usr/bin/time -f "wall %e s, user %U s, sys %S s, max RSS %M KiB (client)" \
-  "$bin" match --server "https://localhost:$port" --ca "$work/ca.pem" --token-file "$work/token" \
-  --campaign e2e --key-file "$work/campaign.key" --input "$work/partner.csv" --output "$work/grpc.csv" \
-  --region US --reveal partner
+for protocol in $engines; do
+  echo "== over loopback TLS: idmatch match --server --protocol $protocol (audience loaded before timing)"
+  /usr/bin/time -f "wall %e s, user %U s, sys %S s, max RSS %M KiB (client)" \
+    "$bin" match --server "https://localhost:$port" --ca "$work/ca.pem" --token-file "$work/token" \
+    --campaign e2e --key-file "$work/campaign.key" --input "$work/partner.csv" --output "$work/grpc-$protocol.csv" \
+    --region US --reveal partner --protocol "$protocol"
+  cmp <(sort "$work/local-$protocol/partner_matches.csv") <(sort "$work/grpc-$protocol.csv") &&
+    echo "same matches in-process and over gRPC ($protocol)"
+done
 echo "server peak RSS: $(grep VmHWM /proc/$server_pid/status | awk '{print $2, $3}')"
-cmp <(sort "$work/local-ecdh/partner_matches.csv") <(sort "$work/grpc.csv") && echo "same matches in-process and over gRPC"
