@@ -211,15 +211,18 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
     if options.write_rejects {
         outputs.extend(["owner_rejects.csv".to_owned(), "partner_rejects.csv".to_owned()]);
     }
-    let owner_records =
-        read_side(&options.owner, &tokenizer, options, optouts.as_deref(), reject_file("owner_rejects.csv")?)?;
-    let partner_records = read_side(
-        &options.partner,
-        &tokenizer,
-        options,
-        suppress.as_ref().map(|l| l as &dyn OptOutSource),
-        reject_file("partner_rejects.csv")?,
-    )?;
+    // The two files are read at once: each reader's parsing thread is its own
+    // bottleneck, and the rayon workers that normalize and tokenize are shared.
+    let owner_filter = optouts.as_deref().map(OptOutSource::digester);
+    let partner_filter = suppress.as_ref().map(OptOutSource::digester);
+    let (owner_rejects, partner_rejects) = (reject_file("owner_rejects.csv")?, reject_file("partner_rejects.csv")?);
+    let (owner_records, partner_records) = std::thread::scope(|scope| {
+        let partner = scope.spawn(|| read_side(&options.partner, &tokenizer, options, partner_filter, partner_rejects));
+        let owner = read_side(&options.owner, &tokenizer, options, owner_filter, owner_rejects);
+        // A panic there is a bug, not bad input: it goes on as a panic.
+        (owner, partner.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    let (owner_records, partner_records) = (owner_records?, partner_records?);
     let owner_set = prepare::prepare(&owner_records, optouts.as_deref())?;
     let partner_set = prepare::prepare(&partner_records, suppress.as_ref().map(|l| l as &dyn OptOutSource))?;
 
@@ -291,18 +294,20 @@ fn load_list(path: Option<&Path>, options: &LocalMatchOptions) -> Result<Option<
         .transpose()
 }
 
+/// Reads one side's file, keying its records for `filter` (the opt-out or
+/// suppression source's digester) too.
 fn read_side(
     path: &Path,
     tokenizer: &Tokenizer,
     options: &LocalMatchOptions,
-    filter: Option<&dyn OptOutSource>,
+    filter: Option<&Tokenizer>,
     rejects: Option<RejectWriter>,
 ) -> Result<RecordSet, ReadError> {
     let mut read = ReadOptions::new(options.normalizer.clone());
     read.columns = options.columns.clone();
     read.rejects = rejects;
     read.progress = options.progress;
-    prepare::read(path, tokenizer, read, filter.map(OptOutSource::digester))
+    prepare::read(path, tokenizer, read, filter)
 }
 
 /// What either engine hands back to the local match.

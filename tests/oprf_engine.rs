@@ -120,25 +120,29 @@ fn empty_one_element_and_full_overlap() {
     }
 }
 
-/// 10 × 200,000 both ways round (unbalanced sets; 200,000 keeps the debug profile
-/// fast): exact matches, and the traffic follows the parameters.
+/// 10 × 1,000,000, each set on either side in every mode (so the large set is the
+/// receiver's in some runs, the sender's in others): exact matches, and the traffic
+/// follows the parameters.
 #[test]
 fn unbalanced_sets() {
-    let small = flat([3, 99_999, 150_000, 199_999, 250_000, 1_000_000, 1_000_001, 5, 6, 7]);
-    let large = flat(0..200_000);
-    for (owner, partner, reveal) in
-        [(&large, &small, Reveal::Partner), (&small, &large, Reveal::Owner), (&large, &small, Reveal::Both)]
-    {
-        let got = match_local(owner, partner, reveal).unwrap();
-        assert_eq!(got.intersection, 7, "{reveal}");
-        let (receiving, sending) = if reveal == Reveal::Owner { (owner, partner) } else { (partner, owner) };
-        let params = Params::derive(sending.len() as u64, receiving.len() as u64).unwrap();
-        let setup_r = 4 + 8 + 1 + 4 + 32;
-        let report = if reveal == Reveal::Both { sending.len().div_ceil(8) as u64 } else { 0 };
-        assert_eq!(got.traffic.receiver_to_sender_bytes, setup_r + params.matrix_bytes() + report);
-        let setup_s = 4 + 8 + 16 + 16 + 32 * u64::from(params.width);
-        let outputs = sending.len() as u64 * u64::from(params.output_len);
-        assert_eq!(got.traffic.sender_to_receiver_bytes, setup_s + outputs);
+    let small = flat([3, 99_999, 150_000, 999_999, 1_250_000, 2_000_000, 2_000_001, 5, 6, 7]);
+    let large = flat(0..1_000_000);
+    for reveal in OFFERED {
+        for (owner, partner) in [(&large, &small), (&small, &large)] {
+            let got = match_local(owner, partner, reveal).unwrap();
+            assert_eq!(got.intersection, 7, "{reveal}");
+            let (receiving, sending) = if reveal == Reveal::Owner { (owner, partner) } else { (partner, owner) };
+            let matched = |m: &Option<Vec<bool>>| m.as_ref().map(|m| m.iter().filter(|&&b| b).count());
+            assert_eq!(matched(&got.partner_matched), (reveal != Reveal::Owner).then_some(7), "{reveal}");
+            assert_eq!(matched(&got.owner_matched), (reveal != Reveal::Partner).then_some(7), "{reveal}");
+            let params = Params::derive(sending.len() as u64, receiving.len() as u64).unwrap();
+            let setup_r = 4 + 8 + 1 + 4 + 32;
+            let report = if reveal == Reveal::Both { sending.len().div_ceil(8) as u64 } else { 0 };
+            assert_eq!(got.traffic.receiver_to_sender_bytes, setup_r + params.matrix_bytes() + report);
+            let setup_s = 4 + 8 + 16 + 16 + 32 * u64::from(params.width);
+            let outputs = sending.len() as u64 * u64::from(params.output_len);
+            assert_eq!(got.traffic.sender_to_receiver_bytes, setup_s + outputs);
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use crate::token::Token;
 /// Columns per AES block of positions (four 32-bit lanes).
 pub const GROUP: usize = 4;
 /// Tokens per rayon task in the gather kernels (a multiple of 64).
-const TASK_TOKENS: usize = 4096;
+const TASK_TOKENS: usize = 16384;
 
 /// Domain-separation label of H1 (token → PRF input), `docs/PROTOCOL.md` §11.
 pub const LABEL_H1: &[u8] = b"idmatch-oprf-v1 H1";
