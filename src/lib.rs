@@ -26,6 +26,8 @@
 //! - [`prepare`]: the one path from a file to the set that is blinded (read,
 //!   opt-out or suppression filter, prepared set), used by every caller.
 //! - [`local_match`]: `idmatch match` on two local files, end to end.
+//! - [`measure`]: campaign measurement (`idmatch measure`): private intersection-sum
+//!   with lift, by ECDH blinding and exponential ElGamal.
 //! - [`output`]: output files that appear whole or not at all.
 //! - [`service`]: the gRPC matching server, the `OptOutAdmin` service, the partner's
 //!   client, and what they need (configuration, audit log, budgets, metrics).
@@ -55,6 +57,7 @@
 
 pub mod key;
 pub mod local_match;
+pub mod measure;
 pub mod normalize;
 pub mod optout;
 pub mod output;
