@@ -44,6 +44,9 @@ pub struct MeasureArgs {
     /// Directory for measurement.json (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out_dir: PathBuf,
+    /// Also write owner_rejects.csv and partner_rejects.csv (line, column, reason) to the output directory.
+    #[arg(long)]
+    pub write_rejects: bool,
     /// Figures over fewer matched people are suppressed (written "<N>").
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MIN_AGGREGATE)]
     pub min_aggregate: u64,
@@ -82,6 +85,7 @@ pub fn run(args: MeasureArgs) -> CliResult {
         noise: args.epsilon.zip(args.clip_value).map(|(epsilon, clip)| Noise { epsilon, clip }),
         seed: args.seed,
         learner: args.learner,
+        write_rejects: args.write_rejects,
         progress: true,
     };
     let report = local::run(&options)?;

@@ -20,7 +20,7 @@ use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
 use crate::prepare;
-use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet};
+use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
 use crate::token::{Token, Tokenizer};
 
 /// The label of the one group used when the exposures have no group column.
@@ -59,6 +59,9 @@ pub struct MeasureOptions {
     pub seed: Option<u64>,
     /// Who receives the released figures.
     pub learner: Learner,
+    /// Also write `owner_rejects.csv` and `partner_rejects.csv` (line, column,
+    /// reason; no values) to the output directory.
+    pub write_rejects: bool,
     /// Show progress bars while reading.
     pub progress: bool,
 }
@@ -76,6 +79,9 @@ pub enum MeasureFailure {
     /// The opt-out or suppression list could not be used.
     #[error(transparent)]
     OptOut(#[from] OptOutError),
+    /// A reject report could not be written.
+    #[error(transparent)]
+    Rejects(#[from] RejectWriteError),
     /// The protocol between the two roles failed.
     #[error(transparent)]
     Protocol(#[from] MeasureError),
@@ -154,17 +160,25 @@ pub fn run(options: &MeasureOptions) -> Result<MeasurementReport, MeasureFailure
             .transpose()
     };
     let optouts = list(&options.optouts)?;
+    if options.write_rejects {
+        std::fs::create_dir_all(&options.out_dir)
+            .map_err(|source| MeasureFailure::Write { path: options.out_dir.clone(), source })?;
+    }
     let suppress = list(&options.suppress)?;
-    let read = |path: &Path, filter: Option<&FileList>, value: bool| {
+    let read = |path: &Path, filter: Option<&FileList>, value: bool| -> Result<RecordSet, MeasureFailure> {
         let mut read = ReadOptions::new(options.normalizer.clone());
         read.columns = options.columns.clone();
         read.progress = options.progress;
+        if options.write_rejects {
+            let name = if value { "owner_rejects.csv" } else { "partner_rejects.csv" };
+            read.rejects = Some(RejectWriter::create(&options.out_dir.join(name), false)?);
+        }
         if value {
             read.value_column = Some(options.value_column.clone());
         } else {
             read.group_column = options.group_column.clone();
         }
-        prepare::read(path, &tokenizer, read, filter.map(OptOutSource::digester))
+        Ok(prepare::read(path, &tokenizer, read, filter.map(OptOutSource::digester))?)
     };
     let owner_records = read(&options.owner, optouts.as_ref(), true)?;
     let partner_records = read(&options.partner, suppress.as_ref(), false)?;
