@@ -471,3 +471,57 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod vectors {
+    use super::elgamal::{Encryptor, SecretKey, label_scalar, limbs};
+    use super::message::{self, GroupSum, Matched, Message, VALUE_LEN};
+
+    /// docs/PROTOCOL.md §12.7, parsed from the document itself: the ElGamal key,
+    /// an encryption with a fixed `r`, and the encoding of a `sums` message.
+    #[test]
+    fn protocol_doc_measurement_vectors_hold() {
+        let x = SecretKey::from_label("idmatch test elgamal x");
+        let r = label_scalar("idmatch test elgamal r");
+        let y = x.public_key();
+        let enc = Encryptor::new(y);
+        let [low, high] = limbs(123_456);
+        let c_low = enc.encrypt_with(low, &r);
+        let c_high = enc.encrypt_with(high, &r);
+        let mut sum = [0u8; VALUE_LEN];
+        sum[..64].copy_from_slice(&c_low.to_bytes());
+        sum[64..].copy_from_slice(&c_high.to_bytes());
+        let sums = Message::Sums(vec![
+            GroupSum { records: 1000, matched: Some(Matched { records: 150, people: 120, sum }) },
+            GroupSum { records: 7, matched: None },
+        ]);
+        let computed = [
+            ("x", hex::encode(label_scalar("idmatch test elgamal x").to_bytes())),
+            ("Y", hex::encode(y.to_bytes())),
+            ("r", hex::encode(r.to_bytes())),
+            ("Enc(57920; r)", hex::encode(c_low.to_bytes())),
+            ("Enc(1; r)", hex::encode(c_high.to_bytes())),
+            ("sums", hex::encode(message::encode(&sums).unwrap())),
+        ];
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let block = doc.split("### 12.7").nth(1).and_then(|s| s.split("```").nth(1)).unwrap_or("");
+        // `name = hex` lines; a line of bare hex continues the value above it.
+        let mut values: Vec<(String, String)> = Vec::new();
+        for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let is_hex = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit());
+            match line.rsplit_once(" = ") {
+                Some((name, value)) if is_hex(value.trim()) => {
+                    let name = name.split(" = ").next().unwrap_or(name).trim();
+                    values.push((name.to_owned(), value.trim().to_owned()));
+                }
+                _ if is_hex(line) => values.last_mut().unwrap().1.push_str(line),
+                _ => {}
+            }
+        }
+        for (name, hex_value) in &computed {
+            let documented = values.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+            assert_eq!(documented, Some(hex_value.as_str()), "{name}; computed: {computed:#?}");
+        }
+        assert_eq!(x.decrypt(&c_low, 65_536, &super::elgamal::DlogTable::new(256)), Ok(57_920));
+    }
+}
