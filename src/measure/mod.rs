@@ -525,3 +525,18 @@ mod vectors {
         assert_eq!(x.decrypt(&c_low, 65_536, &super::elgamal::DlogTable::new(256)), Ok(57_920));
     }
 }
+
+#[cfg(test)]
+mod redaction {
+    use super::*;
+
+    #[test]
+    fn debug_output_shows_counts_never_tokens_or_keys() {
+        let person = Person { tokens: vec![Token([0xab; 32])], value: 77 };
+        let exposure = Exposure { tokens: vec![Token([0xcd; 32])], group: 1 };
+        let shown = format!("{person:?} {exposure:?}");
+        assert!(!shown.contains("ab") && !shown.contains("cd") && !shown.contains("77"), "{shown}");
+        let owner = Owner::new(OwnerConfig::default(), std::slice::from_ref(&person)).unwrap();
+        assert_eq!(format!("{owner:?}"), "Owner { state: AwaitingExposures, people: 1, .. }");
+    }
+}
