@@ -43,7 +43,7 @@
 //! # Features
 //!
 //! The core — [`normalize`], [`key`], [`token`], [`records`], [`optout`] lists,
-//! [`psi`], [`local_match`], [`synth`], [`output`] — builds with
+//! [`psi`], [`local_match`], [`measure`], [`synth`], [`output`] — builds with
 //! `--no-default-features`. On by default:
 //! - `sqlite`: the durable opt-out store (`optout::store`, bundled SQLite);
 //! - `service`: the gRPC server and client (`service`, `wire`: tonic, tokio, axum),
