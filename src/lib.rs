@@ -26,6 +26,8 @@
 //! - [`prepare`]: the one path from a file to the set that is blinded (read,
 //!   opt-out or suppression filter, prepared set), used by every caller.
 //! - [`local_match`]: `idmatch match` on two local files, end to end.
+//! - [`measure`]: campaign measurement (`idmatch measure`): private intersection-sum
+//!   with lift, by ECDH blinding and exponential ElGamal.
 //! - [`output`]: output files that appear whole or not at all.
 //! - [`service`]: the gRPC matching server, the `OptOutAdmin` service, the partner's
 //!   client, and what they need (configuration, audit log, budgets, metrics).
@@ -41,7 +43,7 @@
 //! # Features
 //!
 //! The core — [`normalize`], [`key`], [`token`], [`records`], [`optout`] lists,
-//! [`psi`], [`local_match`], [`synth`], [`output`] — builds with
+//! [`psi`], [`local_match`], [`measure`], [`synth`], [`output`] — builds with
 //! `--no-default-features`. On by default:
 //! - `sqlite`: the durable opt-out store (`optout::store`, bundled SQLite);
 //! - `service`: the gRPC server and client (`service`, `wire`: tonic, tokio, axum),
@@ -55,6 +57,7 @@
 
 pub mod key;
 pub mod local_match;
+pub mod measure;
 pub mod normalize;
 pub mod optout;
 pub mod output;

@@ -246,6 +246,79 @@ pub fn generate(dir: &Path, options: &SynthOptions) -> Result<SynthSummary, Synt
     Ok(SynthSummary { members: options.rows, partners: options.rows, shared_people: shared, truth_pairs: pairs })
 }
 
+/// Rates of the converting members written by [`measurement_files`].
+pub const CONVERSION_TEST: f64 = 0.30;
+/// Conversion rate of every other member (control arm or not exposed).
+pub const CONVERSION_OTHER: f64 = 0.25;
+
+/// Counts of the measurement files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeasurementSummary {
+    /// Rows of `exposures.csv` (every partner row, with an `arm`).
+    pub exposures: usize,
+    /// Rows of `outcomes.csv` (the converting members, with a `value`).
+    pub outcomes: usize,
+}
+
+/// Adds campaign measurement files to a directory written by [`generate`], leaving
+/// its files untouched: `exposures.csv` (partner rows with an `arm` column, `test`
+/// or `control` at random) and `outcomes.csv` (the members who convert, with a
+/// `value` column of revenue in cents). Members linked by `truth.csv` to a `test`
+/// exposure convert with probability [`CONVERSION_TEST`], all others with
+/// [`CONVERSION_OTHER`]. A second generator, seeded from `seed`, is used, so the
+/// first three files stay byte-identical for the same seed.
+pub fn measurement_files(dir: &Path, seed: u64) -> Result<MeasurementSummary, SynthError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source: std::io::Error| SynthError::Io { path: path.clone(), source }
+    };
+    let csv_err = |path: &Path| {
+        let path = path.to_owned();
+        move |e: csv::Error| SynthError::Io { path: path.clone(), source: e.into() }
+    };
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x6d65_6173_7572_6521);
+    let (partner_path, members_path, truth_path) =
+        (dir.join("partner.csv"), dir.join("members.csv"), dir.join("truth.csv"));
+    let (exposures_path, outcomes_path) = (dir.join("exposures.csv"), dir.join("outcomes.csv"));
+    let mut in_test = std::collections::HashSet::new();
+    let mut arms = std::collections::HashMap::new();
+    let mut reader = csv::Reader::from_path(&partner_path).map_err(csv_err(&partner_path))?;
+    let mut writer = csv::Writer::from_path(&exposures_path).map_err(csv_err(&exposures_path))?;
+    writer.write_record(["id", "email", "phone", "arm"]).map_err(csv_err(&exposures_path))?;
+    let mut exposures = 0;
+    for row in reader.records() {
+        let row = row.map_err(csv_err(&partner_path))?;
+        let arm = if rng.gen_bool(0.5) { "test" } else { "control" };
+        arms.insert(row[0].to_owned(), arm);
+        writer.write_record([&row[0], &row[1], &row[2], arm]).map_err(csv_err(&exposures_path))?;
+        exposures += 1;
+    }
+    writer.flush().map_err(io(&exposures_path))?;
+    let mut truth = csv::Reader::from_path(&truth_path).map_err(csv_err(&truth_path))?;
+    for row in truth.records() {
+        let row = row.map_err(csv_err(&truth_path))?;
+        if arms.get(&row[0]) == Some(&"test") {
+            in_test.insert(row[1].to_owned());
+        }
+    }
+    let mut reader = csv::Reader::from_path(&members_path).map_err(csv_err(&members_path))?;
+    let mut writer = csv::Writer::from_path(&outcomes_path).map_err(csv_err(&outcomes_path))?;
+    writer.write_record(["id", "email", "phone", "value"]).map_err(csv_err(&outcomes_path))?;
+    let mut outcomes = 0;
+    for row in reader.records() {
+        let row = row.map_err(csv_err(&members_path))?;
+        let rate = if in_test.contains(&row[0]) { CONVERSION_TEST } else { CONVERSION_OTHER };
+        let converts = rng.gen_bool(rate);
+        let value = rng.gen_range(100..=50_000u32).to_string();
+        if converts {
+            writer.write_record([&row[0], &row[1], &row[2], value.as_str()]).map_err(csv_err(&outcomes_path))?;
+            outcomes += 1;
+        }
+    }
+    writer.flush().map_err(io(&outcomes_path))?;
+    Ok(MeasurementSummary { exposures, outcomes })
+}
+
 fn person(index: usize, distinct: bool, rng: &mut StdRng) -> Person {
     let first = FIRST[rng.gen_range(0..FIRST.len())];
     let last = LAST[rng.gen_range(0..LAST.len())];

@@ -4,6 +4,7 @@
 
 mod keygen;
 mod matching;
+mod measure;
 mod normalize;
 mod optout;
 mod serve;
@@ -40,6 +41,8 @@ pub enum Command {
     Synth(synth::SynthArgs),
     /// Match by private set intersection: two local files (both roles here), or against an owner's server.
     Match(Box<matching::MatchArgs>),
+    /// Campaign lift by private intersection-sum: per-group matched counts and value sums, both roles on two local files.
+    Measure(Box<measure::MeasureArgs>),
     /// Run the owner's gRPC matching server.
     Serve(serve::ServeArgs),
     /// Manage the durable opt-out store: add, remove, import, check, count, export, audit, verify.
@@ -119,6 +122,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keygen(args) => keygen::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Match(args) => matching::run(*args),
+        Command::Measure(args) => measure::run(*args),
         Command::Serve(args) => serve::run(args),
         Command::Optout(args) => optout::run(args),
     };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliResult;
-use idmatch::synth::{SynthOptions, generate};
+use idmatch::synth::{SynthOptions, generate, measurement_files};
 
 #[derive(Debug, Args)]
 pub struct SynthArgs {
@@ -24,6 +24,9 @@ pub struct SynthArgs {
     /// One valid email per row and no phone: exactly --rows distinct identifiers per file, for benchmarks.
     #[arg(long)]
     pub distinct: bool,
+    /// Also write exposures.csv (partner rows with a test/control `arm`) and outcomes.csv (converting members with a `value`) for `idmatch measure`; the other files are unchanged.
+    #[arg(long)]
+    pub measure: bool,
 }
 
 pub fn run(args: SynthArgs) -> CliResult {
@@ -37,5 +40,14 @@ pub fn run(args: SynthArgs) -> CliResult {
         t = summary.truth_pairs,
         s = summary.shared_people,
     );
+    if args.measure {
+        let m = measurement_files(&args.out_dir, args.seed)?;
+        println!(
+            "wrote {dir}/exposures.csv ({e} rows with an arm), {dir}/outcomes.csv ({o} converting members with a value)",
+            dir = args.out_dir.display(),
+            e = m.exposures,
+            o = m.outcomes,
+        );
+    }
     Ok(())
 }

@@ -61,7 +61,8 @@ pub enum ColumnError {
     Ambiguous(String),
 }
 
-fn clean(name: &str) -> String {
+/// A header name as compared: trimmed (spaces and a byte-order mark) and lowercased.
+pub(super) fn clean(name: &str) -> String {
     name.trim_matches(|c: char| c.is_whitespace() || c == '\u{FEFF}').to_lowercase()
 }
 

@@ -45,7 +45,18 @@ pub enum RowProblem {
     /// never counted, always refused ([`ReadError::UnclosedQuote`]), because the rows
     /// after it would silently become part of one field.
     UnclosedQuote,
+    /// The value column ([`ReadOptions::value_column`]) is empty.
+    MissingValue,
+    /// The value column does not hold a non-negative decimal integer.
+    BadValue,
+    /// The value column holds an integer above [`MAX_VALUE`] (2^32).
+    ValueTooLarge,
+    /// The group column ([`ReadOptions::group_column`]) is empty or not valid UTF-8.
+    MissingGroup,
 }
+
+/// The largest value a value column may hold: 2^32.
+pub const MAX_VALUE: u64 = 1 << 32;
 
 impl RowProblem {
     /// The machine-readable reason, as counted in [`ReadStats::bad_rows`] and written
@@ -56,6 +67,10 @@ impl RowProblem {
             RowProblem::MissingId => "missing_id",
             RowProblem::BadEncoding => "bad_encoding",
             RowProblem::UnclosedQuote => "unclosed_quote",
+            RowProblem::MissingValue => "missing_value",
+            RowProblem::BadValue => "bad_value",
+            RowProblem::ValueTooLarge => "value_too_large",
+            RowProblem::MissingGroup => "missing_group",
         }
     }
 }
@@ -121,6 +136,11 @@ pub struct RecordSet {
     id_ends: Vec<usize>,
     entries: Vec<Entry>,
     filter_digests: Option<FilterDigests>,
+    /// One value per record when read with a value column, else empty.
+    values: Vec<u64>,
+    /// One group index (into `group_names`) per record when read with a group column, else empty.
+    groups: Vec<u32>,
+    group_names: Vec<String>,
     stats: ReadStats,
 }
 
@@ -143,6 +163,9 @@ impl RecordSet {
             id_ends: Vec::new(),
             entries: Vec::new(),
             filter_digests: None,
+            values: Vec::new(),
+            groups: Vec::new(),
+            group_names: Vec::new(),
             stats: ReadStats::default(),
         }
     }
@@ -195,6 +218,24 @@ impl RecordSet {
     /// The filter digests, if the set was read with a filter digester.
     pub fn filter_digests(&self) -> Option<&FilterDigests> {
         self.filter_digests.as_ref()
+    }
+
+    /// Record `index`'s value, when the file was read with a value column
+    /// ([`ReadOptions::value_column`]).
+    pub fn value(&self, index: u32) -> Option<u64> {
+        self.values.get(index as usize).copied()
+    }
+
+    /// Record `index`'s group label, when the file was read with a group column
+    /// ([`ReadOptions::group_column`]).
+    pub fn group(&self, index: u32) -> Option<&str> {
+        let g = *self.groups.get(index as usize)?;
+        self.group_names.get(g as usize).map(String::as_str)
+    }
+
+    /// The distinct group labels, in order of first appearance (empty without a group column).
+    pub fn group_names(&self) -> &[String] {
+        &self.group_names
     }
 
     /// The counts gathered while reading the file.

@@ -13,8 +13,10 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
+use super::columns::clean;
 use super::{
-    ColumnError, ColumnMap, ColumnSpec, Entry, FilterDigests, RecordSet, RejectWriteError, RejectWriter, RowProblem,
+    ColumnError, ColumnMap, ColumnSpec, Entry, FilterDigests, MAX_VALUE, RecordSet, RejectWriteError, RejectWriter,
+    RowProblem,
 };
 use crate::normalize::{Kind, Normalizer, Region, Reject, parse_region};
 use crate::token::{Label, Token, Tokenizer};
@@ -47,6 +49,13 @@ pub struct ReadOptions {
     /// id would make them ambiguous. When false, repeats are counted in
     /// [`ReadStats::duplicate_ids`](super::ReadStats::duplicate_ids). Lists never check (a repeat there is harmless).
     pub unique_ids: bool,
+    /// A column holding one non-negative integer value (at most
+    /// [`MAX_VALUE`](super::MAX_VALUE)) per record (`idmatch measure`'s outcomes); a
+    /// row whose value is missing or invalid is a bad row, counted and reported.
+    pub value_column: Option<String>,
+    /// A column holding each record's group label (`idmatch measure`'s exposures,
+    /// e.g. `test`/`control`); a row with an empty label is a bad row.
+    pub group_column: Option<String>,
 }
 
 impl ReadOptions {
@@ -62,6 +71,8 @@ impl ReadOptions {
             list: false,
             complete: false,
             unique_ids: true,
+            value_column: None,
+            group_column: None,
         }
     }
 }
@@ -172,6 +183,10 @@ struct RowOut {
     valid: [u64; 2],
     /// Identifiers repeated within this row (e.g. the same email in two columns).
     repeated: u64,
+    /// The value column's value, when there is one.
+    value: Option<u64>,
+    /// The group column's label, when there is one.
+    group: Option<String>,
 }
 
 /// Reads `path` into a [`RecordSet`] of tokens under `tokenizer`.
@@ -196,6 +211,9 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
         .resolve(&header, !options.list)
         .map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
 
+    let extra =
+        resolve_extra(&columns, &options).map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
+
     let progress = if options.progress { ProgressBar::new(file_len) } else { ProgressBar::hidden() };
     progress.set_style(
         ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} ({eta})")
@@ -209,6 +227,8 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
         digests: options.filter_digester.as_ref().map(|_| FilterDigests::default()),
         ids: (columns.id.is_some() && !options.list).then(Vec::new),
         columns: &columns,
+        extra,
+        group_index: std::collections::HashMap::new(),
         rejects: options.rejects.take(),
         path,
         complete: options.complete,
@@ -222,6 +242,7 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
     let worker = Worker {
         list: options.list,
         columns: &columns,
+        extra,
         normalizer: &options.normalizer,
         tokenizer,
         digester: options.filter_digester.as_ref(),
@@ -263,6 +284,52 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
         rejects.finish()?;
     }
     Ok(set)
+}
+
+/// The value and group columns, resolved against the header.
+#[derive(Clone, Copy, Debug, Default)]
+struct Extra {
+    value: Option<usize>,
+    group: Option<usize>,
+}
+
+/// Finds the value and group columns named in `options`: each must exist and serve
+/// no other role.
+fn resolve_extra(columns: &ColumnMap, options: &ReadOptions) -> Result<Extra, ColumnError> {
+    let find = |wanted: &Option<String>| -> Result<Option<usize>, ColumnError> {
+        let Some(wanted) = wanted else { return Ok(None) };
+        let wanted = clean(wanted);
+        let index =
+            columns.names.iter().position(|n| *n == wanted).ok_or_else(|| ColumnError::NotFound(wanted.clone()))?;
+        if columns.used().any(|c| c == index) {
+            return Err(ColumnError::Ambiguous(wanted));
+        }
+        Ok(Some(index))
+    };
+    let extra = Extra { value: find(&options.value_column)?, group: find(&options.group_column)? };
+    if let (Some(v), Some(g)) = (extra.value, extra.group)
+        && v == g
+    {
+        return Err(ColumnError::Ambiguous(columns.names[v].clone()));
+    }
+    Ok(extra)
+}
+
+/// A value cell: a non-negative decimal integer of at most [`MAX_VALUE`].
+fn parse_value(cell: &[u8]) -> Result<u64, RowProblem> {
+    let digits = cell.trim_ascii();
+    if digits.is_empty() {
+        return Err(RowProblem::MissingValue);
+    }
+    let digits = digits.strip_prefix(b"+").unwrap_or(digits);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(RowProblem::BadValue);
+    }
+    let mut value: u64 = 0;
+    for &d in digits {
+        value = value.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+    }
+    if value > MAX_VALUE { Err(RowProblem::ValueTooLarge) } else { Ok(value) }
 }
 
 /// `.tsv`/`.tab` files are tab-separated; otherwise a first line with tabs and no
@@ -315,6 +382,7 @@ fn parse_rows<R: Read>(
 struct Worker<'a> {
     list: bool,
     columns: &'a ColumnMap,
+    extra: Extra,
     normalizer: &'a Normalizer,
     tokenizer: &'a Tokenizer,
     digester: Option<&'a Tokenizer>,
@@ -333,6 +401,8 @@ impl Worker<'_> {
             blank_cells: 0,
             valid: [0; 2],
             repeated: 0,
+            value: None,
+            group: None,
         };
         // Ids, identifiers and regions never span lines: a line break in one of
         // them, or in a row of the wrong length, is a quote that was never closed.
@@ -345,7 +415,8 @@ impl Worker<'_> {
             });
             return out;
         }
-        if self.columns.used().any(|col| spans_lines(&record[col])) {
+        let extra = [self.extra.value, self.extra.group];
+        if self.columns.used().chain(extra.into_iter().flatten()).any(|col| spans_lines(&record[col])) {
             out.id = Err(RowProblem::UnclosedQuote);
             return out;
         }
@@ -358,6 +429,24 @@ impl Worker<'_> {
             },
         };
         let Ok(id) = &out.id else { return out };
+        if let Some(col) = self.extra.value {
+            match parse_value(&record[col]) {
+                Ok(value) => out.value = Some(value),
+                Err(problem) => {
+                    out.id = Err(problem);
+                    return out;
+                }
+            }
+        }
+        if let Some(col) = self.extra.group {
+            match std::str::from_utf8(&record[col]).map(str::trim) {
+                Ok(label) if !label.is_empty() => out.group = Some(label.to_owned()),
+                _ => {
+                    out.id = Err(RowProblem::MissingGroup);
+                    return out;
+                }
+            }
+        }
         // Line numbers are not member ids: without an id column the record gets a
         // digest under a label no filter entry uses, so a filtered id `42` (an
         // opt-out by member id) can never remove line 42.
@@ -409,6 +498,9 @@ struct Sink<'a> {
     /// `(hash of id, record, line)` per record, when ids are checked for repeats.
     ids: Option<Vec<(u64, u32, u32)>>,
     columns: &'a ColumnMap,
+    extra: Extra,
+    /// Group label → index into the set's group names.
+    group_index: std::collections::HashMap<String, u32>,
     rejects: Option<RejectWriter>,
     path: &'a Path,
     complete: bool,
@@ -429,7 +521,12 @@ impl Sink<'_> {
                 return Err(ReadError::UnclosedQuote { path: self.path.to_owned(), line: out.line });
             }
             Err(problem) => {
-                let column = columns.id.filter(|_| problem != RowProblem::WrongFieldCount);
+                let column = match problem {
+                    RowProblem::WrongFieldCount => None,
+                    RowProblem::MissingValue | RowProblem::BadValue | RowProblem::ValueTooLarge => self.extra.value,
+                    RowProblem::MissingGroup => self.extra.group,
+                    _ => columns.id,
+                };
                 if self.complete {
                     return Err(self.incomplete(out.line, column, problem.code()));
                 }
@@ -471,6 +568,17 @@ impl Sink<'_> {
             }
         }
         let record = self.set.push_record(&id);
+        if let Some(value) = out.value {
+            self.set.values.push(value);
+        }
+        if let Some(label) = out.group {
+            let next = self.set.group_names.len() as u32;
+            let index = *self.group_index.entry(label).or_insert_with_key(|label| {
+                self.set.group_names.push(label.clone());
+                next
+            });
+            self.set.groups.push(index);
+        }
         if let Some(ids) = &mut self.ids {
             ids.push((ID_HASHER.hash_one(&id), record, u32::try_from(out.line).unwrap_or(u32::MAX)));
         }

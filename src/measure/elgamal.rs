@@ -1,0 +1,360 @@
+//! Exponential ElGamal on ristretto255: additively homomorphic encryption of small
+//! integers, decrypted by a bounded discrete logarithm (baby-step giant-step).
+//!
+//! `Enc(m; r) = (r·G, m·G + r·Y)` with `Y = x·G`. Adding ciphertexts adds the
+//! plaintexts; adding `Enc(0)` re-randomizes. Decryption recovers `m·G = C2 − x·C1`
+//! and then `m` by baby-step giant-step, which is only feasible for a known bound:
+//! values are therefore encrypted as [`LIMBS`] limbs of [`LIMB_BITS`] bits (low 16
+//! bits, then the rest, at most 2^16 for a value of 2^32), each summed separately, so
+//! that a sum over `n` people stays below `n·2^16` per limb (docs/PROTOCOL.md §12).
+
+use std::collections::HashMap;
+
+use curve25519_dalek::constants::{RISTRETTO_BASEPOINT_POINT, RISTRETTO_BASEPOINT_TABLE};
+use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoBasepointTable, RistrettoPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{Identity, IsIdentity};
+use rand::{CryptoRng, RngCore};
+use rayon::prelude::*;
+use sha2::{Digest, Sha512};
+use zeroize::Zeroizing;
+
+/// Bytes in one encoded ciphertext: `C1 ‖ C2`, two canonical ristretto255 encodings.
+pub const CIPHERTEXT_LEN: usize = 64;
+/// Bits in each limb but the last.
+pub const LIMB_BITS: u32 = 16;
+/// Limbs per encrypted value: `v mod 2^16` and `v >> 16` (at most 2^16 for `v ≤ 2^32`).
+pub const LIMBS: usize = 2;
+/// The largest value of the last limb: `2^32 >> 16`.
+pub const MAX_HIGH_LIMB: u64 = 1 << 16;
+/// The largest number of baby steps a [`DlogTable`] holds (2^20, about 20 MB).
+pub const MAX_BABY_STEPS: u64 = 1 << 20;
+
+/// Why a ciphertext received from the peer was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CiphertextError {
+    /// `C1` or `C2` is not a canonical ristretto255 encoding.
+    #[error("ciphertext {index}: component {part} is not a canonical ristretto255 encoding")]
+    NonCanonical {
+        /// Position of the ciphertext in its message (0-based).
+        index: usize,
+        /// 1 for `C1`, 2 for `C2`.
+        part: u8,
+    },
+    /// `C1` is the identity: the ciphertext was not randomized.
+    #[error("ciphertext {index}: C1 is the identity element (not randomized)")]
+    Unrandomized {
+        /// Position of the ciphertext in its message (0-based).
+        index: usize,
+    },
+}
+
+/// A decryption that found no plaintext within its bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the decrypted sum is not an integer in 0..={max}")]
+pub struct DecryptError {
+    /// The bound searched.
+    pub max: u64,
+}
+
+/// The owner's ElGamal secret `x`: zeroized on drop, never printed.
+pub struct SecretKey(Zeroizing<Scalar>);
+
+impl SecretKey {
+    /// A uniformly random non-zero scalar from `rng`.
+    pub fn random<R: RngCore + CryptoRng>(rng: &mut R) -> SecretKey {
+        SecretKey(Zeroizing::new(random_scalar(rng)))
+    }
+
+    /// `SHA-512(label) mod ℓ`: fixed keys for the test vectors of docs/PROTOCOL.md §12 only.
+    pub fn from_label(label: &str) -> SecretKey {
+        SecretKey(Zeroizing::new(label_scalar(label)))
+    }
+
+    /// `Y = x·G`.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(&*self.0 * RISTRETTO_BASEPOINT_TABLE)
+    }
+
+    /// `m·G = C2 − x·C1`, then `m` in `0..=max` by baby-step giant-step over `table`.
+    pub fn decrypt(&self, ciphertext: &Ciphertext, max: u64, table: &DlogTable) -> Result<u64, DecryptError> {
+        let point = ciphertext.c2 - ciphertext.c1 * *self.0;
+        table.solve(&point, max).ok_or(DecryptError { max })
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+/// `SHA-512(label) mod ℓ` (test vectors).
+pub fn label_scalar(label: &str) -> Scalar {
+    let wide: [u8; 64] = Sha512::digest(label.as_bytes()).into();
+    Scalar::from_bytes_mod_order_wide(&wide)
+}
+
+/// A uniformly random non-zero scalar (64 bytes reduced mod ℓ).
+pub fn random_scalar<R: RngCore + CryptoRng>(rng: &mut R) -> Scalar {
+    loop {
+        let mut wide = Zeroizing::new([0u8; 64]);
+        rng.fill_bytes(wide.as_mut());
+        let s = Scalar::from_bytes_mod_order_wide(&wide);
+        if s != Scalar::ZERO {
+            return s;
+        }
+    }
+}
+
+/// The public key `Y = x·G`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublicKey(RistrettoPoint);
+
+impl PublicKey {
+    /// The 32-byte canonical encoding.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.compress().to_bytes()
+    }
+
+    /// Decodes a peer's public key, refusing non-canonical encodings and the identity.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Option<PublicKey> {
+        CompressedRistretto(*bytes).decompress().filter(|p| !p.is_identity()).map(PublicKey)
+    }
+}
+
+/// `(C1, C2)`: one encrypted limb.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ciphertext {
+    c1: RistrettoPoint,
+    c2: RistrettoPoint,
+}
+
+impl Ciphertext {
+    /// `(O, O)`: the neutral element of homomorphic addition (not a valid ciphertext
+    /// to send: re-randomize a sum before it leaves).
+    pub fn zero() -> Ciphertext {
+        Ciphertext { c1: RistrettoPoint::identity(), c2: RistrettoPoint::identity() }
+    }
+
+    /// `C1 ‖ C2`.
+    pub fn to_bytes(&self) -> [u8; CIPHERTEXT_LEN] {
+        let mut out = [0u8; CIPHERTEXT_LEN];
+        out[..32].copy_from_slice(self.c1.compress().as_bytes());
+        out[32..].copy_from_slice(self.c2.compress().as_bytes());
+        out
+    }
+
+    /// Decodes a peer's ciphertext (`index`: its position, for the error): both parts
+    /// canonical, `C1` not the identity.
+    pub fn from_bytes(bytes: &[u8; CIPHERTEXT_LEN], index: usize) -> Result<Ciphertext, CiphertextError> {
+        let part = |range: std::ops::Range<usize>, part: u8| {
+            let mut b = [0u8; 32];
+            b.copy_from_slice(&bytes[range]);
+            CompressedRistretto(b).decompress().ok_or(CiphertextError::NonCanonical { index, part })
+        };
+        let (c1, c2) = (part(0..32, 1)?, part(32..64, 2)?);
+        if c1.is_identity() {
+            return Err(CiphertextError::Unrandomized { index });
+        }
+        Ok(Ciphertext { c1, c2 })
+    }
+
+    /// The homomorphic sum: decrypts to the sum of the plaintexts.
+    pub fn add(&self, other: &Ciphertext) -> Ciphertext {
+        Ciphertext { c1: self.c1 + other.c1, c2: self.c2 + other.c2 }
+    }
+}
+
+/// Encryption under one public key, with a precomputed table for `Y`.
+pub struct Encryptor {
+    key: PublicKey,
+    table: Box<RistrettoBasepointTable>,
+}
+
+impl std::fmt::Debug for Encryptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encryptor").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+impl Encryptor {
+    /// Precomputes the table for `key` (a few hundred microseconds).
+    pub fn new(key: PublicKey) -> Encryptor {
+        Encryptor { key, table: Box::new(RistrettoBasepointTable::create(&key.0)) }
+    }
+
+    /// `Enc(m; r) = (r·G, m·G + r·Y)`.
+    pub fn encrypt_with(&self, m: u64, r: &Scalar) -> Ciphertext {
+        let m_g = &Scalar::from(m) * RISTRETTO_BASEPOINT_TABLE;
+        Ciphertext { c1: r * RISTRETTO_BASEPOINT_TABLE, c2: m_g + r * &*self.table }
+    }
+
+    /// `Enc(m)` with a fresh random `r`.
+    pub fn encrypt<R: RngCore + CryptoRng>(&self, m: u64, rng: &mut R) -> Ciphertext {
+        self.encrypt_with(m, &Zeroizing::new(random_scalar(rng)))
+    }
+
+    /// A value of at most 2^32 as its [`LIMBS`] limbs: `v mod 2^16`, `v >> 16`.
+    pub fn encrypt_value<R: RngCore + CryptoRng>(&self, value: u64, rng: &mut R) -> [Ciphertext; LIMBS] {
+        let [low, high] = limbs(value);
+        [self.encrypt(low, rng), self.encrypt(high, rng)]
+    }
+
+    /// `C + Enc(0)`: the same plaintext, unlinkable to `C`.
+    pub fn rerandomize<R: RngCore + CryptoRng>(&self, ciphertext: &Ciphertext, rng: &mut R) -> Ciphertext {
+        ciphertext.add(&self.encrypt(0, rng))
+    }
+}
+
+/// `[v mod 2^16, v >> 16]`.
+pub fn limbs(value: u64) -> [u64; LIMBS] {
+    [value & ((1 << LIMB_BITS) - 1), value >> LIMB_BITS]
+}
+
+/// Baby steps: `compress(j·G)` for `j < m`, keyed by its first 8 bytes; giant step `m·G`.
+pub struct DlogTable {
+    baby_steps: u64,
+    table: HashMap<u64, u32>,
+    /// `(m·G)/2`: giant steps are taken on halved points and encoded doubled, so that
+    /// one field inversion serves a whole batch (`double_and_compress_batch`).
+    giant_half: RistrettoPoint,
+}
+
+impl std::fmt::Debug for DlogTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DlogTable").field("baby_steps", &self.baby_steps).finish_non_exhaustive()
+    }
+}
+
+/// Points per batch encoding.
+const BATCH: u64 = 1024;
+
+fn key_of(bytes: &[u8; 32]) -> u64 {
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(k)
+}
+
+impl DlogTable {
+    /// The baby-step count for sums of at most `max`: about `√max`, a power of two
+    /// between 2^8 and [`MAX_BABY_STEPS`], so that baby and giant steps balance.
+    pub fn baby_steps_for(max: u64) -> u64 {
+        let root = (max as f64).sqrt().ceil() as u64;
+        root.next_power_of_two().clamp(1 << 8, MAX_BABY_STEPS)
+    }
+
+    /// Builds the table of `baby_steps` entries (at most [`MAX_BABY_STEPS`]) on all cores.
+    pub fn new(baby_steps: u64) -> DlogTable {
+        let baby_steps = baby_steps.clamp(1, MAX_BABY_STEPS);
+        let half = Scalar::from(2u8).invert();
+        let g_half = RISTRETTO_BASEPOINT_POINT * half;
+        let batches = baby_steps.div_ceil(BATCH);
+        let table: HashMap<u64, u32> = (0..batches)
+            .into_par_iter()
+            .flat_map_iter(|b| {
+                let start = b * BATCH;
+                let end = (start + BATCH).min(baby_steps);
+                let mut point = g_half * Scalar::from(start);
+                let mut halves = Vec::with_capacity((end - start) as usize);
+                for _ in start..end {
+                    halves.push(point);
+                    point += g_half;
+                }
+                let encoded = RistrettoPoint::double_and_compress_batch(&halves);
+                encoded.into_iter().enumerate().map(move |(i, c)| (key_of(c.as_bytes()), (start + i as u64) as u32))
+            })
+            .collect();
+        let giant_half = RISTRETTO_BASEPOINT_POINT * (Scalar::from(baby_steps) * half);
+        DlogTable { baby_steps, table, giant_half }
+    }
+
+    /// The number of baby steps `m`.
+    pub fn baby_steps(&self) -> u64 {
+        self.baby_steps
+    }
+
+    /// `m` in `0..=max` with `m·G = point`, if there is one.
+    pub fn solve(&self, point: &RistrettoPoint, max: u64) -> Option<u64> {
+        let half = Scalar::from(2u8).invert();
+        let target_half = point * half;
+        let giants = max / self.baby_steps + 1;
+        (0..giants.div_ceil(BATCH)).into_par_iter().find_map_first(|b| {
+            let start = b * BATCH;
+            let end = (start + BATCH).min(giants);
+            let mut current = target_half - self.giant_half * Scalar::from(start);
+            let mut halves = Vec::with_capacity((end - start) as usize);
+            for _ in start..end {
+                halves.push(current);
+                current -= self.giant_half;
+            }
+            let encoded = RistrettoPoint::double_and_compress_batch(&halves);
+            encoded.iter().enumerate().find_map(|(i, c)| {
+                let j = *self.table.get(&key_of(c.as_bytes()))?;
+                let m = (start + i as u64) * self.baby_steps + u64::from(j);
+                // The key is 8 bytes of the encoding: confirm the whole point.
+                (m <= max && &Scalar::from(m) * RISTRETTO_BASEPOINT_TABLE == *point).then_some(m)
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn encrypts_adds_rerandomizes_and_decrypts() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let sk = SecretKey::random(&mut rng);
+        let enc = Encryptor::new(sk.public_key());
+        let table = DlogTable::new(1 << 10);
+        let values = [0u64, 1, 65535, 65536, 123_456, 1 << 32];
+        let mut sums = [Ciphertext::zero(); LIMBS];
+        for &v in &values {
+            let cts = enc.encrypt_value(v, &mut rng);
+            for (s, c) in sums.iter_mut().zip(&cts) {
+                *s = s.add(c);
+            }
+        }
+        let sums = sums.map(|s| enc.rerandomize(&s, &mut rng));
+        let bound = values.len() as u64 * MAX_HIGH_LIMB;
+        let low = sk.decrypt(&sums[0], bound, &table).unwrap();
+        let high = sk.decrypt(&sums[1], bound, &table).unwrap();
+        assert_eq!(low + (high << LIMB_BITS), values.iter().sum::<u64>());
+        let one = enc.encrypt(5, &mut rng);
+        assert_eq!(sk.decrypt(&one, 4, &table), Err(DecryptError { max: 4 }));
+        assert_ne!(enc.rerandomize(&one, &mut rng), one);
+    }
+
+    #[test]
+    fn large_sums_decrypt_with_a_balanced_table() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let sk = SecretKey::random(&mut rng);
+        let enc = Encryptor::new(sk.public_key());
+        let max = 10_000 * MAX_HIGH_LIMB;
+        let table = DlogTable::new(DlogTable::baby_steps_for(max));
+        for m in [0, 1, max / 3 + 17, max] {
+            assert_eq!(sk.decrypt(&enc.encrypt(m, &mut rng), max, &table), Ok(m));
+        }
+    }
+
+    #[test]
+    fn ciphertext_round_trips_and_refuses_bad_points() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let enc = Encryptor::new(SecretKey::random(&mut rng).public_key());
+        let c = enc.encrypt(3, &mut rng);
+        assert_eq!(Ciphertext::from_bytes(&c.to_bytes(), 0), Ok(c));
+        let mut bad = c.to_bytes();
+        bad[40] = 0xff;
+        bad[63] = 0xff;
+        assert_eq!(Ciphertext::from_bytes(&bad, 4), Err(CiphertextError::NonCanonical { index: 4, part: 2 }));
+        let mut zero = c.to_bytes();
+        zero[..32].fill(0);
+        assert_eq!(Ciphertext::from_bytes(&zero, 1), Err(CiphertextError::Unrandomized { index: 1 }));
+        assert_eq!(format!("{:?}", SecretKey::random(&mut rng)), "SecretKey(<redacted>)");
+    }
+}

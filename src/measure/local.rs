@@ -1,0 +1,370 @@
+//! `idmatch measure` on two local files: reads the owner's outcomes and the
+//! partner's exposures, applies opt-outs and suppressions, runs both roles over the
+//! in-memory transport and writes `measurement.json`.
+//!
+//! `measurement.json` appears whole or not at all (written to a temporary file in
+//! the output directory, then renamed). It holds aggregate figures only: no record,
+//! id or identifier of either side.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::owner::{Measurement, OwnerConfig};
+use super::partner::PartnerConfig;
+use super::stats::{GroupFigures, Lift, Noise};
+use super::{Exposure, Learner, MeasureError, Owner, Partner, Person, run_in_memory};
+use crate::key::{Key, KeyError};
+use crate::normalize::Normalizer;
+use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
+use crate::prepare;
+use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
+use crate::token::{Token, Tokenizer};
+
+/// The label of the one group used when the exposures have no group column.
+pub const DEFAULT_GROUP: &str = "all";
+
+/// Everything a local measurement needs.
+#[derive(Clone, Debug)]
+pub struct MeasureOptions {
+    /// The owner's outcome file (CSV/TSV with a header).
+    pub owner: PathBuf,
+    /// The partner's exposure file (CSV/TSV with a header).
+    pub partner: PathBuf,
+    /// The campaign key file both sides tokenize under.
+    pub key_file: PathBuf,
+    /// The owner's value column (non-negative integers up to 2^32).
+    pub value_column: String,
+    /// The partner's group column; `None`: one group, `all`.
+    pub group_column: Option<String>,
+    /// Normalization profile for both files and the lists.
+    pub normalizer: Normalizer,
+    /// Id and identifier columns of both files (unset ones are detected).
+    pub columns: ColumnSpec,
+    /// The owner's opt-out list: opted-out people are never sent.
+    pub optouts: Option<PathBuf>,
+    /// The partner's suppression list, applied to the exposures the same way.
+    pub suppress: Option<PathBuf>,
+    /// What to do with unreadable rows of the lists (default: refuse).
+    pub bad_list_rows: BadRows,
+    /// Directory for `measurement.json` (created if missing).
+    pub out_dir: PathBuf,
+    /// Figures over fewer matched people are suppressed.
+    pub min_aggregate: u64,
+    /// Differential-privacy noise (values are clipped to `clip` first).
+    pub noise: Option<Noise>,
+    /// Seed of the noise generator; `None`: from the OS.
+    pub seed: Option<u64>,
+    /// Who receives the released figures.
+    pub learner: Learner,
+    /// Also write `owner_rejects.csv` and `partner_rejects.csv` (line, column,
+    /// reason; no values) to the output directory.
+    pub write_rejects: bool,
+    /// Show progress bars while reading.
+    pub progress: bool,
+}
+
+/// Why a local measurement failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeasureFailure {
+    /// The campaign key file could not be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// An input file could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The opt-out or suppression list could not be used.
+    #[error(transparent)]
+    OptOut(#[from] OptOutError),
+    /// A reject report could not be written.
+    #[error(transparent)]
+    Rejects(#[from] RejectWriteError),
+    /// The protocol between the two roles failed.
+    #[error(transparent)]
+    Protocol(#[from] MeasureError),
+    /// Epsilon must be a positive finite number, and the clip value positive.
+    #[error("--epsilon must be a positive finite number and --clip-value at least 1")]
+    BadNoise,
+    /// More than 16 distinct groups in the exposures.
+    #[error("{0} groups in the exposure file; at most 16 are supported")]
+    TooManyGroups(usize),
+    /// Creating the output directory or writing `measurement.json` failed.
+    #[error("{path}: {source}")]
+    Write {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// One side's counts, as written to `measurement.json`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SideReport {
+    /// The input file, as given.
+    pub file: String,
+    /// How the file was read (flattened).
+    #[serde(flatten)]
+    pub read: ReadStats,
+    /// Records removed by opt-outs (owner) or suppressions (partner).
+    pub excluded_records: u64,
+    /// Records left after exclusion (the partner's group sizes add up to this).
+    pub records_after_exclusion: u64,
+    /// Bundles sent: people (owner) or exposure records (partner) with at least one identifier.
+    pub bundles_sent: u64,
+    /// Identifiers left out because an earlier record of the same file holds the same
+    /// one (each identifier belongs to one person only).
+    pub shared_identifiers_dropped: u64,
+    /// Values lowered to the clip value (owner, with noise).
+    pub clipped_values: u64,
+}
+
+/// The whole `measurement.json`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MeasurementReport {
+    /// Normalization profile.
+    pub profile: String,
+    /// Who received the released figures.
+    pub learner: String,
+    /// Figures over fewer matched people are written as `"<N>"`.
+    pub min_aggregate: u64,
+    /// Total epsilon of the noise, if any.
+    pub epsilon: Option<f64>,
+    /// The clip value of the noise, if any.
+    pub clip_value: Option<u64>,
+    /// The owner's counts.
+    pub owner: SideReport,
+    /// The partner's counts.
+    pub partner: SideReport,
+    /// Per group, in label order.
+    pub groups: Vec<GroupFigures>,
+    /// Lift of `test` over `control`.
+    pub lift: Option<Lift>,
+}
+
+/// Runs the measurement and writes `measurement.json` into `options.out_dir`.
+pub fn run(options: &MeasureOptions) -> Result<MeasurementReport, MeasureFailure> {
+    if let Some(n) = options.noise
+        && (!n.epsilon.is_finite() || n.epsilon <= 0.0 || n.clip == 0)
+    {
+        return Err(MeasureFailure::BadNoise);
+    }
+    let key = Key::load(&options.key_file)?;
+    let tokenizer = Tokenizer::new(&key);
+    let list = |path: &Option<PathBuf>| {
+        path.as_ref()
+            .map(|p| FileList::read(p, options.normalizer.clone(), ColumnSpec::default(), None, options.bad_list_rows))
+            .transpose()
+    };
+    let optouts = list(&options.optouts)?;
+    if options.write_rejects {
+        std::fs::create_dir_all(&options.out_dir)
+            .map_err(|source| MeasureFailure::Write { path: options.out_dir.clone(), source })?;
+    }
+    let suppress = list(&options.suppress)?;
+    let read = |path: &Path, filter: Option<&FileList>, value: bool| -> Result<RecordSet, MeasureFailure> {
+        let mut read = ReadOptions::new(options.normalizer.clone());
+        read.columns = options.columns.clone();
+        read.progress = options.progress;
+        if options.write_rejects {
+            let name = if value { "owner_rejects.csv" } else { "partner_rejects.csv" };
+            read.rejects = Some(RejectWriter::create(&options.out_dir.join(name), false)?);
+        }
+        if value {
+            read.value_column = Some(options.value_column.clone());
+        } else {
+            read.group_column = options.group_column.clone();
+        }
+        Ok(prepare::read(path, &tokenizer, read, filter.map(OptOutSource::digester))?)
+    };
+    let owner_records = read(&options.owner, optouts.as_ref(), true)?;
+    let partner_records = read(&options.partner, suppress.as_ref(), false)?;
+    let owner_excluded = prepare::excluded(&owner_records, optouts.as_ref().map(|l| l as &dyn OptOutSource))?;
+    let partner_excluded = prepare::excluded(&partner_records, suppress.as_ref().map(|l| l as &dyn OptOutSource))?;
+
+    let clip = options.noise.map(|n| n.clip);
+    let (people, mut owner_report) = owner_people(&owner_records, &owner_excluded, clip);
+    owner_report.file = options.owner.display().to_string();
+    let (labels, group_records, exposures, mut partner_report) =
+        partner_exposures(&partner_records, &partner_excluded)?;
+    partner_report.file = options.partner.display().to_string();
+
+    let owner_config = OwnerConfig {
+        min_aggregate: options.min_aggregate,
+        learner: options.learner,
+        noise: options.noise,
+        seed: options.seed,
+    };
+    let partner_config = PartnerConfig { min_aggregate: options.min_aggregate, learner: options.learner };
+    let mut owner = Owner::new(owner_config, &people)?;
+    let mut partner = Partner::new(partner_config, labels, group_records, &exposures)?;
+    run_in_memory(&mut owner, &mut partner)?;
+    let Measurement { groups, lift } = owner.result().cloned().ok_or(MeasureError::Stalled)?;
+    let report = MeasurementReport {
+        profile: options.normalizer.profile().name().to_owned(),
+        learner: options.learner.name().to_owned(),
+        min_aggregate: options.min_aggregate,
+        epsilon: options.noise.map(|n| n.epsilon),
+        clip_value: clip,
+        owner: owner_report,
+        partner: partner_report,
+        groups,
+        lift,
+    };
+    write_report(&options.out_dir, &report)?;
+    Ok(report)
+}
+
+/// Writes `measurement.json` atomically (temporary file, then rename).
+fn write_report(out_dir: &Path, report: &MeasurementReport) -> Result<(), MeasureFailure> {
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| MeasureFailure::Write { path, source }
+    };
+    std::fs::create_dir_all(out_dir).map_err(err(out_dir))?;
+    let path = out_dir.join("measurement.json");
+    let mut file = tempfile::Builder::new().prefix(".measurement-").tempfile_in(out_dir).map_err(err(out_dir))?;
+    serde_json::to_writer_pretty(&mut file, report).map_err(|e| err(&path)(e.into()))?;
+    file.write_all(b"\n").map_err(err(&path))?;
+    file.as_file().sync_all().map_err(err(&path))?;
+    file.persist(&path).map_err(|e| err(&path)(e.error))?;
+    Ok(())
+}
+
+/// Each record's tokens, in record order; a token already held by an earlier
+/// (non-excluded) record is left out and counted.
+fn tokens_by_record(records: &RecordSet, excluded: &[bool]) -> (Vec<Vec<Token>>, u64) {
+    let mut by_record: Vec<Vec<Token>> = vec![Vec::new(); records.len()];
+    let mut seen: HashSet<Token> = HashSet::with_capacity(records.entries().len());
+    let mut dropped = 0;
+    for e in records.entries() {
+        if excluded.get(e.record as usize).copied().unwrap_or(false) {
+            continue;
+        }
+        if seen.insert(e.token) {
+            by_record[e.record as usize].push(e.token);
+        } else {
+            dropped += 1;
+        }
+    }
+    (by_record, dropped)
+}
+
+fn side_report(records: &RecordSet, excluded: &[bool], sent: u64, dropped: u64, clipped: u64) -> SideReport {
+    let excluded_records = excluded.iter().filter(|&&x| x).count() as u64;
+    SideReport {
+        file: String::new(),
+        read: records.stats().clone(),
+        excluded_records,
+        records_after_exclusion: records.len() as u64 - excluded_records,
+        bundles_sent: sent,
+        shared_identifiers_dropped: dropped,
+        clipped_values: clipped,
+    }
+}
+
+/// The owner's people: one per non-excluded record with at least one identifier,
+/// its value clipped to `clip`.
+fn owner_people(records: &RecordSet, excluded: &[bool], clip: Option<u64>) -> (Vec<Person>, SideReport) {
+    let (by_record, dropped) = tokens_by_record(records, excluded);
+    let mut clipped = 0;
+    let people: Vec<Person> = by_record
+        .into_iter()
+        .enumerate()
+        .filter(|(_, tokens)| !tokens.is_empty())
+        .map(|(r, tokens)| {
+            let mut value = records.value(r as u32).unwrap_or(0);
+            if let Some(clip) = clip
+                && value > clip
+            {
+                value = clip;
+                clipped += 1;
+            }
+            Person { tokens, value }
+        })
+        .collect();
+    let report = side_report(records, excluded, people.len() as u64, dropped, clipped);
+    (people, report)
+}
+
+type PartnerSide = (Vec<String>, Vec<u64>, Vec<Exposure>, SideReport);
+
+/// The partner's groups (sorted labels), records per group, and exposures.
+fn partner_exposures(records: &RecordSet, excluded: &[bool]) -> Result<PartnerSide, MeasureFailure> {
+    let mut labels: Vec<String> = (0..records.len() as u32)
+        .filter(|&r| !excluded[r as usize])
+        .map(|r| records.group(r).unwrap_or(DEFAULT_GROUP).to_owned())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    labels.sort();
+    if labels.is_empty() {
+        labels.push(DEFAULT_GROUP.to_owned());
+    }
+    if labels.len() > super::message::MAX_GROUPS {
+        return Err(MeasureFailure::TooManyGroups(labels.len()));
+    }
+    let (by_record, dropped) = tokens_by_record(records, excluded);
+    let mut group_records = vec![0u64; labels.len()];
+    let mut exposures = Vec::new();
+    for (r, tokens) in by_record.into_iter().enumerate() {
+        if excluded[r] {
+            continue;
+        }
+        let label = records.group(r as u32).unwrap_or(DEFAULT_GROUP);
+        let group = labels.iter().position(|l| l == label).unwrap_or(0);
+        group_records[group] += 1;
+        if !tokens.is_empty() {
+            exposures.push(Exposure { tokens, group: group as u8 });
+        }
+    }
+    let report = side_report(records, excluded, exposures.len() as u64, dropped, 0);
+    Ok((labels, group_records, exposures, report))
+}
+
+/// The readable table printed by `idmatch measure`.
+pub fn format_table(report: &MeasurementReport) -> String {
+    let mut s = format!(
+        "{:<12} {:>12} {:>16} {:>16} {:>16} {:>10}\n",
+        "group", "size", "matched_records", "matched_people", "sum", "rate"
+    );
+    for g in &report.groups {
+        let rate =
+            g.conversion_rate.map_or_else(|| format!("<{}", report.min_aggregate), |r| format!("{:.4}%", r * 100.0));
+        s += &format!(
+            "{:<12} {:>12} {:>16} {:>16} {:>16} {:>10}\n",
+            g.group,
+            g.group_size,
+            g.matched_exposure_records.to_string(),
+            g.matched_outcome_people.to_string(),
+            g.sum.to_string(),
+            rate
+        );
+    }
+    match &report.lift {
+        Some(l) => {
+            s += &format!(
+                "lift (test vs control): absolute {:+.4} pp, relative {}, 95% CI [{:+.4}, {:+.4}] pp ({})\n",
+                l.absolute * 100.0,
+                l.relative.map_or_else(|| "n/a".to_owned(), |r| format!("{:+.2}%", r * 100.0)),
+                l.ci95[0] * 100.0,
+                l.ci95[1] * 100.0,
+                l.method
+            );
+        }
+        None if report.groups.iter().any(|g| g.group == "test") => {
+            s += &format!("lift: suppressed (test or control under {} matched people)\n", report.min_aggregate);
+        }
+        None => {}
+    }
+    if let Some(e) = report.epsilon {
+        s += &format!(
+            "noise: discrete Laplace, epsilon {e} (ε/3 per figure), values clipped at {}\n",
+            report.clip_value.unwrap_or(0)
+        );
+    }
+    s
+}

@@ -1,0 +1,419 @@
+//! The measurement protocol's messages and their byte-exact encoding
+//! (docs/PROTOCOL.md §12.3). Every count is big-endian; decoding checks every length
+//! before allocating and refuses trailing bytes.
+
+use crate::psi::message::{ELEMENT_LEN, Element};
+
+use super::elgamal::{CIPHERTEXT_LEN, LIMBS};
+
+/// Largest number of identifier elements in one bundle (one person or exposure record).
+pub const MAX_BUNDLE: u8 = 16;
+/// Largest number of exposure groups.
+pub const MAX_GROUPS: usize = 16;
+/// Largest group label, in bytes of UTF-8.
+pub const MAX_LABEL: usize = 64;
+/// Bytes of one person's encrypted value: [`LIMBS`] ciphertexts.
+pub const VALUE_LEN: usize = CIPHERTEXT_LEN * LIMBS;
+
+/// Message tags (the first byte of every message).
+pub mod tag {
+    /// Owner → partner: public key and the people's blinded bundles with encrypted values.
+    pub const PEOPLE: u8 = 1;
+    /// Partner → owner: group labels and the exposure records' blinded bundles.
+    pub const EXPOSURES: u8 = 2;
+    /// Owner → partner: the exposure bundles blinded again, shuffled.
+    pub const REBLINDED: u8 = 3;
+    /// Partner → owner: per group, its size and the matched counts with encrypted sums.
+    pub const SUMS: u8 = 4;
+    /// Owner → partner: the released figures (JSON), when the partner learns them.
+    pub const RELEASE: u8 = 5;
+}
+
+/// Tag 1: `Y`, the bundle size `k`, and per person `k` elements `b·P(t)` and the
+/// encrypted value limbs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct People {
+    /// The owner's ElGamal public key `Y`.
+    pub public_key: [u8; 32],
+    /// Elements per person (padded with random elements).
+    pub bundle: u8,
+    /// `bundle` elements per person, person after person.
+    pub elements: Vec<Element>,
+    /// One encrypted value (its limbs, `C1 ‖ C2` each) per person.
+    pub values: Vec<[u8; VALUE_LEN]>,
+}
+
+/// Tag 2 (and tag 3 without labels): bundles of `k` elements, each with a group index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exposures {
+    /// The group labels (tag 2 only; empty in tag 3).
+    pub labels: Vec<String>,
+    /// Elements per exposure record.
+    pub bundle: u8,
+    /// One group index per bundle.
+    pub groups: Vec<u8>,
+    /// `bundle` elements per record, record after record.
+    pub elements: Vec<Element>,
+}
+
+/// One group's line of tag 4.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSum {
+    /// Exposure records in the group.
+    pub records: u64,
+    /// The matched counts and sum; `None` when the partner suppressed the group
+    /// (fewer matched people than the minimum aggregate).
+    pub matched: Option<Matched>,
+}
+
+/// A group's matched figures, as the partner sends them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Matched {
+    /// Exposure records of the group matching at least one person.
+    pub records: u64,
+    /// People matching at least one exposure record of the group.
+    pub people: u64,
+    /// The re-randomized homomorphic sum of those people's values, limb by limb.
+    pub sum: [u8; VALUE_LEN],
+}
+
+/// A decoded message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Tag 1.
+    People(People),
+    /// Tag 2.
+    Exposures(Exposures),
+    /// Tag 3.
+    Reblinded(Exposures),
+    /// Tag 4: one line per group, in the order of the labels of tag 2.
+    Sums(Vec<GroupSum>),
+    /// Tag 5: the released figures as UTF-8 JSON.
+    Release(Vec<u8>),
+}
+
+impl Message {
+    /// The message's name in errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::People(_) => "people",
+            Message::Exposures(_) => "exposures",
+            Message::Reblinded(_) => "reblinded",
+            Message::Sums(_) => "sums",
+            Message::Release(_) => "release",
+        }
+    }
+}
+
+/// Why bytes are not a well-formed message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// No bytes at all.
+    #[error("empty message")]
+    Empty,
+    /// The first byte is no known tag.
+    #[error("unknown message tag {0}")]
+    UnknownTag(u8),
+    /// The message ends before a field it announces.
+    #[error("message truncated: {needed} more bytes needed at offset {offset}, {remaining} left")]
+    Truncated {
+        /// Offset of the field.
+        offset: usize,
+        /// Bytes the field needs.
+        needed: usize,
+        /// Bytes left.
+        remaining: usize,
+    },
+    /// Bytes follow the end of the message.
+    #[error("{0} bytes after the end of the message")]
+    TrailingBytes(usize),
+    /// The bundle size is 0 or above [`MAX_BUNDLE`].
+    #[error("bundle size {0} is not in 1..={MAX_BUNDLE}", MAX_BUNDLE = MAX_BUNDLE)]
+    BadBundle(u8),
+    /// No group labels, or more than [`MAX_GROUPS`].
+    #[error("{0} groups (1 to {MAX_GROUPS} allowed)", MAX_GROUPS = MAX_GROUPS)]
+    BadGroupCount(usize),
+    /// A label is empty, too long, not UTF-8 or repeated.
+    #[error("group label {index} is empty, longer than 64 bytes, not UTF-8 or repeated")]
+    BadLabel {
+        /// Position of the label.
+        index: usize,
+    },
+    /// A bundle names a group index beyond the labels.
+    #[error("bundle {index} names group {group}, but there are {groups} groups")]
+    GroupOutOfRange {
+        /// Position of the bundle.
+        index: usize,
+        /// The group index it names.
+        group: u8,
+        /// The number of groups.
+        groups: usize,
+    },
+    /// A group line's status byte is neither 0 (suppressed) nor 1 (present).
+    #[error("group {index}: status byte {status} is neither 0 nor 1")]
+    BadStatus {
+        /// Position of the group line.
+        index: usize,
+        /// The byte.
+        status: u8,
+    },
+    /// A label longer than [`MAX_LABEL`] bytes was to be encoded.
+    #[error("a group label is longer than {MAX_LABEL} bytes", MAX_LABEL = MAX_LABEL)]
+    LabelTooLong,
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], MessageError> {
+        let remaining = self.bytes.len() - self.offset;
+        if n > remaining {
+            return Err(MessageError::Truncated { offset: self.offset, needed: n, remaining });
+        }
+        let out = &self.bytes[self.offset..self.offset + n];
+        self.offset += n;
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8, MessageError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, MessageError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, MessageError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], MessageError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    /// A count of items of `size` bytes each, checked against what is left.
+    fn count(&mut self, size: usize) -> Result<usize, MessageError> {
+        let n = self.u32()? as usize;
+        let remaining = self.bytes.len() - self.offset;
+        let needed = n.saturating_mul(size);
+        if needed > remaining {
+            return Err(MessageError::Truncated { offset: self.offset, needed, remaining });
+        }
+        Ok(n)
+    }
+    fn bundle(&mut self) -> Result<u8, MessageError> {
+        match self.u8()? {
+            b @ 1..=MAX_BUNDLE => Ok(b),
+            b => Err(MessageError::BadBundle(b)),
+        }
+    }
+    fn elements(&mut self, n: usize) -> Result<Vec<Element>, MessageError> {
+        let bytes = self.take(n * ELEMENT_LEN)?;
+        Ok(bytes.chunks_exact(ELEMENT_LEN).map(|c| Element(c.try_into().unwrap_or([0; ELEMENT_LEN]))).collect())
+    }
+    fn end(&self) -> Result<(), MessageError> {
+        match self.bytes.len() - self.offset {
+            0 => Ok(()),
+            n => Err(MessageError::TrailingBytes(n)),
+        }
+    }
+}
+
+/// Decodes one message.
+pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
+    let mut r = Reader { bytes, offset: 0 };
+    let tag = r.u8().map_err(|_| MessageError::Empty)?;
+    let message = match tag {
+        tag::PEOPLE => {
+            let public_key = r.array::<32>()?;
+            let bundle = r.bundle()?;
+            let k = usize::from(bundle);
+            let n = r.count(k * ELEMENT_LEN + VALUE_LEN)?;
+            let mut elements = Vec::with_capacity(n * k);
+            let mut values = Vec::with_capacity(n);
+            for _ in 0..n {
+                elements.extend(r.elements(k)?);
+                values.push(r.array::<VALUE_LEN>()?);
+            }
+            Message::People(People { public_key, bundle, elements, values })
+        }
+        tag::EXPOSURES | tag::REBLINDED => {
+            let labels = if tag == tag::EXPOSURES {
+                let g = usize::from(r.u8()?);
+                if g == 0 || g > MAX_GROUPS {
+                    return Err(MessageError::BadGroupCount(g));
+                }
+                let mut labels: Vec<String> = Vec::with_capacity(g);
+                for index in 0..g {
+                    let len = usize::from(r.u8()?);
+                    let text = std::str::from_utf8(r.take(len)?).map_err(|_| MessageError::BadLabel { index })?;
+                    if text.is_empty() || len > MAX_LABEL || labels.iter().any(|l| l == text) {
+                        return Err(MessageError::BadLabel { index });
+                    }
+                    labels.push(text.to_owned());
+                }
+                labels
+            } else {
+                Vec::new()
+            };
+            let bundle = r.bundle()?;
+            let k = usize::from(bundle);
+            let n = r.count(1 + k * ELEMENT_LEN)?;
+            let mut groups = Vec::with_capacity(n);
+            let mut elements = Vec::with_capacity(n * k);
+            for index in 0..n {
+                let group = r.u8()?;
+                if !labels.is_empty() && usize::from(group) >= labels.len() {
+                    return Err(MessageError::GroupOutOfRange { index, group, groups: labels.len() });
+                }
+                groups.push(group);
+                elements.extend(r.elements(k)?);
+            }
+            let body = Exposures { labels, bundle, groups, elements };
+            if tag == tag::EXPOSURES { Message::Exposures(body) } else { Message::Reblinded(body) }
+        }
+        tag::SUMS => {
+            let g = usize::from(r.u8()?);
+            if g == 0 || g > MAX_GROUPS {
+                return Err(MessageError::BadGroupCount(g));
+            }
+            let mut lines = Vec::with_capacity(g);
+            for index in 0..g {
+                let records = r.u64()?;
+                let matched = match r.u8()? {
+                    0 => None,
+                    1 => Some(Matched { records: r.u64()?, people: r.u64()?, sum: r.array::<VALUE_LEN>()? }),
+                    status => return Err(MessageError::BadStatus { index, status }),
+                };
+                lines.push(GroupSum { records, matched });
+            }
+            Message::Sums(lines)
+        }
+        tag::RELEASE => {
+            let n = r.count(1)?;
+            Message::Release(r.take(n)?.to_vec())
+        }
+        other => return Err(MessageError::UnknownTag(other)),
+    };
+    r.end()?;
+    Ok(message)
+}
+
+/// Encodes one message.
+pub fn encode(message: &Message) -> Result<Vec<u8>, MessageError> {
+    let mut out = Vec::new();
+    let put_elements = |out: &mut Vec<u8>, elements: &[Element]| elements.iter().for_each(|e| out.extend(e.0));
+    match message {
+        Message::People(p) => {
+            out.push(tag::PEOPLE);
+            out.extend(p.public_key);
+            out.push(p.bundle);
+            out.extend((p.values.len() as u32).to_be_bytes());
+            let k = usize::from(p.bundle);
+            for (bundle, value) in p.elements.chunks(k.max(1)).zip(&p.values) {
+                put_elements(&mut out, bundle);
+                out.extend(value);
+            }
+        }
+        Message::Exposures(x) | Message::Reblinded(x) => {
+            if let Message::Exposures(_) = message {
+                out.push(tag::EXPOSURES);
+                out.push(x.labels.len() as u8);
+                for label in &x.labels {
+                    if label.len() > MAX_LABEL {
+                        return Err(MessageError::LabelTooLong);
+                    }
+                    out.push(label.len() as u8);
+                    out.extend(label.as_bytes());
+                }
+            } else {
+                out.push(tag::REBLINDED);
+            }
+            out.push(x.bundle);
+            out.extend((x.groups.len() as u32).to_be_bytes());
+            let k = usize::from(x.bundle);
+            for (group, bundle) in x.groups.iter().zip(x.elements.chunks(k.max(1))) {
+                out.push(*group);
+                put_elements(&mut out, bundle);
+            }
+        }
+        Message::Sums(lines) => {
+            out.push(tag::SUMS);
+            out.push(lines.len() as u8);
+            for line in lines {
+                out.extend(line.records.to_be_bytes());
+                match &line.matched {
+                    None => out.push(0),
+                    Some(m) => {
+                        out.push(1);
+                        out.extend(m.records.to_be_bytes());
+                        out.extend(m.people.to_be_bytes());
+                        out.extend(m.sum);
+                    }
+                }
+            }
+        }
+        Message::Release(json) => {
+            out.push(tag::RELEASE);
+            out.extend((json.len() as u32).to_be_bytes());
+            out.extend(json);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_malformed_bytes() {
+        let people = Message::People(People {
+            public_key: [1; 32],
+            bundle: 2,
+            elements: vec![Element([2; 32]), Element([3; 32])],
+            values: vec![[4; VALUE_LEN]],
+        });
+        let bytes = encode(&people).unwrap();
+        assert_eq!(bytes.len(), 1 + 32 + 1 + 4 + 64 + 128);
+        assert_eq!(decode(&bytes).unwrap(), people);
+        assert_eq!(decode(&[]), Err(MessageError::Empty));
+        assert_eq!(decode(&[9]), Err(MessageError::UnknownTag(9)));
+        assert!(matches!(decode(&bytes[..bytes.len() - 1]), Err(MessageError::Truncated { .. })));
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(decode(&long), Err(MessageError::TrailingBytes(1)));
+        let mut zero_bundle = bytes.clone();
+        zero_bundle[33] = 0;
+        assert_eq!(decode(&zero_bundle), Err(MessageError::BadBundle(0)));
+
+        let exposures = Message::Exposures(Exposures {
+            labels: vec!["test".into(), "control".into()],
+            bundle: 1,
+            groups: vec![1, 0],
+            elements: vec![Element([5; 32]), Element([6; 32])],
+        });
+        let bytes = encode(&exposures).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), exposures);
+        let mut bad_group = bytes.clone();
+        bad_group[1 + 1 + 5 + 8 + 1 + 4] = 2;
+        assert_eq!(decode(&bad_group), Err(MessageError::GroupOutOfRange { index: 0, group: 2, groups: 2 }));
+
+        let sums = Message::Sums(vec![
+            GroupSum { records: 10, matched: None },
+            GroupSum { records: 7, matched: Some(Matched { records: 3, people: 2, sum: [9; VALUE_LEN] }) },
+        ]);
+        let bytes = encode(&sums).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), sums);
+        let mut bad_status = bytes.clone();
+        bad_status[10] = 2;
+        assert_eq!(decode(&bad_status), Err(MessageError::BadStatus { index: 0, status: 2 }));
+        // A count far beyond the bytes present is refused before anything is allocated.
+        let huge = [tag::REBLINDED, 1, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(decode(&huge), Err(MessageError::Truncated { .. })));
+    }
+}

@@ -1,0 +1,542 @@
+//! Campaign measurement: private intersection-sum with lift, in the style of Google's
+//! Private Join and Compute.
+//!
+//! The partner holds exposure records (identifiers and a group such as `test` or
+//! `control`); the owner holds outcome records (identifiers and a non-negative
+//! integer value). Identifiers are compared doubly blinded on ristretto255 (as in
+//! [`crate::psi`]); values travel encrypted under the owner's exponential ElGamal key,
+//! are summed homomorphically by the partner over the matched people of each group,
+//! and only the per-group sums are decrypted, by the owner. Every bundle and
+//! ciphertext list is shuffled, so neither side can tie a match to a record.
+//! docs/PROTOCOL.md §12 gives the messages byte for byte; docs/PRIVACY.md
+//! ("Measurement") says what each side learns.
+//!
+//! People, not identifiers: each person's (or exposure record's) identifier
+//! elements travel together as one padded bundle; a record matches a person if any
+//! of their elements are equal, and each person is counted and summed once per
+//! group however many identifiers matched.
+//!
+//! Submodules:
+//! - [`elgamal`]: exponential ElGamal, limbs, baby-step giant-step decryption.
+//! - [`message`]: the five messages and their encoding.
+//! - [`owner`]: the owner's state machine (outcomes, key holder, decrypts).
+//! - [`partner`]: the partner's state machine (exposures, computes the sums).
+//! - [`stats`]: suppression, differential-privacy noise, rates, lift and its interval.
+//! - [`local`]: `idmatch measure` on two local files, writing `measurement.json`.
+
+pub mod elgamal;
+pub mod local;
+pub mod message;
+pub mod owner;
+pub mod partner;
+pub mod stats;
+
+use std::fmt;
+use std::str::FromStr;
+
+use curve25519_dalek::ristretto::RistrettoPoint;
+use rand::RngCore;
+use rand::rngs::OsRng;
+
+pub use owner::{Owner, OwnerConfig, OwnerState};
+pub use partner::{Partner, PartnerConfig, PartnerState};
+
+use crate::psi::group::ElementError;
+use crate::psi::message::Element;
+use crate::token::Token;
+use elgamal::{CiphertextError, DecryptError};
+use message::MessageError;
+
+/// One outcome person of the owner: the tokens of their identifiers (distinct, and
+/// no token shared with another person) and their value. `Debug` shows counts only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Person {
+    /// The person's tokens.
+    pub tokens: Vec<Token>,
+    /// The outcome value (at most 2^32).
+    pub value: u64,
+}
+
+impl fmt::Debug for Person {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Person").field("tokens", &self.tokens.len()).finish_non_exhaustive()
+    }
+}
+
+/// One exposure record of the partner: its tokens and its group (an index into the
+/// partner's group labels). `Debug` shows counts only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Exposure {
+    /// The record's tokens.
+    pub tokens: Vec<Token>,
+    /// Index of the record's group label.
+    pub group: u8,
+}
+
+impl fmt::Debug for Exposure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exposure").field("tokens", &self.tokens.len()).field("group", &self.group).finish()
+    }
+}
+
+/// Who receives the released figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Learner {
+    /// The owner (it decrypts the sums).
+    #[default]
+    Owner,
+    /// The partner: the owner sends it the released figures (the owner, which
+    /// decrypts, sees them too).
+    Partner,
+    /// Both.
+    Both,
+}
+
+impl Learner {
+    /// `owner`, `partner` or `both`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Learner::Owner => "owner",
+            Learner::Partner => "partner",
+            Learner::Both => "both",
+        }
+    }
+
+    /// Whether the partner receives the release message.
+    pub fn partner_learns(self) -> bool {
+        self != Learner::Owner
+    }
+}
+
+impl FromStr for Learner {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Learner, String> {
+        match s {
+            "owner" => Ok(Learner::Owner),
+            "partner" => Ok(Learner::Partner),
+            "both" => Ok(Learner::Both),
+            other => Err(format!("unknown learner `{other}` (owner, partner or both)")),
+        }
+    }
+}
+
+/// Why a measurement session failed. Never carries keys, tokens or identifiers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeasureError {
+    /// The peer's bytes are not a well-formed message.
+    #[error("malformed message: {0}")]
+    Message(#[from] MessageError),
+    /// An element of the peer's message is not a valid blinded element.
+    #[error("bad element in the peer's message: {0}")]
+    Element(#[from] ElementError),
+    /// A ciphertext of the peer's message is not valid.
+    #[error("bad ciphertext in the peer's message: {0}")]
+    Ciphertext(#[from] CiphertextError),
+    /// The owner's public key is not a canonical non-identity element.
+    #[error("the owner's public key is not a valid ristretto255 element")]
+    BadPublicKey,
+    /// A message arrived that this state does not accept.
+    #[error("unexpected `{message}` message while {state}")]
+    Unexpected {
+        /// The state machine's state.
+        state: &'static str,
+        /// The message's name.
+        message: &'static str,
+    },
+    /// A reply does not fit what was sent (bundle size, number of bundles or groups).
+    #[error("the peer's reply has {got} {what}, {expected} expected")]
+    Mismatch {
+        /// What was counted.
+        what: &'static str,
+        /// What was sent.
+        expected: u64,
+        /// What came back.
+        got: u64,
+    },
+    /// The partner's figures for a group contradict what the owner knows.
+    #[error("group {group}: {reason}")]
+    Inconsistent {
+        /// Position of the group.
+        group: usize,
+        /// What is impossible.
+        reason: &'static str,
+    },
+    /// A sum did not decrypt within its bound: the partner did not sum valid ciphertexts.
+    #[error("group {group}: {source}")]
+    Decrypt {
+        /// Position of the group.
+        group: usize,
+        /// The bound searched.
+        source: DecryptError,
+    },
+    /// Too many or too few groups, or a label too long or empty.
+    #[error("groups: {0}")]
+    Groups(&'static str),
+    /// A person or record has more identifiers than a bundle holds.
+    #[error("a record has {0} identifiers; a bundle holds at most 16")]
+    TooManyIdentifiers(usize),
+    /// A value above 2^32.
+    #[error("a value is above 2^32")]
+    ValueTooLarge,
+    /// The release message is not the JSON of released figures.
+    #[error("the release message is not valid JSON")]
+    BadRelease,
+    /// The OS random number generator failed.
+    #[error("random number generator: {0}")]
+    Rng(String),
+    /// The session failed earlier; it accepts nothing more.
+    #[error("the session already failed")]
+    Failed,
+    /// The in-memory run ended before both sides were done.
+    #[error("the run stalled before both sides were done")]
+    Stalled,
+}
+
+/// A random element (uniform; padding of bundles, indistinguishable from blinded ones).
+pub(crate) fn random_element() -> Result<Element, MeasureError> {
+    let mut wide = [0u8; 64];
+    OsRng.try_fill_bytes(&mut wide).map_err(|e| MeasureError::Rng(e.to_string()))?;
+    Ok(Element(RistrettoPoint::from_uniform_bytes(&wide).compress().to_bytes()))
+}
+
+/// Blinded bundles: `bundle` elements per item (its blinded tokens, then random
+/// padding), sorted within the bundle, in the order of `items`.
+pub(crate) fn bundles(
+    key: &crate::psi::group::BlindingKey,
+    items: &[&[Token]],
+    bundle: usize,
+) -> Result<Vec<Element>, MeasureError> {
+    let tokens: Vec<Token> = items.iter().flat_map(|t| t.iter().copied()).collect();
+    let blinded = key.blind_tokens(&tokens);
+    let mut out = Vec::with_capacity(items.len() * bundle);
+    let mut next = blinded.into_iter();
+    for item in items {
+        let start = out.len();
+        out.extend(next.by_ref().take(item.len()));
+        for _ in item.len()..bundle {
+            out.push(random_element()?);
+        }
+        out[start..].sort_unstable();
+    }
+    Ok(out)
+}
+
+/// Runs both roles to the end, passing messages in memory (the local run).
+pub fn run_in_memory(owner: &mut Owner, partner: &mut Partner) -> Result<(), MeasureError> {
+    loop {
+        let mut progressed = false;
+        while let Some(bytes) = owner.poll_outgoing() {
+            partner.receive(&bytes)?;
+            progressed = true;
+        }
+        while let Some(bytes) = partner.poll_outgoing() {
+            owner.receive(&bytes)?;
+            progressed = true;
+        }
+        if !progressed {
+            break;
+        }
+    }
+    if owner.state() == OwnerState::Done && partner.state() == PartnerState::Done {
+        Ok(())
+    } else {
+        Err(MeasureError::Stalled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::elgamal::{Encryptor, PublicKey};
+    use super::message::{self, GroupSum, Matched, Message, VALUE_LEN};
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn token(i: u32) -> Token {
+        let mut t = [0u8; 32];
+        t[..4].copy_from_slice(&i.to_be_bytes());
+        Token(t)
+    }
+
+    fn configs(min: u64, learner: Learner) -> (OwnerConfig, PartnerConfig) {
+        (
+            OwnerConfig { min_aggregate: min, learner, noise: None, seed: Some(1) },
+            PartnerConfig { min_aggregate: min, learner },
+        )
+    }
+
+    fn pair(people: &[Person], exposures: &[Exposure], min: u64, counts: Vec<u64>) -> (Owner, Partner) {
+        let (oc, pc) = configs(min, Learner::Both);
+        let owner = Owner::new(oc, people).unwrap();
+        let partner =
+            Partner::new(pc, vec!["control".into(), "test".into(), "empty".into()], counts, exposures).unwrap();
+        (owner, partner)
+    }
+
+    /// Random people (one or two tokens each, the second in a disjoint range) and
+    /// exposures that match some of them through one or both tokens.
+    #[test]
+    fn sums_and_counts_equal_the_plaintext_computation() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let people: Vec<Person> = (0..400u32)
+            .map(|i| {
+                let mut tokens = vec![token(i)];
+                if i % 3 == 0 {
+                    tokens.push(token(100_000 + i));
+                }
+                Person { tokens, value: if i % 7 == 0 { 1 << 32 } else { rng.gen_range(0..100_000) } }
+            })
+            .collect();
+        let mut exposures = Vec::new();
+        for i in 0..900u32 {
+            let group = (i % 2) as u8;
+            let tokens = match i % 5 {
+                // Both identifiers of a person with two: still one person.
+                0 if (i / 2) % 3 == 0 => vec![token(i / 2), token(100_000 + i / 2)],
+                1 => vec![token(100_000 + i / 2)],
+                2 => vec![token(50_000 + i)],
+                _ => vec![token(i / 2)],
+            };
+            exposures.push(Exposure { tokens, group });
+        }
+        // Plaintext: per group, matched records, the set of matched people, their sum.
+        let mut expected = vec![(0u64, std::collections::BTreeSet::new()); 2];
+        for x in &exposures {
+            let hits: Vec<usize> =
+                (0..people.len()).filter(|&p| people[p].tokens.iter().any(|t| x.tokens.contains(t))).collect();
+            if !hits.is_empty() {
+                expected[x.group as usize].0 += 1;
+                expected[x.group as usize].1.extend(hits);
+            }
+        }
+        let (mut owner, mut partner) = {
+            let (oc, pc) = configs(1, Learner::Both);
+            let counts = vec![450, 450 + 3];
+            (
+                Owner::new(oc, &people).unwrap(),
+                Partner::new(pc, vec!["control".into(), "test".into()], counts, &exposures).unwrap(),
+            )
+        };
+        run_in_memory(&mut owner, &mut partner).unwrap();
+        let result = owner.result().unwrap();
+        for (g, (records, set)) in expected.iter().enumerate() {
+            let line = &result.groups[g];
+            let sum: u64 = set.iter().map(|&p| people[p].value).sum();
+            assert_eq!(line.matched_exposure_records, stats::Figure::Value(*records), "group {g}");
+            assert_eq!(line.matched_outcome_people, stats::Figure::Value(set.len() as u64), "group {g}");
+            assert_eq!(line.sum, stats::Figure::Value(sum), "group {g}");
+            assert!(set.len() > 50);
+        }
+        assert_eq!(result.groups[1].group_size, 453);
+        let release = partner.release().unwrap();
+        assert_eq!(release["groups"][0]["sum"], serde_json::json!(result.groups[0].sum.value().unwrap()));
+        assert_eq!(partner.view().unwrap().owner_people, 400);
+    }
+
+    #[test]
+    fn empty_groups_and_groups_under_the_minimum_are_suppressed() {
+        let people: Vec<Person> = (0..300).map(|i| Person { tokens: vec![token(i)], value: 10 }).collect();
+        let exposures: Vec<Exposure> = (0..300)
+            .map(|i| Exposure { tokens: vec![token(if i < 250 { i } else { 1000 + i })], group: u8::from(i >= 200) })
+            .collect();
+        // control: 200 matched; test: 50 matched (under 100); empty: none.
+        let (mut owner, mut partner) = pair(&people, &exposures, 100, vec![200, 100, 5]);
+        run_in_memory(&mut owner, &mut partner).unwrap();
+        let g = &owner.result().unwrap().groups;
+        assert_eq!(g[0].sum, stats::Figure::Value(2000));
+        assert_eq!(g[1].sum, stats::Figure::Suppressed(100));
+        assert_eq!(g[1].matched_outcome_people, stats::Figure::Suppressed(100));
+        assert_eq!(g[2].matched_exposure_records, stats::Figure::Suppressed(100));
+        assert_eq!(g[2].group_size, 5);
+        assert!(owner.result().unwrap().lift.is_none());
+    }
+
+    fn people_message(owner: &mut Owner) -> message::People {
+        match message::decode(&owner.poll_outgoing().unwrap()).unwrap() {
+            Message::People(p) => p,
+            other => panic!("{}", other.name()),
+        }
+    }
+
+    #[test]
+    fn malformed_messages_give_precise_errors() {
+        let people: Vec<Person> = (0..3).map(|i| Person { tokens: vec![token(i)], value: 1 }).collect();
+        let exposures: Vec<Exposure> = (0..3).map(|i| Exposure { tokens: vec![token(i)], group: 0 }).collect();
+
+        // Truncated, bad points, identity, bad key, out of order, then refused for good.
+        let (mut owner, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
+        let good = people_message(&mut owner);
+        let bytes = message::encode(&Message::People(good.clone())).unwrap();
+        assert!(matches!(
+            partner.receive(&bytes[..bytes.len() - 3]),
+            Err(MeasureError::Message(message::MessageError::Truncated { .. }))
+        ));
+        assert_eq!(partner.state(), PartnerState::Failed);
+        assert!(matches!(partner.receive(&bytes), Err(MeasureError::Failed)));
+
+        let (_, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
+        let mut bad = good.clone();
+        bad.elements[1] = crate::psi::message::Element([0xff; 32]);
+        assert!(matches!(
+            partner.receive(&message::encode(&Message::People(bad)).unwrap()),
+            Err(MeasureError::Element(ElementError::NonCanonical { index: 1 }))
+        ));
+        let (_, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
+        let mut bad = good.clone();
+        bad.elements[2] = crate::psi::message::Element([0; 32]);
+        assert!(matches!(
+            partner.receive(&message::encode(&Message::People(bad)).unwrap()),
+            Err(MeasureError::Element(ElementError::Identity { index: 2 }))
+        ));
+        let (_, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
+        let mut bad = good.clone();
+        bad.public_key = [0; 32];
+        assert!(matches!(
+            partner.receive(&message::encode(&Message::People(bad)).unwrap()),
+            Err(MeasureError::BadPublicKey)
+        ));
+        let (_, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
+        let reblinded = Message::Reblinded(message::Exposures {
+            labels: vec![],
+            bundle: 1,
+            groups: vec![0],
+            elements: vec![good.elements[0]],
+        });
+        assert!(matches!(
+            partner.receive(&message::encode(&reblinded).unwrap()),
+            Err(MeasureError::Unexpected { state: "awaiting people", message: "reblinded" })
+        ));
+
+        // The owner: sums before exposures; a wrong bundle count back at the partner.
+        let (mut owner, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
+        let sums = Message::Sums(vec![GroupSum { records: 1, matched: None }]);
+        assert!(matches!(
+            owner.receive(&message::encode(&sums).unwrap()),
+            Err(MeasureError::Unexpected { state: "awaiting exposures", message: "sums" })
+        ));
+        let (mut owner, _) = pair(&people, &exposures, 1, vec![3, 0, 0]);
+        partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
+        let exposures_bytes = partner.poll_outgoing().unwrap();
+        owner.receive(&exposures_bytes).unwrap();
+        let Message::Reblinded(mut back) = message::decode(&owner.poll_outgoing().unwrap()).unwrap() else { panic!() };
+        back.groups.pop();
+        back.elements.pop();
+        assert!(matches!(
+            partner.receive(&message::encode(&Message::Reblinded(back)).unwrap()),
+            Err(MeasureError::Mismatch { what: "bundles", expected: 3, got: 2 })
+        ));
+    }
+
+    #[test]
+    fn forged_sums_are_refused() {
+        let people: Vec<Person> = (0..3).map(|i| Person { tokens: vec![token(i)], value: 1 }).collect();
+        let exposures: Vec<Exposure> = (0..3).map(|i| Exposure { tokens: vec![token(i)], group: 0 }).collect();
+        let run_to_sums = || {
+            let (mut owner, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
+            let first = owner.poll_outgoing().unwrap();
+            let key = PublicKey::from_bytes(first[1..33].try_into().unwrap()).unwrap();
+            partner.receive(&first).unwrap();
+            owner.receive(&partner.poll_outgoing().unwrap()).unwrap();
+            partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
+            let Message::Sums(lines) = message::decode(&partner.poll_outgoing().unwrap()).unwrap() else { panic!() };
+            (owner, key, lines)
+        };
+        // A sum far above what 3 people can reach.
+        let (mut owner, key, mut lines) = run_to_sums();
+        let enc = Encryptor::new(key);
+        let mut sum = [0u8; VALUE_LEN];
+        sum[..64].copy_from_slice(&enc.encrypt(1 << 40, &mut StdRng::seed_from_u64(1)).to_bytes());
+        sum[64..].copy_from_slice(&enc.encrypt(0, &mut StdRng::seed_from_u64(2)).to_bytes());
+        lines[0].matched = Some(Matched { records: 3, people: 3, sum });
+        assert!(matches!(
+            owner.receive(&message::encode(&Message::Sums(lines)).unwrap()),
+            Err(MeasureError::Decrypt { group: 0, .. })
+        ));
+        // More matched people than the owner has.
+        let (mut owner, _, mut lines) = run_to_sums();
+        if let Some(m) = &mut lines[0].matched {
+            m.people = 4;
+        }
+        assert!(matches!(
+            owner.receive(&message::encode(&Message::Sums(lines)).unwrap()),
+            Err(MeasureError::Inconsistent { group: 0, .. })
+        ));
+        // A missing group line.
+        let (mut owner, _, mut lines) = run_to_sums();
+        lines.pop();
+        assert!(matches!(
+            owner.receive(&message::encode(&Message::Sums(lines)).unwrap()),
+            Err(MeasureError::Mismatch { what: "group lines", expected: 3, got: 2 })
+        ));
+    }
+}
+
+#[cfg(test)]
+mod vectors {
+    use super::elgamal::{Encryptor, SecretKey, label_scalar, limbs};
+    use super::message::{self, GroupSum, Matched, Message, VALUE_LEN};
+
+    /// docs/PROTOCOL.md §12.7, parsed from the document itself: the ElGamal key,
+    /// an encryption with a fixed `r`, and the encoding of a `sums` message.
+    #[test]
+    fn protocol_doc_measurement_vectors_hold() {
+        let x = SecretKey::from_label("idmatch test elgamal x");
+        let r = label_scalar("idmatch test elgamal r");
+        let y = x.public_key();
+        let enc = Encryptor::new(y);
+        let [low, high] = limbs(123_456);
+        let c_low = enc.encrypt_with(low, &r);
+        let c_high = enc.encrypt_with(high, &r);
+        let mut sum = [0u8; VALUE_LEN];
+        sum[..64].copy_from_slice(&c_low.to_bytes());
+        sum[64..].copy_from_slice(&c_high.to_bytes());
+        let sums = Message::Sums(vec![
+            GroupSum { records: 1000, matched: Some(Matched { records: 150, people: 120, sum }) },
+            GroupSum { records: 7, matched: None },
+        ]);
+        let computed = [
+            ("x", hex::encode(label_scalar("idmatch test elgamal x").to_bytes())),
+            ("Y", hex::encode(y.to_bytes())),
+            ("r", hex::encode(r.to_bytes())),
+            ("Enc(57920; r)", hex::encode(c_low.to_bytes())),
+            ("Enc(1; r)", hex::encode(c_high.to_bytes())),
+            ("sums", hex::encode(message::encode(&sums).unwrap())),
+        ];
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let block = doc.split("### 12.7").nth(1).and_then(|s| s.split("```").nth(1)).unwrap_or("");
+        // `name = hex` lines; a line of bare hex continues the value above it.
+        let mut values: Vec<(String, String)> = Vec::new();
+        for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let is_hex = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit());
+            match line.rsplit_once(" = ") {
+                Some((name, value)) if is_hex(value.trim()) => {
+                    let name = name.split(" = ").next().unwrap_or(name).trim();
+                    values.push((name.to_owned(), value.trim().to_owned()));
+                }
+                _ if is_hex(line) => values.last_mut().unwrap().1.push_str(line),
+                _ => {}
+            }
+        }
+        for (name, hex_value) in &computed {
+            let documented = values.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+            assert_eq!(documented, Some(hex_value.as_str()), "{name}; computed: {computed:#?}");
+        }
+        assert_eq!(x.decrypt(&c_low, 65_536, &super::elgamal::DlogTable::new(256)), Ok(57_920));
+    }
+}
+
+#[cfg(test)]
+mod redaction {
+    use super::*;
+
+    #[test]
+    fn debug_output_shows_counts_never_tokens_or_keys() {
+        let person = Person { tokens: vec![Token([0xab; 32])], value: 77 };
+        let exposure = Exposure { tokens: vec![Token([0xcd; 32])], group: 1 };
+        let shown = format!("{person:?} {exposure:?}");
+        assert!(!shown.contains("ab") && !shown.contains("cd") && !shown.contains("77"), "{shown}");
+        let owner = Owner::new(OwnerConfig::default(), std::slice::from_ref(&person)).unwrap();
+        assert_eq!(format!("{owner:?}"), "Owner { state: AwaitingExposures, people: 1, .. }");
+    }
+}

@@ -1,0 +1,262 @@
+//! The owner's state machine: holds the outcome values, the ElGamal key and an ECDH
+//! scalar `b`; sends its people, blinds the partner's bundles again, and decrypts the
+//! per-group sums.
+//!
+//! Sans-I/O: [`Owner::poll_outgoing`] yields the bytes to send, [`Owner::receive`]
+//! takes the peer's bytes. Any error moves the machine to [`OwnerState::Failed`].
+
+use std::collections::VecDeque;
+
+use rand::SeedableRng;
+use rand::rngs::{OsRng, StdRng};
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+
+use super::elgamal::{DlogTable, Encryptor, LIMB_BITS, LIMBS, MAX_HIGH_LIMB, SecretKey};
+use super::message::{self, Exposures, GroupSum, MAX_BUNDLE, Message, People, VALUE_LEN};
+use super::stats::{self, GroupFigures, Lift, Noise, RawGroup};
+use super::{Learner, MeasureError, Person, bundles};
+use crate::psi::group::BlindingKey;
+use crate::psi::message::Element;
+use crate::records::MAX_VALUE;
+
+/// The owner's settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OwnerConfig {
+    /// Groups with fewer matched people are released as suppressed (and not decrypted).
+    pub min_aggregate: u64,
+    /// Who receives the released figures.
+    pub learner: Learner,
+    /// Differential-privacy noise on the released figures.
+    pub noise: Option<Noise>,
+    /// Seed of the noise generator (reproducible tests); `None`: from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for OwnerConfig {
+    fn default() -> OwnerConfig {
+        OwnerConfig { min_aggregate: stats::DEFAULT_MIN_AGGREGATE, learner: Learner::Owner, noise: None, seed: None }
+    }
+}
+
+/// Where the owner is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerState {
+    /// People sent; waiting for the partner's exposures.
+    AwaitingExposures,
+    /// Exposures blinded again and sent back; waiting for the sums.
+    AwaitingSums,
+    /// The figures are released.
+    Done,
+    /// An error ended the session.
+    Failed,
+}
+
+impl OwnerState {
+    fn doing(self) -> &'static str {
+        match self {
+            OwnerState::AwaitingExposures => "awaiting exposures",
+            OwnerState::AwaitingSums => "awaiting sums",
+            OwnerState::Done => "done",
+            OwnerState::Failed => "failed",
+        }
+    }
+}
+
+/// The released figures of one measurement.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Measurement {
+    /// One line per group, in the partner's label order.
+    pub groups: Vec<GroupFigures>,
+    /// Lift of `test` over `control`, when both groups exist and are released.
+    pub lift: Option<Lift>,
+}
+
+/// The owner's side of one measurement. `Debug` shows the state only.
+pub struct Owner {
+    config: OwnerConfig,
+    state: OwnerState,
+    blinding: BlindingKey,
+    secret: SecretKey,
+    people: u64,
+    outgoing: VecDeque<Vec<u8>>,
+    labels: Vec<String>,
+    bundles_per_group: Vec<u64>,
+    bundle: u8,
+    result: Option<Measurement>,
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owner").field("state", &self.state).field("people", &self.people).finish_non_exhaustive()
+    }
+}
+
+impl Owner {
+    /// Blinds and encrypts `people` (shuffled) and queues the first message.
+    pub fn new(config: OwnerConfig, people: &[Person]) -> Result<Owner, MeasureError> {
+        let blinding = BlindingKey::random().map_err(|e| MeasureError::Rng(e.to_string()))?;
+        let secret = SecretKey::random(&mut OsRng);
+        let widest = people.iter().map(|p| p.tokens.len()).max().unwrap_or(0);
+        if widest > usize::from(MAX_BUNDLE) {
+            return Err(MeasureError::TooManyIdentifiers(widest));
+        }
+        if people.iter().any(|p| p.value > MAX_VALUE) {
+            return Err(MeasureError::ValueTooLarge);
+        }
+        let bundle = widest.max(1);
+        let mut order: Vec<&Person> = people.iter().collect();
+        order.shuffle(&mut OsRng);
+        let tokens: Vec<&[crate::token::Token]> = order.iter().map(|p| p.tokens.as_slice()).collect();
+        let elements = bundles(&blinding, &tokens, bundle)?;
+        let public_key = secret.public_key();
+        let encryptor = Encryptor::new(public_key);
+        let values: Vec<[u8; VALUE_LEN]> = order
+            .par_iter()
+            .map(|p| {
+                let mut out = [0u8; VALUE_LEN];
+                let limbs = encryptor.encrypt_value(p.value, &mut OsRng);
+                for (i, c) in limbs.iter().enumerate() {
+                    out[i * 64..(i + 1) * 64].copy_from_slice(&c.to_bytes());
+                }
+                out
+            })
+            .collect();
+        let first = message::encode(&Message::People(People {
+            public_key: public_key.to_bytes(),
+            bundle: bundle as u8,
+            elements,
+            values,
+        }))?;
+        Ok(Owner {
+            config,
+            state: OwnerState::AwaitingExposures,
+            blinding,
+            secret,
+            people: people.len() as u64,
+            outgoing: VecDeque::from([first]),
+            labels: Vec::new(),
+            bundles_per_group: Vec::new(),
+            bundle: 0,
+            result: None,
+        })
+    }
+
+    /// Where the owner is.
+    pub fn state(&self) -> OwnerState {
+        self.state
+    }
+
+    /// The next message to send, if any.
+    pub fn poll_outgoing(&mut self) -> Option<Vec<u8>> {
+        self.outgoing.pop_front()
+    }
+
+    /// The released figures, once [`OwnerState::Done`].
+    pub fn result(&self) -> Option<&Measurement> {
+        self.result.as_ref()
+    }
+
+    /// Takes one message from the partner.
+    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), MeasureError> {
+        if self.state == OwnerState::Failed {
+            return Err(MeasureError::Failed);
+        }
+        let result = self.step(bytes);
+        if result.is_err() {
+            self.state = OwnerState::Failed;
+            self.outgoing.clear();
+        }
+        result
+    }
+
+    fn step(&mut self, bytes: &[u8]) -> Result<(), MeasureError> {
+        match (self.state, message::decode(bytes)?) {
+            (OwnerState::AwaitingExposures, Message::Exposures(x)) => self.on_exposures(x),
+            (OwnerState::AwaitingSums, Message::Sums(lines)) => self.on_sums(&lines),
+            (state, other) => Err(MeasureError::Unexpected { state: state.doing(), message: other.name() }),
+        }
+    }
+
+    fn on_exposures(&mut self, x: Exposures) -> Result<(), MeasureError> {
+        let k = usize::from(x.bundle);
+        let reblinded = self.blinding.reblind(&x.elements)?;
+        let mut order: Vec<usize> = (0..x.groups.len()).collect();
+        order.shuffle(&mut OsRng);
+        let mut elements: Vec<Element> = Vec::with_capacity(reblinded.len());
+        let mut groups = Vec::with_capacity(order.len());
+        let mut per_group = vec![0u64; x.labels.len()];
+        for i in order {
+            let start = elements.len();
+            elements.extend_from_slice(&reblinded[i * k..(i + 1) * k]);
+            elements[start..].sort_unstable();
+            groups.push(x.groups[i]);
+            per_group[usize::from(x.groups[i])] += 1;
+        }
+        self.labels = x.labels;
+        self.bundles_per_group = per_group;
+        self.bundle = x.bundle;
+        let reply = Exposures { labels: Vec::new(), bundle: self.bundle, groups, elements };
+        self.outgoing.push_back(message::encode(&Message::Reblinded(reply))?);
+        self.state = OwnerState::AwaitingSums;
+        Ok(())
+    }
+
+    fn on_sums(&mut self, lines: &[GroupSum]) -> Result<(), MeasureError> {
+        if lines.len() != self.labels.len() {
+            return Err(MeasureError::Mismatch {
+                what: "group lines",
+                expected: self.labels.len() as u64,
+                got: lines.len() as u64,
+            });
+        }
+        let bound = |people: u64| people.saturating_mul(MAX_HIGH_LIMB);
+        let largest = lines.iter().filter_map(|l| l.matched.as_ref()).map(|m| bound(m.people)).max().unwrap_or(0);
+        let mut table: Option<DlogTable> = None;
+        let mut raw = Vec::with_capacity(lines.len());
+        for (g, line) in lines.iter().enumerate() {
+            if line.records < self.bundles_per_group[g] {
+                return Err(MeasureError::Inconsistent { group: g, reason: "fewer records than bundles sent" });
+            }
+            let matched = match &line.matched {
+                Some(m) if m.records > line.records => {
+                    return Err(MeasureError::Inconsistent { group: g, reason: "more matched records than records" });
+                }
+                Some(m) if m.people > self.people => {
+                    return Err(MeasureError::Inconsistent { group: g, reason: "more matched people than people" });
+                }
+                // Fail closed: a group under the minimum is never decrypted.
+                Some(m) if m.people >= self.config.min_aggregate => {
+                    let table = table.get_or_insert_with(|| DlogTable::new(DlogTable::baby_steps_for(largest)));
+                    let mut sum = 0u64;
+                    for limb in 0..LIMBS {
+                        let mut bytes = [0u8; 64];
+                        bytes.copy_from_slice(&m.sum[limb * 64..(limb + 1) * 64]);
+                        let ct = super::elgamal::Ciphertext::from_bytes(&bytes, g * LIMBS + limb)?;
+                        let part = self
+                            .secret
+                            .decrypt(&ct, bound(m.people), table)
+                            .map_err(|source| MeasureError::Decrypt { group: g, source })?;
+                        sum += part << (LIMB_BITS * limb as u32);
+                    }
+                    Some((m.records, m.people, sum))
+                }
+                _ => None,
+            };
+            raw.push(RawGroup { label: self.labels[g].clone(), records: line.records, matched });
+        }
+        let mut rng = match self.config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_rng(OsRng).map_err(|e| MeasureError::Rng(e.to_string()))?,
+        };
+        let (groups, lift) = stats::release(&raw, self.config.min_aggregate, self.config.noise, &mut rng);
+        let result = Measurement { groups, lift };
+        if self.config.learner.partner_learns() {
+            let json = serde_json::to_vec(&result).map_err(|_| MeasureError::BadRelease)?;
+            self.outgoing.push_back(message::encode(&Message::Release(json))?);
+        }
+        self.result = Some(result);
+        self.state = OwnerState::Done;
+        Ok(())
+    }
+}

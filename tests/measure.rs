@@ -1,0 +1,240 @@
+//! `idmatch measure` end to end: exact figures against a plaintext computation on
+//! synthetic data (noise off), opt-outs, suppressions, suppressed groups, rejects,
+//! reproducible noise, and the command line.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use idmatch::key::Key;
+use idmatch::measure::Learner;
+use idmatch::measure::local::{self, MeasureOptions, MeasurementReport};
+use idmatch::measure::stats::{Figure, Noise};
+use idmatch::normalize::{Normalizer, Profile, Region};
+use idmatch::optout::BadRows;
+use idmatch::records::ColumnSpec;
+use idmatch::synth::{SynthOptions, generate, measurement_files};
+
+fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    reader.records().map(|r| r.unwrap().iter().map(str::to_owned).collect()).collect()
+}
+
+/// A synthetic pair with measurement columns and a key.
+fn synth(dir: &Path, rows: usize, seed: u64) -> PathBuf {
+    generate(dir, &SynthOptions { rows, overlap: 0.6, seed, distinct: false }).unwrap();
+    measurement_files(dir, seed).unwrap();
+    let key = dir.join("campaign.key");
+    Key::generate_to_file(&key).unwrap();
+    key
+}
+
+fn options(dir: &Path, key: PathBuf, min_aggregate: u64) -> MeasureOptions {
+    MeasureOptions {
+        owner: dir.join("outcomes.csv"),
+        partner: dir.join("exposures.csv"),
+        key_file: key,
+        value_column: "value".into(),
+        group_column: Some("arm".into()),
+        normalizer: Normalizer::new(Profile::IdmatchV1, Some(Region::US)),
+        columns: ColumnSpec::default(),
+        optouts: None,
+        suppress: None,
+        bad_list_rows: BadRows::Refuse,
+        out_dir: dir.join("out"),
+        min_aggregate,
+        noise: None,
+        seed: None,
+        learner: Learner::Owner,
+        write_rejects: false,
+        progress: false,
+    }
+}
+
+/// Per arm: (records, matched exposure records, matched people, sum), from
+/// truth.csv (the pairs sharing a valid identifier) minus excluded ids.
+fn plaintext(dir: &Path, opted_out: &BTreeSet<String>, suppressed: &BTreeSet<String>) -> BTreeMap<String, [u64; 4]> {
+    let arms: HashMap<String, String> =
+        csv_rows(&dir.join("exposures.csv")).into_iter().map(|r| (r[0].clone(), r[3].clone())).collect();
+    let values: HashMap<String, u64> =
+        csv_rows(&dir.join("outcomes.csv")).into_iter().map(|r| (r[0].clone(), r[3].parse().unwrap())).collect();
+    let mut out: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+    for (id, arm) in &arms {
+        if !suppressed.contains(id) {
+            out.entry(arm.clone()).or_default()[0] += 1;
+        }
+    }
+    let mut matched: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    for pair in csv_rows(&dir.join("truth.csv")) {
+        let (partner, member) = (&pair[0], &pair[1]);
+        if values.contains_key(member) && !opted_out.contains(member) && !suppressed.contains(partner) {
+            let entry = matched.entry(arms[partner].clone()).or_default();
+            entry.0.insert(partner.clone());
+            entry.1.insert(member.clone());
+        }
+    }
+    for (arm, (records, people)) in matched {
+        let line = out.get_mut(&arm).unwrap();
+        line[1] = records.len() as u64;
+        line[2] = people.len() as u64;
+        line[3] = people.iter().map(|m| values[m]).sum();
+    }
+    out
+}
+
+fn check(report: &MeasurementReport, expected: &BTreeMap<String, [u64; 4]>) {
+    assert_eq!(report.groups.len(), expected.len());
+    for g in &report.groups {
+        let [records, matched, people, sum] = expected[&g.group];
+        assert_eq!(g.group_size, records, "{}", g.group);
+        assert_eq!(g.matched_exposure_records, Figure::Value(matched), "{}", g.group);
+        assert_eq!(g.matched_outcome_people, Figure::Value(people), "{}", g.group);
+        assert_eq!(g.sum, Figure::Value(sum), "{}", g.group);
+    }
+}
+
+#[test]
+fn figures_equal_the_plaintext_truth_of_synth() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = synth(dir.path(), 4000, 11);
+    let report = local::run(&options(dir.path(), key, 100)).unwrap();
+    let expected = plaintext(dir.path(), &BTreeSet::new(), &BTreeSet::new());
+    check(&report, &expected);
+    // synth's people have both an email and a phone in most rows: each matched pair
+    // counts once however many identifiers it shares.
+    assert!(expected["test"][2] > 250 && expected["control"][2] > 250, "{expected:?}");
+    let lift = report.lift.as_ref().unwrap();
+    let (t, c) = (&expected["test"], &expected["control"]);
+    let (pt, pc) = (t[2] as f64 / t[0] as f64, c[2] as f64 / c[0] as f64);
+    assert!((lift.absolute - (pt - pc)).abs() < 1e-12);
+    assert!(lift.ci95[0] < lift.absolute && lift.absolute < lift.ci95[1]);
+    // Recall against the truth is complete: no identifier is shared by two synth people.
+    assert_eq!(report.owner.shared_identifiers_dropped, 0);
+    let json = std::fs::read_to_string(dir.path().join("out/measurement.json")).unwrap();
+    assert!(!json.contains('@') && !json.contains("\"m0") && !json.contains("\"p0"), "{json}");
+}
+
+#[test]
+fn optouts_suppressions_and_small_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = synth(dir.path(), 3000, 12);
+    // Opt out every third converting member (by email) and suppress every fourth partner row (by id).
+    let outcomes = csv_rows(&dir.path().join("outcomes.csv"));
+    let exposures = csv_rows(&dir.path().join("exposures.csv"));
+    let opted: Vec<&Vec<String>> = outcomes.iter().step_by(3).collect();
+    let mut optouts = String::from("id\n");
+    opted.iter().for_each(|r| optouts += &format!("{}\n", r[0]));
+    std::fs::write(dir.path().join("optouts.csv"), optouts).unwrap();
+    let suppressed: BTreeSet<String> = exposures.iter().step_by(4).map(|r| r[0].clone()).collect();
+    let mut list = String::from("id\n");
+    suppressed.iter().for_each(|id| list += &format!("{id}\n"));
+    std::fs::write(dir.path().join("suppress.csv"), list).unwrap();
+
+    let mut o = options(dir.path(), key, 1);
+    o.optouts = Some(dir.path().join("optouts.csv"));
+    o.suppress = Some(dir.path().join("suppress.csv"));
+    let report = local::run(&o).unwrap();
+    let opted: BTreeSet<String> = opted.iter().map(|r| r[0].clone()).collect();
+    check(&report, &plaintext(dir.path(), &opted, &suppressed));
+    assert_eq!(report.owner.excluded_records, opted.len() as u64);
+    assert_eq!(report.partner.excluded_records, suppressed.len() as u64);
+
+    // A minimum above every group: everything but the group sizes is "<N>".
+    o.min_aggregate = 1_000_000;
+    let report = local::run(&o).unwrap();
+    assert!(report.groups.iter().all(|g| g.sum == Figure::Suppressed(1_000_000) && g.conversion_rate.is_none()));
+    assert!(report.lift.is_none());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/measurement.json")).unwrap()).unwrap();
+    assert_eq!(json["groups"][0]["matched_outcome_people"], "<1000000");
+}
+
+#[test]
+fn bad_values_and_groups_are_counted_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    Key::generate_to_file(&key).unwrap();
+    std::fs::write(
+        dir.path().join("outcomes.csv"),
+        "id,email,value\n1,a@example.com,12\n2,b@example.com,-3\n3,c@example.com,abc\n4,d@example.com,4294967297\n5,e@example.com,\n6,f@example.com,4294967296\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("exposures.csv"),
+        "id,email,arm\n1,a@example.com,test\n2,f@example.com,test\n3,g@example.com,\n4,b@example.com,control\n",
+    )
+    .unwrap();
+    let mut o = options(dir.path(), key, 1);
+    o.write_rejects = true;
+    let report = local::run(&o).unwrap();
+    let bad: Vec<(&str, u64)> = report.owner.read.bad_rows.iter().map(|(k, v)| (*k, *v)).collect();
+    assert_eq!(bad, [("bad_value", 2), ("missing_value", 1), ("value_too_large", 1)]);
+    assert_eq!(report.partner.read.bad_rows.get("missing_group"), Some(&1));
+    let rejects = std::fs::read_to_string(dir.path().join("out/owner_rejects.csv")).unwrap();
+    assert_eq!(
+        rejects,
+        "line,column,reason\n3,value,bad_value\n4,value,bad_value\n5,value,value_too_large\n6,value,missing_value\n"
+    );
+    let test = report.groups.iter().find(|g| g.group == "test").unwrap();
+    assert_eq!(test.sum, Figure::Value(12 + (1 << 32)));
+    assert_eq!(test.matched_outcome_people, Figure::Value(2));
+    let control = report.groups.iter().find(|g| g.group == "control").unwrap();
+    assert_eq!(control.matched_outcome_people, Figure::Suppressed(1));
+}
+
+#[test]
+fn noise_is_reproducible_with_a_seed_and_needs_a_positive_epsilon() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = synth(dir.path(), 2000, 13);
+    let mut o = options(dir.path(), key, 100);
+    o.noise = Some(Noise { epsilon: 1.0, clip: 20_000 });
+    o.seed = Some(5);
+    let a = local::run(&o).unwrap();
+    let b = local::run(&o).unwrap();
+    assert_eq!(a.groups, b.groups);
+    assert_eq!(a.epsilon, Some(1.0));
+    assert!(a.owner.clipped_values > 0);
+    o.noise = Some(Noise { epsilon: 0.0, clip: 20_000 });
+    assert!(matches!(local::run(&o), Err(local::MeasureFailure::BadNoise)));
+}
+
+#[test]
+fn the_command_line_prints_a_table_and_writes_measurement_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = Command::new(env!("CARGO_BIN_EXE_idmatch"))
+        .args(["synth", "--rows", "1500", "--seed", "3", "--measure", "--out-dir"])
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Key::generate_to_file(&d.join("campaign.key")).unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_idmatch"))
+            .arg("measure")
+            .arg("--owner")
+            .arg(d.join("outcomes.csv"))
+            .arg("--partner")
+            .arg(d.join("exposures.csv"))
+            .args(["--value-col", "value", "--group-col", "arm", "--region", "US", "--key-file"])
+            .arg(d.join("campaign.key"))
+            .arg("--out-dir")
+            .arg(d.join("out"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--learner", "both", "--min-aggregate", "50"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("matched_people") && stdout.contains("lift (test vs control)"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/measurement.json")).unwrap()).unwrap();
+    assert_eq!(json["learner"], "both");
+    assert_eq!(json["groups"][0]["group"], "control");
+    let out = run(&["--min-aggregate", "100000"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("<100000"));
+    // --epsilon without --clip-value is a usage error.
+    let out = run(&["--epsilon", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+}
