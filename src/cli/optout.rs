@@ -280,23 +280,27 @@ fn audit(args: ExportArgs) -> CliResult {
 }
 
 /// The reject report: the user's `--rejects` file, or a temporary one whose first
-/// lines are shown and which is removed afterwards.
+/// lines are shown and which is removed afterwards (created private, mode 0600, under
+/// an unpredictable name).
 struct Rejects {
     path: PathBuf,
-    temporary: bool,
+    /// Removes the temporary report when dropped.
+    temporary: Option<tempfile::TempPath>,
 }
 
 impl Rejects {
-    fn new(requested: Option<PathBuf>) -> Rejects {
-        match requested {
-            Some(path) => Rejects { path, temporary: false },
+    fn new(requested: Option<PathBuf>) -> std::io::Result<Rejects> {
+        Ok(match requested {
+            Some(path) => Rejects { path, temporary: None },
             None => {
-                let nanos =
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-                let name = format!("idmatch-optout-rejects-{}-{nanos}.csv", std::process::id());
-                Rejects { path: std::env::temp_dir().join(name), temporary: true }
+                let temp = tempfile::Builder::new()
+                    .prefix("idmatch-optout-rejects-")
+                    .suffix(".csv")
+                    .tempfile()?
+                    .into_temp_path();
+                Rejects { path: temp.to_path_buf(), temporary: Some(temp) }
             }
-        }
+        })
     }
 
     /// Prints the first rejects (`line N, column C: reason`) on stderr.
@@ -313,19 +317,11 @@ impl Rejects {
         }
         let rest = total.saturating_sub(lines.len() as u64);
         if rest > 0 {
-            if self.temporary {
+            if self.temporary.is_some() {
                 eprintln!("  … and {rest} more (write them all with --rejects FILE)");
             } else {
                 eprintln!("  … and {rest} more in {}", self.path.display());
             }
-        }
-    }
-}
-
-impl Drop for Rejects {
-    fn drop(&mut self) {
-        if self.temporary {
-            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -338,7 +334,7 @@ fn import(args: ImportArgs) -> CliResult {
             args.file.file_name().map_or_else(|| args.file.display().to_string(), |n| n.to_string_lossy().into_owned())
         )
     });
-    let rejects = Rejects::new(args.rejects.clone());
+    let rejects = Rejects::new(args.rejects.clone())?;
     let mut options = ImportOptions::new(source.clone());
     options.columns = args.columns.spec();
     options.region = args.normalize.region;
