@@ -305,10 +305,8 @@ impl<'a> OprfPartner<'a> {
                 if !role.is_done() {
                     return Err(ProtocolError::UnexpectedMessage { state: role.name(), message: "summary" });
                 }
-                let matched = match self.role.take().and_then(Role::outcome) {
-                    Some(Outcome::Receiver(r)) => Some(r.matched),
-                    _ => None,
-                };
+                // A partner sender (owner mode) has no matches: no report back to it.
+                let matched = self.role.take().and_then(Role::outcome).and_then(Outcome::matched);
                 self.on_summary(&summary, matched)
             }
             other => Err(ProtocolError::UnexpectedMessage { state: role.name(), message: other.name() }),
