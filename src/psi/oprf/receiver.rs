@@ -366,8 +366,8 @@ impl<'a> OprfReceiver<'a> {
 type GroupColumns = (Vec<Vec<u8>>, Vec<Vec<u8>>);
 
 /// The correction columns `U_i` of groups `first..end`, concatenated, gathering
-/// the receiver's own bits of `A` on the way; one core per group, one pass over
-/// the tokens per group (D and A of a group stay in cache).
+/// the receiver's own bits of `A` on the way; one core per group, each column of
+/// D and then of A walked alone over a block of tokens ([`kernel::for_groups`]).
 fn correction_groups(job: &mut Job, first: usize, end: usize) -> Vec<u8> {
     let params = job.params;
     let width = params.width as usize;
@@ -383,12 +383,13 @@ fn correction_groups(job: &mut Job, first: usize, end: usize) -> Vec<u8> {
             (a, vec![vec![0xffu8; column_bytes]; columns])
         })
         .collect();
-    let states = kernel::for_groups(&mut job.gathered, first, states, &job.prf, &job.h1s, |_, (a, d), pos, words| {
-        for (j, (a, d)) in a.iter().zip(d.iter_mut()).enumerate() {
-            kernel::clear_rows(d, pos, j, mask);
-            kernel::gather_column(a, pos, j, mask, words);
-        }
-    });
+    let states =
+        kernel::for_groups(&mut job.gathered, first, states, &job.prf, &job.h1s, mask, |(a, d), rows, words| {
+            for (j, (a, d)) in a.iter().zip(d.iter_mut()).enumerate() {
+                kernel::clear_rows(d, rows.column(j));
+                kernel::gather_column(a, rows.column(j), j, words);
+            }
+        });
     let columns: Vec<Vec<u8>> = states
         .into_par_iter()
         .enumerate()

@@ -269,7 +269,7 @@ impl<'a> OprfSender<'a> {
         let data = std::mem::take(&mut job.pending);
         if complete == 1 {
             // One group: split its tokens across cores.
-            evaluate_group(job, job.next_group, &data[..bytes], self.set.len());
+            evaluate_group(job, job.next_group, &data[..bytes]);
         } else if complete > 1 {
             evaluate_groups(job, job.next_group, complete, &data[..bytes]);
         }
@@ -355,16 +355,16 @@ fn evaluate_groups(job: &mut Job, first: usize, count: usize, correction: &[u8])
             .collect()
     };
     debug_assert_eq!(states.len(), count);
-    kernel::for_groups(&mut job.gathered, first, states, &job.prf, &job.h1s, |_, columns, pos, words| {
+    kernel::for_groups(&mut job.gathered, first, states, &job.prf, &job.h1s, mask, |columns, rows, words| {
         for (j, c) in columns.iter().enumerate() {
-            kernel::gather_column(c, pos, j, mask, words);
+            kernel::gather_column(c, rows.column(j), j, words);
         }
     });
 }
 
 /// Builds `C_i = PRG(k_i^{s_i}) ⊕ (s_i · U_i)` for the columns of group `g` and
 /// gathers the sender's bits `C_i[v_i(x)]`.
-fn evaluate_group(job: &mut Job, g: usize, correction: &[u8], tokens: usize) {
+fn evaluate_group(job: &mut Job, g: usize, correction: &[u8]) {
     use rayon::prelude::*;
     let params = job.params;
     let column_bytes = params.column_bytes();
@@ -372,9 +372,5 @@ fn evaluate_group(job: &mut Job, g: usize, correction: &[u8], tokens: usize) {
     let columns: Vec<Vec<u8>> =
         correction.par_chunks(column_bytes).enumerate().map(|(j, u)| sender_column(job, GROUP * g + j, u)).collect();
     let refs: Vec<&[u8]> = columns.iter().map(Vec::as_slice).collect();
-    let (prf, h1s) = (&job.prf, &job.h1s);
-    kernel::gather(&mut job.gathered, g, &refs, mask, tokens, |start, out| {
-        out.copy_from_slice(&h1s[start..start + out.len()]);
-        prf.positions(g, out);
-    });
+    kernel::gather(&mut job.gathered, g, &refs, &job.prf, &job.h1s, mask);
 }
