@@ -223,8 +223,14 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
         (owner, partner.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
     let (owner_records, partner_records) = (owner_records?, partner_records?);
-    let owner_set = prepare::prepare(&owner_records, optouts.as_deref())?;
-    let partner_set = prepare::prepare(&partner_records, suppress.as_ref().map(|l| l as &dyn OptOutSource))?;
+    // The filters are consulted one after the other (a store is not `Sync`); the
+    // two sets are then built at once.
+    let owner_excluded = prepare::excluded(&owner_records, optouts.as_deref())?;
+    let partner_excluded = prepare::excluded(&partner_records, suppress.as_ref().map(|l| l as &dyn OptOutSource))?;
+    let (owner_set, partner_set) = rayon::join(
+        || prepare::prepared_set(&owner_records, &owner_excluded),
+        || prepare::prepared_set(&partner_records, &partner_excluded),
+    );
 
     let profile = options.normalizer.profile();
     let protocol = options.protocol.resolve(options.reveal, &Protocol::ALL)?;

@@ -1,8 +1,15 @@
 //! A party's prepared set: its records' tokens deduplicated and shuffled, with the
 //! way back from each distinct token to every record (and kind) that carried it.
+//!
+//! Invariant: the order of the distinct tokens, which is the order in which they are
+//! blinded and sent, is a fresh random permutation for every set (the order of
+//! `AES-128(k, token[0..16])` under a key `k` drawn for this set alone and then
+//! dropped): it says nothing about the tokens, the records or the file.
 
-use rand::seq::SliceRandom;
-use rayon::prelude::*;
+use aes::Aes128;
+use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
+use rand::RngCore;
+use zeroize::Zeroizing;
 
 use crate::normalize::Kind;
 use crate::token::Token;
@@ -41,25 +48,24 @@ impl PreparedSet {
     /// Prepares the `(token, record, kind)` entries of the records that survived
     /// the opt-out or suppression filter (`excluded_records` is how many did not;
     /// see [`crate::prepare`]).
-    pub fn new(mut entries: Vec<(Token, u32, Kind)>, excluded_records: u64) -> PreparedSet {
+    pub fn new(entries: Vec<(Token, u32, Kind)>, excluded_records: u64) -> PreparedSet {
         let identifiers = entries.len() as u64;
-        entries.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut groups: Vec<(usize, usize)> = Vec::new();
-        let mut start = 0;
-        for i in 1..=entries.len() {
-            if i == entries.len() || entries[i].0 != entries[start].0 {
-                groups.push((start, i));
-                start = i;
-            }
-        }
-        groups.shuffle(&mut rand::thread_rng());
-        let mut tokens = Vec::with_capacity(groups.len());
+        let mut shuffle_key = Zeroizing::new([0u8; 16]);
+        rand::thread_rng().fill_bytes(&mut shuffle_key[..]);
+        let shuffle = Aes128::new(&Array::from(*shuffle_key));
+        let key = |t: &Token| {
+            let mut block = Array::from(t.head());
+            shuffle.encrypt_block(&mut block);
+            u64::from_le_bytes(block[..8].try_into().unwrap_or_default())
+        };
+        let order = crate::token::group_equal(entries.len(), |i| entries[i].0, key);
+        let mut tokens = Vec::new();
         let mut holders = Vec::with_capacity(entries.len());
-        let mut starts = Vec::with_capacity(groups.len() + 1);
-        for (from, to) in groups {
-            tokens.push(entries[from].0);
+        let mut starts = Vec::new();
+        for run in order.chunk_by(|a, b| a.0 == b.0 && entries[a.1].0 == entries[b.1].0) {
+            tokens.push(entries[run[0].1].0);
             starts.push(holders.len());
-            holders.extend(entries[from..to].iter().map(|&(_, r, k)| (r, k)));
+            holders.extend(run.iter().map(|&(_, i)| (entries[i].1, entries[i].2)));
         }
         starts.push(holders.len());
         PreparedSet { tokens, holders, starts, excluded_records, identifiers }

@@ -23,6 +23,9 @@ use crate::token::{Label, Token, Tokenizer};
 
 /// Rows per batch handed from the parser thread to the workers.
 const BATCH_ROWS: usize = 8192;
+/// Rows per worker task: each task's results share a few vectors ([`Chunk`]), so
+/// reading allocates per chunk, not per row.
+const CHUNK_ROWS: usize = 256;
 
 /// How to read one input file.
 pub struct ReadOptions {
@@ -168,16 +171,51 @@ struct RawRow {
     record: csv::ByteRecord,
 }
 
-/// What a worker made of one row.
-struct RowOut {
-    line: u64,
-    id: Result<String, RowProblem>,
-    /// The record id's filter digest, when a digester is set.
-    id_digest: Option<Token>,
+/// What a worker made of a run of consecutive rows: one [`RowOut`] per row, and
+/// the rows' ids, identifiers, rejects and group labels in shared vectors, each row's
+/// part ending where its `RowOut` says (and starting where the previous row's ends).
+#[derive(Default)]
+struct Chunk {
+    rows: Vec<RowOut>,
+    /// The ids, concatenated.
+    ids: String,
     /// (kind, token, filter digest)
     identifiers: Vec<(Kind, Token, Option<Token>)>,
     /// (column, reason, raw value if the report wants values)
     rejects: Vec<(usize, Reject, Option<String>)>,
+    /// The group labels, concatenated.
+    groups: String,
+}
+
+/// Where one row's parts end in its [`Chunk`]'s vectors.
+#[derive(Clone, Copy, Default)]
+struct Ends {
+    id: usize,
+    identifiers: usize,
+    rejects: usize,
+    group: usize,
+}
+
+impl Chunk {
+    fn ends(&self) -> Ends {
+        Ends {
+            id: self.ids.len(),
+            identifiers: self.identifiers.len(),
+            rejects: self.rejects.len(),
+            group: self.groups.len(),
+        }
+    }
+}
+
+/// What a worker made of one row (its id, identifiers, rejects and group label are
+/// in the [`Chunk`]).
+struct RowOut {
+    line: u64,
+    /// Why the row is not a record, if it is not.
+    problem: Option<RowProblem>,
+    ends: Ends,
+    /// The record id's filter digest, when a digester is set.
+    id_digest: Option<Token>,
     blank_cells: u64,
     /// Valid identifiers by kind (emails, phones), repeats within the row included.
     valid: [u64; 2],
@@ -185,8 +223,35 @@ struct RowOut {
     repeated: u64,
     /// The value column's value, when there is one.
     value: Option<u64>,
-    /// The group column's label, when there is one.
-    group: Option<String>,
+    /// Whether the row has a group label (when there is a group column).
+    group: bool,
+}
+
+/// One row's parts, borrowed from its [`Chunk`].
+struct RowParts<'c> {
+    out: &'c RowOut,
+    id: &'c str,
+    identifiers: &'c [(Kind, Token, Option<Token>)],
+    rejects: &'c [(usize, Reject, Option<String>)],
+    group: Option<&'c str>,
+}
+
+impl Chunk {
+    /// The rows with their parts, in order.
+    fn parts(&self) -> impl Iterator<Item = RowParts<'_>> {
+        let mut start = Ends::default();
+        self.rows.iter().map(move |out| {
+            let (from, to) = (start, out.ends);
+            start = to;
+            RowParts {
+                out,
+                id: &self.ids[from.id..to.id],
+                identifiers: &self.identifiers[from.identifiers..to.identifiers],
+                rejects: &self.rejects[from.rejects..to.rejects],
+                group: out.group.then(|| &self.groups[from.group..to.group]),
+            }
+        })
+    }
 }
 
 /// Reads `path` into a [`RecordSet`] of tokens under `tokenizer`.
@@ -256,18 +321,21 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
         let bar = progress.clone();
         scope.spawn(move || parse_rows(csv, full_tx, free_rx, bar));
         // Batch n+1 is normalized on the pool while this thread appends batch n.
-        let mut pending: Vec<RowOut> = Vec::new();
+        let mut pending: Vec<Chunk> = Vec::new();
+        let append = |sink: &mut Sink, chunks: &[Chunk]| {
+            chunks.iter().flat_map(Chunk::parts).try_for_each(|row| sink.append(row))
+        };
         for batch in full_rx {
             let batch = batch.map_err(|(line, source)| ReadError::Csv { path: path.to_owned(), line, source })?;
             let (outs, appended) = rayon::join(
-                || batch.par_iter().with_min_len(256).map_init(String::new, |buf, row| worker.row(row, buf)).collect(),
-                || pending.drain(..).try_for_each(|out| sink.append(out)),
+                || batch.par_chunks(CHUNK_ROWS).map_init(String::new, |buf, rows| worker.chunk(rows, buf)).collect(),
+                || append(&mut sink, &pending),
             );
             appended?;
             pending = outs;
             let _ = free_tx.send(batch);
         }
-        pending.drain(..).try_for_each(|out| sink.append(out))
+        append(&mut sink, &pending)
     })?;
     progress.finish_and_clear();
     let Sink { mut set, digests, ids, rejects, .. } = sink;
@@ -390,25 +458,36 @@ struct Worker<'a> {
 }
 
 impl Worker<'_> {
-    fn row(&self, row: &RawRow, buf: &mut String) -> RowOut {
+    fn chunk(&self, rows: &[RawRow], buf: &mut String) -> Chunk {
+        let mut chunk = Chunk { rows: Vec::with_capacity(rows.len()), ..Chunk::default() };
+        for row in rows {
+            let mut out = self.row(row, buf, &mut chunk);
+            out.ends = chunk.ends();
+            chunk.rows.push(out);
+        }
+        chunk
+    }
+
+    /// Reads one row, pushing its parts onto `chunk` (the caller records where they end).
+    fn row(&self, row: &RawRow, buf: &mut String, chunk: &mut Chunk) -> RowOut {
         let record = &row.record;
+        let first_identifier = chunk.identifiers.len();
         let mut out = RowOut {
             line: row.line,
-            id: Ok(String::new()),
+            problem: None,
+            ends: Ends::default(),
             id_digest: None,
-            identifiers: Vec::new(),
-            rejects: Vec::new(),
             blank_cells: 0,
             valid: [0; 2],
             repeated: 0,
             value: None,
-            group: None,
+            group: false,
         };
         // Ids, identifiers and regions never span lines: a line break in one of
         // them, or in a row of the wrong length, is a quote that was never closed.
         let spans_lines = |cell: &[u8]| cell.contains(&b'\n') || cell.contains(&b'\r');
         if record.len() != self.columns.names.len() {
-            out.id = Err(if record.iter().any(spans_lines) {
+            out.problem = Some(if record.iter().any(spans_lines) {
                 RowProblem::UnclosedQuote
             } else {
                 RowProblem::WrongFieldCount
@@ -417,32 +496,48 @@ impl Worker<'_> {
         }
         let extra = [self.extra.value, self.extra.group];
         if self.columns.used().chain(extra.into_iter().flatten()).any(|col| spans_lines(&record[col])) {
-            out.id = Err(RowProblem::UnclosedQuote);
+            out.problem = Some(RowProblem::UnclosedQuote);
             return out;
         }
-        out.id = match self.columns.id {
-            None => Ok(row.line.to_string()),
+        let id = match self.columns.id {
+            None => {
+                use std::fmt::Write;
+                let start = chunk.ids.len();
+                let _ = write!(chunk.ids, "{}", row.line);
+                &chunk.ids[start..]
+            }
             Some(col) => match std::str::from_utf8(&record[col]) {
-                Err(_) => Err(RowProblem::BadEncoding),
-                Ok(id) if id.trim().is_empty() && !self.list => Err(RowProblem::MissingId),
-                Ok(id) => Ok(id.trim().to_owned()),
+                Err(_) => {
+                    out.problem = Some(RowProblem::BadEncoding);
+                    return out;
+                }
+                Ok(id) if id.trim().is_empty() && !self.list => {
+                    out.problem = Some(RowProblem::MissingId);
+                    return out;
+                }
+                Ok(id) => {
+                    chunk.ids.push_str(id.trim());
+                    id.trim()
+                }
             },
         };
-        let Ok(id) = &out.id else { return out };
         if let Some(col) = self.extra.value {
             match parse_value(&record[col]) {
                 Ok(value) => out.value = Some(value),
                 Err(problem) => {
-                    out.id = Err(problem);
+                    out.problem = Some(problem);
                     return out;
                 }
             }
         }
         if let Some(col) = self.extra.group {
             match std::str::from_utf8(&record[col]).map(str::trim) {
-                Ok(label) if !label.is_empty() => out.group = Some(label.to_owned()),
+                Ok(label) if !label.is_empty() => {
+                    chunk.groups.push_str(label);
+                    out.group = true;
+                }
                 _ => {
-                    out.id = Err(RowProblem::MissingGroup);
+                    out.problem = Some(RowProblem::MissingGroup);
                     return out;
                 }
             }
@@ -474,16 +569,16 @@ impl Worker<'_> {
                 Ok(()) => {
                     let token = self.tokenizer.token(kind.into(), buf);
                     out.valid[kind as usize] += 1;
-                    if out.identifiers.iter().any(|&(_, t, _)| t == token) {
+                    if chunk.identifiers[first_identifier..].iter().any(|&(_, t, _)| t == token) {
                         out.repeated += 1;
                         continue;
                     }
                     let digest = self.digester.map(|d| d.token(kind.into(), buf));
-                    out.identifiers.push((kind, token, digest));
+                    chunk.identifiers.push((kind, token, digest));
                 }
                 Err(reason) => {
                     let value = self.keep_values.then(|| String::from_utf8_lossy(cell).into_owned());
-                    out.rejects.push((col, reason, value));
+                    chunk.rejects.push((col, reason, value));
                 }
             }
         }
@@ -513,14 +608,15 @@ impl Sink<'_> {
     }
 
     /// Appends one worker result to the set.
-    fn append(&mut self, out: RowOut) -> Result<(), ReadError> {
+    fn append(&mut self, row: RowParts<'_>) -> Result<(), ReadError> {
         let columns = self.columns;
-        let id = match out.id {
-            Ok(id) => id,
-            Err(RowProblem::UnclosedQuote) => {
+        let RowParts { out, id, identifiers, rejects: row_rejects, group } = row;
+        match out.problem {
+            None => {}
+            Some(RowProblem::UnclosedQuote) => {
                 return Err(ReadError::UnclosedQuote { path: self.path.to_owned(), line: out.line });
             }
-            Err(problem) => {
+            Some(problem) => {
                 let column = match problem {
                     RowProblem::WrongFieldCount => None,
                     RowProblem::MissingValue | RowProblem::BadValue | RowProblem::ValueTooLarge => self.extra.value,
@@ -539,8 +635,8 @@ impl Sink<'_> {
                 }
                 return Ok(());
             }
-        };
-        if let (true, Some((col, reason, _))) = (self.complete, out.rejects.first()) {
+        }
+        if let (true, Some((col, reason, _))) = (self.complete, row_rejects.first()) {
             return Err(self.incomplete(out.line, Some(*col), reason.code()));
         }
         if self.set.id_ends.len() >= u32::MAX as usize {
@@ -551,15 +647,15 @@ impl Sink<'_> {
         stats.blank_cells += out.blank_cells;
         stats.duplicate_identifiers += out.repeated;
         stats.records += 1;
-        for &(_, reason, _) in &out.rejects {
+        for &(_, reason, _) in row_rejects {
             *stats.rejected.entry(reason.code()).or_default() += 1;
         }
         if let Some(rejects) = &mut self.rejects {
-            for (col, reason, value) in &out.rejects {
+            for (col, reason, value) in row_rejects {
                 rejects.write(out.line, &columns.names[*col], reason.code(), value.as_deref())?;
             }
         }
-        if out.identifiers.is_empty() {
+        if identifiers.is_empty() {
             stats.records_without_identifiers += 1;
         }
         for kind in Kind::ALL {
@@ -567,26 +663,30 @@ impl Sink<'_> {
                 *stats.identifiers.entry(kind.label()).or_default() += out.valid[kind as usize];
             }
         }
-        let record = self.set.push_record(&id);
+        let record = self.set.push_record(id);
         if let Some(value) = out.value {
             self.set.values.push(value);
         }
-        if let Some(label) = out.group {
-            let next = self.set.group_names.len() as u32;
-            let index = *self.group_index.entry(label).or_insert_with_key(|label| {
-                self.set.group_names.push(label.clone());
-                next
-            });
+        if let Some(label) = group {
+            let index = match self.group_index.get(label) {
+                Some(&index) => index,
+                None => {
+                    let index = self.set.group_names.len() as u32;
+                    self.set.group_names.push(label.to_owned());
+                    self.group_index.insert(label.to_owned(), index);
+                    index
+                }
+            };
             self.set.groups.push(index);
         }
         if let Some(ids) = &mut self.ids {
-            ids.push((ID_HASHER.hash_one(&id), record, u32::try_from(out.line).unwrap_or(u32::MAX)));
+            ids.push((ID_HASHER.hash_one(id), record, u32::try_from(out.line).unwrap_or(u32::MAX)));
         }
         if let (Some(digests), Some(id_digest)) = (&mut self.digests, out.id_digest) {
             digests.ids.push(id_digest);
-            digests.entries.extend(out.identifiers.iter().filter_map(|&(_, _, d)| d));
+            digests.entries.extend(identifiers.iter().filter_map(|&(_, _, d)| d));
         }
-        self.set.entries.extend(out.identifiers.into_iter().map(|(kind, token, _)| Entry { token, record, kind }));
+        self.set.entries.extend(identifiers.iter().map(|&(kind, token, _)| Entry { token, record, kind }));
         Ok(())
     }
 }
@@ -617,8 +717,8 @@ fn duplicate_ids(set: &RecordSet, mut ids: Vec<(u64, u32, u32)>) -> (u64, Option
 
 /// Identifiers that equal one seen earlier: total minus distinct tokens.
 fn count_duplicates(entries: &[Entry]) -> u64 {
-    let mut tokens: Vec<Token> = entries.iter().map(|e| e.token).collect();
-    tokens.par_sort_unstable();
-    tokens.dedup();
-    (entries.len() - tokens.len()) as u64
+    let prefix = |t: &Token| u64::from_be_bytes(t.head()[..8].try_into().unwrap_or_default());
+    let order = crate::token::group_equal(entries.len(), |i| entries[i].token, prefix);
+    let distinct = order.chunk_by(|a, b| a.0 == b.0 && entries[a.1].token == entries[b.1].token).count();
+    (entries.len() - distinct) as u64
 }
