@@ -463,3 +463,62 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
     assert_eq!(figures(&report.release.unwrap()["groups"]), expected);
     assert_eq!(f.audit().last().unwrap()["outcome"], "ok");
 }
+
+#[test]
+fn the_command_line_client_prints_and_writes_what_the_partner_learns() {
+    let (f, opted, suppressed) = Fixture::start();
+    let run = |campaign: &str, out: &str, extra: &[&str]| {
+        let path = |name: &str| f.path(name).display().to_string();
+        let mut args: Vec<String> = [
+            "measure",
+            "--server",
+            &format!("https://localhost:{}", f.port),
+            "--campaign",
+            campaign,
+            "--key-file",
+            &path("campaign.key"),
+            "--partner",
+            &path("exposures.csv"),
+            "--group-col",
+            "arm",
+            "--region",
+            "US",
+            "--suppress",
+            &path("suppress.csv"),
+            "--ca",
+            &path("ca.pem"),
+            "--token-file",
+            &path("token"),
+            "--out-dir",
+            &path(out),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        std::process::Command::new(env!("CARGO_BIN_EXE_idmatch")).args(&args).output().unwrap()
+    };
+    let out = run("summer", "cli-summer", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let expected = plaintext(f.dir.path(), &opted, &suppressed);
+    let control = expected["control"];
+    assert!(stdout.contains("control") && stdout.contains(&control[3].to_string()), "{stdout}");
+    assert!(stdout.contains("lift (test vs control)"), "{stdout}");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.path("cli-summer/measurement.json")).unwrap()).unwrap();
+    assert_eq!(figures(&written["release"]["groups"]), expected.into_iter().collect::<Vec<_>>());
+
+    // The owner learns: nothing is written on the partner's side.
+    let out = run("spring", "cli-spring", &[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("to the owner only"));
+    assert!(!f.path("cli-spring").exists());
+    // Refusals keep the client's exit codes; local-only flags are usage errors.
+    let out = run("hidden", "x", &[]);
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run("spring", "x", &["--owner", "outcomes.csv"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run("spring", "x", &["--epsilon", "1", "--clip-value", "5"]);
+    assert_eq!(out.status.code(), Some(2));
+}
