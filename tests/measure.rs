@@ -2,10 +2,13 @@
 //! synthetic data (noise off), opt-outs, suppressions, suppressed groups, rejects,
 //! reproducible noise, and the command line.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::measure::{csv_rows, plaintext, synth};
 use idmatch::key::Key;
 use idmatch::measure::Learner;
 use idmatch::measure::local::{self, MeasureOptions, MeasurementReport};
@@ -13,21 +16,6 @@ use idmatch::measure::stats::{Figure, Noise};
 use idmatch::normalize::{Normalizer, Profile, Region};
 use idmatch::optout::BadRows;
 use idmatch::records::ColumnSpec;
-use idmatch::synth::{SynthOptions, generate, measurement_files};
-
-fn csv_rows(path: &Path) -> Vec<Vec<String>> {
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    reader.records().map(|r| r.unwrap().iter().map(str::to_owned).collect()).collect()
-}
-
-/// A synthetic pair with measurement columns and a key.
-fn synth(dir: &Path, rows: usize, seed: u64) -> PathBuf {
-    generate(dir, &SynthOptions { rows, overlap: 0.6, seed, distinct: false }).unwrap();
-    measurement_files(dir, seed).unwrap();
-    let key = dir.join("campaign.key");
-    Key::generate_to_file(&key).unwrap();
-    key
-}
 
 fn options(dir: &Path, key: PathBuf, min_aggregate: u64) -> MeasureOptions {
     MeasureOptions {
@@ -49,37 +37,6 @@ fn options(dir: &Path, key: PathBuf, min_aggregate: u64) -> MeasureOptions {
         write_rejects: false,
         progress: false,
     }
-}
-
-/// Per arm: (records, matched exposure records, matched people, sum), from
-/// truth.csv (the pairs sharing a valid identifier) minus excluded ids.
-fn plaintext(dir: &Path, opted_out: &BTreeSet<String>, suppressed: &BTreeSet<String>) -> BTreeMap<String, [u64; 4]> {
-    let arms: HashMap<String, String> =
-        csv_rows(&dir.join("exposures.csv")).into_iter().map(|r| (r[0].clone(), r[3].clone())).collect();
-    let values: HashMap<String, u64> =
-        csv_rows(&dir.join("outcomes.csv")).into_iter().map(|r| (r[0].clone(), r[3].parse().unwrap())).collect();
-    let mut out: BTreeMap<String, [u64; 4]> = BTreeMap::new();
-    for (id, arm) in &arms {
-        if !suppressed.contains(id) {
-            out.entry(arm.clone()).or_default()[0] += 1;
-        }
-    }
-    let mut matched: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
-    for pair in csv_rows(&dir.join("truth.csv")) {
-        let (partner, member) = (&pair[0], &pair[1]);
-        if values.contains_key(member) && !opted_out.contains(member) && !suppressed.contains(partner) {
-            let entry = matched.entry(arms[partner].clone()).or_default();
-            entry.0.insert(partner.clone());
-            entry.1.insert(member.clone());
-        }
-    }
-    for (arm, (records, people)) in matched {
-        let line = out.get_mut(&arm).unwrap();
-        line[1] = records.len() as u64;
-        line[2] = people.len() as u64;
-        line[3] = people.iter().map(|m| values[m]).sum();
-    }
-    out
 }
 
 fn check(report: &MeasurementReport, expected: &BTreeMap<String, [u64; 4]>) {

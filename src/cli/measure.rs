@@ -1,5 +1,5 @@
 //! `idmatch measure`: campaign lift by private intersection-sum, both roles on two
-//! local files.
+//! local files, or, with `--server`, the partner's side against an owner's server.
 
 use std::path::PathBuf;
 
@@ -10,17 +10,36 @@ use idmatch::measure::Learner;
 use idmatch::measure::local::{self, MeasureOptions};
 use idmatch::measure::stats::{DEFAULT_MIN_AGGREGATE, Noise};
 use idmatch::optout::BadRows;
+use idmatch::service::measure_client::{self, MeasureClientOptions};
 
 #[derive(Debug, Args)]
 pub struct MeasureArgs {
-    /// The owner's outcome file (CSV/TSV with a header and a value column).
-    #[arg(long, value_name = "FILE")]
-    pub owner: PathBuf,
+    /// Local mode: the owner's outcome file (CSV/TSV with a header and a value column).
+    #[arg(long, value_name = "FILE", required_unless_present = "server", conflicts_with = "server")]
+    pub owner: Option<PathBuf>,
     /// The partner's exposure file (CSV/TSV with a header, optionally a group column).
     #[arg(long, value_name = "FILE")]
     pub partner: PathBuf,
-    /// The owner's value column: a non-negative integer up to 2^32 per record (conversions, revenue in cents).
-    #[arg(long, value_name = "NAME", default_value = "value")]
+    /// Client mode: the owner's server, `https://host:port` (plain `http://` only for a loopback test server).
+    #[arg(long, value_name = "URL", requires = "campaign")]
+    pub server: Option<String>,
+    /// Client mode: the campaign id on the server (its measurement settings apply).
+    #[arg(long, requires = "server")]
+    pub campaign: Option<String>,
+    /// Client mode: CA bundle (PEM) that signed the server's certificate.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub ca: Option<PathBuf>,
+    /// Client mode: client certificate (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires_all = ["server", "key"])]
+    pub cert: Option<PathBuf>,
+    /// Client mode: client private key (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires_all = ["server", "cert"])]
+    pub key: Option<PathBuf>,
+    /// Client mode: file holding the bearer token the owner issued.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub token_file: Option<PathBuf>,
+    /// Local mode: the owner's value column: a non-negative integer up to 2^32 per record (conversions, revenue in cents).
+    #[arg(long, value_name = "NAME", default_value = "value", conflicts_with = "server")]
     pub value_col: String,
     /// The partner's group column (e.g. test/control); without it every exposure is in group `all`.
     #[arg(long, value_name = "NAME")]
@@ -32,8 +51,8 @@ pub struct MeasureArgs {
     pub profile: ProfileArgs,
     #[command(flatten)]
     pub columns: ColumnArgs,
-    /// The owner's opt-out list: opted-out people are never sent.
-    #[arg(long, value_name = "FILE")]
+    /// Local mode: the owner's opt-out list: opted-out people are never sent.
+    #[arg(long, value_name = "FILE", conflicts_with = "server")]
     pub optouts: Option<PathBuf>,
     /// The partner's suppression list, applied to the exposures.
     #[arg(long, value_name = "FILE")]
@@ -41,17 +60,17 @@ pub struct MeasureArgs {
     /// Skip (and count) unreadable rows of the opt-out and suppression lists instead of refusing.
     #[arg(long)]
     pub skip_bad_list_rows: bool,
-    /// Directory for measurement.json (created if missing).
+    /// Directory for measurement.json (created if missing); with --server written only where the partner learns the figures.
     #[arg(long, value_name = "DIR")]
     pub out_dir: PathBuf,
-    /// Also write owner_rejects.csv and partner_rejects.csv (line, column, reason) to the output directory.
-    #[arg(long)]
+    /// Local mode: also write owner_rejects.csv and partner_rejects.csv (line, column, reason) to the output directory.
+    #[arg(long, conflicts_with = "server")]
     pub write_rejects: bool,
-    /// Figures over fewer matched people are suppressed (written "<N>").
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MIN_AGGREGATE)]
+    /// Local mode: figures over fewer matched people are suppressed (written "<N>"); with --server the campaign's setting applies.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MIN_AGGREGATE, conflicts_with = "server")]
     pub min_aggregate: u64,
     /// Add discrete Laplace noise with this total epsilon to the released counts and sums.
-    #[arg(long, value_name = "E", requires = "clip_value")]
+    #[arg(long, value_name = "E", requires = "clip_value", conflicts_with = "server")]
     pub epsilon: Option<f64>,
     /// Clip every value at this before encryption (bounds the sum's sensitivity); required with --epsilon.
     #[arg(long, value_name = "MAX", requires = "epsilon")]
@@ -59,8 +78,8 @@ pub struct MeasureArgs {
     /// Seed of the noise (reproducible runs; never use a fixed seed for a real release).
     #[arg(long, value_name = "S", requires = "epsilon")]
     pub seed: Option<u64>,
-    /// Who receives the released figures: owner, partner or both.
-    #[arg(long, default_value = "owner", value_parser = parse_learner)]
+    /// Local mode: who receives the released figures: owner, partner or both (with --server, the campaign's setting).
+    #[arg(long, default_value = "owner", value_parser = parse_learner, conflicts_with = "server")]
     pub learner: Learner,
 }
 
@@ -69,8 +88,14 @@ fn parse_learner(s: &str) -> Result<Learner, String> {
 }
 
 pub fn run(args: MeasureArgs) -> CliResult {
+    if args.server.is_some() {
+        return run_client(args);
+    }
+    let Some(owner) = args.owner else {
+        return Err("--owner is required without --server".into());
+    };
     let options = MeasureOptions {
-        owner: args.owner,
+        owner,
         partner: args.partner,
         key_file: args.key_file,
         value_column: args.value_col,
@@ -98,5 +123,48 @@ pub fn run(args: MeasureArgs) -> CliResult {
     }
     print!("{}", local::format_table(&report));
     println!("wrote {}", args.out_dir.join("measurement.json").display());
+    Ok(())
+}
+
+fn run_client(args: MeasureArgs) -> CliResult {
+    let (Some(server), Some(campaign)) = (args.server, args.campaign) else {
+        return Err("--server needs --campaign".into());
+    };
+    let options = MeasureClientOptions {
+        server,
+        campaign,
+        key_file: args.key_file,
+        input: args.partner,
+        group_column: args.group_col,
+        normalizer: args.profile.normalizer(),
+        columns: args.columns.spec(),
+        suppress: args.suppress,
+        bad_list_rows: BadRows::skip_if(args.skip_bad_list_rows),
+        out_dir: args.out_dir.clone(),
+        ca: args.ca,
+        cert: args.cert,
+        key: args.key,
+        token_file: args.token_file,
+        idle_timeout: std::time::Duration::from_secs(300),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(measure_client::run(options))?;
+    let side = &report.partner;
+    print!("partner: {}", format_stats(std::path::Path::new(&side.file), &side.read));
+    println!(
+        "  suppressed records: {}; bundles sent: {}; identifiers shared with an earlier record (dropped): {}",
+        side.excluded_records, side.bundles_sent, side.shared_identifiers_dropped
+    );
+    println!("owner people: {}; measurement id: {}", report.owner_people, report.measurement_id);
+    match &report.release {
+        Some(release) => {
+            print!("{}", measure_client::format_release(release));
+            if let Some(e) = report.epsilon {
+                println!("noise: discrete Laplace, epsilon {e} (ε/3 per figure)");
+            }
+            println!("wrote {}", args.out_dir.join("measurement.json").display());
+        }
+        None => println!("the campaign releases the figures to the owner only (learner = {})", report.learner),
+    }
     Ok(())
 }

@@ -220,14 +220,21 @@ pub fn run(options: &MeasureOptions) -> Result<MeasurementReport, MeasureFailure
 
 /// Writes `measurement.json` atomically (temporary file, then rename).
 fn write_report(out_dir: &Path, report: &MeasurementReport) -> Result<(), MeasureFailure> {
+    write_json(out_dir, "measurement.json", report)
+}
+
+/// Writes `value` as pretty JSON to `out_dir/name` (the directory created if
+/// missing) whole or not at all: a private temporary file (mode 0600) in the same
+/// directory, synced, then renamed.
+pub fn write_json(out_dir: &Path, name: &str, value: &impl Serialize) -> Result<(), MeasureFailure> {
     let err = |path: &Path| {
         let path = path.to_owned();
         move |source| MeasureFailure::Write { path, source }
     };
     std::fs::create_dir_all(out_dir).map_err(err(out_dir))?;
-    let path = out_dir.join("measurement.json");
+    let path = out_dir.join(name);
     let mut file = tempfile::Builder::new().prefix(".measurement-").tempfile_in(out_dir).map_err(err(out_dir))?;
-    serde_json::to_writer_pretty(&mut file, report).map_err(|e| err(&path)(e.into()))?;
+    serde_json::to_writer_pretty(&mut file, value).map_err(|e| err(&path)(e.into()))?;
     file.write_all(b"\n").map_err(err(&path))?;
     file.as_file().sync_all().map_err(err(&path))?;
     file.persist(&path).map_err(|e| err(&path)(e.error))?;
@@ -268,7 +275,7 @@ fn side_report(records: &RecordSet, excluded: &[bool], sent: u64, dropped: u64, 
 
 /// The owner's people: one per non-excluded record with at least one identifier,
 /// its value clipped to `clip`.
-fn owner_people(records: &RecordSet, excluded: &[bool], clip: Option<u64>) -> (Vec<Person>, SideReport) {
+pub(crate) fn owner_people(records: &RecordSet, excluded: &[bool], clip: Option<u64>) -> (Vec<Person>, SideReport) {
     let (by_record, dropped) = tokens_by_record(records, excluded);
     let mut clipped = 0;
     let people: Vec<Person> = by_record
@@ -290,10 +297,10 @@ fn owner_people(records: &RecordSet, excluded: &[bool], clip: Option<u64>) -> (V
     (people, report)
 }
 
-type PartnerSide = (Vec<String>, Vec<u64>, Vec<Exposure>, SideReport);
+pub(crate) type PartnerSide = (Vec<String>, Vec<u64>, Vec<Exposure>, SideReport);
 
 /// The partner's groups (sorted labels), records per group, and exposures.
-fn partner_exposures(records: &RecordSet, excluded: &[bool]) -> Result<PartnerSide, MeasureFailure> {
+pub(crate) fn partner_exposures(records: &RecordSet, excluded: &[bool]) -> Result<PartnerSide, MeasureFailure> {
     let mut labels: Vec<String> = (0..records.len() as u32)
         .filter(|&r| !excluded[r as usize])
         .map(|r| records.group(r).unwrap_or(DEFAULT_GROUP).to_owned())

@@ -32,6 +32,39 @@ pub struct MatchRecord {
     pub duration_ms: u64,
 }
 
+/// One measurement, as audited (`"kind": "measurement"`): sizes and who learned
+/// what, never a value, identifier or figure.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MeasureRecord {
+    /// Milliseconds since the Unix epoch, UTC.
+    pub time_unix_ms: u64,
+    /// Always `measurement`.
+    pub kind: &'static str,
+    /// The measurement's id (the `idmatch-match-id` header).
+    pub match_id: String,
+    pub partner: String,
+    pub campaign: String,
+    /// Who receives the released figures (`owner`, `partner`, `both`), once the
+    /// hello passed.
+    pub learner: Option<String>,
+    /// Whether the owner wrote the figures to its results directory.
+    pub owner_learned: bool,
+    /// Whether the figures were sent to the partner.
+    pub partner_learned: bool,
+    /// Exposure bundles and groups the partner announced.
+    pub exposure_bundles: Option<u64>,
+    pub groups: Option<u64>,
+    /// Outcome records of the campaign, those excluded by opt-outs, and the people sent.
+    pub outcome_records: Option<u64>,
+    pub opted_out_records: Option<u64>,
+    pub owner_people: Option<u64>,
+    /// Epsilon charged to the partner's daily budget (0 without noise).
+    pub epsilon_spent: f64,
+    /// `ok`, or the failure reason (a gRPC status code name).
+    pub outcome: String,
+    pub duration_ms: u64,
+}
+
 /// The log file.
 pub struct AuditLog {
     path: PathBuf,

@@ -1,5 +1,5 @@
-//! Per-partner daily budgets (matches and identifiers per UTC day), kept in a small
-//! JSON state file so that they survive a restart. The file is replaced atomically
+//! Per-partner daily budgets (matches and identifiers per UTC day, and the epsilon
+//! of measurements per campaign), kept in a small JSON state file so that they survive a restart. The file is replaced atomically
 //! (write to a temporary file, then rename).
 
 use std::collections::BTreeMap;
@@ -21,16 +21,24 @@ struct State {
     /// Days since the Unix epoch (UTC) the counts belong to.
     day: u64,
     partners: BTreeMap<String, Usage>,
+    /// Epsilon spent today, by partner, then campaign (absent in files written
+    /// before measurements).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    epsilon: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 /// Why a match was refused by its budget.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 #[non_exhaustive]
 pub enum BudgetError {
     #[error("daily match budget of {0} used up")]
     Matches(u64),
     #[error("daily identifier budget of {0} would be exceeded")]
     Identifiers(u64),
+    #[error(
+        "daily epsilon budget of {daily} for this partner on campaign `{campaign}` would be exceeded: {spent} spent today, this measurement needs {asked}"
+    )]
+    Epsilon { campaign: String, daily: f64, spent: f64, asked: f64 },
     #[error("budget state {path}: {reason}")]
     State { path: PathBuf, reason: String },
 }
@@ -47,6 +55,15 @@ pub struct Budgets {
 pub struct Allowance {
     pub matches: u64,
     pub identifiers: u64,
+}
+
+/// The epsilon one measurement spends on one campaign, and that campaign's daily
+/// epsilon budget per partner.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EpsilonCharge<'a> {
+    pub campaign: &'a str,
+    pub epsilon: f64,
+    pub daily: f64,
 }
 
 fn today() -> u64 {
@@ -67,10 +84,33 @@ impl Budgets {
 
     /// Charges one match of `identifiers` to `partner`, or refuses it.
     pub fn charge(&self, partner: &str, identifiers: u64, allowance: Allowance) -> Result<(), BudgetError> {
+        self.charge_with(partner, identifiers, allowance, None)
+    }
+
+    /// Charges one measurement to `partner`: one match of `identifiers` (exposure
+    /// bundles), and with noise its epsilon on `campaign` against that campaign's
+    /// daily epsilon budget. All or nothing.
+    pub fn charge_measurement(
+        &self,
+        partner: &str,
+        identifiers: u64,
+        allowance: Allowance,
+        epsilon: Option<EpsilonCharge<'_>>,
+    ) -> Result<(), BudgetError> {
+        self.charge_with(partner, identifiers, allowance, epsilon)
+    }
+
+    fn charge_with(
+        &self,
+        partner: &str,
+        identifiers: u64,
+        allowance: Allowance,
+        epsilon: Option<EpsilonCharge<'_>>,
+    ) -> Result<(), BudgetError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let day = today();
         if state.day != day {
-            *state = State { day, partners: BTreeMap::new() };
+            *state = State { day, ..State::default() };
         }
         let usage = state.partners.get(partner).copied().unwrap_or_default();
         if usage.matches >= allowance.matches {
@@ -79,9 +119,26 @@ impl Budgets {
         if usage.identifiers.saturating_add(identifiers) > allowance.identifiers {
             return Err(BudgetError::Identifiers(allowance.identifiers));
         }
+        let mut next = state.clone();
+        if let Some(charge) = epsilon {
+            let spent = state.epsilon.get(partner).and_then(|c| c.get(charge.campaign)).copied().unwrap_or(0.0);
+            // A small tolerance, so that a budget of 3 fits three measurements of 1.0
+            // whatever the rounding of their sum.
+            if spent + charge.epsilon > charge.daily * (1.0 + 1e-9) {
+                return Err(BudgetError::Epsilon {
+                    campaign: charge.campaign.to_owned(),
+                    daily: charge.daily,
+                    spent,
+                    asked: charge.epsilon,
+                });
+            }
+            next.epsilon
+                .entry(partner.to_owned())
+                .or_default()
+                .insert(charge.campaign.to_owned(), spent + charge.epsilon);
+        }
         // The new usage counts only once it is on disk: a failed write refuses the
         // match without spending the partner's budget.
-        let mut next = state.clone();
         next.partners.insert(
             partner.to_owned(),
             Usage { matches: usage.matches + 1, identifiers: usage.identifiers + identifiers },
@@ -118,6 +175,50 @@ mod tests {
         b.charge("other", 1, allow).unwrap();
         // A larger allowance (after a reload) applies to what was used already.
         b.charge("acme", 1, Allowance { matches: 3, identifiers: 100 }).unwrap();
+    }
+
+    #[test]
+    fn epsilon_budgets_are_per_partner_and_campaign_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("budgets.json");
+        let allow = Allowance { matches: 100, identifiers: 1000 };
+        let spring = |epsilon| Some(EpsilonCharge { campaign: "spring", epsilon, daily: 3.0 });
+        let b = Budgets::open(&path).unwrap();
+        b.charge_measurement("acme", 10, allow, spring(1.0)).unwrap();
+        b.charge_measurement("acme", 10, allow, spring(1.0)).unwrap();
+        let b = Budgets::open(&path).unwrap();
+        assert_eq!(
+            b.charge_measurement("acme", 10, allow, spring(1.5)),
+            Err(BudgetError::Epsilon { campaign: "spring".into(), daily: 3.0, spent: 2.0, asked: 1.5 })
+        );
+        // The refused measurement charged nothing, not even a match.
+        b.charge_measurement("acme", 10, allow, spring(1.0)).unwrap();
+        assert!(matches!(b.charge_measurement("acme", 10, allow, spring(0.1)), Err(BudgetError::Epsilon { .. })));
+        // Other campaigns and other partners have budgets of their own.
+        let autumn = Some(EpsilonCharge { campaign: "autumn", epsilon: 1.0, daily: 1.0 });
+        b.charge_measurement("acme", 10, allow, autumn).unwrap();
+        b.charge_measurement("other", 10, allow, spring(3.0)).unwrap();
+        // Without noise nothing is spent, and the match budget still applies.
+        b.charge_measurement("acme", 10, allow, None).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"epsilon\""), "{text}");
+        let b = Budgets::open(&path).unwrap();
+        assert!(matches!(b.charge_measurement("acme", 1, allow, spring(0.5)), Err(BudgetError::Epsilon { .. })));
+        assert_eq!(b.charge_measurement("acme", 1000, allow, None), Err(BudgetError::Identifiers(1000)));
+    }
+
+    #[test]
+    fn a_state_file_from_before_measurements_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("budgets.json");
+        let day = today();
+        std::fs::write(
+            &path,
+            format!("{{\"day\": {day}, \"partners\": {{\"acme\": {{\"matches\": 2, \"identifiers\": 5}}}}}}"),
+        )
+        .unwrap();
+        let b = Budgets::open(&path).unwrap();
+        assert_eq!(b.charge("acme", 1, Allowance { matches: 2, identifiers: 100 }), Err(BudgetError::Matches(2)));
     }
 
     #[test]

@@ -157,6 +157,10 @@ pub enum ClientError {
     /// The partner's state machine could not start (its random number generator).
     #[error("could not start the match: {0}")]
     Setup(#[from] SetupError),
+    /// A measurement could not be run or its result written (`idmatch measure
+    /// --server`): the exposures, the owner's messages or the output directory.
+    #[error("measurement: {0}")]
+    Measurement(String),
     /// The stream ended early (closed, idle or stalled past `idle_timeout`, broken),
     /// or a background task failed.
     #[error("{0}")]
@@ -178,7 +182,7 @@ impl ClientError {
         }
     }
 
-    fn from_status(code: tonic::Code, message: &str) -> ClientError {
+    pub(super) fn from_status(code: tonic::Code, message: &str) -> ClientError {
         let message = truncated(message, SERVER_MESSAGE_MAX_CHARS);
         let key_refused =
             [ProtocolError::KeyMismatch, ProtocolError::KeyFingerprintMissing].iter().any(|e| message == e.to_string());
@@ -201,13 +205,28 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-fn read_file(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
+pub(super) fn read_file(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
     std::fs::read(path).map_err(|source| ClientError::File { path: path.clone(), source })
 }
 
+/// The TLS files of a connection (`--ca`, `--cert`, `--key`).
+#[derive(Clone, Copy, Default)]
+pub(super) struct TlsFiles<'a> {
+    pub ca: Option<&'a PathBuf>,
+    pub cert: Option<&'a PathBuf>,
+    pub key: Option<&'a PathBuf>,
+}
+
 async fn connect(options: &ClientOptions) -> Result<Channel, ClientError> {
-    let unreachable = |reason: String| ClientError::Unreachable { server: options.server.clone(), reason };
-    let mut endpoint = Endpoint::from_shared(options.server.clone())
+    let tls = TlsFiles { ca: options.ca.as_ref(), cert: options.cert.as_ref(), key: options.key.as_ref() };
+    connect_to(&options.server, tls).await
+}
+
+/// A channel to the owner's server at `server` (TLS for `https://`, which needs a
+/// CA file; mutual TLS with a client certificate and key).
+pub(super) async fn connect_to(server: &str, files: TlsFiles<'_>) -> Result<Channel, ClientError> {
+    let unreachable = |reason: String| ClientError::Unreachable { server: server.to_owned(), reason };
+    let mut endpoint = Endpoint::from_shared(server.to_owned())
         .map_err(|e| unreachable(e.to_string()))?
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20))
@@ -216,13 +235,13 @@ async fn connect(options: &ClientOptions) -> Result<Channel, ClientError> {
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .tcp_keepalive(Some(TCP_KEEPALIVE));
-    if options.server.starts_with("https://") {
+    if server.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
-        match &options.ca {
+        match files.ca {
             Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read_file(ca)?)),
             None => return Err(ClientError::Tls("--ca is required for an https server".into())),
         }
-        match (&options.cert, &options.key) {
+        match (files.cert, files.key) {
             (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read_file(cert)?, read_file(key)?)),
             (None, None) => {}
             _ => return Err(ClientError::Tls("--cert and --key go together".into())),

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::measure::Learner;
+use crate::measure::stats::{DEFAULT_MIN_AGGREGATE, Noise};
 use crate::normalize::{Profile, Region, parse_region};
 use crate::psi::{Protocol, Reveal};
 use crate::records::ColumnSpec;
@@ -202,6 +204,70 @@ pub struct CampaignConfig {
     /// semi-honest partners only (docs/PRIVACY.md, "Under `oprf`").
     #[serde(default = "default_protocols")]
     pub protocols: Vec<String>,
+    /// Campaign measurement over the `Measurer` rpc (`[campaigns.measurement]`);
+    /// without it the campaign refuses measurements.
+    pub measurement: Option<MeasurementConfig>,
+}
+
+/// A campaign's `[campaigns.measurement]` table, as written;
+/// [`Config::campaign_settings`] validates it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasurementConfig {
+    /// The owner's outcome file (CSV/TSV with a header and the value column).
+    pub outcomes: PathBuf,
+    /// Column names in the outcome file (default: detected from the header).
+    #[serde(default)]
+    pub columns: ColumnNames,
+    /// The value column: a non-negative integer up to 2^32 per record (default `value`).
+    #[serde(default = "default_value_column")]
+    pub value_column: String,
+    /// Who receives the released figures: `owner` (default), `partner` or `both`.
+    #[serde(default = "default_learner")]
+    pub learner: String,
+    /// Figures over fewer matched people are suppressed (default 100, positive).
+    #[serde(default = "default_min_aggregate")]
+    pub min_aggregate: u64,
+    /// Total epsilon of the discrete Laplace noise of one measurement; no noise when
+    /// absent. Needs `value_max` and `max_epsilon_per_partner_per_day`.
+    pub epsilon: Option<f64>,
+    /// Values are clipped at this before encryption (the sum's sensitivity).
+    pub value_max: Option<u64>,
+    /// Epsilon one partner may spend on this campaign per UTC day.
+    pub max_epsilon_per_partner_per_day: Option<f64>,
+}
+
+fn default_value_column() -> String {
+    "value".to_owned()
+}
+
+fn default_learner() -> String {
+    Learner::Owner.name().to_owned()
+}
+
+fn default_min_aggregate() -> u64 {
+    DEFAULT_MIN_AGGREGATE
+}
+
+/// A campaign's validated measurement settings.
+#[derive(Debug, Clone)]
+pub struct MeasurementSettings {
+    /// The outcome file.
+    pub outcomes: PathBuf,
+    /// Column names in the outcome file.
+    pub columns: ColumnSpec,
+    /// The value column.
+    pub value_column: String,
+    /// Who receives the released figures.
+    pub learner: Learner,
+    /// The minimum aggregate.
+    pub min_aggregate: u64,
+    /// The noise, when configured (`epsilon` and `value_max`).
+    pub noise: Option<Noise>,
+    /// The clip value (also without noise).
+    pub value_max: Option<u64>,
+    /// The daily epsilon budget of each partner on this campaign (with noise only).
+    pub max_epsilon_per_day: Option<f64>,
 }
 
 fn default_profile() -> String {
@@ -282,6 +348,8 @@ pub struct CampaignSettings {
     pub columns: ColumnSpec,
     /// The matching engines allowed (not empty, no repeats).
     pub protocols: Vec<Protocol>,
+    /// Campaign measurement, when configured.
+    pub measurement: Option<MeasurementSettings>,
 }
 
 impl Config {
@@ -324,6 +392,9 @@ impl Config {
         for c in &mut self.campaigns {
             fix(&mut c.key_file);
             fix(&mut c.audience);
+            if let Some(m) = &mut c.measurement {
+                fix(&mut m.outcomes);
+            }
         }
     }
 
@@ -417,6 +488,7 @@ impl Config {
         if protocols.is_empty() {
             return Err(format!("campaign `{}`: protocols: allow at least one of ecdh, oprf", c.id));
         }
+        let measurement = c.measurement.as_ref().map(|m| measurement_settings(m, &c.id)).transpose()?;
         Ok(CampaignSettings {
             id: c.id.clone(),
             key_file: c.key_file.clone(),
@@ -425,6 +497,7 @@ impl Config {
             region,
             columns: c.columns.spec(),
             protocols,
+            measurement,
         })
     }
 
@@ -462,6 +535,58 @@ impl Config {
     }
 }
 
+/// The validated `[campaigns.measurement]` table of campaign `id`.
+fn measurement_settings(m: &MeasurementConfig, id: &str) -> Result<MeasurementSettings, String> {
+    let err = |field: &str, reason: String| format!("campaign `{id}`: [campaigns.measurement] {field}: {reason}");
+    let learner: Learner = m.learner.parse().map_err(|e| err("learner", e))?;
+    if m.value_column.trim().is_empty() {
+        return Err(err("value_column", "must not be empty".into()));
+    }
+    if m.min_aggregate == 0 {
+        return Err(err("min_aggregate", "must be at least 1".into()));
+    }
+    if m.value_max == Some(0) {
+        return Err(err("value_max", "must be at least 1".into()));
+    }
+    if let Some(e) = m.epsilon
+        && (!e.is_finite() || e <= 0.0)
+    {
+        return Err(err("epsilon", format!("{e} is not a positive finite number")));
+    }
+    if let Some(b) = m.max_epsilon_per_partner_per_day
+        && (!b.is_finite() || b <= 0.0)
+    {
+        return Err(err("max_epsilon_per_partner_per_day", format!("{b} is not a positive finite number")));
+    }
+    let noise = match (m.epsilon, m.value_max, m.max_epsilon_per_partner_per_day) {
+        (None, _, None) => None,
+        (None, _, Some(_)) => return Err(err("max_epsilon_per_partner_per_day", "needs epsilon".into())),
+        (Some(_), None, _) => {
+            return Err(err("value_max", "is required with epsilon (it bounds the sum's sensitivity)".into()));
+        }
+        (Some(_), _, None) => return Err(err("max_epsilon_per_partner_per_day", "is required with epsilon".into())),
+        (Some(epsilon), Some(clip), Some(daily)) => {
+            if daily < epsilon {
+                return Err(err(
+                    "max_epsilon_per_partner_per_day",
+                    format!("{daily} is smaller than epsilon ({epsilon}): no measurement could run"),
+                ));
+            }
+            Some(Noise { epsilon, clip })
+        }
+    };
+    Ok(MeasurementSettings {
+        outcomes: m.outcomes.clone(),
+        columns: m.columns.spec(),
+        value_column: m.value_column.trim().to_owned(),
+        learner,
+        min_aggregate: m.min_aggregate,
+        noise,
+        value_max: m.value_max,
+        max_epsilon_per_day: noise.and(m.max_epsilon_per_partner_per_day),
+    })
+}
+
 impl Config {
     /// Why `new` cannot replace `self` on a reload, if it cannot: the listening
     /// socket, TLS, files held open and the server's HTTP/2 settings are fixed until
@@ -491,4 +616,88 @@ pub fn parse_sha256(hex_digest: &str) -> Result<[u8; 32], String> {
     let mut digest = [0u8; 32];
     hex::decode_to_slice(hex_digest.trim(), &mut digest).map_err(|_| "must be 64 hex digits".to_owned())?;
     Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with(measurement: &str) -> Config {
+        let text = format!(
+            r#"
+listen = "127.0.0.1:0"
+results_dir = "results"
+audit_log = "audit.jsonl"
+state_file = "state.json"
+
+[[partners]]
+name = "acme"
+token_sha256 = "{}"
+campaigns = ["spring"]
+reveals = ["count"]
+
+[[campaigns]]
+id = "spring"
+key_file = "campaign.key"
+audience = "members.csv"
+{measurement}
+"#,
+            "ab".repeat(32)
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    fn problem(measurement: &str) -> String {
+        config_with(measurement).validate().unwrap_err()
+    }
+
+    #[test]
+    fn measurement_settings_default_and_validate() {
+        let config = config_with("[campaigns.measurement]\noutcomes = \"outcomes.csv\"\n");
+        config.validate().unwrap();
+        let m = config.campaign_settings(&config.campaigns[0]).unwrap().measurement.unwrap();
+        assert_eq!((m.learner, m.min_aggregate, m.value_column.as_str()), (Learner::Owner, 100, "value"));
+        assert_eq!((m.noise, m.max_epsilon_per_day), (None, None));
+        assert!(config_with("").campaign_settings(&config_with("").campaigns[0]).unwrap().measurement.is_none());
+
+        let noisy = config_with(
+            "[campaigns.measurement]\noutcomes = \"o.csv\"\nlearner = \"both\"\nepsilon = 1.5\nvalue_max = 5000\nmax_epsilon_per_partner_per_day = 3\n",
+        );
+        let m = noisy.campaign_settings(&noisy.campaigns[0]).unwrap().measurement.unwrap();
+        assert_eq!(m.noise, Some(Noise { epsilon: 1.5, clip: 5000 }));
+        assert_eq!((m.learner, m.max_epsilon_per_day), (Learner::Both, Some(3.0)));
+    }
+
+    #[test]
+    fn measurement_problems_name_the_campaign_the_field_and_the_reason() {
+        let base = "[campaigns.measurement]\noutcomes = \"o.csv\"\n";
+        let cases = [
+            ("learner = \"everyone\"", "learner: unknown learner `everyone`"),
+            ("min_aggregate = 0", "min_aggregate: must be at least 1"),
+            ("value_column = \" \"", "value_column: must not be empty"),
+            ("epsilon = -1.0\nvalue_max = 10\nmax_epsilon_per_partner_per_day = 1", "epsilon: -1 is not a positive"),
+            ("epsilon = 1.0\nmax_epsilon_per_partner_per_day = 1", "value_max: is required with epsilon"),
+            ("epsilon = 1.0\nvalue_max = 10", "max_epsilon_per_partner_per_day: is required with epsilon"),
+            ("max_epsilon_per_partner_per_day = 1", "max_epsilon_per_partner_per_day: needs epsilon"),
+            ("epsilon = 2.0\nvalue_max = 10\nmax_epsilon_per_partner_per_day = 1", "1 is smaller than epsilon (2)"),
+            ("value_max = 0", "value_max: must be at least 1"),
+        ];
+        for (extra, expected) in cases {
+            let p = problem(&format!("{base}{extra}\n"));
+            assert!(p.starts_with("campaign `spring`: [campaigns.measurement] "), "{p}");
+            assert!(p.contains(expected), "{extra}: {p}");
+        }
+        let unknown: Result<Config, _> = toml::from_str(&format!(
+            "listen = \"127.0.0.1:0\"\nresults_dir = \"r\"\naudit_log = \"a\"\nstate_file = \"s\"\npartners = []\n[[campaigns]]\nid = \"x\"\nkey_file = \"k\"\naudience = \"a\"\n{base}epsilonn = 1\n"
+        ));
+        assert!(unknown.unwrap_err().to_string().contains("epsilonn"));
+    }
+
+    #[test]
+    fn relative_outcome_paths_are_taken_from_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config_with("[campaigns.measurement]\noutcomes = \"outcomes.csv\"\n");
+        config.resolve_paths(dir.path());
+        assert_eq!(config.campaigns[0].measurement.as_ref().unwrap().outcomes, dir.path().join("outcomes.csv"));
+    }
 }

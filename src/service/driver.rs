@@ -24,6 +24,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Receiver, Sender};
 
+use super::frames::FrameError;
 use crate::psi::{Endpoint, ProtocolError, SetupError};
 
 /// Why a driven match stopped early.
@@ -35,6 +36,9 @@ pub enum DriveError {
     /// This side's state machine could not start (never the peer's fault).
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// A measurement message or frame was refused (docs/PROTOCOL.md §12.9).
+    #[error(transparent)]
+    Measure(#[from] FrameError),
     #[error("the peer closed the stream before the match finished")]
     PeerClosed,
     #[error("the peer sent nothing for {0:?}")]
@@ -73,6 +77,35 @@ pub fn receive_with_deadline<M>(inbound: &mut Inbound<M>, idle: Duration, runtim
         .ok_or(DriveError::PeerClosed)?
 }
 
+/// A role the driver can run: a matching engine's [`Endpoint`], or a measurement
+/// role over frames.
+pub trait Driven {
+    /// Messages this role receives.
+    type Incoming;
+    /// Messages this role sends.
+    type Outgoing;
+    /// Handles one message from the peer; an error ends the session.
+    fn receive(&mut self, message: Self::Incoming) -> Result<(), DriveError>;
+    /// The next message to send, if one is ready.
+    fn poll_outgoing(&mut self) -> Option<Self::Outgoing>;
+    /// Whether this role has finished successfully.
+    fn is_done(&self) -> bool;
+}
+
+impl<E: Endpoint> Driven for E {
+    type Incoming = E::Incoming;
+    type Outgoing = E::Outgoing;
+    fn receive(&mut self, message: E::Incoming) -> Result<(), DriveError> {
+        Ok(Endpoint::receive(self, message)?)
+    }
+    fn poll_outgoing(&mut self) -> Option<E::Outgoing> {
+        Endpoint::poll_outgoing(self)
+    }
+    fn is_done(&self) -> bool {
+        Endpoint::is_done(self)
+    }
+}
+
 /// Messages from the peer as the network task hands them over: decoded messages,
 /// or the transport's error.
 pub type Inbound<M> = Receiver<Result<M, DriveError>>;
@@ -83,7 +116,7 @@ pub const INBOUND_QUEUE: usize = 4;
 /// Runs `endpoint` to completion. `inbound` carries the peer's messages; each
 /// outgoing message goes through `convert` (which may keep it, returning `None`)
 /// into `outbound`.
-pub fn drive<E: Endpoint, T>(
+pub fn drive<E: Driven, T>(
     endpoint: &mut E,
     inbound: &mut Inbound<E::Incoming>,
     outbound: &Sender<T>,
@@ -121,7 +154,7 @@ enum Waited<M, T> {
 /// Sends `item`, taking in the peer's messages while the outbound channel is full.
 /// [`DriveError::Stalled`] when, for `idle`, the peer neither takes a message nor
 /// sends one.
-fn send_taking_in<E: Endpoint, T>(
+fn send_taking_in<E: Driven, T>(
     endpoint: &mut E,
     inbound: &mut Inbound<E::Incoming>,
     inbound_open: &mut bool,

@@ -1,5 +1,6 @@
 //! Prometheus metrics: matches started, finished (by engine) and failed (by
-//! reason), identifiers processed and match durations, served as text at
+//! reason), identifiers processed and match durations, measurements started,
+//! finished and failed (by reason), served as text at
 //! `GET /metrics`.
 
 use std::net::SocketAddr;
@@ -30,6 +31,9 @@ pub struct Metrics {
     failed: Family<Reason, Counter>,
     identifiers: Counter,
     duration: Histogram,
+    measurements_started: Counter,
+    measurements_finished: Counter,
+    measurements_failed: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -53,7 +57,27 @@ impl Default for Metrics {
             identifiers.clone(),
         );
         registry.register("match_duration_seconds", "Duration of matches", duration.clone());
-        Metrics { registry, started, finished, failed, identifiers, duration }
+        let measurements_started = Counter::default();
+        let measurements_finished = Counter::default();
+        let measurements_failed = Family::<Reason, Counter>::default();
+        registry.register("measurements_started", "Measurements started", measurements_started.clone());
+        registry.register("measurements_finished", "Measurements finished successfully", measurements_finished.clone());
+        registry.register(
+            "measurements_failed",
+            "Measurements failed, by reason (gRPC status code)",
+            measurements_failed.clone(),
+        );
+        Metrics {
+            registry,
+            started,
+            finished,
+            failed,
+            identifiers,
+            duration,
+            measurements_started,
+            measurements_finished,
+            measurements_failed,
+        }
     }
 }
 
@@ -71,6 +95,18 @@ impl Metrics {
     pub fn failed(&self, reason: &str, seconds: f64) {
         self.failed.get_or_create(&Reason { reason: reason.to_owned() }).inc();
         self.duration.observe(seconds);
+    }
+
+    pub fn measurement_started(&self) {
+        self.measurements_started.inc();
+    }
+
+    pub fn measurement_finished(&self) {
+        self.measurements_finished.inc();
+    }
+
+    pub fn measurement_failed(&self, reason: &str) {
+        self.measurements_failed.get_or_create(&Reason { reason: reason.to_owned() }).inc();
     }
 
     /// The Prometheus text exposition.

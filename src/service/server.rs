@@ -22,6 +22,7 @@ use super::admin::AdminService;
 use super::audit::AuditLog;
 use super::budget::{BudgetError, Budgets};
 use super::config::{Config, ConfigError, parse_sha256};
+use super::measure::MeasureService;
 use super::metrics::Metrics;
 use super::session::MatchService;
 use super::slots::Slots;
@@ -32,6 +33,7 @@ use crate::optout::store::{OptOutStore, StoreError, StoreOptions};
 use crate::records::ReadError;
 use crate::token::Tokenizer;
 use crate::wire::matcher_server::MatcherServer;
+use crate::wire::measurer_server::MeasurerServer;
 use crate::wire::opt_out_admin_server::OptOutAdminServer;
 
 pub use super::session::protocol_status;
@@ -203,6 +205,7 @@ pub async fn run(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<MatcherServer<MatchService>>().await;
+    health_reporter.set_serving::<MeasurerServer<MeasureService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -213,6 +216,9 @@ pub async fn run(
         })?;
     let max_message = limits.max_message_bytes;
     let matcher = MatcherServer::new(MatchService { shared: shared.clone() })
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let measurer = MeasurerServer::new(MeasureService { shared: shared.clone() })
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
 
@@ -271,6 +277,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(matcher)
+        .add_service(measurer)
         .add_optional_service(admin)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -48,49 +48,99 @@ impl Matcher for MatchService {
         &self,
         request: Request<Streaming<wire::PartnerMessage>>,
     ) -> Result<Response<OwnerStream>, Status> {
-        let shared = self.shared.clone();
-        let state = shared.state();
-        let partner = authenticate(&state.partners, &request)?.clone();
-        let limits = &state.config.limits;
-        let slot = shared
-            .slots
-            .acquire(&partner.name, limits.max_concurrent_matches, limits.matches_per_partner())
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-        let match_id = hex::encode(rand::random::<[u8; 8]>());
-        shared.metrics.started();
-
-        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-        let mut stream = request.into_inner();
-        tokio::spawn(async move {
-            while let Some(item) = stream.next().await {
-                let message = item.map_err(inbound_error).and_then(|m| partner_from_wire(m).map_err(DriveError::from));
-                let failed = message.is_err();
-                if inbound_tx.send(message).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        let (response_tx, response_rx) = mpsc::channel(4);
-        let runtime = tokio::runtime::Handle::current();
-        let id = match_id.clone();
-        tokio::task::spawn_blocking(move || {
-            let session = Session { shared: &shared, state: &state, partner: &partner, match_id: &id };
-            let result = session.run(inbound_rx, &response_tx, &runtime);
-            drop(slot);
-            if let Err(status) = result {
-                // Delivered (if the partner still reads) without holding the slot.
-                let idle = state.config.limits.idle_timeout();
-                runtime.spawn(async move {
-                    let _ = tokio::time::timeout(idle, response_tx.send(Err(status))).await;
-                });
-            }
-        });
-        let mut response = Response::new(ReceiverStream::new(response_rx));
-        if let Ok(value) = match_id.parse() {
-            response.metadata_mut().insert("idmatch-match-id", value);
-        }
-        Ok(response)
+        serve_stream(
+            &self.shared,
+            request,
+            |m| partner_from_wire(m).map_err(DriveError::from),
+            move |ctx| {
+                let session =
+                    Session { shared: &ctx.shared, state: &ctx.state, partner: &ctx.partner, match_id: &ctx.id };
+                ctx.shared.metrics.started();
+                session.run(ctx.inbound, ctx.outbound, ctx.runtime)
+            },
+        )
     }
+}
+
+/// What a stream's blocking session gets: the state it started with, the
+/// authenticated partner, its id, the peer's decoded messages and the way out.
+pub(crate) struct StreamContext<'a, M, O> {
+    pub shared: Arc<Shared>,
+    pub state: Arc<State>,
+    pub partner: PartnerPolicy,
+    pub id: String,
+    pub inbound: Inbound<M>,
+    pub outbound: &'a mpsc::Sender<Result<O, Status>>,
+    pub runtime: &'a tokio::runtime::Handle,
+}
+
+/// Serves one bidirectional stream the way every owner rpc is served
+/// (`Matcher.Match`, `Measurer.Measure`): authenticates the partner, takes a
+/// concurrency slot (RESOURCE_EXHAUSTED when none is free), gives the stream an id
+/// (the `idmatch-match-id` response header), decodes the partner's messages on a
+/// network task into a bounded queue, and runs `session` on a blocking thread. The
+/// slot is given back when `session` returns, before its error (if any) is
+/// delivered.
+pub(crate) fn serve_stream<I, M, O>(
+    shared: &Arc<Shared>,
+    request: Request<Streaming<I>>,
+    decode: impl Fn(I) -> Result<M, DriveError> + Send + 'static,
+    session: impl FnOnce(StreamContext<'_, M, O>) -> Result<(), Status> + Send + 'static,
+) -> Result<Response<ReceiverStream<Result<O, Status>>>, Status>
+where
+    I: Send + 'static,
+    M: Send + 'static,
+    O: Send + 'static,
+{
+    let shared = shared.clone();
+    let state = shared.state();
+    let partner = authenticate(&state.partners, &request)?.clone();
+    let limits = &state.config.limits;
+    let slot = shared
+        .slots
+        .acquire(&partner.name, limits.max_concurrent_matches, limits.matches_per_partner())
+        .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+    let id = hex::encode(rand::random::<[u8; 8]>());
+
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let mut stream = request.into_inner();
+    tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            let message = item.map_err(inbound_error).and_then(&decode);
+            let failed = message.is_err();
+            if inbound_tx.send(message).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    let (response_tx, response_rx) = mpsc::channel(4);
+    let runtime = tokio::runtime::Handle::current();
+    let header = id.clone();
+    tokio::task::spawn_blocking(move || {
+        let idle = state.config.limits.idle_timeout();
+        let context = StreamContext {
+            shared,
+            state,
+            partner,
+            id,
+            inbound: inbound_rx,
+            outbound: &response_tx,
+            runtime: &runtime,
+        };
+        let result = session(context);
+        drop(slot);
+        if let Err(status) = result {
+            // Delivered (if the partner still reads) without holding the slot.
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(idle, response_tx.send(Err(status))).await;
+            });
+        }
+    });
+    let mut response = Response::new(ReceiverStream::new(response_rx));
+    if let Ok(value) = header.parse() {
+        response.metadata_mut().insert("idmatch-match-id", value);
+    }
+    Ok(response)
 }
 
 /// One match on its blocking thread, with the state it started with.
@@ -197,8 +247,11 @@ impl Session<'_> {
         // ...then the opt-outs as they are now...
         let config_file = &self.state.config;
         let bad_rows = BadRows::skip_if(config_file.optouts_skip_bad_rows);
-        let excluded =
-            self.shared.optouts.excluded(campaign, config_file.optouts.as_deref(), bad_rows).map_err(|e| {
+        let excluded = self
+            .shared
+            .optouts
+            .excluded(campaign, &campaign.records, config_file.optouts.as_deref(), bad_rows)
+            .map_err(|e| {
                 error!(error = %e, "opt-outs unavailable; refusing to match");
                 Status::unavailable("opt-outs unavailable")
             })?;
@@ -267,7 +320,7 @@ impl Session<'_> {
 /// A broken or reset stream (the partner killed, the connection lost) is the
 /// partner going away, CANCELLED, whatever h2 or hyper called it; other statuses
 /// (such as a message over the size limit) keep their code.
-fn inbound_error(status: Status) -> DriveError {
+pub(crate) fn inbound_error(status: Status) -> DriveError {
     use tonic::Code::*;
     match status.code() {
         Unknown | Cancelled | Unavailable | Internal => DriveError::Transport(untrusted(status.message())),
@@ -275,7 +328,7 @@ fn inbound_error(status: Status) -> DriveError {
     }
 }
 
-fn file_safe(name: &str) -> String {
+pub(crate) fn file_safe(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
@@ -325,10 +378,11 @@ fn oprf_status(error: &OprfError, message: String) -> Status {
     }
 }
 
-fn drive_status(error: DriveError) -> Status {
+pub(crate) fn drive_status(error: DriveError) -> Status {
     match error {
         DriveError::Protocol(e) => protocol_status(&e),
         DriveError::Setup(_) => Status::internal("the owner could not start the match"),
+        DriveError::Measure(e) => super::measure::frame_status(&e),
         DriveError::Idle(d) => Status::deadline_exceeded(format!("no message from the partner for {}s", d.as_secs())),
         DriveError::Stalled(d) => {
             Status::deadline_exceeded(format!("the partner took none of the owner's messages for {}s", d.as_secs()))

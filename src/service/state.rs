@@ -24,6 +24,8 @@ use crate::token::{KeyFingerprint, Tokenizer};
 pub(crate) struct Campaign {
     pub settings: CampaignSettings,
     pub records: RecordSet,
+    /// The outcome file, read and tokenized, when the campaign has measurement.
+    pub outcomes: Option<RecordSet>,
     /// The campaign key's fingerprint: hellos must carry the same.
     pub key_fingerprint: KeyFingerprint,
     /// The opt-out list as last read, with the file's modification time.
@@ -85,6 +87,26 @@ fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campai
     if let Some(store) = &optouts.store {
         store.ensure_profile(&records).map_err(OptOutError::from)?;
     }
+    let outcomes = match &settings.measurement {
+        Some(m) => {
+            info!(campaign = %settings.id, outcomes = %m.outcomes.display(), "loading outcomes");
+            let mut options = ReadOptions::new(Normalizer::new(settings.profile, settings.region));
+            options.columns = m.columns.clone();
+            options.value_column = Some(m.value_column.clone());
+            options.progress = true;
+            let outcomes = prepare::read(&m.outcomes, &Tokenizer::new(&key), options, Some(&optouts.digester))?;
+            let stats = outcomes.stats();
+            info!(
+                campaign = %settings.id,
+                records = stats.records,
+                rejected = stats.rejected_total(),
+                bad_rows = stats.bad_rows_total(),
+                "outcomes loaded"
+            );
+            Some(outcomes)
+        }
+        None => None,
+    };
     let stats = records.stats();
     info!(
         campaign = %settings.id,
@@ -95,26 +117,27 @@ fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campai
         seconds = started.elapsed().as_secs_f64(),
         "audience loaded"
     );
-    Ok(Campaign { settings, records, key_fingerprint: KeyFingerprint::of(&key), optouts: Mutex::new(None) })
+    Ok(Campaign { settings, records, outcomes, key_fingerprint: KeyFingerprint::of(&key), optouts: Mutex::new(None) })
 }
 
 impl OptOuts {
-    /// The opt-out flags for `campaign` now, from the store or from the list at
-    /// `file` (re-read if it changed).
+    /// The opt-out flags of `records` (the audience or the outcomes of `campaign`)
+    /// now, from the store or from the list at `file` (re-read if it changed).
     /// Rows of the list that cannot be read refuse the match unless `bad_rows` is
     /// [`BadRows::Skip`] (`optouts_skip_bad_rows`).
     pub fn excluded(
         &self,
         campaign: &Campaign,
+        records: &RecordSet,
         file: Option<&Path>,
         bad_rows: BadRows,
     ) -> Result<Vec<bool>, OptOutError> {
         if let Some(store) = &self.store {
-            return excluded_records(&campaign.records, store.as_ref());
+            return excluded_records(records, store.as_ref());
         }
         let Some(path) = file else { return Ok(Vec::new()) };
         let list = self.file_list(campaign, path, bad_rows)?;
-        excluded_records(&campaign.records, list.as_ref())
+        excluded_records(records, list.as_ref())
     }
 
     fn file_list(&self, campaign: &Campaign, path: &Path, bad_rows: BadRows) -> Result<Arc<FileList>, OptOutError> {

@@ -1,6 +1,8 @@
 //! Helpers shared by the tests that run the `idmatch` binary.
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod measure;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

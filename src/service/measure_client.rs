@@ -1,0 +1,279 @@
+//! The partner's measurement client: `idmatch measure --server https://host:port …`.
+//! Reads the exposure file, applies the partner's suppressions, and runs the
+//! partner's measurement role over one `Measurer.Measure` stream
+//! (docs/PROTOCOL.md §12.9). Where the campaign lets the partner learn the figures,
+//! they are written to `measurement.json` in the output directory (whole or not at
+//! all) and returned.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Request;
+use tonic::metadata::MetadataValue;
+
+use super::client::{ClientError, TlsFiles, connect_to, read_file};
+use super::driver::{DriveError, Driven, INBOUND_QUEUE, Inbound, drive, receive_with_deadline};
+use super::frames::{FrameError, MEASURE_VERSION, MIN_FRAME_BYTES, PartnerFrames, SEND_FRAME_BYTES, learner_from_wire};
+use crate::key::Key;
+use crate::measure::local::{SideReport, partner_exposures, write_json};
+use crate::measure::{self, Learner};
+use crate::normalize::Normalizer;
+use crate::optout::{BadRows, FileList, OptOutSource};
+use crate::prepare;
+use crate::psi::ProtocolError;
+use crate::records::{ColumnSpec, ReadOptions};
+use crate::token::{KeyFingerprint, Tokenizer};
+use crate::wire;
+use crate::wire::measure_owner_message::Body as OwnerBody;
+use crate::wire::measure_partner_message::Body as PartnerBody;
+use crate::wire::measurer_client::MeasurerClient;
+
+/// Largest message the client accepts from the server (frames are at most 1 MiB).
+const MAX_DECODING: usize = 8 << 20;
+
+/// Everything the measurement client needs.
+#[derive(Clone, Debug)]
+pub struct MeasureClientOptions {
+    /// `https://host:port` (or `http://` for a loopback test server).
+    pub server: String,
+    /// The campaign id on the server.
+    pub campaign: String,
+    /// The campaign key file shared with the owner.
+    pub key_file: PathBuf,
+    /// The exposure file (CSV/TSV with a header).
+    pub input: PathBuf,
+    /// The group column (e.g. `test`/`control`); `None`: one group, `all`.
+    pub group_column: Option<String>,
+    /// Normalization profile; must be the campaign's on the server.
+    pub normalizer: Normalizer,
+    /// Column names in the exposure file (unset ones are detected from the header).
+    pub columns: ColumnSpec,
+    /// The partner's suppression list: its records are removed before blinding.
+    pub suppress: Option<PathBuf>,
+    /// What to do with unreadable rows of the suppression list (default: refuse).
+    pub bad_list_rows: BadRows,
+    /// Where `measurement.json` is written when the partner learns the figures.
+    pub out_dir: PathBuf,
+    /// CA bundle to verify the server (required for https).
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs `key`.
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS; needs `cert`.
+    pub key: Option<PathBuf>,
+    /// File holding the bearer token.
+    pub token_file: Option<PathBuf>,
+    /// Longest wait for the server to send a message, or to take one of ours.
+    pub idle_timeout: Duration,
+}
+
+/// The partner's `measurement.json` (and what [`run`] returns).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PartnerReport {
+    /// The campaign id.
+    pub campaign: String,
+    /// The measurement id the server gave (`idmatch-match-id`).
+    pub measurement_id: String,
+    /// Normalization profile.
+    pub profile: String,
+    /// Who receives the released figures (the campaign's setting).
+    pub learner: String,
+    /// Figures over fewer matched people are written as `"<N>"`.
+    pub min_aggregate: u64,
+    /// Total epsilon of the noise, if any.
+    pub epsilon: Option<f64>,
+    /// People the owner sent (after its opt-outs).
+    pub owner_people: u64,
+    /// The partner's own counts.
+    pub partner: SideReport,
+    /// The released figures (`groups`, `lift`), when the partner learns them.
+    pub release: Option<serde_json::Value>,
+}
+
+/// Runs one measurement against the server. Writes `measurement.json` into
+/// `out_dir` when the partner learns the figures.
+pub async fn run(options: MeasureClientOptions) -> Result<PartnerReport, ClientError> {
+    let key = Key::load(&options.key_file)?;
+    let fingerprint = KeyFingerprint::of(&key);
+    let token = options
+        .token_file
+        .as_ref()
+        .map(|p| read_file(p).map(|b| String::from_utf8_lossy(&b).trim().to_owned()))
+        .transpose()?;
+    let suppress = options
+        .suppress
+        .as_ref()
+        .map(|p| FileList::read(p, options.normalizer.clone(), ColumnSpec::default(), None, options.bad_list_rows))
+        .transpose()?;
+    let mut read = ReadOptions::new(options.normalizer.clone());
+    read.columns = options.columns.clone();
+    read.group_column = options.group_column.clone();
+    let input = options.input.clone();
+    let (labels, group_records, exposures, mut side) = tokio::task::spawn_blocking(move || {
+        let filter = suppress.as_ref().map(|list| list as &dyn OptOutSource);
+        let records = prepare::read(&input, &Tokenizer::new(&key), read, filter.map(OptOutSource::digester))?;
+        let excluded = prepare::excluded(&records, filter)?;
+        partner_exposures(&records, &excluded).map_err(|e| ClientError::Measurement(e.to_string()))
+    })
+    .await
+    .map_err(|e| ClientError::Stream(e.to_string()))??;
+    side.file = options.input.display().to_string();
+
+    let tls = TlsFiles { ca: options.ca.as_ref(), cert: options.cert.as_ref(), key: options.key.as_ref() };
+    let channel = connect_to(&options.server, tls).await?;
+    let (out_tx, out_rx) = mpsc::channel::<wire::MeasurePartnerMessage>(4);
+    let mut request = Request::new(ReceiverStream::new(out_rx));
+    if let Some(token) = &token {
+        let value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
+            ClientError::Unauthenticated("the token file holds characters not allowed in a header".into())
+        })?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let hello = wire::MeasureHello {
+        version: MEASURE_VERSION,
+        campaign: options.campaign.clone(),
+        profile: options.normalizer.profile().name().to_owned(),
+        key_fingerprint: fingerprint.as_bytes().to_vec(),
+        exposure_bundles: exposures.len() as u64,
+        groups: labels.len() as u32,
+    };
+    out_tx
+        .send(wire::MeasurePartnerMessage { body: Some(PartnerBody::Hello(hello)) })
+        .await
+        .map_err(|e| ClientError::Stream(e.to_string()))?;
+    let mut client =
+        MeasurerClient::new(channel).max_decoding_message_size(MAX_DECODING).max_encoding_message_size(MAX_DECODING);
+    let response = client.measure(request).await.map_err(|s| ClientError::from_status(s.code(), s.message()))?;
+    let measurement_id =
+        response.metadata().get("idmatch-match-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let mut responses = response.into_inner();
+    let (in_tx, mut in_rx) = mpsc::channel(INBOUND_QUEUE);
+    let reader = tokio::spawn(async move {
+        while let Some(item) = responses.next().await {
+            let message = match item {
+                Ok(m) => m.body.ok_or(DriveError::Measure(FrameError::Malformed("a message without a body"))),
+                Err(status) => Err(DriveError::Remote { code: status.code(), message: status.message().to_owned() }),
+            };
+            let failed = message.is_err();
+            if in_tx.send(message).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    let idle = options.idle_timeout;
+    let runtime = tokio::runtime::Handle::current();
+    let bundles = exposures.len() as u64;
+    let driver = tokio::task::spawn_blocking(move || {
+        run_partner(labels, group_records, &exposures, bundles, &mut in_rx, &out_tx, idle, &runtime)
+    });
+    let outcome = driver.await.map_err(|e| ClientError::Stream(e.to_string()))?;
+    reader.abort();
+    let (accept, learner, release) = outcome.map_err(|e| match e {
+        DriveError::Protocol(p) => ClientError::Protocol(p),
+        DriveError::Remote { code, message } => ClientError::from_status(code, &message),
+        DriveError::Measure(m) => ClientError::Measurement(m.to_string()),
+        other => ClientError::Stream(other.to_string()),
+    })?;
+    let report = PartnerReport {
+        campaign: options.campaign.clone(),
+        measurement_id,
+        profile: options.normalizer.profile().name().to_owned(),
+        learner: learner.name().to_owned(),
+        min_aggregate: accept.min_aggregate,
+        epsilon: accept.epsilon,
+        owner_people: accept.owner_people,
+        partner: side,
+        release,
+    };
+    if report.release.is_some() {
+        write_json(&options.out_dir, "measurement.json", &report)
+            .map_err(|e| ClientError::Measurement(e.to_string()))?;
+    }
+    Ok(report)
+}
+
+type PartnerOutcome = (wire::MeasureAccept, Learner, Option<serde_json::Value>);
+
+/// Reads the accept, runs the partner's role to its end and waits for the summary.
+#[allow(clippy::too_many_arguments)]
+fn run_partner(
+    labels: Vec<String>,
+    group_records: Vec<u64>,
+    exposures: &[measure::Exposure],
+    bundles: u64,
+    inbound: &mut Inbound<OwnerBody>,
+    outbound: &mpsc::Sender<wire::MeasurePartnerMessage>,
+    idle: Duration,
+    runtime: &tokio::runtime::Handle,
+) -> Result<PartnerOutcome, DriveError> {
+    let accept = match receive_with_deadline(inbound, idle, runtime)? {
+        OwnerBody::Accept(accept) => accept,
+        _ => return Err(FrameError::Unexpected { state: "awaiting accept", message: "frame or summary" }.into()),
+    };
+    if accept.version != MEASURE_VERSION {
+        return Err(ProtocolError::UnsupportedVersion { ours: MEASURE_VERSION, theirs: accept.version }.into());
+    }
+    let learner = learner_from_wire(accept.learner)?;
+    if (accept.max_frame_bytes as usize) < MIN_FRAME_BYTES || accept.min_aggregate == 0 {
+        return Err(FrameError::Malformed("the accept's frame limit or minimum aggregate is too small").into());
+    }
+    let config = measure::PartnerConfig { min_aggregate: accept.min_aggregate, learner };
+    let partner = measure::Partner::new(config, labels, group_records, exposures).map_err(FrameError::from)?;
+    let send = SEND_FRAME_BYTES.min(accept.max_frame_bytes as usize);
+    let mut frames = PartnerFrames::new(partner, bundles, accept.owner_people, MAX_DECODING - 1024, send);
+    drive(&mut frames, inbound, outbound, Some, idle, runtime)?;
+    if frames.summary().is_none() {
+        let last = receive_with_deadline(inbound, idle, runtime)?;
+        frames.receive(last)?;
+    }
+    let release = frames.partner().release().cloned();
+    if learner.partner_learns() && release.is_none() {
+        return Err(FrameError::Malformed("the owner sent no release").into());
+    }
+    Ok((accept, learner, release))
+}
+
+/// The readable table of released figures (`groups` and `lift` of the release).
+pub fn format_release(release: &serde_json::Value) -> String {
+    let show = |v: Option<&serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => "-".to_owned(),
+        Some(other) => other.to_string(),
+    };
+    let mut s = format!(
+        "{:<12} {:>12} {:>16} {:>16} {:>16} {:>10}\n",
+        "group", "size", "matched_records", "matched_people", "sum", "rate"
+    );
+    for g in release.get("groups").and_then(|g| g.as_array()).into_iter().flatten() {
+        let rate = match g.get("conversion_rate").and_then(|r| r.as_f64()) {
+            Some(r) => format!("{:.4}%", r * 100.0),
+            None => "-".to_owned(),
+        };
+        s += &format!(
+            "{:<12} {:>12} {:>16} {:>16} {:>16} {:>10}\n",
+            show(g.get("group")),
+            show(g.get("group_size")),
+            show(g.get("matched_exposure_records")),
+            show(g.get("matched_outcome_people")),
+            show(g.get("sum")),
+            rate
+        );
+    }
+    if let Some(lift) = release.get("lift").filter(|l| !l.is_null()) {
+        let pp = |v: Option<&serde_json::Value>| {
+            v.and_then(|x| x.as_f64()).map_or("-".to_owned(), |x| format!("{:+.4}", x * 100.0))
+        };
+        let ci = lift.get("ci95").and_then(|c| c.as_array());
+        s += &format!(
+            "lift (test vs control): absolute {} pp, relative {}, 95% CI [{}, {}] pp\n",
+            pp(lift.get("absolute")),
+            lift.get("relative").and_then(|r| r.as_f64()).map_or("n/a".to_owned(), |r| format!("{:+.2}%", r * 100.0)),
+            pp(ci.and_then(|c| c.first())),
+            pp(ci.and_then(|c| c.get(1))),
+        );
+    }
+    s
+}

@@ -1,0 +1,524 @@
+//! Campaign measurement over gRPC (`Measurer.Measure`) end to end on loopback TLS:
+//! exact figures against a plaintext computation for each learner, opt-outs and
+//! suppressions, the daily epsilon budget across a restart, refusals, and malformed
+//! measurement traffic.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::measure::{csv_rows, plaintext, synth};
+use idmatch::key::Key;
+use idmatch::measure::message::{self, Exposures, Message};
+use idmatch::normalize::{Normalizer, Profile, Region};
+use idmatch::psi::group::BlindingKey;
+use idmatch::records::ColumnSpec;
+use idmatch::service::client::ClientError;
+use idmatch::service::config::Config;
+use idmatch::service::measure_client::{self, MeasureClientOptions, PartnerReport};
+use idmatch::service::server;
+use idmatch::token::{KeyFingerprint, Token};
+use idmatch::wire;
+use idmatch::wire::measure_partner_message::Body;
+use idmatch::wire::measurer_client::MeasurerClient;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use sha2::{Digest, Sha256};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+const TOKEN: &str = "acme-measure-token";
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+    path
+}
+
+/// A CA and a server certificate for localhost, written to `dir`.
+fn write_pki(dir: &Path) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, "idmatch measure test ca");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(params, ca_key);
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "localhost");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    write(dir, "ca.pem", &ca.pem());
+    write(dir, "server.pem", &cert.pem());
+    write(dir, "server.key", &key.serialize_pem());
+}
+
+/// Opted-out outcome people (every third, by id) and suppressed exposures (every
+/// fifth, by id).
+fn write_lists(dir: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
+    let opted: BTreeSet<String> = csv_rows(&dir.join("outcomes.csv")).iter().step_by(3).map(|r| r[0].clone()).collect();
+    let suppressed: BTreeSet<String> =
+        csv_rows(&dir.join("exposures.csv")).iter().step_by(5).map(|r| r[0].clone()).collect();
+    let list = |ids: &BTreeSet<String>| ids.iter().fold(String::from("id\n"), |s, id| s + id + "\n");
+    write(dir, "optouts.csv", &list(&opted));
+    write(dir, "suppress.csv", &list(&suppressed));
+    (opted, suppressed)
+}
+
+fn config_text() -> String {
+    let token_sha = hex::encode(Sha256::digest(TOKEN.as_bytes()));
+    let campaign = |id: &str, measurement: &str| {
+        format!(
+            "[[campaigns]]\nid = \"{id}\"\nkey_file = \"campaign.key\"\naudience = \"outcomes.csv\"\nregion = \"US\"\n{measurement}\n"
+        )
+    };
+    let measurement = |learner: &str, extra: &str| {
+        format!(
+            "[campaigns.measurement]\noutcomes = \"outcomes.csv\"\nvalue_column = \"value\"\nlearner = \"{learner}\"\n{extra}"
+        )
+    };
+    let mut text = format!(
+        r#"listen = "127.0.0.1:0"
+results_dir = "results"
+audit_log = "audit.jsonl"
+state_file = "state.json"
+optouts = "optouts.csv"
+
+[tls]
+cert = "server.pem"
+key = "server.key"
+
+[limits]
+idle_timeout_secs = 20
+
+[[partners]]
+name = "acme"
+token_sha256 = "{token_sha}"
+campaigns = ["spring", "summer", "autumn", "noisy", "winter"]
+reveals = ["count"]
+
+"#
+    );
+    text += &campaign("spring", &measurement("owner", ""));
+    text += &campaign("summer", &measurement("partner", ""));
+    text += &campaign("autumn", &measurement("both", ""));
+    text += &campaign(
+        "noisy",
+        &measurement("both", "epsilon = 1.0\nvalue_max = 100000\nmax_epsilon_per_partner_per_day = 2.0\n"),
+    );
+    text += &campaign("winter", "");
+    text += &campaign("hidden", &measurement("owner", ""));
+    text
+}
+
+/// A running server on loopback TLS over a synthetic campaign, and its files.
+struct Fixture {
+    dir: tempfile::TempDir,
+    port: u16,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    fn start() -> (Fixture, BTreeSet<String>, BTreeSet<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        synth(d, 4000, 21);
+        let (opted, suppressed) = write_lists(d);
+        write_pki(d);
+        write(d, "token", TOKEN);
+        write(d, "server.toml", &config_text());
+        (Fixture::serve(dir), opted, suppressed)
+    }
+
+    fn serve(dir: tempfile::TempDir) -> Fixture {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let config = Config::load(&dir.path().join("server.toml")).unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (reload, reload_rx) = tokio::sync::mpsc::channel(1);
+        runtime.spawn(async move {
+            let _keep = reload;
+            server::run(config, listener, std::future::pending(), reload_rx).await.unwrap();
+        });
+        Fixture { dir, port, runtime }
+    }
+
+    /// Stops the server (its runtime) and starts a new one on the same files.
+    fn restart(self) -> Fixture {
+        let Fixture { dir, runtime, .. } = self;
+        runtime.shutdown_timeout(Duration::from_secs(5));
+        Fixture::serve(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn options(&self, campaign: &str, out_dir: &str) -> MeasureClientOptions {
+        MeasureClientOptions {
+            server: format!("https://localhost:{}", self.port),
+            campaign: campaign.into(),
+            key_file: self.path("campaign.key"),
+            input: self.path("exposures.csv"),
+            group_column: Some("arm".into()),
+            normalizer: Normalizer::new(Profile::IdmatchV1, Some(Region::from_code("US").unwrap())),
+            columns: ColumnSpec::default(),
+            suppress: Some(self.path("suppress.csv")),
+            bad_list_rows: Default::default(),
+            out_dir: self.path(out_dir),
+            ca: Some(self.path("ca.pem")),
+            cert: None,
+            key: None,
+            token_file: Some(self.path("token")),
+            idle_timeout: Duration::from_secs(20),
+        }
+    }
+
+    fn run(&self, options: MeasureClientOptions) -> Result<PartnerReport, ClientError> {
+        self.runtime.block_on(measure_client::run(options))
+    }
+
+    fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The measurement files in the results directory.
+    fn results(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(self.path("results")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+        files.sort();
+        files
+    }
+
+    fn fingerprint(&self) -> Vec<u8> {
+        KeyFingerprint::of(&Key::load(&self.path("campaign.key")).unwrap()).as_bytes().to_vec()
+    }
+
+    /// Sends `messages` on a raw stream, then reads to the end: how it ended.
+    fn raw(&self, messages: Vec<wire::MeasurePartnerMessage>) -> tonic::Status {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read_to_string(self.path("ca.pem")).unwrap()));
+        let endpoint =
+            Endpoint::from_shared(format!("https://localhost:{}", self.port)).unwrap().tls_config(tls).unwrap();
+        self.runtime.block_on(async move {
+            let channel = endpoint.connect().await.unwrap();
+            let mut client = MeasurerClient::new(channel).max_encoding_message_size(64 << 20);
+            let mut request = tonic::Request::new(tokio_stream::iter(messages));
+            request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+            let mut stream = match client.measure(request).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => return status,
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(wire::MeasureOwnerMessage {
+                        body: Some(wire::measure_owner_message::Body::Summary(_)),
+                    })) => {
+                        return tonic::Status::ok("summary");
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return tonic::Status::ok("stream ended"),
+                    Err(status) => return status,
+                }
+            }
+        })
+    }
+
+    fn hello(&self, groups: u32, bundles: u64) -> wire::MeasurePartnerMessage {
+        hello(wire::MeasureHello {
+            version: 1,
+            campaign: "spring".into(),
+            profile: "idmatch-v1".into(),
+            key_fingerprint: self.fingerprint(),
+            exposure_bundles: bundles,
+            groups,
+        })
+    }
+}
+
+fn hello(hello: wire::MeasureHello) -> wire::MeasurePartnerMessage {
+    wire::MeasurePartnerMessage { body: Some(Body::Hello(hello)) }
+}
+
+fn frame(data: Vec<u8>, last: bool) -> wire::MeasurePartnerMessage {
+    wire::MeasurePartnerMessage { body: Some(Body::Frame(wire::MeasureFrame { data, last })) }
+}
+
+/// A well-formed `exposures` message of `groups` groups and `n` one-element bundles.
+fn exposures(groups: usize, n: usize) -> Vec<u8> {
+    let tokens: Vec<Token> = (0..n).map(|i| Token([i as u8; 32])).collect();
+    let elements = BlindingKey::random().unwrap().blind_tokens(&tokens);
+    message::encode(&Message::Exposures(Exposures {
+        labels: (0..groups).map(|g| format!("g{g}")).collect(),
+        bundle: 1,
+        groups: (0..n).map(|i| (i % groups) as u8).collect(),
+        elements,
+    }))
+    .unwrap()
+}
+
+/// The released figures of a report or a results file, per group:
+/// (size, matched records, matched people, sum).
+fn figures(groups: &serde_json::Value) -> Vec<(String, [u64; 4])> {
+    groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let n = |k: &str| g[k].as_u64().unwrap_or_else(|| panic!("{k} is not a number: {g}"));
+            (
+                g["group"].as_str().unwrap().to_owned(),
+                [n("group_size"), n("matched_exposure_records"), n("matched_outcome_people"), n("sum")],
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn each_learner_gets_the_exact_figures_over_tls() {
+    let (f, opted, suppressed) = Fixture::start();
+    let expected: Vec<(String, [u64; 4])> = plaintext(f.dir.path(), &opted, &suppressed).into_iter().collect();
+    assert_eq!(expected.len(), 2);
+    assert!(expected.iter().all(|(_, e)| e[2] >= 100), "both groups are released: {expected:?}");
+
+    // owner: the results file, nothing for the partner.
+    let report = f.run(f.options("spring", "out-spring")).unwrap();
+    assert_eq!(report.learner, "owner");
+    assert!(report.release.is_none());
+    assert!(!f.path("out-spring/measurement.json").exists());
+    let results = f.results();
+    assert_eq!(results.len(), 1, "{results:?}");
+    let name = results[0].file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(name.starts_with("spring-acme-") && name.ends_with(".measurement.json"), "{name}");
+    assert!(name.contains(&report.measurement_id));
+    let text = std::fs::read_to_string(&results[0]).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(figures(&file["groups"]), expected);
+    assert_eq!(file["owner"]["excluded_records"], opted.len() as u64);
+    assert!(!text.contains('@') && !text.contains("\"m0"), "no identifiers or ids: {text}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&results[0]).unwrap().permissions().mode() & 0o077, 0);
+    }
+    assert_eq!(report.partner.excluded_records, suppressed.len() as u64);
+    assert_eq!(report.owner_people, file["owner"]["bundles_sent"].as_u64().unwrap());
+
+    // partner: measurement.json in its output directory, no results file.
+    let report = f.run(f.options("summer", "out-summer")).unwrap();
+    assert_eq!(report.learner, "partner");
+    assert_eq!(figures(&report.release.as_ref().unwrap()["groups"]), expected);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.path("out-summer/measurement.json")).unwrap()).unwrap();
+    assert_eq!(figures(&written["release"]["groups"]), expected);
+    assert!(!written["release"]["lift"].is_null());
+    assert_eq!(f.results().len(), 1);
+    let table = measure_client::format_release(report.release.as_ref().unwrap());
+    assert!(table.contains("control") && table.contains("lift"), "{table}");
+
+    // both.
+    let report = f.run(f.options("autumn", "out-autumn")).unwrap();
+    assert_eq!(figures(&report.release.as_ref().unwrap()["groups"]), expected);
+    assert!(f.path("out-autumn/measurement.json").exists());
+    assert_eq!(f.results().len(), 2);
+
+    let audit = f.audit();
+    assert_eq!(audit.len(), 3);
+    let learned: Vec<(bool, bool)> = audit
+        .iter()
+        .map(|a| {
+            assert_eq!(a["kind"], "measurement");
+            assert_eq!(a["outcome"], "ok");
+            assert_eq!(a["opted_out_records"], opted.len() as u64);
+            assert_eq!(a["groups"], 2);
+            (a["owner_learned"].as_bool().unwrap(), a["partner_learned"].as_bool().unwrap())
+        })
+        .collect();
+    assert_eq!(learned, [(true, false), (false, true), (true, true)]);
+    let log = std::fs::read_to_string(f.path("audit.jsonl")).unwrap();
+    assert!(!log.contains('@') && !log.contains("\"sum\""), "{log}");
+}
+
+#[test]
+fn refusals_and_the_epsilon_budget_across_a_restart() {
+    let (f, _, _) = Fixture::start();
+    // Not configured for measurement, not allowed, unknown.
+    let err = f.run(f.options("winter", "w")).unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Server(m) if m.starts_with("FailedPrecondition") && m.contains("no measurement")),
+        "{err}"
+    );
+    let err = f.run(f.options("hidden", "h")).unwrap_err();
+    assert!(matches!(err, ClientError::PermissionDenied(_)), "{err}");
+    // A wrong campaign key is refused before anything is exchanged.
+    let mut wrong = f.options("spring", "k");
+    wrong.key_file = f.path("other.key");
+    Key::generate_to_file(&wrong.key_file).unwrap();
+    assert!(matches!(f.run(wrong).unwrap_err(), ClientError::KeyMismatch(_)));
+    assert!(f.results().is_empty());
+
+    // Epsilon 1.0 per measurement, 2.0 per day.
+    for _ in 0..2 {
+        let report = f.run(f.options("noisy", "n")).unwrap();
+        assert_eq!(report.epsilon, Some(1.0));
+        assert!(report.release.is_some());
+    }
+    let refused = f.run(f.options("noisy", "n")).unwrap_err();
+    let ClientError::ResourceExhausted(message) = &refused else { panic!("{refused}") };
+    assert!(message.contains("epsilon budget of 2") && message.contains("noisy"), "{message}");
+    // Noise-free campaigns are not limited by it.
+    f.run(f.options("spring", "s")).unwrap();
+    let state = std::fs::read_to_string(f.path("state.json")).unwrap();
+    assert!(state.contains("noisy"), "{state}");
+
+    let f = f.restart();
+    let refused = f.run(f.options("noisy", "n")).unwrap_err();
+    assert!(matches!(refused, ClientError::ResourceExhausted(_)), "{refused}");
+    let audit = f.audit();
+    let outcomes: Vec<&str> = audit.iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    assert_eq!(
+        outcomes,
+        [
+            "FailedPrecondition",
+            "PermissionDenied",
+            "FailedPrecondition",
+            "ok",
+            "ok",
+            "ResourceExhausted",
+            "ok",
+            "ResourceExhausted"
+        ]
+    );
+    let spent: Vec<f64> = audit.iter().map(|a| a["epsilon_spent"].as_f64().unwrap()).collect();
+    assert_eq!(spent, [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_server_keeps_serving() {
+    use tonic::Code::*;
+    let (f, opted, suppressed) = Fixture::start();
+    let code = |messages| f.raw(messages).code();
+    let sums = vec![4u8, 1, 0, 0, 0, 0, 0, 0, 0, 5, 0];
+    let cases: Vec<(&str, Vec<wire::MeasurePartnerMessage>, tonic::Code)> = vec![
+        ("a frame before the hello", vec![frame(vec![1], true)], FailedPrecondition),
+        ("a message without a body", vec![wire::MeasurePartnerMessage { body: None }], InvalidArgument),
+        ("no groups", vec![f.hello(0, 10)], InvalidArgument),
+        ("17 groups", vec![f.hello(17, 10)], InvalidArgument),
+        ("too many bundles", vec![f.hello(2, 1 << 40)], ResourceExhausted),
+        (
+            "another profile",
+            vec![hello(wire::MeasureHello {
+                version: 1,
+                campaign: "spring".into(),
+                profile: "basic-v1".into(),
+                key_fingerprint: f.fingerprint(),
+                exposure_bundles: 10,
+                groups: 2,
+            })],
+            FailedPrecondition,
+        ),
+        (
+            "no key fingerprint",
+            vec![hello(wire::MeasureHello {
+                version: 1,
+                campaign: "spring".into(),
+                profile: "idmatch-v1".into(),
+                key_fingerprint: Vec::new(),
+                exposure_bundles: 10,
+                groups: 2,
+            })],
+            FailedPrecondition,
+        ),
+        ("a second hello", vec![f.hello(2, 10), f.hello(2, 10)], FailedPrecondition),
+        ("garbage", vec![f.hello(2, 10), frame(vec![0xee, 1, 2, 3], true)], InvalidArgument),
+        ("truncated", vec![f.hello(2, 10), frame(exposures(2, 10)[..200].to_vec(), true)], InvalidArgument),
+        ("sums before exposures", vec![f.hello(1, 10), frame(sums, true)], FailedPrecondition),
+        ("other group count", vec![f.hello(3, 10), frame(exposures(2, 10), true)], FailedPrecondition),
+        ("other bundle count", vec![f.hello(2, 10), frame(exposures(2, 11)[..].to_vec(), true)], FailedPrecondition),
+        ("an empty frame", vec![f.hello(2, 10), frame(Vec::new(), false)], InvalidArgument),
+        ("over the announced size", vec![f.hello(1, 1), frame(vec![2; 4000], false)], InvalidArgument),
+        ("over the message size limit", vec![f.hello(2, 10), frame(vec![2; 5 << 20], false)], OutOfRange),
+    ];
+    let n = cases.len();
+    for (what, messages, expected) in cases {
+        assert_eq!(code(messages), expected, "{what}");
+    }
+    // A partner that announces its exposures and goes away.
+    let gone = code(vec![f.hello(2, 10)]);
+    assert!(matches!(gone, Cancelled | DeadlineExceeded), "{gone:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let audit = f.audit();
+    assert_eq!(audit.len(), n + 1, "every stream is audited: {audit:?}");
+    assert!(audit.iter().all(|a| a["outcome"] != "ok" && !a["owner_learned"].as_bool().unwrap()));
+    assert!(f.results().is_empty(), "nothing written");
+
+    // Still serving, with the exact figures.
+    let expected: Vec<(String, [u64; 4])> = plaintext(f.dir.path(), &opted, &suppressed).into_iter().collect();
+    let report = f.run(f.options("autumn", "out")).unwrap_or_else(|e| panic!("{e}: {:?}", f.audit().last()));
+    assert_eq!(figures(&report.release.unwrap()["groups"]), expected);
+    assert_eq!(f.audit().last().unwrap()["outcome"], "ok");
+}
+
+#[test]
+fn the_command_line_client_prints_and_writes_what_the_partner_learns() {
+    let (f, opted, suppressed) = Fixture::start();
+    let run = |campaign: &str, out: &str, extra: &[&str]| {
+        let path = |name: &str| f.path(name).display().to_string();
+        let mut args: Vec<String> = [
+            "measure",
+            "--server",
+            &format!("https://localhost:{}", f.port),
+            "--campaign",
+            campaign,
+            "--key-file",
+            &path("campaign.key"),
+            "--partner",
+            &path("exposures.csv"),
+            "--group-col",
+            "arm",
+            "--region",
+            "US",
+            "--suppress",
+            &path("suppress.csv"),
+            "--ca",
+            &path("ca.pem"),
+            "--token-file",
+            &path("token"),
+            "--out-dir",
+            &path(out),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        std::process::Command::new(env!("CARGO_BIN_EXE_idmatch")).args(&args).output().unwrap()
+    };
+    let out = run("summer", "cli-summer", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let expected = plaintext(f.dir.path(), &opted, &suppressed);
+    let control = expected["control"];
+    assert!(stdout.contains("control") && stdout.contains(&control[3].to_string()), "{stdout}");
+    assert!(stdout.contains("lift (test vs control)"), "{stdout}");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.path("cli-summer/measurement.json")).unwrap()).unwrap();
+    assert_eq!(figures(&written["release"]["groups"]), expected.into_iter().collect::<Vec<_>>());
+
+    // The owner learns: nothing is written on the partner's side.
+    let out = run("spring", "cli-spring", &[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("to the owner only"));
+    assert!(!f.path("cli-spring").exists());
+    // Refusals keep the client's exit codes; local-only flags are usage errors.
+    let out = run("hidden", "x", &[]);
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run("spring", "x", &["--owner", "outcomes.csv"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run("spring", "x", &["--epsilon", "1", "--clip-value", "5"]);
+    assert_eq!(out.status.code(), Some(2));
+}
