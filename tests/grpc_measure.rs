@@ -90,7 +90,7 @@ cert = "server.pem"
 key = "server.key"
 
 [limits]
-idle_timeout_secs = 20
+idle_timeout_secs = 60
 
 [[partners]]
 name = "acme"
@@ -171,7 +171,7 @@ impl Fixture {
             cert: None,
             key: None,
             token_file: Some(self.path("token")),
-            idle_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 
