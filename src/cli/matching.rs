@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{CliResult, ColumnArgs, ProfileArgs};
+use super::{CliResult, ColumnArgs, CredentialArgs, ProfileArgs};
 use idmatch::local_match::{self, LocalMatchOptions};
 use idmatch::optout::BadRows;
 use idmatch::psi::{ProtocolChoice, Reveal};
@@ -31,18 +31,8 @@ pub struct MatchArgs {
     /// Client mode: where to write `record_id,matched_kinds` (partner and both modes).
     #[arg(long, value_name = "FILE", requires = "server")]
     pub output: Option<PathBuf>,
-    /// Client mode: CA bundle (PEM) that signed the server's certificate.
-    #[arg(long, value_name = "FILE", requires = "server")]
-    pub ca: Option<PathBuf>,
-    /// Client mode: client certificate (PEM) for mutual TLS.
-    #[arg(long, value_name = "FILE", requires_all = ["server", "key"])]
-    pub cert: Option<PathBuf>,
-    /// Client mode: client private key (PEM) for mutual TLS.
-    #[arg(long, value_name = "FILE", requires_all = ["server", "cert"])]
-    pub key: Option<PathBuf>,
-    /// Client mode: file holding the bearer token the owner issued.
-    #[arg(long, value_name = "FILE", requires = "server")]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
     /// The campaign key file shared by both parties (see `idmatch keygen`).
     #[arg(long, value_name = "FILE")]
     pub key_file: PathBuf,
@@ -178,10 +168,10 @@ fn run_client(args: MatchArgs) -> CliResult {
         columns: args.columns.spec(),
         suppress: args.suppress,
         bad_list_rows: BadRows::skip_if(args.skip_bad_list_rows),
-        ca: args.ca,
-        cert: args.cert,
-        key: args.key,
-        token_file: args.token_file,
+        ca: args.credentials.ca,
+        cert: args.credentials.cert,
+        key: args.credentials.key,
+        token_file: args.credentials.token_file,
         idle_timeout: std::time::Duration::from_secs(300),
         progress: true,
     };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{CliResult, ColumnArgs, ProfileArgs, format_stats};
+use super::{CliResult, ColumnArgs, CredentialArgs, ProfileArgs, format_stats};
 use idmatch::measure::Learner;
 use idmatch::measure::local::{self, MeasureOptions};
 use idmatch::measure::stats::{DEFAULT_MIN_AGGREGATE, Noise};
@@ -26,18 +26,8 @@ pub struct MeasureArgs {
     /// Client mode: the campaign id on the server (its measurement settings apply).
     #[arg(long, requires = "server")]
     pub campaign: Option<String>,
-    /// Client mode: CA bundle (PEM) that signed the server's certificate.
-    #[arg(long, value_name = "FILE", requires = "server")]
-    pub ca: Option<PathBuf>,
-    /// Client mode: client certificate (PEM) for mutual TLS.
-    #[arg(long, value_name = "FILE", requires_all = ["server", "key"])]
-    pub cert: Option<PathBuf>,
-    /// Client mode: client private key (PEM) for mutual TLS.
-    #[arg(long, value_name = "FILE", requires_all = ["server", "cert"])]
-    pub key: Option<PathBuf>,
-    /// Client mode: file holding the bearer token the owner issued.
-    #[arg(long, value_name = "FILE", requires = "server")]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
     /// Local mode: the owner's value column: a non-negative integer up to 2^32 per record (conversions, revenue in cents).
     #[arg(long, value_name = "NAME", default_value = "value", conflicts_with = "server")]
     pub value_col: String,
@@ -141,10 +131,10 @@ fn run_client(args: MeasureArgs) -> CliResult {
         suppress: args.suppress,
         bad_list_rows: BadRows::skip_if(args.skip_bad_list_rows),
         out_dir: args.out_dir.clone(),
-        ca: args.ca,
-        cert: args.cert,
-        key: args.key,
-        token_file: args.token_file,
+        ca: args.credentials.ca,
+        cert: args.credentials.cert,
+        key: args.credentials.key,
+        token_file: args.credentials.token_file,
         idle_timeout: std::time::Duration::from_secs(300),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -94,6 +94,23 @@ impl ColumnArgs {
     }
 }
 
+/// How a partner client reaches and authenticates to the owner's server (with `--server`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct CredentialArgs {
+    /// Client mode: CA bundle (PEM) that signed the server's certificate.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub ca: Option<PathBuf>,
+    /// Client mode: client certificate (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires_all = ["server", "key"])]
+    pub cert: Option<PathBuf>,
+    /// Client mode: client private key (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires_all = ["server", "cert"])]
+    pub key: Option<PathBuf>,
+    /// Client mode: file holding the bearer token the owner issued.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub token_file: Option<PathBuf>,
+}
+
 /// Where to write the reject report.
 #[derive(Debug, Args, Clone, Default)]
 pub struct RejectArgs {

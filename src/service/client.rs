@@ -6,7 +6,7 @@
 //! renamed into place only when the match succeeded), so an unwritable `--output`
 //! fails before the owner runs, charges or records a match.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -209,6 +209,45 @@ pub(super) fn read_file(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
     std::fs::read(path).map_err(|source| ClientError::File { path: path.clone(), source })
 }
 
+/// What every partner client loads before reading its input: the campaign key (and
+/// its fingerprint for the hello), the bearer token, and the suppression list.
+pub(super) struct PartnerFiles {
+    pub key: Key,
+    pub fingerprint: KeyFingerprint,
+    pub token: Option<String>,
+    pub suppress: Option<FileList>,
+}
+
+impl PartnerFiles {
+    pub(super) fn load(
+        key_file: &Path,
+        token_file: Option<&PathBuf>,
+        suppress: Option<&PathBuf>,
+        normalizer: &Normalizer,
+        bad_list_rows: BadRows,
+    ) -> Result<PartnerFiles, ClientError> {
+        let key = Key::load(key_file)?;
+        let fingerprint = KeyFingerprint::of(&key);
+        let token =
+            token_file.map(|p| read_file(p).map(|b| String::from_utf8_lossy(&b).trim().to_owned())).transpose()?;
+        let suppress = suppress
+            .map(|p| FileList::read(p, normalizer.clone(), ColumnSpec::default(), None, bad_list_rows))
+            .transpose()?;
+        Ok(PartnerFiles { key, fingerprint, token, suppress })
+    }
+}
+
+/// Puts the bearer token, if any, in the request's `authorization` header.
+pub(super) fn authorize<T>(request: &mut Request<T>, token: Option<&str>) -> Result<(), ClientError> {
+    if let Some(token) = token {
+        let value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
+            ClientError::Unauthenticated("the token file holds characters not allowed in a header".into())
+        })?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(())
+}
+
 /// The TLS files of a connection (`--ca`, `--cert`, `--key`).
 #[derive(Clone, Copy, Default)]
 pub(super) struct TlsFiles<'a> {
@@ -262,18 +301,13 @@ pub(super) async fn connect_to(server: &str, files: TlsFiles<'_>) -> Result<Chan
 pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     let offered = options.protocol.offer(options.reveal)?;
     let output = options.reveal.partner_learns_records().then(|| Staged::create(&options.output)).transpose()?;
-    let key = Key::load(&options.key_file)?;
-    let fingerprint = KeyFingerprint::of(&key);
-    let token = options
-        .token_file
-        .as_ref()
-        .map(|p| read_file(p).map(|b| String::from_utf8_lossy(&b).trim().to_owned()))
-        .transpose()?;
-    let suppress = options
-        .suppress
-        .as_ref()
-        .map(|p| FileList::read(p, options.normalizer.clone(), ColumnSpec::default(), None, options.bad_list_rows))
-        .transpose()?;
+    let PartnerFiles { key, fingerprint, token, suppress } = PartnerFiles::load(
+        &options.key_file,
+        options.token_file.as_ref(),
+        options.suppress.as_ref(),
+        &options.normalizer,
+        options.bad_list_rows,
+    )?;
     let suppression_list_stats = suppress.as_ref().map(|list| list.stats().clone());
     let mut read = ReadOptions::new(options.normalizer.clone());
     read.columns = options.columns.clone();
@@ -301,12 +335,7 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
         partner_to_wire(message)
     });
     let mut request = Request::new(request_stream);
-    if let Some(token) = &token {
-        let value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
-            ClientError::Unauthenticated("the token file holds characters not allowed in a header".into())
-        })?;
-        request.metadata_mut().insert("authorization", value);
-    }
+    authorize(&mut request, token.as_deref())?;
     // Start the partner (its hello is the first message) before the call, so the
     // request stream has something to send.
     let (in_tx, mut in_rx) = mpsc::channel(INBOUND_QUEUE);

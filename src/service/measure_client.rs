@@ -13,20 +13,18 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
-use tonic::metadata::MetadataValue;
 
-use super::client::{ClientError, TlsFiles, connect_to, read_file};
+use super::client::{ClientError, PartnerFiles, TlsFiles, authorize, connect_to};
 use super::driver::{DriveError, Driven, INBOUND_QUEUE, Inbound, drive, receive_with_deadline};
 use super::frames::{FrameError, MEASURE_VERSION, MIN_FRAME_BYTES, PartnerFrames, SEND_FRAME_BYTES, learner_from_wire};
-use crate::key::Key;
 use crate::measure::local::{SideReport, partner_exposures, write_json};
 use crate::measure::{self, Learner};
 use crate::normalize::Normalizer;
-use crate::optout::{BadRows, FileList, OptOutSource};
+use crate::optout::{BadRows, OptOutSource};
 use crate::prepare;
 use crate::psi::ProtocolError;
 use crate::records::{ColumnSpec, ReadOptions};
-use crate::token::{KeyFingerprint, Tokenizer};
+use crate::token::Tokenizer;
 use crate::wire;
 use crate::wire::measure_owner_message::Body as OwnerBody;
 use crate::wire::measure_partner_message::Body as PartnerBody;
@@ -96,18 +94,13 @@ pub struct PartnerReport {
 /// Runs one measurement against the server. Writes `measurement.json` into
 /// `out_dir` when the partner learns the figures.
 pub async fn run(options: MeasureClientOptions) -> Result<PartnerReport, ClientError> {
-    let key = Key::load(&options.key_file)?;
-    let fingerprint = KeyFingerprint::of(&key);
-    let token = options
-        .token_file
-        .as_ref()
-        .map(|p| read_file(p).map(|b| String::from_utf8_lossy(&b).trim().to_owned()))
-        .transpose()?;
-    let suppress = options
-        .suppress
-        .as_ref()
-        .map(|p| FileList::read(p, options.normalizer.clone(), ColumnSpec::default(), None, options.bad_list_rows))
-        .transpose()?;
+    let PartnerFiles { key, fingerprint, token, suppress } = PartnerFiles::load(
+        &options.key_file,
+        options.token_file.as_ref(),
+        options.suppress.as_ref(),
+        &options.normalizer,
+        options.bad_list_rows,
+    )?;
     let mut read = ReadOptions::new(options.normalizer.clone());
     read.columns = options.columns.clone();
     read.group_column = options.group_column.clone();
@@ -126,12 +119,7 @@ pub async fn run(options: MeasureClientOptions) -> Result<PartnerReport, ClientE
     let channel = connect_to(&options.server, tls).await?;
     let (out_tx, out_rx) = mpsc::channel::<wire::MeasurePartnerMessage>(4);
     let mut request = Request::new(ReceiverStream::new(out_rx));
-    if let Some(token) = &token {
-        let value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
-            ClientError::Unauthenticated("the token file holds characters not allowed in a header".into())
-        })?;
-        request.metadata_mut().insert("authorization", value);
-    }
+    authorize(&mut request, token.as_deref())?;
     let hello = wire::MeasureHello {
         version: MEASURE_VERSION,
         campaign: options.campaign.clone(),
