@@ -82,8 +82,10 @@ impl Prf {
 
     /// Encrypts `h1s` (values `H1(t)`) under group `g`'s key into `out` (as long):
     /// lane `j` of an output block is the row of its token in column `4g + j`.
+    /// `out` must be as long as `h1s` (every caller sizes it so).
     pub fn positions(&self, group: usize, h1s: &[Block], out: &mut [Block]) {
-        // The lengths are equal by construction: no error to handle.
+        debug_assert_eq!(h1s.len(), out.len());
+        // The only error is a length mismatch, which the callers rule out.
         let _ = self.keys[group].encrypt_blocks_b2b(h1s, out);
     }
 }
