@@ -196,17 +196,6 @@ struct Ends {
     group: usize,
 }
 
-impl Chunk {
-    fn ends(&self) -> Ends {
-        Ends {
-            id: self.ids.len(),
-            identifiers: self.identifiers.len(),
-            rejects: self.rejects.len(),
-            group: self.groups.len(),
-        }
-    }
-}
-
 /// What a worker made of one row (its id, identifiers, rejects and group label are
 /// in the [`Chunk`]).
 struct RowOut {
@@ -237,6 +226,16 @@ struct RowParts<'c> {
 }
 
 impl Chunk {
+    /// Where the parts pushed so far end.
+    fn ends(&self) -> Ends {
+        Ends {
+            id: self.ids.len(),
+            identifiers: self.identifiers.len(),
+            rejects: self.rejects.len(),
+            group: self.groups.len(),
+        }
+    }
+
     /// The rows with their parts, in order.
     fn parts(&self) -> impl Iterator<Item = RowParts<'_>> {
         let mut start = Ends::default();

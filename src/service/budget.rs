@@ -84,23 +84,13 @@ impl Budgets {
 
     /// Charges one match of `identifiers` to `partner`, or refuses it.
     pub fn charge(&self, partner: &str, identifiers: u64, allowance: Allowance) -> Result<(), BudgetError> {
-        self.charge_with(partner, identifiers, allowance, None)
+        self.charge_measurement(partner, identifiers, allowance, None)
     }
 
     /// Charges one measurement to `partner`: one match of `identifiers` (exposure
     /// bundles), and with noise its epsilon on `campaign` against that campaign's
     /// daily epsilon budget. All or nothing.
     pub fn charge_measurement(
-        &self,
-        partner: &str,
-        identifiers: u64,
-        allowance: Allowance,
-        epsilon: Option<EpsilonCharge<'_>>,
-    ) -> Result<(), BudgetError> {
-        self.charge_with(partner, identifiers, allowance, epsilon)
-    }
-
-    fn charge_with(
         &self,
         partner: &str,
         identifiers: u64,
