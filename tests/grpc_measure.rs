@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::measure::{csv_rows, plaintext, synth};
 use idmatch::key::Key;
-use idmatch::measure::message::{self, Exposures, Message};
+use idmatch::measure::message::{self, Exposures, GroupSum, MASKED_LEN, Matched, Message};
 use idmatch::normalize::{Normalizer, Profile, Region};
 use idmatch::psi::group::BlindingKey;
 use idmatch::records::ColumnSpec;
@@ -230,9 +230,13 @@ impl Fixture {
     }
 
     fn hello(&self, groups: u32, bundles: u64) -> wire::MeasurePartnerMessage {
+        self.hello_for("spring", groups, bundles)
+    }
+
+    fn hello_for(&self, campaign: &str, groups: u32, bundles: u64) -> wire::MeasurePartnerMessage {
         hello(wire::MeasureHello {
-            version: 1,
-            campaign: "spring".into(),
+            version: 2,
+            campaign: campaign.into(),
             profile: "idmatch-v1".into(),
             key_fingerprint: self.fingerprint(),
             exposure_bundles: bundles,
@@ -404,6 +408,20 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
     let (f, opted, suppressed) = Fixture::start();
     let code = |messages| f.raw(messages).code();
     let sums = vec![4u8, 1, 0, 0, 0, 0, 0, 0, 0, 5, 0];
+    let two_sums = message::encode(&Message::Sums(vec![
+        GroupSum { records: 10, matched: None },
+        GroupSum { records: 10, matched: None },
+    ]))
+    .unwrap();
+    // Learner `partner`'s message: group 0 released (100 matched people), its two
+    // limbs' points all `byte` (0xff: not a canonical encoding).
+    let masked = |byte: u8| {
+        message::encode(&Message::Masked(vec![
+            GroupSum { records: 10, matched: Some(Matched { records: 5, people: 100, sum: [byte; MASKED_LEN] }) },
+            GroupSum { records: 10, matched: None },
+        ]))
+        .unwrap()
+    };
     let cases: Vec<(&str, Vec<wire::MeasurePartnerMessage>, tonic::Code)> = vec![
         ("a frame before the hello", vec![frame(vec![1], true)], FailedPrecondition),
         ("a message without a body", vec![wire::MeasurePartnerMessage { body: None }], InvalidArgument),
@@ -413,7 +431,7 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
         (
             "another profile",
             vec![hello(wire::MeasureHello {
-                version: 1,
+                version: 2,
                 campaign: "spring".into(),
                 profile: "basic-v1".into(),
                 key_fingerprint: f.fingerprint(),
@@ -425,7 +443,7 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
         (
             "no key fingerprint",
             vec![hello(wire::MeasureHello {
-                version: 1,
+                version: 2,
                 campaign: "spring".into(),
                 profile: "idmatch-v1".into(),
                 key_fingerprint: Vec::new(),
@@ -433,6 +451,33 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
                 groups: 2,
             })],
             FailedPrecondition,
+        ),
+        (
+            "version 1 (where the owner decrypted for a partner-only learner)",
+            vec![hello(wire::MeasureHello {
+                version: 1,
+                campaign: "summer".into(),
+                profile: "idmatch-v1".into(),
+                key_fingerprint: f.fingerprint(),
+                exposure_bundles: 10,
+                groups: 2,
+            })],
+            FailedPrecondition,
+        ),
+        (
+            "plain sums where only the partner learns",
+            vec![f.hello_for("summer", 2, 10), frame(exposures(2, 10), true), frame(two_sums.clone(), true)],
+            FailedPrecondition,
+        ),
+        (
+            "masked sums where the owner learns",
+            vec![f.hello(2, 10), frame(exposures(2, 10), true), frame(masked(1), true)],
+            FailedPrecondition,
+        ),
+        (
+            "a masked sum that is no point",
+            vec![f.hello_for("summer", 2, 10), frame(exposures(2, 10), true), frame(masked(0xff), true)],
+            InvalidArgument,
         ),
         ("a second hello", vec![f.hello(2, 10), f.hello(2, 10)], FailedPrecondition),
         ("garbage", vec![f.hello(2, 10), frame(vec![0xee, 1, 2, 3], true)], InvalidArgument),

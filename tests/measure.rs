@@ -69,6 +69,14 @@ fn figures_equal_the_plaintext_truth_of_synth() {
     assert_eq!(report.owner.shared_identifiers_dropped, 0);
     let json = std::fs::read_to_string(dir.path().join("out/measurement.json")).unwrap();
     assert!(!json.contains('@') && !json.contains("\"m0") && !json.contains("\"p0"), "{json}");
+    // The same figures when only the partner learns: it decrypts them itself from
+    // the owner's shares of its masked sums.
+    let mut partner_only = options(dir.path(), dir.path().join("campaign.key"), 100);
+    partner_only.learner = Learner::Partner;
+    let report = local::run(&partner_only).unwrap();
+    assert_eq!(report.learner, "partner");
+    check(&report, &expected);
+    assert!(report.lift.is_some());
 }
 
 #[test]

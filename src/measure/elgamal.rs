@@ -7,6 +7,15 @@
 //! values are therefore encrypted as [`LIMBS`] limbs of [`LIMB_BITS`] bits (low 16
 //! bits, then the rest, at most 2^16 for a value of 2^32), each summed separately, so
 //! that a sum over `n` people stays below `n·2^16` per limb (docs/PROTOCOL.md §12).
+//!
+//! Decryption by the partner (learner `partner`, §12.5): the partner sends only
+//! `C1 + t·G` for a fresh random `t` ([`Ciphertext::mask`]); that point is uniform
+//! whatever the plaintext, so the owner learns nothing from it. The owner answers
+//! with `D = x·(C1 + t·G) − η·G` ([`SecretKey::share`], `η` its noise), and the
+//! partner recovers `(m + η)·G = C2 − D + t·Y` ([`Masked::unmask`]). The partner
+//! learns `m + η` and nothing of `x`; a partner that deviates could ask the owner to
+//! decrypt any ciphertext it holds, so the owner answers one share per limb and
+//! released group, and only semi-honest partners are covered (docs/PRIVACY.md).
 
 use std::collections::HashMap;
 
@@ -82,6 +91,18 @@ impl SecretKey {
         let point = ciphertext.c2 - ciphertext.c1 * *self.0;
         table.solve(&point, max).ok_or(DecryptError { max })
     }
+
+    /// The decryption share of a masked point `M = C1 + t·G`: `x·M − η·G`, where
+    /// `η` is the noise the owner adds to the plaintext the partner will recover.
+    pub fn share(&self, masked: &RistrettoPoint, noise: i64) -> RistrettoPoint {
+        masked * *self.0 - &signed_scalar(noise) * RISTRETTO_BASEPOINT_TABLE
+    }
+}
+
+/// `n` as a scalar, negative values as `ℓ − |n|`.
+fn signed_scalar(n: i64) -> Scalar {
+    let magnitude = Scalar::from(n.unsigned_abs());
+    if n < 0 { -magnitude } else { magnitude }
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -164,6 +185,43 @@ impl Ciphertext {
     /// The homomorphic sum: decrypts to the sum of the plaintexts.
     pub fn add(&self, other: &Ciphertext) -> Ciphertext {
         Ciphertext { c1: self.c1 + other.c1, c2: self.c2 + other.c2 }
+    }
+
+    /// Masks the ciphertext for decryption by its holder: `C1 + t·G` for a fresh
+    /// uniform `t` is what goes to the key owner; `C2` and `t` stay here.
+    pub fn mask<R: RngCore + CryptoRng>(&self, rng: &mut R) -> Masked {
+        self.mask_with(Zeroizing::new(random_scalar(rng)))
+    }
+
+    /// [`Ciphertext::mask`] with a given `t` (test vectors only).
+    pub fn mask_with(&self, t: Zeroizing<Scalar>) -> Masked {
+        Masked { point: self.c1 + &*t * RISTRETTO_BASEPOINT_TABLE, c2: self.c2, t }
+    }
+}
+
+/// A ciphertext masked for decryption by the partner (see the module doc). `Debug`
+/// shows nothing of `t`.
+pub struct Masked {
+    point: RistrettoPoint,
+    c2: RistrettoPoint,
+    t: Zeroizing<Scalar>,
+}
+
+impl std::fmt::Debug for Masked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Masked(<redacted>)")
+    }
+}
+
+impl Masked {
+    /// `C1 + t·G`, the 32 bytes sent to the key owner.
+    pub fn point_bytes(&self) -> [u8; 32] {
+        self.point.compress().to_bytes()
+    }
+
+    /// `(m + η)·G = C2 − D + t·Y` from the key owner's share `D`.
+    pub fn unmask(&self, share: &RistrettoPoint, key: &PublicKey) -> RistrettoPoint {
+        self.c2 - share + key.0 * *self.t
     }
 }
 
@@ -275,6 +333,14 @@ impl DlogTable {
         self.baby_steps
     }
 
+    /// `m` in `−below..=max` with `m·G = point`, if there is one: a search of
+    /// `(m + below)·G` over `0..=max + below`.
+    pub fn solve_shifted(&self, point: &RistrettoPoint, below: u64, max: u64) -> Option<i128> {
+        let range = max.checked_add(below)?;
+        let shifted = point + &Scalar::from(below) * RISTRETTO_BASEPOINT_TABLE;
+        self.solve(&shifted, range).map(|m| i128::from(m) - i128::from(below))
+    }
+
     /// `m` in `0..=max` with `m·G = point`, if there is one.
     pub fn solve(&self, point: &RistrettoPoint, max: u64) -> Option<u64> {
         let half = Scalar::from(2u8).invert();
@@ -340,6 +406,32 @@ mod tests {
         for m in [0, 1, max / 3 + 17, max] {
             assert_eq!(sk.decrypt(&enc.encrypt(m, &mut rng), max, &table), Ok(m));
         }
+    }
+
+    #[test]
+    fn masked_decryption_recovers_the_plaintext_plus_the_noise() {
+        let mut rng = StdRng::seed_from_u64(10);
+        let sk = SecretKey::random(&mut rng);
+        let key = sk.public_key();
+        let enc = Encryptor::new(key);
+        let table = DlogTable::new(1 << 10);
+        for (m, noise) in [(0u64, 0i64), (5, -9), (70_000, 1234), (1 << 20, -(1 << 20))] {
+            let c = enc.encrypt(m, &mut rng);
+            let masked = c.mask(&mut rng);
+            // The owner's view: a point unrelated to C1.
+            assert_ne!(masked.point_bytes(), c.to_bytes()[..32]);
+            let point = CompressedRistretto(masked.point_bytes()).decompress().unwrap();
+            let recovered = masked.unmask(&sk.share(&point, noise), &key);
+            let below = 1 << 21;
+            assert_eq!(table.solve_shifted(&recovered, below, 1 << 22), Some(i128::from(m) + i128::from(noise)));
+        }
+        // Outside the range: none.
+        let c = enc.encrypt(3, &mut rng);
+        let masked = c.mask(&mut rng);
+        let recovered = masked.unmask(&sk.share(&masked.point, -10), &key);
+        assert_eq!(table.solve_shifted(&recovered, 6, 100), None);
+        assert_eq!(table.solve_shifted(&recovered, 7, 100), Some(-7));
+        assert_eq!(format!("{masked:?}"), "Masked(<redacted>)");
     }
 
     #[test]

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::owner::{Measurement, OwnerConfig};
+use super::owner::OwnerConfig;
 use super::partner::PartnerConfig;
 use super::stats::{GroupFigures, Lift, Noise};
-use super::{Exposure, Learner, MeasureError, Owner, Partner, Person, run_in_memory};
+use super::{Exposure, Learner, MeasureError, Measurement, Owner, Partner, Person, run_in_memory};
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
@@ -202,7 +202,9 @@ pub fn run(options: &MeasureOptions) -> Result<MeasurementReport, MeasureFailure
     let mut owner = Owner::new(owner_config, &people)?;
     let mut partner = Partner::new(partner_config, labels, group_records, &exposures)?;
     run_in_memory(&mut owner, &mut partner)?;
-    let Measurement { groups, lift } = owner.result().cloned().ok_or(MeasureError::Stalled)?;
+    // The figures of the side that decrypted: the partner's alone with learner `partner`.
+    let decrypted = if options.learner == Learner::Partner { partner.measurement() } else { owner.result() };
+    let Measurement { groups, lift } = decrypted.cloned().ok_or(MeasureError::Stalled)?;
     let report = MeasurementReport {
         profile: options.normalizer.profile().name().to_owned(),
         learner: options.learner.name().to_owned(),

@@ -14,6 +14,9 @@ pub const MAX_GROUPS: usize = 16;
 pub const MAX_LABEL: usize = 64;
 /// Bytes of one person's encrypted value: [`LIMBS`] ciphertexts.
 pub const VALUE_LEN: usize = CIPHERTEXT_LEN * LIMBS;
+/// Bytes of one group's masked sum (tag 6) or decryption shares (tag 7): [`LIMBS`]
+/// points.
+pub const MASKED_LEN: usize = ELEMENT_LEN * LIMBS;
 
 /// Message tags (the first byte of every message).
 pub mod tag {
@@ -25,8 +28,15 @@ pub mod tag {
     pub const REBLINDED: u8 = 3;
     /// Partner → owner: per group, its size and the matched counts with encrypted sums.
     pub const SUMS: u8 = 4;
-    /// Owner → partner: the released figures (JSON), when the partner learns them.
+    /// Owner → partner: the released figures (JSON), when the owner decrypted them
+    /// and the partner learns them too (learner `both`).
     pub const RELEASE: u8 = 5;
+    /// Partner → owner (learner `partner`): like `sums`, but each limb's sum is
+    /// masked to `C1 + t·G` and its `C2` stays with the partner.
+    pub const MASKED: u8 = 6;
+    /// Owner → partner (learner `partner`): the noise bounds, then per group the
+    /// released counts and the decryption shares of the masked limbs.
+    pub const SHARES: u8 = 7;
 }
 
 /// Tag 1: `Y`, the bundle size `k`, and per person `k` elements `b·P(t)` and the
@@ -56,25 +66,39 @@ pub struct Exposures {
     pub elements: Vec<Element>,
 }
 
-/// One group's line of tag 4.
+/// One group's line of tag 4 (`N` = [`VALUE_LEN`]), 6 or 7 (`N` = [`MASKED_LEN`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupSum {
+pub struct GroupSum<const N: usize = VALUE_LEN> {
     /// Exposure records in the group.
     pub records: u64,
-    /// The matched counts and sum; `None` when the partner suppressed the group
-    /// (fewer matched people than the minimum aggregate).
-    pub matched: Option<Matched>,
+    /// The matched counts and sum; `None` when the group is suppressed (fewer
+    /// matched people than the minimum aggregate).
+    pub matched: Option<Matched<N>>,
 }
 
-/// A group's matched figures, as the partner sends them.
+/// A group's matched figures: as the partner counted them (tags 4 and 6), or as the
+/// owner releases them (tag 7).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Matched {
+pub struct Matched<const N: usize = VALUE_LEN> {
     /// Exposure records of the group matching at least one person.
     pub records: u64,
     /// People matching at least one exposure record of the group.
     pub people: u64,
-    /// The re-randomized homomorphic sum of those people's values, limb by limb.
-    pub sum: [u8; VALUE_LEN],
+    /// Limb by limb: the re-randomized homomorphic sum of those people's values
+    /// (tag 4), its masked `C1 + t·G` (tag 6), or the owner's decryption share
+    /// `x·(C1 + t·G) − η·G` (tag 7).
+    pub sum: [u8; N],
+}
+
+/// Tag 7: the owner's answer to `masked`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shares {
+    /// Per limb, the largest absolute noise the owner added (0: no noise): the
+    /// partner searches each limb's plaintext from `−bound`.
+    pub noise_bounds: [u64; LIMBS],
+    /// One line per group: the group's records, and for each released group the
+    /// released (noisy) counts with the shares.
+    pub lines: Vec<GroupSum<MASKED_LEN>>,
 }
 
 /// A decoded message.
@@ -90,6 +114,10 @@ pub enum Message {
     Sums(Vec<GroupSum>),
     /// Tag 5: the released figures as UTF-8 JSON.
     Release(Vec<u8>),
+    /// Tag 6: one line per group, in the order of the labels of tag 2.
+    Masked(Vec<GroupSum<MASKED_LEN>>),
+    /// Tag 7.
+    Shares(Shares),
 }
 
 impl Message {
@@ -101,6 +129,8 @@ impl Message {
             Message::Reblinded(_) => "reblinded",
             Message::Sums(_) => "sums",
             Message::Release(_) => "release",
+            Message::Masked(_) => "masked",
+            Message::Shares(_) => "shares",
         }
     }
 }
@@ -215,6 +245,25 @@ impl<'a> Reader<'a> {
         let bytes = self.take(n * ELEMENT_LEN)?;
         Ok(bytes.chunks_exact(ELEMENT_LEN).map(|c| Element(c.try_into().unwrap_or([0; ELEMENT_LEN]))).collect())
     }
+    /// `g` (u8, 1..=16) group lines: records, status, and with status 1 the
+    /// matched records, matched people and `N` bytes.
+    fn lines<const N: usize>(&mut self) -> Result<Vec<GroupSum<N>>, MessageError> {
+        let g = usize::from(self.u8()?);
+        if g == 0 || g > MAX_GROUPS {
+            return Err(MessageError::BadGroupCount(g));
+        }
+        let mut lines = Vec::with_capacity(g);
+        for index in 0..g {
+            let records = self.u64()?;
+            let matched = match self.u8()? {
+                0 => None,
+                1 => Some(Matched { records: self.u64()?, people: self.u64()?, sum: self.array::<N>()? }),
+                status => return Err(MessageError::BadStatus { index, status }),
+            };
+            lines.push(GroupSum { records, matched });
+        }
+        Ok(lines)
+    }
     fn end(&self) -> Result<(), MessageError> {
         match self.bytes.len() - self.offset {
             0 => Ok(()),
@@ -276,22 +325,14 @@ pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
             let body = Exposures { labels, bundle, groups, elements };
             if tag == tag::EXPOSURES { Message::Exposures(body) } else { Message::Reblinded(body) }
         }
-        tag::SUMS => {
-            let g = usize::from(r.u8()?);
-            if g == 0 || g > MAX_GROUPS {
-                return Err(MessageError::BadGroupCount(g));
+        tag::SUMS => Message::Sums(r.lines()?),
+        tag::MASKED => Message::Masked(r.lines()?),
+        tag::SHARES => {
+            let mut noise_bounds = [0u64; LIMBS];
+            for bound in &mut noise_bounds {
+                *bound = r.u64()?;
             }
-            let mut lines = Vec::with_capacity(g);
-            for index in 0..g {
-                let records = r.u64()?;
-                let matched = match r.u8()? {
-                    0 => None,
-                    1 => Some(Matched { records: r.u64()?, people: r.u64()?, sum: r.array::<VALUE_LEN>()? }),
-                    status => return Err(MessageError::BadStatus { index, status }),
-                };
-                lines.push(GroupSum { records, matched });
-            }
-            Message::Sums(lines)
+            Message::Shares(Shares { noise_bounds, lines: r.lines()? })
         }
         tag::RELEASE => {
             let n = r.count(1)?;
@@ -301,6 +342,23 @@ pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
     };
     r.end()?;
     Ok(message)
+}
+
+/// The group lines of tags 4, 6 and 7.
+fn put_lines<const N: usize>(out: &mut Vec<u8>, lines: &[GroupSum<N>]) {
+    out.push(lines.len() as u8);
+    for line in lines {
+        out.extend(line.records.to_be_bytes());
+        match &line.matched {
+            None => out.push(0),
+            Some(m) => {
+                out.push(1);
+                out.extend(m.records.to_be_bytes());
+                out.extend(m.people.to_be_bytes());
+                out.extend(m.sum);
+            }
+        }
+    }
 }
 
 /// Encodes one message.
@@ -343,19 +401,16 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, MessageError> {
         }
         Message::Sums(lines) => {
             out.push(tag::SUMS);
-            out.push(lines.len() as u8);
-            for line in lines {
-                out.extend(line.records.to_be_bytes());
-                match &line.matched {
-                    None => out.push(0),
-                    Some(m) => {
-                        out.push(1);
-                        out.extend(m.records.to_be_bytes());
-                        out.extend(m.people.to_be_bytes());
-                        out.extend(m.sum);
-                    }
-                }
-            }
+            put_lines(&mut out, lines);
+        }
+        Message::Masked(lines) => {
+            out.push(tag::MASKED);
+            put_lines(&mut out, lines);
+        }
+        Message::Shares(shares) => {
+            out.push(tag::SHARES);
+            shares.noise_bounds.iter().for_each(|b| out.extend(b.to_be_bytes()));
+            put_lines(&mut out, &shares.lines);
         }
         Message::Release(json) => {
             out.push(tag::RELEASE);
@@ -412,6 +467,20 @@ mod tests {
         let mut bad_status = bytes.clone();
         bad_status[10] = 2;
         assert_eq!(decode(&bad_status), Err(MessageError::BadStatus { index: 0, status: 2 }));
+        let shares = Message::Shares(Shares {
+            noise_bounds: [5, 0],
+            lines: vec![
+                GroupSum { records: 10, matched: Some(Matched { records: 4, people: 3, sum: [7; MASKED_LEN] }) },
+                GroupSum { records: 7, matched: None },
+            ],
+        });
+        let bytes = encode(&shares).unwrap();
+        assert_eq!(bytes.len(), 1 + 16 + 1 + (8 + 1 + 16 + 64) + (8 + 1));
+        assert_eq!(decode(&bytes).unwrap(), shares);
+        assert!(matches!(decode(&bytes[..bytes.len() - 1]), Err(MessageError::Truncated { .. })));
+        let masked = Message::Masked(vec![GroupSum { records: 1, matched: None }]);
+        assert_eq!(decode(&encode(&masked).unwrap()).unwrap(), masked);
+        assert_eq!(decode(&[tag::MASKED, 0]), Err(MessageError::BadGroupCount(0)));
         // A count far beyond the bytes present is refused before anything is allocated.
         let huge = [tag::REBLINDED, 1, 0xff, 0xff, 0xff, 0xff];
         assert!(matches!(decode(&huge), Err(MessageError::Truncated { .. })));

@@ -6,8 +6,10 @@
 //! integer value). Identifiers are compared doubly blinded on ristretto255 (as in
 //! [`crate::psi`]); values travel encrypted under the owner's exponential ElGamal key,
 //! are summed homomorphically by the partner over the matched people of each group,
-//! and only the per-group sums are decrypted, by the owner. Every bundle and
-//! ciphertext list is shuffled, so neither side can tie a match to a record.
+//! and only the per-group sums are decrypted: by the owner, or, when only the
+//! partner learns, by the partner from the owner's decryption shares of masked sums
+//! (the owner then never sees a sum). Every bundle and ciphertext list is shuffled,
+//! so neither side can tie a match to a record.
 //! docs/PROTOCOL.md §12 gives the messages byte for byte; docs/PRIVACY.md
 //! ("Measurement") says what each side learns.
 //!
@@ -40,6 +42,7 @@ use rand::rngs::OsRng;
 
 pub use owner::{Owner, OwnerConfig, OwnerState};
 pub use partner::{Partner, PartnerConfig, PartnerState};
+pub use stats::Measurement;
 
 use crate::psi::group::ElementError;
 use crate::psi::message::Element;
@@ -85,10 +88,10 @@ pub enum Learner {
     /// The owner (it decrypts the sums).
     #[default]
     Owner,
-    /// The partner: the owner sends it the released figures (the owner, which
-    /// decrypts, sees them too).
+    /// The partner only: it sends its sums masked and decrypts them from the
+    /// owner's noisy decryption shares; the owner sees no sum.
     Partner,
-    /// Both.
+    /// Both: the owner decrypts, releases, and sends the released figures.
     Both,
 }
 
@@ -249,6 +252,7 @@ pub fn run_in_memory(owner: &mut Owner, partner: &mut Partner) -> Result<(), Mea
 mod tests {
     use super::elgamal::{Encryptor, PublicKey};
     use super::message::{self, GroupSum, Matched, Message, VALUE_LEN};
+    use super::stats::Noise;
     use super::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -274,10 +278,13 @@ mod tests {
         (owner, partner)
     }
 
+    /// People, exposures, and per group (matched records, matched people, sum).
+    type Fixture = (Vec<Person>, Vec<Exposure>, Vec<(u64, u64, u64)>);
+
     /// Random people (one or two tokens each, the second in a disjoint range) and
-    /// exposures that match some of them through one or both tokens.
-    #[test]
-    fn sums_and_counts_equal_the_plaintext_computation() {
+    /// exposures that match some of them through one or both tokens; per group the
+    /// plaintext figures: matched records, the set of matched people, their sum.
+    fn fixture() -> Fixture {
         let mut rng = StdRng::seed_from_u64(5);
         let people: Vec<Person> = (0..400u32)
             .map(|i| {
@@ -300,7 +307,6 @@ mod tests {
             };
             exposures.push(Exposure { tokens, group });
         }
-        // Plaintext: per group, matched records, the set of matched people, their sum.
         let mut expected = vec![(0u64, std::collections::BTreeSet::new()); 2];
         for x in &exposures {
             let hits: Vec<usize> =
@@ -310,28 +316,223 @@ mod tests {
                 expected[x.group as usize].1.extend(hits);
             }
         }
-        let (mut owner, mut partner) = {
-            let (oc, pc) = configs(1, Learner::Both);
-            let counts = vec![450, 450 + 3];
-            (
-                Owner::new(oc, &people).unwrap(),
-                Partner::new(pc, vec!["control".into(), "test".into()], counts, &exposures).unwrap(),
-            )
-        };
-        run_in_memory(&mut owner, &mut partner).unwrap();
-        let result = owner.result().unwrap();
-        for (g, (records, set)) in expected.iter().enumerate() {
-            let line = &result.groups[g];
-            let sum: u64 = set.iter().map(|&p| people[p].value).sum();
-            assert_eq!(line.matched_exposure_records, stats::Figure::Value(*records), "group {g}");
-            assert_eq!(line.matched_outcome_people, stats::Figure::Value(set.len() as u64), "group {g}");
-            assert_eq!(line.sum, stats::Figure::Value(sum), "group {g}");
-            assert!(set.len() > 50);
+        let expected = expected
+            .into_iter()
+            .map(|(records, set)| {
+                assert!(set.len() > 50);
+                (records, set.len() as u64, set.iter().map(|&p| people[p].value).sum())
+            })
+            .collect();
+        (people, exposures, expected)
+    }
+
+    fn fixture_pair(
+        people: &[Person],
+        exposures: &[Exposure],
+        learner: Learner,
+        noise: Option<Noise>,
+        seed: u64,
+    ) -> (Owner, Partner) {
+        let (mut oc, pc) = configs(1, learner);
+        oc.noise = noise;
+        oc.seed = Some(seed);
+        let counts = vec![450, 450 + 3];
+        (
+            Owner::new(oc, people).unwrap(),
+            Partner::new(pc, vec!["control".into(), "test".into()], counts, exposures).unwrap(),
+        )
+    }
+
+    /// The released figures of the side that decrypts: the partner's with learner
+    /// `partner` (the owner then has none), the owner's otherwise.
+    fn decrypted(learner: Learner, owner: &Owner, partner: &Partner) -> Measurement {
+        if learner == Learner::Partner {
+            assert!(owner.result().is_none(), "the owner must not hold figures");
+            partner.measurement().unwrap().clone()
+        } else {
+            owner.result().unwrap().clone()
         }
-        assert_eq!(result.groups[1].group_size, 453);
-        let release = partner.release().unwrap();
-        assert_eq!(release["groups"][0]["sum"], serde_json::json!(result.groups[0].sum.value().unwrap()));
-        assert_eq!(partner.view().unwrap().owner_people, 400);
+    }
+
+    #[test]
+    fn sums_and_counts_equal_the_plaintext_computation_for_every_learner() {
+        let (people, exposures, expected) = fixture();
+        for learner in [Learner::Owner, Learner::Both, Learner::Partner] {
+            let (mut owner, mut partner) = fixture_pair(&people, &exposures, learner, None, 1);
+            run_in_memory(&mut owner, &mut partner).unwrap();
+            let result = decrypted(learner, &owner, &partner);
+            for (g, &(records, matched, sum)) in expected.iter().enumerate() {
+                let line = &result.groups[g];
+                assert_eq!(line.matched_exposure_records, stats::Figure::Value(records), "{learner:?} group {g}");
+                assert_eq!(line.matched_outcome_people, stats::Figure::Value(matched), "{learner:?} group {g}");
+                assert_eq!(line.sum, stats::Figure::Value(sum), "{learner:?} group {g}");
+            }
+            assert_eq!(result.groups[1].group_size, 453);
+            assert!(result.lift.is_some());
+            assert_eq!(partner.view().unwrap().owner_people, 400);
+            match learner {
+                Learner::Owner => assert!(partner.release().is_none()),
+                // The groups exactly (the lift's floats went through JSON text with `both`).
+                _ => assert_eq!(partner.release().unwrap()["groups"], serde_json::to_value(&result.groups).unwrap()),
+            }
+        }
+    }
+
+    /// Steps both sides until the partner's `masked` message (learner `partner`),
+    /// returning its lines.
+    fn to_masked(owner: &mut Owner, partner: &mut Partner) -> Vec<GroupSum<{ message::MASKED_LEN }>> {
+        partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
+        owner.receive(&partner.poll_outgoing().unwrap()).unwrap();
+        partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
+        let Message::Masked(lines) = message::decode(&partner.poll_outgoing().unwrap()).unwrap() else { panic!() };
+        lines
+    }
+
+    fn shares_of(owner: &mut Owner, lines: Vec<GroupSum<{ message::MASKED_LEN }>>) -> message::Shares {
+        owner.receive(&message::encode(&Message::Masked(lines)).unwrap()).unwrap();
+        let Message::Shares(shares) = message::decode(&owner.poll_outgoing().unwrap()).unwrap() else { panic!() };
+        shares
+    }
+
+    #[test]
+    fn with_learner_partner_the_owner_sees_only_masked_points_and_refuses_plain_sums() {
+        let (people, exposures, _) = fixture();
+        // What the owner receives: per limb one point, no C2, each point fresh.
+        let (mut owner, mut partner) = fixture_pair(&people, &exposures, Learner::Partner, None, 1);
+        let lines = to_masked(&mut owner, &mut partner);
+        let (mut owner2, mut partner2) = fixture_pair(&people, &exposures, Learner::Partner, None, 1);
+        let again = to_masked(&mut owner2, &mut partner2);
+        for (a, b) in lines.iter().zip(&again) {
+            let (a, b) = (a.matched.as_ref().unwrap(), b.matched.as_ref().unwrap());
+            assert_eq!((a.records, a.people), (b.records, b.people));
+            assert_ne!(a.sum, b.sum, "masks are fresh per run");
+        }
+        // A partner that sends decryptable sums instead is refused: the owner never
+        // decrypts for a partner-only learner.
+        let sums =
+            Message::Sums(vec![GroupSum { records: 450, matched: None }, GroupSum { records: 453, matched: None }]);
+        assert!(matches!(
+            owner.receive(&message::encode(&sums).unwrap()),
+            Err(MeasureError::Unexpected { state: "awaiting sums", message: "sums" })
+        ));
+        // And an owner of learner `owner` refuses masked sums.
+        let (mut owner, mut partner) = fixture_pair(&people, &exposures, Learner::Owner, None, 1);
+        partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
+        owner.receive(&partner.poll_outgoing().unwrap()).unwrap();
+        assert!(matches!(
+            owner.receive(&message::encode(&Message::Masked(lines)).unwrap()),
+            Err(MeasureError::Unexpected { state: "awaiting sums", message: "masked" })
+        ));
+    }
+
+    #[test]
+    fn the_partner_refuses_shares_that_do_not_fit() {
+        let people: Vec<Person> = (0..300).map(|i| Person { tokens: vec![token(i)], value: 10 }).collect();
+        let exposures: Vec<Exposure> = (0..300)
+            .map(|i| Exposure { tokens: vec![token(if i < 250 { i } else { 1000 + i })], group: u8::from(i >= 200) })
+            .collect();
+        // control: 200 matched; test: 50 matched (under 100, suppressed); empty: none.
+        let pair = || {
+            let (oc, pc) = configs(100, Learner::Partner);
+            let labels = vec!["control".into(), "test".into(), "empty".into()];
+            (Owner::new(oc, &people).unwrap(), Partner::new(pc, labels, vec![200, 100, 5], &exposures).unwrap())
+        };
+        let (mut owner, mut partner) = pair();
+        let lines = to_masked(&mut owner, &mut partner);
+        assert!(lines[0].matched.is_some() && lines[1].matched.is_none() && lines[2].matched.is_none());
+        let shares = shares_of(&mut owner, lines);
+        assert_eq!(shares.noise_bounds, [0, 0]);
+
+        // A share for a group the partner suppressed.
+        let mut forged = shares.clone();
+        forged.lines[1].matched = forged.lines[0].matched.clone();
+        let (mut o, mut p) = pair();
+        to_masked(&mut o, &mut p);
+        assert!(matches!(
+            p.receive(&message::encode(&Message::Shares(forged)).unwrap()),
+            Err(MeasureError::Inconsistent { group: 1, reason: "a share for a suppressed group" })
+        ));
+        // A noise bound beyond what the partner searches.
+        let mut wide = shares.clone();
+        wide.noise_bounds[1] = partner::MAX_SHARE_RANGE;
+        let (mut o, mut p) = pair();
+        to_masked(&mut o, &mut p);
+        assert!(matches!(
+            p.receive(&message::encode(&Message::Shares(wide)).unwrap()),
+            Err(MeasureError::Inconsistent { group: 0, reason: "the noise bound is too large" })
+        ));
+        // Group sizes other than the partner's.
+        let mut sizes = shares.clone();
+        sizes.lines[2].records = 6;
+        let (mut o, mut p) = pair();
+        to_masked(&mut o, &mut p);
+        assert!(matches!(
+            p.receive(&message::encode(&Message::Shares(sizes)).unwrap()),
+            Err(MeasureError::Mismatch { what: "records in a group line", expected: 5, got: 6 })
+        ));
+        // A share that is not the owner's: the limb does not decrypt within its bound.
+        let mut wrong = shares.clone();
+        if let Some(m) = &mut wrong.lines[0].matched {
+            m.sum[..32].copy_from_slice(&random_element().unwrap().0);
+        }
+        let (mut o, mut p) = pair();
+        to_masked(&mut o, &mut p);
+        assert!(matches!(
+            p.receive(&message::encode(&Message::Shares(wrong)).unwrap()),
+            Err(MeasureError::Decrypt { group: 0, .. })
+        ));
+        assert_eq!(p.state(), PartnerState::Failed);
+        // Shares built for another session's masks do not decrypt either.
+        let (mut o, mut p) = pair();
+        to_masked(&mut o, &mut p);
+        assert!(matches!(
+            p.receive(&message::encode(&Message::Shares(shares.clone())).unwrap()),
+            Err(MeasureError::Decrypt { group: 0, .. })
+        ));
+        // The session's own shares release the figures: the test group suppressed.
+        partner.receive(&message::encode(&Message::Shares(shares)).unwrap()).unwrap();
+        let g = &partner.measurement().unwrap().groups;
+        assert_eq!(g[0].sum, stats::Figure::Value(2000));
+        assert_eq!(g[1].sum, stats::Figure::Suppressed(100));
+        assert_eq!(g[2].matched_outcome_people, stats::Figure::Suppressed(100));
+        assert!(owner.result().is_none());
+    }
+
+    /// Noise through the whole learner-`partner` protocol, with fixed seeds: the
+    /// partner's released sums centre on the exact sum with the spread the limbs'
+    /// noise gives (`sd_low² + (2^16·sd_high)²`), and the counts are noised too.
+    #[test]
+    fn partner_decrypted_noise_has_the_expected_mean_and_spread() {
+        let people: Vec<Person> =
+            (0..120).map(|i| Person { tokens: vec![token(i)], value: if i % 2 == 0 { 1 << 32 } else { 7 } }).collect();
+        let exposures: Vec<Exposure> = (0..120).map(|i| Exposure { tokens: vec![token(i)], group: 0 }).collect();
+        let exact = 60 * (1u64 << 32) + 60 * 7;
+        let noise = Noise { epsilon: 3.0, clip: 1 << 32 };
+        let runs = 150;
+        let (mut sums, mut people_counts) = (Vec::new(), Vec::new());
+        for seed in 0..runs {
+            let (mut oc, pc) = configs(100, Learner::Partner);
+            oc.noise = Some(noise);
+            oc.seed = Some(seed);
+            let mut owner = Owner::new(oc, &people).unwrap();
+            let mut partner = Partner::new(pc, vec!["all".into()], vec![120], &exposures).unwrap();
+            run_in_memory(&mut owner, &mut partner).unwrap();
+            let g = &partner.measurement().unwrap().groups[0];
+            sums.push(g.sum.value().unwrap() as f64);
+            people_counts.push(g.matched_outcome_people.value().unwrap() as f64);
+        }
+        let sd = |eps: f64, delta: f64| {
+            let a = (-eps / delta).exp();
+            (2.0 * a).sqrt() / (1.0 - a)
+        };
+        let expected_sd = (sd(0.5, 65_535.0).powi(2) + (65_536.0 * sd(0.5, 65_536.0)).powi(2)).sqrt();
+        let mean = sums.iter().sum::<f64>() / runs as f64;
+        let spread = (sums.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / runs as f64).sqrt();
+        assert!((mean - exact as f64).abs() < 4.0 * expected_sd / (runs as f64).sqrt(), "mean {mean}, exact {exact}");
+        assert!((spread / expected_sd - 1.0).abs() < 0.3, "spread {spread}, expected {expected_sd}");
+        assert!(people_counts.iter().any(|&p| p != 120.0), "the counts are noised");
+        let people_mean = people_counts.iter().sum::<f64>() / runs as f64;
+        assert!((people_mean - 120.0).abs() < 4.0 * sd(1.0, 1.0) / (runs as f64).sqrt(), "{people_mean}");
     }
 
     #[test]
@@ -474,8 +675,10 @@ mod tests {
 
 #[cfg(test)]
 mod vectors {
-    use super::elgamal::{Encryptor, SecretKey, label_scalar, limbs};
-    use super::message::{self, GroupSum, Matched, Message, VALUE_LEN};
+    use super::elgamal::{DlogTable, Encryptor, SecretKey, label_scalar, limbs};
+    use super::message::{self, GroupSum, MASKED_LEN, Matched, Message, Shares, VALUE_LEN};
+    use curve25519_dalek::ristretto::CompressedRistretto;
+    use zeroize::Zeroizing;
 
     /// docs/PROTOCOL.md §12.7, parsed from the document itself: the ElGamal key,
     /// an encryption with a fixed `r`, and the encoding of a `sums` message.
@@ -495,6 +698,48 @@ mod vectors {
             GroupSum { records: 1000, matched: Some(Matched { records: 150, people: 120, sum }) },
             GroupSum { records: 7, matched: None },
         ]);
+        // Learner `partner`: each limb masked with its own `t`, the owner's share of
+        // the low limb with noise η = −5, and what the partner recovers.
+        let (t, t2) = (label_scalar("idmatch test elgamal t"), label_scalar("idmatch test elgamal t2"));
+        let m_low = c_low.mask_with(Zeroizing::new(t));
+        let m_high = c_high.mask_with(Zeroizing::new(t2));
+        let point = |bytes: [u8; 32]| CompressedRistretto(bytes).decompress().unwrap();
+        let d_low = x.share(&point(m_low.point_bytes()), -5);
+        let d_high = x.share(&point(m_high.point_bytes()), 0);
+        let table = DlogTable::new(256);
+        assert_eq!(table.solve_shifted(&m_low.unmask(&d_low, &y), 40, 65_535), Some(57_915));
+        assert_eq!(table.solve_shifted(&m_high.unmask(&d_high, &y), 0, 65_536), Some(1));
+        let pair = |a: [u8; 32], b: [u8; 32]| {
+            let mut out = [0u8; MASKED_LEN];
+            out[..32].copy_from_slice(&a);
+            out[32..].copy_from_slice(&b);
+            out
+        };
+        let masked = Message::Masked(vec![
+            GroupSum {
+                records: 1000,
+                matched: Some(Matched {
+                    records: 150,
+                    people: 120,
+                    sum: pair(m_low.point_bytes(), m_high.point_bytes()),
+                }),
+            },
+            GroupSum { records: 7, matched: None },
+        ]);
+        let shares = Message::Shares(Shares {
+            noise_bounds: [40, 0],
+            lines: vec![
+                GroupSum {
+                    records: 1000,
+                    matched: Some(Matched {
+                        records: 151,
+                        people: 119,
+                        sum: pair(d_low.compress().to_bytes(), d_high.compress().to_bytes()),
+                    }),
+                },
+                GroupSum { records: 7, matched: None },
+            ],
+        });
         let computed = [
             ("x", hex::encode(label_scalar("idmatch test elgamal x").to_bytes())),
             ("Y", hex::encode(y.to_bytes())),
@@ -502,6 +747,14 @@ mod vectors {
             ("Enc(57920; r)", hex::encode(c_low.to_bytes())),
             ("Enc(1; r)", hex::encode(c_high.to_bytes())),
             ("sums", hex::encode(message::encode(&sums).unwrap())),
+            ("t", hex::encode(t.to_bytes())),
+            ("t2", hex::encode(t2.to_bytes())),
+            ("M_low", hex::encode(m_low.point_bytes())),
+            ("M_high", hex::encode(m_high.point_bytes())),
+            ("D_low", hex::encode(d_low.compress().to_bytes())),
+            ("D_high", hex::encode(d_high.compress().to_bytes())),
+            ("masked", hex::encode(message::encode(&masked).unwrap())),
+            ("shares", hex::encode(message::encode(&shares).unwrap())),
         ];
         let doc = include_str!("../../docs/PROTOCOL.md");
         let block = doc.split("### 12.7").nth(1).and_then(|s| s.split("```").nth(1)).unwrap_or("");

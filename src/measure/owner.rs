@@ -1,6 +1,7 @@
 //! The owner's state machine: holds the outcome values, the ElGamal key and an ECDH
 //! scalar `b`; sends its people, blinds the partner's bundles again, and decrypts the
-//! per-group sums.
+//! per-group sums, or, when only the partner learns (learner `partner`), answers
+//! the partner's masked sums with noisy decryption shares and never sees a sum.
 //!
 //! Sans-I/O: [`Owner::poll_outgoing`] yields the bytes to send, [`Owner::receive`]
 //! takes the peer's bytes. Any error moves the machine to [`OwnerState::Failed`].
@@ -13,11 +14,11 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use super::elgamal::{DlogTable, Encryptor, LIMB_BITS, LIMBS, MAX_HIGH_LIMB, SecretKey};
-use super::message::{self, Exposures, GroupSum, MAX_BUNDLE, Message, People, VALUE_LEN};
-use super::stats::{self, GroupFigures, Lift, Noise, RawGroup};
+use super::message::{self, Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, Matched, Message, People, Shares, VALUE_LEN};
+use super::stats::{self, Measurement, Noise, RawGroup};
 use super::{Learner, MeasureError, Person, bundles};
-use crate::psi::group::BlindingKey;
-use crate::psi::message::Element;
+use crate::psi::group::{self, BlindingKey};
+use crate::psi::message::{ELEMENT_LEN, Element};
 use crate::records::MAX_VALUE;
 
 /// The owner's settings.
@@ -44,9 +45,10 @@ impl Default for OwnerConfig {
 pub enum OwnerState {
     /// People sent; waiting for the partner's exposures.
     AwaitingExposures,
-    /// Exposures blinded again and sent back; waiting for the sums.
+    /// Exposures blinded again and sent back; waiting for the sums (masked ones
+    /// when only the partner learns).
     AwaitingSums,
-    /// The figures are released.
+    /// The figures are released (learner `partner`: the shares are sent).
     Done,
     /// An error ended the session.
     Failed,
@@ -61,15 +63,6 @@ impl OwnerState {
             OwnerState::Failed => "failed",
         }
     }
-}
-
-/// The released figures of one measurement.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Measurement {
-    /// One line per group, in the partner's label order.
-    pub groups: Vec<GroupFigures>,
-    /// Lift of `test` over `control`, when both groups exist and are released.
-    pub lift: Option<Lift>,
 }
 
 /// The owner's side of one measurement. `Debug` shows the state only.
@@ -152,7 +145,8 @@ impl Owner {
         self.outgoing.pop_front()
     }
 
-    /// The released figures, once [`OwnerState::Done`].
+    /// The released figures, once [`OwnerState::Done`]; never with learner
+    /// `partner`, where the owner does not decrypt.
     pub fn result(&self) -> Option<&Measurement> {
         self.result.as_ref()
     }
@@ -173,7 +167,12 @@ impl Owner {
     fn step(&mut self, bytes: &[u8]) -> Result<(), MeasureError> {
         match (self.state, message::decode(bytes)?) {
             (OwnerState::AwaitingExposures, Message::Exposures(x)) => self.on_exposures(x),
-            (OwnerState::AwaitingSums, Message::Sums(lines)) => self.on_sums(&lines),
+            (OwnerState::AwaitingSums, Message::Sums(lines)) if self.config.learner != Learner::Partner => {
+                self.on_sums(&lines)
+            }
+            (OwnerState::AwaitingSums, Message::Masked(lines)) if self.config.learner == Learner::Partner => {
+                self.on_masked(&lines)
+            }
             (state, other) => Err(MeasureError::Unexpected { state: state.doing(), message: other.name() }),
         }
     }
@@ -202,7 +201,12 @@ impl Owner {
         Ok(())
     }
 
-    fn on_sums(&mut self, lines: &[GroupSum]) -> Result<(), MeasureError> {
+    /// The checks every line of `sums` or `masked` passes: one line per group,
+    /// `records ≥` the bundles received in the group, `matched records ≤ records`,
+    /// `matched people ≤` the owner's people. Returns, per line, whether it is
+    /// released: present and at least `min_aggregate` matched people (fail closed: a
+    /// group under the minimum is never decrypted, whatever the partner sent).
+    fn check_lines<const N: usize>(&self, lines: &[GroupSum<N>]) -> Result<Vec<bool>, MeasureError> {
         if lines.len() != self.labels.len() {
             return Err(MeasureError::Mismatch {
                 what: "group lines",
@@ -210,23 +214,43 @@ impl Owner {
                 got: lines.len() as u64,
             });
         }
+        lines
+            .iter()
+            .enumerate()
+            .map(|(g, line)| {
+                if line.records < self.bundles_per_group[g] {
+                    return Err(MeasureError::Inconsistent { group: g, reason: "fewer records than bundles sent" });
+                }
+                match &line.matched {
+                    Some(m) if m.records > line.records => {
+                        Err(MeasureError::Inconsistent { group: g, reason: "more matched records than records" })
+                    }
+                    Some(m) if m.people > self.people => {
+                        Err(MeasureError::Inconsistent { group: g, reason: "more matched people than people" })
+                    }
+                    Some(m) => Ok(m.people >= self.config.min_aggregate),
+                    None => Ok(false),
+                }
+            })
+            .collect()
+    }
+
+    fn noise_rng(&self) -> Result<StdRng, MeasureError> {
+        match self.config.seed {
+            Some(seed) => Ok(StdRng::seed_from_u64(seed)),
+            None => StdRng::from_rng(OsRng).map_err(|e| MeasureError::Rng(e.to_string())),
+        }
+    }
+
+    fn on_sums(&mut self, lines: &[GroupSum]) -> Result<(), MeasureError> {
+        let released = self.check_lines(lines)?;
         let bound = |people: u64| people.saturating_mul(MAX_HIGH_LIMB);
         let largest = lines.iter().filter_map(|l| l.matched.as_ref()).map(|m| bound(m.people)).max().unwrap_or(0);
         let mut table: Option<DlogTable> = None;
         let mut raw = Vec::with_capacity(lines.len());
         for (g, line) in lines.iter().enumerate() {
-            if line.records < self.bundles_per_group[g] {
-                return Err(MeasureError::Inconsistent { group: g, reason: "fewer records than bundles sent" });
-            }
             let matched = match &line.matched {
-                Some(m) if m.records > line.records => {
-                    return Err(MeasureError::Inconsistent { group: g, reason: "more matched records than records" });
-                }
-                Some(m) if m.people > self.people => {
-                    return Err(MeasureError::Inconsistent { group: g, reason: "more matched people than people" });
-                }
-                // Fail closed: a group under the minimum is never decrypted.
-                Some(m) if m.people >= self.config.min_aggregate => {
+                Some(m) if released[g] => {
                     let table = table.get_or_insert_with(|| DlogTable::new(DlogTable::baby_steps_for(largest)));
                     let mut sum = 0u64;
                     for limb in 0..LIMBS {
@@ -245,17 +269,47 @@ impl Owner {
             };
             raw.push(RawGroup { label: self.labels[g].clone(), records: line.records, matched });
         }
-        let mut rng = match self.config.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_rng(OsRng).map_err(|e| MeasureError::Rng(e.to_string()))?,
-        };
-        let (groups, lift) = stats::release(&raw, self.config.min_aggregate, self.config.noise, &mut rng);
-        let result = Measurement { groups, lift };
+        let result = stats::release(&raw, self.config.min_aggregate, self.config.noise, &mut self.noise_rng()?);
         if self.config.learner.partner_learns() {
             let json = serde_json::to_vec(&result).map_err(|_| MeasureError::BadRelease)?;
             self.outgoing.push_back(message::encode(&Message::Release(json))?);
         }
         self.result = Some(result);
+        self.state = OwnerState::Done;
+        Ok(())
+    }
+
+    /// Learner `partner`: per released group, the noisy counts and one decryption
+    /// share per masked limb, `x·M − η·G`; nothing is decrypted here, and each masked
+    /// point is uniformly random to the owner. Suppressed groups get no share.
+    fn on_masked(&mut self, lines: &[GroupSum<MASKED_LEN>]) -> Result<(), MeasureError> {
+        let released = self.check_lines(lines)?;
+        let mut rng = self.noise_rng()?;
+        let noise = self.config.noise;
+        let mut out = Vec::with_capacity(lines.len());
+        for (g, line) in lines.iter().enumerate() {
+            let matched = match &line.matched {
+                Some(m) if released[g] => {
+                    let (records, people) = match noise {
+                        Some(n) => (n.count(m.records, &mut rng), n.count(m.people, &mut rng)),
+                        None => (m.records, m.people),
+                    };
+                    let limb_noise = noise.map_or([0; LIMBS], |n| n.limbs(&mut rng));
+                    let mut sum = [0u8; MASKED_LEN];
+                    for (limb, eta) in limb_noise.iter().enumerate() {
+                        let at = limb * ELEMENT_LEN..(limb + 1) * ELEMENT_LEN;
+                        let element = Element(m.sum[at.clone()].try_into().unwrap_or([0; ELEMENT_LEN]));
+                        let point = group::decode(&element, g * LIMBS + limb)?;
+                        sum[at].copy_from_slice(self.secret.share(&point, *eta).compress().as_bytes());
+                    }
+                    Some(Matched { records, people, sum })
+                }
+                _ => None,
+            };
+            out.push(GroupSum { records: line.records, matched });
+        }
+        let noise_bounds = noise.map_or([0; LIMBS], Noise::limb_bounds);
+        self.outgoing.push_back(message::encode(&Message::Shares(Shares { noise_bounds, lines: out }))?);
         self.state = OwnerState::Done;
         Ok(())
     }

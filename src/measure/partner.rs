@@ -1,6 +1,8 @@
 //! The partner's state machine: holds the exposure records and an ECDH scalar `a`;
 //! sends its bundles, blinds the owner's people again, and computes per group the
-//! matched counts and the homomorphic sum of the matched people's values.
+//! matched counts and the homomorphic sum of the matched people's values. When only
+//! the partner learns (learner `partner`), it sends each sum masked, decrypts it
+//! from the owner's shares and releases the figures itself.
 //!
 //! Sans-I/O like [`super::Owner`]; any error moves it to [`PartnerState::Failed`].
 
@@ -10,11 +12,20 @@ use rand::rngs::OsRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use super::elgamal::{Ciphertext, Encryptor, LIMBS, PublicKey};
-use super::message::{self, Exposures, GroupSum, MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, Matched, Message, VALUE_LEN};
+use super::elgamal::{
+    Ciphertext, DecryptError, DlogTable, Encryptor, LIMB_BITS, LIMBS, MAX_HIGH_LIMB, Masked, PublicKey,
+};
+use super::message::{
+    self, Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, Matched, Message, Shares, VALUE_LEN,
+};
+use super::stats::{self, GroupFigures, Measurement};
 use super::{Exposure, Learner, MeasureError, bundles};
-use crate::psi::group::BlindingKey;
-use crate::psi::message::Element;
+use crate::psi::group::{self, BlindingKey};
+use crate::psi::message::{ELEMENT_LEN, Element};
+
+/// The widest plaintext range the partner searches for one limb of a share
+/// (`2^44`: at most 2^24 giant steps, a few seconds): a larger noise bound is refused.
+pub const MAX_SHARE_RANGE: u64 = 1 << 44;
 
 /// The partner's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +45,8 @@ pub enum PartnerState {
     AwaitingReblinded,
     /// Sums sent; waiting for the released figures.
     AwaitingRelease,
+    /// Masked sums sent (learner `partner`); waiting for the owner's shares.
+    AwaitingShares,
     /// Finished.
     Done,
     /// An error ended the session.
@@ -46,6 +59,7 @@ impl PartnerState {
             PartnerState::AwaitingPeople => "awaiting people",
             PartnerState::AwaitingReblinded => "awaiting reblinded exposures",
             PartnerState::AwaitingRelease => "awaiting the release",
+            PartnerState::AwaitingShares => "awaiting the shares",
             PartnerState::Done => "done",
             PartnerState::Failed => "failed",
         }
@@ -81,6 +95,9 @@ pub struct Partner {
     owner: Option<OwnerSide>,
     outgoing: VecDeque<Vec<u8>>,
     view: Option<PartnerView>,
+    /// Learner `partner`: per group, the masked limbs of its sum (`None`: suppressed).
+    masked: Vec<Option<[Masked; LIMBS]>>,
+    measurement: Option<Measurement>,
     release: Option<serde_json::Value>,
 }
 
@@ -139,6 +156,8 @@ impl Partner {
             owner: None,
             outgoing: VecDeque::from([first]),
             view: None,
+            masked: Vec::new(),
+            measurement: None,
             release: None,
         })
     }
@@ -158,9 +177,15 @@ impl Partner {
         self.view.as_ref()
     }
 
-    /// The released figures the owner sent (when the partner is a learner).
+    /// The released figures as JSON, when the partner is a learner: those the owner
+    /// sent (learner `both`) or those the partner decrypted itself (learner `partner`).
     pub fn release(&self) -> Option<&serde_json::Value> {
         self.release.as_ref()
+    }
+
+    /// The released figures the partner decrypted itself (learner `partner` only).
+    pub fn measurement(&self) -> Option<&Measurement> {
+        self.measurement.as_ref()
     }
 
     /// Takes one message from the owner.
@@ -191,6 +216,7 @@ impl Partner {
                 Ok(())
             }
             (PartnerState::AwaitingReblinded, Message::Reblinded(x)) => self.on_reblinded(&x),
+            (PartnerState::AwaitingShares, Message::Shares(shares)) => self.on_shares(&shares),
             (PartnerState::AwaitingRelease, Message::Release(json)) => {
                 self.release = Some(serde_json::from_slice(&json).map_err(|_| MeasureError::BadRelease)?);
                 self.state = PartnerState::Done;
@@ -239,40 +265,145 @@ impl Partner {
             }
         }
         let encryptor = Encryptor::new(owner.key);
+        let only_partner = self.config.learner == Learner::Partner;
         let mut lines = Vec::with_capacity(groups);
+        let mut masked_lines = Vec::with_capacity(groups);
         let mut view = Vec::with_capacity(groups);
         for (g, matched) in people.iter_mut().enumerate() {
             matched.par_sort_unstable();
             matched.dedup();
             view.push((records[g], matched.len() as u64));
-            let line = if (matched.len() as u64) < self.config.min_aggregate || matched.is_empty() {
+            let sum = if (matched.len() as u64) < self.config.min_aggregate || matched.is_empty() {
                 None
             } else {
-                let sum = matched
-                    .par_iter()
-                    .map(|&p| {
-                        let bytes = &owner.values[p as usize];
-                        let mut limbs = [Ciphertext::zero(); LIMBS];
-                        for (l, limb) in limbs.iter_mut().enumerate() {
-                            let mut c = [0u8; 64];
-                            c.copy_from_slice(&bytes[l * 64..(l + 1) * 64]);
-                            *limb = Ciphertext::from_bytes(&c, p as usize * LIMBS + l)?;
-                        }
-                        Ok::<_, MeasureError>(limbs)
-                    })
-                    .try_reduce(|| [Ciphertext::zero(); LIMBS], |a, b| Ok([a[0].add(&b[0]), a[1].add(&b[1])]))?;
-                let mut out = [0u8; VALUE_LEN];
-                for (l, limb) in sum.iter().enumerate() {
-                    out[l * 64..(l + 1) * 64].copy_from_slice(&encryptor.rerandomize(limb, &mut OsRng).to_bytes());
-                }
-                Some(Matched { records: records[g], people: matched.len() as u64, sum: out })
+                Some(
+                    matched
+                        .par_iter()
+                        .map(|&p| {
+                            let bytes = &owner.values[p as usize];
+                            let mut limbs = [Ciphertext::zero(); LIMBS];
+                            for (l, limb) in limbs.iter_mut().enumerate() {
+                                let mut c = [0u8; 64];
+                                c.copy_from_slice(&bytes[l * 64..(l + 1) * 64]);
+                                *limb = Ciphertext::from_bytes(&c, p as usize * LIMBS + l)?;
+                            }
+                            Ok::<_, MeasureError>(limbs)
+                        })
+                        .try_reduce(|| [Ciphertext::zero(); LIMBS], |a, b| Ok([a[0].add(&b[0]), a[1].add(&b[1])]))?,
+                )
             };
-            lines.push(GroupSum { records: self.group_records[g], matched: line });
+            let (matched_records, people) = (records[g], matched.len() as u64);
+            if only_partner {
+                // The owner gets `C1 + t·G` per limb; `C2` and `t` stay here.
+                let masked = sum.map(|limbs| limbs.map(|limb| limb.mask(&mut OsRng)));
+                let line = masked.as_ref().map(|limbs| {
+                    let mut out = [0u8; MASKED_LEN];
+                    for (l, limb) in limbs.iter().enumerate() {
+                        out[l * ELEMENT_LEN..(l + 1) * ELEMENT_LEN].copy_from_slice(&limb.point_bytes());
+                    }
+                    Matched { records: matched_records, people, sum: out }
+                });
+                masked_lines.push(GroupSum { records: self.group_records[g], matched: line });
+                self.masked.push(masked);
+            } else {
+                // Re-randomized, so the owner cannot recognise its own ciphertexts.
+                let line = sum.map(|limbs| {
+                    let mut out = [0u8; VALUE_LEN];
+                    for (l, limb) in limbs.iter().enumerate() {
+                        out[l * 64..(l + 1) * 64].copy_from_slice(&encryptor.rerandomize(limb, &mut OsRng).to_bytes());
+                    }
+                    Matched { records: matched_records, people, sum: out }
+                });
+                lines.push(GroupSum { records: self.group_records[g], matched: line });
+            }
         }
         self.view = Some(PartnerView { matched: view, owner_people: owner.values.len() as u64 });
-        self.outgoing.push_back(message::encode(&Message::Sums(lines))?);
-        self.state =
-            if self.config.learner.partner_learns() { PartnerState::AwaitingRelease } else { PartnerState::Done };
+        let (message, next) = match self.config.learner {
+            Learner::Partner => (Message::Masked(masked_lines), PartnerState::AwaitingShares),
+            Learner::Both => (Message::Sums(lines), PartnerState::AwaitingRelease),
+            Learner::Owner => (Message::Sums(lines), PartnerState::Done),
+        };
+        self.outgoing.push_back(message::encode(&message)?);
+        self.state = next;
+        Ok(())
+    }
+
+    /// Learner `partner`: unmasks each released group's limbs with the owner's
+    /// shares, finds `m + η` per limb within `−bound..=p·2^16 + bound`, and releases
+    /// the figures (the counts as the owner noised them, the sum clamped at 0).
+    fn on_shares(&mut self, shares: &Shares) -> Result<(), MeasureError> {
+        let Some(owner) = &self.owner else { return Err(MeasureError::Failed) };
+        let groups = self.labels.len();
+        if shares.lines.len() != groups {
+            return Err(MeasureError::Mismatch {
+                what: "group lines",
+                expected: groups as u64,
+                got: shares.lines.len() as u64,
+            });
+        }
+        // Per limb, the largest plaintext of a sum over `p` people, and the search.
+        let limb_max = [(1u64 << LIMB_BITS) - 1, MAX_HIGH_LIMB];
+        let range = |people: u64, limb: usize| {
+            people.saturating_mul(limb_max[limb]).saturating_add(shares.noise_bounds[limb].saturating_mul(2))
+        };
+        let mut widest = 0;
+        for (g, (line, masked)) in shares.lines.iter().zip(&self.masked).enumerate() {
+            if line.records != self.group_records[g] {
+                return Err(MeasureError::Mismatch {
+                    what: "records in a group line",
+                    expected: self.group_records[g],
+                    got: line.records,
+                });
+            }
+            if line.matched.is_some() && masked.is_none() {
+                return Err(MeasureError::Inconsistent { group: g, reason: "a share for a suppressed group" });
+            }
+            if line.matched.is_some() {
+                let people = self.view.as_ref().map_or(0, |v| v.matched[g].1);
+                for limb in 0..LIMBS {
+                    let r = range(people, limb);
+                    if r > MAX_SHARE_RANGE {
+                        return Err(MeasureError::Inconsistent { group: g, reason: "the noise bound is too large" });
+                    }
+                    widest = widest.max(r);
+                }
+            }
+        }
+        let table = DlogTable::new(DlogTable::baby_steps_for(widest));
+        let mut figures = Vec::with_capacity(groups);
+        for (g, (line, masked)) in shares.lines.iter().zip(&self.masked).enumerate() {
+            let released = match (&line.matched, masked) {
+                (Some(m), Some(limbs)) => {
+                    let people = self.view.as_ref().map_or(0, |v| v.matched[g].1);
+                    let mut sum = 0i128;
+                    for (l, limb) in limbs.iter().enumerate() {
+                        let element = Element(
+                            m.sum[l * ELEMENT_LEN..(l + 1) * ELEMENT_LEN].try_into().unwrap_or([0; ELEMENT_LEN]),
+                        );
+                        let share = group::decode(&element, g * LIMBS + l)?;
+                        let bound = shares.noise_bounds[l];
+                        let max = people.saturating_mul(limb_max[l]).saturating_add(bound);
+                        let part = table
+                            .solve_shifted(&limb.unmask(&share, &owner.key), bound, max)
+                            .ok_or(MeasureError::Decrypt { group: g, source: DecryptError { max } })?;
+                        sum += part << (LIMB_BITS * l as u32);
+                    }
+                    Some((m.records, m.people, stats::clamp(sum)))
+                }
+                _ => None,
+            };
+            figures.push(GroupFigures::new(
+                &self.labels[g],
+                self.group_records[g],
+                released,
+                self.config.min_aggregate,
+            ));
+        }
+        let measurement = Measurement::new(figures);
+        self.release = Some(serde_json::to_value(&measurement).map_err(|_| MeasureError::BadRelease)?);
+        self.measurement = Some(measurement);
+        self.masked.clear();
+        self.state = PartnerState::Done;
         Ok(())
     }
 }

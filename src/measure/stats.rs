@@ -1,9 +1,17 @@
 //! What is released from the decrypted per-group figures: suppression under the
 //! minimum aggregate, optional differential-privacy noise, conversion rates and lift
 //! with its confidence interval (docs/PRIVACY.md, "Measurement").
+//!
+//! Where the owner decrypts (learner `owner` or `both`), [`release`] does all of it.
+//! Where only the partner learns, the owner draws the noise ([`Noise::count`],
+//! [`Noise::limbs`]) and adds it to the counts and, inside its decryption shares, to
+//! each limb of the sum; the partner then builds the same figures with
+//! [`GroupFigures::new`] and [`Measurement::new`].
 
 use rand::Rng;
 use serde::{Serialize, Serializer};
+
+use super::elgamal::{LIMB_BITS, LIMBS};
 
 /// The default minimum number of matched people behind any released figure.
 pub const DEFAULT_MIN_AGGREGATE: u64 = 100;
@@ -58,6 +66,23 @@ pub struct RawGroup {
     pub matched: Option<(u64, u64, u64)>,
 }
 
+/// The released figures of one measurement.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Measurement {
+    /// One line per group, in the partner's label order.
+    pub groups: Vec<GroupFigures>,
+    /// Lift of `test` over `control`, when both groups exist and are released.
+    pub lift: Option<Lift>,
+}
+
+impl Measurement {
+    /// The measurement of released group figures: lift from their rates.
+    pub fn new(groups: Vec<GroupFigures>) -> Measurement {
+        let lift = lift(&groups);
+        Measurement { groups, lift }
+    }
+}
+
 /// One group's released figures.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GroupFigures {
@@ -73,6 +98,25 @@ pub struct GroupFigures {
     pub sum: Figure,
     /// Matched outcome people / group size.
     pub conversion_rate: Option<f64>,
+}
+
+impl GroupFigures {
+    /// A group of `size` records whose figures are `released` (matched records,
+    /// matched people, sum: already noised where noise is asked for), or suppressed
+    /// under `min_aggregate` when `None`; the rate from the released figures.
+    pub fn new(label: &str, size: u64, released: Option<(u64, u64, u64)>, min_aggregate: u64) -> GroupFigures {
+        let figure =
+            |f: fn((u64, u64, u64)) -> u64| released.map_or(Figure::Suppressed(min_aggregate), |r| Figure::Value(f(r)));
+        let people = figure(|r| r.1);
+        GroupFigures {
+            group: label.to_owned(),
+            group_size: size,
+            matched_exposure_records: figure(|r| r.0),
+            matched_outcome_people: people,
+            sum: figure(|r| r.2),
+            conversion_rate: people.value().filter(|_| size > 0).map(|p| p as f64 / size as f64),
+        }
+    }
 }
 
 /// Lift of `test` over `control`.
@@ -105,6 +149,60 @@ pub struct Noise {
     pub clip: u64,
 }
 
+/// Noise on a limb is redrawn until its magnitude is at most this many times its
+/// scale `Δ/ε`: the tail cut off has probability about `e^−40` (under 10^−17), the
+/// price of a bounded search for the partner's decryption.
+pub const NOISE_TAIL: f64 = 40.0;
+
+impl Noise {
+    /// `value` plus discrete Laplace noise of sensitivity 1 at `ε/3`, clamped at 0.
+    pub fn count<R: Rng>(self, value: u64, rng: &mut R) -> u64 {
+        clamp(i128::from(value) + i128::from(discrete_laplace(self.epsilon / 3.0, 1.0, rng)))
+    }
+
+    /// The sum's `ε/3` spent on its limbs, for decryption by the partner, which
+    /// learns each limb's noisy sum: per limb its sensitivity (`min(clip, 2^16 − 1)`
+    /// for the low limb, `clip >> 16` for the high one) and epsilon (all of it on the
+    /// low limb when the high one cannot change, half each otherwise).
+    fn limb_parameters(self) -> [(f64, f64); LIMBS] {
+        let low = self.clip.min((1 << LIMB_BITS) - 1) as f64;
+        let high = (self.clip >> LIMB_BITS) as f64;
+        let epsilon = self.epsilon / 3.0;
+        if high == 0.0 { [(low, epsilon), (0.0, epsilon)] } else { [(low, epsilon / 2.0), (high, epsilon / 2.0)] }
+    }
+
+    /// Per limb, the largest noise [`Noise::limbs`] draws: `⌈40·Δ/ε⌉` (0 for a limb
+    /// that cannot change).
+    pub fn limb_bounds(self) -> [u64; LIMBS] {
+        self.limb_parameters().map(|(delta, eps)| (NOISE_TAIL * delta / eps).ceil().min(u64::MAX as f64) as u64)
+    }
+
+    /// One discrete Laplace draw per limb, each within its [`Noise::limb_bounds`]:
+    /// by sequential composition the limbs together are `ε/3`-DP for one person's
+    /// value, as the sum is when the owner decrypts (up to the tail cut off).
+    pub fn limbs<R: Rng>(self, rng: &mut R) -> [i64; LIMBS] {
+        let bounds = self.limb_bounds();
+        let mut out = [0i64; LIMBS];
+        for ((draw, (delta, eps)), bound) in out.iter_mut().zip(self.limb_parameters()).zip(bounds) {
+            if delta == 0.0 {
+                continue;
+            }
+            *draw = loop {
+                let d = discrete_laplace(eps, delta, rng);
+                if d.unsigned_abs() <= bound {
+                    break d;
+                }
+            };
+        }
+        out
+    }
+}
+
+/// A noisy figure clamped to `0..=u64::MAX` (post-processing).
+pub fn clamp(value: i128) -> u64 {
+    value.clamp(0, i128::from(u64::MAX)) as u64
+}
+
 /// A two-sided geometric (discrete Laplace) draw with `P(k) ∝ exp(−ε|k|/Δ)`: the
 /// difference of two geometric variables with success probability `1 − exp(−ε/Δ)`.
 pub fn discrete_laplace<R: Rng>(epsilon: f64, sensitivity: f64, rng: &mut R) -> i64 {
@@ -120,43 +218,23 @@ pub fn discrete_laplace<R: Rng>(epsilon: f64, sensitivity: f64, rng: &mut R) -> 
 /// Releases `raw`: suppresses every figure of a group with fewer than
 /// `min_aggregate` matched people, adds noise if asked, then derives rates and lift
 /// from the released figures only.
-pub fn release<R: Rng>(
-    raw: &[RawGroup],
-    min_aggregate: u64,
-    noise: Option<Noise>,
-    rng: &mut R,
-) -> (Vec<GroupFigures>, Option<Lift>) {
-    let groups: Vec<GroupFigures> = raw
+pub fn release<R: Rng>(raw: &[RawGroup], min_aggregate: u64, noise: Option<Noise>, rng: &mut R) -> Measurement {
+    let groups = raw
         .iter()
         .map(|g| {
-            let suppressed = Figure::Suppressed(min_aggregate);
-            let (records, people, sum) = match g.matched {
-                Some((records, people, sum)) if people >= min_aggregate => {
-                    let mut noisy = |value: u64, sensitivity: f64| match noise {
-                        None => Figure::Value(value),
-                        Some(n) => {
-                            let v = value as i128 + i128::from(discrete_laplace(n.epsilon / 3.0, sensitivity, rng));
-                            Figure::Value(v.clamp(0, i128::from(u64::MAX)) as u64)
-                        }
-                    };
-                    let clip = noise.map_or(1.0, |n| n.clip.max(1) as f64);
-                    (noisy(records, 1.0), noisy(people, 1.0), noisy(sum, clip))
-                }
-                _ => (suppressed, suppressed, suppressed),
-            };
-            let conversion_rate = people.value().filter(|_| g.records > 0).map(|p| p as f64 / g.records as f64);
-            GroupFigures {
-                group: g.label.clone(),
-                group_size: g.records,
-                matched_exposure_records: records,
-                matched_outcome_people: people,
-                sum,
-                conversion_rate,
-            }
+            let released =
+                g.matched.filter(|&(_, people, _)| people >= min_aggregate).map(|(records, people, sum)| match noise {
+                    None => (records, people, sum),
+                    Some(n) => {
+                        let (records, people) = (n.count(records, rng), n.count(people, rng));
+                        let sum_noise = discrete_laplace(n.epsilon / 3.0, n.clip.max(1) as f64, rng);
+                        (records, people, clamp(i128::from(sum) + i128::from(sum_noise)))
+                    }
+                });
+            GroupFigures::new(&g.label, g.records, released, min_aggregate)
         })
         .collect();
-    let lift = lift(&groups);
-    (groups, lift)
+    Measurement::new(groups)
 }
 
 /// Lift of the group labelled `test` over `control`, if both have a released rate.
@@ -194,7 +272,7 @@ mod tests {
     #[test]
     fn suppresses_under_the_minimum_and_computes_lift() {
         let raw = [group("test", 10_000, Some((600, 500, 9_000))), group("control", 10_000, Some((450, 400, 7_000)))];
-        let (groups, lift) = release(&raw, 100, None, &mut StdRng::seed_from_u64(1));
+        let Measurement { groups, lift } = release(&raw, 100, None, &mut StdRng::seed_from_u64(1));
         assert_eq!(groups[0].matched_outcome_people, Figure::Value(500));
         let lift = lift.unwrap();
         assert!((lift.absolute - 0.01).abs() < 1e-12);
@@ -205,7 +283,7 @@ mod tests {
         assert!((lift.ci95[1] - (0.01 + 1.959964 * se)).abs() < 1e-12);
 
         let raw = [group("test", 10_000, Some((120, 99, 9_000))), group("control", 50, None)];
-        let (groups, lift) = release(&raw, 100, None, &mut StdRng::seed_from_u64(1));
+        let Measurement { groups, lift } = release(&raw, 100, None, &mut StdRng::seed_from_u64(1));
         assert_eq!(groups[0].sum, Figure::Suppressed(100));
         assert_eq!(serde_json::to_value(groups[0].sum).unwrap(), serde_json::json!("<100"));
         assert_eq!(groups[1].matched_exposure_records, Figure::Suppressed(100));
@@ -234,7 +312,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         let (mut people, mut sums) = (Vec::new(), Vec::new());
         for _ in 0..runs {
-            let (g, _) = release(&raw, 100, noise, &mut rng);
+            let g = release(&raw, 100, noise, &mut rng).groups;
             people.push(g[0].matched_outcome_people.value().unwrap() as f64);
             sums.push(g[0].sum.value().unwrap() as f64);
         }
@@ -253,7 +331,45 @@ mod tests {
         assert!((sp / sd(1.0 / 3.0, 1.0) - 1.0).abs() < 0.06, "{sp}");
         assert!((ms - 1_000_000.0).abs() < 300.0, "{ms}");
         assert!((ss / sd(1.0 / 3.0, 1_000.0) - 1.0).abs() < 0.06, "{ss}");
-        let again = release(&raw, 100, noise, &mut StdRng::seed_from_u64(9)).0;
-        assert_eq!(again, release(&raw, 100, noise, &mut StdRng::seed_from_u64(9)).0);
+        let again = release(&raw, 100, noise, &mut StdRng::seed_from_u64(9));
+        assert_eq!(again, release(&raw, 100, noise, &mut StdRng::seed_from_u64(9)));
+    }
+
+    #[test]
+    fn limb_noise_is_bounded_centred_and_spread_as_its_sensitivities_say() {
+        let sd = |eps: f64, delta: f64| {
+            let a = (-eps / delta).exp();
+            (2.0 * a).sqrt() / (1.0 - a)
+        };
+        let stats = |v: &[f64]| {
+            let m = v.iter().sum::<f64>() / v.len() as f64;
+            (m, (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt())
+        };
+        let mut rng = StdRng::seed_from_u64(11);
+        // A clip under 2^16: the high limb cannot change and gets no noise.
+        let small = Noise { epsilon: 1.5, clip: 1_000 };
+        assert_eq!(small.limb_bounds(), [(40.0f64 * 1_000.0 / 0.5).ceil() as u64, 0]);
+        let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| small.limbs(&mut rng)).collect();
+        assert!(draws.iter().all(|d| d[1] == 0));
+        let (m, s) = stats(&draws.iter().map(|d| d[0] as f64).collect::<Vec<_>>());
+        assert!(m.abs() < 0.02 * sd(0.5, 1_000.0), "{m}");
+        assert!((s / sd(0.5, 1_000.0) - 1.0).abs() < 0.03, "{s}");
+        // A clip of 2^32: ε/6 on each limb, the high limb's noise scaled by 2^16 in the sum.
+        let large = Noise { epsilon: 3.0, clip: 1 << 32 };
+        let bounds = large.limb_bounds();
+        assert_eq!(bounds, [(40.0f64 * 65_535.0 / 0.5).ceil() as u64, (40.0f64 * 65_536.0 / 0.5).ceil() as u64]);
+        let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| large.limbs(&mut rng)).collect();
+        assert!(draws.iter().all(|d| d[0].unsigned_abs() <= bounds[0] && d[1].unsigned_abs() <= bounds[1]));
+        let (m_high, s_high) = stats(&draws.iter().map(|d| d[1] as f64).collect::<Vec<_>>());
+        assert!(m_high.abs() < 0.02 * sd(0.5, 65_536.0), "{m_high}");
+        assert!((s_high / sd(0.5, 65_536.0) - 1.0).abs() < 0.03, "{s_high}");
+        let (_, s_low) = stats(&draws.iter().map(|d| d[0] as f64).collect::<Vec<_>>());
+        assert!((s_low / sd(0.5, 65_535.0) - 1.0).abs() < 0.03, "{s_low}");
+        // Reproducible from a seed.
+        let again = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..10).map(|_| large.limbs(&mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(again(4), again(4));
     }
 }

@@ -6,7 +6,8 @@
 //! [`measure::Partner`] as [`Driven`] roles, so the same driver (deadlines,
 //! backpressure) runs a measurement as it runs a match.
 
-use crate::measure::message::{MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, VALUE_LEN};
+use crate::measure::elgamal::LIMBS;
+use crate::measure::message::{MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, VALUE_LEN};
 use crate::measure::{self, Learner, MeasureError, OwnerState, PartnerState};
 use crate::psi::message::ELEMENT_LEN;
 use crate::wire;
@@ -15,8 +16,9 @@ use crate::wire::measure_partner_message::Body as PartnerBody;
 
 use super::driver::{DriveError, Driven};
 
-/// Measurement protocol version over gRPC.
-pub const MEASURE_VERSION: u32 = 1;
+/// Measurement protocol version over gRPC: 2, where learner `partner` decrypts on the
+/// partner's side (version 1 let the owner decrypt for it, and is refused).
+pub const MEASURE_VERSION: u32 = 2;
 /// Largest frame either side sends (smaller when the peer accepts less).
 pub const SEND_FRAME_BYTES: usize = 1 << 20;
 /// Smallest frame limit a side may announce.
@@ -160,10 +162,13 @@ fn people_bound(n: u64) -> usize {
     (1 + 32 + 1 + 4usize).saturating_add(bound(&[usize::try_from(n).unwrap_or(usize::MAX), per]))
 }
 
-/// Largest `sums` (tag 4) message for `groups` groups.
+/// Largest `sums` (tag 4) message for `groups` groups; `masked` (tag 6) is smaller.
 fn sums_bound(groups: usize) -> usize {
     1 + 1 + groups * (8 + 1 + 8 + 8 + VALUE_LEN)
 }
+
+/// Largest `shares` (tag 7) message: noise bounds and at most 16 group lines.
+const SHARES_BOUND: usize = 1 + 8 * LIMBS + 1 + MAX_GROUPS * (8 + 1 + 8 + 8 + MASKED_LEN);
 
 /// The number of groups and of bundles an `exposures` message announces, when its
 /// header is readable (the state machine reports anything else precisely).
@@ -319,6 +324,7 @@ impl PartnerFrames {
             PartnerState::AwaitingPeople => ("people", people_bound(self.owner_people)),
             PartnerState::AwaitingReblinded => ("reblinded", reblinded_bound(self.bundles)),
             PartnerState::AwaitingRelease => ("release", MAX_RELEASE_BYTES),
+            PartnerState::AwaitingShares => ("shares", SHARES_BOUND),
             PartnerState::Done => return Err(FrameError::Unexpected { state: "done", message: "frame" }),
             PartnerState::Failed => return Err(MeasureError::Failed.into()),
         };

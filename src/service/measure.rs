@@ -269,8 +269,9 @@ impl Session<'_> {
             SEND_FRAME_BYTES.min(max_frame),
         );
         drive(&mut frames, inbound, outbound, |m| Some(Ok(m)), idle, runtime).map_err(drive_status)?;
-        let result = frames.owner().result().ok_or_else(|| Status::internal("measurement ended unfinished"))?;
+        // With learner `partner` the owner decrypted nothing and writes nothing.
         if settings.learner != Learner::Partner {
+            let result = frames.owner().result().ok_or_else(|| Status::internal("measurement ended unfinished"))?;
             let name = format!(
                 "{}-{}-{}.measurement.json",
                 file_safe(&campaign.settings.id),
