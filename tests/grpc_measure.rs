@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::measure::{csv_rows, plaintext, synth};
 use idmatch::key::Key;
-use idmatch::measure::message::{self, Exposures, GroupSum, MASKED_LEN, Matched, Message};
+use idmatch::measure::message::{self, Exposures, GroupSum, MASKED_LEN, MaskedSum, Message};
 use idmatch::normalize::{Normalizer, Profile, Region};
 use idmatch::psi::group::BlindingKey;
 use idmatch::records::ColumnSpec;
@@ -95,7 +95,7 @@ idle_timeout_secs = 60
 [[partners]]
 name = "acme"
 token_sha256 = "{token_sha}"
-campaigns = ["spring", "summer", "autumn", "noisy", "winter"]
+campaigns = ["spring", "summer", "autumn", "noisy", "winter", "dusk"]
 reveals = ["count"]
 
 "#
@@ -106,6 +106,10 @@ reveals = ["count"]
     text += &campaign(
         "noisy",
         &measurement("both", "epsilon = 1.0\nvalue_max = 100000\nmax_epsilon_per_partner_per_day = 2.0\n"),
+    );
+    text += &campaign(
+        "dusk",
+        &measurement("partner", "epsilon = 1.0\nvalue_max = 100000\nmax_epsilon_per_partner_per_day = 2.0\n"),
     );
     text += &campaign("winter", "");
     text += &campaign("hidden", &measurement("owner", ""));
@@ -348,6 +352,33 @@ fn each_learner_gets_the_exact_figures_over_tls() {
     assert!(!log.contains('@') && !log.contains("\"sum\""), "{log}");
 }
 
+/// Learner `partner` with noise: the partner decrypts noisy sums the owner never
+/// sees, noises the counts itself, and the owner writes nothing.
+#[test]
+fn a_partner_only_learner_gets_noisy_figures_the_owner_never_sees() {
+    let (f, opted, suppressed) = Fixture::start();
+    let exact: Vec<(String, [u64; 4])> = plaintext(f.dir.path(), &opted, &suppressed).into_iter().collect();
+    let report = f.run(f.options("dusk", "out")).unwrap();
+    assert_eq!((report.learner.as_str(), report.epsilon), ("partner", Some(1.0)));
+    let noisy = figures(&report.release.as_ref().unwrap()["groups"]);
+    assert_eq!(noisy.len(), exact.len());
+    let mut moved = 0;
+    for ((label, n), (exact_label, e)) in noisy.iter().zip(&exact) {
+        assert_eq!(label, exact_label);
+        assert_eq!(n[0], e[0], "group sizes are not noised");
+        // Each limb's noise is cut at 40 scales: 40·Δ/(ε/6) with Δ = 65535 and 1.
+        let bound = 40 * 6 * (65_535 + (1 << 16));
+        assert!(n[3].abs_diff(e[3]) <= bound, "{label}: {} vs {}", n[3], e[3]);
+        moved += usize::from(n[3] != e[3]) + usize::from(n[2] != e[2]);
+    }
+    assert!(moved >= 2, "noise on the sums and counts: {noisy:?} vs {exact:?}");
+    assert!(f.results().is_empty(), "the owner writes nothing");
+    let audit = f.audit();
+    assert_eq!(audit.len(), 1);
+    assert_eq!((audit[0]["owner_learned"].as_bool(), audit[0]["partner_learned"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(audit[0]["epsilon_spent"], 1.0);
+}
+
 #[test]
 fn refusals_and_the_epsilon_budget_across_a_restart() {
     let (f, _, _) = Fixture::start();
@@ -413,14 +444,11 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
         GroupSum { records: 10, matched: None },
     ]))
     .unwrap();
-    // Learner `partner`'s message: group 0 released (100 matched people), its two
-    // limbs' points all `byte` (0xff: not a canonical encoding).
+    // Learner `partner`'s message: two groups of 10 records, every point's bytes
+    // `byte` (0xff: not a canonical encoding).
     let masked = |byte: u8| {
-        message::encode(&Message::Masked(vec![
-            GroupSum { records: 10, matched: Some(Matched { records: 5, people: 100, sum: [byte; MASKED_LEN] }) },
-            GroupSum { records: 10, matched: None },
-        ]))
-        .unwrap()
+        let line = MaskedSum { records: 10, points: [byte; MASKED_LEN] };
+        message::encode(&Message::Masked(vec![line.clone(), line])).unwrap()
     };
     let cases: Vec<(&str, Vec<wire::MeasurePartnerMessage>, tonic::Code)> = vec![
         ("a frame before the hello", vec![frame(vec![1], true)], FailedPrecondition),

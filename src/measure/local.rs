@@ -198,7 +198,13 @@ pub fn run(options: &MeasureOptions) -> Result<MeasurementReport, MeasureFailure
         noise: options.noise,
         seed: options.seed,
     };
-    let partner_config = PartnerConfig { min_aggregate: options.min_aggregate, learner: options.learner };
+    let partner_config = PartnerConfig {
+        min_aggregate: options.min_aggregate,
+        learner: options.learner,
+        epsilon: options.noise.map(|n| n.epsilon),
+        // Its own stream, so that its count noise is independent of the owner's.
+        seed: options.seed.map(|s| s ^ 0x9e37_79b9_7f4a_7c15),
+    };
     let mut owner = Owner::new(owner_config, &people)?;
     let mut partner = Partner::new(partner_config, labels, group_records, &exposures)?;
     run_in_memory(&mut owner, &mut partner)?;

@@ -31,11 +31,11 @@ pub mod tag {
     /// Owner → partner: the released figures (JSON), when the owner decrypted them
     /// and the partner learns them too (learner `both`).
     pub const RELEASE: u8 = 5;
-    /// Partner → owner (learner `partner`): like `sums`, but each limb's sum is
-    /// masked to `C1 + t·G` and its `C2` stays with the partner.
+    /// Partner → owner (learner `partner`): per group its size and each limb's sum
+    /// masked to `C1 + t·G` (its `C2` stays with the partner); no counts.
     pub const MASKED: u8 = 6;
     /// Owner → partner (learner `partner`): the noise bounds, then per group the
-    /// released counts and the decryption shares of the masked limbs.
+    /// decryption shares of the masked limbs.
     pub const SHARES: u8 = 7;
 }
 
@@ -66,28 +66,36 @@ pub struct Exposures {
     pub elements: Vec<Element>,
 }
 
-/// One group's line of tag 4 (`N` = [`VALUE_LEN`]), 6 or 7 (`N` = [`MASKED_LEN`]).
+/// One group's line of tag 4.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupSum<const N: usize = VALUE_LEN> {
+pub struct GroupSum {
     /// Exposure records in the group.
     pub records: u64,
-    /// The matched counts and sum; `None` when the group is suppressed (fewer
-    /// matched people than the minimum aggregate).
-    pub matched: Option<Matched<N>>,
+    /// The matched counts and sum; `None` when the partner suppressed the group
+    /// (fewer matched people than the minimum aggregate).
+    pub matched: Option<Matched>,
 }
 
-/// A group's matched figures: as the partner counted them (tags 4 and 6), or as the
-/// owner releases them (tag 7).
+/// A group's matched figures, as the partner sends them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Matched<const N: usize = VALUE_LEN> {
+pub struct Matched {
     /// Exposure records of the group matching at least one person.
     pub records: u64,
     /// People matching at least one exposure record of the group.
     pub people: u64,
-    /// Limb by limb: the re-randomized homomorphic sum of those people's values
-    /// (tag 4), its masked `C1 + t·G` (tag 6), or the owner's decryption share
-    /// `x·(C1 + t·G) − η·G` (tag 7).
-    pub sum: [u8; N],
+    /// The re-randomized homomorphic sum of those people's values, limb by limb.
+    pub sum: [u8; VALUE_LEN],
+}
+
+/// One group's line of tag 6: no counts, and a line for every group, suppressed or
+/// not, so the owner learns neither.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaskedSum {
+    /// Exposure records in the group.
+    pub records: u64,
+    /// Limb by limb, `C1 + t·G` of the group's sum (uniformly random points for a
+    /// group the partner suppresses).
+    pub points: [u8; MASKED_LEN],
 }
 
 /// Tag 7: the owner's answer to `masked`.
@@ -96,9 +104,8 @@ pub struct Shares {
     /// Per limb, the largest absolute noise the owner added (0: no noise): the
     /// partner searches each limb's plaintext from `−bound`.
     pub noise_bounds: [u64; LIMBS],
-    /// One line per group: the group's records, and for each released group the
-    /// released (noisy) counts with the shares.
-    pub lines: Vec<GroupSum<MASKED_LEN>>,
+    /// Per group, limb by limb, the decryption share `x·M − η·G` of its masked point.
+    pub shares: Vec<[u8; MASKED_LEN]>,
 }
 
 /// A decoded message.
@@ -115,7 +122,7 @@ pub enum Message {
     /// Tag 5: the released figures as UTF-8 JSON.
     Release(Vec<u8>),
     /// Tag 6: one line per group, in the order of the labels of tag 2.
-    Masked(Vec<GroupSum<MASKED_LEN>>),
+    Masked(Vec<MaskedSum>),
     /// Tag 7.
     Shares(Shares),
 }
@@ -245,19 +252,23 @@ impl<'a> Reader<'a> {
         let bytes = self.take(n * ELEMENT_LEN)?;
         Ok(bytes.chunks_exact(ELEMENT_LEN).map(|c| Element(c.try_into().unwrap_or([0; ELEMENT_LEN]))).collect())
     }
-    /// `g` (u8, 1..=16) group lines: records, status, and with status 1 the
-    /// matched records, matched people and `N` bytes.
-    fn lines<const N: usize>(&mut self) -> Result<Vec<GroupSum<N>>, MessageError> {
-        let g = usize::from(self.u8()?);
-        if g == 0 || g > MAX_GROUPS {
-            return Err(MessageError::BadGroupCount(g));
+    /// A group count `g` (u8, 1..=16).
+    fn groups(&mut self) -> Result<usize, MessageError> {
+        match usize::from(self.u8()?) {
+            g @ 1..=MAX_GROUPS => Ok(g),
+            g => Err(MessageError::BadGroupCount(g)),
         }
+    }
+    /// `g` group lines of `sums`: records, status, and with status 1 the matched
+    /// records, matched people and the sum.
+    fn lines(&mut self) -> Result<Vec<GroupSum>, MessageError> {
+        let g = self.groups()?;
         let mut lines = Vec::with_capacity(g);
         for index in 0..g {
             let records = self.u64()?;
             let matched = match self.u8()? {
                 0 => None,
-                1 => Some(Matched { records: self.u64()?, people: self.u64()?, sum: self.array::<N>()? }),
+                1 => Some(Matched { records: self.u64()?, people: self.u64()?, sum: self.array::<VALUE_LEN>()? }),
                 status => return Err(MessageError::BadStatus { index, status }),
             };
             lines.push(GroupSum { records, matched });
@@ -326,13 +337,22 @@ pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
             if tag == tag::EXPOSURES { Message::Exposures(body) } else { Message::Reblinded(body) }
         }
         tag::SUMS => Message::Sums(r.lines()?),
-        tag::MASKED => Message::Masked(r.lines()?),
+        tag::MASKED => {
+            let g = r.groups()?;
+            let mut lines = Vec::with_capacity(g);
+            for _ in 0..g {
+                lines.push(MaskedSum { records: r.u64()?, points: r.array::<MASKED_LEN>()? });
+            }
+            Message::Masked(lines)
+        }
         tag::SHARES => {
             let mut noise_bounds = [0u64; LIMBS];
             for bound in &mut noise_bounds {
                 *bound = r.u64()?;
             }
-            Message::Shares(Shares { noise_bounds, lines: r.lines()? })
+            let g = r.groups()?;
+            let shares = (0..g).map(|_| r.array::<MASKED_LEN>()).collect::<Result<_, _>>()?;
+            Message::Shares(Shares { noise_bounds, shares })
         }
         tag::RELEASE => {
             let n = r.count(1)?;
@@ -344,8 +364,8 @@ pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
     Ok(message)
 }
 
-/// The group lines of tags 4, 6 and 7.
-fn put_lines<const N: usize>(out: &mut Vec<u8>, lines: &[GroupSum<N>]) {
+/// The group lines of `sums`.
+fn put_lines(out: &mut Vec<u8>, lines: &[GroupSum]) {
     out.push(lines.len() as u8);
     for line in lines {
         out.extend(line.records.to_be_bytes());
@@ -405,12 +425,17 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, MessageError> {
         }
         Message::Masked(lines) => {
             out.push(tag::MASKED);
-            put_lines(&mut out, lines);
+            out.push(lines.len() as u8);
+            for line in lines {
+                out.extend(line.records.to_be_bytes());
+                out.extend(line.points);
+            }
         }
         Message::Shares(shares) => {
             out.push(tag::SHARES);
             shares.noise_bounds.iter().for_each(|b| out.extend(b.to_be_bytes()));
-            put_lines(&mut out, &shares.lines);
+            out.push(shares.shares.len() as u8);
+            shares.shares.iter().for_each(|s| out.extend(s));
         }
         Message::Release(json) => {
             out.push(tag::RELEASE);
@@ -467,20 +492,20 @@ mod tests {
         let mut bad_status = bytes.clone();
         bad_status[10] = 2;
         assert_eq!(decode(&bad_status), Err(MessageError::BadStatus { index: 0, status: 2 }));
-        let shares = Message::Shares(Shares {
-            noise_bounds: [5, 0],
-            lines: vec![
-                GroupSum { records: 10, matched: Some(Matched { records: 4, people: 3, sum: [7; MASKED_LEN] }) },
-                GroupSum { records: 7, matched: None },
-            ],
-        });
+        let shares = Message::Shares(Shares { noise_bounds: [5, 0], shares: vec![[7; MASKED_LEN], [8; MASKED_LEN]] });
         let bytes = encode(&shares).unwrap();
-        assert_eq!(bytes.len(), 1 + 16 + 1 + (8 + 1 + 16 + 64) + (8 + 1));
+        assert_eq!(bytes.len(), 1 + 16 + 1 + 2 * 64);
         assert_eq!(decode(&bytes).unwrap(), shares);
         assert!(matches!(decode(&bytes[..bytes.len() - 1]), Err(MessageError::Truncated { .. })));
-        let masked = Message::Masked(vec![GroupSum { records: 1, matched: None }]);
-        assert_eq!(decode(&encode(&masked).unwrap()).unwrap(), masked);
+        let masked = Message::Masked(vec![MaskedSum { records: 1, points: [3; MASKED_LEN] }]);
+        let bytes = encode(&masked).unwrap();
+        assert_eq!(bytes.len(), 1 + 1 + 8 + 64);
+        assert_eq!(decode(&bytes).unwrap(), masked);
         assert_eq!(decode(&[tag::MASKED, 0]), Err(MessageError::BadGroupCount(0)));
+        assert_eq!(
+            decode(&[tag::SHARES, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 17]),
+            Err(MessageError::BadGroupCount(17))
+        );
         // A count far beyond the bytes present is refused before anything is allocated.
         let huge = [tag::REBLINDED, 1, 0xff, 0xff, 0xff, 0xff];
         assert!(matches!(decode(&huge), Err(MessageError::Truncated { .. })));

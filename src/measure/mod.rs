@@ -266,7 +266,7 @@ mod tests {
     fn configs(min: u64, learner: Learner) -> (OwnerConfig, PartnerConfig) {
         (
             OwnerConfig { min_aggregate: min, learner, noise: None, seed: Some(1) },
-            PartnerConfig { min_aggregate: min, learner },
+            PartnerConfig { min_aggregate: min, learner, epsilon: None, seed: Some(2) },
         )
     }
 
@@ -380,15 +380,18 @@ mod tests {
 
     /// Steps both sides until the partner's `masked` message (learner `partner`),
     /// returning its lines.
-    fn to_masked(owner: &mut Owner, partner: &mut Partner) -> Vec<GroupSum<{ message::MASKED_LEN }>> {
+    fn to_masked(owner: &mut Owner, partner: &mut Partner) -> Vec<message::MaskedSum> {
         partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
         owner.receive(&partner.poll_outgoing().unwrap()).unwrap();
         partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
-        let Message::Masked(lines) = message::decode(&partner.poll_outgoing().unwrap()).unwrap() else { panic!() };
+        let bytes = partner.poll_outgoing().unwrap();
+        // Sizes only: one line per group of records and two points, no count.
+        assert_eq!(bytes.len(), 2 + partner.view().unwrap().matched.len() * (8 + 64));
+        let Message::Masked(lines) = message::decode(&bytes).unwrap() else { panic!() };
         lines
     }
 
-    fn shares_of(owner: &mut Owner, lines: Vec<GroupSum<{ message::MASKED_LEN }>>) -> message::Shares {
+    fn shares_of(owner: &mut Owner, lines: Vec<message::MaskedSum>) -> message::Shares {
         owner.receive(&message::encode(&Message::Masked(lines)).unwrap()).unwrap();
         let Message::Shares(shares) = message::decode(&owner.poll_outgoing().unwrap()).unwrap() else { panic!() };
         shares
@@ -397,15 +400,14 @@ mod tests {
     #[test]
     fn with_learner_partner_the_owner_sees_only_masked_points_and_refuses_plain_sums() {
         let (people, exposures, _) = fixture();
-        // What the owner receives: per limb one point, no C2, each point fresh.
+        // What the owner receives: per group its size and two points, each fresh.
         let (mut owner, mut partner) = fixture_pair(&people, &exposures, Learner::Partner, None, 1);
         let lines = to_masked(&mut owner, &mut partner);
         let (mut owner2, mut partner2) = fixture_pair(&people, &exposures, Learner::Partner, None, 1);
         let again = to_masked(&mut owner2, &mut partner2);
         for (a, b) in lines.iter().zip(&again) {
-            let (a, b) = (a.matched.as_ref().unwrap(), b.matched.as_ref().unwrap());
-            assert_eq!((a.records, a.people), (b.records, b.people));
-            assert_ne!(a.sum, b.sum, "masks are fresh per run");
+            assert_eq!(a.records, b.records);
+            assert_ne!(a.points, b.points, "masks are fresh per run");
         }
         // A partner that sends decryptable sums instead is refused: the owner never
         // decrypts for a partner-only learner.
@@ -426,6 +428,33 @@ mod tests {
     }
 
     #[test]
+    fn the_owner_checks_masked_sizes_and_points() {
+        let (people, exposures, _) = fixture();
+        let run = |edit: &dyn Fn(&mut Vec<message::MaskedSum>)| {
+            let (mut owner, mut partner) = fixture_pair(&people, &exposures, Learner::Partner, None, 1);
+            let mut lines = to_masked(&mut owner, &mut partner);
+            edit(&mut lines);
+            owner.receive(&message::encode(&Message::Masked(lines)).unwrap())
+        };
+        assert!(matches!(
+            run(&|l| l.truncate(1)),
+            Err(MeasureError::Mismatch { what: "group lines", expected: 2, got: 1 })
+        ));
+        assert!(matches!(
+            run(&|l| l[1].records = 10),
+            Err(MeasureError::Inconsistent { group: 1, reason: "fewer records than bundles sent" })
+        ));
+        assert!(matches!(
+            run(&|l| l[1].points[32..].fill(0)),
+            Err(MeasureError::Element(ElementError::Identity { index: 3 }))
+        ));
+        assert!(matches!(
+            run(&|l| l[0].points[..32].fill(0xff)),
+            Err(MeasureError::Element(ElementError::NonCanonical { index: 0 }))
+        ));
+    }
+
+    #[test]
     fn the_partner_refuses_shares_that_do_not_fit() {
         let people: Vec<Person> = (0..300).map(|i| Person { tokens: vec![token(i)], value: 10 }).collect();
         let exposures: Vec<Exposure> = (0..300)
@@ -439,58 +468,44 @@ mod tests {
         };
         let (mut owner, mut partner) = pair();
         let lines = to_masked(&mut owner, &mut partner);
-        assert!(lines[0].matched.is_some() && lines[1].matched.is_none() && lines[2].matched.is_none());
+        // Every group has a line, suppressed or not.
+        assert_eq!(lines.iter().map(|l| l.records).collect::<Vec<_>>(), [200, 100, 5]);
         let shares = shares_of(&mut owner, lines);
         assert_eq!(shares.noise_bounds, [0, 0]);
+        assert_eq!(shares.shares.len(), 3);
+        let refused = |shares: message::Shares| {
+            let (mut o, mut p) = pair();
+            to_masked(&mut o, &mut p);
+            let result = p.receive(&message::encode(&Message::Shares(shares)).unwrap());
+            assert_eq!(p.state(), PartnerState::Failed);
+            result
+        };
 
-        // A share for a group the partner suppressed.
-        let mut forged = shares.clone();
-        forged.lines[1].matched = forged.lines[0].matched.clone();
-        let (mut o, mut p) = pair();
-        to_masked(&mut o, &mut p);
-        assert!(matches!(
-            p.receive(&message::encode(&Message::Shares(forged)).unwrap()),
-            Err(MeasureError::Inconsistent { group: 1, reason: "a share for a suppressed group" })
-        ));
+        let mut short = shares.clone();
+        short.shares.pop();
+        assert!(matches!(refused(short), Err(MeasureError::Mismatch { what: "group shares", expected: 3, got: 2 })));
         // A noise bound beyond what the partner searches.
         let mut wide = shares.clone();
         wide.noise_bounds[1] = partner::MAX_SHARE_RANGE;
-        let (mut o, mut p) = pair();
-        to_masked(&mut o, &mut p);
         assert!(matches!(
-            p.receive(&message::encode(&Message::Shares(wide)).unwrap()),
+            refused(wide),
             Err(MeasureError::Inconsistent { group: 0, reason: "the noise bound is too large" })
         ));
-        // Group sizes other than the partner's.
-        let mut sizes = shares.clone();
-        sizes.lines[2].records = 6;
-        let (mut o, mut p) = pair();
-        to_masked(&mut o, &mut p);
-        assert!(matches!(
-            p.receive(&message::encode(&Message::Shares(sizes)).unwrap()),
-            Err(MeasureError::Mismatch { what: "records in a group line", expected: 5, got: 6 })
-        ));
+        // A share that is no point.
+        let mut bad = shares.clone();
+        bad.shares[0][..32].fill(0xff);
+        assert!(matches!(refused(bad), Err(MeasureError::Element(ElementError::NonCanonical { index: 0 }))));
         // A share that is not the owner's: the limb does not decrypt within its bound.
         let mut wrong = shares.clone();
-        if let Some(m) = &mut wrong.lines[0].matched {
-            m.sum[..32].copy_from_slice(&random_element().unwrap().0);
-        }
-        let (mut o, mut p) = pair();
-        to_masked(&mut o, &mut p);
-        assert!(matches!(
-            p.receive(&message::encode(&Message::Shares(wrong)).unwrap()),
-            Err(MeasureError::Decrypt { group: 0, .. })
-        ));
-        assert_eq!(p.state(), PartnerState::Failed);
-        // Shares built for another session's masks do not decrypt either.
-        let (mut o, mut p) = pair();
-        to_masked(&mut o, &mut p);
-        assert!(matches!(
-            p.receive(&message::encode(&Message::Shares(shares.clone())).unwrap()),
-            Err(MeasureError::Decrypt { group: 0, .. })
-        ));
-        // The session's own shares release the figures: the test group suppressed.
-        partner.receive(&message::encode(&Message::Shares(shares)).unwrap()).unwrap();
+        wrong.shares[0][..32].copy_from_slice(&random_element().unwrap().0);
+        assert!(matches!(refused(wrong), Err(MeasureError::Decrypt { group: 0, .. })));
+        // Shares made for another session's masks do not decrypt either.
+        assert!(matches!(refused(shares.clone()), Err(MeasureError::Decrypt { group: 0, .. })));
+        // The session's own shares release the figures; the shares of the groups the
+        // partner suppressed are dropped, whatever they are.
+        let mut own = shares;
+        own.shares[1] = [0xff; 64];
+        partner.receive(&message::encode(&Message::Shares(own)).unwrap()).unwrap();
         let g = &partner.measurement().unwrap().groups;
         assert_eq!(g[0].sum, stats::Figure::Value(2000));
         assert_eq!(g[1].sum, stats::Figure::Suppressed(100));
@@ -511,9 +526,11 @@ mod tests {
         let runs = 150;
         let (mut sums, mut people_counts) = (Vec::new(), Vec::new());
         for seed in 0..runs {
-            let (mut oc, pc) = configs(100, Learner::Partner);
+            let (mut oc, mut pc) = configs(100, Learner::Partner);
             oc.noise = Some(noise);
             oc.seed = Some(seed);
+            pc.epsilon = Some(noise.epsilon);
+            pc.seed = Some(seed + 1_000);
             let mut owner = Owner::new(oc, &people).unwrap();
             let mut partner = Partner::new(pc, vec!["all".into()], vec![120], &exposures).unwrap();
             run_in_memory(&mut owner, &mut partner).unwrap();
@@ -676,7 +693,7 @@ mod tests {
 #[cfg(test)]
 mod vectors {
     use super::elgamal::{DlogTable, Encryptor, SecretKey, label_scalar, limbs};
-    use super::message::{self, GroupSum, MASKED_LEN, Matched, Message, Shares, VALUE_LEN};
+    use super::message::{self, GroupSum, MASKED_LEN, MaskedSum, Matched, Message, Shares, VALUE_LEN};
     use curve25519_dalek::ristretto::CompressedRistretto;
     use zeroize::Zeroizing;
 
@@ -715,30 +732,11 @@ mod vectors {
             out[32..].copy_from_slice(&b);
             out
         };
-        let masked = Message::Masked(vec![
-            GroupSum {
-                records: 1000,
-                matched: Some(Matched {
-                    records: 150,
-                    people: 120,
-                    sum: pair(m_low.point_bytes(), m_high.point_bytes()),
-                }),
-            },
-            GroupSum { records: 7, matched: None },
-        ]);
+        let masked =
+            Message::Masked(vec![MaskedSum { records: 1000, points: pair(m_low.point_bytes(), m_high.point_bytes()) }]);
         let shares = Message::Shares(Shares {
             noise_bounds: [40, 0],
-            lines: vec![
-                GroupSum {
-                    records: 1000,
-                    matched: Some(Matched {
-                        records: 151,
-                        people: 119,
-                        sum: pair(d_low.compress().to_bytes(), d_high.compress().to_bytes()),
-                    }),
-                },
-                GroupSum { records: 7, matched: None },
-            ],
+            shares: vec![pair(d_low.compress().to_bytes(), d_high.compress().to_bytes())],
         });
         let computed = [
             ("x", hex::encode(label_scalar("idmatch test elgamal x").to_bytes())),

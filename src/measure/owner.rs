@@ -1,7 +1,8 @@
 //! The owner's state machine: holds the outcome values, the ElGamal key and an ECDH
 //! scalar `b`; sends its people, blinds the partner's bundles again, and decrypts the
 //! per-group sums, or, when only the partner learns (learner `partner`), answers
-//! the partner's masked sums with noisy decryption shares and never sees a sum.
+//! the partner's masked sums with noisy decryption shares and sees neither a sum nor
+//! a count.
 //!
 //! Sans-I/O: [`Owner::poll_outgoing`] yields the bytes to send, [`Owner::receive`]
 //! takes the peer's bytes. Any error moves the machine to [`OwnerState::Failed`].
@@ -14,7 +15,9 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use super::elgamal::{DlogTable, Encryptor, LIMB_BITS, LIMBS, MAX_HIGH_LIMB, SecretKey};
-use super::message::{self, Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, Matched, Message, People, Shares, VALUE_LEN};
+use super::message::{
+    self, Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MaskedSum, Message, People, Shares, VALUE_LEN,
+};
 use super::stats::{self, Measurement, Noise, RawGroup};
 use super::{Learner, MeasureError, Person, bundles};
 use crate::psi::group::{self, BlindingKey};
@@ -201,38 +204,22 @@ impl Owner {
         Ok(())
     }
 
-    /// The checks every line of `sums` or `masked` passes: one line per group,
-    /// `records ≥` the bundles received in the group, `matched records ≤ records`,
-    /// `matched people ≤` the owner's people. Returns, per line, whether it is
-    /// released: present and at least `min_aggregate` matched people (fail closed: a
-    /// group under the minimum is never decrypted, whatever the partner sent).
-    fn check_lines<const N: usize>(&self, lines: &[GroupSum<N>]) -> Result<Vec<bool>, MeasureError> {
-        if lines.len() != self.labels.len() {
+    /// `sums` and `masked` have one line per group, and each group's `records` is
+    /// at least the bundles received in it.
+    fn check_sizes(&self, records: impl ExactSizeIterator<Item = u64>) -> Result<(), MeasureError> {
+        if records.len() != self.labels.len() {
             return Err(MeasureError::Mismatch {
                 what: "group lines",
                 expected: self.labels.len() as u64,
-                got: lines.len() as u64,
+                got: records.len() as u64,
             });
         }
-        lines
-            .iter()
-            .enumerate()
-            .map(|(g, line)| {
-                if line.records < self.bundles_per_group[g] {
-                    return Err(MeasureError::Inconsistent { group: g, reason: "fewer records than bundles sent" });
-                }
-                match &line.matched {
-                    Some(m) if m.records > line.records => {
-                        Err(MeasureError::Inconsistent { group: g, reason: "more matched records than records" })
-                    }
-                    Some(m) if m.people > self.people => {
-                        Err(MeasureError::Inconsistent { group: g, reason: "more matched people than people" })
-                    }
-                    Some(m) => Ok(m.people >= self.config.min_aggregate),
-                    None => Ok(false),
-                }
-            })
-            .collect()
+        for (g, records) in records.enumerate() {
+            if records < self.bundles_per_group[g] {
+                return Err(MeasureError::Inconsistent { group: g, reason: "fewer records than bundles sent" });
+            }
+        }
+        Ok(())
     }
 
     fn noise_rng(&self) -> Result<StdRng, MeasureError> {
@@ -243,14 +230,21 @@ impl Owner {
     }
 
     fn on_sums(&mut self, lines: &[GroupSum]) -> Result<(), MeasureError> {
-        let released = self.check_lines(lines)?;
+        self.check_sizes(lines.iter().map(|l| l.records))?;
         let bound = |people: u64| people.saturating_mul(MAX_HIGH_LIMB);
         let largest = lines.iter().filter_map(|l| l.matched.as_ref()).map(|m| bound(m.people)).max().unwrap_or(0);
         let mut table: Option<DlogTable> = None;
         let mut raw = Vec::with_capacity(lines.len());
         for (g, line) in lines.iter().enumerate() {
             let matched = match &line.matched {
-                Some(m) if released[g] => {
+                Some(m) if m.records > line.records => {
+                    return Err(MeasureError::Inconsistent { group: g, reason: "more matched records than records" });
+                }
+                Some(m) if m.people > self.people => {
+                    return Err(MeasureError::Inconsistent { group: g, reason: "more matched people than people" });
+                }
+                // Fail closed: a group under the minimum is never decrypted.
+                Some(m) if m.people >= self.config.min_aggregate => {
                     let table = table.get_or_insert_with(|| DlogTable::new(DlogTable::baby_steps_for(largest)));
                     let mut sum = 0u64;
                     for limb in 0..LIMBS {
@@ -279,37 +273,29 @@ impl Owner {
         Ok(())
     }
 
-    /// Learner `partner`: per released group, the noisy counts and one decryption
-    /// share per masked limb, `x·M − η·G`; nothing is decrypted here, and each masked
-    /// point is uniformly random to the owner. Suppressed groups get no share.
-    fn on_masked(&mut self, lines: &[GroupSum<MASKED_LEN>]) -> Result<(), MeasureError> {
-        let released = self.check_lines(lines)?;
+    /// Learner `partner`: per group and limb a decryption share `x·M − η·G` of the
+    /// masked point, `η` the sum's noise. The owner decrypts nothing; each masked
+    /// point is uniformly random to it, and the lines carry no counts, so it learns
+    /// neither sums nor counts (nor which groups the partner suppresses: every group
+    /// has a line, and every line gets its shares).
+    fn on_masked(&mut self, lines: &[MaskedSum]) -> Result<(), MeasureError> {
+        self.check_sizes(lines.iter().map(|l| l.records))?;
         let mut rng = self.noise_rng()?;
         let noise = self.config.noise;
-        let mut out = Vec::with_capacity(lines.len());
+        let mut shares = Vec::with_capacity(lines.len());
         for (g, line) in lines.iter().enumerate() {
-            let matched = match &line.matched {
-                Some(m) if released[g] => {
-                    let (records, people) = match noise {
-                        Some(n) => (n.count(m.records, &mut rng), n.count(m.people, &mut rng)),
-                        None => (m.records, m.people),
-                    };
-                    let limb_noise = noise.map_or([0; LIMBS], |n| n.limbs(&mut rng));
-                    let mut sum = [0u8; MASKED_LEN];
-                    for (limb, eta) in limb_noise.iter().enumerate() {
-                        let at = limb * ELEMENT_LEN..(limb + 1) * ELEMENT_LEN;
-                        let element = Element(m.sum[at.clone()].try_into().unwrap_or([0; ELEMENT_LEN]));
-                        let point = group::decode(&element, g * LIMBS + limb)?;
-                        sum[at].copy_from_slice(self.secret.share(&point, *eta).compress().as_bytes());
-                    }
-                    Some(Matched { records, people, sum })
-                }
-                _ => None,
-            };
-            out.push(GroupSum { records: line.records, matched });
+            let limb_noise = noise.map_or([0; LIMBS], |n| n.limbs(&mut rng));
+            let mut out = [0u8; MASKED_LEN];
+            for (limb, eta) in limb_noise.iter().enumerate() {
+                let at = limb * ELEMENT_LEN..(limb + 1) * ELEMENT_LEN;
+                let element = Element(line.points[at.clone()].try_into().unwrap_or([0; ELEMENT_LEN]));
+                let point = group::decode(&element, g * LIMBS + limb)?;
+                out[at].copy_from_slice(self.secret.share(&point, *eta).compress().as_bytes());
+            }
+            shares.push(out);
         }
         let noise_bounds = noise.map_or([0; LIMBS], Noise::limb_bounds);
-        self.outgoing.push_back(message::encode(&Message::Shares(Shares { noise_bounds, lines: out }))?);
+        self.outgoing.push_back(message::encode(&Message::Shares(Shares { noise_bounds, shares }))?);
         self.state = OwnerState::Done;
         Ok(())
     }

@@ -1,14 +1,16 @@
 //! The partner's state machine: holds the exposure records and an ECDH scalar `a`;
 //! sends its bundles, blinds the owner's people again, and computes per group the
 //! matched counts and the homomorphic sum of the matched people's values. When only
-//! the partner learns (learner `partner`), it sends each sum masked, decrypts it
-//! from the owner's shares and releases the figures itself.
+//! the partner learns (learner `partner`), it sends each sum masked and no count,
+//! decrypts the sums from the owner's shares, and noises the counts and releases
+//! the figures itself.
 //!
 //! Sans-I/O like [`super::Owner`]; any error moves it to [`PartnerState::Failed`].
 
 use std::collections::{HashMap, VecDeque};
 
-use rand::rngs::OsRng;
+use rand::SeedableRng;
+use rand::rngs::{OsRng, StdRng};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
@@ -16,10 +18,11 @@ use super::elgamal::{
     Ciphertext, DecryptError, DlogTable, Encryptor, LIMB_BITS, LIMBS, MAX_HIGH_LIMB, Masked, PublicKey,
 };
 use super::message::{
-    self, Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, Matched, Message, Shares, VALUE_LEN,
+    self, Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, MaskedSum, Matched, Message, Shares,
+    VALUE_LEN,
 };
 use super::stats::{self, GroupFigures, Measurement};
-use super::{Exposure, Learner, MeasureError, bundles};
+use super::{Exposure, Learner, MeasureError, bundles, random_element};
 use crate::psi::group::{self, BlindingKey};
 use crate::psi::message::{ELEMENT_LEN, Element};
 
@@ -28,12 +31,17 @@ use crate::psi::message::{ELEMENT_LEN, Element};
 pub const MAX_SHARE_RANGE: u64 = 1 << 44;
 
 /// The partner's settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub struct PartnerConfig {
     /// Groups with fewer matched people are sent as suppressed: no counts, no sum.
     pub min_aggregate: u64,
     /// Who receives the released figures (the partner then waits for them).
     pub learner: Learner,
+    /// The measurement's total epsilon, when it adds noise: with learner `partner`
+    /// the partner noises the counts it releases (ε/3 each, as the owner would).
+    pub epsilon: Option<f64>,
+    /// Seed of that noise (reproducible tests); `None`: from the OS.
+    pub seed: Option<u64>,
 }
 
 /// Where the partner is.
@@ -294,16 +302,18 @@ impl Partner {
             };
             let (matched_records, people) = (records[g], matched.len() as u64);
             if only_partner {
-                // The owner gets `C1 + t·G` per limb; `C2` and `t` stay here.
+                // The owner gets `C1 + t·G` per limb, and random points for a group
+                // suppressed here, so it cannot tell which; `C2` and `t` stay here.
                 let masked = sum.map(|limbs| limbs.map(|limb| limb.mask(&mut OsRng)));
-                let line = masked.as_ref().map(|limbs| {
-                    let mut out = [0u8; MASKED_LEN];
-                    for (l, limb) in limbs.iter().enumerate() {
-                        out[l * ELEMENT_LEN..(l + 1) * ELEMENT_LEN].copy_from_slice(&limb.point_bytes());
-                    }
-                    Matched { records: matched_records, people, sum: out }
-                });
-                masked_lines.push(GroupSum { records: self.group_records[g], matched: line });
+                let mut points = [0u8; MASKED_LEN];
+                for (l, out) in points.chunks_exact_mut(ELEMENT_LEN).enumerate() {
+                    let point = match &masked {
+                        Some(limbs) => limbs[l].point_bytes(),
+                        None => random_element()?.0,
+                    };
+                    out.copy_from_slice(&point);
+                }
+                masked_lines.push(MaskedSum { records: self.group_records[g], points });
                 self.masked.push(masked);
             } else {
                 // Re-randomized, so the owner cannot recognise its own ciphertexts.
@@ -329,68 +339,64 @@ impl Partner {
     }
 
     /// Learner `partner`: unmasks each released group's limbs with the owner's
-    /// shares, finds `m + η` per limb within `−bound..=p·2^16 + bound`, and releases
-    /// the figures (the counts as the owner noised them, the sum clamped at 0).
+    /// shares, finds `m + η` per limb within `−bound..=p·L + bound`, noises the
+    /// counts, and releases the figures (the sum clamped at 0). The shares of
+    /// groups suppressed here are dropped.
     fn on_shares(&mut self, shares: &Shares) -> Result<(), MeasureError> {
-        let Some(owner) = &self.owner else { return Err(MeasureError::Failed) };
+        let (Some(owner), Some(view)) = (&self.owner, &self.view) else { return Err(MeasureError::Failed) };
         let groups = self.labels.len();
-        if shares.lines.len() != groups {
+        if shares.shares.len() != groups {
             return Err(MeasureError::Mismatch {
-                what: "group lines",
+                what: "group shares",
                 expected: groups as u64,
-                got: shares.lines.len() as u64,
+                got: shares.shares.len() as u64,
             });
         }
-        // Per limb, the largest plaintext of a sum over `p` people, and the search.
+        // Per limb, the largest plaintext of one person's value, and the search.
         let limb_max = [(1u64 << LIMB_BITS) - 1, MAX_HIGH_LIMB];
-        let range = |people: u64, limb: usize| {
-            people.saturating_mul(limb_max[limb]).saturating_add(shares.noise_bounds[limb].saturating_mul(2))
-        };
+        let max =
+            |people: u64, limb: usize| people.saturating_mul(limb_max[limb]).saturating_add(shares.noise_bounds[limb]);
         let mut widest = 0;
-        for (g, (line, masked)) in shares.lines.iter().zip(&self.masked).enumerate() {
-            if line.records != self.group_records[g] {
-                return Err(MeasureError::Mismatch {
-                    what: "records in a group line",
-                    expected: self.group_records[g],
-                    got: line.records,
-                });
-            }
-            if line.matched.is_some() && masked.is_none() {
-                return Err(MeasureError::Inconsistent { group: g, reason: "a share for a suppressed group" });
-            }
-            if line.matched.is_some() {
-                let people = self.view.as_ref().map_or(0, |v| v.matched[g].1);
+        for (g, masked) in self.masked.iter().enumerate() {
+            if masked.is_some() {
                 for limb in 0..LIMBS {
-                    let r = range(people, limb);
-                    if r > MAX_SHARE_RANGE {
+                    let range = max(view.matched[g].1, limb).saturating_add(shares.noise_bounds[limb]);
+                    if range > MAX_SHARE_RANGE {
                         return Err(MeasureError::Inconsistent { group: g, reason: "the noise bound is too large" });
                     }
-                    widest = widest.max(r);
+                    widest = widest.max(range);
                 }
             }
         }
         let table = DlogTable::new(DlogTable::baby_steps_for(widest));
+        let mut rng = match self.config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_rng(OsRng).map_err(|e| MeasureError::Rng(e.to_string()))?,
+        };
         let mut figures = Vec::with_capacity(groups);
-        for (g, (line, masked)) in shares.lines.iter().zip(&self.masked).enumerate() {
-            let released = match (&line.matched, masked) {
-                (Some(m), Some(limbs)) => {
-                    let people = self.view.as_ref().map_or(0, |v| v.matched[g].1);
+        for (g, (share, masked)) in shares.shares.iter().zip(&self.masked).enumerate() {
+            let released = match masked {
+                Some(limbs) => {
+                    let (records, people) = view.matched[g];
                     let mut sum = 0i128;
                     for (l, limb) in limbs.iter().enumerate() {
                         let element = Element(
-                            m.sum[l * ELEMENT_LEN..(l + 1) * ELEMENT_LEN].try_into().unwrap_or([0; ELEMENT_LEN]),
+                            share[l * ELEMENT_LEN..(l + 1) * ELEMENT_LEN].try_into().unwrap_or([0; ELEMENT_LEN]),
                         );
-                        let share = group::decode(&element, g * LIMBS + l)?;
-                        let bound = shares.noise_bounds[l];
-                        let max = people.saturating_mul(limb_max[l]).saturating_add(bound);
+                        let point = group::decode(&element, g * LIMBS + l)?;
+                        let (bound, max) = (shares.noise_bounds[l], max(people, l));
                         let part = table
-                            .solve_shifted(&limb.unmask(&share, &owner.key), bound, max)
+                            .solve_shifted(&limb.unmask(&point, &owner.key), bound, max)
                             .ok_or(MeasureError::Decrypt { group: g, source: DecryptError { max } })?;
                         sum += part << (LIMB_BITS * l as u32);
                     }
-                    Some((m.records, m.people, stats::clamp(sum)))
+                    Some(match self.config.epsilon {
+                        Some(e) => (stats::noisy_count(records, e, &mut rng), stats::noisy_count(people, e, &mut rng)),
+                        None => (records, people),
+                    })
+                    .map(|(records, people)| (records, people, stats::clamp(sum)))
                 }
-                _ => None,
+                None => None,
             };
             figures.push(GroupFigures::new(
                 &self.labels[g],

@@ -3,10 +3,10 @@
 //! with its confidence interval (docs/PRIVACY.md, "Measurement").
 //!
 //! Where the owner decrypts (learner `owner` or `both`), [`release`] does all of it.
-//! Where only the partner learns, the owner draws the noise ([`Noise::count`],
-//! [`Noise::limbs`]) and adds it to the counts and, inside its decryption shares, to
-//! each limb of the sum; the partner then builds the same figures with
-//! [`GroupFigures::new`] and [`Measurement::new`].
+//! Where only the partner learns, the owner draws the sum's noise ([`Noise::limbs`])
+//! and adds it inside its decryption shares to each limb; the partner, which knows
+//! the exact counts anyway, noises them ([`noisy_count`]) and builds the same
+//! figures with [`GroupFigures::new`] and [`Measurement::new`].
 
 use rand::Rng;
 use serde::{Serialize, Serializer};
@@ -154,12 +154,13 @@ pub struct Noise {
 /// price of a bounded search for the partner's decryption.
 pub const NOISE_TAIL: f64 = 40.0;
 
-impl Noise {
-    /// `value` plus discrete Laplace noise of sensitivity 1 at `ε/3`, clamped at 0.
-    pub fn count<R: Rng>(self, value: u64, rng: &mut R) -> u64 {
-        clamp(i128::from(value) + i128::from(discrete_laplace(self.epsilon / 3.0, 1.0, rng)))
-    }
+/// `value` plus discrete Laplace noise of sensitivity 1 at `epsilon / 3` (a count's
+/// share of a measurement's total `epsilon`), clamped at 0.
+pub fn noisy_count<R: Rng>(value: u64, epsilon: f64, rng: &mut R) -> u64 {
+    clamp(i128::from(value) + i128::from(discrete_laplace(epsilon / 3.0, 1.0, rng)))
+}
 
+impl Noise {
     /// The sum's `ε/3` spent on its limbs, for decryption by the partner, which
     /// learns each limb's noisy sum: per limb its sensitivity (`min(clip, 2^16 − 1)`
     /// for the low limb, `clip >> 16` for the high one) and epsilon (all of it on the
@@ -226,7 +227,8 @@ pub fn release<R: Rng>(raw: &[RawGroup], min_aggregate: u64, noise: Option<Noise
                 g.matched.filter(|&(_, people, _)| people >= min_aggregate).map(|(records, people, sum)| match noise {
                     None => (records, people, sum),
                     Some(n) => {
-                        let (records, people) = (n.count(records, rng), n.count(people, rng));
+                        let records = noisy_count(records, n.epsilon, rng);
+                        let people = noisy_count(people, n.epsilon, rng);
                         let sum_noise = discrete_laplace(n.epsilon / 3.0, n.clip.max(1) as f64, rng);
                         (records, people, clamp(i128::from(sum) + i128::from(sum_noise)))
                     }

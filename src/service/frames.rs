@@ -167,8 +167,8 @@ fn sums_bound(groups: usize) -> usize {
     1 + 1 + groups * (8 + 1 + 8 + 8 + VALUE_LEN)
 }
 
-/// Largest `shares` (tag 7) message: noise bounds and at most 16 group lines.
-const SHARES_BOUND: usize = 1 + 8 * LIMBS + 1 + MAX_GROUPS * (8 + 1 + 8 + 8 + MASKED_LEN);
+/// Largest `shares` (tag 7) message: noise bounds and at most 16 groups of shares.
+const SHARES_BOUND: usize = 1 + 8 * LIMBS + 1 + MAX_GROUPS * MASKED_LEN;
 
 /// The number of groups and of bundles an `exposures` message announces, when its
 /// header is readable (the state machine reports anything else precisely).

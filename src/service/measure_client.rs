@@ -208,7 +208,11 @@ fn run_partner(
     if (accept.max_frame_bytes as usize) < MIN_FRAME_BYTES || accept.min_aggregate == 0 {
         return Err(FrameError::Malformed("the accept's frame limit or minimum aggregate is too small").into());
     }
-    let config = measure::PartnerConfig { min_aggregate: accept.min_aggregate, learner };
+    if accept.epsilon.is_some_and(|e| !e.is_finite() || e <= 0.0) {
+        return Err(FrameError::Malformed("the accept's epsilon is not a positive number").into());
+    }
+    let config =
+        measure::PartnerConfig { min_aggregate: accept.min_aggregate, learner, epsilon: accept.epsilon, seed: None };
     let partner = measure::Partner::new(config, labels, group_records, exposures).map_err(FrameError::from)?;
     let send = SEND_FRAME_BYTES.min(accept.max_frame_bytes as usize);
     let mut frames = PartnerFrames::new(partner, bundles, accept.owner_people, MAX_DECODING - 1024, send);
