@@ -22,13 +22,7 @@ cargo build --release --quiet
 
 "$bin" synth --rows "$rows" --overlap 0.5 --distinct --out-dir "$work" --seed 1 >/dev/null
 "$bin" keygen --out "$work/campaign.key" 2>/dev/null
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=idmatch e2e ca" \
-  -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
-  -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$work/ext.cnf"
-openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -days 1 \
-  -extfile "$work/ext.cnf" -out "$work/server.pem" 2>/dev/null
+scripts/throwaway-tls.sh "$work"
 token=e2e-token
 sha=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
 printf '%s\n' "$token" > "$work/token"

@@ -538,17 +538,13 @@ mod tests {
             sums.push(g.sum.value().unwrap() as f64);
             people_counts.push(g.matched_outcome_people.value().unwrap() as f64);
         }
-        let sd = |eps: f64, delta: f64| {
-            let a = (-eps / delta).exp();
-            (2.0 * a).sqrt() / (1.0 - a)
-        };
+        let sd = stats::laplace_sd;
         let expected_sd = (sd(0.5, 65_535.0).powi(2) + (65_536.0 * sd(0.5, 65_536.0)).powi(2)).sqrt();
-        let mean = sums.iter().sum::<f64>() / runs as f64;
-        let spread = (sums.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / runs as f64).sqrt();
+        let (mean, spread) = stats::mean_sd(&sums);
         assert!((mean - exact as f64).abs() < 4.0 * expected_sd / (runs as f64).sqrt(), "mean {mean}, exact {exact}");
         assert!((spread / expected_sd - 1.0).abs() < 0.3, "spread {spread}, expected {expected_sd}");
         assert!(people_counts.iter().any(|&p| p != 120.0), "the counts are noised");
-        let people_mean = people_counts.iter().sum::<f64>() / runs as f64;
+        let (people_mean, _) = stats::mean_sd(&people_counts);
         assert!((people_mean - 120.0).abs() < 4.0 * sd(1.0, 1.0) / (runs as f64).sqrt(), "{people_mean}");
     }
 

@@ -199,6 +199,20 @@ impl Noise {
     }
 }
 
+/// The standard deviation of [`discrete_laplace`]: `√(2α)/(1 − α)`, `α = e^(−ε/Δ)`.
+#[cfg(test)]
+pub(crate) fn laplace_sd(epsilon: f64, sensitivity: f64) -> f64 {
+    let a = (-epsilon / sensitivity).exp();
+    (2.0 * a).sqrt() / (1.0 - a)
+}
+
+/// The mean and the (population) standard deviation of `values`.
+#[cfg(test)]
+pub(crate) fn mean_sd(values: &[f64]) -> (f64, f64) {
+    let m = values.iter().sum::<f64>() / values.len() as f64;
+    (m, (values.iter().map(|x| (x - m).powi(2)).sum::<f64>() / values.len() as f64).sqrt())
+}
+
 /// A noisy figure clamped to `0..=u64::MAX` (post-processing).
 pub fn clamp(value: i128) -> u64 {
     value.clamp(0, i128::from(u64::MAX)) as u64
@@ -318,17 +332,11 @@ mod tests {
             people.push(g[0].matched_outcome_people.value().unwrap() as f64);
             sums.push(g[0].sum.value().unwrap() as f64);
         }
-        let stats = |v: &[f64]| {
-            let m = v.iter().sum::<f64>() / v.len() as f64;
-            (m, (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt())
-        };
+        let stats = mean_sd;
         // ε/3 per figure: the people count's noise has scale 3, the sum's 3·clip.
         let (mp, sp) = stats(&people);
         let (ms, ss) = stats(&sums);
-        let sd = |eps: f64, delta: f64| {
-            let a = (-eps / delta).exp();
-            (2.0 * a).sqrt() / (1.0 - a)
-        };
+        let sd = laplace_sd;
         assert!((mp - 4_000.0).abs() < 0.3, "{mp}");
         assert!((sp / sd(1.0 / 3.0, 1.0) - 1.0).abs() < 0.06, "{sp}");
         assert!((ms - 1_000_000.0).abs() < 300.0, "{ms}");
@@ -339,14 +347,8 @@ mod tests {
 
     #[test]
     fn limb_noise_is_bounded_centred_and_spread_as_its_sensitivities_say() {
-        let sd = |eps: f64, delta: f64| {
-            let a = (-eps / delta).exp();
-            (2.0 * a).sqrt() / (1.0 - a)
-        };
-        let stats = |v: &[f64]| {
-            let m = v.iter().sum::<f64>() / v.len() as f64;
-            (m, (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt())
-        };
+        let sd = laplace_sd;
+        let stats = mean_sd;
         let mut rng = StdRng::seed_from_u64(11);
         // A clip under 2^16: the high limb cannot change and gets no noise.
         let small = Noise { epsilon: 1.5, clip: 1_000 };

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Campaign measurement timed side by side with the ECDH match of the same sets, in
+# one run: the in-process `idmatch match --protocol ecdh --reveal both`, the
+# in-process `idmatch measure` with learner `owner` and with learner `partner`, then
+# `idmatch serve` and `idmatch measure --server` over loopback TLS (learner
+# `partner`) as two processes. Checks that every measurement releases the same
+# figures.
+#
+#   scripts/measure-bench.sh [N]   # default 1000000: N exposures × N outcomes
+#
+# Data: `idmatch synth --rows N --overlap 0.5 --distinct` (one distinct email per row,
+# N/2 in common); outcomes get a value `(line · 7919) mod 50000`, exposures an arm
+# alternating test/control. Needs openssl and python3; builds the release binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=${1:-1000000}
+work=$(mktemp -d)
+trap 'kill "${server_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+bin=${CARGO_TARGET_DIR:-target}/release/idmatch
+cargo build --release --quiet
+timed() { /usr/bin/time -f "wall %e s, user %U s, sys %S s, max RSS %M KiB" "$@"; }
+
+"$bin" synth --rows "$rows" --overlap 0.5 --distinct --out-dir "$work" --seed 1 >/dev/null
+awk 'NR==1{print $0",value";next}{print $0","((NR*7919)%50000)}' "$work/members.csv" > "$work/outcomes.csv"
+awk 'NR==1{print $0",arm";next}{print $0","((NR%2)?"test":"control")}' "$work/partner.csv" > "$work/exposures.csv"
+"$bin" keygen --out "$work/campaign.key" 2>/dev/null
+
+echo "== in-process: idmatch match --protocol ecdh --reveal both"
+timed "$bin" match --owner "$work/members.csv" --partner "$work/partner.csv" --key-file "$work/campaign.key" \
+  --region US --reveal both --protocol ecdh --out-dir "$work/match" >/dev/null
+for learner in owner partner; do
+  echo "== in-process: idmatch measure --learner $learner"
+  timed "$bin" measure --owner "$work/outcomes.csv" --partner "$work/exposures.csv" --value-col value \
+    --group-col arm --key-file "$work/campaign.key" --region US --learner "$learner" --out-dir "$work/local-$learner"
+done
+
+scripts/throwaway-tls.sh "$work"
+token=bench-token
+sha=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
+printf '%s\n' "$token" > "$work/token"
+port=$((20000 + RANDOM % 20000))
+cat > "$work/server.toml" <<TOML
+listen = "127.0.0.1:$port"
+results_dir = "results"
+audit_log = "audit.jsonl"
+state_file = "budgets.json"
+[tls]
+cert = "server.pem"
+key = "server.key"
+[limits]
+idle_timeout_secs = 600
+[[partners]]
+name = "bench"
+token_sha256 = "$sha"
+campaigns = ["bench"]
+reveals = ["count"]
+[[campaigns]]
+id = "bench"
+key_file = "campaign.key"
+audience = "members.csv"
+region = "US"
+[campaigns.measurement]
+outcomes = "outcomes.csv"
+value_column = "value"
+learner = "partner"
+TOML
+"$bin" serve --config "$work/server.toml" 2>"$work/server.log" &
+server_pid=$!
+for _ in $(seq 1 1200); do
+  grep -q "serving" "$work/server.log" 2>/dev/null && break
+  sleep 0.5
+done
+echo "== over loopback TLS: idmatch measure --server (learner partner; outcomes loaded before timing)"
+timed "$bin" measure --server "https://localhost:$port" --ca "$work/ca.pem" --token-file "$work/token" \
+  --campaign bench --key-file "$work/campaign.key" --partner "$work/exposures.csv" --group-col arm --region US \
+  --out-dir "$work/grpc"
+echo "server peak RSS: $(grep VmHWM /proc/$server_pid/status | awk '{print $2, $3}')"
+python3 - "$work" <<'PY'
+import json, sys
+w = sys.argv[1]
+def groups(path, key=None):
+    d = json.load(open(path))
+    d = d[key] if key else d
+    return [(g["group"], g["group_size"], g["matched_exposure_records"], g["matched_outcome_people"], g["sum"]) for g in d["groups"]]
+a = groups(w + "/local-owner/measurement.json")
+b = groups(w + "/local-partner/measurement.json")
+c = groups(w + "/grpc/measurement.json", "release")
+print("figures (group, size, matched records, matched people, sum):", a)
+print("learner owner, learner partner and over gRPC agree:", a == b == c)
+m = json.load(open(w + "/match/summary.json"))
+print("ecdh match: distinct identifiers per side: owner %d, partner %d; in common: %d"
+      % (m["owner"]["blinded"], m["partner"]["blinded"], m["intersection"]))
+sys.exit(0 if a == b == c else 1)
+PY
