@@ -9,8 +9,7 @@
 
 use std::collections::VecDeque;
 
-use rand::SeedableRng;
-use rand::rngs::{OsRng, StdRng};
+use rand::rngs::OsRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
@@ -222,13 +221,6 @@ impl Owner {
         Ok(())
     }
 
-    fn noise_rng(&self) -> Result<StdRng, MeasureError> {
-        match self.config.seed {
-            Some(seed) => Ok(StdRng::seed_from_u64(seed)),
-            None => StdRng::from_rng(OsRng).map_err(|e| MeasureError::Rng(e.to_string())),
-        }
-    }
-
     fn on_sums(&mut self, lines: &[GroupSum]) -> Result<(), MeasureError> {
         self.check_sizes(lines.iter().map(|l| l.records))?;
         let bound = |people: u64| people.saturating_mul(MAX_HIGH_LIMB);
@@ -263,7 +255,12 @@ impl Owner {
             };
             raw.push(RawGroup { label: self.labels[g].clone(), records: line.records, matched });
         }
-        let result = stats::release(&raw, self.config.min_aggregate, self.config.noise, &mut self.noise_rng()?);
+        let result = stats::release(
+            &raw,
+            self.config.min_aggregate,
+            self.config.noise,
+            &mut stats::noise_rng(self.config.seed)?,
+        );
         if self.config.learner.partner_learns() {
             let json = serde_json::to_vec(&result).map_err(|_| MeasureError::BadRelease)?;
             self.outgoing.push_back(message::encode(&Message::Release(json))?);
@@ -280,7 +277,7 @@ impl Owner {
     /// has a line, and every line gets its shares).
     fn on_masked(&mut self, lines: &[MaskedSum]) -> Result<(), MeasureError> {
         self.check_sizes(lines.iter().map(|l| l.records))?;
-        let mut rng = self.noise_rng()?;
+        let mut rng = stats::noise_rng(self.config.seed)?;
         let noise = self.config.noise;
         let mut shares = Vec::with_capacity(lines.len());
         for (g, line) in lines.iter().enumerate() {

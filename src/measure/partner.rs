@@ -9,8 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use rand::SeedableRng;
-use rand::rngs::{OsRng, StdRng};
+use rand::rngs::OsRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
@@ -31,7 +30,7 @@ use crate::psi::message::{ELEMENT_LEN, Element};
 pub const MAX_SHARE_RANGE: u64 = 1 << 44;
 
 /// The partner's settings.
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PartnerConfig {
     /// Groups with fewer matched people are sent as suppressed: no counts, no sum.
     pub min_aggregate: u64,
@@ -369,10 +368,7 @@ impl Partner {
             }
         }
         let table = DlogTable::new(DlogTable::baby_steps_for(widest));
-        let mut rng = match self.config.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_rng(OsRng).map_err(|e| MeasureError::Rng(e.to_string()))?,
-        };
+        let mut rng = stats::noise_rng(self.config.seed)?;
         let mut figures = Vec::with_capacity(groups);
         for (g, (share, masked)) in shares.shares.iter().zip(&self.masked).enumerate() {
             let released = match masked {
@@ -390,11 +386,11 @@ impl Partner {
                             .ok_or(MeasureError::Decrypt { group: g, source: DecryptError { max } })?;
                         sum += part << (LIMB_BITS * l as u32);
                     }
-                    Some(match self.config.epsilon {
+                    let (records, people) = match self.config.epsilon {
                         Some(e) => (stats::noisy_count(records, e, &mut rng), stats::noisy_count(people, e, &mut rng)),
                         None => (records, people),
-                    })
-                    .map(|(records, people)| (records, people, stats::clamp(sum)))
+                    };
+                    Some((records, people, stats::clamp(sum)))
                 }
                 None => None,
             };

@@ -8,7 +8,8 @@
 //! the exact counts anyway, noises them ([`noisy_count`]) and builds the same
 //! figures with [`GroupFigures::new`] and [`Measurement::new`].
 
-use rand::Rng;
+use rand::rngs::{OsRng, StdRng};
+use rand::{Rng, SeedableRng};
 use serde::{Serialize, Serializer};
 
 use super::elgamal::{LIMB_BITS, LIMBS};
@@ -211,6 +212,15 @@ pub(crate) fn laplace_sd(epsilon: f64, sensitivity: f64) -> f64 {
 pub(crate) fn mean_sd(values: &[f64]) -> (f64, f64) {
     let m = values.iter().sum::<f64>() / values.len() as f64;
     (m, (values.iter().map(|x| (x - m).powi(2)).sum::<f64>() / values.len() as f64).sqrt())
+}
+
+/// The generator of a side's noise: from `seed` (reproducible tests), or seeded
+/// from the OS.
+pub fn noise_rng(seed: Option<u64>) -> Result<StdRng, super::MeasureError> {
+    match seed {
+        Some(seed) => Ok(StdRng::seed_from_u64(seed)),
+        None => StdRng::from_rng(OsRng).map_err(|e| super::MeasureError::Rng(e.to_string())),
+    }
 }
 
 /// A noisy figure clamped to `0..=u64::MAX` (post-processing).
