@@ -42,6 +42,7 @@ name = "e2e"
 token_sha256 = "$sha"
 campaigns = ["e2e"]
 reveals = ["partner", "owner", "both", "count"]
+honest_client_trusted = true
 [[campaigns]]
 id = "e2e"
 key_file = "campaign.key"

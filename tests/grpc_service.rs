@@ -178,6 +178,7 @@ name = "acme"
 token_sha256 = "{token_sha}"
 campaigns = ["spring"]
 reveals = ["partner", "owner", "both", "count"]
+honest_client_trusted = true
 
 [[partners]]
 name = "limited"
@@ -384,6 +385,63 @@ fn auto_gets_the_fastest_engine_the_campaign_allows() {
     let engines: Vec<&str> = audit.iter().map(|a| a["protocol"].as_str().unwrap_or("-")).collect();
     assert_eq!(engines, ["oprf", "ecdh", "ecdh", "-", "ecdh"]);
     assert_eq!(audit[3]["outcome"], "PermissionDenied");
+}
+
+/// A partner the owner has not said it trusts to run an honest client never reaches
+/// the oprf engine (secure against semi-honest partners only), even on a campaign
+/// that allows it: `auto` gets ecdh, and a hello offering only oprf is refused
+/// before the owner sends anything, so the zero-correction attack (a crafted
+/// correction matrix that lets the receiver evaluate the owner's OPRF offline) gets
+/// no owner output to work on.
+#[test]
+fn an_untrusted_partner_gets_ecdh_and_the_zero_correction_attack_gets_nothing() {
+    let f = Fixture::start(false, false);
+    f.reload_with(|t| t.replace("honest_client_trusted = true\n", "")).unwrap();
+    let run = |reveal, choice| {
+        let mut options = f.options(reveal, "untrusted.csv");
+        options.protocol = choice;
+        f.run(options)
+    };
+    for reveal in [Reveal::Partner, Reveal::Owner, Reveal::Both] {
+        let summary = run(reveal, ProtocolChoice::Auto).unwrap();
+        assert_eq!(summary.protocol, Protocol::Ecdh, "{reveal}");
+        assert_eq!((summary.outcome.partner_set_size, summary.outcome.owner_set_size), (1500, 3000));
+    }
+    let err = run(Reveal::Both, ProtocolChoice::Exactly(Protocol::Oprf)).unwrap_err();
+    assert!(matches!(err, ClientError::PermissionDenied(_)), "{err}");
+    assert!(err.to_string().contains("honest_client_trusted"), "{err}");
+
+    // The attacker's script: an oprf-only hello, a valid receiver setup, then an
+    // all-zero correction matrix (with D = 0 the sender's columns equal the
+    // receiver's own, so any output would be computable offline for every token).
+    let hello = hello_with(1500, |h| {
+        h.key_fingerprint = f.fingerprint();
+        h.protocols = vec![wire::Protocol::Oprf as i32];
+    });
+    let zero_correction = oprf(wire::oprf::Body::Correction(vec![0; 1 << 16]));
+    let (received, status) = raw_call_collect(&f, vec![hello, receiver_setup(1500, |_| {}), zero_correction]);
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(received.is_empty(), "the owner sent nothing: {received:?}");
+    // A hello that offers oprf a million times is refused the same way, in a short
+    // message (the offer is named once).
+    let long_offer = hello_with(1500, |h| {
+        h.key_fingerprint = f.fingerprint();
+        h.protocols = vec![wire::Protocol::Oprf as i32; 1_000_000];
+    });
+    let (received, status) = raw_call_collect(&f, vec![long_offer]);
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(received.is_empty() && status.message().len() < 400, "{}", status.message());
+    let audit = f.audit_lines();
+    let outcomes: Vec<(&str, &str)> =
+        audit.iter().map(|a| (a["outcome"].as_str().unwrap(), a["protocol"].as_str().unwrap_or("-"))).collect();
+    let ok = ("ok", "ecdh");
+    let denied = ("PermissionDenied", "-");
+    assert_eq!(outcomes, [ok, ok, ok, denied, denied, denied]);
+    assert!(audit.iter().all(|a| a.to_string().len() < 2000), "audit lines stay short");
+
+    // Trusted again (a reload), the same partner may choose oprf.
+    f.reload_with(|t| t).unwrap();
+    assert_eq!(run(Reveal::Both, ProtocolChoice::Auto).unwrap().protocol, Protocol::Oprf);
 }
 
 #[test]

@@ -88,6 +88,7 @@ name = "python-tests"
 token_sha256 = "{sha(TOKEN)}"
 campaigns = ["spring"]
 reveals = ["partner", "both", "count"]
+honest_client_trusted = true
 
 [[partners]]
 name = "count-only"

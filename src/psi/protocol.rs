@@ -37,6 +37,18 @@ impl Protocol {
     pub fn offers(self, reveal: Reveal) -> bool {
         self == Protocol::Ecdh || reveal != Reveal::Count
     }
+
+    /// Whether a partner that deviates from the protocol still learns nothing beyond
+    /// its reveal mode's output. True for `ecdh` (every owner token the partner can
+    /// test costs a blinded element it sent in a match, within the owner's budgets);
+    /// false for `oprf`, whose Chase–Miao OPRF is secure against a semi-honest
+    /// receiver only: a receiver that sends a crafted correction matrix (all zero,
+    /// say) can evaluate the owner's outputs offline for any token it guesses
+    /// (docs/PRIVACY.md, "Under `oprf`"). A server lets a partner run an engine for
+    /// which this is false only when the owner trusts that partner's client.
+    pub fn secure_against_deviating_partner(self) -> bool {
+        self == Protocol::Ecdh
+    }
 }
 
 impl fmt::Display for Protocol {

@@ -178,6 +178,13 @@ pub struct PartnerConfig {
     pub campaigns: Vec<String>,
     /// Reveal modes this partner may ask for: partner, owner, both, count.
     pub reveals: Vec<String>,
+    /// The owner trusts this partner to run an honest (unmodified) client. Only then
+    /// may it use engines that are secure against semi-honest partners only (`oprf`,
+    /// where a deviating client can recover every owner token offline: docs/PRIVACY.md,
+    /// "Under `oprf`"). Default `false`: the partner gets `ecdh` whatever it offers,
+    /// and a hello offering only `oprf` is refused with PERMISSION_DENIED.
+    #[serde(default)]
+    pub honest_client_trusted: bool,
 }
 
 /// One `[[campaigns]]` entry, as written; [`Config::campaign_settings`] validates it.
@@ -329,6 +336,23 @@ pub struct PartnerPolicy {
     pub campaigns: Vec<String>,
     /// Reveal modes it may ask for.
     pub reveals: Vec<Reveal>,
+    /// Whether the owner trusts it to run an honest client
+    /// ([`PartnerConfig::honest_client_trusted`]).
+    pub honest_client_trusted: bool,
+}
+
+impl PartnerPolicy {
+    /// The engines of `campaign` this partner may run: all the campaign allows when
+    /// the owner trusts its client, otherwise only those secure against a partner
+    /// that deviates from the protocol ([`Protocol::secure_against_deviating_partner`]).
+    pub fn protocols(&self, campaign: &CampaignSettings) -> Vec<Protocol> {
+        campaign
+            .protocols
+            .iter()
+            .copied()
+            .filter(|p| self.honest_client_trusted || p.secure_against_deviating_partner())
+            .collect()
+    }
 }
 
 /// A campaign's validated settings.
@@ -531,6 +555,7 @@ impl Config {
             cert_common_name: p.cert_common_name.clone(),
             campaigns: p.campaigns.clone(),
             reveals,
+            honest_client_trusted: p.honest_client_trusted,
         })
     }
 }

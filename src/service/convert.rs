@@ -38,18 +38,24 @@ fn protocol_to_wire(protocol: Protocol) -> wire::Protocol {
     }
 }
 
-/// The engines a hello offers. Values this build does not know (engines of a newer
-/// client) are skipped, as TLS skips unknown cipher suites; a list of nothing but
-/// unknown engines is refused (an empty list would mean `ecdh`).
+/// The engines a hello offers, in the partner's order of preference, each once.
+/// Values this build does not know (engines of a newer client) are skipped, as TLS
+/// skips unknown cipher suites, and repeats are dropped, so the list (and every
+/// message or log line that names it) holds at most one entry per known engine
+/// whatever its length on the wire; a list of nothing but unknown engines is refused
+/// (an empty list would mean `ecdh`).
 fn protocols_from_wire(values: &[i32]) -> Result<Vec<Protocol>, ProtocolError> {
-    let known: Vec<Protocol> = values
-        .iter()
-        .filter_map(|&v| match wire::Protocol::try_from(v) {
-            Ok(wire::Protocol::Ecdh) => Some(Protocol::Ecdh),
-            Ok(wire::Protocol::Oprf) => Some(Protocol::Oprf),
-            Ok(wire::Protocol::Unspecified) | Err(_) => None,
-        })
-        .collect();
+    let mut known: Vec<Protocol> = Vec::new();
+    for &v in values {
+        let protocol = match wire::Protocol::try_from(v) {
+            Ok(wire::Protocol::Ecdh) => Protocol::Ecdh,
+            Ok(wire::Protocol::Oprf) => Protocol::Oprf,
+            Ok(wire::Protocol::Unspecified) | Err(_) => continue,
+        };
+        if !known.contains(&protocol) {
+            known.push(protocol);
+        }
+    }
     if known.is_empty() && !values.is_empty() {
         return Err(ProtocolError::Malformed("the hello offers no protocol this owner knows"));
     }
@@ -276,6 +282,10 @@ mod tests {
         };
         let Ok(PartnerMessage::Hello(h)) = partner_from_wire(hello_with(vec![9, 2, 1])) else { panic!() };
         assert_eq!(h.protocols, [Protocol::Oprf, Protocol::Ecdh]);
+        // A million entries: each known engine once, in the order first offered.
+        let long: Vec<i32> = [1, 2, 7].into_iter().cycle().take(1_000_000).collect();
+        let Ok(PartnerMessage::Hello(h)) = partner_from_wire(hello_with(long)) else { panic!() };
+        assert_eq!(h.protocols, [Protocol::Ecdh, Protocol::Oprf]);
         let Ok(PartnerMessage::Hello(h)) = partner_from_wire(hello_with(vec![])) else { panic!() };
         assert_eq!(h.offered_protocols(), [Protocol::Ecdh]);
         assert_eq!(

@@ -240,9 +240,26 @@ impl Session<'_> {
             max_chunk,
             send_chunk: DEFAULT_CHUNK.min(max_chunk),
             key_fingerprint: Some(campaign.key_fingerprint),
-            allowed_protocols: campaign.settings.protocols.clone(),
+            allowed_protocols: self.partner.protocols(&campaign.settings),
         };
-        let protocol = config.check_hello(hello).map_err(|e| protocol_status(&e))?;
+        let protocol = config.check_hello(hello).map_err(|e| match e {
+            // The campaign allows an engine the hello offers, but not for this
+            // partner: say why, so the partner's engineer knows whom to ask.
+            ProtocolError::ProtocolNotAllowed { .. }
+                if hello.offered_protocols().iter().any(|p| {
+                    p.offers(hello.reveal)
+                        && campaign.settings.protocols.contains(p)
+                        && !config.allowed_protocols.contains(p)
+                }) =>
+            {
+                Status::permission_denied(
+                    "the oprf engine is secure against semi-honest partners only; this owner allows it only for \
+                     partners it trusts to run an honest client (honest_client_trusted), which this partner is not: \
+                     offer ecdh or auto",
+                )
+            }
+            other => protocol_status(&other),
+        })?;
         record.protocol = Some(protocol.name().to_owned());
         // ...then the opt-outs as they are now...
         let config_file = &self.state.config;
