@@ -46,6 +46,42 @@ fn usage_errors_exit_2_and_other_errors_exit_1() {
     }
 }
 
+/// The partner's clients refuse, before reading anything or connecting, a server URL
+/// that would send the bearer token in clear over a network, a `--ca` that would be
+/// silently ignored, and a URL without a scheme: usage errors, exit code 2.
+#[test]
+fn a_server_url_that_would_send_the_token_in_clear_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = example_key(dir.path());
+    let partner = common::examples().join("partner.csv");
+    let token = common::examples().join("partner.token");
+    let client = |command: &str, server: &str, extra: &[&str]| {
+        let output = dir.path().join("out");
+        let mut args = vec![command, "--server", server, "--campaign", "spring-2026", "--key-file", &key];
+        let (input, out) = if command == "match" { ("--input", "--output") } else { ("--partner", "--out-dir") };
+        args.extend(["--token-file", token.to_str().unwrap(), input, partner.to_str().unwrap()]);
+        args.extend([out, output.to_str().unwrap()]);
+        args.extend(extra);
+        idmatch(&args)
+    };
+    for command in ["match", "measure"] {
+        // 192.0.2.1 is a documentation address (TEST-NET-1): nothing connects to it.
+        let cases = [
+            ("http://192.0.2.1:7443", &[][..], "allowed only to a loopback host"),
+            ("http://example.com:7443", &[], "allowed only to a loopback host"),
+            ("http://127.0.0.1:7443", &["--ca", "ca.pem"], "need an https:// server"),
+            ("127.0.0.1:7443", &[], "expected https://host:port"),
+        ];
+        for (server, extra, reason) in cases {
+            let out = client(command, server, extra);
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command} {server}: {stderr}");
+            assert!(stderr.contains(reason), "{command} {server}: {stderr}");
+            assert!(!dir.path().join("out").exists(), "{command} {server}: nothing written");
+        }
+    }
+}
+
 #[test]
 fn keygen_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();

@@ -505,6 +505,15 @@ fn mutual_tls_identifies_the_partner_and_refuses_strangers() {
     options.key = Some(f.path("stranger.key"));
     let err = f.run(options).unwrap_err();
     assert!(err.exit_code() != 0 && !matches!(err, ClientError::Protocol(_)), "{err}");
+
+    // Without a CA file the server's certificate is checked against the system's
+    // trust store, which does not hold the test CA: a TLS failure (exit code 4),
+    // not a connection without verification.
+    let mut options = f.options(Reveal::Partner, "y.csv");
+    options.ca = None;
+    let err = f.run(options).unwrap_err();
+    assert!(matches!(err, ClientError::Tls(_)), "{err}");
+    assert_eq!(err.exit_code(), 4);
 }
 
 #[test]
@@ -543,8 +552,16 @@ fn an_optout_added_while_running_is_honored_by_the_next_match_of_either_engine()
         assert_eq!(run(protocol, "before.csv").outcome.intersection, Some(500));
     }
     // m1000's email is what partner p0 holds; opt it out by email and m1001 by id.
-    std::thread::sleep(Duration::from_millis(20));
-    write(f.dir.path(), "optouts.csv", "id,email\n,User1000@Example.com\nm1001,\n");
+    // The file keeps its modification time, as after `cp -p` or a rewrite within
+    // the clock's granularity: the server must notice the new content all the same.
+    let optouts = f.path("optouts.csv");
+    let rewrite_keeping_mtime = |text: &str| {
+        let mtime = std::fs::metadata(&optouts).unwrap().modified().unwrap();
+        write(f.dir.path(), "optouts.csv", text);
+        std::fs::File::options().write(true).open(&optouts).unwrap().set_modified(mtime).unwrap();
+        assert_eq!(std::fs::metadata(&optouts).unwrap().modified().unwrap(), mtime);
+    };
+    rewrite_keeping_mtime("id,email\n,User1000@Example.com\nm1001,\n");
     for protocol in ENGINES {
         let after = run(protocol, "after.csv");
         assert_eq!(after.outcome.intersection, Some(498), "{protocol}");
@@ -554,6 +571,9 @@ fn an_optout_added_while_running_is_honored_by_the_next_match_of_either_engine()
         let audit = f.audit_lines();
         assert_eq!(audit.last().unwrap()["opted_out_records"], 2);
     }
+    // Same length, same time, one opt-out fewer (m1001 → m9999, not a member).
+    rewrite_keeping_mtime("id,email\n,User1000@Example.com\nm9999,\n");
+    assert_eq!(run(Protocol::Ecdh, "again.csv").outcome.intersection, Some(499));
 }
 
 fn raw_call(f: &Fixture, messages: Vec<wire::PartnerMessage>) -> tonic::Status {
@@ -1183,7 +1203,6 @@ fn a_malformed_optout_file_refuses_every_match_until_fixed_or_explicitly_skipped
     let f = Fixture::start(false, false);
     // m1000's email is what partner p0 holds. Line 3 opens a quote that is never
     // closed: read leniently, it would swallow the opt-out on line 4.
-    std::thread::sleep(Duration::from_millis(20));
     write(f.dir.path(), "optouts.csv", "id,email\nm1001,\nm7,\"oops@example.com\n,User1000@Example.com\n");
     let err = f.run(f.options(Reveal::Both, "a.csv")).unwrap_err();
     assert!(err.to_string().contains("Unavailable") && err.to_string().contains("opt-outs"), "{err}");
@@ -1193,7 +1212,6 @@ fn a_malformed_optout_file_refuses_every_match_until_fixed_or_explicitly_skipped
     assert_eq!(f.audit_lines().last().unwrap()["outcome"], "Unavailable");
 
     // A malformed row (too many fields) refuses too, unless the operator opts in.
-    std::thread::sleep(Duration::from_millis(20));
     write(f.dir.path(), "optouts.csv", "id,email\nm1001,\nm7,x@example.com,extra\n,User1000@Example.com\n");
     assert!(f.run(f.options(Reveal::Both, "b.csv")).is_err());
     f.reload_with(|text| {

@@ -275,14 +275,17 @@ def match(
     """Runs the partner's side of a match against the owner's ``idmatch serve``.
 
     The same client as ``idmatch match --server``: ``server`` is
-    ``https://host:port`` (``http://`` only for a loopback test server), ``ca``
-    the CA bundle (PEM) that signed the server's certificate, and the partner
+    ``https://host:port`` (``http://`` only to a loopback host, a test server;
+    anything else raises :class:`UsageError` before any record is read), ``ca``
+    the CA bundle (PEM) that signed the server's certificate (without it, the
+    system's trust store), and the partner
     authenticates with a bearer ``token`` (or ``token_file``) or a client
     certificate (``cert`` and ``client_key``, PEM). The campaign key is ``key``
     (:class:`Key` or 32 bytes) or ``key_file``; the records ``records`` or
     ``input``. ``reveal`` is ``partner`` (default), ``both``, ``owner`` or
     ``count``; ``protocol`` the matching engine, ``auto`` (default: the fastest
-    the owner allows for the mode), ``ecdh`` or ``oprf`` (not with ``count``);
+    the owner allows this partner for the mode; ``oprf`` only if the owner trusts
+    the partner's client), ``ecdh`` or ``oprf`` (not with ``count``);
     ``suppress`` a suppression list applied before anything is blinded
     (a list with unreadable rows refuses the match before connecting, unless
     ``skip_bad_list_rows``, which skips and counts them and warns, as the CLI does);

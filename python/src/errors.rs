@@ -113,10 +113,12 @@ impl Failure {
 }
 
 impl From<ClientError> for Failure {
-    /// The CLI's categories: its exit code decides the class (3 unreachable, 4 TLS,
-    /// 5 credentials, 6 permission, 7 limits, 8 key mismatch); the rest by what failed.
+    /// The CLI's categories: its exit code decides the class (2 usage, 3 unreachable,
+    /// 4 TLS, 5 credentials, 6 permission, 7 limits, 8 key mismatch); the rest by what
+    /// failed.
     fn from(error: ClientError) -> Failure {
         let class = match error.exit_code() {
+            2 => Class::Usage,
             3 => Class::Unreachable,
             4 => Class::Tls,
             5 => Class::Credentials,

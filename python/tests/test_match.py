@@ -119,6 +119,17 @@ def test_unreachable_server(campaign_key) -> None:
     assert e.exit_code == 3
 
 
+def test_plaintext_is_refused_beyond_loopback(campaign_key, tmp_path) -> None:
+    # Refused before anything is read or sent: the token would cross the network in
+    # clear (192.0.2.1 is a documentation address; nothing connects to it).
+    e = expect(idmatch.UsageError, "allowed only to a loopback host", url="http://192.0.2.1:7443",
+               key_file=campaign_key)
+    assert e.exit_code == 2
+    expect(idmatch.UsageError, "need an https:// server", url="http://127.0.0.1:7443", key_file=campaign_key,
+           ca=tmp_path / "ca.pem")
+    expect(idmatch.UsageError, "expected https://host:port", url="127.0.0.1:7443", key_file=campaign_key)
+
+
 def test_malformed_input(server, campaign_key, tmp_path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text('id,email\n1,a@example.com\n2,"b@example.com\n')
@@ -141,7 +152,8 @@ def test_permission_limits_protocol_tls_and_key_errors(server, campaign_key, tmp
     e = expect(idmatch.LimitError, None, url=server.url, key_file=campaign_key, input=None, records=few)
     assert e.exit_code == 7
     expect(idmatch.ProtocolError, "profile", url=server.url, key_file=campaign_key, profile="basic-v1")
-    e = expect(idmatch.TlsError, "--ca is required", url=f"https://localhost:{server.port}", key_file=campaign_key)
+    # A TLS client against this plaintext test server: a TLS failure, not "unreachable".
+    e = expect(idmatch.TlsError, None, url=f"https://localhost:{server.port}", key_file=campaign_key)
     assert e.exit_code == 4
     exposed = tmp_path / "exposed.key"
     exposed.write_text(campaign_key.read_text())
@@ -167,6 +179,9 @@ def test_tls_with_a_test_ca(idmatch_bin, campaign_key, tmp_path) -> None:
         other.mkdir()
         other_ca, _, _ = make_test_ca(other)
         e = expect(idmatch.TlsError, None, url=server.url, key_file=campaign_key, ca=other_ca)
+        assert e.exit_code == 4
+        # Without ca= the system's trust store decides, and it does not hold the test CA.
+        e = expect(idmatch.TlsError, None, url=server.url, key_file=campaign_key)
         assert e.exit_code == 4
     finally:
         server.stop()

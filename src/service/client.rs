@@ -28,7 +28,7 @@ use crate::prepare;
 use crate::psi::oprf::{ChunkLimits, OprfPartner};
 use crate::psi::{
     OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, Protocol, ProtocolChoice,
-    ProtocolChoiceError, ProtocolError, Reveal, SetupError, check_accept, truncated,
+    ProtocolChoiceError, ProtocolError, Reveal, SetupError, check_accept, truncated, untrusted,
 };
 use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats};
 use crate::token::{KeyFingerprint, Tokenizer};
@@ -117,6 +117,12 @@ pub enum ClientError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// The server URL and the TLS options do not fit together: no `http://` or
+    /// `https://` scheme, `http://` to a host that is not loopback (the token would
+    /// travel in clear), or `--ca`/`--cert`/`--key` with `http://` (exit code 2, as
+    /// the command line's other usage errors).
+    #[error("{0}")]
+    Usage(String),
     /// The server URL is invalid or the connection failed for a non-TLS reason
     /// (exit code 3).
     #[error("cannot reach {server}: {reason}")]
@@ -168,10 +174,11 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// 3 unreachable, 4 TLS, 5 credentials, 6 permission, 7 limits, 8 campaign key
-    /// mismatch, 1 anything else.
+    /// 2 usage, 3 unreachable, 4 TLS, 5 credentials, 6 permission, 7 limits, 8
+    /// campaign key mismatch, 1 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
+            ClientError::Usage(_) => 2,
             ClientError::Unreachable { .. } => 3,
             ClientError::Tls(_) => 4,
             ClientError::Unauthenticated(_) => 5,
@@ -256,14 +263,50 @@ pub(super) struct TlsFiles<'a> {
     pub key: Option<&'a PathBuf>,
 }
 
-async fn connect(options: &ClientOptions) -> Result<Channel, ClientError> {
-    let tls = TlsFiles { ca: options.ca.as_ref(), cert: options.cert.as_ref(), key: options.key.as_ref() };
-    connect_to(&options.server, tls).await
+impl ClientOptions {
+    fn tls_files(&self) -> TlsFiles<'_> {
+        TlsFiles { ca: self.ca.as_ref(), cert: self.cert.as_ref(), key: self.key.as_ref() }
+    }
 }
 
-/// A channel to the owner's server at `server` (TLS for `https://`, which needs a
-/// CA file; mutual TLS with a client certificate and key).
+async fn connect(options: &ClientOptions) -> Result<Channel, ClientError> {
+    connect_to(&options.server, options.tls_files()).await
+}
+
+/// Checks that `server` and the TLS files fit together, before any work and again
+/// before connecting: `https://host[:port]` (TLS, the system's trust store or the
+/// `--ca` file), or `http://` to a loopback host only (`localhost`, `127.0.0.0/8`,
+/// `[::1]`), with no TLS files. Anything else would send the bearer token in clear
+/// over a network or silently ignore a `--ca`, so it is refused as a usage error.
+pub(super) fn check_server(server: &str, files: TlsFiles<'_>) -> Result<(), ClientError> {
+    let usage = |problem: &str| ClientError::Usage(format!("--server {}: {problem}", untrusted(server)));
+    let uri: tonic::transport::Uri =
+        server.parse().map_err(|e| usage(&format!("not a URL ({e}); expected https://host:port")))?;
+    let host = uri.host().unwrap_or_default();
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
+            if !(host.eq_ignore_ascii_case("localhost") || ip.is_ok_and(|ip| ip.is_loopback())) {
+                return Err(usage(
+                    "http:// (no TLS) is allowed only to a loopback host (localhost, 127.0.0.1, [::1]): \
+                     the token would cross the network in clear; use https://",
+                ));
+            }
+            if files.ca.is_some() || files.cert.is_some() || files.key.is_some() {
+                return Err(usage("--ca, --cert and --key need an https:// server; http:// uses no TLS"));
+            }
+            Ok(())
+        }
+        _ => Err(usage("expected https://host:port (or http:// to a loopback test server)")),
+    }
+}
+
+/// A channel to the owner's server at `server` (TLS for `https://`: the server's
+/// certificate is checked against the `--ca` file when given, otherwise against the
+/// system's trust store; mutual TLS with a client certificate and key).
 pub(super) async fn connect_to(server: &str, files: TlsFiles<'_>) -> Result<Channel, ClientError> {
+    check_server(server, files)?;
     let unreachable = |reason: String| ClientError::Unreachable { server: server.to_owned(), reason };
     let mut endpoint = Endpoint::from_shared(server.to_owned())
         .map_err(|e| unreachable(e.to_string()))?
@@ -278,7 +321,7 @@ pub(super) async fn connect_to(server: &str, files: TlsFiles<'_>) -> Result<Chan
         let mut tls = ClientTlsConfig::new();
         match files.ca {
             Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read_file(ca)?)),
-            None => return Err(ClientError::Tls("--ca is required for an https server".into())),
+            None => tls = tls.with_native_roots(),
         }
         match (files.cert, files.key) {
             (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read_file(cert)?, read_file(key)?)),
@@ -289,16 +332,28 @@ pub(super) async fn connect_to(server: &str, files: TlsFiles<'_>) -> Result<Chan
     }
     endpoint.connect().await.map_err(|e| {
         let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-        if reason.contains("certificate") || reason.contains("tls") || reason.contains("TLS") {
-            ClientError::Tls(reason)
-        } else {
-            unreachable(reason)
-        }
+        if is_tls_failure(&e) { ClientError::Tls(reason) } else { unreachable(reason) }
     })
+}
+
+/// Whether a connection failed in TLS (a rustls error anywhere in its source chain,
+/// also inside an I/O error): an untrusted certificate, a plaintext server answering
+/// a TLS client, a refused client certificate.
+fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let inner_io = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if e.is::<rustls::Error>() || inner_io.is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return true;
+        }
+        next = e.source().or(inner_io.map(|inner| inner as &(dyn std::error::Error + 'static)));
+    }
+    false
 }
 
 /// Runs one match against the server and writes the partner's matches.
 pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
+    check_server(&options.server, options.tls_files())?;
     let offered = options.protocol.offer(options.reveal)?;
     let output = options.reveal.partner_learns_records().then(|| Staged::create(&options.output)).transpose()?;
     let PartnerFiles { key, fingerprint, token, suppress } = PartnerFiles::load(

@@ -14,7 +14,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
 
-use super::client::{ClientError, PartnerFiles, TlsFiles, authorize, connect_to};
+use super::client::{ClientError, PartnerFiles, TlsFiles, authorize, check_server, connect_to};
 use super::driver::{DriveError, Driven, INBOUND_QUEUE, Inbound, drive, receive_with_deadline};
 use super::frames::{FrameError, MEASURE_VERSION, MIN_FRAME_BYTES, PartnerFrames, SEND_FRAME_BYTES, learner_from_wire};
 use crate::measure::local::{SideReport, partner_exposures, write_json};
@@ -94,6 +94,8 @@ pub struct PartnerReport {
 /// Runs one measurement against the server. Writes `measurement.json` into
 /// `out_dir` when the partner learns the figures.
 pub async fn run(options: MeasureClientOptions) -> Result<PartnerReport, ClientError> {
+    let tls = TlsFiles { ca: options.ca.as_ref(), cert: options.cert.as_ref(), key: options.key.as_ref() };
+    check_server(&options.server, tls)?;
     let PartnerFiles { key, fingerprint, token, suppress } = PartnerFiles::load(
         &options.key_file,
         options.token_file.as_ref(),
@@ -115,7 +117,6 @@ pub async fn run(options: MeasureClientOptions) -> Result<PartnerReport, ClientE
     .map_err(|e| ClientError::Stream(e.to_string()))??;
     side.file = options.input.display().to_string();
 
-    let tls = TlsFiles { ca: options.ca.as_ref(), cert: options.cert.as_ref(), key: options.key.as_ref() };
     let channel = connect_to(&options.server, tls).await?;
     let (out_tx, out_rx) = mpsc::channel::<wire::MeasurePartnerMessage>(4);
     let mut request = Request::new(ReceiverStream::new(out_rx));

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use tracing::{info, warn};
 
@@ -28,8 +28,8 @@ pub(crate) struct Campaign {
     pub outcomes: Option<RecordSet>,
     /// The campaign key's fingerprint: hellos must carry the same.
     pub key_fingerprint: KeyFingerprint,
-    /// The opt-out list as last read, with the file's modification time.
-    optouts: Mutex<Option<(SystemTime, Arc<FileList>)>>,
+    /// The opt-out list as last read, with the SHA-256 of the bytes it was read from.
+    optouts: Mutex<Option<(ContentDigest, Arc<FileList>)>>,
 }
 
 /// One loaded configuration.
@@ -140,19 +140,38 @@ impl OptOuts {
         excluded_records(records, list.as_ref())
     }
 
+    /// The list at `path` as it is now. Whether it changed is decided by its content,
+    /// hashed at every call, never by its modification time (a rewrite within the
+    /// clock's granularity, or `cp -p`, keeps the time but not the content). A list
+    /// that changes while it is being read is read again, and refused if it keeps
+    /// changing: the cache only ever holds a list whose bytes hashed the same before
+    /// and after it was parsed.
     fn file_list(&self, campaign: &Campaign, path: &Path, bad_rows: BadRows) -> Result<Arc<FileList>, OptOutError> {
-        let modified = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .map_err(|e| OptOutError::Read(ReadError::Open { path: PathBuf::from(path), source: e }))?;
         let mut cached = campaign.optouts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((when, list)) = &*cached
-            && *when == modified
+        let mut before = ContentDigest::of(path)?;
+        if let Some((digest, list)) = &*cached
+            && *digest == before
         {
             return Ok(list.clone());
         }
         let normalizer = Normalizer::new(campaign.settings.profile, campaign.settings.region);
-        let list =
-            Arc::new(FileList::read(path, normalizer, Default::default(), Some(self.digester.clone()), bad_rows)?);
+        let mut attempts = 0;
+        let list = loop {
+            let list =
+                FileList::read(path, normalizer.clone(), Default::default(), Some(self.digester.clone()), bad_rows)?;
+            let after = ContentDigest::of(path)?;
+            if after == before {
+                break Arc::new(list);
+            }
+            attempts += 1;
+            if attempts == 3 {
+                return Err(OptOutError::Read(ReadError::Open {
+                    path: PathBuf::from(path),
+                    source: std::io::Error::other("the file kept changing while it was read (3 attempts)"),
+                }));
+            }
+            before = after;
+        };
         let stats = list.stats();
         info!(
             path = %path.display(),
@@ -170,7 +189,31 @@ impl OptOuts {
                 "opt-out list: skipped rows that cannot be read (optouts_skip_bad_rows); they opt nobody out"
             );
         }
-        *cached = Some((modified, list.clone()));
+        *cached = Some((before, list.clone()));
         Ok(list)
+    }
+}
+
+/// SHA-256 of a file's bytes: how the server tells that an opt-out list changed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ContentDigest([u8; 32]);
+
+impl ContentDigest {
+    fn of(path: &Path) -> Result<ContentDigest, OptOutError> {
+        use sha2::{Digest, Sha256};
+        use std::io::Read;
+        let failed = |source| OptOutError::Read(ReadError::Open { path: PathBuf::from(path), source });
+        let mut file = std::fs::File::open(path).map_err(failed)?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buffer[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        Ok(ContentDigest(hasher.finalize().into()))
     }
 }
