@@ -325,3 +325,72 @@ fn an_error_deep_in_a_large_file_returns_instead_of_hanging() {
     let good = write("good.csv", "m-ok@example.com");
     assert!(matches!(read_within(&good, list(true), limit), Some(Ok(()))));
 }
+
+/// Windows line endings (a spreadsheet's CSV export) give the same line numbers as
+/// Unix ones, in errors and in reject reports (issue 22, item 1).
+#[test]
+fn crlf_files_report_the_lines_an_editor_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = example_key(dir.path());
+    let partner = examples().join("partner.csv");
+    for ending in ["\n", "\r\n"] {
+        let owner = dir.path().join("owner.csv");
+        let rows = ["id,email", "1,a@example.com", "2,not-an-email", "3,c@example.com", "1,d@example.com"];
+        std::fs::write(&owner, rows.join(ending) + ending).unwrap();
+        let out = local_match(&owner, &partner, &key, &dir.path().join("out"), &[]);
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("line 5: the record id repeats the id of line 2"), "{ending:?}: {stderr}");
+        // The reject report names line 3 for the bad email.
+        let rejects = dir.path().join("rejects.csv");
+        let out = tokens(&key, &owner, &dir.path().join("t.csv"), &["--rejects", rejects.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let report = std::fs::read_to_string(&rejects).unwrap();
+        assert!(report.lines().nth(1).unwrap().starts_with("3,email,"), "{ending:?}: {report}");
+    }
+}
+
+/// An input past its size limits ends with an error naming the limit and the line,
+/// in bounded memory and time, instead of being buffered whole (issue 22, item 6).
+#[test]
+fn inputs_past_their_size_limits_are_refused_with_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = example_key(dir.path());
+    let long = dir.path().join("long.csv");
+    std::fs::write(&long, format!("id,email\n1,a@example.com\n2,{}@example.com\n", "x".repeat(300))).unwrap();
+    let out = tokens(&key, &long, &dir.path().join("t.csv"), &["--max-line-bytes", "100"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("long.csv: line 3 is longer than 100 bytes"), "{}", text(&out.stderr));
+    assert!(!dir.path().join("t.csv").exists());
+    let out = tokens(&key, &long, &dir.path().join("t.csv"), &["--max-input-bytes", "50"]);
+    assert!(text(&out.stderr).contains("larger than 50 bytes"), "{}", text(&out.stderr));
+    // An endless input: refused at the first line past the default 1 MiB.
+    #[cfg(unix)]
+    {
+        let started = std::time::Instant::now();
+        let out = tokens(&key, Path::new("/dev/zero"), &dir.path().join("t.csv"), &[]);
+        assert!(text(&out.stderr).contains("line 1 is longer than 1048576 bytes"), "{}", text(&out.stderr));
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+}
+
+/// `-` reads standard input, with the same result as the file (issue 22, item 8).
+#[test]
+fn a_dash_reads_standard_input() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let key = example_key(dir.path());
+    let from_file = dir.path().join("file.csv");
+    assert!(tokens(&key, &examples().join("partner.csv"), &from_file, &["--region", "US"]).status.success());
+    let from_stdin = dir.path().join("stdin.csv");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_idmatch"))
+        .args(["tokens", "--key-file", &key, "--input", "-", "--region", "US", "--output"])
+        .arg(&from_stdin)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&std::fs::read(examples().join("partner.csv")).unwrap()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&from_file).unwrap(), std::fs::read(&from_stdin).unwrap());
+}

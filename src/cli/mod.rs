@@ -17,16 +17,24 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use idmatch::normalize::{Normalizer, Profile, Region, parse_region, region_problem};
-use idmatch::records::ColumnSpec;
+use idmatch::records::{ColumnSpec, InputLimits};
 
 /// Privacy-preserving identifier matching: normalize emails and phone numbers, turn
 /// them into keyed tokens, and match two parties' lists revealing only the
-/// intersection.
+/// intersection (ECDH PSI; the faster OPRF engine for local matches and for partners
+/// the owner trusts to run an honest client), and measure campaigns over the
+/// intersection. Inputs are CSV/TSV files, or `-` for standard input.
 #[derive(Debug, Parser)]
 #[command(name = "idmatch", version, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Largest input file (CSV/TSV, lists) accepted, in bytes; larger inputs end with an error.
+    #[arg(long, global = true, value_name = "BYTES", default_value_t = InputLimits::BUILT_IN.max_bytes)]
+    pub max_input_bytes: u64,
+    /// Longest line accepted in an input, in bytes.
+    #[arg(long, global = true, value_name = "BYTES", default_value_t = InputLimits::BUILT_IN.max_line_bytes)]
+    pub max_line_bytes: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +141,10 @@ fn parse_region_arg(s: &str) -> Result<Region, String> {
 /// Runs a parsed command line; the returned code is the process's exit status
 /// (0 success, 1 failure; clap itself exits with 2 on usage errors).
 pub fn run(cli: Cli) -> ExitCode {
+    InputLimits::set_process_default(InputLimits {
+        max_bytes: cli.max_input_bytes,
+        max_line_bytes: cli.max_line_bytes,
+    });
     let result = match cli.command {
         Command::Normalize(args) => normalize::run(args),
         Command::Tokens(args) => tokens::run(args),

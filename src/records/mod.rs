@@ -9,6 +9,7 @@
 mod columns;
 mod reader;
 mod rejects;
+mod source;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ use serde::Serialize;
 pub use columns::{ColumnError, ColumnMap, ColumnSpec};
 pub use reader::{ReadError, ReadOptions, read};
 pub use rejects::{RejectWriteError, RejectWriter};
+pub use source::{InputLimits, LimitExceeded, STDIN};
 
 use crate::normalize::{Kind, Profile};
 use crate::token::Token;

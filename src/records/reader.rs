@@ -4,7 +4,6 @@
 //! allocates little); the calling thread normalizes and tokenizes each batch on all
 //! cores with rayon and appends the results in file order.
 
-use std::fs::File;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -14,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use super::columns::clean;
+use super::source::{InputLimits, LimitExceeded, Source, limit_exceeded};
 use super::{
     ColumnError, ColumnMap, ColumnSpec, Entry, FilterDigests, MAX_VALUE, RecordSet, RejectWriteError, RejectWriter,
     RowProblem,
@@ -59,6 +59,8 @@ pub struct ReadOptions {
     /// A column holding each record's group label (`idmatch measure`'s exposures,
     /// e.g. `test`/`control`); a row with an empty label is a bad row.
     pub group_column: Option<String>,
+    /// Size limits on the input ([`InputLimits::default`]).
+    pub limits: InputLimits,
 }
 
 impl ReadOptions {
@@ -76,6 +78,7 @@ impl ReadOptions {
             unique_ids: true,
             value_column: None,
             group_column: None,
+            limits: InputLimits::default(),
         }
     }
 }
@@ -85,6 +88,14 @@ impl ReadOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReadError {
+    /// The input went past one of its size limits ([`InputLimits`]).
+    #[error("{path}: {limit}")]
+    TooLarge {
+        /// The input file.
+        path: PathBuf,
+        /// Which limit, and where.
+        limit: LimitExceeded,
+    },
     /// The file could not be opened or its first bytes read.
     #[error("{path}: {source}")]
     Open {
@@ -255,18 +266,16 @@ impl Chunk {
 
 /// Reads `path` into a [`RecordSet`] of tokens under `tokenizer`.
 pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Result<RecordSet, ReadError> {
-    let open_err = |source| ReadError::Open { path: path.to_owned(), source };
-    let file = File::open(path).map_err(open_err)?;
-    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut input = BufReader::with_capacity(1 << 20, file);
+    let open_err = |source: std::io::Error| match limit_exceeded(&source) {
+        Some(limit) => ReadError::TooLarge { path: path.to_owned(), limit: limit.clone() },
+        None => ReadError::Open { path: path.to_owned(), source },
+    };
+    let (source, file_len) = Source::open(path, options.limits).map_err(open_err)?;
+    let mut input = BufReader::with_capacity(64 << 10, source);
     let delimiter = sniff_delimiter(path, &mut input).map_err(open_err)?;
     let mut csv = csv::ReaderBuilder::new().delimiter(delimiter).flexible(true).has_headers(true).from_reader(input);
-    let header: Vec<String> = csv
-        .headers()
-        .map_err(|source| ReadError::Csv { path: path.to_owned(), line: 1, source })?
-        .iter()
-        .map(str::to_owned)
-        .collect();
+    let header: Vec<String> =
+        csv.headers().map_err(|source| csv_error(path, 1, source))?.iter().map(str::to_owned).collect();
     if header.is_empty() || header.iter().all(|h| h.trim().is_empty()) {
         return Err(ReadError::NoHeader { path: path.to_owned() });
     }
@@ -325,7 +334,7 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
             chunks.iter().flat_map(Chunk::parts).try_for_each(|row| sink.append(row))
         };
         for batch in full_rx {
-            let batch = batch.map_err(|(line, source)| ReadError::Csv { path: path.to_owned(), line, source })?;
+            let batch = batch.map_err(|(line, source)| csv_error(path, line, source))?;
             let (outs, appended) = rayon::join(
                 || batch.par_chunks(CHUNK_ROWS).map_init(String::new, |buf, rows| worker.chunk(rows, buf)).collect(),
                 || append(&mut sink, &pending),
@@ -399,9 +408,19 @@ fn parse_value(cell: &[u8]) -> Result<u64, RowProblem> {
     if value > MAX_VALUE { Err(RowProblem::ValueTooLarge) } else { Ok(value) }
 }
 
+/// The error for a failed parse at `line`: a limit of the input, or the parser's.
+fn csv_error(path: &Path, line: u64, source: csv::Error) -> ReadError {
+    if let csv::ErrorKind::Io(io) = source.kind()
+        && let Some(limit) = limit_exceeded(io)
+    {
+        return ReadError::TooLarge { path: path.to_owned(), limit: limit.clone() };
+    }
+    ReadError::Csv { path: path.to_owned(), line, source }
+}
+
 /// `.tsv`/`.tab` files are tab-separated; otherwise a first line with tabs and no
 /// commas is taken as TSV; anything else is CSV.
-fn sniff_delimiter(path: &Path, input: &mut BufReader<File>) -> std::io::Result<u8> {
+fn sniff_delimiter(path: &Path, input: &mut BufReader<Source>) -> std::io::Result<u8> {
     use std::io::BufRead;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     if ext == "tsv" || ext == "tab" {
