@@ -141,10 +141,23 @@ pub struct MatchSummary {
     pub intersection: Option<u64>,
     /// How the opt-out file (`--optouts`) was read: its rows, identifiers and rejects.
     pub optout_list: Option<ReadStats>,
+    /// The opt-out store (`--optout-db`) the match consulted, when one did.
+    pub optout_store: Option<StoreSummary>,
     /// How the partner's suppression file was read.
     pub suppression_list: Option<ReadStats>,
     /// Files written, relative to the output directory.
     pub outputs: Vec<String>,
+}
+
+/// The opt-out store a match consulted.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct StoreSummary {
+    /// The store's database file.
+    pub path: String,
+    /// Opt-outs it held when the match started (emails, phones and member ids). Zero
+    /// is allowed (a new service), but the command line warns: a store that should
+    /// hold a list and does not is how a failed import would show.
+    pub entries: u64,
 }
 
 /// Every file a local match may write, relative to the output directory.
@@ -196,8 +209,13 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
     let tokenizer = Tokenizer::new(key);
 
     let mut optout_list = None;
+    let mut optout_store = None;
     let optouts: Option<Box<dyn OptOutSource>> = match (&options.optout_store, &options.optouts) {
-        (Some((db, key_file)), _) => Some(open_store(db, key_file, options)?),
+        (Some((db, key_file)), _) => {
+            let (store, entries) = open_store(db, key_file, options)?;
+            optout_store = Some(StoreSummary { path: db.display().to_string(), entries });
+            Some(store)
+        }
         (None, path) => load_list(path.as_deref(), options)?.map(|list| {
             optout_list = Some(list.stats().clone());
             Box::new(list) as Box<dyn OptOutSource>
@@ -273,6 +291,7 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
         partner: side_summary(&options.partner, &partner_records, &partner_set, outcome.partner_sent, partner_matched),
         intersection: outcome.intersection.or(owner_intersection),
         optout_list,
+        optout_store,
         suppression_list: suppress.as_ref().map(|list| list.stats().clone()),
         outputs,
     };
@@ -283,15 +302,22 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
     Ok(summary)
 }
 
+/// The store at `db` (which must exist) and how many opt-outs it holds.
 #[cfg(feature = "sqlite")]
-fn open_store(db: &Path, key_file: &Path, options: &LocalMatchOptions) -> Result<Box<dyn OptOutSource>, OptOutError> {
+fn open_store(
+    db: &Path,
+    key_file: &Path,
+    options: &LocalMatchOptions,
+) -> Result<(Box<dyn OptOutSource>, u64), OptOutError> {
     use crate::optout::store::{OptOutStore, StoreOptions};
     let store_options = StoreOptions { profile: Some(options.normalizer.profile()), ..StoreOptions::existing() };
-    Ok(Box::new(OptOutStore::open(db, &Key::load(key_file)?, &store_options)?))
+    let store = OptOutStore::open(db, &Key::load(key_file)?, &store_options)?;
+    let entries = store.count()?.total();
+    Ok((Box::new(store), entries))
 }
 
 #[cfg(not(feature = "sqlite"))]
-fn open_store(db: &Path, _: &Path, _: &LocalMatchOptions) -> Result<Box<dyn OptOutSource>, OptOutError> {
+fn open_store(db: &Path, _: &Path, _: &LocalMatchOptions) -> Result<(Box<dyn OptOutSource>, u64), OptOutError> {
     Err(OptOutError::NoStoreSupport { path: db.display().to_string() })
 }
 

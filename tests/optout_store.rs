@@ -468,3 +468,55 @@ fn bad_rows_are_reported_with_line_and_reason_and_nothing_half_applied() {
     assert!(text(&missing.stderr).contains("/nonexistent/list.csv"));
     assert_eq!(f.ok("count", &[]), "7 opt-outs (email 2, phone 1, id 4)\n");
 }
+
+/// A failed import never leaves an empty store behind for a match to accept, an
+/// import of which nothing could be used fails, and a match names the store it
+/// consulted and its size in summary.json, warning when it is empty (issue 22,
+/// item 3).
+#[test]
+fn a_failed_import_leaves_no_empty_store_and_a_match_says_which_store_it_used() {
+    let f = Fixture::new();
+    let out = f.optout("import", &[f.dir.path().join("missing.csv").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("missing.csv"), "{}", text(&out.stderr));
+    assert!(!f.db.exists(), "a missing file creates no store");
+    let bad = f.write("bad.csv", "email\nnot-an-email\nalso bad\n");
+    let out = f.optout("import", &[bad.to_str().unwrap(), "--skip-bad-rows"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("none of its 2 rows could be imported"), "{}", text(&out.stderr));
+    assert!(!f.db.exists(), "nothing importable creates no store");
+
+    // A match against a store path that does not exist is refused (not created).
+    let key = f.dir.path().join("campaign.key");
+    assert!(idmatch(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+    let members = f.write("members.csv", "id,email\nm1,ann@example.com\nm2,bob@example.com\n");
+    let partner = f.write("partner.csv", "id,email\np1,ann@example.com\n");
+    let run = |out_dir: &str| {
+        let out_dir = f.dir.path().join(out_dir);
+        let mut args = vec!["match", "--owner", members.to_str().unwrap(), "--partner", partner.to_str().unwrap()];
+        args.extend(["--key-file", key.to_str().unwrap(), "--optout-db", f.db.to_str().unwrap()]);
+        args.extend(["--store-key", f.key_path.to_str().unwrap(), "--out-dir", out_dir.to_str().unwrap()]);
+        (idmatch(&args), out_dir)
+    };
+    let (out, _) = run("out1");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(!f.db.exists());
+
+    // An empty store (made on purpose) is used with a warning and named in the summary.
+    let empty = f.write("empty.csv", "email\n");
+    let out = f.optout("import", &[empty.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("has a header but no data rows"), "{}", text(&out.stderr));
+    let (out, dir) = run("out2");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("holds no opt-outs"), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["optout_store"]["entries"], 0);
+    assert_eq!(summary["optout_store"]["path"], f.db.to_str().unwrap());
+    f.ok("add", &["--email", "Ann@Example.com"]);
+    let (out, dir) = run("out3");
+    assert!(out.status.success() && !text(&out.stderr).contains("holds no opt-outs"), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["optout_store"]["entries"], 1);
+    assert_eq!(summary["intersection"], 0);
+}

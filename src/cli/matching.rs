@@ -116,6 +116,17 @@ pub fn run(args: MatchArgs) -> CliResult {
             s.matched_records.map_or("not revealed".to_owned(), |m| m.to_string()),
         )
     };
+    warn_if_empty(&summary.owner.file, &summary.owner.read);
+    warn_if_empty(&summary.partner.file, &summary.partner.read);
+    if let Some(store) = &summary.optout_store {
+        println!("opt-out store: {} ({} opt-outs)", store.path, store.entries);
+        if store.entries == 0 {
+            eprintln!(
+                "idmatch: warning: opt-out store {} holds no opt-outs: if it should hold your list, import it (idmatch optout import) before matching",
+                store.path
+            );
+        }
+    }
     for (name, list) in [("opt-out list", &summary.optout_list), ("suppression list", &summary.suppression_list)] {
         if let Some(stats) = list {
             println!(
@@ -126,6 +137,7 @@ pub fn run(args: MatchArgs) -> CliResult {
                 stats.bad_rows_total()
             );
             warn_skipped(name, stats);
+            warn_if_empty(name, stats);
         }
     }
     println!("protocol: {}", summary.protocol);
@@ -138,6 +150,14 @@ pub fn run(args: MatchArgs) -> CliResult {
         out_dir.display()
     );
     Ok(())
+}
+
+/// Says on stderr that `file` had a header but no data rows (a run over nothing
+/// succeeds, but is rarely what was meant).
+pub(super) fn warn_if_empty(file: &str, stats: &idmatch::records::ReadStats) {
+    if stats.rows == 0 {
+        eprintln!("idmatch: warning: {file} has a header but no data rows");
+    }
 }
 
 /// Says on stderr what `--skip-bad-list-rows` skipped (the counts are in summary.json).

@@ -326,7 +326,28 @@ impl Rejects {
     }
 }
 
+/// Imports a list. A store this import created is removed again when the import
+/// fails, so a failed first import (a missing or malformed file) never leaves an
+/// empty store behind for a match to accept; a file with data rows none of which
+/// could be imported (every row skipped under `--skip-bad-rows`) is a failure too.
 fn import(args: ImportArgs) -> CliResult {
+    let created = !args.store.db.exists();
+    let result = import_into_store(&args);
+    if result.is_err() && created {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut path = args.store.db.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
+}
+
+fn import_into_store(args: &ImportArgs) -> CliResult {
+    if args.file.as_os_str() != idmatch::records::STDIN {
+        // Before the store is created: a missing or unreadable file creates nothing.
+        File::open(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    }
     let store = open(&args.store, true, args.normalize.profile)?;
     let source = args.source.clone().unwrap_or_else(|| {
         format!(
@@ -371,6 +392,15 @@ fn import(args: ImportArgs) -> CliResult {
     if problems > 0 {
         eprintln!("rejected rows and identifiers (not imported):");
         rejects.show(problems);
+    }
+    super::matching::warn_if_empty(&args.file.display().to_string(), &report.read);
+    if report.read.rows > 0 && report.candidates == 0 {
+        return Err(format!(
+            "{}: none of its {} rows could be imported ({problems} rejected identifiers and bad rows); nothing was added",
+            args.file.display(),
+            report.read.rows
+        )
+        .into());
     }
     Ok(())
 }
