@@ -37,7 +37,7 @@ done
 scripts/throwaway-tls.sh "$work"
 token=bench-token
 sha=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
-printf '%s\n' "$token" > "$work/token"
+printf '%s\n' "$token" > "$work/token" && chmod 600 "$work/token"
 port=$((20000 + RANDOM % 20000))
 cat > "$work/server.toml" <<TOML
 listen = "127.0.0.1:$port"

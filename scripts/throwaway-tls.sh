@@ -13,3 +13,4 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localh
 printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$dir/ext.cnf"
 openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 1 \
   -extfile "$dir/ext.cnf" -out "$dir/server.pem" 2>/dev/null
+chmod 600 "$dir/ca.key" "$dir/server.key"

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use rand::RngCore;
 use rand::rngs::OsRng;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 /// Length of every key, in bytes.
 pub const KEY_LEN: usize = 32;
@@ -28,10 +28,13 @@ pub struct Key(Zeroizing<[u8; KEY_LEN]>);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
-    /// Opening, reading, writing or syncing the key file failed.
-    #[error("key file {path}: {source}")]
+    /// Opening, reading, writing or syncing the key file (or another secret file)
+    /// failed.
+    #[error("{what} {path}: {source}")]
     Io {
-        /// The key file.
+        /// What the file holds: `key file`, `token file`, `TLS private key`.
+        what: &'static str,
+        /// The file.
         path: PathBuf,
         /// The underlying I/O error.
         source: std::io::Error,
@@ -44,18 +47,24 @@ pub enum KeyError {
         /// What is wrong with it; never any of the file's contents.
         reason: &'static str,
     },
-    /// [`Key::generate_to_file`] found a file already at the path.
-    #[error("key file {path} already exists; refusing to overwrite a key")]
+    /// [`Key::generate_to_file`] (or [`write_secret_file`]) found a file already at
+    /// the path.
+    #[error("{what} {path} already exists; refusing to overwrite it")]
     Exists {
+        /// What the file would have held: `key file`, `token file`.
+        what: &'static str,
         /// The existing file, left untouched.
         path: PathBuf,
     },
-    /// On Unix, the key file can be read or written by its group or others.
+    /// On Unix, the key file (or another secret file: a bearer token, a TLS private
+    /// key) can be read or written by its group or others.
     #[error(
-        "key file {path} is accessible by other users (mode {mode:04o}); a key must be private to its owner: run `chmod 600 {path}`"
+        "{what} {path} is accessible by other users (mode {mode:04o}); it must be private to its owner: run `chmod 600 {path}`"
     )]
     Exposed {
-        /// The key file.
+        /// What the file holds: `key file`, `token file`, `TLS private key`.
+        what: &'static str,
+        /// The file.
         path: PathBuf,
         /// Its permission bits (`mode & 0o7777`).
         mode: u32,
@@ -82,18 +91,7 @@ impl Key {
     /// On Unix the file must not be readable or writable by group or others.
     pub fn load(path: &Path) -> Result<Key, KeyError> {
         let malformed = |reason| KeyError::Malformed { path: path.to_owned(), reason };
-        let io = |source| KeyError::Io { path: path.to_owned(), source };
-        let mut file = std::fs::File::open(path).map_err(io)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = file.metadata().map_err(io)?.permissions().mode() & 0o7777;
-            if mode & 0o077 != 0 {
-                return Err(KeyError::Exposed { path: path.to_owned(), mode });
-            }
-        }
-        let mut text = Zeroizing::new(Vec::with_capacity(2 * KEY_LEN + 2));
-        std::io::Read::read_to_end(&mut file, &mut text).map_err(io)?;
+        let text = read_secret_file(path, "key file")?;
         let hex_part = text.trim_ascii();
         if hex_part.len() != 2 * KEY_LEN {
             return Err(malformed("expected exactly 64 hex digits (32 bytes) on one line"));
@@ -110,26 +108,9 @@ impl Key {
     /// Generates a key and writes it to a new file with mode 0600. Never overwrites.
     pub fn generate_to_file(path: &Path) -> Result<Key, KeyError> {
         let key = Key::generate()?;
-        let io = |source: std::io::Error| {
-            if source.kind() == std::io::ErrorKind::AlreadyExists {
-                KeyError::Exists { path: path.to_owned() }
-            } else {
-                KeyError::Io { path: path.to_owned(), source }
-            }
-        };
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(path).map_err(io)?;
         let mut line = Zeroizing::new(hex::encode(key.0.as_ref()));
         line.push('\n');
-        file.write_all(line.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        line.zeroize();
+        write_secret_file(path, line.as_bytes(), "key file")?;
         Ok(key)
     }
 
@@ -143,6 +124,49 @@ impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
+}
+
+/// Writes `bytes` to a new file at `path` (`what`: a key file, a bearer token), mode
+/// 0600 on Unix, synced to disk. Never overwrites: an existing file is
+/// [`KeyError::Exists`].
+pub fn write_secret_file(path: &Path, bytes: &[u8], what: &'static str) -> Result<(), KeyError> {
+    let io = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyError::Exists { what, path: path.to_owned() }
+        } else {
+            KeyError::Io { what, path: path.to_owned(), source }
+        }
+    };
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+/// Reads a file that holds a secret (`what`: a key file, a bearer token, a TLS
+/// private key), refusing on Unix one that its group or others can read or write,
+/// as ssh does: a secret that other accounts can read is not a secret. The bytes are
+/// zeroized when dropped.
+pub fn read_secret_file(path: &Path, what: &'static str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let io = |source| KeyError::Io { what, path: path.to_owned(), source };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file.metadata().map_err(io)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Exposed { what, path: path.to_owned(), mode });
+        }
+    }
+    let mut bytes = Zeroizing::new(Vec::with_capacity(256));
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

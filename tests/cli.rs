@@ -440,3 +440,58 @@ fn oprf_and_ecdh_write_the_same_match_files_on_the_examples() {
     assert!(text(&out.stderr).contains("protocol oprf does not offer reveal mode count"), "{}", text(&out.stderr));
     assert!(!refused.join("summary.json").exists());
 }
+
+/// `idmatch partner add` writes a token once (mode 0600) and prints a `[[partners]]`
+/// entry that a server configuration accepts and that admits exactly that token;
+/// `partner token-sha256` hashes a token file as the server does (issue 22, item 2).
+#[test]
+fn partner_add_issues_a_token_and_the_entry_that_admits_it() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("acme.token");
+    let out = idmatch(&[
+        "partner",
+        "add",
+        "acme",
+        "--campaign",
+        "spring-2026",
+        "--reveal",
+        "count",
+        "--token-out",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert_eq!(token.trim().len(), 64, "256 random bits in hex");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let entry = text(&out.stdout);
+    assert!(!entry.contains(token.trim()), "the entry holds only the digest");
+    let digest = hex::encode(Sha256::digest(token.trim().as_bytes()));
+    assert!(entry.contains(&format!("token_sha256 = \"{digest}\"")), "{entry}");
+    assert!(entry.contains("honest_client_trusted = false"), "{entry}");
+    // `sha256sum acme.token` would hash the newline too: a digest that never matches.
+    assert_ne!(hex::encode(Sha256::digest(token.as_bytes())), digest);
+    let out = idmatch(&["partner", "token-sha256", token_file.to_str().unwrap()]);
+    assert_eq!(text(&out.stdout).trim(), digest);
+
+    // The entry, added to the example configuration, is a valid partner.
+    let mut config = std::fs::read_to_string(common::examples().join("server.toml")).unwrap();
+    config += &entry;
+    let path = dir.path().join("server.toml");
+    std::fs::write(&path, config).unwrap();
+    let loaded = idmatch::service::config::Config::load(&path).unwrap();
+    let acme = loaded.partners.iter().find(|p| p.name == "acme").unwrap();
+    let policy = loaded.partner_policy(acme).unwrap();
+    assert_eq!(policy.token_sha256, Some(idmatch::service::config::token_sha256(&token)));
+    assert_eq!(policy.reveals, [idmatch::psi::Reveal::Count]);
+    assert!(!policy.honest_client_trusted);
+
+    // Never overwritten.
+    let again = idmatch(&["partner", "add", "acme", "--campaign", "x", "--token-out", token_file.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
+}

@@ -6,11 +6,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::measure::{csv_rows, plaintext, synth};
+use common::write;
 use idmatch::key::Key;
 use idmatch::measure::message::{self, Exposures, GroupSum, MASKED_LEN, MaskedSum, Message};
 use idmatch::normalize::{Normalizer, Profile, Region};
@@ -29,12 +29,6 @@ use sha2::{Digest, Sha256};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 const TOKEN: &str = "acme-measure-token";
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
-    path
-}
 
 /// A CA and a server certificate for localhost, written to `dir`.
 fn write_pki(dir: &Path) {

@@ -2,12 +2,15 @@
 //! authentication and permissions, malformed and abandoned streams, concurrency,
 //! opt-outs added while the server runs, the audit log and result files.
 
+mod common;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::write;
 use idmatch::key::Key;
 use idmatch::normalize::{Normalizer, Profile, Region};
 use idmatch::psi::group::BlindingKey;
@@ -68,12 +71,6 @@ fn pki() -> Pki {
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
-    path
 }
 
 /// What a test changes in the fixture's server.
@@ -457,6 +454,35 @@ fn credentials_and_permissions_are_enforced() {
     let mut options = f.options(Reveal::Both, "x.csv");
     options.token_file = None;
     assert!(matches!(f.run(options).unwrap_err(), ClientError::Unauthenticated(_)));
+    // Both refusals are audited (reason and address, never the token sent).
+    let refused: Vec<_> = f.audit_lines().into_iter().filter(|a| a["event"] == "credentials_refused").collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert_eq!(refused[0]["reason"], "unknown bearer token");
+    assert_eq!(refused[0]["service"], "match");
+    assert!(refused[1]["reason"].as_str().unwrap().starts_with("no credentials"));
+    assert!(refused.iter().all(|a| a["outcome"] == "Unauthenticated" && a["peer"].is_string()));
+    assert!(!std::fs::read_to_string(f.path("audit.jsonl")).unwrap().contains("not-the-token"));
+
+    // A token file (or a client's TLS private key) other users can read is refused
+    // before connecting, as key files are.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let exposed = write(f.dir.path(), "exposed-token", TOKEN);
+        std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut options = f.options(Reveal::Both, "x.csv");
+        options.token_file = Some(exposed);
+        let err = f.run(options).unwrap_err().to_string();
+        assert!(err.contains("token file") && err.contains("mode 0644") && err.contains("chmod 600"), "{err}");
+        let audited = f.audit_lines().len();
+        let key = write(f.dir.path(), "exposed.key", &f.pki.server_key);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let mut options = f.options(Reveal::Both, "x.csv");
+        (options.cert, options.key) = (Some(f.path("server.pem")), Some(key));
+        let err = f.run(options).unwrap_err().to_string();
+        assert!(err.contains("TLS private key") && err.contains("mode 0640"), "{err}");
+        assert_eq!(f.audit_lines().len(), audited, "nothing reached the server");
+    }
 
     write(f.dir.path(), "limited-token", "limited-token");
     let mut options = f.options(Reveal::Count, "x.csv");
@@ -779,6 +805,10 @@ fn health_and_metrics_endpoints_report_the_service() {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let f = Fixture::start(false, false);
     f.run(f.options(Reveal::Count, "m.csv")).unwrap();
+    write(f.dir.path(), "wrong-token", "not-the-token");
+    let mut refused = f.options(Reveal::Count, "r.csv");
+    refused.token_file = Some(f.path("wrong-token"));
+    assert!(matches!(f.run(refused).unwrap_err(), ClientError::Unauthenticated(_)));
     let channel = f.raw_channel();
     let status = f.runtime.block_on(async move {
         let mut health = HealthClient::new(channel);
@@ -795,6 +825,7 @@ fn health_and_metrics_endpoints_report_the_service() {
     assert!(body.contains("idmatch_matches_started_total 1"), "{body}");
     assert!(body.contains("idmatch_matches_finished_total{protocol=\"ecdh\"} 1"), "{body}");
     assert!(body.contains("idmatch_match_duration_seconds_count 1"), "{body}");
+    assert!(body.contains("idmatch_credentials_refused_total{service=\"match\"} 1"), "{body}");
 }
 
 #[test]

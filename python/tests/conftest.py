@@ -166,4 +166,6 @@ def make_test_ca(directory: Path) -> Tuple[Path, Path, Path]:
     (directory / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
             "-extfile", "ext.cnf", "-out", "server.pem")
+    for key in ("ca.key", "server.key"):
+        (directory / key).chmod(0o600)  # idmatch refuses private keys that others can read
     return directory / "ca.pem", directory / "server.pem", directory / "server.key"

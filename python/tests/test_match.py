@@ -20,6 +20,7 @@ def cli_match(binary, server, key, tmp_path, reveal, *extra):
     """`idmatch match --server`: (matched rows or None, intersection or None, stdout)."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
     output = tmp_path / f"cli-{reveal}.csv"
     out = run_cli(binary, "match", "--server", server.url, "--campaign", "spring", "--key-file", key,
                   "--token-file", token_file, "--input", PARTNER, "--output", output, "--region", "US",
@@ -67,6 +68,7 @@ def test_records_bytes_key_token_file_and_output(idmatch_bin, server, campaign_k
         records = list(csv.DictReader(f))
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     output = tmp_path / "py.csv"
     result = idmatch.match(server.url, "spring", key=bytes.fromhex(campaign_key.read_text().strip()),
                            token_file=token_file, records=records, region="US", output=output)

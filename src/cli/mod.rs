@@ -7,6 +7,7 @@ mod matching;
 mod measure;
 mod normalize;
 mod optout;
+mod partner;
 mod serve;
 mod synth;
 mod tokens;
@@ -55,6 +56,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Manage the durable opt-out store: add, remove, import, check, count, export, audit, verify.
     Optout(optout::OptoutArgs),
+    /// Issue a partner's bearer token and its server.toml entry, or hash an existing token as the server does.
+    Partner(partner::PartnerArgs),
 }
 
 /// Normalization settings shared by every command that reads identifiers.
@@ -154,6 +157,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Measure(args) => measure::run(*args),
         Command::Serve(args) => serve::run(args),
         Command::Optout(args) => optout::run(args),
+        Command::Partner(args) => partner::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,6 +42,12 @@ pub struct AdminService {
 
 impl AdminService {
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.check_credentials(request).inspect_err(|status| {
+            self.shared.credentials_refused("optout_admin", request, status);
+        })
+    }
+
+    fn check_credentials<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let digest = bearer_digest(request)
             .and_then(Result::ok)
             .ok_or_else(|| Status::unauthenticated("the admin service needs `authorization: Bearer <admin token>`"))?;

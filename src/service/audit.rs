@@ -65,6 +65,25 @@ pub struct MeasureRecord {
     pub duration_ms: u64,
 }
 
+/// A call refused for its credentials (`"event": "credentials_refused"`): which
+/// service, why (a fixed message, never the token or anything the caller sent), and
+/// the caller's address.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RefusedRecord {
+    /// Milliseconds since the Unix epoch, UTC.
+    pub time_unix_ms: u64,
+    /// Always `credentials_refused`.
+    pub event: &'static str,
+    /// The rpc's service: `match`, `measure` or `optout_admin`.
+    pub service: &'static str,
+    /// The gRPC status code name (`Unauthenticated`, `PermissionDenied`).
+    pub outcome: String,
+    /// The server's reason, as sent to the caller.
+    pub reason: String,
+    /// The caller's address, when known.
+    pub peer: Option<String>,
+}
+
 /// The log file.
 pub struct AuditLog {
     path: PathBuf,

@@ -2,11 +2,10 @@
 //! client certificate common name; shared by the `Matcher` and `OptOutAdmin`
 //! services.
 
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
-use super::config::PartnerPolicy;
+use super::config::{PartnerPolicy, token_sha256};
 
 /// SHA-256 of the request's bearer token: `None` without an `authorization`
 /// header, an error when the header is not `Bearer <token>`.
@@ -17,7 +16,7 @@ pub(crate) fn bearer_digest<T>(request: &Request<T>) -> Option<Result<[u8; 32], 
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|token| Sha256::digest(token.trim().as_bytes()).into())
+            .map(token_sha256)
             .ok_or_else(|| Status::unauthenticated("malformed authorization header (expected `Bearer <token>`)")),
     )
 }

@@ -20,7 +20,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use super::convert::{owner_from_wire, partner_to_wire};
 use super::driver::{DriveError, INBOUND_QUEUE, Inbound, drive, receive_with_deadline, send_with_deadline};
-use crate::key::{Key, KeyError};
+use crate::key::{Key, KeyError, read_secret_file};
 use crate::normalize::Normalizer;
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
 use crate::output::{OutputError, Staged, write_matches};
@@ -235,8 +235,9 @@ impl PartnerFiles {
     ) -> Result<PartnerFiles, ClientError> {
         let key = Key::load(key_file)?;
         let fingerprint = KeyFingerprint::of(&key);
-        let token =
-            token_file.map(|p| read_file(p).map(|b| String::from_utf8_lossy(&b).trim().to_owned())).transpose()?;
+        let token = token_file
+            .map(|p| read_secret_file(p, "token file").map(|b| String::from_utf8_lossy(&b).trim().to_owned()))
+            .transpose()?;
         let suppress = suppress
             .map(|p| FileList::read(p, normalizer.clone(), ColumnSpec::default(), None, bad_list_rows))
             .transpose()?;
@@ -324,7 +325,10 @@ pub(super) async fn connect_to(server: &str, files: TlsFiles<'_>) -> Result<Chan
             None => tls = tls.with_native_roots(),
         }
         match (files.cert, files.key) {
-            (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read_file(cert)?, read_file(key)?)),
+            (Some(cert), Some(key)) => {
+                let key = read_secret_file(key, "TLS private key")?;
+                tls = tls.identity(Identity::from_pem(read_file(cert)?, key.as_slice()));
+            }
             (None, None) => {}
             _ => return Err(ClientError::Tls("--cert and --key go together".into())),
         }

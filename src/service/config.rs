@@ -636,6 +636,56 @@ impl Config {
     }
 }
 
+/// The digest a `token_sha256` setting holds for bearer token `token`: SHA-256 of
+/// the token without surrounding whitespace, as the server compares it (so a token
+/// file's trailing newline does not count; `sha256sum token` does count it, and
+/// gives a digest that never authenticates: use `idmatch partner token-sha256`).
+pub fn token_sha256(token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.trim().as_bytes()).into()
+}
+
+/// A new partner credential: a bearer token of 256 random bits (64 hex digits) and
+/// the `[[partners]]` entry that admits it, ready to paste into `server.toml`.
+pub struct IssuedPartner {
+    /// The token, for the partner only (zeroized when dropped).
+    pub token: zeroize::Zeroizing<String>,
+    /// The configuration entry (TOML), holding only the token's digest.
+    pub entry: String,
+}
+
+impl IssuedPartner {
+    /// Draws a token from the operating system's CSPRNG and writes the entry for
+    /// partner `name` allowed `campaigns` and `reveals` (and, with
+    /// `honest_client_trusted`, engines secure against semi-honest partners only).
+    pub fn new(
+        name: &str,
+        campaigns: &[String],
+        reveals: &[Reveal],
+        honest_client_trusted: bool,
+    ) -> Result<IssuedPartner, rand::Error> {
+        use rand::RngCore;
+        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.try_fill_bytes(bytes.as_mut())?;
+        let token = zeroize::Zeroizing::new(hex::encode(bytes.as_ref()));
+        let quoted = |items: Vec<&str>| items.iter().map(|s| toml_string(s)).collect::<Vec<_>>().join(", ");
+        let entry = format!(
+            "[[partners]]\nname = {}\ntoken_sha256 = \"{}\"\ncampaigns = [{}]\nreveals = [{}]\nhonest_client_trusted = {}\n",
+            toml_string(name),
+            hex::encode(token_sha256(&token)),
+            quoted(campaigns.iter().map(String::as_str).collect()),
+            quoted(reveals.iter().map(|r| r.name()).collect()),
+            honest_client_trusted,
+        );
+        Ok(IssuedPartner { token, entry })
+    }
+}
+
+/// `text` as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
 /// A SHA-256 digest written as 64 hex digits.
 pub fn parse_sha256(hex_digest: &str) -> Result<[u8; 32], String> {
     let mut digest = [0u8; 32];

@@ -60,7 +60,7 @@ impl Measurer for MeasureService {
         let decode = |m: wire::MeasurePartnerMessage| {
             m.body.ok_or(DriveError::Measure(FrameError::Malformed("a message without a body")))
         };
-        serve_stream(&self.shared, request, decode, |ctx| {
+        serve_stream(&self.shared, "measure", request, decode, |ctx| {
             ctx.shared.metrics.measurement_started();
             let session = Session { shared: &ctx.shared, state: &ctx.state, partner: &ctx.partner, id: &ctx.id };
             session.run(ctx.inbound, ctx.outbound, ctx.runtime)

@@ -1,7 +1,7 @@
 //! Prometheus metrics: matches started, finished (by engine) and failed (by
 //! reason), identifiers processed and match durations, measurements started,
-//! finished and failed (by reason), served as text at
-//! `GET /metrics`.
+//! finished and failed (by reason), calls refused for their credentials (by
+//! service), served as text at `GET /metrics`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +34,12 @@ pub struct Metrics {
     measurements_started: Counter,
     measurements_finished: Counter,
     measurements_failed: Family<Reason, Counter>,
+    credentials_refused: Family<Service, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Service {
+    service: String,
 }
 
 impl Default for Metrics {
@@ -67,8 +73,15 @@ impl Default for Metrics {
             "Measurements failed, by reason (gRPC status code)",
             measurements_failed.clone(),
         );
+        let credentials_refused = Family::<Service, Counter>::default();
+        registry.register(
+            "credentials_refused",
+            "Calls refused for their credentials (unknown or malformed token, unknown certificate), by service",
+            credentials_refused.clone(),
+        );
         Metrics {
             registry,
+            credentials_refused,
             started,
             finished,
             failed,
@@ -103,6 +116,10 @@ impl Metrics {
 
     pub fn measurement_finished(&self) {
         self.measurements_finished.inc();
+    }
+
+    pub fn credentials_refused(&self, service: &str) {
+        self.credentials_refused.get_or_create(&Service { service: service.to_owned() }).inc();
     }
 
     pub fn measurement_failed(&self, reason: &str) {

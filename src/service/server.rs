@@ -122,6 +122,31 @@ impl Shared {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Records a call refused for its credentials: a warning in the log, the
+    /// `credentials_refused` metric and a line in the audit log. Nothing the caller
+    /// sent is recorded (`status` carries a fixed reason), only its address.
+    pub fn credentials_refused<T>(&self, service: &'static str, request: &tonic::Request<T>, status: &tonic::Status) {
+        let peer = request.remote_addr().map(|a| a.to_string());
+        tracing::warn!(
+            service,
+            peer = peer.as_deref().unwrap_or("-"),
+            reason = status.message(),
+            "credentials refused"
+        );
+        self.metrics.credentials_refused(service);
+        let record = super::audit::RefusedRecord {
+            time_unix_ms: super::audit::now_unix_ms(),
+            event: "credentials_refused",
+            service,
+            outcome: format!("{:?}", status.code()),
+            reason: status.message().to_owned(),
+            peer,
+        };
+        if let Err(e) = self.audit.append(&record) {
+            tracing::error!(error = %e, "could not write the audit log");
+        }
+    }
+
     /// Re-reads the configuration file and swaps it in, or leaves the current one.
     async fn reload(&self) -> Result<(), ServeError> {
         let old = self.state();
@@ -191,7 +216,8 @@ pub async fn run(
         Some(tls) => {
             let read =
                 |path: &PathBuf| std::fs::read(path).map_err(|source| ServeError::Io { path: path.clone(), source });
-            let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+            let key = crate::key::read_secret_file(&tls.key, "TLS private key")?;
+            let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, key.as_slice()));
             if let Some(ca) = &tls.client_ca {
                 tls_config = tls_config.client_ca_root(Certificate::from_pem(read(ca)?));
             }

@@ -50,6 +50,7 @@ impl Matcher for MatchService {
     ) -> Result<Response<OwnerStream>, Status> {
         serve_stream(
             &self.shared,
+            "match",
             request,
             |m| partner_from_wire(m).map_err(DriveError::from),
             move |ctx| {
@@ -83,6 +84,7 @@ pub(crate) struct StreamContext<'a, M, O> {
 /// delivered.
 pub(crate) fn serve_stream<I, M, O>(
     shared: &Arc<Shared>,
+    service: &'static str,
     request: Request<Streaming<I>>,
     decode: impl Fn(I) -> Result<M, DriveError> + Send + 'static,
     session: impl FnOnce(StreamContext<'_, M, O>) -> Result<(), Status> + Send + 'static,
@@ -94,7 +96,13 @@ where
 {
     let shared = shared.clone();
     let state = shared.state();
-    let partner = authenticate(&state.partners, &request)?.clone();
+    let partner = match authenticate(&state.partners, &request) {
+        Ok(partner) => partner.clone(),
+        Err(status) => {
+            shared.credentials_refused(service, &request, &status);
+            return Err(status);
+        }
+    };
     let limits = &state.config.limits;
     let slot = shared
         .slots

@@ -65,3 +65,19 @@ pub fn tokens(key: &str, input: &Path, output: &Path, extra: &[&str]) -> Output 
     args.extend(extra);
     idmatch(&args)
 }
+
+/// Writes `text` to `dir/name`, private to its owner (mode 0600 on Unix), as the
+/// secrets among a test's files (keys, tokens, TLS private keys) must be.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(&path).unwrap().write_all(text.as_bytes()).unwrap();
+    path
+}
