@@ -16,6 +16,7 @@ use tempfile::NamedTempFile;
 
 use crate::psi::KindSet;
 use crate::records::RecordSet;
+use crate::token::KeyFingerprint;
 
 /// An output file could not be created or written.
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +132,15 @@ impl TokenExport {
     }
 
     /// Writes the rows of `records` whose flag in `excluded` is not set (`excluded`
-    /// is empty or has one flag per record), in record order, then the description.
-    pub fn write(mut self, records: &RecordSet, excluded: &[bool]) -> Result<TokenExportSummary, OutputError> {
+    /// is empty or has one flag per record), in record order, then the description,
+    /// which names the campaign key by its `fingerprint` (docs/PROTOCOL.md §5.3): two
+    /// exports join only if their fingerprints are equal.
+    pub fn write(
+        mut self,
+        records: &RecordSet,
+        excluded: &[bool],
+        fingerprint: &KeyFingerprint,
+    ) -> Result<TokenExportSummary, OutputError> {
         let is_out = |record: u32| excluded.get(record as usize).copied().unwrap_or(false);
         let output = self.csv.path().to_owned();
         let write_err = |source: io::Error| OutputError { path: output.clone(), source };
@@ -169,6 +177,7 @@ impl TokenExport {
             "version": 1,
             "columns": ["record_id", "kind", "token_hex"],
             "profile": records.profile().name(),
+            "key_fingerprint": hex::encode(fingerprint.as_bytes()),
             "rows": rows,
             "records_excluded_by_optouts": excluded_records,
         });

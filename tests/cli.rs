@@ -146,6 +146,10 @@ fn tokens_reports_rejects_without_values_and_never_prints_the_key() {
         serde_json::from_str(&std::fs::read_to_string(format!("{}.meta.json", output.display())).unwrap()).unwrap();
     assert_eq!(meta["profile"], "idmatch-v1");
     assert_eq!(meta["rows"], 4);
+    // The key is named by its fingerprint (never the key): exports under different
+    // keys can be told apart before anyone joins them.
+    let fingerprint = idmatch::token::KeyFingerprint::of(&idmatch::key::Key::load(Path::new(&key)).unwrap());
+    assert_eq!(meta["key_fingerprint"], hex::encode(fingerprint.as_bytes()));
 
     let report = std::fs::read_to_string(&rejects).unwrap();
     assert_eq!(

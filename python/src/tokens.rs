@@ -11,7 +11,7 @@ use idmatch::optout::{BadRows, FileList, OptOutSource};
 use idmatch::output::TokenExport;
 use idmatch::prepare;
 use idmatch::records::{ColumnSpec, ReadOptions, RecordSet};
-use idmatch::token::Tokenizer;
+use idmatch::token::{KeyFingerprint, Tokenizer};
 
 use crate::errors::{Class, Failure};
 
@@ -30,6 +30,7 @@ pub struct TokensRequest {
 pub struct Export {
     set: RecordSet,
     excluded: Vec<bool>,
+    fingerprint: KeyFingerprint,
 }
 
 /// One exported row: record id, kind, token hex.
@@ -54,7 +55,7 @@ impl Export {
         let set = prepare::read(&request.input, &tokenizer, options, filter.map(OptOutSource::digester))
             .map_err(Failure::input)?;
         let excluded = prepare::excluded(&set, filter).map_err(Failure::input)?;
-        Ok(Export { set, excluded })
+        Ok(Export { set, excluded, fingerprint: KeyFingerprint::of(&request.key) })
     }
 
     /// The rows, in the order the CLI writes them.
@@ -72,7 +73,8 @@ impl Export {
     /// at all, mode 0600) and returns the description.
     pub fn write(&self, output: &Path) -> Result<serde_json::Value, Failure> {
         let export = TokenExport::create(output).map_err(|e| Failure::new(Class::Output, e))?;
-        let written = export.write(&self.set, &self.excluded).map_err(|e| Failure::new(Class::Output, e))?;
+        let written =
+            export.write(&self.set, &self.excluded, &self.fingerprint).map_err(|e| Failure::new(Class::Output, e))?;
         Ok(written.description)
     }
 }

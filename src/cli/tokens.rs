@@ -10,7 +10,7 @@ use idmatch::optout::{BadRows, FileList, OptOutSource};
 use idmatch::output::TokenExport;
 use idmatch::prepare;
 use idmatch::records::{ColumnSpec, ReadOptions, RejectWriter};
-use idmatch::token::Tokenizer;
+use idmatch::token::{KeyFingerprint, Tokenizer};
 
 #[derive(Debug, Args)]
 pub struct TokensArgs {
@@ -64,7 +64,7 @@ pub fn run(args: TokensArgs) -> CliResult {
     let filter = optouts.as_ref().map(|list| list as &dyn OptOutSource);
     let set = prepare::read(&args.input, &tokenizer, options, filter.map(OptOutSource::digester))?;
     let excluded = prepare::excluded(&set, filter)?;
-    let written = export.write(&set, &excluded)?;
+    let written = export.write(&set, &excluded, &KeyFingerprint::of(&key))?;
     print!("{}", format_stats(&args.input, set.stats()));
     if let (Some(list), Some(path)) = (&optouts, &args.optouts) {
         print!("{}", format_stats(path, list.stats()));

@@ -41,6 +41,13 @@ pub enum BudgetError {
     Epsilon { campaign: String, daily: f64, spent: f64, asked: f64 },
     #[error("budget state {path}: {reason}")]
     State { path: PathBuf, reason: String },
+    /// The state file exists but is not a budget state (truncated, edited, another
+    /// file): the server refuses to start rather than forget what was spent.
+    #[error(
+        "budget state {path} cannot be read ({reason}); it records each partner's budget used today (state_file in server.toml). \
+         Restore it from a backup, or, to start again with nothing spent today, move it aside (mv {path} {path}.broken) and start the server again"
+    )]
+    Corrupt { path: PathBuf, reason: String },
 }
 
 /// The budgets of every partner. The limits are given with each charge, so that a
@@ -75,7 +82,7 @@ impl Budgets {
     pub fn open(path: &Path) -> Result<Budgets, BudgetError> {
         let state = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| BudgetError::State { path: path.to_owned(), reason: e.to_string() })?,
+                .map_err(|e| BudgetError::Corrupt { path: path.to_owned(), reason: e.to_string() })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(BudgetError::State { path: path.to_owned(), reason: e.to_string() }),
         };
@@ -165,6 +172,20 @@ mod tests {
         b.charge("other", 1, allow).unwrap();
         // A larger allowance (after a reload) applies to what was used already.
         b.charge("acme", 1, Allowance { matches: 3, identifiers: 100 }).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("budgets.json");
+        for text in ["", "{\"day\": 1", "not json"] {
+            std::fs::write(&path, text).unwrap();
+            let Err(err) = Budgets::open(&path) else { panic!("{text:?} accepted") };
+            assert!(matches!(err, BudgetError::Corrupt { .. }), "{err}");
+            let message = err.to_string();
+            assert!(message.contains("restore it from a backup") || message.contains("Restore it"), "{message}");
+            assert!(message.contains(&format!("mv {} {}.broken", path.display(), path.display())), "{message}");
+        }
     }
 
     #[test]
