@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
-use crate::output::write_match_file;
+use crate::output::{OutDir, write_match_file};
 use crate::prepare;
 use crate::psi::oprf::{self, OprfMatchError};
 use crate::psi::{
@@ -173,20 +173,15 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
     let key = Key::load(&options.key_file)?;
     let out_dir = &options.out_dir;
     let write_err = |source| LocalMatchFailure::Write { path: out_dir.clone(), source };
-    let created = !out_dir.exists();
-    std::fs::create_dir_all(out_dir).map_err(write_err)?;
-    let staging = tempfile::Builder::new().prefix(".idmatch-staging-").tempdir_in(out_dir).map_err(write_err)?;
-    let result = run_into(options, &key, staging.path());
-    let summary = match result {
+    let staged = OutDir::create(out_dir).map_err(write_err)?;
+    let summary = match run_into(options, &key, staged.staging()) {
         Ok(summary) => summary,
         Err(e) => {
-            drop(staging);
-            if created {
-                let _ = std::fs::remove_dir(out_dir);
-            }
+            staged.discard();
             return Err(e);
         }
     };
+    let staging = staged.staging();
     for stale in OUTPUTS.iter().filter(|name| !summary.outputs.iter().any(|o| o == *name)) {
         match std::fs::remove_file(out_dir.join(stale)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -198,8 +193,7 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
     // `summary.json` is the last output listed: it appears after the files it describes.
     for name in &summary.outputs {
         let path = out_dir.join(name);
-        std::fs::rename(staging.path().join(name), &path)
-            .map_err(|source| LocalMatchFailure::Write { path, source })?;
+        std::fs::rename(staging.join(name), &path).map_err(|source| LocalMatchFailure::Write { path, source })?;
     }
     Ok(summary)
 }

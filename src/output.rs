@@ -6,6 +6,11 @@
 //! [`Staged::commit`] only once it is complete; dropped uncommitted (an error, a
 //! panic), it is removed. Creating it first also proves that the destination is
 //! writable before any work is done, so a long match never ends in "cannot write".
+//!
+//! An [`OutDir`] is an output directory and its private staging directory: the
+//! directories a run had to create are removed again when it fails, and staging
+//! directories left by a run that was killed (SIGINT, SIGTERM, SIGKILL: no
+//! destructor ran) are removed by the next run into the same directory.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -26,6 +31,77 @@ pub struct OutputError {
     pub path: PathBuf,
     /// The underlying I/O error.
     pub source: io::Error,
+}
+
+/// Prefix of a staging directory's name; the creating process's id follows.
+const STAGING_PREFIX: &str = ".idmatch-staging-";
+
+/// An output directory being written through a staging directory inside it.
+pub struct OutDir {
+    path: PathBuf,
+    /// Directories this run created, deepest first.
+    created: Vec<PathBuf>,
+    staging: Option<tempfile::TempDir>,
+}
+
+impl OutDir {
+    /// Creates `path` (and its missing parents) and a private staging directory in
+    /// it, first removing staging directories whose process is gone.
+    pub fn create(path: &Path) -> io::Result<OutDir> {
+        let mut created = Vec::new();
+        let mut missing = Some(path);
+        while let Some(dir) = missing.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            created.push(dir.to_owned());
+            missing = dir.parent();
+        }
+        std::fs::create_dir_all(path)?;
+        remove_abandoned_staging(path);
+        let prefix = format!("{STAGING_PREFIX}{}-", std::process::id());
+        let staging = tempfile::Builder::new().prefix(&prefix).tempdir_in(path)?;
+        Ok(OutDir { path: path.to_owned(), created, staging: Some(staging) })
+    }
+
+    /// The output directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The staging directory: write here, then move into [`OutDir::path`].
+    pub fn staging(&self) -> &Path {
+        self.staging.as_ref().map_or(&self.path, |s| s.path())
+    }
+
+    /// A failed run: removes the staging directory and every directory this run
+    /// created (those left empty).
+    pub fn discard(mut self) {
+        drop(self.staging.take());
+        for dir in &self.created {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Removes the staging directories in `dir` whose creating process no longer runs
+/// (Linux: no `/proc/PID`). Elsewhere, or when unsure, it leaves them.
+fn remove_abandoned_staging(dir: &Path) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(STAGING_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A file being written, invisible at its path until committed.

@@ -37,6 +37,15 @@ fn usage_errors_exit_2_and_other_errors_exit_1() {
     assert_eq!(idmatch(&["normalize", "--kind", "fax"]).status.code(), Some(2));
     assert_eq!(idmatch(&["normalize", "--kind", "email", "--region", "XX1"]).status.code(), Some(2));
     assert_eq!(idmatch(&["frobnicate"]).status.code(), Some(2));
+    // Contradicting arguments clap cannot see: oprf does not offer count.
+    let dir = tempfile::tempdir().unwrap();
+    let key = example_key(dir.path());
+    let members = common::examples().join("members.csv");
+    let out =
+        local_match(&members, &members, &key, &dir.path().join("o"), &["--reveal", "count", "--protocol", "oprf"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("count"), "{}", text(&out.stderr));
+    assert!(!dir.path().join("o").exists());
     let out = idmatch(&["tokens", "--key-file", "/nonexistent/k", "--input", "x.csv", "--output", "y.csv"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("/nonexistent/k"), "{}", text(&out.stderr));

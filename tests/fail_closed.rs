@@ -394,3 +394,35 @@ fn a_dash_reads_standard_input() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read(&from_file).unwrap(), std::fs::read(&from_stdin).unwrap());
 }
+
+/// A failed run removes the directories it created for `--out-dir`, and a staging
+/// directory left by a killed run (its process gone) is removed by the next run into
+/// the same directory (issue 22, item 9).
+#[test]
+fn failed_and_killed_runs_leave_no_directories_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = example_key(dir.path());
+    let missing = dir.path().join("missing.csv");
+    let nested = dir.path().join("a/b/c");
+    let out = local_match(&missing, &examples().join("partner.csv"), &key, &nested, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!dir.path().join("a").exists(), "a/b/c and its parents were removed");
+
+    let out_dir = dir.path().join("out");
+    #[cfg(target_os = "linux")]
+    {
+        // A pid above the kernel's maximum (4194304) never runs.
+        let abandoned = out_dir.join(".idmatch-staging-999999999-abcdef");
+        std::fs::create_dir_all(&abandoned).unwrap();
+        std::fs::write(abandoned.join("partner_matches.csv"), "p1,email\n").unwrap();
+        let out = local_match(&examples().join("members.csv"), &examples().join("partner.csv"), &key, &out_dir, &[]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(!abandoned.exists());
+        let left: Vec<_> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}

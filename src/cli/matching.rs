@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{CliResult, ColumnArgs, CredentialArgs, ProfileArgs};
+use super::{CliResult, ColumnArgs, CredentialArgs, ProfileArgs, UsageError};
 use idmatch::local_match::{self, LocalMatchOptions};
 use idmatch::optout::BadRows;
 use idmatch::psi::{ProtocolChoice, Reveal};
@@ -81,12 +81,15 @@ fn parse_protocol(s: &str) -> Result<ProtocolChoice, String> {
 }
 
 pub fn run(args: MatchArgs) -> CliResult {
+    // `--protocol oprf --reveal count` is a contradiction in the arguments: a usage
+    // error (exit 2), before anything is read.
+    args.protocol.offer(args.reveal).map_err(|e| UsageError(e.to_string()))?;
     if args.server.is_some() {
         return run_client(args);
     }
     let (Some(owner), Some(partner), Some(out_dir)) = (args.owner.clone(), args.partner.clone(), args.out_dir.clone())
     else {
-        return Err("local mode needs --owner, --partner and --out-dir".into());
+        return Err(UsageError("local mode needs --owner, --partner and --out-dir".into()).into());
     };
     let options = LocalMatchOptions {
         owner,

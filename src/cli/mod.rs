@@ -141,8 +141,9 @@ fn parse_region_arg(s: &str) -> Result<Region, String> {
     parse_region(s).map_err(|_| region_problem(s))
 }
 
-/// Runs a parsed command line; the returned code is the process's exit status
-/// (0 success, 1 failure; clap itself exits with 2 on usage errors).
+/// Runs a parsed command line; the returned code is the process's exit status: 0
+/// success, 2 usage errors (clap's, and [`UsageError`]), the client's codes 3–8
+/// (`ClientError::exit_code`), 1 any other failure.
 pub fn run(cli: Cli) -> ExitCode {
     InputLimits::set_process_default(InputLimits {
         max_bytes: cli.max_input_bytes,
@@ -163,6 +164,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("idmatch: error: {err}");
+            if err.is::<UsageError>() {
+                return ExitCode::from(2);
+            }
             match err.downcast_ref::<idmatch::service::client::ClientError>() {
                 Some(client_error) => ExitCode::from(client_error.exit_code()),
                 None => ExitCode::FAILURE,
@@ -173,6 +177,12 @@ pub fn run(cli: Cli) -> ExitCode {
 
 /// Errors reported by commands: each wraps the library's precise error.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Arguments that contradict each other in a way clap cannot see: exit code 2, like
+/// clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// A human-readable summary of one file's read statistics.
 pub fn format_stats(path: &std::path::Path, stats: &idmatch::records::ReadStats) -> String {
