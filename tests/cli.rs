@@ -32,6 +32,31 @@ fn normalize_prints_one_line_per_input_in_order() {
     assert_eq!(text(&out.stdout), "john.doe+x@googlemail.com\n");
 }
 
+/// The three idmatch-v1 bugs of issue 22 (item 13), fixed in idmatch-v2 only: the
+/// default profile's output does not change.
+#[test]
+fn normalize_profile_idmatch_v2_fixes_what_idmatch_v1_keeps() {
+    let emails = "ｊｏｈｎ@example.com\n";
+    let phones = "555-555-5555\ntel:201-555-0123;phone-context=+1\ntel:201-555-0123;phone-context=example.com\n";
+    let run = |extra: &[&str], kind: &str, input: &str| {
+        let mut args = vec!["normalize", "--kind", kind, "--region", "GB"];
+        args.extend_from_slice(extra);
+        let out = idmatch_stdin(&args, input);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    for v1 in [&[][..], &["--profile", "idmatch-v1"]] {
+        assert_eq!(run(v1, "email", emails), "ｊｏｈｎ@example.com\n");
+        assert_eq!(run(v1, "phone", phones), "+445555555555\n+442015550123\n+442015550123\n");
+    }
+    let v2 = &["--profile", "idmatch-v2"][..];
+    assert_eq!(run(v2, "email", emails), "john@example.com\n");
+    assert_eq!(run(v2, "phone", phones), "!error placeholder_number\n+12015550123\n!error unknown_country\n");
+    let out = idmatch(&["normalize", "--kind", "email", "--profile", "idmatch-v3"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("known: idmatch-v1, basic-v1, idmatch-v2"), "{}", text(&out.stderr));
+}
+
 #[test]
 fn usage_errors_exit_2_and_other_errors_exit_1() {
     assert_eq!(idmatch(&["normalize", "--kind", "fax"]).status.code(), Some(2));

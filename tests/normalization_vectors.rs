@@ -34,6 +34,11 @@
 //! and the comment says how the platform differs. Reject cases are idmatch's own
 //! validation (no platform publishes reject rules); their source names the standard.
 //!
+//! idmatch-v2 is idmatch-v1 plus three fixes, and its vectors say so explicitly: it is
+//! run on every idmatch-v1 vector, with the results it changes listed as overrides
+//! (`V2_*_OVERRIDES`), plus its own cases (`V2_*_CASES`), each of which idmatch-v1
+//! gets wrong (checked, so that every v2 case tests a fix).
+//!
 //! The last table recomputes SHA-256 digests that the platforms publish next to their
 //! examples: it proves the idmatch output is byte-for-byte the platform's normalized
 //! string (where the two agree), not just something that looks like it.
@@ -67,6 +72,9 @@ const IDNA: &str =
     "idmatch-v1 validation: IDNA2008/UTS #46 with STD3 rules, RFC 1123 host names (no platform documents rejects)";
 const IDMATCH: &str = "idmatch-v1 rule (see src/normalize; no platform documents this case)";
 const LIBPHONENUMBER: &str = "idmatch-v1 validation: libphonenumber metadata (no platform documents rejects)";
+const NFKC: &str = "idmatch-v2 fix: Unicode UAX #15 NFKC of the local part and `@` (idmatch-v1: NFC only)";
+const PLACEHOLDER: &str = "idmatch-v2 fix: placeholder numbers (one digit repeated) refused in every region";
+const RFC3966: &str = "idmatch-v2 fix: RFC 3966 §5.1.5 phone-context honoured (idmatch-v1 drops the parameter)";
 
 /// Email cases under profile idmatch-v1: (input, expected, source).
 #[rustfmt::skip]
@@ -273,9 +281,59 @@ const BASIC_PHONE_CASES: &[(&str, Option<&str>, Expected, &str)] = &[
     ("1-800-FLOWERS", Some("US"), Err("letters_in_number"), META),
 ];
 
+/// Email cases under profile idmatch-v2 beyond [`EMAIL_CASES`], which all keep their
+/// results (there are no email overrides): full-width and other compatibility forms in
+/// the local part and of `@`. idmatch-v1 gets every one of these wrong.
+#[rustfmt::skip]
+const V2_EMAIL_CASES: &[(&str, Expected, &str)] = &[
+    // idmatch-v1 folds a full-width domain (UTS #46) but keeps a full-width local part.
+    ("ｊｏｈｎ@example.com", Ok("john@example.com"), NFKC),
+    ("ＪＯＨＮ.ＤＯＥ@Example.com", Ok("john.doe@example.com"), NFKC),
+    // A full-width `＠` (idmatch-v1: missing_at) and a full-width domain.
+    ("ｊｏｈｎ＠ｅｘａｍｐｌｅ．ｃｏｍ", Ok("john@example.com"), NFKC),
+    ("john\u{FE6B}example.com", Ok("john@example.com"), NFKC),
+    // Full-width dot and `+` become the ASCII ones before the Gmail rules (idmatch-v1:
+    // bad_local, `＋` is not atext).
+    ("ｊ．ｄｏｅ＋ｐｒｏｍｏ@gmail.com", Ok("jdoe@gmail.com"), NFKC),
+    // Other compatibility forms: a ligature, a superscript digit.
+    ("\u{FB01}nn\u{B2}@example.com", Ok("finn2@example.com"), NFKC),
+];
+
+/// idmatch-v1 phone vectors ([`PHONE_CASES`]) whose result idmatch-v2 changes: (input,
+/// region, idmatch-v2 result, why). Every other idmatch-v1 phone vector keeps its result.
+#[rustfmt::skip]
+const V2_PHONE_OVERRIDES: &[(&str, Option<&str>, Expected, &str)] = &[
+    // idmatch-v1: invalid_number, because libphonenumber finds it invalid in the US only.
+    ("555-555-5555", Some("US"), Err("placeholder_number"), PLACEHOLDER),
+];
+
+/// Phone cases under profile idmatch-v2 beyond [`PHONE_CASES`] (with
+/// [`V2_PHONE_OVERRIDES`]). idmatch-v1 gets every one of these wrong.
+#[rustfmt::skip]
+const V2_PHONE_CASES: &[(&str, Option<&str>, Expected, &str)] = &[
+    // A valid UK (+44 55), German or Austrian number to libphonenumber, so idmatch-v1
+    // accepted it there; the README promises placeholders are refused.
+    ("555-555-5555", Some("GB"), Err("placeholder_number"), PLACEHOLDER),
+    ("555-555-5555", Some("DE"), Err("placeholder_number"), PLACEHOLDER),
+    ("555-555-5555", Some("AT"), Err("placeholder_number"), PLACEHOLDER),
+    ("+44 5555 555555", None, Err("placeholder_number"), PLACEHOLDER),
+    ("000-000-0000", Some("GB"), Err("placeholder_number"), PLACEHOLDER),
+    // The context's global prefix makes the number national in that country, whatever
+    // the region (idmatch-v1: +442015550123 under GB, unknown_country without a region).
+    ("tel:201-555-0123;phone-context=+1", Some("GB"), Ok("+12015550123"), RFC3966),
+    ("tel:201-555-0123;phone-context=+1", None, Ok("+12015550123"), RFC3966),
+    ("TEL:201-555-0123;ext=7;Phone-Context=+1", Some("DE"), Ok("+12015550123"), RFC3966),
+    // A prefix with an area code.
+    ("tel:7183-8750;phone-context=+44-20", Some("US"), Ok("+442071838750"), RFC3966),
+    // A domain name names no country: refused rather than read in the region.
+    ("tel:201-555-0123;phone-context=example.com", Some("US"), Err("unknown_country"), RFC3966),
+    // Not an RFC 3966 phone-context value at all.
+    ("tel:201-555-0123;phone-context=+", Some("US"), Err("not_a_number"), RFC3966),
+];
+
 /// Digests published by the platforms next to their examples: (kind, input, region,
 /// strip the leading `+` before hashing (for platforms whose phone format has none),
-/// SHA-256 hex, source). Profile idmatch-v1.
+/// SHA-256 hex, source). Profiles idmatch-v1 and idmatch-v2 (which changes none of them).
 #[rustfmt::skip]
 const PUBLISHED_DIGESTS: &[DigestCase] = &[
     (Kind::Email, "user@example.com", None, false, "b4c9a289323b21a01c3e940f150eb9b8c542587f1abfd8f0e1cc1ffc5e475514", UID2),
@@ -398,11 +456,57 @@ fn phone_vectors_basic_v1() {
     run_table(Profile::BasicV1, Kind::Phone, BASIC_PHONE_CASES);
 }
 
+/// `base` with each override replacing the case of the same input and region.
+fn with_overrides(
+    base: &[(&'static str, Option<&'static str>, Expected, &'static str)],
+    overrides: &[(&'static str, Option<&'static str>, Expected, &'static str)],
+) -> Vec<(&'static str, Option<&'static str>, Expected, &'static str)> {
+    for &(input, region_code, _, _) in overrides {
+        assert!(
+            base.iter().any(|&(i, r, _, _)| (i, r) == (input, region_code)),
+            "override {input:?} ({region_code:?}) matches no base vector"
+        );
+    }
+    base.iter()
+        .map(|&case| {
+            let (input, region_code, _, _) = case;
+            overrides.iter().copied().find(|&(i, r, _, _)| (i, r) == (input, region_code)).unwrap_or(case)
+        })
+        .collect()
+}
+
 #[test]
-fn published_digests_idmatch_v1() {
+fn email_vectors_idmatch_v2() {
+    let mut cases = email_table(EMAIL_CASES);
+    cases.extend(email_table(V2_EMAIL_CASES));
+    run_table(Profile::IdmatchV2, Kind::Email, &cases);
+}
+
+#[test]
+fn phone_vectors_idmatch_v2() {
+    let mut cases = with_overrides(PHONE_CASES, V2_PHONE_OVERRIDES);
+    cases.extend_from_slice(V2_PHONE_CASES);
+    run_table(Profile::IdmatchV2, Kind::Phone, &cases);
+}
+
+#[test]
+fn idmatch_v1_fails_every_v2_case() {
+    // Each v2 case and override tests a fix: idmatch-v1 must give something else (with
+    // the region as an override and as the default, as `check` runs it).
+    let email = email_table(V2_EMAIL_CASES);
+    let tables = [(Kind::Email, &email[..]), (Kind::Phone, V2_PHONE_OVERRIDES), (Kind::Phone, V2_PHONE_CASES)];
+    for (kind, cases) in tables {
+        for &(input, region_code, expected, source) in cases {
+            let failure = check(Profile::IdmatchV1, kind, input, region_code, expected, source);
+            assert!(failure.is_some(), "idmatch-v1 already gives {expected:?} for {kind} {input:?}");
+        }
+    }
+}
+
+fn published_digests(profile: Profile) {
     let mut failures = Vec::new();
     for &(kind, input, region_code, strip_plus, digest, source) in PUBLISHED_DIGESTS {
-        let normalizer = Normalizer::new(Profile::IdmatchV1, region(region_code));
+        let normalizer = Normalizer::new(profile, region(region_code));
         let normalized = match normalizer.normalize(kind, input, None) {
             Ok(value) => value,
             Err(reason) => {
@@ -418,7 +522,17 @@ fn published_digests_idmatch_v1() {
             ));
         }
     }
-    assert!(failures.is_empty(), "published digests not reproduced:\n{}", failures.join("\n"));
+    assert!(failures.is_empty(), "{profile}: published digests not reproduced:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn published_digests_idmatch_v1() {
+    published_digests(Profile::IdmatchV1);
+}
+
+#[test]
+fn published_digests_idmatch_v2() {
+    published_digests(Profile::IdmatchV2);
 }
 
 #[test]
@@ -426,4 +540,6 @@ fn case_counts() {
     // Keeps the tables from silently shrinking.
     let total = EMAIL_CASES.len() + BASIC_EMAIL_CASES.len() + PHONE_CASES.len() + BASIC_PHONE_CASES.len();
     assert!(total >= 40, "only {total} normalization vectors");
+    let v2 = V2_EMAIL_CASES.len() + V2_PHONE_OVERRIDES.len() + V2_PHONE_CASES.len();
+    assert!(v2 >= 15, "only {v2} idmatch-v2 vectors");
 }

@@ -38,18 +38,37 @@ def cases(name: str):
     return rows
 
 
+def with_overrides(base: list, overrides: list) -> list:
+    """``base`` with each override replacing the row of the same input and region."""
+    keyed = {row[:2]: row for row in overrides}
+    assert all(key in {row[:2] for row in base} for key in keyed), "an override matches no base vector"
+    return [keyed.get(row[:2], row) for row in base]
+
+
+# (table name or names, kind, profile). idmatch-v2 runs every idmatch-v1 vector, with
+# its overrides, plus its own cases, as the Rust tests do.
 TABLES = [
-    ("EMAIL_CASES", "email", "idmatch-v1"),
-    ("BASIC_EMAIL_CASES", "email", "basic-v1"),
-    ("PHONE_CASES", "phone", "idmatch-v1"),
-    ("BASIC_PHONE_CASES", "phone", "basic-v1"),
+    (["EMAIL_CASES"], "email", "idmatch-v1"),
+    (["BASIC_EMAIL_CASES"], "email", "basic-v1"),
+    (["PHONE_CASES"], "phone", "idmatch-v1"),
+    (["BASIC_PHONE_CASES"], "phone", "basic-v1"),
+    (["EMAIL_CASES", "V2_EMAIL_CASES"], "email", "idmatch-v2"),
+    (["PHONE_CASES", "V2_PHONE_CASES"], "phone", "idmatch-v2"),
 ]
+OVERRIDES = {("phone", "idmatch-v2"): "V2_PHONE_OVERRIDES"}
 
 
-@pytest.mark.parametrize("name,kind,profile", TABLES)
-def test_vectors(name: str, kind: str, profile: str) -> None:
+def rows_for(names: list, kind: str, profile: str) -> list:
+    base = cases(names[0])
+    if (kind, profile) in OVERRIDES:
+        base = with_overrides(base, cases(OVERRIDES[kind, profile]))
+    return base + [row for name in names[1:] for row in cases(name)]
+
+
+@pytest.mark.parametrize("names,kind,profile", TABLES)
+def test_vectors(names: list, kind: str, profile: str) -> None:
     failures = []
-    for row in cases(name):
+    for row in rows_for(names, kind, profile):
         if kind == "email":
             value, want, source = row
             region = None
@@ -69,27 +88,38 @@ def test_vectors(name: str, kind: str, profile: str) -> None:
 
 
 def test_vector_count() -> None:
-    assert sum(len(cases(name)) for name, _, _ in TABLES) >= 40
+    assert sum(len(cases(names[0])) for names, _, profile in TABLES if profile != "idmatch-v2") >= 40
+    assert sum(len(cases(name)) for name in ["V2_EMAIL_CASES", "V2_PHONE_CASES", "V2_PHONE_OVERRIDES"]) >= 15
+
+
+def test_idmatch_v1_fails_every_v2_case() -> None:
+    """Every idmatch-v2 case tests a fix: idmatch-v1 gives something else."""
+    for name, kind in [("V2_EMAIL_CASES", "email"), ("V2_PHONE_CASES", "phone"), ("V2_PHONE_OVERRIDES", "phone")]:
+        for row in cases(name):
+            value, region = row[0], None if kind == "email" else rv.region(row[1])
+            assert normalize(kind, "idmatch-v1", value, region) != rv.expected(row[-2]), (name, value)
 
 
 def test_published_digests() -> None:
     rows = rv.table(SOURCE, "PUBLISHED_DIGESTS")
     assert len(rows) >= 10
-    for kind_ident, value, region_value, strip_plus, digest, source in rows:
-        kind = {"Kind::Email": "email", "Kind::Phone": "phone"}[kind_ident[1]]
-        normalized, reason = normalize(kind, "idmatch-v1", value, rv.region(region_value))
-        assert reason is None, (value, reason)
-        hashed = normalized[1:] if strip_plus and normalized.startswith("+") else normalized
-        assert hashlib.sha256(hashed.encode()).hexdigest() == digest, (value, source)
+    for profile in ["idmatch-v1", "idmatch-v2"]:
+        for kind_ident, value, region_value, strip_plus, digest, source in rows:
+            kind = {"Kind::Email": "email", "Kind::Phone": "phone"}[kind_ident[1]]
+            normalized, reason = normalize(kind, profile, value, rv.region(region_value))
+            assert reason is None, (profile, value, reason)
+            hashed = normalized[1:] if strip_plus and normalized.startswith("+") else normalized
+            assert hashlib.sha256(hashed.encode()).hexdigest() == digest, (profile, value, source)
 
 
 def test_cli_agrees_on_every_vector(idmatch_bin) -> None:
     """`idmatch normalize` and the Python functions give the same lines."""
     import subprocess
 
-    for name, kind, profile in TABLES:
+    for names, kind, profile in TABLES:
         for region in ["US", "GB", None] if kind == "phone" else [None]:
-            values = [row[0] for row in cases(name) if "\n" not in row[0] and "\r" not in row[0]]
+            rows = rows_for(names, kind, profile)
+            values = [row[0] for row in rows if "\n" not in row[0] and "\r" not in row[0]]
             args = [str(idmatch_bin), "normalize", "--kind", kind, "--profile", profile]
             if region:
                 args += ["--region", region]
@@ -98,7 +128,7 @@ def test_cli_agrees_on_every_vector(idmatch_bin) -> None:
             for v in values:
                 normalized, reason = normalize(kind, profile, v, region)
                 python.append(normalized if reason is None else f"!error {reason}")
-            assert out.stdout.splitlines() == python, (name, region)
+            assert out.stdout.splitlines() == python, (names, profile, region)
 
 
 def test_errors_and_arguments() -> None:
@@ -113,11 +143,11 @@ def test_errors_and_arguments() -> None:
     assert idmatch.normalize_phone("020 7183 8750", region="gb") == "+442071838750"
     with pytest.raises(idmatch.UsageError, match="GB"):
         idmatch.normalize_phone("020 7183 8750", region="UK")
-    with pytest.raises(idmatch.UsageError, match="known: idmatch-v1, basic-v1"):
+    with pytest.raises(idmatch.UsageError, match="known: idmatch-v1, basic-v1, idmatch-v2"):
         idmatch.normalize_email("a@example.com", profile="v2")
     with pytest.raises(idmatch.UsageError, match="must be a str"):
         idmatch.normalize_email(b"a@example.com")  # type: ignore[arg-type]
     with pytest.raises(idmatch.NormalizationError) as e:
         idmatch.normalize_email("jane\udcffdoe@example.com")
     assert e.value.reason == "bad_encoding"
-    assert idmatch.PROFILES == ["idmatch-v1", "basic-v1"]
+    assert idmatch.PROFILES == ["idmatch-v1", "basic-v1", "idmatch-v2"]

@@ -63,7 +63,7 @@ pub enum Command {
 /// Normalization settings shared by every command that reads identifiers.
 #[derive(Debug, Args, Clone)]
 pub struct ProfileArgs {
-    /// Normalization profile (both parties must use the same): idmatch-v1 or basic-v1.
+    /// Normalization profile (both parties must use the same): idmatch-v1, basic-v1 or idmatch-v2 (idmatch-v1 with three fixes, recommended for new campaigns).
     #[arg(long, default_value = "idmatch-v1", value_parser = parse_profile)]
     pub profile: Profile,
     /// Default region (ISO 3166 alpha-2) for national-format phone numbers.

@@ -6,6 +6,11 @@
 //! using different profiles get an error, never a silent near-miss. Every rejection
 //! carries a short machine-readable [`Reject`] reason.
 //!
+//! Invariant: a published profile's outputs (values and reject reasons) never change.
+//! A fix that changes any output ships as a new profile version (`idmatch-v2` is
+//! `idmatch-v1` plus three fixes) selected by a rule switch on [`Profile`]; the rule
+//! code itself is shared, never copied per profile.
+//!
 //! A [`Normalizer`] is cheap to create and is shared freely between threads (`Send`
 //! and `Sync`; the file reader's rayon workers all use one): it holds only the
 //! profile and default region, and writes into a caller-supplied buffer so that the
@@ -71,22 +76,49 @@ pub enum Profile {
     /// Trim, lowercase, IDNA, E.164; no Gmail rules. For partners whose pipelines keep
     /// dots and plus-tags.
     BasicV1,
+    /// `idmatch-v1` plus three fixes, recommended for new campaigns: an email's local
+    /// part and `@` folded to NFKC (full-width `ｊｏｈｎ＠` is `john@`, as a full-width
+    /// domain already was), placeholder phone numbers (one digit repeated, such as
+    /// 555-555-5555) refused whatever the region, and the RFC 3966 `phone-context` of
+    /// a `tel:` URI honoured. Every other output is idmatch-v1's.
+    IdmatchV2,
 }
 
 impl Profile {
-    /// Every profile this build knows.
-    pub const ALL: [Profile; 2] = [Profile::IdmatchV1, Profile::BasicV1];
+    /// Every profile this build knows, oldest first (new versions are appended).
+    pub const ALL: [Profile; 3] = [Profile::IdmatchV1, Profile::BasicV1, Profile::IdmatchV2];
 
     /// The profile's wire and file name.
     pub fn name(self) -> &'static str {
         match self {
             Profile::IdmatchV1 => "idmatch-v1",
             Profile::BasicV1 => "basic-v1",
+            Profile::IdmatchV2 => "idmatch-v2",
         }
     }
 
+    /// Email step 8: Gmail dot and `+tag` folding.
     fn folds_gmail(self) -> bool {
-        matches!(self, Profile::IdmatchV1)
+        matches!(self, Profile::IdmatchV1 | Profile::IdmatchV2)
+    }
+
+    /// Email compatibility forms folded (NFKC): of `@` in step 4 (full-width `＠`,
+    /// small `﹫`) and of the whole local part in step 5a. The domain is left to UTS
+    /// #46, which maps them in every profile.
+    fn folds_compatibility(self) -> bool {
+        matches!(self, Profile::IdmatchV2)
+    }
+
+    /// Phone numbers whose national significant number is one digit repeated are
+    /// refused (`placeholder_number`) in every region, valid or not.
+    fn refuses_placeholders(self) -> bool {
+        matches!(self, Profile::IdmatchV2)
+    }
+
+    /// A `tel:` URI's `phone-context` parameter is read (RFC 3966 §5.1.5) rather
+    /// than dropped with the other parameters.
+    fn honours_phone_context(self) -> bool {
+        matches!(self, Profile::IdmatchV2)
     }
 }
 
@@ -99,10 +131,10 @@ impl fmt::Display for Profile {
 impl FromStr for Profile {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Profile::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown normalization profile `{s}` (known: idmatch-v1, basic-v1)"))
+        Profile::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            let known: Vec<&str> = Profile::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown normalization profile `{s}` (known: {})", known.join(", "))
+        })
     }
 }
 
@@ -133,10 +165,16 @@ pub enum Reject {
     /// Not recognisable as a phone number at all.
     NotANumber,
     /// A phone number with an unknown country calling code, or a national number
-    /// with no region to interpret it in.
+    /// with no region to interpret it in. Under `idmatch-v2` also a `tel:` URI local
+    /// number whose `phone-context` is a domain name rather than a `+` number prefix:
+    /// it names no country, and the default region is not guessed instead.
     UnknownCountry,
     /// A number libphonenumber parses but does not consider valid.
     InvalidNumber,
+    /// (`idmatch-v2`) A placeholder number: its national significant number is one
+    /// digit repeated (555-555-5555, 000 000 0000), refused in every region even where
+    /// libphonenumber considers it valid.
+    PlaceholderNumber,
     /// A region column value that is not an ISO 3166 alpha-2 code.
     BadRegion,
     /// A CSV cell that is not valid UTF-8.
@@ -159,6 +197,7 @@ impl Reject {
             Reject::NotANumber => "not_a_number",
             Reject::UnknownCountry => "unknown_country",
             Reject::InvalidNumber => "invalid_number",
+            Reject::PlaceholderNumber => "placeholder_number",
             Reject::BadRegion => "bad_region",
             Reject::BadEncoding => "bad_encoding",
         }
@@ -240,8 +279,8 @@ impl Normalizer {
     ) -> Result<(), Reject> {
         out.clear();
         match kind {
-            Kind::Email => email::normalize(input, self.profile.folds_gmail(), out),
-            Kind::Phone => phone::normalize(input, region.or(self.default_region), out),
+            Kind::Email => email::normalize(input, self.profile, out),
+            Kind::Phone => phone::normalize(input, region.or(self.default_region), self.profile, out),
         }
     }
 

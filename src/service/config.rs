@@ -197,7 +197,8 @@ pub struct CampaignConfig {
     pub key_file: PathBuf,
     /// The member audience (CSV/TSV).
     pub audience: PathBuf,
-    /// Normalization profile name (default `idmatch-v1`).
+    /// Normalization profile name: `idmatch-v1` (the default), `basic-v1` or
+    /// `idmatch-v2` (recommended for a new campaign); the partners must use the same.
     #[serde(default = "default_profile")]
     pub profile: String,
     /// Default region for national-format phone numbers.
@@ -766,6 +767,21 @@ audience = "members.csv"
             "listen = \"127.0.0.1:0\"\nresults_dir = \"r\"\naudit_log = \"a\"\nstate_file = \"s\"\npartners = []\n[[campaigns]]\nid = \"x\"\nkey_file = \"k\"\naudience = \"a\"\n{base}epsilonn = 1\n"
         ));
         assert!(unknown.unwrap_err().to_string().contains("epsilonn"));
+    }
+
+    #[test]
+    fn campaign_profile_is_any_known_profile_default_idmatch_v1() {
+        // `config_with` puts its argument inside the campaign entry.
+        for profile in Profile::ALL {
+            let config = config_with(&format!("profile = \"{profile}\"\n"));
+            assert_eq!(config.campaign_settings(&config.campaigns[0]).unwrap().profile, profile);
+        }
+        let config = config_with("");
+        assert_eq!(config.campaign_settings(&config.campaigns[0]).unwrap().profile, Profile::IdmatchV1);
+        let config = config_with("profile = \"idmatch-v3\"\n");
+        let err = config.campaign_settings(&config.campaigns[0]).unwrap_err();
+        assert!(err.contains("campaign `spring`: unknown normalization profile `idmatch-v3`"), "{err}");
+        assert!(err.contains("(known: idmatch-v1, basic-v1, idmatch-v2)"), "{err}");
     }
 
     #[test]
