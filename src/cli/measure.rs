@@ -105,15 +105,33 @@ pub fn run(args: MeasureArgs) -> CliResult {
     };
     let report = local::run(&options)?;
     for (name, side) in [("owner", &report.owner), ("partner", &report.partner)] {
-        print!("{name}: {}", format_stats(std::path::Path::new(&side.file), &side.read));
-        println!(
-            "  excluded records: {}; bundles sent: {}; identifiers shared with an earlier record (dropped): {}",
-            side.excluded_records, side.bundles_sent, side.shared_identifiers_dropped
-        );
+        print_side(name, side);
     }
     print!("{}", local::format_table(&report));
     println!("wrote {}", args.out_dir.join("measurement.json").display());
     Ok(())
+}
+
+/// One side's reading and person counts, with warnings for what was left out.
+fn print_side(name: &str, side: &local::SideReport) {
+    print!("{name}: {}", format_stats(std::path::Path::new(&side.file), &side.read));
+    println!(
+        "  excluded records: {}; people: {} ({} records joined an earlier record's person); bundles sent: {}",
+        side.excluded_records, side.people, side.records_merged, side.bundles_sent
+    );
+    super::matching::warn_if_empty(&side.file, &side.read);
+    if side.people_in_several_groups > 0 {
+        eprintln!(
+            "idmatch: warning: {name}: {} people have records in more than one group; they are left out of every group",
+            side.people_in_several_groups
+        );
+    }
+    if side.people_with_too_many_identifiers > 0 {
+        eprintln!(
+            "idmatch: warning: {name}: {} people link more than 16 identifiers; they are left out",
+            side.people_with_too_many_identifiers
+        );
+    }
 }
 
 fn run_client(args: MeasureArgs) -> CliResult {
@@ -139,12 +157,7 @@ fn run_client(args: MeasureArgs) -> CliResult {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(measure_client::run(options))?;
-    let side = &report.partner;
-    print!("partner: {}", format_stats(std::path::Path::new(&side.file), &side.read));
-    println!(
-        "  suppressed records: {}; bundles sent: {}; identifiers shared with an earlier record (dropped): {}",
-        side.excluded_records, side.bundles_sent, side.shared_identifiers_dropped
-    );
+    print_side("partner", &report.partner);
     println!("owner people: {}; measurement id: {}", report.owner_people, report.measurement_id);
     match &report.release {
         Some(release) => {

@@ -12,16 +12,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::message::MAX_BUNDLE;
 use super::owner::OwnerConfig;
 use super::partner::PartnerConfig;
+use super::people::People;
 use super::stats::{GroupFigures, Lift, Noise};
 use super::{Exposure, Learner, MeasureError, Measurement, Owner, Partner, Person, run_in_memory};
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
 use crate::prepare;
-use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
-use crate::token::{Token, Tokenizer};
+use crate::records::{
+    ColumnSpec, MAX_VALUE, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter,
+};
+use crate::token::Tokenizer;
 
 /// The label of the one group used when the exposures have no group column.
 pub const DEFAULT_GROUP: &str = "all";
@@ -113,12 +117,18 @@ pub struct SideReport {
     pub excluded_records: u64,
     /// Records left after exclusion (the partner's group sizes add up to this).
     pub records_after_exclusion: u64,
-    /// Bundles sent: people (owner) or exposure records (partner) with at least one identifier.
+    /// Persons: records linked by a shared identifier or record id are one person
+    /// (one row per purchase or impression).
+    pub people: u64,
+    /// Records that joined a person an earlier record started.
+    pub records_merged: u64,
+    /// Bundles sent: persons with at least one identifier, less those left out below.
     pub bundles_sent: u64,
-    /// Identifiers left out because an earlier record of the same file holds the same
-    /// one (each identifier belongs to one person only).
-    pub shared_identifiers_dropped: u64,
-    /// Values lowered to the clip value (owner, with noise).
+    /// Partner: persons whose records are in more than one group, left out of all.
+    pub people_in_several_groups: u64,
+    /// Persons with more than 16 distinct identifiers (a bundle's limit), left out.
+    pub people_with_too_many_identifiers: u64,
+    /// Owner: persons whose summed value was lowered to the clip value.
     pub clipped_values: u64,
 }
 
@@ -167,6 +177,8 @@ pub fn run(options: &MeasureOptions) -> Result<MeasurementReport, MeasureFailure
     let suppress = list(&options.suppress)?;
     let read = |path: &Path, filter: Option<&FileList>, value: bool| -> Result<RecordSet, MeasureFailure> {
         let mut read = ReadOptions::new(options.normalizer.clone());
+        // One row per purchase or impression: repeated ids are one person's rows.
+        read.unique_ids = false;
         read.columns = options.columns.clone();
         read.progress = options.progress;
         if options.write_rejects {
@@ -249,69 +261,64 @@ pub fn write_json(out_dir: &Path, name: &str, value: &impl Serialize) -> Result<
     Ok(())
 }
 
-/// Each record's tokens, in record order; a token already held by an earlier
-/// (non-excluded) record is left out and counted.
-fn tokens_by_record(records: &RecordSet, excluded: &[bool]) -> (Vec<Vec<Token>>, u64) {
-    let mut by_record: Vec<Vec<Token>> = vec![Vec::new(); records.len()];
-    let mut seen: HashSet<Token> = HashSet::with_capacity(records.entries().len());
-    let mut dropped = 0;
-    for e in records.entries() {
-        if excluded.get(e.record as usize).copied().unwrap_or(false) {
+/// The owner's people: records linked by a shared identifier or id are one person
+/// ([`People`]), whose value is the sum of its records' values (one row per purchase
+/// counts every purchase), clipped to `clip` when given and to
+/// [`MAX_VALUE`](crate::records::MAX_VALUE) in any case. A person with more
+/// identifiers than a bundle holds is left out and counted.
+pub(crate) fn owner_people(records: &RecordSet, excluded: &[bool], clip: Option<u64>) -> (Vec<Person>, SideReport) {
+    let people = People::of(records, excluded);
+    let mut report = side_report(records, excluded, &people);
+    let mut sent = Vec::with_capacity(people.len());
+    for (members, tokens) in people.records.iter().zip(people.tokens) {
+        if tokens.is_empty() {
             continue;
         }
-        if seen.insert(e.token) {
-            by_record[e.record as usize].push(e.token);
-        } else {
-            dropped += 1;
+        if tokens.len() > usize::from(MAX_BUNDLE) {
+            report.people_with_too_many_identifiers += 1;
+            continue;
         }
+        let total = members.iter().fold(0u64, |sum, &r| sum.saturating_add(records.value(r).unwrap_or(0)));
+        let limit = clip.unwrap_or(MAX_VALUE).min(MAX_VALUE);
+        if total > limit {
+            report.clipped_values += 1;
+        }
+        sent.push(Person { tokens, value: total.min(limit) });
     }
-    (by_record, dropped)
+    report.bundles_sent = sent.len() as u64;
+    (sent, report)
 }
 
-fn side_report(records: &RecordSet, excluded: &[bool], sent: u64, dropped: u64, clipped: u64) -> SideReport {
+fn side_report(records: &RecordSet, excluded: &[bool], people: &People) -> SideReport {
     let excluded_records = excluded.iter().filter(|&&x| x).count() as u64;
     SideReport {
         file: String::new(),
         read: records.stats().clone(),
         excluded_records,
         records_after_exclusion: records.len() as u64 - excluded_records,
-        bundles_sent: sent,
-        shared_identifiers_dropped: dropped,
-        clipped_values: clipped,
+        people: people.len() as u64,
+        records_merged: people.records_merged,
+        bundles_sent: 0,
+        people_in_several_groups: 0,
+        people_with_too_many_identifiers: 0,
+        clipped_values: 0,
     }
-}
-
-/// The owner's people: one per non-excluded record with at least one identifier,
-/// its value clipped to `clip`.
-pub(crate) fn owner_people(records: &RecordSet, excluded: &[bool], clip: Option<u64>) -> (Vec<Person>, SideReport) {
-    let (by_record, dropped) = tokens_by_record(records, excluded);
-    let mut clipped = 0;
-    let people: Vec<Person> = by_record
-        .into_iter()
-        .enumerate()
-        .filter(|(_, tokens)| !tokens.is_empty())
-        .map(|(r, tokens)| {
-            let mut value = records.value(r as u32).unwrap_or(0);
-            if let Some(clip) = clip
-                && value > clip
-            {
-                value = clip;
-                clipped += 1;
-            }
-            Person { tokens, value }
-        })
-        .collect();
-    let report = side_report(records, excluded, people.len() as u64, dropped, clipped);
-    (people, report)
 }
 
 pub(crate) type PartnerSide = (Vec<String>, Vec<u64>, Vec<Exposure>, SideReport);
 
-/// The partner's groups (sorted labels), records per group, and exposures.
+/// The partner's groups (sorted labels), people per group, and exposures: one
+/// exposure per person ([`People`]: records linked by a shared identifier or id),
+/// in the group of its records. A person whose records are in different groups
+/// (seen in both test and control) is left out of every group and counted: it would
+/// otherwise bias the comparison. So are persons with more identifiers than a
+/// bundle holds. Group sizes count the persons left in, with or without
+/// identifiers, so sizes and matched counts are of the same unit.
 pub(crate) fn partner_exposures(records: &RecordSet, excluded: &[bool]) -> Result<PartnerSide, MeasureFailure> {
+    let label_of = |r: u32| records.group(r).unwrap_or(DEFAULT_GROUP);
     let mut labels: Vec<String> = (0..records.len() as u32)
-        .filter(|&r| !excluded[r as usize])
-        .map(|r| records.group(r).unwrap_or(DEFAULT_GROUP).to_owned())
+        .filter(|&r| !excluded.get(r as usize).copied().unwrap_or(false))
+        .map(|r| label_of(r).to_owned())
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
@@ -322,22 +329,28 @@ pub(crate) fn partner_exposures(records: &RecordSet, excluded: &[bool]) -> Resul
     if labels.len() > super::message::MAX_GROUPS {
         return Err(MeasureFailure::TooManyGroups(labels.len()));
     }
-    let (by_record, dropped) = tokens_by_record(records, excluded);
-    let mut group_records = vec![0u64; labels.len()];
+    let people = People::of(records, excluded);
+    let mut report = side_report(records, excluded, &people);
+    let mut group_people = vec![0u64; labels.len()];
     let mut exposures = Vec::new();
-    for (r, tokens) in by_record.into_iter().enumerate() {
-        if excluded[r] {
+    for (members, tokens) in people.records.iter().zip(people.tokens) {
+        let label = label_of(members[0]);
+        if members.iter().any(|&r| label_of(r) != label) {
+            report.people_in_several_groups += 1;
             continue;
         }
-        let label = records.group(r as u32).unwrap_or(DEFAULT_GROUP);
+        if tokens.len() > usize::from(MAX_BUNDLE) {
+            report.people_with_too_many_identifiers += 1;
+            continue;
+        }
         let group = labels.iter().position(|l| l == label).unwrap_or(0);
-        group_records[group] += 1;
+        group_people[group] += 1;
         if !tokens.is_empty() {
             exposures.push(Exposure { tokens, group: group as u8 });
         }
     }
-    let report = side_report(records, excluded, exposures.len() as u64, dropped, 0);
-    Ok((labels, group_records, exposures, report))
+    report.bundles_sent = exposures.len() as u64;
+    Ok((labels, group_people, exposures, report))
 }
 
 /// The readable table printed by `idmatch measure`.

@@ -31,6 +31,7 @@ pub mod local;
 pub mod message;
 pub mod owner;
 pub mod partner;
+pub mod people;
 pub mod stats;
 
 use std::fmt;

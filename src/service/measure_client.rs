@@ -104,6 +104,8 @@ pub async fn run(options: MeasureClientOptions) -> Result<PartnerReport, ClientE
         options.bad_list_rows,
     )?;
     let mut read = ReadOptions::new(options.normalizer.clone());
+    // One row per impression: repeated ids are one person's rows (measure::people).
+    read.unique_ids = false;
     read.columns = options.columns.clone();
     read.group_column = options.group_column.clone();
     let input = options.input.clone();

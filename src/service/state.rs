@@ -91,6 +91,8 @@ fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campai
         Some(m) => {
             info!(campaign = %settings.id, outcomes = %m.outcomes.display(), "loading outcomes");
             let mut options = ReadOptions::new(Normalizer::new(settings.profile, settings.region));
+            // One row per purchase: repeated ids are one person's rows (measure::people).
+            options.unique_ids = false;
             options.columns = m.columns.clone();
             options.value_column = Some(m.value_column.clone());
             options.progress = true;
