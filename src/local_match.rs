@@ -181,7 +181,6 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
             return Err(e);
         }
     };
-    let staging = staged.staging();
     for stale in OUTPUTS.iter().filter(|name| !summary.outputs.iter().any(|o| o == *name)) {
         match std::fs::remove_file(out_dir.join(stale)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -191,10 +190,8 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
         }
     }
     // `summary.json` is the last output listed: it appears after the files it describes.
-    for name in &summary.outputs {
-        let path = out_dir.join(name);
-        std::fs::rename(staging.join(name), &path).map_err(|source| LocalMatchFailure::Write { path, source })?;
-    }
+    let names: Vec<&str> = summary.outputs.iter().map(String::as_str).collect();
+    staged.commit(&names).map_err(write_err)?;
     Ok(summary)
 }
 

@@ -71,6 +71,16 @@ impl OutDir {
         self.staging.as_ref().map_or(&self.path, |s| s.path())
     }
 
+    /// A successful run: moves `names` (written into the staging directory) into
+    /// the output directory, in order (so the last listed appears last), then
+    /// removes the staging directory.
+    pub fn commit(self, names: &[&str]) -> io::Result<()> {
+        for name in names {
+            std::fs::rename(self.staging().join(name), self.path.join(name))?;
+        }
+        Ok(())
+    }
+
     /// A failed run: removes the staging directory and every directory this run
     /// created (those left empty).
     pub fn discard(mut self) {

@@ -390,6 +390,15 @@ fn refusals_and_the_epsilon_budget_across_a_restart() {
     Key::generate_to_file(&wrong.key_file).unwrap();
     assert!(matches!(f.run(wrong).unwrap_err(), ClientError::KeyMismatch(_)));
     assert!(f.results().is_empty());
+    // An output directory that cannot be created fails before anything is sent: the
+    // owner does no work, charges no budget and audits nothing (issue 20, item 7).
+    let audited = f.audit().len();
+    write(f.dir.path(), "not-a-dir", "");
+    let err = f.run(f.options("noisy", "not-a-dir/out")).unwrap_err();
+    assert!(matches!(err, ClientError::Output(_)), "{err}");
+    assert_eq!(f.audit().len(), audited);
+    // Refused measurements leave no directory behind.
+    assert!(!f.path("w").exists() && !f.path("h").exists() && !f.path("k").exists());
 
     // Epsilon 1.0 per measurement, 2.0 per day.
     for _ in 0..2 {

@@ -21,6 +21,7 @@ use super::{Exposure, Learner, MeasureError, Measurement, Owner, Partner, Person
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
+use crate::output::OutDir;
 use crate::prepare;
 use crate::records::{
     ColumnSpec, MAX_VALUE, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter,
@@ -155,13 +156,38 @@ pub struct MeasurementReport {
     pub lift: Option<Lift>,
 }
 
-/// Runs the measurement and writes `measurement.json` into `options.out_dir`.
+/// Runs the measurement and writes `measurement.json` (and with `write_rejects` the
+/// reject reports) into `options.out_dir`. The directory is created, with a private
+/// staging directory, before any work, so an unwritable output fails first; the
+/// files appear together once complete, and a failed run leaves nothing (not even
+/// the directories it created).
 pub fn run(options: &MeasureOptions) -> Result<MeasurementReport, MeasureFailure> {
     if let Some(n) = options.noise
         && (!n.epsilon.is_finite() || n.epsilon <= 0.0 || n.clip == 0)
     {
         return Err(MeasureFailure::BadNoise);
     }
+    let write_err = |source| MeasureFailure::Write { path: options.out_dir.clone(), source };
+    let out = OutDir::create(&options.out_dir).map_err(write_err)?;
+    match measure_into(options, out.staging()) {
+        Ok(report) => {
+            let mut names = vec!["measurement.json"];
+            if options.write_rejects {
+                names.splice(0..0, ["owner_rejects.csv", "partner_rejects.csv"]);
+            }
+            out.commit(&names).map_err(write_err)?;
+            Ok(report)
+        }
+        Err(e) => {
+            out.discard();
+            Err(e)
+        }
+    }
+}
+
+/// The measurement itself, writing every output into `out_dir` (the staging
+/// directory).
+fn measure_into(options: &MeasureOptions, out_dir: &Path) -> Result<MeasurementReport, MeasureFailure> {
     let key = Key::load(&options.key_file)?;
     let tokenizer = Tokenizer::new(&key);
     let list = |path: &Option<PathBuf>| {
@@ -170,10 +196,6 @@ pub fn run(options: &MeasureOptions) -> Result<MeasurementReport, MeasureFailure
             .transpose()
     };
     let optouts = list(&options.optouts)?;
-    if options.write_rejects {
-        std::fs::create_dir_all(&options.out_dir)
-            .map_err(|source| MeasureFailure::Write { path: options.out_dir.clone(), source })?;
-    }
     let suppress = list(&options.suppress)?;
     let read = |path: &Path, filter: Option<&FileList>, value: bool| -> Result<RecordSet, MeasureFailure> {
         let mut read = ReadOptions::new(options.normalizer.clone());
@@ -183,7 +205,7 @@ pub fn run(options: &MeasureOptions) -> Result<MeasurementReport, MeasureFailure
         read.progress = options.progress;
         if options.write_rejects {
             let name = if value { "owner_rejects.csv" } else { "partner_rejects.csv" };
-            read.rejects = Some(RejectWriter::create(&options.out_dir.join(name), false)?);
+            read.rejects = Some(RejectWriter::create(&out_dir.join(name), false)?);
         }
         if value {
             read.value_column = Some(options.value_column.clone());
@@ -234,13 +256,8 @@ pub fn run(options: &MeasureOptions) -> Result<MeasurementReport, MeasureFailure
         groups,
         lift,
     };
-    write_report(&options.out_dir, &report)?;
+    write_json(out_dir, "measurement.json", &report)?;
     Ok(report)
-}
-
-/// Writes `measurement.json` atomically (temporary file, then rename).
-fn write_report(out_dir: &Path, report: &MeasurementReport) -> Result<(), MeasureFailure> {
-    write_json(out_dir, "measurement.json", report)
 }
 
 /// Writes `value` as pretty JSON to `out_dir/name` (the directory created if

@@ -21,6 +21,7 @@ use crate::measure::local::{SideReport, partner_exposures, write_json};
 use crate::measure::{self, Learner};
 use crate::normalize::Normalizer;
 use crate::optout::{BadRows, OptOutSource};
+use crate::output::{OutDir, OutputError};
 use crate::prepare;
 use crate::psi::ProtocolError;
 use crate::records::{ColumnSpec, ReadOptions};
@@ -92,10 +93,33 @@ pub struct PartnerReport {
 }
 
 /// Runs one measurement against the server. Writes `measurement.json` into
-/// `out_dir` when the partner learns the figures.
+/// `out_dir` when the partner learns the figures. The directory (and a private
+/// staging directory in it) is created before anything is read or sent, so an
+/// unwritable output fails before the owner does any work or charges any budget.
 pub async fn run(options: MeasureClientOptions) -> Result<PartnerReport, ClientError> {
     let tls = TlsFiles { ca: options.ca.as_ref(), cert: options.cert.as_ref(), key: options.key.as_ref() };
     check_server(&options.server, tls)?;
+    let out =
+        OutDir::create(&options.out_dir).map_err(|source| OutputError { path: options.out_dir.clone(), source })?;
+    let result = measure(&options, tls, out.staging()).await;
+    match result {
+        Ok(report) if report.release.is_some() => {
+            out.commit(&["measurement.json"])
+                .map_err(|source| OutputError { path: options.out_dir.clone(), source })?;
+            Ok(report)
+        }
+        other => {
+            out.discard();
+            other
+        }
+    }
+}
+
+async fn measure(
+    options: &MeasureClientOptions,
+    tls: TlsFiles<'_>,
+    staging: &std::path::Path,
+) -> Result<PartnerReport, ClientError> {
     let PartnerFiles { key, fingerprint, token, suppress } = PartnerFiles::load(
         &options.key_file,
         options.token_file.as_ref(),
@@ -180,8 +204,7 @@ pub async fn run(options: MeasureClientOptions) -> Result<PartnerReport, ClientE
         release,
     };
     if report.release.is_some() {
-        write_json(&options.out_dir, "measurement.json", &report)
-            .map_err(|e| ClientError::Measurement(e.to_string()))?;
+        write_json(staging, "measurement.json", &report).map_err(|e| ClientError::Measurement(e.to_string()))?;
     }
     Ok(report)
 }
