@@ -94,8 +94,11 @@ reveals = ["count"]
 
 "#
     );
-    text += &campaign("spring", &measurement("owner", ""));
-    text += &campaign("summer", &measurement("partner", ""));
+    // spring and summer accept groups of any size, so that the malformed-traffic
+    // test's tiny groups reach the later messages; the others keep the default
+    // minimum group size (min_aggregate, 100).
+    text += &campaign("spring", &measurement("owner", "min_group_size = 1\n"));
+    text += &campaign("summer", &measurement("partner", "min_group_size = 1\n"));
     text += &campaign("autumn", &measurement("both", ""));
     text += &campaign(
         "noisy",
@@ -509,6 +512,11 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
             "a masked sum that is no point",
             vec![f.hello_for("summer", 2, 10), frame(exposures(2, 10), true), frame(masked(0xff), true)],
             InvalidArgument,
+        ),
+        (
+            "groups of 5 exposed people where 100 is the minimum",
+            vec![f.hello_for("autumn", 2, 10), frame(exposures(2, 10), true)],
+            FailedPrecondition,
         ),
         ("a second hello", vec![f.hello(2, 10), f.hello(2, 10)], FailedPrecondition),
         ("garbage", vec![f.hello(2, 10), frame(vec![0xee, 1, 2, 3], true)], InvalidArgument),

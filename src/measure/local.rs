@@ -228,6 +228,8 @@ fn measure_into(options: &MeasureOptions, out_dir: &Path) -> Result<MeasurementR
 
     let owner_config = OwnerConfig {
         min_aggregate: options.min_aggregate,
+        // Both files are this operator's: no group can be crafted against it.
+        min_group_size: 1,
         learner: options.learner,
         noise: options.noise,
         seed: options.seed,

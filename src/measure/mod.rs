@@ -174,6 +174,16 @@ pub enum MeasureError {
         /// The bound searched.
         source: DecryptError,
     },
+    /// The partner's group holds fewer exposure bundles than the owner accepts.
+    #[error("group {group} holds {bundles} exposed people; this owner accepts groups of at least {min}")]
+    GroupTooSmall {
+        /// Position of the group.
+        group: usize,
+        /// Bundles in it.
+        bundles: u64,
+        /// The owner's minimum.
+        min: u64,
+    },
     /// Too many or too few groups, or a label too long or empty.
     #[error("groups: {0}")]
     Groups(&'static str),
@@ -266,7 +276,7 @@ mod tests {
 
     fn configs(min: u64, learner: Learner) -> (OwnerConfig, PartnerConfig) {
         (
-            OwnerConfig { min_aggregate: min, learner, noise: None, seed: Some(1) },
+            OwnerConfig { min_aggregate: min, min_group_size: 1, learner, noise: None, seed: Some(1) },
             PartnerConfig { min_aggregate: min, learner, epsilon: None, seed: Some(2) },
         )
     }
@@ -547,6 +557,34 @@ mod tests {
         assert!(people_counts.iter().any(|&p| p != 120.0), "the counts are noised");
         let (people_mean, _) = stats::mean_sd(&people_counts);
         assert!((people_mean - 120.0).abs() < 4.0 * sd(1.0, 1.0) / (runs as f64).sqrt(), "{people_mean}");
+    }
+
+    /// The one-person-group attack: a partner that makes each target its own group
+    /// learns from suppressed-or-not whether the target is in the outcomes. The owner
+    /// refuses any non-empty group under its minimum before anything is summed.
+    #[test]
+    fn groups_under_the_owner_minimum_are_refused() {
+        let people: Vec<Person> = (0..300).map(|i| Person { tokens: vec![token(i)], value: 10 }).collect();
+        // control: 299 people; test: one target.
+        let exposures: Vec<Exposure> =
+            (0..300).map(|i| Exposure { tokens: vec![token(i)], group: u8::from(i == 0) }).collect();
+        let (mut oc, pc) = configs(100, Learner::Both);
+        oc.min_group_size = 100;
+        let mut owner = Owner::new(oc, &people).unwrap();
+        let labels = vec!["control".into(), "test".into(), "empty".into()];
+        let mut partner = Partner::new(pc, labels.clone(), vec![299, 1, 0], &exposures).unwrap();
+        let err = run_in_memory(&mut owner, &mut partner).unwrap_err();
+        assert!(matches!(err, MeasureError::GroupTooSmall { group: 1, bundles: 1, min: 100 }), "{err}");
+        assert!(owner.result().is_none() && partner.measurement().is_none());
+        // Groups at the minimum (and the empty one) pass.
+        let exposures: Vec<Exposure> =
+            (0..300).map(|i| Exposure { tokens: vec![token(i)], group: u8::from(i < 100) }).collect();
+        let (mut oc, _) = configs(100, Learner::Both);
+        oc.min_group_size = 100;
+        let mut owner = Owner::new(oc, &people).unwrap();
+        let mut partner = Partner::new(pc, labels, vec![200, 100, 0], &exposures).unwrap();
+        run_in_memory(&mut owner, &mut partner).unwrap();
+        assert!(owner.result().is_some());
     }
 
     #[test]

@@ -28,6 +28,13 @@ use crate::records::MAX_VALUE;
 pub struct OwnerConfig {
     /// Groups with fewer matched people are released as suppressed (and not decrypted).
     pub min_aggregate: u64,
+    /// The partner's exposures are refused ([`MeasureError::GroupTooSmall`]) when a
+    /// group holds fewer bundles than this, but at least one (an empty group reveals
+    /// nothing): the threshold on matched people cannot
+    /// protect a group the partner made of one person (whether its sum is suppressed
+    /// or not tells whether that person is in the outcomes). 1 accepts any group
+    /// (local runs, where both files are the same operator's).
+    pub min_group_size: u64,
     /// Who receives the released figures.
     pub learner: Learner,
     /// Differential-privacy noise on the released figures.
@@ -38,7 +45,13 @@ pub struct OwnerConfig {
 
 impl Default for OwnerConfig {
     fn default() -> OwnerConfig {
-        OwnerConfig { min_aggregate: stats::DEFAULT_MIN_AGGREGATE, learner: Learner::Owner, noise: None, seed: None }
+        OwnerConfig {
+            min_aggregate: stats::DEFAULT_MIN_AGGREGATE,
+            min_group_size: stats::DEFAULT_MIN_AGGREGATE,
+            learner: Learner::Owner,
+            noise: None,
+            seed: None,
+        }
     }
 }
 
@@ -193,6 +206,11 @@ impl Owner {
             elements[start..].sort_unstable();
             groups.push(x.groups[i]);
             per_group[usize::from(x.groups[i])] += 1;
+        }
+        if let Some((group, &bundles)) =
+            per_group.iter().enumerate().find(|&(_, &n)| n > 0 && n < self.config.min_group_size)
+        {
+            return Err(MeasureError::GroupTooSmall { group, bundles, min: self.config.min_group_size });
         }
         self.labels = x.labels;
         self.bundles_per_group = per_group;

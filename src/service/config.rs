@@ -236,6 +236,10 @@ pub struct MeasurementConfig {
     /// Figures over fewer matched people are suppressed (default 100, positive).
     #[serde(default = "default_min_aggregate")]
     pub min_aggregate: u64,
+    /// A measurement whose partner puts fewer exposed people than this in any group
+    /// is refused before anything is summed (default: `min_aggregate`): groups of one
+    /// person would tell the partner who is in the outcomes, whatever the threshold.
+    pub min_group_size: Option<u64>,
     /// Total epsilon of the discrete Laplace noise of one measurement; no noise when
     /// absent. Needs `value_max` and `max_epsilon_per_partner_per_day`.
     pub epsilon: Option<f64>,
@@ -270,6 +274,8 @@ pub struct MeasurementSettings {
     pub learner: Learner,
     /// The minimum aggregate.
     pub min_aggregate: u64,
+    /// The smallest group (exposure bundles) the owner accepts.
+    pub min_group_size: u64,
     /// The noise, when configured (`epsilon` and `value_max`).
     pub noise: Option<Noise>,
     /// The clip value (also without noise).
@@ -571,6 +577,9 @@ fn measurement_settings(m: &MeasurementConfig, id: &str) -> Result<MeasurementSe
     if m.min_aggregate == 0 {
         return Err(err("min_aggregate", "must be at least 1".into()));
     }
+    if m.min_group_size == Some(0) {
+        return Err(err("min_group_size", "must be at least 1".into()));
+    }
     if m.value_max == Some(0) {
         return Err(err("value_max", "must be at least 1".into()));
     }
@@ -607,6 +616,7 @@ fn measurement_settings(m: &MeasurementConfig, id: &str) -> Result<MeasurementSe
         value_column: m.value_column.trim().to_owned(),
         learner,
         min_aggregate: m.min_aggregate,
+        min_group_size: m.min_group_size.unwrap_or(m.min_aggregate),
         noise,
         value_max: m.value_max,
         max_epsilon_per_day: noise.and(m.max_epsilon_per_partner_per_day),

@@ -220,6 +220,7 @@ impl Session<'_> {
         record.owner_people = Some(people.len() as u64);
         let owner_config = measure::OwnerConfig {
             min_aggregate: settings.min_aggregate,
+            min_group_size: settings.min_group_size,
             learner: settings.learner,
             noise: settings.noise,
             seed: None,
@@ -337,6 +338,7 @@ fn measure_status(error: &MeasureError, message: String) -> Status {
         | BadRelease
         | Groups(_)
         | TooManyIdentifiers(_) => Status::invalid_argument(message),
+        GroupTooSmall { .. } => Status::failed_precondition(message),
         Unexpected { .. } | Failed => Status::failed_precondition(message),
         ValueTooLarge | Rng(_) | Stalled => {
             error!(error = %error, "the measurement failed on the owner's side");
