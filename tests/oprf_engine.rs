@@ -198,6 +198,21 @@ fn out_of_order_messages_are_refused_in_one_place() {
         receiver.receive(SenderMessage::Setup(ss)),
         Err(OprfError::UnexpectedMessage { state: "sending the correction matrix", message: "sender_setup" })
     );
+    // Outputs before the whole correction matrix has left are out of order, even
+    // once the receiver has computed its last chunk (owner mode: the owner is the
+    // receiver, and a sender cannot have used a chunk it has not received).
+    let mut config = OprfConfig::new(Reveal::Owner);
+    config.send_chunk_bytes = oprf::MIN_CHUNK_BYTES;
+    let mut receiver = OprfReceiver::new(config, &a).unwrap();
+    let mut sender = OprfSender::new(OprfConfig::new(Reveal::Owner), &b).unwrap();
+    let (_, ss) = setups(&mut receiver, &mut sender);
+    receiver.receive(SenderMessage::Setup(ss)).unwrap();
+    let first = receiver.poll_outgoing();
+    assert!(matches!(first, Some(ReceiverMessage::Correction(_))), "the first chunk is out");
+    assert_eq!(
+        receiver.receive(SenderMessage::Outputs(vec![0; 10])),
+        Err(OprfError::UnexpectedMessage { state: "sending the correction matrix", message: "outputs" })
+    );
     // Matches are refused outside `both` mode, even at the end.
     let (mut receiver, mut sender) = pair(&a, &b, Reveal::Partner);
     let mut log = Vec::new();

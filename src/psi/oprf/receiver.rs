@@ -175,11 +175,25 @@ impl<'a> OprfReceiver<'a> {
     }
 
     /// Handles one message from the sender. Any error ends the match.
+    ///
+    /// Outputs are accepted only once the whole correction matrix has been handed
+    /// out by [`poll_outgoing`](Self::poll_outgoing): the state machine moves to
+    /// receiving outputs when the last correction chunk is computed, but until that
+    /// chunk has left, a sender cannot have computed an output from it, so outputs
+    /// then are out of order (refused here, in the one place every transport goes
+    /// through).
     pub fn receive(&mut self, message: SenderMessage) -> Result<(), OprfError> {
+        // In `ReceivingOutputs` the outbox holds nothing but correction chunks.
+        let correction_in_flight = matches!(self.state, State::ReceivingOutputs { .. }) && !self.outbox.is_empty();
         match (&self.state, message) {
             (State::AwaitingSenderSetup, SenderMessage::Setup(setup)) => self.on_setup(setup),
-            (&State::ReceivingOutputs { received }, SenderMessage::Outputs(chunk)) => self.on_outputs(received, &chunk),
-            (state, message) => Err(OprfError::UnexpectedMessage { state: state.name(), message: message.name() }),
+            (&State::ReceivingOutputs { received }, SenderMessage::Outputs(chunk)) if !correction_in_flight => {
+                self.on_outputs(received, &chunk)
+            }
+            (state, message) => Err(OprfError::UnexpectedMessage {
+                state: if correction_in_flight { "sending the correction matrix" } else { state.name() },
+                message: message.name(),
+            }),
         }
     }
 
