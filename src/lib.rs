@@ -46,8 +46,12 @@
 //! [`psi`], [`local_match`], [`measure`], [`synth`], [`output`] — builds with
 //! `--no-default-features`. On by default:
 //! - `sqlite`: the durable opt-out store (`optout::store`, bundled SQLite);
-//! - `service`: the gRPC server and client (`service`, `wire`: tonic, tokio, axum),
-//!   with `sqlite`;
+//! - `service` = `server`: the owner's gRPC server (`service::server`,
+//!   `service::config`: axum, Prometheus, health, reflection), with `sqlite` and
+//!   `client`;
+//! - `client` (in `server`; alone for the Python package): the partners' gRPC
+//!   clients (`service::client`, `service::measure_client`) and the wire types
+//!   (`wire`: tonic, tokio), without the server or SQLite;
 //! - `cli`: the `idmatch` binary (clap), which needs both.
 
 #![forbid(unsafe_code)]
@@ -64,7 +68,7 @@ pub mod output;
 pub mod prepare;
 pub mod psi;
 pub mod records;
-#[cfg(feature = "service")]
+#[cfg(feature = "client")]
 pub mod service;
 pub mod synth;
 pub mod token;
@@ -73,7 +77,7 @@ pub mod token;
 /// `protoc`): the `Matcher` and `OptOutAdmin` services and their messages.
 // Generated code: the field and message docs live in the `.proto` files.
 #[allow(missing_docs)]
-#[cfg(feature = "service")]
+#[cfg(feature = "client")]
 pub mod wire {
     tonic::include_proto!("idmatch.v1");
 }

@@ -5,7 +5,9 @@
 //! number of 32-byte elements. OPRF byte fields are passed on raw: the OPRF state
 //! machines check them.
 
-use crate::psi::message::{Accept, Element, Hello, Summary};
+#[cfg(feature = "server")]
+use crate::psi::message::Hello;
+use crate::psi::message::{Accept, Element, Summary};
 use crate::psi::oprf::{OprfMessage, ReceiverSetup, SenderSetup};
 use crate::psi::{OwnerMessage, PartnerMessage, Protocol, ProtocolError, Reveal};
 use crate::wire;
@@ -21,6 +23,7 @@ fn reveal_to_wire(reveal: Reveal) -> wire::Reveal {
     }
 }
 
+#[cfg(feature = "server")]
 fn reveal_from_wire(value: i32) -> Result<Reveal, ProtocolError> {
     match wire::Reveal::try_from(value) {
         Ok(wire::Reveal::Partner) => Ok(Reveal::Partner),
@@ -38,6 +41,7 @@ fn protocol_to_wire(protocol: Protocol) -> wire::Protocol {
     }
 }
 
+#[cfg(feature = "server")]
 /// The engines a hello offers, in the partner's order of preference, each once.
 /// Values this build does not know (engines of a newer client) are skipped, as TLS
 /// skips unknown cipher suites, and repeats are dropped, so the list (and every
@@ -168,6 +172,7 @@ pub fn partner_to_wire(message: PartnerMessage) -> wire::PartnerMessage {
     wire::PartnerMessage { body: Some(body) }
 }
 
+#[cfg(feature = "server")]
 /// Wire → engine, partner side.
 pub fn partner_from_wire(message: wire::PartnerMessage) -> Result<PartnerMessage, ProtocolError> {
     Ok(match message.body.ok_or(ProtocolError::Malformed("partner message without a body"))? {
@@ -187,6 +192,7 @@ pub fn partner_from_wire(message: wire::PartnerMessage) -> Result<PartnerMessage
     })
 }
 
+#[cfg(feature = "server")]
 /// Engine → wire, owner side.
 pub fn owner_to_wire(message: OwnerMessage) -> wire::OwnerMessage {
     let body = match message {

@@ -45,6 +45,7 @@ pub enum DriveError {
     Idle(Duration),
     #[error("the peer took none of our messages for {0:?}")]
     Stalled(Duration),
+    #[cfg(feature = "server")]
     #[error("transport: {0}")]
     Transport(String),
     /// The peer ended the stream with a gRPC status.

@@ -6,9 +6,13 @@
 //! [`measure::Partner`] as [`Driven`] roles, so the same driver (deadlines,
 //! backpressure) runs a measurement as it runs a match.
 
+#[cfg(feature = "server")]
+use crate::measure::OwnerState;
 use crate::measure::elgamal::LIMBS;
-use crate::measure::message::{MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, VALUE_LEN};
-use crate::measure::{self, Learner, MeasureError, OwnerState, PartnerState};
+#[cfg(feature = "server")]
+use crate::measure::message::MAX_LABEL;
+use crate::measure::message::{MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, VALUE_LEN};
+use crate::measure::{self, Learner, MeasureError, PartnerState};
 use crate::psi::message::ELEMENT_LEN;
 use crate::wire;
 use crate::wire::measure_owner_message::Body as OwnerBody;
@@ -52,6 +56,7 @@ pub enum FrameError {
         /// Its bound.
         max: usize,
     },
+    #[cfg(feature = "server")]
     /// A message whose sizes differ from those announced in the hello.
     #[error("the {what} of the exposures message ({got}) differs from the hello ({announced})")]
     Announced {
@@ -144,6 +149,7 @@ fn bound(parts: &[usize]) -> usize {
     parts.iter().fold(1usize, |acc, &x| acc.saturating_mul(x))
 }
 
+#[cfg(feature = "server")]
 /// Largest `exposures` (tag 2) message for `groups` groups and `n` bundles.
 pub fn exposures_bound(groups: usize, n: u64) -> usize {
     let per = 1 + usize::from(MAX_BUNDLE) * ELEMENT_LEN;
@@ -162,6 +168,7 @@ fn people_bound(n: u64) -> usize {
     (1 + 32 + 1 + 4usize).saturating_add(bound(&[usize::try_from(n).unwrap_or(usize::MAX), per]))
 }
 
+#[cfg(feature = "server")]
 /// Largest `sums` (tag 4) message for `groups` groups; `masked` (tag 6) is smaller.
 fn sums_bound(groups: usize) -> usize {
     1 + 1 + groups * (8 + 1 + 8 + 8 + VALUE_LEN)
@@ -170,6 +177,7 @@ fn sums_bound(groups: usize) -> usize {
 /// Largest `shares` (tag 7) message: noise bounds and at most 16 groups of shares.
 const SHARES_BOUND: usize = 1 + 8 * LIMBS + 1 + MAX_GROUPS * MASKED_LEN;
 
+#[cfg(feature = "server")]
 /// The number of groups and of bundles an `exposures` message announces, when its
 /// header is readable (the state machine reports anything else precisely).
 fn exposures_shape(bytes: &[u8]) -> Option<(u64, u64)> {
@@ -186,6 +194,7 @@ fn exposures_shape(bytes: &[u8]) -> Option<(u64, u64)> {
     Some((u64::from(groups), u64::from(u32::from_be_bytes(n.try_into().ok()?))))
 }
 
+#[cfg(feature = "server")]
 /// Learner ↔ wire.
 pub fn learner_to_wire(learner: Learner) -> wire::Learner {
     match learner {
@@ -205,6 +214,7 @@ pub fn learner_from_wire(value: i32) -> Result<Learner, FrameError> {
     }
 }
 
+#[cfg(feature = "server")]
 /// The owner's measurement role over frames.
 pub struct OwnerFrames {
     owner: measure::Owner,
@@ -214,6 +224,7 @@ pub struct OwnerFrames {
     cutter: Cutter,
 }
 
+#[cfg(feature = "server")]
 impl OwnerFrames {
     /// `owner` (its `people` queued), for a hello announcing `groups` and `bundles`;
     /// frames of at most `max_frame` bytes are accepted, `send_frame` are sent.
@@ -255,6 +266,7 @@ impl OwnerFrames {
     }
 }
 
+#[cfg(feature = "server")]
 impl Driven for OwnerFrames {
     type Incoming = PartnerBody;
     type Outgoing = wire::MeasureOwnerMessage;

@@ -15,19 +15,33 @@
 //!   `frames` (the measurement roles over frames, shared with the client);
 //! - `audit`, `budget`, `metrics`: the audit log, daily budgets, Prometheus.
 
-mod admin;
-mod audit;
-mod auth;
-mod budget;
+// The clients (feature `client`)...
 pub mod client;
-pub mod config;
 mod convert;
 mod driver;
 mod frames;
-mod measure;
 pub mod measure_client;
+
+// ...and the server (feature `server`).
+#[cfg(feature = "server")]
+mod admin;
+#[cfg(feature = "server")]
+mod audit;
+#[cfg(feature = "server")]
+mod auth;
+#[cfg(feature = "server")]
+mod budget;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+mod measure;
+#[cfg(feature = "server")]
 mod metrics;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 mod session;
+#[cfg(feature = "server")]
 mod slots;
+#[cfg(feature = "server")]
 mod state;
