@@ -3,9 +3,11 @@
 //!
 //! read (normalize, token, and the filter's digests in the same pass) → opt-out or
 //! suppression filter → [`PreparedSet`] (distinct tokens, shuffled, with the way back
-//! to records). The local match, the partner's client, the owner's server and
-//! `idmatch tokens` all go through here, so none of them can read a side without the
-//! digests its filter needs, or prepare one without applying its filter.
+//! to records). The local match, the partner's clients, the owner's server,
+//! measurements and `idmatch tokens` go through [`read`] and then [`prepared_set`] or
+//! [`excluded`]; the filter is an explicit argument of each (an `Option`, so a caller
+//! that has none says so), but nothing here can force a caller to pass the list it
+//! was configured with: each entry point's tests check that it does.
 //!
 //! Invariant: a record excluded by the filter contributes nothing to the prepared set
 //! (no token, no count but [`PreparedSet::excluded_records`]).

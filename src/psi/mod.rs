@@ -1,4 +1,6 @@
-//! The matching engine: ECDH private set intersection on ristretto255.
+//! The matching engines: ECDH private set intersection on ristretto255 (this
+//! module's roles, below), and the OPRF engine ([`oprf`]); [`Protocol`] names them and
+//! says which is secure against a partner that deviates from the protocol.
 //!
 //! Two roles, the **owner** (holds the member audience and the opt-out list; runs the
 //! server) and the **partner** (the marketing partner; the client). Each side blinds
