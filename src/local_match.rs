@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
-use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
+use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, open_store};
 use crate::output::{OutDir, write_match_file};
 use crate::prepare;
 use crate::psi::oprf::{self, OprfMatchError};
@@ -203,7 +203,7 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
     let mut optout_store = None;
     let optouts: Option<Box<dyn OptOutSource>> = match (&options.optout_store, &options.optouts) {
         (Some((db, key_file)), _) => {
-            let (store, entries) = open_store(db, key_file, options)?;
+            let (store, entries) = open_store(db, key_file, options.normalizer.profile())?;
             optout_store = Some(StoreSummary { path: db.display().to_string(), entries });
             Some(store)
         }
@@ -291,25 +291,6 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
     let file = File::create(&path).map_err(write_err)?;
     serde_json::to_writer_pretty(BufWriter::new(file), &summary).map_err(|e| write_err(e.into()))?;
     Ok(summary)
-}
-
-/// The store at `db` (which must exist) and how many opt-outs it holds.
-#[cfg(feature = "sqlite")]
-fn open_store(
-    db: &Path,
-    key_file: &Path,
-    options: &LocalMatchOptions,
-) -> Result<(Box<dyn OptOutSource>, u64), OptOutError> {
-    use crate::optout::store::{OptOutStore, StoreOptions};
-    let store_options = StoreOptions { profile: Some(options.normalizer.profile()), ..StoreOptions::existing() };
-    let store = OptOutStore::open(db, &Key::load(key_file)?, &store_options)?;
-    let entries = store.count()?.total();
-    Ok((Box::new(store), entries))
-}
-
-#[cfg(not(feature = "sqlite"))]
-fn open_store(db: &Path, _: &Path, _: &LocalMatchOptions) -> Result<(Box<dyn OptOutSource>, u64), OptOutError> {
-    Err(OptOutError::NoStoreSupport { path: db.display().to_string() })
 }
 
 fn load_list(path: Option<&Path>, options: &LocalMatchOptions) -> Result<Option<FileList>, OptOutError> {

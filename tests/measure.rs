@@ -27,6 +27,7 @@ fn options(dir: &Path, key: PathBuf, min_aggregate: u64) -> MeasureOptions {
         normalizer: Normalizer::new(Profile::IdmatchV1, Some(Region::US)),
         columns: ColumnSpec::default(),
         optouts: None,
+        optout_store: None,
         suppress: None,
         bad_list_rows: BadRows::Refuse,
         out_dir: dir.join("out"),
@@ -104,6 +105,30 @@ fn optouts_suppressions_and_small_groups() {
     check(&report, &plaintext(dir.path(), &opted, &suppressed));
     assert_eq!(report.owner.excluded_records, opted.len() as u64);
     assert_eq!(report.partner.excluded_records, suppressed.len() as u64);
+
+    // The same opt-outs from an opt-out store (`--optout-db`): the same figures.
+    let (db, store_key) = (dir.path().join("optouts.db"), dir.path().join("store.key"));
+    Key::generate_to_file(&store_key).unwrap();
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_idmatch")).args(args).output().unwrap();
+    let import = run(&[
+        "optout",
+        "import",
+        dir.path().join("optouts.csv").to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--store-key",
+        store_key.to_str().unwrap(),
+    ]);
+    assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
+    let mut from_store = o.clone();
+    from_store.optouts = None;
+    from_store.optout_store = Some((db.clone(), store_key.clone()));
+    let same = local::run(&from_store).unwrap();
+    assert_eq!(same.groups, report.groups);
+    assert_eq!(same.owner.excluded_records, opted.len() as u64);
+    // Both at once is refused: which one is meant?
+    from_store.optouts = Some(dir.path().join("optouts.csv"));
+    assert!(matches!(local::run(&from_store), Err(local::MeasureFailure::TwoOptOutSources)));
 
     // A minimum above every group: everything but the group sizes is "<N>".
     o.min_aggregate = 1_000_000;

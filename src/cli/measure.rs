@@ -44,6 +44,12 @@ pub struct MeasureArgs {
     /// Local mode: the owner's opt-out list: opted-out people are never sent.
     #[arg(long, value_name = "FILE", conflicts_with = "server")]
     pub optouts: Option<PathBuf>,
+    /// Local mode: the owner's opt-out store (see `idmatch optout`), instead of --optouts.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["server", "optouts"], requires = "store_key")]
+    pub optout_db: Option<PathBuf>,
+    /// Local mode: the opt-out store's key file.
+    #[arg(long, value_name = "FILE", requires = "optout_db")]
+    pub store_key: Option<PathBuf>,
     /// The partner's suppression list, applied to the exposures.
     #[arg(long, value_name = "FILE")]
     pub suppress: Option<PathBuf>,
@@ -93,6 +99,7 @@ pub fn run(args: MeasureArgs) -> CliResult {
         normalizer: args.profile.normalizer(),
         columns: args.columns.spec(),
         optouts: args.optouts,
+        optout_store: args.optout_db.zip(args.store_key),
         suppress: args.suppress,
         bad_list_rows: BadRows::skip_if(args.skip_bad_list_rows),
         out_dir: args.out_dir.clone(),

@@ -20,7 +20,7 @@ use super::stats::{GroupFigures, Lift, Noise};
 use super::{Exposure, Learner, MeasureError, Measurement, Owner, Partner, Person, run_in_memory};
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
-use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
+use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, open_store};
 use crate::output::OutDir;
 use crate::prepare;
 use crate::records::{
@@ -50,6 +50,8 @@ pub struct MeasureOptions {
     pub columns: ColumnSpec,
     /// The owner's opt-out list: opted-out people are never sent.
     pub optouts: Option<PathBuf>,
+    /// The owner's opt-out store and its key file (instead of `optouts`).
+    pub optout_store: Option<(PathBuf, PathBuf)>,
     /// The partner's suppression list, applied to the exposures the same way.
     pub suppress: Option<PathBuf>,
     /// What to do with unreadable rows of the lists (default: refuse).
@@ -84,6 +86,9 @@ pub enum MeasureFailure {
     /// The opt-out or suppression list could not be used.
     #[error(transparent)]
     OptOut(#[from] OptOutError),
+    /// Both an opt-out list and an opt-out store were given: which one is meant?
+    #[error("give either an opt-out list or an opt-out store, not both")]
+    TwoOptOutSources,
     /// A reject report could not be written.
     #[error(transparent)]
     Rejects(#[from] RejectWriteError),
@@ -195,9 +200,13 @@ fn measure_into(options: &MeasureOptions, out_dir: &Path) -> Result<MeasurementR
             .map(|p| FileList::read(p, options.normalizer.clone(), ColumnSpec::default(), None, options.bad_list_rows))
             .transpose()
     };
-    let optouts = list(&options.optouts)?;
+    let optouts: Option<Box<dyn OptOutSource>> = match (&options.optout_store, &options.optouts) {
+        (Some(_), Some(_)) => return Err(MeasureFailure::TwoOptOutSources),
+        (Some((db, key_file)), None) => Some(open_store(db, key_file, options.normalizer.profile())?.0),
+        (None, _) => list(&options.optouts)?.map(|l| Box::new(l) as Box<dyn OptOutSource>),
+    };
     let suppress = list(&options.suppress)?;
-    let read = |path: &Path, filter: Option<&FileList>, value: bool| -> Result<RecordSet, MeasureFailure> {
+    let read = |path: &Path, filter: Option<&dyn OptOutSource>, value: bool| -> Result<RecordSet, MeasureFailure> {
         let mut read = ReadOptions::new(options.normalizer.clone());
         // One row per purchase or impression: repeated ids are one person's rows.
         read.unique_ids = false;
@@ -214,10 +223,11 @@ fn measure_into(options: &MeasureOptions, out_dir: &Path) -> Result<MeasurementR
         }
         Ok(prepare::read(path, &tokenizer, read, filter.map(OptOutSource::digester))?)
     };
-    let owner_records = read(&options.owner, optouts.as_ref(), true)?;
-    let partner_records = read(&options.partner, suppress.as_ref(), false)?;
-    let owner_excluded = prepare::excluded(&owner_records, optouts.as_ref().map(|l| l as &dyn OptOutSource))?;
-    let partner_excluded = prepare::excluded(&partner_records, suppress.as_ref().map(|l| l as &dyn OptOutSource))?;
+    let suppress = suppress.as_ref().map(|l| l as &dyn OptOutSource);
+    let owner_records = read(&options.owner, optouts.as_deref(), true)?;
+    let partner_records = read(&options.partner, suppress, false)?;
+    let owner_excluded = prepare::excluded(&owner_records, optouts.as_deref())?;
+    let partner_excluded = prepare::excluded(&partner_records, suppress)?;
 
     let clip = options.noise.map(|n| n.clip);
     let (people, mut owner_report) = owner_people(&owner_records, &owner_excluded, clip);

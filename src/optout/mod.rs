@@ -33,6 +33,30 @@ pub mod store;
 #[cfg(feature = "sqlite")]
 pub use store::OptOutStore;
 
+/// The opt-out store at `db` (which must exist, made under `profile`) opened with the
+/// store key in `key_file`, and how many opt-outs it holds.
+#[cfg(feature = "sqlite")]
+pub fn open_store(
+    db: &std::path::Path,
+    key_file: &std::path::Path,
+    profile: crate::normalize::Profile,
+) -> Result<(Box<dyn OptOutSource>, u64), OptOutError> {
+    let options = store::StoreOptions { profile: Some(profile), ..store::StoreOptions::existing() };
+    let store = OptOutStore::open(db, &Key::load(key_file)?, &options)?;
+    let entries = store.count()?.total();
+    Ok((Box::new(store), entries))
+}
+
+/// Without the `sqlite` feature there is no store to open.
+#[cfg(not(feature = "sqlite"))]
+pub fn open_store(
+    db: &std::path::Path,
+    _key_file: &std::path::Path,
+    _profile: crate::normalize::Profile,
+) -> Result<(Box<dyn OptOutSource>, u64), OptOutError> {
+    Err(OptOutError::NoStoreSupport { path: db.display().to_string() })
+}
+
 /// Why opt-outs could not be applied.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
