@@ -25,7 +25,6 @@ use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{Identity, IsIdentity};
 use rand::{CryptoRng, RngCore};
 use rayon::prelude::*;
-use sha2::{Digest, Sha512};
 use zeroize::Zeroizing;
 
 /// Bytes in one encoded ciphertext: `C1 ‖ C2`, two canonical ristretto255 encodings.
@@ -76,8 +75,10 @@ impl SecretKey {
         SecretKey(Zeroizing::new(random_scalar(rng)))
     }
 
-    /// `SHA-512(label) mod ℓ`: fixed keys for the test vectors of docs/PROTOCOL.md §12 only.
-    pub fn from_label(label: &str) -> SecretKey {
+    /// `SHA-512(label) mod ℓ`: fixed keys for the test vectors of docs/PROTOCOL.md §12
+    /// only, so compiled into tests only: no build of the library can make one.
+    #[cfg(test)]
+    pub(crate) fn from_label(label: &str) -> SecretKey {
         SecretKey(Zeroizing::new(label_scalar(label)))
     }
 
@@ -111,8 +112,10 @@ impl std::fmt::Debug for SecretKey {
     }
 }
 
-/// `SHA-512(label) mod ℓ` (test vectors).
-pub fn label_scalar(label: &str) -> Scalar {
+/// `SHA-512(label) mod ℓ` (test vectors; tests only).
+#[cfg(test)]
+pub(crate) fn label_scalar(label: &str) -> Scalar {
+    use sha2::{Digest, Sha512};
     let wide: [u8; 64] = Sha512::digest(label.as_bytes()).into();
     Scalar::from_bytes_mod_order_wide(&wide)
 }
