@@ -94,6 +94,9 @@ fn add_remove_check_count_roundtrip() {
 
     // The export and the audit trail hold digests and counts, never values.
     let export = f.ok("export", &[]);
+    // `--output -` is stdout too, not a file named `-`.
+    assert_eq!(f.ok("export", &["--output", "-"]), export);
+    assert!(!Path::new("-").exists());
     let lines: Vec<&str> = export.lines().collect();
     assert_eq!(lines[0], "digest_hex,kind,added_at,source");
     assert_eq!(lines.len(), 3, "{export}");

@@ -142,7 +142,7 @@ pub struct CheckArgs {
 pub struct ExportArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Write the CSV to this file instead of stdout.
+    /// Write the CSV to this file instead of stdout (`-` is stdout).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
@@ -222,9 +222,10 @@ fn verify(args: StoreArgs) -> CliResult {
 /// A CSV writer on `--output` or stdout.
 type CsvOut = csv::Writer<Box<dyn Write>>;
 
-/// A CSV writer on `--output` or stdout, and how to name it in errors.
+/// A CSV writer on `--output` or stdout (no `--output`, or `-`), and how to name it
+/// in errors.
 fn csv_output(output: Option<&Path>) -> Result<(CsvOut, String), Box<dyn std::error::Error>> {
-    Ok(match output {
+    Ok(match output.filter(|path| path.as_os_str() != idmatch::records::STDIN) {
         Some(path) => {
             let file = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
             (csv::Writer::from_writer(Box::new(BufWriter::new(file))), path.display().to_string())
@@ -246,7 +247,7 @@ fn export(args: ExportArgs) -> CliResult {
         })
         .map_err(|e| named(&e))?;
     out.flush().map_err(|e| named(&e))?;
-    if args.output.is_some() {
+    if name != "stdout" {
         eprintln!("exported {written} opt-outs to {name}");
     }
     Ok(())
@@ -273,7 +274,7 @@ fn audit(args: ExportArgs) -> CliResult {
         })
         .map_err(|e| named(&e))?;
     out.flush().map_err(|e| named(&e))?;
-    if args.output.is_some() {
+    if name != "stdout" {
         eprintln!("exported {written} audit events to {name}");
     }
     Ok(())
