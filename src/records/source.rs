@@ -154,24 +154,15 @@ impl Read for Source {
                 self.account(&out[..n], n)?;
                 return Ok(n);
             }
-            // A `\r`: dropped when a `\n` follows, handed on otherwise.
-            let followed_by_lf = match available.get(1) {
-                Some(&next) => next == b'\n',
-                None => {
-                    self.inner.consume(1);
-                    let next = self.inner.fill_buf()?;
-                    let lf = next.first() == Some(&b'\n');
-                    if lf {
-                        self.account(&[], 1)?;
-                        continue;
-                    }
-                    out[0] = b'\r';
-                    self.account(&out[..1], 1)?;
-                    return Ok(1);
-                }
-            };
+            // A `\r`: dropped when a `\n` follows, handed on otherwise. When it is the
+            // last buffered byte, the next byte is read first.
+            let buffered_next = available.get(1).copied();
             self.inner.consume(1);
-            if followed_by_lf {
+            let next = match buffered_next {
+                Some(next) => Some(next),
+                None => self.inner.fill_buf()?.first().copied(),
+            };
+            if next == Some(b'\n') {
                 self.account(&[], 1)?;
                 continue;
             }
