@@ -8,6 +8,8 @@
 //!   files, audit log);
 //! - [`client`]: the partner's client behind `idmatch match --server`;
 //! - [`measure_client`]: the partner's client behind `idmatch measure --server`;
+//! - [`admin_client`]: the owner's `OptOutAdmin` client behind `idmatch optout
+//!   --server`;
 //! - `convert`: engine messages ↔ protobuf wire types;
 //! - `driver`: runs a role's state machine over a stream, off the async runtime;
 //! - `admin`: the `OptOutAdmin` service over the opt-out store;
@@ -16,6 +18,7 @@
 //! - `audit`, `budget`, `metrics`: the audit log, daily budgets, Prometheus.
 
 mod admin;
+pub mod admin_client;
 mod audit;
 mod auth;
 mod budget;
