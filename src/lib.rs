@@ -34,7 +34,8 @@
 //!   with lift, by ECDH blinding and exponential ElGamal.
 //! - [`output`]: output files that appear whole or not at all.
 //! - [`service`]: the gRPC matching server, the `OptOutAdmin` service, the partner's
-//!   client, and what they need (configuration, audit log, budgets, metrics).
+//!   client, the owner's opt-out admin client, and what they need (configuration,
+//!   audit log, budgets, metrics).
 //! - [`synth`]: realistic synthetic data with a known truth.
 //!
 //! The command line lives in the `idmatch` binary (`src/main.rs` and its `cli`

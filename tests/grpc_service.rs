@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::pki::{Pki, ca, issue, pki};
 use common::write;
 use idmatch::key::Key;
 use idmatch::normalize::{Normalizer, Profile, Region};
@@ -22,52 +23,13 @@ use idmatch::service::server::{self, Reload, ServeError};
 use idmatch::token::{KeyFingerprint, Token};
 use idmatch::wire;
 use idmatch::wire::matcher_client::MatcherClient;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use rcgen::ExtendedKeyUsagePurpose;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 const TOKEN: &str = "acme-secret-token";
 const ADMIN_TOKEN: &str = "account-system-admin-token";
-
-struct Pki {
-    ca_pem: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
-}
-
-fn issue(
-    issuer: &Issuer<'_, KeyPair>,
-    cn: &str,
-    sans: Vec<String>,
-    usage: ExtendedKeyUsagePurpose,
-) -> (String, String) {
-    let mut params = CertificateParams::new(sans).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![usage];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn ca(cn: &str) -> (String, Issuer<'static, KeyPair>) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, cn);
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    (cert.pem(), Issuer::new(params, key))
-}
-
-fn pki() -> Pki {
-    let (ca_pem, issuer) = ca("idmatch test ca");
-    let (server_cert, server_key) =
-        issue(&issuer, "localhost", vec!["localhost".into(), "127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth);
-    let (client_cert, client_key) = issue(&issuer, "acme", vec![], ExtendedKeyUsagePurpose::ClientAuth);
-    Pki { ca_pem, server_cert, server_key, client_cert, client_key }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -54,7 +54,7 @@ pub enum Command {
     Measure(Box<measure::MeasureArgs>),
     /// Run the owner's gRPC matching server.
     Serve(serve::ServeArgs),
-    /// Manage the durable opt-out store: add, remove, import, check, count, export, audit, verify.
+    /// Manage the durable opt-out store (a local database file, or an owner's server with --server): add, remove, import, check, count, export, audit, verify.
     Optout(optout::OptoutArgs),
     /// Issue a partner's bearer token and its server.toml entry, or hash an existing token as the server does.
     Partner(partner::PartnerArgs),
@@ -176,7 +176,7 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 /// Errors reported by commands: each wraps the library's precise error.
-pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 /// Arguments that contradict each other in a way clap cannot see: exit code 2, like
 /// clap's own usage errors.

@@ -3,9 +3,14 @@
 //! A reader thread parses the file into batches of raw rows (recycled, so parsing
 //! allocates little); the calling thread normalizes and tokenizes each batch on all
 //! cores with rayon and appends the results in file order.
+//!
+//! [`read_rows`] runs the same pipeline (the same columns, rules, rejects and
+//! counts) without building a set: it hands each record to a callback and keeps
+//! nothing, so its memory does not grow with the file.
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::{BufReader, Read};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
@@ -15,9 +20,10 @@ use rayon::prelude::*;
 use super::columns::clean;
 use super::source::{InputLimits, LimitExceeded, Source, limit_exceeded};
 use super::{
-    ColumnError, ColumnMap, ColumnSpec, Entry, FilterDigests, MAX_VALUE, RecordSet, RejectWriteError, RejectWriter,
-    RowProblem,
+    ColumnError, ColumnMap, ColumnSpec, Entry, FilterDigests, MAX_VALUE, ReadStats, RecordSet, RejectWriteError,
+    RejectWriter, RowProblem,
 };
+use crate::key::Key;
 use crate::normalize::{Kind, Normalizer, Region, Reject, parse_region};
 use crate::token::{Label, Token, Tokenizer};
 
@@ -174,7 +180,41 @@ pub enum ReadError {
     /// The reject report could not be written.
     #[error(transparent)]
     Rejects(#[from] RejectWriteError),
+    /// [`read_rows`]' callback asked to stop (the caller knows why).
+    #[error("{path}: reading stopped before the end of the file")]
+    Stopped {
+        /// The input file.
+        path: PathBuf,
+    },
 }
+
+/// One record as [`read_rows`] hands it on: borrowed from the reader's buffers,
+/// valid only during the call.
+pub struct Row<'r> {
+    /// The line the row starts on.
+    pub line: u64,
+    /// The record id, trimmed (empty when a list row leaves it empty); `None` when
+    /// the file has no id column.
+    pub id: Option<&'r str>,
+    /// The region of the row's own region column, when it has a valid one (the
+    /// default region of [`ReadOptions::normalizer`] applies otherwise).
+    pub region: Option<Region>,
+    identifiers: &'r [(Kind, Token, Option<Token>)],
+    raw_text: &'r str,
+    raw_spans: &'r [(usize, usize)],
+}
+
+impl<'r> Row<'r> {
+    /// The row's valid identifiers, each once, as written in the file (not
+    /// normalized: they normalized without a reject under the reader's rules).
+    pub fn identifiers(&self) -> impl Iterator<Item = (Kind, &'r str)> + '_ {
+        let text = self.raw_text;
+        self.identifiers.iter().zip(self.raw_spans).map(move |(&(kind, _, _), &(from, to))| (kind, &text[from..to]))
+    }
+}
+
+/// The callback of [`read_rows`].
+type Visit<'v> = dyn FnMut(&Row<'_>) -> ControlFlow<()> + Send + 'v;
 
 /// A parsed row and the line it starts on.
 struct RawRow {
@@ -196,6 +236,10 @@ struct Chunk {
     rejects: Vec<(usize, Reject, Option<String>)>,
     /// The group labels, concatenated.
     groups: String,
+    /// The valid identifiers as written, concatenated (only for [`read_rows`]).
+    raw_text: String,
+    /// Where each of `identifiers` is in `raw_text` (only for [`read_rows`]).
+    raw_spans: Vec<(usize, usize)>,
 }
 
 /// Where one row's parts end in its [`Chunk`]'s vectors.
@@ -225,6 +269,8 @@ struct RowOut {
     value: Option<u64>,
     /// Whether the row has a group label (when there is a group column).
     group: bool,
+    /// The row's own valid region, when it has a region column.
+    region: Option<Region>,
 }
 
 /// One row's parts, borrowed from its [`Chunk`].
@@ -234,6 +280,9 @@ struct RowParts<'c> {
     identifiers: &'c [(Kind, Token, Option<Token>)],
     rejects: &'c [(usize, Reject, Option<String>)],
     group: Option<&'c str>,
+    raw_text: &'c str,
+    /// One span per identifier when the raw values are kept, else empty.
+    raw_spans: &'c [(usize, usize)],
 }
 
 impl Chunk {
@@ -259,13 +308,48 @@ impl Chunk {
                 identifiers: &self.identifiers[from.identifiers..to.identifiers],
                 rejects: &self.rejects[from.rejects..to.rejects],
                 group: out.group.then(|| &self.groups[from.group..to.group]),
+                raw_text: &self.raw_text,
+                raw_spans: self.raw_spans.get(from.identifiers..to.identifiers).unwrap_or_default(),
             }
         })
     }
 }
 
 /// Reads `path` into a [`RecordSet`] of tokens under `tokenizer`.
-pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Result<RecordSet, ReadError> {
+pub fn read(path: &Path, tokenizer: &Tokenizer, options: ReadOptions) -> Result<RecordSet, ReadError> {
+    read_with(path, tokenizer, options, None)
+}
+
+/// Reads `path` as [`read`] does (the same columns, normalization, rejects, reject
+/// report, limits and [`ReadOptions::complete`]) but keeps nothing: each record is
+/// handed to `visit` ([`Row`]: its id, region and valid identifiers as written) in
+/// file order, and only the counts are returned, so memory does not grow with the
+/// file. `visit` returning [`ControlFlow::Break`] ends the read with
+/// [`ReadError::Stopped`].
+///
+/// What needs the whole file is left out: ids are not checked for repeats
+/// ([`ReadOptions::unique_ids`] is ignored), and
+/// [`ReadStats::duplicate_identifiers`] counts only repeats within a row.
+/// [`ReadOptions::filter_digester`] is ignored.
+pub fn read_rows(
+    path: &Path,
+    mut options: ReadOptions,
+    visit: &mut (dyn FnMut(&Row<'_>) -> ControlFlow<()> + Send),
+) -> Result<ReadStats, ReadError> {
+    // The tokens only find an identifier repeated within its row; they never leave
+    // this call, so any key does.
+    let tokenizer = Tokenizer::new(&Key::from_bytes([0; 32]));
+    options.filter_digester = None;
+    options.unique_ids = false;
+    read_with(path, &tokenizer, options, Some(visit)).map(|set| set.stats)
+}
+
+fn read_with(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    mut options: ReadOptions,
+    visit: Option<&mut Visit<'_>>,
+) -> Result<RecordSet, ReadError> {
     let open_err = |source: std::io::Error| match limit_exceeded(&source) {
         Some(limit) => ReadError::TooLarge { path: path.to_owned(), limit: limit.clone() },
         None => ReadError::Open { path: path.to_owned(), source },
@@ -295,16 +379,18 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
     progress.set_message(format!("reading {}", path.display()));
 
     let keep_values = options.rejects.as_ref().is_some_and(RejectWriter::include_values);
+    let keep_raw = visit.is_some();
     let mut sink = Sink {
         set: RecordSet::new(options.normalizer.profile(), columns.id.is_some()),
         digests: options.filter_digester.as_ref().map(|_| FilterDigests::default()),
-        ids: (columns.id.is_some() && !options.list).then(Vec::new),
+        ids: (columns.id.is_some() && !options.list && !keep_raw).then(Vec::new),
         columns: &columns,
         extra,
         group_index: std::collections::HashMap::new(),
         rejects: options.rejects.take(),
         path,
         complete: options.complete,
+        visit,
     };
 
     let (full_tx, full_rx) = sync_channel::<Result<Vec<RawRow>, (u64, csv::Error)>>(2);
@@ -320,6 +406,7 @@ pub fn read(path: &Path, tokenizer: &Tokenizer, mut options: ReadOptions) -> Res
         tokenizer,
         digester: options.filter_digester.as_ref(),
         keep_values,
+        keep_raw,
     };
     std::thread::scope(|scope| -> Result<(), ReadError> {
         // Both channel ends this side holds are owned by this closure, so any early
@@ -473,6 +560,8 @@ struct Worker<'a> {
     tokenizer: &'a Tokenizer,
     digester: Option<&'a Tokenizer>,
     keep_values: bool,
+    /// Keep each valid identifier as written ([`read_rows`]).
+    keep_raw: bool,
 }
 
 impl Worker<'_> {
@@ -500,6 +589,7 @@ impl Worker<'_> {
             repeated: 0,
             value: None,
             group: false,
+            region: None,
         };
         // Ids, identifiers and regions never span lines: a line break in one of
         // them, or in a row of the wrong length, is a quote that was never closed.
@@ -570,6 +660,7 @@ impl Worker<'_> {
             Some(cell) if cell.trim_ascii().is_empty() => Ok(None),
             Some(cell) => std::str::from_utf8(cell).map_err(|_| Reject::BadRegion).and_then(parse_region).map(Some),
         };
+        out.region = region.ok().flatten();
         for &(col, kind) in &self.columns.identifiers {
             let cell = &record[col];
             if cell.trim_ascii().is_empty() {
@@ -593,6 +684,12 @@ impl Worker<'_> {
                     }
                     let digest = self.digester.map(|d| d.token(kind.into(), buf));
                     chunk.identifiers.push((kind, token, digest));
+                    if self.keep_raw {
+                        // Valid UTF-8: it normalized.
+                        let start = chunk.raw_text.len();
+                        chunk.raw_text.push_str(&String::from_utf8_lossy(cell));
+                        chunk.raw_spans.push((start, chunk.raw_text.len()));
+                    }
                 }
                 Err(reason) => {
                     let value = self.keep_values.then(|| String::from_utf8_lossy(cell).into_owned());
@@ -605,7 +702,7 @@ impl Worker<'_> {
 }
 
 /// Where worker results are appended, in file order.
-struct Sink<'a> {
+struct Sink<'a, 'v> {
     set: RecordSet,
     digests: Option<FilterDigests>,
     /// `(hash of id, record, line)` per record, when ids are checked for repeats.
@@ -617,9 +714,11 @@ struct Sink<'a> {
     rejects: Option<RejectWriter>,
     path: &'a Path,
     complete: bool,
+    /// [`read_rows`]' callback: records go to it instead of into the set.
+    visit: Option<&'a mut Visit<'v>>,
 }
 
-impl Sink<'_> {
+impl Sink<'_, '_> {
     fn incomplete(&self, line: u64, column: Option<usize>, reason: &'static str) -> ReadError {
         let column = column.map_or_else(String::new, |c| self.columns.names[c].clone());
         ReadError::Incomplete { path: self.path.to_owned(), line, column, reason }
@@ -628,7 +727,7 @@ impl Sink<'_> {
     /// Appends one worker result to the set.
     fn append(&mut self, row: RowParts<'_>) -> Result<(), ReadError> {
         let columns = self.columns;
-        let RowParts { out, id, identifiers, rejects: row_rejects, group } = row;
+        let RowParts { out, id, identifiers, rejects: row_rejects, group, raw_text, raw_spans } = row;
         match out.problem {
             None => {}
             Some(RowProblem::UnclosedQuote) => {
@@ -680,6 +779,20 @@ impl Sink<'_> {
             if out.valid[kind as usize] > 0 {
                 *stats.identifiers.entry(kind.label()).or_default() += out.valid[kind as usize];
             }
+        }
+        if let Some(visit) = &mut self.visit {
+            let row = Row {
+                line: out.line,
+                id: columns.id.map(|_| id),
+                region: out.region,
+                identifiers,
+                raw_text,
+                raw_spans,
+            };
+            return match visit(&row) {
+                ControlFlow::Continue(()) => Ok(()),
+                ControlFlow::Break(()) => Err(ReadError::Stopped { path: self.path.to_owned() }),
+            };
         }
         let record = self.set.push_record(id);
         if let Some(value) = out.value {
@@ -739,4 +852,68 @@ fn count_duplicates(entries: &[Entry]) -> u64 {
     let order = crate::token::group_equal(entries.len(), |i| entries[i].token, prefix);
     let distinct = order.chunk_by(|a, b| a.0 == b.0 && entries[a.1].token == entries[b.1].token).count();
     (entries.len() - distinct) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::Profile;
+
+    #[test]
+    fn read_rows_hands_on_each_record_as_written_and_counts_as_read_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list.csv");
+        let text = "member_id,email,phone,country\n\
+                    m1, John.Doe@Example.com ,(415) 555-0100,US\n\
+                    m2,not-an-email,020 7183 8750,GB\n\
+                    ,a@example.com,a@example.com,\n\
+                    m4,x@example.com,+1 415 555 0101,XX\n\
+                    m5,too,many,fields,here\n";
+        std::fs::write(&path, text).unwrap();
+        let options = || {
+            let mut options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, Region::from_code("US").ok()));
+            options.list = true;
+            options
+        };
+        /// Line, id, region, identifiers.
+        type Seen = (u64, Option<String>, Option<String>, Vec<(Kind, String)>);
+        let mut rows: Vec<Seen> = Vec::new();
+        let stats = read_rows(&path, options(), &mut |row: &Row<'_>| {
+            let identifiers = row.identifiers().map(|(k, v)| (k, v.to_owned())).collect();
+            rows.push((row.line, row.id.map(str::to_owned), row.region.map(|r| r.to_string()), identifiers));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let tokenizer = Tokenizer::new(&Key::from_bytes([1; 32]));
+        assert_eq!(stats, read(&path, &tokenizer, options()).unwrap().stats().clone());
+        let s = |v: &str| v.to_owned();
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    2,
+                    Some(s("m1")),
+                    Some(s("US")),
+                    vec![(Kind::Email, s(" John.Doe@Example.com ")), (Kind::Phone, s("(415) 555-0100"))]
+                ),
+                (3, Some(s("m2")), Some(s("GB")), vec![(Kind::Phone, s("020 7183 8750"))]),
+                (4, Some(s("")), None, vec![(Kind::Email, s("a@example.com"))]),
+                (5, Some(s("m4")), None, vec![(Kind::Email, s("x@example.com"))]),
+            ]
+        );
+        assert_eq!((stats.rows, stats.records, stats.rejected_total(), stats.bad_rows_total()), (5, 4, 3, 1));
+
+        // Refusing at the first problem, and stopping when asked.
+        let mut complete = options();
+        complete.complete = true;
+        let err = read_rows(&path, complete, &mut |_: &Row<'_>| ControlFlow::Continue(())).unwrap_err();
+        assert!(matches!(err, ReadError::Incomplete { line: 3, reason: "missing_at", .. }), "{err}");
+        let mut seen = 0;
+        let err = read_rows(&path, options(), &mut |_: &Row<'_>| {
+            seen += 1;
+            ControlFlow::Break(())
+        })
+        .unwrap_err();
+        assert!(matches!(err, ReadError::Stopped { .. }) && seen == 1, "{err}");
+    }
 }

@@ -155,6 +155,7 @@ impl OptOutAdmin for AdminService {
             phone: counts.phone,
             id: counts.id,
             total: counts.total(),
+            profile: self.store.profile().name().to_owned(),
         }))
     }
 

@@ -154,6 +154,16 @@ pub enum ClientError {
     /// The server ended the match with any other gRPC status (`Code: message`).
     #[error("the server ended the match: {0}")]
     Server(String),
+    /// The server refused an opt-out store request (`idmatch optout --server`) with
+    /// any other gRPC status (`Code: message`): a value that does not normalize, a
+    /// store that cannot answer, or no opt-out store on the server.
+    #[error("the server refused the request: {0}")]
+    Refused(String),
+    /// A remote opt-out import (`idmatch optout import --server`) was refused or
+    /// stopped on this side: the list changed while it was sent, nothing in it could
+    /// be checked, or the server rejected entries the check had passed.
+    #[error("import: {0}")]
+    Import(String),
     /// The engine asked for does not offer the reveal mode (`oprf` with `count`).
     #[error(transparent)]
     ProtocolChoice(#[from] ProtocolChoiceError),

@@ -8,6 +8,8 @@
 //!   files, audit log);
 //! - [`client`]: the partner's client behind `idmatch match --server`;
 //! - [`measure_client`]: the partner's client behind `idmatch measure --server`;
+//! - [`admin_client`]: the owner's `OptOutAdmin` client behind `idmatch optout
+//!   --server`;
 //! - `convert`: engine messages ↔ protobuf wire types;
 //! - `driver`: runs a role's state machine over a stream, off the async runtime;
 //! - `admin`: the `OptOutAdmin` service over the opt-out store;
@@ -25,6 +27,9 @@ pub mod measure_client;
 // ...and the server (feature `server`).
 #[cfg(feature = "server")]
 mod admin;
+// The owner's opt-out admin client (it reads lists with the store's rules).
+#[cfg(feature = "server")]
+pub mod admin_client;
 #[cfg(feature = "server")]
 mod audit;
 #[cfg(feature = "server")]

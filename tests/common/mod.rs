@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test crate uses its own subset
 
 pub mod measure;
+pub mod pki;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

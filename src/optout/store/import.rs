@@ -107,17 +107,8 @@ pub(super) fn import_file(
     // The reader's tokens are exactly the store digests: same key, same labels.
     let set = records::read(path, store.digester(), read)?;
     let stats = set.stats().clone();
-    let rejected = stats.rejected_total();
-    let bad_rows = stats.bad_rows_total();
-    if options.strict && rejected + bad_rows > 0 {
-        let summary = stats
-            .bad_rows
-            .iter()
-            .chain(&stats.rejected)
-            .map(|(reason, n)| format!("{reason} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Err(StoreError::StrictRejected { path: path.display().to_string(), rejected, bad_rows, summary });
+    if let (true, Some(refused)) = (options.strict, StoreError::strict_rejected(path, &stats)) {
+        return Err(refused);
     }
 
     let mut entries: Vec<StoreEntry> =

@@ -67,7 +67,7 @@ pub use time::format_rfc3339_ms;
 use super::{OptOutError, OptOutSource};
 use crate::key::{Key, KeyError};
 use crate::normalize::{Kind, Normalizer, Profile, Region, Reject};
-use crate::records::{ReadError, RecordSet};
+use crate::records::{ReadError, ReadStats, RecordSet};
 use crate::token::{Label, Token, Tokenizer};
 
 /// What an entry opts out: an email address, a phone number, or a member (record) id.
@@ -379,6 +379,25 @@ pub enum StoreError {
     /// The list file to import could not be read.
     #[error(transparent)]
     Read(#[from] ReadError),
+}
+
+impl StoreError {
+    /// [`StoreError::StrictRejected`] for a list `path` read with `stats`, when any
+    /// of its rows or identifiers was rejected (a strict import then imports nothing).
+    pub fn strict_rejected(path: &Path, stats: &ReadStats) -> Option<StoreError> {
+        let (rejected, bad_rows) = (stats.rejected_total(), stats.bad_rows_total());
+        if rejected + bad_rows == 0 {
+            return None;
+        }
+        let summary = stats
+            .bad_rows
+            .iter()
+            .chain(&stats.rejected)
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Some(StoreError::StrictRejected { path: path.display().to_string(), rejected, bad_rows, summary })
+    }
 }
 
 /// Longest accepted source label, in bytes.
