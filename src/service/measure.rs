@@ -218,19 +218,10 @@ impl Session<'_> {
         record.outcome_records = Some(outcomes.len() as u64);
         record.opted_out_records = Some(side.excluded_records);
         record.owner_people = Some(people.len() as u64);
-        let owner_config = measure::OwnerConfig {
-            min_aggregate: settings.min_aggregate,
-            min_group_size: settings.min_group_size,
-            learner: settings.learner,
-            noise: settings.noise,
-            seed: None,
-        };
-        let owner = measure::Owner::new(owner_config, &people).map_err(|e| {
-            error!(match_id = self.id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");
-            Status::internal("the owner could not start the measurement")
-        })?;
-        drop(people);
-        // Only now the daily budget, just before `accept` goes out.
+        // The daily budget before the expensive part (blinding and encrypting every
+        // outcome person): a partner whose budget is spent costs a refusal, not the
+        // owner's CPU (issue 20, item 6). A failure after this point is the owner's
+        // own (its random number generator) and still counts against the budget.
         let allowance = Allowance {
             matches: limits.max_matches_per_partner_per_day,
             identifiers: limits.max_identifiers_per_partner_per_day,
@@ -251,6 +242,18 @@ impl Session<'_> {
                 other => Status::resource_exhausted(other.to_string()),
             })?;
         record.epsilon_spent = epsilon.map_or(0.0, |e| e.epsilon);
+        let owner_config = measure::OwnerConfig {
+            min_aggregate: settings.min_aggregate,
+            min_group_size: settings.min_group_size,
+            learner: settings.learner,
+            noise: settings.noise,
+            seed: None,
+        };
+        let owner = measure::Owner::new(owner_config, &people).map_err(|e| {
+            error!(match_id = self.id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");
+            Status::internal("the owner could not start the measurement")
+        })?;
+        drop(people);
         let max_frame = limits.max_message_bytes.saturating_sub(1024);
         let accept = wire::MeasureAccept {
             version: MEASURE_VERSION,
