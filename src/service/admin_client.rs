@@ -157,9 +157,7 @@ impl AdminClient {
         region: Option<Region>,
         source: &str,
     ) -> Result<bool, ClientError> {
-        let request = self.request(change(kind, value, region, source))?;
-        let result = self.client.add(request).await.map_err(|s| refused(&self.server, &s))?;
-        Ok(result.into_inner().changed)
+        self.change_one(true, kind, value, region, source).await
     }
 
     /// Opts one identifier back in; `true` if it was opted out.
@@ -170,9 +168,21 @@ impl AdminClient {
         region: Option<Region>,
         source: &str,
     ) -> Result<bool, ClientError> {
+        self.change_one(false, kind, value, region, source).await
+    }
+
+    /// `Add` (`add`) or `Remove`: whether the store changed.
+    async fn change_one(
+        &mut self,
+        add: bool,
+        kind: EntryKind,
+        value: &str,
+        region: Option<Region>,
+        source: &str,
+    ) -> Result<bool, ClientError> {
         let request = self.request(change(kind, value, region, source))?;
-        let result = self.client.remove(request).await.map_err(|s| refused(&self.server, &s))?;
-        Ok(result.into_inner().changed)
+        let result = if add { self.client.add(request).await } else { self.client.remove(request).await };
+        Ok(result.map_err(|s| refused(&self.server, &s))?.into_inner().changed)
     }
 
     /// Whether one identifier is opted out now.
