@@ -156,9 +156,9 @@ fn run_client(args: MeasureArgs) -> CliResult {
         suppress: args.suppress,
         bad_list_rows: BadRows::skip_if(args.skip_bad_list_rows),
         out_dir: args.out_dir.clone(),
-        ca: args.credentials.ca,
-        cert: args.credentials.cert,
-        key: args.credentials.key,
+        ca: args.credentials.tls.ca,
+        cert: args.credentials.tls.cert,
+        key: args.credentials.tls.key,
         token_file: args.credentials.token_file,
         idle_timeout: std::time::Duration::from_secs(300),
     };

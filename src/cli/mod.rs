@@ -105,19 +105,26 @@ impl ColumnArgs {
     }
 }
 
+/// TLS to the owner's server (with `--server`), for every client command.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TlsArgs {
+    /// With --server: CA bundle (PEM) that signed the server's certificate (default: the system's trust store).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub ca: Option<PathBuf>,
+    /// With --server: client certificate (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires_all = ["server", "key"])]
+    pub cert: Option<PathBuf>,
+    /// With --server: client private key (PEM) for mutual TLS; must be private (mode 0600).
+    #[arg(long, value_name = "FILE", requires_all = ["server", "cert"])]
+    pub key: Option<PathBuf>,
+}
+
 /// How a partner client reaches and authenticates to the owner's server (with `--server`).
 #[derive(Debug, Args, Clone, Default)]
 pub struct CredentialArgs {
-    /// Client mode: CA bundle (PEM) that signed the server's certificate.
-    #[arg(long, value_name = "FILE", requires = "server")]
-    pub ca: Option<PathBuf>,
-    /// Client mode: client certificate (PEM) for mutual TLS.
-    #[arg(long, value_name = "FILE", requires_all = ["server", "key"])]
-    pub cert: Option<PathBuf>,
-    /// Client mode: client private key (PEM) for mutual TLS.
-    #[arg(long, value_name = "FILE", requires_all = ["server", "cert"])]
-    pub key: Option<PathBuf>,
-    /// Client mode: file holding the bearer token the owner issued.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Client mode: file holding the bearer token the owner issued; must be private (mode 0600).
     #[arg(long, value_name = "FILE", requires = "server")]
     pub token_file: Option<PathBuf>,
 }

@@ -77,15 +77,8 @@ pub struct StoreArgs {
     /// Remote store: file holding the admin bearer token (its SHA-256 is `[optout_store] admin_token_sha256`); must be private (mode 0600).
     #[arg(long, value_name = "FILE", requires = "server")]
     pub admin_token_file: Option<PathBuf>,
-    /// Remote store: CA bundle (PEM) that signed the server's certificate (default: the system's trust store).
-    #[arg(long, value_name = "FILE", requires = "server")]
-    pub ca: Option<PathBuf>,
-    /// Remote store: client certificate (PEM), for a server that requires mutual TLS.
-    #[arg(long, value_name = "FILE", requires_all = ["server", "key"])]
-    pub cert: Option<PathBuf>,
-    /// Remote store: client private key (PEM) for mutual TLS.
-    #[arg(long, value_name = "FILE", requires_all = ["server", "cert"])]
-    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
 }
 
 /// Where a [`StoreArgs`] points.
@@ -103,9 +96,9 @@ impl StoreArgs {
             (None, None, Some(server), Some(token_file)) => Ok(Location::Remote(AdminOptions {
                 server: server.clone(),
                 token_file: token_file.clone(),
-                ca: self.ca.clone(),
-                cert: self.cert.clone(),
-                key: self.key.clone(),
+                ca: self.tls.ca.clone(),
+                cert: self.tls.cert.clone(),
+                key: self.tls.key.clone(),
             })),
             _ => Err(UsageError(
                 "give either --db FILE --store-key FILE (a local store) or --server URL --admin-token-file FILE (an owner's server)"
