@@ -17,9 +17,7 @@ use idmatch::normalize::{Normalizer, Profile, Region};
 use idmatch::psi::group::BlindingKey;
 use idmatch::records::ColumnSpec;
 use idmatch::service::client::ClientError;
-use idmatch::service::config::Config;
 use idmatch::service::measure_client::{self, MeasureClientOptions, PartnerReport};
-use idmatch::service::server;
 use idmatch::token::{KeyFingerprint, Token};
 use idmatch::wire;
 use idmatch::wire::measure_partner_message::Body;
@@ -117,7 +115,7 @@ reveals = ["count"]
 struct Fixture {
     dir: tempfile::TempDir,
     port: u16,
-    runtime: tokio::runtime::Runtime,
+    server: common::server::Running,
 }
 
 impl Fixture {
@@ -133,22 +131,14 @@ impl Fixture {
     }
 
     fn serve(dir: tempfile::TempDir) -> Fixture {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let config = Config::load(&dir.path().join("server.toml")).unwrap();
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (reload, reload_rx) = tokio::sync::mpsc::channel(1);
-        runtime.spawn(async move {
-            let _keep = reload;
-            server::run(config, listener, std::future::pending(), reload_rx).await.unwrap();
-        });
-        Fixture { dir, port, runtime }
+        let server = common::server::serve(&dir.path().join("server.toml"));
+        Fixture { dir, port: server.port, server }
     }
 
     /// Stops the server (its runtime) and starts a new one on the same files.
     fn restart(self) -> Fixture {
-        let Fixture { dir, runtime, .. } = self;
-        runtime.shutdown_timeout(Duration::from_secs(5));
+        let Fixture { dir, server, .. } = self;
+        server.runtime.shutdown_timeout(Duration::from_secs(5));
         Fixture::serve(dir)
     }
 
@@ -177,7 +167,7 @@ impl Fixture {
     }
 
     fn run(&self, options: MeasureClientOptions) -> Result<PartnerReport, ClientError> {
-        self.runtime.block_on(measure_client::run(options))
+        self.server.runtime.block_on(measure_client::run(options))
     }
 
     fn audit(&self) -> Vec<serde_json::Value> {
@@ -206,7 +196,7 @@ impl Fixture {
             .ca_certificate(Certificate::from_pem(std::fs::read_to_string(self.path("ca.pem")).unwrap()));
         let endpoint =
             Endpoint::from_shared(format!("https://localhost:{}", self.port)).unwrap().tls_config(tls).unwrap();
-        self.runtime.block_on(async move {
+        self.server.runtime.block_on(async move {
             let channel = endpoint.connect().await.unwrap();
             let mut client = MeasurerClient::new(channel).max_encoding_message_size(64 << 20);
             let mut request = tonic::Request::new(tokio_stream::iter(messages));

@@ -164,16 +164,7 @@ region = "US"
         );
         let config_path = write(d, "server.toml", &config);
         write(d, "server.orig.toml", &config);
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let config = Config::load(&config_path).unwrap();
-        // The test binds the listener (port 0) and hands it over: no port race.
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (reload, reload_rx) = mpsc::channel(1);
-        runtime.spawn(async move {
-            server::run(config, listener, std::future::pending(), reload_rx).await.unwrap();
-        });
-        // Connections wait in the listener's backlog until the audiences are loaded.
+        let common::server::Running { runtime, port, reload } = common::server::serve(&config_path);
         Fixture { dir, port, metrics_port, pki, runtime, reload }
     }
 

@@ -12,8 +12,6 @@ use common::pki::pki;
 use common::{text, write};
 use idmatch::key::Key;
 use idmatch::optout::store::{OptOutStore, StoreOptions};
-use idmatch::service::config::Config;
-use idmatch::service::server;
 use sha2::{Digest, Sha256};
 
 const PARTNER_TOKEN: &str = "acme-partner-token";
@@ -26,7 +24,7 @@ struct Fixture {
     dir: tempfile::TempDir,
     port: u16,
     /// Runs the server.
-    _runtime: tokio::runtime::Runtime,
+    _server: common::server::Running,
 }
 
 impl Fixture {
@@ -86,17 +84,8 @@ region = "US"
             admin = hex::encode(Sha256::digest(ADMIN_TOKEN)),
             partner = hex::encode(Sha256::digest(PARTNER_TOKEN)),
         );
-        let config = Config::load(&write(d, "server.toml", &config)).unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        // The test binds the listener (port 0) and hands it over: no port race.
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (reload, reload_rx) = tokio::sync::mpsc::channel(1);
-        runtime.spawn(async move {
-            let _keep = reload;
-            server::run(config, listener, std::future::pending(), reload_rx).await.unwrap();
-        });
-        Fixture { dir, port, _runtime: runtime }
+        let server = common::server::serve(&write(d, "server.toml", &config));
+        Fixture { dir, port: server.port, _server: server }
     }
 
     fn path(&self, name: &str) -> PathBuf {

@@ -3,6 +3,7 @@
 
 pub mod measure;
 pub mod pki;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
