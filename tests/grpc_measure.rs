@@ -259,6 +259,11 @@ fn exposures(groups: usize, n: usize) -> Vec<u8> {
 
 /// The released figures of a report or a results file, per group:
 /// (size, matched records, matched people, sum).
+/// The partner's released figures as the JSON `measurement.json` holds.
+fn released(report: &PartnerReport) -> serde_json::Value {
+    serde_json::to_value(report.release.as_ref().expect("the partner learns")).unwrap()
+}
+
 fn figures(groups: &serde_json::Value) -> Vec<(String, [u64; 4])> {
     groups
         .as_array()
@@ -307,18 +312,18 @@ fn each_learner_gets_the_exact_figures_over_tls() {
     // partner: measurement.json in its output directory, no results file.
     let report = f.run(f.options("summer", "out-summer")).unwrap();
     assert_eq!(report.learner, "partner");
-    assert_eq!(figures(&report.release.as_ref().unwrap()["groups"]), expected);
+    assert_eq!(figures(&released(&report)["groups"]), expected);
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(f.path("out-summer/measurement.json")).unwrap()).unwrap();
     assert_eq!(figures(&written["release"]["groups"]), expected);
     assert!(!written["release"]["lift"].is_null());
     assert_eq!(f.results().len(), 1);
-    let table = measure_client::format_release(report.release.as_ref().unwrap());
+    let table = report.release.as_ref().unwrap().to_string();
     assert!(table.contains("control") && table.contains("lift"), "{table}");
 
     // both.
     let report = f.run(f.options("autumn", "out-autumn")).unwrap();
-    assert_eq!(figures(&report.release.as_ref().unwrap()["groups"]), expected);
+    assert_eq!(figures(&released(&report)["groups"]), expected);
     assert!(f.path("out-autumn/measurement.json").exists());
     assert_eq!(f.results().len(), 2);
 
@@ -347,7 +352,7 @@ fn a_partner_only_learner_gets_noisy_figures_the_owner_never_sees() {
     let exact: Vec<(String, [u64; 4])> = plaintext(f.dir.path(), &opted, &suppressed).into_iter().collect();
     let report = f.run(f.options("dusk", "out")).unwrap();
     assert_eq!((report.learner.as_str(), report.epsilon), ("partner", Some(1.0)));
-    let noisy = figures(&report.release.as_ref().unwrap()["groups"]);
+    let noisy = figures(&released(&report)["groups"]);
     assert_eq!(noisy.len(), exact.len());
     let mut moved = 0;
     for ((label, n), (exact_label, e)) in noisy.iter().zip(&exact) {
@@ -534,7 +539,7 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
     // Still serving, with the exact figures.
     let expected: Vec<(String, [u64; 4])> = plaintext(f.dir.path(), &opted, &suppressed).into_iter().collect();
     let report = f.run(f.options("autumn", "out")).unwrap_or_else(|e| panic!("{e}: {:?}", f.audit().last()));
-    assert_eq!(figures(&report.release.unwrap()["groups"]), expected);
+    assert_eq!(figures(&released(&report)["groups"]), expected);
     assert_eq!(f.audit().last().unwrap()["outcome"], "ok");
 }
 

@@ -41,8 +41,8 @@ fn options(dir: &Path, key: PathBuf, min_aggregate: u64) -> MeasureOptions {
 }
 
 fn check(report: &MeasurementReport, expected: &BTreeMap<String, [u64; 4]>) {
-    assert_eq!(report.groups.len(), expected.len());
-    for g in &report.groups {
+    assert_eq!(report.figures.groups.len(), expected.len());
+    for g in &report.figures.groups {
         let [records, matched, people, sum] = expected[&g.group];
         assert_eq!(g.group_size, records, "{}", g.group);
         assert_eq!(g.matched_exposure_records, Figure::Value(matched), "{}", g.group);
@@ -61,7 +61,7 @@ fn figures_equal_the_plaintext_truth_of_synth() {
     // synth's people have both an email and a phone in most rows: each matched pair
     // counts once however many identifiers it shares.
     assert!(expected["test"][2] > 250 && expected["control"][2] > 250, "{expected:?}");
-    let lift = report.lift.as_ref().unwrap();
+    let lift = report.figures.lift.as_ref().unwrap();
     let (t, c) = (&expected["test"], &expected["control"]);
     let (pt, pc) = (t[2] as f64 / t[0] as f64, c[2] as f64 / c[0] as f64);
     assert!((lift.absolute - (pt - pc)).abs() < 1e-12);
@@ -78,7 +78,7 @@ fn figures_equal_the_plaintext_truth_of_synth() {
     let report = local::run(&partner_only).unwrap();
     assert_eq!(report.learner, "partner");
     check(&report, &expected);
-    assert!(report.lift.is_some());
+    assert!(report.figures.lift.is_some());
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn optouts_suppressions_and_small_groups() {
     from_store.optouts = None;
     from_store.optout_store = Some((db.clone(), store_key.clone()));
     let same = local::run(&from_store).unwrap();
-    assert_eq!(same.groups, report.groups);
+    assert_eq!(same.figures.groups, report.figures.groups);
     assert_eq!(same.owner.excluded_records, opted.len() as u64);
     // Both at once is refused: which one is meant?
     from_store.optouts = Some(dir.path().join("optouts.csv"));
@@ -133,8 +133,10 @@ fn optouts_suppressions_and_small_groups() {
     // A minimum above every group: everything but the group sizes is "<N>".
     o.min_aggregate = 1_000_000;
     let report = local::run(&o).unwrap();
-    assert!(report.groups.iter().all(|g| g.sum == Figure::Suppressed(1_000_000) && g.conversion_rate.is_none()));
-    assert!(report.lift.is_none());
+    assert!(
+        report.figures.groups.iter().all(|g| g.sum == Figure::Suppressed(1_000_000) && g.conversion_rate.is_none())
+    );
+    assert!(report.figures.lift.is_none());
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/measurement.json")).unwrap()).unwrap();
     assert_eq!(json["groups"][0]["matched_outcome_people"], "<1000000");
@@ -166,15 +168,15 @@ fn bad_values_and_groups_are_counted_rejects() {
         rejects,
         "line,column,reason\n3,value,bad_value\n4,value,bad_value\n5,value,value_too_large\n6,value,missing_value\n"
     );
-    let test = report.groups.iter().find(|g| g.group == "test").unwrap();
+    let test = report.figures.groups.iter().find(|g| g.group == "test").unwrap();
     assert_eq!(test.sum, Figure::Value(12 + (1 << 32)));
     assert_eq!(test.matched_outcome_people, Figure::Value(2));
-    let control = report.groups.iter().find(|g| g.group == "control").unwrap();
+    let control = report.figures.groups.iter().find(|g| g.group == "control").unwrap();
     assert_eq!(control.matched_outcome_people, Figure::Suppressed(1));
 }
 
 #[test]
-fn noise_is_reproducible_with_a_seed_and_needs_a_positive_epsilon() {
+fn noise_is_reproducible_with_a_seed_recorded_and_needs_an_epsilon_in_range() {
     let dir = tempfile::tempdir().unwrap();
     let key = synth(dir.path(), 2000, 13);
     let mut o = options(dir.path(), key, 100);
@@ -182,11 +184,19 @@ fn noise_is_reproducible_with_a_seed_and_needs_a_positive_epsilon() {
     o.seed = Some(5);
     let a = local::run(&o).unwrap();
     let b = local::run(&o).unwrap();
-    assert_eq!(a.groups, b.groups);
+    assert_eq!(a.figures.groups, b.figures.groups);
     assert_eq!(a.epsilon, Some(1.0));
     assert!(a.owner.clipped_values > 0);
-    o.noise = Some(Noise { epsilon: 0.0, clip: 20_000 });
-    assert!(matches!(local::run(&o), Err(local::MeasureFailure::BadNoise)));
+    // The seed is recorded, so nobody mistakes these figures for a release.
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(o.out_dir.join("measurement.json")).unwrap()).unwrap();
+    assert_eq!(written["noise_seed"], 5);
+    o.seed = None;
+    assert_eq!(local::run(&o).unwrap().noise_seed, None);
+    for epsilon in [0.0, -1.0, f64::NAN, 1e-9, 1e9] {
+        o.noise = Some(Noise { epsilon, clip: 20_000 });
+        assert!(matches!(local::run(&o), Err(local::MeasureFailure::BadNoise)), "{epsilon}");
+    }
 }
 
 #[test]
@@ -272,7 +282,7 @@ fn repeated_purchases_are_summed_and_a_person_in_both_arms_is_left_out() {
     std::fs::write(d.join("exposures.csv"), exposures).unwrap();
 
     let report = local::run(&options(d, key, 50)).unwrap();
-    let figures = |group: &str| report.groups.iter().find(|g| g.group == group).unwrap().clone();
+    let figures = |group: &str| report.figures.groups.iter().find(|g| g.group == group).unwrap().clone();
     let (test, control) = (figures("test"), figures("control"));
     // test: 200 three-purchase customers (600,000) + 100 one-purchase (700).
     assert_eq!(test.group_size, 300);

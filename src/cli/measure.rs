@@ -114,9 +114,23 @@ pub fn run(args: MeasureArgs) -> CliResult {
     for (name, side) in [("owner", &report.owner), ("partner", &report.partner)] {
         print_side(name, side);
     }
-    print!("{}", local::format_table(&report));
+    print!("{}", report.figures);
+    print_noise(report.epsilon, report.clip_value);
+    if let Some(seed) = report.noise_seed {
+        eprintln!(
+            "idmatch: warning: the noise was drawn from --seed {seed}: these figures are predictable; never release them"
+        );
+    }
     println!("wrote {}", args.out_dir.join("measurement.json").display());
     Ok(())
+}
+
+/// The noise line under the figures, when there is noise.
+fn print_noise(epsilon: Option<f64>, clip: Option<u64>) {
+    if let Some(e) = epsilon {
+        let clipped = clip.map_or_else(String::new, |c| format!(", values clipped at {c}"));
+        println!("noise: discrete Laplace, epsilon {e} (ε/3 per figure){clipped}");
+    }
 }
 
 /// One side's reading and person counts, with warnings for what was left out.
@@ -168,10 +182,8 @@ fn run_client(args: MeasureArgs) -> CliResult {
     println!("owner people: {}; measurement id: {}", report.owner_people, report.measurement_id);
     match &report.release {
         Some(release) => {
-            print!("{}", measure_client::format_release(release));
-            if let Some(e) = report.epsilon {
-                println!("noise: discrete Laplace, epsilon {e} (ε/3 per figure)");
-            }
+            print!("{release}");
+            print_noise(report.epsilon, None);
             println!("wrote {}", args.out_dir.join("measurement.json").display());
         }
         None => println!("the campaign releases the figures to the owner only (learner = {})", report.learner),

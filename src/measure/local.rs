@@ -16,7 +16,7 @@ use super::message::MAX_BUNDLE;
 use super::owner::OwnerConfig;
 use super::partner::PartnerConfig;
 use super::people::People;
-use super::stats::{GroupFigures, Lift, Noise};
+use super::stats::Noise;
 use super::{Exposure, Learner, MeasureError, Measurement, Owner, Partner, Person, run_in_memory};
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
@@ -95,8 +95,8 @@ pub enum MeasureFailure {
     /// The protocol between the two roles failed.
     #[error(transparent)]
     Protocol(#[from] MeasureError),
-    /// Epsilon must be a positive finite number, and the clip value positive.
-    #[error("--epsilon must be a positive finite number and --clip-value at least 1")]
+    /// Epsilon must be within the sampler's range, and the clip value positive.
+    #[error("--epsilon must be a number from 2^-16 (about 0.0000153) to 2^16 (65536) and --clip-value at least 1")]
     BadNoise,
     /// More than 16 distinct groups in the exposures.
     #[error("{0} groups in the exposure file; at most 16 are supported")]
@@ -151,14 +151,17 @@ pub struct MeasurementReport {
     pub epsilon: Option<f64>,
     /// The clip value of the noise, if any.
     pub clip_value: Option<u64>,
+    /// The seed the noise was drawn from when `--seed` fixed it (tests only: such
+    /// figures are predictable and must never be released); `null` when the noise
+    /// came from the operating system's generator.
+    pub noise_seed: Option<u64>,
     /// The owner's counts.
     pub owner: SideReport,
     /// The partner's counts.
     pub partner: SideReport,
-    /// Per group, in label order.
-    pub groups: Vec<GroupFigures>,
-    /// Lift of `test` over `control`.
-    pub lift: Option<Lift>,
+    /// The released figures (`groups` in label order, and `lift`).
+    #[serde(flatten)]
+    pub figures: Measurement,
 }
 
 /// Runs the measurement and writes `measurement.json` (and with `write_rejects` the
@@ -168,7 +171,7 @@ pub struct MeasurementReport {
 /// the directories it created).
 pub fn run(options: &MeasureOptions) -> Result<MeasurementReport, MeasureFailure> {
     if let Some(n) = options.noise
-        && (!n.epsilon.is_finite() || n.epsilon <= 0.0 || n.clip == 0)
+        && (n.clip == 0 || n.check().is_err())
     {
         return Err(MeasureFailure::BadNoise);
     }
@@ -255,18 +258,18 @@ fn measure_into(options: &MeasureOptions, out_dir: &Path) -> Result<MeasurementR
     let mut partner = Partner::new(partner_config, labels, group_records, &exposures)?;
     run_in_memory(&mut owner, &mut partner)?;
     // The figures of the side that decrypted: the partner's alone with learner `partner`.
-    let decrypted = if options.learner == Learner::Partner { partner.measurement() } else { owner.result() };
-    let Measurement { groups, lift } = decrypted.cloned().ok_or(MeasureError::Stalled)?;
+    let decrypted = if options.learner == Learner::Partner { partner.release() } else { owner.result() };
+    let figures = decrypted.cloned().ok_or(MeasureError::Stalled)?;
     let report = MeasurementReport {
         profile: options.normalizer.profile().name().to_owned(),
         learner: options.learner.name().to_owned(),
         min_aggregate: options.min_aggregate,
         epsilon: options.noise.map(|n| n.epsilon),
         clip_value: clip,
+        noise_seed: options.noise.and(options.seed),
         owner: owner_report,
         partner: partner_report,
-        groups,
-        lift,
+        figures,
     };
     write_json(out_dir, "measurement.json", &report)?;
     Ok(report)
@@ -380,48 +383,4 @@ pub(crate) fn partner_exposures(records: &RecordSet, excluded: &[bool]) -> Resul
     }
     report.bundles_sent = exposures.len() as u64;
     Ok((labels, group_people, exposures, report))
-}
-
-/// The readable table printed by `idmatch measure`.
-pub fn format_table(report: &MeasurementReport) -> String {
-    let mut s = format!(
-        "{:<12} {:>12} {:>16} {:>16} {:>16} {:>10}\n",
-        "group", "size", "matched_records", "matched_people", "sum", "rate"
-    );
-    for g in &report.groups {
-        let rate =
-            g.conversion_rate.map_or_else(|| format!("<{}", report.min_aggregate), |r| format!("{:.4}%", r * 100.0));
-        s += &format!(
-            "{:<12} {:>12} {:>16} {:>16} {:>16} {:>10}\n",
-            g.group,
-            g.group_size,
-            g.matched_exposure_records.to_string(),
-            g.matched_outcome_people.to_string(),
-            g.sum.to_string(),
-            rate
-        );
-    }
-    match &report.lift {
-        Some(l) => {
-            s += &format!(
-                "lift (test vs control): absolute {:+.4} pp, relative {}, 95% CI [{:+.4}, {:+.4}] pp ({})\n",
-                l.absolute * 100.0,
-                l.relative.map_or_else(|| "n/a".to_owned(), |r| format!("{:+.2}%", r * 100.0)),
-                l.ci95[0] * 100.0,
-                l.ci95[1] * 100.0,
-                l.method
-            );
-        }
-        None if report.groups.iter().any(|g| g.group == "test") => {
-            s += &format!("lift: suppressed (test or control under {} matched people)\n", report.min_aggregate);
-        }
-        None => {}
-    }
-    if let Some(e) = report.epsilon {
-        s += &format!(
-            "noise: discrete Laplace, epsilon {e} (ε/3 per figure), values clipped at {}\n",
-            report.clip_value.unwrap_or(0)
-        );
-    }
-    s
 }

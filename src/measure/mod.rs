@@ -27,6 +27,7 @@
 //! - [`local`]: `idmatch measure` on two local files, writing `measurement.json`.
 
 pub mod elgamal;
+pub mod laplace;
 pub mod local;
 pub mod message;
 pub mod owner;
@@ -194,11 +195,14 @@ pub enum MeasureError {
     #[error("a value is above 2^32")]
     ValueTooLarge,
     /// The release message is not the JSON of released figures.
-    #[error("the release message is not valid JSON")]
+    #[error("the release message is not the JSON of released figures")]
     BadRelease,
     /// The OS random number generator failed.
     #[error("random number generator: {0}")]
     Rng(String),
+    /// The noise's epsilon or sensitivity cannot be sampled (out of range).
+    #[error("noise: {0}")]
+    Noise(#[from] laplace::ScaleError),
     /// The session failed earlier; it accepts nothing more.
     #[error("the session already failed")]
     Failed,
@@ -359,7 +363,7 @@ mod tests {
     fn decrypted(learner: Learner, owner: &Owner, partner: &Partner) -> Measurement {
         if learner == Learner::Partner {
             assert!(owner.result().is_none(), "the owner must not hold figures");
-            partner.measurement().unwrap().clone()
+            partner.release().unwrap().clone()
         } else {
             owner.result().unwrap().clone()
         }
@@ -384,7 +388,7 @@ mod tests {
             match learner {
                 Learner::Owner => assert!(partner.release().is_none()),
                 // The groups exactly (the lift's floats went through JSON text with `both`).
-                _ => assert_eq!(partner.release().unwrap()["groups"], serde_json::to_value(&result.groups).unwrap()),
+                _ => assert_eq!(partner.release().unwrap().groups, result.groups),
             }
         }
     }
@@ -517,7 +521,7 @@ mod tests {
         let mut own = shares;
         own.shares[1] = [0xff; 64];
         partner.receive(&message::encode(&Message::Shares(own)).unwrap()).unwrap();
-        let g = &partner.measurement().unwrap().groups;
+        let g = &partner.release().unwrap().groups;
         assert_eq!(g[0].sum, stats::Figure::Value(2000));
         assert_eq!(g[1].sum, stats::Figure::Suppressed(100));
         assert_eq!(g[2].matched_outcome_people, stats::Figure::Suppressed(100));
@@ -545,7 +549,7 @@ mod tests {
             let mut owner = Owner::new(oc, &people).unwrap();
             let mut partner = Partner::new(pc, vec!["all".into()], vec![120], &exposures).unwrap();
             run_in_memory(&mut owner, &mut partner).unwrap();
-            let g = &partner.measurement().unwrap().groups[0];
+            let g = &partner.release().unwrap().groups[0];
             sums.push(g.sum.value().unwrap() as f64);
             people_counts.push(g.matched_outcome_people.value().unwrap() as f64);
         }
@@ -575,7 +579,7 @@ mod tests {
         let mut partner = Partner::new(pc, labels.clone(), vec![299, 1, 0], &exposures).unwrap();
         let err = run_in_memory(&mut owner, &mut partner).unwrap_err();
         assert!(matches!(err, MeasureError::GroupTooSmall { group: 1, bundles: 1, min: 100 }), "{err}");
-        assert!(owner.result().is_none() && partner.measurement().is_none());
+        assert!(owner.result().is_none() && partner.release().is_none());
         // Groups at the minimum (and the empty one) pass.
         let exposures: Vec<Exposure> =
             (0..300).map(|i| Exposure { tokens: vec![token(i)], group: u8::from(i < 100) }).collect();

@@ -17,7 +17,7 @@ use super::elgamal::{DlogTable, Encryptor, LIMB_BITS, LIMBS, MAX_HIGH_LIMB, Secr
 use super::message::{
     self, Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MaskedSum, Message, People, Shares, VALUE_LEN,
 };
-use super::stats::{self, Measurement, Noise, RawGroup};
+use super::stats::{self, Measurement, Noise, Noising, RawGroup};
 use super::{Learner, MeasureError, Person, bundles};
 use crate::psi::group::{self, BlindingKey};
 use crate::psi::message::{ELEMENT_LEN, Element};
@@ -276,9 +276,9 @@ impl Owner {
         let result = stats::release(
             &raw,
             self.config.min_aggregate,
-            self.config.noise,
+            Noising::all(self.config.noise),
             &mut stats::noise_rng(self.config.seed)?,
-        );
+        )?;
         if self.config.learner.partner_learns() {
             let json = serde_json::to_vec(&result).map_err(|_| MeasureError::BadRelease)?;
             self.outgoing.push_back(message::encode(&Message::Release(json))?);
@@ -299,7 +299,7 @@ impl Owner {
         let noise = self.config.noise;
         let mut shares = Vec::with_capacity(lines.len());
         for (g, line) in lines.iter().enumerate() {
-            let limb_noise = noise.map_or([0; LIMBS], |n| n.limbs(&mut rng));
+            let limb_noise = noise.map_or(Ok([0; LIMBS]), |n| n.limbs(&mut rng))?;
             let mut out = [0u8; MASKED_LEN];
             for (limb, eta) in limb_noise.iter().enumerate() {
                 let at = limb * ELEMENT_LEN..(limb + 1) * ELEMENT_LEN;
@@ -309,7 +309,7 @@ impl Owner {
             }
             shares.push(out);
         }
-        let noise_bounds = noise.map_or([0; LIMBS], Noise::limb_bounds);
+        let noise_bounds = noise.map_or(Ok([0; LIMBS]), Noise::limb_bounds)?;
         self.outgoing.push_back(message::encode(&Message::Shares(Shares { noise_bounds, shares }))?);
         self.state = OwnerState::Done;
         Ok(())

@@ -20,7 +20,7 @@ use super::message::{
     self, Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, MaskedSum, Matched, Message, Shares,
     VALUE_LEN,
 };
-use super::stats::{self, GroupFigures, Measurement};
+use super::stats::{self, Measurement, Noising, RawGroup};
 use super::{Exposure, Learner, MeasureError, bundles, random_element};
 use crate::psi::group::{self, BlindingKey};
 use crate::psi::message::{ELEMENT_LEN, Element};
@@ -104,8 +104,7 @@ pub struct Partner {
     view: Option<PartnerView>,
     /// Learner `partner`: per group, the masked limbs of its sum (`None`: suppressed).
     masked: Vec<Option<[Masked; LIMBS]>>,
-    measurement: Option<Measurement>,
-    release: Option<serde_json::Value>,
+    release: Option<Measurement>,
 }
 
 impl std::fmt::Debug for Partner {
@@ -164,7 +163,6 @@ impl Partner {
             outgoing: VecDeque::from([first]),
             view: None,
             masked: Vec::new(),
-            measurement: None,
             release: None,
         })
     }
@@ -184,15 +182,10 @@ impl Partner {
         self.view.as_ref()
     }
 
-    /// The released figures as JSON, when the partner is a learner: those the owner
-    /// sent (learner `both`) or those the partner decrypted itself (learner `partner`).
-    pub fn release(&self) -> Option<&serde_json::Value> {
+    /// The released figures, when the partner is a learner: those the owner sent
+    /// (learner `both`) or those the partner decrypted itself (learner `partner`).
+    pub fn release(&self) -> Option<&Measurement> {
         self.release.as_ref()
-    }
-
-    /// The released figures the partner decrypted itself (learner `partner` only).
-    pub fn measurement(&self) -> Option<&Measurement> {
-        self.measurement.as_ref()
     }
 
     /// Takes one message from the owner.
@@ -368,10 +361,9 @@ impl Partner {
             }
         }
         let table = DlogTable::new(DlogTable::baby_steps_for(widest));
-        let mut rng = stats::noise_rng(self.config.seed)?;
-        let mut figures = Vec::with_capacity(groups);
+        let mut raw = Vec::with_capacity(groups);
         for (g, (share, masked)) in shares.shares.iter().zip(&self.masked).enumerate() {
-            let released = match masked {
+            let matched = match masked {
                 Some(limbs) => {
                     let (records, people) = view.matched[g];
                     let mut sum = 0i128;
@@ -386,24 +378,17 @@ impl Partner {
                             .ok_or(MeasureError::Decrypt { group: g, source: DecryptError { max } })?;
                         sum += part << (LIMB_BITS * l as u32);
                     }
-                    let (records, people) = match self.config.epsilon {
-                        Some(e) => (stats::noisy_count(records, e, &mut rng), stats::noisy_count(people, e, &mut rng)),
-                        None => (records, people),
-                    };
                     Some((records, people, stats::clamp(sum)))
                 }
                 None => None,
             };
-            figures.push(GroupFigures::new(
-                &self.labels[g],
-                self.group_records[g],
-                released,
-                self.config.min_aggregate,
-            ));
+            raw.push(RawGroup { label: self.labels[g].clone(), records: self.group_records[g], matched });
         }
-        let measurement = Measurement::new(figures);
-        self.release = Some(serde_json::to_value(&measurement).map_err(|_| MeasureError::BadRelease)?);
-        self.measurement = Some(measurement);
+        // The sums carry the owner's noise already; the partner noises the counts.
+        let noising = Noising { counts: self.config.epsilon, sum: None };
+        let measurement =
+            stats::release(&raw, self.config.min_aggregate, noising, &mut stats::noise_rng(self.config.seed)?)?;
+        self.release = Some(measurement);
         self.masked.clear();
         self.state = PartnerState::Done;
         Ok(())

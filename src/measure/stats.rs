@@ -10,9 +10,12 @@
 
 use rand::rngs::{OsRng, StdRng};
 use rand::{Rng, SeedableRng};
-use serde::{Serialize, Serializer};
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::elgamal::{LIMB_BITS, LIMBS};
+use super::laplace::{DiscreteLaplace, ScaleError};
+use crate::records::MAX_VALUE;
 
 /// The default minimum number of matched people behind any released figure.
 pub const DEFAULT_MIN_AGGREGATE: u64 = 100;
@@ -55,6 +58,26 @@ impl Serialize for Figure {
     }
 }
 
+/// A number, or `"<N"` (suppressed under `N`): what [`Figure`]'s `Serialize` writes.
+impl<'de> Deserialize<'de> for Figure {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Figure, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Value(u64),
+            Suppressed(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Value(v) => Ok(Figure::Value(v)),
+            Written::Suppressed(s) => s
+                .strip_prefix('<')
+                .and_then(|n| n.parse().ok())
+                .map(Figure::Suppressed)
+                .ok_or_else(|| de::Error::custom("a figure is a number or \"<N\"")),
+        }
+    }
+}
+
 /// One group's exact figures after decryption (never released as they are).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawGroup {
@@ -67,8 +90,8 @@ pub struct RawGroup {
     pub matched: Option<(u64, u64, u64)>,
 }
 
-/// The released figures of one measurement.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// The released figures of one measurement (also the §12 `Release` message's JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Measurement {
     /// One line per group, in the partner's label order.
     pub groups: Vec<GroupFigures>,
@@ -84,8 +107,53 @@ impl Measurement {
     }
 }
 
+/// The figures as the CLI prints them: a line per group, then the lift.
+impl std::fmt::Display for Measurement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let row = |f: &mut std::fmt::Formatter<'_>, cells: [&dyn std::fmt::Display; 6]| {
+            let [group, size, records, people, sum, rate] = cells;
+            writeln!(f, "{group:<12} {size:>12} {records:>16} {people:>16} {sum:>16} {rate:>10}")
+        };
+        row(f, [&"group", &"size", &"matched_records", &"matched_people", &"sum", &"rate"])?;
+        for g in &self.groups {
+            let rate = match (g.conversion_rate, g.matched_outcome_people) {
+                (Some(r), _) => format!("{:.4}%", r * 100.0),
+                (None, Figure::Suppressed(min)) => format!("<{min}"),
+                (None, Figure::Value(_)) => "-".to_owned(),
+            };
+            let cells = [g.matched_exposure_records, g.matched_outcome_people, g.sum].map(|x| x.to_string());
+            row(f, [&g.group, &g.group_size, &cells[0], &cells[1], &cells[2], &rate])?;
+        }
+        let suppressed_under = |label: &str| {
+            self.groups.iter().find(|g| g.group.eq_ignore_ascii_case(label)).map(|g| g.matched_outcome_people)
+        };
+        match (&self.lift, suppressed_under("test"), suppressed_under("control")) {
+            (Some(l), ..) => writeln!(
+                f,
+                "lift (test vs control): absolute {:+.4} pp, relative {}, 95% CI [{:+.4}, {:+.4}] pp ({})",
+                l.absolute * 100.0,
+                l.relative.map_or_else(|| "n/a".to_owned(), |r| format!("{:+.2}%", r * 100.0)),
+                l.ci95[0] * 100.0,
+                l.ci95[1] * 100.0,
+                l.method
+            ),
+            (None, Some(test), Some(control)) => {
+                let min = [test, control].into_iter().find_map(|f| match f {
+                    Figure::Suppressed(min) => Some(min),
+                    Figure::Value(_) => None,
+                });
+                match min {
+                    Some(min) => writeln!(f, "lift: suppressed (test or control under {min} matched people)"),
+                    None => Ok(()),
+                }
+            }
+            (None, ..) => Ok(()),
+        }
+    }
+}
+
 /// One group's released figures.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupFigures {
     /// The group label.
     pub group: String,
@@ -121,7 +189,7 @@ impl GroupFigures {
 }
 
 /// Lift of `test` over `control`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Lift {
     /// Conversion rate of `test`.
     pub test_rate: f64,
@@ -133,8 +201,8 @@ pub struct Lift {
     pub relative: Option<f64>,
     /// 95% confidence interval of `absolute`.
     pub ci95: [f64; 2],
-    /// How the interval is computed.
-    pub method: &'static str,
+    /// How the interval is computed ([`CI_METHOD`]).
+    pub method: String,
 }
 
 /// The CI method, as written to `measurement.json`.
@@ -157,50 +225,80 @@ pub const NOISE_TAIL: f64 = 40.0;
 
 /// `value` plus discrete Laplace noise of sensitivity 1 at `epsilon / 3` (a count's
 /// share of a measurement's total `epsilon`), clamped at 0.
-pub fn noisy_count<R: Rng>(value: u64, epsilon: f64, rng: &mut R) -> u64 {
-    clamp(i128::from(value) + i128::from(discrete_laplace(epsilon / 3.0, 1.0, rng)))
+pub fn noisy_count<R: Rng>(value: u64, epsilon: f64, rng: &mut R) -> Result<u64, ScaleError> {
+    Ok(clamp(i128::from(value) + DiscreteLaplace::new(epsilon, 3, 1)?.sample(rng)))
 }
 
 impl Noise {
+    /// Whether this noise can be drawn: `epsilon` within
+    /// [`MIN_EPSILON`](super::laplace::MIN_EPSILON)`..=`[`MAX_EPSILON`](super::laplace::MAX_EPSILON)
+    /// and `clip` at least 1.
+    pub fn check(self) -> Result<(), ScaleError> {
+        self.sum_noise().map(drop)
+    }
+
+    /// The sum's sensitivity: the clip, or [`MAX_VALUE`] (no value is larger).
+    fn sensitivity(self) -> u64 {
+        self.clip.min(MAX_VALUE)
+    }
+
+    /// The noise of a sum the owner decrypts: sensitivity the clip, `ε/3`.
+    fn sum_noise(self) -> Result<DiscreteLaplace, ScaleError> {
+        DiscreteLaplace::new(self.epsilon, 3, self.sensitivity())
+    }
+
     /// The sum's `ε/3` spent on its limbs, for decryption by the partner, which
     /// learns each limb's noisy sum: per limb its sensitivity (`min(clip, 2^16 − 1)`
-    /// for the low limb, `clip >> 16` for the high one) and epsilon (all of it on the
-    /// low limb when the high one cannot change, half each otherwise).
-    fn limb_parameters(self) -> [(f64, f64); LIMBS] {
-        let low = self.clip.min((1 << LIMB_BITS) - 1) as f64;
-        let high = (self.clip >> LIMB_BITS) as f64;
-        let epsilon = self.epsilon / 3.0;
-        if high == 0.0 { [(low, epsilon), (0.0, epsilon)] } else { [(low, epsilon / 2.0), (high, epsilon / 2.0)] }
+    /// for the low limb, `clip >> 16` for the high one) and share of `ε` (a third
+    /// of it on the low limb when the high one cannot change, a sixth each
+    /// otherwise). `None` for a limb that cannot change.
+    fn limb_noise(self) -> Result<[Option<DiscreteLaplace>; LIMBS], ScaleError> {
+        let low = self.sensitivity().min((1 << LIMB_BITS) - 1);
+        let high = self.sensitivity() >> LIMB_BITS;
+        let share = if high == 0 { 3 } else { 6 };
+        Ok([
+            Some(DiscreteLaplace::new(self.epsilon, share, low)?),
+            match high {
+                0 => None,
+                high => Some(DiscreteLaplace::new(self.epsilon, share, high)?),
+            },
+        ])
     }
 
-    /// Per limb, the largest noise [`Noise::limbs`] draws: `⌈40·Δ/ε⌉` (0 for a limb
-    /// that cannot change).
-    pub fn limb_bounds(self) -> [u64; LIMBS] {
-        self.limb_parameters().map(|(delta, eps)| (NOISE_TAIL * delta / eps).ceil().min(u64::MAX as f64) as u64)
+    /// Per limb, the largest noise [`Noise::limbs`] draws: `⌈40·Δ/ε⌉`, the limb's
+    /// scale times [`NOISE_TAIL`] (0 for a limb that cannot change).
+    pub fn limb_bounds(self) -> Result<[u64; LIMBS], ScaleError> {
+        Ok(self.limb_noise()?.map(|noise| {
+            noise.map_or(0, |n| {
+                let (t, s) = n.scale();
+                (NOISE_TAIL as u128 * t).div_ceil(s).min(u128::from(u64::MAX)) as u64
+            })
+        }))
     }
 
-    /// One discrete Laplace draw per limb, each within its [`Noise::limb_bounds`]:
-    /// by sequential composition the limbs together are `ε/3`-DP for one person's
-    /// value, as the sum is when the owner decrypts (up to the tail cut off).
-    pub fn limbs<R: Rng>(self, rng: &mut R) -> [i64; LIMBS] {
-        let bounds = self.limb_bounds();
+    /// One discrete Laplace draw per limb, each within its [`Noise::limb_bounds`]
+    /// (redrawn past it): by sequential composition the limbs together are
+    /// `ε/3`-DP for one person's value, as the sum is when the owner decrypts (up
+    /// to the tail cut off).
+    pub fn limbs<R: Rng>(self, rng: &mut R) -> Result<[i64; LIMBS], ScaleError> {
+        let bounds = self.limb_bounds()?;
         let mut out = [0i64; LIMBS];
-        for ((draw, (delta, eps)), bound) in out.iter_mut().zip(self.limb_parameters()).zip(bounds) {
-            if delta == 0.0 {
-                continue;
-            }
+        for ((draw, noise), bound) in out.iter_mut().zip(self.limb_noise()?).zip(bounds) {
+            let Some(noise) = noise else { continue };
             *draw = loop {
-                let d = discrete_laplace(eps, delta, rng);
-                if d.unsigned_abs() <= bound {
+                let d = noise.sample(rng);
+                if d.unsigned_abs() <= u128::from(bound)
+                    && let Ok(d) = i64::try_from(d)
+                {
                     break d;
                 }
             };
         }
-        out
+        Ok(out)
     }
 }
 
-/// The standard deviation of [`discrete_laplace`]: `√(2α)/(1 − α)`, `α = e^(−ε/Δ)`.
+/// The standard deviation of a discrete Laplace of scale `Δ/ε`: `√(2α)/(1 − α)`, `α = e^(−ε/Δ)`.
 #[cfg(test)]
 pub(crate) fn laplace_sd(epsilon: f64, sensitivity: f64) -> f64 {
     let a = (-epsilon / sensitivity).exp();
@@ -228,39 +326,51 @@ pub fn clamp(value: i128) -> u64 {
     value.clamp(0, i128::from(u64::MAX)) as u64
 }
 
-/// A two-sided geometric (discrete Laplace) draw with `P(k) ∝ exp(−ε|k|/Δ)`: the
-/// difference of two geometric variables with success probability `1 − exp(−ε/Δ)`.
-pub fn discrete_laplace<R: Rng>(epsilon: f64, sensitivity: f64, rng: &mut R) -> i64 {
-    let alpha = (-epsilon / sensitivity).exp();
-    let geometric = |rng: &mut R| -> i64 {
-        // Failures before the first success: floor(ln U / ln α), U uniform in (0, 1].
-        let u: f64 = 1.0 - rng.r#gen::<f64>();
-        (u.ln() / alpha.ln()).floor().min(i64::MAX as f64 / 4.0) as i64
-    };
-    geometric(rng) - geometric(rng)
+/// The noise the releasing side adds itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Noising {
+    /// The measurement's total ε, when the counts are noised here (`ε/3` each).
+    pub counts: Option<f64>,
+    /// The sums' noise, when it is added here; `None` when there is none or when
+    /// the sums arrive noised already (learner `partner`: the owner's shares carry it).
+    pub sum: Option<Noise>,
 }
 
-/// Releases `raw`: suppresses every figure of a group with fewer than
-/// `min_aggregate` matched people, adds noise if asked, then derives rates and lift
-/// from the released figures only.
-pub fn release<R: Rng>(raw: &[RawGroup], min_aggregate: u64, noise: Option<Noise>, rng: &mut R) -> Measurement {
-    let groups = raw
-        .iter()
-        .map(|g| {
-            let released =
-                g.matched.filter(|&(_, people, _)| people >= min_aggregate).map(|(records, people, sum)| match noise {
-                    None => (records, people, sum),
-                    Some(n) => {
-                        let records = noisy_count(records, n.epsilon, rng);
-                        let people = noisy_count(people, n.epsilon, rng);
-                        let sum_noise = discrete_laplace(n.epsilon / 3.0, n.clip.max(1) as f64, rng);
-                        (records, people, clamp(i128::from(sum) + i128::from(sum_noise)))
-                    }
-                });
-            GroupFigures::new(&g.label, g.records, released, min_aggregate)
-        })
-        .collect();
-    Measurement::new(groups)
+impl Noising {
+    /// All of `noise` added here (the owner decrypts).
+    pub fn all(noise: Option<Noise>) -> Noising {
+        Noising { counts: noise.map(|n| n.epsilon), sum: noise }
+    }
+}
+
+/// Releases `raw`, the one path from decrypted figures to released ones (the owner
+/// when it decrypts, the partner under learner `partner`): suppresses every figure
+/// of a group with fewer than `min_aggregate` matched people, adds the noise
+/// `noising` asks for here, then derives rates and lift from the released figures
+/// only. Sums are clamped at 0 (they may arrive noised below it).
+pub fn release<R: Rng>(
+    raw: &[RawGroup],
+    min_aggregate: u64,
+    noising: Noising,
+    rng: &mut R,
+) -> Result<Measurement, ScaleError> {
+    let sum_noise = noising.sum.map(Noise::sum_noise).transpose()?;
+    let mut groups = Vec::with_capacity(raw.len());
+    for g in raw {
+        let released = match g.matched.filter(|&(_, people, _)| people >= min_aggregate) {
+            None => None,
+            Some((records, people, sum)) => {
+                let (records, people) = match noising.counts {
+                    Some(e) => (noisy_count(records, e, rng)?, noisy_count(people, e, rng)?),
+                    None => (records, people),
+                };
+                let sum = i128::from(sum) + sum_noise.map_or(0, |n| n.sample(rng));
+                Some((records, people, clamp(sum)))
+            }
+        };
+        groups.push(GroupFigures::new(&g.label, g.records, released, min_aggregate));
+    }
+    Ok(Measurement::new(groups))
 }
 
 /// Lift of the group labelled `test` over `control`, if both have a released rate.
@@ -281,7 +391,7 @@ fn lift(groups: &[GroupFigures]) -> Option<Lift> {
         absolute,
         relative: (pc > 0.0).then(|| absolute / pc),
         ci95: [absolute - z * se, absolute + z * se],
-        method: CI_METHOD,
+        method: CI_METHOD.to_owned(),
     })
 }
 
@@ -298,7 +408,8 @@ mod tests {
     #[test]
     fn suppresses_under_the_minimum_and_computes_lift() {
         let raw = [group("test", 10_000, Some((600, 500, 9_000))), group("control", 10_000, Some((450, 400, 7_000)))];
-        let Measurement { groups, lift } = release(&raw, 100, None, &mut StdRng::seed_from_u64(1));
+        let Measurement { groups, lift } =
+            release(&raw, 100, Noising::default(), &mut StdRng::seed_from_u64(1)).unwrap();
         assert_eq!(groups[0].matched_outcome_people, Figure::Value(500));
         let lift = lift.unwrap();
         assert!((lift.absolute - 0.01).abs() < 1e-12);
@@ -309,7 +420,8 @@ mod tests {
         assert!((lift.ci95[1] - (0.01 + 1.959964 * se)).abs() < 1e-12);
 
         let raw = [group("test", 10_000, Some((120, 99, 9_000))), group("control", 50, None)];
-        let Measurement { groups, lift } = release(&raw, 100, None, &mut StdRng::seed_from_u64(1));
+        let Measurement { groups, lift } =
+            release(&raw, 100, Noising::default(), &mut StdRng::seed_from_u64(1)).unwrap();
         assert_eq!(groups[0].sum, Figure::Suppressed(100));
         assert_eq!(serde_json::to_value(groups[0].sum).unwrap(), serde_json::json!("<100"));
         assert_eq!(groups[1].matched_exposure_records, Figure::Suppressed(100));
@@ -317,11 +429,30 @@ mod tests {
     }
 
     #[test]
+    fn released_figures_read_back_as_written_and_print_one_table() {
+        let raw = [group("test", 10_000, Some((600, 500, 9_000))), group("control", 80, None)];
+        let m = release(&raw, 100, Noising::default(), &mut StdRng::seed_from_u64(1)).unwrap();
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<Measurement>(&json).unwrap(), m);
+        let table = m.to_string();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[1].starts_with("test") && lines[1].ends_with("5.0000%"), "{table}");
+        assert!(lines[2].starts_with("control") && lines[2].ends_with("<100"), "{table}");
+        assert_eq!(lines[3], "lift: suppressed (test or control under 100 matched people)");
+        for bad in [r#""100""#, r#""<""#, r#""<-3""#, "-1", "1.5", "null"] {
+            assert!(serde_json::from_str::<Figure>(bad).is_err(), "{bad}");
+        }
+        assert_eq!(serde_json::from_str::<Figure>(r#""<50""#).unwrap(), Figure::Suppressed(50));
+    }
+
+    #[test]
     fn discrete_laplace_has_mean_zero_and_the_expected_spread() {
         let mut rng = StdRng::seed_from_u64(42);
         let (epsilon, sensitivity) = (0.5, 1.0);
         let n = 200_000;
-        let draws: Vec<f64> = (0..n).map(|_| discrete_laplace(epsilon, sensitivity, &mut rng) as f64).collect();
+        let laplace = DiscreteLaplace::new(epsilon, 1, 1).unwrap();
+        let draws: Vec<f64> = (0..n).map(|_| laplace.sample(&mut rng) as f64).collect();
         let mean = draws.iter().sum::<f64>() / n as f64;
         let var = draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n as f64;
         let alpha = (-epsilon / sensitivity).exp();
@@ -338,7 +469,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         let (mut people, mut sums) = (Vec::new(), Vec::new());
         for _ in 0..runs {
-            let g = release(&raw, 100, noise, &mut rng).groups;
+            let g = release(&raw, 100, Noising::all(noise), &mut rng).unwrap().groups;
             people.push(g[0].matched_outcome_people.value().unwrap() as f64);
             sums.push(g[0].sum.value().unwrap() as f64);
         }
@@ -351,8 +482,8 @@ mod tests {
         assert!((sp / sd(1.0 / 3.0, 1.0) - 1.0).abs() < 0.06, "{sp}");
         assert!((ms - 1_000_000.0).abs() < 300.0, "{ms}");
         assert!((ss / sd(1.0 / 3.0, 1_000.0) - 1.0).abs() < 0.06, "{ss}");
-        let again = release(&raw, 100, noise, &mut StdRng::seed_from_u64(9));
-        assert_eq!(again, release(&raw, 100, noise, &mut StdRng::seed_from_u64(9)));
+        let again = |seed| release(&raw, 100, Noising::all(noise), &mut StdRng::seed_from_u64(seed)).unwrap();
+        assert_eq!(again(9), again(9));
     }
 
     #[test]
@@ -362,17 +493,17 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(11);
         // A clip under 2^16: the high limb cannot change and gets no noise.
         let small = Noise { epsilon: 1.5, clip: 1_000 };
-        assert_eq!(small.limb_bounds(), [(40.0f64 * 1_000.0 / 0.5).ceil() as u64, 0]);
-        let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| small.limbs(&mut rng)).collect();
+        assert_eq!(small.limb_bounds().unwrap(), [(40.0f64 * 1_000.0 / 0.5).ceil() as u64, 0]);
+        let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| small.limbs(&mut rng).unwrap()).collect();
         assert!(draws.iter().all(|d| d[1] == 0));
         let (m, s) = stats(&draws.iter().map(|d| d[0] as f64).collect::<Vec<_>>());
         assert!(m.abs() < 0.02 * sd(0.5, 1_000.0), "{m}");
         assert!((s / sd(0.5, 1_000.0) - 1.0).abs() < 0.03, "{s}");
         // A clip of 2^32: ε/6 on each limb, the high limb's noise scaled by 2^16 in the sum.
         let large = Noise { epsilon: 3.0, clip: 1 << 32 };
-        let bounds = large.limb_bounds();
+        let bounds = large.limb_bounds().unwrap();
         assert_eq!(bounds, [(40.0f64 * 65_535.0 / 0.5).ceil() as u64, (40.0f64 * 65_536.0 / 0.5).ceil() as u64]);
-        let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| large.limbs(&mut rng)).collect();
+        let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| large.limbs(&mut rng).unwrap()).collect();
         assert!(draws.iter().all(|d| d[0].unsigned_abs() <= bounds[0] && d[1].unsigned_abs() <= bounds[1]));
         let (m_high, s_high) = stats(&draws.iter().map(|d| d[1] as f64).collect::<Vec<_>>());
         assert!(m_high.abs() < 0.02 * sd(0.5, 65_536.0), "{m_high}");
@@ -382,7 +513,7 @@ mod tests {
         // Reproducible from a seed.
         let again = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..10).map(|_| large.limbs(&mut rng)).collect::<Vec<_>>()
+            (0..10).map(|_| large.limbs(&mut rng).unwrap()).collect::<Vec<_>>()
         };
         assert_eq!(again(4), again(4));
     }

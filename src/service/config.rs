@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::measure::Learner;
 use crate::measure::stats::{DEFAULT_MIN_AGGREGATE, Noise};
+use crate::measure::{Learner, laplace};
 use crate::normalize::{Profile, Region, parse_region};
 use crate::psi::{Protocol, Reveal};
 use crate::records::ColumnSpec;
@@ -584,9 +584,9 @@ fn measurement_settings(m: &MeasurementConfig, id: &str) -> Result<MeasurementSe
         return Err(err("value_max", "must be at least 1".into()));
     }
     if let Some(e) = m.epsilon
-        && (!e.is_finite() || e <= 0.0)
+        && !(laplace::MIN_EPSILON..=laplace::MAX_EPSILON).contains(&e)
     {
-        return Err(err("epsilon", format!("{e} is not a positive finite number")));
+        return Err(err("epsilon", format!("{e} is not a number from 2^-16 (about 0.0000153) to 2^16 (65536)")));
     }
     if let Some(b) = m.max_epsilon_per_partner_per_day
         && (!b.is_finite() || b <= 0.0)
@@ -761,7 +761,14 @@ audience = "members.csv"
             ("learner = \"everyone\"", "learner: unknown learner `everyone`"),
             ("min_aggregate = 0", "min_aggregate: must be at least 1"),
             ("value_column = \" \"", "value_column: must not be empty"),
-            ("epsilon = -1.0\nvalue_max = 10\nmax_epsilon_per_partner_per_day = 1", "epsilon: -1 is not a positive"),
+            (
+                "epsilon = -1.0\nvalue_max = 10\nmax_epsilon_per_partner_per_day = 1",
+                "epsilon: -1 is not a number from 2^-16",
+            ),
+            (
+                "epsilon = 1e6\nvalue_max = 10\nmax_epsilon_per_partner_per_day = 1e7",
+                "epsilon: 1000000 is not a number from",
+            ),
             ("epsilon = 1.0\nmax_epsilon_per_partner_per_day = 1", "value_max: is required with epsilon"),
             ("epsilon = 1.0\nvalue_max = 10", "max_epsilon_per_partner_per_day: is required with epsilon"),
             ("max_epsilon_per_partner_per_day = 1", "max_epsilon_per_partner_per_day: needs epsilon"),

@@ -18,7 +18,8 @@ use super::client::{ClientError, PartnerFiles, TlsFiles, authorize, check_server
 use super::driver::{DriveError, Driven, INBOUND_QUEUE, Inbound, drive, receive_with_deadline};
 use super::frames::{FrameError, MEASURE_VERSION, MIN_FRAME_BYTES, PartnerFrames, SEND_FRAME_BYTES, learner_from_wire};
 use crate::measure::local::{SideReport, partner_exposures, write_json};
-use crate::measure::{self, Learner};
+use crate::measure::stats::Measurement;
+use crate::measure::{self, Learner, laplace};
 use crate::normalize::Normalizer;
 use crate::optout::{BadRows, OptOutSource};
 use crate::output::{OutDir, OutputError};
@@ -89,7 +90,7 @@ pub struct PartnerReport {
     /// The partner's own counts.
     pub partner: SideReport,
     /// The released figures (`groups`, `lift`), when the partner learns them.
-    pub release: Option<serde_json::Value>,
+    pub release: Option<Measurement>,
 }
 
 /// Runs one measurement against the server. Writes `measurement.json` into
@@ -209,7 +210,7 @@ async fn measure(
     Ok(report)
 }
 
-type PartnerOutcome = (wire::MeasureAccept, Learner, Option<serde_json::Value>);
+type PartnerOutcome = (wire::MeasureAccept, Learner, Option<Measurement>);
 
 /// Reads the accept, runs the partner's role to its end and waits for the summary.
 #[allow(clippy::too_many_arguments)]
@@ -234,8 +235,8 @@ fn run_partner(
     if (accept.max_frame_bytes as usize) < MIN_FRAME_BYTES || accept.min_aggregate == 0 {
         return Err(FrameError::Malformed("the accept's frame limit or minimum aggregate is too small").into());
     }
-    if accept.epsilon.is_some_and(|e| !e.is_finite() || e <= 0.0) {
-        return Err(FrameError::Malformed("the accept's epsilon is not a positive number").into());
+    if accept.epsilon.is_some_and(|e| !(laplace::MIN_EPSILON..=laplace::MAX_EPSILON).contains(&e)) {
+        return Err(FrameError::Malformed("the accept's epsilon is not a number from 2^-16 to 2^16").into());
     }
     let config =
         measure::PartnerConfig { min_aggregate: accept.min_aggregate, learner, epsilon: accept.epsilon, seed: None };
@@ -252,46 +253,4 @@ fn run_partner(
         return Err(FrameError::Malformed("the owner sent no release").into());
     }
     Ok((accept, learner, release))
-}
-
-/// The readable table of released figures (`groups` and `lift` of the release).
-pub fn format_release(release: &serde_json::Value) -> String {
-    let show = |v: Option<&serde_json::Value>| match v {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Null) | None => "-".to_owned(),
-        Some(other) => other.to_string(),
-    };
-    let mut s = format!(
-        "{:<12} {:>12} {:>16} {:>16} {:>16} {:>10}\n",
-        "group", "size", "matched_records", "matched_people", "sum", "rate"
-    );
-    for g in release.get("groups").and_then(|g| g.as_array()).into_iter().flatten() {
-        let rate = match g.get("conversion_rate").and_then(|r| r.as_f64()) {
-            Some(r) => format!("{:.4}%", r * 100.0),
-            None => "-".to_owned(),
-        };
-        s += &format!(
-            "{:<12} {:>12} {:>16} {:>16} {:>16} {:>10}\n",
-            show(g.get("group")),
-            show(g.get("group_size")),
-            show(g.get("matched_exposure_records")),
-            show(g.get("matched_outcome_people")),
-            show(g.get("sum")),
-            rate
-        );
-    }
-    if let Some(lift) = release.get("lift").filter(|l| !l.is_null()) {
-        let pp = |v: Option<&serde_json::Value>| {
-            v.and_then(|x| x.as_f64()).map_or("-".to_owned(), |x| format!("{:+.4}", x * 100.0))
-        };
-        let ci = lift.get("ci95").and_then(|c| c.as_array());
-        s += &format!(
-            "lift (test vs control): absolute {} pp, relative {}, 95% CI [{}, {}] pp\n",
-            pp(lift.get("absolute")),
-            lift.get("relative").and_then(|r| r.as_f64()).map_or("n/a".to_owned(), |r| format!("{:+.2}%", r * 100.0)),
-            pp(ci.and_then(|c| c.first())),
-            pp(ci.and_then(|c| c.get(1))),
-        );
-    }
-    s
 }
