@@ -87,7 +87,7 @@ idle_timeout_secs = 60
 [[partners]]
 name = "acme"
 token_sha256 = "{token_sha}"
-campaigns = ["spring", "summer", "autumn", "noisy", "winter", "dusk"]
+campaigns = ["spring", "summer", "autumn", "noisy", "noisy-twin", "winter", "dusk"]
 reveals = ["count"]
 
 "#
@@ -98,13 +98,18 @@ reveals = ["count"]
     text += &campaign("spring", &measurement("owner", "min_group_size = 1\n"));
     text += &campaign("summer", &measurement("partner", "min_group_size = 1\n"));
     text += &campaign("autumn", &measurement("both", ""));
-    text += &campaign(
-        "noisy",
-        &measurement("both", "epsilon = 1.0\nvalue_max = 100000\nmax_epsilon_per_partner_per_day = 2.0\n"),
-    );
+    // Epsilon 1.0 per measurement; charged its worst case per outcome person,
+    // ε/3·(w + 2·min(w, G)) = 2.0 with w = 2 identifiers (email and phone) and G = 2
+    // groups. noisy-twin measures the same outcome dataset: one lifetime ledger.
+    let noisy = "epsilon = 1.0\nvalue_max = 100000\nmax_epsilon_per_partner_per_day = 4.0\nmax_epsilon_per_partner_lifetime = 5.0\n";
+    text += &campaign("noisy", &measurement("both", noisy));
+    text += &campaign("noisy-twin", &measurement("both", noisy));
     text += &campaign(
         "dusk",
-        &measurement("partner", "epsilon = 1.0\nvalue_max = 100000\nmax_epsilon_per_partner_per_day = 2.0\n"),
+        &measurement(
+            "partner",
+            "epsilon = 1.0\nvalue_max = 100000\nmax_epsilon_per_partner_per_day = 2.0\nmax_epsilon_per_partner_lifetime = 100.0\n",
+        ),
     );
     text += &campaign("winter", "");
     text += &campaign("hidden", &measurement("owner", ""));
@@ -368,7 +373,9 @@ fn a_partner_only_learner_gets_noisy_figures_the_owner_never_sees() {
     let audit = f.audit();
     assert_eq!(audit.len(), 1);
     assert_eq!((audit[0]["owner_learned"].as_bool(), audit[0]["partner_learned"].as_bool()), (Some(false), Some(true)));
-    assert_eq!(audit[0]["epsilon_spent"], 1.0);
+    // ε/3·(w + 2·min(w, G)) with w = 2 identifiers per person, G = 2 groups.
+    assert_eq!(audit[0]["epsilon_spent"], 2.0);
+    assert_eq!(audit[0]["epsilon_spent_lifetime"], 2.0);
 }
 
 #[test]
@@ -398,7 +405,8 @@ fn refusals_and_the_epsilon_budget_across_a_restart() {
     // Refused measurements leave no directory behind.
     assert!(!f.path("w").exists() && !f.path("h").exists() && !f.path("k").exists());
 
-    // Epsilon 1.0 per measurement, 2.0 per day.
+    // Epsilon 1.0 per measurement, charged 2.0 (see config_text); 4.0 per day, 5.0
+    // ever on the outcome dataset.
     for _ in 0..2 {
         let report = f.run(f.options("noisy", "n")).unwrap();
         assert_eq!(report.epsilon, Some(1.0));
@@ -406,7 +414,12 @@ fn refusals_and_the_epsilon_budget_across_a_restart() {
     }
     let refused = f.run(f.options("noisy", "n")).unwrap_err();
     let ClientError::ResourceExhausted(message) = &refused else { panic!("{refused}") };
-    assert!(message.contains("epsilon budget of 2") && message.contains("noisy"), "{message}");
+    assert!(message.contains("daily epsilon budget of 4") && message.contains("noisy"), "{message}");
+    // Another campaign on the same outcomes has a daily budget of its own, but
+    // not a lifetime of its own: 4.0 + 2.0 > 5.0.
+    let refused = f.run(f.options("noisy-twin", "n")).unwrap_err();
+    let ClientError::ResourceExhausted(message) = &refused else { panic!("{refused}") };
+    assert!(message.contains("lifetime epsilon budget of 5") && message.contains("outcomes.csv"), "{message}");
     // Noise-free campaigns are not limited by it.
     f.run(f.options("spring", "s")).unwrap();
     let state = std::fs::read_to_string(f.path("state.json")).unwrap();
@@ -426,12 +439,30 @@ fn refusals_and_the_epsilon_budget_across_a_restart() {
             "ok",
             "ok",
             "ResourceExhausted",
+            "ResourceExhausted",
             "ok",
             "ResourceExhausted"
         ]
     );
     let spent: Vec<f64> = audit.iter().map(|a| a["epsilon_spent"].as_f64().unwrap()).collect();
-    assert_eq!(spent, [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
+    assert_eq!(spent, [0.0, 0.0, 0.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0]);
+    let lifetime: Vec<Option<f64>> = audit.iter().map(|a| a["epsilon_spent_lifetime"].as_f64()).collect();
+    assert_eq!(lifetime, [None, None, None, Some(2.0), Some(4.0), None, None, None, None]);
+    // The owner's results carry the charge and the ledger.
+    let mut ledger: Vec<(f64, f64, String)> = std::fs::read_dir(f.path("results"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("noisy-acme-"))
+        .map(|p| {
+            let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+            let n = |k: &str| r[k].as_f64().unwrap();
+            (n("epsilon_charged"), n("epsilon_spent_lifetime"), r["outcome_dataset"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    ledger.sort_by(|a, b| a.1.total_cmp(&b.1));
+    assert_eq!(ledger.len(), 2);
+    assert_eq!((ledger[0].0, ledger[0].1, ledger[1].1), (2.0, 2.0, 4.0));
+    assert!(ledger[0].2.ends_with("outcomes.csv"), "{}", ledger[0].2);
 }
 
 #[test]

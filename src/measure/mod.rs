@@ -175,6 +175,19 @@ pub enum MeasureError {
         /// The bound searched.
         source: DecryptError,
     },
+    /// An element appears twice in the partner's exposure bundles. An honest
+    /// partner's bundles never repeat one (a token belongs to one person, padding
+    /// is random); a repeat would let one of the owner's people count many times
+    /// over, past the sensitivity the noise and the budget are computed for.
+    #[error("exposure bundle {bundle} repeats an element of an earlier bundle (or of itself)")]
+    RepeatedElement {
+        /// Position of the bundle (in the partner's order).
+        bundle: u64,
+    },
+    /// The partner's own exposures give one identifier to two of them: the rows of
+    /// one person are merged first ([`people`]), so this is a caller's error.
+    #[error("an identifier appears in two exposures; merge the rows of one person first")]
+    RepeatedToken,
     /// The partner's group holds fewer exposure bundles than the owner accepts.
     #[error("group {group} holds {bundles} exposed people; this owner accepts groups of at least {min}")]
     GroupTooSmall {
@@ -313,12 +326,13 @@ mod tests {
         let mut exposures = Vec::new();
         for i in 0..900u32 {
             let group = (i % 2) as u8;
+            // Every token in one exposure only (the people are merged).
             let tokens = match i % 5 {
                 // Both identifiers of a person with two: still one person.
-                0 if (i / 2) % 3 == 0 => vec![token(i / 2), token(100_000 + i / 2)],
-                1 => vec![token(100_000 + i / 2)],
+                0 if i % 3 == 0 => vec![token(i), token(100_000 + i)],
+                1 => vec![token(100_000 + i)],
                 2 => vec![token(50_000 + i)],
-                _ => vec![token(i / 2)],
+                _ => vec![token(i)],
             };
             exposures.push(Exposure { tokens, group });
         }
@@ -440,6 +454,42 @@ mod tests {
             owner.receive(&message::encode(&Message::Masked(lines)).unwrap()),
             Err(MeasureError::Unexpected { state: "awaiting sums", message: "masked" })
         ));
+    }
+
+    /// A cheating partner repeats the bundle of the person it targets (so that one
+    /// of the owner's people would count a hundred times in the matched records),
+    /// or repeats an element inside one bundle: the owner refuses before it
+    /// re-blinds anything, whatever the learner.
+    #[test]
+    fn the_owner_refuses_exposure_bundles_that_repeat_an_element() {
+        let (people, exposures, _) = fixture();
+        for learner in [Learner::Owner, Learner::Partner] {
+            let (mut owner, mut partner) = fixture_pair(&people, &exposures, learner, None, 1);
+            partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
+            let Message::Exposures(honest) = message::decode(&partner.poll_outgoing().unwrap()).unwrap() else {
+                panic!("the partner's first message is its exposures")
+            };
+            let k = usize::from(honest.bundle);
+            let n = honest.groups.len();
+            let mut copies = honest.clone();
+            for _ in 0..100 {
+                copies.elements.extend_from_slice(&honest.elements[..k]);
+                copies.groups.push(honest.groups[0]);
+            }
+            let (mut fresh, _) = fixture_pair(&people, &exposures, learner, None, 1);
+            fresh.poll_outgoing();
+            assert!(matches!(
+                fresh.receive(&message::encode(&Message::Exposures(copies)).unwrap()),
+                Err(MeasureError::RepeatedElement { bundle }) if bundle == n as u64
+            ));
+            assert!(fresh.poll_outgoing().is_none() && fresh.state() == OwnerState::Failed);
+            let mut inside = honest.clone();
+            inside.elements[1] = inside.elements[0];
+            assert!(matches!(
+                owner.receive(&message::encode(&Message::Exposures(inside)).unwrap()),
+                Err(MeasureError::RepeatedElement { bundle: 0 })
+            ));
+        }
     }
 
     #[test]

@@ -192,8 +192,17 @@ impl Owner {
         }
     }
 
+    /// Re-blinds the partner's bundles, after checking that no element repeats:
+    /// with every token in at most one bundle, one of the owner's people (at most
+    /// `bundle` tokens) matches at most `bundle` exposure bundles, the bound the
+    /// budget's per-person charge rests on ([`super::stats::Noise::worst_case_epsilon`]).
     fn on_exposures(&mut self, x: Exposures) -> Result<(), MeasureError> {
         let k = usize::from(x.bundle);
+        let mut seen = std::collections::HashSet::with_capacity(x.elements.len());
+        if let Some(at) = x.elements.iter().position(|e| !seen.insert(e.0)) {
+            return Err(MeasureError::RepeatedElement { bundle: (at / k.max(1)) as u64 });
+        }
+        drop(seen);
         let reblinded = self.blinding.reblind(&x.elements)?;
         let mut order: Vec<usize> = (0..x.groups.len()).collect();
         order.shuffle(&mut OsRng);

@@ -139,6 +139,12 @@ impl Partner {
         if widest > usize::from(MAX_BUNDLE) {
             return Err(MeasureError::TooManyIdentifiers(widest));
         }
+        let mut seen = std::collections::HashSet::new();
+        if exposures.iter().flat_map(|x| &x.tokens).any(|t| !seen.insert(t)) {
+            // The owner refuses repeated elements (`RepeatedElement`): say so here.
+            return Err(MeasureError::RepeatedToken);
+        }
+        drop(seen);
         let bundle = widest.max(1);
         let blinding = BlindingKey::random().map_err(|e| MeasureError::Rng(e.to_string()))?;
         let mut order: Vec<&Exposure> = exposures.iter().collect();

@@ -230,6 +230,22 @@ pub fn noisy_count<R: Rng>(value: u64, epsilon: f64, rng: &mut R) -> Result<u64,
 }
 
 impl Noise {
+    /// The privacy loss of one measurement for one outcome person in the worst case,
+    /// the amount a budget is charged: with `identifiers` the most identifiers one
+    /// person of the owner has (its bundle width `w`) and `groups` the partner's
+    /// groups `G`. The owner refuses repeated elements in the partner's bundles, so
+    /// such a person matches at most `w` exposure bundles, in at most `min(w, G)`
+    /// groups: it moves the matched records by at most `w` in all, and the matched
+    /// people and the sum of at most `min(w, G)` groups by 1 and the clip each.
+    /// Each figure spends `ε/3` per unit of its sensitivity, so the total is
+    /// `ε/3 · (w + 2·min(w, G))`: `ε` for a person with one identifier, `2ε` for
+    /// one with an email and a phone split over two groups.
+    pub fn worst_case_epsilon(self, groups: u64, identifiers: u64) -> f64 {
+        let w = identifiers.max(1);
+        let in_groups = w.min(groups.max(1));
+        self.epsilon / 3.0 * (w + 2 * in_groups) as f64
+    }
+
     /// Whether this noise can be drawn: `epsilon` within
     /// [`MIN_EPSILON`](super::laplace::MIN_EPSILON)`..=`[`MAX_EPSILON`](super::laplace::MAX_EPSILON)
     /// and `clip` at least 1.
@@ -426,6 +442,16 @@ mod tests {
         assert_eq!(serde_json::to_value(groups[0].sum).unwrap(), serde_json::json!("<100"));
         assert_eq!(groups[1].matched_exposure_records, Figure::Suppressed(100));
         assert!(lift.is_none());
+    }
+
+    #[test]
+    fn the_worst_case_charge_counts_every_figure_a_person_can_move() {
+        let noise = Noise { epsilon: 1.5, clip: 100 };
+        assert_eq!(noise.worst_case_epsilon(2, 1), 1.5);
+        assert_eq!(noise.worst_case_epsilon(1, 2), 0.5 * 4.0);
+        assert_eq!(noise.worst_case_epsilon(2, 2), 0.5 * 6.0);
+        assert_eq!(noise.worst_case_epsilon(16, 16), 0.5 * 48.0);
+        assert_eq!(noise.worst_case_epsilon(0, 0), 1.5);
     }
 
     #[test]

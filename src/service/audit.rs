@@ -58,8 +58,13 @@ pub struct MeasureRecord {
     pub outcome_records: Option<u64>,
     pub opted_out_records: Option<u64>,
     pub owner_people: Option<u64>,
-    /// Epsilon charged to the partner's daily budget (0 without noise).
+    /// Epsilon charged to the partner's budgets: the measurement's worst case per
+    /// outcome person (0 without noise).
     pub epsilon_spent: f64,
+    /// The partner's total epsilon on the outcome dataset ever, this measurement
+    /// included (with noise only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon_spent_lifetime: Option<f64>,
     /// `ok`, or the failure reason (a gRPC status code name).
     pub outcome: String,
     pub duration_ms: u64,

@@ -1,6 +1,9 @@
-//! Per-partner daily budgets (matches and identifiers per UTC day, and the epsilon
-//! of measurements per campaign), kept in a small JSON state file so that they survive a restart. The file is replaced atomically
-//! (write to a temporary file, then rename).
+//! Per-partner budgets, kept in a small JSON state file so that they survive a
+//! restart: matches and identifiers per UTC day, the epsilon of measurements per
+//! campaign per UTC day, and the epsilon of measurements per outcome dataset over
+//! the server's lifetime (never reset: the noise of repeated measurements averages
+//! away, so only a total bounds what a partner learns about one person). The file
+//! is replaced atomically (write to a temporary file, then rename).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,9 @@ struct State {
     /// before measurements).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     epsilon: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Epsilon spent ever, by partner, then outcome dataset (kept across days).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    lifetime_epsilon: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 /// Why a match was refused by its budget.
@@ -39,6 +45,10 @@ pub enum BudgetError {
         "daily epsilon budget of {daily} for this partner on campaign `{campaign}` would be exceeded: {spent} spent today, this measurement needs {asked}"
     )]
     Epsilon { campaign: String, daily: f64, spent: f64, asked: f64 },
+    #[error(
+        "lifetime epsilon budget of {lifetime} for this partner on outcome dataset `{dataset}` would be exceeded: {spent} spent so far, this measurement needs {asked}"
+    )]
+    LifetimeEpsilon { dataset: String, lifetime: f64, spent: f64, asked: f64 },
     #[error("budget state {path}: {reason}")]
     State { path: PathBuf, reason: String },
     /// The state file exists but is not a budget state (truncated, edited, another
@@ -64,13 +74,31 @@ pub struct Allowance {
     pub identifiers: u64,
 }
 
-/// The epsilon one measurement spends on one campaign, and that campaign's daily
-/// epsilon budget per partner.
+/// The epsilon one measurement spends (its worst case per person) on one campaign
+/// and its outcome dataset, with the partner's daily budget on the campaign and
+/// lifetime budget on the dataset.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EpsilonCharge<'a> {
     pub campaign: &'a str,
+    pub dataset: &'a str,
     pub epsilon: f64,
     pub daily: f64,
+    pub lifetime: f64,
+}
+
+/// What a partner has spent once a charge is taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EpsilonSpent {
+    /// On the campaign today, this measurement included.
+    pub today: f64,
+    /// On the outcome dataset ever, this measurement included.
+    pub lifetime: f64,
+}
+
+/// A small tolerance, so that a budget of 3 fits three charges of 1.0 whatever the
+/// rounding of their sum.
+fn fits(spent: f64, asked: f64, budget: f64) -> bool {
+    spent + asked <= budget * (1.0 + 1e-9)
 }
 
 fn today() -> u64 {
@@ -91,23 +119,24 @@ impl Budgets {
 
     /// Charges one match of `identifiers` to `partner`, or refuses it.
     pub fn charge(&self, partner: &str, identifiers: u64, allowance: Allowance) -> Result<(), BudgetError> {
-        self.charge_measurement(partner, identifiers, allowance, None)
+        self.charge_measurement(partner, identifiers, allowance, None).map(drop)
     }
 
     /// Charges one measurement to `partner`: one match of `identifiers` (exposure
-    /// bundles), and with noise its epsilon on `campaign` against that campaign's
-    /// daily epsilon budget. All or nothing.
+    /// bundles), and with noise its epsilon against the campaign's daily budget
+    /// and the outcome dataset's lifetime budget. All or nothing.
     pub fn charge_measurement(
         &self,
         partner: &str,
         identifiers: u64,
         allowance: Allowance,
         epsilon: Option<EpsilonCharge<'_>>,
-    ) -> Result<(), BudgetError> {
+    ) -> Result<EpsilonSpent, BudgetError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let day = today();
         if state.day != day {
-            *state = State { day, ..State::default() };
+            let lifetime_epsilon = std::mem::take(&mut state.lifetime_epsilon);
+            *state = State { day, lifetime_epsilon, ..State::default() };
         }
         let usage = state.partners.get(partner).copied().unwrap_or_default();
         if usage.matches >= allowance.matches {
@@ -117,22 +146,32 @@ impl Budgets {
             return Err(BudgetError::Identifiers(allowance.identifiers));
         }
         let mut next = state.clone();
+        let mut spent = EpsilonSpent::default();
         if let Some(charge) = epsilon {
-            let spent = state.epsilon.get(partner).and_then(|c| c.get(charge.campaign)).copied().unwrap_or(0.0);
-            // A small tolerance, so that a budget of 3 fits three measurements of 1.0
-            // whatever the rounding of their sum.
-            if spent + charge.epsilon > charge.daily * (1.0 + 1e-9) {
+            let day_spent = state.epsilon.get(partner).and_then(|c| c.get(charge.campaign)).copied().unwrap_or(0.0);
+            if !fits(day_spent, charge.epsilon, charge.daily) {
                 return Err(BudgetError::Epsilon {
                     campaign: charge.campaign.to_owned(),
                     daily: charge.daily,
-                    spent,
+                    spent: day_spent,
                     asked: charge.epsilon,
                 });
             }
-            next.epsilon
+            let ever = state.lifetime_epsilon.get(partner).and_then(|d| d.get(charge.dataset)).copied().unwrap_or(0.0);
+            if !fits(ever, charge.epsilon, charge.lifetime) {
+                return Err(BudgetError::LifetimeEpsilon {
+                    dataset: charge.dataset.to_owned(),
+                    lifetime: charge.lifetime,
+                    spent: ever,
+                    asked: charge.epsilon,
+                });
+            }
+            spent = EpsilonSpent { today: day_spent + charge.epsilon, lifetime: ever + charge.epsilon };
+            next.epsilon.entry(partner.to_owned()).or_default().insert(charge.campaign.to_owned(), spent.today);
+            next.lifetime_epsilon
                 .entry(partner.to_owned())
                 .or_default()
-                .insert(charge.campaign.to_owned(), spent + charge.epsilon);
+                .insert(charge.dataset.to_owned(), spent.lifetime);
         }
         // The new usage counts only once it is on disk: a failed write refuses the
         // match without spending the partner's budget.
@@ -146,7 +185,7 @@ impl Budgets {
             .and_then(|()| std::fs::rename(&tmp, &self.path))
             .map_err(|e| self.state_error(e))?;
         *state = next;
-        Ok(())
+        Ok(spent)
     }
 
     fn state_error(&self, e: impl std::fmt::Display) -> BudgetError {
@@ -193,7 +232,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("budgets.json");
         let allow = Allowance { matches: 100, identifiers: 1000 };
-        let spring = |epsilon| Some(EpsilonCharge { campaign: "spring", epsilon, daily: 3.0 });
+        let spring = |epsilon| {
+            Some(EpsilonCharge { campaign: "spring", dataset: "o.csv", epsilon, daily: 3.0, lifetime: 100.0 })
+        };
         let b = Budgets::open(&path).unwrap();
         b.charge_measurement("acme", 10, allow, spring(1.0)).unwrap();
         b.charge_measurement("acme", 10, allow, spring(1.0)).unwrap();
@@ -206,7 +247,8 @@ mod tests {
         b.charge_measurement("acme", 10, allow, spring(1.0)).unwrap();
         assert!(matches!(b.charge_measurement("acme", 10, allow, spring(0.1)), Err(BudgetError::Epsilon { .. })));
         // Other campaigns and other partners have budgets of their own.
-        let autumn = Some(EpsilonCharge { campaign: "autumn", epsilon: 1.0, daily: 1.0 });
+        let autumn =
+            Some(EpsilonCharge { campaign: "autumn", dataset: "other.csv", epsilon: 1.0, daily: 1.0, lifetime: 1.0 });
         b.charge_measurement("acme", 10, allow, autumn).unwrap();
         b.charge_measurement("other", 10, allow, spring(3.0)).unwrap();
         // Without noise nothing is spent, and the match budget still applies.
@@ -216,6 +258,43 @@ mod tests {
         let b = Budgets::open(&path).unwrap();
         assert!(matches!(b.charge_measurement("acme", 1, allow, spring(0.5)), Err(BudgetError::Epsilon { .. })));
         assert_eq!(b.charge_measurement("acme", 1000, allow, None), Err(BudgetError::Identifiers(1000)));
+    }
+
+    /// The lifetime ledger is per partner and outcome dataset: campaigns on the
+    /// same dataset share it, and a new day (which resets the daily budgets) does
+    /// not reset it.
+    #[test]
+    fn the_lifetime_epsilon_budget_spans_campaigns_and_days() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("budgets.json");
+        let allow = Allowance { matches: 100, identifiers: 1000 };
+        let charge = |campaign, epsilon| {
+            Some(EpsilonCharge { campaign, dataset: "purchases", epsilon, daily: 10.0, lifetime: 5.0 })
+        };
+        let b = Budgets::open(&path).unwrap();
+        assert_eq!(
+            b.charge_measurement("acme", 1, allow, charge("spring", 2.0)).unwrap(),
+            EpsilonSpent { today: 2.0, lifetime: 2.0 }
+        );
+        assert_eq!(
+            b.charge_measurement("acme", 1, allow, charge("autumn", 2.0)).unwrap(),
+            EpsilonSpent { today: 2.0, lifetime: 4.0 }
+        );
+        // Yesterday's file: the daily budgets start again, the lifetime one does not.
+        let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        state["day"] = serde_json::json!(today() - 1);
+        std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+        let b = Budgets::open(&path).unwrap();
+        assert_eq!(
+            b.charge_measurement("acme", 1, allow, charge("winter", 1.5)),
+            Err(BudgetError::LifetimeEpsilon { dataset: "purchases".into(), lifetime: 5.0, spent: 4.0, asked: 1.5 })
+        );
+        assert_eq!(
+            b.charge_measurement("acme", 1, allow, charge("winter", 1.0)).unwrap(),
+            EpsilonSpent { today: 1.0, lifetime: 5.0 }
+        );
+        // Another partner has a ledger of its own.
+        b.charge_measurement("other", 1, allow, charge("spring", 5.0)).unwrap();
     }
 
     #[test]

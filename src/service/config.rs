@@ -241,12 +241,20 @@ pub struct MeasurementConfig {
     /// person would tell the partner who is in the outcomes, whatever the threshold.
     pub min_group_size: Option<u64>,
     /// Total epsilon of the discrete Laplace noise of one measurement; no noise when
-    /// absent. Needs `value_max` and `max_epsilon_per_partner_per_day`.
+    /// absent. Needs `value_max`, `max_epsilon_per_partner_per_day` and
+    /// `max_epsilon_per_partner_lifetime`.
     pub epsilon: Option<f64>,
     /// Values are clipped at this before encryption (the sum's sensitivity).
     pub value_max: Option<u64>,
-    /// Epsilon one partner may spend on this campaign per UTC day.
+    /// Epsilon one partner may spend on this campaign per UTC day (each measurement
+    /// charged its worst case per person).
     pub max_epsilon_per_partner_per_day: Option<f64>,
+    /// Epsilon one partner may ever spend on the outcome dataset, summed over every
+    /// campaign that measures the same dataset and never reset.
+    pub max_epsilon_per_partner_lifetime: Option<f64>,
+    /// The name of the outcome dataset in the lifetime ledger (default: the
+    /// `outcomes` path as written): campaigns naming the same dataset share it.
+    pub outcome_dataset: Option<String>,
 }
 
 fn default_value_column() -> String {
@@ -282,6 +290,11 @@ pub struct MeasurementSettings {
     pub value_max: Option<u64>,
     /// The daily epsilon budget of each partner on this campaign (with noise only).
     pub max_epsilon_per_day: Option<f64>,
+    /// The lifetime epsilon budget of each partner on the outcome dataset (with
+    /// noise only).
+    pub max_epsilon_lifetime: Option<f64>,
+    /// The outcome dataset's name in the lifetime ledger.
+    pub outcome_dataset: String,
 }
 
 fn default_profile() -> String {
@@ -588,27 +601,43 @@ fn measurement_settings(m: &MeasurementConfig, id: &str) -> Result<MeasurementSe
     {
         return Err(err("epsilon", format!("{e} is not a number from 2^-16 (about 0.0000153) to 2^16 (65536)")));
     }
-    if let Some(b) = m.max_epsilon_per_partner_per_day
-        && (!b.is_finite() || b <= 0.0)
-    {
-        return Err(err("max_epsilon_per_partner_per_day", format!("{b} is not a positive finite number")));
-    }
-    let noise = match (m.epsilon, m.value_max, m.max_epsilon_per_partner_per_day) {
-        (None, _, None) => None,
-        (None, _, Some(_)) => return Err(err("max_epsilon_per_partner_per_day", "needs epsilon".into())),
-        (Some(_), None, _) => {
-            return Err(err("value_max", "is required with epsilon (it bounds the sum's sensitivity)".into()));
+    for (field, budget) in [
+        ("max_epsilon_per_partner_per_day", m.max_epsilon_per_partner_per_day),
+        ("max_epsilon_per_partner_lifetime", m.max_epsilon_per_partner_lifetime),
+    ] {
+        if let Some(b) = budget
+            && (!b.is_finite() || b <= 0.0)
+        {
+            return Err(err(field, format!("{b} is not a positive finite number")));
         }
-        (Some(_), _, None) => return Err(err("max_epsilon_per_partner_per_day", "is required with epsilon".into())),
-        (Some(epsilon), Some(clip), Some(daily)) => {
-            if daily < epsilon {
+    }
+    for (field, budget) in [
+        ("max_epsilon_per_partner_per_day", m.max_epsilon_per_partner_per_day),
+        ("max_epsilon_per_partner_lifetime", m.max_epsilon_per_partner_lifetime),
+    ] {
+        match (m.epsilon, budget) {
+            (None, Some(_)) => return Err(err(field, "needs epsilon".into())),
+            (Some(_), None) => return Err(err(field, "is required with epsilon".into())),
+            (Some(epsilon), Some(budget)) if budget < epsilon => {
                 return Err(err(
-                    "max_epsilon_per_partner_per_day",
-                    format!("{daily} is smaller than epsilon ({epsilon}): no measurement could run"),
+                    field,
+                    format!("{budget} is smaller than epsilon ({epsilon}): no measurement could run"),
                 ));
             }
-            Some(Noise { epsilon, clip })
+            _ => {}
         }
+    }
+    let noise = match (m.epsilon, m.value_max) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(err("value_max", "is required with epsilon (it bounds the sum's sensitivity)".into()));
+        }
+        (Some(epsilon), Some(clip)) => Some(Noise { epsilon, clip }),
+    };
+    let outcome_dataset = match &m.outcome_dataset {
+        Some(name) if name.trim().is_empty() => return Err(err("outcome_dataset", "must not be empty".into())),
+        Some(name) => name.trim().to_owned(),
+        None => m.outcomes.display().to_string(),
     };
     Ok(MeasurementSettings {
         outcomes: m.outcomes.clone(),
@@ -620,6 +649,8 @@ fn measurement_settings(m: &MeasurementConfig, id: &str) -> Result<MeasurementSe
         noise,
         value_max: m.value_max,
         max_epsilon_per_day: noise.and(m.max_epsilon_per_partner_per_day),
+        max_epsilon_lifetime: noise.and(m.max_epsilon_per_partner_lifetime),
+        outcome_dataset,
     })
 }
 
@@ -747,11 +778,12 @@ audience = "members.csv"
         assert!(config_with("").campaign_settings(&config_with("").campaigns[0]).unwrap().measurement.is_none());
 
         let noisy = config_with(
-            "[campaigns.measurement]\noutcomes = \"o.csv\"\nlearner = \"both\"\nepsilon = 1.5\nvalue_max = 5000\nmax_epsilon_per_partner_per_day = 3\n",
+            "[campaigns.measurement]\noutcomes = \"o.csv\"\nlearner = \"both\"\nepsilon = 1.5\nvalue_max = 5000\nmax_epsilon_per_partner_per_day = 3\nmax_epsilon_per_partner_lifetime = 30\n",
         );
         let m = noisy.campaign_settings(&noisy.campaigns[0]).unwrap().measurement.unwrap();
         assert_eq!(m.noise, Some(Noise { epsilon: 1.5, clip: 5000 }));
         assert_eq!((m.learner, m.max_epsilon_per_day), (Learner::Both, Some(3.0)));
+        assert_eq!((m.max_epsilon_lifetime, m.outcome_dataset.as_str()), (Some(30.0), "o.csv"));
     }
 
     #[test]
@@ -769,7 +801,20 @@ audience = "members.csv"
                 "epsilon = 1e6\nvalue_max = 10\nmax_epsilon_per_partner_per_day = 1e7",
                 "epsilon: 1000000 is not a number from",
             ),
-            ("epsilon = 1.0\nmax_epsilon_per_partner_per_day = 1", "value_max: is required with epsilon"),
+            (
+                "epsilon = 1.0\nmax_epsilon_per_partner_per_day = 1\nmax_epsilon_per_partner_lifetime = 9",
+                "value_max: is required with epsilon",
+            ),
+            (
+                "epsilon = 1.0\nvalue_max = 10\nmax_epsilon_per_partner_per_day = 1",
+                "max_epsilon_per_partner_lifetime: is required with epsilon",
+            ),
+            (
+                "epsilon = 2.0\nvalue_max = 10\nmax_epsilon_per_partner_per_day = 2\nmax_epsilon_per_partner_lifetime = 1",
+                "max_epsilon_per_partner_lifetime: 1 is smaller than epsilon (2)",
+            ),
+            ("max_epsilon_per_partner_lifetime = 1", "max_epsilon_per_partner_lifetime: needs epsilon"),
+            ("outcome_dataset = \" \"", "outcome_dataset: must not be empty"),
             ("epsilon = 1.0\nvalue_max = 10", "max_epsilon_per_partner_per_day: is required with epsilon"),
             ("max_epsilon_per_partner_per_day = 1", "max_epsilon_per_partner_per_day: needs epsilon"),
             ("epsilon = 2.0\nvalue_max = 10\nmax_epsilon_per_partner_per_day = 1", "1 is smaller than epsilon (2)"),

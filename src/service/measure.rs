@@ -80,6 +80,11 @@ struct ServerReport<'a> {
     min_aggregate: u64,
     epsilon: Option<f64>,
     clip_value: Option<u64>,
+    /// What the measurement charged the partner's budgets (its worst case per
+    /// person), and its total on the outcome dataset since the first measurement.
+    epsilon_charged: f64,
+    epsilon_spent_lifetime: Option<f64>,
+    outcome_dataset: &'a str,
     owner: &'a SideReport,
     exposure_bundles: u64,
     groups: &'a [GroupFigures],
@@ -116,6 +121,7 @@ impl Session<'_> {
             opted_out_records: None,
             owner_people: None,
             epsilon_spent: 0.0,
+            epsilon_spent_lifetime: None,
             outcome: "ok".to_owned(),
             duration_ms: 0,
         };
@@ -226,12 +232,20 @@ impl Session<'_> {
             matches: limits.max_matches_per_partner_per_day,
             identifiers: limits.max_identifiers_per_partner_per_day,
         };
-        let epsilon = settings.noise.zip(settings.max_epsilon_per_day).map(|(noise, daily)| EpsilonCharge {
-            campaign: &campaign.settings.id,
-            epsilon: noise.epsilon,
-            daily,
-        });
-        self.shared
+        // Each measurement is charged its worst case for one outcome person.
+        let widest = people.iter().map(|p| p.tokens.len() as u64).max().unwrap_or(1);
+        let epsilon = match (settings.noise, settings.max_epsilon_per_day, settings.max_epsilon_lifetime) {
+            (Some(noise), Some(daily), Some(lifetime)) => Some(EpsilonCharge {
+                campaign: &campaign.settings.id,
+                dataset: &settings.outcome_dataset,
+                epsilon: noise.worst_case_epsilon(u64::from(hello.groups), widest),
+                daily,
+                lifetime,
+            }),
+            _ => None,
+        };
+        let spent = self
+            .shared
             .budgets
             .charge_measurement(&self.partner.name, hello.exposure_bundles, allowance, epsilon)
             .map_err(|e| match e {
@@ -242,6 +256,7 @@ impl Session<'_> {
                 other => Status::resource_exhausted(other.to_string()),
             })?;
         record.epsilon_spent = epsilon.map_or(0.0, |e| e.epsilon);
+        record.epsilon_spent_lifetime = epsilon.map(|_| spent.lifetime);
         let owner_config = measure::OwnerConfig {
             min_aggregate: settings.min_aggregate,
             min_group_size: settings.min_group_size,
@@ -291,6 +306,9 @@ impl Session<'_> {
                 min_aggregate: settings.min_aggregate,
                 epsilon: settings.noise.map(|n| n.epsilon),
                 clip_value: settings.value_max,
+                epsilon_charged: record.epsilon_spent,
+                epsilon_spent_lifetime: record.epsilon_spent_lifetime,
+                outcome_dataset: &settings.outcome_dataset,
                 owner: &side,
                 exposure_bundles: hello.exposure_bundles,
                 groups: &result.groups,
@@ -337,6 +355,8 @@ fn measure_status(error: &MeasureError, message: String) -> Status {
         | BadPublicKey
         | Mismatch { .. }
         | Inconsistent { .. }
+        | RepeatedElement { .. }
+        | RepeatedToken
         | Decrypt { .. }
         | BadRelease
         | Groups(_)
