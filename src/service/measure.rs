@@ -26,7 +26,8 @@ use super::audit::{MeasureRecord, now_unix_ms};
 use super::budget::{Allowance, BudgetError, EpsilonCharge};
 use super::config::PartnerPolicy;
 use super::driver::{DriveError, Inbound, drive, receive_with_deadline, send_with_deadline};
-use super::frames::{FrameError, MEASURE_VERSION, OwnerFrames, SEND_FRAME_BYTES, learner_to_wire};
+use super::frames::OwnerFrames;
+use super::measure_wire::{FrameError, MEASURE_VERSION, SEND_FRAME_BYTES, learner_to_wire};
 use super::server::Shared;
 use super::session::{drive_status, file_safe, protocol_status, serve_stream};
 use super::state::State;
@@ -320,11 +321,16 @@ pub(crate) fn frame_status(error: &FrameError) -> Status {
     let message = error.to_string();
     match error {
         FrameError::Measure(e) => measure_status(e, message),
-        FrameError::FrameTooLarge { .. }
+        FrameError::Message(_)
+        | FrameError::FrameTooLarge { .. }
         | FrameError::EmptyFrame
         | FrameError::MessageTooLarge { .. }
         | FrameError::Malformed(_) => Status::invalid_argument(message),
         FrameError::Announced { .. } | FrameError::Unexpected { .. } => Status::failed_precondition(message),
+        FrameError::Encode { .. } => {
+            error!(error = %error, "the measurement failed on the owner's side");
+            Status::internal("the owner could not continue the measurement")
+        }
     }
 }
 

@@ -13,8 +13,9 @@
 //! - `convert`: engine messages ↔ protobuf wire types;
 //! - `driver`: runs a role's state machine over a stream, off the async runtime;
 //! - `admin`: the `OptOutAdmin` service over the opt-out store;
-//! - `measure` (the `Measurer` service: one campaign measurement per stream) and
-//!   `frames` (the measurement roles over frames, shared with the client);
+//! - `measure` (the `Measurer` service: one campaign measurement per stream),
+//!   `frames` (the measurement roles over frames, shared with the client) and
+//!   `measure_wire` (measurement messages ↔ frames: encoding, decoding, bounds);
 //! - `audit`, `budget`, `metrics`: the audit log, daily budgets, Prometheus.
 
 // The clients (feature `client`)...
@@ -23,6 +24,7 @@ mod convert;
 mod driver;
 mod frames;
 pub mod measure_client;
+mod measure_wire;
 
 // ...and the server (feature `server`).
 #[cfg(feature = "server")]
