@@ -1,6 +1,14 @@
 //! The measurement protocol's messages and their byte-exact encoding
 //! (docs/PROTOCOL.md §12.3). Every count is big-endian; decoding checks every length
 //! before allocating and refuses trailing bytes.
+//!
+//! The state machines ([`super::Owner`], [`super::Partner`]) take and return these
+//! typed messages; only the transport turns them into bytes and back ([`encode`],
+//! [`decode`]: the gRPC framing, `service::measure_wire`). A message is
+//! well-formed when [`Message::validate`] accepts it: [`decode`] yields only such
+//! messages, [`encode`] refuses any other, and the state machines check every
+//! message they are given, so a message built in memory cannot make them index out
+//! of bounds either.
 
 use crate::psi::message::{ELEMENT_LEN, Element};
 
@@ -128,6 +136,49 @@ pub enum Message {
 }
 
 impl Message {
+    /// Checks what the encoding itself guarantees: bundle sizes in 1..=[`MAX_BUNDLE`],
+    /// `bundle` elements per person or record and one value per person, 1 to
+    /// [`MAX_GROUPS`] distinct labels of 1 to [`MAX_LABEL`] bytes, group indices
+    /// within the labels, 1 to [`MAX_GROUPS`] group lines, and counts that fit the
+    /// 4-byte fields.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        let fits = |n: usize| if u32::try_from(n).is_ok() { Ok(()) } else { Err(MessageError::TooManyItems(n)) };
+        let lines = |n: usize| if (1..=MAX_GROUPS).contains(&n) { Ok(()) } else { Err(MessageError::BadGroupCount(n)) };
+        let bundles = |message: &'static str, bundle: u8, items: usize, elements: usize| {
+            if !(1..=MAX_BUNDLE).contains(&bundle) {
+                return Err(MessageError::BadBundle(bundle));
+            }
+            fits(items)?;
+            let expected = items.saturating_mul(usize::from(bundle));
+            if elements != expected {
+                return Err(MessageError::ElementCount { message, expected, got: elements });
+            }
+            Ok(())
+        };
+        match self {
+            Message::People(p) => bundles("people", p.bundle, p.values.len(), p.elements.len()),
+            Message::Exposures(x) => {
+                lines(x.labels.len())?;
+                for (index, label) in x.labels.iter().enumerate() {
+                    if label.is_empty() || label.len() > MAX_LABEL || x.labels[..index].contains(label) {
+                        return Err(MessageError::BadLabel { index });
+                    }
+                }
+                if let Some((index, &group)) =
+                    x.groups.iter().enumerate().find(|(_, g)| usize::from(**g) >= x.labels.len())
+                {
+                    return Err(MessageError::GroupOutOfRange { index, group, groups: x.labels.len() });
+                }
+                bundles("exposures", x.bundle, x.groups.len(), x.elements.len())
+            }
+            Message::Reblinded(x) => bundles("reblinded", x.bundle, x.groups.len(), x.elements.len()),
+            Message::Sums(l) => lines(l.len()),
+            Message::Masked(l) => lines(l.len()),
+            Message::Shares(s) => lines(s.shares.len()),
+            Message::Release(json) => fits(json.len()),
+        }
+    }
+
     /// The message's name in errors.
     pub fn name(&self) -> &'static str {
         match self {
@@ -195,9 +246,20 @@ pub enum MessageError {
         /// The byte.
         status: u8,
     },
-    /// A label longer than [`MAX_LABEL`] bytes was to be encoded.
-    #[error("a group label is longer than {MAX_LABEL} bytes", MAX_LABEL = MAX_LABEL)]
-    LabelTooLong,
+    /// A message built in memory whose elements do not fill its bundles exactly
+    /// (decoded bytes never are: the count is read, then that many bundles).
+    #[error("{message}: {got} elements where its bundles hold {expected}")]
+    ElementCount {
+        /// The message.
+        message: &'static str,
+        /// Bundles times the bundle size.
+        expected: usize,
+        /// Elements present.
+        got: usize,
+    },
+    /// More items than a 4-byte count holds.
+    #[error("{0} items; a message holds at most 2^32 - 1")]
+    TooManyItems(usize),
 }
 
 struct Reader<'a> {
@@ -381,8 +443,9 @@ fn put_lines(out: &mut Vec<u8>, lines: &[GroupSum]) {
     }
 }
 
-/// Encodes one message.
+/// Encodes one message; refuses one that is not well-formed ([`Message::validate`]).
 pub fn encode(message: &Message) -> Result<Vec<u8>, MessageError> {
+    message.validate()?;
     let mut out = Vec::new();
     let put_elements = |out: &mut Vec<u8>, elements: &[Element]| elements.iter().for_each(|e| out.extend(e.0));
     match message {
@@ -402,9 +465,6 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, MessageError> {
                 out.push(tag::EXPOSURES);
                 out.push(x.labels.len() as u8);
                 for label in &x.labels {
-                    if label.len() > MAX_LABEL {
-                        return Err(MessageError::LabelTooLong);
-                    }
                     out.push(label.len() as u8);
                     out.extend(label.as_bytes());
                 }
@@ -506,6 +566,25 @@ mod tests {
             decode(&[tag::SHARES, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 17]),
             Err(MessageError::BadGroupCount(17))
         );
+        // What decoding guarantees, encoding refuses to break (and the state
+        // machines refuse in memory): bundles filled exactly, groups within the
+        // labels, labels distinct and short, 1 to 16 group lines.
+        let Message::Exposures(good) = exposures else { unreachable!() };
+        let ill = |edit: &dyn Fn(&mut Exposures)| {
+            let mut x = good.clone();
+            edit(&mut x);
+            encode(&Message::Exposures(x)).unwrap_err()
+        };
+        let unfilled = ill(&|x| {
+            x.elements.pop();
+        });
+        assert_eq!(unfilled, MessageError::ElementCount { message: "exposures", expected: 2, got: 1 });
+        assert_eq!(ill(&|x| x.groups[1] = 2), MessageError::GroupOutOfRange { index: 1, group: 2, groups: 2 });
+        assert_eq!(ill(&|x| x.labels[1] = "test".into()), MessageError::BadLabel { index: 1 });
+        assert_eq!(ill(&|x| x.labels[0] = "x".repeat(MAX_LABEL + 1)), MessageError::BadLabel { index: 0 });
+        assert_eq!(ill(&|x| x.bundle = MAX_BUNDLE + 1), MessageError::BadBundle(MAX_BUNDLE + 1));
+        assert_eq!(ill(&|x| x.labels.clear()), MessageError::BadGroupCount(0));
+        assert_eq!(Message::Sums(Vec::new()).validate(), Err(MessageError::BadGroupCount(0)));
         // A count far beyond the bytes present is refused before anything is allocated.
         let huge = [tag::REBLINDED, 1, 0xff, 0xff, 0xff, 0xff];
         assert!(matches!(decode(&huge), Err(MessageError::Truncated { .. })));

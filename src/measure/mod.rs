@@ -20,7 +20,8 @@
 //!
 //! Submodules:
 //! - [`elgamal`]: exponential ElGamal, limbs, baby-step giant-step decryption.
-//! - [`message`]: the five messages and their encoding.
+//! - [`message`]: the seven messages and their byte encoding (the state machines
+//!   take and return them typed; only a transport encodes them).
 //! - [`owner`]: the owner's state machine (outcomes, key holder, decrypts).
 //! - [`partner`]: the partner's state machine (exposures, computes the sums).
 //! - [`stats`]: suppression, differential-privacy noise, rates, lift and its interval.
@@ -253,16 +254,17 @@ pub(crate) fn bundles(
     Ok(out)
 }
 
-/// Runs both roles to the end, passing messages in memory (the local run).
+/// Runs both roles to the end, passing their messages in memory as they are (the
+/// local run; the gRPC service carries the same messages encoded, §12.3).
 pub fn run_in_memory(owner: &mut Owner, partner: &mut Partner) -> Result<(), MeasureError> {
     loop {
         let mut progressed = false;
-        while let Some(bytes) = owner.poll_outgoing() {
-            partner.receive(&bytes)?;
+        while let Some(message) = owner.poll_outgoing() {
+            partner.receive(message)?;
             progressed = true;
         }
-        while let Some(bytes) = partner.poll_outgoing() {
-            owner.receive(&bytes)?;
+        while let Some(message) = partner.poll_outgoing() {
+            owner.receive(message)?;
             progressed = true;
         }
         if !progressed {
@@ -410,19 +412,19 @@ mod tests {
     /// Steps both sides until the partner's `masked` message (learner `partner`),
     /// returning its lines.
     fn to_masked(owner: &mut Owner, partner: &mut Partner) -> Vec<message::MaskedSum> {
-        partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
-        owner.receive(&partner.poll_outgoing().unwrap()).unwrap();
-        partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
-        let bytes = partner.poll_outgoing().unwrap();
+        partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+        owner.receive(partner.poll_outgoing().unwrap()).unwrap();
+        partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+        let masked = partner.poll_outgoing().unwrap();
         // Sizes only: one line per group of records and two points, no count.
-        assert_eq!(bytes.len(), 2 + partner.view().unwrap().matched.len() * (8 + 64));
-        let Message::Masked(lines) = message::decode(&bytes).unwrap() else { panic!() };
+        assert_eq!(message::encode(&masked).unwrap().len(), 2 + partner.view().unwrap().matched.len() * (8 + 64));
+        let Message::Masked(lines) = masked else { panic!() };
         lines
     }
 
     fn shares_of(owner: &mut Owner, lines: Vec<message::MaskedSum>) -> message::Shares {
-        owner.receive(&message::encode(&Message::Masked(lines)).unwrap()).unwrap();
-        let Message::Shares(shares) = message::decode(&owner.poll_outgoing().unwrap()).unwrap() else { panic!() };
+        owner.receive(Message::Masked(lines)).unwrap();
+        let Message::Shares(shares) = owner.poll_outgoing().unwrap() else { panic!() };
         shares
     }
 
@@ -443,15 +445,15 @@ mod tests {
         let sums =
             Message::Sums(vec![GroupSum { records: 450, matched: None }, GroupSum { records: 453, matched: None }]);
         assert!(matches!(
-            owner.receive(&message::encode(&sums).unwrap()),
+            owner.receive(sums),
             Err(MeasureError::Unexpected { state: "awaiting sums", message: "sums" })
         ));
         // And an owner of learner `owner` refuses masked sums.
         let (mut owner, mut partner) = fixture_pair(&people, &exposures, Learner::Owner, None, 1);
-        partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
-        owner.receive(&partner.poll_outgoing().unwrap()).unwrap();
+        partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+        owner.receive(partner.poll_outgoing().unwrap()).unwrap();
         assert!(matches!(
-            owner.receive(&message::encode(&Message::Masked(lines)).unwrap()),
+            owner.receive(Message::Masked(lines)),
             Err(MeasureError::Unexpected { state: "awaiting sums", message: "masked" })
         ));
     }
@@ -465,8 +467,8 @@ mod tests {
         let (people, exposures, _) = fixture();
         for learner in [Learner::Owner, Learner::Partner] {
             let (mut owner, mut partner) = fixture_pair(&people, &exposures, learner, None, 1);
-            partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
-            let Message::Exposures(honest) = message::decode(&partner.poll_outgoing().unwrap()).unwrap() else {
+            partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+            let Message::Exposures(honest) = partner.poll_outgoing().unwrap() else {
                 panic!("the partner's first message is its exposures")
             };
             let k = usize::from(honest.bundle);
@@ -479,14 +481,14 @@ mod tests {
             let (mut fresh, _) = fixture_pair(&people, &exposures, learner, None, 1);
             fresh.poll_outgoing();
             assert!(matches!(
-                fresh.receive(&message::encode(&Message::Exposures(copies)).unwrap()),
+                fresh.receive(Message::Exposures(copies)),
                 Err(MeasureError::RepeatedElement { bundle }) if bundle == n as u64
             ));
             assert!(fresh.poll_outgoing().is_none() && fresh.state() == OwnerState::Failed);
             let mut inside = honest.clone();
             inside.elements[1] = inside.elements[0];
             assert!(matches!(
-                owner.receive(&message::encode(&Message::Exposures(inside)).unwrap()),
+                owner.receive(Message::Exposures(inside)),
                 Err(MeasureError::RepeatedElement { bundle: 0 })
             ));
         }
@@ -499,7 +501,7 @@ mod tests {
             let (mut owner, mut partner) = fixture_pair(&people, &exposures, Learner::Partner, None, 1);
             let mut lines = to_masked(&mut owner, &mut partner);
             edit(&mut lines);
-            owner.receive(&message::encode(&Message::Masked(lines)).unwrap())
+            owner.receive(Message::Masked(lines))
         };
         assert!(matches!(
             run(&|l| l.truncate(1)),
@@ -541,7 +543,7 @@ mod tests {
         let refused = |shares: message::Shares| {
             let (mut o, mut p) = pair();
             to_masked(&mut o, &mut p);
-            let result = p.receive(&message::encode(&Message::Shares(shares)).unwrap());
+            let result = p.receive(Message::Shares(shares));
             assert_eq!(p.state(), PartnerState::Failed);
             result
         };
@@ -570,7 +572,7 @@ mod tests {
         // partner suppressed are dropped, whatever they are.
         let mut own = shares;
         own.shares[1] = [0xff; 64];
-        partner.receive(&message::encode(&Message::Shares(own)).unwrap()).unwrap();
+        partner.receive(Message::Shares(own)).unwrap();
         let g = &partner.release().unwrap().groups;
         assert_eq!(g[0].sum, stats::Figure::Value(2000));
         assert_eq!(g[1].sum, stats::Figure::Suppressed(100));
@@ -660,7 +662,7 @@ mod tests {
     }
 
     fn people_message(owner: &mut Owner) -> message::People {
-        match message::decode(&owner.poll_outgoing().unwrap()).unwrap() {
+        match owner.poll_outgoing().unwrap() {
             Message::People(p) => p,
             other => panic!("{}", other.name()),
         }
@@ -671,38 +673,37 @@ mod tests {
         let people: Vec<Person> = (0..3).map(|i| Person { tokens: vec![token(i)], value: 1 }).collect();
         let exposures: Vec<Exposure> = (0..3).map(|i| Exposure { tokens: vec![token(i)], group: 0 }).collect();
 
-        // Truncated, bad points, identity, bad key, out of order, then refused for good.
+        // Ill-formed (elements that do not fill the bundles), bad points, identity,
+        // bad key, out of order, then refused for good.
         let (mut owner, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
         let good = people_message(&mut owner);
-        let bytes = message::encode(&Message::People(good.clone())).unwrap();
+        let mut short = good.clone();
+        short.elements.pop();
         assert!(matches!(
-            partner.receive(&bytes[..bytes.len() - 3]),
-            Err(MeasureError::Message(message::MessageError::Truncated { .. }))
+            partner.receive(Message::People(short)),
+            Err(MeasureError::Message(message::MessageError::ElementCount { message: "people", expected: 3, got: 2 }))
         ));
         assert_eq!(partner.state(), PartnerState::Failed);
-        assert!(matches!(partner.receive(&bytes), Err(MeasureError::Failed)));
+        assert!(matches!(partner.receive(Message::People(good.clone())), Err(MeasureError::Failed)));
 
         let (_, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
         let mut bad = good.clone();
         bad.elements[1] = crate::psi::message::Element([0xff; 32]);
         assert!(matches!(
-            partner.receive(&message::encode(&Message::People(bad)).unwrap()),
+            partner.receive(Message::People(bad)),
             Err(MeasureError::Element(ElementError::NonCanonical { index: 1 }))
         ));
         let (_, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
         let mut bad = good.clone();
         bad.elements[2] = crate::psi::message::Element([0; 32]);
         assert!(matches!(
-            partner.receive(&message::encode(&Message::People(bad)).unwrap()),
+            partner.receive(Message::People(bad)),
             Err(MeasureError::Element(ElementError::Identity { index: 2 }))
         ));
         let (_, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
         let mut bad = good.clone();
         bad.public_key = [0; 32];
-        assert!(matches!(
-            partner.receive(&message::encode(&Message::People(bad)).unwrap()),
-            Err(MeasureError::BadPublicKey)
-        ));
+        assert!(matches!(partner.receive(Message::People(bad)), Err(MeasureError::BadPublicKey)));
         let (_, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
         let reblinded = Message::Reblinded(message::Exposures {
             labels: vec![],
@@ -711,7 +712,7 @@ mod tests {
             elements: vec![good.elements[0]],
         });
         assert!(matches!(
-            partner.receive(&message::encode(&reblinded).unwrap()),
+            partner.receive(reblinded),
             Err(MeasureError::Unexpected { state: "awaiting people", message: "reblinded" })
         ));
 
@@ -719,18 +720,17 @@ mod tests {
         let (mut owner, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
         let sums = Message::Sums(vec![GroupSum { records: 1, matched: None }]);
         assert!(matches!(
-            owner.receive(&message::encode(&sums).unwrap()),
+            owner.receive(sums),
             Err(MeasureError::Unexpected { state: "awaiting exposures", message: "sums" })
         ));
         let (mut owner, _) = pair(&people, &exposures, 1, vec![3, 0, 0]);
-        partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
-        let exposures_bytes = partner.poll_outgoing().unwrap();
-        owner.receive(&exposures_bytes).unwrap();
-        let Message::Reblinded(mut back) = message::decode(&owner.poll_outgoing().unwrap()).unwrap() else { panic!() };
+        partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+        owner.receive(partner.poll_outgoing().unwrap()).unwrap();
+        let Message::Reblinded(mut back) = owner.poll_outgoing().unwrap() else { panic!() };
         back.groups.pop();
         back.elements.pop();
         assert!(matches!(
-            partner.receive(&message::encode(&Message::Reblinded(back)).unwrap()),
+            partner.receive(Message::Reblinded(back)),
             Err(MeasureError::Mismatch { what: "bundles", expected: 3, got: 2 })
         ));
     }
@@ -742,11 +742,12 @@ mod tests {
         let run_to_sums = || {
             let (mut owner, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
             let first = owner.poll_outgoing().unwrap();
-            let key = PublicKey::from_bytes(first[1..33].try_into().unwrap()).unwrap();
-            partner.receive(&first).unwrap();
-            owner.receive(&partner.poll_outgoing().unwrap()).unwrap();
-            partner.receive(&owner.poll_outgoing().unwrap()).unwrap();
-            let Message::Sums(lines) = message::decode(&partner.poll_outgoing().unwrap()).unwrap() else { panic!() };
+            let Message::People(people) = &first else { panic!() };
+            let key = PublicKey::from_bytes(&people.public_key).unwrap();
+            partner.receive(first).unwrap();
+            owner.receive(partner.poll_outgoing().unwrap()).unwrap();
+            partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+            let Message::Sums(lines) = partner.poll_outgoing().unwrap() else { panic!() };
             (owner, key, lines)
         };
         // A sum far above what 3 people can reach.
@@ -756,24 +757,18 @@ mod tests {
         sum[..64].copy_from_slice(&enc.encrypt(1 << 40, &mut StdRng::seed_from_u64(1)).to_bytes());
         sum[64..].copy_from_slice(&enc.encrypt(0, &mut StdRng::seed_from_u64(2)).to_bytes());
         lines[0].matched = Some(Matched { records: 3, people: 3, sum });
-        assert!(matches!(
-            owner.receive(&message::encode(&Message::Sums(lines)).unwrap()),
-            Err(MeasureError::Decrypt { group: 0, .. })
-        ));
+        assert!(matches!(owner.receive(Message::Sums(lines)), Err(MeasureError::Decrypt { group: 0, .. })));
         // More matched people than the owner has.
         let (mut owner, _, mut lines) = run_to_sums();
         if let Some(m) = &mut lines[0].matched {
             m.people = 4;
         }
-        assert!(matches!(
-            owner.receive(&message::encode(&Message::Sums(lines)).unwrap()),
-            Err(MeasureError::Inconsistent { group: 0, .. })
-        ));
+        assert!(matches!(owner.receive(Message::Sums(lines)), Err(MeasureError::Inconsistent { group: 0, .. })));
         // A missing group line.
         let (mut owner, _, mut lines) = run_to_sums();
         lines.pop();
         assert!(matches!(
-            owner.receive(&message::encode(&Message::Sums(lines)).unwrap()),
+            owner.receive(Message::Sums(lines)),
             Err(MeasureError::Mismatch { what: "group lines", expected: 3, got: 2 })
         ));
     }

@@ -4,8 +4,9 @@
 //! the partner's masked sums with noisy decryption shares and sees neither a sum nor
 //! a count.
 //!
-//! Sans-I/O: [`Owner::poll_outgoing`] yields the bytes to send, [`Owner::receive`]
-//! takes the peer's bytes. Any error moves the machine to [`OwnerState::Failed`].
+//! Sans-I/O: [`Owner::poll_outgoing`] yields the next [`Message`] to send,
+//! [`Owner::receive`] takes the peer's; turning them into bytes is the transport's
+//! work ([`super::message`]). Any error moves the machine to [`OwnerState::Failed`].
 
 use std::collections::VecDeque;
 
@@ -14,9 +15,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use super::elgamal::{DlogTable, Encryptor, LIMB_BITS, LIMBS, MAX_HIGH_LIMB, SecretKey};
-use super::message::{
-    self, Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MaskedSum, Message, People, Shares, VALUE_LEN,
-};
+use super::message::{Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MaskedSum, Message, People, Shares, VALUE_LEN};
 use super::stats::{self, Measurement, Noise, Noising, RawGroup};
 use super::{Learner, MeasureError, Person, bundles};
 use crate::psi::group::{self, BlindingKey};
@@ -87,7 +86,7 @@ pub struct Owner {
     blinding: BlindingKey,
     secret: SecretKey,
     people: u64,
-    outgoing: VecDeque<Vec<u8>>,
+    outgoing: VecDeque<Message>,
     labels: Vec<String>,
     bundles_per_group: Vec<u64>,
     bundle: u8,
@@ -130,12 +129,8 @@ impl Owner {
                 out
             })
             .collect();
-        let first = message::encode(&Message::People(People {
-            public_key: public_key.to_bytes(),
-            bundle: bundle as u8,
-            elements,
-            values,
-        }))?;
+        let first =
+            Message::People(People { public_key: public_key.to_bytes(), bundle: bundle as u8, elements, values });
         Ok(Owner {
             config,
             state: OwnerState::AwaitingExposures,
@@ -156,7 +151,7 @@ impl Owner {
     }
 
     /// The next message to send, if any.
-    pub fn poll_outgoing(&mut self) -> Option<Vec<u8>> {
+    pub fn poll_outgoing(&mut self) -> Option<Message> {
         self.outgoing.pop_front()
     }
 
@@ -167,11 +162,11 @@ impl Owner {
     }
 
     /// Takes one message from the partner.
-    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), MeasureError> {
+    pub fn receive(&mut self, message: Message) -> Result<(), MeasureError> {
         if self.state == OwnerState::Failed {
             return Err(MeasureError::Failed);
         }
-        let result = self.step(bytes);
+        let result = self.step(message);
         if result.is_err() {
             self.state = OwnerState::Failed;
             self.outgoing.clear();
@@ -179,8 +174,9 @@ impl Owner {
         result
     }
 
-    fn step(&mut self, bytes: &[u8]) -> Result<(), MeasureError> {
-        match (self.state, message::decode(bytes)?) {
+    fn step(&mut self, message: Message) -> Result<(), MeasureError> {
+        message.validate()?;
+        match (self.state, message) {
             (OwnerState::AwaitingExposures, Message::Exposures(x)) => self.on_exposures(x),
             (OwnerState::AwaitingSums, Message::Sums(lines)) if self.config.learner != Learner::Partner => {
                 self.on_sums(&lines)
@@ -225,7 +221,7 @@ impl Owner {
         self.bundles_per_group = per_group;
         self.bundle = x.bundle;
         let reply = Exposures { labels: Vec::new(), bundle: self.bundle, groups, elements };
-        self.outgoing.push_back(message::encode(&Message::Reblinded(reply))?);
+        self.outgoing.push_back(Message::Reblinded(reply));
         self.state = OwnerState::AwaitingSums;
         Ok(())
     }
@@ -290,7 +286,7 @@ impl Owner {
         )?;
         if self.config.learner.partner_learns() {
             let json = serde_json::to_vec(&result).map_err(|_| MeasureError::BadRelease)?;
-            self.outgoing.push_back(message::encode(&Message::Release(json))?);
+            self.outgoing.push_back(Message::Release(json));
         }
         self.result = Some(result);
         self.state = OwnerState::Done;
@@ -319,7 +315,7 @@ impl Owner {
             shares.push(out);
         }
         let noise_bounds = noise.map_or(Ok([0; LIMBS]), Noise::limb_bounds)?;
-        self.outgoing.push_back(message::encode(&Message::Shares(Shares { noise_bounds, shares }))?);
+        self.outgoing.push_back(Message::Shares(Shares { noise_bounds, shares }));
         self.state = OwnerState::Done;
         Ok(())
     }

@@ -5,7 +5,8 @@
 //! decrypts the sums from the owner's shares, and noises the counts and releases
 //! the figures itself.
 //!
-//! Sans-I/O like [`super::Owner`]; any error moves it to [`PartnerState::Failed`].
+//! Sans-I/O like [`super::Owner`] (typed [`Message`]s in and out); any error moves
+//! it to [`PartnerState::Failed`].
 
 use std::collections::{HashMap, VecDeque};
 
@@ -17,8 +18,8 @@ use super::elgamal::{
     Ciphertext, DecryptError, DlogTable, Encryptor, LIMB_BITS, LIMBS, MAX_HIGH_LIMB, Masked, PublicKey,
 };
 use super::message::{
-    self, Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, MaskedSum, Matched, Message, Shares,
-    VALUE_LEN,
+    Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, MaskedSum, Matched, Message, MessageError,
+    Shares, VALUE_LEN,
 };
 use super::stats::{self, Measurement, Noising, RawGroup};
 use super::{Exposure, Learner, MeasureError, bundles, random_element};
@@ -100,7 +101,7 @@ pub struct Partner {
     units: usize,
     bundle: u8,
     owner: Option<OwnerSide>,
-    outgoing: VecDeque<Vec<u8>>,
+    outgoing: VecDeque<Message>,
     view: Option<PartnerView>,
     /// Learner `partner`: per group, the masked limbs of its sum (`None`: suppressed).
     masked: Vec<Option<[Masked; LIMBS]>>,
@@ -151,12 +152,12 @@ impl Partner {
         order.shuffle(&mut OsRng);
         let tokens: Vec<&[crate::token::Token]> = order.iter().map(|x| x.tokens.as_slice()).collect();
         let elements = bundles(&blinding, &tokens, bundle)?;
-        let first = message::encode(&Message::Exposures(Exposures {
+        let first = Message::Exposures(Exposures {
             labels: labels.clone(),
             bundle: bundle as u8,
             groups: order.iter().map(|x| x.group).collect(),
             elements,
-        }))?;
+        });
         Ok(Partner {
             config,
             state: PartnerState::AwaitingPeople,
@@ -179,7 +180,7 @@ impl Partner {
     }
 
     /// The next message to send, if any.
-    pub fn poll_outgoing(&mut self) -> Option<Vec<u8>> {
+    pub fn poll_outgoing(&mut self) -> Option<Message> {
         self.outgoing.pop_front()
     }
 
@@ -195,11 +196,11 @@ impl Partner {
     }
 
     /// Takes one message from the owner.
-    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), MeasureError> {
+    pub fn receive(&mut self, message: Message) -> Result<(), MeasureError> {
         if self.state == PartnerState::Failed {
             return Err(MeasureError::Failed);
         }
-        let result = self.step(bytes);
+        let result = self.step(message);
         if result.is_err() {
             self.state = PartnerState::Failed;
             self.outgoing.clear();
@@ -207,8 +208,9 @@ impl Partner {
         result
     }
 
-    fn step(&mut self, bytes: &[u8]) -> Result<(), MeasureError> {
-        match (self.state, message::decode(bytes)?) {
+    fn step(&mut self, message: Message) -> Result<(), MeasureError> {
+        message.validate()?;
+        match (self.state, message) {
             (PartnerState::AwaitingPeople, Message::People(p)) => {
                 let key = PublicKey::from_bytes(&p.public_key).ok_or(MeasureError::BadPublicKey)?;
                 let k = usize::from(p.bundle);
@@ -256,7 +258,7 @@ impl Partner {
         for (i, &g) in x.groups.iter().enumerate() {
             let g = usize::from(g);
             if g >= groups {
-                return Err(message::MessageError::GroupOutOfRange { index: i, group: g as u8, groups }.into());
+                return Err(MessageError::GroupOutOfRange { index: i, group: g as u8, groups }.into());
             }
             sent[g] += 1;
             let before = people[g].len();
@@ -331,7 +333,7 @@ impl Partner {
             Learner::Both => (Message::Sums(lines), PartnerState::AwaitingRelease),
             Learner::Owner => (Message::Sums(lines), PartnerState::Done),
         };
-        self.outgoing.push_back(message::encode(&message)?);
+        self.outgoing.push_back(message);
         self.state = next;
         Ok(())
     }

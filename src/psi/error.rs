@@ -6,9 +6,10 @@
 //! `docs/PROTOCOL.md`), not here.
 
 use super::group::ElementError;
-use super::message::{ChunkLengthError, Reveal};
+use super::message::ChunkLengthError;
 use super::oprf::OprfError;
 use super::protocol::Protocol;
+use super::reveal::Reveal;
 
 /// Why a state machine could not be started: a fault of this side, never the
 /// peer's (a gRPC server reports it as `INTERNAL`).

@@ -16,6 +16,7 @@
 //! - `set`: deduplicated, shuffled token sets and the way back to records
 //!   ([`PreparedSet`]);
 //! - `protocol`: which engine runs a match ([`Protocol`], [`ProtocolChoice`]);
+//! - `reveal`: who learns what ([`Reveal`]);
 //! - `transport`: the in-memory transport;
 //! - [`oprf`]: the second engine, OPRF-based PSI (Chase–Miao), for the reveal modes
 //!   that name records.
@@ -32,13 +33,15 @@ pub mod oprf;
 mod owner;
 mod partner;
 mod protocol;
+mod reveal;
 mod set;
 mod transport;
 
 pub use error::{ProtocolError, SetupError, truncated, untrusted};
-pub use message::{Element, OwnerMessage, PartnerMessage, Reveal};
+pub use message::{Element, OwnerMessage, PartnerMessage};
 pub use owner::{Owner, OwnerConfig, OwnerOutcome};
 pub use partner::{Partner, PartnerConfig, PartnerOutcome, check_accept};
 pub use protocol::{Protocol, ProtocolChoice, ProtocolChoiceError};
+pub use reveal::Reveal;
 pub use set::{KindSet, PreparedSet};
 pub use transport::{Endpoint, LocalMatchError, Observed, run_in_memory};

@@ -13,8 +13,9 @@ use rand::seq::SliceRandom;
 
 use super::error::{ProtocolError, SetupError, untrusted};
 use super::group::BlindingKey;
-use super::message::{Accept, Element, Hello, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Reveal, Summary};
+use super::message::{Accept, Element, Hello, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Summary};
 use super::protocol::{Protocol, names};
+use super::reveal::Reveal;
 use super::set::PreparedSet;
 use crate::normalize::Profile;
 use crate::token::KeyFingerprint;

@@ -11,10 +11,11 @@ use std::collections::{HashSet, VecDeque};
 use super::error::{ProtocolError, SetupError};
 use super::group::BlindingKey;
 use super::message::{
-    Accept, DEFAULT_CHUNK, Element, Hello, MAX_CHUNK, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Reveal, Summary,
+    Accept, DEFAULT_CHUNK, Element, Hello, MAX_CHUNK, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Summary,
 };
 use super::owner::check_chunk;
 use super::protocol::{Protocol, names};
+use super::reveal::Reveal;
 use super::set::PreparedSet;
 use crate::normalize::Profile;
 use crate::token::KeyFingerprint;

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::message::Reveal;
+use super::reveal::Reveal;
 
 /// A matching engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

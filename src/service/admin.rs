@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::audit::{AuditLog, now_unix_ms};
 use super::auth::{bearer_digest, is_partner_token};
-use super::server::Shared;
+use super::shared::Shared;
 use crate::normalize::{Region, parse_region};
 use crate::optout::store::{EntryKind, OptOutStore, StoreEntry, StoreError};
 use crate::wire;

@@ -24,7 +24,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Receiver, Sender};
 
-use super::frames::FrameError;
+use super::measure_wire::FrameError;
 use crate::psi::{Endpoint, ProtocolError, SetupError};
 
 /// Why a driven match stopped early.
@@ -87,8 +87,9 @@ pub trait Driven {
     type Outgoing;
     /// Handles one message from the peer; an error ends the session.
     fn receive(&mut self, message: Self::Incoming) -> Result<(), DriveError>;
-    /// The next message to send, if one is ready.
-    fn poll_outgoing(&mut self) -> Option<Self::Outgoing>;
+    /// The next message to send, if one is ready; an error (this side's own
+    /// message could not be encoded) ends the session.
+    fn poll_outgoing(&mut self) -> Result<Option<Self::Outgoing>, DriveError>;
     /// Whether this role has finished successfully.
     fn is_done(&self) -> bool;
 }
@@ -99,8 +100,8 @@ impl<E: Endpoint> Driven for E {
     fn receive(&mut self, message: E::Incoming) -> Result<(), DriveError> {
         Ok(Endpoint::receive(self, message)?)
     }
-    fn poll_outgoing(&mut self) -> Option<E::Outgoing> {
-        Endpoint::poll_outgoing(self)
+    fn poll_outgoing(&mut self) -> Result<Option<E::Outgoing>, DriveError> {
+        Ok(Endpoint::poll_outgoing(self))
     }
     fn is_done(&self) -> bool {
         Endpoint::is_done(self)
@@ -127,7 +128,7 @@ pub fn drive<E: Driven, T>(
 ) -> Result<(), DriveError> {
     let mut inbound_open = true;
     loop {
-        while let Some(message) = endpoint.poll_outgoing() {
+        while let Some(message) = endpoint.poll_outgoing()? {
             if let Some(item) = convert(message) {
                 send_taking_in(endpoint, inbound, &mut inbound_open, outbound, item, idle, runtime)?;
             }

@@ -1,40 +1,39 @@
 //! The gRPC `Measurer` service: one campaign measurement per stream
-//! (docs/PROTOCOL.md §12.9), served like a match by [`serve_stream`]: same
-//! authentication, concurrency slots, idle deadline and message size limit.
+//! (docs/PROTOCOL.md §12.9), served like a match by the session skeleton
+//! (`session`): same authentication, concurrency slots, idle deadline, message
+//! size limit, audit and metrics.
 //!
 //! Checks on the hello, in order: the partner may use the campaign
 //! (PERMISSION_DENIED), the campaign has measurement configured
 //! (FAILED_PRECONDITION), version, profile and key fingerprint
 //! (FAILED_PRECONDITION), the announced groups (INVALID_ARGUMENT) and bundles
 //! (RESOURCE_EXHAUSTED over `max_partner_set`). Then the opt-outs as they are now
-//! are applied to the outcomes, the owner's first message is prepared, and only then
-//! is the daily budget charged (one match, the bundles as identifiers, and the
-//! campaign's epsilon when it adds noise), just before `accept` goes out. When the
+//! are applied to the outcomes, and the daily budget is charged (one match, the
+//! bundles as identifiers, and the campaign's epsilon when it adds noise) before the
+//! owner blinds and encrypts its outcomes and sends `accept`. When the
 //! owner learns the figures they are written to the results directory before the
 //! measurement is audited; the summary goes out last.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{error, info, warn};
+use tracing::error;
 
 use super::audit::{MeasureRecord, now_unix_ms};
-use super::budget::{Allowance, BudgetError, EpsilonCharge};
-use super::config::PartnerPolicy;
-use super::driver::{DriveError, Inbound, drive, receive_with_deadline, send_with_deadline};
-use super::frames::{FrameError, MEASURE_VERSION, OwnerFrames, SEND_FRAME_BYTES, learner_to_wire};
-use super::server::Shared;
-use super::session::{drive_status, file_safe, protocol_status, serve_stream};
-use super::state::State;
+use super::budget::EpsilonCharge;
+use super::driver::DriveError;
+use super::frames::OwnerFrames;
+use super::measure_wire::{FrameError, MEASURE_VERSION, SEND_FRAME_BYTES, learner_to_wire};
+use super::metrics::Metrics;
+use super::session::{self, Service, Session};
+use super::shared::Shared;
+use super::status::protocol_status;
 use crate::measure::local::{SideReport, owner_people, write_json};
 use crate::measure::message::MAX_GROUPS;
 use crate::measure::stats::{GroupFigures, Lift};
-use crate::measure::{self, Learner, MeasureError};
-use crate::optout::BadRows;
+use crate::measure::{self, Learner};
 use crate::psi::{ProtocolError, untrusted};
 use crate::wire;
 use crate::wire::measure_owner_message::Body as OwnerBody;
@@ -46,25 +45,15 @@ pub struct MeasureService {
     pub(crate) shared: Arc<Shared>,
 }
 
-type OwnerStream = ReceiverStream<Result<wire::MeasureOwnerMessage, Status>>;
-type Outbound = mpsc::Sender<Result<wire::MeasureOwnerMessage, Status>>;
-
 #[tonic::async_trait]
 impl Measurer for MeasureService {
-    type MeasureStream = OwnerStream;
+    type MeasureStream = ReceiverStream<Result<wire::MeasureOwnerMessage, Status>>;
 
     async fn measure(
         &self,
         request: Request<Streaming<wire::MeasurePartnerMessage>>,
-    ) -> Result<Response<OwnerStream>, Status> {
-        let decode = |m: wire::MeasurePartnerMessage| {
-            m.body.ok_or(DriveError::Measure(FrameError::Malformed("a message without a body")))
-        };
-        serve_stream(&self.shared, "measure", request, decode, |ctx| {
-            ctx.shared.metrics.measurement_started();
-            let session = Session { shared: &ctx.shared, state: &ctx.state, partner: &ctx.partner, id: &ctx.id };
-            session.run(ctx.inbound, ctx.outbound, ctx.runtime)
-        })
+    ) -> Result<Response<Self::MeasureStream>, Status> {
+        session::serve::<MeasureService>(&self.shared, request)
     }
 }
 
@@ -91,26 +80,13 @@ struct ServerReport<'a> {
     lift: &'a Option<Lift>,
 }
 
-struct Session<'a> {
-    shared: &'a Shared,
-    state: &'a State,
-    partner: &'a PartnerPolicy,
-    id: &'a str,
-}
-
-impl Session<'_> {
-    fn run(
-        &self,
-        mut inbound: Inbound<PartnerBody>,
-        outbound: &Outbound,
-        runtime: &tokio::runtime::Handle,
-    ) -> Result<(), Status> {
-        let started = Instant::now();
-        let mut record = MeasureRecord {
+impl session::Record for MeasureRecord {
+    fn new(id: &str, partner: &str) -> MeasureRecord {
+        MeasureRecord {
             time_unix_ms: now_unix_ms(),
             kind: "measurement",
-            match_id: self.id.to_owned(),
-            partner: self.partner.name.clone(),
+            match_id: id.to_owned(),
+            partner: partner.to_owned(),
             campaign: String::new(),
             learner: None,
             owner_learned: false,
@@ -122,58 +98,63 @@ impl Session<'_> {
             owner_people: None,
             epsilon_spent: 0.0,
             epsilon_spent_lifetime: None,
-            outcome: "ok".to_owned(),
+            outcome: session::outcome(None),
             duration_ms: 0,
-        };
-        let result = self.measure(&mut inbound, outbound, runtime, &mut record);
-        record.duration_ms = started.elapsed().as_millis() as u64;
-        match &result {
-            Ok(_) => {
-                self.shared.metrics.measurement_finished();
-                info!(match_id = self.id, partner = %record.partner, campaign = %record.campaign, seconds = started.elapsed().as_secs_f64(), "measurement finished");
-            }
-            Err(status) => {
-                record.outcome = format!("{:?}", status.code());
-                record.owner_learned = false;
-                record.partner_learned = false;
-                self.shared.metrics.measurement_failed(&record.outcome);
-                warn!(match_id = self.id, partner = %record.partner, campaign = %record.campaign, code = ?status.code(), reason = status.message(), "measurement failed");
-            }
         }
-        if let Err(e) = self.shared.audit.append(&record) {
-            error!(path = %self.shared.audit.path().display(), error = %e, "could not write the audit log");
-        }
-        // The summary goes out only now that the measurement is audited.
-        let summary = result?;
-        let idle = self.state.config.limits.idle_timeout();
-        let message = wire::MeasureOwnerMessage { body: Some(OwnerBody::Summary(summary)) };
-        let _ = send_with_deadline(outbound, Ok(message), idle, runtime);
-        Ok(())
     }
 
-    fn measure(
-        &self,
-        inbound: &mut Inbound<PartnerBody>,
-        outbound: &Outbound,
-        runtime: &tokio::runtime::Handle,
+    fn campaign(&self) -> &str {
+        &self.campaign
+    }
+
+    /// A failed measurement taught nobody anything: its summary is never sent.
+    fn end(&mut self, failure: Option<tonic::Code>, duration_ms: u64) {
+        if failure.is_some() {
+            self.owner_learned = false;
+            self.partner_learned = false;
+        }
+        self.outcome = session::outcome(failure);
+        self.duration_ms = duration_ms;
+    }
+}
+
+impl Service for MeasureService {
+    const RPC: &'static str = "measure";
+    const NOUN: &'static str = "measurement";
+    type Wire = wire::MeasurePartnerMessage;
+    type Incoming = PartnerBody;
+    type Outgoing = wire::MeasureOwnerMessage;
+    type Record = MeasureRecord;
+
+    fn decode(message: wire::MeasurePartnerMessage) -> Result<PartnerBody, DriveError> {
+        message.body.ok_or(DriveError::Measure(FrameError::Malformed("a message without a body")))
+    }
+
+    fn started(metrics: &Metrics) {
+        metrics.measurement_started();
+    }
+
+    fn finished(metrics: &Metrics, _: &MeasureRecord, _: f64) {
+        metrics.measurement_finished();
+    }
+
+    fn failed(metrics: &Metrics, reason: &str, _: f64) {
+        metrics.measurement_failed(reason);
+    }
+
+    fn run(
+        session: &mut Session<'_, MeasureService>,
         record: &mut MeasureRecord,
-    ) -> Result<wire::MeasureSummary, Status> {
-        let limits = &self.state.config.limits;
-        let idle = limits.idle_timeout();
-        let first = receive_with_deadline(inbound, idle, runtime).map_err(drive_status)?;
-        let PartnerBody::Hello(hello) = first else {
+    ) -> Result<Option<wire::MeasureOwnerMessage>, Status> {
+        let state = session.state;
+        let limits = &state.config.limits;
+        let PartnerBody::Hello(hello) = session.receive()? else {
             return Err(Status::failed_precondition("unexpected frame while awaiting hello"));
         };
         record.campaign = untrusted(&hello.campaign);
         record.exposure_bundles = Some(hello.exposure_bundles);
         record.groups = Some(u64::from(hello.groups));
-        let campaign = self
-            .partner
-            .campaigns
-            .contains(&hello.campaign)
-            .then(|| self.state.campaigns.get(&hello.campaign))
-            .flatten()
-            .ok_or_else(|| Status::permission_denied("this partner may not use that campaign"))?;
+        let campaign = session.campaign(&hello.campaign)?;
         let (Some(settings), Some(outcomes)) = (&campaign.settings.measurement, &campaign.outcomes) else {
             return Err(Status::failed_precondition("this campaign has no measurement configured"));
         };
@@ -212,13 +193,7 @@ impl Session<'_> {
             }));
         }
         // Opt-outs as they are now, on the outcomes, before anything is encrypted.
-        let config = &self.state.config;
-        let bad_rows = BadRows::skip_if(config.optouts_skip_bad_rows);
-        let excluded =
-            self.shared.optouts.excluded(campaign, outcomes, config.optouts.as_deref(), bad_rows).map_err(|e| {
-                error!(error = %e, "opt-outs unavailable; refusing to measure");
-                Status::unavailable("opt-outs unavailable")
-            })?;
+        let excluded = session.excluded(campaign, outcomes)?;
         let (people, mut side) = owner_people(outcomes, &excluded, settings.value_max);
         side.file = settings.outcomes.display().to_string();
         record.outcome_records = Some(outcomes.len() as u64);
@@ -228,10 +203,6 @@ impl Session<'_> {
         // outcome person): a partner whose budget is spent costs a refusal, not the
         // owner's CPU (issue 20, item 6). A failure after this point is the owner's
         // own (its random number generator) and still counts against the budget.
-        let allowance = Allowance {
-            matches: limits.max_matches_per_partner_per_day,
-            identifiers: limits.max_identifiers_per_partner_per_day,
-        };
         // Each measurement is charged its worst case for one outcome person.
         let widest = people.iter().map(|p| p.tokens.len() as u64).max().unwrap_or(1);
         let epsilon = match (settings.noise, settings.max_epsilon_per_day, settings.max_epsilon_lifetime) {
@@ -244,17 +215,9 @@ impl Session<'_> {
             }),
             _ => None,
         };
-        let spent = self
-            .shared
-            .budgets
-            .charge_measurement(&self.partner.name, hello.exposure_bundles, allowance, epsilon)
-            .map_err(|e| match e {
-                BudgetError::State { .. } => {
-                    error!(error = %e, "budget state unavailable");
-                    Status::internal("budget state unavailable")
-                }
-                other => Status::resource_exhausted(other.to_string()),
-            })?;
+        let spent = session.charge(|budgets, partner, allowance| {
+            budgets.charge_measurement(partner, hello.exposure_bundles, allowance, epsilon)
+        })?;
         record.epsilon_spent = epsilon.map_or(0.0, |e| e.epsilon);
         record.epsilon_spent_lifetime = epsilon.map(|_| spent.lifetime);
         let owner_config = measure::OwnerConfig {
@@ -265,7 +228,7 @@ impl Session<'_> {
             seed: None,
         };
         let owner = measure::Owner::new(owner_config, &people).map_err(|e| {
-            error!(match_id = self.id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");
+            error!(match_id = session.id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");
             Status::internal("the owner could not start the measurement")
         })?;
         drop(people);
@@ -278,8 +241,7 @@ impl Session<'_> {
             max_frame_bytes: u32::try_from(max_frame).unwrap_or(u32::MAX),
             epsilon: settings.noise.map(|n| n.epsilon),
         };
-        let message = wire::MeasureOwnerMessage { body: Some(OwnerBody::Accept(accept)) };
-        send_with_deadline(outbound, Ok(message), idle, runtime).map_err(drive_status)?;
+        session.send(wire::MeasureOwnerMessage { body: Some(OwnerBody::Accept(accept)) })?;
         let mut frames = OwnerFrames::new(
             owner,
             u64::from(hello.groups),
@@ -287,20 +249,15 @@ impl Session<'_> {
             max_frame,
             SEND_FRAME_BYTES.min(max_frame),
         );
-        drive(&mut frames, inbound, outbound, |m| Some(Ok(m)), idle, runtime).map_err(drive_status)?;
+        session.drive(&mut frames, Some)?;
         // With learner `partner` the owner decrypted nothing and writes nothing.
         if settings.learner != Learner::Partner {
             let result = frames.owner().result().ok_or_else(|| Status::internal("measurement ended unfinished"))?;
-            let name = format!(
-                "{}-{}-{}.measurement.json",
-                file_safe(&campaign.settings.id),
-                file_safe(&self.partner.name),
-                self.id
-            );
+            let name = session.results_name(&campaign.settings.id, ".measurement.json");
             let report = ServerReport {
                 campaign: &campaign.settings.id,
-                partner: &self.partner.name,
-                measurement_id: self.id,
+                partner: &session.partner.name,
+                measurement_id: session.id,
                 profile,
                 learner: settings.learner.name(),
                 min_aggregate: settings.min_aggregate,
@@ -314,58 +271,20 @@ impl Session<'_> {
                 groups: &result.groups,
                 lift: &result.lift,
             };
-            write_json(&config.results_dir, &name, &report).map_err(|e| {
+            write_json(&state.config.results_dir, &name, &report).map_err(|e| {
                 error!(error = %e, "could not write the measurement results");
                 Status::internal("could not store the measurement results")
             })?;
         }
         record.owner_learned = settings.learner != Learner::Partner;
         record.partner_learned = settings.learner.partner_learns();
-        Ok(wire::MeasureSummary {
+        let summary = wire::MeasureSummary {
             owner_people: record.owner_people.unwrap_or(0),
             exposure_bundles: hello.exposure_bundles,
             groups: hello.groups,
             learner: learner_to_wire(settings.learner).into(),
             epsilon_spent: record.epsilon_spent,
-        })
-    }
-}
-
-/// The gRPC status for a refused measurement frame or message (docs/PROTOCOL.md
-/// §12.9): malformed bytes and impossible figures are INVALID_ARGUMENT; messages out
-/// of order and sizes other than announced are FAILED_PRECONDITION.
-pub(crate) fn frame_status(error: &FrameError) -> Status {
-    let message = error.to_string();
-    match error {
-        FrameError::Measure(e) => measure_status(e, message),
-        FrameError::FrameTooLarge { .. }
-        | FrameError::EmptyFrame
-        | FrameError::MessageTooLarge { .. }
-        | FrameError::Malformed(_) => Status::invalid_argument(message),
-        FrameError::Announced { .. } | FrameError::Unexpected { .. } => Status::failed_precondition(message),
-    }
-}
-
-fn measure_status(error: &MeasureError, message: String) -> Status {
-    use MeasureError::*;
-    match error {
-        Message(_)
-        | Element(_)
-        | Ciphertext(_)
-        | BadPublicKey
-        | Mismatch { .. }
-        | Inconsistent { .. }
-        | RepeatedElement { .. }
-        | RepeatedToken
-        | Decrypt { .. }
-        | BadRelease
-        | Groups(_)
-        | TooManyIdentifiers(_) => Status::invalid_argument(message),
-        GroupTooSmall { .. } => Status::failed_precondition(message),
-        Unexpected { .. } | Failed => Status::failed_precondition(message),
-        ValueTooLarge | Rng(_) | Noise(_) | Stalled => {
-            error!(error = %error, "the measurement failed on the owner's side");
-            Status::internal("the owner could not continue the measurement")
-        }
+        };
+        Ok(Some(wire::MeasureOwnerMessage { body: Some(OwnerBody::Summary(summary)) }))
     }
 }

@@ -16,7 +16,8 @@ use tonic::Request;
 
 use super::client::{ClientError, PartnerFiles, TlsFiles, authorize, check_server, connect_to};
 use super::driver::{DriveError, Driven, INBOUND_QUEUE, Inbound, drive, receive_with_deadline};
-use super::frames::{FrameError, MEASURE_VERSION, MIN_FRAME_BYTES, PartnerFrames, SEND_FRAME_BYTES, learner_from_wire};
+use super::frames::PartnerFrames;
+use super::measure_wire::{FrameError, MEASURE_VERSION, MIN_FRAME_BYTES, SEND_FRAME_BYTES, learner_from_wire};
 use crate::measure::local::{SideReport, partner_exposures, write_json};
 use crate::measure::stats::Measurement;
 use crate::measure::{self, Learner, laplace};

@@ -4,8 +4,13 @@
 //! - [`server`]: serving on a bound listener, health, reflection, graceful shutdown,
 //!   configuration reloads;
 //! - `state` (loading partners and campaigns), `auth` (credentials), `slots`
-//!   (concurrency caps), `session` (one match: checks, opt-outs, budgets, results
-//!   files, audit log);
+//!   (concurrency caps), `error` (why the server could not start or reload);
+//! - `shared` (what the server shares between streams: the configuration now,
+//!   opt-outs, audit log, budgets, metrics, slots), `session` (the one skeleton of a
+//!   stream: authenticate, admit, run, audit, count), `status` (refusals as gRPC
+//!   statuses);
+//! - `matcher` (the `Matcher` service: one match per stream: checks, opt-outs,
+//!   budgets, results files);
 //! - [`client`]: the partner's client behind `idmatch match --server`;
 //! - [`measure_client`]: the partner's client behind `idmatch measure --server`;
 //! - [`admin_client`]: the owner's `OptOutAdmin` client behind `idmatch optout
@@ -13,8 +18,9 @@
 //! - `convert`: engine messages ↔ protobuf wire types;
 //! - `driver`: runs a role's state machine over a stream, off the async runtime;
 //! - `admin`: the `OptOutAdmin` service over the opt-out store;
-//! - `measure` (the `Measurer` service: one campaign measurement per stream) and
-//!   `frames` (the measurement roles over frames, shared with the client);
+//! - `measure` (the `Measurer` service: one campaign measurement per stream),
+//!   `frames` (the measurement roles over frames, shared with the client) and
+//!   `measure_wire` (measurement messages ↔ frames: encoding, decoding, bounds);
 //! - `audit`, `budget`, `metrics`: the audit log, daily budgets, Prometheus.
 
 // The clients (feature `client`)...
@@ -23,6 +29,7 @@ mod convert;
 mod driver;
 mod frames;
 pub mod measure_client;
+mod measure_wire;
 
 // ...and the server (feature `server`).
 #[cfg(feature = "server")]
@@ -39,6 +46,10 @@ mod budget;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
+mod error;
+#[cfg(feature = "server")]
+mod matcher;
+#[cfg(feature = "server")]
 mod measure;
 #[cfg(feature = "server")]
 mod metrics;
@@ -47,6 +58,10 @@ pub mod server;
 #[cfg(feature = "server")]
 mod session;
 #[cfg(feature = "server")]
+mod shared;
+#[cfg(feature = "server")]
 mod slots;
 #[cfg(feature = "server")]
 mod state;
+#[cfg(feature = "server")]
+mod status;

@@ -7,9 +7,8 @@
 //! serving. Matches already running keep the configuration they started with.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -19,73 +18,19 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{error, info, warn};
 
 use super::admin::AdminService;
-use super::audit::AuditLog;
-use super::budget::{BudgetError, Budgets};
 use super::config::{Config, ConfigError, parse_sha256};
+use super::matcher::MatchService;
 use super::measure::MeasureService;
-use super::metrics::Metrics;
-use super::session::MatchService;
-use super::slots::Slots;
-use super::state::{OptOuts, State};
-use crate::key::{Key, KeyError};
-use crate::optout::OptOutError;
-use crate::optout::store::{OptOutStore, StoreError, StoreOptions};
-use crate::records::ReadError;
-use crate::token::Tokenizer;
+use super::shared::Shared;
 use crate::wire::matcher_server::MatcherServer;
 use crate::wire::measurer_server::MeasurerServer;
 use crate::wire::opt_out_admin_server::OptOutAdminServer;
 
-pub use super::session::protocol_status;
+pub use super::error::ServeError;
+pub use super::status::protocol_status;
 
 /// The encoded descriptor set served by gRPC reflection.
 const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("idmatch_descriptor");
-
-/// Why the server could not start, or a reload was refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServeError {
-    /// The configuration is unreadable or invalid, or a reload changes a
-    /// restart-only setting.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// A campaign key or the opt-out store key could not be loaded, or a random key
-    /// could not be generated.
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    /// A campaign's audience file could not be read.
-    #[error(transparent)]
-    Read(#[from] ReadError),
-    /// The opt-out list file could not be read.
-    #[error(transparent)]
-    OptOut(#[from] OptOutError),
-    /// The budget state file is unreadable or malformed.
-    #[error(transparent)]
-    Budget(#[from] BudgetError),
-    /// A file or directory the server needs (results directory, audit log, TLS
-    /// files) could not be created, opened or read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying I/O error.
-        source: std::io::Error,
-    },
-    /// The listening socket could not be bound, or its address read.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The configured `listen` address.
-        addr: SocketAddr,
-        /// The underlying I/O error.
-        source: std::io::Error,
-    },
-    /// tonic refused the TLS configuration, or the gRPC server failed while serving.
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// The opt-out store could not be opened (missing, wrong key, newer schema, ...).
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// A request to re-read the configuration file.
 #[derive(Debug, Default)]
@@ -106,94 +51,6 @@ impl Reload {
     }
 }
 
-/// Everything the server shares between matches.
-pub(crate) struct Shared {
-    state: RwLock<Arc<State>>,
-    pub optouts: Arc<OptOuts>,
-    pub audit: Arc<AuditLog>,
-    pub budgets: Budgets,
-    pub metrics: Arc<Metrics>,
-    pub slots: Slots,
-}
-
-impl Shared {
-    /// The configuration now (a match keeps the one it started with).
-    pub fn state(&self) -> Arc<State> {
-        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Records a call refused for its credentials: a warning in the log, the
-    /// `credentials_refused` metric and a line in the audit log. Nothing the caller
-    /// sent is recorded (`status` carries a fixed reason), only its address.
-    pub fn credentials_refused<T>(&self, service: &'static str, request: &tonic::Request<T>, status: &tonic::Status) {
-        let peer = request.remote_addr().map(|a| a.to_string());
-        tracing::warn!(
-            service,
-            peer = peer.as_deref().unwrap_or("-"),
-            reason = status.message(),
-            "credentials refused"
-        );
-        self.metrics.credentials_refused(service);
-        let record = super::audit::RefusedRecord {
-            time_unix_ms: super::audit::now_unix_ms(),
-            event: "credentials_refused",
-            service,
-            outcome: format!("{:?}", status.code()),
-            reason: status.message().to_owned(),
-            peer,
-        };
-        if let Err(e) = self.audit.append(&record) {
-            tracing::error!(error = %e, "could not write the audit log");
-        }
-    }
-
-    /// Re-reads the configuration file and swaps it in, or leaves the current one.
-    async fn reload(&self) -> Result<(), ServeError> {
-        let old = self.state();
-        let path = old.config.path.clone();
-        let config = Config::load(&path)?;
-        if let Some(problem) = old.config.reload_refusal(&config) {
-            return Err(ConfigError { path, problem }.into());
-        }
-        let state = State::load(config, &self.optouts).await?;
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
-        Ok(())
-    }
-}
-
-async fn start(config: Config) -> Result<Shared, ServeError> {
-    // A `Config` built in code (public fields) is checked like one loaded from a file.
-    config.validate().map_err(|problem| ConfigError { path: config.path.clone(), problem })?;
-    let results = &config.results_dir;
-    std::fs::create_dir_all(results).map_err(|source| ServeError::Io { path: results.clone(), source })?;
-    let audit = Arc::new(
-        AuditLog::open(&config.audit_log)
-            .map_err(|source| ServeError::Io { path: config.audit_log.clone(), source })?,
-    );
-    let store = match &config.optout_store {
-        Some(store) => {
-            let key = Key::load(&store.key_file)?;
-            Some(Arc::new(OptOutStore::open(&store.db, &key, &StoreOptions::existing())?))
-        }
-        None => None,
-    };
-    let digester = match &store {
-        Some(store) => store.digester().clone(),
-        None => Tokenizer::new(&Key::generate()?),
-    };
-    let optouts = Arc::new(OptOuts { store, digester });
-    let budgets = Budgets::open(&config.state_file)?;
-    let state = State::load(config, &optouts).await?;
-    Ok(Shared {
-        state: RwLock::new(Arc::new(state)),
-        optouts,
-        audit,
-        budgets,
-        metrics: Arc::new(Metrics::default()),
-        slots: Slots::default(),
-    })
-}
-
 /// Loads the audiences, then serves on `listener` until `shutdown` resolves
 /// (finishing running matches), reloading the configuration on each [`Reload`].
 pub async fn run(
@@ -202,7 +59,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     mut reload: mpsc::Receiver<Reload>,
 ) -> Result<(), ServeError> {
-    let shared = Arc::new(start(config).await?);
+    let shared = Arc::new(Shared::start(config).await?);
     let state = shared.state();
     let config = &state.config;
     let limits = &config.limits;

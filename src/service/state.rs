@@ -11,7 +11,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::config::{CampaignSettings, Config, ConfigError, PartnerPolicy};
-use super::server::ServeError;
+use super::error::ServeError;
 use crate::key::Key;
 use crate::normalize::Normalizer;
 use crate::optout::store::OptOutStore;

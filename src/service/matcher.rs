@@ -1,0 +1,203 @@
+//! The gRPC `Matcher` service: one match per stream, served by the session
+//! skeleton (`session`), which authenticates, audits and counts it.
+//!
+//! Checks run in the order of docs/PROTOCOL.md §9: the partner may use the
+//! campaign, the owner's checks on the hello, then the opt-outs are applied as they
+//! are now (before anything is blinded), and the daily budget is charged only once
+//! every check on the hello has passed, just before `Accept` is sent. The summary
+//! is held back for the skeleton to send once the match is audited.
+
+use std::sync::Arc;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::error;
+
+use super::audit::{MatchRecord, now_unix_ms};
+use super::convert::{owner_to_wire, partner_from_wire};
+use super::driver::DriveError;
+use super::metrics::Metrics;
+use super::session::{self, Service, Session};
+use super::shared::Shared;
+use super::status::protocol_status;
+use crate::output::write_match_file;
+use crate::prepare;
+use crate::psi::message::{DEFAULT_CHUNK, MAX_CHUNK};
+use crate::psi::oprf::{ChunkLimits, MAX_CHUNK_BYTES, OprfOwner};
+use crate::psi::{Owner, OwnerConfig, OwnerMessage, PartnerMessage, Protocol, ProtocolError, SetupError, untrusted};
+use crate::wire;
+use crate::wire::matcher_server::Matcher;
+
+/// The gRPC `Matcher` service.
+pub struct MatchService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl Matcher for MatchService {
+    type MatchStream = ReceiverStream<Result<wire::OwnerMessage, Status>>;
+
+    async fn r#match(
+        &self,
+        request: Request<Streaming<wire::PartnerMessage>>,
+    ) -> Result<Response<Self::MatchStream>, Status> {
+        session::serve::<MatchService>(&self.shared, request)
+    }
+}
+
+impl session::Record for MatchRecord {
+    fn new(id: &str, partner: &str) -> MatchRecord {
+        MatchRecord {
+            time_unix_ms: now_unix_ms(),
+            match_id: id.to_owned(),
+            partner: partner.to_owned(),
+            campaign: String::new(),
+            reveal: None,
+            protocol: None,
+            partner_set_size: None,
+            owner_set_size: None,
+            opted_out_records: None,
+            owner_matched_records: None,
+            outcome: session::outcome(None),
+            duration_ms: 0,
+        }
+    }
+
+    fn campaign(&self) -> &str {
+        &self.campaign
+    }
+
+    fn end(&mut self, failure: Option<tonic::Code>, duration_ms: u64) {
+        self.outcome = session::outcome(failure);
+        self.duration_ms = duration_ms;
+    }
+}
+
+impl Service for MatchService {
+    const RPC: &'static str = "match";
+    const NOUN: &'static str = "match";
+    type Wire = wire::PartnerMessage;
+    type Incoming = PartnerMessage;
+    type Outgoing = wire::OwnerMessage;
+    type Record = MatchRecord;
+
+    fn decode(message: wire::PartnerMessage) -> Result<PartnerMessage, DriveError> {
+        Ok(partner_from_wire(message)?)
+    }
+
+    fn started(metrics: &Metrics) {
+        metrics.started();
+    }
+
+    fn finished(metrics: &Metrics, record: &MatchRecord, seconds: f64) {
+        let processed = record.partner_set_size.unwrap_or(0) + record.owner_set_size.unwrap_or(0);
+        metrics.finished(record.protocol.as_deref().unwrap_or("none"), processed, seconds);
+    }
+
+    fn failed(metrics: &Metrics, reason: &str, seconds: f64) {
+        metrics.failed(reason, seconds);
+    }
+
+    fn run(
+        session: &mut Session<'_, MatchService>,
+        record: &mut MatchRecord,
+    ) -> Result<Option<wire::OwnerMessage>, Status> {
+        let state = session.state;
+        let limits = &state.config.limits;
+        let first = session.receive()?;
+        let PartnerMessage::Hello(hello) = &first else {
+            return Err(protocol_status(&ProtocolError::UnexpectedMessage {
+                state: "awaiting hello",
+                message: first.name(),
+            }));
+        };
+        record.campaign = untrusted(&hello.campaign);
+        record.reveal = Some(hello.reveal.name().to_owned());
+        record.partner_set_size = Some(hello.partner_set_size);
+        // Checks, in the order of docs/PROTOCOL.md §9: the partner may use the
+        // campaign, then the owner's checks on the hello (version, campaign, profile,
+        // key fingerprint, reveal mode, engine, set size)...
+        let campaign = session.campaign(&hello.campaign)?;
+        let max_chunk = (limits.max_message_bytes.saturating_sub(1024) / 32).clamp(1, MAX_CHUNK as usize) as u32;
+        let config = OwnerConfig {
+            campaign: campaign.settings.id.clone(),
+            profile: campaign.settings.profile,
+            allowed_reveals: session.partner.reveals.clone(),
+            min_partner_set: limits.min_partner_set,
+            max_partner_set: limits.max_partner_set,
+            max_chunk,
+            send_chunk: DEFAULT_CHUNK.min(max_chunk),
+            key_fingerprint: Some(campaign.key_fingerprint),
+            allowed_protocols: session.partner.protocols(&campaign.settings),
+        };
+        let protocol = config.check_hello(hello).map_err(|e| match e {
+            // The campaign allows an engine the hello offers, but not for this
+            // partner: say why, so the partner's engineer knows whom to ask.
+            ProtocolError::ProtocolNotAllowed { .. }
+                if hello.offered_protocols().iter().any(|p| {
+                    p.offers(hello.reveal)
+                        && campaign.settings.protocols.contains(p)
+                        && !config.allowed_protocols.contains(p)
+                }) =>
+            {
+                Status::permission_denied(
+                    "the oprf engine is secure against semi-honest partners only; this owner allows it only for \
+                     partners it trusts to run an honest client (honest_client_trusted), which this partner is not: \
+                     offer ecdh or auto",
+                )
+            }
+            other => protocol_status(&other),
+        })?;
+        record.protocol = Some(protocol.name().to_owned());
+        // ...then the opt-outs as they are now...
+        let excluded = session.excluded(campaign, &campaign.records)?;
+        let set = prepare::prepared_set(&campaign.records, &excluded);
+        record.opted_out_records = Some(set.excluded_records());
+        record.owner_set_size = Some(set.len() as u64);
+        let match_id = session.id;
+        let start_failed = |e: SetupError| {
+            error!(match_id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");
+            Status::internal("the owner could not start the match")
+        };
+        // ...and only then the daily budget, just before `Accept` goes out.
+        let charge = |session: &Session<'_, MatchService>| {
+            session.charge(|budgets, partner, allowance| budgets.charge(partner, hello.partner_set_size, allowance))
+        };
+        let mut summary = None;
+        let convert = |message: OwnerMessage| match message {
+            OwnerMessage::Summary(_) => {
+                summary = Some(message);
+                None
+            }
+            other => Some(owner_to_wire(other)),
+        };
+        let outcome = match protocol {
+            Protocol::Ecdh => {
+                let mut owner = Owner::new(config, &set).map_err(start_failed)?;
+                owner.receive(first.clone()).map_err(|e| protocol_status(&e))?;
+                charge(session)?;
+                session.drive(&mut owner, convert)?;
+                owner.outcome()
+            }
+            Protocol::Oprf => {
+                let limit = limits.max_message_bytes.saturating_sub(1024).min(MAX_CHUNK_BYTES as usize) as u32;
+                let chunks = ChunkLimits { max_chunk_bytes: limit, send_chunk_bytes: limit };
+                let mut owner = OprfOwner::new(hello, &set, chunks).map_err(start_failed)?;
+                charge(session)?;
+                session.drive(&mut owner, convert)?;
+                owner.outcome()
+            }
+        };
+        let outcome = outcome.ok_or_else(|| Status::internal("match ended in an unfinished state"))?;
+        if let Some(matched) = &outcome.matched {
+            let matches = set.matched_records(matched);
+            record.owner_matched_records = Some(matches.len() as u64);
+            let path = state.config.results_dir.join(session.results_name(&campaign.settings.id, ".csv"));
+            write_match_file(&path, &campaign.records, &matches).map_err(|e| {
+                error!(error = %e, "could not write match results");
+                Status::internal("could not store the match results")
+            })?;
+        }
+        Ok(summary.map(owner_to_wire))
+    }
+}

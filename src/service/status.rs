@@ -1,0 +1,142 @@
+//! The owner's refusals as gRPC statuses: each engine, measurement, stream and
+//! budget error maps to one status code (docs/PROTOCOL.md §9, §11.5, §11.9 and
+//! §12.9), with the error's text when it is the partner's doing and a fixed
+//! message when it is the owner's own (logged here, never sent).
+
+use tonic::Status;
+use tracing::error;
+
+use super::budget::BudgetError;
+use super::driver::DriveError;
+use super::measure_wire::FrameError;
+use crate::measure::MeasureError;
+use crate::psi::oprf::OprfError;
+use crate::psi::{ProtocolError, untrusted};
+
+/// The gRPC status for a protocol error (see docs/PROTOCOL.md §9 and §11.9).
+pub fn protocol_status(error: &ProtocolError) -> Status {
+    use ProtocolError::*;
+    let message = error.to_string();
+    match error {
+        BadChunkSize { .. } | TooManyElements { .. } | ChunkLength(_) | BadElement(_) | Malformed(_) => {
+            Status::invalid_argument(message)
+        }
+        UnexpectedMessage { .. }
+        | UnsupportedVersion { .. }
+        | ProfileMismatch { .. }
+        | KeyMismatch
+        | KeyFingerprintMissing
+        | SummaryMismatch(_)
+        | UnofferedProtocol { .. }
+        | AnnouncedSizeMismatch { .. } => Status::failed_precondition(message),
+        CampaignMismatch { .. } => Status::failed_precondition("campaign mismatch"),
+        RevealNotAllowed(_) | ProtocolNotAllowed { .. } => Status::permission_denied(message),
+        SetSizeOutOfRange { .. } => Status::resource_exhausted(message),
+        Oprf(e) => oprf_status(e, message),
+    }
+}
+
+/// The gRPC status for an OPRF engine error (docs/PROTOCOL.md §11.5).
+fn oprf_status(error: &OprfError, message: String) -> Status {
+    use OprfError::*;
+    match error {
+        UnexpectedMessage { .. } | UnsupportedVersion { .. } | ReportBackMismatch { .. } | ParameterMismatch { .. } => {
+            Status::failed_precondition(message)
+        }
+        RevealNotOffered(_) => Status::permission_denied(message),
+        SetSizeOutOfRange { .. } => Status::resource_exhausted(message),
+        BadLength { .. }
+        | BadChunk { .. }
+        | BadChunkLimit { .. }
+        | NotMultiple { .. }
+        | TooMuchData { .. }
+        | BadPoint { .. }
+        | NonZeroPadding { .. } => Status::invalid_argument(message),
+        BadConfig(_) | Rng(_) => {
+            error!(error = %error, "the OPRF engine failed");
+            Status::internal("the owner could not continue the match")
+        }
+    }
+}
+
+pub(crate) fn drive_status(error: DriveError) -> Status {
+    match error {
+        DriveError::Protocol(e) => protocol_status(&e),
+        DriveError::Setup(_) => Status::internal("the owner could not start the match"),
+        DriveError::Measure(e) => frame_status(&e),
+        DriveError::Idle(d) => Status::deadline_exceeded(format!("no message from the partner for {}s", d.as_secs())),
+        DriveError::Stalled(d) => {
+            Status::deadline_exceeded(format!("the partner took none of the owner's messages for {}s", d.as_secs()))
+        }
+        DriveError::PeerClosed => Status::cancelled("the partner closed the stream before the match finished"),
+        DriveError::Transport(m) => Status::cancelled(format!("stream broken: {m}")),
+        DriveError::Remote { code, message } => Status::new(code, untrusted(&message)),
+    }
+}
+
+/// The gRPC status for a refused measurement frame or message (docs/PROTOCOL.md
+/// §12.9): malformed bytes and impossible figures are INVALID_ARGUMENT; messages out
+/// of order and sizes other than announced are FAILED_PRECONDITION.
+fn frame_status(error: &FrameError) -> Status {
+    let message = error.to_string();
+    match error {
+        FrameError::Measure(e) => measure_status(e, message),
+        FrameError::Message(_)
+        | FrameError::FrameTooLarge { .. }
+        | FrameError::EmptyFrame
+        | FrameError::MessageTooLarge { .. }
+        | FrameError::Malformed(_) => Status::invalid_argument(message),
+        FrameError::Announced { .. } | FrameError::Unexpected { .. } => Status::failed_precondition(message),
+        FrameError::Encode { .. } => {
+            error!(error = %error, "the measurement failed on the owner's side");
+            Status::internal("the owner could not continue the measurement")
+        }
+    }
+}
+
+fn measure_status(error: &MeasureError, message: String) -> Status {
+    use MeasureError::*;
+    match error {
+        Message(_)
+        | Element(_)
+        | Ciphertext(_)
+        | BadPublicKey
+        | Mismatch { .. }
+        | Inconsistent { .. }
+        | RepeatedElement { .. }
+        | RepeatedToken
+        | Decrypt { .. }
+        | BadRelease
+        | Groups(_)
+        | TooManyIdentifiers(_) => Status::invalid_argument(message),
+        GroupTooSmall { .. } => Status::failed_precondition(message),
+        Unexpected { .. } | Failed => Status::failed_precondition(message),
+        ValueTooLarge | Rng(_) | Noise(_) | Stalled => {
+            error!(error = %error, "the measurement failed on the owner's side");
+            Status::internal("the owner could not continue the measurement")
+        }
+    }
+}
+
+/// The gRPC status for a refused budget charge: RESOURCE_EXHAUSTED with the limit
+/// reached, or INTERNAL when the budget state cannot be read or written.
+pub(crate) fn budget_status(error: BudgetError) -> Status {
+    match error {
+        BudgetError::State { .. } => {
+            error!(error = %error, "budget state unavailable");
+            Status::internal("budget state unavailable")
+        }
+        other => Status::resource_exhausted(other.to_string()),
+    }
+}
+
+/// A broken or reset stream (the partner killed, the connection lost) is the
+/// partner going away, CANCELLED, whatever h2 or hyper called it; other statuses
+/// (such as a message over the size limit) keep their code.
+pub(crate) fn inbound_error(status: Status) -> DriveError {
+    use tonic::Code::*;
+    match status.code() {
+        Unknown | Cancelled | Unavailable | Internal => DriveError::Transport(untrusted(status.message())),
+        code => DriveError::Remote { code, message: untrusted(status.message()) },
+    }
+}
