@@ -160,6 +160,36 @@ pub enum ProtocolError {
     Oprf(#[from] OprfError),
 }
 
+impl ProtocolError {
+    /// A stable machine-readable name of the error's kind, which the owner's server
+    /// sends beside the gRPC status (the `idmatch-error` metadata entry,
+    /// docs/PROTOCOL.md §9), so that a client tells errors apart without reading
+    /// their text.
+    pub fn code(&self) -> &'static str {
+        use ProtocolError::*;
+        match self {
+            UnexpectedMessage { .. } => "unexpected-message",
+            UnsupportedVersion { .. } => "unsupported-version",
+            ProfileMismatch { .. } => "profile-mismatch",
+            CampaignMismatch { .. } => "campaign-mismatch",
+            KeyMismatch => "key-mismatch",
+            KeyFingerprintMissing => "key-fingerprint-missing",
+            RevealNotAllowed(_) => "reveal-not-allowed",
+            SetSizeOutOfRange { .. } => "set-size-out-of-range",
+            BadChunkSize { .. } => "bad-chunk-size",
+            TooManyElements { .. } => "too-many-elements",
+            ChunkLength(_) => "chunk-length",
+            BadElement(_) => "bad-element",
+            SummaryMismatch(_) => "summary-mismatch",
+            Malformed(_) => "malformed",
+            ProtocolNotAllowed { .. } => "protocol-not-allowed",
+            UnofferedProtocol { .. } => "unoffered-protocol",
+            AnnouncedSizeMismatch { .. } => "announced-size-mismatch",
+            Oprf(_) => "oprf",
+        }
+    }
+}
+
 /// Longest peer-supplied text kept whole in errors, logs and audit records.
 pub const UNTRUSTED_MAX_CHARS: usize = 64;
 

@@ -33,6 +33,7 @@ use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 use super::client::{ClientError, TlsFiles, authorize, check_server, connect_to};
+use super::driver::error_kind;
 use crate::key::read_secret_file;
 use crate::normalize::{Kind, Normalizer, Profile, Region};
 use crate::optout::OptOutError;
@@ -368,7 +369,7 @@ fn refused(server: &str, status: &tonic::Status) -> ClientError {
     let message = truncated(status.message(), SERVER_MESSAGE_MAX_CHARS);
     match status.code() {
         code @ (tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::ResourceExhausted) => {
-            ClientError::from_status(code, &message)
+            ClientError::from_status(code, &message, error_kind(status).as_deref())
         }
         // A transport failure carries its cause; a status the server sent does not.
         tonic::Code::Unavailable if std::error::Error::source(status).is_some() => {

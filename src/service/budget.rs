@@ -60,6 +60,20 @@ pub enum BudgetError {
     Corrupt { path: PathBuf, reason: String },
 }
 
+impl BudgetError {
+    /// A stable machine-readable name of the refusal, sent beside the gRPC status
+    /// (the `idmatch-error` metadata entry, docs/PROTOCOL.md §9).
+    pub fn code(&self) -> &'static str {
+        match self {
+            BudgetError::Matches(_) => "budget-matches",
+            BudgetError::Identifiers(_) => "budget-identifiers",
+            BudgetError::Epsilon { .. } => "budget-epsilon-daily",
+            BudgetError::LifetimeEpsilon { .. } => "budget-epsilon-lifetime",
+            BudgetError::State { .. } | BudgetError::Corrupt { .. } => "budget-state",
+        }
+    }
+}
+
 /// The budgets of every partner. The limits are given with each charge, so that a
 /// configuration reload changes them without losing what was used today.
 pub struct Budgets {

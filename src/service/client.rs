@@ -19,7 +19,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::convert::{owner_from_wire, partner_to_wire};
-use super::driver::{DriveError, INBOUND_QUEUE, Inbound, drive, receive_with_deadline, send_with_deadline};
+use super::driver::{DriveError, INBOUND_QUEUE, Inbound, drive, error_kind, receive_with_deadline, send_with_deadline};
 use crate::key::{Key, KeyError, read_secret_file};
 use crate::normalize::Normalizer;
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
@@ -199,10 +199,14 @@ impl ClientError {
         }
     }
 
-    pub(super) fn from_status(code: tonic::Code, message: &str) -> ClientError {
+    /// The client error for a status the server ended a call with: by its code,
+    /// and by the kind of refusal it named (`kind`, the `idmatch-error` metadata
+    /// entry), never by its message text.
+    pub(super) fn from_status(code: tonic::Code, message: &str, kind: Option<&str>) -> ClientError {
         let message = truncated(message, SERVER_MESSAGE_MAX_CHARS);
-        let key_refused =
-            [ProtocolError::KeyMismatch, ProtocolError::KeyFingerprintMissing].iter().any(|e| message == e.to_string());
+        let key_refused = kind.is_some_and(|kind| {
+            [ProtocolError::KeyMismatch, ProtocolError::KeyFingerprintMissing].iter().any(|e| kind == e.code())
+        });
         match code {
             tonic::Code::Unauthenticated => ClientError::Unauthenticated(message),
             tonic::Code::PermissionDenied => ClientError::PermissionDenied(message),
@@ -423,7 +427,7 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
         Ok(r) => r,
         Err(status) => {
             driver.abort();
-            return Err(ClientError::from_status(status.code(), status.message()));
+            return Err(ClientError::from_status(status.code(), status.message(), error_kind(&status).as_deref()));
         }
     };
     let mut responses = response.into_inner();
@@ -432,7 +436,7 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
         while let Some(item) = responses.next().await {
             let message = match item {
                 Ok(m) => owner_from_wire(m).inspect(|m| shown.observe(m)).map_err(DriveError::from),
-                Err(status) => Err(DriveError::Remote { code: status.code(), message: status.message().to_owned() }),
+                Err(status) => Err(DriveError::remote(&status, status.message().to_owned())),
             };
             let failed = message.is_err();
             if in_tx.send(message).await.is_err() || failed {
@@ -443,7 +447,7 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     let (protocol, outcome) = driver.await.map_err(|e| ClientError::Stream(e.to_string()))?.map_err(|e| match e {
         DriveError::Protocol(p) => ClientError::Protocol(p),
         DriveError::Setup(s) => ClientError::Setup(s),
-        DriveError::Remote { code, message } => ClientError::from_status(code, &message),
+        DriveError::Remote { code, message, kind } => ClientError::from_status(code, &message, kind.as_deref()),
         other => ClientError::Stream(other.to_string()),
     })?;
     reader.abort();

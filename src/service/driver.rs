@@ -48,9 +48,28 @@ pub enum DriveError {
     #[cfg(feature = "server")]
     #[error("transport: {0}")]
     Transport(String),
-    /// The peer ended the stream with a gRPC status.
+    /// The peer ended the stream with a gRPC status, and the kind of refusal its
+    /// [`ERROR_KIND_KEY`] metadata entry named, if any.
     #[error("{code:?}: {message}")]
-    Remote { code: tonic::Code, message: String },
+    Remote { code: tonic::Code, message: String, kind: Option<String> },
+}
+
+/// The metadata entry in which the owner's server names the kind of a refusal
+/// (`key-mismatch`, `budget-epsilon-lifetime`, … docs/PROTOCOL.md §9): clients
+/// recognise errors by it, never by the status message, whose text may change.
+pub const ERROR_KIND_KEY: &str = "idmatch-error";
+
+/// The kind a status names in [`ERROR_KIND_KEY`] (at most 64 characters of it).
+pub(crate) fn error_kind(status: &tonic::Status) -> Option<String> {
+    let value = status.metadata().get(ERROR_KIND_KEY)?.to_str().ok()?;
+    Some(crate::psi::untrusted(value))
+}
+
+impl DriveError {
+    /// The peer's status as an error, with `message` (the caller's cut of it).
+    pub(crate) fn remote(status: &tonic::Status, message: String) -> DriveError {
+        DriveError::Remote { code: status.code(), message, kind: error_kind(status) }
+    }
 }
 
 /// Sends `value` into `tx`, waiting at most `deadline` for room: [`DriveError::Stalled`]

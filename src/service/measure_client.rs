@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
 
 use super::client::{ClientError, PartnerFiles, TlsFiles, authorize, check_server, connect_to};
-use super::driver::{DriveError, Driven, INBOUND_QUEUE, Inbound, drive, receive_with_deadline};
+use super::driver::{DriveError, Driven, INBOUND_QUEUE, Inbound, drive, error_kind, receive_with_deadline};
 use super::frames::PartnerFrames;
 use super::measure_wire::{FrameError, MEASURE_VERSION, MIN_FRAME_BYTES, SEND_FRAME_BYTES, learner_from_wire};
 use crate::measure::local::{SideReport, partner_exposures, write_json};
@@ -163,7 +163,10 @@ async fn measure(
         .map_err(|e| ClientError::Stream(e.to_string()))?;
     let mut client =
         MeasurerClient::new(channel).max_decoding_message_size(MAX_DECODING).max_encoding_message_size(MAX_DECODING);
-    let response = client.measure(request).await.map_err(|s| ClientError::from_status(s.code(), s.message()))?;
+    let response = client
+        .measure(request)
+        .await
+        .map_err(|s| ClientError::from_status(s.code(), s.message(), error_kind(&s).as_deref()))?;
     let measurement_id =
         response.metadata().get("idmatch-match-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let mut responses = response.into_inner();
@@ -172,7 +175,7 @@ async fn measure(
         while let Some(item) = responses.next().await {
             let message = match item {
                 Ok(m) => m.body.ok_or(DriveError::Measure(FrameError::Malformed("a message without a body"))),
-                Err(status) => Err(DriveError::Remote { code: status.code(), message: status.message().to_owned() }),
+                Err(status) => Err(DriveError::remote(&status, status.message().to_owned())),
             };
             let failed = message.is_err();
             if in_tx.send(message).await.is_err() || failed {
@@ -190,7 +193,7 @@ async fn measure(
     reader.abort();
     let (accept, learner, release) = outcome.map_err(|e| match e {
         DriveError::Protocol(p) => ClientError::Protocol(p),
-        DriveError::Remote { code, message } => ClientError::from_status(code, &message),
+        DriveError::Remote { code, message, kind } => ClientError::from_status(code, &message, kind.as_deref()),
         DriveError::Measure(m) => ClientError::Measurement(m.to_string()),
         other => ClientError::Stream(other.to_string()),
     })?;

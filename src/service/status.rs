@@ -7,14 +7,26 @@ use tonic::Status;
 use tracing::error;
 
 use super::budget::BudgetError;
-use super::driver::DriveError;
+use super::driver::{DriveError, ERROR_KIND_KEY};
 use super::measure_wire::FrameError;
 use crate::measure::MeasureError;
 use crate::psi::oprf::OprfError;
 use crate::psi::{ProtocolError, untrusted};
 
-/// The gRPC status for a protocol error (see docs/PROTOCOL.md §9 and §11.9).
+/// `status` with its kind ([`ProtocolError::code`], [`BudgetError::code`]) in the
+/// [`ERROR_KIND_KEY`] metadata entry.
+fn with_code(mut status: Status, code: &'static str) -> Status {
+    status.metadata_mut().insert(ERROR_KIND_KEY, tonic::metadata::MetadataValue::from_static(code));
+    status
+}
+
+/// The gRPC status for a protocol error (see docs/PROTOCOL.md §9 and §11.9), its
+/// kind in the `idmatch-error` metadata entry.
 pub fn protocol_status(error: &ProtocolError) -> Status {
+    with_code(protocol_status_code(error), error.code())
+}
+
+fn protocol_status_code(error: &ProtocolError) -> Status {
     use ProtocolError::*;
     let message = error.to_string();
     match error {
@@ -70,7 +82,7 @@ pub(crate) fn drive_status(error: DriveError) -> Status {
         }
         DriveError::PeerClosed => Status::cancelled("the partner closed the stream before the match finished"),
         DriveError::Transport(m) => Status::cancelled(format!("stream broken: {m}")),
-        DriveError::Remote { code, message } => Status::new(code, untrusted(&message)),
+        DriveError::Remote { code, message, .. } => Status::new(code, untrusted(&message)),
     }
 }
 
@@ -121,13 +133,14 @@ fn measure_status(error: &MeasureError, message: String) -> Status {
 /// The gRPC status for a refused budget charge: RESOURCE_EXHAUSTED with the limit
 /// reached, or INTERNAL when the budget state cannot be read or written.
 pub(crate) fn budget_status(error: BudgetError) -> Status {
-    match error {
-        BudgetError::State { .. } => {
+    let status = match &error {
+        BudgetError::State { .. } | BudgetError::Corrupt { .. } => {
             error!(error = %error, "budget state unavailable");
             Status::internal("budget state unavailable")
         }
         other => Status::resource_exhausted(other.to_string()),
-    }
+    };
+    with_code(status, error.code())
 }
 
 /// A broken or reset stream (the partner killed, the connection lost) is the
@@ -137,6 +150,48 @@ pub(crate) fn inbound_error(status: Status) -> DriveError {
     use tonic::Code::*;
     match status.code() {
         Unknown | Cancelled | Unavailable | Internal => DriveError::Transport(untrusted(status.message())),
-        code => DriveError::Remote { code, message: untrusted(status.message()) },
+        _ => DriveError::remote(&status, untrusted(status.message())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::client::ClientError;
+    use crate::service::driver::error_kind;
+
+    /// The kind travels in metadata, and the client goes by it alone: the same text
+    /// without the entry is an ordinary server error.
+    #[test]
+    fn refusals_name_their_kind_and_clients_read_the_kind_not_the_text() {
+        let status = protocol_status(&ProtocolError::KeyMismatch);
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(error_kind(&status).as_deref(), Some("key-mismatch"));
+        let client = |kind: Option<&str>| ClientError::from_status(status.code(), status.message(), kind);
+        assert!(matches!(client(error_kind(&status).as_deref()), ClientError::KeyMismatch(_)));
+        assert!(matches!(client(None), ClientError::Server(_)));
+        assert!(matches!(client(Some("profile-mismatch")), ClientError::Server(_)));
+        let missing = protocol_status(&ProtocolError::KeyFingerprintMissing);
+        assert!(matches!(
+            ClientError::from_status(missing.code(), missing.message(), error_kind(&missing).as_deref()),
+            ClientError::KeyMismatch(_)
+        ));
+
+        let budget = budget_status(BudgetError::LifetimeEpsilon {
+            dataset: "o.csv".into(),
+            lifetime: 5.0,
+            spent: 4.0,
+            asked: 2.0,
+        });
+        assert_eq!(budget.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(error_kind(&budget).as_deref(), Some("budget-epsilon-lifetime"));
+        // Every protocol error has a kind of its own.
+        let kinds = [
+            ProtocolError::KeyMismatch.code(),
+            ProtocolError::KeyFingerprintMissing.code(),
+            ProtocolError::Malformed("x").code(),
+            ProtocolError::SummaryMismatch("x").code(),
+        ];
+        assert_eq!(kinds.iter().collect::<std::collections::BTreeSet<_>>().len(), kinds.len());
     }
 }
