@@ -1,19 +1,17 @@
 //! The OPRF engine (`psi::oprf`), phase by phase at 2^16 × 2^16 distinct tokens, and
 //! a whole in-memory match.
 //!
-//! `cargo bench --no-default-features --bench oprf`. Phases: base OTs (both roles),
-//! PRG expansion of the whole matrix, the receiver's correction matrix (D, PRG,
-//! correction, own bits, then H2 of its own rows and its table), the sender's OPRF
-//! evaluation (PRG, gather, H2), the receiver's comparison (lookups of the sender's
-//! outputs in its table).
+//! `cargo bench --no-default-features --bench oprf`. Phases, each through the
+//! engine's public state machines: both setups (the base OTs), the receiver's
+//! correction matrix (D, PRG expansion, correction, own bits, then H2 of its own
+//! rows and its table), the sender's OPRF evaluation (PRG, gather, H2), the
+//! receiver's comparison (lookups of the sender's outputs in its table).
 
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use idmatch::normalize::Kind;
-use idmatch::psi::oprf::{
-    OprfConfig, OprfReceiver, OprfSender, Params, ReceiverMessage, SenderMessage, kernel, match_local, ot,
-};
+use idmatch::psi::oprf::{OprfConfig, OprfReceiver, OprfSender, Params, ReceiverMessage, SenderMessage, match_local};
 use idmatch::psi::{PreparedSet, Reveal};
 use idmatch::token::Token;
 use sha2::{Digest, Sha256};
@@ -44,23 +42,8 @@ fn phases(c: &mut Criterion) {
     let mut g = c.benchmark_group(format!("oprf_2^16 ({params:?})"));
     g.sample_size(10);
 
-    g.bench_function("base_ot", |b| {
-        b.iter(|| {
-            let sender = ot::OtSender::new().unwrap();
-            let choices: Vec<bool> = (0..params.width).map(|i| i % 2 == 0).collect();
-            let (points, _) = ot::receive(&sender.point(), &choices).unwrap();
-            black_box(sender.seeds(&points, choices.len()).unwrap())
-        })
-    });
-
-    g.bench_function("prg_expansion_whole_matrix", |b| {
-        let seed = [7u8; 16];
-        b.iter(|| {
-            for _ in 0..params.width {
-                black_box(kernel::prg(&seed, params.column_bytes()));
-            }
-        })
-    });
+    // Both setups: the receiver's and the sender's base OTs (one per column).
+    g.bench_function("setups_base_ots", |b| b.iter(|| black_box(after_setups(&r, &s))));
 
     g.bench_function("receiver_correction_matrix_and_own_outputs", |b| {
         b.iter_batched(

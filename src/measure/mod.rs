@@ -28,12 +28,12 @@
 //! - [`local`]: `idmatch measure` on two local files, writing `measurement.json`.
 
 pub mod elgamal;
-pub mod laplace;
+pub(crate) mod laplace;
 pub mod local;
 pub mod message;
-pub mod owner;
-pub mod partner;
-pub mod people;
+mod owner;
+mod partner;
+mod people;
 pub mod stats;
 
 use std::fmt;
@@ -43,6 +43,7 @@ use curve25519_dalek::ristretto::RistrettoPoint;
 use rand::RngCore;
 use rand::rngs::OsRng;
 
+pub use laplace::ScaleError;
 pub use owner::{Owner, OwnerConfig, OwnerState};
 pub use partner::{Partner, PartnerConfig, PartnerState};
 pub use stats::Measurement;
@@ -186,7 +187,7 @@ pub enum MeasureError {
         bundle: u64,
     },
     /// The partner's own exposures give one identifier to two of them: the rows of
-    /// one person are merged first ([`people`]), so this is a caller's error.
+    /// one person are merged first (`measure::people`), so this is a caller's error.
     #[error("an identifier appears in two exposures; merge the rows of one person first")]
     RepeatedToken,
     /// The partner's group holds fewer exposure bundles than the owner accepts.

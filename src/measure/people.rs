@@ -74,11 +74,6 @@ impl People {
     pub fn len(&self) -> usize {
         self.records.len()
     }
-
-    /// Whether there is none.
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
 }
 
 /// Union-find over record indexes (union by size, path halving).

@@ -24,24 +24,25 @@
 //! output; every field and count from the peer is checked before use, so malformed
 //! input ends the match with a precise [`OprfError`] and never panics.
 //!
-//! - [`params`]: parameter derivation (`m`, `w`, ℓ1, ℓ2);
-//! - [`ot`]: base OTs on ristretto255;
-//! - [`kernel`]: hashing domains, PRF, PRG and the bulk matrix kernels;
-//! - [`message`], [`error`]: the messages and errors;
-//! - [`receiver`], [`sender`]: one state machine per role; [`run_in_memory`] drives
-//!   both in one process;
+//! Modules (all private; what an embedder needs is re-exported here):
+//! - `params`: parameter derivation (`m`, `w`, ℓ1, ℓ2), [`Params`];
+//! - `ot`: base OTs on ristretto255;
+//! - `kernel`: hashing domains, PRF, PRG and the bulk matrix kernels;
+//! - `message`, `error`: the messages ([`OprfMessage`], …) and [`OprfError`];
+//! - `receiver`, `sender`: one state machine per role ([`OprfReceiver`],
+//!   [`OprfSender`]); [`run_in_memory`] drives both in one process;
 //! - `party`: the owner's and the partner's side of an `oprf` match stream
 //!   ([`OprfOwner`], [`OprfPartner`]), the roles wrapped in the messages the gRPC
 //!   service carries for either engine.
 
-pub mod error;
-pub mod kernel;
-pub mod message;
-pub mod ot;
-pub mod params;
+mod error;
+mod kernel;
+mod message;
+mod ot;
+mod params;
 mod party;
-pub mod receiver;
-pub mod sender;
+mod receiver;
+mod sender;
 
 use std::time::{Duration, Instant};
 

@@ -59,8 +59,6 @@ pub const MAX_WIDTH: u32 = 2048;
 pub const MAX_SET_SIZE: u64 = 1 << 30;
 /// Bytes of `H1(t)` (ℓ1 = 128 bits).
 pub const H1_LEN: usize = 16;
-/// Largest output length in bytes (outputs are compared as `u128`).
-pub const MAX_OUTPUT_LEN: u32 = 16;
 
 /// The parameters of one match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
