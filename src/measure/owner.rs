@@ -188,9 +188,12 @@ impl Owner {
         }
     }
 
-    fn on_exposures(&mut self, x: Exposures) -> Result<(), MeasureError> {
+    /// Memory: the partner's elements are dropped once blinded again, so at most two
+    /// copies of the message's elements are held at once (the reblinded ones and
+    /// their shuffled reply).
+    fn on_exposures(&mut self, mut x: Exposures) -> Result<(), MeasureError> {
         let k = usize::from(x.bundle);
-        let reblinded = self.blinding.reblind(&x.elements)?;
+        let reblinded = self.blinding.reblind(&std::mem::take(&mut x.elements))?;
         let mut order: Vec<usize> = (0..x.groups.len()).collect();
         order.shuffle(&mut OsRng);
         let mut elements: Vec<Element> = Vec::with_capacity(reblinded.len());

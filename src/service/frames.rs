@@ -26,6 +26,7 @@ pub struct OwnerFrames {
     owner: measure::Owner,
     groups: u64,
     bundles: u64,
+    max_message: usize,
     joiner: Joiner,
     cutter: Cutter,
 }
@@ -33,9 +34,25 @@ pub struct OwnerFrames {
 #[cfg(feature = "server")]
 impl OwnerFrames {
     /// `owner` (its `people` queued), for a hello announcing `groups` and `bundles`;
-    /// frames of at most `max_frame` bytes are accepted, `send_frame` are sent.
-    pub fn new(owner: measure::Owner, groups: u64, bundles: u64, max_frame: usize, send_frame: usize) -> OwnerFrames {
-        OwnerFrames { owner, groups, bundles, joiner: Joiner::new(max_frame), cutter: Cutter::new(send_frame) }
+    /// frames of at most `max_frame` bytes are accepted, `send_frame` are sent, and
+    /// no message of more than `max_message` bytes is put together, whatever the
+    /// hello announced.
+    pub fn new(
+        owner: measure::Owner,
+        groups: u64,
+        bundles: u64,
+        max_frame: usize,
+        send_frame: usize,
+        max_message: usize,
+    ) -> OwnerFrames {
+        OwnerFrames {
+            owner,
+            groups,
+            bundles,
+            max_message,
+            joiner: Joiner::new(max_frame),
+            cutter: Cutter::new(send_frame),
+        }
     }
 
     /// The state machine, for its result.
@@ -51,7 +68,13 @@ impl OwnerFrames {
             OwnerState::Done => return Err(FrameError::Unexpected { state: "done", message: "frame" }),
             OwnerState::Failed => return Err(MeasureError::Failed.into()),
         };
-        let Some(message) = self.joiner.push(frame, name, max)? else { return Ok(()) };
+        let limited = max > self.max_message;
+        let max = max.min(self.max_message);
+        let pushed = self.joiner.push(frame, name, max).map_err(|e| match e {
+            FrameError::MessageTooLarge { message, max: limit } if limited => FrameError::OverLimit { message, limit },
+            other => other,
+        });
+        let Some(message) = pushed? else { return Ok(()) };
         if let Message::Exposures(x) = &message {
             let (g, n) = (x.labels.len() as u64, x.groups.len() as u64);
             if g != self.groups {
