@@ -632,3 +632,46 @@ fn the_command_line_client_prints_and_writes_what_the_partner_learns() {
     let out = run("spring", "x", &["--epsilon", "1", "--clip-value", "5"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The owner's memory per measurement stream is bounded whatever the hello
+/// announces (issue 20, item 6): a hello whose exposures cannot fit
+/// `max_measurement_message_bytes` even with one identifier per bundle is refused
+/// before the owner blinds, encrypts or charges anything; one whose frames pass the
+/// limit is cut off there; within the limit a measurement runs as usual.
+#[test]
+fn the_owner_puts_together_no_message_over_its_limit() {
+    use tonic::Code::ResourceExhausted;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    synth(d, 4000, 21);
+    let (opted, suppressed) = write_lists(d);
+    write_pki(d);
+    write(d, "token", TOKEN);
+    let limited = "idle_timeout_secs = 60\nmax_measurement_message_bytes = 1048576";
+    write(d, "server.toml", &config_text().replace("idle_timeout_secs = 60", limited));
+    let f = Fixture::serve(dir);
+
+    // 40,000 bundles take at least 40,000 · 33 bytes: refused at the hello.
+    let status = f.raw(vec![f.hello(2, 40_000)]);
+    assert_eq!(status.code(), ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("at least 1320011 bytes") && status.message().contains("limit of 1048576 bytes"),
+        "{}",
+        status.message()
+    );
+    let audit = f.audit();
+    assert_eq!(audit[0]["outcome"], "ResourceExhausted");
+    assert!(audit[0]["owner_people"].is_null(), "nothing blinded or encrypted: {:?}", audit[0]);
+    assert!(!f.path("state.json").exists(), "no budget charged");
+
+    // 20,000 bundles of one identifier would fit; frames past the limit are refused.
+    let status = f.raw(vec![f.hello(2, 20_000), frame(vec![2; 600_000], false), frame(vec![2; 600_000], false)]);
+    assert_eq!(status.code(), ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("over this owner's limit of 1048576 bytes"), "{}", status.message());
+    assert!(f.results().is_empty());
+
+    // Within the limit, the exact figures.
+    let expected: Vec<(String, [u64; 4])> = plaintext(f.dir.path(), &opted, &suppressed).into_iter().collect();
+    let report = f.run(f.options("autumn", "out")).unwrap_or_else(|e| panic!("{e}: {:?}", f.audit().last()));
+    assert_eq!(figures(&released(&report)["groups"]), expected);
+}

@@ -2,11 +2,14 @@
 //! (docs/PROTOCOL.md §12.3). Every count is big-endian; decoding checks every length
 //! before allocating and refuses trailing bytes.
 //!
-//! The state machines ([`super::Owner`], [`super::Partner`]) take and return these
-//! typed messages; only the transport turns them into bytes and back ([`encode`],
-//! [`decode`]: the gRPC framing, `service::measure_wire`). A message is
-//! well-formed when [`Message::validate`] accepts it: [`decode`] yields only such
-//! messages, [`encode`] refuses any other, and the state machines check every
+//! The state machines take and return these typed messages, by direction (like
+//! the matching engines' [`crate::psi::OwnerMessage`] and
+//! [`crate::psi::PartnerMessage`]): [`super::Owner`] sends [`OwnerMessage`]s and
+//! takes [`PartnerMessage`]s, [`super::Partner`] the reverse. Only a transport
+//! turns them into bytes and back ([`encode`] and [`decode`], over [`Message`],
+//! either side's; the gRPC framing, `service::measure_wire`, is the one caller). A
+//! message is well-formed when its `validate` accepts it: [`decode`] yields only
+//! such messages, [`encode`] refuses any other, and the state machines check every
 //! message they are given, so a message built in memory cannot make them index out
 //! of bounds either.
 
@@ -116,7 +119,9 @@ pub struct Shares {
     pub shares: Vec<[u8; MASKED_LEN]>,
 }
 
-/// A decoded message.
+/// A decoded message, of either side: what [`encode`] and [`decode`] work on
+/// (the state machines take and return [`OwnerMessage`]s and
+/// [`PartnerMessage`]s, whose conversions from and into this are free).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// Tag 1.
@@ -135,6 +140,168 @@ pub enum Message {
     Shares(Shares),
 }
 
+/// A message the owner sends (tags 1, 3, 5 and 7): what [`super::Owner`] returns
+/// and [`super::Partner`] takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnerMessage {
+    /// Tag 1.
+    People(People),
+    /// Tag 3.
+    Reblinded(Exposures),
+    /// Tag 5: the released figures as UTF-8 JSON.
+    Release(Vec<u8>),
+    /// Tag 7.
+    Shares(Shares),
+}
+
+/// A message the partner sends (tags 2, 4 and 6): what [`super::Partner`] returns
+/// and [`super::Owner`] takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartnerMessage {
+    /// Tag 2.
+    Exposures(Exposures),
+    /// Tag 4: one line per group, in the order of the labels of tag 2.
+    Sums(Vec<GroupSum>),
+    /// Tag 6: one line per group, in the order of the labels of tag 2.
+    Masked(Vec<MaskedSum>),
+}
+
+impl OwnerMessage {
+    /// The message's name in errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OwnerMessage::People(_) => "people",
+            OwnerMessage::Reblinded(_) => "reblinded",
+            OwnerMessage::Release(_) => "release",
+            OwnerMessage::Shares(_) => "shares",
+        }
+    }
+
+    /// Whether the message is well-formed (see [`Message::validate`]).
+    pub fn validate(&self) -> Result<(), MessageError> {
+        match self {
+            OwnerMessage::People(p) => check_people(p),
+            OwnerMessage::Reblinded(x) => check_bundles("reblinded", x),
+            OwnerMessage::Release(json) => check_count(json.len()),
+            OwnerMessage::Shares(s) => check_lines(s.shares.len()),
+        }
+    }
+}
+
+impl PartnerMessage {
+    /// The message's name in errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PartnerMessage::Exposures(_) => "exposures",
+            PartnerMessage::Sums(_) => "sums",
+            PartnerMessage::Masked(_) => "masked",
+        }
+    }
+
+    /// Whether the message is well-formed (see [`Message::validate`]).
+    pub fn validate(&self) -> Result<(), MessageError> {
+        match self {
+            PartnerMessage::Exposures(x) => check_exposures(x),
+            PartnerMessage::Sums(l) => check_lines(l.len()),
+            PartnerMessage::Masked(l) => check_lines(l.len()),
+        }
+    }
+}
+
+impl From<OwnerMessage> for Message {
+    fn from(message: OwnerMessage) -> Message {
+        match message {
+            OwnerMessage::People(p) => Message::People(p),
+            OwnerMessage::Reblinded(x) => Message::Reblinded(x),
+            OwnerMessage::Release(json) => Message::Release(json),
+            OwnerMessage::Shares(s) => Message::Shares(s),
+        }
+    }
+}
+
+impl From<PartnerMessage> for Message {
+    fn from(message: PartnerMessage) -> Message {
+        match message {
+            PartnerMessage::Exposures(x) => Message::Exposures(x),
+            PartnerMessage::Sums(l) => Message::Sums(l),
+            PartnerMessage::Masked(l) => Message::Masked(l),
+        }
+    }
+}
+
+/// A partner's message is no owner's: it is given back.
+impl TryFrom<Message> for OwnerMessage {
+    type Error = Message;
+    fn try_from(message: Message) -> Result<OwnerMessage, Message> {
+        match message {
+            Message::People(p) => Ok(OwnerMessage::People(p)),
+            Message::Reblinded(x) => Ok(OwnerMessage::Reblinded(x)),
+            Message::Release(json) => Ok(OwnerMessage::Release(json)),
+            Message::Shares(s) => Ok(OwnerMessage::Shares(s)),
+            other => Err(other),
+        }
+    }
+}
+
+/// An owner's message is no partner's: it is given back.
+impl TryFrom<Message> for PartnerMessage {
+    type Error = Message;
+    fn try_from(message: Message) -> Result<PartnerMessage, Message> {
+        match message {
+            Message::Exposures(x) => Ok(PartnerMessage::Exposures(x)),
+            Message::Sums(l) => Ok(PartnerMessage::Sums(l)),
+            Message::Masked(l) => Ok(PartnerMessage::Masked(l)),
+            other => Err(other),
+        }
+    }
+}
+
+/// A count that fits a 4-byte field.
+fn check_count(n: usize) -> Result<(), MessageError> {
+    if u32::try_from(n).is_ok() { Ok(()) } else { Err(MessageError::TooManyItems(n)) }
+}
+
+/// 1 to [`MAX_GROUPS`] group lines (or labels, or shares).
+fn check_lines(n: usize) -> Result<(), MessageError> {
+    if (1..=MAX_GROUPS).contains(&n) { Ok(()) } else { Err(MessageError::BadGroupCount(n)) }
+}
+
+/// `bundle` in 1..=[`MAX_BUNDLE`], and `bundle` elements for each of `items`.
+fn check_filled(message: &'static str, bundle: u8, items: usize, elements: usize) -> Result<(), MessageError> {
+    if !(1..=MAX_BUNDLE).contains(&bundle) {
+        return Err(MessageError::BadBundle(bundle));
+    }
+    check_count(items)?;
+    let expected = items.saturating_mul(usize::from(bundle));
+    if elements != expected {
+        return Err(MessageError::ElementCount { message, expected, got: elements });
+    }
+    Ok(())
+}
+
+fn check_people(p: &People) -> Result<(), MessageError> {
+    check_filled("people", p.bundle, p.values.len(), p.elements.len())
+}
+
+/// Tag 3 (no labels; the partner checks its group indices against its own).
+fn check_bundles(message: &'static str, x: &Exposures) -> Result<(), MessageError> {
+    check_filled(message, x.bundle, x.groups.len(), x.elements.len())
+}
+
+/// Tag 2: distinct labels of 1 to [`MAX_LABEL`] bytes, group indices within them.
+fn check_exposures(x: &Exposures) -> Result<(), MessageError> {
+    check_lines(x.labels.len())?;
+    for (index, label) in x.labels.iter().enumerate() {
+        if label.is_empty() || label.len() > MAX_LABEL || x.labels[..index].contains(label) {
+            return Err(MessageError::BadLabel { index });
+        }
+    }
+    if let Some((index, &group)) = x.groups.iter().enumerate().find(|(_, g)| usize::from(**g) >= x.labels.len()) {
+        return Err(MessageError::GroupOutOfRange { index, group, groups: x.labels.len() });
+    }
+    check_bundles("exposures", x)
+}
+
 impl Message {
     /// Checks what the encoding itself guarantees: bundle sizes in 1..=[`MAX_BUNDLE`],
     /// `bundle` elements per person or record and one value per person, 1 to
@@ -142,40 +309,14 @@ impl Message {
     /// within the labels, 1 to [`MAX_GROUPS`] group lines, and counts that fit the
     /// 4-byte fields.
     pub fn validate(&self) -> Result<(), MessageError> {
-        let fits = |n: usize| if u32::try_from(n).is_ok() { Ok(()) } else { Err(MessageError::TooManyItems(n)) };
-        let lines = |n: usize| if (1..=MAX_GROUPS).contains(&n) { Ok(()) } else { Err(MessageError::BadGroupCount(n)) };
-        let bundles = |message: &'static str, bundle: u8, items: usize, elements: usize| {
-            if !(1..=MAX_BUNDLE).contains(&bundle) {
-                return Err(MessageError::BadBundle(bundle));
-            }
-            fits(items)?;
-            let expected = items.saturating_mul(usize::from(bundle));
-            if elements != expected {
-                return Err(MessageError::ElementCount { message, expected, got: elements });
-            }
-            Ok(())
-        };
         match self {
-            Message::People(p) => bundles("people", p.bundle, p.values.len(), p.elements.len()),
-            Message::Exposures(x) => {
-                lines(x.labels.len())?;
-                for (index, label) in x.labels.iter().enumerate() {
-                    if label.is_empty() || label.len() > MAX_LABEL || x.labels[..index].contains(label) {
-                        return Err(MessageError::BadLabel { index });
-                    }
-                }
-                if let Some((index, &group)) =
-                    x.groups.iter().enumerate().find(|(_, g)| usize::from(**g) >= x.labels.len())
-                {
-                    return Err(MessageError::GroupOutOfRange { index, group, groups: x.labels.len() });
-                }
-                bundles("exposures", x.bundle, x.groups.len(), x.elements.len())
-            }
-            Message::Reblinded(x) => bundles("reblinded", x.bundle, x.groups.len(), x.elements.len()),
-            Message::Sums(l) => lines(l.len()),
-            Message::Masked(l) => lines(l.len()),
-            Message::Shares(s) => lines(s.shares.len()),
-            Message::Release(json) => fits(json.len()),
+            Message::People(p) => check_people(p),
+            Message::Exposures(x) => check_exposures(x),
+            Message::Reblinded(x) => check_bundles("reblinded", x),
+            Message::Sums(l) => check_lines(l.len()),
+            Message::Masked(l) => check_lines(l.len()),
+            Message::Shares(s) => check_lines(s.shares.len()),
+            Message::Release(json) => check_count(json.len()),
         }
     }
 
@@ -521,6 +662,12 @@ mod tests {
         let bytes = encode(&people).unwrap();
         assert_eq!(bytes.len(), 1 + 32 + 1 + 4 + 64 + 128);
         assert_eq!(decode(&bytes).unwrap(), people);
+        // By direction: the owner's message converts to its own type and back, and a
+        // partner's type refuses it, giving it back.
+        let owners = OwnerMessage::try_from(people.clone()).unwrap();
+        assert_eq!((owners.name(), owners.validate()), ("people", Ok(())));
+        assert_eq!(Message::from(owners), people);
+        assert_eq!(PartnerMessage::try_from(people.clone()), Err(people.clone()));
         assert_eq!(decode(&[]), Err(MessageError::Empty));
         assert_eq!(decode(&[9]), Err(MessageError::UnknownTag(9)));
         assert!(matches!(decode(&bytes[..bytes.len() - 1]), Err(MessageError::Truncated { .. })));

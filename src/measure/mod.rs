@@ -282,7 +282,7 @@ pub fn run_in_memory(owner: &mut Owner, partner: &mut Partner) -> Result<(), Mea
 #[cfg(test)]
 mod tests {
     use super::elgamal::{Encryptor, PublicKey};
-    use super::message::{self, GroupSum, Matched, Message, VALUE_LEN};
+    use super::message::{self, GroupSum, Matched, Message, OwnerMessage, PartnerMessage, VALUE_LEN};
     use super::stats::Noise;
     use super::*;
     use rand::rngs::StdRng;
@@ -418,14 +418,17 @@ mod tests {
         partner.receive(owner.poll_outgoing().unwrap()).unwrap();
         let masked = partner.poll_outgoing().unwrap();
         // Sizes only: one line per group of records and two points, no count.
-        assert_eq!(message::encode(&masked).unwrap().len(), 2 + partner.view().unwrap().matched.len() * (8 + 64));
-        let Message::Masked(lines) = masked else { panic!() };
+        assert_eq!(
+            message::encode(&Message::from(masked.clone())).unwrap().len(),
+            2 + partner.view().unwrap().matched.len() * (8 + 64)
+        );
+        let PartnerMessage::Masked(lines) = masked else { panic!() };
         lines
     }
 
     fn shares_of(owner: &mut Owner, lines: Vec<message::MaskedSum>) -> message::Shares {
-        owner.receive(Message::Masked(lines)).unwrap();
-        let Message::Shares(shares) = owner.poll_outgoing().unwrap() else { panic!() };
+        owner.receive(PartnerMessage::Masked(lines)).unwrap();
+        let OwnerMessage::Shares(shares) = owner.poll_outgoing().unwrap() else { panic!() };
         shares
     }
 
@@ -443,8 +446,10 @@ mod tests {
         }
         // A partner that sends decryptable sums instead is refused: the owner never
         // decrypts for a partner-only learner.
-        let sums =
-            Message::Sums(vec![GroupSum { records: 450, matched: None }, GroupSum { records: 453, matched: None }]);
+        let sums = PartnerMessage::Sums(vec![
+            GroupSum { records: 450, matched: None },
+            GroupSum { records: 453, matched: None },
+        ]);
         assert!(matches!(
             owner.receive(sums),
             Err(MeasureError::Unexpected { state: "awaiting sums", message: "sums" })
@@ -454,7 +459,7 @@ mod tests {
         partner.receive(owner.poll_outgoing().unwrap()).unwrap();
         owner.receive(partner.poll_outgoing().unwrap()).unwrap();
         assert!(matches!(
-            owner.receive(Message::Masked(lines)),
+            owner.receive(PartnerMessage::Masked(lines)),
             Err(MeasureError::Unexpected { state: "awaiting sums", message: "masked" })
         ));
     }
@@ -469,7 +474,7 @@ mod tests {
         for learner in [Learner::Owner, Learner::Partner] {
             let (mut owner, mut partner) = fixture_pair(&people, &exposures, learner, None, 1);
             partner.receive(owner.poll_outgoing().unwrap()).unwrap();
-            let Message::Exposures(honest) = partner.poll_outgoing().unwrap() else {
+            let PartnerMessage::Exposures(honest) = partner.poll_outgoing().unwrap() else {
                 panic!("the partner's first message is its exposures")
             };
             let k = usize::from(honest.bundle);
@@ -482,14 +487,14 @@ mod tests {
             let (mut fresh, _) = fixture_pair(&people, &exposures, learner, None, 1);
             fresh.poll_outgoing();
             assert!(matches!(
-                fresh.receive(Message::Exposures(copies)),
+                fresh.receive(PartnerMessage::Exposures(copies)),
                 Err(MeasureError::RepeatedElement { bundle }) if bundle == n as u64
             ));
             assert!(fresh.poll_outgoing().is_none() && fresh.state() == OwnerState::Failed);
             let mut inside = honest.clone();
             inside.elements[1] = inside.elements[0];
             assert!(matches!(
-                owner.receive(Message::Exposures(inside)),
+                owner.receive(PartnerMessage::Exposures(inside)),
                 Err(MeasureError::RepeatedElement { bundle: 0 })
             ));
         }
@@ -502,7 +507,7 @@ mod tests {
             let (mut owner, mut partner) = fixture_pair(&people, &exposures, Learner::Partner, None, 1);
             let mut lines = to_masked(&mut owner, &mut partner);
             edit(&mut lines);
-            owner.receive(Message::Masked(lines))
+            owner.receive(PartnerMessage::Masked(lines))
         };
         assert!(matches!(
             run(&|l| l.truncate(1)),
@@ -544,7 +549,7 @@ mod tests {
         let refused = |shares: message::Shares| {
             let (mut o, mut p) = pair();
             to_masked(&mut o, &mut p);
-            let result = p.receive(Message::Shares(shares));
+            let result = p.receive(OwnerMessage::Shares(shares));
             assert_eq!(p.state(), PartnerState::Failed);
             result
         };
@@ -573,7 +578,7 @@ mod tests {
         // partner suppressed are dropped, whatever they are.
         let mut own = shares;
         own.shares[1] = [0xff; 64];
-        partner.receive(Message::Shares(own)).unwrap();
+        partner.receive(OwnerMessage::Shares(own)).unwrap();
         let g = &partner.release().unwrap().groups;
         assert_eq!(g[0].sum, stats::Figure::Value(2000));
         assert_eq!(g[1].sum, stats::Figure::Suppressed(100));
@@ -664,7 +669,7 @@ mod tests {
 
     fn people_message(owner: &mut Owner) -> message::People {
         match owner.poll_outgoing().unwrap() {
-            Message::People(p) => p,
+            OwnerMessage::People(p) => p,
             other => panic!("{}", other.name()),
         }
     }
@@ -681,32 +686,32 @@ mod tests {
         let mut short = good.clone();
         short.elements.pop();
         assert!(matches!(
-            partner.receive(Message::People(short)),
+            partner.receive(OwnerMessage::People(short)),
             Err(MeasureError::Message(message::MessageError::ElementCount { message: "people", expected: 3, got: 2 }))
         ));
         assert_eq!(partner.state(), PartnerState::Failed);
-        assert!(matches!(partner.receive(Message::People(good.clone())), Err(MeasureError::Failed)));
+        assert!(matches!(partner.receive(OwnerMessage::People(good.clone())), Err(MeasureError::Failed)));
 
         let (_, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
         let mut bad = good.clone();
         bad.elements[1] = crate::psi::message::Element([0xff; 32]);
         assert!(matches!(
-            partner.receive(Message::People(bad)),
+            partner.receive(OwnerMessage::People(bad)),
             Err(MeasureError::Element(ElementError::NonCanonical { index: 1 }))
         ));
         let (_, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
         let mut bad = good.clone();
         bad.elements[2] = crate::psi::message::Element([0; 32]);
         assert!(matches!(
-            partner.receive(Message::People(bad)),
+            partner.receive(OwnerMessage::People(bad)),
             Err(MeasureError::Element(ElementError::Identity { index: 2 }))
         ));
         let (_, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
         let mut bad = good.clone();
         bad.public_key = [0; 32];
-        assert!(matches!(partner.receive(Message::People(bad)), Err(MeasureError::BadPublicKey)));
+        assert!(matches!(partner.receive(OwnerMessage::People(bad)), Err(MeasureError::BadPublicKey)));
         let (_, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
-        let reblinded = Message::Reblinded(message::Exposures {
+        let reblinded = OwnerMessage::Reblinded(message::Exposures {
             labels: vec![],
             bundle: 1,
             groups: vec![0],
@@ -719,7 +724,7 @@ mod tests {
 
         // The owner: sums before exposures; a wrong bundle count back at the partner.
         let (mut owner, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
-        let sums = Message::Sums(vec![GroupSum { records: 1, matched: None }]);
+        let sums = PartnerMessage::Sums(vec![GroupSum { records: 1, matched: None }]);
         assert!(matches!(
             owner.receive(sums),
             Err(MeasureError::Unexpected { state: "awaiting exposures", message: "sums" })
@@ -727,11 +732,11 @@ mod tests {
         let (mut owner, _) = pair(&people, &exposures, 1, vec![3, 0, 0]);
         partner.receive(owner.poll_outgoing().unwrap()).unwrap();
         owner.receive(partner.poll_outgoing().unwrap()).unwrap();
-        let Message::Reblinded(mut back) = owner.poll_outgoing().unwrap() else { panic!() };
+        let OwnerMessage::Reblinded(mut back) = owner.poll_outgoing().unwrap() else { panic!() };
         back.groups.pop();
         back.elements.pop();
         assert!(matches!(
-            partner.receive(Message::Reblinded(back)),
+            partner.receive(OwnerMessage::Reblinded(back)),
             Err(MeasureError::Mismatch { what: "bundles", expected: 3, got: 2 })
         ));
     }
@@ -743,12 +748,12 @@ mod tests {
         let run_to_sums = || {
             let (mut owner, mut partner) = pair(&people, &exposures, 1, vec![3, 0, 0]);
             let first = owner.poll_outgoing().unwrap();
-            let Message::People(people) = &first else { panic!() };
+            let OwnerMessage::People(people) = &first else { panic!() };
             let key = PublicKey::from_bytes(&people.public_key).unwrap();
             partner.receive(first).unwrap();
             owner.receive(partner.poll_outgoing().unwrap()).unwrap();
             partner.receive(owner.poll_outgoing().unwrap()).unwrap();
-            let Message::Sums(lines) = partner.poll_outgoing().unwrap() else { panic!() };
+            let PartnerMessage::Sums(lines) = partner.poll_outgoing().unwrap() else { panic!() };
             (owner, key, lines)
         };
         // A sum far above what 3 people can reach.
@@ -758,18 +763,18 @@ mod tests {
         sum[..64].copy_from_slice(&enc.encrypt(1 << 40, &mut StdRng::seed_from_u64(1)).to_bytes());
         sum[64..].copy_from_slice(&enc.encrypt(0, &mut StdRng::seed_from_u64(2)).to_bytes());
         lines[0].matched = Some(Matched { records: 3, people: 3, sum });
-        assert!(matches!(owner.receive(Message::Sums(lines)), Err(MeasureError::Decrypt { group: 0, .. })));
+        assert!(matches!(owner.receive(PartnerMessage::Sums(lines)), Err(MeasureError::Decrypt { group: 0, .. })));
         // More matched people than the owner has.
         let (mut owner, _, mut lines) = run_to_sums();
         if let Some(m) = &mut lines[0].matched {
             m.people = 4;
         }
-        assert!(matches!(owner.receive(Message::Sums(lines)), Err(MeasureError::Inconsistent { group: 0, .. })));
+        assert!(matches!(owner.receive(PartnerMessage::Sums(lines)), Err(MeasureError::Inconsistent { group: 0, .. })));
         // A missing group line.
         let (mut owner, _, mut lines) = run_to_sums();
         lines.pop();
         assert!(matches!(
-            owner.receive(Message::Sums(lines)),
+            owner.receive(PartnerMessage::Sums(lines)),
             Err(MeasureError::Mismatch { what: "group lines", expected: 3, got: 2 })
         ));
     }

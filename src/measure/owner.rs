@@ -4,7 +4,7 @@
 //! the partner's masked sums with noisy decryption shares and sees neither a sum nor
 //! a count.
 //!
-//! Sans-I/O: [`Owner::poll_outgoing`] yields the next [`Message`] to send,
+//! Sans-I/O: [`Owner::poll_outgoing`] yields the next [`OwnerMessage`] to send,
 //! [`Owner::receive`] takes the peer's; turning them into bytes is the transport's
 //! work ([`super::message`]). Any error moves the machine to [`OwnerState::Failed`].
 
@@ -15,7 +15,9 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use super::elgamal::{DlogTable, Encryptor, LIMB_BITS, LIMBS, MAX_HIGH_LIMB, SecretKey};
-use super::message::{Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MaskedSum, Message, People, Shares, VALUE_LEN};
+use super::message::{
+    Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MaskedSum, OwnerMessage, PartnerMessage, People, Shares, VALUE_LEN,
+};
 use super::stats::{self, Measurement, Noise, Noising, RawGroup};
 use super::{Learner, MeasureError, Person, bundles};
 use crate::psi::group::{self, BlindingKey};
@@ -69,7 +71,8 @@ pub enum OwnerState {
 }
 
 impl OwnerState {
-    fn doing(self) -> &'static str {
+    /// What the machine is doing, in errors (`awaiting exposures`, …).
+    pub fn doing(self) -> &'static str {
         match self {
             OwnerState::AwaitingExposures => "awaiting exposures",
             OwnerState::AwaitingSums => "awaiting sums",
@@ -86,7 +89,7 @@ pub struct Owner {
     blinding: BlindingKey,
     secret: SecretKey,
     people: u64,
-    outgoing: VecDeque<Message>,
+    outgoing: VecDeque<OwnerMessage>,
     labels: Vec<String>,
     bundles_per_group: Vec<u64>,
     bundle: u8,
@@ -130,7 +133,7 @@ impl Owner {
             })
             .collect();
         let first =
-            Message::People(People { public_key: public_key.to_bytes(), bundle: bundle as u8, elements, values });
+            OwnerMessage::People(People { public_key: public_key.to_bytes(), bundle: bundle as u8, elements, values });
         Ok(Owner {
             config,
             state: OwnerState::AwaitingExposures,
@@ -151,7 +154,7 @@ impl Owner {
     }
 
     /// The next message to send, if any.
-    pub fn poll_outgoing(&mut self) -> Option<Message> {
+    pub fn poll_outgoing(&mut self) -> Option<OwnerMessage> {
         self.outgoing.pop_front()
     }
 
@@ -162,7 +165,7 @@ impl Owner {
     }
 
     /// Takes one message from the partner.
-    pub fn receive(&mut self, message: Message) -> Result<(), MeasureError> {
+    pub fn receive(&mut self, message: PartnerMessage) -> Result<(), MeasureError> {
         if self.state == OwnerState::Failed {
             return Err(MeasureError::Failed);
         }
@@ -174,14 +177,14 @@ impl Owner {
         result
     }
 
-    fn step(&mut self, message: Message) -> Result<(), MeasureError> {
+    fn step(&mut self, message: PartnerMessage) -> Result<(), MeasureError> {
         message.validate()?;
         match (self.state, message) {
-            (OwnerState::AwaitingExposures, Message::Exposures(x)) => self.on_exposures(x),
-            (OwnerState::AwaitingSums, Message::Sums(lines)) if self.config.learner != Learner::Partner => {
+            (OwnerState::AwaitingExposures, PartnerMessage::Exposures(x)) => self.on_exposures(x),
+            (OwnerState::AwaitingSums, PartnerMessage::Sums(lines)) if self.config.learner != Learner::Partner => {
                 self.on_sums(&lines)
             }
-            (OwnerState::AwaitingSums, Message::Masked(lines)) if self.config.learner == Learner::Partner => {
+            (OwnerState::AwaitingSums, PartnerMessage::Masked(lines)) if self.config.learner == Learner::Partner => {
                 self.on_masked(&lines)
             }
             (state, other) => Err(MeasureError::Unexpected { state: state.doing(), message: other.name() }),
@@ -192,14 +195,19 @@ impl Owner {
     /// with every token in at most one bundle, one of the owner's people (at most
     /// `bundle` tokens) matches at most `bundle` exposure bundles, the bound the
     /// budget's per-person charge rests on ([`super::stats::Noise::worst_case_epsilon`]).
-    fn on_exposures(&mut self, x: Exposures) -> Result<(), MeasureError> {
+    ///
+    /// Memory: the partner's elements are dropped once blinded again, so at most two
+    /// copies of the message's elements are held at once (the reblinded ones and
+    /// their shuffled reply), besides the check's set of element bytes, dropped
+    /// before re-blinding.
+    fn on_exposures(&mut self, mut x: Exposures) -> Result<(), MeasureError> {
         let k = usize::from(x.bundle);
         let mut seen = std::collections::HashSet::with_capacity(x.elements.len());
         if let Some(at) = x.elements.iter().position(|e| !seen.insert(e.0)) {
             return Err(MeasureError::RepeatedElement { bundle: (at / k.max(1)) as u64 });
         }
         drop(seen);
-        let reblinded = self.blinding.reblind(&x.elements)?;
+        let reblinded = self.blinding.reblind(&std::mem::take(&mut x.elements))?;
         let mut order: Vec<usize> = (0..x.groups.len()).collect();
         order.shuffle(&mut OsRng);
         let mut elements: Vec<Element> = Vec::with_capacity(reblinded.len());
@@ -221,7 +229,7 @@ impl Owner {
         self.bundles_per_group = per_group;
         self.bundle = x.bundle;
         let reply = Exposures { labels: Vec::new(), bundle: self.bundle, groups, elements };
-        self.outgoing.push_back(Message::Reblinded(reply));
+        self.outgoing.push_back(OwnerMessage::Reblinded(reply));
         self.state = OwnerState::AwaitingSums;
         Ok(())
     }
@@ -286,7 +294,7 @@ impl Owner {
         )?;
         if self.config.learner.partner_learns() {
             let json = serde_json::to_vec(&result).map_err(|_| MeasureError::BadRelease)?;
-            self.outgoing.push_back(Message::Release(json));
+            self.outgoing.push_back(OwnerMessage::Release(json));
         }
         self.result = Some(result);
         self.state = OwnerState::Done;
@@ -315,7 +323,7 @@ impl Owner {
             shares.push(out);
         }
         let noise_bounds = noise.map_or(Ok([0; LIMBS]), Noise::limb_bounds)?;
-        self.outgoing.push_back(Message::Shares(Shares { noise_bounds, shares }));
+        self.outgoing.push_back(OwnerMessage::Shares(Shares { noise_bounds, shares }));
         self.state = OwnerState::Done;
         Ok(())
     }

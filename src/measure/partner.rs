@@ -5,7 +5,7 @@
 //! decrypts the sums from the owner's shares, and noises the counts and releases
 //! the figures itself.
 //!
-//! Sans-I/O like [`super::Owner`] (typed [`Message`]s in and out); any error moves
+//! Sans-I/O like [`super::Owner`] ([`OwnerMessage`]s in, [`PartnerMessage`]s out); any error moves
 //! it to [`PartnerState::Failed`].
 
 use std::collections::{HashMap, VecDeque};
@@ -18,8 +18,8 @@ use super::elgamal::{
     Ciphertext, DecryptError, DlogTable, Encryptor, LIMB_BITS, LIMBS, MAX_HIGH_LIMB, Masked, PublicKey,
 };
 use super::message::{
-    Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, MaskedSum, Matched, Message, MessageError,
-    Shares, VALUE_LEN,
+    Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, MaskedSum, Matched, MessageError, OwnerMessage,
+    PartnerMessage, Shares, VALUE_LEN,
 };
 use super::stats::{self, Measurement, Noising, RawGroup};
 use super::{Exposure, Learner, MeasureError, bundles, random_element};
@@ -62,7 +62,8 @@ pub enum PartnerState {
 }
 
 impl PartnerState {
-    fn doing(self) -> &'static str {
+    /// What the machine is doing, in errors (`awaiting exposures`, …).
+    pub fn doing(self) -> &'static str {
         match self {
             PartnerState::AwaitingPeople => "awaiting people",
             PartnerState::AwaitingReblinded => "awaiting reblinded exposures",
@@ -101,7 +102,7 @@ pub struct Partner {
     units: usize,
     bundle: u8,
     owner: Option<OwnerSide>,
-    outgoing: VecDeque<Message>,
+    outgoing: VecDeque<PartnerMessage>,
     view: Option<PartnerView>,
     /// Learner `partner`: per group, the masked limbs of its sum (`None`: suppressed).
     masked: Vec<Option<[Masked; LIMBS]>>,
@@ -152,7 +153,7 @@ impl Partner {
         order.shuffle(&mut OsRng);
         let tokens: Vec<&[crate::token::Token]> = order.iter().map(|x| x.tokens.as_slice()).collect();
         let elements = bundles(&blinding, &tokens, bundle)?;
-        let first = Message::Exposures(Exposures {
+        let first = PartnerMessage::Exposures(Exposures {
             labels: labels.clone(),
             bundle: bundle as u8,
             groups: order.iter().map(|x| x.group).collect(),
@@ -180,7 +181,7 @@ impl Partner {
     }
 
     /// The next message to send, if any.
-    pub fn poll_outgoing(&mut self) -> Option<Message> {
+    pub fn poll_outgoing(&mut self) -> Option<PartnerMessage> {
         self.outgoing.pop_front()
     }
 
@@ -196,7 +197,7 @@ impl Partner {
     }
 
     /// Takes one message from the owner.
-    pub fn receive(&mut self, message: Message) -> Result<(), MeasureError> {
+    pub fn receive(&mut self, message: OwnerMessage) -> Result<(), MeasureError> {
         if self.state == PartnerState::Failed {
             return Err(MeasureError::Failed);
         }
@@ -208,10 +209,10 @@ impl Partner {
         result
     }
 
-    fn step(&mut self, message: Message) -> Result<(), MeasureError> {
+    fn step(&mut self, message: OwnerMessage) -> Result<(), MeasureError> {
         message.validate()?;
         match (self.state, message) {
-            (PartnerState::AwaitingPeople, Message::People(p)) => {
+            (PartnerState::AwaitingPeople, OwnerMessage::People(p)) => {
                 let key = PublicKey::from_bytes(&p.public_key).ok_or(MeasureError::BadPublicKey)?;
                 let k = usize::from(p.bundle);
                 let reblinded = self.blinding.reblind(&p.elements)?;
@@ -223,9 +224,9 @@ impl Partner {
                 self.state = PartnerState::AwaitingReblinded;
                 Ok(())
             }
-            (PartnerState::AwaitingReblinded, Message::Reblinded(x)) => self.on_reblinded(&x),
-            (PartnerState::AwaitingShares, Message::Shares(shares)) => self.on_shares(&shares),
-            (PartnerState::AwaitingRelease, Message::Release(json)) => {
+            (PartnerState::AwaitingReblinded, OwnerMessage::Reblinded(x)) => self.on_reblinded(&x),
+            (PartnerState::AwaitingShares, OwnerMessage::Shares(shares)) => self.on_shares(&shares),
+            (PartnerState::AwaitingRelease, OwnerMessage::Release(json)) => {
                 self.release = Some(serde_json::from_slice(&json).map_err(|_| MeasureError::BadRelease)?);
                 self.state = PartnerState::Done;
                 Ok(())
@@ -329,9 +330,9 @@ impl Partner {
         }
         self.view = Some(PartnerView { matched: view, owner_people: owner.values.len() as u64 });
         let (message, next) = match self.config.learner {
-            Learner::Partner => (Message::Masked(masked_lines), PartnerState::AwaitingShares),
-            Learner::Both => (Message::Sums(lines), PartnerState::AwaitingRelease),
-            Learner::Owner => (Message::Sums(lines), PartnerState::Done),
+            Learner::Partner => (PartnerMessage::Masked(masked_lines), PartnerState::AwaitingShares),
+            Learner::Both => (PartnerMessage::Sums(lines), PartnerState::AwaitingRelease),
+            Learner::Owner => (PartnerMessage::Sums(lines), PartnerState::Done),
         };
         self.outgoing.push_back(message);
         self.state = next;

@@ -117,6 +117,12 @@ pub struct Limits {
     /// Largest gRPC message accepted, in bytes (default 4 MiB, at least 65536); also
     /// bounds the chunk size offered to the partner. Changes need a restart.
     pub max_message_bytes: usize,
+    /// Largest measurement message (docs/PROTOCOL.md §12.3) the owner puts together
+    /// from a partner's frames, in bytes (default 256 MiB, at least 65536): bounds
+    /// the owner's memory per measurement stream whatever the hello announces (about
+    /// twice this while the partner's exposures are blinded again). A hello whose
+    /// bundles cannot fit is refused before anything is blinded or encrypted.
+    pub max_measurement_message_bytes: usize,
     /// HTTP/2 keepalive: a PING on every connection this often...
     pub keepalive_interval_secs: u64,
     /// ...which must be answered within this long, or the connection is closed.
@@ -128,6 +134,10 @@ pub struct Limits {
 /// Default of `max_concurrent_matches_per_partner`.
 pub const DEFAULT_MATCHES_PER_PARTNER: usize = 4;
 
+/// Default of `max_measurement_message_bytes`: 256 MiB, so at most about 512 MiB
+/// per measurement stream.
+pub const DEFAULT_MEASUREMENT_MESSAGE_BYTES: usize = 256 << 20;
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
@@ -138,6 +148,7 @@ impl Default for Limits {
             max_identifiers_per_partner_per_day: 200_000_000,
             idle_timeout_secs: 120,
             max_message_bytes: 4 * 1024 * 1024,
+            max_measurement_message_bytes: DEFAULT_MEASUREMENT_MESSAGE_BYTES,
             max_concurrent_matches_per_partner: None,
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 20,
@@ -465,6 +476,9 @@ impl Config {
         let l = &self.limits;
         if l.max_concurrent_matches == 0 || l.idle_timeout_secs == 0 || l.max_message_bytes < 64 * 1024 {
             return Err("[limits]: max_concurrent_matches and idle_timeout_secs must be positive and max_message_bytes at least 65536".into());
+        }
+        if l.max_measurement_message_bytes < 64 * 1024 {
+            return Err("[limits]: max_measurement_message_bytes must be at least 65536".into());
         }
         if l.max_concurrent_matches_per_partner.is_some_and(|n| n == 0 || n > l.max_concurrent_matches) {
             return Err(format!(
@@ -829,6 +843,16 @@ audience = "members.csv"
             "listen = \"127.0.0.1:0\"\nresults_dir = \"r\"\naudit_log = \"a\"\nstate_file = \"s\"\npartners = []\n[[campaigns]]\nid = \"x\"\nkey_file = \"k\"\naudience = \"a\"\n{base}epsilonn = 1\n"
         ));
         assert!(unknown.unwrap_err().to_string().contains("epsilonn"));
+    }
+
+    #[test]
+    fn the_measurement_message_limit_defaults_to_256_mib_and_is_at_least_64_kib() {
+        assert_eq!(config_with("").limits.max_measurement_message_bytes, 256 << 20);
+        let mut config = config_with("");
+        config.limits.max_measurement_message_bytes = 65_535;
+        assert_eq!(config.validate().unwrap_err(), "[limits]: max_measurement_message_bytes must be at least 65536");
+        config.limits.max_measurement_message_bytes = 65_536;
+        config.validate().unwrap();
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::audit::{MeasureRecord, now_unix_ms};
 use super::budget::EpsilonCharge;
 use super::driver::DriveError;
 use super::frames::OwnerFrames;
-use super::measure_wire::{FrameError, MEASURE_VERSION, SEND_FRAME_BYTES, learner_to_wire};
+use super::measure_wire::{FrameError, MEASURE_VERSION, SEND_FRAME_BYTES, exposures_min, learner_to_wire};
 use super::metrics::Metrics;
 use super::session::{self, Service, Session};
 use super::shared::Shared;
@@ -192,6 +192,20 @@ impl Service for MeasureService {
                 max: max_bundles,
             }));
         }
+        // The owner's memory for this stream is bounded whatever the hello says: an
+        // exposures message that cannot fit even with one identifier per bundle is
+        // refused now, before anything is blinded, encrypted or charged; a larger
+        // one is refused when its frames pass the limit (`OwnerFrames`).
+        let max_message = limits.max_measurement_message_bytes;
+        let smallest = exposures_min(hello.groups as usize, hello.exposure_bundles);
+        if smallest > max_message {
+            return Err(Status::resource_exhausted(format!(
+                "the hello announces {} exposure bundles: their exposures message takes at least {smallest} bytes, \
+                 over this owner's limit of {max_message} bytes per measurement message \
+                 (max_measurement_message_bytes)",
+                hello.exposure_bundles
+            )));
+        }
         // Opt-outs as they are now, on the outcomes, before anything is encrypted.
         let excluded = session.excluded(campaign, outcomes)?;
         let (people, mut side) = owner_people(outcomes, &excluded, settings.value_max);
@@ -248,6 +262,7 @@ impl Service for MeasureService {
             hello.exposure_bundles,
             max_frame,
             SEND_FRAME_BYTES.min(max_frame),
+            max_message,
         );
         session.drive(&mut frames, Some)?;
         // With learner `partner` the owner decrypted nothing and writes nothing.

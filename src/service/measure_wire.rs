@@ -63,6 +63,18 @@ pub enum FrameError {
         max: usize,
     },
     #[cfg(feature = "server")]
+    /// The frames of one message add up to more than this owner puts together
+    /// (`max_measurement_message_bytes`), although the announced sizes allow it.
+    #[error(
+        "the {message} message is over this owner's limit of {limit} bytes per measurement message (max_measurement_message_bytes)"
+    )]
+    OverLimit {
+        /// The message expected.
+        message: &'static str,
+        /// The owner's limit.
+        limit: usize,
+    },
+    #[cfg(feature = "server")]
     /// A message whose sizes differ from those announced in the hello.
     #[error("the {what} of the exposures message ({got}) differs from the hello ({announced})")]
     Announced {
@@ -180,6 +192,14 @@ fn bound(parts: &[usize]) -> usize {
 pub fn exposures_bound(groups: usize, n: u64) -> usize {
     let per = 1 + usize::from(MAX_BUNDLE) * ELEMENT_LEN;
     (1 + 1 + groups * (1 + MAX_LABEL) + 1 + 4).saturating_add(bound(&[usize::try_from(n).unwrap_or(usize::MAX), per]))
+}
+
+#[cfg(feature = "server")]
+/// Smallest `exposures` (tag 2) message for `groups` groups and `n` bundles: labels
+/// of one byte, bundles of one element.
+pub fn exposures_min(groups: usize, n: u64) -> usize {
+    let per = 1 + ELEMENT_LEN;
+    (1 + 1 + groups * 2 + 1 + 4).saturating_add(bound(&[usize::try_from(n).unwrap_or(usize::MAX), per]))
 }
 
 /// Largest `reblinded` (tag 3) message for `n` bundles.

@@ -99,6 +99,7 @@ fn frame_status(error: &FrameError) -> Status {
         | FrameError::MessageTooLarge { .. }
         | FrameError::Malformed(_) => Status::invalid_argument(message),
         FrameError::Announced { .. } | FrameError::Unexpected { .. } => Status::failed_precondition(message),
+        FrameError::OverLimit { .. } => Status::resource_exhausted(message),
         FrameError::Encode { .. } => {
             error!(error = %error, "the measurement failed on the owner's side");
             Status::internal("the owner could not continue the measurement")
