@@ -71,6 +71,10 @@ fn oprf_status(error: &OprfError, message: String) -> Status {
     }
 }
 
+/// The gRPC status for a session that stopped while driven: the engine's or the
+/// measurement's refusal, a partner that went silent or stopped reading
+/// (DEADLINE_EXCEEDED), went away (CANCELLED), or ended the stream with a status
+/// of its own.
 pub(crate) fn drive_status(error: DriveError) -> Status {
     match error {
         DriveError::Protocol(e) => protocol_status(&e),
@@ -88,7 +92,8 @@ pub(crate) fn drive_status(error: DriveError) -> Status {
 
 /// The gRPC status for a refused measurement frame or message (docs/PROTOCOL.md
 /// §12.9): malformed bytes and impossible figures are INVALID_ARGUMENT; messages out
-/// of order and sizes other than announced are FAILED_PRECONDITION.
+/// of order and sizes other than announced are FAILED_PRECONDITION; a message over
+/// the owner's `max_measurement_message_bytes` is RESOURCE_EXHAUSTED.
 fn frame_status(error: &FrameError) -> Status {
     let message = error.to_string();
     match error {
