@@ -82,6 +82,15 @@ impl OwnerState {
     }
 }
 
+/// The position of the first element that repeats an earlier one, if any: the
+/// elements' positions sorted by (bytes, position), so equal elements sit together
+/// in order of appearance (8 bytes per element, not a copy of each).
+fn first_repeat(elements: &[Element]) -> Option<usize> {
+    let mut order: Vec<usize> = (0..elements.len()).collect();
+    order.sort_unstable_by(|&a, &b| elements[a].0.cmp(&elements[b].0).then(a.cmp(&b)));
+    order.windows(2).filter(|w| elements[w[0]] == elements[w[1]]).map(|w| w[1]).min()
+}
+
 /// The owner's side of one measurement. `Debug` shows the state only.
 pub struct Owner {
     config: OwnerConfig,
@@ -198,15 +207,13 @@ impl Owner {
     ///
     /// Memory: the partner's elements are dropped once blinded again, so at most two
     /// copies of the message's elements are held at once (the reblinded ones and
-    /// their shuffled reply), besides the check's set of element bytes, dropped
-    /// before re-blinding.
+    /// their shuffled reply); the check's index, a quarter of the elements' size,
+    /// is gone before re-blinding starts.
     fn on_exposures(&mut self, mut x: Exposures) -> Result<(), MeasureError> {
         let k = usize::from(x.bundle);
-        let mut seen = std::collections::HashSet::with_capacity(x.elements.len());
-        if let Some(at) = x.elements.iter().position(|e| !seen.insert(e.0)) {
+        if let Some(at) = first_repeat(&x.elements) {
             return Err(MeasureError::RepeatedElement { bundle: (at / k.max(1)) as u64 });
         }
-        drop(seen);
         let reblinded = self.blinding.reblind(&std::mem::take(&mut x.elements))?;
         let mut order: Vec<usize> = (0..x.groups.len()).collect();
         order.shuffle(&mut OsRng);
