@@ -30,6 +30,8 @@
 //! - [`prepare`]: the one path from a file to the set that is blinded (read,
 //!   opt-out or suppression filter, prepared set), used by every caller.
 //! - [`local_match`]: `idmatch match` on two local files, end to end.
+//! - [`shard`]: the keyed partition into shards (docs/PROTOCOL.md §13), shard
+//!   files (`idmatch shard`), and the out-of-core local match (`--shards`).
 //! - [`measure`]: campaign measurement (`idmatch measure`): private intersection-sum
 //!   with lift, by ECDH blinding and exponential ElGamal.
 //! - [`output`]: output files that appear whole or not at all.
@@ -48,7 +50,7 @@
 //! # Features
 //!
 //! The core — [`normalize`], [`key`], [`token`], [`records`], [`optout`] lists,
-//! [`psi`], [`local_match`], [`measure`], [`synth`], [`output`] — builds with
+//! [`psi`], [`local_match`], [`shard`], [`measure`], [`synth`], [`output`] — builds with
 //! `--no-default-features`. On by default:
 //! - `sqlite`: the durable opt-out store (`optout::store`, bundled SQLite);
 //! - `service` = `server`: the owner's gRPC server (`service::server`,
@@ -75,6 +77,7 @@ pub mod psi;
 pub mod records;
 #[cfg(feature = "client")]
 pub mod service;
+pub mod shard;
 pub mod synth;
 pub mod token;
 

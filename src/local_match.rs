@@ -89,6 +89,15 @@ pub enum LocalMatchFailure {
     /// The OPRF engine failed.
     #[error(transparent)]
     Oprf(#[from] OprfMatchError),
+    /// A shard file of a sharded match (`--shards`) could not be written or read back.
+    #[error(transparent)]
+    Shard(#[from] crate::shard::ShardFileError),
+    /// More shards asked for than a sharded match splits into.
+    #[error("{shards} shards asked for; at most {max}", max = crate::shard::MAX_SHARDS)]
+    TooManyShards {
+        /// `N` as asked.
+        shards: u32,
+    },
     /// Both an opt-out list and an opt-out store were given: which one protects the
     /// members would be a guess.
     #[error("give the owner's opt-outs as a list or as a store, not both")]
@@ -167,6 +176,17 @@ const OUTPUTS: [&str; 5] =
 /// Runs the match and writes its outputs into `options.out_dir`: all of them on
 /// success (removing older ones this run does not produce), none on failure.
 pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailure> {
+    run_staged(options, |key, staging| run_into(options, key, staging))
+}
+
+/// Loads the key and runs `into` (which writes every output into the staging
+/// directory it is given and lists them in its summary), then moves the outputs into
+/// place: all of them on success, none on failure. The one frame of the unsharded
+/// and the sharded (`crate::shard::local`) match.
+pub(crate) fn run_staged(
+    options: &LocalMatchOptions,
+    into: impl FnOnce(&Key, &Path) -> Result<MatchSummary, LocalMatchFailure>,
+) -> Result<MatchSummary, LocalMatchFailure> {
     if options.optouts.is_some() && options.optout_store.is_some() {
         return Err(LocalMatchFailure::TwoOptOutSources);
     }
@@ -174,7 +194,7 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
     let out_dir = &options.out_dir;
     let write_err = |source| LocalMatchFailure::Write { path: out_dir.clone(), source };
     let staged = OutDir::create(out_dir).map_err(write_err)?;
-    let summary = match run_into(options, &key, staged.staging()) {
+    let summary = match into(&key, staged.staging()) {
         Ok(summary) => summary,
         Err(e) => {
             staged.discard();
@@ -195,36 +215,81 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
     Ok(summary)
 }
 
+/// The owner's opt-outs (a list or a store) and the partner's suppressions, as a
+/// local match's options name them, with what the summary says of them.
+pub(crate) struct Filters {
+    pub(crate) optouts: Option<Box<dyn OptOutSource>>,
+    pub(crate) optout_list: Option<ReadStats>,
+    pub(crate) optout_store: Option<StoreSummary>,
+    pub(crate) suppress: Option<FileList>,
+}
+
+impl Filters {
+    pub(crate) fn load(options: &LocalMatchOptions) -> Result<Filters, LocalMatchFailure> {
+        let store = options.optout_store.as_ref().map(|(db, key)| (db.as_path(), key.as_path()));
+        let OptOuts { source, list, store } =
+            OptOuts::load(options.optouts.as_deref(), store, &options.normalizer, options.bad_list_rows)?;
+        let suppress = load_list(options.suppress.as_deref(), options)?;
+        Ok(Filters { optouts: source, optout_list: list, optout_store: store, suppress })
+    }
+}
+
+/// The owner's opt-outs: a list file or a store (the first if both are given: callers
+/// refuse both first), with what a summary says of it.
+pub(crate) struct OptOuts {
+    pub(crate) source: Option<Box<dyn OptOutSource>>,
+    pub(crate) list: Option<ReadStats>,
+    pub(crate) store: Option<StoreSummary>,
+}
+
+impl OptOuts {
+    /// Reads the list at `list`, or opens the store `(database, key file)`, under
+    /// `normalizer`'s profile.
+    pub(crate) fn load(
+        list: Option<&Path>,
+        store: Option<(&Path, &Path)>,
+        normalizer: &Normalizer,
+        bad_rows: BadRows,
+    ) -> Result<OptOuts, OptOutError> {
+        if let Some((db, key_file)) = store {
+            let (source, entries) = open_store(db, key_file, normalizer.profile())?;
+            let store = Some(StoreSummary { path: db.display().to_string(), entries });
+            return Ok(OptOuts { source: Some(source), list: None, store });
+        }
+        let Some(path) = list else { return Ok(OptOuts { source: None, list: None, store: None }) };
+        let list = FileList::read(path, normalizer.clone(), ColumnSpec::default(), None, bad_rows)?;
+        Ok(OptOuts { list: Some(list.stats().clone()), source: Some(Box::new(list)), store: None })
+    }
+}
+
+/// The reject reports a local match writes into its output directory (none without
+/// `write_rejects`), and their names.
+pub(crate) struct RejectReports {
+    pub(crate) owner: Option<RejectWriter>,
+    pub(crate) partner: Option<RejectWriter>,
+    pub(crate) names: Vec<String>,
+}
+
+impl RejectReports {
+    pub(crate) fn create(options: &LocalMatchOptions, out_dir: &Path) -> Result<RejectReports, RejectWriteError> {
+        let names = ["owner_rejects.csv", "partner_rejects.csv"];
+        let create =
+            |name: &str| options.write_rejects.then(|| RejectWriter::create(&out_dir.join(name), false)).transpose();
+        let listed = if options.write_rejects { names.map(str::to_owned).to_vec() } else { Vec::new() };
+        Ok(RejectReports { owner: create(names[0])?, partner: create(names[1])?, names: listed })
+    }
+}
+
 /// The match itself, writing every output into `out_dir` (the staging directory).
 fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<MatchSummary, LocalMatchFailure> {
     let tokenizer = Tokenizer::new(key);
-
-    let mut optout_list = None;
-    let mut optout_store = None;
-    let optouts: Option<Box<dyn OptOutSource>> = match (&options.optout_store, &options.optouts) {
-        (Some((db, key_file)), _) => {
-            let (store, entries) = open_store(db, key_file, options.normalizer.profile())?;
-            optout_store = Some(StoreSummary { path: db.display().to_string(), entries });
-            Some(store)
-        }
-        (None, path) => load_list(path.as_deref(), options)?.map(|list| {
-            optout_list = Some(list.stats().clone());
-            Box::new(list) as Box<dyn OptOutSource>
-        }),
-    };
-    let suppress = load_list(options.suppress.as_deref(), options)?;
-    let reject_file = |name: &str| -> Result<Option<RejectWriter>, RejectWriteError> {
-        options.write_rejects.then(|| RejectWriter::create(&out_dir.join(name), false)).transpose()
-    };
-    let mut outputs = Vec::new();
-    if options.write_rejects {
-        outputs.extend(["owner_rejects.csv".to_owned(), "partner_rejects.csv".to_owned()]);
-    }
+    let Filters { optouts, optout_list, optout_store, suppress } = Filters::load(options)?;
+    let RejectReports { owner: owner_rejects, partner: partner_rejects, names: mut outputs } =
+        RejectReports::create(options, out_dir)?;
     // The two files are read at once: each reader's parsing thread is its own
     // bottleneck, and the rayon workers that normalize and tokenize are shared.
     let owner_filter = optouts.as_deref().map(OptOutSource::digester);
     let partner_filter = suppress.as_ref().map(OptOutSource::digester);
-    let (owner_rejects, partner_rejects) = (reject_file("owner_rejects.csv")?, reject_file("partner_rejects.csv")?);
     let (owner_records, partner_records) = std::thread::scope(|scope| {
         let partner = scope.spawn(|| read_side(&options.partner, &tokenizer, options, partner_filter, partner_rejects));
         let owner = read_side(&options.owner, &tokenizer, options, owner_filter, owner_rejects);
@@ -243,19 +308,7 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
 
     let profile = options.normalizer.profile();
     let protocol = options.protocol.resolve(options.reveal, &Protocol::ALL)?;
-    let outcome = match protocol {
-        Protocol::Ecdh => match_ecdh(key, options, &owner_set, &partner_set)?,
-        Protocol::Oprf => {
-            let o = oprf::match_local(&owner_set, &partner_set, options.reveal)?;
-            Engined {
-                owner_matched: o.owner_matched,
-                partner_matched: o.partner_matched,
-                intersection: Some(o.intersection).filter(|_| options.reveal != Reveal::Owner),
-                owner_sent: owner_set.len() as u64,
-                partner_sent: partner_set.len() as u64,
-            }
-        }
-    };
+    let outcome = engine(protocol, key, options, &owner_set, &partner_set)?;
 
     let mut write_matches = |name: &str, records: &RecordSet, set: &PreparedSet, matched: &[bool]| {
         let matches = set.matched_records(matched);
@@ -286,11 +339,16 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
         suppression_list: suppress.as_ref().map(|list| list.stats().clone()),
         outputs,
     };
+    write_summary(out_dir, &summary)?;
+    Ok(summary)
+}
+
+/// Writes `summary.json` into `out_dir`.
+pub(crate) fn write_summary(out_dir: &Path, summary: &MatchSummary) -> Result<(), LocalMatchFailure> {
     let path = out_dir.join("summary.json");
     let write_err = |source| LocalMatchFailure::Write { path: path.clone(), source };
     let file = File::create(&path).map_err(write_err)?;
-    serde_json::to_writer_pretty(BufWriter::new(file), &summary).map_err(|e| write_err(e.into()))?;
-    Ok(summary)
+    serde_json::to_writer_pretty(BufWriter::new(file), summary).map_err(|e| write_err(e.into()))
 }
 
 fn load_list(path: Option<&Path>, options: &LocalMatchOptions) -> Result<Option<FileList>, OptOutError> {
@@ -315,14 +373,37 @@ fn read_side(
 }
 
 /// What either engine hands back to the local match.
-struct Engined {
-    owner_matched: Option<Vec<bool>>,
-    partner_matched: Option<Vec<bool>>,
+pub(crate) struct Engined {
+    pub(crate) owner_matched: Option<Vec<bool>>,
+    pub(crate) partner_matched: Option<Vec<bool>>,
     /// The intersection size, where the partner learns it.
-    intersection: Option<u64>,
+    pub(crate) intersection: Option<u64>,
     /// Distinct tokens of each side that entered the protocol.
-    owner_sent: u64,
-    partner_sent: u64,
+    pub(crate) owner_sent: u64,
+    pub(crate) partner_sent: u64,
+}
+
+/// Runs `protocol` on the two sets, both roles in this process.
+pub(crate) fn engine(
+    protocol: Protocol,
+    key: &Key,
+    options: &LocalMatchOptions,
+    owner_set: &PreparedSet,
+    partner_set: &PreparedSet,
+) -> Result<Engined, LocalMatchFailure> {
+    Ok(match protocol {
+        Protocol::Ecdh => match_ecdh(key, options, owner_set, partner_set)?,
+        Protocol::Oprf => {
+            let o = oprf::match_local(owner_set, partner_set, options.reveal)?;
+            Engined {
+                owner_matched: o.owner_matched,
+                partner_matched: o.partner_matched,
+                intersection: Some(o.intersection).filter(|_| options.reveal != Reveal::Owner),
+                owner_sent: owner_set.len() as u64,
+                partner_sent: partner_set.len() as u64,
+            }
+        }
+    })
 }
 
 /// Both roles of the ECDH engine over the in-memory transport.

@@ -176,12 +176,38 @@ pub fn write_match_file(path: &Path, records: &RecordSet, matches: &[(u32, KindS
 /// The match file format: a `record_id,matched_kinds` header, then one row per
 /// matched record in record order, its kinds as `email`, `phone` or `email;phone`.
 pub fn write_matches(out: &mut impl Write, records: &RecordSet, matches: &[(u32, KindSet)]) -> io::Result<()> {
-    let mut out = csv::Writer::from_writer(BufWriter::new(out));
-    out.write_record(["record_id", "matched_kinds"])?;
+    let mut rows = MatchRows::new(out)?;
     for (record, kinds) in matches {
-        out.write_record([records.id(*record), &kinds.joined()])?;
+        rows.push(records.id(*record), *kinds)?;
     }
-    out.flush()
+    rows.finish().map(drop)
+}
+
+/// A match file written a row at a time (the format of [`write_matches`]), for
+/// callers that produce the matched records in record order without a
+/// [`RecordSet`] (the sharded match).
+pub struct MatchRows<W: Write> {
+    out: csv::Writer<BufWriter<W>>,
+}
+
+impl<W: Write> MatchRows<W> {
+    /// Writes the header.
+    pub fn new(out: W) -> io::Result<MatchRows<W>> {
+        let mut out = csv::Writer::from_writer(BufWriter::new(out));
+        out.write_record(["record_id", "matched_kinds"])?;
+        Ok(MatchRows { out })
+    }
+
+    /// Writes one matched record.
+    pub fn push(&mut self, id: &str, kinds: KindSet) -> io::Result<()> {
+        Ok(self.out.write_record([id, &kinds.joined()])?)
+    }
+
+    /// Flushes the rows and hands back the destination.
+    pub fn finish(self) -> io::Result<W> {
+        let buffered = self.out.into_inner().map_err(|e| e.into_error())?;
+        buffered.into_inner().map_err(io::IntoInnerError::into_error)
+    }
 }
 
 /// The hashed export of `idmatch tokens`: a plain CSV `record_id,kind,token_hex`

@@ -99,10 +99,16 @@ impl Tokenizer {
 
     /// `HMAC-SHA256(key, label ":" value)`.
     pub fn token(&self, label: Label, value: &str) -> Token {
+        self.token_of_bytes(label, value.as_bytes())
+    }
+
+    /// `HMAC-SHA256(key, label ":" value)` of a value that is not text (a token's
+    /// 32 bytes, for [`Label::Shard`]).
+    pub fn token_of_bytes(&self, label: Label, value: &[u8]) -> Token {
         let mut mac = self.mac.clone();
         mac.update(label.as_str().as_bytes());
         mac.update(b":");
-        mac.update(value.as_bytes());
+        mac.update(value);
         Token(mac.finalize().into_bytes().into())
     }
 }
@@ -123,6 +129,9 @@ pub enum Label {
     Line,
     /// The opt-out store's key fingerprint (`fingerprint`).
     StoreFingerprint,
+    /// A token's shard (`shard`, followed by the token's 32 raw bytes:
+    /// docs/PROTOCOL.md §13).
+    Shard,
 }
 
 impl Label {
@@ -134,6 +143,7 @@ impl Label {
             Label::Id => "id",
             Label::Line => "line",
             Label::StoreFingerprint => "fingerprint",
+            Label::Shard => "shard",
         }
     }
 }

@@ -70,6 +70,11 @@ pub struct MatchArgs {
     /// Local mode: also write owner_rejects.csv and partner_rejects.csv (line, column, reason) to the output directory.
     #[arg(long, conflicts_with = "server")]
     pub write_rejects: bool,
+    /// Local mode: match out of core in N shards (1 to 4096): both files are split into shard files in a private
+    /// directory inside --out-dir and matched one shard at a time, so memory follows the shard, not the input.
+    /// The outputs are the same as without it.
+    #[arg(long, value_name = "N", conflicts_with = "server", value_parser = super::shard::parse_shards)]
+    pub shards: Option<std::num::NonZeroU32>,
 }
 
 fn parse_reveal(s: &str) -> Result<Reveal, String> {
@@ -107,7 +112,10 @@ pub fn run(args: MatchArgs) -> CliResult {
         write_rejects: args.write_rejects,
         progress: true,
     };
-    let summary = local_match::run(&options)?;
+    let summary = match args.shards {
+        Some(shards) => idmatch::shard::local::run(&options, shards)?,
+        None => local_match::run(&options)?,
+    };
     let side = |name: &str, s: &local_match::SideSummary| {
         format!(
             "{name}: {} rows, {} identifiers ({} rejected), {} records excluded, {} distinct tokens matched on, matched records: {}",

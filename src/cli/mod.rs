@@ -9,6 +9,7 @@ mod normalize;
 mod optout;
 mod partner;
 mod serve;
+mod shard;
 mod synth;
 mod tokens;
 
@@ -48,6 +49,8 @@ pub enum Command {
     Keygen(keygen::KeygenArgs),
     /// Write a synthetic members/partner pair with its truth file.
     Synth(synth::SynthArgs),
+    /// Split a CSV/TSV file into N shard files of keyed tokens (opt-outs applied first), for matching shard by shard.
+    Shard(shard::ShardArgs),
     /// Match by private set intersection: two local files (both roles here), or against an owner's server.
     Match(Box<matching::MatchArgs>),
     /// Campaign lift by private intersection-sum: per-group matched counts and value sums, both roles on two local files.
@@ -161,6 +164,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Tokens(args) => tokens::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Shard(args) => shard::run(args),
         Command::Match(args) => matching::run(*args),
         Command::Measure(args) => measure::run(*args),
         Command::Serve(args) => serve::run(args),

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use columns::{ColumnError, ColumnMap, ColumnSpec};
-pub use reader::{ReadError, ReadOptions, Row, read, read_rows};
+pub use reader::{ReadError, ReadOptions, Row, read, read_rows, read_tokens};
 pub use rejects::{RejectWriteError, RejectWriter};
 pub use source::{InputLimits, LimitExceeded, STDIN};
 

@@ -200,6 +200,7 @@ pub struct Row<'r> {
     /// default region of [`ReadOptions::normalizer`] applies otherwise).
     pub region: Option<Region>,
     identifiers: &'r [(Kind, Token, Option<Token>)],
+    id_digest: Option<Token>,
     raw_text: &'r str,
     raw_spans: &'r [(usize, usize)],
 }
@@ -210,6 +211,21 @@ impl<'r> Row<'r> {
     pub fn identifiers(&self) -> impl Iterator<Item = (Kind, &'r str)> + '_ {
         let text = self.raw_text;
         self.identifiers.iter().zip(self.raw_spans).map(move |(&(kind, _, _), &(from, to))| (kind, &text[from..to]))
+    }
+
+    /// The row's valid identifiers, each once, as keyed tokens: `(kind, token, filter
+    /// digest)`, the digest under [`ReadOptions::filter_digester`] when one is set.
+    /// Only rows from [`read_tokens`] carry tokens under the caller's key ([`read_rows`]
+    /// keys them under a throwaway key, to find repeats within the row).
+    pub fn tokens(&self) -> &'r [(Kind, Token, Option<Token>)] {
+        self.identifiers
+    }
+
+    /// The record id's filter digest (rows from [`read_tokens`] with a
+    /// [`ReadOptions::filter_digester`]): under label `id`, or `line` when the file has
+    /// no id column, as in [`FilterDigests::ids`].
+    pub fn id_digest(&self) -> Option<Token> {
+        self.id_digest
     }
 }
 
@@ -342,6 +358,24 @@ pub fn read_rows(
     options.filter_digester = None;
     options.unique_ids = false;
     read_with(path, &tokenizer, options, Some(visit)).map(|set| set.stats)
+}
+
+/// Reads `path` as [`read_rows`] does (streaming, nothing kept, the same rules and
+/// counts), with each record's identifiers keyed under `tokenizer` and, when
+/// [`ReadOptions::filter_digester`] is set, digested for a filter ([`Row::tokens`],
+/// [`Row::id_digest`]): the input of an out-of-core match (`crate::shard`).
+///
+/// As with [`read_rows`], what needs the whole file is the caller's: ids are not
+/// checked for repeats, and [`ReadStats::duplicate_identifiers`] counts only repeats
+/// within a row.
+pub fn read_tokens(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    mut options: ReadOptions,
+    visit: &mut (dyn FnMut(&Row<'_>) -> ControlFlow<()> + Send),
+) -> Result<ReadStats, ReadError> {
+    options.unique_ids = false;
+    read_with(path, tokenizer, options, Some(visit)).map(|set| set.stats)
 }
 
 fn read_with(
@@ -786,6 +820,7 @@ impl Sink<'_, '_> {
                 id: columns.id.map(|_| id),
                 region: out.region,
                 identifiers,
+                id_digest: out.id_digest,
                 raw_text,
                 raw_spans,
             };
