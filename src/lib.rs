@@ -33,6 +33,8 @@
 //! - [`measure`]: campaign measurement (`idmatch measure`): private intersection-sum
 //!   with lift, by ECDH blinding and exponential ElGamal.
 //! - [`output`]: output files that appear whole or not at all.
+//! - [`progress`]: how far long work has got, told to a [`progress::Progress`] the
+//!   caller implements (the library draws nothing).
 //! - [`service`]: the gRPC matching server, the `OptOutAdmin` service, the partner's
 //!   client, the owner's opt-out admin client, and what they need (configuration,
 //!   audit log, budgets, metrics).
@@ -57,6 +59,9 @@
 //! - `client` (in `server`; alone for the Python package): the partners' gRPC
 //!   clients (`service::client`, `service::measure_client`) and the wire types
 //!   (`wire`: tonic, tokio), without the server or SQLite;
+//! - `progress-bars` (in `cli`; also the Python package's): `progress::Bars`,
+//!   progress bars on stderr (indicatif). Without it the library reports progress
+//!   only to a [`progress::Progress`] its caller implements;
 //! - `cli`: the `idmatch` binary (clap), which needs both.
 
 #![forbid(unsafe_code)]
@@ -71,6 +76,7 @@ pub mod normalize;
 pub mod optout;
 pub mod output;
 pub mod prepare;
+pub mod progress;
 pub mod psi;
 pub mod records;
 #[cfg(feature = "client")]

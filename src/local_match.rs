@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -18,6 +19,7 @@ use crate::normalize::Normalizer;
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, open_store};
 use crate::output::{OutDir, write_match_file};
 use crate::prepare;
+use crate::progress::Progress;
 use crate::psi::oprf::{self, OprfMatchError};
 use crate::psi::{
     LocalMatchError, Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, Protocol, ProtocolChoice,
@@ -57,8 +59,8 @@ pub struct LocalMatchOptions {
     pub out_dir: PathBuf,
     /// Write `owner_rejects.csv` and `partner_rejects.csv` (without values).
     pub write_rejects: bool,
-    /// Show progress bars on stderr while reading the two files.
-    pub progress: bool,
+    /// Where to report reading the two files, if anywhere.
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 /// Why a local match failed.
@@ -310,7 +312,7 @@ fn read_side(
     let mut read = ReadOptions::new(options.normalizer.clone());
     read.columns = options.columns.clone();
     read.rejects = rejects;
-    read.progress = options.progress;
+    read.progress = options.progress.clone();
     prepare::read(path, tokenizer, read, filter)
 }
 
@@ -390,7 +392,7 @@ mod tests {
             bad_list_rows: BadRows::Refuse,
             out_dir: missing("out"),
             write_rejects: false,
-            progress: false,
+            progress: None,
         };
         assert!(matches!(run(&options), Err(LocalMatchFailure::TwoOptOutSources)));
         assert!(!missing("out").exists());

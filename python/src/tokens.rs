@@ -4,12 +4,14 @@
 //! file the same bytes and `.meta.json` sidecar.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use idmatch::key::Key;
 use idmatch::normalize::Normalizer;
 use idmatch::optout::{BadRows, FileList, OptOutSource};
 use idmatch::output::TokenExport;
 use idmatch::prepare;
+use idmatch::progress::Progress;
 use idmatch::records::{ColumnSpec, ReadOptions, RecordSet};
 use idmatch::token::{KeyFingerprint, Tokenizer};
 
@@ -23,7 +25,7 @@ pub struct TokensRequest {
     pub columns: ColumnSpec,
     pub optouts: Option<PathBuf>,
     pub bad_list_rows: BadRows,
-    pub progress: bool,
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 /// The tokenized records and which of them the opt-out list excludes.

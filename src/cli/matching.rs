@@ -8,6 +8,7 @@ use clap::Args;
 use super::{CliResult, ColumnArgs, CredentialArgs, ProfileArgs, UsageError};
 use idmatch::local_match::{self, LocalMatchOptions};
 use idmatch::optout::BadRows;
+use idmatch::progress::Bars;
 use idmatch::psi::{ProtocolChoice, Reveal};
 use idmatch::service::client::{self, ClientOptions};
 
@@ -105,7 +106,7 @@ pub fn run(args: MatchArgs) -> CliResult {
         bad_list_rows: BadRows::skip_if(args.skip_bad_list_rows),
         out_dir: out_dir.clone(),
         write_rejects: args.write_rejects,
-        progress: true,
+        progress: Bars::on_stderr(true),
     };
     let summary = local_match::run(&options)?;
     let side = |name: &str, s: &local_match::SideSummary| {
@@ -198,7 +199,7 @@ fn run_client(args: MatchArgs) -> CliResult {
         key: args.credentials.tls.key,
         token_file: args.credentials.token_file,
         idle_timeout: std::time::Duration::from_secs(300),
-        progress: true,
+        progress: Bars::on_stderr(true),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let summary = runtime.block_on(client::run(options))?;

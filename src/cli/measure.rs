@@ -10,6 +10,7 @@ use idmatch::measure::Learner;
 use idmatch::measure::local::{self, MeasureOptions};
 use idmatch::measure::stats::{DEFAULT_MIN_AGGREGATE, Noise};
 use idmatch::optout::BadRows;
+use idmatch::progress::Bars;
 use idmatch::service::measure_client::{self, MeasureClientOptions};
 
 #[derive(Debug, Args)]
@@ -108,7 +109,7 @@ pub fn run(args: MeasureArgs) -> CliResult {
         seed: args.seed,
         learner: args.learner,
         write_rejects: args.write_rejects,
-        progress: true,
+        progress: Bars::on_stderr(true),
     };
     let report = local::run(&options)?;
     for (name, side) in [("owner", &report.owner), ("partner", &report.partner)] {

@@ -9,6 +9,7 @@ use idmatch::key::Key;
 use idmatch::optout::{BadRows, FileList, OptOutSource};
 use idmatch::output::TokenExport;
 use idmatch::prepare;
+use idmatch::progress::Bars;
 use idmatch::records::{ColumnSpec, ReadOptions, RejectWriter};
 use idmatch::token::{KeyFingerprint, Tokenizer};
 
@@ -46,7 +47,7 @@ pub fn run(args: TokensArgs) -> CliResult {
     let tokenizer = Tokenizer::new(&key);
     let mut options = ReadOptions::new(args.profile.normalizer());
     options.columns = args.columns.spec();
-    options.progress = true;
+    options.progress = Bars::on_stderr(true);
     // A member's several rows (one per email, say) share an id in a token export;
     // repeats are counted and reported, not refused.
     options.unique_ids = false;

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -23,6 +24,7 @@ use crate::normalize::Normalizer;
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, open_store};
 use crate::output::OutDir;
 use crate::prepare;
+use crate::progress::Progress;
 use crate::records::{
     ColumnSpec, MAX_VALUE, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter,
 };
@@ -69,8 +71,8 @@ pub struct MeasureOptions {
     /// Also write `owner_rejects.csv` and `partner_rejects.csv` (line, column,
     /// reason; no values) to the output directory.
     pub write_rejects: bool,
-    /// Show progress bars while reading.
-    pub progress: bool,
+    /// Where to report reading the two files, if anywhere.
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 /// Why a local measurement failed.
@@ -211,7 +213,7 @@ fn measure_into(options: &MeasureOptions, out_dir: &Path) -> Result<MeasurementR
         // One row per purchase or impression: repeated ids are one person's rows.
         read.unique_ids = false;
         read.columns = options.columns.clone();
-        read.progress = options.progress;
+        read.progress = options.progress.clone();
         if options.write_rejects {
             let name = if value { "owner_rejects.csv" } else { "partner_rejects.csv" };
             read.rejects = Some(RejectWriter::create(&out_dir.join(name), false)?);

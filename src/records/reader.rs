@@ -12,9 +12,9 @@ use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::{BufReader, Read};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use super::columns::clean;
@@ -25,6 +25,7 @@ use super::{
 };
 use crate::key::Key;
 use crate::normalize::{Kind, Normalizer, Region, Reject, parse_region};
+use crate::progress::{self, Meter, Progress, Unit};
 use crate::token::{Label, Token, Tokenizer};
 
 /// Rows per batch handed from the parser thread to the workers.
@@ -43,8 +44,8 @@ pub struct ReadOptions {
     pub rejects: Option<RejectWriter>,
     /// Also key every record id and identifier under this filter key ([`FilterDigests`]).
     pub filter_digester: Option<Tokenizer>,
-    /// Show a progress bar on stderr (hidden automatically when it is not a terminal).
-    pub progress: bool,
+    /// Where to report how many of the file's bytes have been read, if anywhere.
+    pub progress: Option<Arc<dyn Progress>>,
     /// Read a list (opt-outs, suppressions) rather than records: the identifier
     /// columns are optional when there is an id column, and an empty id is no error.
     pub list: bool,
@@ -78,7 +79,7 @@ impl ReadOptions {
             normalizer,
             rejects: None,
             filter_digester: None,
-            progress: false,
+            progress: None,
             list: false,
             complete: false,
             unique_ids: true,
@@ -371,12 +372,8 @@ fn read_with(
     let extra =
         resolve_extra(&columns, &options).map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
 
-    let progress = if options.progress { ProgressBar::new(file_len) } else { ProgressBar::hidden() };
-    progress.set_style(
-        ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    progress.set_message(format!("reading {}", path.display()));
+    let progress =
+        progress::start(options.progress.as_ref(), &format!("reading {}", path.display()), file_len, Unit::Bytes);
 
     let keep_values = options.rejects.as_ref().is_some_and(RejectWriter::include_values);
     let keep_raw = visit.is_some();
@@ -432,7 +429,7 @@ fn read_with(
         }
         append(&mut sink, &pending)
     })?;
-    progress.finish_and_clear();
+    progress.finish();
     let Sink { mut set, digests, ids, rejects, .. } = sink;
     set.stats.duplicate_identifiers += count_duplicates(&set.entries);
     if let Some(ids) = ids {
@@ -523,7 +520,7 @@ fn parse_rows<R: Read>(
     mut csv: csv::Reader<R>,
     full: SyncSender<Result<Vec<RawRow>, (u64, csv::Error)>>,
     free: Receiver<Vec<RawRow>>,
-    progress: ProgressBar,
+    progress: Arc<dyn Meter>,
 ) {
     let mut spare: Vec<csv::ByteRecord> = Vec::new();
     for mut batch in free {
@@ -858,6 +855,57 @@ fn count_duplicates(entries: &[Entry]) -> u64 {
 mod tests {
     use super::*;
     use crate::normalize::Profile;
+
+    /// A [`Progress`] (and its meters) that logs what it is told.
+    #[derive(Clone, Debug, Default)]
+    struct Logged(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Logged {
+        fn log(&self, event: String) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    impl Progress for Logged {
+        fn start(&self, label: &str, total: u64, unit: Unit) -> Arc<dyn Meter> {
+            self.log(format!("start {label} {total} {unit:?}"));
+            Arc::new(self.clone())
+        }
+    }
+
+    impl Meter for Logged {
+        fn set_total(&self, total: u64) {
+            self.log(format!("total {total}"));
+        }
+        fn set_position(&self, done: u64) {
+            self.log(format!("at {done}"));
+        }
+        fn advance(&self, units: u64) {
+            self.log(format!("advance {units}"));
+        }
+        fn finish(&self) {
+            self.log("finish".to_owned());
+        }
+    }
+
+    #[test]
+    fn reading_reports_the_bytes_read_to_the_callers_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("members.csv");
+        let text = "id,email\n1,a@example.com\n2,b@example.com\n";
+        std::fs::write(&path, text).unwrap();
+        let logged = Logged::default();
+        let mut options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, None));
+        options.progress = Some(Arc::new(logged.clone()));
+        let set = read(&path, &Tokenizer::new(&Key::from_bytes([1; 32])), options).unwrap();
+        assert_eq!(set.len(), 2);
+        let log = logged.0.lock().unwrap().clone();
+        let len = text.len();
+        assert_eq!(
+            log,
+            [format!("start reading {} {len} Bytes", path.display()), format!("at {len}"), "finish".into()]
+        );
+    }
 
     #[test]
     fn read_rows_hands_on_each_record_as_written_and_counts_as_read_does() {

@@ -37,6 +37,7 @@ use crate::key::read_secret_file;
 use crate::normalize::{Kind, Normalizer, Profile, Region};
 use crate::optout::OptOutError;
 use crate::optout::store::{Counts, EntryKind, StoreError, check_source};
+use crate::progress::Progress;
 use crate::psi::truncated;
 use crate::records::{self, ColumnSpec, ReadError, ReadOptions, ReadStats, RejectWriter, Row};
 use crate::wire;
@@ -86,8 +87,8 @@ pub struct ImportList {
     pub rejects: Option<RejectWriter>,
     /// Entries per batch (at most; a batch is also kept under 1 MiB).
     pub batch_entries: usize,
-    /// Show the reader's progress bar on stderr.
-    pub progress: bool,
+    /// Where to report reading the list (both passes), if anywhere.
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 /// What a remote import did.
@@ -242,7 +243,7 @@ impl AdminClient {
         let mut options = ReadOptions::new(normalizer.clone());
         options.columns = list.columns.clone();
         options.list = true;
-        options.progress = list.progress;
+        options.progress = list.progress.clone();
         options.rejects = list.rejects;
         let path = file.clone();
         let (read, planned) = tokio::task::spawn_blocking(move || {
@@ -273,7 +274,7 @@ impl AdminClient {
         let mut options = ReadOptions::new(normalizer);
         options.columns = list.columns;
         options.list = true;
-        options.progress = list.progress;
+        options.progress = list.progress.clone();
         // A row rejected now was not rejected in the first pass: the file changed.
         options.complete = !list.skip_bad_rows;
         let (tx, rx) = mpsc::channel::<wire::ImportBatch>(2);

@@ -81,7 +81,6 @@ fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campai
     let key = Key::load(&settings.key_file)?;
     let mut options = ReadOptions::new(Normalizer::new(settings.profile, settings.region));
     options.columns = settings.columns.clone();
-    options.progress = true;
     // Digested once under the opt-outs' stable key; filtered again at every match.
     let records = prepare::read(&settings.audience, &Tokenizer::new(&key), options, Some(&optouts.digester))?;
     if let Some(store) = &optouts.store {
@@ -95,7 +94,6 @@ fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campai
             options.unique_ids = false;
             options.columns = m.columns.clone();
             options.value_column = Some(m.value_column.clone());
-            options.progress = true;
             let outcomes = prepare::read(&m.outcomes, &Tokenizer::new(&key), options, Some(&optouts.digester))?;
             let stats = outcomes.stats();
             info!(

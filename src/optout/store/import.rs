@@ -10,11 +10,13 @@
 //! already present are counted, not duplicated.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::{Counts, EntryKind, OptOutStore, StoreEntry, StoreError, check_source, digest_order};
 use crate::normalize::{Normalizer, Region};
+use crate::progress::Progress;
 use crate::records::{self, ColumnSpec, ReadOptions, ReadStats, RejectWriter};
 use crate::token::Label;
 
@@ -36,13 +38,13 @@ pub struct ImportOptions {
     pub strict: bool,
     /// Where to report rejected rows and identifiers (line, column, reason).
     pub rejects: Option<RejectWriter>,
-    /// Show the reader's progress bar on stderr.
-    pub progress: bool,
+    /// Where to report reading the list, if anywhere.
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 impl ImportOptions {
     /// Strict import under the `source` label: detected columns, no default region,
-    /// the default batch size, no reject report, no progress bar.
+    /// the default batch size, no reject report, no progress reported.
     pub fn new(source: impl Into<String>) -> ImportOptions {
         ImportOptions {
             columns: ColumnSpec::default(),
@@ -51,7 +53,7 @@ impl ImportOptions {
             batch_size: DEFAULT_BATCH_SIZE,
             strict: true,
             rejects: None,
-            progress: false,
+            progress: None,
         }
     }
 }
@@ -102,7 +104,7 @@ pub(super) fn import_file(
     let mut read = ReadOptions::new(Normalizer::new(store.profile(), options.region));
     read.columns = std::mem::take(&mut options.columns);
     read.list = true;
-    read.progress = options.progress;
+    read.progress = options.progress.clone();
     read.rejects = options.rejects.take();
     // The reader's tokens are exactly the store digests: same key, same labels.
     let set = records::read(path, store.digester(), read)?;
