@@ -16,16 +16,16 @@ use serde::Serialize;
 
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
-use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, open_store};
+use crate::optout::BadRows;
 use crate::output::{OutDir, write_match_file};
-use crate::prepare;
+use crate::prepare::{self, Filter, PrepareError, Prepared};
 use crate::progress::Progress;
 use crate::psi::oprf::{self, OprfMatchError};
 use crate::psi::{
     LocalMatchError, Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, Protocol, ProtocolChoice,
     ProtocolChoiceError, Reveal, SetupError, run_in_memory,
 };
-use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
+use crate::records::{ColumnSpec, Mode, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
 use crate::token::Tokenizer;
 
 /// Everything a local match needs.
@@ -70,12 +70,10 @@ pub enum LocalMatchFailure {
     /// The campaign key file or the opt-out store's key file could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// The owner's or the partner's file could not be read.
+    /// The owner's or the partner's file, the opt-out list, the opt-out store or the
+    /// suppression list could not be read or used.
     #[error(transparent)]
-    Read(#[from] ReadError),
-    /// The opt-out list, the opt-out store or the suppression list could not be used.
-    #[error(transparent)]
-    OptOut(#[from] OptOutError),
+    Prepare(#[from] PrepareError),
     /// A reject report could not be created or written.
     #[error(transparent)]
     Rejects(#[from] RejectWriteError),
@@ -201,20 +199,12 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
 fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<MatchSummary, LocalMatchFailure> {
     let tokenizer = Tokenizer::new(key);
 
-    let mut optout_list = None;
-    let mut optout_store = None;
-    let optouts: Option<Box<dyn OptOutSource>> = match (&options.optout_store, &options.optouts) {
-        (Some((db, key_file)), _) => {
-            let (store, entries) = open_store(db, key_file, options.normalizer.profile())?;
-            optout_store = Some(StoreSummary { path: db.display().to_string(), entries });
-            Some(store)
-        }
-        (None, path) => load_list(path.as_deref(), options)?.map(|list| {
-            optout_list = Some(list.stats().clone());
-            Box::new(list) as Box<dyn OptOutSource>
-        }),
+    let (normalizer, bad_rows) = (&options.normalizer, options.bad_list_rows);
+    let optouts = match &options.optout_store {
+        Some((db, key_file)) => Filter::store(db, key_file, normalizer.profile())?,
+        None => Filter::list_or_none(options.optouts.as_deref(), normalizer, bad_rows)?,
     };
-    let suppress = load_list(options.suppress.as_deref(), options)?;
+    let suppress = Filter::list_or_none(options.suppress.as_deref(), normalizer, bad_rows)?;
     let reject_file = |name: &str| -> Result<Option<RejectWriter>, RejectWriteError> {
         options.write_rejects.then(|| RejectWriter::create(&out_dir.join(name), false)).transpose()
     };
@@ -222,26 +212,18 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
     if options.write_rejects {
         outputs.extend(["owner_rejects.csv".to_owned(), "partner_rejects.csv".to_owned()]);
     }
-    // The two files are read at once: each reader's parsing thread is its own
+    // The two sides are prepared at once: each reader's parsing thread is its own
     // bottleneck, and the rayon workers that normalize and tokenize are shared.
-    let owner_filter = optouts.as_deref().map(OptOutSource::digester);
-    let partner_filter = suppress.as_ref().map(OptOutSource::digester);
     let (owner_rejects, partner_rejects) = (reject_file("owner_rejects.csv")?, reject_file("partner_rejects.csv")?);
-    let (owner_records, partner_records) = std::thread::scope(|scope| {
-        let partner = scope.spawn(|| read_side(&options.partner, &tokenizer, options, partner_filter, partner_rejects));
-        let owner = read_side(&options.owner, &tokenizer, options, owner_filter, owner_rejects);
+    let (owner, partner) = std::thread::scope(|scope| {
+        let partner = scope.spawn(|| prepare_side(&options.partner, &tokenizer, options, partner_rejects, &suppress));
+        let owner = prepare_side(&options.owner, &tokenizer, options, owner_rejects, &optouts);
         // A panic there is a bug, not bad input: it goes on as a panic.
         (owner, partner.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
-    let (owner_records, partner_records) = (owner_records?, partner_records?);
-    // The filters are consulted one after the other (a store is not `Sync`); the
-    // two sets are then built at once.
-    let owner_excluded = prepare::excluded(&owner_records, optouts.as_deref())?;
-    let partner_excluded = prepare::excluded(&partner_records, suppress.as_ref().map(|l| l as &dyn OptOutSource))?;
-    let (owner_set, partner_set) = rayon::join(
-        || prepare::prepared_set(&owner_records, &owner_excluded),
-        || prepare::prepared_set(&partner_records, &partner_excluded),
-    );
+    let (owner, partner) = (owner?, partner?);
+    let (owner_set, partner_set) = rayon::join(|| owner.set(), || partner.set());
+    let (owner_records, partner_records) = (owner.records(), partner.records());
 
     let profile = options.normalizer.profile();
     let protocol = options.protocol.resolve(options.reveal, &Protocol::ALL)?;
@@ -267,11 +249,11 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
         Ok::<u64, LocalMatchFailure>(matches.len() as u64)
     };
     let partner_matched = match &outcome.partner_matched {
-        Some(m) => Some(write_matches("partner_matches.csv", &partner_records, &partner_set, m)?),
+        Some(m) => Some(write_matches("partner_matches.csv", partner_records, &partner_set, m)?),
         None => None,
     };
     let owner_matched = match &outcome.owner_matched {
-        Some(m) => Some(write_matches("owner_matches.csv", &owner_records, &owner_set, m)?),
+        Some(m) => Some(write_matches("owner_matches.csv", owner_records, &owner_set, m)?),
         None => None,
     };
     let owner_intersection = outcome.owner_matched.as_ref().map(|m| m.iter().filter(|&&x| x).count() as u64);
@@ -280,12 +262,17 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
         profile: profile.name().to_owned(),
         reveal: options.reveal.name().to_owned(),
         protocol: protocol.name().to_owned(),
-        owner: side_summary(&options.owner, &owner_records, &owner_set, outcome.owner_sent, owner_matched),
-        partner: side_summary(&options.partner, &partner_records, &partner_set, outcome.partner_sent, partner_matched),
+        owner: side_summary(&options.owner, owner_records, &owner_set, outcome.owner_sent, owner_matched),
+        partner: side_summary(&options.partner, partner_records, &partner_set, outcome.partner_sent, partner_matched),
         intersection: outcome.intersection.or(owner_intersection),
-        optout_list,
-        optout_store,
-        suppression_list: suppress.as_ref().map(|list| list.stats().clone()),
+        optout_list: optouts.list_stats().cloned(),
+        optout_store: match &optouts {
+            Filter::Store { path, entries, .. } => {
+                Some(StoreSummary { path: path.display().to_string(), entries: *entries })
+            }
+            Filter::None | Filter::List(_) => None,
+        },
+        suppression_list: suppress.list_stats().cloned(),
         outputs,
     };
     let path = out_dir.join("summary.json");
@@ -295,25 +282,20 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
     Ok(summary)
 }
 
-fn load_list(path: Option<&Path>, options: &LocalMatchOptions) -> Result<Option<FileList>, OptOutError> {
-    path.map(|p| FileList::read(p, options.normalizer.clone(), ColumnSpec::default(), None, options.bad_list_rows))
-        .transpose()
-}
-
-/// Reads one side's file, keying its records for `filter` (the opt-out or
-/// suppression source's digester) too.
-fn read_side(
+/// Reads one side's file and checks it against its `filter` (the opt-out or
+/// suppression source).
+fn prepare_side(
     path: &Path,
     tokenizer: &Tokenizer,
     options: &LocalMatchOptions,
-    filter: Option<&Tokenizer>,
     rejects: Option<RejectWriter>,
-) -> Result<RecordSet, ReadError> {
-    let mut read = ReadOptions::new(options.normalizer.clone());
+    filter: &Filter,
+) -> Result<Prepared, PrepareError> {
+    let mut read = ReadOptions::new(options.normalizer.clone(), Mode::Match);
     read.columns = options.columns.clone();
     read.rejects = rejects;
     read.progress = options.progress.clone();
-    prepare::read(path, tokenizer, read, filter)
+    prepare::prepare(path, tokenizer, read, filter)
 }
 
 /// What either engine hands back to the local match.

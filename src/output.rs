@@ -1,5 +1,6 @@
-//! Output files that appear whole or not at all, the one writer of match files, and
-//! the one writer of token exports (`idmatch tokens`, and the Python package).
+//! Output files that appear whole or not at all, the one writer of match files, the
+//! one writer of token exports (`idmatch tokens`, and the Python package), and of
+//! JSON reports (`measurement.json`).
 //!
 //! A [`Staged`] file is written under a temporary name in its destination's
 //! directory (mode 0600: outputs hold personal data) and renamed into place by
@@ -163,6 +164,18 @@ impl Write for Staged {
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
     }
+}
+
+/// Writes `value` as pretty JSON to `out_dir/name` (the directory created if
+/// missing), mode 0600, whole or not at all ([`Staged`]).
+pub fn write_json(out_dir: &Path, name: &str, value: &impl serde::Serialize) -> Result<(), OutputError> {
+    std::fs::create_dir_all(out_dir).map_err(|source| OutputError { path: out_dir.to_owned(), source })?;
+    let path = out_dir.join(name);
+    let mut staged = Staged::create(&path)?;
+    let err = |source| OutputError { path: path.clone(), source };
+    serde_json::to_writer_pretty(&mut staged, value).map_err(|e| err(e.into()))?;
+    staged.write_all(b"\n").map_err(err)?;
+    staged.commit()
 }
 
 /// Writes a match file to `path`, mode 0600 (match results are personal data),

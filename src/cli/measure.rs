@@ -8,6 +8,7 @@ use clap::Args;
 use super::{CliResult, ColumnArgs, CredentialArgs, ProfileArgs, format_stats};
 use idmatch::measure::Learner;
 use idmatch::measure::local::{self, MeasureOptions};
+use idmatch::measure::side::SideReport;
 use idmatch::measure::stats::{DEFAULT_MIN_AGGREGATE, Noise};
 use idmatch::optout::BadRows;
 use idmatch::progress::Bars;
@@ -121,7 +122,7 @@ pub fn run(args: MeasureArgs) -> CliResult {
 }
 
 /// One side's reading and person counts, with warnings for what was left out.
-fn print_side(name: &str, side: &local::SideReport) {
+fn print_side(name: &str, side: &SideReport) {
     print!("{name}: {}", format_stats(std::path::Path::new(&side.file), &side.read));
     println!(
         "  excluded records: {}; people: {} ({} records joined an earlier record's person); bundles sent: {}",

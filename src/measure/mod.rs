@@ -24,6 +24,9 @@
 //! - [`owner`]: the owner's state machine (outcomes, key holder, decrypts).
 //! - [`partner`]: the partner's state machine (exposures, computes the sums).
 //! - [`stats`]: suppression, differential-privacy noise, rates, lift and its interval.
+//! - [`people`]: who is one person (records linked by an identifier or an id).
+//! - [`side`]: a prepared side as the engine takes it: the owner's people, the
+//!   partner's exposures, and their counts (used by `local` and the service).
 //! - [`local`]: `idmatch measure` on two local files, writing `measurement.json`.
 
 pub mod elgamal;
@@ -32,6 +35,7 @@ pub mod message;
 pub mod owner;
 pub mod partner;
 pub mod people;
+pub mod side;
 pub mod stats;
 
 use std::fmt;

@@ -34,57 +34,91 @@ const BATCH_ROWS: usize = 8192;
 /// reading allocates per chunk, not per row.
 const CHUNK_ROWS: usize = 256;
 
+/// What a file holds, which decides the reader's rules for ids, bad rows and the
+/// extra columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Records to match: two records with the same id refuse the file
+    /// ([`ReadError::DuplicateId`]), because match outputs name records by id.
+    Match,
+    /// Records whose ids may repeat (a member's several rows in a token export):
+    /// repeats are counted in [`ReadStats::duplicate_ids`](super::ReadStats::duplicate_ids).
+    Export,
+    /// A measurement's outcomes: one row per purchase, so ids may repeat, and
+    /// `value_column` holds one non-negative integer (at most
+    /// [`MAX_VALUE`](super::MAX_VALUE)) per record; a row whose value is missing or
+    /// invalid is a bad row, counted and reported.
+    Outcomes {
+        /// The value column's name.
+        value_column: String,
+    },
+    /// A measurement's exposures: one row per impression, so ids may repeat, and
+    /// `group_column`, when given, holds each record's group label (e.g.
+    /// `test`/`control`); a row with an empty label is a bad row.
+    Exposures {
+        /// The group column's name; `None`: one group.
+        group_column: Option<String>,
+    },
+    /// A list (opt-outs, suppressions) rather than records: the identifier columns
+    /// are optional when there is an id column, an empty id is no error, and a
+    /// repeat is harmless. With [`BadRows::Refuse`] the file is refused at its first
+    /// bad row or rejected identifier ([`ReadError::Incomplete`]) instead of counting
+    /// and reporting it: lists that protect people are read this way unless the
+    /// operator explicitly chooses to skip bad rows.
+    List(BadRows),
+}
+
+/// What to do with the rows of a list file that cannot be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BadRows {
+    /// Refuse the list (the default): an opt-out that cannot be read must not turn
+    /// into a member who is matched.
+    #[default]
+    Refuse,
+    /// Skip them, counting each in the list's statistics (the operator's explicit
+    /// choice, e.g. `--skip-bad-list-rows`).
+    Skip,
+}
+
+impl BadRows {
+    /// [`BadRows::Skip`] when the operator asked for it, else [`BadRows::Refuse`].
+    pub fn skip_if(skip: bool) -> BadRows {
+        if skip { BadRows::Skip } else { BadRows::Refuse }
+    }
+}
+
+impl Mode {
+    fn list(&self) -> bool {
+        matches!(self, Mode::List(_))
+    }
+}
+
 /// How to read one input file.
 pub struct ReadOptions {
+    /// What the file holds (default: [`Mode::Match`]).
+    pub mode: Mode,
     /// Which columns hold the id, identifiers and region (default: detect from the header).
     pub columns: ColumnSpec,
     /// The normalization profile applied to every identifier.
     pub normalizer: Normalizer,
     /// Where to report rejects, if anywhere.
     pub rejects: Option<RejectWriter>,
-    /// Also key every record id and identifier under this filter key ([`FilterDigests`]).
-    pub filter_digester: Option<Tokenizer>,
     /// Where to report how many of the file's bytes have been read, if anywhere.
     pub progress: Option<Arc<dyn Progress>>,
-    /// Read a list (opt-outs, suppressions) rather than records: the identifier
-    /// columns are optional when there is an id column, and an empty id is no error.
-    pub list: bool,
-    /// Refuse the file at its first bad row or rejected identifier
-    /// ([`ReadError::Incomplete`]) instead of counting and reporting it. Lists that
-    /// protect people (opt-outs, suppressions) are read this way unless the operator
-    /// explicitly chooses to skip bad rows.
-    pub complete: bool,
-    /// Refuse a file in which two records carry the same id
-    /// ([`ReadError::DuplicateId`]): match outputs name records by id, so a repeated
-    /// id would make them ambiguous. When false, repeats are counted in
-    /// [`ReadStats::duplicate_ids`](super::ReadStats::duplicate_ids). Lists never check (a repeat there is harmless).
-    pub unique_ids: bool,
-    /// A column holding one non-negative integer value (at most
-    /// [`MAX_VALUE`](super::MAX_VALUE)) per record (`idmatch measure`'s outcomes); a
-    /// row whose value is missing or invalid is a bad row, counted and reported.
-    pub value_column: Option<String>,
-    /// A column holding each record's group label (`idmatch measure`'s exposures,
-    /// e.g. `test`/`control`); a row with an empty label is a bad row.
-    pub group_column: Option<String>,
     /// Size limits on the input ([`InputLimits::default`]).
     pub limits: InputLimits,
 }
 
 impl ReadOptions {
-    /// Options for reading records under `normalizer`: detected columns, no reject
-    /// report, no filter digests, no progress bar, bad rows counted, unique ids required.
-    pub fn new(normalizer: Normalizer) -> ReadOptions {
+    /// Options for reading `mode` under `normalizer`: detected columns, no reject
+    /// report, no progress reported, the default limits.
+    pub fn new(normalizer: Normalizer, mode: Mode) -> ReadOptions {
         ReadOptions {
+            mode,
             columns: ColumnSpec::default(),
             normalizer,
             rejects: None,
-            filter_digester: None,
             progress: None,
-            list: false,
-            complete: false,
-            unique_ids: true,
-            value_column: None,
-            group_column: None,
             limits: InputLimits::default(),
         }
     }
@@ -151,7 +185,7 @@ pub enum ReadError {
         /// Line of the row where the unclosed field starts.
         line: u64,
     },
-    /// With [`ReadOptions::complete`]: the first bad row or rejected identifier.
+    /// With [`Mode::List`]`(`[`BadRows::Refuse`]`)`: the first bad row or rejected identifier.
     #[error(
         "{path}: line {line}{column}: {reason}; this file must be read completely, so nothing was used (fix the row, or explicitly choose to skip bad rows)",
         column = if column.is_empty() { String::new() } else { format!(", column `{column}`") }
@@ -166,7 +200,7 @@ pub enum ReadError {
         /// The machine-readable reason (a [`RowProblem`] or reject code).
         reason: &'static str,
     },
-    /// With [`ReadOptions::unique_ids`]: the earliest row whose id repeats an earlier row's id.
+    /// With [`Mode::Match`]: the earliest row whose id repeats an earlier row's id.
     #[error(
         "{path}: line {line}: the record id repeats the id of line {first_line}; match results name records by id, so ids must be unique (merge or renumber the rows)"
     )]
@@ -316,38 +350,49 @@ impl Chunk {
     }
 }
 
-/// Reads `path` into a [`RecordSet`] of tokens under `tokenizer`.
+/// Reads `path` into a [`RecordSet`] of tokens under `tokenizer`, without
+/// [`FilterDigests`]: a set that an opt-out or suppression filter will check is read
+/// by `crate::prepare`, which keys it for the filter in the same pass.
 pub fn read(path: &Path, tokenizer: &Tokenizer, options: ReadOptions) -> Result<RecordSet, ReadError> {
-    read_with(path, tokenizer, options, None)
+    read_with(path, tokenizer, None, options, None)
+}
+
+/// Reads `path` as [`read`] does, also keying every record id and identifier under
+/// `digester` ([`FilterDigests`]), the key of the filter that will check the set.
+pub(crate) fn read_digested(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    digester: &Tokenizer,
+    options: ReadOptions,
+) -> Result<RecordSet, ReadError> {
+    read_with(path, tokenizer, Some(digester), options, None)
 }
 
 /// Reads `path` as [`read`] does (the same columns, normalization, rejects, reject
-/// report, limits and [`ReadOptions::complete`]) but keeps nothing: each record is
+/// report, limits and [`BadRows`]) but keeps nothing: each record is
 /// handed to `visit` ([`Row`]: its id, region and valid identifiers as written) in
 /// file order, and only the counts are returned, so memory does not grow with the
 /// file. `visit` returning [`ControlFlow::Break`] ends the read with
 /// [`ReadError::Stopped`].
 ///
-/// What needs the whole file is left out: ids are not checked for repeats
-/// ([`ReadOptions::unique_ids`] is ignored), and
-/// [`ReadStats::duplicate_identifiers`] counts only repeats within a row.
-/// [`ReadOptions::filter_digester`] is ignored.
+/// What needs the whole file is left out: ids are not checked for repeats (not
+/// even under [`Mode::Match`]), and [`ReadStats::duplicate_identifiers`] counts only
+/// repeats within a row.
 pub fn read_rows(
     path: &Path,
-    mut options: ReadOptions,
+    options: ReadOptions,
     visit: &mut (dyn FnMut(&Row<'_>) -> ControlFlow<()> + Send),
 ) -> Result<ReadStats, ReadError> {
     // The tokens only find an identifier repeated within its row; they never leave
     // this call, so any key does.
     let tokenizer = Tokenizer::new(&Key::from_bytes([0; 32]));
-    options.filter_digester = None;
-    options.unique_ids = false;
-    read_with(path, &tokenizer, options, Some(visit)).map(|set| set.stats)
+    read_with(path, &tokenizer, None, options, Some(visit)).map(|set| set.stats)
 }
 
 fn read_with(
     path: &Path,
     tokenizer: &Tokenizer,
+    digester: Option<&Tokenizer>,
     mut options: ReadOptions,
     visit: Option<&mut Visit<'_>>,
 ) -> Result<RecordSet, ReadError> {
@@ -366,7 +411,7 @@ fn read_with(
     }
     let columns = options
         .columns
-        .resolve(&header, !options.list)
+        .resolve(&header, !options.mode.list())
         .map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
 
     let extra =
@@ -379,14 +424,14 @@ fn read_with(
     let keep_raw = visit.is_some();
     let mut sink = Sink {
         set: RecordSet::new(options.normalizer.profile(), columns.id.is_some()),
-        digests: options.filter_digester.as_ref().map(|_| FilterDigests::default()),
-        ids: (columns.id.is_some() && !options.list && !keep_raw).then(Vec::new),
+        digests: digester.map(|_| FilterDigests::default()),
+        ids: (columns.id.is_some() && !options.mode.list() && !keep_raw).then(Vec::new),
         columns: &columns,
         extra,
         group_index: std::collections::HashMap::new(),
         rejects: options.rejects.take(),
         path,
-        complete: options.complete,
+        complete: options.mode == Mode::List(BadRows::Refuse),
         visit,
     };
 
@@ -396,12 +441,12 @@ fn read_with(
         let _ = free_tx.send(Vec::with_capacity(BATCH_ROWS));
     }
     let worker = Worker {
-        list: options.list,
+        list: options.mode.list(),
         columns: &columns,
         extra,
         normalizer: &options.normalizer,
         tokenizer,
-        digester: options.filter_digester.as_ref(),
+        digester,
         keep_values,
         keep_raw,
     };
@@ -435,7 +480,7 @@ fn read_with(
     if let Some(ids) = ids {
         let (count, first) = duplicate_ids(&set, ids);
         set.stats.duplicate_ids = count;
-        if let (true, Some((line, first_line))) = (options.unique_ids, first) {
+        if let (Mode::Match, Some((line, first_line))) = (&options.mode, first) {
             return Err(ReadError::DuplicateId { path: path.to_owned(), line, first_line });
         }
     }
@@ -453,10 +498,10 @@ struct Extra {
     group: Option<usize>,
 }
 
-/// Finds the value and group columns named in `options`: each must exist and serve
-/// no other role.
+/// Finds the value or group column the mode names: it must exist and serve no other
+/// role.
 fn resolve_extra(columns: &ColumnMap, options: &ReadOptions) -> Result<Extra, ColumnError> {
-    let find = |wanted: &Option<String>| -> Result<Option<usize>, ColumnError> {
+    let find = |wanted: Option<&String>| -> Result<Option<usize>, ColumnError> {
         let Some(wanted) = wanted else { return Ok(None) };
         let wanted = clean(wanted);
         let index =
@@ -466,13 +511,12 @@ fn resolve_extra(columns: &ColumnMap, options: &ReadOptions) -> Result<Extra, Co
         }
         Ok(Some(index))
     };
-    let extra = Extra { value: find(&options.value_column)?, group: find(&options.group_column)? };
-    if let (Some(v), Some(g)) = (extra.value, extra.group)
-        && v == g
-    {
-        return Err(ColumnError::Ambiguous(columns.names[v].clone()));
-    }
-    Ok(extra)
+    let (value, group) = match &options.mode {
+        Mode::Outcomes { value_column } => (find(Some(value_column))?, None),
+        Mode::Exposures { group_column } => (None, find(group_column.as_ref())?),
+        Mode::Match | Mode::Export | Mode::List(_) => (None, None),
+    };
+    Ok(Extra { value, group })
 }
 
 /// A value cell: a non-negative decimal integer of at most [`MAX_VALUE`].
@@ -895,7 +939,7 @@ mod tests {
         let text = "id,email\n1,a@example.com\n2,b@example.com\n";
         std::fs::write(&path, text).unwrap();
         let logged = Logged::default();
-        let mut options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, None));
+        let mut options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, None), Mode::Match);
         options.progress = Some(Arc::new(logged.clone()));
         let set = read(&path, &Tokenizer::new(&Key::from_bytes([1; 32])), options).unwrap();
         assert_eq!(set.len(), 2);
@@ -919,9 +963,10 @@ mod tests {
                     m5,too,many,fields,here\n";
         std::fs::write(&path, text).unwrap();
         let options = || {
-            let mut options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, Region::from_code("US").ok()));
-            options.list = true;
-            options
+            ReadOptions::new(
+                Normalizer::new(Profile::IdmatchV1, Region::from_code("US").ok()),
+                Mode::List(BadRows::Skip),
+            )
         };
         /// Line, id, region, identifiers.
         type Seen = (u64, Option<String>, Option<String>, Vec<(Kind, String)>);
@@ -953,7 +998,7 @@ mod tests {
 
         // Refusing at the first problem, and stopping when asked.
         let mut complete = options();
-        complete.complete = true;
+        complete.mode = Mode::List(BadRows::Refuse);
         let err = read_rows(&path, complete, &mut |_: &Row<'_>| ControlFlow::Continue(())).unwrap_err();
         assert!(matches!(err, ReadError::Incomplete { line: 3, reason: "missing_at", .. }), "{err}");
         let mut seen = 0;

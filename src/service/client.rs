@@ -21,16 +21,16 @@ use super::convert::{owner_from_wire, partner_to_wire};
 use super::driver::{DriveError, INBOUND_QUEUE, Inbound, drive, receive_with_deadline, send_with_deadline};
 use crate::key::{Key, KeyError, read_secret_file};
 use crate::normalize::Normalizer;
-use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
+use crate::optout::{BadRows, OptOutError};
 use crate::output::{OutputError, Staged, write_matches};
-use crate::prepare;
+use crate::prepare::{self, Filter, PrepareError};
 use crate::progress::{self, Meter, Progress, Unit};
 use crate::psi::oprf::{ChunkLimits, OprfPartner};
 use crate::psi::{
     OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, Protocol, ProtocolChoice,
     ProtocolChoiceError, ProtocolError, Reveal, SetupError, check_accept, truncated, untrusted,
 };
-use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats};
+use crate::records::{ColumnSpec, Mode, ReadError, ReadOptions, ReadStats};
 use crate::token::{KeyFingerprint, Tokenizer};
 use crate::wire::matcher_client::MatcherClient;
 
@@ -100,10 +100,14 @@ pub enum ClientError {
     /// The campaign key file could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// The input file could not be read.
+    /// The input file or the suppression list could not be read, or the list applied.
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    /// An opt-out list to import could not be read (`idmatch optout import --server`).
     #[error(transparent)]
     Read(#[from] ReadError),
-    /// The suppression list could not be read or applied.
+    /// The server's opt-out store refused a request, or a list to import was
+    /// refused before sending (`idmatch optout --server`).
     #[error(transparent)]
     OptOut(#[from] OptOutError),
     /// The output file could not be created, written or renamed into place.
@@ -232,7 +236,7 @@ pub(super) struct PartnerFiles {
     pub key: Key,
     pub fingerprint: KeyFingerprint,
     pub token: Option<String>,
-    pub suppress: Option<FileList>,
+    pub suppress: Filter,
 }
 
 impl PartnerFiles {
@@ -248,9 +252,7 @@ impl PartnerFiles {
         let token = token_file
             .map(|p| read_secret_file(p, "token file").map(|b| String::from_utf8_lossy(&b).trim().to_owned()))
             .transpose()?;
-        let suppress = suppress
-            .map(|p| FileList::read(p, normalizer.clone(), ColumnSpec::default(), None, bad_list_rows))
-            .transpose()?;
+        let suppress = Filter::list_or_none(suppress.map(PathBuf::as_path), normalizer, bad_list_rows)?;
         Ok(PartnerFiles { key, fingerprint, token, suppress })
     }
 }
@@ -377,17 +379,16 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
         &options.normalizer,
         options.bad_list_rows,
     )?;
-    let suppression_list_stats = suppress.as_ref().map(|list| list.stats().clone());
-    let mut read = ReadOptions::new(options.normalizer.clone());
+    let suppression_list_stats = suppress.list_stats().cloned();
+    let mut read = ReadOptions::new(options.normalizer.clone(), Mode::Match);
     read.columns = options.columns.clone();
     read.progress = options.progress.clone();
     let input = options.input.clone();
     // Reading, suppressing and preparing the set are CPU work: off the runtime.
-    let (records, set) = tokio::task::spawn_blocking(move || {
-        let filter = suppress.as_ref().map(|list| list as &dyn OptOutSource);
-        let records = prepare::read(&input, &Tokenizer::new(&key), read, filter.map(OptOutSource::digester))?;
-        let set = prepare::prepare(&records, filter)?;
-        Ok::<_, ClientError>((records, set))
+    let (side, set) = tokio::task::spawn_blocking(move || {
+        let side = prepare::prepare(&input, &Tokenizer::new(&key), read, &suppress)?;
+        let set = side.set();
+        Ok::<_, ClientError>((side, set))
     })
     .await
     .map_err(|e| ClientError::Stream(e.to_string()))??;
@@ -452,7 +453,7 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     let matched_records = match (&outcome.matched, output) {
         (Some(matched), Some(mut output)) => {
             let matches = set.matched_records(matched);
-            write_matches(&mut output, &records, &matches)
+            write_matches(&mut output, side.records(), &matches)
                 .map_err(|source| OutputError { path: options.output.clone(), source })?;
             output.commit()?;
             Some(matches.len() as u64)

@@ -30,11 +30,12 @@ use super::frames::{FrameError, MEASURE_VERSION, OwnerFrames, SEND_FRAME_BYTES, 
 use super::server::Shared;
 use super::session::{drive_status, file_safe, protocol_status, serve_stream};
 use super::state::State;
-use crate::measure::local::{SideReport, owner_people, write_json};
 use crate::measure::message::MAX_GROUPS;
+use crate::measure::side::{OwnerSide, SideReport, owner_people};
 use crate::measure::stats::{GroupFigures, Lift};
 use crate::measure::{self, Learner, MeasureError};
 use crate::optout::BadRows;
+use crate::output::write_json;
 use crate::psi::{ProtocolError, untrusted};
 use crate::wire;
 use crate::wire::measure_owner_message::Body as OwnerBody;
@@ -213,7 +214,7 @@ impl Session<'_> {
                 error!(error = %e, "opt-outs unavailable; refusing to measure");
                 Status::unavailable("opt-outs unavailable")
             })?;
-        let (people, mut side) = owner_people(outcomes, &excluded, settings.value_max);
+        let OwnerSide { people, report: mut side } = owner_people(outcomes, &excluded, settings.value_max);
         side.file = settings.outcomes.display().to_string();
         record.outcome_records = Some(outcomes.len() as u64);
         record.opted_out_records = Some(side.excluded_records);

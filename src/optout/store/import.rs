@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use super::{Counts, EntryKind, OptOutStore, StoreEntry, StoreError, check_source, digest_order};
 use crate::normalize::{Normalizer, Region};
 use crate::progress::Progress;
-use crate::records::{self, ColumnSpec, ReadOptions, ReadStats, RejectWriter};
+use crate::records::{self, BadRows, ColumnSpec, Mode, ReadOptions, ReadStats, RejectWriter};
 use crate::token::Label;
 
 /// Entries per transaction unless told otherwise.
@@ -101,9 +101,9 @@ pub(super) fn import_file(
     on_batch: &mut dyn FnMut(&BatchReport),
 ) -> Result<ImportReport, StoreError> {
     check_source(&options.source)?;
-    let mut read = ReadOptions::new(Normalizer::new(store.profile(), options.region));
+    // Bad rows are counted in the read and judged after it (`strict`).
+    let mut read = ReadOptions::new(Normalizer::new(store.profile(), options.region), Mode::List(BadRows::Skip));
     read.columns = std::mem::take(&mut options.columns);
-    read.list = true;
     read.progress = options.progress.clone();
     read.rejects = options.rejects.take();
     // The reader's tokens are exactly the store digests: same key, same labels.
