@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use tempfile::NamedTempFile;
 
+use crate::prepare::Prepared;
 use crate::psi::KindSet;
 use crate::records::RecordSet;
 use crate::token::KeyFingerprint;
@@ -230,17 +231,12 @@ impl TokenExport {
         self.meta.path()
     }
 
-    /// Writes the rows of `records` whose flag in `excluded` is not set (`excluded`
-    /// is empty or has one flag per record), in record order, then the description,
-    /// which names the campaign key by its `fingerprint` (docs/PROTOCOL.md §5.3): two
-    /// exports join only if their fingerprints are equal.
-    pub fn write(
-        mut self,
-        records: &RecordSet,
-        excluded: &[bool],
-        fingerprint: &KeyFingerprint,
-    ) -> Result<TokenExportSummary, OutputError> {
-        let is_out = |record: u32| excluded.get(record as usize).copied().unwrap_or(false);
+    /// Writes the rows of the records of `side` its filter left in, in record order,
+    /// then the description, which names the campaign key by its `fingerprint`
+    /// (docs/PROTOCOL.md §5.3): two exports join only if their fingerprints are equal.
+    pub fn write(mut self, side: &Prepared, fingerprint: &KeyFingerprint) -> Result<TokenExportSummary, OutputError> {
+        let records = side.records();
+        let is_out = |record: u32| side.is_excluded(record);
         let output = self.csv.path().to_owned();
         let write_err = |source: io::Error| OutputError { path: output.clone(), source };
         let mut out = BufWriter::new(&mut self.csv);
@@ -269,7 +265,7 @@ impl TokenExport {
         }
         out.flush().map_err(write_err)?;
         drop(out);
-        let excluded_records = excluded.iter().filter(|&&x| x).count() as u64;
+        let excluded_records = side.excluded_records();
         let rows = records.entries().iter().filter(|e| !is_out(e.record)).count() as u64;
         let description = serde_json::json!({
             "format": "idmatch-tokens",

@@ -65,9 +65,7 @@ impl Export {
     /// at all, mode 0600) and returns the description.
     pub fn write(&self, output: &Path) -> Result<serde_json::Value, Failure> {
         let export = TokenExport::create(output).map_err(|e| Failure::new(Class::Output, e))?;
-        let written = export
-            .write(self.side.records(), self.side.excluded(), &self.fingerprint)
-            .map_err(|e| Failure::new(Class::Output, e))?;
+        let written = export.write(&self.side, &self.fingerprint).map_err(|e| Failure::new(Class::Output, e))?;
         Ok(written.description)
     }
 }

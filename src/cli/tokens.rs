@@ -57,8 +57,8 @@ pub fn run(args: TokensArgs) -> CliResult {
     let bad_rows = BadRows::skip_if(args.skip_bad_list_rows);
     let optouts = Filter::list_or_none(args.optouts.as_deref(), &normalizer, bad_rows)?;
     let side = prepare::prepare(&args.input, &tokenizer, options, &optouts)?;
+    let written = export.write(&side, &KeyFingerprint::of(&key))?;
     let set = side.records();
-    let written = export.write(set, side.excluded(), &KeyFingerprint::of(&key))?;
     print!("{}", format_stats(&args.input, set.stats()));
     if let (Some(stats), Some(path)) = (optouts.list_stats(), &args.optouts) {
         print!("{}", format_stats(path, stats));
