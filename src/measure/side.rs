@@ -77,7 +77,7 @@ pub struct PartnerSide {
 /// The owner's people: records linked by a shared identifier or id are one person
 /// ([`People`]), whose value is the sum of its records' values (one row per purchase
 /// counts every purchase), clipped to `clip` when given and to
-/// [`MAX_VALUE`](crate::records::MAX_VALUE) in any case. A person with more
+/// [`MAX_VALUE`] in any case. A person with more
 /// identifiers than a bundle holds is left out and counted.
 pub fn owner_people(records: &RecordSet, excluded: &[bool], clip: Option<u64>) -> OwnerSide {
     let people = People::of(records, excluded);

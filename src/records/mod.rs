@@ -9,6 +9,8 @@
 mod columns;
 mod reader;
 mod rejects;
+mod row;
+mod sink;
 mod source;
 
 use std::collections::BTreeMap;

@@ -1,14 +1,14 @@
 //! Reading a CSV/TSV file into a [`RecordSet`].
 //!
 //! A reader thread parses the file into batches of raw rows (recycled, so parsing
-//! allocates little); the calling thread normalizes and tokenizes each batch on all
-//! cores with rayon and appends the results in file order.
+//! allocates little); the calling thread has each batch normalized and tokenized on
+//! all cores with rayon (the per-row work: `row`) and appends the results in file
+//! order (`sink`).
 //!
 //! [`read_rows`] runs the same pipeline (the same columns, rules, rejects and
 //! counts) without building a set: it hands each record to a callback and keeps
 //! nothing, so its memory does not grow with the file.
 
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::{BufReader, Read};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -17,16 +17,14 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use rayon::prelude::*;
 
-use super::columns::clean;
+use super::row::{Chunk, RawRow, Worker, resolve_extra};
+use super::sink::{Sink, count_duplicates, duplicate_ids};
 use super::source::{InputLimits, LimitExceeded, Source, limit_exceeded};
-use super::{
-    ColumnError, ColumnMap, ColumnSpec, Entry, FilterDigests, MAX_VALUE, ReadStats, RecordSet, RejectWriteError,
-    RejectWriter, RowProblem,
-};
+use super::{ColumnError, ColumnSpec, FilterDigests, ReadStats, RecordSet, RejectWriteError, RejectWriter};
 use crate::key::Key;
-use crate::normalize::{Kind, Normalizer, Region, Reject, parse_region};
+use crate::normalize::{Kind, Normalizer, Region};
 use crate::progress::{self, Meter, Progress, Unit};
-use crate::token::{Label, Token, Tokenizer};
+use crate::token::{Token, Tokenizer};
 
 /// Rows per batch handed from the parser thread to the workers.
 const BATCH_ROWS: usize = 8192;
@@ -175,7 +173,7 @@ pub enum ReadError {
         /// The input file.
         path: PathBuf,
     },
-    /// A quoted field is never closed ([`RowProblem::UnclosedQuote`]); always refused.
+    /// A quoted field is never closed ([`RowProblem::UnclosedQuote`](super::RowProblem::UnclosedQuote)); always refused.
     #[error(
         "{path}: line {line}: a quoted field opened on this line is never closed (unbalanced `\"`), so the rest of the file would be read as one field; fix the quoting and read the file again"
     )]
@@ -197,7 +195,7 @@ pub enum ReadError {
         line: u64,
         /// The offending column's (cleaned) header name; empty for a whole-row problem.
         column: String,
-        /// The machine-readable reason (a [`RowProblem`] or reject code).
+        /// The machine-readable reason (a [`RowProblem`](super::RowProblem) or reject code).
         reason: &'static str,
     },
     /// With [`Mode::Match`]: the earliest row whose id repeats an earlier row's id.
@@ -234,9 +232,9 @@ pub struct Row<'r> {
     /// The region of the row's own region column, when it has a valid one (the
     /// default region of [`ReadOptions::normalizer`] applies otherwise).
     pub region: Option<Region>,
-    identifiers: &'r [(Kind, Token, Option<Token>)],
-    raw_text: &'r str,
-    raw_spans: &'r [(usize, usize)],
+    pub(super) identifiers: &'r [(Kind, Token, Option<Token>)],
+    pub(super) raw_text: &'r str,
+    pub(super) raw_spans: &'r [(usize, usize)],
 }
 
 impl<'r> Row<'r> {
@@ -249,106 +247,7 @@ impl<'r> Row<'r> {
 }
 
 /// The callback of [`read_rows`].
-type Visit<'v> = dyn FnMut(&Row<'_>) -> ControlFlow<()> + Send + 'v;
-
-/// A parsed row and the line it starts on.
-struct RawRow {
-    line: u64,
-    record: csv::ByteRecord,
-}
-
-/// What a worker made of a run of consecutive rows: one [`RowOut`] per row, and
-/// the rows' ids, identifiers, rejects and group labels in shared vectors, each row's
-/// part ending where its `RowOut` says (and starting where the previous row's ends).
-#[derive(Default)]
-struct Chunk {
-    rows: Vec<RowOut>,
-    /// The ids, concatenated.
-    ids: String,
-    /// (kind, token, filter digest)
-    identifiers: Vec<(Kind, Token, Option<Token>)>,
-    /// (column, reason, raw value if the report wants values)
-    rejects: Vec<(usize, Reject, Option<String>)>,
-    /// The group labels, concatenated.
-    groups: String,
-    /// The valid identifiers as written, concatenated (only for [`read_rows`]).
-    raw_text: String,
-    /// Where each of `identifiers` is in `raw_text` (only for [`read_rows`]).
-    raw_spans: Vec<(usize, usize)>,
-}
-
-/// Where one row's parts end in its [`Chunk`]'s vectors.
-#[derive(Clone, Copy, Default)]
-struct Ends {
-    id: usize,
-    identifiers: usize,
-    rejects: usize,
-    group: usize,
-}
-
-/// What a worker made of one row (its id, identifiers, rejects and group label are
-/// in the [`Chunk`]).
-struct RowOut {
-    line: u64,
-    /// Why the row is not a record, if it is not.
-    problem: Option<RowProblem>,
-    ends: Ends,
-    /// The record id's filter digest, when a digester is set.
-    id_digest: Option<Token>,
-    blank_cells: u64,
-    /// Valid identifiers by kind (emails, phones), repeats within the row included.
-    valid: [u64; 2],
-    /// Identifiers repeated within this row (e.g. the same email in two columns).
-    repeated: u64,
-    /// The value column's value, when there is one.
-    value: Option<u64>,
-    /// Whether the row has a group label (when there is a group column).
-    group: bool,
-    /// The row's own valid region, when it has a region column.
-    region: Option<Region>,
-}
-
-/// One row's parts, borrowed from its [`Chunk`].
-struct RowParts<'c> {
-    out: &'c RowOut,
-    id: &'c str,
-    identifiers: &'c [(Kind, Token, Option<Token>)],
-    rejects: &'c [(usize, Reject, Option<String>)],
-    group: Option<&'c str>,
-    raw_text: &'c str,
-    /// One span per identifier when the raw values are kept, else empty.
-    raw_spans: &'c [(usize, usize)],
-}
-
-impl Chunk {
-    /// Where the parts pushed so far end.
-    fn ends(&self) -> Ends {
-        Ends {
-            id: self.ids.len(),
-            identifiers: self.identifiers.len(),
-            rejects: self.rejects.len(),
-            group: self.groups.len(),
-        }
-    }
-
-    /// The rows with their parts, in order.
-    fn parts(&self) -> impl Iterator<Item = RowParts<'_>> {
-        let mut start = Ends::default();
-        self.rows.iter().map(move |out| {
-            let (from, to) = (start, out.ends);
-            start = to;
-            RowParts {
-                out,
-                id: &self.ids[from.id..to.id],
-                identifiers: &self.identifiers[from.identifiers..to.identifiers],
-                rejects: &self.rejects[from.rejects..to.rejects],
-                group: out.group.then(|| &self.groups[from.group..to.group]),
-                raw_text: &self.raw_text,
-                raw_spans: self.raw_spans.get(from.identifiers..to.identifiers).unwrap_or_default(),
-            }
-        })
-    }
-}
+pub(super) type Visit<'v> = dyn FnMut(&Row<'_>) -> ControlFlow<()> + Send + 'v;
 
 /// Reads `path` into a [`RecordSet`] of tokens under `tokenizer`, without
 /// [`FilterDigests`]: a set that an opt-out or suppression filter will check is read
@@ -491,51 +390,6 @@ fn read_with(
     Ok(set)
 }
 
-/// The value and group columns, resolved against the header.
-#[derive(Clone, Copy, Debug, Default)]
-struct Extra {
-    value: Option<usize>,
-    group: Option<usize>,
-}
-
-/// Finds the value or group column the mode names: it must exist and serve no other
-/// role.
-fn resolve_extra(columns: &ColumnMap, options: &ReadOptions) -> Result<Extra, ColumnError> {
-    let find = |wanted: Option<&String>| -> Result<Option<usize>, ColumnError> {
-        let Some(wanted) = wanted else { return Ok(None) };
-        let wanted = clean(wanted);
-        let index =
-            columns.names.iter().position(|n| *n == wanted).ok_or_else(|| ColumnError::NotFound(wanted.clone()))?;
-        if columns.used().any(|c| c == index) {
-            return Err(ColumnError::Ambiguous(wanted));
-        }
-        Ok(Some(index))
-    };
-    let (value, group) = match &options.mode {
-        Mode::Outcomes { value_column } => (find(Some(value_column))?, None),
-        Mode::Exposures { group_column } => (None, find(group_column.as_ref())?),
-        Mode::Match | Mode::Export | Mode::List(_) => (None, None),
-    };
-    Ok(Extra { value, group })
-}
-
-/// A value cell: a non-negative decimal integer of at most [`MAX_VALUE`].
-fn parse_value(cell: &[u8]) -> Result<u64, RowProblem> {
-    let digits = cell.trim_ascii();
-    if digits.is_empty() {
-        return Err(RowProblem::MissingValue);
-    }
-    let digits = digits.strip_prefix(b"+").unwrap_or(digits);
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(RowProblem::BadValue);
-    }
-    let mut value: u64 = 0;
-    for &d in digits {
-        value = value.saturating_mul(10).saturating_add(u64::from(d - b'0'));
-    }
-    if value > MAX_VALUE { Err(RowProblem::ValueTooLarge) } else { Ok(value) }
-}
-
 /// The error for a failed parse at `line`: a limit of the input, or the parser's.
 fn csv_error(path: &Path, line: u64, source: csv::Error) -> ReadError {
     if let csv::ErrorKind::Io(io) = source.kind()
@@ -590,309 +444,6 @@ fn parse_rows<R: Read>(
             return;
         }
     }
-}
-
-/// Per-row work, shared by the rayon workers.
-struct Worker<'a> {
-    list: bool,
-    columns: &'a ColumnMap,
-    extra: Extra,
-    normalizer: &'a Normalizer,
-    tokenizer: &'a Tokenizer,
-    digester: Option<&'a Tokenizer>,
-    keep_values: bool,
-    /// Keep each valid identifier as written ([`read_rows`]).
-    keep_raw: bool,
-}
-
-impl Worker<'_> {
-    fn chunk(&self, rows: &[RawRow], buf: &mut String) -> Chunk {
-        let mut chunk = Chunk { rows: Vec::with_capacity(rows.len()), ..Chunk::default() };
-        for row in rows {
-            let mut out = self.row(row, buf, &mut chunk);
-            out.ends = chunk.ends();
-            chunk.rows.push(out);
-        }
-        chunk
-    }
-
-    /// Reads one row, pushing its parts onto `chunk` (the caller records where they end).
-    fn row(&self, row: &RawRow, buf: &mut String, chunk: &mut Chunk) -> RowOut {
-        let record = &row.record;
-        let first_identifier = chunk.identifiers.len();
-        let mut out = RowOut {
-            line: row.line,
-            problem: None,
-            ends: Ends::default(),
-            id_digest: None,
-            blank_cells: 0,
-            valid: [0; 2],
-            repeated: 0,
-            value: None,
-            group: false,
-            region: None,
-        };
-        // Ids, identifiers and regions never span lines: a line break in one of
-        // them, or in a row of the wrong length, is a quote that was never closed.
-        let spans_lines = |cell: &[u8]| cell.contains(&b'\n') || cell.contains(&b'\r');
-        if record.len() != self.columns.names.len() {
-            out.problem = Some(if record.iter().any(spans_lines) {
-                RowProblem::UnclosedQuote
-            } else {
-                RowProblem::WrongFieldCount
-            });
-            return out;
-        }
-        let extra = [self.extra.value, self.extra.group];
-        if self.columns.used().chain(extra.into_iter().flatten()).any(|col| spans_lines(&record[col])) {
-            out.problem = Some(RowProblem::UnclosedQuote);
-            return out;
-        }
-        let id = match self.columns.id {
-            None => {
-                use std::fmt::Write;
-                let start = chunk.ids.len();
-                let _ = write!(chunk.ids, "{}", row.line);
-                &chunk.ids[start..]
-            }
-            Some(col) => match std::str::from_utf8(&record[col]) {
-                Err(_) => {
-                    out.problem = Some(RowProblem::BadEncoding);
-                    return out;
-                }
-                Ok(id) if id.trim().is_empty() && !self.list => {
-                    out.problem = Some(RowProblem::MissingId);
-                    return out;
-                }
-                Ok(id) => {
-                    chunk.ids.push_str(id.trim());
-                    id.trim()
-                }
-            },
-        };
-        if let Some(col) = self.extra.value {
-            match parse_value(&record[col]) {
-                Ok(value) => out.value = Some(value),
-                Err(problem) => {
-                    out.problem = Some(problem);
-                    return out;
-                }
-            }
-        }
-        if let Some(col) = self.extra.group {
-            match std::str::from_utf8(&record[col]).map(str::trim) {
-                Ok(label) if !label.is_empty() => {
-                    chunk.groups.push_str(label);
-                    out.group = true;
-                }
-                _ => {
-                    out.problem = Some(RowProblem::MissingGroup);
-                    return out;
-                }
-            }
-        }
-        // Line numbers are not member ids: without an id column the record gets a
-        // digest under a label no filter entry uses, so a filtered id `42` (an
-        // opt-out by member id) can never remove line 42.
-        let label = if self.columns.id.is_some() { Label::Id } else { Label::Line };
-        out.id_digest = self.digester.map(|d| d.token(label, id));
-        let region: Result<Option<Region>, Reject> = match self.columns.region.map(|c| &record[c]) {
-            None => Ok(None),
-            Some(cell) if cell.trim_ascii().is_empty() => Ok(None),
-            Some(cell) => std::str::from_utf8(cell).map_err(|_| Reject::BadRegion).and_then(parse_region).map(Some),
-        };
-        out.region = region.ok().flatten();
-        for &(col, kind) in &self.columns.identifiers {
-            let cell = &record[col];
-            if cell.trim_ascii().is_empty() {
-                out.blank_cells += 1;
-                continue;
-            }
-            let result = match std::str::from_utf8(cell) {
-                Err(_) => Err(Reject::BadEncoding),
-                Ok(text) => match (kind, region) {
-                    (Kind::Phone, Err(reject)) => Err(reject),
-                    (_, region) => self.normalizer.normalize_into(kind, text, region.ok().flatten(), buf),
-                },
-            };
-            match result {
-                Ok(()) => {
-                    let token = self.tokenizer.token(kind.into(), buf);
-                    out.valid[kind as usize] += 1;
-                    if chunk.identifiers[first_identifier..].iter().any(|&(_, t, _)| t == token) {
-                        out.repeated += 1;
-                        continue;
-                    }
-                    let digest = self.digester.map(|d| d.token(kind.into(), buf));
-                    chunk.identifiers.push((kind, token, digest));
-                    if self.keep_raw {
-                        // Valid UTF-8: it normalized.
-                        let start = chunk.raw_text.len();
-                        chunk.raw_text.push_str(&String::from_utf8_lossy(cell));
-                        chunk.raw_spans.push((start, chunk.raw_text.len()));
-                    }
-                }
-                Err(reason) => {
-                    let value = self.keep_values.then(|| String::from_utf8_lossy(cell).into_owned());
-                    chunk.rejects.push((col, reason, value));
-                }
-            }
-        }
-        out
-    }
-}
-
-/// Where worker results are appended, in file order.
-struct Sink<'a, 'v> {
-    set: RecordSet,
-    digests: Option<FilterDigests>,
-    /// `(hash of id, record, line)` per record, when ids are checked for repeats.
-    ids: Option<Vec<(u64, u32, u32)>>,
-    columns: &'a ColumnMap,
-    extra: Extra,
-    /// Group label → index into the set's group names.
-    group_index: std::collections::HashMap<String, u32>,
-    rejects: Option<RejectWriter>,
-    path: &'a Path,
-    complete: bool,
-    /// [`read_rows`]' callback: records go to it instead of into the set.
-    visit: Option<&'a mut Visit<'v>>,
-}
-
-impl Sink<'_, '_> {
-    fn incomplete(&self, line: u64, column: Option<usize>, reason: &'static str) -> ReadError {
-        let column = column.map_or_else(String::new, |c| self.columns.names[c].clone());
-        ReadError::Incomplete { path: self.path.to_owned(), line, column, reason }
-    }
-
-    /// Appends one worker result to the set.
-    fn append(&mut self, row: RowParts<'_>) -> Result<(), ReadError> {
-        let columns = self.columns;
-        let RowParts { out, id, identifiers, rejects: row_rejects, group, raw_text, raw_spans } = row;
-        match out.problem {
-            None => {}
-            Some(RowProblem::UnclosedQuote) => {
-                return Err(ReadError::UnclosedQuote { path: self.path.to_owned(), line: out.line });
-            }
-            Some(problem) => {
-                let column = match problem {
-                    RowProblem::WrongFieldCount => None,
-                    RowProblem::MissingValue | RowProblem::BadValue | RowProblem::ValueTooLarge => self.extra.value,
-                    RowProblem::MissingGroup => self.extra.group,
-                    _ => columns.id,
-                };
-                if self.complete {
-                    return Err(self.incomplete(out.line, column, problem.code()));
-                }
-                let stats = &mut self.set.stats;
-                stats.rows += 1;
-                stats.blank_cells += out.blank_cells;
-                *stats.bad_rows.entry(problem.code()).or_default() += 1;
-                if let Some(rejects) = &mut self.rejects {
-                    rejects.write(out.line, column.map_or("", |c| columns.names[c].as_str()), problem.code(), None)?;
-                }
-                return Ok(());
-            }
-        }
-        if let (true, Some((col, reason, _))) = (self.complete, row_rejects.first()) {
-            return Err(self.incomplete(out.line, Some(*col), reason.code()));
-        }
-        if self.set.id_ends.len() >= u32::MAX as usize {
-            return Err(ReadError::TooManyRecords { path: self.path.to_owned() });
-        }
-        let stats = &mut self.set.stats;
-        stats.rows += 1;
-        stats.blank_cells += out.blank_cells;
-        stats.duplicate_identifiers += out.repeated;
-        stats.records += 1;
-        for &(_, reason, _) in row_rejects {
-            *stats.rejected.entry(reason.code()).or_default() += 1;
-        }
-        if let Some(rejects) = &mut self.rejects {
-            for (col, reason, value) in row_rejects {
-                rejects.write(out.line, &columns.names[*col], reason.code(), value.as_deref())?;
-            }
-        }
-        if identifiers.is_empty() {
-            stats.records_without_identifiers += 1;
-        }
-        for kind in Kind::ALL {
-            if out.valid[kind as usize] > 0 {
-                *stats.identifiers.entry(kind.label()).or_default() += out.valid[kind as usize];
-            }
-        }
-        if let Some(visit) = &mut self.visit {
-            let row = Row {
-                line: out.line,
-                id: columns.id.map(|_| id),
-                region: out.region,
-                identifiers,
-                raw_text,
-                raw_spans,
-            };
-            return match visit(&row) {
-                ControlFlow::Continue(()) => Ok(()),
-                ControlFlow::Break(()) => Err(ReadError::Stopped { path: self.path.to_owned() }),
-            };
-        }
-        let record = self.set.push_record(id);
-        if let Some(value) = out.value {
-            self.set.values.push(value);
-        }
-        if let Some(label) = group {
-            let index = match self.group_index.get(label) {
-                Some(&index) => index,
-                None => {
-                    let index = self.set.group_names.len() as u32;
-                    self.set.group_names.push(label.to_owned());
-                    self.group_index.insert(label.to_owned(), index);
-                    index
-                }
-            };
-            self.set.groups.push(index);
-        }
-        if let Some(ids) = &mut self.ids {
-            ids.push((ID_HASHER.hash_one(id), record, u32::try_from(out.line).unwrap_or(u32::MAX)));
-        }
-        if let (Some(digests), Some(id_digest)) = (&mut self.digests, out.id_digest) {
-            digests.ids.push(id_digest);
-            digests.entries.extend(identifiers.iter().filter_map(|&(_, _, d)| d));
-        }
-        self.set.entries.extend(identifiers.iter().map(|&(kind, token, _)| Entry { token, record, kind }));
-        Ok(())
-    }
-}
-
-/// Hashes record ids to find repeats (a fixed seed: the hashes never leave the
-/// process and a collision only costs one string comparison).
-static ID_HASHER: BuildHasherDefault<DefaultHasher> = BuildHasherDefault::new();
-
-/// Records whose id equals an earlier record's, and the first such record's line
-/// with the line of the record it repeats.
-fn duplicate_ids(set: &RecordSet, mut ids: Vec<(u64, u32, u32)>) -> (u64, Option<(u64, u64)>) {
-    ids.par_sort_unstable();
-    let mut count = 0;
-    let mut first: Option<(u64, u64)> = None;
-    for run in ids.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
-        for (j, &(_, record, line)) in run.iter().enumerate().skip(1) {
-            // Sorted by record within a run: earlier entries are earlier rows.
-            if let Some(&(_, _, first_line)) = run[..j].iter().find(|e| set.id(e.1) == set.id(record)) {
-                count += 1;
-                if first.is_none_or(|(l, _)| u64::from(line) < l) {
-                    first = Some((u64::from(line), u64::from(first_line)));
-                }
-            }
-        }
-    }
-    (count, first)
-}
-
-/// Identifiers that equal one seen earlier: total minus distinct tokens.
-fn count_duplicates(entries: &[Entry]) -> u64 {
-    let prefix = |t: &Token| u64::from_be_bytes(t.head()[..8].try_into().unwrap_or_default());
-    let order = crate::token::group_equal(entries.len(), |i| entries[i].token, prefix);
-    let distinct = order.chunk_by(|a, b| a.0 == b.0 && entries[a.1].token == entries[b.1].token).count();
-    (entries.len() - distinct) as u64
 }
 
 #[cfg(test)]
