@@ -67,7 +67,7 @@ pub struct LocalMatchOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LocalMatchFailure {
-    /// The campaign key file or the opt-out store's key file could not be loaded.
+    /// The campaign key file could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
     /// The owner's or the partner's file, the opt-out list, the opt-out store or the

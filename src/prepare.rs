@@ -40,7 +40,8 @@ pub enum PrepareError {
 }
 
 /// Who must never enter the engine from one side: the owner's opt-outs, the
-/// partner's suppressions, or nobody ([`Filter::None`], said explicitly).
+/// partner's suppressions, or nobody ([`Filter::None`], said explicitly). `Debug`
+/// shows counts and the store's path only.
 pub enum Filter {
     /// No opt-out or suppression applies to this side.
     None,
@@ -111,12 +112,20 @@ impl Filter {
     }
 }
 
-/// One side read and checked against its filter.
-#[derive(Debug)]
+/// One side read and checked against its filter. `Debug` shows counts only.
 pub struct Prepared {
     records: RecordSet,
     /// Exactly one flag per record.
     excluded: Vec<bool>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("records", &self.records)
+            .field("excluded_records", &self.excluded_records())
+            .finish()
+    }
 }
 
 impl Prepared {
