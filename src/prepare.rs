@@ -1,15 +1,15 @@
 //! Preparing one side of a match or measurement: the one path from a file to what an
 //! engine takes, with the counts.
 //!
-//! A side is read ([`ReadOptions`]: normalizer, columns, [`Mode`](records::Mode), reject report,
-//! limits, progress) under the campaign's tokenizer and checked against its
-//! [`Filter`] in the same pass (each record keyed a second time under the filter's
-//! own key), giving a [`Prepared`] side: the records and one exclusion flag per
-//! record. The filter is a required argument: a side that has none says so with
+//! A side is read ([`ReadOptions`]: normalizer, columns, [`Mode`](records::Mode),
+//! reject report, limits, progress) under the campaign's tokenizer, each record
+//! keyed a second time under its [`Filter`]'s own key in the same pass, then checked
+//! against the filter, giving a [`Prepared`] side: the records and one exclusion flag
+//! per record. The filter is a required argument: a side that has none says so with
 //! [`Filter::None`]. From a [`Prepared`] side come the engines' inputs: the set to
 //! blind ([`Prepared::set`]), the measurement owner's people and the partner's
 //! exposures (`measure::side`, from [`Prepared::records`] and
-//! [`Prepared::excluded`]), and the token export (`output::TokenExport`).
+//! [`Prepared::excluded`]), and the token export (`output::TokenExport::write`).
 //!
 //! The owner's server reads its audiences once, at load, and checks them against
 //! its opt-outs as they are at each match: it reads with [`read_digested`] and
@@ -176,9 +176,10 @@ pub fn prepare(
 
 /// Reads the side at `path` under `tokenizer` for a filter consulted later, at every
 /// use, whose key is `digester` (the owner's server: audiences read once, opt-outs
-/// as they are at each match). Nothing made from the set escapes the filter: every
-/// engine input takes the flags the filter gives ([`prepared_set`],
-/// `measure::side`).
+/// as they are at each match). The set carries no flags: every engine input made
+/// from it takes the flags the filter gives at that time ([`prepared_set`],
+/// `measure::side`), and the caller must ask the filter for them (the server's
+/// tests check that each of its entry points does).
 pub fn read_digested(
     path: &Path,
     tokenizer: &Tokenizer,
