@@ -69,7 +69,7 @@ fn bench(c: &mut Criterion) {
         key: None,
         token_file: Some(d.join("token")),
         idle_timeout: Duration::from_secs(60),
-        progress: false,
+        progress: None,
     };
     let local_options = LocalMatchOptions {
         owner: d.join("members.csv"),
@@ -86,7 +86,7 @@ fn bench(c: &mut Criterion) {
         bad_list_rows: Default::default(),
         out_dir: d.join("local"),
         write_rejects: false,
-        progress: false,
+        progress: None,
     };
     let mut g = c.benchmark_group("match_5000_rows");
     g.sample_size(10);

@@ -23,7 +23,8 @@ use idmatch::key::Key;
 use idmatch::normalize::{Normalizer, Profile};
 use idmatch::optout::store::{DEFAULT_BATCH_SIZE, EntryKind, LookupStrategy, OptOutStore, StoreEntry, StoreOptions};
 use idmatch::optout::{OptOutSource, excluded_records};
-use idmatch::records::{self, ReadOptions};
+use idmatch::prepare::read_digested;
+use idmatch::records::{Mode, ReadOptions};
 use idmatch::token::{Label, Token, Tokenizer};
 use rayon::prelude::*;
 
@@ -168,9 +169,8 @@ fn big(n: usize) {
     drop(out);
     let campaign = Tokenizer::new(&Key::from_bytes([0x77; 32]));
     let t = Instant::now();
-    let mut options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, None));
-    options.filter_digester = Some(store.digester().clone());
-    let set = records::read(&audience, &campaign, options).unwrap();
+    let options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, None), Mode::Match);
+    let set = read_digested(&audience, &campaign, options, store.digester()).unwrap();
     println!(
         "audience: read {} records ({} identifiers) in {:.2} s (normalize, campaign token and store digest; paid by any match)",
         set.len(),

@@ -15,26 +15,38 @@
 //!
 //! Data flows one way:
 //! CSV rows → [`records`] → [`normalize`] → [`token`] → [`optout`] filter →
-//! [`psi`] (blind, exchange, re-blind) → matches → output files.
+//! [`prepare`]d side → [`psi`] (blind, exchange, re-blind) or [`measure`] → matches
+//! or figures → output files.
 //!
 //! - [`normalize`]: named, versioned normalization profiles for emails and phones,
 //!   with machine-readable reject reasons.
 //! - [`key`]: 32-byte secret keys and key files (redacted, zeroized).
 //! - [`token`]: keyed tokens, `HMAC-SHA256(key, kind ":" normalized)`.
-//! - [`records`]: CSV/TSV reading with column detection, record sets of tokens,
+//! - [`records`]: CSV/TSV reading (parsing on one thread, normalizing and
+//!   tokenizing on all cores) with column detection and a [`records::Mode`] per kind
+//!   of file (match, export, outcomes, exposures, list), record sets of tokens,
 //!   reject reports.
 //! - [`optout`]: the opt-out source trait, the file-backed list, and the durable
 //!   SQLite opt-out store (`optout::store`).
 //! - [`psi`]: the matching engine: group operations, protocol messages, one state
 //!   machine per role, the in-memory transport.
-//! - [`prepare`]: the one path from a file to the set that is blinded (read,
-//!   opt-out or suppression filter, prepared set), used by every caller.
+//! - [`prepare`]: one side from its file to its engine's input: read under the
+//!   campaign tokenizer, checked against a required [`prepare::Filter`] (an opt-out
+//!   list or store, a suppression list, or an explicit `Filter::None`), one exclusion
+//!   flag per record, then the set to blind, the measurement's people or exposures
+//!   (`measure::side`), or the token export. Every entry point (local match and
+//!   measure, the partner's clients, the owner's server, `idmatch tokens`, the
+//!   Python package) reads its sides through it.
 //! - [`local_match`]: `idmatch match` on two local files, end to end.
 //! - [`shard`]: the keyed partition into shards (docs/PROTOCOL.md §13), shard
 //!   files (`idmatch shard`), and the out-of-core local match (`--shards`).
 //! - [`measure`]: campaign measurement (`idmatch measure`): private intersection-sum
-//!   with lift, by ECDH blinding and exponential ElGamal.
-//! - [`output`]: output files that appear whole or not at all.
+//!   with lift, by ECDH blinding and exponential ElGamal; `measure::side` turns a
+//!   prepared side into the owner's people or the partner's exposures.
+//! - [`output`]: output files (matches, token exports, JSON reports) that appear
+//!   whole or not at all.
+//! - [`progress`]: how far long work has got, told to a [`progress::Progress`] the
+//!   caller implements (the library draws nothing).
 //! - [`service`]: the gRPC matching server, the `OptOutAdmin` service, the partner's
 //!   client, the owner's opt-out admin client, and what they need (configuration,
 //!   audit log, budgets, metrics).
@@ -59,6 +71,9 @@
 //! - `client` (in `server`; alone for the Python package): the partners' gRPC
 //!   clients (`service::client`, `service::measure_client`) and the wire types
 //!   (`wire`: tonic, tokio), without the server or SQLite;
+//! - `progress-bars` (in `cli`; also the Python package's): `progress::Bars`,
+//!   progress bars on stderr (indicatif). Without it the library reports progress
+//!   only to a [`progress::Progress`] its caller implements;
 //! - `cli`: the `idmatch` binary (clap), which needs both.
 
 #![forbid(unsafe_code)]
@@ -73,6 +88,7 @@ pub mod normalize;
 pub mod optout;
 pub mod output;
 pub mod prepare;
+pub mod progress;
 pub mod psi;
 pub mod records;
 #[cfg(feature = "client")]

@@ -10,20 +10,22 @@
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
-use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, open_store};
+use crate::optout::BadRows;
 use crate::output::{OutDir, write_match_file};
-use crate::prepare;
+use crate::prepare::{self, Filter, PrepareError, Prepared};
+use crate::progress::Progress;
 use crate::psi::oprf::{self, OprfMatchError};
 use crate::psi::{
     LocalMatchError, Owner, OwnerConfig, Partner, PartnerConfig, PreparedSet, Protocol, ProtocolChoice,
     ProtocolChoiceError, Reveal, SetupError, run_in_memory,
 };
-use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
+use crate::records::{ColumnSpec, Mode, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
 use crate::token::Tokenizer;
 
 /// Everything a local match needs.
@@ -57,23 +59,21 @@ pub struct LocalMatchOptions {
     pub out_dir: PathBuf,
     /// Write `owner_rejects.csv` and `partner_rejects.csv` (without values).
     pub write_rejects: bool,
-    /// Show progress bars on stderr while reading the two files.
-    pub progress: bool,
+    /// Where to report reading the two files, if anywhere.
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 /// Why a local match failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LocalMatchFailure {
-    /// The campaign key file or the opt-out store's key file could not be loaded.
+    /// The campaign key file could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// The owner's or the partner's file could not be read.
+    /// The owner's or the partner's file, the opt-out list, the opt-out store or the
+    /// suppression list could not be read or used.
     #[error(transparent)]
-    Read(#[from] ReadError),
-    /// The opt-out list, the opt-out store or the suppression list could not be used.
-    #[error(transparent)]
-    OptOut(#[from] OptOutError),
+    Prepare(#[from] PrepareError),
     /// A reject report could not be created or written.
     #[error(transparent)]
     Rejects(#[from] RejectWriteError),
@@ -89,15 +89,6 @@ pub enum LocalMatchFailure {
     /// The OPRF engine failed.
     #[error(transparent)]
     Oprf(#[from] OprfMatchError),
-    /// A shard file of a sharded match (`--shards`) could not be written or read back.
-    #[error(transparent)]
-    Shard(#[from] crate::shard::ShardFileError),
-    /// More shards asked for than a sharded match splits into.
-    #[error("{shards} shards asked for; at most {max}", max = crate::shard::MAX_SHARDS)]
-    TooManyShards {
-        /// `N` as asked.
-        shards: u32,
-    },
     /// Both an opt-out list and an opt-out store were given: which one protects the
     /// members would be a guess.
     #[error("give the owner's opt-outs as a list or as a store, not both")]
@@ -109,6 +100,15 @@ pub enum LocalMatchFailure {
         path: PathBuf,
         /// The underlying I/O error.
         source: std::io::Error,
+    },
+    /// A shard file of a sharded match (`--shards`) could not be written or read back.
+    #[error(transparent)]
+    Shard(#[from] crate::shard::ShardFileError),
+    /// More shards asked for than a sharded match splits into.
+    #[error("{shards} shards asked for; at most {max}", max = crate::shard::MAX_SHARDS)]
+    TooManyShards {
+        /// `N` as asked.
+        shards: u32,
     },
 }
 
@@ -215,50 +215,98 @@ pub(crate) fn run_staged(
     Ok(summary)
 }
 
-/// The owner's opt-outs (a list or a store) and the partner's suppressions, as a
-/// local match's options name them, with what the summary says of them.
+/// The match itself, writing every output into `out_dir` (the staging directory).
+fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<MatchSummary, LocalMatchFailure> {
+    let tokenizer = Tokenizer::new(key);
+
+    let Filters { optouts, suppress } = Filters::load(options)?;
+    let RejectReports { owner: owner_rejects, partner: partner_rejects, names: mut outputs } =
+        RejectReports::create(options, out_dir)?;
+    // The two sides are prepared at once: each reader's parsing thread is its own
+    // bottleneck, and the rayon workers that normalize and tokenize are shared.
+    let (owner, partner) = std::thread::scope(|scope| {
+        let partner = scope.spawn(|| prepare_side(&options.partner, &tokenizer, options, partner_rejects, &suppress));
+        let owner = prepare_side(&options.owner, &tokenizer, options, owner_rejects, &optouts);
+        // A panic there is a bug, not bad input: it goes on as a panic.
+        (owner, partner.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    let (owner, partner) = (owner?, partner?);
+    let (owner_set, partner_set) = rayon::join(|| owner.set(), || partner.set());
+    let (owner_records, partner_records) = (owner.records(), partner.records());
+
+    let profile = options.normalizer.profile();
+    let protocol = options.protocol.resolve(options.reveal, &Protocol::ALL)?;
+    let outcome = engine(protocol, key, options, &owner_set, &partner_set)?;
+
+    let mut write_matches = |name: &str, records: &RecordSet, set: &PreparedSet, matched: &[bool]| {
+        let matches = set.matched_records(matched);
+        write_match_file(&out_dir.join(name), records, &matches)
+            .map_err(|e| LocalMatchFailure::Write { path: e.path, source: e.source })?;
+        outputs.push(name.to_owned());
+        Ok::<u64, LocalMatchFailure>(matches.len() as u64)
+    };
+    let partner_matched = match &outcome.partner_matched {
+        Some(m) => Some(write_matches("partner_matches.csv", partner_records, &partner_set, m)?),
+        None => None,
+    };
+    let owner_matched = match &outcome.owner_matched {
+        Some(m) => Some(write_matches("owner_matches.csv", owner_records, &owner_set, m)?),
+        None => None,
+    };
+    let owner_intersection = outcome.owner_matched.as_ref().map(|m| m.iter().filter(|&&x| x).count() as u64);
+    outputs.push("summary.json".to_owned());
+    let summary = MatchSummary {
+        profile: profile.name().to_owned(),
+        reveal: options.reveal.name().to_owned(),
+        protocol: protocol.name().to_owned(),
+        owner: side_summary(&options.owner, owner_records, &owner_set, outcome.owner_sent, owner_matched),
+        partner: side_summary(&options.partner, partner_records, &partner_set, outcome.partner_sent, partner_matched),
+        intersection: outcome.intersection.or(owner_intersection),
+        optout_list: optouts.list_stats().cloned(),
+        optout_store: StoreSummary::of(&optouts),
+        suppression_list: suppress.list_stats().cloned(),
+        outputs,
+    };
+    write_summary(out_dir, &summary)?;
+    Ok(summary)
+}
+
+/// Writes `summary.json` into `out_dir`.
+pub(crate) fn write_summary(out_dir: &Path, summary: &MatchSummary) -> Result<(), LocalMatchFailure> {
+    let path = out_dir.join("summary.json");
+    let write_err = |source| LocalMatchFailure::Write { path: path.clone(), source };
+    let file = File::create(&path).map_err(write_err)?;
+    serde_json::to_writer_pretty(BufWriter::new(file), summary).map_err(|e| write_err(e.into()))
+}
+
+/// The owner's opt-outs (a list or the store) and the partner's suppressions, as a
+/// local match's options name them (both sharded and not).
 pub(crate) struct Filters {
-    pub(crate) optouts: Option<Box<dyn OptOutSource>>,
-    pub(crate) optout_list: Option<ReadStats>,
-    pub(crate) optout_store: Option<StoreSummary>,
-    pub(crate) suppress: Option<FileList>,
+    pub(crate) optouts: Filter,
+    pub(crate) suppress: Filter,
 }
 
 impl Filters {
-    pub(crate) fn load(options: &LocalMatchOptions) -> Result<Filters, LocalMatchFailure> {
-        let store = options.optout_store.as_ref().map(|(db, key)| (db.as_path(), key.as_path()));
-        let OptOuts { source, list, store } =
-            OptOuts::load(options.optouts.as_deref(), store, &options.normalizer, options.bad_list_rows)?;
-        let suppress = load_list(options.suppress.as_deref(), options)?;
-        Ok(Filters { optouts: source, optout_list: list, optout_store: store, suppress })
+    pub(crate) fn load(options: &LocalMatchOptions) -> Result<Filters, PrepareError> {
+        let (normalizer, bad_rows) = (&options.normalizer, options.bad_list_rows);
+        let optouts = match &options.optout_store {
+            Some((db, key_file)) => Filter::store(db, key_file, normalizer.profile())?,
+            None => Filter::list_or_none(options.optouts.as_deref(), normalizer, bad_rows)?,
+        };
+        let suppress = Filter::list_or_none(options.suppress.as_deref(), normalizer, bad_rows)?;
+        Ok(Filters { optouts, suppress })
     }
 }
 
-/// The owner's opt-outs: a list file or a store (the first if both are given: callers
-/// refuse both first), with what a summary says of it.
-pub(crate) struct OptOuts {
-    pub(crate) source: Option<Box<dyn OptOutSource>>,
-    pub(crate) list: Option<ReadStats>,
-    pub(crate) store: Option<StoreSummary>,
-}
-
-impl OptOuts {
-    /// Reads the list at `list`, or opens the store `(database, key file)`, under
-    /// `normalizer`'s profile.
-    pub(crate) fn load(
-        list: Option<&Path>,
-        store: Option<(&Path, &Path)>,
-        normalizer: &Normalizer,
-        bad_rows: BadRows,
-    ) -> Result<OptOuts, OptOutError> {
-        if let Some((db, key_file)) = store {
-            let (source, entries) = open_store(db, key_file, normalizer.profile())?;
-            let store = Some(StoreSummary { path: db.display().to_string(), entries });
-            return Ok(OptOuts { source: Some(source), list: None, store });
+impl StoreSummary {
+    /// What a summary says of `filter`, when it is the opt-out store.
+    pub(crate) fn of(filter: &Filter) -> Option<StoreSummary> {
+        match filter {
+            Filter::Store { path, entries, .. } => {
+                Some(StoreSummary { path: path.display().to_string(), entries: *entries })
+            }
+            Filter::None | Filter::List(_) => None,
         }
-        let Some(path) = list else { return Ok(OptOuts { source: None, list: None, store: None }) };
-        let list = FileList::read(path, normalizer.clone(), ColumnSpec::default(), None, bad_rows)?;
-        Ok(OptOuts { list: Some(list.stats().clone()), source: Some(Box::new(list)), store: None })
     }
 }
 
@@ -280,96 +328,20 @@ impl RejectReports {
     }
 }
 
-/// The match itself, writing every output into `out_dir` (the staging directory).
-fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<MatchSummary, LocalMatchFailure> {
-    let tokenizer = Tokenizer::new(key);
-    let Filters { optouts, optout_list, optout_store, suppress } = Filters::load(options)?;
-    let RejectReports { owner: owner_rejects, partner: partner_rejects, names: mut outputs } =
-        RejectReports::create(options, out_dir)?;
-    // The two files are read at once: each reader's parsing thread is its own
-    // bottleneck, and the rayon workers that normalize and tokenize are shared.
-    let owner_filter = optouts.as_deref().map(OptOutSource::digester);
-    let partner_filter = suppress.as_ref().map(OptOutSource::digester);
-    let (owner_records, partner_records) = std::thread::scope(|scope| {
-        let partner = scope.spawn(|| read_side(&options.partner, &tokenizer, options, partner_filter, partner_rejects));
-        let owner = read_side(&options.owner, &tokenizer, options, owner_filter, owner_rejects);
-        // A panic there is a bug, not bad input: it goes on as a panic.
-        (owner, partner.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-    });
-    let (owner_records, partner_records) = (owner_records?, partner_records?);
-    // The filters are consulted one after the other (a store is not `Sync`); the
-    // two sets are then built at once.
-    let owner_excluded = prepare::excluded(&owner_records, optouts.as_deref())?;
-    let partner_excluded = prepare::excluded(&partner_records, suppress.as_ref().map(|l| l as &dyn OptOutSource))?;
-    let (owner_set, partner_set) = rayon::join(
-        || prepare::prepared_set(&owner_records, &owner_excluded),
-        || prepare::prepared_set(&partner_records, &partner_excluded),
-    );
-
-    let profile = options.normalizer.profile();
-    let protocol = options.protocol.resolve(options.reveal, &Protocol::ALL)?;
-    let outcome = engine(protocol, key, options, &owner_set, &partner_set)?;
-
-    let mut write_matches = |name: &str, records: &RecordSet, set: &PreparedSet, matched: &[bool]| {
-        let matches = set.matched_records(matched);
-        write_match_file(&out_dir.join(name), records, &matches)
-            .map_err(|e| LocalMatchFailure::Write { path: e.path, source: e.source })?;
-        outputs.push(name.to_owned());
-        Ok::<u64, LocalMatchFailure>(matches.len() as u64)
-    };
-    let partner_matched = match &outcome.partner_matched {
-        Some(m) => Some(write_matches("partner_matches.csv", &partner_records, &partner_set, m)?),
-        None => None,
-    };
-    let owner_matched = match &outcome.owner_matched {
-        Some(m) => Some(write_matches("owner_matches.csv", &owner_records, &owner_set, m)?),
-        None => None,
-    };
-    let owner_intersection = outcome.owner_matched.as_ref().map(|m| m.iter().filter(|&&x| x).count() as u64);
-    outputs.push("summary.json".to_owned());
-    let summary = MatchSummary {
-        profile: profile.name().to_owned(),
-        reveal: options.reveal.name().to_owned(),
-        protocol: protocol.name().to_owned(),
-        owner: side_summary(&options.owner, &owner_records, &owner_set, outcome.owner_sent, owner_matched),
-        partner: side_summary(&options.partner, &partner_records, &partner_set, outcome.partner_sent, partner_matched),
-        intersection: outcome.intersection.or(owner_intersection),
-        optout_list,
-        optout_store,
-        suppression_list: suppress.as_ref().map(|list| list.stats().clone()),
-        outputs,
-    };
-    write_summary(out_dir, &summary)?;
-    Ok(summary)
-}
-
-/// Writes `summary.json` into `out_dir`.
-pub(crate) fn write_summary(out_dir: &Path, summary: &MatchSummary) -> Result<(), LocalMatchFailure> {
-    let path = out_dir.join("summary.json");
-    let write_err = |source| LocalMatchFailure::Write { path: path.clone(), source };
-    let file = File::create(&path).map_err(write_err)?;
-    serde_json::to_writer_pretty(BufWriter::new(file), summary).map_err(|e| write_err(e.into()))
-}
-
-fn load_list(path: Option<&Path>, options: &LocalMatchOptions) -> Result<Option<FileList>, OptOutError> {
-    path.map(|p| FileList::read(p, options.normalizer.clone(), ColumnSpec::default(), None, options.bad_list_rows))
-        .transpose()
-}
-
-/// Reads one side's file, keying its records for `filter` (the opt-out or
-/// suppression source's digester) too.
-fn read_side(
+/// Reads one side's file and checks it against its `filter` (the opt-out or
+/// suppression source).
+fn prepare_side(
     path: &Path,
     tokenizer: &Tokenizer,
     options: &LocalMatchOptions,
-    filter: Option<&Tokenizer>,
     rejects: Option<RejectWriter>,
-) -> Result<RecordSet, ReadError> {
-    let mut read = ReadOptions::new(options.normalizer.clone());
+    filter: &Filter,
+) -> Result<Prepared, PrepareError> {
+    let mut read = ReadOptions::new(options.normalizer.clone(), Mode::Match);
     read.columns = options.columns.clone();
     read.rejects = rejects;
-    read.progress = options.progress;
-    prepare::read(path, tokenizer, read, filter)
+    read.progress = options.progress.clone();
+    prepare::prepare(path, tokenizer, read, filter)
 }
 
 /// What either engine hands back to the local match.
@@ -471,7 +443,7 @@ mod tests {
             bad_list_rows: BadRows::Refuse,
             out_dir: missing("out"),
             write_rejects: false,
-            progress: false,
+            progress: None,
         };
         assert!(matches!(run(&options), Err(LocalMatchFailure::TwoOptOutSources)));
         assert!(!missing("out").exists());

@@ -1,5 +1,6 @@
-//! Output files that appear whole or not at all, the one writer of match files, and
-//! the one writer of token exports (`idmatch tokens`, and the Python package).
+//! Output files that appear whole or not at all, the one writer of match files, the
+//! one writer of token exports (`idmatch tokens`, and the Python package), and of
+//! JSON reports (`measurement.json`).
 //!
 //! A [`Staged`] file is written under a temporary name in its destination's
 //! directory (mode 0600: outputs hold personal data) and renamed into place by
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use tempfile::NamedTempFile;
 
+use crate::prepare::Prepared;
 use crate::psi::KindSet;
 use crate::records::RecordSet;
 use crate::token::KeyFingerprint;
@@ -165,6 +167,18 @@ impl Write for Staged {
     }
 }
 
+/// Writes `value` as pretty JSON to `out_dir/name` (the directory created if
+/// missing), mode 0600, whole or not at all ([`Staged`]).
+pub fn write_json(out_dir: &Path, name: &str, value: &impl serde::Serialize) -> Result<(), OutputError> {
+    std::fs::create_dir_all(out_dir).map_err(|source| OutputError { path: out_dir.to_owned(), source })?;
+    let path = out_dir.join(name);
+    let mut staged = Staged::create(&path)?;
+    let err = |source| OutputError { path: path.clone(), source };
+    serde_json::to_writer_pretty(&mut staged, value).map_err(|e| err(e.into()))?;
+    staged.write_all(b"\n").map_err(err)?;
+    staged.commit()
+}
+
 /// Writes a match file to `path`, mode 0600 (match results are personal data),
 /// whole or not at all.
 pub fn write_match_file(path: &Path, records: &RecordSet, matches: &[(u32, KindSet)]) -> Result<(), OutputError> {
@@ -243,17 +257,12 @@ impl TokenExport {
         self.meta.path()
     }
 
-    /// Writes the rows of `records` whose flag in `excluded` is not set (`excluded`
-    /// is empty or has one flag per record), in record order, then the description,
-    /// which names the campaign key by its `fingerprint` (docs/PROTOCOL.md §5.3): two
-    /// exports join only if their fingerprints are equal.
-    pub fn write(
-        mut self,
-        records: &RecordSet,
-        excluded: &[bool],
-        fingerprint: &KeyFingerprint,
-    ) -> Result<TokenExportSummary, OutputError> {
-        let is_out = |record: u32| excluded.get(record as usize).copied().unwrap_or(false);
+    /// Writes the rows of the records of `side` its filter left in, in record order,
+    /// then the description, which names the campaign key by its `fingerprint`
+    /// (docs/PROTOCOL.md §5.3): two exports join only if their fingerprints are equal.
+    pub fn write(mut self, side: &Prepared, fingerprint: &KeyFingerprint) -> Result<TokenExportSummary, OutputError> {
+        let records = side.records();
+        let is_out = |record: u32| side.is_excluded(record);
         let output = self.csv.path().to_owned();
         let write_err = |source: io::Error| OutputError { path: output.clone(), source };
         let mut out = BufWriter::new(&mut self.csv);
@@ -282,7 +291,7 @@ impl TokenExport {
         }
         out.flush().map_err(write_err)?;
         drop(out);
-        let excluded_records = excluded.iter().filter(|&&x| x).count() as u64;
+        let excluded_records = side.excluded_records();
         let rows = records.entries().iter().filter(|e| !is_out(e.record)).count() as u64;
         let description = serde_json::json!({
             "format": "idmatch-tokens",

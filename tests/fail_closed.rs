@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use idmatch::key::Key;
 use idmatch::normalize::{Normalizer, Profile};
-use idmatch::records::{self, ReadError, ReadOptions};
+use idmatch::records::{self, BadRows, Mode, ReadError, ReadOptions};
 use idmatch::token::Tokenizer;
 
 use common::{example_key, examples, idmatch, keygen, local_match, text, tokens};
@@ -309,10 +309,8 @@ fn an_error_deep_in_a_large_file_returns_instead_of_hanging() {
         path
     };
     let list = |complete| {
-        let mut options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, None));
-        options.list = true;
-        options.complete = complete;
-        options
+        let bad_rows = if complete { BadRows::Refuse } else { BadRows::Skip };
+        ReadOptions::new(Normalizer::new(Profile::IdmatchV1, None), Mode::List(bad_rows))
     };
     let limit = Duration::from_secs(120);
     let bad_email = write("bad-email.csv", "not-an-email");

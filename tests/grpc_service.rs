@@ -207,7 +207,7 @@ region = "US"
             key: None,
             token_file: Some(self.path("token")),
             idle_timeout: Duration::from_secs(10),
-            progress: false,
+            progress: None,
         }
     }
 

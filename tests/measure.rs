@@ -36,7 +36,7 @@ fn options(dir: &Path, key: PathBuf, min_aggregate: u64) -> MeasureOptions {
         seed: None,
         learner: Learner::Owner,
         write_rejects: false,
-        progress: false,
+        progress: None,
     }
 }
 

@@ -11,9 +11,9 @@ use idmatch::key::Key;
 use idmatch::normalize::{Normalizer, Profile, Region};
 use idmatch::optout::store::{EntryKind, OptOutStore, StoreEntry, StoreError, StoreOptions};
 use idmatch::optout::{OptOutSource, excluded_records};
-use idmatch::prepare::prepared_set;
+use idmatch::prepare::{prepared_set, read_digested};
 use idmatch::psi::{Owner, OwnerConfig, Partner, PartnerConfig, Reveal, run_in_memory};
-use idmatch::records::{self, ReadOptions, RecordSet};
+use idmatch::records::{Mode, ReadOptions, RecordSet};
 use idmatch::token::{Label, Token, Tokenizer};
 
 fn idmatch(args: &[&str]) -> Output {
@@ -226,9 +226,9 @@ fn newer_schema_and_foreign_files_are_clear_errors() {
 
 /// Reads a member file as the matching engine does: campaign tokens, store digests.
 fn read_members(path: &Path, campaign: &Tokenizer, store: &OptOutStore) -> RecordSet {
-    let mut options = ReadOptions::new(Normalizer::new(store.profile(), Some(Region::from_code("US").unwrap())));
-    options.filter_digester = Some(store.digester().clone());
-    let set = records::read(path, campaign, options).unwrap();
+    let options =
+        ReadOptions::new(Normalizer::new(store.profile(), Some(Region::from_code("US").unwrap())), Mode::Match);
+    let set = read_digested(path, campaign, options, store.digester()).unwrap();
     store.ensure_profile(&set).unwrap();
     set
 }

@@ -6,14 +6,14 @@ use std::io::Write;
 
 use idmatch::key::Key;
 use idmatch::normalize::{Kind, Normalizer, Profile, Region};
-use idmatch::optout::{FileList, OptOutSource, excluded_records};
-use idmatch::prepare::prepared_set;
+use idmatch::optout::{BadRows, FileList, OptOutSource, excluded_records};
+use idmatch::prepare::{prepared_set, read_digested};
 use idmatch::psi::message::{Accept, Hello, PROTOCOL_VERSION};
 use idmatch::psi::{
     Element, Observed, Owner, OwnerConfig, OwnerMessage, Partner, PartnerConfig, PartnerMessage, PreparedSet, Protocol,
     ProtocolError, Reveal, SetupError, run_in_memory,
 };
-use idmatch::records::{self, ColumnSpec, ReadOptions, RecordSet};
+use idmatch::records::{self, Mode, ReadOptions, RecordSet};
 use idmatch::token::{KeyFingerprint, Tokenizer};
 use proptest::prelude::*;
 
@@ -28,9 +28,11 @@ fn write_csv(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::Path
 }
 
 fn read(path: &std::path::Path, tokenizer: &Tokenizer, digester: Option<&Tokenizer>) -> RecordSet {
-    let mut options = ReadOptions::new(normalizer());
-    options.filter_digester = digester.cloned();
-    records::read(path, tokenizer, options).unwrap()
+    let options = ReadOptions::new(normalizer(), Mode::Match);
+    match digester {
+        Some(digester) => read_digested(path, tokenizer, options, digester).unwrap(),
+        None => records::read(path, tokenizer, options).unwrap(),
+    }
 }
 
 /// (owner matches, partner matches, partner's count) as id → kinds.
@@ -179,7 +181,7 @@ fn opted_out_records_are_never_blinded_matched_or_counted() {
     let optouts = FileList::load(
         &write_csv(&dir, "optouts.csv", "id,email,phone\n,Alice@Example.com,\n,,(415) 555-0102\nm4,,\n"),
         normalizer(),
-        ColumnSpec::default(),
+        BadRows::Refuse,
     )
     .unwrap();
     let owner = read(&write_csv(&dir, "m.csv", members), &tokenizer, Some(optouts.digester()));
@@ -480,7 +482,7 @@ fn small_interleaved_chunks_give_the_same_result() {
 fn line_number_ids_are_never_opted_out_by_id() {
     let dir = tempfile::tempdir().unwrap();
     let tokenizer = Tokenizer::new(&Key::from_bytes([4; 32]));
-    let optouts = FileList::load(&write_csv(&dir, "o.csv", "id\n2\n3\n"), normalizer(), ColumnSpec::default()).unwrap();
+    let optouts = FileList::load(&write_csv(&dir, "o.csv", "id\n2\n3\n"), normalizer(), BadRows::Refuse).unwrap();
     // No id column: records are identified by line numbers 2 and 3.
     let records =
         read(&write_csv(&dir, "a.csv", "email\na@example.com\nb@example.com\n"), &tokenizer, Some(optouts.digester()));

@@ -127,7 +127,9 @@ impl From<ClientError> for Failure {
             8 => Class::KeyMismatch,
             _ => match &error {
                 ClientError::Key(_) => Class::KeyFile,
-                ClientError::Read(_) | ClientError::OptOut(_) | ClientError::File { .. } => Class::Input,
+                ClientError::Prepare(_) | ClientError::Read(_) | ClientError::OptOut(_) | ClientError::File { .. } => {
+                    Class::Input
+                }
                 ClientError::Output(_) => Class::Output,
                 ClientError::Setup(_) => Class::Match,
                 _ => Class::Protocol,

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use idmatch::normalize::{Kind, Normalizer, Profile, Region, parse_region, region_problem};
 use idmatch::optout::BadRows;
+use idmatch::progress::Bars;
 use idmatch::psi::{ProtocolChoice, Reveal};
 use idmatch::records::ColumnSpec;
 use idmatch::service::client::ClientOptions;
@@ -155,7 +156,7 @@ fn _tokens<'py>(
             columns: columns(id_col, email_col, phone_col, region_col),
             optouts,
             bad_list_rows: BadRows::skip_if(skip_bad_list_rows),
-            progress,
+            progress: Bars::on_stderr(progress),
         })
     })();
     let records_path = dir.path().join("records.csv");
@@ -264,7 +265,7 @@ fn _match<'py>(
             key: client_key,
             token_file,
             idle_timeout: Duration::from_secs_f64(idle_timeout),
-            progress,
+            progress: Bars::on_stderr(progress),
         })
     })();
     let request = prepared.map_err(|f| renamed(f, &temps)).py_err(py)?;

@@ -4,13 +4,15 @@
 //! file the same bytes and `.meta.json` sidecar.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use idmatch::key::Key;
 use idmatch::normalize::Normalizer;
-use idmatch::optout::{BadRows, FileList, OptOutSource};
+use idmatch::optout::BadRows;
 use idmatch::output::TokenExport;
-use idmatch::prepare;
-use idmatch::records::{ColumnSpec, ReadOptions, RecordSet};
+use idmatch::prepare::{self, Filter, Prepared};
+use idmatch::progress::Progress;
+use idmatch::records::{ColumnSpec, Mode, ReadOptions};
 use idmatch::token::{KeyFingerprint, Tokenizer};
 
 use crate::errors::{Class, Failure};
@@ -23,13 +25,12 @@ pub struct TokensRequest {
     pub columns: ColumnSpec,
     pub optouts: Option<PathBuf>,
     pub bad_list_rows: BadRows,
-    pub progress: bool,
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 /// The tokenized records and which of them the opt-out list excludes.
 pub struct Export {
-    set: RecordSet,
-    excluded: Vec<bool>,
+    side: Prepared,
     fingerprint: KeyFingerprint,
 }
 
@@ -40,32 +41,23 @@ impl Export {
     /// Reads and tokenizes the input, as `idmatch tokens` does.
     pub fn read(request: TokensRequest) -> Result<Export, Failure> {
         let tokenizer = Tokenizer::new(&request.key);
-        let mut options = ReadOptions::new(request.normalizer.clone());
+        // As the CLI: a member's several rows share an id in a token export.
+        let mut options = ReadOptions::new(request.normalizer.clone(), Mode::Export);
         options.columns = request.columns;
         options.progress = request.progress;
-        // As the CLI: a member's several rows share an id in a token export.
-        options.unique_ids = false;
-        let optouts = request
-            .optouts
-            .as_deref()
-            .map(|path| FileList::read(path, request.normalizer, ColumnSpec::default(), None, request.bad_list_rows))
-            .transpose()
+        let optouts = Filter::list_or_none(request.optouts.as_deref(), &request.normalizer, request.bad_list_rows)
             .map_err(Failure::input)?;
-        let filter = optouts.as_ref().map(|list| list as &dyn OptOutSource);
-        let set = prepare::read(&request.input, &tokenizer, options, filter.map(OptOutSource::digester))
-            .map_err(Failure::input)?;
-        let excluded = prepare::excluded(&set, filter).map_err(Failure::input)?;
-        Ok(Export { set, excluded, fingerprint: KeyFingerprint::of(&request.key) })
+        let side = prepare::prepare(&request.input, &tokenizer, options, &optouts).map_err(Failure::input)?;
+        Ok(Export { side, fingerprint: KeyFingerprint::of(&request.key) })
     }
 
     /// The rows, in the order the CLI writes them.
     pub fn rows(&self) -> Vec<Row> {
-        let is_out = |record: u32| self.excluded.get(record as usize).copied().unwrap_or(false);
-        self.set
-            .entries()
+        let set = self.side.records();
+        set.entries()
             .iter()
-            .filter(|e| !is_out(e.record))
-            .map(|e| (self.set.id(e.record).to_owned(), e.kind.label(), e.token.to_hex()))
+            .filter(|e| !self.side.is_excluded(e.record))
+            .map(|e| (set.id(e.record).to_owned(), e.kind.label(), e.token.to_hex()))
             .collect()
     }
 
@@ -73,8 +65,7 @@ impl Export {
     /// at all, mode 0600) and returns the description.
     pub fn write(&self, output: &Path) -> Result<serde_json::Value, Failure> {
         let export = TokenExport::create(output).map_err(|e| Failure::new(Class::Output, e))?;
-        let written =
-            export.write(&self.set, &self.excluded, &self.fingerprint).map_err(|e| Failure::new(Class::Output, e))?;
+        let written = export.write(&self.side, &self.fingerprint).map_err(|e| Failure::new(Class::Output, e))?;
         Ok(written.description)
     }
 }

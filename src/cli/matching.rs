@@ -8,6 +8,7 @@ use clap::Args;
 use super::{CliResult, ColumnArgs, CredentialArgs, ProfileArgs, UsageError};
 use idmatch::local_match::{self, LocalMatchOptions};
 use idmatch::optout::BadRows;
+use idmatch::progress::Bars;
 use idmatch::psi::{ProtocolChoice, Reveal};
 use idmatch::service::client::{self, ClientOptions};
 
@@ -110,7 +111,7 @@ pub fn run(args: MatchArgs) -> CliResult {
         bad_list_rows: BadRows::skip_if(args.skip_bad_list_rows),
         out_dir: out_dir.clone(),
         write_rejects: args.write_rejects,
-        progress: true,
+        progress: Bars::on_stderr(true),
     };
     let summary = match args.shards {
         Some(shards) => idmatch::shard::local::run(&options, shards)?,
@@ -206,7 +207,7 @@ fn run_client(args: MatchArgs) -> CliResult {
         key: args.credentials.tls.key,
         token_file: args.credentials.token_file,
         idle_timeout: std::time::Duration::from_secs(300),
-        progress: true,
+        progress: Bars::on_stderr(true),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let summary = runtime.block_on(client::run(options))?;

@@ -8,8 +8,10 @@ use clap::Args;
 use super::{CliResult, ColumnArgs, CredentialArgs, ProfileArgs, format_stats};
 use idmatch::measure::Learner;
 use idmatch::measure::local::{self, MeasureOptions};
+use idmatch::measure::side::SideReport;
 use idmatch::measure::stats::{DEFAULT_MIN_AGGREGATE, Noise};
 use idmatch::optout::BadRows;
+use idmatch::progress::Bars;
 use idmatch::service::measure_client::{self, MeasureClientOptions};
 
 #[derive(Debug, Args)]
@@ -108,7 +110,7 @@ pub fn run(args: MeasureArgs) -> CliResult {
         seed: args.seed,
         learner: args.learner,
         write_rejects: args.write_rejects,
-        progress: true,
+        progress: Bars::on_stderr(true),
     };
     let report = local::run(&options)?;
     for (name, side) in [("owner", &report.owner), ("partner", &report.partner)] {
@@ -134,7 +136,7 @@ fn print_noise(epsilon: Option<f64>, clip: Option<u64>) {
 }
 
 /// One side's reading and person counts, with warnings for what was left out.
-fn print_side(name: &str, side: &local::SideReport) {
+fn print_side(name: &str, side: &SideReport) {
     print!("{name}: {}", format_stats(std::path::Path::new(&side.file), &side.read));
     println!(
         "  excluded records: {}; people: {} ({} records joined an earlier record's person); bundles sent: {}",

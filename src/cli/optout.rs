@@ -17,6 +17,7 @@ use idmatch::optout::store::{
     BatchReport, Counts, DEFAULT_BATCH_SIZE, EntryKind, ImportOptions, OptOutStore, StoreError, StoreOptions,
     format_rfc3339_ms,
 };
+use idmatch::progress::Bars;
 use idmatch::records::{ReadStats, RejectWriter};
 use idmatch::service::admin_client::{AdminClient, AdminOptions, DEFAULT_BATCH_ENTRIES, ImportList};
 use idmatch::service::client::ClientError;
@@ -460,7 +461,7 @@ fn import_into_store(args: &ImportArgs, local: &LocalStoreArgs) -> CliResult {
     options.region = args.normalize.region;
     options.batch_size = args.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
     options.strict = !args.skip_bad_rows;
-    options.progress = true;
+    options.progress = Bars::on_stderr(true);
     options.rejects = Some(RejectWriter::create(&rejects.path, false)?);
     let mut on_batch = |b: &BatchReport| {
         eprintln!(
@@ -503,7 +504,7 @@ fn import_remote(args: &ImportArgs, options: &AdminOptions) -> CliResult {
         skip_bad_rows: args.skip_bad_rows,
         rejects: Some(RejectWriter::create(&rejects.path, false)?),
         batch_entries: args.batch_size.unwrap_or(DEFAULT_BATCH_ENTRIES),
-        progress: true,
+        progress: Bars::on_stderr(true),
     };
     let result = remote(options, async |client| {
         let report = client.import(list).await?;

@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::{CliResult, ColumnArgs, ProfileArgs, RejectArgs, format_stats};
 use idmatch::optout::BadRows;
+use idmatch::progress::Bars;
 use idmatch::records::RejectWriter;
 use idmatch::shard::split::{self, SplitOptions};
 
@@ -69,7 +70,7 @@ pub fn run(args: ShardArgs) -> CliResult {
         optout_store: args.optout_db.zip(args.store_key),
         bad_list_rows: BadRows::skip_if(args.skip_bad_list_rows),
         rejects,
-        progress: true,
+        progress: Bars::on_stderr(true),
     };
     let summary = split::split(options)?;
     print!("{}", format_stats(&args.input, &summary.stats));

@@ -6,10 +6,11 @@ use clap::Args;
 
 use super::{CliResult, ColumnArgs, ProfileArgs, RejectArgs, format_stats};
 use idmatch::key::Key;
-use idmatch::optout::{BadRows, FileList, OptOutSource};
+use idmatch::optout::BadRows;
 use idmatch::output::TokenExport;
-use idmatch::prepare;
-use idmatch::records::{ColumnSpec, ReadOptions, RejectWriter};
+use idmatch::prepare::{self, Filter};
+use idmatch::progress::Bars;
+use idmatch::records::{Mode, ReadOptions, RejectWriter};
 use idmatch::token::{KeyFingerprint, Tokenizer};
 
 #[derive(Debug, Args)]
@@ -44,31 +45,24 @@ pub fn run(args: TokensArgs) -> CliResult {
     let export = TokenExport::create(&args.output)?;
     let meta_path = export.meta_path().to_owned();
     let tokenizer = Tokenizer::new(&key);
-    let mut options = ReadOptions::new(args.profile.normalizer());
-    options.columns = args.columns.spec();
-    options.progress = true;
+    let normalizer = args.profile.normalizer();
     // A member's several rows (one per email, say) share an id in a token export;
     // repeats are counted and reported, not refused.
-    options.unique_ids = false;
+    let mut options = ReadOptions::new(normalizer.clone(), Mode::Export);
+    options.columns = args.columns.spec();
+    options.progress = Bars::on_stderr(true);
     if let Some(path) = &args.rejects.rejects {
         options.rejects = Some(RejectWriter::create(path, args.rejects.rejects_include_values)?);
     }
-    let optouts = args
-        .optouts
-        .as_deref()
-        .map(|path| {
-            let bad_rows = BadRows::skip_if(args.skip_bad_list_rows);
-            FileList::read(path, args.profile.normalizer(), ColumnSpec::default(), None, bad_rows)
-        })
-        .transpose()?;
-    let filter = optouts.as_ref().map(|list| list as &dyn OptOutSource);
-    let set = prepare::read(&args.input, &tokenizer, options, filter.map(OptOutSource::digester))?;
-    let excluded = prepare::excluded(&set, filter)?;
-    let written = export.write(&set, &excluded, &KeyFingerprint::of(&key))?;
+    let bad_rows = BadRows::skip_if(args.skip_bad_list_rows);
+    let optouts = Filter::list_or_none(args.optouts.as_deref(), &normalizer, bad_rows)?;
+    let side = prepare::prepare(&args.input, &tokenizer, options, &optouts)?;
+    let written = export.write(&side, &KeyFingerprint::of(&key))?;
+    let set = side.records();
     print!("{}", format_stats(&args.input, set.stats()));
-    if let (Some(list), Some(path)) = (&optouts, &args.optouts) {
-        print!("{}", format_stats(path, list.stats()));
-        super::matching::warn_skipped("opt-out list", list.stats());
+    if let (Some(stats), Some(path)) = (optouts.list_stats(), &args.optouts) {
+        print!("{}", format_stats(path, stats));
+        super::matching::warn_skipped("opt-out list", stats);
         println!("records excluded by opt-outs: {}", written.excluded_records);
     }
     println!(

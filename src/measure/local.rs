@@ -6,30 +6,24 @@
 //! the output directory, then renamed). It holds aggregate figures only: no record,
 //! id or identifier of either side.
 
-use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::message::MAX_BUNDLE;
 use super::owner::OwnerConfig;
 use super::partner::PartnerConfig;
-use super::people::People;
+use super::side::{OwnerSide, PartnerSide, SideReport, TooManyGroups, owner_people, partner_exposures};
 use super::stats::Noise;
-use super::{Exposure, Learner, MeasureError, Measurement, Owner, Partner, Person, run_in_memory};
+use super::{Learner, MeasureError, Measurement, Owner, Partner, run_in_memory};
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
-use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, open_store};
-use crate::output::OutDir;
-use crate::prepare;
-use crate::records::{
-    ColumnSpec, MAX_VALUE, ReadError, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter,
-};
+use crate::optout::BadRows;
+use crate::output::{OutDir, write_json};
+use crate::prepare::{self, Filter, PrepareError, Prepared};
+use crate::progress::Progress;
+use crate::records::{ColumnSpec, Mode, ReadOptions, RejectWriteError, RejectWriter};
 use crate::token::Tokenizer;
-
-/// The label of the one group used when the exposures have no group column.
-pub const DEFAULT_GROUP: &str = "all";
 
 /// Everything a local measurement needs.
 #[derive(Clone, Debug)]
@@ -69,8 +63,8 @@ pub struct MeasureOptions {
     /// Also write `owner_rejects.csv` and `partner_rejects.csv` (line, column,
     /// reason; no values) to the output directory.
     pub write_rejects: bool,
-    /// Show progress bars while reading.
-    pub progress: bool,
+    /// Where to report reading the two files, if anywhere.
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 /// Why a local measurement failed.
@@ -80,12 +74,10 @@ pub enum MeasureFailure {
     /// The campaign key file could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// An input file could not be read.
+    /// An input file, the opt-out list or store, or the suppression list could not
+    /// be read or used.
     #[error(transparent)]
-    Read(#[from] ReadError),
-    /// The opt-out or suppression list could not be used.
-    #[error(transparent)]
-    OptOut(#[from] OptOutError),
+    Prepare(#[from] PrepareError),
     /// Both an opt-out list and an opt-out store were given: which one is meant?
     #[error("give either an opt-out list or an opt-out store, not both")]
     TwoOptOutSources,
@@ -99,8 +91,8 @@ pub enum MeasureFailure {
     #[error("--epsilon must be a number from 2^-16 (about 0.0000153) to 2^16 (65536) and --clip-value at least 1")]
     BadNoise,
     /// More than 16 distinct groups in the exposures.
-    #[error("{0} groups in the exposure file; at most 16 are supported")]
-    TooManyGroups(usize),
+    #[error(transparent)]
+    TooManyGroups(#[from] TooManyGroups),
     /// Creating the output directory or writing `measurement.json` failed.
     #[error("{path}: {source}")]
     Write {
@@ -109,33 +101,6 @@ pub enum MeasureFailure {
         /// The underlying I/O error.
         source: std::io::Error,
     },
-}
-
-/// One side's counts, as written to `measurement.json`.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct SideReport {
-    /// The input file, as given.
-    pub file: String,
-    /// How the file was read (flattened).
-    #[serde(flatten)]
-    pub read: ReadStats,
-    /// Records removed by opt-outs (owner) or suppressions (partner).
-    pub excluded_records: u64,
-    /// Records left after exclusion (the partner's group sizes add up to this).
-    pub records_after_exclusion: u64,
-    /// Persons: records linked by a shared identifier or record id are one person
-    /// (one row per purchase or impression).
-    pub people: u64,
-    /// Records that joined a person an earlier record started.
-    pub records_merged: u64,
-    /// Bundles sent: persons with at least one identifier, less those left out below.
-    pub bundles_sent: u64,
-    /// Partner: persons whose records are in more than one group, left out of all.
-    pub people_in_several_groups: u64,
-    /// Persons with more than 16 distinct identifiers (a bundle's limit), left out.
-    pub people_with_too_many_identifiers: u64,
-    /// Owner: persons whose summed value was lowered to the clip value.
-    pub clipped_values: u64,
 }
 
 /// The whole `measurement.json`.
@@ -198,45 +163,33 @@ pub fn run(options: &MeasureOptions) -> Result<MeasurementReport, MeasureFailure
 fn measure_into(options: &MeasureOptions, out_dir: &Path) -> Result<MeasurementReport, MeasureFailure> {
     let key = Key::load(&options.key_file)?;
     let tokenizer = Tokenizer::new(&key);
-    let list = |path: &Option<PathBuf>| {
-        path.as_ref()
-            .map(|p| FileList::read(p, options.normalizer.clone(), ColumnSpec::default(), None, options.bad_list_rows))
-            .transpose()
-    };
-    let optouts: Option<Box<dyn OptOutSource>> = match (&options.optout_store, &options.optouts) {
+    let (normalizer, bad_rows) = (&options.normalizer, options.bad_list_rows);
+    let optouts = match (&options.optout_store, &options.optouts) {
         (Some(_), Some(_)) => return Err(MeasureFailure::TwoOptOutSources),
-        (Some((db, key_file)), None) => Some(open_store(db, key_file, options.normalizer.profile())?.0),
-        (None, _) => list(&options.optouts)?.map(|l| Box::new(l) as Box<dyn OptOutSource>),
+        (Some((db, key_file)), None) => Filter::store(db, key_file, normalizer.profile())?,
+        (None, list) => Filter::list_or_none(list.as_deref(), normalizer, bad_rows)?,
     };
-    let suppress = list(&options.suppress)?;
-    let read = |path: &Path, filter: Option<&dyn OptOutSource>, value: bool| -> Result<RecordSet, MeasureFailure> {
-        let mut read = ReadOptions::new(options.normalizer.clone());
-        // One row per purchase or impression: repeated ids are one person's rows.
-        read.unique_ids = false;
+    let suppress = Filter::list_or_none(options.suppress.as_deref(), normalizer, bad_rows)?;
+    // One row per purchase or impression: repeated ids are one person's rows.
+    let read = |path: &Path, mode: Mode, rejects: &str, filter: &Filter| -> Result<Prepared, MeasureFailure> {
+        let mut read = ReadOptions::new(normalizer.clone(), mode);
         read.columns = options.columns.clone();
-        read.progress = options.progress;
+        read.progress = options.progress.clone();
         if options.write_rejects {
-            let name = if value { "owner_rejects.csv" } else { "partner_rejects.csv" };
-            read.rejects = Some(RejectWriter::create(&out_dir.join(name), false)?);
+            read.rejects = Some(RejectWriter::create(&out_dir.join(rejects), false)?);
         }
-        if value {
-            read.value_column = Some(options.value_column.clone());
-        } else {
-            read.group_column = options.group_column.clone();
-        }
-        Ok(prepare::read(path, &tokenizer, read, filter.map(OptOutSource::digester))?)
+        Ok(prepare::prepare(path, &tokenizer, read, filter)?)
     };
-    let suppress = suppress.as_ref().map(|l| l as &dyn OptOutSource);
-    let owner_records = read(&options.owner, optouts.as_deref(), true)?;
-    let partner_records = read(&options.partner, suppress, false)?;
-    let owner_excluded = prepare::excluded(&owner_records, optouts.as_deref())?;
-    let partner_excluded = prepare::excluded(&partner_records, suppress)?;
+    let value_column = options.value_column.clone();
+    let owner = read(&options.owner, Mode::Outcomes { value_column }, "owner_rejects.csv", &optouts)?;
+    let group_column = options.group_column.clone();
+    let partner = read(&options.partner, Mode::Exposures { group_column }, "partner_rejects.csv", &suppress)?;
 
     let clip = options.noise.map(|n| n.clip);
-    let (people, mut owner_report) = owner_people(&owner_records, &owner_excluded, clip);
+    let OwnerSide { people, report: mut owner_report } = owner_people(owner.records(), owner.excluded(), clip);
     owner_report.file = options.owner.display().to_string();
-    let (labels, group_records, exposures, mut partner_report) =
-        partner_exposures(&partner_records, &partner_excluded)?;
+    let PartnerSide { labels, group_people, exposures, report: mut partner_report } =
+        partner_exposures(partner.records(), partner.excluded())?;
     partner_report.file = options.partner.display().to_string();
 
     let owner_config = OwnerConfig {
@@ -255,7 +208,7 @@ fn measure_into(options: &MeasureOptions, out_dir: &Path) -> Result<MeasurementR
         seed: options.seed.map(|s| s ^ 0x9e37_79b9_7f4a_7c15),
     };
     let mut owner = Owner::new(owner_config, &people)?;
-    let mut partner = Partner::new(partner_config, labels, group_records, &exposures)?;
+    let mut partner = Partner::new(partner_config, labels, group_people, &exposures)?;
     run_in_memory(&mut owner, &mut partner)?;
     // The figures of the side that decrypted: the partner's alone with learner `partner`.
     let decrypted = if options.learner == Learner::Partner { partner.release() } else { owner.result() };
@@ -271,116 +224,7 @@ fn measure_into(options: &MeasureOptions, out_dir: &Path) -> Result<MeasurementR
         partner: partner_report,
         figures,
     };
-    write_json(out_dir, "measurement.json", &report)?;
+    write_json(out_dir, "measurement.json", &report)
+        .map_err(|e| MeasureFailure::Write { path: e.path, source: e.source })?;
     Ok(report)
-}
-
-/// Writes `value` as pretty JSON to `out_dir/name` (the directory created if
-/// missing) whole or not at all: a private temporary file (mode 0600) in the same
-/// directory, synced, then renamed.
-pub fn write_json(out_dir: &Path, name: &str, value: &impl Serialize) -> Result<(), MeasureFailure> {
-    let err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| MeasureFailure::Write { path, source }
-    };
-    std::fs::create_dir_all(out_dir).map_err(err(out_dir))?;
-    let path = out_dir.join(name);
-    let mut file = tempfile::Builder::new().prefix(".measurement-").tempfile_in(out_dir).map_err(err(out_dir))?;
-    serde_json::to_writer_pretty(&mut file, value).map_err(|e| err(&path)(e.into()))?;
-    file.write_all(b"\n").map_err(err(&path))?;
-    file.as_file().sync_all().map_err(err(&path))?;
-    file.persist(&path).map_err(|e| err(&path)(e.error))?;
-    Ok(())
-}
-
-/// The owner's people: records linked by a shared identifier or id are one person
-/// ([`People`]), whose value is the sum of its records' values (one row per purchase
-/// counts every purchase), clipped to `clip` when given and to
-/// [`MAX_VALUE`](crate::records::MAX_VALUE) in any case. A person with more
-/// identifiers than a bundle holds is left out and counted.
-pub(crate) fn owner_people(records: &RecordSet, excluded: &[bool], clip: Option<u64>) -> (Vec<Person>, SideReport) {
-    let people = People::of(records, excluded);
-    let mut report = side_report(records, excluded, &people);
-    let mut sent = Vec::with_capacity(people.len());
-    for (members, tokens) in people.records.iter().zip(people.tokens) {
-        if tokens.is_empty() {
-            continue;
-        }
-        if tokens.len() > usize::from(MAX_BUNDLE) {
-            report.people_with_too_many_identifiers += 1;
-            continue;
-        }
-        let total = members.iter().fold(0u64, |sum, &r| sum.saturating_add(records.value(r).unwrap_or(0)));
-        let limit = clip.unwrap_or(MAX_VALUE).min(MAX_VALUE);
-        if total > limit {
-            report.clipped_values += 1;
-        }
-        sent.push(Person { tokens, value: total.min(limit) });
-    }
-    report.bundles_sent = sent.len() as u64;
-    (sent, report)
-}
-
-fn side_report(records: &RecordSet, excluded: &[bool], people: &People) -> SideReport {
-    let excluded_records = excluded.iter().filter(|&&x| x).count() as u64;
-    SideReport {
-        file: String::new(),
-        read: records.stats().clone(),
-        excluded_records,
-        records_after_exclusion: records.len() as u64 - excluded_records,
-        people: people.len() as u64,
-        records_merged: people.records_merged,
-        bundles_sent: 0,
-        people_in_several_groups: 0,
-        people_with_too_many_identifiers: 0,
-        clipped_values: 0,
-    }
-}
-
-pub(crate) type PartnerSide = (Vec<String>, Vec<u64>, Vec<Exposure>, SideReport);
-
-/// The partner's groups (sorted labels), people per group, and exposures: one
-/// exposure per person ([`People`]: records linked by a shared identifier or id),
-/// in the group of its records. A person whose records are in different groups
-/// (seen in both test and control) is left out of every group and counted: it would
-/// otherwise bias the comparison. So are persons with more identifiers than a
-/// bundle holds. Group sizes count the persons left in, with or without
-/// identifiers, so sizes and matched counts are of the same unit.
-pub(crate) fn partner_exposures(records: &RecordSet, excluded: &[bool]) -> Result<PartnerSide, MeasureFailure> {
-    let label_of = |r: u32| records.group(r).unwrap_or(DEFAULT_GROUP);
-    let mut labels: Vec<String> = (0..records.len() as u32)
-        .filter(|&r| !excluded.get(r as usize).copied().unwrap_or(false))
-        .map(|r| label_of(r).to_owned())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    labels.sort();
-    if labels.is_empty() {
-        labels.push(DEFAULT_GROUP.to_owned());
-    }
-    if labels.len() > super::message::MAX_GROUPS {
-        return Err(MeasureFailure::TooManyGroups(labels.len()));
-    }
-    let people = People::of(records, excluded);
-    let mut report = side_report(records, excluded, &people);
-    let mut group_people = vec![0u64; labels.len()];
-    let mut exposures = Vec::new();
-    for (members, tokens) in people.records.iter().zip(people.tokens) {
-        let label = label_of(members[0]);
-        if members.iter().any(|&r| label_of(r) != label) {
-            report.people_in_several_groups += 1;
-            continue;
-        }
-        if tokens.len() > usize::from(MAX_BUNDLE) {
-            report.people_with_too_many_identifiers += 1;
-            continue;
-        }
-        let group = labels.iter().position(|l| l == label).unwrap_or(0);
-        group_people[group] += 1;
-        if !tokens.is_empty() {
-            exposures.push(Exposure { tokens, group: group as u8 });
-        }
-    }
-    report.bundles_sent = exposures.len() as u64;
-    Ok((labels, group_people, exposures, report))
 }

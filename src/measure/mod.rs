@@ -25,6 +25,9 @@
 //! - [`owner`]: the owner's state machine (outcomes, key holder, decrypts).
 //! - [`partner`]: the partner's state machine (exposures, computes the sums).
 //! - [`stats`]: suppression, differential-privacy noise, rates, lift and its interval.
+//! - [`people`]: who is one person (records linked by an identifier or an id).
+//! - [`side`]: a prepared side as the engine takes it: the owner's people, the
+//!   partner's exposures, and their counts (used by `local` and the service).
 //! - [`local`]: `idmatch measure` on two local files, writing `measurement.json`.
 
 pub mod elgamal;
@@ -34,6 +37,7 @@ pub mod message;
 mod owner;
 mod partner;
 mod people;
+pub mod side;
 pub mod stats;
 
 use std::fmt;

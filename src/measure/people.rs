@@ -114,15 +114,14 @@ mod tests {
     use super::*;
     use crate::key::Key;
     use crate::normalize::{Normalizer, Profile};
-    use crate::records::{self, ReadOptions};
+    use crate::records::{self, Mode, ReadOptions};
     use crate::token::Tokenizer;
 
     fn read(text: &str) -> RecordSet {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.csv");
         std::fs::write(&path, text).unwrap();
-        let mut options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, None));
-        options.unique_ids = false;
+        let options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, None), Mode::Export);
         records::read(&path, &Tokenizer::new(&Key::from_bytes([7; 32])), options).unwrap()
     }
 

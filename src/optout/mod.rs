@@ -25,7 +25,8 @@ use std::path::Path;
 
 use crate::key::{Key, KeyError};
 use crate::normalize::Normalizer;
-use crate::records::{self, ColumnSpec, ReadError, ReadOptions, ReadStats, RecordSet};
+pub use crate::records::BadRows;
+use crate::records::{self, Mode, ReadError, ReadOptions, ReadStats, RecordSet};
 use crate::token::{Label, Token, Tokenizer};
 
 #[cfg(feature = "sqlite")]
@@ -92,8 +93,9 @@ pub enum OptOutError {
     Key(#[from] KeyError),
 }
 
-/// A set of opted-out digests.
-pub trait OptOutSource {
+/// A set of opted-out digests. `Send + Sync`: the two sides of a local match are
+/// read and checked at once.
+pub trait OptOutSource: Send + Sync {
     /// The keyed hash under which this source indexes identifiers and ids.
     fn digester(&self) -> &Tokenizer;
     /// For each digest, whether it is opted out now.
@@ -124,25 +126,6 @@ pub fn excluded_records(records: &RecordSet, source: &dyn OptOutSource) -> Resul
     Ok(excluded)
 }
 
-/// What to do with the rows of a list file that cannot be read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum BadRows {
-    /// Refuse the list (the default): an opt-out that cannot be read must not turn
-    /// into a member who is matched.
-    #[default]
-    Refuse,
-    /// Skip them, counting each in the list's statistics (the operator's explicit
-    /// choice, e.g. `--skip-bad-list-rows`).
-    Skip,
-}
-
-impl BadRows {
-    /// [`BadRows::Skip`] when the operator asked for it, else [`BadRows::Refuse`].
-    pub fn skip_if(skip: bool) -> BadRows {
-        if skip { BadRows::Skip } else { BadRows::Refuse }
-    }
-}
-
 /// Opt-outs (or a partner's suppressions) from a CSV file, held in memory.
 pub struct FileList {
     digester: Tokenizer,
@@ -151,43 +134,23 @@ pub struct FileList {
 }
 
 impl FileList {
-    /// Reads `path`: identifiers from the usual email/phone columns (normalized under
-    /// `normalizer`, so `John.Doe@GMail.com` opts out `johndoe@gmail.com`) and record
-    /// ids from an id column if there is one.
-    /// The list must be read completely ([`BadRows::Refuse`]).
-    pub fn load(path: &Path, normalizer: Normalizer, columns: ColumnSpec) -> Result<FileList, OptOutError> {
-        FileList::read(path, normalizer, columns, None, BadRows::Refuse)
+    /// Reads `path` under a fresh random key: identifiers from the usual email/phone
+    /// columns (normalized under `normalizer`, so `John.Doe@GMail.com` opts out
+    /// `johndoe@gmail.com`) and record ids from an id column if there is one; rows
+    /// that cannot be read refuse the list unless `bad_rows` is [`BadRows::Skip`].
+    pub fn load(path: &Path, normalizer: Normalizer, bad_rows: BadRows) -> Result<FileList, OptOutError> {
+        FileList::load_under(path, normalizer, Tokenizer::new(&Key::generate()?), bad_rows)
     }
 
     /// Like [`FileList::load`], under a given digester, so that a list re-read later
     /// matches record sets digested once at load (a long-running server).
-    pub fn load_with_digester(
+    pub fn load_under(
         path: &Path,
         normalizer: Normalizer,
-        columns: ColumnSpec,
         digester: Tokenizer,
-    ) -> Result<FileList, OptOutError> {
-        FileList::read(path, normalizer, columns, Some(digester), BadRows::Refuse)
-    }
-
-    /// Reads `path` under `digester` (a fresh random key if `None`), treating rows
-    /// that cannot be read as `bad_rows` says.
-    pub fn read(
-        path: &Path,
-        normalizer: Normalizer,
-        columns: ColumnSpec,
-        digester: Option<Tokenizer>,
         bad_rows: BadRows,
     ) -> Result<FileList, OptOutError> {
-        let digester = match digester {
-            Some(digester) => digester,
-            None => Tokenizer::new(&Key::generate()?),
-        };
-        let mut options = ReadOptions::new(normalizer);
-        options.columns = columns;
-        options.list = true;
-        options.complete = bad_rows == BadRows::Refuse;
-        let set = records::read(path, &digester, options)?;
+        let set = records::read(path, &digester, ReadOptions::new(normalizer, Mode::List(bad_rows)))?;
         let mut digests: HashSet<Token> = set.entries().iter().map(|e| e.token).collect();
         if set.has_id_column() {
             let listed = (0..set.len() as u32).map(|r| set.id(r)).filter(|id| !id.is_empty());

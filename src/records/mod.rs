@@ -9,6 +9,8 @@
 mod columns;
 mod reader;
 mod rejects;
+mod row;
+mod sink;
 mod source;
 
 use std::collections::BTreeMap;
@@ -16,7 +18,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use columns::{ColumnError, ColumnMap, ColumnSpec};
-pub use reader::{ReadError, ReadOptions, Row, read, read_rows, read_tokens};
+pub use reader::{BadRows, Mode, ReadError, ReadOptions, Row, read, read_rows};
+pub(crate) use reader::{read_digested, read_tokens};
 pub use rejects::{RejectWriteError, RejectWriter};
 pub use source::{InputLimits, LimitExceeded, STDIN};
 
@@ -47,13 +50,13 @@ pub enum RowProblem {
     /// never counted, always refused ([`ReadError::UnclosedQuote`]), because the rows
     /// after it would silently become part of one field.
     UnclosedQuote,
-    /// The value column ([`ReadOptions::value_column`]) is empty.
+    /// The value column ([`Mode::Outcomes`]) is empty.
     MissingValue,
     /// The value column does not hold a non-negative decimal integer.
     BadValue,
     /// The value column holds an integer above [`MAX_VALUE`] (2^32).
     ValueTooLarge,
-    /// The group column ([`ReadOptions::group_column`]) is empty or not valid UTF-8.
+    /// The group column ([`Mode::Exposures`]) is empty or not valid UTF-8.
     MissingGroup,
 }
 
@@ -97,7 +100,7 @@ pub struct ReadStats {
     /// Valid identifiers equal to one seen earlier in the file (same or other record).
     pub duplicate_identifiers: u64,
     /// Records whose id equals an earlier record's id (checked for files with an id
-    /// column; a file read with [`ReadOptions::unique_ids`] refuses the first one).
+    /// column; a file read as [`Mode::Match`] refuses the first one).
     pub duplicate_ids: u64,
 }
 
@@ -223,13 +226,13 @@ impl RecordSet {
     }
 
     /// Record `index`'s value, when the file was read with a value column
-    /// ([`ReadOptions::value_column`]).
+    /// ([`Mode::Outcomes`]).
     pub fn value(&self, index: u32) -> Option<u64> {
         self.values.get(index as usize).copied()
     }
 
     /// Record `index`'s group label, when the file was read with a group column
-    /// ([`ReadOptions::group_column`]).
+    /// ([`Mode::Exposures`]).
     pub fn group(&self, index: u32) -> Option<&str> {
         let g = *self.groups.get(index as usize)?;
         self.group_names.get(g as usize).map(String::as_str)

@@ -1,31 +1,30 @@
 //! Reading a CSV/TSV file into a [`RecordSet`].
 //!
 //! A reader thread parses the file into batches of raw rows (recycled, so parsing
-//! allocates little); the calling thread normalizes and tokenizes each batch on all
-//! cores with rayon and appends the results in file order.
+//! allocates little); the calling thread has each batch normalized and tokenized on
+//! all cores with rayon (the per-row work: `row`) and appends the results in file
+//! order (`sink`).
 //!
 //! [`read_rows`] runs the same pipeline (the same columns, rules, rejects and
 //! counts) without building a set: it hands each record to a callback and keeps
 //! nothing, so its memory does not grow with the file.
 
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::{BufReader, Read};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use super::columns::clean;
+use super::row::{Chunk, RawRow, Worker, resolve_extra};
+use super::sink::{Sink, count_duplicates, duplicate_ids};
 use super::source::{InputLimits, LimitExceeded, Source, limit_exceeded};
-use super::{
-    ColumnError, ColumnMap, ColumnSpec, Entry, FilterDigests, MAX_VALUE, ReadStats, RecordSet, RejectWriteError,
-    RejectWriter, RowProblem,
-};
+use super::{ColumnError, ColumnSpec, FilterDigests, ReadStats, RecordSet, RejectWriteError, RejectWriter};
 use crate::key::Key;
-use crate::normalize::{Kind, Normalizer, Region, Reject, parse_region};
-use crate::token::{Label, Token, Tokenizer};
+use crate::normalize::{Kind, Normalizer, Region};
+use crate::progress::{self, Meter, Progress, Unit};
+use crate::token::{Token, Tokenizer};
 
 /// Rows per batch handed from the parser thread to the workers.
 const BATCH_ROWS: usize = 8192;
@@ -33,57 +32,91 @@ const BATCH_ROWS: usize = 8192;
 /// reading allocates per chunk, not per row.
 const CHUNK_ROWS: usize = 256;
 
+/// What a file holds, which decides the reader's rules for ids, bad rows and the
+/// extra columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Records to match: two records with the same id refuse the file
+    /// ([`ReadError::DuplicateId`]), because match outputs name records by id.
+    Match,
+    /// Records whose ids may repeat (a member's several rows in a token export):
+    /// repeats are counted in [`ReadStats::duplicate_ids`](super::ReadStats::duplicate_ids).
+    Export,
+    /// A measurement's outcomes: one row per purchase, so ids may repeat, and
+    /// `value_column` holds one non-negative integer (at most
+    /// [`MAX_VALUE`](super::MAX_VALUE)) per record; a row whose value is missing or
+    /// invalid is a bad row, counted and reported.
+    Outcomes {
+        /// The value column's name.
+        value_column: String,
+    },
+    /// A measurement's exposures: one row per impression, so ids may repeat, and
+    /// `group_column`, when given, holds each record's group label (e.g.
+    /// `test`/`control`); a row with an empty label is a bad row.
+    Exposures {
+        /// The group column's name; `None`: one group.
+        group_column: Option<String>,
+    },
+    /// A list (opt-outs, suppressions) rather than records: the identifier columns
+    /// are optional when there is an id column, an empty id is no error, and a
+    /// repeat is harmless. With [`BadRows::Refuse`] the file is refused at its first
+    /// bad row or rejected identifier ([`ReadError::Incomplete`]) instead of counting
+    /// and reporting it: lists that protect people are read this way unless the
+    /// operator explicitly chooses to skip bad rows.
+    List(BadRows),
+}
+
+/// What to do with the rows of a list file that cannot be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BadRows {
+    /// Refuse the list (the default): an opt-out that cannot be read must not turn
+    /// into a member who is matched.
+    #[default]
+    Refuse,
+    /// Skip them, counting each in the list's statistics (the operator's explicit
+    /// choice, e.g. `--skip-bad-list-rows`).
+    Skip,
+}
+
+impl BadRows {
+    /// [`BadRows::Skip`] when the operator asked for it, else [`BadRows::Refuse`].
+    pub fn skip_if(skip: bool) -> BadRows {
+        if skip { BadRows::Skip } else { BadRows::Refuse }
+    }
+}
+
+impl Mode {
+    fn list(&self) -> bool {
+        matches!(self, Mode::List(_))
+    }
+}
+
 /// How to read one input file.
 pub struct ReadOptions {
+    /// What the file holds (default: [`Mode::Match`]).
+    pub mode: Mode,
     /// Which columns hold the id, identifiers and region (default: detect from the header).
     pub columns: ColumnSpec,
     /// The normalization profile applied to every identifier.
     pub normalizer: Normalizer,
     /// Where to report rejects, if anywhere.
     pub rejects: Option<RejectWriter>,
-    /// Also key every record id and identifier under this filter key ([`FilterDigests`]).
-    pub filter_digester: Option<Tokenizer>,
-    /// Show a progress bar on stderr (hidden automatically when it is not a terminal).
-    pub progress: bool,
-    /// Read a list (opt-outs, suppressions) rather than records: the identifier
-    /// columns are optional when there is an id column, and an empty id is no error.
-    pub list: bool,
-    /// Refuse the file at its first bad row or rejected identifier
-    /// ([`ReadError::Incomplete`]) instead of counting and reporting it. Lists that
-    /// protect people (opt-outs, suppressions) are read this way unless the operator
-    /// explicitly chooses to skip bad rows.
-    pub complete: bool,
-    /// Refuse a file in which two records carry the same id
-    /// ([`ReadError::DuplicateId`]): match outputs name records by id, so a repeated
-    /// id would make them ambiguous. When false, repeats are counted in
-    /// [`ReadStats::duplicate_ids`](super::ReadStats::duplicate_ids). Lists never check (a repeat there is harmless).
-    pub unique_ids: bool,
-    /// A column holding one non-negative integer value (at most
-    /// [`MAX_VALUE`](super::MAX_VALUE)) per record (`idmatch measure`'s outcomes); a
-    /// row whose value is missing or invalid is a bad row, counted and reported.
-    pub value_column: Option<String>,
-    /// A column holding each record's group label (`idmatch measure`'s exposures,
-    /// e.g. `test`/`control`); a row with an empty label is a bad row.
-    pub group_column: Option<String>,
+    /// Where to report how many of the file's bytes have been read, if anywhere.
+    pub progress: Option<Arc<dyn Progress>>,
     /// Size limits on the input ([`InputLimits::default`]).
     pub limits: InputLimits,
 }
 
 impl ReadOptions {
-    /// Options for reading records under `normalizer`: detected columns, no reject
-    /// report, no filter digests, no progress bar, bad rows counted, unique ids required.
-    pub fn new(normalizer: Normalizer) -> ReadOptions {
+    /// Options for reading `mode` under `normalizer`: detected columns, no reject
+    /// report, no progress reported, the default limits.
+    pub fn new(normalizer: Normalizer, mode: Mode) -> ReadOptions {
         ReadOptions {
+            mode,
             columns: ColumnSpec::default(),
             normalizer,
             rejects: None,
-            filter_digester: None,
-            progress: false,
-            list: false,
-            complete: false,
-            unique_ids: true,
-            value_column: None,
-            group_column: None,
+            progress: None,
             limits: InputLimits::default(),
         }
     }
@@ -140,7 +173,7 @@ pub enum ReadError {
         /// The input file.
         path: PathBuf,
     },
-    /// A quoted field is never closed ([`RowProblem::UnclosedQuote`]); always refused.
+    /// A quoted field is never closed ([`RowProblem::UnclosedQuote`](super::RowProblem::UnclosedQuote)); always refused.
     #[error(
         "{path}: line {line}: a quoted field opened on this line is never closed (unbalanced `\"`), so the rest of the file would be read as one field; fix the quoting and read the file again"
     )]
@@ -150,7 +183,7 @@ pub enum ReadError {
         /// Line of the row where the unclosed field starts.
         line: u64,
     },
-    /// With [`ReadOptions::complete`]: the first bad row or rejected identifier.
+    /// With [`Mode::List`]`(`[`BadRows::Refuse`]`)`: the first bad row or rejected identifier.
     #[error(
         "{path}: line {line}{column}: {reason}; this file must be read completely, so nothing was used (fix the row, or explicitly choose to skip bad rows)",
         column = if column.is_empty() { String::new() } else { format!(", column `{column}`") }
@@ -162,10 +195,10 @@ pub enum ReadError {
         line: u64,
         /// The offending column's (cleaned) header name; empty for a whole-row problem.
         column: String,
-        /// The machine-readable reason (a [`RowProblem`] or reject code).
+        /// The machine-readable reason (a [`RowProblem`](super::RowProblem) or reject code).
         reason: &'static str,
     },
-    /// With [`ReadOptions::unique_ids`]: the earliest row whose id repeats an earlier row's id.
+    /// With [`Mode::Match`]: the earliest row whose id repeats an earlier row's id.
     #[error(
         "{path}: line {line}: the record id repeats the id of line {first_line}; match results name records by id, so ids must be unique (merge or renumber the rows)"
     )]
@@ -199,10 +232,10 @@ pub struct Row<'r> {
     /// The region of the row's own region column, when it has a valid one (the
     /// default region of [`ReadOptions::normalizer`] applies otherwise).
     pub region: Option<Region>,
-    identifiers: &'r [(Kind, Token, Option<Token>)],
-    id_digest: Option<Token>,
-    raw_text: &'r str,
-    raw_spans: &'r [(usize, usize)],
+    pub(super) identifiers: &'r [(Kind, Token, Option<Token>)],
+    pub(super) id_digest: Option<Token>,
+    pub(super) raw_text: &'r str,
+    pub(super) raw_spans: &'r [(usize, usize)],
 }
 
 impl<'r> Row<'r> {
@@ -214,173 +247,86 @@ impl<'r> Row<'r> {
     }
 
     /// The row's valid identifiers, each once, as keyed tokens: `(kind, token, filter
-    /// digest)`, the digest under [`ReadOptions::filter_digester`] when one is set.
-    /// Only rows from [`read_tokens`] carry tokens under the caller's key ([`read_rows`]
+    /// digest)`, the digest present when the read had a filter's digester. Only
+    /// rows from [`read_tokens`] carry tokens under the caller's key ([`read_rows`]
     /// keys them under a throwaway key, to find repeats within the row).
     pub fn tokens(&self) -> &'r [(Kind, Token, Option<Token>)] {
         self.identifiers
     }
 
-    /// The record id's filter digest (rows from [`read_tokens`] with a
-    /// [`ReadOptions::filter_digester`]): under label `id`, or `line` when the file has
-    /// no id column, as in [`FilterDigests::ids`].
+    /// The record id's filter digest (rows from [`read_tokens`] with a digester):
+    /// under label `id`, or `line` when the file has no id column, as in
+    /// [`FilterDigests::ids`](super::FilterDigests::ids).
     pub fn id_digest(&self) -> Option<Token> {
         self.id_digest
     }
 }
 
 /// The callback of [`read_rows`].
-type Visit<'v> = dyn FnMut(&Row<'_>) -> ControlFlow<()> + Send + 'v;
+pub(super) type Visit<'v> = dyn FnMut(&Row<'_>) -> ControlFlow<()> + Send + 'v;
 
-/// A parsed row and the line it starts on.
-struct RawRow {
-    line: u64,
-    record: csv::ByteRecord,
-}
-
-/// What a worker made of a run of consecutive rows: one [`RowOut`] per row, and
-/// the rows' ids, identifiers, rejects and group labels in shared vectors, each row's
-/// part ending where its `RowOut` says (and starting where the previous row's ends).
-#[derive(Default)]
-struct Chunk {
-    rows: Vec<RowOut>,
-    /// The ids, concatenated.
-    ids: String,
-    /// (kind, token, filter digest)
-    identifiers: Vec<(Kind, Token, Option<Token>)>,
-    /// (column, reason, raw value if the report wants values)
-    rejects: Vec<(usize, Reject, Option<String>)>,
-    /// The group labels, concatenated.
-    groups: String,
-    /// The valid identifiers as written, concatenated (only for [`read_rows`]).
-    raw_text: String,
-    /// Where each of `identifiers` is in `raw_text` (only for [`read_rows`]).
-    raw_spans: Vec<(usize, usize)>,
-}
-
-/// Where one row's parts end in its [`Chunk`]'s vectors.
-#[derive(Clone, Copy, Default)]
-struct Ends {
-    id: usize,
-    identifiers: usize,
-    rejects: usize,
-    group: usize,
-}
-
-/// What a worker made of one row (its id, identifiers, rejects and group label are
-/// in the [`Chunk`]).
-struct RowOut {
-    line: u64,
-    /// Why the row is not a record, if it is not.
-    problem: Option<RowProblem>,
-    ends: Ends,
-    /// The record id's filter digest, when a digester is set.
-    id_digest: Option<Token>,
-    blank_cells: u64,
-    /// Valid identifiers by kind (emails, phones), repeats within the row included.
-    valid: [u64; 2],
-    /// Identifiers repeated within this row (e.g. the same email in two columns).
-    repeated: u64,
-    /// The value column's value, when there is one.
-    value: Option<u64>,
-    /// Whether the row has a group label (when there is a group column).
-    group: bool,
-    /// The row's own valid region, when it has a region column.
-    region: Option<Region>,
-}
-
-/// One row's parts, borrowed from its [`Chunk`].
-struct RowParts<'c> {
-    out: &'c RowOut,
-    id: &'c str,
-    identifiers: &'c [(Kind, Token, Option<Token>)],
-    rejects: &'c [(usize, Reject, Option<String>)],
-    group: Option<&'c str>,
-    raw_text: &'c str,
-    /// One span per identifier when the raw values are kept, else empty.
-    raw_spans: &'c [(usize, usize)],
-}
-
-impl Chunk {
-    /// Where the parts pushed so far end.
-    fn ends(&self) -> Ends {
-        Ends {
-            id: self.ids.len(),
-            identifiers: self.identifiers.len(),
-            rejects: self.rejects.len(),
-            group: self.groups.len(),
-        }
-    }
-
-    /// The rows with their parts, in order.
-    fn parts(&self) -> impl Iterator<Item = RowParts<'_>> {
-        let mut start = Ends::default();
-        self.rows.iter().map(move |out| {
-            let (from, to) = (start, out.ends);
-            start = to;
-            RowParts {
-                out,
-                id: &self.ids[from.id..to.id],
-                identifiers: &self.identifiers[from.identifiers..to.identifiers],
-                rejects: &self.rejects[from.rejects..to.rejects],
-                group: out.group.then(|| &self.groups[from.group..to.group]),
-                raw_text: &self.raw_text,
-                raw_spans: self.raw_spans.get(from.identifiers..to.identifiers).unwrap_or_default(),
-            }
-        })
-    }
-}
-
-/// Reads `path` into a [`RecordSet`] of tokens under `tokenizer`.
+/// Reads `path` into a [`RecordSet`] of tokens under `tokenizer`, without
+/// [`FilterDigests`]: a set that an opt-out or suppression filter will check is read
+/// by `crate::prepare`, which keys it for the filter in the same pass.
 pub fn read(path: &Path, tokenizer: &Tokenizer, options: ReadOptions) -> Result<RecordSet, ReadError> {
-    read_with(path, tokenizer, options, None)
+    read_with(path, tokenizer, None, options, None)
+}
+
+/// Reads `path` as [`read`] does, also keying every record id and identifier under
+/// `digester` ([`FilterDigests`]), the key of the filter that will check the set.
+pub(crate) fn read_digested(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    digester: &Tokenizer,
+    options: ReadOptions,
+) -> Result<RecordSet, ReadError> {
+    read_with(path, tokenizer, Some(digester), options, None)
 }
 
 /// Reads `path` as [`read`] does (the same columns, normalization, rejects, reject
-/// report, limits and [`ReadOptions::complete`]) but keeps nothing: each record is
+/// report, limits and [`BadRows`]) but keeps nothing: each record is
 /// handed to `visit` ([`Row`]: its id, region and valid identifiers as written) in
 /// file order, and only the counts are returned, so memory does not grow with the
 /// file. `visit` returning [`ControlFlow::Break`] ends the read with
 /// [`ReadError::Stopped`].
 ///
-/// What needs the whole file is left out: ids are not checked for repeats
-/// ([`ReadOptions::unique_ids`] is ignored), and
-/// [`ReadStats::duplicate_identifiers`] counts only repeats within a row.
-/// [`ReadOptions::filter_digester`] is ignored.
+/// What needs the whole file is left out: ids are not checked for repeats (not
+/// even under [`Mode::Match`]), and [`ReadStats::duplicate_identifiers`] counts only
+/// repeats within a row.
 pub fn read_rows(
     path: &Path,
-    mut options: ReadOptions,
+    options: ReadOptions,
     visit: &mut (dyn FnMut(&Row<'_>) -> ControlFlow<()> + Send),
 ) -> Result<ReadStats, ReadError> {
     // The tokens only find an identifier repeated within its row; they never leave
     // this call, so any key does.
     let tokenizer = Tokenizer::new(&Key::from_bytes([0; 32]));
-    options.filter_digester = None;
-    options.unique_ids = false;
-    read_with(path, &tokenizer, options, Some(visit)).map(|set| set.stats)
+    read_with(path, &tokenizer, None, options, Some(visit)).map(|set| set.stats)
 }
 
 /// Reads `path` as [`read_rows`] does (streaming, nothing kept, the same rules and
-/// counts), with each record's identifiers keyed under `tokenizer` and, when
-/// [`ReadOptions::filter_digester`] is set, digested for a filter ([`Row::tokens`],
-/// [`Row::id_digest`]): the input of an out-of-core match (`crate::shard`).
+/// counts), with each record's identifiers keyed under `tokenizer` and, with a
+/// `digester`, digested for the filter that will check them ([`Row::tokens`],
+/// [`Row::id_digest`]): the input of an out-of-core match (`crate::shard`), which
+/// reads it through `crate::prepare::stream` like every side.
 ///
 /// As with [`read_rows`], what needs the whole file is the caller's: ids are not
 /// checked for repeats, and [`ReadStats::duplicate_identifiers`] counts only repeats
 /// within a row.
-pub fn read_tokens(
+pub(crate) fn read_tokens(
     path: &Path,
     tokenizer: &Tokenizer,
-    mut options: ReadOptions,
+    digester: Option<&Tokenizer>,
+    options: ReadOptions,
     visit: &mut (dyn FnMut(&Row<'_>) -> ControlFlow<()> + Send),
 ) -> Result<ReadStats, ReadError> {
-    options.unique_ids = false;
-    read_with(path, tokenizer, options, Some(visit)).map(|set| set.stats)
+    read_with(path, tokenizer, digester, options, Some(visit)).map(|set| set.stats)
 }
 
 fn read_with(
     path: &Path,
     tokenizer: &Tokenizer,
+    digester: Option<&Tokenizer>,
     mut options: ReadOptions,
     visit: Option<&mut Visit<'_>>,
 ) -> Result<RecordSet, ReadError> {
@@ -399,31 +345,27 @@ fn read_with(
     }
     let columns = options
         .columns
-        .resolve(&header, !options.list)
+        .resolve(&header, !options.mode.list())
         .map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
 
     let extra =
         resolve_extra(&columns, &options).map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
 
-    let progress = if options.progress { ProgressBar::new(file_len) } else { ProgressBar::hidden() };
-    progress.set_style(
-        ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    progress.set_message(format!("reading {}", path.display()));
+    let progress =
+        progress::start(options.progress.as_ref(), &format!("reading {}", path.display()), file_len, Unit::Bytes);
 
     let keep_values = options.rejects.as_ref().is_some_and(RejectWriter::include_values);
     let keep_raw = visit.is_some();
     let mut sink = Sink {
         set: RecordSet::new(options.normalizer.profile(), columns.id.is_some()),
-        digests: options.filter_digester.as_ref().map(|_| FilterDigests::default()),
-        ids: (columns.id.is_some() && !options.list && !keep_raw).then(Vec::new),
+        digests: digester.map(|_| FilterDigests::default()),
+        ids: (columns.id.is_some() && !options.mode.list() && !keep_raw).then(Vec::new),
         columns: &columns,
         extra,
         group_index: std::collections::HashMap::new(),
         rejects: options.rejects.take(),
         path,
-        complete: options.complete,
+        complete: options.mode == Mode::List(BadRows::Refuse),
         visit,
     };
 
@@ -433,12 +375,12 @@ fn read_with(
         let _ = free_tx.send(Vec::with_capacity(BATCH_ROWS));
     }
     let worker = Worker {
-        list: options.list,
+        list: options.mode.list(),
         columns: &columns,
         extra,
         normalizer: &options.normalizer,
         tokenizer,
-        digester: options.filter_digester.as_ref(),
+        digester,
         keep_values,
         keep_raw,
     };
@@ -466,13 +408,13 @@ fn read_with(
         }
         append(&mut sink, &pending)
     })?;
-    progress.finish_and_clear();
+    progress.finish();
     let Sink { mut set, digests, ids, rejects, .. } = sink;
     set.stats.duplicate_identifiers += count_duplicates(&set.entries);
     if let Some(ids) = ids {
         let (count, first) = duplicate_ids(&set, ids);
         set.stats.duplicate_ids = count;
-        if let (true, Some((line, first_line))) = (options.unique_ids, first) {
+        if let (Mode::Match, Some((line, first_line))) = (&options.mode, first) {
             return Err(ReadError::DuplicateId { path: path.to_owned(), line, first_line });
         }
     }
@@ -481,52 +423,6 @@ fn read_with(
         rejects.finish()?;
     }
     Ok(set)
-}
-
-/// The value and group columns, resolved against the header.
-#[derive(Clone, Copy, Debug, Default)]
-struct Extra {
-    value: Option<usize>,
-    group: Option<usize>,
-}
-
-/// Finds the value and group columns named in `options`: each must exist and serve
-/// no other role.
-fn resolve_extra(columns: &ColumnMap, options: &ReadOptions) -> Result<Extra, ColumnError> {
-    let find = |wanted: &Option<String>| -> Result<Option<usize>, ColumnError> {
-        let Some(wanted) = wanted else { return Ok(None) };
-        let wanted = clean(wanted);
-        let index =
-            columns.names.iter().position(|n| *n == wanted).ok_or_else(|| ColumnError::NotFound(wanted.clone()))?;
-        if columns.used().any(|c| c == index) {
-            return Err(ColumnError::Ambiguous(wanted));
-        }
-        Ok(Some(index))
-    };
-    let extra = Extra { value: find(&options.value_column)?, group: find(&options.group_column)? };
-    if let (Some(v), Some(g)) = (extra.value, extra.group)
-        && v == g
-    {
-        return Err(ColumnError::Ambiguous(columns.names[v].clone()));
-    }
-    Ok(extra)
-}
-
-/// A value cell: a non-negative decimal integer of at most [`MAX_VALUE`].
-fn parse_value(cell: &[u8]) -> Result<u64, RowProblem> {
-    let digits = cell.trim_ascii();
-    if digits.is_empty() {
-        return Err(RowProblem::MissingValue);
-    }
-    let digits = digits.strip_prefix(b"+").unwrap_or(digits);
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(RowProblem::BadValue);
-    }
-    let mut value: u64 = 0;
-    for &d in digits {
-        value = value.saturating_mul(10).saturating_add(u64::from(d - b'0'));
-    }
-    if value > MAX_VALUE { Err(RowProblem::ValueTooLarge) } else { Ok(value) }
 }
 
 /// The error for a failed parse at `line`: a limit of the input, or the parser's.
@@ -557,7 +453,7 @@ fn parse_rows<R: Read>(
     mut csv: csv::Reader<R>,
     full: SyncSender<Result<Vec<RawRow>, (u64, csv::Error)>>,
     free: Receiver<Vec<RawRow>>,
-    progress: ProgressBar,
+    progress: Arc<dyn Meter>,
 ) {
     let mut spare: Vec<csv::ByteRecord> = Vec::new();
     for mut batch in free {
@@ -585,314 +481,61 @@ fn parse_rows<R: Read>(
     }
 }
 
-/// Per-row work, shared by the rayon workers.
-struct Worker<'a> {
-    list: bool,
-    columns: &'a ColumnMap,
-    extra: Extra,
-    normalizer: &'a Normalizer,
-    tokenizer: &'a Tokenizer,
-    digester: Option<&'a Tokenizer>,
-    keep_values: bool,
-    /// Keep each valid identifier as written ([`read_rows`]).
-    keep_raw: bool,
-}
-
-impl Worker<'_> {
-    fn chunk(&self, rows: &[RawRow], buf: &mut String) -> Chunk {
-        let mut chunk = Chunk { rows: Vec::with_capacity(rows.len()), ..Chunk::default() };
-        for row in rows {
-            let mut out = self.row(row, buf, &mut chunk);
-            out.ends = chunk.ends();
-            chunk.rows.push(out);
-        }
-        chunk
-    }
-
-    /// Reads one row, pushing its parts onto `chunk` (the caller records where they end).
-    fn row(&self, row: &RawRow, buf: &mut String, chunk: &mut Chunk) -> RowOut {
-        let record = &row.record;
-        let first_identifier = chunk.identifiers.len();
-        let mut out = RowOut {
-            line: row.line,
-            problem: None,
-            ends: Ends::default(),
-            id_digest: None,
-            blank_cells: 0,
-            valid: [0; 2],
-            repeated: 0,
-            value: None,
-            group: false,
-            region: None,
-        };
-        // Ids, identifiers and regions never span lines: a line break in one of
-        // them, or in a row of the wrong length, is a quote that was never closed.
-        let spans_lines = |cell: &[u8]| cell.contains(&b'\n') || cell.contains(&b'\r');
-        if record.len() != self.columns.names.len() {
-            out.problem = Some(if record.iter().any(spans_lines) {
-                RowProblem::UnclosedQuote
-            } else {
-                RowProblem::WrongFieldCount
-            });
-            return out;
-        }
-        let extra = [self.extra.value, self.extra.group];
-        if self.columns.used().chain(extra.into_iter().flatten()).any(|col| spans_lines(&record[col])) {
-            out.problem = Some(RowProblem::UnclosedQuote);
-            return out;
-        }
-        let id = match self.columns.id {
-            None => {
-                use std::fmt::Write;
-                let start = chunk.ids.len();
-                let _ = write!(chunk.ids, "{}", row.line);
-                &chunk.ids[start..]
-            }
-            Some(col) => match std::str::from_utf8(&record[col]) {
-                Err(_) => {
-                    out.problem = Some(RowProblem::BadEncoding);
-                    return out;
-                }
-                Ok(id) if id.trim().is_empty() && !self.list => {
-                    out.problem = Some(RowProblem::MissingId);
-                    return out;
-                }
-                Ok(id) => {
-                    chunk.ids.push_str(id.trim());
-                    id.trim()
-                }
-            },
-        };
-        if let Some(col) = self.extra.value {
-            match parse_value(&record[col]) {
-                Ok(value) => out.value = Some(value),
-                Err(problem) => {
-                    out.problem = Some(problem);
-                    return out;
-                }
-            }
-        }
-        if let Some(col) = self.extra.group {
-            match std::str::from_utf8(&record[col]).map(str::trim) {
-                Ok(label) if !label.is_empty() => {
-                    chunk.groups.push_str(label);
-                    out.group = true;
-                }
-                _ => {
-                    out.problem = Some(RowProblem::MissingGroup);
-                    return out;
-                }
-            }
-        }
-        // Line numbers are not member ids: without an id column the record gets a
-        // digest under a label no filter entry uses, so a filtered id `42` (an
-        // opt-out by member id) can never remove line 42.
-        let label = if self.columns.id.is_some() { Label::Id } else { Label::Line };
-        out.id_digest = self.digester.map(|d| d.token(label, id));
-        let region: Result<Option<Region>, Reject> = match self.columns.region.map(|c| &record[c]) {
-            None => Ok(None),
-            Some(cell) if cell.trim_ascii().is_empty() => Ok(None),
-            Some(cell) => std::str::from_utf8(cell).map_err(|_| Reject::BadRegion).and_then(parse_region).map(Some),
-        };
-        out.region = region.ok().flatten();
-        for &(col, kind) in &self.columns.identifiers {
-            let cell = &record[col];
-            if cell.trim_ascii().is_empty() {
-                out.blank_cells += 1;
-                continue;
-            }
-            let result = match std::str::from_utf8(cell) {
-                Err(_) => Err(Reject::BadEncoding),
-                Ok(text) => match (kind, region) {
-                    (Kind::Phone, Err(reject)) => Err(reject),
-                    (_, region) => self.normalizer.normalize_into(kind, text, region.ok().flatten(), buf),
-                },
-            };
-            match result {
-                Ok(()) => {
-                    let token = self.tokenizer.token(kind.into(), buf);
-                    out.valid[kind as usize] += 1;
-                    if chunk.identifiers[first_identifier..].iter().any(|&(_, t, _)| t == token) {
-                        out.repeated += 1;
-                        continue;
-                    }
-                    let digest = self.digester.map(|d| d.token(kind.into(), buf));
-                    chunk.identifiers.push((kind, token, digest));
-                    if self.keep_raw {
-                        // Valid UTF-8: it normalized.
-                        let start = chunk.raw_text.len();
-                        chunk.raw_text.push_str(&String::from_utf8_lossy(cell));
-                        chunk.raw_spans.push((start, chunk.raw_text.len()));
-                    }
-                }
-                Err(reason) => {
-                    let value = self.keep_values.then(|| String::from_utf8_lossy(cell).into_owned());
-                    chunk.rejects.push((col, reason, value));
-                }
-            }
-        }
-        out
-    }
-}
-
-/// Where worker results are appended, in file order.
-struct Sink<'a, 'v> {
-    set: RecordSet,
-    digests: Option<FilterDigests>,
-    /// `(hash of id, record, line)` per record, when ids are checked for repeats.
-    ids: Option<Vec<(u64, u32, u32)>>,
-    columns: &'a ColumnMap,
-    extra: Extra,
-    /// Group label → index into the set's group names.
-    group_index: std::collections::HashMap<String, u32>,
-    rejects: Option<RejectWriter>,
-    path: &'a Path,
-    complete: bool,
-    /// [`read_rows`]' callback: records go to it instead of into the set.
-    visit: Option<&'a mut Visit<'v>>,
-}
-
-impl Sink<'_, '_> {
-    fn incomplete(&self, line: u64, column: Option<usize>, reason: &'static str) -> ReadError {
-        let column = column.map_or_else(String::new, |c| self.columns.names[c].clone());
-        ReadError::Incomplete { path: self.path.to_owned(), line, column, reason }
-    }
-
-    /// Appends one worker result to the set.
-    fn append(&mut self, row: RowParts<'_>) -> Result<(), ReadError> {
-        let columns = self.columns;
-        let RowParts { out, id, identifiers, rejects: row_rejects, group, raw_text, raw_spans } = row;
-        match out.problem {
-            None => {}
-            Some(RowProblem::UnclosedQuote) => {
-                return Err(ReadError::UnclosedQuote { path: self.path.to_owned(), line: out.line });
-            }
-            Some(problem) => {
-                let column = match problem {
-                    RowProblem::WrongFieldCount => None,
-                    RowProblem::MissingValue | RowProblem::BadValue | RowProblem::ValueTooLarge => self.extra.value,
-                    RowProblem::MissingGroup => self.extra.group,
-                    _ => columns.id,
-                };
-                if self.complete {
-                    return Err(self.incomplete(out.line, column, problem.code()));
-                }
-                let stats = &mut self.set.stats;
-                stats.rows += 1;
-                stats.blank_cells += out.blank_cells;
-                *stats.bad_rows.entry(problem.code()).or_default() += 1;
-                if let Some(rejects) = &mut self.rejects {
-                    rejects.write(out.line, column.map_or("", |c| columns.names[c].as_str()), problem.code(), None)?;
-                }
-                return Ok(());
-            }
-        }
-        if let (true, Some((col, reason, _))) = (self.complete, row_rejects.first()) {
-            return Err(self.incomplete(out.line, Some(*col), reason.code()));
-        }
-        if self.set.id_ends.len() >= u32::MAX as usize {
-            return Err(ReadError::TooManyRecords { path: self.path.to_owned() });
-        }
-        let stats = &mut self.set.stats;
-        stats.rows += 1;
-        stats.blank_cells += out.blank_cells;
-        stats.duplicate_identifiers += out.repeated;
-        stats.records += 1;
-        for &(_, reason, _) in row_rejects {
-            *stats.rejected.entry(reason.code()).or_default() += 1;
-        }
-        if let Some(rejects) = &mut self.rejects {
-            for (col, reason, value) in row_rejects {
-                rejects.write(out.line, &columns.names[*col], reason.code(), value.as_deref())?;
-            }
-        }
-        if identifiers.is_empty() {
-            stats.records_without_identifiers += 1;
-        }
-        for kind in Kind::ALL {
-            if out.valid[kind as usize] > 0 {
-                *stats.identifiers.entry(kind.label()).or_default() += out.valid[kind as usize];
-            }
-        }
-        if let Some(visit) = &mut self.visit {
-            let row = Row {
-                line: out.line,
-                id: columns.id.map(|_| id),
-                region: out.region,
-                identifiers,
-                id_digest: out.id_digest,
-                raw_text,
-                raw_spans,
-            };
-            return match visit(&row) {
-                ControlFlow::Continue(()) => Ok(()),
-                ControlFlow::Break(()) => Err(ReadError::Stopped { path: self.path.to_owned() }),
-            };
-        }
-        let record = self.set.push_record(id);
-        if let Some(value) = out.value {
-            self.set.values.push(value);
-        }
-        if let Some(label) = group {
-            let index = match self.group_index.get(label) {
-                Some(&index) => index,
-                None => {
-                    let index = self.set.group_names.len() as u32;
-                    self.set.group_names.push(label.to_owned());
-                    self.group_index.insert(label.to_owned(), index);
-                    index
-                }
-            };
-            self.set.groups.push(index);
-        }
-        if let Some(ids) = &mut self.ids {
-            ids.push((ID_HASHER.hash_one(id), record, u32::try_from(out.line).unwrap_or(u32::MAX)));
-        }
-        if let (Some(digests), Some(id_digest)) = (&mut self.digests, out.id_digest) {
-            digests.ids.push(id_digest);
-            digests.entries.extend(identifiers.iter().filter_map(|&(_, _, d)| d));
-        }
-        self.set.entries.extend(identifiers.iter().map(|&(kind, token, _)| Entry { token, record, kind }));
-        Ok(())
-    }
-}
-
-/// Hashes record ids to find repeats (a fixed seed: the hashes never leave the
-/// process and a collision only costs one string comparison).
-static ID_HASHER: BuildHasherDefault<DefaultHasher> = BuildHasherDefault::new();
-
-/// Records whose id equals an earlier record's, and the first such record's line
-/// with the line of the record it repeats.
-fn duplicate_ids(set: &RecordSet, mut ids: Vec<(u64, u32, u32)>) -> (u64, Option<(u64, u64)>) {
-    ids.par_sort_unstable();
-    let mut count = 0;
-    let mut first: Option<(u64, u64)> = None;
-    for run in ids.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
-        for (j, &(_, record, line)) in run.iter().enumerate().skip(1) {
-            // Sorted by record within a run: earlier entries are earlier rows.
-            if let Some(&(_, _, first_line)) = run[..j].iter().find(|e| set.id(e.1) == set.id(record)) {
-                count += 1;
-                if first.is_none_or(|(l, _)| u64::from(line) < l) {
-                    first = Some((u64::from(line), u64::from(first_line)));
-                }
-            }
-        }
-    }
-    (count, first)
-}
-
-/// Identifiers that equal one seen earlier: total minus distinct tokens.
-fn count_duplicates(entries: &[Entry]) -> u64 {
-    let prefix = |t: &Token| u64::from_be_bytes(t.head()[..8].try_into().unwrap_or_default());
-    let order = crate::token::group_equal(entries.len(), |i| entries[i].token, prefix);
-    let distinct = order.chunk_by(|a, b| a.0 == b.0 && entries[a.1].token == entries[b.1].token).count();
-    (entries.len() - distinct) as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::normalize::Profile;
+
+    /// A [`Progress`] (and its meters) that logs what it is told.
+    #[derive(Clone, Debug, Default)]
+    struct Logged(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Logged {
+        fn log(&self, event: String) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    impl Progress for Logged {
+        fn start(&self, label: &str, total: u64, unit: Unit) -> Arc<dyn Meter> {
+            self.log(format!("start {label} {total} {unit:?}"));
+            Arc::new(self.clone())
+        }
+    }
+
+    impl Meter for Logged {
+        fn set_total(&self, total: u64) {
+            self.log(format!("total {total}"));
+        }
+        fn set_position(&self, done: u64) {
+            self.log(format!("at {done}"));
+        }
+        fn advance(&self, units: u64) {
+            self.log(format!("advance {units}"));
+        }
+        fn finish(&self) {
+            self.log("finish".to_owned());
+        }
+    }
+
+    #[test]
+    fn reading_reports_the_bytes_read_to_the_callers_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("members.csv");
+        let text = "id,email\n1,a@example.com\n2,b@example.com\n";
+        std::fs::write(&path, text).unwrap();
+        let logged = Logged::default();
+        let mut options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, None), Mode::Match);
+        options.progress = Some(Arc::new(logged.clone()));
+        let set = read(&path, &Tokenizer::new(&Key::from_bytes([1; 32])), options).unwrap();
+        assert_eq!(set.len(), 2);
+        let log = logged.0.lock().unwrap().clone();
+        let len = text.len();
+        assert_eq!(
+            log,
+            [format!("start reading {} {len} Bytes", path.display()), format!("at {len}"), "finish".into()]
+        );
+    }
 
     #[test]
     fn read_rows_hands_on_each_record_as_written_and_counts_as_read_does() {
@@ -906,9 +549,10 @@ mod tests {
                     m5,too,many,fields,here\n";
         std::fs::write(&path, text).unwrap();
         let options = || {
-            let mut options = ReadOptions::new(Normalizer::new(Profile::IdmatchV1, Region::from_code("US").ok()));
-            options.list = true;
-            options
+            ReadOptions::new(
+                Normalizer::new(Profile::IdmatchV1, Region::from_code("US").ok()),
+                Mode::List(BadRows::Skip),
+            )
         };
         /// Line, id, region, identifiers.
         type Seen = (u64, Option<String>, Option<String>, Vec<(Kind, String)>);
@@ -940,7 +584,7 @@ mod tests {
 
         // Refusing at the first problem, and stopping when asked.
         let mut complete = options();
-        complete.complete = true;
+        complete.mode = Mode::List(BadRows::Refuse);
         let err = read_rows(&path, complete, &mut |_: &Row<'_>| ControlFlow::Continue(())).unwrap_err();
         assert!(matches!(err, ReadError::Incomplete { line: 3, reason: "missing_at", .. }), "{err}");
         let mut seen = 0;

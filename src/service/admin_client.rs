@@ -38,8 +38,9 @@ use crate::key::read_secret_file;
 use crate::normalize::{Kind, Normalizer, Profile, Region};
 use crate::optout::OptOutError;
 use crate::optout::store::{Counts, EntryKind, StoreError, check_source};
+use crate::progress::Progress;
 use crate::psi::truncated;
-use crate::records::{self, ColumnSpec, ReadError, ReadOptions, ReadStats, RejectWriter, Row};
+use crate::records::{self, BadRows, ColumnSpec, Mode, ReadError, ReadOptions, ReadStats, RejectWriter, Row};
 use crate::wire;
 use crate::wire::opt_out_admin_client::OptOutAdminClient;
 
@@ -87,8 +88,8 @@ pub struct ImportList {
     pub rejects: Option<RejectWriter>,
     /// Entries per batch (at most; a batch is also kept under 1 MiB).
     pub batch_entries: usize,
-    /// Show the reader's progress bar on stderr.
-    pub progress: bool,
+    /// Where to report reading the list (both passes), if anywhere.
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 /// What a remote import did.
@@ -240,10 +241,10 @@ impl AdminClient {
         let normalizer = Normalizer::new(profile, list.region);
 
         // First pass: check every row; nothing is sent.
-        let mut options = ReadOptions::new(normalizer.clone());
+        // Bad rows are counted in this pass and judged after it.
+        let mut options = ReadOptions::new(normalizer.clone(), Mode::List(BadRows::Skip));
         options.columns = list.columns.clone();
-        options.list = true;
-        options.progress = list.progress;
+        options.progress = list.progress.clone();
         options.rejects = list.rejects;
         let path = file.clone();
         let (read, planned) = tokio::task::spawn_blocking(move || {
@@ -271,12 +272,10 @@ impl AdminClient {
                 file.display()
             )));
         }
-        let mut options = ReadOptions::new(normalizer);
-        options.columns = list.columns;
-        options.list = true;
-        options.progress = list.progress;
         // A row rejected now was not rejected in the first pass: the file changed.
-        options.complete = !list.skip_bad_rows;
+        let mut options = ReadOptions::new(normalizer, Mode::List(BadRows::skip_if(list.skip_bad_rows)));
+        options.columns = list.columns;
+        options.progress = list.progress.clone();
         let (tx, rx) = mpsc::channel::<wire::ImportBatch>(2);
         let stop = Arc::new(AtomicBool::new(false));
         let reader = {

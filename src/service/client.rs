@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,15 +21,16 @@ use super::convert::{owner_from_wire, partner_to_wire};
 use super::driver::{DriveError, INBOUND_QUEUE, Inbound, drive, error_kind, receive_with_deadline, send_with_deadline};
 use crate::key::{Key, KeyError, read_secret_file};
 use crate::normalize::Normalizer;
-use crate::optout::{BadRows, FileList, OptOutError, OptOutSource};
+use crate::optout::{BadRows, OptOutError};
 use crate::output::{OutputError, Staged, write_matches};
-use crate::prepare;
+use crate::prepare::{self, Filter, PrepareError};
+use crate::progress::{self, Meter, Progress, Unit};
 use crate::psi::oprf::{ChunkLimits, OprfPartner};
 use crate::psi::{
     OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, Protocol, ProtocolChoice,
     ProtocolChoiceError, ProtocolError, Reveal, SetupError, check_accept, truncated, untrusted,
 };
-use crate::records::{ColumnSpec, ReadError, ReadOptions, ReadStats};
+use crate::records::{ColumnSpec, Mode, ReadError, ReadOptions, ReadStats};
 use crate::token::{KeyFingerprint, Tokenizer};
 use crate::wire::matcher_client::MatcherClient;
 
@@ -74,8 +74,8 @@ pub struct ClientOptions {
     /// Longest wait for the server to send a message, or to take one of ours; the
     /// match then ends with an error.
     pub idle_timeout: Duration,
-    /// Show progress bars on stderr.
-    pub progress: bool,
+    /// Where to report reading the input and each phase of the match, if anywhere.
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 /// What the client learned.
@@ -100,10 +100,14 @@ pub enum ClientError {
     /// The campaign key file could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// The input file could not be read.
+    /// The input file or the suppression list could not be read, or the list applied.
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    /// An opt-out list to import could not be read (`idmatch optout import --server`).
     #[error(transparent)]
     Read(#[from] ReadError),
-    /// The suppression list could not be read or applied.
+    /// The server's opt-out store refused a request, or a list to import was
+    /// refused before sending (`idmatch optout --server`).
     #[error(transparent)]
     OptOut(#[from] OptOutError),
     /// The output file could not be created, written or renamed into place.
@@ -236,7 +240,7 @@ pub(super) struct PartnerFiles {
     pub key: Key,
     pub fingerprint: KeyFingerprint,
     pub token: Option<String>,
-    pub suppress: Option<FileList>,
+    pub suppress: Filter,
 }
 
 impl PartnerFiles {
@@ -252,9 +256,7 @@ impl PartnerFiles {
         let token = token_file
             .map(|p| read_secret_file(p, "token file").map(|b| String::from_utf8_lossy(&b).trim().to_owned()))
             .transpose()?;
-        let suppress = suppress
-            .map(|p| FileList::read(p, normalizer.clone(), ColumnSpec::default(), None, bad_list_rows))
-            .transpose()?;
+        let suppress = Filter::list_or_none(suppress.map(PathBuf::as_path), normalizer, bad_list_rows)?;
         Ok(PartnerFiles { key, fingerprint, token, suppress })
     }
 }
@@ -381,29 +383,28 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
         &options.normalizer,
         options.bad_list_rows,
     )?;
-    let suppression_list_stats = suppress.as_ref().map(|list| list.stats().clone());
-    let mut read = ReadOptions::new(options.normalizer.clone());
+    let suppression_list_stats = suppress.list_stats().cloned();
+    let mut read = ReadOptions::new(options.normalizer.clone(), Mode::Match);
     read.columns = options.columns.clone();
-    read.progress = options.progress;
+    read.progress = options.progress.clone();
     let input = options.input.clone();
     // Reading, suppressing and preparing the set are CPU work: off the runtime.
-    let (records, set) = tokio::task::spawn_blocking(move || {
-        let filter = suppress.as_ref().map(|list| list as &dyn OptOutSource);
-        let records = prepare::read(&input, &Tokenizer::new(&key), read, filter.map(OptOutSource::digester))?;
-        let set = prepare::prepare(&records, filter)?;
-        Ok::<_, ClientError>((records, set))
+    let (side, set) = tokio::task::spawn_blocking(move || {
+        let side = prepare::prepare(&input, &Tokenizer::new(&key), read, &suppress)?;
+        let set = side.set();
+        Ok::<_, ClientError>((side, set))
     })
     .await
     .map_err(|e| ClientError::Stream(e.to_string()))??;
     let set = Arc::new(set);
 
     let channel = connect(&options).await?;
-    let phases = Phases::new(options.progress, set.len() as u64, options.reveal);
+    let phases = Phases::new(options.progress.as_ref(), set.len() as u64, options.reveal);
     let (out_tx, out_rx) = mpsc::channel::<PartnerMessage>(4);
     let sent = phases.sent.clone();
     let request_stream = ReceiverStream::new(out_rx).map(move |message| {
         if let PartnerMessage::PartnerElements(chunk) = &message {
-            sent.inc(chunk.len() as u64);
+            sent.advance(chunk.len() as u64);
         }
         partner_to_wire(message)
     });
@@ -456,7 +457,7 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     let matched_records = match (&outcome.matched, output) {
         (Some(matched), Some(mut output)) => {
             let matches = set.matched_records(matched);
-            write_matches(&mut output, &records, &matches)
+            write_matches(&mut output, side.records(), &matches)
                 .map_err(|source| OutputError { path: options.output.clone(), source })?;
             output.commit()?;
             Some(matches.len() as u64)
@@ -509,33 +510,23 @@ fn negotiate_and_drive(
     Ok((protocol, outcome.ok_or(DriveError::PeerClosed)?))
 }
 
-/// Progress bars, one per phase of the match (hidden unless asked for and stderr is
-/// a terminal).
+/// One meter per phase of the match.
 #[derive(Clone)]
 struct Phases {
-    sent: ProgressBar,
-    returned: ProgressBar,
-    owner: ProgressBar,
+    sent: Arc<dyn Meter>,
+    returned: Arc<dyn Meter>,
+    owner: Arc<dyn Meter>,
     partner_size: u64,
     reveal: Reveal,
 }
 
 impl Phases {
-    fn new(show: bool, partner_size: u64, reveal: Reveal) -> Phases {
-        let target = if show { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-        let multi = MultiProgress::with_draw_target(target);
-        let style = ProgressStyle::with_template("{msg:32} {wide_bar} {pos}/{len} ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-        let bar = |message: &'static str, len: u64| {
-            let bar = multi.add(ProgressBar::new(len));
-            bar.set_style(style.clone());
-            bar.set_message(message);
-            bar
-        };
+    fn new(progress: Option<&Arc<dyn Progress>>, partner_size: u64, reveal: Reveal) -> Phases {
+        let meter = |label: &str, total: u64| progress::start(progress, label, total, Unit::Elements);
         Phases {
-            sent: bar("blinded and sent", partner_size),
-            returned: bar("re-blinded by the owner", 0),
-            owner: bar("owner elements re-blinded", 0),
+            sent: meter("blinded and sent", partner_size),
+            returned: meter("re-blinded by the owner", 0),
+            owner: meter("owner elements re-blinded", 0),
             partner_size,
             reveal,
         }
@@ -543,25 +534,25 @@ impl Phases {
 
     fn observe(&self, message: &OwnerMessage) {
         match message {
-            // The bars count the ECDH engine's elements.
+            // The meters count the ECDH engine's elements.
             OwnerMessage::Accept(accept) if accept.protocol == Protocol::Oprf => self.finish(),
             OwnerMessage::Accept(accept) => {
-                self.owner.set_length(accept.owner_set_size);
-                self.returned.set_length(if self.reveal.owner_returns_partner_elements() {
+                self.owner.set_total(accept.owner_set_size);
+                self.returned.set_total(if self.reveal.owner_returns_partner_elements() {
                     self.partner_size
                 } else {
                     0
                 });
             }
-            OwnerMessage::ReblindedPartnerElements(chunk) => self.returned.inc(chunk.len() as u64),
-            OwnerMessage::OwnerElements(chunk) => self.owner.inc(chunk.len() as u64),
+            OwnerMessage::ReblindedPartnerElements(chunk) => self.returned.advance(chunk.len() as u64),
+            OwnerMessage::OwnerElements(chunk) => self.owner.advance(chunk.len() as u64),
             OwnerMessage::Summary(_) | OwnerMessage::Oprf(_) => {}
         }
     }
 
     fn finish(&self) {
-        for bar in [&self.sent, &self.returned, &self.owner] {
-            bar.finish_and_clear();
+        for meter in [&self.sent, &self.returned, &self.owner] {
+            meter.finish();
         }
     }
 }

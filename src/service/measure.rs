@@ -30,10 +30,11 @@ use super::metrics::Metrics;
 use super::session::{self, Service, Session};
 use super::shared::Shared;
 use super::status::protocol_status;
-use crate::measure::local::{SideReport, owner_people, write_json};
 use crate::measure::message::MAX_GROUPS;
+use crate::measure::side::{OwnerSide, SideReport, owner_people};
 use crate::measure::stats::{GroupFigures, Lift};
 use crate::measure::{self, Learner};
+use crate::output::write_json;
 use crate::psi::{ProtocolError, untrusted};
 use crate::wire;
 use crate::wire::measure_owner_message::Body as OwnerBody;
@@ -208,7 +209,7 @@ impl Service for MeasureService {
         }
         // Opt-outs as they are now, on the outcomes, before anything is encrypted.
         let excluded = session.excluded(campaign, outcomes)?;
-        let (people, mut side) = owner_people(outcomes, &excluded, settings.value_max);
+        let OwnerSide { people, report: mut side } = owner_people(outcomes, &excluded, settings.value_max);
         side.file = settings.outcomes.display().to_string();
         record.outcome_records = Some(outcomes.len() as u64);
         record.opted_out_records = Some(side.excluded_records);

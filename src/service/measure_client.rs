@@ -18,15 +18,15 @@ use super::client::{ClientError, PartnerFiles, TlsFiles, authorize, check_server
 use super::driver::{DriveError, Driven, INBOUND_QUEUE, Inbound, drive, error_kind, receive_with_deadline};
 use super::frames::PartnerFrames;
 use super::measure_wire::{FrameError, MEASURE_VERSION, MIN_FRAME_BYTES, SEND_FRAME_BYTES, learner_from_wire};
-use crate::measure::local::{SideReport, partner_exposures, write_json};
+use crate::measure::side::{PartnerSide, SideReport, partner_exposures};
 use crate::measure::stats::Measurement;
 use crate::measure::{self, Learner, laplace};
 use crate::normalize::Normalizer;
-use crate::optout::{BadRows, OptOutSource};
-use crate::output::{OutDir, OutputError};
+use crate::optout::BadRows;
+use crate::output::{OutDir, OutputError, write_json};
 use crate::prepare;
 use crate::psi::ProtocolError;
-use crate::records::{ColumnSpec, ReadOptions};
+use crate::records::{ColumnSpec, Mode, ReadOptions};
 use crate::token::Tokenizer;
 use crate::wire;
 use crate::wire::measure_owner_message::Body as OwnerBody;
@@ -129,17 +129,14 @@ async fn measure(
         &options.normalizer,
         options.bad_list_rows,
     )?;
-    let mut read = ReadOptions::new(options.normalizer.clone());
     // One row per impression: repeated ids are one person's rows (measure::people).
-    read.unique_ids = false;
+    let mut read =
+        ReadOptions::new(options.normalizer.clone(), Mode::Exposures { group_column: options.group_column.clone() });
     read.columns = options.columns.clone();
-    read.group_column = options.group_column.clone();
     let input = options.input.clone();
-    let (labels, group_records, exposures, mut side) = tokio::task::spawn_blocking(move || {
-        let filter = suppress.as_ref().map(|list| list as &dyn OptOutSource);
-        let records = prepare::read(&input, &Tokenizer::new(&key), read, filter.map(OptOutSource::digester))?;
-        let excluded = prepare::excluded(&records, filter)?;
-        partner_exposures(&records, &excluded).map_err(|e| ClientError::Measurement(e.to_string()))
+    let PartnerSide { labels, group_people, exposures, report: mut side } = tokio::task::spawn_blocking(move || {
+        let side = prepare::prepare(&input, &Tokenizer::new(&key), read, &suppress)?;
+        partner_exposures(side.records(), side.excluded()).map_err(|e| ClientError::Measurement(e.to_string()))
     })
     .await
     .map_err(|e| ClientError::Stream(e.to_string()))??;
@@ -187,7 +184,7 @@ async fn measure(
     let runtime = tokio::runtime::Handle::current();
     let bundles = exposures.len() as u64;
     let driver = tokio::task::spawn_blocking(move || {
-        run_partner(labels, group_records, &exposures, bundles, &mut in_rx, &out_tx, idle, &runtime)
+        run_partner(labels, group_people, &exposures, bundles, &mut in_rx, &out_tx, idle, &runtime)
     });
     let outcome = driver.await.map_err(|e| ClientError::Stream(e.to_string()))?;
     reader.abort();

@@ -17,7 +17,7 @@ use crate::normalize::Normalizer;
 use crate::optout::store::OptOutStore;
 use crate::optout::{BadRows, FileList, OptOutError, excluded_records};
 use crate::prepare;
-use crate::records::{ReadError, ReadOptions, RecordSet};
+use crate::records::{Mode, ReadError, ReadOptions, RecordSet};
 use crate::token::{KeyFingerprint, Tokenizer};
 
 /// A campaign with its audience loaded and tokenized.
@@ -79,24 +79,21 @@ fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campai
     let started = Instant::now();
     info!(campaign = %settings.id, audience = %settings.audience.display(), "loading audience");
     let key = Key::load(&settings.key_file)?;
-    let mut options = ReadOptions::new(Normalizer::new(settings.profile, settings.region));
+    let mut options = ReadOptions::new(Normalizer::new(settings.profile, settings.region), Mode::Match);
     options.columns = settings.columns.clone();
-    options.progress = true;
     // Digested once under the opt-outs' stable key; filtered again at every match.
-    let records = prepare::read(&settings.audience, &Tokenizer::new(&key), options, Some(&optouts.digester))?;
+    let records = prepare::read_digested(&settings.audience, &Tokenizer::new(&key), options, &optouts.digester)?;
     if let Some(store) = &optouts.store {
         store.ensure_profile(&records).map_err(OptOutError::from)?;
     }
     let outcomes = match &settings.measurement {
         Some(m) => {
             info!(campaign = %settings.id, outcomes = %m.outcomes.display(), "loading outcomes");
-            let mut options = ReadOptions::new(Normalizer::new(settings.profile, settings.region));
             // One row per purchase: repeated ids are one person's rows (measure::people).
-            options.unique_ids = false;
+            let mode = Mode::Outcomes { value_column: m.value_column.clone() };
+            let mut options = ReadOptions::new(Normalizer::new(settings.profile, settings.region), mode);
             options.columns = m.columns.clone();
-            options.value_column = Some(m.value_column.clone());
-            options.progress = true;
-            let outcomes = prepare::read(&m.outcomes, &Tokenizer::new(&key), options, Some(&optouts.digester))?;
+            let outcomes = prepare::read_digested(&m.outcomes, &Tokenizer::new(&key), options, &optouts.digester)?;
             let stats = outcomes.stats();
             info!(
                 campaign = %settings.id,
@@ -159,8 +156,7 @@ impl OptOuts {
         let normalizer = Normalizer::new(campaign.settings.profile, campaign.settings.region);
         let mut attempts = 0;
         let list = loop {
-            let list =
-                FileList::read(path, normalizer.clone(), Default::default(), Some(self.digester.clone()), bad_rows)?;
+            let list = FileList::load_under(path, normalizer.clone(), self.digester.clone(), bad_rows)?;
             let after = ContentDigest::of(path)?;
             if after == before {
                 break Arc::new(list);

@@ -32,13 +32,14 @@ use super::spool::{SpoolReader, SpoolWriter};
 use super::{ShardFileError, ShardRule};
 use crate::key::Key;
 use crate::local_match::{
-    Filters, LocalMatchFailure, LocalMatchOptions, MatchSummary, RejectReports, SideSummary, engine, run_staged,
-    write_summary,
+    Filters, LocalMatchFailure, LocalMatchOptions, MatchSummary, RejectReports, SideSummary, StoreSummary, engine,
+    run_staged, write_summary,
 };
 use crate::normalize::Kind;
 use crate::output::{MatchRows, Staged};
+use crate::prepare::PrepareError;
 use crate::psi::{KindSet, PreparedSet, Protocol};
-use crate::records::{ReadError, ReadOptions, RejectWriter};
+use crate::records::{Mode, ReadError, ReadOptions, RejectWriter};
 use crate::token::{KeyFingerprint, Token, Tokenizer};
 
 /// Runs the match of `options` in `shards` shards (at most [`super::MAX_SHARDS`])
@@ -54,8 +55,8 @@ pub fn run(options: &LocalMatchOptions, shards: NonZeroU32) -> Result<MatchSumma
 impl From<SpillError> for LocalMatchFailure {
     fn from(e: SpillError) -> LocalMatchFailure {
         match e {
-            SpillError::Read(e) => LocalMatchFailure::Read(e),
-            SpillError::OptOut(e) => LocalMatchFailure::OptOut(e),
+            SpillError::Read(e) => LocalMatchFailure::Prepare(PrepareError::Read(e)),
+            SpillError::OptOut(e) => LocalMatchFailure::Prepare(PrepareError::Filter(e)),
             SpillError::Shard(e) => LocalMatchFailure::Shard(e),
             SpillError::Scratch { dir, source } => LocalMatchFailure::Write { path: dir, source },
         }
@@ -157,7 +158,7 @@ fn run_into(
     let fingerprint = KeyFingerprint::of(key);
     let rule = ShardRule::new(key, shards);
     let n = shards.get();
-    let Filters { optouts, optout_list, optout_store, suppress } = Filters::load(options)?;
+    let Filters { optouts, suppress } = Filters::load(options)?;
     let RejectReports { owner: owner_rejects, partner: partner_rejects, names: mut outputs } =
         RejectReports::create(options, out_dir)?;
     let scratch = Scratch {
@@ -171,27 +172,21 @@ fn run_into(
     let mut owner_targets = scratch.targets(Side::Owner, &fingerprint, options)?;
     let mut partner_targets = scratch.targets(Side::Partner, &fingerprint, options)?;
     let read_options = |rejects: Option<RejectWriter>| {
-        let mut read = ReadOptions::new(options.normalizer.clone());
+        let mut read = ReadOptions::new(options.normalizer.clone(), Mode::Match);
         read.columns = options.columns.clone();
         read.rejects = rejects;
-        read.progress = options.progress;
+        read.progress = options.progress.clone();
         read
     };
     // The two files are split at once, as the unsharded match reads them; the
     // owner's filter (a store is not `Sync`) is consulted on this thread.
     let (owner, partner) = std::thread::scope(|scope| {
         let partner = scope.spawn(|| {
-            let filter = suppress.as_ref();
+            let filter = suppress.source();
             spill(&options.partner, &tokenizer, read_options(partner_rejects), filter, &rule, &mut partner_targets)
         });
-        let owner = spill(
-            &options.owner,
-            &tokenizer,
-            read_options(owner_rejects),
-            optouts.as_deref(),
-            &rule,
-            &mut owner_targets,
-        );
+        let owner =
+            spill(&options.owner, &tokenizer, read_options(owner_rejects), optouts.source(), &rule, &mut owner_targets);
         // A panic there is a bug, not bad input: it goes on as a panic.
         (owner, partner.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
@@ -260,9 +255,9 @@ fn run_into(
         owner: side(&options.owner, owner, &owner_totals, owner_matched),
         partner: side(&options.partner, partner, &partner_totals, partner_matched),
         intersection,
-        optout_list,
-        optout_store,
-        suppression_list: suppress.as_ref().map(|list| list.stats().clone()),
+        optout_list: optouts.list_stats().cloned(),
+        optout_store: StoreSummary::of(&optouts),
+        suppression_list: suppress.list_stats().cloned(),
         outputs,
     };
     write_summary(out_dir, &summary)?;
@@ -437,7 +432,9 @@ fn check_unique_ids(scratch: &Scratch, side: Side, input: &Path, spilled: &Spill
         std::fs::remove_file(&path).map_err(scratch.io())?;
     }
     match first_repeat {
-        Some((line, first_line)) => Err(ReadError::DuplicateId { path: input.to_owned(), line, first_line }.into()),
+        Some((line, first_line)) => {
+            Err(PrepareError::Read(ReadError::DuplicateId { path: input.to_owned(), line, first_line }).into())
+        }
         None => Ok(()),
     }
 }

@@ -1,5 +1,5 @@
 //! Streaming one input file into `N` shard files: read (normalize, token and filter
-//! digests in one pass, [`records::read_tokens`]) → opt-out or suppression filter →
+//! digests in one pass, `prepare::stream`) → opt-out or suppression filter →
 //! shard rule → shard files, in batches, in bounded memory (a few batches of rows,
 //! and one write buffer per open file) whatever the size of the input.
 //!
@@ -21,7 +21,7 @@ use super::spool::SpoolWriter;
 use super::{ShardRule, multiply_shift};
 use crate::normalize::Kind;
 use crate::optout::{OptOutError, OptOutSource};
-use crate::records::{self, ReadError, ReadOptions, ReadStats, Row};
+use crate::records::{ReadError, ReadOptions, ReadStats, Row};
 use crate::token::{Token, Tokenizer};
 
 /// Records per batch handed from the reading thread to the one writing shards.
@@ -111,12 +111,11 @@ pub(crate) fn id_bucket(id: &str, buckets: u32) -> u32 {
 pub fn spill<F: OptOutSource + ?Sized>(
     path: &Path,
     tokenizer: &Tokenizer,
-    mut options: ReadOptions,
+    options: ReadOptions,
     filter: Option<&F>,
     rule: &ShardRule,
     targets: &mut Targets,
 ) -> Result<Spilled, SpillError> {
-    options.filter_digester = filter.map(|f| f.digester().clone());
     let mut spilled = Spilled::default();
     let mut ordinal = 0u64;
     std::thread::scope(|scope| {
@@ -135,7 +134,7 @@ pub fn spill<F: OptOutSource + ?Sized>(
                         Err(_) => ControlFlow::Break(()),
                     }
                 };
-                records::read_tokens(path, tokenizer, options, &mut visit)?
+                crate::prepare::stream(path, tokenizer, options, filter.map(|f| f.digester()), &mut visit)?
             };
             let _ = full.send(batch);
             Ok::<ReadStats, ReadError>(stats)

@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 use super::spill::{SpillError, Spilled, Targets, spill};
 use super::{MAX_SHARDS, ShardRule, ShardWriter};
 use crate::key::{Key, KeyError};
-use crate::local_match::{OptOuts, StoreSummary};
+use crate::local_match::StoreSummary;
 use crate::normalize::Normalizer;
-use crate::optout::{BadRows, OptOutError};
+use crate::optout::BadRows;
 use crate::output::OutDir;
-use crate::records::{ColumnSpec, ReadOptions, ReadStats, RejectWriter};
+use crate::prepare::{Filter, PrepareError};
+use crate::records::{ColumnSpec, Mode, ReadOptions, ReadStats, RejectWriter};
 use crate::token::{KeyFingerprint, Tokenizer};
 
 /// Everything a split needs.
@@ -43,8 +44,8 @@ pub struct SplitOptions {
     pub bad_list_rows: BadRows,
     /// Where to report the input's rejects, if anywhere.
     pub rejects: Option<RejectWriter>,
-    /// Show a progress bar on stderr while reading.
-    pub progress: bool,
+    /// Where to report how many of the input's bytes have been read, if anywhere.
+    pub progress: Option<std::sync::Arc<dyn crate::progress::Progress>>,
 }
 
 /// Why a split failed; nothing was written.
@@ -56,7 +57,7 @@ pub enum SplitError {
     Key(#[from] KeyError),
     /// The opt-outs could not be loaded.
     #[error(transparent)]
-    OptOut(#[from] OptOutError),
+    OptOut(#[from] PrepareError),
     /// The input could not be read, filtered or written out.
     #[error(transparent)]
     Spill(#[from] SpillError),
@@ -119,8 +120,10 @@ pub fn split(mut options: SplitOptions) -> Result<SplitSummary, SplitError> {
         return Err(SplitError::TooManyShards { shards: n });
     }
     let key = Key::load(&options.key_file)?;
-    let store = options.optout_store.as_ref().map(|(db, key)| (db.as_path(), key.as_path()));
-    let optouts = OptOuts::load(options.optouts.as_deref(), store, &options.normalizer, options.bad_list_rows)?;
+    let optouts = match &options.optout_store {
+        Some((db, key_file)) => Filter::store(db, key_file, options.normalizer.profile())?,
+        None => Filter::list_or_none(options.optouts.as_deref(), &options.normalizer, options.bad_list_rows)?,
+    };
     let out_dir = &options.out_dir;
     let write_err = |path: &Path| {
         let path = path.to_owned();
@@ -149,8 +152,8 @@ pub fn split(mut options: SplitOptions) -> Result<SplitSummary, SplitError> {
     Ok(SplitSummary {
         stats: spilled.stats,
         excluded_records: spilled.excluded_records,
-        optout_list: optouts.list,
-        optout_store: optouts.store,
+        optout_list: optouts.list_stats().cloned(),
+        optout_store: StoreSummary::of(&optouts),
         files: names.iter().map(|name| out_dir.join(name)).zip(written).collect(),
     })
 }
@@ -159,7 +162,7 @@ pub fn split(mut options: SplitOptions) -> Result<SplitSummary, SplitError> {
 fn write_shards(
     options: &SplitOptions,
     key: &Key,
-    optouts: &OptOuts,
+    optouts: &Filter,
     rejects: Option<RejectWriter>,
     staging: &Path,
 ) -> Result<(Vec<u64>, Spilled), SplitError> {
@@ -172,12 +175,12 @@ fn write_shards(
         .collect::<Result<Vec<_>, _>>()
         .map_err(SpillError::from)?;
     let mut targets = Targets { kept, excluded: None, ids: None };
-    let mut read = ReadOptions::new(options.normalizer.clone());
+    let mut read = ReadOptions::new(options.normalizer.clone(), Mode::Match);
     read.columns = options.columns.clone();
-    read.progress = options.progress;
+    read.progress = options.progress.clone();
     read.rejects = rejects;
     let rule = ShardRule::new(key, options.shards);
-    let spilled = spill(&options.input, &Tokenizer::new(key), read, optouts.source.as_deref(), &rule, &mut targets)?;
+    let spilled = spill(&options.input, &Tokenizer::new(key), read, optouts.source(), &rule, &mut targets)?;
     let mut counts = Vec::with_capacity(n as usize);
     for writer in targets.kept {
         counts.push(writer.count());

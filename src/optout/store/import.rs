@@ -10,12 +10,14 @@
 //! already present are counted, not duplicated.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::{Counts, EntryKind, OptOutStore, StoreEntry, StoreError, check_source, digest_order};
 use crate::normalize::{Normalizer, Region};
-use crate::records::{self, ColumnSpec, ReadOptions, ReadStats, RejectWriter};
+use crate::progress::Progress;
+use crate::records::{self, BadRows, ColumnSpec, Mode, ReadOptions, ReadStats, RejectWriter};
 use crate::token::Label;
 
 /// Entries per transaction unless told otherwise.
@@ -36,13 +38,13 @@ pub struct ImportOptions {
     pub strict: bool,
     /// Where to report rejected rows and identifiers (line, column, reason).
     pub rejects: Option<RejectWriter>,
-    /// Show the reader's progress bar on stderr.
-    pub progress: bool,
+    /// Where to report reading the list, if anywhere.
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 impl ImportOptions {
     /// Strict import under the `source` label: detected columns, no default region,
-    /// the default batch size, no reject report, no progress bar.
+    /// the default batch size, no reject report, no progress reported.
     pub fn new(source: impl Into<String>) -> ImportOptions {
         ImportOptions {
             columns: ColumnSpec::default(),
@@ -51,7 +53,7 @@ impl ImportOptions {
             batch_size: DEFAULT_BATCH_SIZE,
             strict: true,
             rejects: None,
-            progress: false,
+            progress: None,
         }
     }
 }
@@ -99,10 +101,10 @@ pub(super) fn import_file(
     on_batch: &mut dyn FnMut(&BatchReport),
 ) -> Result<ImportReport, StoreError> {
     check_source(&options.source)?;
-    let mut read = ReadOptions::new(Normalizer::new(store.profile(), options.region));
+    // Bad rows are counted in the read and judged after it (`strict`).
+    let mut read = ReadOptions::new(Normalizer::new(store.profile(), options.region), Mode::List(BadRows::Skip));
     read.columns = std::mem::take(&mut options.columns);
-    read.list = true;
-    read.progress = options.progress;
+    read.progress = options.progress.clone();
     read.rejects = options.rejects.take();
     // The reader's tokens are exactly the store digests: same key, same labels.
     let set = records::read(path, store.digester(), read)?;

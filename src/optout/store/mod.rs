@@ -37,15 +37,15 @@
 //! # use idmatch::normalize::{Normalizer, Profile};
 //! # use idmatch::optout::{OptOutSource, excluded_records};
 //! # use idmatch::optout::store::{OptOutStore, StoreOptions};
-//! # use idmatch::records::{self, ReadOptions};
+//! # use idmatch::prepare::read_digested;
+//! # use idmatch::records::{Mode, ReadOptions};
 //! # use idmatch::token::Tokenizer;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store_key = Key::load(Path::new("store.key"))?;
 //! let store = OptOutStore::open(Path::new("optouts.db"), &store_key, &StoreOptions::existing())?;
 //! let campaign = Tokenizer::new(&Key::load(Path::new("campaign.key"))?);
-//! let mut options = ReadOptions::new(Normalizer::new(store.profile(), None));
-//! options.filter_digester = Some(store.digester().clone());
-//! let members = records::read(Path::new("members.csv"), &campaign, options)?;
+//! let options = ReadOptions::new(Normalizer::new(store.profile(), None), Mode::Match);
+//! let members = read_digested(Path::new("members.csv"), &campaign, options, store.digester())?;
 //! store.ensure_profile(&members)?;
 //! let excluded: Vec<bool> = excluded_records(&members, &store)?;
 //! # Ok(()) }
