@@ -9,7 +9,6 @@
 //! gets its ordinal (its number among the file's records, excluded ones included),
 //! so that outputs can be put back in file order.
 
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
@@ -99,9 +98,11 @@ impl Batch {
     }
 }
 
-/// The bucket of a record id in the repeat check: any fixed hash that spreads ids.
-pub(crate) fn id_bucket(id: &str, buckets: u32) -> u32 {
-    multiply_shift(BuildHasherDefault::<DefaultHasher>::default().hash_one(id), buckets)
+/// A fixed 64-bit hash of a record id (FNV-1a), to spread ids over the buckets of
+/// the repeat check and to group equal ids in one: not keyed and not collision
+/// resistant, and needs neither (equal hashes are compared as text).
+pub(crate) fn id_hash(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Reads `path` under `tokenizer` and `options` and writes each record's tokens to
@@ -182,7 +183,7 @@ fn write_batch<F: OptOutSource + ?Sized>(
             }
         }
         if let (Some((dir, ids)), true) = (&mut targets.ids, batch.id_column) {
-            let bucket = id_bucket(id, ids.len() as u32) as usize;
+            let bucket = multiply_shift(id_hash(id), ids.len() as u32) as usize;
             ids[bucket].push(line, 0, id).map_err(|source| SpillError::Scratch { dir: dir.clone(), source })?;
         }
         *ordinal += 1;
