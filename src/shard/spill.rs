@@ -13,8 +13,6 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 
-use rayon::prelude::*;
-
 use super::file::{ShardEntry, ShardFileError, ShardWriter};
 use super::spool::SpoolWriter;
 use super::{ShardRule, multiply_shift};
@@ -166,7 +164,7 @@ fn write_batch<F: OptOutSource + ?Sized>(
         None => vec![false; batch.records.len()],
         Some(filter) => excluded(batch, filter)?,
     };
-    let shards: Vec<u32> = batch.entries.par_iter().map(|(_, token, _)| rule.shard_of(token)).collect();
+    let shards = shards_of(&batch.entries, rule);
     let (mut id_start, mut entry_start) = (0, 0);
     for (&(line, id_end, entries_end, _), out) in batch.records.iter().zip(excluded) {
         let id = &batch.ids[id_start..id_end];
@@ -189,6 +187,25 @@ fn write_batch<F: OptOutSource + ?Sized>(
         *ordinal += 1;
     }
     Ok(())
+}
+
+/// The shard of each entry, on all cores: on plain threads of its own, not on the
+/// rayon pool, because the reading side blocks pool threads while it waits for this
+/// side to take its batches (a pool job here could wait for them forever).
+fn shards_of(entries: &[(Kind, Token, Option<Token>)], rule: &ShardRule) -> Vec<u32> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let part = entries.len().div_ceil(threads).max(1024);
+    let mut shards = vec![0u32; entries.len()];
+    std::thread::scope(|scope| {
+        for (entries, shards) in entries.chunks(part).zip(shards.chunks_mut(part)) {
+            scope.spawn(move || {
+                for ((_, token, _), shard) in entries.iter().zip(shards) {
+                    *shard = rule.shard_of(token);
+                }
+            });
+        }
+    });
+    shards
 }
 
 /// One flag per record of `batch`: its id or one of its identifiers is in `filter`.
