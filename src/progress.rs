@@ -21,6 +21,8 @@ pub enum Unit {
     Bytes,
     /// Elements of a set (tokens, blinded points).
     Elements,
+    /// Shards of an out-of-core match.
+    Shards,
 }
 
 /// Where long work reports its progress: one [`Meter`] per task.

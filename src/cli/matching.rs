@@ -71,11 +71,32 @@ pub struct MatchArgs {
     /// Local mode: also write owner_rejects.csv and partner_rejects.csv (line, column, reason) to the output directory.
     #[arg(long, conflicts_with = "server")]
     pub write_rejects: bool,
-    /// Local mode: match out of core in N shards (1 to 4096): both files are split into shard files in a private
-    /// directory inside --out-dir and matched one shard at a time, so memory follows the shard, not the input.
-    /// The outputs are the same as without it.
-    #[arg(long, value_name = "N", conflicts_with = "server", value_parser = super::shard::parse_shards)]
-    pub shards: Option<std::num::NonZeroU32>,
+    /// Local mode: match out of core in N shards (1 to 4096, or `auto`: one per 32 MiB of the larger file): both
+    /// files are split into shard files in a private directory inside --out-dir and matched one shard at a time,
+    /// so memory follows the shard, not the input. The outputs are the same as without it.
+    #[arg(long, value_name = "N|auto", conflicts_with = "server", value_parser = parse_shard_count)]
+    pub shards: Option<ShardCount>,
+}
+
+/// `--shards`: a number, or one chosen from the input sizes.
+#[derive(Clone, Copy, Debug)]
+pub enum ShardCount {
+    Auto,
+    Exactly(std::num::NonZeroU32),
+}
+
+fn parse_shard_count(s: &str) -> Result<ShardCount, String> {
+    if s == "auto" { Ok(ShardCount::Auto) } else { super::shard::parse_shards(s).map(ShardCount::Exactly) }
+}
+
+/// The number of shards for `--shards auto`, from the sizes of the two files.
+fn auto_shards(owner: &std::path::Path, partner: &std::path::Path) -> Result<std::num::NonZeroU32, UsageError> {
+    let size = |path: &std::path::Path| {
+        std::fs::metadata(path).ok().filter(std::fs::Metadata::is_file).map(|m| m.len()).ok_or_else(|| {
+            UsageError(format!("--shards auto needs the size of {}: give --shards N instead", path.display()))
+        })
+    };
+    Ok(idmatch::shard::local::default_shards(size(owner)?.max(size(partner)?)))
 }
 
 fn parse_reveal(s: &str) -> Result<Reveal, String> {
@@ -113,8 +134,16 @@ pub fn run(args: MatchArgs) -> CliResult {
         write_rejects: args.write_rejects,
         progress: Bars::on_stderr(true),
     };
-    let summary = match args.shards {
-        Some(shards) => idmatch::shard::local::run(&options, shards)?,
+    let shards = match args.shards {
+        Some(ShardCount::Auto) => Some(auto_shards(&options.owner, &options.partner)?),
+        Some(ShardCount::Exactly(n)) => Some(n),
+        None => None,
+    };
+    let summary = match shards {
+        Some(shards) => {
+            println!("shards: {shards}");
+            idmatch::shard::local::run(&options, shards)?
+        }
         None => local_match::run(&options)?,
     };
     let side = |name: &str, s: &local_match::SideSummary| {

@@ -25,7 +25,7 @@ impl Progress for Bars {
     fn start(&self, label: &str, total: u64, unit: Unit) -> Arc<dyn Meter> {
         let template = match unit {
             Unit::Bytes => "{msg} {wide_bar} {bytes}/{total_bytes} ({eta})",
-            Unit::Elements => "{msg:32} {wide_bar} {pos}/{len} ({eta})",
+            Unit::Elements | Unit::Shards => "{msg:32} {wide_bar} {pos}/{len} ({eta})",
         };
         let bar = self.multi.add(ProgressBar::new(total));
         bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));

@@ -20,14 +20,14 @@
 //! staging directory if the run fails or is killed.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
 use super::file::{Expected, ShardReader, ShardWriter};
-use super::spill::{SpillError, Spilled, Targets, spill};
+use super::spill::{SpillError, Spilled, Targets, id_hash, spill};
 use super::spool::{SpoolReader, SpoolWriter};
 use super::{ShardFileError, ShardRule};
 use crate::key::Key;
@@ -38,6 +38,7 @@ use crate::local_match::{
 use crate::normalize::Kind;
 use crate::output::{MatchRows, Staged};
 use crate::prepare::PrepareError;
+use crate::progress::Unit;
 use crate::psi::{KindSet, PreparedSet, Protocol};
 use crate::records::{Mode, ReadError, ReadOptions, RejectWriter};
 use crate::token::{KeyFingerprint, Token, Tokenizer};
@@ -50,6 +51,17 @@ pub fn run(options: &LocalMatchOptions, shards: NonZeroU32) -> Result<MatchSumma
         return Err(LocalMatchFailure::TooManyShards { shards: shards.get() });
     }
     run_staged(options, |key, staging| run_into(options, key, staging, shards))
+}
+
+/// Input bytes per shard that [`default_shards`] aims at: about 750,000 records of
+/// the usual width, whose shard (both sides, all state) takes some hundred MiB.
+pub const BYTES_PER_SHARD: u64 = 32 << 20;
+
+/// A number of shards for inputs of `largest` bytes (the larger of the two files):
+/// one per [`BYTES_PER_SHARD`], at least 1 and at most [`super::MAX_SHARDS`].
+pub fn default_shards(largest: u64) -> NonZeroU32 {
+    let shards = largest.div_ceil(BYTES_PER_SHARD).clamp(1, u64::from(super::MAX_SHARDS));
+    NonZeroU32::new(shards as u32).unwrap_or(NonZeroU32::MIN)
 }
 
 impl From<SpillError> for LocalMatchFailure {
@@ -201,7 +213,9 @@ fn run_into(
     let (mut owner_reveal, mut partner_reveal) = (false, false);
     let expected =
         |index| Expected { fingerprint: &fingerprint, profile: options.normalizer.profile(), shards: n, index };
+    let progress = crate::progress::start(options.progress.as_ref(), "matching shards", u64::from(n), Unit::Shards);
     for i in 0..n {
+        progress.set_position(u64::from(i));
         let (o, p) = rayon::join(
             || ShardSet::load(&scratch, Side::Owner, expected(i)),
             || ShardSet::load(&scratch, Side::Partner, expected(i)),
@@ -224,6 +238,7 @@ fn run_into(
         o.add_to(&mut owner_totals, outcome.owner_sent);
         p.add_to(&mut partner_totals, outcome.partner_sent);
     }
+    progress.finish();
 
     let mut merged = |side: Side, name: &str| -> Result<u64, LocalMatchFailure> {
         let path = out_dir.join(name);
@@ -283,7 +298,8 @@ impl ShardSet {
         let i = expected.index;
         let kept_path = scratch.path(side, "kept", i);
         let mut reader = ShardReader::open(&kept_path, expected)?;
-        let capacity = usize::try_from(reader.header().count).unwrap_or(0);
+        // The count is checked only at the end: it bounds the first allocation, no more.
+        let capacity = usize::try_from(reader.header().count.min(1 << 24)).unwrap_or(0);
         let mut entries: Vec<(Token, u32, Kind)> = Vec::with_capacity(capacity);
         let (mut ordinals, mut id_text, mut id_ends) = (Vec::new(), String::new(), Vec::new());
         let mut id = String::new();
@@ -406,35 +422,62 @@ fn merge_matched(scratch: &Scratch, side: Side, path: &Path) -> Result<u64, Loca
 }
 
 /// Refuses a side whose file gives two records the same id (as the unsharded read
-/// does, naming the earliest repeating line and the line it repeats), checking one
-/// bucket of ids at a time.
+/// does, naming the earliest repeating line and the line it repeats), checking the
+/// buckets of ids on all cores, one bucket per task.
 fn check_unique_ids(scratch: &Scratch, side: Side, input: &Path, spilled: &Spilled) -> Result<(), LocalMatchFailure> {
-    let mut first_repeat: Option<(u64, u64)> = None;
-    for i in 0..scratch.shards {
-        let path = scratch.path(side, "ids", i);
-        if spilled.id_column {
-            let mut reader = SpoolReader::open(&path).map_err(scratch.io())?;
-            let mut seen: HashMap<Box<str>, u64> = HashMap::new();
-            let mut id = String::new();
-            while let Some((line, _)) = reader.next_record(&mut id).map_err(scratch.io())? {
-                match seen.get(id.as_str()) {
-                    Some(&first_line) => {
-                        if first_repeat.is_none_or(|(l, _)| line < l) {
-                            first_repeat = Some((line, first_line));
-                        }
-                    }
-                    None => {
-                        seen.insert(id.as_str().into(), line);
-                    }
-                }
-            }
-        }
-        std::fs::remove_file(&path).map_err(scratch.io())?;
-    }
-    match first_repeat {
+    let repeats = (0..scratch.shards)
+        .into_par_iter()
+        .map(|i| {
+            let path = scratch.path(side, "ids", i);
+            let repeat = if spilled.id_column { first_repeat(&path).map_err(scratch.io())? } else { None };
+            std::fs::remove_file(&path).map_err(scratch.io())?;
+            Ok(repeat)
+        })
+        .collect::<Result<Vec<_>, LocalMatchFailure>>()?;
+    match repeats.into_iter().flatten().min() {
         Some((line, first_line)) => {
             Err(PrepareError::Read(ReadError::DuplicateId { path: input.to_owned(), line, first_line }).into())
         }
         None => Ok(()),
+    }
+}
+
+/// The earliest line of one bucket of ids whose id repeats an earlier line's, and
+/// the line of that id's first appearance.
+fn first_repeat(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
+    let mut reader = SpoolReader::open(path)?;
+    let (mut text, mut ids) = (String::new(), Vec::new());
+    let mut id = String::new();
+    while let Some((line, _)) = reader.next_record(&mut id)? {
+        let start = text.len();
+        text.push_str(&id);
+        ids.push((id_hash(&id), line, start, text.len()));
+    }
+    // Equal ids are adjacent, in line order (the file is in line order).
+    ids.sort_unstable_by_key(|&(hash, line, _, _)| (hash, line));
+    let mut first: Option<(u64, u64)> = None;
+    for run in ids.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
+        for (j, &(_, line, from, to)) in run.iter().enumerate().skip(1) {
+            if let Some(&(_, first_line, ..)) = run[..j].iter().find(|e| text[e.2..e.3] == text[from..to])
+                && first.is_none_or(|(l, _)| line < l)
+            {
+                first = Some((line, first_line));
+            }
+        }
+    }
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_number_of_shards_follows_the_input_size() {
+        assert_eq!(default_shards(0).get(), 1);
+        assert_eq!(default_shards(BYTES_PER_SHARD).get(), 1);
+        assert_eq!(default_shards(BYTES_PER_SHARD + 1).get(), 2);
+        assert_eq!(default_shards(4 << 30).get(), 128);
+        assert_eq!(default_shards(u64::MAX).get(), super::super::MAX_SHARDS);
     }
 }

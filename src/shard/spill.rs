@@ -9,12 +9,9 @@
 //! gets its ordinal (its number among the file's records, excluded ones included),
 //! so that outputs can be put back in file order.
 
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
-
-use rayon::prelude::*;
 
 use super::file::{ShardEntry, ShardFileError, ShardWriter};
 use super::spool::SpoolWriter;
@@ -99,9 +96,11 @@ impl Batch {
     }
 }
 
-/// The bucket of a record id in the repeat check: any fixed hash that spreads ids.
-pub(crate) fn id_bucket(id: &str, buckets: u32) -> u32 {
-    multiply_shift(BuildHasherDefault::<DefaultHasher>::default().hash_one(id), buckets)
+/// A fixed 64-bit hash of a record id (FNV-1a), to spread ids over the buckets of
+/// the repeat check and to group equal ids in one: not keyed and not collision
+/// resistant, and needs neither (equal hashes are compared as text).
+pub(crate) fn id_hash(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// Reads `path` under `tokenizer` and `options` and writes each record's tokens to
@@ -164,7 +163,7 @@ fn write_batch<F: OptOutSource + ?Sized>(
         None => vec![false; batch.records.len()],
         Some(filter) => excluded(batch, filter)?,
     };
-    let shards: Vec<u32> = batch.entries.par_iter().map(|(_, token, _)| rule.shard_of(token)).collect();
+    let shards = shards_of(&batch.entries, rule);
     let (mut id_start, mut entry_start) = (0, 0);
     for (&(line, id_end, entries_end, _), out) in batch.records.iter().zip(excluded) {
         let id = &batch.ids[id_start..id_end];
@@ -181,12 +180,31 @@ fn write_batch<F: OptOutSource + ?Sized>(
             }
         }
         if let (Some((dir, ids)), true) = (&mut targets.ids, batch.id_column) {
-            let bucket = id_bucket(id, ids.len() as u32) as usize;
+            let bucket = multiply_shift(id_hash(id), ids.len() as u32) as usize;
             ids[bucket].push(line, 0, id).map_err(|source| SpillError::Scratch { dir: dir.clone(), source })?;
         }
         *ordinal += 1;
     }
     Ok(())
+}
+
+/// The shard of each entry, on all cores: on plain threads of its own, not on the
+/// rayon pool, because the reading side blocks pool threads while it waits for this
+/// side to take its batches (a pool job here could wait for them forever).
+fn shards_of(entries: &[(Kind, Token, Option<Token>)], rule: &ShardRule) -> Vec<u32> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let part = entries.len().div_ceil(threads).max(1024);
+    let mut shards = vec![0u32; entries.len()];
+    std::thread::scope(|scope| {
+        for (entries, shards) in entries.chunks(part).zip(shards.chunks_mut(part)) {
+            scope.spawn(move || {
+                for ((_, token, _), shard) in entries.iter().zip(shards) {
+                    *shard = rule.shard_of(token);
+                }
+            });
+        }
+    });
+    shards
 }
 
 /// One flag per record of `batch`: its id or one of its identifiers is in `filter`.
