@@ -9,7 +9,7 @@ use super::{CliResult, ColumnArgs, CredentialArgs, ProfileArgs, UsageError};
 use idmatch::local_match::{self, LocalMatchOptions};
 use idmatch::optout::BadRows;
 use idmatch::psi::{ProtocolChoice, Reveal};
-use idmatch::service::client::{self, ClientOptions};
+use idmatch::service::client::{self, ClientOptions, Sharding};
 
 #[derive(Debug, Args)]
 pub struct MatchArgs {
@@ -70,11 +70,15 @@ pub struct MatchArgs {
     /// Local mode: also write owner_rejects.csv and partner_rejects.csv (line, column, reason) to the output directory.
     #[arg(long, conflicts_with = "server")]
     pub write_rejects: bool,
-    /// Local mode: match out of core in N shards (1 to 4096): both files are split into shard files in a private
+    /// Match in N shards (1 to 4096). Local mode: out of core: both files are split into shard files in a private
     /// directory inside --out-dir and matched one shard at a time, so memory follows the shard, not the input.
+    /// Client mode: a run of N shard streams to the server, --parallel at a time, all or nothing.
     /// The outputs are the same as without it.
-    #[arg(long, value_name = "N", conflicts_with = "server", value_parser = super::shard::parse_shards)]
+    #[arg(long, value_name = "N", value_parser = super::shard::parse_shards)]
     pub shards: Option<std::num::NonZeroU32>,
+    /// Client mode with --shards: shard streams open at once.
+    #[arg(long, value_name = "P", default_value = "2", requires_all = ["server", "shards"])]
+    pub parallel: std::num::NonZeroUsize,
 }
 
 fn parse_reveal(s: &str) -> Result<Reveal, String> {
@@ -209,7 +213,10 @@ fn run_client(args: MatchArgs) -> CliResult {
         progress: true,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let summary = runtime.block_on(client::run(options))?;
+    let summary = match args.shards {
+        Some(shards) => runtime.block_on(client::run_sharded(options, Sharding { shards, parallel: args.parallel }))?,
+        None => runtime.block_on(client::run(options))?,
+    };
     if let Some(stats) = &summary.suppression_list {
         warn_skipped("suppression list", stats);
     }

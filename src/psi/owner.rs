@@ -113,9 +113,12 @@ impl OwnerConfig {
                     }
                 },
             )?;
+        // A shard of a run is held to the range by its run's size (docs/PROTOCOL.md
+        // §13.3): the range bounds what one match reveals, and a run is one match.
         let (min, max) = (self.min_partner_set, self.max_partner_set);
-        if hello.partner_set_size < min || hello.partner_set_size > max {
-            return Err(ProtocolError::SetSizeOutOfRange { size: hello.partner_set_size, min, max });
+        let size = hello.run.map_or(hello.partner_set_size, |run| run.run_set_size);
+        if size < min || size > max {
+            return Err(ProtocolError::SetSizeOutOfRange { size, min, max });
         }
         Ok(protocol)
     }

@@ -261,13 +261,14 @@ impl<'a, S: Service> Session<'a, S> {
         charge(&self.shared.budgets, &self.partner.name, allowance).map_err(budget_status)
     }
 
-    /// The name of this session's file in the results directory:
-    /// `<campaign>-<partner>-<id><suffix>`, every character outside `[A-Za-z0-9_-]`
-    /// of the campaign and partner replaced by `_`.
-    pub fn results_name(&self, campaign: &str, suffix: &str) -> String {
+    /// The name of a file of this session's partner in the results directory:
+    /// `<campaign>-<partner>-<id><suffix>` (`id`: the session's, or its run's),
+    /// every character outside `[A-Za-z0-9_-]` of the campaign and partner replaced
+    /// by `_`.
+    pub fn results_name(&self, campaign: &str, id: &str, suffix: &str) -> String {
         let safe = |name: &str| -> String {
             name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
         };
-        format!("{}-{}-{}{suffix}", safe(campaign), safe(&self.partner.name), self.id)
+        format!("{}-{}-{id}{suffix}", safe(campaign), safe(&self.partner.name))
     }
 }

@@ -15,7 +15,7 @@ use crate::psi::{ProtocolError, untrusted};
 
 /// `status` with its kind ([`ProtocolError::code`], [`BudgetError::code`]) in the
 /// [`ERROR_KIND_KEY`] metadata entry.
-fn with_code(mut status: Status, code: &'static str) -> Status {
+pub(crate) fn with_code(mut status: Status, code: &'static str) -> Status {
     status.metadata_mut().insert(ERROR_KIND_KEY, tonic::metadata::MetadataValue::from_static(code));
     status
 }
