@@ -191,14 +191,16 @@ impl Service for MatchService {
         };
         // ...and only then the daily budget, just before `Accept` goes out: a run
         // is one match of its whole size, charged by its first stream.
-        let charged = match &joined {
-            None => Some(hello.partner_set_size),
-            Some((_, Joined::First)) => hello.run.map(|run| run.run_set_size),
-            Some((_, Joined::Later)) => None,
-        };
-        let charge = |session: &Session<'_, MatchService>| match charged {
-            Some(size) => session.charge(|budgets, partner, allowance| budgets.charge(partner, size, allowance)),
-            None => Ok(()),
+        let run_id = hello.run.map(|run| hex::encode(run.run_id));
+        let charge = |session: &Session<'_, MatchService>| match (&joined, &run_id) {
+            (None, _) => {
+                session.charge(|budgets, partner, allowance| budgets.charge(partner, hello.partner_set_size, allowance))
+            }
+            (Some((_, Joined::First)), Some(run_id)) => session.charge(|budgets, partner, allowance| {
+                let size = hello.run.map_or(hello.partner_set_size, |run| run.run_set_size);
+                budgets.charge_run(partner, run_id, size, allowance)
+            }),
+            (Some(_), _) => Ok(()),
         };
         let (outcome, summary) = match exchange(session, &first, hello, config, protocol, &set, charge) {
             Ok(done) => done,

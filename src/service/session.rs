@@ -16,7 +16,8 @@
 //! partner never holds a result the owner has not recorded; the slot is given back
 //! when the session ends, before its error (if any) is delivered; a budget is
 //! charged through [`Session::charge`] only, so a refusal is always
-//! RESOURCE_EXHAUSTED and an unreadable budget state always INTERNAL.
+//! RESOURCE_EXHAUSTED (ALREADY_EXISTS for a replayed run id) and an unreadable
+//! budget state always INTERNAL.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
