@@ -120,6 +120,12 @@ impl OwnerConfig {
         if size < min || size > max {
             return Err(ProtocolError::SetSizeOutOfRange { size, min, max });
         }
+        // In count mode a run's partner learns each shard's intersection size, not
+        // only the run's total (docs/PRIVACY.md, "Shards"): each shard is held to the
+        // minimum too, so no count it learns is over fewer tokens than a match's.
+        if hello.run.is_some() && hello.reveal == Reveal::Count && hello.partner_set_size < min {
+            return Err(ProtocolError::SetSizeOutOfRange { size: hello.partner_set_size, min, max });
+        }
         Ok(protocol)
     }
 }

@@ -262,6 +262,25 @@ pub fn owner_from_wire(message: wire::OwnerMessage) -> Result<OwnerMessage, Prot
 mod tests {
     use super::*;
 
+    /// docs/PROTOCOL.md §13.4's example of a hello's `run`, byte for byte.
+    #[test]
+    fn protocol_doc_shard_run_bytes_hold() {
+        use prost::Message;
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let section = doc.split("### 13.4").nth(1).expect("PROTOCOL.md has a §13.4");
+        let block = section.split("```").nth(1).expect("§13.4 has a block of bytes");
+        let bytes: Vec<u8> = block.split_whitespace().map(|b| u8::from_str_radix(b, 16).expect("hex bytes")).collect();
+        let run = ShardRun {
+            run_id: std::array::from_fn(|i| i as u8),
+            shard_index: 2,
+            shard_count: 8,
+            run_set_size: 1_000_000,
+        };
+        let hello = wire::Hello { run: Some(shard_run_to_wire(run)), ..Default::default() };
+        assert_eq!(hello.encode_to_vec(), bytes);
+        assert_eq!(wire::Hello::decode(bytes.as_slice()).unwrap().run.map(shard_run_from_wire), Some(Ok(run)));
+    }
+
     #[test]
     fn roundtrips_and_rejects_malformed() {
         let hello = PartnerMessage::Hello(Hello {
