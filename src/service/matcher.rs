@@ -6,6 +6,11 @@
 //! are now (before anything is blinded), and the daily budget is charged only once
 //! every check on the hello has passed, just before `Accept` is sent. The summary
 //! is held back for the skeleton to send once the match is audited.
+//!
+//! A stream whose hello names a run (docs/PROTOCOL.md §13.4) matches its shard of
+//! the audience (the shard rule over the prepared audience), joins its run (`runs`)
+//! after the opt-outs, charges the budget only if it is the run's first stream, and
+//! hands its matches to the run, whose last stream writes the one results file.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

@@ -129,6 +129,16 @@ struct Run {
     protocol: Option<&'static str>,
 }
 
+impl Run {
+    /// Keeps of a settled run only what refuses its id (about 200 bytes, for
+    /// [`REMEMBERED`]): its shards' flags and matches go.
+    fn settle(&mut self) {
+        self.joined = Vec::new();
+        self.matches = Vec::new();
+        self.touched = Instant::now();
+    }
+}
+
 /// A run's line in the audit log (`"kind": "run"`): sizes and outcome, never an
 /// identifier. The streams of the run have lines of their own, with its run id.
 #[derive(Debug, Serialize)]
@@ -285,8 +295,7 @@ fn fail(runs: &mut HashMap<[u8; 16], Run>, audit: &AuditLog, id: &[u8; 16], outc
         return;
     }
     run.phase = Phase::Failed;
-    run.matches = Vec::new();
-    run.touched = Instant::now();
+    run.settle();
     audit_run(audit, id, run, None, None, outcome.to_owned());
 }
 
@@ -385,7 +394,7 @@ impl RunShard<'_> {
         if let Some(run) = runs.get_mut(&self.id) {
             run.phase = Phase::Done;
             run.active -= 1;
-            run.touched = Instant::now();
+            run.settle();
             audit_run(self.audit, &self.id, run, matched, results_file, "ok".to_owned());
         }
         self.settled = true;
