@@ -1334,8 +1334,9 @@ fn a_run_is_one_match_in_the_budget_and_its_set_size_range() {
     // Sixteen shards of about 94 tokens: each under min_partner_set (100), which
     // applies to the run's size (1500); the run is charged once, for its size.
     // In count mode each shard is held to the minimum too (the partner learns each
-    // shard's count): refused before anything is charged.
-    let count = f.runtime.block_on(client::run_sharded(f.options(Reveal::Count, "count.csv"), sharding(16)));
+    // shard's count): 64 shards of about 23 tokens are all refused, before anything
+    // is charged.
+    let count = f.runtime.block_on(client::run_sharded(f.options(Reveal::Count, "count.csv"), sharding(64)));
     assert!(matches!(&count, Err(ClientError::ResourceExhausted(m)) if m.contains("set size")), "{count:?}");
     let summary = f.runtime.block_on(client::run_sharded(f.options(Reveal::Both, "run.csv"), sharding(16))).unwrap();
     assert_eq!(summary.outcome.intersection, Some(500));
