@@ -209,9 +209,36 @@ pub(crate) fn stream(
 /// The set to blind from `records`, leaving out every record whose flag in
 /// `excluded` is set (`excluded` is empty or has one flag per record).
 pub fn prepared_set(records: &RecordSet, excluded: &[bool]) -> PreparedSet {
+    prepared_subset(records, excluded, |_| true)
+}
+
+/// The set of `records` not `excluded` whose tokens are in shard `index` of
+/// `shard_of` (the shard of each of `records.entries()`, in order): one shard of a
+/// sharded run (docs/PROTOCOL.md §13.3). Record numbers stay those of `records`, so
+/// the shards' matches merge into the whole set's.
+pub fn prepared_shard(records: &RecordSet, excluded: &[bool], shard_of: &[u16], index: u32) -> PreparedSet {
+    prepared_subset(records, excluded, |i| shard_of.get(i).is_some_and(|&s| u32::from(s) == index))
+}
+
+/// The set of the entries of `records` whose record is not `excluded` and whose
+/// position passes `keep`.
+fn prepared_subset(records: &RecordSet, excluded: &[bool], keep: impl Fn(usize) -> bool) -> PreparedSet {
     let is_excluded = |r: u32| excluded.get(r as usize).copied().unwrap_or(false);
-    let entries = records.entries().iter().filter(|e| !is_excluded(e.record)).map(|e| (e.token, e.record, e.kind));
+    let entries = records
+        .entries()
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| !is_excluded(e.record) && keep(*i))
+        .map(|(_, e)| (e.token, e.record, e.kind));
     PreparedSet::new(entries.collect(), excluded.iter().filter(|&&x| x).count() as u64)
+}
+
+/// The shard (under `rule`) of each of `records.entries()`, in order: computed once
+/// per run and side, one keyed hash per identifier. `rule` has at most
+/// [`crate::shard::MAX_SHARDS`] shards, so a shard fits 16 bits.
+pub fn shard_assignment(records: &RecordSet, rule: &crate::shard::ShardRule) -> Vec<u16> {
+    use rayon::prelude::*;
+    records.entries().par_iter().map(|e| rule.shard_of(&e.token) as u16).collect()
 }
 
 #[cfg(test)]

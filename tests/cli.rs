@@ -74,6 +74,25 @@ fn usage_errors_exit_2_and_other_errors_exit_1() {
     let out = idmatch(&["tokens", "--key-file", "/nonexistent/k", "--input", "x.csv", "--output", "y.csv"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("/nonexistent/k"), "{}", text(&out.stderr));
+    // --parallel is for the shard streams of a client run only.
+    let partner = common::examples().join("partner.csv");
+    let out = idmatch(&[
+        "match",
+        "--server",
+        "http://127.0.0.1:1",
+        "--campaign",
+        "c",
+        "--key-file",
+        &key,
+        "--input",
+        partner.to_str().unwrap(),
+        "--output",
+        "x.csv",
+        "--parallel",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--shards"), "{}", text(&out.stderr));
     assert!(idmatch(&["--help"]).status.success());
     for sub in ["normalize", "tokens", "keygen", "synth", "match"] {
         assert!(idmatch(&[sub, "--help"]).status.success(), "{sub} --help");

@@ -592,6 +592,7 @@ fn hello_with(size: u64, edit: impl FnOnce(&mut wire::Hello)) -> wire::PartnerMe
         partner_set_size: size,
         key_fingerprint: Vec::new(),
         protocols: Vec::new(),
+        run: None,
     };
     edit(&mut hello);
     wire::PartnerMessage { body: Some(wire::partner_message::Body::Hello(hello)) }
@@ -1238,4 +1239,239 @@ fn one_credential_names_one_partner() {
     let mut other_token = config.clone();
     other_token.partners.push(twin);
     assert!(other_token.validate().is_ok());
+}
+
+// Sharded runs (docs/PROTOCOL.md §13.3).
+
+fn sharding(shards: u32) -> client::Sharding {
+    client::Sharding {
+        shards: std::num::NonZeroU32::new(shards).unwrap(),
+        parallel: std::num::NonZeroUsize::new(2).unwrap(),
+    }
+}
+
+fn run_records(f: &Fixture) -> Vec<serde_json::Value> {
+    f.audit_lines().into_iter().filter(|a| a["kind"] == "run").collect()
+}
+
+fn results_files(f: &Fixture) -> Vec<PathBuf> {
+    // The server creates the directory as it starts.
+    let Ok(dir) = std::fs::read_dir(f.path("results")) else { return Vec::new() };
+    let mut files: Vec<_> = dir.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_sharded_run_gives_the_outputs_of_one_match_in_every_mode_of_both_engines() {
+    let f = Fixture::start(false, false);
+    let mut runs = 0;
+    for protocol in ENGINES {
+        for reveal in Reveal::ALL.into_iter().filter(|r| protocol.offers(*r)) {
+            let (whole_out, sharded_out) =
+                (format!("whole-{protocol}-{reveal}.csv"), format!("run-{protocol}-{reveal}.csv"));
+            let mut options = f.options(reveal, &whole_out);
+            options.protocol = ProtocolChoice::Exactly(protocol);
+            let before = results_files(&f);
+            let whole = f.run(options.clone()).unwrap();
+            let whole_results: Vec<_> = results_files(&f).into_iter().filter(|p| !before.contains(p)).collect();
+            options.output = f.path(&sharded_out);
+            let sharded = f.runtime.block_on(client::run_sharded(options, sharding(3))).unwrap();
+            runs += 1;
+            let run_results: Vec<_> =
+                results_files(&f).into_iter().filter(|p| !before.contains(p) && !whole_results.contains(p)).collect();
+            assert_eq!(sharded.protocol, protocol);
+            let (w, s) = (&whole.outcome, &sharded.outcome);
+            assert_eq!(
+                (s.partner_set_size, s.owner_set_size, s.intersection),
+                (w.partner_set_size, w.owner_set_size, w.intersection),
+                "{protocol} {reveal}"
+            );
+            assert_eq!(sharded.matched_records, whole.matched_records, "{protocol} {reveal}");
+            if reveal.partner_learns_records() {
+                assert_eq!(
+                    std::fs::read(f.path(&sharded_out)).unwrap(),
+                    std::fs::read(f.path(&whole_out)).unwrap(),
+                    "{protocol} {reveal}"
+                );
+            } else {
+                assert!(!f.path(&sharded_out).exists(), "{protocol} {reveal}");
+            }
+            // The owner's results of the run: one file, the same rows as the
+            // unsharded match's.
+            assert_eq!(run_results.len(), whole_results.len(), "{protocol} {reveal}");
+            for (run, one) in run_results.iter().zip(&whole_results) {
+                assert!(run.file_name().unwrap().to_str().unwrap().starts_with("spring-acme-run-"), "{run:?}");
+                assert_eq!(std::fs::read(run).unwrap(), std::fs::read(one).unwrap(), "{protocol} {reveal}");
+            }
+            let record = run_records(&f).pop().unwrap();
+            assert_eq!(record["outcome"], "ok");
+            assert_eq!(record["shard_count"], 3);
+            assert_eq!(record["shards_finished"], 3);
+            assert_eq!(record["run_set_size"], 1500);
+            assert_eq!(record["owner_set_size"], 3000);
+            assert_eq!(record["protocol"], protocol.to_string());
+            assert_eq!(
+                record["results_file"].is_string(),
+                matches!(reveal, Reveal::Owner | Reveal::Both),
+                "{protocol} {reveal}"
+            );
+        }
+    }
+    assert_eq!(run_records(&f).len(), runs);
+    // Each stream has its line too, naming its run and shard.
+    let shards: Vec<_> = f.audit_lines().into_iter().filter(|a| a.get("shard").is_some()).collect();
+    assert_eq!(shards.len(), 3 * runs);
+    assert!(shards.iter().all(|a| a["outcome"] == "ok" && a["run_id"].as_str().unwrap().len() == 32));
+}
+
+#[test]
+fn a_run_is_one_match_in_the_budget_and_its_set_size_range() {
+    let f = Fixture::with(Setup {
+        limits: "max_matches_per_partner_per_day = 1\nmax_identifiers_per_partner_per_day = 2000\nidle_timeout_secs = 15",
+        ..Setup::default()
+    });
+    // Sixteen shards of about 94 tokens: each under min_partner_set (100), which
+    // applies to the run's size (1500); the run is charged once, for its size.
+    // In count mode each shard is held to the minimum too (the partner learns each
+    // shard's count): 64 shards of about 23 tokens are all refused, before anything
+    // is charged.
+    let count = f.runtime.block_on(client::run_sharded(f.options(Reveal::Count, "count.csv"), sharding(64)));
+    assert!(matches!(&count, Err(ClientError::ResourceExhausted(m)) if m.contains("set size")), "{count:?}");
+    let summary = f.runtime.block_on(client::run_sharded(f.options(Reveal::Both, "run.csv"), sharding(16))).unwrap();
+    assert_eq!(summary.outcome.intersection, Some(500));
+    let err = f.run(f.options(Reveal::Both, "again.csv")).unwrap_err();
+    assert!(matches!(&err, ClientError::ResourceExhausted(m) if m.contains("daily match budget")), "{err}");
+    let runs = run_records(&f);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["outcome"], "ok");
+    let budgets: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path("budgets.json")).unwrap()).unwrap();
+    assert_eq!(budgets["partners"]["acme"]["matches"], 1);
+    assert_eq!(budgets["partners"]["acme"]["identifiers"], 1500);
+}
+
+/// Opens shard `index` of `shards` of run `run_id` (`size` tokens of `run_size`)
+/// and keeps it open, unread, until the returned handle is dropped.
+fn open_shard(f: &Fixture, run_id: [u8; 16], index: u32, shards: u32, size: u64, run_size: u64) -> impl Sized {
+    let hello = shard_hello(f, run_id, index, shards, size, run_size);
+    let channel = f.raw_channel();
+    f.runtime.block_on(async move {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let _ = tx.send(hello).await;
+            tx.closed().await; // keep the request stream open until the call ends
+        });
+        let mut client = MatcherClient::new(channel);
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let mut response = client.r#match(request).await.unwrap().into_inner();
+        // The owner accepted: the shard has joined its run.
+        assert!(response.message().await.unwrap().is_some());
+        response
+    })
+}
+
+fn shard_hello(
+    f: &Fixture,
+    run_id: [u8; 16],
+    index: u32,
+    shards: u32,
+    size: u64,
+    run_size: u64,
+) -> wire::PartnerMessage {
+    hello_with(size, |h| {
+        h.key_fingerprint = f.fingerprint();
+        h.run = Some(wire::ShardRun {
+            run_id: run_id.to_vec(),
+            shard_index: index,
+            shard_count: shards,
+            run_set_size: run_size,
+        });
+    })
+}
+
+fn kind(status: &tonic::Status) -> String {
+    status.metadata().get("idmatch-error").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+#[test]
+fn shards_that_disagree_with_their_run_are_refused_and_fail_it() {
+    let f = Fixture::start(false, false);
+    for (n, size, run_size, want) in [
+        // Another N than the run's first stream.
+        (3, 100, 200, "run-mismatch"),
+        // Another run size.
+        (2, 100, 300, "run-mismatch"),
+        // Sizes that do not add up to the run's once all shards are in.
+        (2, 50, 200, "run-sizes"),
+        (2, 150, 200, "run-sizes"),
+    ] {
+        let run_id: [u8; 16] = rand::random();
+        let first = open_shard(&f, run_id, 0, 2, 100, 200);
+        let status = raw_call(&f, vec![shard_hello(&f, run_id, 1, n, size, run_size)]);
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert_eq!(kind(&status), want, "{status:?}");
+        // The run failed as a whole: its shards are refused from now on.
+        let later = raw_call(&f, vec![shard_hello(&f, run_id, 1, 2, 100, 200)]);
+        assert_eq!((later.code(), kind(&later).as_str()), (tonic::Code::Aborted, "run-failed"), "{later:?}");
+        drop(first);
+    }
+    // A shard joined twice, and a shard larger than its run.
+    let run_id: [u8; 16] = rand::random();
+    let _first = open_shard(&f, run_id, 0, 2, 100, 200);
+    let twice = raw_call(&f, vec![shard_hello(&f, run_id, 0, 2, 100, 200)]);
+    assert_eq!((twice.code(), kind(&twice).as_str()), (tonic::Code::AlreadyExists, "run-shard-repeated"));
+    let too_big = raw_call(&f, vec![shard_hello(&f, rand::random(), 0, 2, 300, 200)]);
+    assert_eq!((too_big.code(), kind(&too_big).as_str()), (tonic::Code::FailedPrecondition, "run-sizes"));
+    // A run id of another partner is refused and leaves that run alone.
+    // (Malformed runs are refused when decoded.)
+    let bad_id = raw_call(
+        &f,
+        vec![hello_with(100, |h| {
+            h.key_fingerprint = f.fingerprint();
+            h.run = Some(wire::ShardRun { run_id: vec![1; 8], shard_index: 0, shard_count: 2, run_set_size: 200 });
+        })],
+    );
+    assert_eq!(bad_id.code(), tonic::Code::InvalidArgument);
+    // Each failed run is audited once, and no results file was written.
+    let failed: Vec<_> = run_records(&f).into_iter().filter(|r| r["outcome"] != "ok").collect();
+    assert_eq!(failed.len(), 6, "{failed:?}");
+    assert!(results_files(&f).is_empty());
+}
+
+#[test]
+fn a_run_that_loses_a_shard_stream_fails_as_a_whole() {
+    let f = Fixture::start(false, false);
+    // Shard 0 of a partner's run finishes; shard 1 is lost (the stream ends after
+    // the hello).
+    let run_id: [u8; 16] = rand::random();
+    let lost = raw_call(&f, vec![shard_hello(&f, run_id, 1, 2, 100, 200)]);
+    assert_ne!(lost.code(), tonic::Code::Ok);
+    let later = raw_call(&f, vec![shard_hello(&f, run_id, 0, 2, 100, 200)]);
+    assert_eq!((later.code(), kind(&later).as_str()), (tonic::Code::Aborted, "run-failed"), "{later:?}");
+    let runs = run_records(&f);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["outcome"], "Cancelled");
+    assert_eq!(runs[0]["run_id"], hex::encode(run_id));
+    assert!(results_files(&f).is_empty());
+}
+
+#[test]
+fn a_client_whose_shard_is_refused_writes_nothing_and_the_run_fails() {
+    // One match at a time for the partner: of two shard streams opened at once, the
+    // second is refused (RESOURCE_EXHAUSTED), the client ends the first, and the
+    // owner fails the run.
+    let f = Fixture::with(Setup {
+        limits: "max_concurrent_matches = 4\nmax_concurrent_matches_per_partner = 1\nidle_timeout_secs = 15",
+        ..Setup::default()
+    });
+    let err = f.runtime.block_on(client::run_sharded(f.options(Reveal::Both, "none.csv"), sharding(2))).unwrap_err();
+    assert!(matches!(err, ClientError::ResourceExhausted(_)), "{err}");
+    assert!(!f.path("none.csv").exists());
+    // The first shard's stream ends as the client gives up; the run, if it had
+    // started, fails: audited once, no results file.
+    let lines = wait_for_audit(&f, 1, Duration::from_secs(10));
+    let runs: Vec<_> = lines.iter().filter(|a| a["kind"] == "run").collect();
+    assert!(runs.len() <= 1 && runs.iter().all(|r| r["outcome"] != "ok"), "{runs:?}");
+    assert!(results_files(&f).is_empty());
 }

@@ -418,6 +418,7 @@ mod stream {
             partner_set_size,
             key_fingerprint: vec![],
             protocols: vec![Protocol::Oprf],
+            run: None,
         }
     }
 

@@ -278,6 +278,7 @@ fn hello_for(reveal: Reveal, size: u64) -> PartnerMessage {
         partner_set_size: size,
         key_fingerprint: Vec::new(),
         protocols: Vec::new(),
+        run: None,
     })
 }
 

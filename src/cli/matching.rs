@@ -10,7 +10,7 @@ use idmatch::local_match::{self, LocalMatchOptions};
 use idmatch::optout::BadRows;
 use idmatch::progress::Bars;
 use idmatch::psi::{ProtocolChoice, Reveal};
-use idmatch::service::client::{self, ClientOptions};
+use idmatch::service::client::{self, ClientOptions, Sharding};
 
 #[derive(Debug, Args)]
 pub struct MatchArgs {
@@ -71,11 +71,15 @@ pub struct MatchArgs {
     /// Local mode: also write owner_rejects.csv and partner_rejects.csv (line, column, reason) to the output directory.
     #[arg(long, conflicts_with = "server")]
     pub write_rejects: bool,
-    /// Local mode: match out of core in N shards (1 to 4096, or `auto`: one per 32 MiB of the larger file): both
-    /// files are split into shard files in a private directory inside --out-dir and matched one shard at a time,
-    /// so memory follows the shard, not the input. The outputs are the same as without it.
-    #[arg(long, value_name = "N|auto", conflicts_with = "server", value_parser = parse_shard_count)]
+    /// Match in N shards (1 to 4096). Local mode: out of core (`auto`: one shard per 32 MiB of the larger file):
+    /// both files are split into shard files in a private directory inside --out-dir and matched one shard at a
+    /// time, so memory follows the shard, not the input. Client mode: a run of N shard streams to the server,
+    /// --parallel at a time, all or nothing. The outputs are the same as without it.
+    #[arg(long, value_name = "N|auto", value_parser = parse_shard_count)]
     pub shards: Option<ShardCount>,
+    /// Client mode with --shards: shard streams open at once.
+    #[arg(long, value_name = "P", default_value = "2", requires_all = ["server", "shards"])]
+    pub parallel: std::num::NonZeroUsize,
 }
 
 /// `--shards`: a number, or one chosen from the input sizes.
@@ -239,7 +243,15 @@ fn run_client(args: MatchArgs) -> CliResult {
         progress: Bars::on_stderr(true),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let summary = runtime.block_on(client::run(options))?;
+    let summary = match args.shards {
+        Some(ShardCount::Auto) => {
+            return Err(UsageError("--shards auto is for local matches; with --server give --shards N".into()).into());
+        }
+        Some(ShardCount::Exactly(shards)) => {
+            runtime.block_on(client::run_sharded(options, Sharding { shards, parallel: args.parallel }))?
+        }
+        None => runtime.block_on(client::run(options))?,
+    };
     if let Some(stats) = &summary.suppression_list {
         warn_skipped("suppression list", stats);
     }

@@ -65,6 +65,24 @@ pub struct Hello {
     /// The engines the partner can run, most preferred first; empty (a client from
     /// before the field) means `[ecdh]` ([`Hello::offered_protocols`]).
     pub protocols: Vec<Protocol>,
+    /// The run this stream is one shard of (docs/PROTOCOL.md §13.3); `None` for a
+    /// whole match (and from a client from before the field).
+    pub run: Option<ShardRun>,
+}
+
+/// One shard stream of a sharded match run (docs/PROTOCOL.md §13.3). Checked when
+/// decoded: `run_id` is 16 bytes, `shard_count` in `1..=MAX_SHARDS`, `shard_index <
+/// shard_count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShardRun {
+    /// Chosen at random by the partner, shared by every stream of the run.
+    pub run_id: [u8; 16],
+    /// This stream's shard, in `0..shard_count`.
+    pub shard_index: u32,
+    /// `N`.
+    pub shard_count: u32,
+    /// The partner's whole set size: the sum of the shards' `partner_set_size`.
+    pub run_set_size: u64,
 }
 
 impl Hello {

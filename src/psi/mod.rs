@@ -38,10 +38,10 @@ mod set;
 mod transport;
 
 pub use error::{ProtocolError, SetupError, truncated, untrusted};
-pub use message::{Element, OwnerMessage, PartnerMessage};
+pub use message::{Element, OwnerMessage, PartnerMessage, ShardRun};
 pub use owner::{Owner, OwnerConfig, OwnerOutcome};
 pub use partner::{Partner, PartnerConfig, PartnerOutcome, check_accept};
 pub use protocol::{Protocol, ProtocolChoice, ProtocolChoiceError};
 pub use reveal::Reveal;
-pub use set::{KindSet, PreparedSet};
+pub use set::{KindSet, PreparedSet, merge_matched_records};
 pub use transport::{Endpoint, LocalMatchError, Observed, run_in_memory};

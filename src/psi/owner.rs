@@ -113,8 +113,17 @@ impl OwnerConfig {
                     }
                 },
             )?;
+        // A shard of a run is held to the range by its run's size (docs/PROTOCOL.md
+        // §13.3): the range bounds what one match reveals, and a run is one match.
         let (min, max) = (self.min_partner_set, self.max_partner_set);
-        if hello.partner_set_size < min || hello.partner_set_size > max {
+        let size = hello.run.map_or(hello.partner_set_size, |run| run.run_set_size);
+        if size < min || size > max {
+            return Err(ProtocolError::SetSizeOutOfRange { size, min, max });
+        }
+        // In count mode a run's partner learns each shard's intersection size, not
+        // only the run's total (docs/PRIVACY.md, "Shards"): each shard is held to the
+        // minimum too, so no count it learns is over fewer tokens than a match's.
+        if hello.run.is_some() && hello.reveal == Reveal::Count && hello.partner_set_size < min {
             return Err(ProtocolError::SetSizeOutOfRange { size: hello.partner_set_size, min, max });
         }
         Ok(protocol)

@@ -11,7 +11,7 @@ use std::collections::{HashSet, VecDeque};
 use super::error::{ProtocolError, SetupError};
 use super::group::BlindingKey;
 use super::message::{
-    Accept, DEFAULT_CHUNK, Element, Hello, MAX_CHUNK, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, Summary,
+    Accept, DEFAULT_CHUNK, Element, Hello, MAX_CHUNK, OwnerMessage, PROTOCOL_VERSION, PartnerMessage, ShardRun, Summary,
 };
 use super::owner::check_chunk;
 use super::protocol::{Protocol, names};
@@ -40,6 +40,9 @@ pub struct PartnerConfig {
     /// that offers `oprf` too hands an accept naming it to
     /// [`super::oprf::OprfPartner`] instead.
     pub protocols: Vec<Protocol>,
+    /// The run this match is one shard of, named in the hello (default: none, a
+    /// whole match).
+    pub run: Option<ShardRun>,
 }
 
 impl PartnerConfig {
@@ -52,6 +55,7 @@ impl PartnerConfig {
             send_chunk: DEFAULT_CHUNK,
             key_fingerprint: None,
             protocols: vec![Protocol::Ecdh],
+            run: None,
         }
     }
 
@@ -137,6 +141,7 @@ impl<'a> Partner<'a> {
             partner_set_size: set.len() as u64,
             key_fingerprint: config.key_fingerprint.map(|f| f.as_bytes().to_vec()).unwrap_or_default(),
             protocols: config.protocols.clone(),
+            run: config.run,
         });
         Ok(Partner {
             chunk: config.send_chunk.min(MAX_CHUNK) as usize,

@@ -108,15 +108,23 @@ impl PreparedSet {
                 by_record.push((record, kinds));
             }
         }
-        by_record.sort_unstable_by_key(|&(r, _)| r);
-        by_record.dedup_by(|later, earlier| {
-            if later.0 == earlier.0 {
-                earlier.1.0 |= later.1.0;
-                true
-            } else {
-                false
-            }
-        });
-        by_record
+        merge_matched_records(by_record)
     }
+}
+
+/// `matches` (record, kinds) pairs in any order, repeats included, as one list in
+/// record order with each record once, its kinds the union of its pairs': how one
+/// set's matches are gathered, and how the matches of a sharded run's shards (a
+/// record's email and phone may fall in different shards) are merged.
+pub fn merge_matched_records(mut matches: Vec<(u32, KindSet)>) -> Vec<(u32, KindSet)> {
+    matches.sort_unstable_by_key(|&(r, _)| r);
+    matches.dedup_by(|later, earlier| {
+        if later.0 == earlier.0 {
+            earlier.1.0 |= later.1.0;
+            true
+        } else {
+            false
+        }
+    });
+    matches
 }

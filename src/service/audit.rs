@@ -27,6 +27,13 @@ pub struct MatchRecord {
     pub opted_out_records: Option<u64>,
     /// Matching member records, where the owner learns them.
     pub owner_matched_records: Option<u64>,
+    /// The run this stream is a shard of (docs/PROTOCOL.md §13.3), in hex: the run
+    /// has a line of its own (`"kind": "run"`), written once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// `i/N`: the stream's shard of its run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     /// `ok`, or the failure reason (a gRPC status code name).
     pub outcome: String,
     pub duration_ms: u64,

@@ -5,7 +5,7 @@
 //! away, so only a total bounds what a partner learns about one person). The file
 //! is replaced atomically (write to a temporary file, then rename).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -31,6 +31,11 @@ struct State {
     /// Epsilon spent ever, by partner, then outcome dataset (kept across days).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     lifetime_epsilon: BTreeMap<String, BTreeMap<String, f64>>,
+    /// The sharded runs charged today, by partner, then run id (hex): a run is one
+    /// match, charged by its first stream, and its id is never charged (or served)
+    /// again, also after a restart.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    runs: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Why a match was refused by its budget.
@@ -49,6 +54,9 @@ pub enum BudgetError {
         "lifetime epsilon budget of {lifetime} for this partner on outcome dataset `{dataset}` would be exceeded: {spent} spent so far, this measurement needs {asked}"
     )]
     LifetimeEpsilon { dataset: String, lifetime: f64, spent: f64, asked: f64 },
+    /// The run id was charged before: a run is charged (and served) once.
+    #[error("this run id was used before today; start a new run with a new run id")]
+    RunReplayed,
     #[error("budget state {path}: {reason}")]
     State { path: PathBuf, reason: String },
     /// The state file exists but is not a budget state (truncated, edited, another
@@ -69,6 +77,7 @@ impl BudgetError {
             BudgetError::Identifiers(_) => "budget-identifiers",
             BudgetError::Epsilon { .. } => "budget-epsilon-daily",
             BudgetError::LifetimeEpsilon { .. } => "budget-epsilon-lifetime",
+            BudgetError::RunReplayed => "budget-run-replayed",
             BudgetError::State { .. } | BudgetError::Corrupt { .. } => "budget-state",
         }
     }
@@ -136,6 +145,19 @@ impl Budgets {
         self.charge_measurement(partner, identifiers, allowance, None).map(drop)
     }
 
+    /// Charges the sharded run `run` (its id in hex) of `identifiers` (its whole
+    /// size) to `partner` as one match, and records its id: a run id charged before
+    /// today is refused ([`BudgetError::RunReplayed`]).
+    pub fn charge_run(
+        &self,
+        partner: &str,
+        run: &str,
+        identifiers: u64,
+        allowance: Allowance,
+    ) -> Result<(), BudgetError> {
+        self.charge_all(partner, identifiers, allowance, None, Some(run)).map(drop)
+    }
+
     /// Charges one measurement to `partner`: one match of `identifiers` (exposure
     /// bundles), and with noise its epsilon against the campaign's daily budget
     /// and the outcome dataset's lifetime budget. All or nothing.
@@ -146,11 +168,27 @@ impl Budgets {
         allowance: Allowance,
         epsilon: Option<EpsilonCharge<'_>>,
     ) -> Result<EpsilonSpent, BudgetError> {
+        self.charge_all(partner, identifiers, allowance, epsilon, None)
+    }
+
+    fn charge_all(
+        &self,
+        partner: &str,
+        identifiers: u64,
+        allowance: Allowance,
+        epsilon: Option<EpsilonCharge<'_>>,
+        run: Option<&str>,
+    ) -> Result<EpsilonSpent, BudgetError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let day = today();
         if state.day != day {
             let lifetime_epsilon = std::mem::take(&mut state.lifetime_epsilon);
             *state = State { day, lifetime_epsilon, ..State::default() };
+        }
+        if let Some(run) = run
+            && state.runs.get(partner).is_some_and(|runs| runs.contains(run))
+        {
+            return Err(BudgetError::RunReplayed);
         }
         let usage = state.partners.get(partner).copied().unwrap_or_default();
         if usage.matches >= allowance.matches {
@@ -186,6 +224,9 @@ impl Budgets {
                 .entry(partner.to_owned())
                 .or_default()
                 .insert(charge.dataset.to_owned(), spent.lifetime);
+        }
+        if let Some(run) = run {
+            next.runs.entry(partner.to_owned()).or_default().insert(run.to_owned());
         }
         // The new usage counts only once it is on disk: a failed write refuses the
         // match without spending the partner's budget.
@@ -323,6 +364,22 @@ mod tests {
         .unwrap();
         let b = Budgets::open(&path).unwrap();
         assert_eq!(b.charge("acme", 1, Allowance { matches: 2, identifiers: 100 }), Err(BudgetError::Matches(2)));
+    }
+
+    #[test]
+    fn a_run_is_charged_once_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("budgets.json");
+        let allow = Allowance { matches: 5, identifiers: 1000 };
+        let b = Budgets::open(&path).unwrap();
+        b.charge_run("acme", "00ff", 300, allow).unwrap();
+        assert_eq!(b.charge_run("acme", "00ff", 300, allow), Err(BudgetError::RunReplayed));
+        let b = Budgets::open(&path).unwrap();
+        assert_eq!(b.charge_run("acme", "00ff", 300, allow), Err(BudgetError::RunReplayed));
+        // Another partner's run ids are its own; one run was one match.
+        b.charge_run("other", "00ff", 300, allow).unwrap();
+        assert_eq!(b.charge("acme", 701, allow), Err(BudgetError::Identifiers(1000)));
+        b.charge("acme", 700, allow).unwrap();
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! renamed into place only when the match succeeded), so an unwritable `--output`
 //! fails before the owner runs, charges or records a match.
 
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -27,10 +29,12 @@ use crate::prepare::{self, Filter, PrepareError};
 use crate::progress::{self, Meter, Progress, Unit};
 use crate::psi::oprf::{ChunkLimits, OprfPartner};
 use crate::psi::{
-    OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, Protocol, ProtocolChoice,
-    ProtocolChoiceError, ProtocolError, Reveal, SetupError, check_accept, truncated, untrusted,
+    KindSet, OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, Protocol,
+    ProtocolChoice, ProtocolChoiceError, ProtocolError, Reveal, SetupError, ShardRun, check_accept,
+    merge_matched_records, truncated, untrusted,
 };
 use crate::records::{ColumnSpec, Mode, ReadError, ReadOptions, ReadStats};
+use crate::shard::ShardRule;
 use crate::token::{KeyFingerprint, Tokenizer};
 use crate::wire::matcher_client::MatcherClient;
 
@@ -371,8 +375,34 @@ fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// How `idmatch match --server … --shards N` splits a match into a run of shard
+/// streams (docs/PROTOCOL.md §13.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sharding {
+    /// `N`, at most [`crate::shard::MAX_SHARDS`].
+    pub shards: NonZeroU32,
+    /// Shard streams open at once.
+    pub parallel: NonZeroUsize,
+}
+
 /// Runs one match against the server and writes the partner's matches.
 pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
+    run_with(options, None).await
+}
+
+/// Runs one match against the server as a run of `sharding.shards` shard streams
+/// (`sharding.parallel` at a time), and writes the partner's matches: the same file
+/// as [`run`] writes, or nothing if any shard fails (the owner then fails the whole
+/// run). The summary's `outcome` sums the shards' figures; its `matched` is `None`
+/// (the matches are per shard; `matched_records` counts them).
+pub async fn run_sharded(options: ClientOptions, sharding: Sharding) -> Result<ClientSummary, ClientError> {
+    if sharding.shards.get() > crate::shard::MAX_SHARDS {
+        return Err(ClientError::Usage(format!("--shards: at most {} shards", crate::shard::MAX_SHARDS)));
+    }
+    run_with(options, Some(sharding)).await
+}
+
+async fn run_with(options: ClientOptions, sharding: Option<Sharding>) -> Result<ClientSummary, ClientError> {
     check_server(&options.server, options.tls_files())?;
     let offered = options.protocol.offer(options.reveal)?;
     let output = options.reveal.partner_learns_records().then(|| Staged::create(&options.output)).transpose()?;
@@ -388,40 +418,163 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
     read.columns = options.columns.clone();
     read.progress = options.progress.clone();
     let input = options.input.clone();
-    // Reading, suppressing and preparing the set are CPU work: off the runtime.
-    let (side, set) = tokio::task::spawn_blocking(move || {
+    // Reading, suppressing and preparing the sets are CPU work: off the runtime.
+    let (side, sets) = tokio::task::spawn_blocking(move || {
         let side = prepare::prepare(&input, &Tokenizer::new(&key), read, &suppress)?;
-        let set = side.set();
-        Ok::<_, ClientError>((side, set))
+        let sets = match sharding {
+            None => vec![side.set()],
+            Some(sharding) => {
+                let assignment = prepare::shard_assignment(side.records(), &ShardRule::new(&key, sharding.shards));
+                (0..sharding.shards.get())
+                    .map(|i| prepare::prepared_shard(side.records(), side.excluded(), &assignment, i))
+                    .collect()
+            }
+        };
+        Ok::<_, ClientError>((side, sets.into_iter().map(Arc::new).collect::<Vec<_>>()))
     })
     .await
     .map_err(|e| ClientError::Stream(e.to_string()))??;
-    let set = Arc::new(set);
+    let suppressed_records = sets.first().map_or(0, |set| set.excluded_records());
 
     let channel = connect(&options).await?;
-    let phases = Phases::new(options.progress.as_ref(), set.len() as u64, options.reveal);
+    let mut config = PartnerConfig::new(&options.campaign, options.normalizer.profile(), options.reveal)
+        .with_key_fingerprint(fingerprint);
+    config.protocols = offered;
+    let token: Option<Arc<str>> = token.map(Arc::from);
+    let (protocol, outcome, matches) = match sharding {
+        None => {
+            let set = sets.into_iter().next().ok_or_else(|| ClientError::Stream("no set to match".into()))?;
+            let phases = Phases::new(options.progress.as_ref(), set.len() as u64, options.reveal);
+            let (protocol, outcome) =
+                stream_match(channel, token, config, set.clone(), options.idle_timeout, phases).await?;
+            let matches = outcome.matched.as_ref().map(|matched| set.matched_records(matched));
+            (protocol, outcome, matches)
+        }
+        Some(sharding) => {
+            let streams = ShardStreams { channel, token, config, idle: options.idle_timeout };
+            streams.run(sets, sharding.parallel).await?
+        }
+    };
+
+    let matched_records = match (&matches, output) {
+        (Some(matches), Some(mut output)) => {
+            write_matches(&mut output, side.records(), matches)
+                .map_err(|source| OutputError { path: options.output.clone(), source })?;
+            output.commit()?;
+            Some(matches.len() as u64)
+        }
+        _ => None,
+    };
+    Ok(ClientSummary {
+        protocol,
+        outcome,
+        matched_records,
+        suppressed_records,
+        suppression_list: suppression_list_stats,
+    })
+}
+
+/// The shard streams of one run: the connection, the credentials, the hello's
+/// settings shared by every shard, and the idle timeout.
+struct ShardStreams {
+    channel: Channel,
+    token: Option<Arc<str>>,
+    config: PartnerConfig,
+    idle: Duration,
+}
+
+impl ShardStreams {
+    /// Matches shard `i` of `sets` over its own stream, `parallel` at a time, under
+    /// a fresh random run id; the first shard to fail ends the others (the owner
+    /// then fails the run) and is the run's error. Returns the engine, the shards'
+    /// figures summed, and the partner's matches of all shards merged.
+    async fn run(
+        self,
+        sets: Vec<Arc<PreparedSet>>,
+        parallel: NonZeroUsize,
+    ) -> Result<(Protocol, PartnerOutcome, Option<Vec<(u32, KindSet)>>), ClientError> {
+        let run_id: [u8; 16] = rand::random();
+        let shard_count = sets.len() as u32;
+        let run_set_size = sets.iter().map(|set| set.len() as u64).sum();
+        let permits = Arc::new(tokio::sync::Semaphore::new(parallel.get()));
+        let mut streams = tokio::task::JoinSet::new();
+        for (shard_index, set) in sets.into_iter().enumerate() {
+            let mut config = self.config.clone();
+            config.run = Some(ShardRun { run_id, shard_index: shard_index as u32, shard_count, run_set_size });
+            let (channel, token, permits, idle) =
+                (self.channel.clone(), self.token.clone(), permits.clone(), self.idle);
+            let phases = Phases::new(None, set.len() as u64, config.reveal);
+            streams.spawn(async move {
+                let _permit = permits.acquire_owned().await.map_err(|e| ClientError::Stream(e.to_string()))?;
+                let (protocol, outcome) = stream_match(channel, token, config, set.clone(), idle, phases).await?;
+                let matches = outcome.matched.as_ref().map(|matched| set.matched_records(matched));
+                Ok::<_, ClientError>((protocol, outcome, matches))
+            });
+        }
+        let mut total = PartnerOutcome {
+            reveal: self.config.reveal,
+            partner_set_size: 0,
+            owner_set_size: 0,
+            blinded: 0,
+            intersection: None,
+            matched: None,
+        };
+        let (mut protocol, mut matches) = (None, None::<Vec<(u32, KindSet)>>);
+        while let Some(joined) = streams.join_next().await {
+            // Dropping `streams` on an error ends the other shards' streams.
+            let (engine, outcome, shard_matches) = joined.map_err(|e| ClientError::Stream(e.to_string()))??;
+            if *protocol.get_or_insert(engine) != engine {
+                return Err(ClientError::Stream("the owner chose different engines for the shards of one run".into()));
+            }
+            total.partner_set_size += outcome.partner_set_size;
+            total.owner_set_size += outcome.owner_set_size;
+            total.blinded += outcome.blinded;
+            if let Some(x) = outcome.intersection {
+                *total.intersection.get_or_insert(0) += x;
+            }
+            if let Some(mut m) = shard_matches {
+                matches.get_or_insert_with(Vec::new).append(&mut m);
+            }
+        }
+        let protocol = protocol.ok_or_else(|| ClientError::Stream("a run of no shards".into()))?;
+        Ok((protocol, total, matches.map(merge_matched_records)))
+    }
+}
+
+/// Runs one match (a whole one, or one shard of a run) over a stream of its own
+/// on `channel`.
+async fn stream_match(
+    channel: Channel,
+    token: Option<Arc<str>>,
+    config: PartnerConfig,
+    set: Arc<PreparedSet>,
+    idle: Duration,
+    phases: Phases,
+) -> Result<(Protocol, PartnerOutcome), ClientError> {
     let (out_tx, out_rx) = mpsc::channel::<PartnerMessage>(4);
-    let sent = phases.sent.clone();
+    let sent = phases.sent_count.clone();
     let request_stream = ReceiverStream::new(out_rx).map(move |message| {
         if let PartnerMessage::PartnerElements(chunk) = &message {
-            sent.advance(chunk.len() as u64);
+            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         partner_to_wire(message)
     });
     let mut request = Request::new(request_stream);
     authorize(&mut request, token.as_deref())?;
+    if let Some(run) = &config.run {
+        // For a load balancer to send every stream of a run to one owner process
+        // (README, "Sharded runs").
+        if let Ok(value) = hex::encode(run.run_id).parse() {
+            request.metadata_mut().insert(RUN_ID_HEADER, value);
+        }
+    }
     // Start the partner (its hello is the first message) before the call, so the
     // request stream has something to send.
     let (in_tx, mut in_rx) = mpsc::channel(INBOUND_QUEUE);
-    let mut config = PartnerConfig::new(&options.campaign, options.normalizer.profile(), options.reveal)
-        .with_key_fingerprint(fingerprint);
-    config.protocols = offered;
-    let driver_set = set.clone();
-    let idle = options.idle_timeout;
     let runtime = tokio::runtime::Handle::current();
     let driver = tokio::task::spawn_blocking(move || {
-        let partner = Partner::new(config.clone(), &driver_set)?;
-        negotiate_and_drive(partner, &config, &driver_set, &mut in_rx, &out_tx, idle, &runtime)
+        let partner = Partner::new(config.clone(), &set)?;
+        negotiate_and_drive(partner, &config, &set, &mut in_rx, &out_tx, idle, &runtime)
     });
     let mut client = MatcherClient::new(channel).max_decoding_message_size(8 << 20).max_encoding_message_size(8 << 20);
     let response = match client.r#match(request).await {
@@ -445,32 +598,29 @@ pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
             }
         }
     });
-    let (protocol, outcome) = driver.await.map_err(|e| ClientError::Stream(e.to_string()))?.map_err(|e| match e {
+    // Aborted if this future is dropped (another shard of the run failed).
+    let reader = AbortOnDrop(reader);
+    let result = driver.await.map_err(|e| ClientError::Stream(e.to_string()))?.map_err(|e| match e {
         DriveError::Protocol(p) => ClientError::Protocol(p),
         DriveError::Setup(s) => ClientError::Setup(s),
         DriveError::Remote { code, message, kind } => ClientError::from_status(code, &message, kind.as_deref()),
         other => ClientError::Stream(other.to_string()),
-    })?;
-    reader.abort();
+    });
+    drop(reader);
     phases.finish();
+    result
+}
 
-    let matched_records = match (&outcome.matched, output) {
-        (Some(matched), Some(mut output)) => {
-            let matches = set.matched_records(matched);
-            write_matches(&mut output, side.records(), &matches)
-                .map_err(|source| OutputError { path: options.output.clone(), source })?;
-            output.commit()?;
-            Some(matches.len() as u64)
-        }
-        _ => None,
-    };
-    Ok(ClientSummary {
-        protocol,
-        outcome,
-        matched_records,
-        suppressed_records: set.excluded_records(),
-        suppression_list: suppression_list_stats,
-    })
+/// The request header naming a shard stream's run (hex), for load balancers.
+pub const RUN_ID_HEADER: &str = "idmatch-run-id";
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Sends the hello, reads the owner's accept, and runs the engine it names: the
@@ -514,6 +664,10 @@ fn negotiate_and_drive(
 #[derive(Clone)]
 struct Phases {
     sent: Arc<dyn Meter>,
+    /// Elements sent so far, counted by the request stream and shown on `sent` as
+    /// the owner's messages arrive: the stream holds a plain counter, not the meter,
+    /// so that a shard's stream stays provably `Send`.
+    sent_count: Arc<AtomicU64>,
     returned: Arc<dyn Meter>,
     owner: Arc<dyn Meter>,
     partner_size: u64,
@@ -525,6 +679,7 @@ impl Phases {
         let meter = |label: &str, total: u64| progress::start(progress, label, total, Unit::Elements);
         Phases {
             sent: meter("blinded and sent", partner_size),
+            sent_count: Arc::new(AtomicU64::new(0)),
             returned: meter("re-blinded by the owner", 0),
             owner: meter("owner elements re-blinded", 0),
             partner_size,
@@ -533,6 +688,7 @@ impl Phases {
     }
 
     fn observe(&self, message: &OwnerMessage) {
+        self.sent.set_position(self.sent_count.load(Ordering::Relaxed));
         match message {
             // The meters count the ECDH engine's elements.
             OwnerMessage::Accept(accept) if accept.protocol == Protocol::Oprf => self.finish(),
@@ -551,6 +707,7 @@ impl Phases {
     }
 
     fn finish(&self) {
+        self.sent.set_position(self.sent_count.load(Ordering::Relaxed));
         for meter in [&self.sent, &self.returned, &self.owner] {
             meter.finish();
         }

@@ -9,7 +9,7 @@
 use crate::psi::message::Hello;
 use crate::psi::message::{Accept, Element, Summary};
 use crate::psi::oprf::{OprfMessage, ReceiverSetup, SenderSetup};
-use crate::psi::{OwnerMessage, PartnerMessage, Protocol, ProtocolError, Reveal};
+use crate::psi::{OwnerMessage, PartnerMessage, Protocol, ProtocolError, Reveal, ShardRun};
 use crate::wire;
 use crate::wire::owner_message::Body as OwnerBody;
 use crate::wire::partner_message::Body as PartnerBody;
@@ -73,6 +73,28 @@ fn accepted_protocol_from_wire(value: i32) -> Result<Protocol, ProtocolError> {
         Ok(wire::Protocol::Oprf) => Ok(Protocol::Oprf),
         Err(_) => Err(ProtocolError::Malformed("unknown protocol in the accept")),
     }
+}
+
+fn shard_run_to_wire(run: ShardRun) -> wire::ShardRun {
+    wire::ShardRun {
+        run_id: run.run_id.to_vec(),
+        shard_index: run.shard_index,
+        shard_count: run.shard_count,
+        run_set_size: run.run_set_size,
+    }
+}
+
+#[cfg(feature = "server")]
+/// A hello's run, checked: a 16-byte run id, `N` in `1..=MAX_SHARDS`, a shard in `0..N`.
+fn shard_run_from_wire(run: wire::ShardRun) -> Result<ShardRun, ProtocolError> {
+    let run_id = run.run_id.try_into().map_err(|_| ProtocolError::Malformed("the run id is not 16 bytes"))?;
+    if run.shard_count == 0 || run.shard_count > crate::shard::MAX_SHARDS {
+        return Err(ProtocolError::Malformed("the run's shard count is not in 1..=4096"));
+    }
+    if run.shard_index >= run.shard_count {
+        return Err(ProtocolError::Malformed("the run's shard index is not below its shard count"));
+    }
+    Ok(ShardRun { run_id, shard_index: run.shard_index, shard_count: run.shard_count, run_set_size: run.run_set_size })
 }
 
 fn receiver_setup_to_wire(s: ReceiverSetup) -> wire::OprfReceiverSetup {
@@ -163,6 +185,7 @@ pub fn partner_to_wire(message: PartnerMessage) -> wire::PartnerMessage {
             partner_set_size: h.partner_set_size,
             key_fingerprint: h.key_fingerprint,
             protocols: h.protocols.into_iter().map(|p| protocol_to_wire(p) as i32).collect(),
+            run: h.run.map(shard_run_to_wire),
         }),
         PartnerMessage::PartnerElements(c) => PartnerBody::PartnerElements(elements(&c)),
         PartnerMessage::ReblindedOwnerElements(c) => PartnerBody::ReblindedOwnerElements(elements(&c)),
@@ -184,6 +207,7 @@ pub fn partner_from_wire(message: wire::PartnerMessage) -> Result<PartnerMessage
             partner_set_size: h.partner_set_size,
             key_fingerprint: h.key_fingerprint,
             protocols: protocols_from_wire(&h.protocols)?,
+            run: h.run.map(shard_run_from_wire).transpose()?,
         }),
         PartnerBody::PartnerElements(e) => PartnerMessage::PartnerElements(parse(e)?),
         PartnerBody::ReblindedOwnerElements(e) => PartnerMessage::ReblindedOwnerElements(parse(e)?),
@@ -238,6 +262,25 @@ pub fn owner_from_wire(message: wire::OwnerMessage) -> Result<OwnerMessage, Prot
 mod tests {
     use super::*;
 
+    /// docs/PROTOCOL.md §13.4's example of a hello's `run`, byte for byte.
+    #[test]
+    fn protocol_doc_shard_run_bytes_hold() {
+        use prost::Message;
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let section = doc.split("### 13.4").nth(1).expect("PROTOCOL.md has a §13.4");
+        let block = section.split("```").nth(1).expect("§13.4 has a block of bytes");
+        let bytes: Vec<u8> = block.split_whitespace().map(|b| u8::from_str_radix(b, 16).expect("hex bytes")).collect();
+        let run = ShardRun {
+            run_id: std::array::from_fn(|i| i as u8),
+            shard_index: 2,
+            shard_count: 8,
+            run_set_size: 1_000_000,
+        };
+        let hello = wire::Hello { run: Some(shard_run_to_wire(run)), ..Default::default() };
+        assert_eq!(hello.encode_to_vec(), bytes);
+        assert_eq!(wire::Hello::decode(bytes.as_slice()).unwrap().run.map(shard_run_from_wire), Some(Ok(run)));
+    }
+
     #[test]
     fn roundtrips_and_rejects_malformed() {
         let hello = PartnerMessage::Hello(Hello {
@@ -248,8 +291,24 @@ mod tests {
             partner_set_size: 7,
             key_fingerprint: vec![3; 32],
             protocols: vec![Protocol::Oprf, Protocol::Ecdh],
+            run: None,
         });
         assert_eq!(partner_from_wire(partner_to_wire(hello.clone())).unwrap(), hello);
+        let PartnerMessage::Hello(mut sharded) = hello.clone() else { unreachable!() };
+        sharded.run = Some(ShardRun { run_id: [7; 16], shard_index: 2, shard_count: 3, run_set_size: 20 });
+        let sharded = PartnerMessage::Hello(sharded);
+        assert_eq!(partner_from_wire(partner_to_wire(sharded.clone())).unwrap(), sharded);
+        // A run id other than 16 bytes, N out of range, or a shard outside 0..N.
+        for (run_id, shard_index, shard_count) in [(15, 0, 2), (16, 0, 0), (16, 2, 2), (16, 0, 4097)] {
+            let run = wire::ShardRun { run_id: vec![1; run_id], shard_index, shard_count, run_set_size: 9 };
+            let message = wire::PartnerMessage {
+                body: Some(PartnerBody::Hello(wire::Hello { reveal: 1, run: Some(run), ..Default::default() })),
+            };
+            assert!(
+                matches!(partner_from_wire(message), Err(ProtocolError::Malformed(_))),
+                "{run_id} {shard_index}/{shard_count}"
+            );
+        }
         let accept =
             OwnerMessage::Accept(Accept { version: 1, owner_set_size: 9, max_chunk: 0, protocol: Protocol::Oprf });
         assert_eq!(owner_from_wire(owner_to_wire(accept.clone())).unwrap(), accept);

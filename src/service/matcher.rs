@@ -6,7 +6,13 @@
 //! are now (before anything is blinded), and the daily budget is charged only once
 //! every check on the hello has passed, just before `Accept` is sent. The summary
 //! is held back for the skeleton to send once the match is audited.
+//!
+//! A stream whose hello names a run (docs/PROTOCOL.md §13.4) matches its shard of
+//! the audience (the shard rule over the prepared audience), joins its run (`runs`)
+//! after the opt-outs, charges the budget only if it is the run's first stream, and
+//! hands its matches to the run, whose last stream writes the one results file.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,14 +23,18 @@ use super::audit::{MatchRecord, now_unix_ms};
 use super::convert::{owner_to_wire, partner_from_wire};
 use super::driver::DriveError;
 use super::metrics::Metrics;
+use super::runs::{Finished, Joined, ShardHello};
 use super::session::{self, Service, Session};
 use super::shared::Shared;
 use super::status::protocol_status;
 use crate::output::write_match_file;
 use crate::prepare;
-use crate::psi::message::{DEFAULT_CHUNK, MAX_CHUNK};
+use crate::psi::message::{DEFAULT_CHUNK, Hello, MAX_CHUNK};
 use crate::psi::oprf::{ChunkLimits, MAX_CHUNK_BYTES, OprfOwner};
-use crate::psi::{Owner, OwnerConfig, OwnerMessage, PartnerMessage, Protocol, ProtocolError, SetupError, untrusted};
+use crate::psi::{
+    KindSet, Owner, OwnerConfig, OwnerMessage, OwnerOutcome, PartnerMessage, PreparedSet, Protocol, ProtocolError,
+    SetupError, untrusted,
+};
 use crate::wire;
 use crate::wire::matcher_server::Matcher;
 
@@ -58,6 +68,8 @@ impl session::Record for MatchRecord {
             owner_set_size: None,
             opted_out_records: None,
             owner_matched_records: None,
+            run_id: None,
+            shard: None,
             outcome: session::outcome(None),
             duration_ms: 0,
         }
@@ -114,6 +126,10 @@ impl Service for MatchService {
         record.campaign = untrusted(&hello.campaign);
         record.reveal = Some(hello.reveal.name().to_owned());
         record.partner_set_size = Some(hello.partner_set_size);
+        if let Some(run) = hello.run {
+            record.run_id = Some(hex::encode(run.run_id));
+            record.shard = Some(format!("{}/{}", run.shard_index, run.shard_count));
+        }
         // Checks, in the order of docs/PROTOCOL.md §9: the partner may use the
         // campaign, then the owner's checks on the hello (version, campaign, profile,
         // key fingerprint, reveal mode, engine, set size)...
@@ -149,55 +165,139 @@ impl Service for MatchService {
             other => protocol_status(&other),
         })?;
         record.protocol = Some(protocol.name().to_owned());
-        // ...then the opt-outs as they are now...
+        // ...then the opt-outs as they are now (a shard of a run: its part of the
+        // audience, by the shard rule of docs/PROTOCOL.md §13)...
         let excluded = session.excluded(campaign, &campaign.records)?;
-        let set = prepare::prepared_set(&campaign.records, &excluded);
+        let set = match hello.run {
+            None => prepare::prepared_set(&campaign.records, &excluded),
+            Some(run) => {
+                let shards = NonZeroU32::new(run.shard_count)
+                    .ok_or_else(|| protocol_status(&ProtocolError::Malformed("a run of zero shards")))?;
+                let assignment = campaign.shard_assignment(shards);
+                prepare::prepared_shard(&campaign.records, &excluded, &assignment, run.shard_index)
+            }
+        };
         record.opted_out_records = Some(set.excluded_records());
         record.owner_set_size = Some(set.len() as u64);
-        let match_id = session.id;
-        let start_failed = |e: SetupError| {
-            error!(match_id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");
-            Status::internal("the owner could not start the match")
-        };
-        // ...and only then the daily budget, just before `Accept` goes out.
-        let charge = |session: &Session<'_, MatchService>| {
-            session.charge(|budgets, partner, allowance| budgets.charge(partner, hello.partner_set_size, allowance))
-        };
-        let mut summary = None;
-        let convert = |message: OwnerMessage| match message {
-            OwnerMessage::Summary(_) => {
-                summary = Some(message);
-                None
-            }
-            other => Some(owner_to_wire(other)),
-        };
-        let outcome = match protocol {
-            Protocol::Ecdh => {
-                let mut owner = Owner::new(config, &set).map_err(start_failed)?;
-                owner.receive(first.clone()).map_err(|e| protocol_status(&e))?;
-                charge(session)?;
-                session.drive(&mut owner, convert)?;
-                owner.outcome()
-            }
-            Protocol::Oprf => {
-                let limit = limits.max_message_bytes.saturating_sub(1024).min(MAX_CHUNK_BYTES as usize) as u32;
-                let chunks = ChunkLimits { max_chunk_bytes: limit, send_chunk_bytes: limit };
-                let mut owner = OprfOwner::new(hello, &set, chunks).map_err(start_failed)?;
-                charge(session)?;
-                session.drive(&mut owner, convert)?;
-                owner.outcome()
+        // ...a shard joins its run (checked against the run's other shards)...
+        let shared: &Shared = session.shared;
+        let joined = match hello.run {
+            None => None,
+            Some(run) => {
+                let shard = ShardHello {
+                    partner: &session.partner.name,
+                    campaign: &campaign.settings.id,
+                    reveal: hello.reveal,
+                    run,
+                    size: hello.partner_set_size,
+                };
+                Some(shared.runs.join(&shared.audit, &shard, session.idle).map_err(|e| e.status())?)
             }
         };
-        let outcome = outcome.ok_or_else(|| Status::internal("match ended in an unfinished state"))?;
-        if let Some(matched) = &outcome.matched {
-            let matches = set.matched_records(matched);
-            record.owner_matched_records = Some(matches.len() as u64);
-            let path = state.config.results_dir.join(session.results_name(&campaign.settings.id, ".csv"));
-            write_match_file(&path, &campaign.records, &matches).map_err(|e| {
+        // ...and only then the daily budget, just before `Accept` goes out: a run
+        // is one match of its whole size, charged by its first stream.
+        let run_id = hello.run.map(|run| hex::encode(run.run_id));
+        let charge = |session: &Session<'_, MatchService>| match (&joined, &run_id) {
+            (None, _) => {
+                session.charge(|budgets, partner, allowance| budgets.charge(partner, hello.partner_set_size, allowance))
+            }
+            (Some((_, Joined::First)), Some(run_id)) => session.charge(|budgets, partner, allowance| {
+                let size = hello.run.map_or(hello.partner_set_size, |run| run.run_set_size);
+                budgets.charge_run(partner, run_id, size, allowance)
+            }),
+            (Some(_), _) => Ok(()),
+        };
+        let (outcome, summary) = match exchange(session, &first, hello, config, protocol, &set, charge) {
+            Ok(done) => done,
+            Err(status) => {
+                if let Some((shard, _)) = joined {
+                    shard.fail(&status);
+                }
+                return Err(status);
+            }
+        };
+        let matches = outcome.matched.as_ref().map(|matched| set.matched_records(matched));
+        record.owner_matched_records = matches.as_ref().map(|m| m.len() as u64);
+        let write = |name: &str, matches: &[(u32, KindSet)]| {
+            write_match_file(&state.config.results_dir.join(name), &campaign.records, matches).map_err(|e| {
                 error!(error = %e, "could not write match results");
                 Status::internal("could not store the match results")
-            })?;
+            })
+        };
+        match joined {
+            None => {
+                if let Some(matches) = &matches {
+                    write(&session.results_name(&campaign.settings.id, session.id, ".csv"), matches)?;
+                }
+            }
+            // A shard: the run's results are one file, written when its last shard
+            // finishes, from the matches of all of them.
+            Some((mut shard, _)) => match shard.finish(set.len() as u64, protocol.name(), matches) {
+                Err(e) => return Err(e.status()),
+                Ok(Finished::Shard) => {}
+                Ok(Finished::Last { matches }) => {
+                    let id = format!("run-{}", shard.run_id());
+                    let name = session.results_name(&campaign.settings.id, &id, ".csv");
+                    if let Some(matches) = &matches
+                        && let Err(status) = write(&name, matches)
+                    {
+                        shard.fail(&status);
+                        return Err(status);
+                    }
+                    let matched = matches.as_ref().map(|m| m.len() as u64);
+                    shard.done(matched, matches.is_some().then_some(name.as_str()));
+                }
+            },
         }
         Ok(summary.map(owner_to_wire))
     }
+}
+
+/// Runs the engine `protocol` over the stream from the partner's hello (`first`)
+/// on, charging the budget (`charge`) just before the accept goes out; returns the
+/// owner's outcome and the summary, held back for the skeleton to send once the
+/// match is audited.
+fn exchange(
+    session: &mut Session<'_, MatchService>,
+    first: &PartnerMessage,
+    hello: &Hello,
+    config: OwnerConfig,
+    protocol: Protocol,
+    set: &PreparedSet,
+    charge: impl FnOnce(&Session<'_, MatchService>) -> Result<(), Status>,
+) -> Result<(OwnerOutcome, Option<OwnerMessage>), Status> {
+    let limits = &session.state.config.limits;
+    let match_id = session.id;
+    let campaign = &config.campaign;
+    let start_failed = |e: SetupError| {
+        error!(match_id, %campaign, error = %e, "could not start the owner's side");
+        Status::internal("the owner could not start the match")
+    };
+    let mut summary = None;
+    let convert = |message: OwnerMessage| match message {
+        OwnerMessage::Summary(_) => {
+            summary = Some(message);
+            None
+        }
+        other => Some(owner_to_wire(other)),
+    };
+    let outcome = match protocol {
+        Protocol::Ecdh => {
+            let mut owner = Owner::new(config.clone(), set).map_err(start_failed)?;
+            owner.receive(first.clone()).map_err(|e| protocol_status(&e))?;
+            charge(session)?;
+            session.drive(&mut owner, convert)?;
+            owner.outcome()
+        }
+        Protocol::Oprf => {
+            let limit = limits.max_message_bytes.saturating_sub(1024).min(MAX_CHUNK_BYTES as usize) as u32;
+            let chunks = ChunkLimits { max_chunk_bytes: limit, send_chunk_bytes: limit };
+            let mut owner = OprfOwner::new(hello, set, chunks).map_err(start_failed)?;
+            charge(session)?;
+            session.drive(&mut owner, convert)?;
+            owner.outcome()
+        }
+    };
+    let outcome = outcome.ok_or_else(|| Status::internal("match ended in an unfinished state"))?;
+    Ok((outcome, summary))
 }

@@ -269,7 +269,7 @@ impl Service for MeasureService {
         // With learner `partner` the owner decrypted nothing and writes nothing.
         if settings.learner != Learner::Partner {
             let result = frames.owner().result().ok_or_else(|| Status::internal("measurement ended unfinished"))?;
-            let name = session.results_name(&campaign.settings.id, ".measurement.json");
+            let name = session.results_name(&campaign.settings.id, session.id, ".measurement.json");
             let report = ServerReport {
                 campaign: &campaign.settings.id,
                 partner: &session.partner.name,

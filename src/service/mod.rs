@@ -10,7 +10,8 @@
 //!   stream: authenticate, admit, run, audit, count), `status` (refusals as gRPC
 //!   statuses);
 //! - `matcher` (the `Matcher` service: one match per stream: checks, opt-outs,
-//!   budgets, results files);
+//!   budgets, results files), `runs` (sharded match runs: the streams of one run
+//!   checked against each other, charged and audited once, one results file);
 //! - [`client`]: the partner's client behind `idmatch match --server`;
 //! - [`measure_client`]: the partner's client behind `idmatch measure --server`;
 //! - [`admin_client`]: the owner's `OptOutAdmin` client behind `idmatch optout
@@ -53,6 +54,8 @@ mod matcher;
 mod measure;
 #[cfg(feature = "server")]
 mod metrics;
+#[cfg(feature = "server")]
+mod runs;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

@@ -16,7 +16,8 @@
 //! partner never holds a result the owner has not recorded; the slot is given back
 //! when the session ends, before its error (if any) is delivered; a budget is
 //! charged through [`Session::charge`] only, so a refusal is always
-//! RESOURCE_EXHAUSTED and an unreadable budget state always INTERNAL.
+//! RESOURCE_EXHAUSTED (ALREADY_EXISTS for a replayed run id) and an unreadable
+//! budget state always INTERNAL.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -261,13 +262,14 @@ impl<'a, S: Service> Session<'a, S> {
         charge(&self.shared.budgets, &self.partner.name, allowance).map_err(budget_status)
     }
 
-    /// The name of this session's file in the results directory:
-    /// `<campaign>-<partner>-<id><suffix>`, every character outside `[A-Za-z0-9_-]`
-    /// of the campaign and partner replaced by `_`.
-    pub fn results_name(&self, campaign: &str, suffix: &str) -> String {
+    /// The name of a file of this session's partner in the results directory:
+    /// `<campaign>-<partner>-<id><suffix>` (`id`: the session's, or its run's),
+    /// every character outside `[A-Za-z0-9_-]` of the campaign and partner replaced
+    /// by `_`.
+    pub fn results_name(&self, campaign: &str, id: &str, suffix: &str) -> String {
         let safe = |name: &str| -> String {
             name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
         };
-        format!("{}-{}-{}{suffix}", safe(campaign), safe(&self.partner.name), self.id)
+        format!("{}-{}-{id}{suffix}", safe(campaign), safe(&self.partner.name))
     }
 }

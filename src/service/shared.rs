@@ -1,7 +1,7 @@
 //! What the owner's server shares between its streams ([`Shared`]): the loaded
 //! configuration (swapped whole on a reload; a running stream keeps the one it
-//! started with), where opt-outs come from, the audit log, daily budgets, metrics
-//! and concurrency slots.
+//! started with), where opt-outs come from, the audit log, daily budgets, metrics,
+//! concurrency slots and sharded runs.
 
 use std::sync::{Arc, RwLock};
 
@@ -10,6 +10,7 @@ use super::budget::Budgets;
 use super::config::{Config, ConfigError};
 use super::error::ServeError;
 use super::metrics::Metrics;
+use super::runs::Runs;
 use super::slots::Slots;
 use super::state::{OptOuts, State};
 use crate::key::Key;
@@ -24,6 +25,8 @@ pub(crate) struct Shared {
     pub budgets: Budgets,
     pub metrics: Arc<Metrics>,
     pub slots: Slots,
+    /// Sharded match runs, in this process's memory only (see `runs`).
+    pub runs: Runs,
 }
 
 impl Shared {
@@ -102,6 +105,7 @@ impl Shared {
             budgets,
             metrics: Arc::new(Metrics::default()),
             slots: Slots::default(),
+            runs: Runs::default(),
         })
     }
 }

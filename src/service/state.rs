@@ -4,6 +4,7 @@
 //! started with.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -18,6 +19,7 @@ use crate::optout::store::OptOutStore;
 use crate::optout::{BadRows, FileList, OptOutError, excluded_records};
 use crate::prepare;
 use crate::records::{Mode, ReadError, ReadOptions, RecordSet};
+use crate::shard::ShardRule;
 use crate::token::{KeyFingerprint, Tokenizer};
 
 /// A campaign with its audience loaded and tokenized.
@@ -30,6 +32,28 @@ pub(crate) struct Campaign {
     pub key_fingerprint: KeyFingerprint,
     /// The opt-out list as last read, with the SHA-256 of the bytes it was read from.
     optouts: Mutex<Option<(ContentDigest, Arc<FileList>)>>,
+    /// The campaign key, for the shard rule of sharded runs.
+    key: Key,
+    /// The shard of each audience entry under the last `N` a run asked for.
+    shards: Mutex<Option<(u32, Arc<Vec<u16>>)>>,
+}
+
+impl Campaign {
+    /// The shard (docs/PROTOCOL.md §13) of each of the audience's entries, in order,
+    /// for `shards` shards (at most [`crate::shard::MAX_SHARDS`]): computed once per
+    /// `N` (one keyed hash per identifier) and kept for the next run with the same
+    /// `N`; a reload, which may change the audience, starts afresh.
+    pub fn shard_assignment(&self, shards: NonZeroU32) -> Arc<Vec<u16>> {
+        let mut cached = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((n, assignment)) = &*cached
+            && *n == shards.get()
+        {
+            return assignment.clone();
+        }
+        let assignment = Arc::new(prepare::shard_assignment(&self.records, &ShardRule::new(&self.key, shards)));
+        *cached = Some((shards.get(), assignment.clone()));
+        assignment
+    }
 }
 
 /// One loaded configuration.
@@ -116,7 +140,15 @@ fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campai
         seconds = started.elapsed().as_secs_f64(),
         "audience loaded"
     );
-    Ok(Campaign { settings, records, outcomes, key_fingerprint: KeyFingerprint::of(&key), optouts: Mutex::new(None) })
+    Ok(Campaign {
+        settings,
+        records,
+        outcomes,
+        key_fingerprint: KeyFingerprint::of(&key),
+        optouts: Mutex::new(None),
+        key,
+        shards: Mutex::new(None),
+    })
 }
 
 impl OptOuts {

@@ -15,7 +15,7 @@ use crate::psi::{ProtocolError, untrusted};
 
 /// `status` with its kind ([`ProtocolError::code`], [`BudgetError::code`]) in the
 /// [`ERROR_KIND_KEY`] metadata entry.
-fn with_code(mut status: Status, code: &'static str) -> Status {
+pub(crate) fn with_code(mut status: Status, code: &'static str) -> Status {
     status.metadata_mut().insert(ERROR_KIND_KEY, tonic::metadata::MetadataValue::from_static(code));
     status
 }
@@ -137,13 +137,15 @@ fn measure_status(error: &MeasureError, message: String) -> Status {
 }
 
 /// The gRPC status for a refused budget charge: RESOURCE_EXHAUSTED with the limit
-/// reached, or INTERNAL when the budget state cannot be read or written.
+/// reached, ALREADY_EXISTS for a run id charged before, or INTERNAL when the budget
+/// state cannot be read or written.
 pub(crate) fn budget_status(error: BudgetError) -> Status {
     let status = match &error {
         BudgetError::State { .. } | BudgetError::Corrupt { .. } => {
             error!(error = %error, "budget state unavailable");
             Status::internal("budget state unavailable")
         }
+        BudgetError::RunReplayed => Status::already_exists(error.to_string()),
         other => Status::resource_exhausted(other.to_string()),
     };
     with_code(status, error.code())
