@@ -233,14 +233,6 @@ fn prepared_subset(records: &RecordSet, excluded: &[bool], keep: impl Fn(usize) 
     PreparedSet::new(entries.collect(), excluded.iter().filter(|&&x| x).count() as u64)
 }
 
-/// The shard (under `rule`) of each of `records.entries()`, in order: computed once
-/// per run and side, one keyed hash per identifier. `rule` has at most
-/// [`crate::shard::MAX_SHARDS`] shards, so a shard fits 16 bits.
-pub fn shard_assignment(records: &RecordSet, rule: &crate::shard::ShardRule) -> Vec<u16> {
-    use rayon::prelude::*;
-    records.entries().par_iter().map(|e| rule.shard_of(&e.token) as u16).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

@@ -90,7 +90,7 @@ pub enum ShardCount {
 }
 
 fn parse_shard_count(s: &str) -> Result<ShardCount, String> {
-    if s == "auto" { Ok(ShardCount::Auto) } else { super::shard::parse_shards(s).map(ShardCount::Exactly) }
+    if s == "auto" { Ok(ShardCount::Auto) } else { super::parse_shards(s).map(ShardCount::Exactly) }
 }
 
 /// The number of shards for `--shards auto`, from the sizes of the two files.

@@ -220,3 +220,12 @@ pub fn format_stats(path: &std::path::Path, stats: &idmatch::records::ReadStats)
     }
     s
 }
+
+/// A number of shards (`--shards`): `1..=4096`.
+fn parse_shards(s: &str) -> Result<std::num::NonZeroU32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("`{s}` is not a number of shards"))?;
+    match std::num::NonZeroU32::new(n) {
+        Some(n) if n.get() <= idmatch::shard::MAX_SHARDS => Ok(n),
+        _ => Err(format!("the number of shards must be between 1 and {}", idmatch::shard::MAX_SHARDS)),
+    }
+}

@@ -20,7 +20,7 @@ pub struct ShardArgs {
     #[arg(long, value_name = "FILE")]
     pub input: PathBuf,
     /// How many shards (1 to 4096); both parties must use the same number.
-    #[arg(long, value_name = "N", value_parser = parse_shards)]
+    #[arg(long, value_name = "N", value_parser = super::parse_shards)]
     pub shards: NonZeroU32,
     /// Directory for shard-IIIII-of-NNNNN.idms (created if missing; shard files of an earlier split are replaced).
     #[arg(long, value_name = "DIR")]
@@ -43,15 +43,6 @@ pub struct ShardArgs {
     /// Skip (and count) unreadable rows of the opt-out list instead of refusing to split.
     #[arg(long, requires = "optouts")]
     pub skip_bad_list_rows: bool,
-}
-
-/// `1..=4096`.
-pub(super) fn parse_shards(s: &str) -> Result<NonZeroU32, String> {
-    let n: u32 = s.parse().map_err(|_| format!("`{s}` is not a number of shards"))?;
-    match NonZeroU32::new(n) {
-        Some(n) if n.get() <= idmatch::shard::MAX_SHARDS => Ok(n),
-        _ => Err(format!("the number of shards must be between 1 and {}", idmatch::shard::MAX_SHARDS)),
-    }
 }
 
 pub fn run(args: ShardArgs) -> CliResult {

@@ -7,6 +7,7 @@
 //! into the set is counted in [`ReadStats`] and, if asked, written to a reject report.
 
 mod columns;
+mod options;
 mod reader;
 mod rejects;
 mod row;
@@ -18,9 +19,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use columns::{ColumnError, ColumnMap, ColumnSpec};
-pub use reader::{BadRows, Mode, ReadError, ReadOptions, Row, read, read_rows};
+pub use options::{BadRows, Mode, ReadError, ReadOptions};
+pub use reader::{read, read_rows};
 pub(crate) use reader::{read_digested, read_tokens};
 pub use rejects::{RejectWriteError, RejectWriter};
+pub use sink::Row;
 pub use source::{InputLimits, LimitExceeded, STDIN};
 
 use crate::normalize::{Kind, Profile};

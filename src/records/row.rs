@@ -4,7 +4,7 @@
 //! in a [`Chunk`] so that reading allocates per chunk, not per row.
 
 use super::columns::clean;
-use super::reader::{Mode, ReadOptions};
+use super::options::{Mode, ReadOptions};
 use super::{ColumnError, ColumnMap, MAX_VALUE, RowProblem};
 use crate::normalize::{Kind, Normalizer, Region, Reject, parse_region};
 use crate::token::{Label, Token, Tokenizer};

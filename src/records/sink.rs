@@ -8,11 +8,55 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::reader::{ReadError, Row, Visit};
+use super::options::ReadError;
 use super::row::{Extra, RowParts};
 use super::{ColumnMap, Entry, FilterDigests, RecordSet, RejectWriter, RowProblem};
-use crate::normalize::Kind;
+use crate::normalize::{Kind, Region};
 use crate::token::Token;
+
+/// One record as [`read_rows`](super::read_rows) hands it on: borrowed from the reader's buffers,
+/// valid only during the call.
+pub struct Row<'r> {
+    /// The line the row starts on.
+    pub line: u64,
+    /// The record id, trimmed (empty when a list row leaves it empty); `None` when
+    /// the file has no id column.
+    pub id: Option<&'r str>,
+    /// The region of the row's own region column, when it has a valid one (the
+    /// default region of [`ReadOptions::normalizer`] applies otherwise).
+    pub region: Option<Region>,
+    pub(super) identifiers: &'r [(Kind, Token, Option<Token>)],
+    pub(super) id_digest: Option<Token>,
+    pub(super) raw_text: &'r str,
+    pub(super) raw_spans: &'r [(usize, usize)],
+}
+
+impl<'r> Row<'r> {
+    /// The row's valid identifiers, each once, as written in the file (not
+    /// normalized: they normalized without a reject under the reader's rules).
+    pub fn identifiers(&self) -> impl Iterator<Item = (Kind, &'r str)> + '_ {
+        let text = self.raw_text;
+        self.identifiers.iter().zip(self.raw_spans).map(move |(&(kind, _, _), &(from, to))| (kind, &text[from..to]))
+    }
+
+    /// The row's valid identifiers, each once, as keyed tokens: `(kind, token, filter
+    /// digest)`, the digest present when the read had a filter's digester. Only
+    /// rows from [`read_tokens`] carry tokens under the caller's key ([`read_rows`]
+    /// keys them under a throwaway key, to find repeats within the row).
+    pub fn tokens(&self) -> &'r [(Kind, Token, Option<Token>)] {
+        self.identifiers
+    }
+
+    /// The record id's filter digest (rows from [`read_tokens`] with a digester):
+    /// under label `id`, or `line` when the file has no id column, as in
+    /// [`FilterDigests::ids`](super::FilterDigests::ids).
+    pub fn id_digest(&self) -> Option<Token> {
+        self.id_digest
+    }
+}
+
+/// The callback of [`read_rows`](super::read_rows).
+pub(super) type Visit<'v> = dyn FnMut(&Row<'_>) -> ControlFlow<()> + Send + 'v;
 
 /// Where worker results are appended, in file order.
 pub(super) struct Sink<'a, 'v> {

@@ -424,7 +424,7 @@ async fn run_with(options: ClientOptions, sharding: Option<Sharding>) -> Result<
         let sets = match sharding {
             None => vec![side.set()],
             Some(sharding) => {
-                let assignment = prepare::shard_assignment(side.records(), &ShardRule::new(&key, sharding.shards));
+                let assignment = crate::shard::assignment(side.records(), &ShardRule::new(&key, sharding.shards));
                 (0..sharding.shards.get())
                     .map(|i| prepare::prepared_shard(side.records(), side.excluded(), &assignment, i))
                     .collect()

@@ -50,7 +50,7 @@ impl Campaign {
         {
             return assignment.clone();
         }
-        let assignment = Arc::new(prepare::shard_assignment(&self.records, &ShardRule::new(&self.key, shards)));
+        let assignment = Arc::new(crate::shard::assignment(&self.records, &ShardRule::new(&self.key, shards)));
         *cached = Some((shards.get(), assignment.clone()));
         assignment
     }

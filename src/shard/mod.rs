@@ -34,6 +34,7 @@ mod spool;
 use std::num::NonZeroU32;
 
 use crate::key::Key;
+use crate::records::RecordSet;
 use crate::token::{Label, Token, Tokenizer};
 
 pub use file::{ShardFileError, ShardHeader, ShardReader, ShardWriter};
@@ -74,6 +75,14 @@ impl ShardRule {
 /// `⌈2⁶⁴/n⌉` of the inputs.
 pub(crate) fn multiply_shift(x: u64, n: u32) -> u32 {
     ((u128::from(x) * u128::from(n)) >> 64) as u32
+}
+
+/// The shard (under `rule`) of each of `records.entries()`, in order, for
+/// `crate::prepare::prepared_shard`: computed once per run and side, one keyed hash
+/// per identifier. `rule` has at most [`MAX_SHARDS`] shards, so a shard fits 16 bits.
+pub fn assignment(records: &RecordSet, rule: &ShardRule) -> Vec<u16> {
+    use rayon::prelude::*;
+    records.entries().par_iter().map(|e| rule.shard_of(&e.token) as u16).collect()
 }
 
 #[cfg(test)]

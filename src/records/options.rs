@@ -1,0 +1,201 @@
+//! What a read of one input file is asked for and how it fails: the file's
+//! [`Mode`], the [`ReadOptions`], what to do with a list's [`BadRows`], and
+//! [`ReadError`]. The reader (`reader`), the per-row work (`row`) and the assembly in
+//! file order (`sink`) all take these; none of them owns them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::source::{InputLimits, LimitExceeded};
+use super::{ColumnError, ColumnSpec, RejectWriteError, RejectWriter};
+use crate::normalize::Normalizer;
+use crate::progress::Progress;
+
+/// What a file holds, which decides the reader's rules for ids, bad rows and the
+/// extra columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Records to match: two records with the same id refuse the file
+    /// ([`ReadError::DuplicateId`]), because match outputs name records by id.
+    Match,
+    /// Records whose ids may repeat (a member's several rows in a token export):
+    /// repeats are counted in [`ReadStats::duplicate_ids`](super::ReadStats::duplicate_ids).
+    Export,
+    /// A measurement's outcomes: one row per purchase, so ids may repeat, and
+    /// `value_column` holds one non-negative integer (at most
+    /// [`MAX_VALUE`](super::MAX_VALUE)) per record; a row whose value is missing or
+    /// invalid is a bad row, counted and reported.
+    Outcomes {
+        /// The value column's name.
+        value_column: String,
+    },
+    /// A measurement's exposures: one row per impression, so ids may repeat, and
+    /// `group_column`, when given, holds each record's group label (e.g.
+    /// `test`/`control`); a row with an empty label is a bad row.
+    Exposures {
+        /// The group column's name; `None`: one group.
+        group_column: Option<String>,
+    },
+    /// A list (opt-outs, suppressions) rather than records: the identifier columns
+    /// are optional when there is an id column, an empty id is no error, and a
+    /// repeat is harmless. With [`BadRows::Refuse`] the file is refused at its first
+    /// bad row or rejected identifier ([`ReadError::Incomplete`]) instead of counting
+    /// and reporting it: lists that protect people are read this way unless the
+    /// operator explicitly chooses to skip bad rows.
+    List(BadRows),
+}
+
+/// What to do with the rows of a list file that cannot be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BadRows {
+    /// Refuse the list (the default): an opt-out that cannot be read must not turn
+    /// into a member who is matched.
+    #[default]
+    Refuse,
+    /// Skip them, counting each in the list's statistics (the operator's explicit
+    /// choice, e.g. `--skip-bad-list-rows`).
+    Skip,
+}
+
+impl BadRows {
+    /// [`BadRows::Skip`] when the operator asked for it, else [`BadRows::Refuse`].
+    pub fn skip_if(skip: bool) -> BadRows {
+        if skip { BadRows::Skip } else { BadRows::Refuse }
+    }
+}
+
+impl Mode {
+    pub(super) fn list(&self) -> bool {
+        matches!(self, Mode::List(_))
+    }
+}
+
+/// How to read one input file.
+pub struct ReadOptions {
+    /// What the file holds (default: [`Mode::Match`]).
+    pub mode: Mode,
+    /// Which columns hold the id, identifiers and region (default: detect from the header).
+    pub columns: ColumnSpec,
+    /// The normalization profile applied to every identifier.
+    pub normalizer: Normalizer,
+    /// Where to report rejects, if anywhere.
+    pub rejects: Option<RejectWriter>,
+    /// Where to report how many of the file's bytes have been read, if anywhere.
+    pub progress: Option<Arc<dyn Progress>>,
+    /// Size limits on the input ([`InputLimits::default`]).
+    pub limits: InputLimits,
+}
+
+impl ReadOptions {
+    /// Options for reading `mode` under `normalizer`: detected columns, no reject
+    /// report, no progress reported, the default limits.
+    pub fn new(normalizer: Normalizer, mode: Mode) -> ReadOptions {
+        ReadOptions {
+            mode,
+            columns: ColumnSpec::default(),
+            normalizer,
+            rejects: None,
+            progress: None,
+            limits: InputLimits::default(),
+        }
+    }
+}
+
+/// Why a file could not be read. Identifier-level problems are not errors: they are
+/// counted and reported.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The input went past one of its size limits ([`InputLimits`]).
+    #[error("{path}: {limit}")]
+    TooLarge {
+        /// The input file.
+        path: PathBuf,
+        /// Which limit, and where.
+        limit: LimitExceeded,
+    },
+    /// The file could not be opened or its first bytes read.
+    #[error("{path}: {source}")]
+    Open {
+        /// The input file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The CSV parser failed (an I/O error while reading, or malformed CSV).
+    #[error("{path}: line {line}: {source}")]
+    Csv {
+        /// The input file.
+        path: PathBuf,
+        /// Line where the parser stopped (1 for the header; 0 if unknown).
+        line: u64,
+        /// The parser's error.
+        source: csv::Error,
+    },
+    /// The file has no header row, or only blank header names.
+    #[error("{path}: the file is empty (a header row is required)")]
+    NoHeader {
+        /// The input file.
+        path: PathBuf,
+    },
+    /// The header does not give usable columns for the [`ColumnSpec`].
+    #[error("{path}: header: {source}")]
+    Columns {
+        /// The input file.
+        path: PathBuf,
+        /// What is wrong with the columns.
+        source: ColumnError,
+    },
+    /// The file has more records than a `u32` record index can address.
+    #[error("{path}: more than {max} records", max = u32::MAX)]
+    TooManyRecords {
+        /// The input file.
+        path: PathBuf,
+    },
+    /// A quoted field is never closed ([`RowProblem::UnclosedQuote`](super::RowProblem::UnclosedQuote)); always refused.
+    #[error(
+        "{path}: line {line}: a quoted field opened on this line is never closed (unbalanced `\"`), so the rest of the file would be read as one field; fix the quoting and read the file again"
+    )]
+    UnclosedQuote {
+        /// The input file.
+        path: PathBuf,
+        /// Line of the row where the unclosed field starts.
+        line: u64,
+    },
+    /// With [`Mode::List`]`(`[`BadRows::Refuse`]`)`: the first bad row or rejected identifier.
+    #[error(
+        "{path}: line {line}{column}: {reason}; this file must be read completely, so nothing was used (fix the row, or explicitly choose to skip bad rows)",
+        column = if column.is_empty() { String::new() } else { format!(", column `{column}`") }
+    )]
+    Incomplete {
+        /// The input file.
+        path: PathBuf,
+        /// Line of the offending row.
+        line: u64,
+        /// The offending column's (cleaned) header name; empty for a whole-row problem.
+        column: String,
+        /// The machine-readable reason (a [`RowProblem`](super::RowProblem) or reject code).
+        reason: &'static str,
+    },
+    /// With [`Mode::Match`]: the earliest row whose id repeats an earlier row's id.
+    #[error(
+        "{path}: line {line}: the record id repeats the id of line {first_line}; match results name records by id, so ids must be unique (merge or renumber the rows)"
+    )]
+    DuplicateId {
+        /// The input file.
+        path: PathBuf,
+        /// Line of the repeating row.
+        line: u64,
+        /// Line of the row whose id it repeats.
+        first_line: u64,
+    },
+    /// The reject report could not be written.
+    #[error(transparent)]
+    Rejects(#[from] RejectWriteError),
+    /// [`read_rows`]' callback asked to stop (the caller knows why).
+    #[error("{path}: reading stopped before the end of the file")]
+    Stopped {
+        /// The input file.
+        path: PathBuf,
+    },
+}
