@@ -219,14 +219,15 @@ pub(crate) fn run_staged(
 fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<MatchSummary, LocalMatchFailure> {
     let tokenizer = Tokenizer::new(key);
 
-    let Filters { optouts, suppress } = Filters::load(options)?;
+    let filters = Filters::load(options)?;
+    let Filters { optouts, suppress } = &filters;
     let RejectReports { owner: owner_rejects, partner: partner_rejects, names: mut outputs } =
         RejectReports::create(options, out_dir)?;
     // The two sides are prepared at once: each reader's parsing thread is its own
     // bottleneck, and the rayon workers that normalize and tokenize are shared.
     let (owner, partner) = std::thread::scope(|scope| {
-        let partner = scope.spawn(|| prepare_side(&options.partner, &tokenizer, options, partner_rejects, &suppress));
-        let owner = prepare_side(&options.owner, &tokenizer, options, owner_rejects, &optouts);
+        let partner = scope.spawn(|| prepare_side(&options.partner, &tokenizer, options, partner_rejects, suppress));
+        let owner = prepare_side(&options.owner, &tokenizer, options, owner_rejects, optouts);
         // A panic there is a bug, not bad input: it goes on as a panic.
         (owner, partner.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
@@ -234,7 +235,6 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
     let (owner_set, partner_set) = rayon::join(|| owner.set(), || partner.set());
     let (owner_records, partner_records) = (owner.records(), partner.records());
 
-    let profile = options.normalizer.profile();
     let protocol = options.protocol.resolve(options.reveal, &Protocol::ALL)?;
     let outcome = engine(protocol, key, options, &owner_set, &partner_set)?;
 
@@ -255,28 +255,41 @@ fn run_into(options: &LocalMatchOptions, key: &Key, out_dir: &Path) -> Result<Ma
     };
     let owner_intersection = outcome.owner_matched.as_ref().map(|m| m.iter().filter(|&&x| x).count() as u64);
     outputs.push("summary.json".to_owned());
-    let summary = MatchSummary {
-        profile: profile.name().to_owned(),
-        reveal: options.reveal.name().to_owned(),
-        protocol: protocol.name().to_owned(),
-        owner: side_summary(&options.owner, owner_records, &owner_set, outcome.owner_sent, owner_matched),
-        partner: side_summary(&options.partner, partner_records, &partner_set, outcome.partner_sent, partner_matched),
-        intersection: outcome.intersection.or(owner_intersection),
-        optout_list: optouts.list_stats().cloned(),
-        optout_store: StoreSummary::of(&optouts),
-        suppression_list: suppress.list_stats().cloned(),
-        outputs,
-    };
-    write_summary(out_dir, &summary)?;
-    Ok(summary)
+    let sides = [
+        side_summary(&options.owner, owner_records, &owner_set, outcome.owner_sent, owner_matched),
+        side_summary(&options.partner, partner_records, &partner_set, outcome.partner_sent, partner_matched),
+    ];
+    write_summary(out_dir, options, protocol, sides, outcome.intersection.or(owner_intersection), &filters, outputs)
 }
 
-/// Writes `summary.json` into `out_dir`.
-pub(crate) fn write_summary(out_dir: &Path, summary: &MatchSummary) -> Result<(), LocalMatchFailure> {
+/// The summary of a finished match (sharded or not) from its two sides, written as
+/// `summary.json` into `out_dir` (the last of `outputs`).
+pub(crate) fn write_summary(
+    out_dir: &Path,
+    options: &LocalMatchOptions,
+    protocol: Protocol,
+    [owner, partner]: [SideSummary; 2],
+    intersection: Option<u64>,
+    filters: &Filters,
+    outputs: Vec<String>,
+) -> Result<MatchSummary, LocalMatchFailure> {
+    let summary = MatchSummary {
+        profile: options.normalizer.profile().name().to_owned(),
+        reveal: options.reveal.name().to_owned(),
+        protocol: protocol.name().to_owned(),
+        owner,
+        partner,
+        intersection,
+        optout_list: filters.optouts.list_stats().cloned(),
+        optout_store: StoreSummary::of(&filters.optouts),
+        suppression_list: filters.suppress.list_stats().cloned(),
+        outputs,
+    };
     let path = out_dir.join("summary.json");
     let write_err = |source| LocalMatchFailure::Write { path: path.clone(), source };
     let file = File::create(&path).map_err(write_err)?;
-    serde_json::to_writer_pretty(BufWriter::new(file), summary).map_err(|e| write_err(e.into()))
+    serde_json::to_writer_pretty(BufWriter::new(file), &summary).map_err(|e| write_err(e.into()))?;
+    Ok(summary)
 }
 
 /// The owner's opt-outs (a list or the store) and the partner's suppressions, as a

@@ -32,8 +32,8 @@ use super::spool::{SpoolReader, SpoolWriter};
 use super::{ShardFileError, ShardRule};
 use crate::key::Key;
 use crate::local_match::{
-    Filters, LocalMatchFailure, LocalMatchOptions, MatchSummary, RejectReports, SideSummary, StoreSummary, engine,
-    run_staged, write_summary,
+    Filters, LocalMatchFailure, LocalMatchOptions, MatchSummary, RejectReports, SideSummary, engine, run_staged,
+    write_summary,
 };
 use crate::normalize::Kind;
 use crate::output::{MatchRows, Staged};
@@ -170,7 +170,8 @@ fn run_into(
     let fingerprint = KeyFingerprint::of(key);
     let rule = ShardRule::new(key, shards);
     let n = shards.get();
-    let Filters { optouts, suppress } = Filters::load(options)?;
+    let filters = Filters::load(options)?;
+    let Filters { optouts, suppress } = &filters;
     let RejectReports { owner: owner_rejects, partner: partner_rejects, names: mut outputs } =
         RejectReports::create(options, out_dir)?;
     let scratch = Scratch {
@@ -263,20 +264,11 @@ fn run_into(
             matched_records,
         }
     };
-    let summary = MatchSummary {
-        profile: options.normalizer.profile().name().to_owned(),
-        reveal: options.reveal.name().to_owned(),
-        protocol: protocol.name().to_owned(),
-        owner: side(&options.owner, owner, &owner_totals, owner_matched),
-        partner: side(&options.partner, partner, &partner_totals, partner_matched),
-        intersection,
-        optout_list: optouts.list_stats().cloned(),
-        optout_store: StoreSummary::of(&optouts),
-        suppression_list: suppress.list_stats().cloned(),
-        outputs,
-    };
-    write_summary(out_dir, &summary)?;
-    Ok(summary)
+    let sides = [
+        side(&options.owner, owner, &owner_totals, owner_matched),
+        side(&options.partner, partner, &partner_totals, partner_matched),
+    ];
+    write_summary(out_dir, options, protocol, sides, intersection, &filters, outputs)
 }
 
 /// One side's shard in memory: the prepared set of its kept tokens, each local
