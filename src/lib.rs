@@ -37,9 +37,10 @@
 //!   (`measure::side`), or the token export. Every entry point (local match and
 //!   measure, the partner's clients, the owner's server, `idmatch tokens`, the
 //!   Python package) reads its sides through it.
-//! - [`local_match`]: `idmatch match` on two local files, end to end.
-//! - [`shard`]: the keyed partition into shards (docs/PROTOCOL.md §13), shard
-//!   files (`idmatch shard`), and the out-of-core local match (`--shards`).
+//! - [`local_match`]: `idmatch match` on two local files, end to end, in memory or
+//!   out of core shard by shard (`local_match::sharded`, `--shards`).
+//! - [`shard`]: the keyed partition into shards (docs/PROTOCOL.md §13), the shard
+//!   files, and the streaming split (`idmatch shard`, the sharded local match).
 //! - [`measure`]: campaign measurement (`idmatch measure`): private intersection-sum
 //!   with lift, by ECDH blinding and exponential ElGamal; `measure::side` turns a
 //!   prepared side into the owner's people or the partner's exposures.

@@ -23,6 +23,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 use crate::normalize::{Normalizer, Profile};
 use crate::optout::{BadRows, FileList, OptOutError, OptOutSource, excluded_records, open_store};
 use crate::psi::PreparedSet;
@@ -157,6 +159,29 @@ impl Prepared {
     /// The set to blind (or evaluate): the distinct tokens of the records left in.
     pub fn set(&self) -> PreparedSet {
         prepared_set(&self.records, &self.excluded)
+    }
+}
+
+/// The opt-out store a match consulted.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct StoreSummary {
+    /// The store's database file.
+    pub path: String,
+    /// Opt-outs it held when the match started (emails, phones and member ids). Zero
+    /// is allowed (a new service), but the command line warns: a store that should
+    /// hold a list and does not is how a failed import would show.
+    pub entries: u64,
+}
+
+impl StoreSummary {
+    /// What a summary says of `filter`, when it is the opt-out store.
+    pub fn of(filter: &Filter) -> Option<StoreSummary> {
+        match filter {
+            Filter::Store { path, entries, .. } => {
+                Some(StoreSummary { path: path.display().to_string(), entries: *entries })
+            }
+            Filter::None | Filter::List(_) => None,
+        }
     }
 }
 

@@ -100,7 +100,7 @@ fn auto_shards(owner: &std::path::Path, partner: &std::path::Path) -> Result<std
             UsageError(format!("--shards auto needs the size of {}: give --shards N instead", path.display()))
         })
     };
-    Ok(idmatch::shard::local::default_shards(size(owner)?.max(size(partner)?)))
+    Ok(idmatch::local_match::sharded::default_shards(size(owner)?.max(size(partner)?)))
 }
 
 fn parse_reveal(s: &str) -> Result<Reveal, String> {
@@ -146,7 +146,7 @@ pub fn run(args: MatchArgs) -> CliResult {
     let summary = match shards {
         Some(shards) => {
             println!("shards: {shards}");
-            idmatch::shard::local::run(&options, shards)?
+            idmatch::local_match::sharded::run(&options, shards)?
         }
         None => local_match::run(&options)?,
     };

@@ -26,10 +26,9 @@
 //!   matched records to merge).
 
 pub mod file;
-pub mod local;
 pub mod spill;
 pub mod split;
-mod spool;
+pub(crate) mod spool;
 
 use std::num::NonZeroU32;
 

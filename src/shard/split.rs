@@ -14,11 +14,10 @@ use std::path::{Path, PathBuf};
 use super::spill::{SpillError, Spilled, Targets, spill};
 use super::{MAX_SHARDS, ShardRule, ShardWriter};
 use crate::key::{Key, KeyError};
-use crate::local_match::StoreSummary;
 use crate::normalize::Normalizer;
 use crate::optout::BadRows;
 use crate::output::OutDir;
-use crate::prepare::{Filter, PrepareError};
+use crate::prepare::{Filter, PrepareError, StoreSummary};
 use crate::records::{ColumnSpec, Mode, ReadOptions, ReadStats, RejectWriter};
 use crate::token::{KeyFingerprint, Tokenizer};
 

@@ -1,8 +1,8 @@
 //! `idmatch match --shards N`: the local match out of core. Both inputs are split
-//! ([`super::spill`]) into shard files in a private temporary directory inside the
+//! ([`crate::shard::spill`]) into shard files in a private temporary directory inside the
 //! output's staging directory, then matched shard by shard with the same engines,
 //! and the per-shard results are merged back into record order. The outputs are
-//! byte for byte those of the unsharded match ([`crate::local_match::run`]): equal
+//! byte for byte those of the unsharded match ([`super::run`]): equal
 //! tokens share a shard, so the intersection, the matched records and every count of
 //! `summary.json` are sums over the shards.
 //!
@@ -26,28 +26,28 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::file::{Expected, ShardReader, ShardWriter};
-use super::spill::{SpillError, Spilled, Targets, id_hash, spill};
-use super::spool::{SpoolReader, SpoolWriter};
-use super::{ShardFileError, ShardRule};
-use crate::key::Key;
-use crate::local_match::{
+use super::{
     Filters, LocalMatchFailure, LocalMatchOptions, MatchSummary, RejectReports, SideSummary, engine, run_staged,
     write_summary,
 };
+use crate::key::Key;
 use crate::normalize::Kind;
 use crate::output::{MatchRows, Staged};
 use crate::prepare::PrepareError;
 use crate::progress::Unit;
 use crate::psi::{KindSet, PreparedSet, Protocol};
 use crate::records::{Mode, ReadError, ReadOptions, RejectWriter};
+use crate::shard::file::{Expected, ShardReader, ShardWriter};
+use crate::shard::spill::{SpillError, Spilled, Targets, id_hash, spill};
+use crate::shard::spool::{SpoolReader, SpoolWriter};
+use crate::shard::{MAX_SHARDS, ShardFileError, ShardRule};
 use crate::token::{KeyFingerprint, Token, Tokenizer};
 
-/// Runs the match of `options` in `shards` shards (at most [`super::MAX_SHARDS`])
+/// Runs the match of `options` in `shards` shards (at most [`MAX_SHARDS`])
 /// and writes the outputs the unsharded match writes: all of them on success, none
 /// on failure.
 pub fn run(options: &LocalMatchOptions, shards: NonZeroU32) -> Result<MatchSummary, LocalMatchFailure> {
-    if shards.get() > super::MAX_SHARDS {
+    if shards.get() > MAX_SHARDS {
         return Err(LocalMatchFailure::TooManyShards { shards: shards.get() });
     }
     run_staged(options, |key, staging| run_into(options, key, staging, shards))
@@ -58,9 +58,9 @@ pub fn run(options: &LocalMatchOptions, shards: NonZeroU32) -> Result<MatchSumma
 pub const BYTES_PER_SHARD: u64 = 32 << 20;
 
 /// A number of shards for inputs of `largest` bytes (the larger of the two files):
-/// one per [`BYTES_PER_SHARD`], at least 1 and at most [`super::MAX_SHARDS`].
+/// one per [`BYTES_PER_SHARD`], at least 1 and at most [`MAX_SHARDS`].
 pub fn default_shards(largest: u64) -> NonZeroU32 {
-    let shards = largest.div_ceil(BYTES_PER_SHARD).clamp(1, u64::from(super::MAX_SHARDS));
+    let shards = largest.div_ceil(BYTES_PER_SHARD).clamp(1, u64::from(MAX_SHARDS));
     NonZeroU32::new(shards as u32).unwrap_or(NonZeroU32::MIN)
 }
 
@@ -470,6 +470,6 @@ mod tests {
         assert_eq!(default_shards(BYTES_PER_SHARD).get(), 1);
         assert_eq!(default_shards(BYTES_PER_SHARD + 1).get(), 2);
         assert_eq!(default_shards(4 << 30).get(), 128);
-        assert_eq!(default_shards(u64::MAX).get(), super::super::MAX_SHARDS);
+        assert_eq!(default_shards(u64::MAX).get(), super::MAX_SHARDS);
     }
 }

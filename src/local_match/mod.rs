@@ -28,6 +28,8 @@ use crate::psi::{
 use crate::records::{ColumnSpec, Mode, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
 use crate::token::Tokenizer;
 
+pub mod sharded;
+
 /// Everything a local match needs.
 #[derive(Clone, Debug)]
 pub struct LocalMatchOptions {
@@ -158,16 +160,7 @@ pub struct MatchSummary {
     pub outputs: Vec<String>,
 }
 
-/// The opt-out store a match consulted.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct StoreSummary {
-    /// The store's database file.
-    pub path: String,
-    /// Opt-outs it held when the match started (emails, phones and member ids). Zero
-    /// is allowed (a new service), but the command line warns: a store that should
-    /// hold a list and does not is how a failed import would show.
-    pub entries: u64,
-}
+pub use crate::prepare::StoreSummary;
 
 /// Every file a local match may write, relative to the output directory.
 const OUTPUTS: [&str; 5] =
@@ -182,7 +175,7 @@ pub fn run(options: &LocalMatchOptions) -> Result<MatchSummary, LocalMatchFailur
 /// Loads the key and runs `into` (which writes every output into the staging
 /// directory it is given and lists them in its summary), then moves the outputs into
 /// place: all of them on success, none on failure. The one frame of the unsharded
-/// and the sharded (`crate::shard::local`) match.
+/// and the sharded ([`sharded`]) match.
 pub(crate) fn run_staged(
     options: &LocalMatchOptions,
     into: impl FnOnce(&Key, &Path) -> Result<MatchSummary, LocalMatchFailure>,
@@ -308,18 +301,6 @@ impl Filters {
         };
         let suppress = Filter::list_or_none(options.suppress.as_deref(), normalizer, bad_rows)?;
         Ok(Filters { optouts, suppress })
-    }
-}
-
-impl StoreSummary {
-    /// What a summary says of `filter`, when it is the opt-out store.
-    pub(crate) fn of(filter: &Filter) -> Option<StoreSummary> {
-        match filter {
-            Filter::Store { path, entries, .. } => {
-                Some(StoreSummary { path: path.display().to_string(), entries: *entries })
-            }
-            Filter::None | Filter::List(_) => None,
-        }
     }
 }
 
