@@ -71,3 +71,59 @@ def _match(
     idle_timeout: float = 300.0,
     progress: bool = False,
 ) -> Dict[str, Any]: ...
+def _shard_entries(
+    records: Iterable[Any],
+    *,
+    shards: int,
+    key: Optional[bytes] = None,
+    key_file: Optional[StrPath] = None,
+    columns_: Optional[List[str]] = None,
+    profile: str = "idmatch-v1",
+    region: Optional[str] = None,
+    id_col: Optional[str] = None,
+    email_col: List[str] = ...,
+    phone_col: List[str] = ...,
+    region_col: Optional[str] = None,
+    filter_list: Optional[StrPath] = None,
+    skip_bad_list_rows: bool = False,
+) -> Tuple[List[Tuple[int, int, str, bytes, str]], Dict[str, Any]]: ...
+def _match_shard(
+    server: str,
+    campaign: str,
+    entries: Iterable[Tuple[int, str, bytes]],
+    *,
+    run_id: bytes,
+    shard_index: int,
+    shard_count: int,
+    run_set_size: int,
+    key: Optional[bytes] = None,
+    key_file: Optional[StrPath] = None,
+    reveal: str = "partner",
+    protocol: str = "auto",
+    token: Optional[str] = None,
+    token_file: Optional[StrPath] = None,
+    ca: Optional[StrPath] = None,
+    cert: Optional[StrPath] = None,
+    client_key: Optional[StrPath] = None,
+    profile: str = "idmatch-v1",
+    idle_timeout: float = 300.0,
+) -> Dict[str, Any]: ...
+def _write_shard_file(
+    dir: StrPath,
+    entries: Iterable[Tuple[int, str, bytes, str]],
+    *,
+    shards: int,
+    index: int,
+    key: Optional[bytes] = None,
+    key_file: Optional[StrPath] = None,
+    profile: str = "idmatch-v1",
+) -> int: ...
+
+class ShardDir:
+    """An output directory of shard files and its private staging directory."""
+
+    def __init__(self, out_dir: StrPath) -> None: ...
+    @property
+    def staging(self) -> pathlib.Path: ...
+    def commit(self, shards: int) -> List[pathlib.Path]: ...
+    def discard(self) -> None: ...

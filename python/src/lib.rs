@@ -3,12 +3,13 @@
 //! Every rule lives in the crate: normalization, tokens, the record reader and the
 //! partner's gRPC client. This extension converts arguments, results and errors, and
 //! releases the GIL (`Python::detach`, formerly `allow_threads`) while the crate
-//! works. The public Python API, with its docstrings, is `idmatch/__init__.py`.
+//! works. `spark` holds the per-task calls of `idmatch.spark`. The public Python API, with its docstrings, is `idmatch/__init__.py`.
 
 mod client;
 mod errors;
 mod key;
 mod records;
+mod spark;
 mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -103,6 +104,20 @@ fn columns(
     region_col: Option<String>,
 ) -> ColumnSpec {
     ColumnSpec { id: id_col, email: email_col, phone: phone_col, region: region_col }
+}
+
+/// The bearer token file: `token_file`, or `token` written to the private file
+/// `temp`.
+fn token_file_arg(token: Option<String>, token_file: Option<PathBuf>, temp: &Path) -> Result<Option<PathBuf>, Failure> {
+    match (token, token_file) {
+        (Some(_), Some(_)) => Err(Failure::usage("give token= or token_file=, not both")),
+        (Some(token), None) => {
+            key::write_private(temp, token.as_bytes())
+                .map_err(|e| Failure::new(Class::Output, format!("temporary token file: {e}")))?;
+            Ok(Some(temp.to_owned()))
+        }
+        (None, file) => Ok(file),
+    }
 }
 
 /// A private directory (mode 0700) for the temporary files of one call, removed
@@ -235,15 +250,7 @@ fn _match<'py>(
             KeyArg::Key(k) => k.file_in(d)?,
             KeyArg::File(path) => path,
         };
-        let token_file = match (token, token_file) {
-            (Some(_), Some(_)) => return Err(Failure::usage("give token= or token_file=, not both")),
-            (Some(token), None) => {
-                key::write_private(&token_path, token.as_bytes())
-                    .map_err(|e| Failure::new(Class::Output, format!("temporary token file: {e}")))?;
-                Some(token_path.clone())
-            }
-            (None, file) => file,
-        };
+        let token_file = token_file_arg(token, token_file, &token_path)?;
         if cert.is_some() != client_key.is_some() {
             return Err(Failure::usage("cert= and client_key= go together (mutual TLS)"));
         }
@@ -311,6 +318,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(normalize_phone, m)?)?;
     m.add_function(wrap_pyfunction!(_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(_match, m)?)?;
+    m.add_function(wrap_pyfunction!(spark::_shard_entries, m)?)?;
+    m.add_function(wrap_pyfunction!(spark::_match_shard, m)?)?;
+    m.add_function(wrap_pyfunction!(spark::_write_shard_file, m)?)?;
+    m.add_class::<spark::ShardDir>()?;
     m.add("PROFILES", Profile::ALL.map(Profile::name).to_vec())?;
     m.add("REVEALS", Reveal::ALL.map(Reveal::name).to_vec())?;
     Ok(())

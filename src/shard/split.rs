@@ -138,23 +138,39 @@ pub fn split(mut options: SplitOptions) -> Result<SplitSummary, SplitError> {
             return Err(e);
         }
     };
+    let files = commit(staged, options.shards)?;
+    Ok(SplitSummary {
+        stats: spilled.stats,
+        excluded_records: spilled.excluded_records,
+        optout_list: optouts.list_stats().cloned(),
+        optout_store: StoreSummary::of(&optouts),
+        files: files.into_iter().zip(written).collect(),
+    })
+}
+
+/// Moves the `shards` shard files written into `staged`'s staging directory into
+/// place together, then removes the shard files of an earlier split into another
+/// `N`, and returns the files' paths in shard order: the end of [`split`], and of a
+/// split whose files other processes wrote into the staging directory (Spark's
+/// tasks, `idmatch.spark.write_shards`).
+pub fn commit(staged: OutDir, shards: NonZeroU32) -> Result<Vec<PathBuf>, SplitError> {
+    let n = shards.get();
+    let out_dir = staged.path().to_owned();
+    let write_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SplitError::Write { path, source }
+    };
     let names: Vec<String> = (0..n).map(|i| shard_file_name(i, n)).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    staged.commit(&name_refs).map_err(write_err(out_dir))?;
-    let entries = std::fs::read_dir(out_dir).map_err(write_err(out_dir))?;
+    staged.commit(&name_refs).map_err(write_err(&out_dir))?;
+    let entries = std::fs::read_dir(&out_dir).map_err(write_err(&out_dir))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if is_shard_file_name(&name) && !names.contains(&name) {
             std::fs::remove_file(entry.path()).map_err(write_err(&entry.path()))?;
         }
     }
-    Ok(SplitSummary {
-        stats: spilled.stats,
-        excluded_records: spilled.excluded_records,
-        optout_list: optouts.list_stats().cloned(),
-        optout_store: StoreSummary::of(&optouts),
-        files: names.iter().map(|name| out_dir.join(name)).zip(written).collect(),
-    })
+    Ok(names.iter().map(|name| out_dir.join(name)).collect())
 }
 
 /// Writes and syncs the shard files into `staging`; returns each one's entry count.

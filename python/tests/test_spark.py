@@ -1,0 +1,171 @@
+"""idmatch.spark in Spark local mode against a real `idmatch serve`: a sharded run
+from Spark's tasks gives the unsharded match (from Python and from the CLI), a shard
+run twice fails the run, and the owner's shard files are `idmatch shard`'s, byte
+for byte. Skipped only when PySpark is not installed (CI installs it)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import pytest
+
+pytest.importorskip("pyspark")
+
+import idmatch  # noqa: E402
+import idmatch.spark  # noqa: E402
+from conftest import EXAMPLES, TOKEN, csv_rows, run_cli  # noqa: E402
+
+PARTNER = EXAMPLES / "partner.csv"
+MEMBERS = EXAMPLES / "members.csv"
+OPTOUTS = EXAMPLES / "optouts.csv"
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[object]:
+    from pyspark.sql import SparkSession
+
+    # The executors' Python must be this one, which has idmatch installed.
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("idmatch-tests")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def frame(spark, path: Path, partitions: int):
+    """The CSV file as a DataFrame of strings in `partitions` partitions, in file order."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = [tuple(r) for r in reader]
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, partitions), header)
+
+
+def rows_of(matches) -> List[Tuple[str, Tuple[str, ...]]]:
+    return [(r.record_id, tuple(r.matched_kinds.split(";"))) for r in matches.collect()]
+
+
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(TOKEN)
+    path.chmod(0o600)
+    return path
+
+
+def test_a_sharded_run_from_spark_gives_the_unsharded_match(spark, idmatch_bin, server, campaign_key, tmp_path) -> None:
+    whole = idmatch.match(server.url, "spring", key_file=campaign_key, token=TOKEN, input=PARTNER, region="US",
+                          reveal="both")
+    assert whole.matches and len(whole.matches) > 50
+    assert any(len(kinds) == 2 for _, kinds in whole.matches)  # some records match through both kinds
+    cli_out = tmp_path / "cli.csv"
+    run_cli(idmatch_bin, "match", "--server", server.url, "--campaign", "spring", "--key-file", campaign_key,
+            "--token-file", token_file(tmp_path), "--input", PARTNER, "--output", cli_out, "--region", "US",
+            "--reveal", "both")
+    cli_rows = [(r[0], tuple(r[1].split(";"))) for r in csv_rows(cli_out)[1:]]
+    assert cli_rows == list(whole.matches)
+
+    df = frame(spark, PARTNER, 3)
+    matches, summary = idmatch.spark.match(df, server.url, "spring", shards=4, key_file=campaign_key, token=TOKEN,
+                                           region="US", reveal="both")
+    # The same records, kinds merged over shards, in the DataFrame's order.
+    assert rows_of(matches) == list(whole.matches)
+    assert summary["shards"] == 4 and len(summary["run_id"]) == 32 and summary["protocol"] == "oprf"
+    for field in ("partner_set_size", "owner_set_size", "intersection", "matched_records", "suppressed_records"):
+        assert summary[field] == getattr(whole, field), field
+    assert sum(summary["shard_set_sizes"]) == summary["partner_set_size"]
+    assert summary["read"]["rows"] == 1000
+    # The owner audited one run, finished.
+    runs = [json.loads(line) for line in (server.dir / "audit.jsonl").read_text().splitlines()]
+    run = [r for r in runs if r.get("kind") == "run" and r.get("run_id") == summary["run_id"]]
+    assert len(run) == 1 and run[0]["outcome"] == "ok" and run[0]["shards_finished"] == 4
+
+    # The other engine, another N, and the count mode.
+    ecdh, s = idmatch.spark.match(frame(spark, PARTNER, 2), server.url, "spring", shards=3, key_file=campaign_key,
+                                  token=TOKEN, region="US", reveal="partner", protocol="ecdh")
+    assert rows_of(ecdh) == list(whole.matches) and s["protocol"] == "ecdh"
+    none, count = idmatch.spark.match(df, server.url, "spring", shards=2, key_file=campaign_key, token=TOKEN,
+                                      region="US", reveal="count")
+    assert none is None and count["intersection"] == whole.intersection and count["matched_records"] is None
+
+
+def test_a_shard_run_twice_fails_the_whole_run(spark, idmatch_bin, server, campaign_key, tmp_path) -> None:
+    run_id = secrets.token_hex(16)
+    # Shard 0 of the run, from the CLI, first; then the whole run from Spark, whose
+    # task for shard 0 opens it a second time (as a retried task would).
+    run_cli(idmatch_bin, "match", "--server", server.url, "--campaign", "spring", "--key-file", campaign_key,
+            "--token-file", token_file(tmp_path), "--input", PARTNER, "--output", tmp_path / "shard0.csv",
+            "--region", "US", "--reveal", "both", "--shard", "0/4", "--run-id", run_id)
+    with pytest.raises(idmatch.MatchError) as failed:
+        idmatch.spark.match(frame(spark, PARTNER, 2), server.url, "spring", shards=4, key_file=campaign_key,
+                            token=TOKEN, region="US", reveal="both", run_id=run_id)
+    message = str(failed.value)
+    assert f"run {run_id} failed" in message and "new run id" in message, message
+    assert "already joined" in message or "this run has failed" in message, message
+    runs = [json.loads(line) for line in (server.dir / "audit.jsonl").read_text().splitlines()]
+    run = [r for r in runs if r.get("kind") == "run" and r.get("run_id") == run_id]
+    assert len(run) == 1 and run[0]["outcome"] != "ok"
+    # The run's id is spent.
+    with pytest.raises(idmatch.MatchError, match="this run has failed"):
+        idmatch.spark.match(frame(spark, PARTNER, 1), server.url, "spring", shards=4, key_file=campaign_key,
+                            token=TOKEN, region="US", run_id=run_id)
+
+
+def test_the_owners_shard_files_are_those_of_idmatch_shard(spark, idmatch_bin, campaign_key, tmp_path) -> None:
+    cli_dir = tmp_path / "cli"
+    run_cli(idmatch_bin, "shard", "--input", MEMBERS, "--key-file", campaign_key, "--shards", "4", "--out-dir",
+            cli_dir, "--optouts", OPTOUTS, "--region", "US")
+    names = sorted(p.name for p in cli_dir.iterdir())
+    assert names == [f"shard-0000{i}-of-00004.idms" for i in range(4)]
+    for df in (frame(spark, MEMBERS, 3), spark.read.option("header", True).csv(str(MEMBERS))):
+        out = tmp_path / "spark"
+        summary = idmatch.spark.write_shards(df, out, shards=4, key_file=campaign_key, optouts=OPTOUTS, region="US")
+        assert sorted(p.name for p in out.iterdir()) == names
+        for name in names:
+            assert (out / name).read_bytes() == (cli_dir / name).read_bytes(), name
+            assert (out / name).stat().st_mode & 0o777 == 0o600
+        assert summary["records"] == 1000 and 0 < summary["excluded_records"] < 20
+        assert sum(count for _, count in summary["files"]) > 1000
+    # A split into another N replaces the files; a failed one leaves them.
+    idmatch.spark.write_shards(frame(spark, MEMBERS, 2), out, shards=2, key_file=campaign_key, region="US")
+    assert sorted(p.name for p in out.iterdir()) == ["shard-00000-of-00002.idms", "shard-00001-of-00002.idms"]
+    bad_list = tmp_path / "bad-optouts.csv"
+    bad_list.write_text("email\nnot-an-email\n")
+    with pytest.raises(idmatch.InputError, match="missing_at"):
+        idmatch.spark.write_shards(frame(spark, MEMBERS, 2), out, shards=8, key_file=campaign_key, optouts=bad_list)
+    assert sorted(p.name for p in out.iterdir()) == ["shard-00000-of-00002.idms", "shard-00001-of-00002.idms"]
+
+
+def test_bad_frames_and_arguments_are_refused_before_any_match(spark, server, campaign_key) -> None:
+    def attempt(df, **kwargs):
+        args = dict(shards=2, key_file=campaign_key, token=TOKEN, region="US")
+        args.update(kwargs)
+        return idmatch.spark.match(df, server.url, "spring", **args)
+
+    no_id = spark.createDataFrame([("a@example.com",), ("b@example.com",)], ["email"])
+    with pytest.raises(idmatch.UsageError, match="no id column"):
+        attempt(no_id)
+    repeated = spark.createDataFrame([("p1", "a@example.com"), ("p1", "b@example.com")], ["id", "email"])
+    with pytest.raises(idmatch.InputError, match="record id `p1` names 2 records"):
+        attempt(repeated)
+    df = frame(spark, PARTNER, 1)
+    with pytest.raises(idmatch.UsageError, match="shards"):
+        attempt(df, shards=0)
+    with pytest.raises(idmatch.UsageError, match="run_id"):
+        attempt(df, run_id="abc")
+    with pytest.raises(idmatch.UsageError, match="key_file"):
+        attempt(df, key_file=None, key=idmatch.Key.from_bytes(bytes(range(1, 33))))
