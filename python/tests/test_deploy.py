@@ -1,0 +1,72 @@
+"""deploy/: the Kubernetes examples parse, and follow the rules deploy/README.md
+states (non-root, private secrets, one run per Indexed Job with --shard
+$(JOB_COMPLETION_INDEX)/N and a shared run id, the server's configuration valid
+for `idmatch serve`)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+from conftest import REPO  # noqa: E402
+
+DEPLOY = REPO / "deploy"
+
+
+def documents(name: str) -> dict:
+    with open(DEPLOY / name, encoding="utf-8") as f:
+        return {d["kind"]: d for d in yaml.safe_load_all(f) if d}
+
+
+def check_pod(pod: dict) -> None:
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == 10001
+    for container in pod["containers"] + pod.get("initContainers", []):
+        locked = container["securityContext"]
+        assert locked["allowPrivilegeEscalation"] is False and locked["readOnlyRootFilesystem"] is True
+    # Secrets reach idmatch only through the init container's 0600 copies.
+    init = pod["initContainers"][0]
+    assert "install -m 0600" in " ".join(init["command"])
+    mounts = {m["name"] for c in pod["containers"] for m in c["volumeMounts"]}
+    assert "secrets" in mounts and "secrets-in" not in mounts
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["secrets"]["emptyDir"]["medium"] == "Memory"
+
+
+def test_the_server_example(idmatch_bin: Path, tmp_path: Path) -> None:
+    docs = documents("server.yaml")
+    assert set(docs) == {"ConfigMap", "Secret", "StatefulSet", "Service"}
+    assert docs["StatefulSet"]["spec"]["replicas"] == 1
+    check_pod(docs["StatefulSet"]["spec"]["template"]["spec"])
+    container = docs["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["serve", "--config", "/etc/idmatch/server.toml"]
+    config = docs["ConfigMap"]["data"]["server.toml"]
+    # The configuration is the server's own format: `idmatch serve` parses and
+    # validates it, and stops only at the first file that exists in the cluster alone.
+    (tmp_path / "server.toml").write_text(config)
+    out = subprocess.run([str(idmatch_bin), "serve", "--config", str(tmp_path / "server.toml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "key file /secrets/campaign.key: No such file or directory" in out.stderr, out.stderr
+
+
+def test_the_indexed_job_runs_one_shard_per_pod_under_one_run_id() -> None:
+    job = documents("shard-clients-job.yaml")["Job"]
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["backoffLimit"] == 0
+    assert spec["parallelism"] == spec["completions"]
+    pod = spec["template"]["spec"]
+    check_pod(pod)
+    args = pod["containers"][0]["args"]
+    assert args[0] == "match"
+    shard = [a for a in args if a.startswith("--shard=")]
+    assert shard == [f"--shard=$(JOB_COMPLETION_INDEX)/{spec['completions']}"]
+    assert "--run-id=$(RUN_ID)" in args
+    assert any(re.fullmatch(r"--output=.*\$\(JOB_COMPLETION_INDEX\).*", a) for a in args)
+    env = {e["name"] for e in pod["containers"][0]["env"]}
+    assert "RUN_ID" in env
