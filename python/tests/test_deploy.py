@@ -48,6 +48,9 @@ def test_the_server_example(idmatch_bin: Path, tmp_path: Path) -> None:
     config = docs["ConfigMap"]["data"]["server.toml"]
     # The configuration is the server's own format: `idmatch serve` parses and
     # validates it, and stops only at the first file that exists in the cluster alone.
+    # On a free loopback port instead of the cluster's 0.0.0.0:7443.
+    assert 'listen = "0.0.0.0:7443"' in config and 'metrics_listen = "0.0.0.0:9464"' in config
+    config = config.replace('"0.0.0.0:7443"', '"127.0.0.1:0"').replace('"0.0.0.0:9464"', '"127.0.0.1:0"')
     (tmp_path / "server.toml").write_text(config)
     out = subprocess.run([str(idmatch_bin), "serve", "--config", str(tmp_path / "server.toml")],
                          capture_output=True, text=True, timeout=60)
