@@ -1,6 +1,6 @@
 """idmatch.spark in Spark local mode against a real `idmatch serve`: a sharded run
-from Spark's tasks gives the unsharded match (from Python and from the CLI), a shard
-run twice fails the run, and the owner's shard files are `idmatch shard`'s, byte
+from Spark's tasks gives the unsharded match (from Python and from the CLI, over
+gRPC and locally, unsharded and sharded), a shard run twice fails the run, and the owner's shard files are `idmatch shard`'s, byte
 for byte. Skipped only when PySpark is not installed (CI installs it)."""
 
 from __future__ import annotations
@@ -78,6 +78,13 @@ def test_a_sharded_run_from_spark_gives_the_unsharded_match(spark, idmatch_bin, 
             "--reveal", "both")
     cli_rows = [(r[0], tuple(r[1].split(";"))) for r in csv_rows(cli_out)[1:]]
     assert cli_rows == list(whole.matches)
+    # The local match of the same files (both roles in one process, the server's
+    # opt-outs), unsharded and out of core, writes the same partner rows.
+    for extra in ((), ("--shards", "3")):
+        local = tmp_path / f"local{len(extra)}"
+        run_cli(idmatch_bin, "match", "--owner", MEMBERS, "--partner", PARTNER, "--key-file", campaign_key,
+                "--optouts", OPTOUTS, "--region", "US", "--reveal", "both", "--out-dir", local, *extra)
+        assert [(r[0], tuple(r[1].split(";"))) for r in csv_rows(local / "partner_matches.csv")[1:]] == cli_rows
 
     df = frame(spark, PARTNER, 3)
     matches, summary = idmatch.spark.match(df, server.url, "spring", shards=4, key_file=campaign_key, token=TOKEN,
