@@ -29,6 +29,7 @@ to run with it on).
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -43,6 +44,8 @@ StrPath = Union[str, "os.PathLike[str]"]
 
 #: The order of kinds in ``matched_kinds``, as the CLI writes them.
 _KINDS = ("email", "phone")
+#: Rows of a partition read by the crate at once.
+_BATCH_ROWS = 100_000
 
 
 def _pyspark() -> Any:
@@ -105,19 +108,29 @@ def _tokenize(
     partition in order."""
     pyspark = _pyspark()
     columns = [str(c) for c in df.columns]
+    batch_rows = _BATCH_ROWS
 
     def tokenize(partition: int, rows: Iterator[Any]) -> Iterator[Tuple[Any, ...]]:
-        entries, counts = _native._shard_entries([tuple(r) for r in rows], shards=shards, columns_=columns, **key, **read)
-        for position, (shard, ordinal, kind, token, record_id) in enumerate(entries):
-            yield ("E", shard, (partition, ordinal), position, kind, token, record_id)
-        yield ("C", partition, counts)
+        # In batches, so that a large partition is never held whole.
+        totals: Dict[str, Any] = {}
+        records = position = 0
+        while True:
+            batch = [tuple(r) for r in itertools.islice(rows, batch_rows)]
+            entries, counts = _native._shard_entries(batch, shards=shards, columns_=columns, **key, **read)
+            for shard, ordinal, kind, token, record_id in entries:
+                yield ("E", shard, (partition, records + ordinal), position, kind, token, record_id)
+                position += 1
+            records += counts["records"]
+            _add_counts(totals, counts)
+            if len(batch) < batch_rows:
+                break
+        yield ("C", partition, totals)
 
     tokenized = df.rdd.mapPartitionsWithIndex(tokenize).persist(pyspark.StorageLevel.MEMORY_AND_DISK)
     parts = sorted(tokenized.filter(lambda r: r[0] == "C").map(lambda r: (r[1], r[2])).collect())
     totals: Dict[str, Any] = {"partition_records": [c["records"] for _, c in parts]}
     for _, counts in parts:
-        _add_counts(totals, {k: v for k, v in counts.items() if k != "records"})
-        totals["records"] = totals.get("records", 0) + counts["records"]
+        _add_counts(totals, counts)
     if not totals.get("has_id_column", True):
         tokenized.unpersist()
         raise UsageError(

@@ -132,13 +132,19 @@ def test_a_shard_run_twice_fails_the_whole_run(spark, idmatch_bin, server, campa
                             token=TOKEN, region="US", run_id=run_id)
 
 
-def test_the_owners_shard_files_are_those_of_idmatch_shard(spark, idmatch_bin, campaign_key, tmp_path) -> None:
+def test_the_owners_shard_files_are_those_of_idmatch_shard(spark, idmatch_bin, campaign_key, tmp_path,
+                                                            monkeypatch) -> None:
     cli_dir = tmp_path / "cli"
     run_cli(idmatch_bin, "shard", "--input", MEMBERS, "--key-file", campaign_key, "--shards", "4", "--out-dir",
             cli_dir, "--optouts", OPTOUTS, "--region", "US")
     names = sorted(p.name for p in cli_dir.iterdir())
     assert names == [f"shard-0000{i}-of-00004.idms" for i in range(4)]
-    for df in (frame(spark, MEMBERS, 3), spark.read.option("header", True).csv(str(MEMBERS))):
+    for df, batch_rows in ((frame(spark, MEMBERS, 3), 70), (spark.read.option("header", True).csv(str(MEMBERS)), None)):
+        # Partitions read in batches of 70 rows, then whole: the same records' ordinals.
+        if batch_rows:
+            monkeypatch.setattr(idmatch.spark, "_BATCH_ROWS", batch_rows)
+        else:
+            monkeypatch.undo()
         out = tmp_path / "spark"
         summary = idmatch.spark.write_shards(df, out, shards=4, key_file=campaign_key, optouts=OPTOUTS, region="US")
         assert sorted(p.name for p in out.iterdir()) == names
