@@ -284,11 +284,10 @@ fn run_client(args: MatchArgs) -> CliResult {
         },
     };
     if let Some(run) = &summary.run {
-        match args.shard {
-            Some(_) => println!(
-                "run {}: shard {} of {} (the run's partner set: {})",
+        match summary.shard {
+            Some(shard) => println!(
+                "run {}: shard {shard} of {} (the run's partner set: {})",
                 hex::encode(run.run_id),
-                run.shard_index,
                 run.shard_count,
                 run.run_set_size
             ),

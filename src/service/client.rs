@@ -100,10 +100,11 @@ pub struct ClientSummary {
     /// How the suppression list was read (with [`BadRows::Skip`], what was skipped).
     pub suppression_list: Option<ReadStats>,
     /// The run, for a sharded match: its id (the owner's results file is named after
-    /// it), `N`, the run's whole set size, and for one shard of it
-    /// ([`run_one_shard`]) that shard's index (`outcome` then holds that shard's
-    /// figures only).
-    pub run: Option<ShardRun>,
+    /// it), `N` and the run's whole set size.
+    pub run: Option<Run>,
+    /// The shard this process ran, when it ran only one of its run
+    /// ([`run_one_shard`]): `outcome` then holds that shard's figures only.
+    pub shard: Option<u32>,
 }
 
 /// Why the client failed; [`ClientError::exit_code`] gives distinct exit codes.
@@ -555,7 +556,7 @@ pub async fn run_prepared_shard(
     let PartnerFiles { fingerprint, token, .. } =
         PartnerFiles::load(&options.key_file, options.token_file.as_ref(), None, &normalizer, BadRows::Refuse)?;
     let streams = ShardStreams::open(&options, fingerprint, token, offered).await?;
-    let run = RunPlan { run_id: shard.run_id, shard_count: shard.shards.get(), run_set_size };
+    let run = Run { run_id: shard.run_id, shard_count: shard.shards.get(), run_set_size };
     let (protocol, outcome, matches) = streams.run(run, vec![(shard.index, Arc::new(set))], NonZeroUsize::MIN).await?;
     Ok(ShardMatch { protocol, outcome, matches })
 }
@@ -615,15 +616,10 @@ async fn run_with(options: ClientOptions, streams: Streams) -> Result<ClientSumm
         }
         _ => None,
     };
-    let run = run.map(|run| ShardRun {
-        run_id: run.run_id,
-        shard_index: match streams {
-            Streams::One(shard) => shard.index,
-            Streams::Whole | Streams::All(_) => 0,
-        },
-        shard_count: run.shard_count,
-        run_set_size: run.run_set_size,
-    });
+    let shard = match streams {
+        Streams::One(shard) => Some(shard.index),
+        Streams::Whole | Streams::All(_) => None,
+    };
     Ok(ClientSummary {
         protocol,
         outcome,
@@ -631,22 +627,26 @@ async fn run_with(options: ClientOptions, streams: Streams) -> Result<ClientSumm
         suppressed_records,
         suppression_list: suppression_list_stats,
         run,
+        shard,
     })
 }
 
-/// A run as its streams announce it: id, `N` and the partner's whole set size.
-#[derive(Clone, Copy, Debug)]
-struct RunPlan {
-    run_id: [u8; 16],
-    shard_count: u32,
-    run_set_size: u64,
+/// A run as its streams announce it (docs/PROTOCOL.md §13.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The run id, the same in every stream of the run.
+    pub run_id: [u8; 16],
+    /// `N`.
+    pub shard_count: u32,
+    /// The partner's whole set size: the sum over the shards of their distinct tokens.
+    pub run_set_size: u64,
 }
 
 /// The sets this process matches, each with its shard index, and the run they
 /// belong to (none for a whole match): the whole set; every shard of a new run
 /// under a random id; or one shard of a given run, whose size is still the sum over
 /// every shard.
-fn plan(side: &Prepared, key: &Key, streams: Streams) -> (Option<RunPlan>, Vec<(u32, Arc<PreparedSet>)>) {
+fn plan(side: &Prepared, key: &Key, streams: Streams) -> (Option<Run>, Vec<(u32, Arc<PreparedSet>)>) {
     let shards = match streams {
         Streams::Whole => return (None, vec![(0, Arc::new(side.set()))]),
         Streams::All(sharding) => sharding.shards,
@@ -669,7 +669,7 @@ fn plan(side: &Prepared, key: &Key, streams: Streams) -> (Option<RunPlan>, Vec<(
         Streams::One(shard) => shard.run_id,
         Streams::Whole | Streams::All(_) => rand::random(),
     };
-    (Some(RunPlan { run_id, shard_count: shards.get(), run_set_size }), sets)
+    (Some(Run { run_id, shard_count: shards.get(), run_set_size }), sets)
 }
 
 /// The shard streams of one run: the connection, the credentials, the hello's
@@ -702,11 +702,11 @@ impl ShardStreams {
     /// figures summed, and the partner's matches of these shards merged.
     async fn run(
         self,
-        run: RunPlan,
+        run: Run,
         sets: Vec<(u32, Arc<PreparedSet>)>,
         parallel: NonZeroUsize,
     ) -> Result<(Protocol, PartnerOutcome, Option<Vec<(u32, KindSet)>>), ClientError> {
-        let RunPlan { run_id, shard_count, run_set_size } = run;
+        let Run { run_id, shard_count, run_set_size } = run;
         let permits = Arc::new(tokio::sync::Semaphore::new(parallel.get()));
         let mut streams = tokio::task::JoinSet::new();
         for (shard_index, set) in sets {
