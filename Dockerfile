@@ -4,8 +4,9 @@
 #
 #   docker build -t idmatch .
 #   docker run --rm -v "$PWD:/data" -w /data idmatch match --owner members.csv ...
-#   docker run --rm -p 7443:7443 -v "$PWD/deploy:/etc/idmatch:ro" -v idmatch-state:/var/lib/idmatch \
+#   docker run --rm -p 7443:7443 -v /etc/idmatch:/etc/idmatch:ro -v idmatch-state:/var/lib/idmatch \
 #     idmatch serve --config /etc/idmatch/server.toml
+# On Kubernetes: deploy/ (the server as a StatefulSet, shard clients as an Indexed Job).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .

@@ -11,6 +11,8 @@ sides of a match turn the same person into the same bytes.
 - :func:`match`: a match against the owner's ``idmatch serve``, as
   ``idmatch match --server`` runs it.
 - :class:`Key`: a campaign key whose ``repr`` never shows it.
+- :mod:`idmatch.spark` (``pip install 'idmatch[spark]'``): a sharded match with one
+  Spark task per shard, and an owner's shard files, on Apache Spark.
 
 Records are an iterable of dicts (keys are column names), of tuples with
 ``columns=[...]``, or a pandas DataFrame (pandas is optional), or a CSV/TSV file
