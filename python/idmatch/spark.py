@@ -113,10 +113,16 @@ def _tokenize(
     def tokenize(partition: int, rows: Iterator[Any]) -> Iterator[Tuple[Any, ...]]:
         # In batches, so that a large partition is never held whole.
         totals: Dict[str, Any] = {}
-        records = position = 0
+        records = position = read_rows = 0
         while True:
             batch = [tuple(r) for r in itertools.islice(rows, batch_rows)]
-            entries, counts = _native._shard_entries(batch, shards=shards, columns_=columns, **key, **read)
+            try:
+                entries, counts = _native._shard_entries(batch, shards=shards, columns_=columns, **key, **read)
+            except IdmatchError as e:
+                # The crate numbers the batch's rows from line 2 (line 1 its header).
+                where = f"partition {partition}, its rows {read_rows} to {read_rows + len(batch) - 1} as lines 2 on"
+                raise type(e)(f"{where}: {e}") from None
+            read_rows += len(batch)
             for shard, ordinal, kind, token, record_id in entries:
                 yield ("E", shard, (partition, records + ordinal), position, kind, token, record_id)
                 position += 1
@@ -127,7 +133,11 @@ def _tokenize(
         yield ("C", partition, totals)
 
     tokenized = df.rdd.mapPartitionsWithIndex(tokenize).persist(pyspark.StorageLevel.MEMORY_AND_DISK)
-    parts = sorted(tokenized.filter(lambda r: r[0] == "C").map(lambda r: (r[1], r[2])).collect())
+    try:
+        parts = sorted(tokenized.filter(lambda r: r[0] == "C").map(lambda r: (r[1], r[2])).collect())
+    except BaseException:
+        tokenized.unpersist()
+        raise
     totals: Dict[str, Any] = {"partition_records": [c["records"] for _, c in parts]}
     for _, counts in parts:
         _add_counts(totals, counts)

@@ -158,8 +158,9 @@ def test_the_owners_shard_files_are_those_of_idmatch_shard(spark, idmatch_bin, c
     assert sorted(p.name for p in out.iterdir()) == ["shard-00000-of-00002.idms", "shard-00001-of-00002.idms"]
     bad_list = tmp_path / "bad-optouts.csv"
     bad_list.write_text("email\nnot-an-email\n")
-    with pytest.raises(idmatch.InputError, match="missing_at"):
+    with pytest.raises(idmatch.InputError, match="missing_at") as refused:
         idmatch.spark.write_shards(frame(spark, MEMBERS, 2), out, shards=8, key_file=campaign_key, optouts=bad_list)
+    assert str(refused.value).startswith("reading the records: partition ") and "bad-optouts.csv" in str(refused.value)
     assert sorted(p.name for p in out.iterdir()) == ["shard-00000-of-00002.idms", "shard-00001-of-00002.idms"]
 
 
