@@ -1475,3 +1475,123 @@ fn a_client_whose_shard_is_refused_writes_nothing_and_the_run_fails() {
     assert!(runs.len() <= 1 && runs.iter().all(|r| r["outcome"] != "ok"), "{runs:?}");
     assert!(results_files(&f).is_empty());
 }
+
+/// `idmatch match --server … --shard i/N --run-id ID` in `args`, as its own process.
+fn shard_process(f: &Fixture, input: &Path, output: &str, args: &[&str]) -> std::process::Output {
+    let port = f.port.to_string();
+    let server = format!("https://localhost:{port}");
+    std::process::Command::new(env!("CARGO_BIN_EXE_idmatch"))
+        .args(["match", "--server", &server, "--campaign", "spring", "--region", "US", "--reveal", "both"])
+        .arg("--ca")
+        .arg(f.path("ca.pem"))
+        .arg("--token-file")
+        .arg(f.path("token"))
+        .arg("--key-file")
+        .arg(f.path("campaign.key"))
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(f.path(output))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `record_id → matched_kinds` of a match file, kinds merged over repeated ids.
+fn merged_matches(paths: &[PathBuf]) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut merged = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for path in paths {
+        for line in std::fs::read_to_string(path).unwrap().lines().skip(1) {
+            let (id, kinds) = line.split_once(',').unwrap();
+            merged.entry(id.to_owned()).or_default().extend(kinds.split(';').map(str::to_owned));
+        }
+    }
+    merged
+}
+
+#[test]
+fn one_shard_per_process_gives_the_unsharded_matches_and_a_shard_run_twice_fails_its_run() {
+    let f = Fixture::start(false, false);
+    // Emails and phones, so that a record's two identifiers fall into different
+    // shards: p1000.. match m0.. by email, p500..p1499 by phone, some by both.
+    let mut partner = String::from("id,email,phone\n");
+    for i in 0..1500 {
+        partner += &format!("p{i},USER{}@Example.com,(415) 555-{:04}\n", i + 1000, (i + 500) % 10000);
+    }
+    let input = write(f.dir.path(), "partner-two-kinds.csv", &partner);
+    let mut options = f.options(Reveal::Both, "whole.csv");
+    options.input = input.clone();
+    let before = results_files(&f);
+    let whole = f.run(options).unwrap();
+    let whole_results: Vec<_> = results_files(&f).into_iter().filter(|p| !before.contains(p)).collect();
+    let expected = merged_matches(&[f.path("whole.csv")]);
+    assert!(expected.values().any(|k| k.len() == 2) && expected.len() > 900, "{}", expected.len());
+
+    // Four processes, one shard each, all at once, under one run id.
+    let run_id = hex::encode(rand::random::<[u8; 16]>());
+    let shards: Vec<_> = std::thread::scope(|s| {
+        let spawned: Vec<_> = (0..4)
+            .map(|i| {
+                let (f, input, run_id) = (&f, &input, &run_id);
+                s.spawn(move || {
+                    shard_process(
+                        f,
+                        input,
+                        &format!("shard-{i}.csv"),
+                        &["--shard", &format!("{i}/4"), "--run-id", run_id],
+                    )
+                })
+            })
+            .collect();
+        spawned.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, out) in shards.iter().enumerate() {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "shard {i}: {}", String::from_utf8_lossy(&out.stderr));
+        let announced =
+            format!("run {run_id}: shard {i} of 4 (the run's partner set: {})", whole.outcome.partner_set_size);
+        assert!(stdout.contains(&announced), "{stdout}");
+    }
+    // Each process wrote its shard's matches; merged by record id they are the
+    // unsharded match's, and no shard alone holds them all.
+    let outputs: Vec<_> = (0..4).map(|i| f.path(&format!("shard-{i}.csv"))).collect();
+    assert_eq!(merged_matches(&outputs), expected);
+    assert!(outputs.iter().all(|p| merged_matches(std::slice::from_ref(p)).len() < expected.len()));
+    let record = run_records(&f).pop().unwrap();
+    assert_eq!((record["outcome"].as_str(), record["run_id"].as_str()), (Some("ok"), Some(run_id.as_str())));
+    assert_eq!(record["run_set_size"], whole.outcome.partner_set_size);
+    // The owner's results of the run are those of the unsharded match.
+    let run_file = f.path("results").join(format!("spring-acme-run-{run_id}.csv"));
+    assert_eq!(std::fs::read(run_file).unwrap(), std::fs::read(&whole_results[0]).unwrap());
+
+    // A shard run again (a retried pod) is refused: the run is over.
+    let again = shard_process(&f, &input, "again.csv", &["--shard", "2/4", "--run-id", &run_id]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("this run has finished"));
+    assert!(!f.path("again.csv").exists());
+    // In a run not yet complete, a shard run twice fails the whole run: the other
+    // shards are then refused, and nothing is written on either side.
+    let run_id = hex::encode(rand::random::<[u8; 16]>());
+    let first = shard_process(&f, &input, "r0.csv", &["--shard", "0/2", "--run-id", &run_id]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let twice = shard_process(&f, &input, "r0-again.csv", &["--shard", "0/2", "--run-id", &run_id]);
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("shard 0 of this run has already joined it"));
+    let other = shard_process(&f, &input, "r1.csv", &["--shard", "1/2", "--run-id", &run_id]);
+    assert!(String::from_utf8_lossy(&other.stderr).contains("this run has failed"), "{other:?}");
+    assert!(!f.path("r1.csv").exists() && !f.path("r0-again.csv").exists());
+    let failed = run_records(&f).pop().unwrap();
+    assert_eq!((failed["run_id"].as_str(), failed["outcome"] != "ok"), (Some(run_id.as_str()), true));
+    assert!(!f.path("results").join(format!("spring-acme-run-{run_id}.csv")).exists());
+
+    // Usage errors (exit code 2), before anything is read or sent.
+    for args in [
+        &["--shard", "4/4", "--run-id", &run_id][..],
+        &["--shard", "0/4"],
+        &["--shard", "0/4", "--run-id", "abc"],
+        &["--shard", "0/4", "--run-id", &run_id, "--shards", "4"],
+        &["--shard", "0", "--run-id", &run_id],
+    ] {
+        let out = shard_process(&f, &input, "usage.csv", args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}

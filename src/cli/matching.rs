@@ -10,7 +10,7 @@ use idmatch::local_match::{self, LocalMatchOptions};
 use idmatch::optout::BadRows;
 use idmatch::progress::Bars;
 use idmatch::psi::{ProtocolChoice, Reveal};
-use idmatch::service::client::{self, ClientOptions, Sharding};
+use idmatch::service::client::{self, ClientOptions, OneShard, Sharding};
 
 #[derive(Debug, Args)]
 pub struct MatchArgs {
@@ -80,6 +80,31 @@ pub struct MatchArgs {
     /// Client mode with --shards: shard streams open at once.
     #[arg(long, value_name = "P", default_value = "2", requires_all = ["server", "shards"])]
     pub parallel: std::num::NonZeroUsize,
+    /// Client mode: run only shard I of a run of N shard streams (0 <= I < N <= 4096), the others being run by
+    /// other processes with the same --run-id, input and key (e.g. the pods of an Indexed Job:
+    /// --shard $JOB_COMPLETION_INDEX/N). Reads the whole input to announce the run's size; writes only this
+    /// shard's matches (merge the N outputs by record id). A shard run twice fails the whole run.
+    #[arg(long, value_name = "I/N", value_parser = parse_one_shard, requires_all = ["server", "run_id"], conflicts_with = "shards")]
+    pub shard: Option<(u32, std::num::NonZeroU32)>,
+    /// Client mode with --shard: the run id, 32 hex digits (16 random bytes, `openssl rand -hex 16`), the same for
+    /// every shard of the run and new for every run (a finished or failed run's id is refused).
+    #[arg(long, value_name = "HEX", value_parser = parse_run_id, requires = "shard")]
+    pub run_id: Option<[u8; 16]>,
+}
+
+/// `--shard I/N`.
+fn parse_one_shard(s: &str) -> Result<(u32, std::num::NonZeroU32), String> {
+    let (i, n) = s.split_once('/').ok_or_else(|| format!("`{s}` is not I/N (e.g. 3/8)"))?;
+    let n = super::parse_shards(n)?;
+    let i: u32 = i.parse().map_err(|_| format!("`{i}` is not a shard index (0 to {})", n.get() - 1))?;
+    if i >= n.get() {
+        return Err(format!("shard index {i} is not below N = {n} (0 to {})", n.get() - 1));
+    }
+    Ok((i, n))
+}
+
+fn parse_run_id(s: &str) -> Result<[u8; 16], String> {
+    client::parse_run_id(s)
 }
 
 /// `--shards`: a number, or one chosen from the input sizes.
@@ -250,8 +275,26 @@ fn run_client(args: MatchArgs) -> CliResult {
         Some(ShardCount::Exactly(shards)) => {
             runtime.block_on(client::run_sharded(options, Sharding { shards, parallel: args.parallel }))?
         }
-        None => runtime.block_on(client::run(options))?,
+        None => match (args.shard, args.run_id) {
+            (Some((index, shards)), Some(run_id)) => {
+                runtime.block_on(client::run_one_shard(options, OneShard { run_id, index, shards }))?
+            }
+            (None, None) => runtime.block_on(client::run(options))?,
+            _ => return Err(UsageError("--shard and --run-id go together".into()).into()),
+        },
     };
+    if let Some(run) = &summary.run {
+        match args.shard {
+            Some(_) => println!(
+                "run {}: shard {} of {} (the run's partner set: {})",
+                hex::encode(run.run_id),
+                run.shard_index,
+                run.shard_count,
+                run.run_set_size
+            ),
+            None => println!("run {}: {} shards", hex::encode(run.run_id), run.shard_count),
+        }
+    }
     if let Some(stats) = &summary.suppression_list {
         warn_skipped("suppression list", stats);
     }

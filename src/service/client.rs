@@ -1,6 +1,10 @@
 //! The partner's client: `idmatch match --server https://host:port …`. Reads the
 //! partner's file, applies its suppressions, and runs the partner state machine over
-//! one gRPC stream to the owner's server.
+//! one gRPC stream to the owner's server, or over the shard streams of a run
+//! (docs/PROTOCOL.md §13.4): all `N` of them from this process ([`run_sharded`]),
+//! or only shard `i` of a run whose other shards other processes run
+//! ([`run_one_shard`], `--shard i/N --run-id`; [`run_prepared_shard`] for a shard
+//! set tokenized elsewhere, as Spark's executors do).
 //!
 //! The output file is prepared before anything else (a temporary file next to it,
 //! renamed into place only when the match succeeded), so an unwritable `--output`
@@ -22,10 +26,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use super::convert::{owner_from_wire, partner_to_wire};
 use super::driver::{DriveError, INBOUND_QUEUE, Inbound, drive, error_kind, receive_with_deadline, send_with_deadline};
 use crate::key::{Key, KeyError, read_secret_file};
-use crate::normalize::Normalizer;
+use crate::normalize::{Normalizer, Profile};
 use crate::optout::{BadRows, OptOutError};
 use crate::output::{OutputError, Staged, write_matches};
-use crate::prepare::{self, Filter, PrepareError};
+use crate::prepare::{self, Filter, PrepareError, Prepared};
 use crate::progress::{self, Meter, Progress, Unit};
 use crate::psi::oprf::{ChunkLimits, OprfPartner};
 use crate::psi::{
@@ -95,6 +99,11 @@ pub struct ClientSummary {
     pub suppressed_records: u64,
     /// How the suppression list was read (with [`BadRows::Skip`], what was skipped).
     pub suppression_list: Option<ReadStats>,
+    /// The run, for a sharded match: its id (the owner's results file is named after
+    /// it), `N`, the run's whole set size, and for one shard of it
+    /// ([`run_one_shard`]) that shard's index (`outcome` then holds that shard's
+    /// figures only).
+    pub run: Option<ShardRun>,
 }
 
 /// Why the client failed; [`ClientError::exit_code`] gives distinct exit codes.
@@ -285,13 +294,57 @@ pub(super) struct TlsFiles<'a> {
 }
 
 impl ClientOptions {
-    fn tls_files(&self) -> TlsFiles<'_> {
-        TlsFiles { ca: self.ca.as_ref(), cert: self.cert.as_ref(), key: self.key.as_ref() }
+    /// How this match reaches the owner and what it asks for.
+    fn stream_options(&self) -> StreamOptions {
+        StreamOptions {
+            server: self.server.clone(),
+            campaign: self.campaign.clone(),
+            key_file: self.key_file.clone(),
+            reveal: self.reveal,
+            protocol: self.protocol,
+            profile: self.normalizer.profile(),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            token_file: self.token_file.clone(),
+            idle_timeout: self.idle_timeout,
+        }
     }
 }
 
-async fn connect(options: &ClientOptions) -> Result<Channel, ClientError> {
-    connect_to(&options.server, options.tls_files()).await
+/// How a partner's stream reaches the owner and what it asks for: the part of
+/// [`ClientOptions`] that [`run_prepared_shard`] needs, whose caller brings the set
+/// already tokenized and split (Spark's executors).
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    /// `https://host:port` (or `http://` for a loopback test server).
+    pub server: String,
+    /// The campaign id on the server.
+    pub campaign: String,
+    /// The campaign key file shared with the owner (its fingerprint goes in the hello).
+    pub key_file: PathBuf,
+    /// Who learns what.
+    pub reveal: Reveal,
+    /// The matching engine: one, or `auto`.
+    pub protocol: ProtocolChoice,
+    /// The normalization profile the set was tokenized under; must be the campaign's.
+    pub profile: Profile,
+    /// CA bundle to verify the server (default: the system's trust store).
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs `key`.
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS (not the campaign key); needs `cert`.
+    pub key: Option<PathBuf>,
+    /// File holding the bearer token (surrounding whitespace ignored).
+    pub token_file: Option<PathBuf>,
+    /// Longest wait for the server to send a message, or to take one of ours.
+    pub idle_timeout: Duration,
+}
+
+impl StreamOptions {
+    fn tls_files(&self) -> TlsFiles<'_> {
+        TlsFiles { ca: self.ca.as_ref(), cert: self.cert.as_ref(), key: self.key.as_ref() }
+    }
 }
 
 /// Checks that `server` and the TLS files fit together, before any work and again
@@ -385,9 +438,63 @@ pub struct Sharding {
     pub parallel: NonZeroUsize,
 }
 
+/// Shard `index` of a run of `shards` shard streams named `run_id`, which this
+/// process runs while other processes run the other shards (`idmatch match --server
+/// … --shard i/N --run-id ID`: the pods of a Kubernetes Indexed Job, Spark's tasks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OneShard {
+    /// The run id: chosen at random by whoever starts the run, the same in every
+    /// shard's process, never used for another run.
+    pub run_id: [u8; 16],
+    /// `i`, below `shards`.
+    pub index: u32,
+    /// `N`, at most [`crate::shard::MAX_SHARDS`].
+    pub shards: NonZeroU32,
+}
+
+impl OneShard {
+    fn check(&self) -> Result<(), ClientError> {
+        let (i, n) = (self.index, self.shards.get());
+        if n > crate::shard::MAX_SHARDS {
+            return Err(ClientError::Usage(format!("--shard {i}/{n}: at most {} shards", crate::shard::MAX_SHARDS)));
+        }
+        if i >= n {
+            return Err(ClientError::Usage(format!(
+                "--shard {i}/{n}: the shard index must be below {n} (0 to {})",
+                n - 1
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a run id: 32 hexadecimal digits (16 bytes), as `openssl rand -hex 16`
+/// prints one.
+pub fn parse_run_id(text: &str) -> Result<[u8; 16], String> {
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(text.trim(), &mut id).map_err(|_| {
+        format!(
+            "a run id is 32 hexadecimal digits (16 random bytes, e.g. `openssl rand -hex 16`), not `{}`",
+            untrusted(text)
+        )
+    })?;
+    Ok(id)
+}
+
+/// The streams of a match that this process runs.
+#[derive(Clone, Copy, Debug)]
+enum Streams {
+    /// One stream, no run.
+    Whole,
+    /// Every shard stream of a new run.
+    All(Sharding),
+    /// One shard stream of a run.
+    One(OneShard),
+}
+
 /// Runs one match against the server and writes the partner's matches.
 pub async fn run(options: ClientOptions) -> Result<ClientSummary, ClientError> {
-    run_with(options, None).await
+    run_with(options, Streams::Whole).await
 }
 
 /// Runs one match against the server as a run of `sharding.shards` shard streams
@@ -399,11 +506,63 @@ pub async fn run_sharded(options: ClientOptions, sharding: Sharding) -> Result<C
     if sharding.shards.get() > crate::shard::MAX_SHARDS {
         return Err(ClientError::Usage(format!("--shards: at most {} shards", crate::shard::MAX_SHARDS)));
     }
-    run_with(options, Some(sharding)).await
+    run_with(options, Streams::All(sharding)).await
 }
 
-async fn run_with(options: ClientOptions, sharding: Option<Sharding>) -> Result<ClientSummary, ClientError> {
+/// Runs shard `shard.index` of the run `shard.run_id` only, while other processes
+/// run its other shards. Reads and splits the whole input as [`run_sharded`] does,
+/// and announces the run's whole size (the sum of every shard's distinct tokens,
+/// which each process computes alike from the same input and key), but opens only
+/// this shard's stream and writes only this shard's matches: the union of the
+/// shards' outputs, kinds merged per record id (a record's email and phone can fall
+/// into different shards), is the output of the unsharded match. The summary's
+/// `outcome` holds this shard's figures.
+///
+/// Not idempotent, by design: the owner takes each shard of a run once, so a shard
+/// run a second time (a retried pod or task) is refused (`run-shard-repeated`) and
+/// fails the whole run, which then needs a new run id.
+pub async fn run_one_shard(options: ClientOptions, shard: OneShard) -> Result<ClientSummary, ClientError> {
+    shard.check()?;
+    run_with(options, Streams::One(shard)).await
+}
+
+/// One shard of a run, with its partner's matches (record numbers as in the set).
+#[derive(Debug)]
+pub struct ShardMatch {
+    /// The engine the owner chose.
+    pub protocol: Protocol,
+    /// This shard's figures (sizes, intersection).
+    pub outcome: PartnerOutcome,
+    /// The set's matched records and their kinds, in `partner` and `both` modes.
+    pub matches: Option<Vec<(u32, KindSet)>>,
+}
+
+/// Runs shard `shard.index` of the run `shard.run_id` from `set`, a shard set its
+/// caller tokenized, filtered (suppressions) and split by the campaign key's shard
+/// rule itself, announcing `run_set_size` (the sum of every shard's distinct
+/// tokens) as the run's size: Spark's executors, one task per shard. The same stream
+/// as [`run_one_shard`] opens, under the same rule for a shard run twice.
+pub async fn run_prepared_shard(
+    options: StreamOptions,
+    shard: OneShard,
+    run_set_size: u64,
+    set: PreparedSet,
+) -> Result<ShardMatch, ClientError> {
+    shard.check()?;
     check_server(&options.server, options.tls_files())?;
+    let offered = options.protocol.offer(options.reveal)?;
+    let normalizer = Normalizer::new(options.profile, None);
+    let PartnerFiles { fingerprint, token, .. } =
+        PartnerFiles::load(&options.key_file, options.token_file.as_ref(), None, &normalizer, BadRows::Refuse)?;
+    let streams = ShardStreams::open(&options, fingerprint, token, offered).await?;
+    let run = RunPlan { run_id: shard.run_id, shard_count: shard.shards.get(), run_set_size };
+    let (protocol, outcome, matches) = streams.run(run, vec![(shard.index, Arc::new(set))], NonZeroUsize::MIN).await?;
+    Ok(ShardMatch { protocol, outcome, matches })
+}
+
+async fn run_with(options: ClientOptions, streams: Streams) -> Result<ClientSummary, ClientError> {
+    let stream_options = options.stream_options();
+    check_server(&stream_options.server, stream_options.tls_files())?;
     let offered = options.protocol.offer(options.reveal)?;
     let output = options.reveal.partner_learns_records().then(|| Staged::create(&options.output)).transpose()?;
     let PartnerFiles { key, fingerprint, token, suppress } = PartnerFiles::load(
@@ -419,40 +578,31 @@ async fn run_with(options: ClientOptions, sharding: Option<Sharding>) -> Result<
     read.progress = options.progress.clone();
     let input = options.input.clone();
     // Reading, suppressing and preparing the sets are CPU work: off the runtime.
-    let (side, sets) = tokio::task::spawn_blocking(move || {
+    let (side, run, sets) = tokio::task::spawn_blocking(move || {
         let side = prepare::prepare(&input, &Tokenizer::new(&key), read, &suppress)?;
-        let sets = match sharding {
-            None => vec![side.set()],
-            Some(sharding) => {
-                let assignment = crate::shard::assignment(side.records(), &ShardRule::new(&key, sharding.shards));
-                (0..sharding.shards.get())
-                    .map(|i| prepare::prepared_shard(side.records(), side.excluded(), &assignment, i))
-                    .collect()
-            }
-        };
-        Ok::<_, ClientError>((side, sets.into_iter().map(Arc::new).collect::<Vec<_>>()))
+        let (run, sets) = plan(&side, &key, streams);
+        Ok::<_, ClientError>((side, run, sets))
     })
     .await
     .map_err(|e| ClientError::Stream(e.to_string()))??;
-    let suppressed_records = sets.first().map_or(0, |set| set.excluded_records());
+    let suppressed_records = side.excluded_records();
 
-    let channel = connect(&options).await?;
-    let mut config = PartnerConfig::new(&options.campaign, options.normalizer.profile(), options.reveal)
-        .with_key_fingerprint(fingerprint);
-    config.protocols = offered;
-    let token: Option<Arc<str>> = token.map(Arc::from);
-    let (protocol, outcome, matches) = match sharding {
+    let streams_open = ShardStreams::open(&stream_options, fingerprint, token, offered).await?;
+    let (protocol, outcome, matches) = match run {
         None => {
-            let set = sets.into_iter().next().ok_or_else(|| ClientError::Stream("no set to match".into()))?;
+            let (_, set) = sets.into_iter().next().ok_or_else(|| ClientError::Stream("no set to match".into()))?;
             let phases = Phases::new(options.progress.as_ref(), set.len() as u64, options.reveal);
-            let (protocol, outcome) =
-                stream_match(channel, token, config, set.clone(), options.idle_timeout, phases).await?;
+            let ShardStreams { channel, token, config, idle } = streams_open;
+            let (protocol, outcome) = stream_match(channel, token, config, set.clone(), idle, phases).await?;
             let matches = outcome.matched.as_ref().map(|matched| set.matched_records(matched));
             (protocol, outcome, matches)
         }
-        Some(sharding) => {
-            let streams = ShardStreams { channel, token, config, idle: options.idle_timeout };
-            streams.run(sets, sharding.parallel).await?
+        Some(run) => {
+            let parallel = match streams {
+                Streams::All(sharding) => sharding.parallel,
+                Streams::Whole | Streams::One(_) => NonZeroUsize::MIN,
+            };
+            streams_open.run(run, sets, parallel).await?
         }
     };
 
@@ -465,13 +615,61 @@ async fn run_with(options: ClientOptions, sharding: Option<Sharding>) -> Result<
         }
         _ => None,
     };
+    let run = run.map(|run| ShardRun {
+        run_id: run.run_id,
+        shard_index: match streams {
+            Streams::One(shard) => shard.index,
+            Streams::Whole | Streams::All(_) => 0,
+        },
+        shard_count: run.shard_count,
+        run_set_size: run.run_set_size,
+    });
     Ok(ClientSummary {
         protocol,
         outcome,
         matched_records,
         suppressed_records,
         suppression_list: suppression_list_stats,
+        run,
     })
+}
+
+/// A run as its streams announce it: id, `N` and the partner's whole set size.
+#[derive(Clone, Copy, Debug)]
+struct RunPlan {
+    run_id: [u8; 16],
+    shard_count: u32,
+    run_set_size: u64,
+}
+
+/// The sets this process matches, each with its shard index, and the run they
+/// belong to (none for a whole match): the whole set; every shard of a new run
+/// under a random id; or one shard of a given run, whose size is still the sum over
+/// every shard.
+fn plan(side: &Prepared, key: &Key, streams: Streams) -> (Option<RunPlan>, Vec<(u32, Arc<PreparedSet>)>) {
+    let shards = match streams {
+        Streams::Whole => return (None, vec![(0, Arc::new(side.set()))]),
+        Streams::All(sharding) => sharding.shards,
+        Streams::One(shard) => shard.shards,
+    };
+    let assignment = crate::shard::assignment(side.records(), &ShardRule::new(key, shards));
+    let (mut run_set_size, mut sets) = (0, Vec::new());
+    for i in 0..shards.get() {
+        let set = prepare::prepared_shard(side.records(), side.excluded(), &assignment, i);
+        run_set_size += set.len() as u64;
+        let wanted = match streams {
+            Streams::One(shard) => shard.index == i,
+            Streams::Whole | Streams::All(_) => true,
+        };
+        if wanted {
+            sets.push((i, Arc::new(set)));
+        }
+    }
+    let run_id = match streams {
+        Streams::One(shard) => shard.run_id,
+        Streams::Whole | Streams::All(_) => rand::random(),
+    };
+    (Some(RunPlan { run_id, shard_count: shards.get(), run_set_size }), sets)
 }
 
 /// The shard streams of one run: the connection, the credentials, the hello's
@@ -484,23 +682,36 @@ struct ShardStreams {
 }
 
 impl ShardStreams {
-    /// Matches shard `i` of `sets` over its own stream, `parallel` at a time, under
-    /// a fresh random run id; the first shard to fail ends the others (the owner
+    /// Connects to the owner and sets up the hello every stream of this match sends.
+    async fn open(
+        options: &StreamOptions,
+        fingerprint: KeyFingerprint,
+        token: Option<String>,
+        offered: Vec<Protocol>,
+    ) -> Result<ShardStreams, ClientError> {
+        let channel = connect_to(&options.server, options.tls_files()).await?;
+        let mut config =
+            PartnerConfig::new(&options.campaign, options.profile, options.reveal).with_key_fingerprint(fingerprint);
+        config.protocols = offered;
+        Ok(ShardStreams { channel, token: token.map(Arc::from), config, idle: options.idle_timeout })
+    }
+
+    /// Matches each of `sets` (shard index, set) over its own stream of `run`,
+    /// `parallel` at a time; the first shard to fail ends the others (the owner
     /// then fails the run) and is the run's error. Returns the engine, the shards'
-    /// figures summed, and the partner's matches of all shards merged.
+    /// figures summed, and the partner's matches of these shards merged.
     async fn run(
         self,
-        sets: Vec<Arc<PreparedSet>>,
+        run: RunPlan,
+        sets: Vec<(u32, Arc<PreparedSet>)>,
         parallel: NonZeroUsize,
     ) -> Result<(Protocol, PartnerOutcome, Option<Vec<(u32, KindSet)>>), ClientError> {
-        let run_id: [u8; 16] = rand::random();
-        let shard_count = sets.len() as u32;
-        let run_set_size = sets.iter().map(|set| set.len() as u64).sum();
+        let RunPlan { run_id, shard_count, run_set_size } = run;
         let permits = Arc::new(tokio::sync::Semaphore::new(parallel.get()));
         let mut streams = tokio::task::JoinSet::new();
-        for (shard_index, set) in sets.into_iter().enumerate() {
+        for (shard_index, set) in sets {
             let mut config = self.config.clone();
-            config.run = Some(ShardRun { run_id, shard_index: shard_index as u32, shard_count, run_set_size });
+            config.run = Some(ShardRun { run_id, shard_index, shard_count, run_set_size });
             let (channel, token, permits, idle) =
                 (self.channel.clone(), self.token.clone(), permits.clone(), self.idle);
             let phases = Phases::new(None, set.len() as u64, config.reveal);
