@@ -231,7 +231,7 @@ impl Fixture {
 
     fn hello_for(&self, campaign: &str, groups: u32, bundles: u64) -> wire::MeasurePartnerMessage {
         hello(wire::MeasureHello {
-            version: 2,
+            version: 3,
             campaign: campaign.into(),
             profile: "idmatch-v1".into(),
             key_fingerprint: self.fingerprint(),
@@ -491,7 +491,7 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
         (
             "another profile",
             vec![hello(wire::MeasureHello {
-                version: 2,
+                version: 3,
                 campaign: "spring".into(),
                 profile: "basic-v1".into(),
                 key_fingerprint: f.fingerprint(),
@@ -503,7 +503,7 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
         (
             "no key fingerprint",
             vec![hello(wire::MeasureHello {
-                version: 2,
+                version: 3,
                 campaign: "spring".into(),
                 profile: "idmatch-v1".into(),
                 key_fingerprint: Vec::new(),

@@ -14,7 +14,7 @@ use rand::rngs::OsRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use super::elgamal::{DlogTable, Encryptor, LIMB_BITS, LIMBS, MAX_HIGH_LIMB, SecretKey};
+use super::elgamal::{DlogTable, Encryptor, LIMBS, SecretKey, Split};
 use super::message::{
     Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MaskedSum, OwnerMessage, PartnerMessage, People, Shares, VALUE_LEN,
 };
@@ -42,6 +42,14 @@ pub struct OwnerConfig {
     pub noise: Option<Noise>,
     /// Seed of the noise generator (reproducible tests); `None`: from the OS.
     pub seed: Option<u64>,
+}
+
+impl OwnerConfig {
+    /// Where values are cut into limbs: for the noise's clip, or
+    /// [`Split::WIDE`] without noise (the partner derives the same from the accept).
+    pub fn split(&self) -> Split {
+        self.noise.map_or(Split::WIDE, |n| n.split())
+    }
 }
 
 impl Default for OwnerConfig {
@@ -123,6 +131,13 @@ impl Owner {
         if people.iter().any(|p| p.value > MAX_VALUE) {
             return Err(MeasureError::ValueTooLarge);
         }
+        // The limbs are cut for the clip: a value above it would overflow them.
+        if let Some(clip) = config.noise.map(|n| n.clip)
+            && people.iter().any(|p| p.value > clip)
+        {
+            return Err(MeasureError::ValueAboveClip);
+        }
+        let split = config.split();
         let bundle = widest.max(1);
         let mut order: Vec<&Person> = people.iter().collect();
         order.shuffle(&mut OsRng);
@@ -134,7 +149,7 @@ impl Owner {
             .par_iter()
             .map(|p| {
                 let mut out = [0u8; VALUE_LEN];
-                let limbs = encryptor.encrypt_value(p.value, &mut OsRng);
+                let limbs = encryptor.encrypt_value(p.value, split, &mut OsRng);
                 for (i, c) in limbs.iter().enumerate() {
                     out[i * 64..(i + 1) * 64].copy_from_slice(&c.to_bytes());
                 }
@@ -261,7 +276,8 @@ impl Owner {
 
     fn on_sums(&mut self, lines: &[GroupSum]) -> Result<(), MeasureError> {
         self.check_sizes(lines.iter().map(|l| l.records))?;
-        let bound = |people: u64| people.saturating_mul(MAX_HIGH_LIMB);
+        let split = self.config.split();
+        let bound = |people: u64| people.saturating_mul(split.limb_max()[1]);
         let largest = lines.iter().filter_map(|l| l.matched.as_ref()).map(|m| bound(m.people)).max().unwrap_or(0);
         let mut table: Option<DlogTable> = None;
         let mut raw = Vec::with_capacity(lines.len());
@@ -276,18 +292,17 @@ impl Owner {
                 // Fail closed: a group under the minimum is never decrypted.
                 Some(m) if m.people >= self.config.min_aggregate => {
                     let table = table.get_or_insert_with(|| DlogTable::new(DlogTable::baby_steps_for(largest)));
-                    let mut sum = 0u64;
-                    for limb in 0..LIMBS {
+                    let mut parts = [0u64; LIMBS];
+                    for (limb, part) in parts.iter_mut().enumerate() {
                         let mut bytes = [0u8; 64];
                         bytes.copy_from_slice(&m.sum[limb * 64..(limb + 1) * 64]);
                         let ct = super::elgamal::Ciphertext::from_bytes(&bytes, g * LIMBS + limb)?;
-                        let part = self
+                        *part = self
                             .secret
                             .decrypt(&ct, bound(m.people), table)
                             .map_err(|source| MeasureError::Decrypt { group: g, source })?;
-                        sum += part << (LIMB_BITS * limb as u32);
                     }
-                    Some((m.records, m.people, sum))
+                    Some((m.records, m.people, stats::clamp(split.join(parts[0].into(), parts[1].into()))))
                 }
                 _ => None,
             };

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::elgamal::{LIMB_BITS, LIMBS};
+use super::elgamal::{LIMBS, Split};
 use super::laplace::{DiscreteLaplace, ScaleError};
 use crate::records::MAX_VALUE;
 
@@ -263,33 +263,30 @@ impl Noise {
         DiscreteLaplace::new(self.epsilon, 3, self.sensitivity())
     }
 
-    /// The sum's `ε/3` spent on its limbs, for decryption by the partner, which
-    /// learns each limb's noisy sum: per limb its sensitivity (`min(clip, 2^16 − 1)`
-    /// for the low limb, `clip >> 16` for the high one) and share of `ε` (a third
-    /// of it on the low limb when the high one cannot change, a sixth each
-    /// otherwise). `None` for a limb that cannot change.
-    fn limb_noise(self) -> Result<[Option<DiscreteLaplace>; LIMBS], ScaleError> {
-        let low = self.sensitivity().min((1 << LIMB_BITS) - 1);
-        let high = self.sensitivity() >> LIMB_BITS;
-        let share = if high == 0 { 3 } else { 6 };
-        Ok([
-            Some(DiscreteLaplace::new(self.epsilon, share, low)?),
-            match high {
-                0 => None,
-                high => Some(DiscreteLaplace::new(self.epsilon, share, high)?),
-            },
-        ])
+    /// Where values clipped at this noise's clip are cut into limbs: both sides
+    /// derive it from the clip the campaign announces.
+    pub fn split(self) -> Split {
+        Split::for_clip(self.sensitivity())
     }
 
-    /// Per limb, the largest noise [`Noise::limbs`] draws: `⌈40·Δ/ε⌉`, the limb's
-    /// scale times [`NOISE_TAIL`] (0 for a limb that cannot change).
+    /// The sum's `ε/3` spent on its limbs, for decryption by the partner, which
+    /// learns each limb's noisy sum: `ε/6` per limb, each with the sensitivity of a
+    /// slot ([`Split::slot_sensitivity`], the largest limb of any value up to the
+    /// clip), not of the limb an honest partner puts there. A partner that puts one
+    /// person's low limb in the high slot (or the other way round), or the same
+    /// limb in both, reads it with noise of that scale: by sequential composition
+    /// the two slots together are `ε/3`-DP for one person's value, whatever the
+    /// partner placed in them (issue 20, attack 2). Every slot is noised, also a
+    /// limb that cannot change for honest values.
+    fn limb_noise(self) -> Result<DiscreteLaplace, ScaleError> {
+        DiscreteLaplace::new(self.epsilon, 6, self.split().slot_sensitivity(self.sensitivity()))
+    }
+
+    /// Per limb, the largest noise [`Noise::limbs`] draws: `⌈40·6Δ/ε⌉`, the limb's
+    /// scale times [`NOISE_TAIL`] (the same for both limbs).
     pub fn limb_bounds(self) -> Result<[u64; LIMBS], ScaleError> {
-        Ok(self.limb_noise()?.map(|noise| {
-            noise.map_or(0, |n| {
-                let (t, s) = n.scale();
-                (NOISE_TAIL as u128 * t).div_ceil(s).min(u128::from(u64::MAX)) as u64
-            })
-        }))
+        let (t, s) = self.limb_noise()?.scale();
+        Ok([(NOISE_TAIL as u128 * t).div_ceil(s).min(u128::from(u64::MAX)) as u64; LIMBS])
     }
 
     /// One discrete Laplace draw per limb, each within its [`Noise::limb_bounds`]
@@ -298,9 +295,9 @@ impl Noise {
     /// to the tail cut off).
     pub fn limbs<R: Rng>(self, rng: &mut R) -> Result<[i64; LIMBS], ScaleError> {
         let bounds = self.limb_bounds()?;
+        let noise = self.limb_noise()?;
         let mut out = [0i64; LIMBS];
-        for ((draw, noise), bound) in out.iter_mut().zip(self.limb_noise()?).zip(bounds) {
-            let Some(noise) = noise else { continue };
+        for (draw, bound) in out.iter_mut().zip(bounds) {
             *draw = loop {
                 let d = noise.sample(rng);
                 if d.unsigned_abs() <= u128::from(bound)
@@ -517,25 +514,24 @@ mod tests {
         let sd = laplace_sd;
         let stats = mean_sd;
         let mut rng = StdRng::seed_from_u64(11);
-        // A clip under 2^16: the high limb cannot change and gets no noise.
-        let small = Noise { epsilon: 1.5, clip: 1_000 };
-        assert_eq!(small.limb_bounds().unwrap(), [(40.0f64 * 1_000.0 / 0.5).ceil() as u64, 0]);
-        let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| small.limbs(&mut rng).unwrap()).collect();
-        assert!(draws.iter().all(|d| d[1] == 0));
-        let (m, s) = stats(&draws.iter().map(|d| d[0] as f64).collect::<Vec<_>>());
-        assert!(m.abs() < 0.02 * sd(0.5, 1_000.0), "{m}");
-        assert!((s / sd(0.5, 1_000.0) - 1.0).abs() < 0.03, "{s}");
-        // A clip of 2^32: ε/6 on each limb, the high limb's noise scaled by 2^16 in the sum.
+        // Every slot is noised for the largest limb of any value up to the clip, at
+        // ε/6: a clip of 1000 is cut at 5 bits (limbs up to 31), and the high limb,
+        // honestly up to 1000 >> 5 = 31, gets the same noise as the low one.
+        for (noise, sensitivity) in
+            [(Noise { epsilon: 1.5, clip: 1_000 }, 31.0), (Noise { epsilon: 3.0, clip: 1 << 32 }, 65_536.0)]
+        {
+            let epsilon = noise.epsilon / 6.0;
+            let bound = (40.0 * sensitivity / epsilon).ceil() as u64;
+            assert_eq!(noise.limb_bounds().unwrap(), [bound, bound]);
+            let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| noise.limbs(&mut rng).unwrap()).collect();
+            assert!(draws.iter().all(|d| d[0].unsigned_abs() <= bound && d[1].unsigned_abs() <= bound));
+            for limb in 0..LIMBS {
+                let (m, s) = stats(&draws.iter().map(|d| d[limb] as f64).collect::<Vec<_>>());
+                assert!(m.abs() < 0.02 * sd(epsilon, sensitivity), "{m}");
+                assert!((s / sd(epsilon, sensitivity) - 1.0).abs() < 0.03, "{s}");
+            }
+        }
         let large = Noise { epsilon: 3.0, clip: 1 << 32 };
-        let bounds = large.limb_bounds().unwrap();
-        assert_eq!(bounds, [(40.0f64 * 65_535.0 / 0.5).ceil() as u64, (40.0f64 * 65_536.0 / 0.5).ceil() as u64]);
-        let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| large.limbs(&mut rng).unwrap()).collect();
-        assert!(draws.iter().all(|d| d[0].unsigned_abs() <= bounds[0] && d[1].unsigned_abs() <= bounds[1]));
-        let (m_high, s_high) = stats(&draws.iter().map(|d| d[1] as f64).collect::<Vec<_>>());
-        assert!(m_high.abs() < 0.02 * sd(0.5, 65_536.0), "{m_high}");
-        assert!((s_high / sd(0.5, 65_536.0) - 1.0).abs() < 0.03, "{s_high}");
-        let (_, s_low) = stats(&draws.iter().map(|d| d[0] as f64).collect::<Vec<_>>());
-        assert!((s_low / sd(0.5, 65_535.0) - 1.0).abs() < 0.03, "{s_low}");
         // Reproducible from a seed.
         let again = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);

@@ -19,14 +19,14 @@ use super::driver::{DriveError, Driven, INBOUND_QUEUE, Inbound, drive, error_kin
 use super::frames::PartnerFrames;
 use super::measure_wire::{FrameError, MEASURE_VERSION, MIN_FRAME_BYTES, SEND_FRAME_BYTES, learner_from_wire};
 use crate::measure::side::{PartnerSide, SideReport, partner_exposures};
-use crate::measure::stats::Measurement;
+use crate::measure::stats::{Measurement, Noise};
 use crate::measure::{self, Learner, laplace};
 use crate::normalize::Normalizer;
 use crate::optout::BadRows;
 use crate::output::{OutDir, OutputError, write_json};
 use crate::prepare;
 use crate::psi::ProtocolError;
-use crate::records::{ColumnSpec, Mode, ReadOptions};
+use crate::records::{ColumnSpec, MAX_VALUE, Mode, ReadOptions};
 use crate::token::Tokenizer;
 use crate::wire;
 use crate::wire::measure_owner_message::Body as OwnerBody;
@@ -239,8 +239,16 @@ fn run_partner(
     if accept.epsilon.is_some_and(|e| !(laplace::MIN_EPSILON..=laplace::MAX_EPSILON).contains(&e)) {
         return Err(FrameError::Malformed("the accept's epsilon is not a number from 2^-16 to 2^16").into());
     }
-    let config =
-        measure::PartnerConfig { min_aggregate: accept.min_aggregate, learner, epsilon: accept.epsilon, seed: None };
+    let noise = match (accept.epsilon, accept.clip_value) {
+        (None, None) => None,
+        (Some(epsilon), Some(clip)) if (1..=MAX_VALUE).contains(&clip) => Some(Noise { epsilon, clip }),
+        _ => {
+            return Err(
+                FrameError::Malformed("the accept's clip value is missing, unexpected or not in 1..=2^32").into()
+            );
+        }
+    };
+    let config = measure::PartnerConfig { min_aggregate: accept.min_aggregate, learner, noise, seed: None };
     let partner = measure::Partner::new(config, labels, group_records, exposures).map_err(FrameError::from)?;
     let send = SEND_FRAME_BYTES.min(accept.max_frame_bytes as usize);
     let mut frames = PartnerFrames::new(partner, bundles, accept.owner_people, MAX_DECODING - 1024, send);
