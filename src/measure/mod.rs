@@ -688,6 +688,43 @@ mod tests {
         assert!((0.6..1.5).contains(&(mean / expected)), "mean |noise| {mean}, expected {expected}");
     }
 
+    /// Issue 20, attack 3, through the whole protocol: with noise, a group of exactly
+    /// `min_aggregate` matched people is released in some runs and suppressed in
+    /// others, whoever releases (the owner decrypting, or the partner under learner
+    /// `partner`); the partner sends a sum for every group, so no exact count
+    /// decides first.
+    #[test]
+    fn a_group_at_the_threshold_is_not_decided_by_its_exact_count() {
+        let people: Vec<Person> = (0..100).map(|i| Person { tokens: vec![token(i)], value: 10 }).collect();
+        let exposures: Vec<Exposure> = (0..100).map(|i| Exposure { tokens: vec![token(i)], group: 0 }).collect();
+        let noise = Noise { epsilon: 1.0, clip: 10 };
+        for learner in [Learner::Owner, Learner::Both, Learner::Partner] {
+            let mut outcomes = std::collections::BTreeSet::new();
+            for seed in 0..30 {
+                let (mut oc, mut pc) = configs(100, learner);
+                (oc.noise, oc.seed, pc.noise, pc.seed) = (Some(noise), Some(seed), Some(noise), Some(seed + 500));
+                let mut owner = Owner::new(oc, &people).unwrap();
+                let mut partner = Partner::new(pc, vec!["all".into()], vec![100], &exposures).unwrap();
+                run_in_memory(&mut owner, &mut partner).unwrap();
+                let g = &decrypted(learner, &owner, &partner).groups[0];
+                outcomes.insert(g.matched_outcome_people.value().is_some());
+                if let Some(p) = g.matched_outcome_people.value() {
+                    assert!(p >= 100, "{learner:?}: released with a noisy count of {p}");
+                }
+            }
+            assert_eq!(outcomes.len(), 2, "{learner:?}: always {outcomes:?}");
+        }
+    }
+
+    /// Values are cut into limbs for the clip: the owner refuses to encrypt a value
+    /// above it (the caller clips first, `side::owner_people`).
+    #[test]
+    fn the_owner_refuses_values_above_the_clip() {
+        let people = [Person { tokens: vec![token(1)], value: 1_001 }];
+        let config = OwnerConfig { noise: Some(Noise { epsilon: 1.0, clip: 1_000 }), ..OwnerConfig::default() };
+        assert!(matches!(Owner::new(config, &people), Err(MeasureError::ValueAboveClip)));
+    }
+
     /// The one-person-group attack: a partner that makes each target its own group
     /// learns from suppressed-or-not whether the target is in the outcomes. The owner
     /// refuses any non-empty group under its minimum before anything is summed.

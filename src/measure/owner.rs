@@ -274,46 +274,47 @@ impl Owner {
         Ok(())
     }
 
+    /// Checks every line against what the owner knows, then releases
+    /// ([`stats::release`]): suppression is decided on the counts (noisy ones when
+    /// the campaign has noise) before anything is decrypted, so a suppressed
+    /// group's sum is never decrypted (fail closed).
     fn on_sums(&mut self, lines: &[GroupSum]) -> Result<(), MeasureError> {
         self.check_sizes(lines.iter().map(|l| l.records))?;
+        let mut raw = Vec::with_capacity(lines.len());
+        for (g, line) in lines.iter().enumerate() {
+            if let Some(m) = &line.matched {
+                if m.records > line.records {
+                    return Err(MeasureError::Inconsistent { group: g, reason: "more matched records than records" });
+                }
+                if m.people > self.people {
+                    return Err(MeasureError::Inconsistent { group: g, reason: "more matched people than people" });
+                }
+            }
+            let matched = line.matched.as_ref().map(|m| (m.records, m.people));
+            raw.push(RawGroup { label: self.labels[g].clone(), records: line.records, matched });
+        }
         let split = self.config.split();
         let bound = |people: u64| people.saturating_mul(split.limb_max()[1]);
         let largest = lines.iter().filter_map(|l| l.matched.as_ref()).map(|m| bound(m.people)).max().unwrap_or(0);
         let mut table: Option<DlogTable> = None;
-        let mut raw = Vec::with_capacity(lines.len());
-        for (g, line) in lines.iter().enumerate() {
-            let matched = match &line.matched {
-                Some(m) if m.records > line.records => {
-                    return Err(MeasureError::Inconsistent { group: g, reason: "more matched records than records" });
-                }
-                Some(m) if m.people > self.people => {
-                    return Err(MeasureError::Inconsistent { group: g, reason: "more matched people than people" });
-                }
-                // Fail closed: a group under the minimum is never decrypted.
-                Some(m) if m.people >= self.config.min_aggregate => {
-                    let table = table.get_or_insert_with(|| DlogTable::new(DlogTable::baby_steps_for(largest)));
-                    let mut parts = [0u64; LIMBS];
-                    for (limb, part) in parts.iter_mut().enumerate() {
-                        let mut bytes = [0u8; 64];
-                        bytes.copy_from_slice(&m.sum[limb * 64..(limb + 1) * 64]);
-                        let ct = super::elgamal::Ciphertext::from_bytes(&bytes, g * LIMBS + limb)?;
-                        *part = self
-                            .secret
-                            .decrypt(&ct, bound(m.people), table)
-                            .map_err(|source| MeasureError::Decrypt { group: g, source })?;
-                    }
-                    Some((m.records, m.people, stats::clamp(split.join(parts[0].into(), parts[1].into()))))
-                }
-                _ => None,
-            };
-            raw.push(RawGroup { label: self.labels[g].clone(), records: line.records, matched });
-        }
-        let result = stats::release(
-            &raw,
-            self.config.min_aggregate,
-            Noising::all(self.config.noise),
-            &mut stats::noise_rng(self.config.seed)?,
-        )?;
+        let secret = &self.secret;
+        let decrypt = |g: usize| {
+            let Some(m) = &lines[g].matched else { return Err(MeasureError::Failed) };
+            let table = table.get_or_insert_with(|| DlogTable::new(DlogTable::baby_steps_for(largest)));
+            let mut parts = [0u64; LIMBS];
+            for (limb, part) in parts.iter_mut().enumerate() {
+                let mut bytes = [0u8; 64];
+                bytes.copy_from_slice(&m.sum[limb * 64..(limb + 1) * 64]);
+                let ct = super::elgamal::Ciphertext::from_bytes(&bytes, g * LIMBS + limb)?;
+                *part = secret
+                    .decrypt(&ct, bound(m.people), table)
+                    .map_err(|source| MeasureError::Decrypt { group: g, source })?;
+            }
+            Ok(split.join(parts[0].into(), parts[1].into()))
+        };
+        let noising = Noising::all(self.config.noise);
+        let mut rng = stats::noise_rng(self.config.seed)?;
+        let result = stats::release(&raw, self.config.min_aggregate, noising, &mut rng, decrypt)?;
         if self.config.learner.partner_learns() {
             let json = serde_json::to_vec(&result).map_err(|_| MeasureError::BadRelease)?;
             self.outgoing.push_back(OwnerMessage::Release(json));

@@ -282,7 +282,12 @@ impl Partner {
             matched.par_sort_unstable();
             matched.dedup();
             view.push((records[g], matched.len() as u64));
-            let sum = if (matched.len() as u64) < self.config.min_aggregate || matched.is_empty() {
+            // Without noise the exact count suppresses here; with noise every group
+            // is summed (an empty one to `Enc(0)`) and only the noisy count decides,
+            // on the side that releases (`stats::release`).
+            let exact_suppress = self.config.noise.is_none()
+                && ((matched.len() as u64) < self.config.min_aggregate || matched.is_empty());
+            let sum = if exact_suppress {
                 None
             } else {
                 Some(
@@ -371,32 +376,34 @@ impl Partner {
             }
         }
         let table = DlogTable::new(DlogTable::baby_steps_for(widest));
-        let mut raw = Vec::with_capacity(groups);
-        for (g, (share, masked)) in shares.shares.iter().zip(&self.masked).enumerate() {
-            let matched = match masked {
-                Some(limbs) => {
-                    let (records, people) = view.matched[g];
-                    let mut parts = [0i128; LIMBS];
-                    for (l, (limb, part)) in limbs.iter().zip(&mut parts).enumerate() {
-                        let element = Element(
-                            share[l * ELEMENT_LEN..(l + 1) * ELEMENT_LEN].try_into().unwrap_or([0; ELEMENT_LEN]),
-                        );
-                        let point = group::decode(&element, g * LIMBS + l)?;
-                        let (bound, max) = (shares.noise_bounds[l], max(people, l));
-                        *part = table
-                            .solve_shifted(&limb.unmask(&point, &owner.key), bound, max)
-                            .ok_or(MeasureError::Decrypt { group: g, source: DecryptError { max } })?;
-                    }
-                    Some((records, people, stats::clamp(split.join(parts[0], parts[1]))))
-                }
-                None => None,
-            };
-            raw.push(RawGroup { label: self.labels[g].clone(), records: self.group_records[g], matched });
-        }
+        let raw: Vec<RawGroup> = (0..groups)
+            .map(|g| RawGroup {
+                label: self.labels[g].clone(),
+                records: self.group_records[g],
+                matched: self.masked[g].as_ref().map(|_| view.matched[g]),
+            })
+            .collect();
+        // Only the shares of groups released on the (noisy) counts are unmasked.
+        let masked = &self.masked;
+        let unmask = |g: usize| {
+            let Some(limbs) = &masked[g] else { return Err(MeasureError::Failed) };
+            let share = &shares.shares[g];
+            let mut parts = [0i128; LIMBS];
+            for (l, (limb, part)) in limbs.iter().zip(&mut parts).enumerate() {
+                let element =
+                    Element(share[l * ELEMENT_LEN..(l + 1) * ELEMENT_LEN].try_into().unwrap_or([0; ELEMENT_LEN]));
+                let point = group::decode(&element, g * LIMBS + l)?;
+                let (bound, max) = (shares.noise_bounds[l], max(view.matched[g].1, l));
+                *part = table
+                    .solve_shifted(&limb.unmask(&point, &owner.key), bound, max)
+                    .ok_or(MeasureError::Decrypt { group: g, source: DecryptError { max } })?;
+            }
+            Ok(split.join(parts[0], parts[1]))
+        };
         // The sums carry the owner's noise already; the partner noises the counts.
         let noising = Noising { counts: self.config.noise.map(|n| n.epsilon), sum: None };
-        let measurement =
-            stats::release(&raw, self.config.min_aggregate, noising, &mut stats::noise_rng(self.config.seed)?)?;
+        let mut rng = stats::noise_rng(self.config.seed)?;
+        let measurement = stats::release(&raw, self.config.min_aggregate, noising, &mut rng, unmask)?;
         self.release = Some(measurement);
         self.masked.clear();
         self.state = PartnerState::Done;

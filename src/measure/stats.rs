@@ -78,16 +78,17 @@ impl<'de> Deserialize<'de> for Figure {
     }
 }
 
-/// One group's exact figures after decryption (never released as they are).
+/// One group's exact counts before release (never released as they are); its sum
+/// is decrypted by [`release`] only if the group is released.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawGroup {
     /// The group label.
     pub label: String,
     /// Exposure records in the group.
     pub records: u64,
-    /// `(matched exposure records, matched people, sum of values)`, or `None` if the
-    /// partner suppressed the group.
-    pub matched: Option<(u64, u64, u64)>,
+    /// `(matched exposure records, matched people)`, or `None` if the partner sent
+    /// no sum for the group (suppressed on its side, possible without noise only).
+    pub matched: Option<(u64, u64)>,
 }
 
 /// The released figures of one measurement (also the §12 `Release` message's JSON).
@@ -356,32 +357,41 @@ impl Noising {
     }
 }
 
-/// Releases `raw`, the one path from decrypted figures to released ones (the owner
-/// when it decrypts, the partner under learner `partner`): suppresses every figure
-/// of a group with fewer than `min_aggregate` matched people, adds the noise
-/// `noising` asks for here, then derives rates and lift from the released figures
-/// only. Sums are clamped at 0 (they may arrive noised below it).
+/// Releases `raw`, the one path from exact figures to released ones (the owner when
+/// it decrypts, the partner under learner `partner`).
+///
+/// Per group, first the counts: with noise (`noising.counts`), each count gets its
+/// discrete Laplace draw and the group is suppressed when its **noisy** matched
+/// people count is under `min_aggregate`; without noise, when the exact count is.
+/// Deciding on the exact count would make suppression itself an exact threshold (a
+/// group at the minimum flips with one person, issue 20, attack 3), so with noise no
+/// exact count decides anything. Only then, for a released group, `sum(g)` is asked
+/// for its exact sum (the caller decrypts it there: a suppressed group's sum is
+/// never decrypted), the sum's noise of `noising` is added, and the figures are
+/// clamped at 0. Rates and lift are derived from the released figures only.
 pub fn release<R: Rng>(
     raw: &[RawGroup],
     min_aggregate: u64,
     noising: Noising,
     rng: &mut R,
-) -> Result<Measurement, ScaleError> {
+    mut sum: impl FnMut(usize) -> Result<i128, super::MeasureError>,
+) -> Result<Measurement, super::MeasureError> {
     let sum_noise = noising.sum.map(Noise::sum_noise).transpose()?;
     let mut groups = Vec::with_capacity(raw.len());
-    for g in raw {
-        let released = match g.matched.filter(|&(_, people, _)| people >= min_aggregate) {
+    for (g, group) in raw.iter().enumerate() {
+        let counts = match (group.matched, noising.counts) {
+            (None, _) => None,
+            (Some((records, people)), Some(e)) => Some((noisy_count(records, e, rng)?, noisy_count(people, e, rng)?)),
+            (Some(exact), None) => Some(exact),
+        };
+        let released = match counts.filter(|&(_, people)| people >= min_aggregate) {
             None => None,
-            Some((records, people, sum)) => {
-                let (records, people) = match noising.counts {
-                    Some(e) => (noisy_count(records, e, rng)?, noisy_count(people, e, rng)?),
-                    None => (records, people),
-                };
-                let sum = i128::from(sum) + sum_noise.map_or(0, |n| n.sample(rng));
-                Some((records, people, clamp(sum)))
+            Some((records, people)) => {
+                let noisy = sum(g)? + sum_noise.map_or(0, |n| n.sample(rng));
+                Some((records, people, clamp(noisy)))
             }
         };
-        groups.push(GroupFigures::new(&g.label, g.records, released, min_aggregate));
+        groups.push(GroupFigures::new(&group.label, group.records, released, min_aggregate));
     }
     Ok(Measurement::new(groups))
 }
@@ -415,14 +425,25 @@ mod tests {
     use rand::rngs::StdRng;
 
     fn group(label: &str, records: u64, matched: Option<(u64, u64, u64)>) -> RawGroup {
-        RawGroup { label: label.into(), records, matched }
+        RawGroup { label: label.into(), records, matched: matched.map(|(r, p, _)| (r, p)) }
+    }
+
+    /// [`release`] of `raw`, each group's sum the third figure of `figures`.
+    fn release_of(
+        raw: &[RawGroup],
+        figures: &[Option<(u64, u64, u64)>],
+        noising: Noising,
+        rng: &mut StdRng,
+    ) -> Measurement {
+        release(raw, 100, noising, rng, |g| Ok(i128::from(figures[g].unwrap().2))).unwrap()
     }
 
     #[test]
     fn suppresses_under_the_minimum_and_computes_lift() {
-        let raw = [group("test", 10_000, Some((600, 500, 9_000))), group("control", 10_000, Some((450, 400, 7_000)))];
+        let figures = [Some((600, 500, 9_000)), Some((450, 400, 7_000))];
+        let raw = [group("test", 10_000, figures[0]), group("control", 10_000, figures[1])];
         let Measurement { groups, lift } =
-            release(&raw, 100, Noising::default(), &mut StdRng::seed_from_u64(1)).unwrap();
+            release_of(&raw, &figures, Noising::default(), &mut StdRng::seed_from_u64(1));
         assert_eq!(groups[0].matched_outcome_people, Figure::Value(500));
         let lift = lift.unwrap();
         assert!((lift.absolute - 0.01).abs() < 1e-12);
@@ -433,12 +454,44 @@ mod tests {
         assert!((lift.ci95[1] - (0.01 + 1.959964 * se)).abs() < 1e-12);
 
         let raw = [group("test", 10_000, Some((120, 99, 9_000))), group("control", 50, None)];
+        // A suppressed group's sum is never asked for.
         let Measurement { groups, lift } =
-            release(&raw, 100, Noising::default(), &mut StdRng::seed_from_u64(1)).unwrap();
+            release(&raw, 100, Noising::default(), &mut StdRng::seed_from_u64(1), |_| panic!("decrypted")).unwrap();
         assert_eq!(groups[0].sum, Figure::Suppressed(100));
         assert_eq!(serde_json::to_value(groups[0].sum).unwrap(), serde_json::json!("<100"));
         assert_eq!(groups[1].matched_exposure_records, Figure::Suppressed(100));
         assert!(lift.is_none());
+    }
+
+    /// Issue 20, attack 3: with noise, a group exactly at `min_aggregate` matched
+    /// people (and one just under it) is released or suppressed by the noisy count,
+    /// not decided by the exact one; a released group's people figure is the very
+    /// noisy count the decision used (so it is never under the minimum).
+    #[test]
+    fn with_noise_suppression_is_decided_on_the_noisy_count() {
+        for people in [99, 100] {
+            let figures = [Some((people, people, 1_000))];
+            let raw = [group("all", 10_000, figures[0])];
+            let mut rng = StdRng::seed_from_u64(people);
+            let mut released = 0;
+            for _ in 0..200 {
+                let g = &release_of(&raw, &figures, Noising::all(Some(Noise { epsilon: 1.0, clip: 10 })), &mut rng)
+                    .groups[0];
+                if let Figure::Value(p) = g.matched_outcome_people {
+                    assert!(p >= 100, "{p}");
+                    released += 1;
+                } else {
+                    assert_eq!(g.sum, Figure::Suppressed(100));
+                }
+            }
+            // P(noisy ≥ 100) is about 0.59 at 100 and 0.41 at 99 (scale 3).
+            assert!((40..160).contains(&released), "{people} people: released {released} of 200");
+        }
+        // Without noise the exact count decides, as documented.
+        let figures = [Some((100, 100, 1_000)), Some((99, 99, 1_000))];
+        let raw = [group("a", 10_000, figures[0]), group("b", 10_000, figures[1])];
+        let m = release_of(&raw, &figures, Noising::default(), &mut StdRng::seed_from_u64(1));
+        assert_eq!((m.groups[0].sum, m.groups[1].sum), (Figure::Value(1_000), Figure::Suppressed(100)));
     }
 
     #[test]
@@ -453,8 +506,9 @@ mod tests {
 
     #[test]
     fn released_figures_read_back_as_written_and_print_one_table() {
-        let raw = [group("test", 10_000, Some((600, 500, 9_000))), group("control", 80, None)];
-        let m = release(&raw, 100, Noising::default(), &mut StdRng::seed_from_u64(1)).unwrap();
+        let figures = [Some((600, 500, 9_000)), None];
+        let raw = [group("test", 10_000, figures[0]), group("control", 80, None)];
+        let m = release_of(&raw, &figures, Noising::default(), &mut StdRng::seed_from_u64(1));
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<Measurement>(&json).unwrap(), m);
         let table = m.to_string();
@@ -486,13 +540,14 @@ mod tests {
 
     #[test]
     fn noisy_releases_are_unbiased_and_reproducible() {
-        let raw = [group("all", 100_000, Some((5_000, 4_000, 1_000_000)))];
+        let figures = [Some((5_000, 4_000, 1_000_000))];
+        let raw = [group("all", 100_000, figures[0])];
         let noise = Some(Noise { epsilon: 1.0, clip: 1_000 });
         let runs = 4_000;
         let mut rng = StdRng::seed_from_u64(3);
         let (mut people, mut sums) = (Vec::new(), Vec::new());
         for _ in 0..runs {
-            let g = release(&raw, 100, Noising::all(noise), &mut rng).unwrap().groups;
+            let g = release_of(&raw, &figures, Noising::all(noise), &mut rng).groups;
             people.push(g[0].matched_outcome_people.value().unwrap() as f64);
             sums.push(g[0].sum.value().unwrap() as f64);
         }
@@ -505,7 +560,7 @@ mod tests {
         assert!((sp / sd(1.0 / 3.0, 1.0) - 1.0).abs() < 0.06, "{sp}");
         assert!((ms - 1_000_000.0).abs() < 300.0, "{ms}");
         assert!((ss / sd(1.0 / 3.0, 1_000.0) - 1.0).abs() < 0.06, "{ss}");
-        let again = |seed| release(&raw, 100, Noising::all(noise), &mut StdRng::seed_from_u64(seed)).unwrap();
+        let again = |seed| release_of(&raw, &figures, Noising::all(noise), &mut StdRng::seed_from_u64(seed));
         assert_eq!(again(9), again(9));
     }
 
