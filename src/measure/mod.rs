@@ -373,9 +373,9 @@ mod tests {
         noise: Option<Noise>,
         seed: u64,
     ) -> (Owner, Partner) {
-        let (mut oc, pc) = configs(1, learner);
-        oc.noise = noise;
-        oc.seed = Some(seed);
+        // Both sides see the campaign's noise (the accept carries it).
+        let (mut oc, mut pc) = configs(1, learner);
+        (oc.noise, oc.seed, pc.noise) = (noise, Some(seed), noise);
         let counts = vec![450, 450 + 3];
         (
             Owner::new(oc, people).unwrap(),
@@ -414,6 +414,34 @@ mod tests {
                 Learner::Owner => assert!(partner.release().is_none()),
                 // The groups exactly (the lift's floats went through JSON text with `both`).
                 _ => assert_eq!(partner.release().unwrap().groups, result.groups),
+            }
+        }
+    }
+
+    /// Values cut at the clip's split (1000: 5 bits) add up to the plaintext sum for
+    /// every learner. At ε = 2^16 the noise's scales are 0.05 (owner) and 0.02
+    /// (each slot, partner): a draw other than 0 has probability under e^−21.
+    #[test]
+    fn sums_cut_at_the_clips_split_add_up_for_every_learner() {
+        let (people, exposures, _) = fixture();
+        let people: Vec<Person> = people.into_iter().map(|p| Person { value: p.value % 1_001, ..p }).collect();
+        let exact = |g: u8| -> u64 {
+            let matched: std::collections::BTreeSet<usize> = exposures
+                .iter()
+                .filter(|x| x.group == g)
+                .flat_map(|x| (0..people.len()).filter(|&p| people[p].tokens.iter().any(|t| x.tokens.contains(t))))
+                .collect();
+            matched.iter().map(|&p| people[p].value).sum()
+        };
+        let expected = [exact(0), exact(1)];
+        let noise = Noise { epsilon: 65_536.0, clip: 1_000 };
+        assert_eq!(noise.split().bits(), 5);
+        for learner in [Learner::Owner, Learner::Both, Learner::Partner] {
+            let (mut owner, mut partner) = fixture_pair(&people, &exposures, learner, Some(noise), 3);
+            run_in_memory(&mut owner, &mut partner).unwrap();
+            let result = decrypted(learner, &owner, &partner);
+            for (g, &sum) in expected.iter().enumerate() {
+                assert_eq!(result.groups[g].sum, stats::Figure::Value(sum), "{learner:?} group {g}");
             }
         }
     }
