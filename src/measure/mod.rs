@@ -902,6 +902,30 @@ mod tests {
             m.people = 4;
         }
         assert!(matches!(owner.receive(PartnerMessage::Sums(lines)), Err(MeasureError::Inconsistent { group: 0, .. })));
+        // More matched records than bundles of the group, or more matched people
+        // than their elements: 3 one-element bundles match at most 3 people.
+        let (mut owner, _, mut lines) = run_to_sums();
+        lines[0].records = 10;
+        if let Some(m) = &mut lines[0].matched {
+            m.records = 4;
+        }
+        assert!(matches!(
+            owner.receive(PartnerMessage::Sums(lines)),
+            Err(MeasureError::Inconsistent { group: 0, reason: "more matched records than bundles" })
+        ));
+        let ten: Vec<Person> = (0..10).map(|i| Person { tokens: vec![token(i)], value: 1 }).collect();
+        let (mut owner, mut partner) = pair(&ten, &exposures, 1, vec![3, 0, 0]);
+        partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+        owner.receive(partner.poll_outgoing().unwrap()).unwrap();
+        partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+        let PartnerMessage::Sums(mut lines) = partner.poll_outgoing().unwrap() else { panic!() };
+        if let Some(m) = &mut lines[0].matched {
+            m.people = 4;
+        }
+        assert!(matches!(
+            owner.receive(PartnerMessage::Sums(lines)),
+            Err(MeasureError::Inconsistent { group: 0, reason: "more matched people than the bundles' elements" })
+        ));
         // A missing group line.
         let (mut owner, _, mut lines) = run_to_sums();
         lines.pop();

@@ -289,6 +289,20 @@ impl Owner {
                 if m.people > self.people {
                     return Err(MeasureError::Inconsistent { group: g, reason: "more matched people than people" });
                 }
+                // Each exposure bundle matches at most one record of its own and, with
+                // `k` elements each equal to at most one of the owner's, `k` people:
+                // a claim beyond that is not a count of this group (it would only
+                // widen the search the owner runs for a crafted sum).
+                let bundles = self.bundles_per_group[g];
+                if m.records > bundles {
+                    return Err(MeasureError::Inconsistent { group: g, reason: "more matched records than bundles" });
+                }
+                if m.people > bundles.saturating_mul(u64::from(self.bundle)) {
+                    return Err(MeasureError::Inconsistent {
+                        group: g,
+                        reason: "more matched people than the bundles' elements",
+                    });
+                }
             }
             let matched = line.matched.as_ref().map(|m| (m.records, m.people));
             raw.push(RawGroup { label: self.labels[g].clone(), records: line.records, matched });
