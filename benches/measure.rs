@@ -12,7 +12,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use curve25519_dalek::ristretto::CompressedRistretto;
-use idmatch::measure::elgamal::{Ciphertext, DlogTable, Encryptor, MAX_HIGH_LIMB, SecretKey};
+use idmatch::measure::elgamal::{Ciphertext, DlogTable, Encryptor, SecretKey, Split};
 use idmatch::measure::stats::Noise;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -25,7 +25,7 @@ fn elgamal(c: &mut Criterion) {
     let b = enc.encrypt(54_321, &mut rng);
     let mut group = c.benchmark_group("elgamal");
     group.bench_function("encrypt value (2 limbs)", |bench| {
-        bench.iter(|| enc.encrypt_value(black_box(123_456_789), &mut rng))
+        bench.iter(|| enc.encrypt_value(black_box(123_456_789), Split::WIDE, &mut rng))
     });
     group.bench_function("add", |bench| bench.iter(|| black_box(&a).add(black_box(&b))));
     group.bench_function("rerandomize", |bench| bench.iter(|| enc.rerandomize(black_box(&a), &mut rng)));
@@ -42,7 +42,7 @@ fn elgamal(c: &mut Criterion) {
     group.bench_function("unmask (partner)", |bench| bench.iter(|| masked.unmask(black_box(&share), &key)));
     group.finish();
 
-    let max = 1_000_000 * MAX_HIGH_LIMB;
+    let max = 1_000_000 * Split::WIDE.limb_max()[1];
     let steps = DlogTable::baby_steps_for(max);
     let mut group = c.benchmark_group("decrypt");
     group.sample_size(10);

@@ -63,6 +63,12 @@ region = "US"
 outcomes = "outcomes.csv"
 value_column = "value"
 learner = "partner"
+# A partner learns figures only with noise: the largest epsilon (2^16) and no clip,
+# so the counts are exact and the sums off by noise of scale about 6·2^16.
+epsilon = 65536.0
+value_max = 4294967296
+max_epsilon_per_partner_per_day = 1e9
+max_epsilon_per_partner_lifetime = 1e9
 TOML
 "$bin" serve --config "$work/server.toml" 2>"$work/server.log" &
 server_pid=$!
@@ -86,9 +92,10 @@ a = groups(w + "/local-owner/measurement.json")
 b = groups(w + "/local-partner/measurement.json")
 c = groups(w + "/grpc/measurement.json", "release")
 print("figures (group, size, matched records, matched people, sum):", a)
-print("learner owner, learner partner and over gRPC agree:", a == b == c)
+near = all(x[:4] == y[:4] and abs(x[4] - y[4]) <= 40 * 6 * (1 + 2**16) for x, y in zip(a, c)) and len(a) == len(c)
+print("learner owner and learner partner agree:", a == b, "; over gRPC (epsilon 2^16) within 40 noise scales:", near)
 m = json.load(open(w + "/match/summary.json"))
 print("ecdh match: distinct identifiers per side: owner %d, partner %d; in common: %d"
       % (m["owner"]["blinded"], m["partner"]["blinded"], m["intersection"]))
-sys.exit(0 if a == b == c else 1)
+sys.exit(0 if a == b and near else 1)
 PY

@@ -1478,7 +1478,11 @@ fn a_client_whose_shard_is_refused_writes_nothing_and_the_run_fails() {
 
 /// `idmatch match --server … --shard i/N --run-id ID` in `args`, as its own process.
 fn shard_process(f: &Fixture, input: &Path, output: &str, args: &[&str]) -> std::process::Output {
-    let port = f.port.to_string();
+    shard_process_at(f, f.port, input, output, args)
+}
+
+/// [`shard_process`] against the server on `port`.
+fn shard_process_at(f: &Fixture, port: u16, input: &Path, output: &str, args: &[&str]) -> std::process::Output {
     let server = format!("https://localhost:{port}");
     std::process::Command::new(env!("CARGO_BIN_EXE_idmatch"))
         .args(["match", "--server", &server, "--campaign", "spring", "--region", "US", "--reveal", "both"])
@@ -1594,4 +1598,69 @@ fn one_shard_per_process_gives_the_unsharded_matches_and_a_shard_run_twice_fails
         let out = shard_process(&f, &input, "usage.csv", args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+/// Two servers started from the same configuration (one state file, results
+/// directory and audit log; what two `idmatch serve` processes behind one address
+/// share, README "Several server processes"): a run whose shards reach both is one
+/// run, charged once, its owner results one file equal to the unsharded match's.
+#[test]
+fn a_runs_shards_may_reach_different_server_processes() {
+    let f = Fixture::start(false, false);
+    let config = std::fs::read_to_string(f.path("server.toml")).unwrap();
+    let metrics = format!("127.0.0.1:{}", f.metrics_port);
+    assert!(config.contains(&metrics));
+    let second = write(f.dir.path(), "server-2.toml", &config.replace(&metrics, &format!("127.0.0.1:{}", free_port())));
+    let other = common::server::serve(&second);
+    let input = f.path("partner.csv");
+    let before = results_files(&f);
+    f.run(f.options(Reveal::Both, "whole.csv")).unwrap();
+    let whole_results: Vec<_> = results_files(&f).into_iter().filter(|p| !before.contains(p)).collect();
+
+    let run_id = hex::encode(rand::random::<[u8; 16]>());
+    let shards: Vec<_> = std::thread::scope(|s| {
+        let spawned: Vec<_> = (0..4u16)
+            .map(|i| {
+                let (f, input, run_id) = (&f, &input, &run_id);
+                let port = if i % 2 == 0 { f.port } else { other.port };
+                s.spawn(move || {
+                    let shard = format!("{i}/4");
+                    shard_process_at(
+                        f,
+                        port,
+                        input,
+                        &format!("shard-{i}.csv"),
+                        &["--shard", &shard, "--run-id", run_id],
+                    )
+                })
+            })
+            .collect();
+        spawned.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, out) in shards.iter().enumerate() {
+        assert!(out.status.success(), "shard {i}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let outputs: Vec<_> = (0..4).map(|i| f.path(&format!("shard-{i}.csv"))).collect();
+    assert_eq!(merged_matches(&outputs), merged_matches(&[f.path("whole.csv")]));
+    // One run line, by whichever server finished the last shard; one results file.
+    let runs = run_records(&f);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!((runs[0]["outcome"].as_str(), runs[0]["shards_finished"].as_u64()), (Some("ok"), Some(4)));
+    let run_file = f.path("results").join(format!("spring-acme-run-{run_id}.csv"));
+    assert_eq!(std::fs::read(run_file).unwrap(), std::fs::read(&whole_results[0]).unwrap());
+    // Charged once in the shared state: the unsharded match and the run.
+    let budgets: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path("budgets.json")).unwrap()).unwrap();
+    assert_eq!(budgets["partners"]["acme"]["matches"], 2);
+    // Either server refuses the finished run's shards.
+    for port in [f.port, other.port] {
+        let again = shard_process_at(&f, port, &input, "again.csv", &["--shard", "1/4", "--run-id", &run_id]);
+        assert!(String::from_utf8_lossy(&again.stderr).contains("this run has finished"), "{again:?}");
+    }
+    // No shard's matches are left in the registry.
+    let registry: Vec<_> = std::fs::read_dir(f.path("budgets.json.runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".matches"))
+        .collect();
+    assert!(registry.is_empty(), "{registry:?}");
 }

@@ -4,9 +4,10 @@
 //! `Enc(m; r) = (r·G, m·G + r·Y)` with `Y = x·G`. Adding ciphertexts adds the
 //! plaintexts; adding `Enc(0)` re-randomizes. Decryption recovers `m·G = C2 − x·C1`
 //! and then `m` by baby-step giant-step, which is only feasible for a known bound:
-//! values are therefore encrypted as [`LIMBS`] limbs of [`LIMB_BITS`] bits (low 16
-//! bits, then the rest, at most 2^16 for a value of 2^32), each summed separately, so
-//! that a sum over `n` people stays below `n·2^16` per limb (docs/PROTOCOL.md §12).
+//! values are therefore encrypted as [`LIMBS`] limbs cut by a [`Split`] (the low `s`
+//! bits, then the rest; `s = 16` without a clip, at most 2^16 in either limb for a
+//! value of 2^32), each summed separately, so that a sum over `n` people stays
+//! within `n·2^s` per limb (docs/PROTOCOL.md §12.5).
 //!
 //! Decryption by the partner (learner `partner`, §12.5): the partner sends only
 //! `C1 + t·G` for a fresh random `t` ([`Ciphertext::mask`]); that point is uniform
@@ -29,12 +30,8 @@ use zeroize::Zeroizing;
 
 /// Bytes in one encoded ciphertext: `C1 ‖ C2`, two canonical ristretto255 encodings.
 pub const CIPHERTEXT_LEN: usize = 64;
-/// Bits in each limb but the last.
-pub const LIMB_BITS: u32 = 16;
-/// Limbs per encrypted value: `v mod 2^16` and `v >> 16` (at most 2^16 for `v ≤ 2^32`).
+/// Limbs per encrypted value: `v mod 2^s` and `v >> s` ([`Split`]).
 pub const LIMBS: usize = 2;
-/// The largest value of the last limb: `2^32 >> 16`.
-pub const MAX_HIGH_LIMB: u64 = 1 << 16;
 /// The largest number of baby steps a [`DlogTable`] holds (2^20, about 20 MB).
 pub const MAX_BABY_STEPS: u64 = 1 << 20;
 
@@ -257,9 +254,9 @@ impl Encryptor {
         self.encrypt_with(m, &Zeroizing::new(random_scalar(rng)))
     }
 
-    /// A value of at most 2^32 as its [`LIMBS`] limbs: `v mod 2^16`, `v >> 16`.
-    pub fn encrypt_value<R: RngCore + CryptoRng>(&self, value: u64, rng: &mut R) -> [Ciphertext; LIMBS] {
-        let [low, high] = limbs(value);
+    /// A value within `split`'s clip as its [`LIMBS`] limbs ([`Split::limbs`]).
+    pub fn encrypt_value<R: RngCore + CryptoRng>(&self, value: u64, split: Split, rng: &mut R) -> [Ciphertext; LIMBS] {
+        let [low, high] = split.limbs(value);
         [self.encrypt(low, rng), self.encrypt(high, rng)]
     }
 
@@ -269,9 +266,60 @@ impl Encryptor {
     }
 }
 
-/// `[v mod 2^16, v >> 16]`.
-pub fn limbs(value: u64) -> [u64; LIMBS] {
-    [value & ((1 << LIMB_BITS) - 1), value >> LIMB_BITS]
+/// Where a value is cut into its two limbs: the low `s` bits and the rest.
+///
+/// Invariant: for every value `v ≤ clip` (and `clip ≤ 2^32`), both limbs are at
+/// most `2^s` ([`Split::limb_max`]), so a sum over `p` people decrypts within
+/// `p·2^s` per limb. Security: with learner `partner` the owner decrypts whatever
+/// point the partner puts in a limb's slot, so each slot's noise is scaled for the
+/// largest limb of *any* one person, in either slot ([`Split::slot_sensitivity`]):
+/// cutting at half the clip's bits keeps that near `√clip`, and the noise on the
+/// released sum (the high limb's noise times `2^s`) near the clip's own scale.
+/// Both sides derive the split from the clip the campaign announces, never from a
+/// value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    bits: u32,
+}
+
+impl Split {
+    /// Without a clip (values up to 2^32): 16 bits, at most 2^16 in the high limb.
+    pub const WIDE: Split = Split { bits: 16 };
+
+    /// The split for values clipped at `clip` (at most 2^32): `s = ⌈b/2⌉` for a
+    /// clip of `b` bits, between 1 and 16.
+    pub fn for_clip(clip: u64) -> Split {
+        let b = u64::BITS - clip.clamp(1, 1 << 32).leading_zeros();
+        Split { bits: b.div_ceil(2).clamp(1, 16) }
+    }
+
+    /// `s`, the bits of the low limb.
+    pub fn bits(self) -> u32 {
+        self.bits
+    }
+
+    /// `[v mod 2^s, v >> s]`.
+    pub fn limbs(self, value: u64) -> [u64; LIMBS] {
+        [value & ((1 << self.bits) - 1), value >> self.bits]
+    }
+
+    /// Per limb, the largest limb of one person's value (`2^s − 1` and `2^s`): the
+    /// per-person bound of a limb's sum.
+    pub fn limb_max(self) -> [u64; LIMBS] {
+        [(1 << self.bits) - 1, 1 << self.bits]
+    }
+
+    /// The largest limb, low or high, of any value up to `clip`: what one person's
+    /// ciphertext can put in either slot of a group's sum.
+    pub fn slot_sensitivity(self, clip: u64) -> u64 {
+        let clip = clip.min(1 << 32);
+        clip.min((1 << self.bits) - 1).max(clip >> self.bits)
+    }
+
+    /// `low + high·2^s`.
+    pub fn join(self, low: i128, high: i128) -> i128 {
+        low + (high << self.bits)
+    }
 }
 
 /// Baby steps: `compress(j·G)` for `j < m`, keyed by its first 8 bytes; giant step `m·G`.
@@ -384,19 +432,40 @@ mod tests {
         let values = [0u64, 1, 65535, 65536, 123_456, 1 << 32];
         let mut sums = [Ciphertext::zero(); LIMBS];
         for &v in &values {
-            let cts = enc.encrypt_value(v, &mut rng);
+            let cts = enc.encrypt_value(v, Split::WIDE, &mut rng);
             for (s, c) in sums.iter_mut().zip(&cts) {
                 *s = s.add(c);
             }
         }
         let sums = sums.map(|s| enc.rerandomize(&s, &mut rng));
-        let bound = values.len() as u64 * MAX_HIGH_LIMB;
+        let bound = values.len() as u64 * Split::WIDE.limb_max()[1];
         let low = sk.decrypt(&sums[0], bound, &table).unwrap();
         let high = sk.decrypt(&sums[1], bound, &table).unwrap();
-        assert_eq!(low + (high << LIMB_BITS), values.iter().sum::<u64>());
+        let sum = Split::WIDE.join(low.into(), high.into());
+        assert_eq!(sum, i128::from(values.iter().sum::<u64>()));
         let one = enc.encrypt(5, &mut rng);
         assert_eq!(sk.decrypt(&one, 4, &table), Err(DecryptError { max: 4 }));
         assert_ne!(enc.rerandomize(&one, &mut rng), one);
+    }
+
+    /// Every value up to the clip has both limbs within `2^s`, and the slot
+    /// sensitivity is the largest limb any of them has, in either slot.
+    #[test]
+    fn splits_bound_both_limbs_by_the_clip() {
+        for clip in [1u64, 2, 3, 7, 100, 1000, 65_535, 65_536, 1 << 20, (1 << 32) - 1, 1 << 32] {
+            let split = Split::for_clip(clip);
+            let [low_max, high_max] = split.limb_max();
+            let mut largest = 0;
+            for v in (0..=clip.min(5000)).chain(clip.saturating_sub(5000)..=clip) {
+                let [low, high] = split.limbs(v);
+                assert!(low <= low_max && high <= high_max, "clip {clip}, v {v}");
+                assert_eq!(split.join(low.into(), high.into()), i128::from(v));
+                largest = largest.max(low).max(high);
+            }
+            assert_eq!(split.slot_sensitivity(clip), largest, "clip {clip}");
+        }
+        assert_eq!(Split::for_clip(1 << 32), Split::WIDE);
+        assert_eq!(Split::for_clip(1000).bits(), 5);
     }
 
     #[test]
@@ -404,7 +473,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(8);
         let sk = SecretKey::random(&mut rng);
         let enc = Encryptor::new(sk.public_key());
-        let max = 10_000 * MAX_HIGH_LIMB;
+        let max = 10_000 * Split::WIDE.limb_max()[1];
         let table = DlogTable::new(DlogTable::baby_steps_for(max));
         for m in [0, 1, max / 3 + 17, max] {
             assert_eq!(sk.decrypt(&enc.encrypt(m, &mut rng), max, &table), Ok(m));

@@ -203,7 +203,7 @@ fn measure_into(options: &MeasureOptions, out_dir: &Path) -> Result<MeasurementR
     let partner_config = PartnerConfig {
         min_aggregate: options.min_aggregate,
         learner: options.learner,
-        epsilon: options.noise.map(|n| n.epsilon),
+        noise: options.noise,
         // Its own stream, so that its count noise is independent of the owner's.
         seed: options.seed.map(|s| s ^ 0x9e37_79b9_7f4a_7c15),
     };

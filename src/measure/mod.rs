@@ -213,6 +213,10 @@ pub enum MeasureError {
     /// A value above 2^32.
     #[error("a value is above 2^32")]
     ValueTooLarge,
+    /// A value above the noise's clip: values are clipped before they are encrypted
+    /// (`measure::side`), and the limbs are cut for the clip.
+    #[error("a value is above the clip value")]
+    ValueAboveClip,
     /// The release message is not the JSON of released figures.
     #[error("the release message is not the JSON of released figures")]
     BadRelease,
@@ -285,7 +289,7 @@ pub fn run_in_memory(owner: &mut Owner, partner: &mut Partner) -> Result<(), Mea
 
 #[cfg(test)]
 mod tests {
-    use super::elgamal::{Encryptor, PublicKey};
+    use super::elgamal::{Ciphertext, DlogTable, Encryptor, LIMBS, PublicKey};
     use super::message::{self, GroupSum, Matched, Message, OwnerMessage, PartnerMessage, VALUE_LEN};
     use super::stats::Noise;
     use super::*;
@@ -301,7 +305,7 @@ mod tests {
     fn configs(min: u64, learner: Learner) -> (OwnerConfig, PartnerConfig) {
         (
             OwnerConfig { min_aggregate: min, min_group_size: 1, learner, noise: None, seed: Some(1) },
-            PartnerConfig { min_aggregate: min, learner, epsilon: None, seed: Some(2) },
+            PartnerConfig { min_aggregate: min, learner, noise: None, seed: Some(2) },
         )
     }
 
@@ -369,9 +373,9 @@ mod tests {
         noise: Option<Noise>,
         seed: u64,
     ) -> (Owner, Partner) {
-        let (mut oc, pc) = configs(1, learner);
-        oc.noise = noise;
-        oc.seed = Some(seed);
+        // Both sides see the campaign's noise (the accept carries it).
+        let (mut oc, mut pc) = configs(1, learner);
+        (oc.noise, oc.seed, pc.noise) = (noise, Some(seed), noise);
         let counts = vec![450, 450 + 3];
         (
             Owner::new(oc, people).unwrap(),
@@ -410,6 +414,34 @@ mod tests {
                 Learner::Owner => assert!(partner.release().is_none()),
                 // The groups exactly (the lift's floats went through JSON text with `both`).
                 _ => assert_eq!(partner.release().unwrap().groups, result.groups),
+            }
+        }
+    }
+
+    /// Values cut at the clip's split (1000: 5 bits) add up to the plaintext sum for
+    /// every learner. At ε = 2^16 the noise's scales are 0.05 (owner) and 0.02
+    /// (each slot, partner): a draw other than 0 has probability under e^−21.
+    #[test]
+    fn sums_cut_at_the_clips_split_add_up_for_every_learner() {
+        let (people, exposures, _) = fixture();
+        let people: Vec<Person> = people.into_iter().map(|p| Person { value: p.value % 1_001, ..p }).collect();
+        let exact = |g: u8| -> u64 {
+            let matched: std::collections::BTreeSet<usize> = exposures
+                .iter()
+                .filter(|x| x.group == g)
+                .flat_map(|x| (0..people.len()).filter(|&p| people[p].tokens.iter().any(|t| x.tokens.contains(t))))
+                .collect();
+            matched.iter().map(|&p| people[p].value).sum()
+        };
+        let expected = [exact(0), exact(1)];
+        let noise = Noise { epsilon: 65_536.0, clip: 1_000 };
+        assert_eq!(noise.split().bits(), 5);
+        for learner in [Learner::Owner, Learner::Both, Learner::Partner] {
+            let (mut owner, mut partner) = fixture_pair(&people, &exposures, learner, Some(noise), 3);
+            run_in_memory(&mut owner, &mut partner).unwrap();
+            let result = decrypted(learner, &owner, &partner);
+            for (g, &sum) in expected.iter().enumerate() {
+                assert_eq!(result.groups[g].sum, stats::Figure::Value(sum), "{learner:?} group {g}");
             }
         }
     }
@@ -606,7 +638,7 @@ mod tests {
             let (mut oc, mut pc) = configs(100, Learner::Partner);
             oc.noise = Some(noise);
             oc.seed = Some(seed);
-            pc.epsilon = Some(noise.epsilon);
+            pc.noise = Some(noise);
             pc.seed = Some(seed + 1_000);
             let mut owner = Owner::new(oc, &people).unwrap();
             let mut partner = Partner::new(pc, vec!["all".into()], vec![120], &exposures).unwrap();
@@ -616,13 +648,109 @@ mod tests {
             people_counts.push(g.matched_outcome_people.value().unwrap() as f64);
         }
         let sd = stats::laplace_sd;
-        let expected_sd = (sd(0.5, 65_535.0).powi(2) + (65_536.0 * sd(0.5, 65_536.0)).powi(2)).sqrt();
+        let expected_sd = (sd(0.5, 65_536.0).powi(2) + (65_536.0 * sd(0.5, 65_536.0)).powi(2)).sqrt();
         let (mean, spread) = stats::mean_sd(&sums);
         assert!((mean - exact as f64).abs() < 4.0 * expected_sd / (runs as f64).sqrt(), "mean {mean}, exact {exact}");
         assert!((spread / expected_sd - 1.0).abs() < 0.3, "spread {spread}, expected {expected_sd}");
         assert!(people_counts.iter().any(|&p| p != 120.0), "the counts are noised");
         let (people_mean, _) = stats::mean_sd(&people_counts);
         assert!((people_mean - 120.0).abs() < 4.0 * sd(1.0, 1.0) / (runs as f64).sqrt(), "{people_mean}");
+    }
+
+    /// Issue 20, attack 2: a partner (learner `partner`) that puts one person's
+    /// limb ciphertexts in a group's slots, the low limb in the high slot and the
+    /// high limb in the low one, instead of the group's sums. Under version 2 the
+    /// high slot carried no noise with a clip below 2^16, so the person's low limb
+    /// came back exact. Now every slot's noise is scaled for the largest limb of any
+    /// value up to the clip: checked here by unmasking the shares as the cheater
+    /// would, against the person's limbs computed independently.
+    #[test]
+    fn a_partner_that_substitutes_a_persons_limbs_reads_them_only_with_noise() {
+        let (value, noise) = (1_000u64, Noise { epsilon: 0.25, clip: 1_000 });
+        // Cut at 5 bits: 1000 = 8 + 31·2^5; a slot's sensitivity is 31, at ε/6.
+        let truth = [1_000 % 32, 1_000 / 32];
+        let (sensitivity, epsilon) = (31.0, noise.epsilon / 6.0);
+        let bound = noise.limb_bounds().unwrap()[0];
+        assert_eq!(bound, (40.0 * sensitivity / epsilon).ceil() as u64);
+        let people: Vec<Person> = (0..120).map(|i| Person { tokens: vec![token(i)], value }).collect();
+        let exposures: Vec<Exposure> = (0..120).map(|i| Exposure { tokens: vec![token(i)], group: 0 }).collect();
+        let table = DlogTable::new(DlogTable::baby_steps_for(2 * bound + 32));
+        let mut rng = StdRng::seed_from_u64(77);
+        let mut deviations = Vec::new();
+        for seed in 0..24 {
+            let (mut oc, mut pc) = configs(100, Learner::Partner);
+            (oc.noise, oc.seed, pc.noise) = (Some(noise), Some(seed), Some(noise));
+            let mut owner = Owner::new(oc, &people).unwrap();
+            let mut partner = Partner::new(pc, vec!["all".into()], vec![120], &exposures).unwrap();
+            let first = owner.poll_outgoing().unwrap();
+            let OwnerMessage::People(sent) = &first else { panic!() };
+            let key = PublicKey::from_bytes(&sent.public_key).unwrap();
+            let limb = |l: usize| {
+                let bytes: [u8; 64] = sent.values[0][l * 64..(l + 1) * 64].try_into().unwrap();
+                Ciphertext::from_bytes(&bytes, 0).unwrap()
+            };
+            // Slot 0 (low) gets the person's high limb, slot 1 (high) its low limb.
+            let crafted = [limb(1).mask(&mut rng), limb(0).mask(&mut rng)];
+            let placed = [truth[1], truth[0]];
+            partner.receive(first).unwrap();
+            owner.receive(partner.poll_outgoing().unwrap()).unwrap();
+            partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+            let PartnerMessage::Masked(mut lines) = partner.poll_outgoing().unwrap() else { panic!() };
+            lines[0].points[..32].copy_from_slice(&crafted[0].point_bytes());
+            lines[0].points[32..].copy_from_slice(&crafted[1].point_bytes());
+            let shares = shares_of(&mut owner, lines);
+            assert_eq!(shares.noise_bounds, [bound, bound]);
+            for slot in 0..LIMBS {
+                let bytes: [u8; 32] = shares.shares[0][slot * 32..(slot + 1) * 32].try_into().unwrap();
+                let share = curve25519_dalek::ristretto::CompressedRistretto(bytes).decompress().unwrap();
+                let read = table.solve_shifted(&crafted[slot].unmask(&share, &key), bound, 31 + bound).unwrap();
+                deviations.push(read - i128::from(placed[slot]));
+            }
+        }
+        assert!(deviations.iter().all(|&d| d != 0), "an exact read: {deviations:?}");
+        assert!(deviations.iter().all(|d| d.unsigned_abs() <= u128::from(bound)), "{deviations:?}");
+        // E|η| = 2α/(1 − α²) for a discrete Laplace of α = e^(−ε/Δ): about 744 here.
+        let alpha = (-epsilon / sensitivity).exp();
+        let expected = 2.0 * alpha / (1.0 - alpha * alpha);
+        let mean = deviations.iter().map(|d| d.unsigned_abs() as f64).sum::<f64>() / deviations.len() as f64;
+        assert!((0.6..1.5).contains(&(mean / expected)), "mean |noise| {mean}, expected {expected}");
+    }
+
+    /// Issue 20, attack 3, through the whole protocol: with noise, a group of exactly
+    /// `min_aggregate` matched people is released in some runs and suppressed in
+    /// others, whoever releases (the owner decrypting, or the partner under learner
+    /// `partner`); the partner sends a sum for every group, so no exact count
+    /// decides first.
+    #[test]
+    fn a_group_at_the_threshold_is_not_decided_by_its_exact_count() {
+        let people: Vec<Person> = (0..100).map(|i| Person { tokens: vec![token(i)], value: 10 }).collect();
+        let exposures: Vec<Exposure> = (0..100).map(|i| Exposure { tokens: vec![token(i)], group: 0 }).collect();
+        let noise = Noise { epsilon: 1.0, clip: 10 };
+        for learner in [Learner::Owner, Learner::Both, Learner::Partner] {
+            let mut outcomes = std::collections::BTreeSet::new();
+            for seed in 0..30 {
+                let (mut oc, mut pc) = configs(100, learner);
+                (oc.noise, oc.seed, pc.noise, pc.seed) = (Some(noise), Some(seed), Some(noise), Some(seed + 500));
+                let mut owner = Owner::new(oc, &people).unwrap();
+                let mut partner = Partner::new(pc, vec!["all".into()], vec![100], &exposures).unwrap();
+                run_in_memory(&mut owner, &mut partner).unwrap();
+                let g = &decrypted(learner, &owner, &partner).groups[0];
+                outcomes.insert(g.matched_outcome_people.value().is_some());
+                if let Some(p) = g.matched_outcome_people.value() {
+                    assert!(p >= 100, "{learner:?}: released with a noisy count of {p}");
+                }
+            }
+            assert_eq!(outcomes.len(), 2, "{learner:?}: always {outcomes:?}");
+        }
+    }
+
+    /// Values are cut into limbs for the clip: the owner refuses to encrypt a value
+    /// above it (the caller clips first, `side::owner_people`).
+    #[test]
+    fn the_owner_refuses_values_above_the_clip() {
+        let people = [Person { tokens: vec![token(1)], value: 1_001 }];
+        let config = OwnerConfig { noise: Some(Noise { epsilon: 1.0, clip: 1_000 }), ..OwnerConfig::default() };
+        assert!(matches!(Owner::new(config, &people), Err(MeasureError::ValueAboveClip)));
     }
 
     /// The one-person-group attack: a partner that makes each target its own group
@@ -774,6 +902,30 @@ mod tests {
             m.people = 4;
         }
         assert!(matches!(owner.receive(PartnerMessage::Sums(lines)), Err(MeasureError::Inconsistent { group: 0, .. })));
+        // More matched records than bundles of the group, or more matched people
+        // than their elements: 3 one-element bundles match at most 3 people.
+        let (mut owner, _, mut lines) = run_to_sums();
+        lines[0].records = 10;
+        if let Some(m) = &mut lines[0].matched {
+            m.records = 4;
+        }
+        assert!(matches!(
+            owner.receive(PartnerMessage::Sums(lines)),
+            Err(MeasureError::Inconsistent { group: 0, reason: "more matched records than bundles" })
+        ));
+        let ten: Vec<Person> = (0..10).map(|i| Person { tokens: vec![token(i)], value: 1 }).collect();
+        let (mut owner, mut partner) = pair(&ten, &exposures, 1, vec![3, 0, 0]);
+        partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+        owner.receive(partner.poll_outgoing().unwrap()).unwrap();
+        partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+        let PartnerMessage::Sums(mut lines) = partner.poll_outgoing().unwrap() else { panic!() };
+        if let Some(m) = &mut lines[0].matched {
+            m.people = 4;
+        }
+        assert!(matches!(
+            owner.receive(PartnerMessage::Sums(lines)),
+            Err(MeasureError::Inconsistent { group: 0, reason: "more matched people than the bundles' elements" })
+        ));
         // A missing group line.
         let (mut owner, _, mut lines) = run_to_sums();
         lines.pop();
@@ -786,7 +938,7 @@ mod tests {
 
 #[cfg(test)]
 mod vectors {
-    use super::elgamal::{DlogTable, Encryptor, SecretKey, label_scalar, limbs};
+    use super::elgamal::{DlogTable, Encryptor, SecretKey, Split, label_scalar};
     use super::message::{self, GroupSum, MASKED_LEN, MaskedSum, Matched, Message, Shares, VALUE_LEN};
     use curve25519_dalek::ristretto::CompressedRistretto;
     use zeroize::Zeroizing;
@@ -799,7 +951,7 @@ mod vectors {
         let r = label_scalar("idmatch test elgamal r");
         let y = x.public_key();
         let enc = Encryptor::new(y);
-        let [low, high] = limbs(123_456);
+        let [low, high] = Split::WIDE.limbs(123_456);
         let c_low = enc.encrypt_with(low, &r);
         let c_high = enc.encrypt_with(high, &r);
         let mut sum = [0u8; VALUE_LEN];
@@ -809,17 +961,17 @@ mod vectors {
             GroupSum { records: 1000, matched: Some(Matched { records: 150, people: 120, sum }) },
             GroupSum { records: 7, matched: None },
         ]);
-        // Learner `partner`: each limb masked with its own `t`, the owner's share of
-        // the low limb with noise η = −5, and what the partner recovers.
+        // Learner `partner`: each limb masked with its own `t`, the owner's shares
+        // with noise η = −5 and 2 (every slot is noised), and what the partner recovers.
         let (t, t2) = (label_scalar("idmatch test elgamal t"), label_scalar("idmatch test elgamal t2"));
         let m_low = c_low.mask_with(Zeroizing::new(t));
         let m_high = c_high.mask_with(Zeroizing::new(t2));
         let point = |bytes: [u8; 32]| CompressedRistretto(bytes).decompress().unwrap();
         let d_low = x.share(&point(m_low.point_bytes()), -5);
-        let d_high = x.share(&point(m_high.point_bytes()), 0);
+        let d_high = x.share(&point(m_high.point_bytes()), 2);
         let table = DlogTable::new(256);
         assert_eq!(table.solve_shifted(&m_low.unmask(&d_low, &y), 40, 65_535), Some(57_915));
-        assert_eq!(table.solve_shifted(&m_high.unmask(&d_high, &y), 0, 65_536), Some(1));
+        assert_eq!(table.solve_shifted(&m_high.unmask(&d_high, &y), 40, 65_536), Some(3));
         let pair = |a: [u8; 32], b: [u8; 32]| {
             let mut out = [0u8; MASKED_LEN];
             out[..32].copy_from_slice(&a);
@@ -829,7 +981,7 @@ mod vectors {
         let masked =
             Message::Masked(vec![MaskedSum { records: 1000, points: pair(m_low.point_bytes(), m_high.point_bytes()) }]);
         let shares = Message::Shares(Shares {
-            noise_bounds: [40, 0],
+            noise_bounds: [40, 40],
             shares: vec![pair(d_low.compress().to_bytes(), d_high.compress().to_bytes())],
         });
         let computed = [

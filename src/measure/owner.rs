@@ -14,7 +14,7 @@ use rand::rngs::OsRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use super::elgamal::{DlogTable, Encryptor, LIMB_BITS, LIMBS, MAX_HIGH_LIMB, SecretKey};
+use super::elgamal::{DlogTable, Encryptor, LIMBS, SecretKey, Split};
 use super::message::{
     Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MaskedSum, OwnerMessage, PartnerMessage, People, Shares, VALUE_LEN,
 };
@@ -42,6 +42,14 @@ pub struct OwnerConfig {
     pub noise: Option<Noise>,
     /// Seed of the noise generator (reproducible tests); `None`: from the OS.
     pub seed: Option<u64>,
+}
+
+impl OwnerConfig {
+    /// Where values are cut into limbs: for the noise's clip, or
+    /// [`Split::WIDE`] without noise (the partner derives the same from the accept).
+    pub fn split(&self) -> Split {
+        self.noise.map_or(Split::WIDE, |n| n.split())
+    }
 }
 
 impl Default for OwnerConfig {
@@ -123,6 +131,13 @@ impl Owner {
         if people.iter().any(|p| p.value > MAX_VALUE) {
             return Err(MeasureError::ValueTooLarge);
         }
+        // The limbs are cut for the clip: a value above it would overflow them.
+        if let Some(clip) = config.noise.map(|n| n.clip)
+            && people.iter().any(|p| p.value > clip)
+        {
+            return Err(MeasureError::ValueAboveClip);
+        }
+        let split = config.split();
         let bundle = widest.max(1);
         let mut order: Vec<&Person> = people.iter().collect();
         order.shuffle(&mut OsRng);
@@ -134,7 +149,7 @@ impl Owner {
             .par_iter()
             .map(|p| {
                 let mut out = [0u8; VALUE_LEN];
-                let limbs = encryptor.encrypt_value(p.value, &mut OsRng);
+                let limbs = encryptor.encrypt_value(p.value, split, &mut OsRng);
                 for (i, c) in limbs.iter().enumerate() {
                     out[i * 64..(i + 1) * 64].copy_from_slice(&c.to_bytes());
                 }
@@ -259,46 +274,61 @@ impl Owner {
         Ok(())
     }
 
+    /// Checks every line against what the owner knows, then releases
+    /// ([`stats::release`]): suppression is decided on the counts (noisy ones when
+    /// the campaign has noise) before anything is decrypted, so a suppressed
+    /// group's sum is never decrypted (fail closed).
     fn on_sums(&mut self, lines: &[GroupSum]) -> Result<(), MeasureError> {
         self.check_sizes(lines.iter().map(|l| l.records))?;
-        let bound = |people: u64| people.saturating_mul(MAX_HIGH_LIMB);
-        let largest = lines.iter().filter_map(|l| l.matched.as_ref()).map(|m| bound(m.people)).max().unwrap_or(0);
-        let mut table: Option<DlogTable> = None;
         let mut raw = Vec::with_capacity(lines.len());
         for (g, line) in lines.iter().enumerate() {
-            let matched = match &line.matched {
-                Some(m) if m.records > line.records => {
+            if let Some(m) = &line.matched {
+                if m.records > line.records {
                     return Err(MeasureError::Inconsistent { group: g, reason: "more matched records than records" });
                 }
-                Some(m) if m.people > self.people => {
+                if m.people > self.people {
                     return Err(MeasureError::Inconsistent { group: g, reason: "more matched people than people" });
                 }
-                // Fail closed: a group under the minimum is never decrypted.
-                Some(m) if m.people >= self.config.min_aggregate => {
-                    let table = table.get_or_insert_with(|| DlogTable::new(DlogTable::baby_steps_for(largest)));
-                    let mut sum = 0u64;
-                    for limb in 0..LIMBS {
-                        let mut bytes = [0u8; 64];
-                        bytes.copy_from_slice(&m.sum[limb * 64..(limb + 1) * 64]);
-                        let ct = super::elgamal::Ciphertext::from_bytes(&bytes, g * LIMBS + limb)?;
-                        let part = self
-                            .secret
-                            .decrypt(&ct, bound(m.people), table)
-                            .map_err(|source| MeasureError::Decrypt { group: g, source })?;
-                        sum += part << (LIMB_BITS * limb as u32);
-                    }
-                    Some((m.records, m.people, sum))
+                // Each exposure bundle matches at most one record of its own and, with
+                // `k` elements each equal to at most one of the owner's, `k` people:
+                // a claim beyond that is not a count of this group (it would only
+                // widen the search the owner runs for a crafted sum).
+                let bundles = self.bundles_per_group[g];
+                if m.records > bundles {
+                    return Err(MeasureError::Inconsistent { group: g, reason: "more matched records than bundles" });
                 }
-                _ => None,
-            };
+                if m.people > bundles.saturating_mul(u64::from(self.bundle)) {
+                    return Err(MeasureError::Inconsistent {
+                        group: g,
+                        reason: "more matched people than the bundles' elements",
+                    });
+                }
+            }
+            let matched = line.matched.as_ref().map(|m| (m.records, m.people));
             raw.push(RawGroup { label: self.labels[g].clone(), records: line.records, matched });
         }
-        let result = stats::release(
-            &raw,
-            self.config.min_aggregate,
-            Noising::all(self.config.noise),
-            &mut stats::noise_rng(self.config.seed)?,
-        )?;
+        let split = self.config.split();
+        let bound = |people: u64| people.saturating_mul(split.limb_max()[1]);
+        let largest = lines.iter().filter_map(|l| l.matched.as_ref()).map(|m| bound(m.people)).max().unwrap_or(0);
+        let mut table: Option<DlogTable> = None;
+        let secret = &self.secret;
+        let decrypt = |g: usize| {
+            let Some(m) = &lines[g].matched else { return Err(MeasureError::Failed) };
+            let table = table.get_or_insert_with(|| DlogTable::new(DlogTable::baby_steps_for(largest)));
+            let mut parts = [0u64; LIMBS];
+            for (limb, part) in parts.iter_mut().enumerate() {
+                let mut bytes = [0u8; 64];
+                bytes.copy_from_slice(&m.sum[limb * 64..(limb + 1) * 64]);
+                let ct = super::elgamal::Ciphertext::from_bytes(&bytes, g * LIMBS + limb)?;
+                *part = secret
+                    .decrypt(&ct, bound(m.people), table)
+                    .map_err(|source| MeasureError::Decrypt { group: g, source })?;
+            }
+            Ok(split.join(parts[0].into(), parts[1].into()))
+        };
+        let noising = Noising::all(self.config.noise);
+        let mut rng = stats::noise_rng(self.config.seed)?;
+        let result = stats::release(&raw, self.config.min_aggregate, noising, &mut rng, decrypt)?;
         if self.config.learner.partner_learns() {
             let json = serde_json::to_vec(&result).map_err(|_| MeasureError::BadRelease)?;
             self.outgoing.push_back(OwnerMessage::Release(json));

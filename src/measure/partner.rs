@@ -14,14 +14,12 @@ use rand::rngs::OsRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use super::elgamal::{
-    Ciphertext, DecryptError, DlogTable, Encryptor, LIMB_BITS, LIMBS, MAX_HIGH_LIMB, Masked, PublicKey,
-};
+use super::elgamal::{Ciphertext, DecryptError, DlogTable, Encryptor, LIMBS, Masked, PublicKey, Split};
 use super::message::{
     Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, MaskedSum, Matched, MessageError, OwnerMessage,
     PartnerMessage, Shares, VALUE_LEN,
 };
-use super::stats::{self, Measurement, Noising, RawGroup};
+use super::stats::{self, Measurement, Noise, Noising, RawGroup};
 use super::{Exposure, Learner, MeasureError, bundles, random_element};
 use crate::psi::group::{self, BlindingKey};
 use crate::psi::message::{ELEMENT_LEN, Element};
@@ -37,9 +35,11 @@ pub struct PartnerConfig {
     pub min_aggregate: u64,
     /// Who receives the released figures (the partner then waits for them).
     pub learner: Learner,
-    /// The measurement's total epsilon, when it adds noise: with learner `partner`
-    /// the partner noises the counts it releases (ε/3 each, as the owner would).
-    pub epsilon: Option<f64>,
+    /// The measurement's noise as the accept announces it (epsilon and clip), when
+    /// it adds noise: the clip fixes where values are cut into limbs
+    /// ([`Split::for_clip`]), and with learner `partner` the partner noises the
+    /// counts it releases (ε/3 each, as the owner would).
+    pub noise: Option<Noise>,
     /// Seed of that noise (reproducible tests); `None`: from the OS.
     pub seed: Option<u64>,
 }
@@ -282,7 +282,12 @@ impl Partner {
             matched.par_sort_unstable();
             matched.dedup();
             view.push((records[g], matched.len() as u64));
-            let sum = if (matched.len() as u64) < self.config.min_aggregate || matched.is_empty() {
+            // Without noise the exact count suppresses here; with noise every group
+            // is summed (an empty one to `Enc(0)`) and only the noisy count decides,
+            // on the side that releases (`stats::release`).
+            let exact_suppress = self.config.noise.is_none()
+                && ((matched.len() as u64) < self.config.min_aggregate || matched.is_empty());
+            let sum = if exact_suppress {
                 None
             } else {
                 Some(
@@ -354,7 +359,8 @@ impl Partner {
             });
         }
         // Per limb, the largest plaintext of one person's value, and the search.
-        let limb_max = [(1u64 << LIMB_BITS) - 1, MAX_HIGH_LIMB];
+        let split = self.config.noise.map_or(Split::WIDE, Noise::split);
+        let limb_max = split.limb_max();
         let max =
             |people: u64, limb: usize| people.saturating_mul(limb_max[limb]).saturating_add(shares.noise_bounds[limb]);
         let mut widest = 0;
@@ -370,33 +376,34 @@ impl Partner {
             }
         }
         let table = DlogTable::new(DlogTable::baby_steps_for(widest));
-        let mut raw = Vec::with_capacity(groups);
-        for (g, (share, masked)) in shares.shares.iter().zip(&self.masked).enumerate() {
-            let matched = match masked {
-                Some(limbs) => {
-                    let (records, people) = view.matched[g];
-                    let mut sum = 0i128;
-                    for (l, limb) in limbs.iter().enumerate() {
-                        let element = Element(
-                            share[l * ELEMENT_LEN..(l + 1) * ELEMENT_LEN].try_into().unwrap_or([0; ELEMENT_LEN]),
-                        );
-                        let point = group::decode(&element, g * LIMBS + l)?;
-                        let (bound, max) = (shares.noise_bounds[l], max(people, l));
-                        let part = table
-                            .solve_shifted(&limb.unmask(&point, &owner.key), bound, max)
-                            .ok_or(MeasureError::Decrypt { group: g, source: DecryptError { max } })?;
-                        sum += part << (LIMB_BITS * l as u32);
-                    }
-                    Some((records, people, stats::clamp(sum)))
-                }
-                None => None,
-            };
-            raw.push(RawGroup { label: self.labels[g].clone(), records: self.group_records[g], matched });
-        }
+        let raw: Vec<RawGroup> = (0..groups)
+            .map(|g| RawGroup {
+                label: self.labels[g].clone(),
+                records: self.group_records[g],
+                matched: self.masked[g].as_ref().map(|_| view.matched[g]),
+            })
+            .collect();
+        // Only the shares of groups released on the (noisy) counts are unmasked.
+        let masked = &self.masked;
+        let unmask = |g: usize| {
+            let Some(limbs) = &masked[g] else { return Err(MeasureError::Failed) };
+            let share = &shares.shares[g];
+            let mut parts = [0i128; LIMBS];
+            for (l, (limb, part)) in limbs.iter().zip(&mut parts).enumerate() {
+                let element =
+                    Element(share[l * ELEMENT_LEN..(l + 1) * ELEMENT_LEN].try_into().unwrap_or([0; ELEMENT_LEN]));
+                let point = group::decode(&element, g * LIMBS + l)?;
+                let (bound, max) = (shares.noise_bounds[l], max(view.matched[g].1, l));
+                *part = table
+                    .solve_shifted(&limb.unmask(&point, &owner.key), bound, max)
+                    .ok_or(MeasureError::Decrypt { group: g, source: DecryptError { max } })?;
+            }
+            Ok(split.join(parts[0], parts[1]))
+        };
         // The sums carry the owner's noise already; the partner noises the counts.
-        let noising = Noising { counts: self.config.epsilon, sum: None };
-        let measurement =
-            stats::release(&raw, self.config.min_aggregate, noising, &mut stats::noise_rng(self.config.seed)?)?;
+        let noising = Noising { counts: self.config.noise.map(|n| n.epsilon), sum: None };
+        let mut rng = stats::noise_rng(self.config.seed)?;
+        let measurement = stats::release(&raw, self.config.min_aggregate, noising, &mut rng, unmask)?;
         self.release = Some(measurement);
         self.masked.clear();
         self.state = PartnerState::Done;

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::elgamal::{LIMB_BITS, LIMBS};
+use super::elgamal::{LIMBS, Split};
 use super::laplace::{DiscreteLaplace, ScaleError};
 use crate::records::MAX_VALUE;
 
@@ -78,16 +78,17 @@ impl<'de> Deserialize<'de> for Figure {
     }
 }
 
-/// One group's exact figures after decryption (never released as they are).
+/// One group's exact counts before release (never released as they are); its sum
+/// is decrypted by [`release`] only if the group is released.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawGroup {
     /// The group label.
     pub label: String,
     /// Exposure records in the group.
     pub records: u64,
-    /// `(matched exposure records, matched people, sum of values)`, or `None` if the
-    /// partner suppressed the group.
-    pub matched: Option<(u64, u64, u64)>,
+    /// `(matched exposure records, matched people)`, or `None` if the partner sent
+    /// no sum for the group (suppressed on its side, possible without noise only).
+    pub matched: Option<(u64, u64)>,
 }
 
 /// The released figures of one measurement (also the §12 `Release` message's JSON).
@@ -263,33 +264,30 @@ impl Noise {
         DiscreteLaplace::new(self.epsilon, 3, self.sensitivity())
     }
 
-    /// The sum's `ε/3` spent on its limbs, for decryption by the partner, which
-    /// learns each limb's noisy sum: per limb its sensitivity (`min(clip, 2^16 − 1)`
-    /// for the low limb, `clip >> 16` for the high one) and share of `ε` (a third
-    /// of it on the low limb when the high one cannot change, a sixth each
-    /// otherwise). `None` for a limb that cannot change.
-    fn limb_noise(self) -> Result<[Option<DiscreteLaplace>; LIMBS], ScaleError> {
-        let low = self.sensitivity().min((1 << LIMB_BITS) - 1);
-        let high = self.sensitivity() >> LIMB_BITS;
-        let share = if high == 0 { 3 } else { 6 };
-        Ok([
-            Some(DiscreteLaplace::new(self.epsilon, share, low)?),
-            match high {
-                0 => None,
-                high => Some(DiscreteLaplace::new(self.epsilon, share, high)?),
-            },
-        ])
+    /// Where values clipped at this noise's clip are cut into limbs: both sides
+    /// derive it from the clip the campaign announces.
+    pub fn split(self) -> Split {
+        Split::for_clip(self.sensitivity())
     }
 
-    /// Per limb, the largest noise [`Noise::limbs`] draws: `⌈40·Δ/ε⌉`, the limb's
-    /// scale times [`NOISE_TAIL`] (0 for a limb that cannot change).
+    /// The sum's `ε/3` spent on its limbs, for decryption by the partner, which
+    /// learns each limb's noisy sum: `ε/6` per limb, each with the sensitivity of a
+    /// slot ([`Split::slot_sensitivity`], the largest limb of any value up to the
+    /// clip), not of the limb an honest partner puts there. A partner that puts one
+    /// person's low limb in the high slot (or the other way round), or the same
+    /// limb in both, reads it with noise of that scale: by sequential composition
+    /// the two slots together are `ε/3`-DP for one person's value, whatever the
+    /// partner placed in them (issue 20, attack 2). Every slot is noised, also a
+    /// limb that cannot change for honest values.
+    fn limb_noise(self) -> Result<DiscreteLaplace, ScaleError> {
+        DiscreteLaplace::new(self.epsilon, 6, self.split().slot_sensitivity(self.sensitivity()))
+    }
+
+    /// Per limb, the largest noise [`Noise::limbs`] draws: `⌈40·6Δ/ε⌉`, the limb's
+    /// scale times [`NOISE_TAIL`] (the same for both limbs).
     pub fn limb_bounds(self) -> Result<[u64; LIMBS], ScaleError> {
-        Ok(self.limb_noise()?.map(|noise| {
-            noise.map_or(0, |n| {
-                let (t, s) = n.scale();
-                (NOISE_TAIL as u128 * t).div_ceil(s).min(u128::from(u64::MAX)) as u64
-            })
-        }))
+        let (t, s) = self.limb_noise()?.scale();
+        Ok([(NOISE_TAIL as u128 * t).div_ceil(s).min(u128::from(u64::MAX)) as u64; LIMBS])
     }
 
     /// One discrete Laplace draw per limb, each within its [`Noise::limb_bounds`]
@@ -298,9 +296,9 @@ impl Noise {
     /// to the tail cut off).
     pub fn limbs<R: Rng>(self, rng: &mut R) -> Result<[i64; LIMBS], ScaleError> {
         let bounds = self.limb_bounds()?;
+        let noise = self.limb_noise()?;
         let mut out = [0i64; LIMBS];
-        for ((draw, noise), bound) in out.iter_mut().zip(self.limb_noise()?).zip(bounds) {
-            let Some(noise) = noise else { continue };
+        for (draw, bound) in out.iter_mut().zip(bounds) {
             *draw = loop {
                 let d = noise.sample(rng);
                 if d.unsigned_abs() <= u128::from(bound)
@@ -359,32 +357,41 @@ impl Noising {
     }
 }
 
-/// Releases `raw`, the one path from decrypted figures to released ones (the owner
-/// when it decrypts, the partner under learner `partner`): suppresses every figure
-/// of a group with fewer than `min_aggregate` matched people, adds the noise
-/// `noising` asks for here, then derives rates and lift from the released figures
-/// only. Sums are clamped at 0 (they may arrive noised below it).
+/// Releases `raw`, the one path from exact figures to released ones (the owner when
+/// it decrypts, the partner under learner `partner`).
+///
+/// Per group, first the counts: with noise (`noising.counts`), each count gets its
+/// discrete Laplace draw and the group is suppressed when its **noisy** matched
+/// people count is under `min_aggregate`; without noise, when the exact count is.
+/// Deciding on the exact count would make suppression itself an exact threshold (a
+/// group at the minimum flips with one person, issue 20, attack 3), so with noise no
+/// exact count decides anything. Only then, for a released group, `sum(g)` is asked
+/// for its exact sum (the caller decrypts it there: a suppressed group's sum is
+/// never decrypted), the sum's noise of `noising` is added, and the figures are
+/// clamped at 0. Rates and lift are derived from the released figures only.
 pub fn release<R: Rng>(
     raw: &[RawGroup],
     min_aggregate: u64,
     noising: Noising,
     rng: &mut R,
-) -> Result<Measurement, ScaleError> {
+    mut sum: impl FnMut(usize) -> Result<i128, super::MeasureError>,
+) -> Result<Measurement, super::MeasureError> {
     let sum_noise = noising.sum.map(Noise::sum_noise).transpose()?;
     let mut groups = Vec::with_capacity(raw.len());
-    for g in raw {
-        let released = match g.matched.filter(|&(_, people, _)| people >= min_aggregate) {
+    for (g, group) in raw.iter().enumerate() {
+        let counts = match (group.matched, noising.counts) {
+            (None, _) => None,
+            (Some((records, people)), Some(e)) => Some((noisy_count(records, e, rng)?, noisy_count(people, e, rng)?)),
+            (Some(exact), None) => Some(exact),
+        };
+        let released = match counts.filter(|&(_, people)| people >= min_aggregate) {
             None => None,
-            Some((records, people, sum)) => {
-                let (records, people) = match noising.counts {
-                    Some(e) => (noisy_count(records, e, rng)?, noisy_count(people, e, rng)?),
-                    None => (records, people),
-                };
-                let sum = i128::from(sum) + sum_noise.map_or(0, |n| n.sample(rng));
-                Some((records, people, clamp(sum)))
+            Some((records, people)) => {
+                let noisy = sum(g)? + sum_noise.map_or(0, |n| n.sample(rng));
+                Some((records, people, clamp(noisy)))
             }
         };
-        groups.push(GroupFigures::new(&g.label, g.records, released, min_aggregate));
+        groups.push(GroupFigures::new(&group.label, group.records, released, min_aggregate));
     }
     Ok(Measurement::new(groups))
 }
@@ -418,14 +425,25 @@ mod tests {
     use rand::rngs::StdRng;
 
     fn group(label: &str, records: u64, matched: Option<(u64, u64, u64)>) -> RawGroup {
-        RawGroup { label: label.into(), records, matched }
+        RawGroup { label: label.into(), records, matched: matched.map(|(r, p, _)| (r, p)) }
+    }
+
+    /// [`release`] of `raw`, each group's sum the third figure of `figures`.
+    fn release_of(
+        raw: &[RawGroup],
+        figures: &[Option<(u64, u64, u64)>],
+        noising: Noising,
+        rng: &mut StdRng,
+    ) -> Measurement {
+        release(raw, 100, noising, rng, |g| Ok(i128::from(figures[g].unwrap().2))).unwrap()
     }
 
     #[test]
     fn suppresses_under_the_minimum_and_computes_lift() {
-        let raw = [group("test", 10_000, Some((600, 500, 9_000))), group("control", 10_000, Some((450, 400, 7_000)))];
+        let figures = [Some((600, 500, 9_000)), Some((450, 400, 7_000))];
+        let raw = [group("test", 10_000, figures[0]), group("control", 10_000, figures[1])];
         let Measurement { groups, lift } =
-            release(&raw, 100, Noising::default(), &mut StdRng::seed_from_u64(1)).unwrap();
+            release_of(&raw, &figures, Noising::default(), &mut StdRng::seed_from_u64(1));
         assert_eq!(groups[0].matched_outcome_people, Figure::Value(500));
         let lift = lift.unwrap();
         assert!((lift.absolute - 0.01).abs() < 1e-12);
@@ -436,12 +454,44 @@ mod tests {
         assert!((lift.ci95[1] - (0.01 + 1.959964 * se)).abs() < 1e-12);
 
         let raw = [group("test", 10_000, Some((120, 99, 9_000))), group("control", 50, None)];
+        // A suppressed group's sum is never asked for.
         let Measurement { groups, lift } =
-            release(&raw, 100, Noising::default(), &mut StdRng::seed_from_u64(1)).unwrap();
+            release(&raw, 100, Noising::default(), &mut StdRng::seed_from_u64(1), |_| panic!("decrypted")).unwrap();
         assert_eq!(groups[0].sum, Figure::Suppressed(100));
         assert_eq!(serde_json::to_value(groups[0].sum).unwrap(), serde_json::json!("<100"));
         assert_eq!(groups[1].matched_exposure_records, Figure::Suppressed(100));
         assert!(lift.is_none());
+    }
+
+    /// Issue 20, attack 3: with noise, a group exactly at `min_aggregate` matched
+    /// people (and one just under it) is released or suppressed by the noisy count,
+    /// not decided by the exact one; a released group's people figure is the very
+    /// noisy count the decision used (so it is never under the minimum).
+    #[test]
+    fn with_noise_suppression_is_decided_on_the_noisy_count() {
+        for people in [99, 100] {
+            let figures = [Some((people, people, 1_000))];
+            let raw = [group("all", 10_000, figures[0])];
+            let mut rng = StdRng::seed_from_u64(people);
+            let mut released = 0;
+            for _ in 0..200 {
+                let g = &release_of(&raw, &figures, Noising::all(Some(Noise { epsilon: 1.0, clip: 10 })), &mut rng)
+                    .groups[0];
+                if let Figure::Value(p) = g.matched_outcome_people {
+                    assert!(p >= 100, "{p}");
+                    released += 1;
+                } else {
+                    assert_eq!(g.sum, Figure::Suppressed(100));
+                }
+            }
+            // P(noisy ≥ 100) is about 0.59 at 100 and 0.41 at 99 (scale 3).
+            assert!((40..160).contains(&released), "{people} people: released {released} of 200");
+        }
+        // Without noise the exact count decides, as documented.
+        let figures = [Some((100, 100, 1_000)), Some((99, 99, 1_000))];
+        let raw = [group("a", 10_000, figures[0]), group("b", 10_000, figures[1])];
+        let m = release_of(&raw, &figures, Noising::default(), &mut StdRng::seed_from_u64(1));
+        assert_eq!((m.groups[0].sum, m.groups[1].sum), (Figure::Value(1_000), Figure::Suppressed(100)));
     }
 
     #[test]
@@ -456,8 +506,9 @@ mod tests {
 
     #[test]
     fn released_figures_read_back_as_written_and_print_one_table() {
-        let raw = [group("test", 10_000, Some((600, 500, 9_000))), group("control", 80, None)];
-        let m = release(&raw, 100, Noising::default(), &mut StdRng::seed_from_u64(1)).unwrap();
+        let figures = [Some((600, 500, 9_000)), None];
+        let raw = [group("test", 10_000, figures[0]), group("control", 80, None)];
+        let m = release_of(&raw, &figures, Noising::default(), &mut StdRng::seed_from_u64(1));
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<Measurement>(&json).unwrap(), m);
         let table = m.to_string();
@@ -489,13 +540,14 @@ mod tests {
 
     #[test]
     fn noisy_releases_are_unbiased_and_reproducible() {
-        let raw = [group("all", 100_000, Some((5_000, 4_000, 1_000_000)))];
+        let figures = [Some((5_000, 4_000, 1_000_000))];
+        let raw = [group("all", 100_000, figures[0])];
         let noise = Some(Noise { epsilon: 1.0, clip: 1_000 });
         let runs = 4_000;
         let mut rng = StdRng::seed_from_u64(3);
         let (mut people, mut sums) = (Vec::new(), Vec::new());
         for _ in 0..runs {
-            let g = release(&raw, 100, Noising::all(noise), &mut rng).unwrap().groups;
+            let g = release_of(&raw, &figures, Noising::all(noise), &mut rng).groups;
             people.push(g[0].matched_outcome_people.value().unwrap() as f64);
             sums.push(g[0].sum.value().unwrap() as f64);
         }
@@ -508,7 +560,7 @@ mod tests {
         assert!((sp / sd(1.0 / 3.0, 1.0) - 1.0).abs() < 0.06, "{sp}");
         assert!((ms - 1_000_000.0).abs() < 300.0, "{ms}");
         assert!((ss / sd(1.0 / 3.0, 1_000.0) - 1.0).abs() < 0.06, "{ss}");
-        let again = |seed| release(&raw, 100, Noising::all(noise), &mut StdRng::seed_from_u64(seed)).unwrap();
+        let again = |seed| release_of(&raw, &figures, Noising::all(noise), &mut StdRng::seed_from_u64(seed));
         assert_eq!(again(9), again(9));
     }
 
@@ -517,25 +569,24 @@ mod tests {
         let sd = laplace_sd;
         let stats = mean_sd;
         let mut rng = StdRng::seed_from_u64(11);
-        // A clip under 2^16: the high limb cannot change and gets no noise.
-        let small = Noise { epsilon: 1.5, clip: 1_000 };
-        assert_eq!(small.limb_bounds().unwrap(), [(40.0f64 * 1_000.0 / 0.5).ceil() as u64, 0]);
-        let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| small.limbs(&mut rng).unwrap()).collect();
-        assert!(draws.iter().all(|d| d[1] == 0));
-        let (m, s) = stats(&draws.iter().map(|d| d[0] as f64).collect::<Vec<_>>());
-        assert!(m.abs() < 0.02 * sd(0.5, 1_000.0), "{m}");
-        assert!((s / sd(0.5, 1_000.0) - 1.0).abs() < 0.03, "{s}");
-        // A clip of 2^32: ε/6 on each limb, the high limb's noise scaled by 2^16 in the sum.
+        // Every slot is noised for the largest limb of any value up to the clip, at
+        // ε/6: a clip of 1000 is cut at 5 bits (limbs up to 31), and the high limb,
+        // honestly up to 1000 >> 5 = 31, gets the same noise as the low one.
+        for (noise, sensitivity) in
+            [(Noise { epsilon: 1.5, clip: 1_000 }, 31.0), (Noise { epsilon: 3.0, clip: 1 << 32 }, 65_536.0)]
+        {
+            let epsilon = noise.epsilon / 6.0;
+            let bound = (40.0 * sensitivity / epsilon).ceil() as u64;
+            assert_eq!(noise.limb_bounds().unwrap(), [bound, bound]);
+            let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| noise.limbs(&mut rng).unwrap()).collect();
+            assert!(draws.iter().all(|d| d[0].unsigned_abs() <= bound && d[1].unsigned_abs() <= bound));
+            for limb in 0..LIMBS {
+                let (m, s) = stats(&draws.iter().map(|d| d[limb] as f64).collect::<Vec<_>>());
+                assert!(m.abs() < 0.02 * sd(epsilon, sensitivity), "{m}");
+                assert!((s / sd(epsilon, sensitivity) - 1.0).abs() < 0.03, "{s}");
+            }
+        }
         let large = Noise { epsilon: 3.0, clip: 1 << 32 };
-        let bounds = large.limb_bounds().unwrap();
-        assert_eq!(bounds, [(40.0f64 * 65_535.0 / 0.5).ceil() as u64, (40.0f64 * 65_536.0 / 0.5).ceil() as u64]);
-        let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| large.limbs(&mut rng).unwrap()).collect();
-        assert!(draws.iter().all(|d| d[0].unsigned_abs() <= bounds[0] && d[1].unsigned_abs() <= bounds[1]));
-        let (m_high, s_high) = stats(&draws.iter().map(|d| d[1] as f64).collect::<Vec<_>>());
-        assert!(m_high.abs() < 0.02 * sd(0.5, 65_536.0), "{m_high}");
-        assert!((s_high / sd(0.5, 65_536.0) - 1.0).abs() < 0.03, "{s_high}");
-        let (_, s_low) = stats(&draws.iter().map(|d| d[0] as f64).collect::<Vec<_>>());
-        assert!((s_low / sd(0.5, 65_535.0) - 1.0).abs() < 0.03, "{s_low}");
         // Reproducible from a seed.
         let again = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);

@@ -27,6 +27,18 @@ impl KindSet {
     pub fn contains(self, kind: Kind) -> bool {
         self.0 & (1 << kind as u8) != 0
     }
+    /// The set as one byte: bit `k` for the kind of value `k` (a run's stored
+    /// matches, `service::runs`).
+    #[cfg(feature = "server")]
+    pub(crate) fn bits(self) -> u8 {
+        self.0
+    }
+    /// The set of [`bits`](Self::bits), if it names only known kinds.
+    #[cfg(feature = "server")]
+    pub(crate) fn from_bits(bits: u8) -> Option<KindSet> {
+        let known = Kind::ALL.into_iter().fold(0u8, |all, kind| all | 1 << kind as u8);
+        (bits & !known == 0).then_some(KindSet(bits))
+    }
     /// `email`, `phone` or `email;phone`.
     pub fn joined(self) -> String {
         Kind::ALL.into_iter().filter(|&k| self.contains(k)).map(Kind::label).collect::<Vec<_>>().join(";")

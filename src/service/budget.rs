@@ -4,14 +4,22 @@
 //! the server's lifetime (never reset: the noise of repeated measurements averages
 //! away, so only a total bounds what a partner learns about one person). The file
 //! is replaced atomically (write to a temporary file, then rename).
+//!
+//! Several server processes may share one state file (README, "Several server
+//! processes"): every charge takes the exclusive lock of `<state_file>.lock`
+//! (`lockfile`), reads the file as it is now, decides, writes it back and only
+//! then releases the lock, so two processes never charge against the same copy.
+//! A state file that disappears after this process has seen it is an error, not a
+//! fresh start: deleting it must not hand every partner a new budget.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use super::audit::now_unix_ms;
+use super::lockfile;
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 struct Usage {
@@ -87,7 +95,9 @@ impl BudgetError {
 /// configuration reload changes them without losing what was used today.
 pub struct Budgets {
     path: PathBuf,
-    state: Mutex<State>,
+    lock: PathBuf,
+    /// Whether this process has read or written the file: from then on it must exist.
+    seen: AtomicBool,
 }
 
 /// A partner's daily allowance.
@@ -129,15 +139,32 @@ fn today() -> u64 {
 }
 
 impl Budgets {
-    /// Loads the state file (a missing file means nothing used yet).
+    /// Opens the state file (a missing file means nothing used yet), checking that
+    /// it can be read: a corrupt one stops the server at start.
     pub fn open(path: &Path) -> Result<Budgets, BudgetError> {
-        let state = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| BudgetError::Corrupt { path: path.to_owned(), reason: e.to_string() })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(BudgetError::State { path: path.to_owned(), reason: e.to_string() }),
-        };
-        Ok(Budgets { path: path.to_owned(), state: Mutex::new(state) })
+        let mut name = path.as_os_str().to_owned();
+        name.push(".lock");
+        let budgets = Budgets { path: path.to_owned(), lock: PathBuf::from(name), seen: AtomicBool::new(false) };
+        budgets.read()?;
+        Ok(budgets)
+    }
+
+    /// The state as it is on disk now (call with the lock held, or to check it).
+    fn read(&self) -> Result<State, BudgetError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => {
+                self.seen.store(true, Ordering::Relaxed);
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| BudgetError::Corrupt { path: self.path.clone(), reason: e.to_string() })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.seen.load(Ordering::Relaxed) => {
+                Ok(State::default())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(self.state_error("the file has disappeared since this server read it; restore it from a backup"))
+            }
+            Err(e) => Err(self.state_error(e)),
+        }
     }
 
     /// Charges one match of `identifiers` to `partner`, or refuses it.
@@ -179,11 +206,14 @@ impl Budgets {
         epsilon: Option<EpsilonCharge<'_>>,
         run: Option<&str>,
     ) -> Result<EpsilonSpent, BudgetError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Held to the end: the read, the decision and the write are one step for
+        // every process sharing the file.
+        let _lock = lockfile::exclusive(&self.lock).map_err(|e| self.state_error(e))?;
+        let mut state = self.read()?;
         let day = today();
         if state.day != day {
             let lifetime_epsilon = std::mem::take(&mut state.lifetime_epsilon);
-            *state = State { day, lifetime_epsilon, ..State::default() };
+            state = State { day, lifetime_epsilon, ..State::default() };
         }
         if let Some(run) = run
             && state.runs.get(partner).is_some_and(|runs| runs.contains(run))
@@ -239,7 +269,7 @@ impl Budgets {
         std::fs::write(&tmp, bytes)
             .and_then(|()| std::fs::rename(&tmp, &self.path))
             .map_err(|e| self.state_error(e))?;
-        *state = next;
+        self.seen.store(true, Ordering::Relaxed);
         Ok(spent)
     }
 
@@ -380,6 +410,52 @@ mod tests {
         b.charge_run("other", "00ff", 300, allow).unwrap();
         assert_eq!(b.charge("acme", 701, allow), Err(BudgetError::Identifiers(1000)));
         b.charge("acme", 700, allow).unwrap();
+    }
+
+    /// Two servers sharing one state file (two `Budgets` on one path, as two
+    /// processes would have): each charge sees the other's, also when they race.
+    #[test]
+    fn servers_sharing_a_state_file_share_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("budgets.json");
+        let allow = Allowance { matches: 1000, identifiers: 100 };
+        let (a, b) = (Budgets::open(&path).unwrap(), Budgets::open(&path).unwrap());
+        a.charge("acme", 40, allow).unwrap();
+        b.charge("acme", 40, allow).unwrap();
+        // Each alone has charged 40; together 80, so 30 more is over the 100.
+        assert_eq!(a.charge("acme", 30, allow), Err(BudgetError::Identifiers(100)));
+        assert_eq!(b.charge("acme", 30, allow), Err(BudgetError::Identifiers(100)));
+        // Racing: 2 × 200 charges of one match each against a budget of 250 matches.
+        let allow = Allowance { matches: 250, identifiers: u64::MAX };
+        let granted = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for budgets in [&a, &b] {
+                let granted = &granted;
+                scope.spawn(move || {
+                    for _ in 0..200 {
+                        if budgets.charge("racer", 1, allow).is_ok() {
+                            granted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(granted.load(Ordering::Relaxed), 250);
+        let state: State = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(state.partners["racer"].matches, 250);
+    }
+
+    /// Deleting the state file under a running server does not reset the budgets.
+    #[test]
+    fn a_state_file_deleted_while_serving_refuses_charges() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("budgets.json");
+        let allow = Allowance { matches: 1, identifiers: 100 };
+        let b = Budgets::open(&path).unwrap();
+        b.charge("acme", 10, allow).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let Err(err) = b.charge("acme", 10, allow) else { panic!("a deleted state file reset the budget") };
+        assert!(err.to_string().contains("disappeared"), "{err}");
     }
 
     #[test]

@@ -610,6 +610,17 @@ fn measurement_settings(m: &MeasurementConfig, id: &str) -> Result<MeasurementSe
     if m.value_max == Some(0) {
         return Err(err("value_max", "must be at least 1".into()));
     }
+    // The owner holds the values; a partner that learns figures of them must get
+    // them noised (issue 20): there is no exact release to another party.
+    if learner.partner_learns() && m.epsilon.is_none() {
+        return Err(err(
+            "epsilon",
+            format!(
+                "is required with learner `{}`: the partner learns figures of the owner's values, which are released to another party only with noise (also set value_max and the two epsilon budgets)",
+                learner.name()
+            ),
+        ));
+    }
     if let Some(e) = m.epsilon
         && !(laplace::MIN_EPSILON..=laplace::MAX_EPSILON).contains(&e)
     {
@@ -805,6 +816,8 @@ audience = "members.csv"
         let base = "[campaigns.measurement]\noutcomes = \"o.csv\"\n";
         let cases = [
             ("learner = \"everyone\"", "learner: unknown learner `everyone`"),
+            ("learner = \"partner\"", "epsilon: is required with learner `partner`: the partner learns figures"),
+            ("learner = \"both\"\nvalue_max = 10", "epsilon: is required with learner `both`"),
             ("min_aggregate = 0", "min_aggregate: must be at least 1"),
             ("value_column = \" \"", "value_column: must not be empty"),
             (

@@ -190,6 +190,7 @@ impl Service for MatchService {
                     reveal: hello.reveal,
                     run,
                     size: hello.partner_set_size,
+                    audience: campaign.audience_digest(),
                 };
                 Some(shared.runs.join(&shared.audit, &shard, session.idle).map_err(|e| e.status())?)
             }

@@ -255,6 +255,7 @@ impl Service for MeasureService {
             owner_people: record.owner_people.unwrap_or(0),
             max_frame_bytes: u32::try_from(max_frame).unwrap_or(u32::MAX),
             epsilon: settings.noise.map(|n| n.epsilon),
+            clip_value: settings.noise.map(|n| n.clip),
         };
         session.send(wire::MeasureOwnerMessage { body: Some(OwnerBody::Accept(accept)) })?;
         let mut frames = OwnerFrames::new(

@@ -19,14 +19,14 @@ use super::driver::{DriveError, Driven, INBOUND_QUEUE, Inbound, drive, error_kin
 use super::frames::PartnerFrames;
 use super::measure_wire::{FrameError, MEASURE_VERSION, MIN_FRAME_BYTES, SEND_FRAME_BYTES, learner_from_wire};
 use crate::measure::side::{PartnerSide, SideReport, partner_exposures};
-use crate::measure::stats::Measurement;
+use crate::measure::stats::{Measurement, Noise};
 use crate::measure::{self, Learner, laplace};
 use crate::normalize::Normalizer;
 use crate::optout::BadRows;
 use crate::output::{OutDir, OutputError, write_json};
 use crate::prepare;
 use crate::psi::ProtocolError;
-use crate::records::{ColumnSpec, Mode, ReadOptions};
+use crate::records::{ColumnSpec, MAX_VALUE, Mode, ReadOptions};
 use crate::token::Tokenizer;
 use crate::wire;
 use crate::wire::measure_owner_message::Body as OwnerBody;
@@ -213,6 +213,18 @@ async fn measure(
 
 type PartnerOutcome = (wire::MeasureAccept, Learner, Option<Measurement>);
 
+/// The noise an accept announces: an `epsilon` (checked by the caller) comes with
+/// the campaign's clip value, in `1..=2^32`, and no clip comes without one. The clip
+/// fixes where values are cut into limbs, so an accept without it is refused rather
+/// than guessed (docs/PROTOCOL.md §12.9, version 3).
+fn accept_noise(epsilon: Option<f64>, clip: Option<u64>) -> Result<Option<Noise>, FrameError> {
+    match (epsilon, clip) {
+        (None, None) => Ok(None),
+        (Some(epsilon), Some(clip)) if (1..=MAX_VALUE).contains(&clip) => Ok(Some(Noise { epsilon, clip })),
+        _ => Err(FrameError::Malformed("the accept's clip value is missing, unexpected or not in 1..=2^32")),
+    }
+}
+
 /// Reads the accept, runs the partner's role to its end and waits for the summary.
 #[allow(clippy::too_many_arguments)]
 fn run_partner(
@@ -239,8 +251,8 @@ fn run_partner(
     if accept.epsilon.is_some_and(|e| !(laplace::MIN_EPSILON..=laplace::MAX_EPSILON).contains(&e)) {
         return Err(FrameError::Malformed("the accept's epsilon is not a number from 2^-16 to 2^16").into());
     }
-    let config =
-        measure::PartnerConfig { min_aggregate: accept.min_aggregate, learner, epsilon: accept.epsilon, seed: None };
+    let noise = accept_noise(accept.epsilon, accept.clip_value)?;
+    let config = measure::PartnerConfig { min_aggregate: accept.min_aggregate, learner, noise, seed: None };
     let partner = measure::Partner::new(config, labels, group_records, exposures).map_err(FrameError::from)?;
     let send = SEND_FRAME_BYTES.min(accept.max_frame_bytes as usize);
     let mut frames = PartnerFrames::new(partner, bundles, accept.owner_people, MAX_DECODING - 1024, send);
@@ -254,4 +266,22 @@ fn run_partner(
         return Err(FrameError::Malformed("the owner sent no release").into());
     }
     Ok((accept, learner, release))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_accept_with_noise_carries_a_clip_and_one_without_carries_none() {
+        assert_eq!(accept_noise(None, None).unwrap(), None);
+        assert_eq!(accept_noise(Some(1.0), Some(1_000)).unwrap(), Some(Noise { epsilon: 1.0, clip: 1_000 }));
+        assert_eq!(accept_noise(Some(1.0), Some(MAX_VALUE)).unwrap(), Some(Noise { epsilon: 1.0, clip: MAX_VALUE }));
+        for (epsilon, clip) in
+            [(Some(1.0), None), (None, Some(5)), (Some(1.0), Some(0)), (Some(1.0), Some(MAX_VALUE + 1))]
+        {
+            let err = accept_noise(epsilon, clip).unwrap_err();
+            assert!(err.to_string().contains("clip value"), "{epsilon:?} {clip:?}: {err}");
+        }
+    }
 }

@@ -15,9 +15,12 @@ use crate::measure::{Learner, MeasureError};
 use crate::psi::message::ELEMENT_LEN;
 use crate::wire;
 
-/// Measurement protocol version over gRPC: 2, where learner `partner` decrypts on the
-/// partner's side (version 1 let the owner decrypt for it, and is refused).
-pub const MEASURE_VERSION: u32 = 2;
+/// Measurement protocol version over gRPC: 3, where the accept carries the clip and
+/// values are cut into limbs by it, so that every decryption share is noised for
+/// the largest limb of any value (version 2 cut at 16 bits and left the high limb's
+/// share without noise under a clip below 2^16; version 1 let the owner decrypt for
+/// learner `partner`). Older versions are refused.
+pub const MEASURE_VERSION: u32 = 3;
 /// Largest frame either side sends (smaller when the peer accepts less).
 pub const SEND_FRAME_BYTES: usize = 1 << 20;
 /// Smallest frame limit a side may announce.

@@ -22,7 +22,9 @@
 //! - `measure` (the `Measurer` service: one campaign measurement per stream),
 //!   `frames` (the measurement roles over frames, shared with the client) and
 //!   `measure_wire` (measurement messages ↔ frames: encoding, decoding, bounds);
-//! - `audit`, `budget`, `metrics`: the audit log, daily budgets, Prometheus.
+//! - `audit`, `budget`, `metrics`: the audit log, daily budgets, Prometheus;
+//!   `lockfile`: the lock that lets several server processes share the budget
+//!   state and the runs.
 
 // The clients (feature `client`)...
 pub mod client;
@@ -48,6 +50,8 @@ mod budget;
 pub mod config;
 #[cfg(feature = "server")]
 mod error;
+#[cfg(feature = "server")]
+mod lockfile;
 #[cfg(feature = "server")]
 mod matcher;
 #[cfg(feature = "server")]

@@ -25,7 +25,8 @@ pub(crate) struct Shared {
     pub budgets: Budgets,
     pub metrics: Arc<Metrics>,
     pub slots: Slots,
-    /// Sharded match runs, in this process's memory only (see `runs`).
+    /// Sharded match runs, in a registry shared by the processes that share the
+    /// budget state (see `runs`).
     pub runs: Runs,
 }
 
@@ -97,6 +98,8 @@ impl Shared {
         };
         let optouts = Arc::new(OptOuts { store, digester });
         let budgets = Budgets::open(&config.state_file)?;
+        let runs_dir = super::runs::registry_dir(&config.state_file);
+        let runs = Runs::open(&runs_dir).map_err(|source| ServeError::Io { path: runs_dir, source })?;
         let state = State::load(config, &optouts).await?;
         Ok(Shared {
             state: RwLock::new(Arc::new(state)),
@@ -105,7 +108,7 @@ impl Shared {
             budgets,
             metrics: Arc::new(Metrics::default()),
             slots: Slots::default(),
-            runs: Runs::default(),
+            runs,
         })
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tracing::{info, warn};
@@ -36,6 +36,8 @@ pub(crate) struct Campaign {
     key: Key,
     /// The shard of each audience entry under the last `N` a run asked for.
     shards: Mutex<Option<(u32, Arc<Vec<u16>>)>>,
+    /// [`Campaign::audience_digest`], computed at the first sharded run.
+    audience_digest: OnceLock<String>,
 }
 
 impl Campaign {
@@ -53,6 +55,26 @@ impl Campaign {
         let assignment = Arc::new(crate::shard::assignment(&self.records, &ShardRule::new(&self.key, shards)));
         *cached = Some((shards.get(), assignment.clone()));
         assignment
+    }
+
+    /// SHA-256 (hex) of the audience as loaded: its record count and every entry's
+    /// token, record index and kind, in order. The streams of one run may be served
+    /// by several server processes, and the owner's matches of their shards are
+    /// merged by record index, so every process must hold the same audience: the
+    /// run compares this digest (`runs`). It names no identifier (the tokens are
+    /// keyed); computed once per loaded configuration.
+    pub fn audience_digest(&self) -> &str {
+        self.audience_digest.get_or_init(|| {
+            use sha2::Digest;
+            let mut hash = sha2::Sha256::new();
+            hash.update((self.records.len() as u64).to_be_bytes());
+            for entry in self.records.entries() {
+                hash.update(entry.token.0);
+                hash.update(entry.record.to_be_bytes());
+                hash.update([entry.kind as u8]);
+            }
+            hex::encode(hash.finalize())
+        })
     }
 }
 
@@ -148,6 +170,7 @@ fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campai
         optouts: Mutex::new(None),
         key,
         shards: Mutex::new(None),
+        audience_digest: OnceLock::new(),
     })
 }
 

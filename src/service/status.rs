@@ -129,7 +129,7 @@ fn measure_status(error: &MeasureError, message: String) -> Status {
         | TooManyIdentifiers(_) => Status::invalid_argument(message),
         GroupTooSmall { .. } => Status::failed_precondition(message),
         Unexpected { .. } | Failed => Status::failed_precondition(message),
-        ValueTooLarge | Rng(_) | Noise(_) | Stalled => {
+        ValueTooLarge | ValueAboveClip | Rng(_) | Noise(_) | Stalled => {
             error!(error = %error, "the measurement failed on the owner's side");
             Status::internal("the owner could not continue the measurement")
         }
