@@ -1,7 +1,7 @@
 """deploy/: the Kubernetes examples parse, and follow the rules deploy/README.md
-states (non-root, private secrets, one run per Indexed Job with --shard
-$(JOB_COMPLETION_INDEX)/N and a shared run id, the server's configuration valid
-for `idmatch serve`)."""
+states (non-root, private secrets, server processes sharing their state, one run
+per Indexed Job with --shard $(JOB_COMPLETION_INDEX)/N and a shared run id, the
+server's configuration valid for `idmatch serve`)."""
 
 from __future__ import annotations
 
@@ -41,16 +41,30 @@ def check_pod(pod: dict) -> None:
 def test_the_server_example(idmatch_bin: Path, tmp_path: Path) -> None:
     docs = documents("server.yaml")
     assert set(docs) == {"ConfigMap", "Secret", "StatefulSet", "Service"}
-    assert docs["StatefulSet"]["spec"]["replicas"] == 1
+    # Several processes share the budget state, the run registry and the results
+    # (README, "Several server processes"); each keeps its own audit log.
+    spec = docs["StatefulSet"]["spec"]
+    assert spec["replicas"] >= 2
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    assert "persistentVolumeClaim" in volumes["state"]
+    assert [t["metadata"]["name"] for t in spec["volumeClaimTemplates"]] == ["audit"]
+    mounts = {m["name"]: m["mountPath"] for m in spec["template"]["spec"]["containers"][0]["volumeMounts"]}
     check_pod(docs["StatefulSet"]["spec"]["template"]["spec"])
     container = docs["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["serve", "--config", "/etc/idmatch/server.toml"]
     config = docs["ConfigMap"]["data"]["server.toml"]
+    for setting, volume in (("state_file", "state"), ("results_dir", "state"), ("audit_log", "audit")):
+        path = re.search(rf'^{setting} = "([^"]+)"', config, re.M).group(1)
+        assert path.startswith(mounts[volume] + "/"), (setting, path)
     # The configuration is the server's own format: `idmatch serve` parses and
     # validates it, and stops only at the first file that exists in the cluster alone.
     # On a free loopback port instead of the cluster's 0.0.0.0:7443.
     assert 'listen = "0.0.0.0:7443"' in config and 'metrics_listen = "0.0.0.0:9464"' in config
     config = config.replace('"0.0.0.0:7443"', '"127.0.0.1:0"').replace('"0.0.0.0:9464"', '"127.0.0.1:0"')
+    # The pod's writable volumes, here.
+    for volume in ("state", "audit"):
+        (tmp_path / volume).mkdir()
+        config = config.replace(f'"{mounts[volume]}/', f'"{tmp_path / volume}/')
     (tmp_path / "server.toml").write_text(config)
     out = subprocess.run([str(idmatch_bin), "serve", "--config", str(tmp_path / "server.toml")],
                          capture_output=True, text=True, timeout=60)
