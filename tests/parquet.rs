@@ -472,3 +472,63 @@ fn unsigned_ids_read_as_unsigned_and_an_unused_nested_column_is_no_error() {
     assert!(text(&out.stderr).contains("column `tags` is a nested field (a list)"), "{}", text(&out.stderr));
     assert!(!refused.exists());
 }
+
+/// The server's audience and the partner's client input as Parquet: the partner's
+/// matches are those of the same tables as CSV.
+#[test]
+fn a_server_audience_and_a_partner_input_may_be_parquet() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = keygen(d);
+    let [(owner_csv, owner_pq), (partner_csv, partner_pq)] = inputs(d, Compression::ZSTD(ZstdLevel::default()));
+    common::write(d, "token", "parquet-test-token");
+    let token_sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"parquet-test-token"))
+    };
+    let campaign = |id: &str, audience: &Path| {
+        format!(
+            "[[campaigns]]\nid = \"{id}\"\nkey_file = \"{key}\"\naudience = \"{}\"\nregion = \"US\"\n",
+            audience.display()
+        )
+    };
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nresults_dir = \"results\"\naudit_log = \"audit.jsonl\"\nstate_file = \"budgets.json\"\n\
+         [limits]\nmin_partner_set = 100\n\
+         [[partners]]\nname = \"acme\"\ntoken_sha256 = \"{token_sha}\"\ncampaigns = [\"csv\", \"parquet\"]\nreveals = [\"partner\"]\n\
+         {}{}",
+        campaign("csv", &owner_csv),
+        campaign("parquet", &owner_pq),
+    );
+    let config_path = common::write(d, "server.toml", &config);
+    let server = common::server::serve(&config_path);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let run = |campaign: &str, input: &Path, output: &str| {
+        let output = d.join(output);
+        let out = idmatch(&[
+            "match",
+            "--server",
+            &url,
+            "--campaign",
+            campaign,
+            "--key-file",
+            &key,
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--token-file",
+            d.join("token").to_str().unwrap(),
+            "--region",
+            "US",
+            "--reveal",
+            "partner",
+        ]);
+        assert!(out.status.success(), "{campaign} {}: {}", input.display(), text(&out.stderr));
+        std::fs::read(output).unwrap()
+    };
+    let want = run("csv", &partner_csv, "csv.csv");
+    assert!(text(&want).lines().count() > 100, "{}", text(&want));
+    assert!(run("parquet", &partner_pq, "parquet.csv") == want, "both sides Parquet");
+    assert!(run("csv", &partner_pq, "mixed.csv") == want, "the partner's side Parquet");
+}

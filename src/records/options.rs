@@ -152,13 +152,16 @@ pub enum ParquetProblem {
         /// Its type, as Parquet names it.
         found: String,
     },
-    /// A page of a column could not be decoded.
+    /// A row group, or a page of one of its columns, could not be decoded.
     #[cfg(feature = "parquet")]
-    #[error("row group {row_group}, column `{column}`, from row {row}: {source}")]
+    #[error(
+        "row group {row_group}{column}, from row {row}: {source}",
+        column = if column.is_empty() { String::new() } else { format!(", column `{column}`") }
+    )]
     Decode {
         /// The row group, from 0.
         row_group: usize,
-        /// The column's name, as in the schema.
+        /// The column's name, as in the schema; empty when the row group itself failed.
         column: String,
         /// The first row of the batch being read, from 1 across the file.
         row: u64,
@@ -176,10 +179,13 @@ pub enum ParquetProblem {
         row: u64,
     },
     /// The Parquet decoder panicked (a damaged file it does not catch).
-    #[error("row group {row_group}: the Parquet decoder failed on this row group (the file is damaged)")]
+    #[error(
+        "the Parquet decoder failed on {part} (the file is damaged)",
+        part = row_group.map_or_else(|| "the footer".to_owned(), |g| format!("row group {g}"))
+    )]
     Panicked {
-        /// The row group, from 0.
-        row_group: usize,
+        /// The row group, from 0; `None`: the footer.
+        row_group: Option<usize>,
     },
 }
 

@@ -84,7 +84,7 @@ impl ParquetInput {
         let reader = catch_unwind(AssertUnwindSafe(|| SerializedFileReader::new(file)))
             .map_err(|_| ReadError::Parquet {
                 path: path.to_owned(),
-                problem: ParquetProblem::Panicked { row_group: 0 },
+                problem: ParquetProblem::Panicked { row_group: None },
             })?
             .map_err(footer)?;
         let schema = reader.metadata().file_metadata().schema_descr_ptr();
@@ -137,7 +137,7 @@ impl ParquetInput {
         let problem = match sent {
             Ok(Ok(())) => return,
             Ok(Err(problem)) => problem,
-            Err(_) => ParquetProblem::Panicked { row_group },
+            Err(_) => ParquetProblem::Panicked { row_group: Some(row_group) },
         };
         let _ = full.send(Err(ReadError::Parquet { path: path.to_owned(), problem }));
     }
@@ -162,22 +162,26 @@ impl ParquetInput {
         let mut number = Vec::new();
         for g in 0..metadata.num_row_groups() {
             *row_group = g;
-            let group = self.reader.get_row_group(g).map_err(|source| self.decode(g, 0, row + 1, source))?;
+            let group = self.reader.get_row_group(g).map_err(|source| self.decode(g, None, row + 1, source))?;
             let mut columns = Vec::with_capacity(self.used.len());
             for (i, &(field, leaf)) in self.used.iter().enumerate() {
                 let reader =
-                    group.get_column_reader(leaf.column).map_err(|source| self.decode(g, i, row + 1, source))?;
+                    group.get_column_reader(leaf.column).map_err(|source| self.decode(g, Some(i), row + 1, source))?;
                 let column = Column::new(reader, leaf).ok_or_else(|| ParquetProblem::ColumnType {
                     column: self.names[field].clone(),
                     found: "of another physical type in this row group".to_owned(),
                 })?;
                 columns.push(column);
             }
-            let mut left = u64::try_from(group.metadata().num_rows()).unwrap_or(0);
+            let rows = group.metadata().num_rows();
+            let mut left = u64::try_from(rows).map_err(|_| {
+                let source = parquet::errors::ParquetError::General(format!("the metadata gives {rows} rows"));
+                self.decode(g, None, row + 1, source)
+            })?;
             while left > 0 {
                 let want = left.min(BATCH_ROWS as u64) as usize;
                 for (i, column) in columns.iter_mut().enumerate() {
-                    let got = column.fill(want).map_err(|source| self.decode(g, i, row + 1, source))?;
+                    let got = column.fill(want).map_err(|source| self.decode(g, Some(i), row + 1, source))?;
                     if got < want {
                         return Err(ParquetProblem::ShortColumn {
                             row_group: g,
@@ -218,9 +222,10 @@ impl ParquetInput {
         Ok(())
     }
 
-    /// A decoding error in row group `g`, in the `i`th used column.
-    fn decode(&self, g: usize, i: usize, row: u64, source: parquet::errors::ParquetError) -> ParquetProblem {
-        let column = self.used.get(i).map_or_else(String::new, |&(field, _)| self.names[field].clone());
+    /// A decoding error in row group `g`, in the `i`th used column (`None`: the row
+    /// group itself).
+    fn decode(&self, g: usize, i: Option<usize>, row: u64, source: parquet::errors::ParquetError) -> ParquetProblem {
+        let column = i.map_or_else(String::new, |i| self.names[self.used[i].0].clone());
         ParquetProblem::Decode { row_group: g, column, row, source }
     }
 }
