@@ -15,7 +15,7 @@ use std::sync::Arc;
 use common::{idmatch, keygen, local_match, text};
 use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, Int32Type, Int64Type};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
@@ -41,15 +41,18 @@ impl Column {
     }
 }
 
-/// Writes `columns` (in the order of `schema`'s fields, all optional, none nested
-/// unless the schema says so) to `path`, `rows_per_group` rows per row group.
+/// Writes `columns` (in the order of `schema`'s fields) to `path`, `rows_per_group`
+/// rows per row group, with dictionary pages where they pay off.
 fn write_parquet(path: &Path, schema: &str, columns: &[Column], compression: Compression, rows_per_group: usize) {
+    let props =
+        WriterProperties::builder().set_compression(compression).set_max_row_group_row_count(Some(rows_per_group));
+    write_parquet_with(path, schema, columns, props.build());
+}
+
+/// Writes `columns` to `path` under `props`.
+fn write_parquet_with(path: &Path, schema: &str, columns: &[Column], props: WriterProperties) {
+    let rows_per_group = props.max_row_group_row_count().unwrap();
     let schema = Arc::new(parse_message_type(schema).unwrap());
-    let props = WriterProperties::builder()
-        .set_compression(compression)
-        .set_max_row_group_row_count(Some(rows_per_group))
-        .set_dictionary_enabled(true)
-        .build();
     let mut writer = SerializedFileWriter::new(File::create(path).unwrap(), schema, Arc::new(props)).unwrap();
     let rows = columns[0].len();
     let mut start = 0;
@@ -279,22 +282,30 @@ fn parquet_gives_the_shards_matches_and_tokens_csv_gives() {
 }
 
 #[test]
-fn every_codec_warehouses_write_reads_the_same_and_the_magic_is_enough() {
+fn every_codec_and_page_kind_warehouses_write_reads_the_same_and_the_magic_is_enough() {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path());
     let [(owner_csv, _), _] = inputs(dir.path(), Compression::UNCOMPRESSED);
     let want_dir = dir.path().join("want");
     assert!(shard(&key, &owner_csv, &want_dir, &[]).status.success());
     let want = files(&want_dir);
-    for (name, compression) in [
-        ("uncompressed", Compression::UNCOMPRESSED),
-        ("zstd", Compression::ZSTD(ZstdLevel::default())),
-        ("gzip", Compression::GZIP(GzipLevel::default())),
-        ("lz4", Compression::LZ4_RAW),
+    // Dictionary or plain pages, version 1 or 2 data pages.
+    for (name, compression, dictionary, version) in [
+        ("uncompressed-plain", Compression::UNCOMPRESSED, false, WriterVersion::PARQUET_1_0),
+        ("zstd", Compression::ZSTD(ZstdLevel::default()), true, WriterVersion::PARQUET_1_0),
+        ("gzip-v2", Compression::GZIP(GzipLevel::default()), true, WriterVersion::PARQUET_2_0),
+        ("lz4-plain-v2", Compression::LZ4_RAW, false, WriterVersion::PARQUET_2_0),
+        ("lz4-hadoop", Compression::LZ4, true, WriterVersion::PARQUET_1_0),
     ] {
+        let props = WriterProperties::builder()
+            .set_compression(compression)
+            .set_dictionary_enabled(dictionary)
+            .set_writer_version(version)
+            .set_max_row_group_row_count(Some(700))
+            .build();
         // Not named .parquet: found by its PAR1 magic.
         let path = dir.path().join(format!("owner-{name}.data"));
-        write_parquet(&path, OWNER_SCHEMA, &owner_table(), compression, 700);
+        write_parquet_with(&path, OWNER_SCHEMA, &owner_table(), props);
         let out_dir = dir.path().join(name);
         let out = shard(&key, &path, &out_dir, &[]);
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));

@@ -86,8 +86,9 @@ impl Input {
         }
     }
 
-    /// The parsing thread: fills the recycled batches from `free` and sends them on
-    /// `full`, in order; a batch shorter than [`BATCH_ROWS`] is the last.
+    /// The parsing thread: fills the recycled batches from `free` (at most
+    /// [`BATCH_ROWS`] rows each) and sends them on `full`, in order, then returns,
+    /// which closes `full`; an error is the last thing sent.
     pub(super) fn send_rows(self, path: &Path, full: Batches, free: Receiver<Vec<RawRow>>, progress: Arc<dyn Meter>) {
         match self {
             Input::Text(csv) => send_csv_rows(path, csv, full, free, progress),
