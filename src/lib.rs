@@ -14,7 +14,7 @@
 //! # Layout
 //!
 //! Data flows one way:
-//! CSV rows → [`records`] → [`normalize`] → [`token`] → [`optout`] filter →
+//! CSV or Parquet rows → [`records`] → [`normalize`] → [`token`] → [`optout`] filter →
 //! [`prepare`]d side → [`psi`] (blind, exchange, re-blind) or [`measure`] → matches
 //! or figures → output files.
 //!
@@ -22,10 +22,11 @@
 //!   with machine-readable reject reasons.
 //! - [`key`]: 32-byte secret keys and key files (redacted, zeroized).
 //! - [`token`]: keyed tokens, `HMAC-SHA256(key, kind ":" normalized)`.
-//! - [`records`]: CSV/TSV reading (parsing on one thread, normalizing and
-//!   tokenizing on all cores) with column detection and a [`records::Mode`] per kind
-//!   of file (match, export, outcomes, exposures, list), record sets of tokens,
-//!   reject reports.
+//! - [`records`]: CSV/TSV and Parquet reading (parsing on one thread, normalizing
+//!   and tokenizing on all cores; a Parquet file's rows, decoded by the `parquet`
+//!   feature's column reader, go through the same per-row work as CSV rows) with
+//!   column detection and a [`records::Mode`] per kind of file (match, export,
+//!   outcomes, exposures, list), record sets of tokens, reject reports.
 //! - [`optout`]: the opt-out source trait, the file-backed list, and the durable
 //!   SQLite opt-out store (`optout::store`).
 //! - [`psi`]: the matching engine: group operations, protocol messages, one state

@@ -428,7 +428,9 @@ fn check_unique_ids(scratch: &Scratch, side: Side, input: &Path, spilled: &Spill
         .collect::<Result<Vec<_>, LocalMatchFailure>>()?;
     match repeats.into_iter().flatten().min() {
         Some((line, first_line)) => {
-            Err(PrepareError::Read(ReadError::DuplicateId { path: input.to_owned(), line, first_line }).into())
+            let numbering = spilled.numbering;
+            Err(PrepareError::Read(ReadError::DuplicateId { path: input.to_owned(), numbering, line, first_line })
+                .into())
         }
         None => Ok(()),
     }

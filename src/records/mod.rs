@@ -1,5 +1,5 @@
-//! Records read from CSV or TSV files: each record is an id plus the keyed tokens of
-//! its valid identifiers.
+//! Records read from CSV, TSV or Parquet files (`input` tells them apart): each
+//! record is an id plus the keyed tokens of its valid identifiers.
 //!
 //! Memory invariant: a [`RecordSet`] holds, per identifier, one [`Entry`] (32-byte
 //! token, record index and kind) and, per record, its id text; never the raw file
@@ -7,7 +7,10 @@
 //! into the set is counted in [`ReadStats`] and, if asked, written to a reject report.
 
 mod columns;
+mod input;
 mod options;
+#[cfg(feature = "parquet")]
+mod parquet;
 mod reader;
 mod rejects;
 mod row;
@@ -19,7 +22,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use columns::{ColumnError, ColumnMap, ColumnSpec};
-pub use options::{BadRows, Mode, ReadError, ReadOptions};
+pub use options::{BadRows, Mode, Numbering, ParquetProblem, ReadError, ReadOptions};
 pub use reader::{read, read_rows};
 pub(crate) use reader::{read_digested, read_tokens};
 pub use rejects::{RejectWriteError, RejectWriter};

@@ -1,6 +1,7 @@
 //! What a read of one input file is asked for and how it fails: the file's
 //! [`Mode`], the [`ReadOptions`], what to do with a list's [`BadRows`], and
-//! [`ReadError`]. The reader (`reader`), the per-row work (`row`) and the assembly in
+//! [`ReadError`] (with [`ParquetProblem`] for what only a Parquet file can get
+//! wrong, and the [`Numbering`] its positions are given in). The reader (`reader`), the per-row work (`row`) and the assembly in
 //! file order (`sink`) all take these; none of them owns them.
 
 use std::path::PathBuf;
@@ -101,6 +102,93 @@ impl ReadOptions {
     }
 }
 
+/// What the positions of a file's rows count, in errors, reject reports and the
+/// record ids of a file without an id column.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Numbering {
+    /// Lines of a CSV/TSV file: the header is line 1, a row is named by the line it
+    /// starts on.
+    #[default]
+    Lines,
+    /// Rows of a Parquet file, from 1 across its row groups (it has no header row).
+    Rows,
+}
+
+impl std::fmt::Display for Numbering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Numbering::Lines => "line",
+            Numbering::Rows => "row",
+        })
+    }
+}
+
+/// What is wrong with a Parquet file (see [`ReadError::Parquet`]). Row groups are
+/// counted from 0, as Parquet tools count them; rows from 1.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParquetProblem {
+    /// The file is Parquet (by its `.parquet` name or its `PAR1` magic), and this
+    /// build has no Parquet reader.
+    #[error(
+        "this is a Parquet file (named .parquet, or starting with the PAR1 magic), and this idmatch was built without Parquet support (cargo feature `parquet`)"
+    )]
+    NotBuilt,
+    /// Standard input starts with the `PAR1` magic: Parquet needs a file.
+    #[error("a Parquet file cannot be read from standard input (its footer, at the end, is read first): give its path")]
+    Stdin,
+    /// The footer (schema and row groups) cannot be read: truncated, damaged, or
+    /// not Parquet at all.
+    #[cfg(feature = "parquet")]
+    #[error("not a readable Parquet file (truncated, damaged, or not Parquet at all): {0}")]
+    Footer(parquet::errors::ParquetError),
+    /// A column the read uses is of a type idmatch does not read.
+    #[error(
+        "column `{column}` is {found}; the columns idmatch reads must hold strings (UTF8) or integers (a null is a blank cell)"
+    )]
+    ColumnType {
+        /// The column's name, as in the schema.
+        column: String,
+        /// Its type, as Parquet names it.
+        found: String,
+    },
+    /// A row group, or a page of one of its columns, could not be decoded.
+    #[cfg(feature = "parquet")]
+    #[error(
+        "row group {row_group}{column}, from row {row}: {source}",
+        column = if column.is_empty() { String::new() } else { format!(", column `{column}`") }
+    )]
+    Decode {
+        /// The row group, from 0.
+        row_group: usize,
+        /// The column's name, as in the schema; empty when the row group itself failed.
+        column: String,
+        /// The first row of the batch being read, from 1 across the file.
+        row: u64,
+        /// The decoder's error.
+        source: parquet::errors::ParquetError,
+    },
+    /// A column holds fewer rows than its row group's metadata says.
+    #[error("row group {row_group}, column `{column}`: the column ends at row {row}, before the row group does")]
+    ShortColumn {
+        /// The row group, from 0.
+        row_group: usize,
+        /// The column's name, as in the schema.
+        column: String,
+        /// The first row the column does not have, from 1 across the file.
+        row: u64,
+    },
+    /// The Parquet decoder panicked (a damaged file it does not catch).
+    #[error(
+        "the Parquet decoder failed on {part} (the file is damaged)",
+        part = row_group.map_or_else(|| "the footer".to_owned(), |g| format!("row group {g}"))
+    )]
+    Panicked {
+        /// The row group, from 0; `None`: the footer.
+        row_group: Option<usize>,
+    },
+}
+
 /// Why a file could not be read. Identifier-level problems are not errors: they are
 /// counted and reported.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +209,14 @@ pub enum ReadError {
         path: PathBuf,
         /// The underlying I/O error.
         source: std::io::Error,
+    },
+    /// A Parquet file could not be read.
+    #[error("{path}: {problem}")]
+    Parquet {
+        /// The input file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: ParquetProblem,
     },
     /// The CSV parser failed (an I/O error while reading, or malformed CSV).
     #[error("{path}: line {line}: {source}")]
@@ -164,13 +260,15 @@ pub enum ReadError {
     },
     /// With [`Mode::List`]`(`[`BadRows::Refuse`]`)`: the first bad row or rejected identifier.
     #[error(
-        "{path}: line {line}{column}: {reason}; this file must be read completely, so nothing was used (fix the row, or explicitly choose to skip bad rows)",
+        "{path}: {numbering} {line}{column}: {reason}; this file must be read completely, so nothing was used (fix the row, or explicitly choose to skip bad rows)",
         column = if column.is_empty() { String::new() } else { format!(", column `{column}`") }
     )]
     Incomplete {
         /// The input file.
         path: PathBuf,
-        /// Line of the offending row.
+        /// What `line` counts.
+        numbering: Numbering,
+        /// Line (or Parquet row) of the offending row.
         line: u64,
         /// The offending column's (cleaned) header name; empty for a whole-row problem.
         column: String,
@@ -179,14 +277,16 @@ pub enum ReadError {
     },
     /// With [`Mode::Match`]: the earliest row whose id repeats an earlier row's id.
     #[error(
-        "{path}: line {line}: the record id repeats the id of line {first_line}; match results name records by id, so ids must be unique (merge or renumber the rows)"
+        "{path}: {numbering} {line}: the record id repeats the id of {numbering} {first_line}; match results name records by id, so ids must be unique (merge or renumber the rows)"
     )]
     DuplicateId {
         /// The input file.
         path: PathBuf,
-        /// Line of the repeating row.
+        /// What `line` and `first_line` count.
+        numbering: Numbering,
+        /// Line (or Parquet row) of the repeating row.
         line: u64,
-        /// Line of the row whose id it repeats.
+        /// Line (or Parquet row) of the row whose id it repeats.
         first_line: u64,
     },
     /// The reject report could not be written.

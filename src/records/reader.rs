@@ -1,7 +1,7 @@
-//! Reading a CSV/TSV file into a [`RecordSet`].
+//! Reading a CSV/TSV or Parquet file into a [`RecordSet`].
 //!
-//! A reader thread parses the file into batches of raw rows (recycled, so parsing
-//! allocates little); the calling thread has each batch normalized and tokenized on
+//! A reader thread parses the file into batches of raw rows (`input`; recycled, so
+//! parsing allocates little); the calling thread has each batch normalized and tokenized on
 //! all cores with rayon (the per-row work: `row`) and appends the results in file
 //! order (`sink`).
 //!
@@ -9,25 +9,20 @@
 //! counts) without building a set: it hands each record to a callback and keeps
 //! nothing, so its memory does not grow with the file.
 
-use std::io::{BufReader, Read};
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
 
-use super::options::{BadRows, Mode, ReadError, ReadOptions};
+use super::input::{BATCH_ROWS, Input};
+use super::options::{BadRows, Mode, Numbering, ReadError, ReadOptions};
 use super::row::{Chunk, RawRow, Worker, resolve_extra};
 use super::sink::{Row, Sink, Visit, count_duplicates, duplicate_ids};
-use super::source::{Source, limit_exceeded};
 use super::{FilterDigests, ReadStats, RecordSet, RejectWriter};
 use crate::key::Key;
-use crate::progress::{self, Meter, Unit};
+use crate::progress::{self, Unit};
 use crate::token::Tokenizer;
-
-/// Rows per batch handed from the parser thread to the workers.
-const BATCH_ROWS: usize = 8192;
 /// Rows per worker task: each task's results share a few vectors ([`Chunk`]), so
 /// reading allocates per chunk, not per row.
 const CHUNK_ROWS: usize = 256;
@@ -97,16 +92,7 @@ fn read_with(
     mut options: ReadOptions,
     visit: Option<&mut Visit<'_>>,
 ) -> Result<RecordSet, ReadError> {
-    let open_err = |source: std::io::Error| match limit_exceeded(&source) {
-        Some(limit) => ReadError::TooLarge { path: path.to_owned(), limit: limit.clone() },
-        None => ReadError::Open { path: path.to_owned(), source },
-    };
-    let (source, file_len) = Source::open(path, options.limits).map_err(open_err)?;
-    let mut input = BufReader::with_capacity(64 << 10, source);
-    let delimiter = sniff_delimiter(path, &mut input).map_err(open_err)?;
-    let mut csv = csv::ReaderBuilder::new().delimiter(delimiter).flexible(true).has_headers(true).from_reader(input);
-    let header: Vec<String> =
-        csv.headers().map_err(|source| csv_error(path, 1, source))?.iter().map(str::to_owned).collect();
+    let (mut input, header, file_len) = Input::open(path, options.limits)?;
     if header.is_empty() || header.iter().all(|h| h.trim().is_empty()) {
         return Err(ReadError::NoHeader { path: path.to_owned() });
     }
@@ -117,6 +103,9 @@ fn read_with(
 
     let extra =
         resolve_extra(&columns, &options).map_err(|source| ReadError::Columns { path: path.to_owned(), source })?;
+    let used: Vec<usize> = columns.used().chain(extra.value).chain(extra.group).collect();
+    input.select(path, &used)?;
+    let numbering = input.numbering();
 
     let progress =
         progress::start(options.progress.as_ref(), &format!("reading {}", path.display()), file_len, Unit::Bytes);
@@ -132,17 +121,19 @@ fn read_with(
         group_index: std::collections::HashMap::new(),
         rejects: options.rejects.take(),
         path,
+        numbering,
         complete: options.mode == Mode::List(BadRows::Refuse),
         visit,
     };
 
-    let (full_tx, full_rx) = sync_channel::<Result<Vec<RawRow>, (u64, csv::Error)>>(2);
+    let (full_tx, full_rx) = sync_channel::<Result<Vec<RawRow>, ReadError>>(2);
     let (free_tx, free_rx) = sync_channel::<Vec<RawRow>>(4);
     for _ in 0..3 {
         let _ = free_tx.send(Vec::with_capacity(BATCH_ROWS));
     }
     let worker = Worker {
         list: options.mode.list(),
+        quoted: numbering == Numbering::Lines,
         columns: &columns,
         extra,
         normalizer: &options.normalizer,
@@ -157,14 +148,14 @@ fn read_with(
         // waiting on either, ends; the scope can then join it instead of hanging.
         let (full_rx, free_tx) = (full_rx, free_tx);
         let bar = progress.clone();
-        scope.spawn(move || parse_rows(csv, full_tx, free_rx, bar));
+        scope.spawn(move || input.send_rows(path, full_tx, free_rx, bar));
         // Batch n+1 is normalized on the pool while this thread appends batch n.
         let mut pending: Vec<Chunk> = Vec::new();
         let append = |sink: &mut Sink, chunks: &[Chunk]| {
             chunks.iter().flat_map(Chunk::parts).try_for_each(|row| sink.append(row))
         };
         for batch in full_rx {
-            let batch = batch.map_err(|(line, source)| csv_error(path, line, source))?;
+            let batch = batch?;
             let (outs, appended) = rayon::join(
                 || batch.par_chunks(CHUNK_ROWS).map_init(String::new, |buf, rows| worker.chunk(rows, buf)).collect(),
                 || append(&mut sink, &pending),
@@ -182,7 +173,7 @@ fn read_with(
         let (count, first) = duplicate_ids(&set, ids);
         set.stats.duplicate_ids = count;
         if let (Mode::Match, Some((line, first_line))) = (&options.mode, first) {
-            return Err(ReadError::DuplicateId { path: path.to_owned(), line, first_line });
+            return Err(ReadError::DuplicateId { path: path.to_owned(), numbering, line, first_line });
         }
     }
     set.filter_digests = digests;
@@ -192,67 +183,13 @@ fn read_with(
     Ok(set)
 }
 
-/// The error for a failed parse at `line`: a limit of the input, or the parser's.
-fn csv_error(path: &Path, line: u64, source: csv::Error) -> ReadError {
-    if let csv::ErrorKind::Io(io) = source.kind()
-        && let Some(limit) = limit_exceeded(io)
-    {
-        return ReadError::TooLarge { path: path.to_owned(), limit: limit.clone() };
-    }
-    ReadError::Csv { path: path.to_owned(), line, source }
-}
-
-/// `.tsv`/`.tab` files are tab-separated; otherwise a first line with tabs and no
-/// commas is taken as TSV; anything else is CSV.
-fn sniff_delimiter(path: &Path, input: &mut BufReader<Source>) -> std::io::Result<u8> {
-    use std::io::BufRead;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    if ext == "tsv" || ext == "tab" {
-        return Ok(b'\t');
-    }
-    let head = input.fill_buf()?;
-    let first_line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
-    Ok(if first_line.contains(&b'\t') && !first_line.contains(&b',') { b'\t' } else { b',' })
-}
-
-/// The parser thread: fills recycled batches and sends them on, in order.
-fn parse_rows<R: Read>(
-    mut csv: csv::Reader<R>,
-    full: SyncSender<Result<Vec<RawRow>, (u64, csv::Error)>>,
-    free: Receiver<Vec<RawRow>>,
-    progress: Arc<dyn Meter>,
-) {
-    let mut spare: Vec<csv::ByteRecord> = Vec::new();
-    for mut batch in free {
-        spare.extend(batch.drain(..).map(|row| row.record));
-        while batch.len() < BATCH_ROWS {
-            let mut record = spare.pop().unwrap_or_default();
-            match csv.read_byte_record(&mut record) {
-                Ok(true) => {
-                    let line = record.position().map_or(0, |p| p.line());
-                    batch.push(RawRow { line, record });
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    let line = e.position().map_or(0, |p| p.line());
-                    let _ = full.send(Err((line, e)));
-                    return;
-                }
-            }
-        }
-        progress.set_position(csv.position().byte());
-        let done = batch.len() < BATCH_ROWS;
-        if full.send(Ok(batch)).is_err() || done {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::normalize::{Kind, Normalizer, Profile, Region};
-    use crate::progress::Progress;
+    use std::sync::Arc;
+
+    use crate::progress::{Meter, Progress};
 
     /// A [`Progress`] (and its meters) that logs what it is told.
     #[derive(Clone, Debug, Default)]

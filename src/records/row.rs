@@ -1,4 +1,4 @@
-//! Per-row work, on the rayon workers: one CSV row into its record's parts — the
+//! Per-row work, on the rayon workers: one raw row (of a CSV/TSV or Parquet file) into its record's parts — the
 //! id, each identifier normalized, tokenized and (for a filter) digested, the value
 //! or group label the [`Mode`] asks for, and the rejects — gathered per run of rows
 //! in a [`Chunk`] so that reading allocates per chunk, not per row.
@@ -9,7 +9,7 @@ use super::{ColumnError, ColumnMap, MAX_VALUE, RowProblem};
 use crate::normalize::{Kind, Normalizer, Region, Reject, parse_region};
 use crate::token::{Label, Token, Tokenizer};
 
-/// A parsed row and the line it starts on.
+/// A parsed row and its position: the line it starts on, or its Parquet row.
 pub(super) struct RawRow {
     pub(super) line: u64,
     pub(super) record: csv::ByteRecord,
@@ -156,6 +156,10 @@ pub(super) fn parse_value(cell: &[u8]) -> Result<u64, RowProblem> {
 /// Per-row work, shared by the rayon workers.
 pub(super) struct Worker<'a> {
     pub(super) list: bool,
+    /// Cells come from quoted text (CSV/TSV), where a line break in an id,
+    /// identifier, region, value or group can only be a quote never closed; a
+    /// Parquet cell may hold one.
+    pub(super) quoted: bool,
     pub(super) columns: &'a ColumnMap,
     pub(super) extra: Extra,
     pub(super) normalizer: &'a Normalizer,
@@ -195,7 +199,7 @@ impl Worker<'_> {
         };
         // Ids, identifiers and regions never span lines: a line break in one of
         // them, or in a row of the wrong length, is a quote that was never closed.
-        let spans_lines = |cell: &[u8]| cell.contains(&b'\n') || cell.contains(&b'\r');
+        let spans_lines = |cell: &[u8]| self.quoted && (cell.contains(&b'\n') || cell.contains(&b'\r'));
         if record.len() != self.columns.names.len() {
             out.problem = Some(if record.iter().any(spans_lines) {
                 RowProblem::UnclosedQuote

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::options::ReadError;
+use super::options::{Numbering, ReadError};
 use super::row::{Extra, RowParts};
 use super::{ColumnMap, Entry, FilterDigests, RecordSet, RejectWriter, RowProblem};
 use crate::normalize::{Kind, Region};
@@ -17,7 +17,7 @@ use crate::token::Token;
 /// One record as [`read_rows`](super::read_rows) hands it on: borrowed from the reader's buffers,
 /// valid only during the call.
 pub struct Row<'r> {
-    /// The line the row starts on.
+    /// The line the row starts on (a Parquet file's row: see [`Row::numbering`]).
     pub line: u64,
     /// The record id, trimmed (empty when a list row leaves it empty); `None` when
     /// the file has no id column.
@@ -29,9 +29,15 @@ pub struct Row<'r> {
     pub(super) id_digest: Option<Token>,
     pub(super) raw_text: &'r str,
     pub(super) raw_spans: &'r [(usize, usize)],
+    pub(super) numbering: Numbering,
 }
 
 impl<'r> Row<'r> {
+    /// What [`Row::line`] counts: lines of a text file, or rows of a Parquet file.
+    pub fn numbering(&self) -> Numbering {
+        self.numbering
+    }
+
     /// The row's valid identifiers, each once, as written in the file (not
     /// normalized: they normalized without a reject under the reader's rules).
     pub fn identifiers(&self) -> impl Iterator<Item = (Kind, &'r str)> + '_ {
@@ -70,6 +76,8 @@ pub(super) struct Sink<'a, 'v> {
     pub(super) group_index: std::collections::HashMap<String, u32>,
     pub(super) rejects: Option<RejectWriter>,
     pub(super) path: &'a Path,
+    /// What the rows' lines count.
+    pub(super) numbering: Numbering,
     pub(super) complete: bool,
     /// [`read_rows`](super::read_rows)' callback: records go to it instead of into the set.
     pub(super) visit: Option<&'a mut Visit<'v>>,
@@ -78,7 +86,7 @@ pub(super) struct Sink<'a, 'v> {
 impl Sink<'_, '_> {
     fn incomplete(&self, line: u64, column: Option<usize>, reason: &'static str) -> ReadError {
         let column = column.map_or_else(String::new, |c| self.columns.names[c].clone());
-        ReadError::Incomplete { path: self.path.to_owned(), line, column, reason }
+        ReadError::Incomplete { path: self.path.to_owned(), numbering: self.numbering, line, column, reason }
     }
 
     /// Appends one worker result to the set.
@@ -146,6 +154,7 @@ impl Sink<'_, '_> {
                 id_digest: out.id_digest,
                 raw_text,
                 raw_spans,
+                numbering: self.numbering,
             };
             return match visit(&row) {
                 ControlFlow::Continue(()) => Ok(()),

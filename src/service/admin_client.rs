@@ -315,8 +315,8 @@ impl AdminClient {
                     Ok(_) => ClientError::Refused("the server ended the import before the list was sent".into()),
                 });
             }
-            Ok((Err(ReadError::Incomplete { line, reason, .. }), Some(_))) => {
-                Some(format!("the list changed after it was checked: line {line} is refused now ({reason})"))
+            Ok((Err(ReadError::Incomplete { numbering, line, reason, .. }), Some(_))) => {
+                Some(format!("the list changed after it was checked: {numbering} {line} is refused now ({reason})"))
             }
             Ok((Err(e), Some(_))) => Some(e.to_string()),
             Ok((Ok(again), Some(sent))) => {

@@ -18,7 +18,7 @@ use super::spool::SpoolWriter;
 use super::{ShardRule, multiply_shift};
 use crate::normalize::Kind;
 use crate::optout::{OptOutError, OptOutSource};
-use crate::records::{ReadError, ReadOptions, ReadStats, Row};
+use crate::records::{Numbering, ReadError, ReadOptions, ReadStats, Row};
 use crate::token::{Token, Tokenizer};
 
 /// Records per batch handed from the reading thread to the one writing shards.
@@ -69,6 +69,8 @@ pub struct Spilled {
     pub excluded_records: u64,
     /// Whether the file has an id column (otherwise the ids are line numbers).
     pub id_column: bool,
+    /// What the records' lines count (a Parquet file's are rows).
+    pub numbering: Numbering,
 }
 
 /// One batch of records as read: per record, its line, id, id digest and the end of
@@ -79,6 +81,7 @@ struct Batch {
     ids: String,
     entries: Vec<(Kind, Token, Option<Token>)>,
     id_column: bool,
+    numbering: Numbering,
 }
 
 impl Batch {
@@ -91,6 +94,7 @@ impl Batch {
             }
         }
         self.id_column = row.id.is_some();
+        self.numbering = row.numbering();
         self.entries.extend_from_slice(row.tokens());
         self.records.push((row.line, self.ids.len(), self.entries.len(), row.id_digest()));
     }
@@ -140,6 +144,9 @@ pub fn spill<F: OptOutSource + ?Sized>(
         });
         let written = batches.into_iter().try_for_each(|batch| {
             spilled.id_column |= batch.id_column;
+            if !batch.records.is_empty() {
+                spilled.numbering = batch.numbering;
+            }
             write_batch(&batch, filter, rule, targets, &mut ordinal, &mut spilled.excluded_records)
         });
         // A panic there is a bug, not bad input: it goes on as a panic.
