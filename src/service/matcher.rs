@@ -23,7 +23,7 @@ use super::audit::{MatchRecord, now_unix_ms};
 use super::convert::{owner_to_wire, partner_from_wire};
 use super::driver::DriveError;
 use super::metrics::Metrics;
-use super::runs::{Finished, Joined, ShardHello};
+use super::runs::{Finished, RunError, ShardHello};
 use super::session::{self, Service, Session};
 use super::shared::Shared;
 use super::status::protocol_status;
@@ -165,21 +165,10 @@ impl Service for MatchService {
             other => protocol_status(&other),
         })?;
         record.protocol = Some(protocol.name().to_owned());
-        // ...then the opt-outs as they are now (a shard of a run: its part of the
-        // audience, by the shard rule of docs/PROTOCOL.md §13)...
-        let excluded = session.excluded(campaign, &campaign.records)?;
-        let set = match hello.run {
-            None => prepare::prepared_set(&campaign.records, &excluded),
-            Some(run) => {
-                let shards = NonZeroU32::new(run.shard_count)
-                    .ok_or_else(|| protocol_status(&ProtocolError::Malformed("a run of zero shards")))?;
-                let assignment = campaign.shard_assignment(shards);
-                prepare::prepared_shard(&campaign.records, &excluded, &assignment, run.shard_index)
-            }
-        };
-        record.opted_out_records = Some(set.excluded_records());
-        record.owner_set_size = Some(set.len() as u64);
-        // ...a shard joins its run (checked against the run's other shards)...
+        // ...a shard joins its run (checked against the run's other shards; the
+        // run's first stream charges the daily budget for the run's whole size as
+        // it creates the run, so no stream of a run exchanges anything before the
+        // run is paid for)...
         let shared: &Shared = session.shared;
         let joined = match hello.run {
             None => None,
@@ -192,26 +181,46 @@ impl Service for MatchService {
                     size: hello.partner_set_size,
                     audience: campaign.audience_digest(),
                 };
-                Some(shared.runs.join(&shared.audit, &shard, session.idle).map_err(|e| e.status())?)
+                let (partner, allowance) = (&session.partner.name, session.allowance());
+                let charge =
+                    || shared.budgets.charge_run(partner, &hex::encode(run.run_id), run.run_set_size, allowance);
+                Some(shared.runs.join(&shared.audit, &shard, session.idle, charge).map_err(RunError::status)?)
             }
         };
-        // ...and only then the daily budget, just before `Accept` goes out: a run
-        // is one match of its whole size, charged by its first stream.
-        let run_id = hello.run.map(|run| hex::encode(run.run_id));
-        let charge = |session: &Session<'_, MatchService>| match (&joined, &run_id) {
-            (None, _) => {
+        // ...then the opt-outs as they are now (a shard of a run: its part of the
+        // audience, by the shard rule of docs/PROTOCOL.md §13)...
+        let prepared = session.excluded(campaign, &campaign.records).and_then(|excluded| match hello.run {
+            None => Ok(prepare::prepared_set(&campaign.records, &excluded)),
+            Some(run) => {
+                let shards = NonZeroU32::new(run.shard_count)
+                    .ok_or_else(|| protocol_status(&ProtocolError::Malformed("a run of zero shards")))?;
+                let assignment = campaign.shard_assignment(shards);
+                Ok(prepare::prepared_shard(&campaign.records, &excluded, &assignment, run.shard_index))
+            }
+        });
+        let set = match prepared {
+            Ok(set) => set,
+            Err(status) => {
+                if let Some(shard) = joined {
+                    shard.fail(&status);
+                }
+                return Err(status);
+            }
+        };
+        record.opted_out_records = Some(set.excluded_records());
+        record.owner_set_size = Some(set.len() as u64);
+        // ...and only then the daily budget of a match alone, just before `Accept`
+        // goes out.
+        let charge = |session: &Session<'_, MatchService>| match joined {
+            None => {
                 session.charge(|budgets, partner, allowance| budgets.charge(partner, hello.partner_set_size, allowance))
             }
-            (Some((_, Joined::First)), Some(run_id)) => session.charge(|budgets, partner, allowance| {
-                let size = hello.run.map_or(hello.partner_set_size, |run| run.run_set_size);
-                budgets.charge_run(partner, run_id, size, allowance)
-            }),
-            (Some(_), _) => Ok(()),
+            Some(_) => Ok(()),
         };
         let (outcome, summary) = match exchange(session, &first, hello, config, protocol, &set, charge) {
             Ok(done) => done,
             Err(status) => {
-                if let Some((shard, _)) = joined {
+                if let Some(shard) = joined {
                     shard.fail(&status);
                 }
                 return Err(status);
@@ -233,7 +242,7 @@ impl Service for MatchService {
             }
             // A shard: the run's results are one file, written when its last shard
             // finishes, from the matches of all of them.
-            Some((mut shard, _)) => match shard.finish(set.len() as u64, protocol.name(), matches) {
+            Some(mut shard) => match shard.finish(set.len() as u64, protocol.name(), matches) {
                 Err(e) => return Err(e.status()),
                 Ok(Finished::Shard) => {}
                 Ok(Finished::Last { matches }) => {

@@ -39,7 +39,9 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 use super::audit::{AuditLog, now_unix_ms};
+use super::budget::BudgetError;
 use super::lockfile;
+use super::status::budget_status;
 use crate::psi::{KindSet, Reveal, ShardRun, merge_matched_records};
 
 /// How long a finished or failed run's id is remembered (and refused if replayed).
@@ -54,7 +56,7 @@ const STALE: Duration = Duration::from_secs(6 * 3600);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Why a stream may not join its run, or its run failed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 #[non_exhaustive]
 pub enum RunError {
     /// The run id belongs to a run of another partner.
@@ -84,6 +86,10 @@ pub enum RunError {
     /// The run registry (`<state_file>.runs/`) cannot be read or written.
     #[error("the owner's run registry is unavailable")]
     Registry,
+    /// The run's first stream could not charge the run to the partner's budget:
+    /// the run is not created.
+    #[error(transparent)]
+    Budget(BudgetError),
 }
 
 impl RunError {
@@ -98,20 +104,24 @@ impl RunError {
             RunError::Finished => "run-finished",
             RunError::AudienceDiffers => "run-audience-differs",
             RunError::Registry => "run-registry",
+            RunError::Budget(e) => e.code(),
         }
     }
 
     /// The gRPC status: FAILED_PRECONDITION for a hello at odds with its run,
     /// ALREADY_EXISTS for a repeated shard or a used run id, ABORTED for a run that
     /// failed, INTERNAL when the registry cannot be used.
-    pub fn status(&self) -> Status {
+    pub fn status(self) -> Status {
+        let code = self.code();
+        let message = self.to_string();
         let status = match self {
-            RunError::InUse | RunError::Repeated(_) | RunError::Finished => Status::already_exists(self.to_string()),
-            RunError::Mismatch { .. } | RunError::Sizes { .. } => Status::failed_precondition(self.to_string()),
-            RunError::Failed | RunError::AudienceDiffers => Status::aborted(self.to_string()),
-            RunError::Registry => Status::internal(self.to_string()),
+            RunError::Budget(e) => return budget_status(e),
+            RunError::InUse | RunError::Repeated(_) | RunError::Finished => Status::already_exists(message),
+            RunError::Mismatch { .. } | RunError::Sizes { .. } => Status::failed_precondition(message),
+            RunError::Failed | RunError::AudienceDiffers => Status::aborted(message),
+            RunError::Registry => Status::internal(message),
         };
-        super::status::with_code(status, self.code())
+        super::status::with_code(status, code)
     }
 }
 
@@ -198,13 +208,6 @@ pub(crate) struct Runs {
     dir: PathBuf,
     /// When this process last swept every run (ms since the epoch).
     swept: std::sync::atomic::AtomicU64,
-}
-
-/// Whether the stream that joined created its run (and must charge the budget).
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Joined {
-    First,
-    Later,
 }
 
 /// The registry's directory for the budget state file `state_file`.
@@ -364,12 +367,18 @@ impl Runs {
 
     /// Joins `hello`'s stream to its run (see the module documentation); a run left
     /// open with no stream for longer than `idle` is failed first.
+    ///
+    /// The stream that creates the run calls `charge` (the run's whole size to the
+    /// partner's budget) while it holds the registry's lock, and the run exists only
+    /// once that charge is taken: no other stream can join a run, and so exchange
+    /// anything, before the run is paid for. A refused charge creates nothing.
     pub fn join<'a>(
         &'a self,
         audit: &'a AuditLog,
         hello: &ShardHello<'_>,
         idle: Duration,
-    ) -> Result<(RunShard<'a>, Joined), RunError> {
+        charge: impl FnOnce() -> Result<(), BudgetError>,
+    ) -> Result<RunShard<'a>, RunError> {
         let registry = self.lock()?;
         let now = now_unix_ms();
         let last = self.swept.load(std::sync::atomic::Ordering::Relaxed);
@@ -397,16 +406,17 @@ impl Runs {
                 owner_set_size: 0,
                 protocol: None,
             };
+            if let Err(e) = check_sizes(&run) {
+                let mut run = run;
+                registry.save(&id, &run)?;
+                registry.fail(audit, &id, &mut run, "FailedPrecondition")?;
+                return Err(e);
+            }
+            charge().map_err(RunError::Budget)?;
             registry.save(&id, &run)?;
-            return match check_sizes(&run) {
-                Ok(()) => Ok((ticket(), Joined::First)),
-                Err(e) => {
-                    let mut run = run;
-                    registry.fail(audit, &id, &mut run, "FailedPrecondition")?;
-                    Err(e)
-                }
-            };
+            return Ok(ticket());
         };
+
         if run.partner != hello.partner {
             return Err(RunError::InUse);
         }
@@ -440,11 +450,16 @@ impl Runs {
         match checked {
             Ok(()) => {
                 registry.save(&id, &run)?;
-                Ok((ticket(), Joined::Later))
+                Ok(ticket())
             }
             Err(e) => {
                 // A shard at odds with its run fails the run: fail closed.
-                registry.fail(audit, &id, &mut run, &format!("{:?}", e.status().code()))?;
+                let outcome = match e {
+                    RunError::Mismatch { .. } | RunError::Sizes { .. } => "FailedPrecondition",
+                    RunError::Repeated(_) => "AlreadyExists",
+                    _ => "Aborted",
+                };
+                registry.fail(audit, &id, &mut run, outcome)?;
                 Err(e)
             }
         }
@@ -638,6 +653,11 @@ mod tests {
         }
     }
 
+    /// A charge that always passes.
+    fn free() -> Result<(), BudgetError> {
+        Ok(())
+    }
+
     fn registry(dir: &tempfile::TempDir) -> Runs {
         Runs::open(&registry_dir(&dir.path().join("state.json"))).unwrap()
     }
@@ -653,16 +673,21 @@ mod tests {
         let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
         let runs = registry(&dir);
         let idle = Duration::from_secs(60);
-        let (mut first, joined) = runs.join(&audit, &hello("acme", 0, 10), idle).unwrap();
-        assert_eq!(joined, Joined::First);
-        assert_eq!(runs.join(&audit, &hello("mallory", 1, 10), idle).err(), Some(RunError::InUse));
-        let (mut second, joined) = runs.join(&audit, &hello("acme", 1, 10), idle).unwrap();
-        assert_eq!(joined, Joined::Later);
+        let charges = std::cell::Cell::new(0);
+        let charge = || {
+            charges.set(charges.get() + 1);
+            Ok(())
+        };
+        let mut first = runs.join(&audit, &hello("acme", 0, 10), idle, charge).unwrap();
+        assert_eq!(runs.join(&audit, &hello("mallory", 1, 10), idle, free).err(), Some(RunError::InUse));
+        let mut second = runs.join(&audit, &hello("acme", 1, 10), idle, charge).unwrap();
+        // Only the stream that created the run charged it.
+        assert_eq!(charges.get(), 1);
         assert!(matches!(first.finish(5, "ecdh", None), Ok(Finished::Shard)));
         let Ok(Finished::Last { matches: None }) = second.finish(7, "ecdh", None) else { panic!("not the last") };
         second.done(None, None);
         // A replayed run id is refused; the run was audited once, as ok.
-        assert_eq!(runs.join(&audit, &hello("acme", 0, 10), idle).err(), Some(RunError::Finished));
+        assert_eq!(runs.join(&audit, &hello("acme", 0, 10), idle, free).err(), Some(RunError::Finished));
         let lines = audited(audit.path());
         assert_eq!(lines.len(), 1);
         assert_eq!((&lines[0]["outcome"], &lines[0]["owner_set_size"]), (&"ok".into(), &12.into()));
@@ -673,12 +698,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
         let runs = registry(&dir);
-        let (mut first, _) = runs.join(&audit, &hello("acme", 0, 10), Duration::ZERO).unwrap();
+        let mut first = runs.join(&audit, &hello("acme", 0, 10), Duration::ZERO, free).unwrap();
         assert!(matches!(first.finish(5, "ecdh", None), Ok(Finished::Shard)));
         drop(first);
         std::thread::sleep(Duration::from_millis(5));
         // The next join, of any run, expires it; its missing shard is then refused.
-        assert_eq!(runs.join(&audit, &hello("acme", 1, 10), Duration::ZERO).err(), Some(RunError::Failed));
+        assert_eq!(runs.join(&audit, &hello("acme", 1, 10), Duration::ZERO, free).err(), Some(RunError::Failed));
         let lines = audited(audit.path());
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0]["outcome"], "DeadlineExceeded");
@@ -701,10 +726,8 @@ mod tests {
             kinds.iter().for_each(|&k| set.insert(k));
             set
         };
-        let (mut first, joined) = a.join(&audit, &owner(0, 12), idle).unwrap();
-        assert_eq!(joined, Joined::First);
-        let (mut second, joined) = b.join(&audit, &owner(1, 8), idle).unwrap();
-        assert_eq!(joined, Joined::Later);
+        let mut first = a.join(&audit, &owner(0, 12), idle, free).unwrap();
+        let mut second = b.join(&audit, &owner(1, 8), idle, free).unwrap();
         let shard0 = vec![(3, kinds(&[Kind::Email])), (7, kinds(&[Kind::Phone]))];
         let shard1 = vec![(1, kinds(&[Kind::Email])), (3, kinds(&[Kind::Phone]))];
         assert!(matches!(first.finish(50, "oprf", Some(shard0)), Ok(Finished::Shard)));
@@ -726,7 +749,7 @@ mod tests {
             .filter(|name| name.ends_with(".matches"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
-        assert_eq!(registry(&dir).join(&audit, &owner(0, 12), idle).err(), Some(RunError::Finished));
+        assert_eq!(registry(&dir).join(&audit, &owner(0, 12), idle, free).err(), Some(RunError::Finished));
     }
 
     /// A process holding another audience cannot add its shard to a run: the
@@ -737,11 +760,42 @@ mod tests {
         let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
         let (a, b) = (registry(&dir), registry(&dir));
         let idle = Duration::from_secs(60);
-        let (_first, _) = a.join(&audit, &hello("acme", 0, 10), idle).unwrap();
+        let _first = a.join(&audit, &hello("acme", 0, 10), idle, free).unwrap();
         let other = ShardHello { audience: "audience-2", ..hello("acme", 1, 10) };
-        assert_eq!(b.join(&audit, &other, idle).err(), Some(RunError::AudienceDiffers));
-        assert_eq!(b.join(&audit, &hello("acme", 1, 10), idle).err(), Some(RunError::Failed));
+        assert_eq!(b.join(&audit, &other, idle, free).err(), Some(RunError::AudienceDiffers));
+        assert_eq!(b.join(&audit, &hello("acme", 1, 10), idle, free).err(), Some(RunError::Failed));
         let lines = audited(audit.path());
         assert_eq!((lines.len(), &lines[0]["outcome"]), (1, &"Aborted".into()));
+    }
+}
+
+#[cfg(test)]
+mod charge_tests {
+    use super::*;
+
+    /// A run whose first stream cannot pay for it does not exist: a second stream
+    /// of it cannot join a run nobody paid for, it must create (and pay for) it.
+    #[test]
+    fn a_refused_charge_creates_no_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
+        let runs = Runs::open(&registry_dir(&dir.path().join("state.json"))).unwrap();
+        let hello = |index| ShardHello {
+            partner: "acme",
+            campaign: "spring",
+            reveal: Reveal::Partner,
+            run: ShardRun { run_id: [7; 16], shard_index: index, shard_count: 2, run_set_size: 20 },
+            size: 10,
+            audience: "a",
+        };
+        let idle = Duration::from_secs(60);
+        let refused = runs.join(&audit, &hello(0), idle, || Err(BudgetError::Matches(3))).err();
+        assert_eq!(refused, Some(RunError::Budget(BudgetError::Matches(3))));
+        let again = runs.join(&audit, &hello(1), idle, || Err(BudgetError::Matches(3))).err();
+        assert_eq!(again, Some(RunError::Budget(BudgetError::Matches(3))));
+        // Once paid for, the run exists and its other shard joins without paying.
+        let _paid = runs.join(&audit, &hello(0), idle, || Ok(())).unwrap();
+        let _second =
+            runs.join(&audit, &hello(1), idle, || -> Result<(), BudgetError> { panic!("charged twice") }).unwrap();
     }
 }

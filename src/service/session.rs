@@ -254,12 +254,16 @@ impl<'a, S: Service> Session<'a, S> {
         &self,
         charge: impl FnOnce(&Budgets, &str, Allowance) -> Result<T, BudgetError>,
     ) -> Result<T, Status> {
+        charge(&self.shared.budgets, &self.partner.name, self.allowance()).map_err(budget_status)
+    }
+
+    /// The partner's daily allowance under the configuration the stream started with.
+    pub fn allowance(&self) -> Allowance {
         let limits = &self.state.config.limits;
-        let allowance = Allowance {
+        Allowance {
             matches: limits.max_matches_per_partner_per_day,
             identifiers: limits.max_identifiers_per_partner_per_day,
-        };
-        charge(&self.shared.budgets, &self.partner.name, allowance).map_err(budget_status)
+        }
     }
 
     /// The name of a file of this session's partner in the results directory:

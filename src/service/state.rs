@@ -22,6 +22,10 @@ use crate::records::{Mode, ReadError, ReadOptions, RecordSet};
 use crate::shard::ShardRule;
 use crate::token::{KeyFingerprint, Tokenizer};
 
+/// How many shard counts `N` a campaign keeps the audience's shard assignment for
+/// (2 bytes per audience identifier each).
+const KEPT_ASSIGNMENTS: usize = 4;
+
 /// A campaign with its audience loaded and tokenized.
 pub(crate) struct Campaign {
     pub settings: CampaignSettings,
@@ -34,26 +38,35 @@ pub(crate) struct Campaign {
     optouts: Mutex<Option<(ContentDigest, Arc<FileList>)>>,
     /// The campaign key, for the shard rule of sharded runs.
     key: Key,
-    /// The shard of each audience entry under the last `N` a run asked for.
-    shards: Mutex<Option<(u32, Arc<Vec<u16>>)>>,
+    /// The shard of each audience entry under the last [`KEPT_ASSIGNMENTS`] `N`s
+    /// runs asked for, most recent last.
+    shards: Mutex<Vec<(u32, Arc<Vec<u16>>)>>,
     /// [`Campaign::audience_digest`], computed at the first sharded run.
     audience_digest: OnceLock<String>,
 }
 
 impl Campaign {
     /// The shard (docs/PROTOCOL.md §13) of each of the audience's entries, in order,
-    /// for `shards` shards (at most [`crate::shard::MAX_SHARDS`]): computed once per
-    /// `N` (one keyed hash per identifier) and kept for the next run with the same
-    /// `N`; a reload, which may change the audience, starts afresh.
+    /// for `shards` shards (at most [`crate::shard::MAX_SHARDS`]): computed (one
+    /// keyed hash per identifier, without holding the cache's lock, so streams
+    /// asking for other `N`s do not wait on it) and kept for the next runs with the
+    /// same `N`, for the last [`KEPT_ASSIGNMENTS`] values of `N`; a reload, which
+    /// may change the audience, starts afresh.
     pub fn shard_assignment(&self, shards: NonZeroU32) -> Arc<Vec<u16>> {
-        let mut cached = self.shards.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((n, assignment)) = &*cached
-            && *n == shards.get()
-        {
-            return assignment.clone();
+        let cached = |kept: &Vec<(u32, Arc<Vec<u16>>)>| {
+            kept.iter().find(|(n, _)| *n == shards.get()).map(|(_, assignment)| assignment.clone())
+        };
+        if let Some(assignment) = cached(&self.shards.lock().unwrap_or_else(|p| p.into_inner())) {
+            return assignment;
         }
         let assignment = Arc::new(crate::shard::assignment(&self.records, &ShardRule::new(&self.key, shards)));
-        *cached = Some((shards.get(), assignment.clone()));
+        let mut kept = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        if cached(&kept).is_none() {
+            if kept.len() == KEPT_ASSIGNMENTS {
+                kept.remove(0);
+            }
+            kept.push((shards.get(), assignment.clone()));
+        }
         assignment
     }
 
@@ -169,7 +182,7 @@ fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campai
         key_fingerprint: KeyFingerprint::of(&key),
         optouts: Mutex::new(None),
         key,
-        shards: Mutex::new(None),
+        shards: Mutex::new(Vec::new()),
         audience_digest: OnceLock::new(),
     })
 }
