@@ -71,6 +71,23 @@ fn usage_errors_exit_2_and_other_errors_exit_1() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("count"), "{}", text(&out.stderr));
     assert!(!dir.path().join("o").exists());
+    // A measurement does not run in shards: said plainly, nothing written.
+    let out = idmatch(&[
+        "measure",
+        "--owner",
+        members.to_str().unwrap(),
+        "--partner",
+        members.to_str().unwrap(),
+        "--key-file",
+        &key,
+        "--out-dir",
+        dir.path().join("m").to_str().unwrap(),
+        "--shards",
+        "4",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("does not run in shards"), "{}", text(&out.stderr));
+    assert!(!dir.path().join("m").exists());
     let out = idmatch(&["tokens", "--key-file", "/nonexistent/k", "--input", "x.csv", "--output", "y.csv"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("/nonexistent/k"), "{}", text(&out.stderr));

@@ -79,13 +79,24 @@ pub struct MeasureArgs {
     /// Local mode: who receives the released figures: owner, partner or both (with --server, the campaign's setting).
     #[arg(long, default_value = "owner", value_parser = parse_learner, conflicts_with = "server")]
     pub learner: Learner,
+    /// Not available: a measurement runs in one process (README, "Scale"); taken only to refuse it clearly.
+    #[arg(long, value_name = "N", hide = true)]
+    pub shards: Option<String>,
 }
+
+/// Why `--shards` is refused: said once, for the local and the client mode.
+const NO_SHARDED_MEASUREMENT: &str = "idmatch measure does not run in shards: a measurement runs in one process \
+     (the owner's memory per stream is bounded by max_measurement_message_bytes); drop --shards. Sharded \
+     measurement (per-shard encrypted sums added before one decryption) is not built yet";
 
 fn parse_learner(s: &str) -> Result<Learner, String> {
     s.parse()
 }
 
 pub fn run(args: MeasureArgs) -> CliResult {
+    if args.shards.is_some() {
+        return Err(super::UsageError(NO_SHARDED_MEASUREMENT.into()).into());
+    }
     if args.server.is_some() {
         return run_client(args);
     }
