@@ -11,20 +11,14 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::Receiver;
 
 use super::options::{Numbering, ParquetProblem, ReadError};
 #[cfg(feature = "parquet")]
 use super::parquet::ParquetInput;
-use super::row::RawRow;
+use super::row::{BATCH_ROWS, Batches, RawRow};
 use super::source::{InputLimits, STDIN, Source, limit_exceeded};
 use crate::progress::Meter;
-
-/// Rows per batch handed from the parsing thread to the workers.
-pub(super) const BATCH_ROWS: usize = 8192;
-
-/// Batches of rows as the parsing thread sends them; the first error ends the read.
-pub(super) type Batches = SyncSender<Result<Vec<RawRow>, ReadError>>;
 
 /// An opened input, its header read.
 pub(super) enum Input {

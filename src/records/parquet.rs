@@ -28,9 +28,8 @@ use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::schema::types::ColumnDescriptor;
 
-use super::input::{BATCH_ROWS, Batches};
 use super::options::{ParquetProblem, ReadError};
-use super::row::RawRow;
+use super::row::{BATCH_ROWS, Batches, RawRow};
 use super::source::{InputLimits, LimitExceeded};
 use crate::progress::Meter;
 

@@ -15,9 +15,9 @@ use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
 
-use super::input::{BATCH_ROWS, Input};
+use super::input::Input;
 use super::options::{BadRows, Mode, Numbering, ReadError, ReadOptions};
-use super::row::{Chunk, RawRow, Worker, resolve_extra};
+use super::row::{BATCH_ROWS, Chunk, RawRow, Worker, resolve_extra};
 use super::sink::{Row, Sink, Visit, count_duplicates, duplicate_ids};
 use super::{FilterDigests, ReadStats, RecordSet, RejectWriter};
 use crate::key::Key;

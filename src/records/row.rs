@@ -9,6 +9,12 @@ use super::{ColumnError, ColumnMap, MAX_VALUE, RowProblem};
 use crate::normalize::{Kind, Normalizer, Region, Reject, parse_region};
 use crate::token::{Label, Token, Tokenizer};
 
+/// Rows per batch handed from the parsing thread (CSV/TSV or Parquet) to the workers.
+pub(super) const BATCH_ROWS: usize = 8192;
+
+/// Batches of rows as the parsing thread sends them; the first error ends the read.
+pub(super) type Batches = std::sync::mpsc::SyncSender<Result<Vec<RawRow>, super::options::ReadError>>;
+
 /// A parsed row and its position: the line it starts on, or its Parquet row.
 pub(super) struct RawRow {
     pub(super) line: u64,
