@@ -1492,8 +1492,12 @@ fn shard_process_at(f: &Fixture, port: u16, input: &Path, output: &str, args: &[
         .arg(f.path("token"))
         .arg("--key-file")
         .arg(f.path("campaign.key"))
-        .arg("--input")
-        .arg(input)
+        // With --shard-files the files are the input.
+        .args(if args.contains(&"--shard-files") {
+            vec![]
+        } else {
+            vec![std::ffi::OsStr::new("--input"), input.as_os_str()]
+        })
         .arg("--output")
         .arg(f.path(output))
         .args(args)
@@ -1663,4 +1667,86 @@ fn a_runs_shards_may_reach_different_server_processes() {
         .filter(|name| name.ends_with(".matches"))
         .collect();
     assert!(registry.is_empty(), "{registry:?}");
+}
+
+/// `idmatch match --server … --shard I/N --run-id ID --shard-files DIR`: each
+/// process reads its shard from the files `idmatch shard` wrote (the other files
+/// for the run's size only), and the run gives the unsharded match's results. A
+/// file of another split, or a damaged one, is refused before anything is sent.
+#[test]
+fn shard_processes_read_the_files_idmatch_shard_wrote() {
+    let f = Fixture::start(false, false);
+    let mut partner = String::from("id,email,phone\n");
+    for i in 0..1500 {
+        partner += &format!("p{i},USER{}@Example.com,(415) 555-{:04}\n", i + 1000, (i + 500) % 10000);
+    }
+    let input = write(f.dir.path(), "partner-two-kinds.csv", &partner);
+    let mut options = f.options(Reveal::Both, "whole.csv");
+    options.input = input.clone();
+    let before = results_files(&f);
+    let whole = f.run(options).unwrap();
+    let whole_results: Vec<_> = results_files(&f).into_iter().filter(|p| !before.contains(p)).collect();
+    let split = |n: &str, dir: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_idmatch"))
+            .args(["shard", "--region", "US", "--shards", n, "--key-file"])
+            .arg(f.path("campaign.key"))
+            .arg("--input")
+            .arg(&input)
+            .arg("--out-dir")
+            .arg(f.path(dir))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    split("4", "shards");
+    let dir = f.path("shards");
+    let files = dir.to_str().unwrap();
+
+    let run_id = hex::encode(rand::random::<[u8; 16]>());
+    let shards: Vec<_> = std::thread::scope(|s| {
+        let spawned: Vec<_> = (0..4)
+            .map(|i| {
+                let (f, input, run_id) = (&f, &input, &run_id);
+                s.spawn(move || {
+                    let shard = format!("{i}/4");
+                    let args = ["--shard", &shard, "--run-id", run_id, "--shard-files", files];
+                    shard_process(f, input, &format!("shard-{i}.csv"), &args)
+                })
+            })
+            .collect();
+        spawned.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, out) in shards.iter().enumerate() {
+        assert!(out.status.success(), "shard {i}: {}", String::from_utf8_lossy(&out.stderr));
+        let announced =
+            format!("run {run_id}: shard {i} of 4 (the run's partner set: {})", whole.outcome.partner_set_size);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&announced), "{out:?}");
+    }
+    let outputs: Vec<_> = (0..4).map(|i| f.path(&format!("shard-{i}.csv"))).collect();
+    assert_eq!(merged_matches(&outputs), merged_matches(&[f.path("whole.csv")]));
+    let run_file = f.path("results").join(format!("spring-acme-run-{run_id}.csv"));
+    assert_eq!(std::fs::read(run_file).unwrap(), std::fs::read(&whole_results[0]).unwrap());
+
+    // Refused before anything is sent (no run is started: the same shard of a new
+    // run id still works afterwards): a file of a split into another N, and a file
+    // whose entries were damaged.
+    split("3", "shards-of-3");
+    std::fs::copy(f.path("shards-of-3").join("shard-00001-of-00003.idms"), dir.join("shard-00001-of-00004.idms"))
+        .unwrap();
+    let run_id = hex::encode(rand::random::<[u8; 16]>());
+    let args = ["--shard", "0/4", "--run-id", &run_id, "--shard-files", files];
+    let other_n = shard_process(&f, &input, "other-n.csv", &args);
+    assert_eq!(other_n.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&other_n.stderr).contains("is one of 3 shards, not of 4"), "{other_n:?}");
+    split("4", "shards");
+    let damaged = dir.join("shard-00002-of-00004.idms");
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&damaged, bytes).unwrap();
+    let out = shard_process(&f, &input, "damaged.csv", &args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shard-00002-of-00004.idms"), "{out:?}");
+    assert!(!f.path("other-n.csv").exists() && !f.path("damaged.csv").exists());
+    assert!(!run_records(&f).iter().any(|r| r["run_id"] == run_id.as_str()));
 }

@@ -11,6 +11,7 @@ use idmatch::optout::BadRows;
 use idmatch::progress::Bars;
 use idmatch::psi::{ProtocolChoice, Reveal};
 use idmatch::service::client::{self, ClientOptions, OneShard, Sharding};
+use idmatch::service::shard_files;
 
 #[derive(Debug, Args)]
 pub struct MatchArgs {
@@ -27,8 +28,13 @@ pub struct MatchArgs {
     #[arg(long, requires = "server")]
     pub campaign: Option<String>,
     /// Client mode: the partner's file.
-    #[arg(long, value_name = "FILE", requires = "server")]
+    #[arg(long, value_name = "FILE", requires = "server", conflicts_with = "shard_files")]
     pub input: Option<PathBuf>,
+    /// Client mode with --shard I/N: read shard I (and, for the run's size, the other files' tokens) from the
+    /// shard-IIIII-of-NNNNN.idms files `idmatch shard --shards N` wrote into DIR with this key, instead of reading
+    /// --input; the suppressions are those the files were written with.
+    #[arg(long, value_name = "DIR", requires = "shard", conflicts_with = "suppress")]
+    pub shard_files: Option<PathBuf>,
     /// Client mode: where to write `record_id,matched_kinds` (partner and both modes).
     #[arg(long, value_name = "FILE", requires = "server")]
     pub output: Option<PathBuf>,
@@ -243,10 +249,10 @@ pub(super) fn warn_skipped(name: &str, stats: &idmatch::records::ReadStats) {
 }
 
 fn run_client(args: MatchArgs) -> CliResult {
-    let (Some(server), Some(campaign), Some(input), Some(output)) =
-        (args.server, args.campaign, args.input, args.output)
+    let input = args.input.or_else(|| args.shard_files.clone());
+    let (Some(server), Some(campaign), Some(input), Some(output)) = (args.server, args.campaign, input, args.output)
     else {
-        return Err("--server needs --campaign, --input and --output".into());
+        return Err(UsageError("--server needs --campaign, --input (or --shard-files) and --output".into()).into());
     };
     let options = ClientOptions {
         server,
@@ -277,7 +283,11 @@ fn run_client(args: MatchArgs) -> CliResult {
         }
         None => match (args.shard, args.run_id) {
             (Some((index, shards)), Some(run_id)) => {
-                runtime.block_on(client::run_one_shard(options, OneShard { run_id, index, shards }))?
+                let shard = OneShard { run_id, index, shards };
+                match args.shard_files {
+                    Some(dir) => runtime.block_on(shard_files::run(options, shard, dir))?,
+                    None => runtime.block_on(client::run_one_shard(options, shard))?,
+                }
             }
             (None, None) => runtime.block_on(client::run(options))?,
             _ => return Err(UsageError("--shard and --run-id go together".into()).into()),

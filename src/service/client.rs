@@ -127,6 +127,9 @@ pub enum ClientError {
     /// The output file could not be created, written or renamed into place.
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// A shard file to match from could not be used (`--shard-files`).
+    #[error(transparent)]
+    ShardFile(#[from] crate::shard::file::ShardFileError),
     /// The CA bundle, client certificate, client key or token file could not be read.
     #[error("{path}: {source}")]
     File {
@@ -296,7 +299,7 @@ pub(super) struct TlsFiles<'a> {
 
 impl ClientOptions {
     /// How this match reaches the owner and what it asks for.
-    fn stream_options(&self) -> StreamOptions {
+    pub(crate) fn stream_options(&self) -> StreamOptions {
         StreamOptions {
             server: self.server.clone(),
             campaign: self.campaign.clone(),

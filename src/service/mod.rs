@@ -13,6 +13,8 @@
 //!   budgets, results files), `runs` (sharded match runs: the streams of one run
 //!   checked against each other, charged and audited once, one results file);
 //! - [`client`]: the partner's client behind `idmatch match --server`;
+//! - [`shard_files`]: one shard stream of a run from the files `idmatch shard`
+//!   wrote (`idmatch match --server … --shard I/N --shard-files DIR`);
 //! - [`measure_client`]: the partner's client behind `idmatch measure --server`;
 //! - [`admin_client`]: the owner's `OptOutAdmin` client behind `idmatch optout
 //!   --server`;
@@ -33,6 +35,7 @@ mod driver;
 mod frames;
 pub mod measure_client;
 mod measure_wire;
+pub mod shard_files;
 
 // ...and the server (feature `server`).
 #[cfg(feature = "server")]
