@@ -245,6 +245,23 @@ pub fn prepared_shard(records: &RecordSet, excluded: &[bool], shard_of: &[u16], 
     prepared_subset(records, excluded, |i| shard_of.get(i).is_some_and(|&s| u32::from(s) == index))
 }
 
+/// The most tokens that any of the `shards` shards of `shard_of` holds once the
+/// `excluded` records are left out, counted before deduplication (so at least each
+/// shard's [`prepared_shard`] size): what the owner pads every shard of a run to, so
+/// that its shard sizes say only this one number (docs/PROTOCOL.md §13.4). One pass,
+/// no sorting: it is computed again for each stream, under the opt-outs of the day.
+pub fn shard_size_bound(records: &RecordSet, excluded: &[bool], shard_of: &[u16], shards: u32) -> usize {
+    let mut sizes = vec![0usize; shards as usize];
+    for (entry, &shard) in records.entries().iter().zip(shard_of) {
+        if !excluded.get(entry.record as usize).copied().unwrap_or(false)
+            && let Some(size) = sizes.get_mut(usize::from(shard))
+        {
+            *size += 1;
+        }
+    }
+    sizes.into_iter().max().unwrap_or(0)
+}
+
 /// The set of the entries of `records` whose record is not `excluded` and whose
 /// position passes `keep`.
 fn prepared_subset(records: &RecordSet, excluded: &[bool], keep: impl Fn(usize) -> bool) -> PreparedSet {

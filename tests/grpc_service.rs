@@ -1283,10 +1283,12 @@ fn a_sharded_run_gives_the_outputs_of_one_match_in_every_mode_of_both_engines() 
             assert_eq!(sharded.protocol, protocol);
             let (w, s) = (&whole.outcome, &sharded.outcome);
             assert_eq!(
-                (s.partner_set_size, s.owner_set_size, s.intersection),
-                (w.partner_set_size, w.owner_set_size, w.intersection),
+                (s.partner_set_size, s.intersection),
+                (w.partner_set_size, w.intersection),
                 "{protocol} {reveal}"
             );
+            // The owner pads its shards to one size: the partner sees 3 of it.
+            assert!(s.owner_set_size >= w.owner_set_size && s.owner_set_size.is_multiple_of(3), "{protocol} {reveal}");
             assert_eq!(sharded.matched_records, whole.matched_records, "{protocol} {reveal}");
             if reveal.partner_learns_records() {
                 assert_eq!(
@@ -1305,10 +1307,21 @@ fn a_sharded_run_gives_the_outputs_of_one_match_in_every_mode_of_both_engines() 
                 assert_eq!(std::fs::read(run).unwrap(), std::fs::read(one).unwrap(), "{protocol} {reveal}");
             }
             let record = run_records(&f).pop().unwrap();
+            // The owner's shards hold different numbers of tokens (its audit says
+            // so), and the partner saw each as large as the largest.
+            let streams: Vec<_> = f.audit_lines().into_iter().filter(|a| a["run_id"] == record["run_id"]).collect();
+            let real: Vec<u64> =
+                streams.iter().filter_map(|a| a.get("shard").and(a["owner_set_size"].as_u64())).collect();
+            assert_eq!(real.len(), 3);
+            assert!(real.iter().any(|&n| n != real[0]), "{real:?}");
+            assert_eq!(s.owner_set_size, 3 * real.iter().max().unwrap(), "{protocol} {reveal}");
             assert_eq!(record["outcome"], "ok");
             assert_eq!(record["shard_count"], 3);
             assert_eq!(record["shards_finished"], 3);
-            assert_eq!(record["run_set_size"], 1500);
+            // The partner padded its shards to one size too; the audit counts the
+            // owner's real tokens.
+            let run_set_size = record["run_set_size"].as_u64().unwrap();
+            assert!(run_set_size >= 1500 && run_set_size.is_multiple_of(3), "{run_set_size}");
             assert_eq!(record["owner_set_size"], 3000);
             assert_eq!(record["protocol"], protocol.to_string());
             assert_eq!(
@@ -1323,6 +1336,10 @@ fn a_sharded_run_gives_the_outputs_of_one_match_in_every_mode_of_both_engines() 
     let shards: Vec<_> = f.audit_lines().into_iter().filter(|a| a.get("shard").is_some()).collect();
     assert_eq!(shards.len(), 3 * runs);
     assert!(shards.iter().all(|a| a["outcome"] == "ok" && a["run_id"].as_str().unwrap().len() == 32));
+    // Every stream of a run announced the same padded size.
+    for run in shards.chunk_by(|a, b| a["run_id"] == b["run_id"]) {
+        assert!(run.iter().all(|a| a["partner_set_size"] == run[0]["partner_set_size"]), "{run:?}");
+    }
 }
 
 #[test]
@@ -1347,7 +1364,15 @@ fn a_run_is_one_match_in_the_budget_and_its_set_size_range() {
     assert_eq!(runs[0]["outcome"], "ok");
     let budgets: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path("budgets.json")).unwrap()).unwrap();
     assert_eq!(budgets["partners"]["acme"]["matches"], 1);
-    assert_eq!(budgets["partners"]["acme"]["identifiers"], 1500);
+    // Charged once, for the run's padded size.
+    assert_eq!(budgets["partners"]["acme"]["identifiers"], runs[0]["run_set_size"]);
+    assert!(runs[0]["run_set_size"].as_u64().unwrap() >= 1500);
+}
+
+/// The padded shard size a `--shard I/N` process printed.
+fn announced_shard_size(stdout: &str) -> u64 {
+    let rest = stdout.split("every shard announced as ").nth(1).expect("the run line");
+    rest.split(' ').next().unwrap().parse().unwrap()
 }
 
 /// Opens shard `index` of `shards` of run `run_id` (`size` tokens of `run_size`)
@@ -1556,9 +1581,7 @@ fn one_shard_per_process_gives_the_unsharded_matches_and_a_shard_run_twice_fails
     for (i, out) in shards.iter().enumerate() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "shard {i}: {}", String::from_utf8_lossy(&out.stderr));
-        let announced =
-            format!("run {run_id}: shard {i} of 4 (the run's partner set: {})", whole.outcome.partner_set_size);
-        assert!(stdout.contains(&announced), "{stdout}");
+        assert!(stdout.contains(&format!("run {run_id}: shard {i} of 4, every shard announced as ")), "{stdout}");
     }
     // Each process wrote its shard's matches; merged by record id they are the
     // unsharded match's, and no shard alone holds them all.
@@ -1567,7 +1590,12 @@ fn one_shard_per_process_gives_the_unsharded_matches_and_a_shard_run_twice_fails
     assert!(outputs.iter().all(|p| merged_matches(std::slice::from_ref(p)).len() < expected.len()));
     let record = run_records(&f).pop().unwrap();
     assert_eq!((record["outcome"].as_str(), record["run_id"].as_str()), (Some("ok"), Some(run_id.as_str())));
-    assert_eq!(record["run_set_size"], whole.outcome.partner_set_size);
+    // Each process announced the same padded shard size; the run's size is 4 of it.
+    let sizes: Vec<u64> =
+        shards.iter().map(|out| announced_shard_size(&String::from_utf8_lossy(&out.stdout))).collect();
+    assert!(sizes.iter().all(|&s| s == sizes[0]), "{sizes:?}");
+    assert_eq!(record["run_set_size"], 4 * sizes[0]);
+    assert!(4 * sizes[0] >= whole.outcome.partner_set_size);
     // The owner's results of the run are those of the unsharded match.
     let run_file = f.path("results").join(format!("spring-acme-run-{run_id}.csv"));
     assert_eq!(std::fs::read(run_file).unwrap(), std::fs::read(&whole_results[0]).unwrap());
@@ -1718,10 +1746,13 @@ fn shard_processes_read_the_files_idmatch_shard_wrote() {
     });
     for (i, out) in shards.iter().enumerate() {
         assert!(out.status.success(), "shard {i}: {}", String::from_utf8_lossy(&out.stderr));
-        let announced =
-            format!("run {run_id}: shard {i} of 4 (the run's partner set: {})", whole.outcome.partner_set_size);
-        assert!(String::from_utf8_lossy(&out.stdout).contains(&announced), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(&format!("run {run_id}: shard {i} of 4, every shard announced as ")), "{stdout}");
     }
+    // From the files as from the input: one padded size, at least a quarter of the set.
+    let sizes: Vec<u64> =
+        shards.iter().map(|out| announced_shard_size(&String::from_utf8_lossy(&out.stdout))).collect();
+    assert!(sizes.iter().all(|&s| s == sizes[0]) && 4 * sizes[0] >= whole.outcome.partner_set_size, "{sizes:?}");
     let outputs: Vec<_> = (0..4).map(|i| f.path(&format!("shard-{i}.csv"))).collect();
     assert_eq!(merged_matches(&outputs), merged_matches(&[f.path("whole.csv")]));
     let run_file = f.path("results").join(format!("spring-acme-run-{run_id}.csv"));
@@ -1749,4 +1780,46 @@ fn shard_processes_read_the_files_idmatch_shard_wrote() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("shard-00002-of-00004.idms"), "{out:?}");
     assert!(!f.path("other-n.csv").exists() && !f.path("damaged.csv").exists());
     assert!(!run_records(&f).iter().any(|r| r["run_id"] == run_id.as_str()));
+}
+
+/// A caller that brings its own shard set (Spark's tasks) must announce the run as
+/// `N` shards of the largest shard's size: a shard larger than its share is refused
+/// before anything is sent, and a right one is padded to its share.
+#[test]
+fn a_prepared_shard_is_padded_to_its_share_of_the_announced_run() {
+    let f = Fixture::start(false, false);
+    let set = || {
+        let entries = (0..50u8).map(|i| (Token([i; 32]), u32::from(i), idmatch::normalize::Kind::Email)).collect();
+        idmatch::psi::PreparedSet::new(entries, 0)
+    };
+    let options = client::StreamOptions {
+        server: format!("https://localhost:{}", f.port),
+        campaign: "spring".into(),
+        key_file: f.path("campaign.key"),
+        reveal: Reveal::Partner,
+        protocol: ProtocolChoice::Auto,
+        profile: Profile::IdmatchV1,
+        ca: Some(f.path("ca.pem")),
+        cert: None,
+        key: None,
+        token_file: Some(f.path("token")),
+        idle_timeout: Duration::from_secs(10),
+    };
+    let shard =
+        |index| client::OneShard { run_id: rand::random(), index, shards: std::num::NonZeroU32::new(2).unwrap() };
+    for bad in [99, 101, 60] {
+        let refused = f.runtime.block_on(client::run_prepared_shard(options.clone(), shard(0), bad, set()));
+        assert!(
+            matches!(&refused, Err(ClientError::Usage(m)) if m.contains("2 times the largest shard")),
+            "{refused:?}"
+        );
+    }
+    assert!(run_records(&f).is_empty() && f.audit_lines().is_empty(), "nothing reached the owner");
+    // 2 × 150: shard 0 goes out as 150 tokens (50 and 100 dummies), and its summary
+    // counts the 50.
+    let done = f.runtime.block_on(client::run_prepared_shard(options, shard(0), 300, set())).unwrap();
+    assert_eq!(done.outcome.partner_set_size, 50);
+    let stream = f.audit_lines().pop().unwrap();
+    assert_eq!(stream["partner_set_size"], 150);
+    assert_eq!(done.matches, Some(vec![]), "the dummies matched nothing");
 }

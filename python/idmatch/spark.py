@@ -299,7 +299,9 @@ def match(
         sizes = sorted(by_shard.mapPartitionsWithIndex(distinct_tokens).collect())
         if len(sizes) != shards or any(bad for _, _, bad in sizes):
             raise MatchError("Spark did not put one shard in each partition")
-        run_set_size = sum(size for _, size, _ in sizes)
+        partner_set_size = sum(size for _, size, _ in sizes)
+        # Every shard is padded to the largest one's size (PROTOCOL.md §13.4).
+        run_set_size = shards * max(size for _, size, _ in sizes)
 
         def run_shard(index: int, items: Iterator[Any]) -> Iterator[Tuple[Any, ...]]:
             records: List[Tuple[Any, str]] = []
@@ -370,7 +372,7 @@ def match(
         "shards": shards,
         "reveal": reveal,
         "protocol": engines.pop(),
-        "partner_set_size": run_set_size,
+        "partner_set_size": partner_set_size,
         "owner_set_size": sum(o["owner_set_size"] for _, o in outcomes),
         "blinded": sum(o["blinded"] for _, o in outcomes),
         "intersection": None if None in intersections else sum(intersections),

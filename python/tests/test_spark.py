@@ -92,14 +92,19 @@ def test_a_sharded_run_from_spark_gives_the_unsharded_match(spark, idmatch_bin, 
     # The same records, kinds merged over shards, in the DataFrame's order.
     assert rows_of(matches) == list(whole.matches)
     assert summary["shards"] == 4 and len(summary["run_id"]) == 32 and summary["protocol"] == "oprf"
-    for field in ("partner_set_size", "owner_set_size", "intersection", "matched_records", "suppressed_records"):
+    for field in ("partner_set_size", "intersection", "matched_records", "suppressed_records"):
         assert summary[field] == getattr(whole, field), field
+    # The owner pads its four shards to one size (PROTOCOL.md §13.4).
+    assert summary["owner_set_size"] >= whole.owner_set_size and summary["owner_set_size"] % 4 == 0
     assert sum(summary["shard_set_sizes"]) == summary["partner_set_size"]
     assert summary["read"]["rows"] == 1000
     # The owner audited one run, finished.
     runs = [json.loads(line) for line in (server.dir / "audit.jsonl").read_text().splitlines()]
     run = [r for r in runs if r.get("kind") == "run" and r.get("run_id") == summary["run_id"]]
     assert len(run) == 1 and run[0]["outcome"] == "ok" and run[0]["shards_finished"] == 4
+    # Every shard went out padded to one size: the owner saw no shard's real size.
+    streams = [r for r in runs if r.get("run_id") == summary["run_id"] and "shard" in r]
+    assert len(streams) == 4 and {r["partner_set_size"] for r in streams} == {run[0]["run_set_size"] // 4}
 
     # The other engine, another N, and the count mode.
     ecdh, s = idmatch.spark.match(frame(spark, PARTNER, 2), server.url, "spring", shards=3, key_file=campaign_key,

@@ -296,10 +296,10 @@ fn run_client(args: MatchArgs) -> CliResult {
     if let Some(run) = &summary.run {
         match summary.shard {
             Some(shard) => println!(
-                "run {}: shard {shard} of {} (the run's partner set: {})",
+                "run {}: shard {shard} of {}, every shard announced as {} tokens (dummies included)",
                 hex::encode(run.run_id),
                 run.shard_count,
-                run.run_set_size
+                run.run_set_size / u64::from(run.shard_count)
             ),
             None => println!("run {}: {} shards", hex::encode(run.run_id), run.shard_count),
         }

@@ -46,14 +46,19 @@ impl KindSet {
 }
 
 /// Distinct tokens of the surviving records, in random order, with their holders.
+///
+/// A set may be [padded](Self::pad_to) with dummy tokens, held by no record: they are
+/// blinded and sent like the others, and match nothing.
 #[derive(Debug)]
 pub struct PreparedSet {
     tokens: Vec<Token>,
-    /// `holders[starts[i]..starts[i + 1]]` are the (record, kind) pairs of token i.
+    /// `holders[starts[i]..starts[i + 1]]` are the (record, kind) pairs of token i
+    /// (none for a dummy).
     holders: Vec<(u32, Kind)>,
     starts: Vec<usize>,
     excluded_records: u64,
     identifiers: u64,
+    dummies: usize,
 }
 
 impl PreparedSet {
@@ -80,7 +85,44 @@ impl PreparedSet {
             holders.extend(run.iter().map(|&(_, i)| (entries[i].1, entries[i].2)));
         }
         starts.push(holders.len());
-        PreparedSet { tokens, holders, starts, excluded_records, identifiers }
+        PreparedSet { tokens, holders, starts, excluded_records, identifiers, dummies: 0 }
+    }
+
+    /// Adds dummy tokens until the set has `size` tokens (nothing if it has as many
+    /// already), then puts all of them in a fresh uniformly random order: how the
+    /// shards of a run are made one size, so that their sizes say nothing about which
+    /// identifiers fall into which shard (docs/PRIVACY.md, "Shards").
+    ///
+    /// Security: a dummy is 32 bytes from the thread's CSPRNG, so it equals a real
+    /// token of either side with probability about `n · 2^-256`, and it is blinded
+    /// and sent like a real one; after the shuffle its position says nothing either.
+    /// It is held by no record, so it never reaches an output.
+    pub fn pad_to(&mut self, size: usize) {
+        use rand::seq::SliceRandom;
+        let len = self.tokens.len();
+        if size <= len {
+            return;
+        }
+        let mut rng = rand::thread_rng();
+        let mut order: Vec<usize> = (0..size).collect();
+        order.shuffle(&mut rng);
+        let mut tokens = Vec::with_capacity(size);
+        let mut holders = Vec::with_capacity(self.holders.len());
+        let mut starts = Vec::with_capacity(size + 1);
+        for i in order {
+            starts.push(holders.len());
+            if i < len {
+                tokens.push(self.tokens[i]);
+                holders.extend_from_slice(&self.holders[self.starts[i]..self.starts[i + 1]]);
+            } else {
+                let mut dummy = [0u8; 32];
+                rng.fill_bytes(&mut dummy);
+                tokens.push(Token(dummy));
+            }
+        }
+        starts.push(holders.len());
+        self.dummies += size - len;
+        (self.tokens, self.holders, self.starts) = (tokens, holders, starts);
     }
 
     /// The distinct tokens, in the order they are blinded and sent.
@@ -88,9 +130,14 @@ impl PreparedSet {
         &self.tokens
     }
 
-    /// Number of distinct tokens.
+    /// Number of tokens sent: the distinct tokens and the dummies.
     pub fn len(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Number of dummy tokens ([`pad_to`](Self::pad_to)).
+    pub fn dummies(&self) -> usize {
+        self.dummies
     }
 
     /// Whether there are no tokens to send.
@@ -139,4 +186,51 @@ pub fn merge_matched_records(mut matches: Vec<(u32, KindSet)>) -> Vec<(u32, Kind
         }
     });
     matches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(byte: u8) -> Token {
+        Token([byte; 32])
+    }
+
+    /// Records 0..4, record 3 holding token 1 too (by phone).
+    fn four_records() -> PreparedSet {
+        let mut entries: Vec<_> = (0..4u32).map(|r| (token(r as u8), r, Kind::Email)).collect();
+        entries.push((token(1), 3, Kind::Phone));
+        PreparedSet::new(entries, 0)
+    }
+
+    #[test]
+    fn padding_adds_dummies_that_no_record_holds_in_random_places() {
+        let mut moved_forward = false;
+        for _ in 0..20 {
+            let mut set = four_records();
+            let real: Vec<Token> = set.tokens().to_vec();
+            set.pad_to(8);
+            assert_eq!((set.len(), set.dummies(), set.identifiers()), (8, 4, 5));
+            let dummies: Vec<usize> = (0..8).filter(|&i| !real.contains(&set.tokens()[i])).collect();
+            assert_eq!(dummies.len(), 4, "every real token is still there, once");
+            moved_forward |= dummies.iter().any(|&i| i < 4);
+            // Everything matched: the real tokens' records, and nothing for the dummies.
+            let only_dummies: Vec<bool> = (0..8).map(|i| dummies.contains(&i)).collect();
+            assert_eq!(set.matched_records(&only_dummies), vec![]);
+            let all = set.matched_records(&[true; 8]);
+            assert_eq!(all.iter().map(|m| m.0).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+            assert_eq!(all[3].1.joined(), "email;phone");
+        }
+        // All four dummies at the end in 20 shuffles of 8: probability 70^-20.
+        assert!(moved_forward, "dummies are shuffled among the real tokens");
+    }
+
+    #[test]
+    fn padding_to_no_more_than_the_size_changes_nothing() {
+        let mut set = four_records();
+        let before = set.tokens().to_vec();
+        set.pad_to(3);
+        set.pad_to(4);
+        assert_eq!((set.tokens(), set.dummies()), (&before[..], 0));
+    }
 }

@@ -543,16 +543,28 @@ pub struct ShardMatch {
 
 /// Runs shard `shard.index` of the run `shard.run_id` from `set`, a shard set its
 /// caller tokenized, filtered (suppressions) and split by the campaign key's shard
-/// rule itself, announcing `run_set_size` (the sum of every shard's distinct
-/// tokens) as the run's size: Spark's executors, one task per shard. The same stream
-/// as [`run_one_shard`] opens, under the same rule for a shard run twice.
+/// rule itself, announcing `run_set_size` as the run's size: Spark's executors, one
+/// task per shard. `run_set_size` must be [`padded_run_size`] of every shard's
+/// distinct tokens; `set` is padded to its `N`th part. The same stream as
+/// [`run_one_shard`] opens, under the same rule for a shard run twice.
 pub async fn run_prepared_shard(
     options: StreamOptions,
     shard: OneShard,
     run_set_size: u64,
-    set: PreparedSet,
+    mut set: PreparedSet,
 ) -> Result<ShardMatch, ClientError> {
     shard.check()?;
+    let shards = u64::from(shard.shards.get());
+    let shard_size = run_set_size / shards;
+    if !run_set_size.is_multiple_of(shards) || (set.len() as u64) > shard_size {
+        return Err(ClientError::Usage(format!(
+            "the run's size {run_set_size} must be {shards} times the largest shard's distinct tokens \
+             (shard {} has {})",
+            shard.index,
+            set.len()
+        )));
+    }
+    set.pad_to(shard_size as usize);
     check_server(&options.server, options.tls_files())?;
     let offered = options.protocol.offer(options.reveal)?;
     let normalizer = Normalizer::new(options.profile, None);
@@ -641,8 +653,21 @@ pub struct Run {
     pub run_id: [u8; 16],
     /// `N`.
     pub shard_count: u32,
-    /// The partner's whole set size: the sum over the shards of their distinct tokens.
+    /// The partner's whole set size as announced: [`padded_run_size`].
     pub run_set_size: u64,
+}
+
+/// The `run_set_size` a partner announces for a run whose shards hold `sizes`
+/// distinct tokens: `N` times the largest, since every shard is padded to that size
+/// with dummy tokens (`PreparedSet::pad_to`), so the owner learns one shard size,
+/// not how the partner's identifiers fall into shards (docs/PROTOCOL.md §13.4).
+pub fn padded_run_size(sizes: impl IntoIterator<Item = usize>) -> u64 {
+    let (mut shards, mut largest) = (0u64, 0usize);
+    for size in sizes {
+        shards += 1;
+        largest = largest.max(size);
+    }
+    shards * largest as u64
 }
 
 /// The sets this process matches, each with its shard index, and the run they
@@ -656,18 +681,27 @@ fn plan(side: &Prepared, key: &Key, streams: Streams) -> (Option<Run>, Vec<(u32,
         Streams::One(shard) => shard.shards,
     };
     let assignment = crate::shard::assignment(side.records(), &ShardRule::new(key, shards));
-    let (mut run_set_size, mut sets) = (0, Vec::new());
+    let (mut sizes, mut sets) = (Vec::new(), Vec::new());
     for i in 0..shards.get() {
         let set = prepare::prepared_shard(side.records(), side.excluded(), &assignment, i);
-        run_set_size += set.len() as u64;
+        sizes.push(set.len());
         let wanted = match streams {
             Streams::One(shard) => shard.index == i,
             Streams::Whole | Streams::All(_) => true,
         };
         if wanted {
-            sets.push((i, Arc::new(set)));
+            sets.push((i, set));
         }
     }
+    let run_set_size = padded_run_size(sizes);
+    let shard_size = (run_set_size / u64::from(shards.get())) as usize;
+    let sets = sets
+        .into_iter()
+        .map(|(i, mut set)| {
+            set.pad_to(shard_size);
+            (i, Arc::new(set))
+        })
+        .collect();
     let run_id = match streams {
         Streams::One(shard) => shard.run_id,
         Streams::Whole | Streams::All(_) => rand::random(),
@@ -720,8 +754,10 @@ impl ShardStreams {
             let phases = Phases::new(None, set.len() as u64, config.reveal);
             streams.spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| ClientError::Stream(e.to_string()))?;
-                let (protocol, outcome) = stream_match(channel, token, config, set.clone(), idle, phases).await?;
+                let (protocol, mut outcome) = stream_match(channel, token, config, set.clone(), idle, phases).await?;
                 let matches = outcome.matched.as_ref().map(|matched| set.matched_records(matched));
+                // The summary counts the partner's tokens, not the dummies sent with them.
+                outcome.partner_set_size -= set.dummies() as u64;
                 Ok::<_, ClientError>((protocol, outcome, matches))
             });
         }

@@ -195,7 +195,11 @@ impl Service for MatchService {
                 let shards = NonZeroU32::new(run.shard_count)
                     .ok_or_else(|| protocol_status(&ProtocolError::Malformed("a run of zero shards")))?;
                 let assignment = campaign.shard_assignment(shards);
-                Ok(prepare::prepared_shard(&campaign.records, &excluded, &assignment, run.shard_index))
+                let mut set = prepare::prepared_shard(&campaign.records, &excluded, &assignment, run.shard_index);
+                // Every shard as large as the largest could be: the partner learns
+                // one size, not how the audience falls into shards (§13.4).
+                set.pad_to(prepare::shard_size_bound(&campaign.records, &excluded, &assignment, shards.get()));
+                Ok(set)
             }
         });
         let set = match prepared {
@@ -208,7 +212,9 @@ impl Service for MatchService {
             }
         };
         record.opted_out_records = Some(set.excluded_records());
-        record.owner_set_size = Some(set.len() as u64);
+        // The audit counts the audience's tokens, not the dummies sent with them.
+        let owner_tokens = (set.len() - set.dummies()) as u64;
+        record.owner_set_size = Some(owner_tokens);
         // ...and only then the daily budget of a match alone, just before `Accept`
         // goes out.
         let charge = |session: &Session<'_, MatchService>| match joined {
@@ -242,7 +248,7 @@ impl Service for MatchService {
             }
             // A shard: the run's results are one file, written when its last shard
             // finishes, from the matches of all of them.
-            Some(mut shard) => match shard.finish(set.len() as u64, protocol.name(), matches) {
+            Some(mut shard) => match shard.finish(owner_tokens, protocol.name(), matches) {
                 Err(e) => return Err(e.status()),
                 Ok(Finished::Shard) => {}
                 Ok(Finished::Last { matches }) => {

@@ -17,7 +17,7 @@ use crate::key::Key;
 use crate::normalize::Profile;
 use crate::output::{MatchRows, OutputError, Staged};
 use crate::psi::PreparedSet;
-use crate::shard::file::{Expected, ShardFileError, ShardReader};
+use crate::shard::file::{Expected, ShardReader};
 use crate::shard::split::shard_file_name;
 use crate::token::KeyFingerprint;
 
@@ -85,14 +85,14 @@ fn read(
     shard: OneShard,
 ) -> Result<ShardInput, ClientError> {
     let shards = shard.shards.get();
-    let (mut run_set_size, mut mine) = (0, None);
+    let (mut sizes, mut mine) = (Vec::new(), None);
     for index in 0..shards {
         let path = dir.join(shard_file_name(index, shards));
         let expected = Expected { fingerprint, profile, shards, index };
-        let mut reader = ShardReader::open(&path, expected).map_err(input_error)?;
+        let mut reader = ShardReader::open(&path, expected)?;
         let (mut tokens, mut entries, mut ids) = (Vec::new(), Vec::new(), Vec::new());
         let (mut id, mut last_ordinal) = (String::new(), None);
-        while let Some(entry) = reader.next_entry(&mut id).map_err(input_error)? {
+        while let Some(entry) = reader.next_entry(&mut id)? {
             tokens.push(entry.token);
             if index == shard.index {
                 if last_ordinal != Some(entry.ordinal) {
@@ -103,19 +103,15 @@ fn read(
             }
         }
         // Length and checksum: nothing of the file counts before they pass.
-        reader.finish().map_err(input_error)?;
+        reader.finish()?;
         tokens.sort_unstable();
         tokens.dedup();
-        run_set_size += tokens.len() as u64;
+        sizes.push(tokens.len());
         if index == shard.index {
             mine = Some((PreparedSet::new(entries, 0), ids));
         }
     }
     let (set, ids) =
         mine.ok_or_else(|| ClientError::Usage(format!("shard {} is not below N = {shards}", shard.index)))?;
-    Ok(ShardInput { run_set_size, set, ids })
-}
-
-fn input_error(e: ShardFileError) -> ClientError {
-    ClientError::ShardFile(e)
+    Ok(ShardInput { run_set_size: super::client::padded_run_size(sizes), set, ids })
 }
