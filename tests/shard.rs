@@ -97,6 +97,10 @@ fn sharded_matches_equal_the_unsharded_match_byte_for_byte() {
             }
             let out = local_match(&owner, &partner, &key, &out_dir, &extra);
             assert!(out.status.success(), "{reveal}/{protocol}/{name}: {}", text(&out.stderr));
+            if shards == Some("auto") {
+                // A small input: one shard, and the plan said on standard error.
+                assert!(text(&out.stderr).contains("--shards auto: 1 shards of up to "), "{}", text(&out.stderr));
+            }
             files(&out_dir)
         };
         let unsharded = run("unsharded", None);
@@ -112,7 +116,7 @@ fn sharded_matches_equal_the_unsharded_match_byte_for_byte() {
             let matches = &unsharded.iter().find(|(name, _)| name == "partner_matches.csv").unwrap().1;
             assert!(text(matches).contains("email;phone"), "some records match by both kinds");
         }
-        for shards in ["1", "3", "16"] {
+        for shards in ["1", "3", "16", "auto"] {
             let sharded = run(&format!("shards{shards}"), Some(shards));
             assert_eq!(
                 sharded.iter().map(|f| &f.0).collect::<Vec<_>>(),

@@ -77,7 +77,8 @@ pub struct MatchArgs {
     /// Local mode: also write owner_rejects.csv and partner_rejects.csv (line, column, reason) to the output directory.
     #[arg(long, conflicts_with = "server")]
     pub write_rejects: bool,
-    /// Match in N shards (1 to 4096). Local mode: out of core (`auto`: one shard per 32 MiB of the larger file):
+    /// Match in N shards (1 to 4096). Local mode: out of core (`auto`: one shard per 32 MiB of the larger file, smaller
+    /// shards if the memory available, or the cgroup's limit, is short):
     /// both files are split into shard files in a private directory inside --out-dir and matched one shard at a
     /// time, so memory follows the shard, not the input. Client mode: a run of N shard streams to the server,
     /// --parallel at a time, all or nothing. The outputs are the same as without it.
@@ -124,14 +125,32 @@ fn parse_shard_count(s: &str) -> Result<ShardCount, String> {
     if s == "auto" { Ok(ShardCount::Auto) } else { super::parse_shards(s).map(ShardCount::Exactly) }
 }
 
-/// The number of shards for `--shards auto`, from the sizes of the two files.
+/// The number of shards for `--shards auto`, from the sizes of the two files and
+/// the memory available, said on standard error.
 fn auto_shards(owner: &std::path::Path, partner: &std::path::Path) -> Result<std::num::NonZeroU32, UsageError> {
+    use idmatch::local_match::{memory, sharded};
     let size = |path: &std::path::Path| {
         std::fs::metadata(path).ok().filter(std::fs::Metadata::is_file).map(|m| m.len()).ok_or_else(|| {
             UsageError(format!("--shards auto needs the size of {}: give --shards N instead", path.display()))
         })
     };
-    Ok(idmatch::local_match::sharded::default_shards(size(owner)?.max(size(partner)?)))
+    let plan = sharded::default_shards(size(owner)?.max(size(partner)?), memory::available());
+    let mib = |bytes: u64| bytes >> 20;
+    let memory = plan.memory.map_or("unknown".to_owned(), |m| format!("{} MiB", mib(m)));
+    eprintln!(
+        "--shards auto: {} shards of up to {} MiB of input each ({} MiB of memory planned per MiB of input; \
+         memory available: {memory})",
+        plan.shards,
+        mib(plan.bytes_per_shard),
+        sharded::MEMORY_PER_SHARD_BYTE,
+    );
+    if plan.short_of_memory {
+        eprintln!(
+            "warning: a shard of this input may need more memory than is available ({memory}); \
+             free some, or give --shards N"
+        );
+    }
+    Ok(plan.shards)
 }
 
 fn parse_reveal(s: &str) -> Result<Reveal, String> {

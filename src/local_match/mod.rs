@@ -28,6 +28,7 @@ use crate::psi::{
 use crate::records::{ColumnSpec, Mode, ReadOptions, ReadStats, RecordSet, RejectWriteError, RejectWriter};
 use crate::token::Tokenizer;
 
+pub mod memory;
 pub mod sharded;
 
 /// Everything a local match needs.

@@ -53,15 +53,44 @@ pub fn run(options: &LocalMatchOptions, shards: NonZeroU32) -> Result<MatchSumma
     run_staged(options, |key, staging| run_into(options, key, staging, shards))
 }
 
-/// Input bytes per shard that [`default_shards`] aims at: about 750,000 records of
-/// the usual width, whose shard (both sides, all state) takes some hundred MiB.
+/// Input bytes per shard that [`default_shards`] aims at where memory allows: about
+/// 750,000 records of the usual width, whose shard (both sides, all state) peaked at
+/// about 350 MiB (README, "Scale"). Larger shards do not run faster: these fit the
+/// CPU caches better than the whole set.
 pub const BYTES_PER_SHARD: u64 = 32 << 20;
 
-/// A number of shards for inputs of `largest` bytes (the larger of the two files):
-/// one per [`BYTES_PER_SHARD`], at least 1 and at most [`MAX_SHARDS`].
-pub fn default_shards(largest: u64) -> NonZeroU32 {
-    let shards = largest.div_ceil(BYTES_PER_SHARD).clamp(1, u64::from(MAX_SHARDS));
-    NonZeroU32::new(shards as u32).unwrap_or(NonZeroU32::MIN)
+/// Peak memory per input byte of a shard that [`default_shards`] plans for: about 11
+/// measured (350 MiB for 32 MiB shards), with a margin.
+pub const MEMORY_PER_SHARD_BYTE: u64 = 16;
+
+/// The smallest shard [`default_shards`] makes for lack of memory.
+const MIN_BYTES_PER_SHARD: u64 = 1 << 20;
+
+/// The number of shards `--shards auto` chose, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardPlan {
+    /// `N`.
+    pub shards: NonZeroU32,
+    /// The input bytes of the larger file per shard that `N` aims at.
+    pub bytes_per_shard: u64,
+    /// The memory the plan assumed ([`super::memory::available`]), if known.
+    pub memory: Option<u64>,
+    /// Whether one shard is still expected to need more than `memory`
+    /// (the input is too large for [`MAX_SHARDS`] shards of the size memory allows).
+    pub short_of_memory: bool,
+}
+
+/// A number of shards for inputs of `largest` bytes (the larger of the two files)
+/// with `memory` bytes available: one per [`BYTES_PER_SHARD`], or per
+/// `memory / MEMORY_PER_SHARD_BYTE` if that is smaller (not below 1 MiB), at least 1
+/// and at most [`MAX_SHARDS`].
+pub fn default_shards(largest: u64, memory: Option<u64>) -> ShardPlan {
+    let fits = memory.map_or(BYTES_PER_SHARD, |m| (m / MEMORY_PER_SHARD_BYTE).max(MIN_BYTES_PER_SHARD));
+    let bytes_per_shard = BYTES_PER_SHARD.min(fits);
+    let count = largest.div_ceil(bytes_per_shard).clamp(1, u64::from(MAX_SHARDS));
+    let shards = NonZeroU32::new(count as u32).unwrap_or(NonZeroU32::MIN);
+    let short_of_memory = memory.is_some_and(|m| largest.div_ceil(count).saturating_mul(MEMORY_PER_SHARD_BYTE) > m);
+    ShardPlan { shards, bytes_per_shard, memory, short_of_memory }
 }
 
 impl From<SpillError> for LocalMatchFailure {
@@ -468,10 +497,28 @@ mod tests {
 
     #[test]
     fn the_default_number_of_shards_follows_the_input_size() {
-        assert_eq!(default_shards(0).get(), 1);
-        assert_eq!(default_shards(BYTES_PER_SHARD).get(), 1);
-        assert_eq!(default_shards(BYTES_PER_SHARD + 1).get(), 2);
-        assert_eq!(default_shards(4 << 30).get(), 128);
-        assert_eq!(default_shards(u64::MAX).get(), super::MAX_SHARDS);
+        let n = |largest, memory| default_shards(largest, memory).shards.get();
+        let plenty = Some(24 << 30);
+        for memory in [None, plenty] {
+            assert_eq!(n(0, memory), 1);
+            assert_eq!(n(BYTES_PER_SHARD, memory), 1);
+            assert_eq!(n(BYTES_PER_SHARD + 1, memory), 2);
+            assert_eq!(n(4 << 30, memory), 128);
+            assert_eq!(n(u64::MAX, memory), super::MAX_SHARDS);
+        }
+        assert!(!default_shards(4 << 30, plenty).short_of_memory);
+    }
+
+    #[test]
+    fn the_default_number_of_shards_follows_the_memory_left() {
+        // 256 MiB left (a small container): shards of 16 MiB of input, twice as many.
+        let plan = default_shards(4 << 30, Some(256 << 20));
+        assert_eq!((plan.shards.get(), plan.bytes_per_shard, plan.short_of_memory), (256, 16 << 20, false));
+        // Almost nothing left: shards of 1 MiB, never smaller.
+        let plan = default_shards(64 << 20, Some(1 << 20));
+        assert_eq!((plan.shards.get(), plan.bytes_per_shard, plan.short_of_memory), (64, 1 << 20, true));
+        // More input than 4096 shards of the size memory allows: said, not hidden.
+        let plan = default_shards(64 << 30, Some(64 << 20));
+        assert_eq!((plan.shards.get(), plan.short_of_memory), (super::MAX_SHARDS, true));
     }
 }
