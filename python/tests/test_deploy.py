@@ -87,3 +87,57 @@ def test_the_indexed_job_runs_one_shard_per_pod_under_one_run_id() -> None:
     assert any(re.fullmatch(r"--output=.*\$\(JOB_COMPLETION_INDEX\).*", a) for a in args)
     env = {e["name"] for e in pod["containers"][0]["env"]}
     assert "RUN_ID" in env
+
+
+def test_the_shard_files_jobs_split_once_then_match_one_shard_per_pod(idmatch_bin: Path, campaign_key: Path,
+                                                                      tmp_path: Path) -> None:
+    with open(DEPLOY / "shard-files-job.yaml", encoding="utf-8") as f:
+        split, match = [d for d in yaml.safe_load_all(f) if d]
+    assert (split["kind"], match["kind"]) == ("Job", "Job")
+    assert split["metadata"]["labels"] == {"step": "split"} and match["metadata"]["labels"] == {"step": "match"}
+    split_pod, spec = split["spec"]["template"]["spec"], match["spec"]
+    check_pod(split_pod)
+    check_pod(spec["template"]["spec"])
+    assert split["spec"]["backoffLimit"] == 0 and spec["backoffLimit"] == 0
+    assert spec["completionMode"] == "Indexed" and spec["parallelism"] == spec["completions"]
+    n = spec["completions"]
+    split_args = split_pod["containers"][0]["args"]
+    match_args = spec["template"]["spec"]["containers"][0]["args"]
+    value = lambda args, flag: [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]  # noqa: E731
+    # The split makes N files where the pods read them; the pods read no raw input.
+    assert split_args[0] == "shard" and value(split_args, "--shards") == [str(n)]
+    assert value(split_args, "--out-dir") == value(match_args, "--shard-files")
+    assert value(match_args, "--shard") == [f"$(JOB_COMPLETION_INDEX)/{n}"] and "--run-id=$(RUN_ID)" in match_args
+    assert not value(match_args, "--input")
+    match_mounts = {m["name"]: m for m in spec["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert match_mounts["shards"].get("readOnly") is True and "data" not in match_mounts
+
+    # Both commands as written, on this machine: the split writes N files, and pod
+    # 0's match reads and checks them all before it fails to reach a server that
+    # is not there (not a usage error, not a shard-file error).
+    shards_dir = tmp_path / "shards"
+    here = {"/data/partner.csv": str(REPO / "examples" / "partner.csv"), "/secrets/campaign.key": str(campaign_key),
+            value(split_args, "--out-dir")[0]: str(shards_dir)}
+
+    def local(args: list) -> list:
+        """The pod's arguments with its paths replaced by this machine's."""
+        out = []
+        for arg in args:
+            flag, _, path = arg.partition("=")
+            out.append(f"{flag}={here[path]}" if path in here else arg)
+        return out
+
+    out = subprocess.run([str(idmatch_bin), *local(split_args)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert len(list(shards_dir.glob(f"shard-*-of-{n:05}.idms"))) == n
+    token = tmp_path / "partner.token"
+    token.write_text("t" * 40)
+    token.chmod(0o600)
+    here.update({"/secrets/partner.token": str(token), "/out/matches-$(JOB_COMPLETION_INDEX).csv":
+                 str(tmp_path / "matches-0.csv"), "https://idmatch.owner.example:7443": "http://127.0.0.1:9"})
+    args = [a for a in local(match_args) if not a.startswith("--ca=")]
+    args = [a.replace("$(JOB_COMPLETION_INDEX)", "0").replace("$(RUN_ID)", "00" * 16) for a in args]
+    out = subprocess.run([str(idmatch_bin), *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode not in (0, 2), out.stderr
+    assert "shard file" not in out.stderr and "127.0.0.1:9" in out.stderr, out.stderr
+    assert not (tmp_path / "matches-0.csv").exists()
