@@ -28,6 +28,8 @@ use sha2::{Digest, Sha256};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 const TOKEN: &str = "acme-measure-token";
+/// A partner the owner does not trust to run an honest client.
+const WARY_TOKEN: &str = "wary-measure-token";
 
 /// A CA and a server certificate for localhost, written to `dir`.
 fn write_pki(dir: &Path) {
@@ -59,8 +61,32 @@ fn write_lists(dir: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
     (opted, suppressed)
 }
 
+/// The crafted outcomes of a cheating owner (issue 20, attack 1): every exposed
+/// person is an outcome person, worth 0, except 20 targets worth 2^0 … 2^19 (people
+/// with an email and a phone that no other exposure row has, not suppressed), so
+/// that an exact group sum spells out which targets are in it.
+fn write_crafted_outcomes(dir: &Path, suppressed: &BTreeSet<String>) {
+    let rows = csv_rows(&dir.join("exposures.csv"));
+    let count = |column: usize, value: &str| rows.iter().filter(|r| r[column] == value).count();
+    let mut text = String::from("id,email,phone,value\n");
+    let mut arms = Vec::new();
+    for (n, row) in rows.iter().enumerate() {
+        let lone = !row[1].is_empty() && !row[2].is_empty() && count(1, &row[1]) == 1 && count(2, &row[2]) == 1;
+        let value = if arms.len() < 20 && lone && !suppressed.contains(&row[0]) {
+            arms.push(row[3].clone());
+            1u64 << (arms.len() - 1)
+        } else {
+            0
+        };
+        text += &format!("c{n},{},{},{value}\n", row[1], row[2]);
+    }
+    assert_eq!(arms.len(), 20);
+    write(dir, "crafted.csv", &text);
+}
+
 fn config_text() -> String {
     let token_sha = hex::encode(Sha256::digest(TOKEN.as_bytes()));
+    let wary_sha = hex::encode(Sha256::digest(WARY_TOKEN.as_bytes()));
     let campaign = |id: &str, measurement: &str| {
         format!(
             "[[campaigns]]\nid = \"{id}\"\nkey_file = \"campaign.key\"\naudience = \"outcomes.csv\"\nregion = \"US\"\n{measurement}\n"
@@ -88,7 +114,14 @@ idle_timeout_secs = 60
 [[partners]]
 name = "acme"
 token_sha256 = "{token_sha}"
-campaigns = ["spring", "summer", "autumn", "noisy", "noisy-twin", "winter", "dusk"]
+campaigns = ["spring", "summer", "autumn", "noisy", "noisy-twin", "winter", "dusk", "crafted"]
+reveals = ["count"]
+honest_client_trusted = true
+
+[[partners]]
+name = "wary"
+token_sha256 = "{wary_sha}"
+campaigns = ["spring", "summer", "autumn"]
 reveals = ["count"]
 
 "#
@@ -119,6 +152,7 @@ reveals = ["count"]
     );
     text += &campaign("winter", "");
     text += &campaign("hidden", &measurement("owner", ""));
+    text += &campaign("crafted", "[campaigns.measurement]\noutcomes = \"crafted.csv\"\nlearner = \"owner\"\n");
     text
 }
 
@@ -135,8 +169,10 @@ impl Fixture {
         let d = dir.path();
         synth(d, 4000, 21);
         let (opted, suppressed) = write_lists(d);
+        write_crafted_outcomes(d, &suppressed);
         write_pki(d);
         write(d, "token", TOKEN);
+        write(d, "wary-token", WARY_TOKEN);
         write(d, "server.toml", &config_text());
         (Fixture::serve(dir), opted, suppressed)
     }
@@ -174,6 +210,8 @@ impl Fixture {
             key: None,
             token_file: Some(self.path("token")),
             idle_timeout: Duration::from_secs(60),
+            // Most tests measure learner owner and both: this partner trusts the owner.
+            trust_owner_with_split: true,
         }
     }
 
@@ -243,6 +281,7 @@ impl Fixture {
             key_fingerprint: self.fingerprint(),
             exposure_bundles: bundles,
             groups,
+            owner_may_learn: true,
         })
     }
 }
@@ -515,6 +554,7 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
                 key_fingerprint: f.fingerprint(),
                 exposure_bundles: 10,
                 groups: 2,
+                owner_may_learn: true,
             })],
             FailedPrecondition,
         ),
@@ -527,6 +567,7 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
                 key_fingerprint: Vec::new(),
                 exposure_bundles: 10,
                 groups: 2,
+                owner_may_learn: true,
             })],
             FailedPrecondition,
         ),
@@ -539,6 +580,7 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
                 key_fingerprint: f.fingerprint(),
                 exposure_bundles: 10,
                 groups: 2,
+                owner_may_learn: true,
             })],
             FailedPrecondition,
         ),
@@ -638,8 +680,12 @@ fn the_command_line_client_prints_and_writes_what_the_partner_learns() {
     let control = written.iter().find(|(g, _)| g == "control").unwrap().1;
     assert!(stdout.contains("control") && stdout.contains(&control[3].to_string()), "{stdout}");
 
-    // The owner learns: nothing is written on the partner's side.
+    // The owner learns: refused unless the partner trusts it (exit code 9), and
+    // then nothing is written on the partner's side.
     let out = run("spring", "cli-spring", &[]);
+    assert_eq!(out.status.code(), Some(9), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--trust-owner-with-split"));
+    let out = run("spring", "cli-spring", &["--trust-owner-with-split"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("to the owner only"));
     assert!(!f.path("cli-spring").exists());
@@ -664,6 +710,7 @@ fn the_owner_puts_together_no_message_over_its_limit() {
     let d = dir.path();
     synth(d, 4000, 21);
     let (opted, suppressed) = write_lists(d);
+    write_crafted_outcomes(d, &suppressed);
     write_pki(d);
     write(d, "token", TOKEN);
     let limited = "idle_timeout_secs = 60\nmax_measurement_message_bytes = 1048576";
@@ -693,4 +740,76 @@ fn the_owner_puts_together_no_message_over_its_limit() {
     let expected: Vec<(String, [u64; 4])> = plaintext(f.dir.path(), &opted, &suppressed).into_iter().collect();
     let report = f.run(f.options("autumn", "out")).unwrap_or_else(|e| panic!("{e}: {:?}", f.audit().last()));
     nearly(&figures(&released(&report)["groups"]), &expected);
+}
+
+/// Issue 20, attack 1, played by the owner: crafted outcome values (2^0 … 2^19 for
+/// 20 targets) make the exact group sums spell out which targets the partner put in
+/// which group. The partner's client therefore refuses a measurement whose owner
+/// learns figures unless the partner says it trusts the owner; and the owner
+/// refuses a measurement whose partner learns figures to a partner it does not
+/// trust to run an honest client.
+#[test]
+fn learning_figures_needs_the_other_sides_trust() {
+    let (f, _, _) = Fixture::start();
+    // Untrusting (the default): the hello says so (owner_may_learn false) and the
+    // owner refuses it before charging or encrypting anything (the client would
+    // stop at the accept of an owner that did not): nothing about the partner's
+    // people sent, exit code 9, no results file, no budget spent.
+    let charged = |f: &Fixture| {
+        let state = std::fs::read(f.path("state.json")).ok();
+        let state: Option<serde_json::Value> = state.and_then(|b| serde_json::from_slice(&b).ok());
+        state.and_then(|s| s["partners"]["acme"]["matches"].as_u64()).unwrap_or(0)
+    };
+    let mut wary = f.options("crafted", "out-wary");
+    wary.trust_owner_with_split = false;
+    let refused = f.run(wary).unwrap_err();
+    assert!(matches!(refused, ClientError::OwnerWouldLearn), "{refused}");
+    assert_eq!(refused.exit_code(), 9);
+    assert!(refused.to_string().contains("--trust-owner-with-split"), "{refused}");
+    assert!(f.results().is_empty() && !f.path("out-wary/measurement.json").exists());
+    // The owner audits the stream once it sees it end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while f.audit().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let audit = f.audit();
+    assert_eq!(audit.len(), 1);
+    assert_ne!(audit[0]["outcome"], "ok");
+    assert_eq!(audit[0]["owner_learned"], false, "{}", audit[0]);
+    assert_eq!(charged(&f), 0, "a refused hello charges nothing");
+
+    // Trusting: the owner's exact sums decode the split, target by target.
+    f.run(f.options("crafted", "out-trusting")).unwrap();
+    assert_eq!(charged(&f), 1);
+    let results = f.results();
+    assert_eq!(results.len(), 1);
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&results[0]).unwrap()).unwrap();
+    let sum = |arm: &str| figures(&file["groups"]).into_iter().find(|(g, _)| g == arm).unwrap().1[3];
+    let decoded = |arm: &str| (0..20).filter(|i| sum(arm) >> i & 1 == 1).collect::<Vec<usize>>();
+    // The targets' arms, independently: crafted.csv's row n is exposures.csv's row n.
+    let exposures = csv_rows(&f.path("exposures.csv"));
+    let mut arms = vec![String::new(); 20];
+    for (n, row) in csv_rows(&f.path("crafted.csv")).iter().enumerate() {
+        let value: u64 = row[3].parse().unwrap();
+        if value > 0 {
+            arms[value.trailing_zeros() as usize] = exposures[n][3].clone();
+        }
+    }
+    let in_arm = |arm: &str| (0..20).filter(|&i| arms[i] == arm).collect::<Vec<usize>>();
+    assert!(!in_arm("test").is_empty() && !in_arm("control").is_empty(), "{arms:?}");
+    assert_eq!(decoded("test"), in_arm("test"));
+    assert_eq!(decoded("control"), in_arm("control"));
+
+    // The owner's side: a partner it does not trust gets no figures of its values.
+    let mut untrusted = f.options("summer", "out-untrusted");
+    untrusted.token_file = Some(f.path("wary-token"));
+    let denied = f.run(untrusted).unwrap_err();
+    assert!(matches!(&denied, ClientError::PermissionDenied(m) if m.contains("honest_client_trusted")), "{denied}");
+    assert!(!f.path("out-untrusted/measurement.json").exists());
+    let last = f.audit().pop().unwrap();
+    assert_eq!((last["partner"].as_str(), last["epsilon_spent"].as_f64()), (Some("wary"), Some(0.0)), "{last}");
+    // ...while a measurement the owner learns is the wary partner's to allow.
+    let mut owner_learns = f.options("spring", "out-wary-spring");
+    owner_learns.token_file = Some(f.path("wary-token"));
+    assert!(f.run(owner_learns).is_ok());
 }

@@ -79,6 +79,11 @@ pub struct MeasureArgs {
     /// Local mode: who receives the released figures: owner, partner or both (with --server, the campaign's setting).
     #[arg(long, default_value = "owner", value_parser = parse_learner, conflicts_with = "server")]
     pub learner: Learner,
+    /// Client mode: run even if the campaign releases figures to the owner (learner owner or both). A cheating
+    /// owner could then decode which of your exposed people you put in which group (docs/PRIVACY.md): without
+    /// this flag such a measurement is refused (exit code 9) before anything about your people is sent.
+    #[arg(long, requires = "server")]
+    pub trust_owner_with_split: bool,
     /// Not available: a measurement runs in one process (README, "Scale"); taken only to refuse it clearly.
     #[arg(long, value_name = "N", hide = true)]
     pub shards: Option<String>,
@@ -188,6 +193,7 @@ fn run_client(args: MeasureArgs) -> CliResult {
         key: args.credentials.tls.key,
         token_file: args.credentials.token_file,
         idle_timeout: std::time::Duration::from_secs(300),
+        trust_owner_with_split: args.trust_owner_with_split,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(measure_client::run(options))?;

@@ -194,6 +194,17 @@ pub enum ClientError {
     /// The partner's state machine could not start (its random number generator).
     #[error("could not start the match: {0}")]
     Setup(#[from] SetupError),
+    /// This side refused a measurement in which the owner learns figures (learner
+    /// `owner` or `both`) because the partner did not say it trusts the owner with
+    /// its split (`--trust-owner-with-split`): nothing about its people was sent
+    /// (exit code 9).
+    #[error(
+        "the campaign's measurement releases figures to the owner (learner owner or both): a cheating owner could \
+         decode from them which of your exposed people you put in which group (docs/PRIVACY.md). Nothing about \
+         your people was sent. Give --trust-owner-with-split only if you trust the owner's server to follow the \
+         protocol, or ask the owner for learner = \"partner\""
+    )]
+    OwnerWouldLearn,
     /// A measurement could not be run or its result written (`idmatch measure
     /// --server`): the exposures, the owner's messages or the output directory.
     #[error("measurement: {0}")]
@@ -206,7 +217,8 @@ pub enum ClientError {
 
 impl ClientError {
     /// 2 usage, 3 unreachable, 4 TLS, 5 credentials, 6 permission, 7 limits, 8
-    /// campaign key mismatch, 1 anything else.
+    /// campaign key mismatch, 9 a measurement this side refused (the owner would
+    /// learn figures), 1 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Usage(_) => 2,
@@ -216,6 +228,7 @@ impl ClientError {
             ClientError::PermissionDenied(_) => 6,
             ClientError::ResourceExhausted(_) => 7,
             ClientError::KeyMismatch(_) => 8,
+            ClientError::OwnerWouldLearn => 9,
             _ => 1,
         }
     }

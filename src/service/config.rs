@@ -192,8 +192,11 @@ pub struct PartnerConfig {
     /// The owner trusts this partner to run an honest (unmodified) client. Only then
     /// may it use engines that are secure against semi-honest partners only (`oprf`,
     /// where a deviating client can recover every owner token offline: docs/PRIVACY.md,
-    /// "Under `oprf`"). Default `false`: the partner gets `ecdh` whatever it offers,
-    /// and a hello offering only `oprf` is refused with PERMISSION_DENIED.
+    /// "Under `oprf`"), and measurements that release figures to the partner
+    /// (learner `partner` or `both`, where a deviating client can read one person's
+    /// value exactly). Default `false`: the partner gets `ecdh` whatever it offers,
+    /// a hello offering only `oprf` is refused with PERMISSION_DENIED, and so is a
+    /// measurement whose campaign releases figures to the partner.
     #[serde(default)]
     pub honest_client_trusted: bool,
 }

@@ -25,11 +25,13 @@ use super::audit::{MeasureRecord, now_unix_ms};
 use super::budget::EpsilonCharge;
 use super::driver::DriveError;
 use super::frames::OwnerFrames;
-use super::measure_wire::{FrameError, MEASURE_VERSION, SEND_FRAME_BYTES, exposures_min, learner_to_wire};
+use super::measure_wire::{
+    FrameError, MEASURE_VERSION, OWNER_LEARNS_REFUSED, SEND_FRAME_BYTES, exposures_min, learner_to_wire,
+};
 use super::metrics::Metrics;
 use super::session::{self, Service, Session};
 use super::shared::Shared;
-use super::status::protocol_status;
+use super::status::{protocol_status, with_code};
 use crate::measure::message::MAX_GROUPS;
 use crate::measure::side::{OwnerSide, SideReport, owner_people};
 use crate::measure::stats::{GroupFigures, Lift};
@@ -160,6 +162,31 @@ impl Service for MeasureService {
             return Err(Status::failed_precondition("this campaign has no measurement configured"));
         };
         record.learner = Some(settings.learner.name().to_owned());
+        // A partner that learns figures of the owner's values could read one
+        // person's value exactly by sending crafted ciphertexts for decryption
+        // (docs/PRIVACY.md, "Cheating parties, by learner"): only a partner the
+        // owner trusts to run an honest client may, refused before anything is read,
+        // encrypted or charged.
+        if settings.learner.partner_learns() && !session.partner.honest_client_trusted {
+            return Err(Status::permission_denied(format!(
+                "this campaign's measurement releases figures to the partner (learner = {}), which the owner allows \
+                 only for partners it trusts to run an honest client (honest_client_trusted), which this partner is \
+                 not",
+                settings.learner.name()
+            )));
+        }
+        // And the owner learns figures only where the partner lets it: a cheating
+        // owner could decode the partner's groups from exact sums of crafted values.
+        if settings.learner != Learner::Partner && !hello.owner_may_learn {
+            return Err(with_code(
+                Status::failed_precondition(format!(
+                    "this campaign's measurement releases figures to the owner (learner = {}), and the partner's \
+                     hello does not allow that (owner_may_learn)",
+                    settings.learner.name()
+                )),
+                OWNER_LEARNS_REFUSED,
+            ));
+        }
         if hello.version != MEASURE_VERSION {
             return Err(protocol_status(&ProtocolError::UnsupportedVersion {
                 ours: MEASURE_VERSION,

@@ -17,7 +17,9 @@ use tonic::Request;
 use super::client::{ClientError, PartnerFiles, TlsFiles, authorize, check_server, connect_to};
 use super::driver::{DriveError, Driven, INBOUND_QUEUE, Inbound, drive, error_kind, receive_with_deadline};
 use super::frames::PartnerFrames;
-use super::measure_wire::{FrameError, MEASURE_VERSION, MIN_FRAME_BYTES, SEND_FRAME_BYTES, learner_from_wire};
+use super::measure_wire::{
+    FrameError, MEASURE_VERSION, MIN_FRAME_BYTES, OWNER_LEARNS_REFUSED, SEND_FRAME_BYTES, learner_from_wire,
+};
 use crate::measure::side::{PartnerSide, SideReport, partner_exposures};
 use crate::measure::stats::{Measurement, Noise};
 use crate::measure::{self, Learner, laplace};
@@ -69,6 +71,13 @@ pub struct MeasureClientOptions {
     pub token_file: Option<PathBuf>,
     /// Longest wait for the server to send a message, or to take one of ours.
     pub idle_timeout: Duration,
+    /// Whether the partner lets a measurement run in which the owner learns figures
+    /// (learner `owner` or `both`). Default `false`: such a measurement is refused
+    /// after the accept, before anything about the partner's people is sent,
+    /// because a cheating owner can give target people crafted values and decode
+    /// from the exact group sums which of them the partner put in which group
+    /// (docs/PRIVACY.md, "Cheating parties, by learner").
+    pub trust_owner_with_split: bool,
 }
 
 /// The partner's `measurement.json` (and what [`run`] returns).
@@ -153,6 +162,7 @@ async fn measure(
         key_fingerprint: fingerprint.as_bytes().to_vec(),
         exposure_bundles: exposures.len() as u64,
         groups: labels.len() as u32,
+        owner_may_learn: options.trust_owner_with_split,
     };
     out_tx
         .send(wire::MeasurePartnerMessage { body: Some(PartnerBody::Hello(hello)) })
@@ -160,10 +170,8 @@ async fn measure(
         .map_err(|e| ClientError::Stream(e.to_string()))?;
     let mut client =
         MeasurerClient::new(channel).max_decoding_message_size(MAX_DECODING).max_encoding_message_size(MAX_DECODING);
-    let response = client
-        .measure(request)
-        .await
-        .map_err(|s| ClientError::from_status(s.code(), s.message(), error_kind(&s).as_deref()))?;
+    let response =
+        client.measure(request).await.map_err(|s| status_error(s.code(), s.message(), error_kind(&s).as_deref()))?;
     let measurement_id =
         response.metadata().get("idmatch-match-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let mut responses = response.into_inner();
@@ -183,17 +191,23 @@ async fn measure(
     let idle = options.idle_timeout;
     let runtime = tokio::runtime::Handle::current();
     let bundles = exposures.len() as u64;
+    let trust_owner = options.trust_owner_with_split;
     let driver = tokio::task::spawn_blocking(move || {
-        run_partner(labels, group_people, &exposures, bundles, &mut in_rx, &out_tx, idle, &runtime)
+        let partner = PartnerInput { labels, group_records: group_people, exposures: &exposures, bundles, trust_owner };
+        run_partner(partner, &mut in_rx, &out_tx, idle, &runtime)
     });
     let outcome = driver.await.map_err(|e| ClientError::Stream(e.to_string()))?;
     reader.abort();
-    let (accept, learner, release) = outcome.map_err(|e| match e {
+    let outcome = outcome.map_err(|e| match e {
         DriveError::Protocol(p) => ClientError::Protocol(p),
-        DriveError::Remote { code, message, kind } => ClientError::from_status(code, &message, kind.as_deref()),
+        DriveError::Remote { code, message, kind } => status_error(code, &message, kind.as_deref()),
         DriveError::Measure(m) => ClientError::Measurement(m.to_string()),
         other => ClientError::Stream(other.to_string()),
     })?;
+    let (accept, learner, release) = match outcome {
+        Partnered::Done(outcome) => outcome,
+        Partnered::OwnerWouldLearn => return Err(ClientError::OwnerWouldLearn),
+    };
     let report = PartnerReport {
         campaign: options.campaign.clone(),
         measurement_id,
@@ -211,7 +225,27 @@ async fn measure(
     Ok(report)
 }
 
+/// The client error for a status the owner ended a measurement with: a refusal
+/// because the partner did not let the owner learn figures is this side's
+/// [`ClientError::OwnerWouldLearn`]; the others as for a match.
+fn status_error(code: tonic::Code, message: &str, kind: Option<&str>) -> ClientError {
+    match kind {
+        Some(OWNER_LEARNS_REFUSED) => ClientError::OwnerWouldLearn,
+        _ => ClientError::from_status(code, message, kind),
+    }
+}
+
 type PartnerOutcome = (wire::MeasureAccept, Learner, Option<Measurement>);
+
+/// How the partner's role ended, short of an error.
+enum Partnered {
+    /// The measurement ran: the accept, the learner and the release, if any.
+    Done(PartnerOutcome),
+    /// Refused after the accept: the owner would learn figures, and the partner
+    /// did not trust it with its split ([`MeasureClientOptions::trust_owner_with_split`]).
+    /// (An owner that reads `owner_may_learn` refuses before the accept.)
+    OwnerWouldLearn,
+}
 
 /// The noise an accept announces: an `epsilon` (checked by the caller) comes with
 /// the campaign's clip value, in `1..=2^32`, and no clip comes without one. The clip
@@ -225,18 +259,26 @@ fn accept_noise(epsilon: Option<f64>, clip: Option<u64>) -> Result<Option<Noise>
     }
 }
 
-/// Reads the accept, runs the partner's role to its end and waits for the summary.
-#[allow(clippy::too_many_arguments)]
-fn run_partner(
+/// The partner's side of a measurement, as the client read it.
+struct PartnerInput<'a> {
     labels: Vec<String>,
     group_records: Vec<u64>,
-    exposures: &[measure::Exposure],
+    exposures: &'a [measure::Exposure],
     bundles: u64,
+    /// [`MeasureClientOptions::trust_owner_with_split`].
+    trust_owner: bool,
+}
+
+/// Reads the accept, runs the partner's role to its end and waits for the summary.
+/// A measurement whose owner learns figures, without the partner's trust, ends
+/// right after the accept: nothing of the partner's people has left it then.
+fn run_partner(
+    input: PartnerInput<'_>,
     inbound: &mut Inbound<OwnerBody>,
     outbound: &mpsc::Sender<wire::MeasurePartnerMessage>,
     idle: Duration,
     runtime: &tokio::runtime::Handle,
-) -> Result<PartnerOutcome, DriveError> {
+) -> Result<Partnered, DriveError> {
     let accept = match receive_with_deadline(inbound, idle, runtime)? {
         OwnerBody::Accept(accept) => accept,
         _ => return Err(FrameError::Unexpected { state: "awaiting accept", message: "frame or summary" }.into()),
@@ -245,6 +287,10 @@ fn run_partner(
         return Err(ProtocolError::UnsupportedVersion { ours: MEASURE_VERSION, theirs: accept.version }.into());
     }
     let learner = learner_from_wire(accept.learner)?;
+    if learner != Learner::Partner && !input.trust_owner {
+        return Ok(Partnered::OwnerWouldLearn);
+    }
+    let PartnerInput { labels, group_records, exposures, bundles, .. } = input;
     if (accept.max_frame_bytes as usize) < MIN_FRAME_BYTES || accept.min_aggregate == 0 {
         return Err(FrameError::Malformed("the accept's frame limit or minimum aggregate is too small").into());
     }
@@ -265,12 +311,50 @@ fn run_partner(
     if learner.partner_learns() && release.is_none() {
         return Err(FrameError::Malformed("the owner sent no release").into());
     }
-    Ok((accept, learner, release))
+    Ok(Partnered::Done((accept, learner, release)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Against an owner that does not read `owner_may_learn` (an older server, or
+    /// one that cheats), the partner still stops at the accept: nothing is sent.
+    #[test]
+    fn a_partner_that_does_not_trust_the_owner_stops_at_an_accept_where_the_owner_learns() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        for (learner, trust, stops) in [
+            (wire::Learner::Owner, false, true),
+            (wire::Learner::Both, false, true),
+            (wire::Learner::Partner, false, false),
+            (wire::Learner::Owner, true, false),
+        ] {
+            let (in_tx, mut inbound) = mpsc::channel(4);
+            let (outbound, mut sent) = mpsc::channel(4);
+            let accept = wire::MeasureAccept {
+                version: MEASURE_VERSION,
+                learner: learner.into(),
+                min_aggregate: 1,
+                owner_people: 0,
+                max_frame_bytes: SEND_FRAME_BYTES as u32,
+                ..Default::default()
+            };
+            in_tx.try_send(Ok(OwnerBody::Accept(accept))).unwrap();
+            drop(in_tx);
+            let input = PartnerInput {
+                labels: vec!["all".into()],
+                group_records: vec![0],
+                exposures: &[],
+                bundles: 0,
+                trust_owner: trust,
+            };
+            let result = run_partner(input, &mut inbound, &outbound, Duration::from_secs(5), runtime.handle());
+            assert_eq!(matches!(result, Ok(Partnered::OwnerWouldLearn)), stops, "{learner:?} {trust}");
+            if stops {
+                assert!(sent.try_recv().is_err(), "nothing sent after the accept");
+            }
+        }
+    }
 
     #[test]
     fn an_accept_with_noise_carries_a_clip_and_one_without_carries_none() {

@@ -25,6 +25,10 @@ pub const MEASURE_VERSION: u32 = 3;
 pub const SEND_FRAME_BYTES: usize = 1 << 20;
 /// Smallest frame limit a side may announce.
 pub const MIN_FRAME_BYTES: usize = 1024;
+/// The `idmatch-error` kind of the owner's refusal of a hello that does not let it
+/// learn figures (`owner_may_learn` false) where the campaign's learner is `owner`
+/// or `both` (docs/PROTOCOL.md §12.9).
+pub const OWNER_LEARNS_REFUSED: &str = "owner-learns-refused";
 /// Largest `release` message (the JSON of the released figures) a partner accepts.
 pub const MAX_RELEASE_BYTES: usize = 1 << 20;
 
