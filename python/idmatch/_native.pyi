@@ -71,26 +71,36 @@ def _match(
     idle_timeout: float = 300.0,
     progress: bool = False,
 ) -> Dict[str, Any]: ...
-def _shard_entries(
-    records: Iterable[Any],
-    *,
-    shards: int,
-    key: Optional[bytes] = None,
-    key_file: Optional[StrPath] = None,
-    columns_: Optional[List[str]] = None,
-    profile: str = "idmatch-v1",
-    region: Optional[str] = None,
-    id_col: Optional[str] = None,
-    email_col: List[str] = ...,
-    phone_col: List[str] = ...,
-    region_col: Optional[str] = None,
-    filter_list: Optional[StrPath] = None,
-    skip_bad_list_rows: bool = False,
-) -> Tuple[List[Tuple[int, int, str, bytes, str]], Dict[str, Any]]: ...
+#: A variable-length Arrow column by its buffers: (validity, offsets, data, offset, length, wide).
+_VarColumn = Tuple[Optional[bytes], bytes, bytes, int, int, bool]
+
+class ShardReader:
+    """One Spark task's reader of Arrow batches of records into keyed-token entries."""
+
+    def __init__(
+        self,
+        columns: List[str],
+        *,
+        shards: int,
+        partition_keys: List[int],
+        key: Optional[bytes] = None,
+        key_file: Optional[StrPath] = None,
+        profile: str = "idmatch-v1",
+        region: Optional[str] = None,
+        id_col: Optional[str] = None,
+        email_col: List[str] = ...,
+        phone_col: List[str] = ...,
+        region_col: Optional[str] = None,
+        filter_list: Optional[StrPath] = None,
+        skip_bad_list_rows: bool = False,
+    ) -> None: ...
+    def read(self, values: List[_VarColumn], length: int, first_ordinal: int, first_position: int) -> Dict[str, Any]: ...
+
 def _match_shard(
     server: str,
     campaign: str,
-    entries: Iterable[Tuple[int, str, bytes]],
+    kinds: bytes,
+    tokens: _VarColumn,
     *,
     run_id: bytes,
     shard_index: int,
@@ -108,16 +118,24 @@ def _match_shard(
     profile: str = "idmatch-v1",
     idle_timeout: float = 300.0,
 ) -> Dict[str, Any]: ...
-def _write_shard_file(
-    dir: StrPath,
-    entries: Iterable[Tuple[int, str, bytes, str]],
-    *,
-    shards: int,
-    index: int,
-    key: Optional[bytes] = None,
-    key_file: Optional[StrPath] = None,
-    profile: str = "idmatch-v1",
-) -> int: ...
+
+class ShardFileWriter:
+    """One shard file written from batches of entries, renamed into place by finish()."""
+
+    def __init__(
+        self,
+        dir: StrPath,
+        *,
+        shards: int,
+        index: int,
+        partition_offsets: List[int],
+        attempt: int = 0,
+        key: Optional[bytes] = None,
+        key_file: Optional[StrPath] = None,
+        profile: str = "idmatch-v1",
+    ) -> None: ...
+    def push(self, length: int, part: bytes, ordinal: bytes, kind: bytes, tokens: _VarColumn, ids: _VarColumn) -> None: ...
+    def finish(self) -> int: ...
 
 class ShardDir:
     """An output directory of shard files and its private staging directory."""

@@ -1,9 +1,10 @@
 """idmatch on Apache Spark: a partner's sharded match, and an owner's shard files.
 
-``pip install 'idmatch[spark]'`` adds PySpark (imported only when these functions
-run). Every executor must be able to ``import idmatch`` (install the package in
-the executors' Python, and point ``PYSPARK_PYTHON`` at it), and reach the owner's
-server for :func:`match`.
+``pip install 'idmatch[spark]'`` adds PySpark, PyArrow and pandas (imported only
+when these functions run; PySpark's Arrow functions need both). Every executor
+must be able to ``import idmatch`` (install the package in the executors' Python,
+and point ``PYSPARK_PYTHON`` at it), and reach the owner's server for
+:func:`match`.
 
 - :func:`match`: the partner's side of one match as a *run* of ``shards`` shard
   streams (docs/PROTOCOL.md §13.4), one Spark task per shard, each running the
@@ -13,39 +14,68 @@ server for :func:`match`.
 - :func:`write_shards`: the owner's (or anyone's) table split into the shard files
   ``idmatch shard`` writes (docs/PROTOCOL.md §13.2), byte for byte.
 
-What runs where: each input partition is normalized and tokenized by the crate in
-the task that reads it (opt-outs or suppressions applied there, before any
-shard); only keyed tokens, kinds, shards and record ids cross Spark's shuffle,
-never emails or phone numbers. Tokens are keyed hashes, still personal data: keep
-the shuffle and spill directories private (docs/PRIVACY.md, "Sharding and Spark").
+How: every step that touches rows works on Arrow batches (``mapInArrow``), never
+one Python object per row. Each input partition's batches go, column buffers and
+all, to the crate (``idmatch._native.ShardReader``), which normalizes and
+tokenizes them (opt-outs or suppressions applied there, before any shard) and
+returns Arrow columns: shard, keyed token, kind, record id and position. Only
+those cross Spark's shuffle, never emails or phone numbers. The shuffle is
+``repartition(shards, pkey)``, where ``pkey`` is, per shard, an integer that
+Spark's hash partitioning sends to the partition of the shard's number (checked
+in every shard task), so one task sees one whole shard. Counting (the run's size,
+record id uniqueness) and the merge of the matches are Spark SQL in the JVM.
+Tokens are keyed hashes, still personal data: keep the shuffle and spill
+directories private (docs/PRIVACY.md, "Sharding and Spark").
 
 A run is all or nothing, and not idempotent: the owner takes each shard of a run
-once. A task that Spark retries or runs speculatively opens its shard a second
-time, which the owner refuses (``run-shard-repeated``), failing the whole run:
-:func:`match` then raises, and a new call (a new run id) starts again. Turn
-speculation off (``spark.speculation=false``, the default; :func:`match` refuses
-to run with it on).
+once. A shard task that fails before it opens its stream (reading its shard from
+the shuffle, a lost executor) is simply retried by Spark (``spark.task.maxFailures``).
+A task that fails after opening its stream, or that Spark runs speculatively,
+opens its shard a second time, which the owner refuses (``run-shard-repeated``),
+failing the whole run: :func:`match` then raises, and a new call (a new run id)
+starts again. Turn speculation off (``spark.speculation=false``, the default;
+:func:`match` refuses to run with it on).
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import os
 import re
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+import sys
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _errors, _native
 from ._errors import IdmatchError, MatchError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow
     import pyspark.sql
 
 StrPath = Union[str, "os.PathLike[str]"]
 
-#: The order of kinds in ``matched_kinds``, as the CLI writes them.
-_KINDS = ("email", "phone")
-#: Rows of a partition read by the crate at once.
+#: Rows of a partition read by the crate at once (Spark's Arrow batches, 10,000
+#: rows by default, are gathered up to this).
 _BATCH_ROWS = 100_000
+
+#: Test-only fault injection, never set in production: ``(shard, attempts)`` makes
+#: the task of that shard raise a MatchError on its Spark attempts numbered below
+#: ``attempts`` (0 is the first), before it opens its stream. It is read in the
+#: driver when :func:`match` is called and travels with the tasks, so only code
+#: that assigns this attribute in the driver's process can set it.
+_FAIL_SHARD_BEFORE_STREAM: Optional[Tuple[int, int]] = None
+
+#: The entries the readers emit: one row per identifier (``shard`` >= 0), and per
+#: input partition one row of counts (``shard`` -1: ``ordinal`` its records,
+#: ``record_id`` the counts as JSON).
+_ENTRIES = "shard int, pkey int, part int, pos long, ordinal long, kind byte, token binary, record_id string"
+#: The shard tasks' output: one row per matched entry (``part`` >= 0, ``kinds`` the
+#: mask of kinds matched), and per shard one row of its figures (``part`` -1,
+#: ``record_id`` the figures as JSON).
+_RESULTS = "shard int, part int, ordinal long, record_id string, kinds byte"
+#: Kind masks (1 << code, codes as in shard files: 0 email, 1 phone) as the CLI
+#: writes ``matched_kinds``.
+_KINDS_SQL = "CASE kinds WHEN 1 THEN 'email' WHEN 2 THEN 'phone' ELSE 'email;phone' END"
 
 
 def _pyspark() -> Any:
@@ -54,6 +84,13 @@ def _pyspark() -> Any:
         from pyspark import StorageLevel  # noqa: F401
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise UsageError("idmatch.spark needs PySpark: pip install 'idmatch[spark]'") from e
+    try:
+        import pandas  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise UsageError(
+            f"idmatch.spark needs PyArrow and pandas for Spark's Arrow batches ({e}): pip install 'idmatch[spark]'"
+        ) from e
     return pyspark
 
 
@@ -99,46 +136,179 @@ def _add_counts(total: Dict[str, Any], part: Dict[str, Any]) -> None:
             total[name] = total.get(name, 0) + value
 
 
+def _murmur3_int(value: int, seed: int = 42) -> int:
+    """Spark's ``hash`` of one int column (Murmur3 x86 32-bit, seed 42), as its
+    hash partitioning computes it, a signed 32-bit integer."""
+    mask = 0xFFFFFFFF
+
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & mask
+
+    k1 = (value & mask) * 0xCC9E2D51 & mask
+    k1 = rotl(k1, 15) * 0x1B873593 & mask
+    h1 = rotl(seed ^ k1, 13)
+    h1 = (h1 * 5 + 0xE6546B64) & mask
+    h1 ^= 4
+    h1 ^= h1 >> 16
+    h1 = h1 * 0x85EBCA6B & mask
+    h1 ^= h1 >> 13
+    h1 = h1 * 0xC2B2AE35 & mask
+    h1 ^= h1 >> 16
+    return h1 - (1 << 32) if h1 & 0x80000000 else h1
+
+
+def _partition_keys(shards: int) -> List[int]:
+    """For each shard `s`, the smallest non-negative int that Spark's
+    ``repartition(shards, col)`` sends to partition `s` (``pmod(hash(k), shards)``).
+    Every shard task checks that it got its shard's rows only."""
+    keys: List[Optional[int]] = [None] * shards
+    missing, k = shards, 0
+    while missing:
+        s = _murmur3_int(k) % shards
+        if keys[s] is None:
+            keys[s] = k
+            missing -= 1
+        k += 1
+    return [int(k) for k in keys if k is not None]
+
+
+def _var_column(array: Any) -> Tuple[Optional[bytes], bytes, bytes, int, int, bool]:
+    """A string or binary Arrow array (or chunked array) as the crate takes it:
+    ``(validity, offsets, data, offset, length, wide)``."""
+    import pyarrow as pa
+
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    t = array.type
+    wide = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
+    if not (wide or pa.types.is_string(t) or pa.types.is_binary(t)):
+        raise UsageError(f"an Arrow column of {t} where strings were expected")
+    validity, offsets, data = array.buffers()[:3]
+    return (
+        None if validity is None or array.null_count == 0 else validity.to_pybytes(),
+        bytes(8 if wide else 4) if offsets is None else offsets.to_pybytes(),
+        b"" if data is None else data.to_pybytes(),
+        array.offset,
+        len(array),
+        wide,
+    )
+
+
+def _fixed_bytes(array: Any, width: int) -> bytes:
+    """The values' bytes of a fixed-width Arrow array without nulls."""
+    import pyarrow as pa
+
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.null_count:
+        raise MatchError("a null where Spark's columns have none")
+    return array.buffers()[1].slice(array.offset * width, len(array) * width).to_pybytes()
+
+
+def _array(pa: Any, type_: Any, n: int, *buffers: bytes) -> Any:
+    return pa.Array.from_buffers(type_, n, [None, *(pa.py_buffer(b) for b in buffers)])
+
+
+def _as_strings(df: "pyspark.sql.DataFrame") -> "pyspark.sql.DataFrame":
+    """The DataFrame with every column a string (others cast by Spark: what the
+    crate's reader reads is text)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
+
+    if all(isinstance(f.dataType, StringType) for f in df.schema.fields):
+        return df
+    quoted = ["`" + f.name.replace("`", "``") + "`" for f in df.schema.fields]
+    return df.select([F.col(q).cast("string").alias(f.name) for q, f in zip(quoted, df.schema.fields)])
+
+
 def _tokenize(
     df: "pyspark.sql.DataFrame", shards: int, key: Dict[str, Any], read: Dict[str, Any]
-) -> Tuple[Any, Any, Dict[str, Any]]:
-    """Each partition of `df` read by the crate: the persisted RDD (to unpersist
-    when done), its entries ``("E", shard, (partition, ordinal), position, kind,
-    token, record id)``, and the partitions' counts summed, with ``records`` per
-    partition in order."""
+) -> Tuple["pyspark.sql.DataFrame", Dict[str, Any]]:
+    """Each partition of `df` read by the crate, in Arrow batches: the persisted
+    entries (schema ``_ENTRIES``; unpersist when done; the counts rows filtered
+    out) and the partitions' counts summed, with ``records`` per partition in
+    order."""
     pyspark = _pyspark()
+    from pyspark.sql import functions as F
+
     columns = [str(c) for c in df.columns]
     batch_rows = _BATCH_ROWS
+    partition_keys = _partition_keys(shards)
 
-    def tokenize(partition: int, rows: Iterator[Any]) -> Iterator[Tuple[Any, ...]]:
-        # In batches, so that a large partition is never held whole.
+    def tokenize(batches: Iterator["pyarrow.RecordBatch"]) -> Iterator["pyarrow.RecordBatch"]:
+        import pyarrow as pa
+        from pyspark import TaskContext
+
+        part = TaskContext.get().partitionId()
+        try:
+            reader = _native.ShardReader(columns, shards=shards, partition_keys=partition_keys, **key, **read)
+        except IdmatchError as e:
+            raise type(e)(f"partition {part}: {e}") from None
+        schema = pa.schema(
+            [("shard", pa.int32()), ("pkey", pa.int32()), ("part", pa.int32()), ("pos", pa.int64()),
+             ("ordinal", pa.int64()), ("kind", pa.int8()), ("token", pa.binary()), ("record_id", pa.string())]
+        )
+        state = {"records": 0, "position": 0, "rows": 0}
         totals: Dict[str, Any] = {}
-        records = position = read_rows = 0
-        while True:
-            batch = [tuple(r) for r in itertools.islice(rows, batch_rows)]
+
+        def run(table: "pyarrow.Table") -> "pyarrow.RecordBatch":
+            rows = table.num_rows
             try:
-                entries, counts = _native._shard_entries(batch, shards=shards, columns_=columns, **key, **read)
+                out = reader.read([_var_column(c) for c in table.columns], rows, state["records"], state["position"])
             except IdmatchError as e:
                 # The crate numbers the batch's rows from line 2 (line 1 its header).
-                where = f"partition {partition}, its rows {read_rows} to {read_rows + len(batch) - 1} as lines 2 on"
+                where = f"partition {part}, its rows {state['rows']} to {state['rows'] + rows - 1} as lines 2 on"
                 raise type(e)(f"{where}: {e}") from None
-            read_rows += len(batch)
-            for shard, ordinal, kind, token, record_id in entries:
-                yield ("E", shard, (partition, records + ordinal), position, kind, token, record_id)
-                position += 1
-            records += counts["records"]
-            _add_counts(totals, counts)
-            if len(batch) < batch_rows:
-                break
-        yield ("C", partition, totals)
+            state["rows"] += rows
+            state["records"] += out["records"]
+            n = out["n"]
+            state["position"] += n
+            _add_counts(totals, {k: out[k] for k in ("records", "excluded_records", "has_id_column", "stats")})
+            return pa.RecordBatch.from_arrays(
+                [
+                    _array(pa, pa.int32(), n, out["shard"]),
+                    _array(pa, pa.int32(), n, out["pkey"]),
+                    _array(pa, pa.int32(), n, part.to_bytes(4, sys.byteorder, signed=True) * n),
+                    _array(pa, pa.int64(), n, out["pos"]),
+                    _array(pa, pa.int64(), n, out["ordinal"]),
+                    _array(pa, pa.int8(), n, out["kind"]),
+                    _array(pa, pa.binary(), n, out["token_offsets"], out["token_data"]),
+                    _array(pa, pa.string(), n, out["id_offsets"], out["id_data"]),
+                ],
+                schema=schema,
+            )
 
-    tokenized = df.rdd.mapPartitionsWithIndex(tokenize).persist(pyspark.StorageLevel.MEMORY_AND_DISK)
+        pending: List["pyarrow.RecordBatch"] = []
+        pending_rows = 0
+        called = False
+        for batch in batches:
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            # In batches of batch_rows, so that a large partition is never held whole.
+            while pending_rows >= batch_rows:
+                table = pa.Table.from_batches(pending)
+                yield run(table.slice(0, batch_rows))
+                called = True
+                rest = table.slice(batch_rows)
+                pending, pending_rows = rest.to_batches(), rest.num_rows
+        if pending_rows or not called:
+            empty = pa.schema([(c, pa.string()) for c in columns])
+            yield run(pa.Table.from_batches(pending, schema=None if pending else empty))
+        counts = json.dumps(totals)
+        yield pa.RecordBatch.from_pylist(
+            [{"shard": -1, "pkey": -1, "part": part, "pos": 0, "ordinal": totals.get("records", 0), "kind": 0,
+              "token": b"", "record_id": counts}],
+            schema=schema,
+        )
+
+    tokenized = _as_strings(df).mapInArrow(tokenize, _ENTRIES).persist(pyspark.StorageLevel.MEMORY_AND_DISK)
     try:
-        parts = sorted(tokenized.filter(lambda r: r[0] == "C").map(lambda r: (r[1], r[2])).collect())
+        rows = tokenized.filter(F.col("shard") < 0).select("part", "record_id").collect()
     except BaseException:
         tokenized.unpersist()
         raise
-    totals: Dict[str, Any] = {"partition_records": [c["records"] for _, c in parts]}
+    parts = sorted((r.part, json.loads(r.record_id)) for r in rows)
+    totals: Dict[str, Any] = {"partition_records": [c.get("records", 0) for _, c in parts]}
     for _, counts in parts:
         _add_counts(totals, counts)
     if not totals.get("has_id_column", True):
@@ -147,10 +317,12 @@ def _tokenize(
             "the DataFrame has no id column (id, record_id, member_id, user_id or customer_id, or id_col=): "
             "outputs name records by id"
         )
-    return tokenized, tokenized.filter(lambda r: r[0] == "E"), totals
+    return tokenized, totals
 
 
-def _read(df: "pyspark.sql.DataFrame", shards: int, key: Dict[str, Any], read: Dict[str, Any]) -> Tuple[Any, Any, Dict[str, Any]]:
+def _read(
+    df: "pyspark.sql.DataFrame", shards: int, key: Dict[str, Any], read: Dict[str, Any]
+) -> Tuple["pyspark.sql.DataFrame", Dict[str, Any]]:
     """:func:`_tokenize`, a failed job raising the idmatch error it carries."""
     try:
         return _tokenize(df, shards, key, read)
@@ -158,6 +330,19 @@ def _read(df: "pyspark.sql.DataFrame", shards: int, key: Dict[str, Any], read: D
         raise
     except Exception as e:  # noqa: BLE001 - a failed job becomes the idmatch error it carries
         raise _spark_failure(e, "reading the records") from e
+
+
+def _task_shard(table: "pyarrow.Table", what: str) -> int:
+    """The shard of this task (its partition), checked against every row's."""
+    import pyarrow.compute as pc
+    from pyspark import TaskContext
+
+    shard = TaskContext.get().partitionId()
+    if table.num_rows:
+        bounds = pc.min_max(table["shard"]).as_py()
+        if bounds["min"] != shard or bounds["max"] != shard:
+            raise MatchError(f"{what}: Spark did not put one shard in each partition (task {shard} got {bounds})")
+    return shard
 
 
 def _spark_failure(error: Exception, what: str) -> IdmatchError:
@@ -224,7 +409,9 @@ def match(
     reader's counts. A failed shard raises the idmatch error of its cause (after
     the owner failed the whole run: nothing is written on either side).
     """
-    pyspark = _pyspark()
+    _pyspark()
+    from pyspark.sql import functions as F
+
     spark = df.sparkSession
     if spark.sparkContext.getConf().get("spark.speculation", "false").lower() == "true":
         raise UsageError(
@@ -267,83 +454,86 @@ def match(
         **key_args,
     )
     run_hex = run.hex()
-    tokenized, entries, counts = _read(df, shards, key_args, read)
-    persisted = [tokenized]
+    fault = _FAIL_SHARD_BEFORE_STREAM
+    tokenized, counts = _read(df, shards, key_args, read)
+    entries = tokenized.filter(F.col("shard") >= 0)
+    results = None
     try:
         # Record ids must be unique: the matches name records by id.
         repeated = (
-            entries.map(lambda e: (e[6], e[2])).distinct().map(lambda r: (r[0], 1)).reduceByKey(lambda a, b: a + b)
-            .filter(lambda r: r[1] > 1).take(1)
+            entries.select("record_id", "part", "ordinal").distinct().groupBy("record_id").count()
+            .filter(F.col("count") > 1).limit(1).collect()
         )
         if repeated:
             raise _errors.InputError(
-                f"record id `{repeated[0][0]}` names {repeated[0][1]} records; record ids must be unique, since the "
-                "matches name records by id"
+                f"record id `{repeated[0]['record_id']}` names {repeated[0]['count']} records; record ids must be "
+                "unique, since the matches name records by id"
             )
-        # One partition per shard (identity partitioner): only tokens are shuffled.
-        by_shard = (
-            entries.map(lambda e: (e[1], (e[2], e[6], e[4], e[5])))
-            .partitionBy(shards, lambda shard: shard)
-            .persist(pyspark.StorageLevel.MEMORY_AND_DISK)
-        )
-        persisted.append(by_shard)
-
-        def distinct_tokens(index: int, items: Iterator[Any]) -> Iterator[Tuple[int, int, bool]]:
-            seen = set()
-            misplaced = False
-            for shard, (_, _, _, token_bytes) in items:
-                misplaced |= shard != index
-                seen.add(token_bytes)
-            yield index, len(seen), misplaced
-
-        sizes = sorted(by_shard.mapPartitionsWithIndex(distinct_tokens).collect())
-        if len(sizes) != shards or any(bad for _, _, bad in sizes):
-            raise MatchError("Spark did not put one shard in each partition")
-        partner_set_size = sum(size for _, size, _ in sizes)
+        # The run's size: each shard's distinct tokens, summed.
+        sizes = dict(entries.groupBy("shard").agg(F.countDistinct("token").alias("n")).collect())
+        partner_set_size = sum(sizes.values())
         # Every shard is padded to the largest one's size (PROTOCOL.md §13.4).
-        run_set_size = shards * max(size for _, size, _ in sizes)
+        run_set_size = shards * max(sizes.values(), default=0)
 
-        def run_shard(index: int, items: Iterator[Any]) -> Iterator[Tuple[Any, ...]]:
-            records: List[Tuple[Any, str]] = []
-            numbers: Dict[Any, int] = {}
-            shard_entries = []
-            for _, (record, record_id, kind, token_bytes) in items:
-                number = numbers.get(record)
-                if number is None:
-                    number = numbers[record] = len(records)
-                    records.append((record, record_id))
-                shard_entries.append((number, kind, token_bytes))
+        def run_shard(batches: Iterator["pyarrow.RecordBatch"]) -> Iterator["pyarrow.RecordBatch"]:
+            import pyarrow as pa
+            from pyspark import TaskContext
+
+            schema = pa.schema([("shard", pa.int32()), ("part", pa.int32()), ("ordinal", pa.int64()),
+                                ("kind", pa.int8()), ("token", pa.binary()), ("record_id", pa.string())])
+            # The whole shard, as Arrow columns (about 80 bytes per identifier).
+            table = pa.Table.from_batches(list(batches), schema=schema)
+            index = _task_shard(table, f"run {run_hex}")
+            if fault is not None and fault[0] == index and TaskContext.get().attemptNumber() < fault[1]:
+                raise MatchError(f"shard {index}: a fault injected by a test, before its stream")
             result = _native._match_shard(
                 server,
                 campaign,
-                shard_entries,
+                _fixed_bytes(table["kind"], 1),
+                _var_column(table["token"]),
                 run_id=run,
                 shard_index=index,
                 shard_count=shards,
                 run_set_size=run_set_size,
                 **connect,
             )
-            for number, kinds in result.pop("matches") or ():
-                record, record_id = records[number]
-                yield ("M", record, (record_id, kinds))
-            yield ("S", index, result)
+            found = result.pop("matches")
+            if found is not None:
+                n = len(found["kinds"])
+                matched = table.take(_array(pa, pa.uint32(), n, found["rows"]))
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        _array(pa, pa.int32(), n, index.to_bytes(4, sys.byteorder, signed=True) * n),
+                        matched["part"].combine_chunks(),
+                        matched["ordinal"].combine_chunks(),
+                        matched["record_id"].combine_chunks(),
+                        _array(pa, pa.int8(), n, found["kinds"]),
+                    ],
+                    names=["shard", "part", "ordinal", "record_id", "kinds"],
+                )
+            yield pa.RecordBatch.from_pylist(
+                [{"shard": index, "part": -1, "ordinal": 0, "record_id": json.dumps(result), "kinds": 0}],
+                schema=pa.schema([("shard", pa.int32()), ("part", pa.int32()), ("ordinal", pa.int64()),
+                                  ("record_id", pa.string()), ("kinds", pa.int8())]),
+            )
 
-        results = by_shard.mapPartitionsWithIndex(run_shard).persist(pyspark.StorageLevel.MEMORY_AND_DISK)
-        # Never computed twice: a second computation would open the shards again.
-        results.localCheckpoint()
-        persisted.append(results)
+        # One partition per shard (see _partition_keys): only tokens are shuffled.
+        by_shard = entries.select("shard", "pkey", "part", "ordinal", "kind", "token", "record_id").repartition(
+            shards, "pkey"
+        ).drop("pkey")
         try:
-            outcomes = sorted(results.filter(lambda r: r[0] == "S").map(lambda r: (r[1], r[2])).collect())
+            # Computed once, eagerly, and kept: a second computation would open the
+            # shards again.
+            results = by_shard.mapInArrow(run_shard, _RESULTS).localCheckpoint(eager=True)
+            outcomes = sorted((r.shard, json.loads(r.record_id)) for r in results.filter(F.col("part") < 0).collect())
         except Exception as e:  # noqa: BLE001
             raise _spark_failure(
                 e, f"run {run_hex} failed (the owner fails it as a whole; a new run, with a new run id, is needed)"
             ) from e
-    except BaseException:
-        for rdd in persisted:
-            rdd.unpersist()
-        raise
-    for rdd in persisted[:-1]:
-        rdd.unpersist()
+        if [i for i, _ in outcomes] != list(range(shards)):
+            raise MatchError(f"run {run_hex}: Spark ran shards {[i for i, _ in outcomes]}, not each of 0 to {shards - 1} once")
+    finally:
+        tokenized.unpersist()
 
     engines = {o["protocol"] for _, o in outcomes}
     if len(engines) != 1:
@@ -352,20 +542,15 @@ def match(
     matches = None
     matched_records = None
     if reveal in ("partner", "both"):
-        from pyspark.sql.types import StringType, StructField, StructType
-
-        def merge(a: Tuple[str, Tuple[str, ...]], b: Tuple[str, Tuple[str, ...]]) -> Tuple[str, Tuple[str, ...]]:
-            return a[0], tuple(k for k in _KINDS if k in a[1] or k in b[1])
-
-        merged = (
-            results.filter(lambda r: r[0] == "M")
-            .map(lambda r: (r[1], r[2]))
-            .reduceByKey(merge)
-            .sortByKey()
-            .map(lambda r: (r[1][0], ";".join(r[1][1])))
+        # Kinds merged per record (a record's email and phone can be in different
+        # shards), in the DataFrame's record order.
+        matches = (
+            results.filter(F.col("part") >= 0)
+            .groupBy("part", "ordinal")
+            .agg(F.first("record_id").alias("record_id"), F.expr("bit_or(kinds)").alias("kinds"))
+            .orderBy("part", "ordinal")
+            .select("record_id", F.expr(_KINDS_SQL).alias("matched_kinds"))
         )
-        schema = StructType([StructField("record_id", StringType(), False), StructField("matched_kinds", StringType(), False)])
-        matches = spark.createDataFrame(merged, schema)
         matched_records = matches.count()
     summary: Dict[str, Any] = {
         "run_id": run_hex,
@@ -418,7 +603,9 @@ def write_shards(
     Returns the files with their entry counts, the records read, those the
     opt-outs excluded, and the reader's counts.
     """
-    pyspark = _pyspark()
+    _pyspark()
+    from pyspark.sql import functions as F
+
     shards = _shards(shards)
     key_args = _key_args(key, key_file)
     read = dict(
@@ -431,23 +618,37 @@ def write_shards(
         filter_list=None if optouts is None else os.fspath(optouts),
         skip_bad_list_rows=skip_bad_list_rows,
     )
-    tokenized, entries, counts = _read(df, shards, key_args, read)
+    tokenized, counts = _read(df, shards, key_args, read)
     offsets = [0]
     for records in counts["partition_records"]:
         offsets.append(offsets[-1] + records)
     target = _native.ShardDir(os.fspath(out_dir))
     staging = os.fspath(target.staging)
 
-    def write(index: int, items: Iterator[Any]) -> Iterator[Tuple[int, int]]:
-        rows = ((offsets[p] + ordinal, kind, token_bytes, record_id) for (_, p, _), (ordinal, kind, token_bytes, record_id) in items)
-        yield index, _native._write_shard_file(staging, rows, shards=shards, index=index, profile=profile, **key_args)
+    def write(batches: Iterator["pyarrow.RecordBatch"]) -> Iterator["pyarrow.RecordBatch"]:
+        import pyarrow as pa
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        index = context.partitionId()
+        writer = _native.ShardFileWriter(staging, shards=shards, index=index, partition_offsets=offsets,
+                                         attempt=context.attemptNumber(), profile=profile, **key_args)
+        for batch in batches:
+            _task_shard(pa.Table.from_batches([batch]), "writing the shard files")
+            writer.push(batch.num_rows, _fixed_bytes(batch["part"], 4), _fixed_bytes(batch["ordinal"], 8),
+                        _fixed_bytes(batch["kind"], 1), _var_column(batch["token"]), _var_column(batch["record_id"]))
+        yield pa.RecordBatch.from_pylist([{"shard": index, "entries": writer.finish()}],
+                                         schema=pa.schema([("shard", pa.int32()), ("entries", pa.int64())]))
 
     try:
-        # Sorted by (shard, partition, position): each file in record order.
+        # Each file in record order: sorted by (partition, position) within its shard.
         written = sorted(
-            entries.map(lambda e: ((e[1], e[2][0], e[3]), (e[2][1], e[4], e[5], e[6])))
-            .repartitionAndSortWithinPartitions(shards, lambda k: k[0])
-            .mapPartitionsWithIndex(write)
+            tuple(r)
+            for r in tokenized.filter(F.col("shard") >= 0)
+            .select("shard", "pkey", "part", "pos", "ordinal", "kind", "token", "record_id")
+            .repartition(shards, "pkey")
+            .sortWithinPartitions("part", "pos")
+            .mapInArrow(write, "shard int, entries long")
             .collect()
         )
         if [i for i, _ in written] != list(range(shards)):

@@ -318,9 +318,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(normalize_phone, m)?)?;
     m.add_function(wrap_pyfunction!(_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(_match, m)?)?;
-    m.add_function(wrap_pyfunction!(spark::_shard_entries, m)?)?;
+    m.add_class::<spark::ShardReader>()?;
     m.add_function(wrap_pyfunction!(spark::_match_shard, m)?)?;
-    m.add_function(wrap_pyfunction!(spark::_write_shard_file, m)?)?;
+    m.add_class::<spark::ShardFileWriter>()?;
     m.add_class::<spark::ShardDir>()?;
     m.add("PROFILES", Profile::ALL.map(Profile::name).to_vec())?;
     m.add("REVEALS", Reveal::ALL.map(Reveal::name).to_vec())?;

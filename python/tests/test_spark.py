@@ -1,7 +1,8 @@
 """idmatch.spark in Spark local mode against a real `idmatch serve`: a sharded run
 from Spark's tasks gives the unsharded match (from Python and from the CLI, over
 gRPC and locally, unsharded and sharded), a shard run twice fails the run, and the owner's shard files are `idmatch shard`'s, byte
-for byte. Skipped only when PySpark is not installed (CI installs it)."""
+for byte. Skipped only when PySpark, PyArrow or pandas is not installed (CI installs
+them)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import Iterator, List, Tuple
 import pytest
 
 pytest.importorskip("pyspark")
+pytest.importorskip("pyarrow")
+pytest.importorskip("pandas")
 
 import idmatch  # noqa: E402
 import idmatch.spark  # noqa: E402
