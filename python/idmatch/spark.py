@@ -224,10 +224,12 @@ def _as_strings(df: "pyspark.sql.DataFrame") -> "pyspark.sql.DataFrame":
 def _tokenize(
     df: "pyspark.sql.DataFrame", shards: int, key: Dict[str, Any], read: Dict[str, Any]
 ) -> Tuple["pyspark.sql.DataFrame", Dict[str, Any]]:
-    """Each partition of `df` read by the crate, in Arrow batches: the persisted
-    entries (schema ``_ENTRIES``; unpersist when done; the counts rows filtered
-    out) and the partitions' counts summed, with ``records`` per partition in
-    order."""
+    """Each partition of `df` read by the crate, in Arrow batches, and shuffled by
+    shard: the persisted entries (schema ``_ENTRIES``, partition `s` holding shard
+    `s`, and the rows of counts, ``shard`` -1, somewhere: filter them out;
+    unpersist when done), and the partitions' counts summed, with ``records`` per
+    partition in order. One pass of the crate and one shuffle serve every later
+    step."""
     pyspark = _pyspark()
     from pyspark.sql import functions as F
 
@@ -301,7 +303,11 @@ def _tokenize(
             schema=schema,
         )
 
-    tokenized = _as_strings(df).mapInArrow(tokenize, _ENTRIES).persist(pyspark.StorageLevel.MEMORY_AND_DISK)
+    # One partition per shard (see _partition_keys): only tokens are shuffled.
+    tokenized = (
+        _as_strings(df).mapInArrow(tokenize, _ENTRIES).repartition(shards, "pkey")
+        .persist(pyspark.StorageLevel.MEMORY_AND_DISK)
+    )
     try:
         rows = tokenized.filter(F.col("shard") < 0).select("part", "record_id").collect()
     except BaseException:
@@ -330,6 +336,15 @@ def _read(
         raise
     except Exception as e:  # noqa: BLE001 - a failed job becomes the idmatch error it carries
         raise _spark_failure(e, "reading the records") from e
+
+
+def _gather(batches: Iterator["pyarrow.RecordBatch"], schema: "pyarrow.Schema") -> "pyarrow.Table":
+    """A task's batches as one table (of `schema`'s columns, but Spark's
+    nullability), or an empty table of `schema`."""
+    import pyarrow as pa
+
+    gathered = list(batches)
+    return pa.Table.from_batches(gathered) if gathered else schema.empty_table()
 
 
 def _task_shard(table: "pyarrow.Table", what: str) -> int:
@@ -459,18 +474,39 @@ def match(
     entries = tokenized.filter(F.col("shard") >= 0)
     results = None
     try:
-        # Record ids must be unique: the matches name records by id.
-        repeated = (
-            entries.select("record_id", "part", "ordinal").distinct().groupBy("record_id").count()
-            .filter(F.col("count") > 1).limit(1).collect()
-        )
-        if repeated:
-            raise _errors.InputError(
-                f"record id `{repeated[0]['record_id']}` names {repeated[0]['count']} records; record ids must be "
-                "unique, since the matches name records by id"
+        # Record ids must be unique: the matches name records by id. One
+        # aggregation over 64-bit hashes of the ids (an id whose entries come from
+        # two records has two extremes), then the few candidates checked exactly.
+        record = F.col("part").cast("long") * (1 << 40) + F.col("ordinal")
+        hashed = entries.select(F.xxhash64("record_id").alias("h"), record.alias("r"), "record_id")
+        candidates = [
+            row.h for row in hashed.groupBy("h").agg(F.min("r").alias("a"), F.max("r").alias("b"))
+            .filter(F.col("a") != F.col("b")).select("h").limit(1000).collect()
+        ]
+        if candidates:
+            repeated = (
+                hashed.filter(F.col("h").isin(candidates)).groupBy("record_id")
+                .agg(F.countDistinct("r").alias("records")).filter(F.col("records") > 1).limit(1).collect()
             )
-        # The run's size: each shard's distinct tokens, summed.
-        sizes = dict(entries.groupBy("shard").agg(F.countDistinct("token").alias("n")).collect())
+            if repeated:
+                raise _errors.InputError(
+                    f"record id `{repeated[0]['record_id']}` names {repeated[0]['records']} records; record ids "
+                    "must be unique, since the matches name records by id"
+                )
+
+        # The run's size: each shard's distinct tokens (in its own partition), summed.
+        def distinct_tokens(batches: Iterator["pyarrow.RecordBatch"]) -> Iterator["pyarrow.RecordBatch"]:
+            import pyarrow as pa
+            import pyarrow.compute as pc
+
+            schema = pa.schema([("shard", pa.int32()), ("token", pa.binary())])
+            table = _gather(batches, schema)
+            index = _task_shard(table, f"run {run_hex}")
+            n = pc.count_distinct(table["token"]).as_py() if table.num_rows else 0
+            yield pa.RecordBatch.from_pylist([{"shard": index, "n": n}],
+                                             schema=pa.schema([("shard", pa.int32()), ("n", pa.int64())]))
+
+        sizes = dict(entries.select("shard", "token").mapInArrow(distinct_tokens, "shard int, n long").collect())
         partner_set_size = sum(sizes.values())
         # Every shard is padded to the largest one's size (PROTOCOL.md §13.4).
         run_set_size = shards * max(sizes.values(), default=0)
@@ -482,7 +518,7 @@ def match(
             schema = pa.schema([("shard", pa.int32()), ("part", pa.int32()), ("ordinal", pa.int64()),
                                 ("kind", pa.int8()), ("token", pa.binary()), ("record_id", pa.string())])
             # The whole shard, as Arrow columns (about 80 bytes per identifier).
-            table = pa.Table.from_batches(list(batches), schema=schema)
+            table = _gather(batches, schema)
             index = _task_shard(table, f"run {run_hex}")
             if fault is not None and fault[0] == index and TaskContext.get().attemptNumber() < fault[1]:
                 raise MatchError(f"shard {index}: a fault injected by a test, before its stream")
@@ -517,10 +553,7 @@ def match(
                                   ("record_id", pa.string()), ("kinds", pa.int8())]),
             )
 
-        # One partition per shard (see _partition_keys): only tokens are shuffled.
-        by_shard = entries.select("shard", "pkey", "part", "ordinal", "kind", "token", "record_id").repartition(
-            shards, "pkey"
-        ).drop("pkey")
+        by_shard = entries.select("shard", "part", "ordinal", "kind", "token", "record_id")
         try:
             # Computed once, eagerly, and kept: a second computation would open the
             # shards again.
@@ -645,8 +678,6 @@ def write_shards(
         written = sorted(
             tuple(r)
             for r in tokenized.filter(F.col("shard") >= 0)
-            .select("shard", "pkey", "part", "pos", "ordinal", "kind", "token", "record_id")
-            .repartition(shards, "pkey")
             .sortWithinPartitions("part", "pos")
             .mapInArrow(write, "shard int, entries long")
             .collect()

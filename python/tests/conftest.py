@@ -64,7 +64,14 @@ class Server:
     """`idmatch serve` on 127.0.0.1 in plaintext (allowed on loopback only), with the
     shipped example audience and opt-outs."""
 
-    def __init__(self, binary: Path, directory: Path, campaign_key: Path, tls: Optional[Tuple[Path, Path]] = None) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        directory: Path,
+        campaign_key: Path,
+        tls: Optional[Tuple[Path, Path]] = None,
+        idle_timeout_secs: int = 30,
+    ) -> None:
         self.dir = directory
         self.port = free_port()
         self.url = f"https://localhost:{self.port}" if tls else f"http://127.0.0.1:{self.port}"
@@ -81,7 +88,7 @@ optouts = "{EXAMPLES / 'optouts.csv'}"
 
 [limits]
 min_partner_set = 100
-idle_timeout_secs = 30
+idle_timeout_secs = {idle_timeout_secs}
 
 [[partners]]
 name = "python-tests"

@@ -1,7 +1,9 @@
 """idmatch.spark in Spark local mode against a real `idmatch serve`: a sharded run
 from Spark's tasks gives the unsharded match (from Python and from the CLI, over
-gRPC and locally, unsharded and sharded), a shard run twice fails the run, and the owner's shard files are `idmatch shard`'s, byte
-for byte. Skipped only when PySpark, PyArrow or pandas is not installed (CI installs
+gRPC and locally, unsharded and sharded), a shard task that Spark retries still
+gives it (the owner charging and auditing one run), a shard that fails on every
+attempt or runs twice fails the run with no results, and the owner's shard files
+are `idmatch shard`'s, byte for byte. Skipped only when PySpark, PyArrow or pandas is not installed (CI installs
 them)."""
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import json
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -22,7 +25,7 @@ pytest.importorskip("pandas")
 
 import idmatch  # noqa: E402
 import idmatch.spark  # noqa: E402
-from conftest import EXAMPLES, TOKEN, csv_rows, run_cli  # noqa: E402
+from conftest import EXAMPLES, TOKEN, Server, csv_rows, run_cli  # noqa: E402
 
 PARTNER = EXAMPLES / "partner.csv"
 MEMBERS = EXAMPLES / "members.csv"
@@ -36,8 +39,10 @@ def spark() -> Iterator[object]:
     # The executors' Python must be this one, which has idmatch installed.
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    # local[2, 2]: two task slots, and a failed task is tried once more (as
+    # spark.task.maxFailures does on a cluster, where it is 4 by default).
     session = (
-        SparkSession.builder.master("local[2]")
+        SparkSession.builder.master("local[2,2]")
         .appName("idmatch-tests")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
@@ -140,6 +145,90 @@ def test_a_shard_run_twice_fails_the_whole_run(spark, idmatch_bin, server, campa
                             token=TOKEN, region="US", run_id=run_id)
 
 
+def budget(server) -> Tuple[int, int, List[str]]:
+    """The partner's charges today on the owner's server: matches, identifiers, run ids."""
+    state = json.loads((server.dir / "budgets.json").read_text())
+    used = state["partners"].get("python-tests", {"matches": 0, "identifiers": 0})
+    return used["matches"], used["identifiers"], state.get("runs", {}).get("python-tests", [])
+
+
+def audited(server, run_id: str) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """The owner's audit records of a run: its run records and its streams'."""
+    lines = [json.loads(line) for line in (server.dir / "audit.jsonl").read_text().splitlines()]
+    mine = [r for r in lines if r.get("run_id") == run_id]
+    return [r for r in mine if r.get("kind") == "run"], [r for r in mine if "shard" in r]
+
+
+def failed_tasks(spark, group: str) -> int:
+    """Task attempts that failed in the Spark jobs of a job group."""
+    tracker = spark.sparkContext.statusTracker()
+    stages = [s for j in tracker.getJobIdsForGroup(group) for s in (tracker.getJobInfo(j).stageIds if tracker.getJobInfo(j) else [])]
+    return sum(info.numFailedTasks for info in map(tracker.getStageInfo, stages) if info is not None)
+
+
+def test_a_shard_task_that_spark_retries_gives_the_unsharded_match(spark, server, campaign_key,
+                                                                    monkeypatch) -> None:
+    whole = idmatch.match(server.url, "spring", key_file=campaign_key, token=TOKEN, input=PARTNER, region="US",
+                          reveal="both")
+    matches_before, identifiers_before, runs_before = budget(server)
+    # Shard 1's task fails on its first attempt, before it opens its stream (as a
+    # task does that loses its executor or its shuffle input); Spark runs it again.
+    monkeypatch.setattr(idmatch.spark, "_FAIL_SHARD_BEFORE_STREAM", (1, 1))
+    spark.sparkContext.setJobGroup("retry-once", "shard 1 fails once")
+    try:
+        matches, summary = idmatch.spark.match(frame(spark, PARTNER, 2), server.url, "spring", shards=4,
+                                               key_file=campaign_key, token=TOKEN, region="US", reveal="both")
+        got = rows_of(matches)
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    assert failed_tasks(spark, "retry-once") == 1
+    assert got == list(whole.matches)
+    assert summary["intersection"] == whole.intersection and summary["matched_records"] == whole.matched_records
+    # The owner saw each shard once and one run, finished, charged once.
+    runs, streams = audited(server, summary["run_id"])
+    assert len(runs) == 1 and runs[0]["outcome"] == "ok" and runs[0]["shards_finished"] == 4
+    assert sorted(r["shard"] for r in streams) == ["0/4", "1/4", "2/4", "3/4"]
+    matches_after, identifiers_after, runs_after = budget(server)
+    assert matches_after == matches_before + 1
+    assert identifiers_after == identifiers_before + runs[0]["run_set_size"]
+    assert summary["run_id"] not in runs_before and set(runs_after) == {*runs_before, summary["run_id"]}
+
+
+def test_a_shard_task_failing_on_every_attempt_fails_the_run(spark, idmatch_bin, campaign_key, tmp_path,
+                                                             monkeypatch) -> None:
+    # A server of its own, whose runs fail after 5 s without a stream.
+    (tmp_path / "server").mkdir()
+    server = Server(idmatch_bin, tmp_path / "server", campaign_key, idle_timeout_secs=5)
+    try:
+        run_id = secrets.token_hex(16)
+        monkeypatch.setattr(idmatch.spark, "_FAIL_SHARD_BEFORE_STREAM", (3, 1_000_000))
+        with pytest.raises(idmatch.MatchError) as failed:
+            idmatch.spark.match(frame(spark, PARTNER, 2), server.url, "spring", shards=4, key_file=campaign_key,
+                                token=TOKEN, region="US", reveal="both", run_id=run_id)
+        failed_at = time.monotonic()
+        message = str(failed.value)
+        assert f"run {run_id} failed" in message and "a fault injected by a test" in message, message
+        # Nothing was returned, and the owner wrote no results for the run.
+        assert not [p.name for p in (server.dir / "results").glob(f"*{run_id}*")]
+        # Shards 0 and 1 ran before shard 3's task (two slots): the run was charged
+        # once. Without shard 3 it never finishes; the owner fails it once no stream
+        # has been open for its idle timeout, and refuses shard 3 from then on.
+        assert budget(server)[0] == 1 and budget(server)[2] == [run_id]
+        time.sleep(max(0.0, failed_at + 6 - time.monotonic()))
+        late = run_cli(idmatch_bin, "match", "--server", server.url, "--campaign", "spring", "--key-file",
+                       campaign_key, "--token-file", token_file(tmp_path), "--input", PARTNER, "--output",
+                       tmp_path / "shard3.csv", "--region", "US", "--reveal", "both", "--shard", "3/4", "--run-id",
+                       run_id, check=False)
+        assert late.returncode != 0 and "this run has failed" in late.stderr, late.stderr
+        assert not (tmp_path / "shard3.csv").exists()
+        runs, _ = audited(server, run_id)
+        assert len(runs) == 1 and runs[0]["outcome"] != "ok" and runs[0]["shards_finished"] < 4, runs
+        assert budget(server)[0] == 1
+        assert not [p.name for p in (server.dir / "results").glob(f"*{run_id}*")]
+    finally:
+        server.stop()
+
+
 def test_the_owners_shard_files_are_those_of_idmatch_shard(spark, idmatch_bin, campaign_key, tmp_path,
                                                             monkeypatch) -> None:
     cli_dir = tmp_path / "cli"
@@ -161,6 +250,17 @@ def test_the_owners_shard_files_are_those_of_idmatch_shard(spark, idmatch_bin, c
             assert (out / name).stat().st_mode & 0o777 == 0o600
         assert summary["records"] == 1000 and 0 < summary["excluded_records"] < 20
         assert sum(count for _, count in summary["files"]) > 1000
+    # More shards than tokens: the empty shards' files are written too, as the CLI's.
+    few = tmp_path / "few.csv"
+    few.write_text("id,email,phone\na1,x@example.com,\na2,y@example.com,+14155550100\na3,,\n")
+    run_cli(idmatch_bin, "shard", "--input", few, "--key-file", campaign_key, "--shards", "8", "--out-dir",
+            tmp_path / "few-cli", "--region", "US")
+    idmatch.spark.write_shards(frame(spark, few, 2), tmp_path / "few-spark", shards=8, key_file=campaign_key,
+                               region="US")
+    cli_files = sorted((tmp_path / "few-cli").iterdir())
+    assert len(cli_files) == 8 and sum(p.stat().st_size for p in cli_files) > 8 * 101  # some shards hold entries
+    for path in cli_files:
+        assert (tmp_path / "few-spark" / path.name).read_bytes() == path.read_bytes(), path.name
     # A split into another N replaces the files; a failed one leaves them.
     idmatch.spark.write_shards(frame(spark, MEMBERS, 2), out, shards=2, key_file=campaign_key, region="US")
     assert sorted(p.name for p in out.iterdir()) == ["shard-00000-of-00002.idms", "shard-00001-of-00002.idms"]
