@@ -13,7 +13,8 @@ against `truth.csv`.
 
     python python/bench/bench_spark.py --bin target/release/idmatch --rows 10000000 --shards 8
 
-Needs a release `idmatch` binary, the extension installed in release mode, PySpark
+Needs a release `idmatch` binary, the extension installed in release mode, PySpark,
+PyArrow, pandas
 and Java 17; `scripts/spark-bench.sh` does all of it.
 """
 

@@ -22,10 +22,15 @@ returns Arrow columns: shard, keyed token, kind, record id and position. Only
 those cross Spark's shuffle, never emails or phone numbers. The shuffle is
 ``repartition(shards, pkey)``, where ``pkey`` is, per shard, an integer that
 Spark's hash partitioning sends to the partition of the shard's number (checked
-in every shard task), so one task sees one whole shard. Counting (the run's size,
-record id uniqueness) and the merge of the matches are Spark SQL in the JVM.
-Tokens are keyed hashes, still personal data: keep the shuffle and spill
-directories private (docs/PRIVACY.md, "Sharding and Spark").
+in every shard task), so one task sees one whole shard; its output is cached and
+serves every later step. Each shard's distinct tokens (the run's size) are
+counted with PyArrow in the shard's own partition; record id uniqueness and the
+merge of the matches are Spark SQL in the JVM. Memory per task: a reader holds
+``_BATCH_ROWS`` rows at a time, a shard task its whole shard (about 80 bytes per
+identifier as Arrow columns, plus the client's working set), so choose ``shards``
+for the executors' memory. Tokens are keyed hashes, still personal data: keep the
+shuffle, cache and spill directories private (docs/PRIVACY.md, "Sharding and
+Spark").
 
 A run is all or nothing, and not idempotent: the owner takes each shard of a run
 once. A shard task that fails before it opens its stream (reading its shard from
