@@ -69,6 +69,9 @@ _BATCH_ROWS = 100_000
 #: driver when :func:`match` is called and travels with the tasks, so only code
 #: that assigns this attribute in the driver's process can set it.
 _FAIL_SHARD_BEFORE_STREAM: Optional[Tuple[int, int]] = None
+#: Test-only, likewise: the task of that shard raises after its stream has ended
+#: (as a task does whose executor dies once the shard is matched).
+_FAIL_SHARD_AFTER_STREAM: Optional[Tuple[int, int]] = None
 
 #: The entries the readers emit: one row per identifier (``shard`` >= 0), and per
 #: input partition one row of counts (``shard`` -1: ``ordinal`` its records,
@@ -474,7 +477,7 @@ def match(
         **key_args,
     )
     run_hex = run.hex()
-    fault = _FAIL_SHARD_BEFORE_STREAM
+    fault, fault_after = _FAIL_SHARD_BEFORE_STREAM, _FAIL_SHARD_AFTER_STREAM
     tokenized, counts = _read(df, shards, key_args, read)
     entries = tokenized.filter(F.col("shard") >= 0)
     results = None
@@ -538,6 +541,8 @@ def match(
                 run_set_size=run_set_size,
                 **connect,
             )
+            if fault_after is not None and fault_after[0] == index and TaskContext.get().attemptNumber() < fault_after[1]:
+                raise MatchError(f"shard {index}: a fault injected by a test, after its stream")
             found = result.pop("matches")
             if found is not None:
                 n = len(found["kinds"])

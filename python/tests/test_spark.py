@@ -2,7 +2,7 @@
 from Spark's tasks gives the unsharded match (from Python and from the CLI, over
 gRPC and locally, unsharded and sharded), a shard task that Spark retries still
 gives it (the owner charging and auditing one run), a shard that fails on every
-attempt or runs twice fails the run with no results, and the owner's shard files
+attempt, fails after its stream or runs twice fails the run with no results, and the owner's shard files
 are `idmatch shard`'s, byte for byte. Skipped only when PySpark, PyArrow or pandas is not installed (CI installs
 them)."""
 
@@ -147,7 +147,8 @@ def test_a_shard_run_twice_fails_the_whole_run(spark, idmatch_bin, server, campa
 
 def budget(server) -> Tuple[int, int, List[str]]:
     """The partner's charges today on the owner's server: matches, identifiers, run ids."""
-    state = json.loads((server.dir / "budgets.json").read_text())
+    path = server.dir / "budgets.json"
+    state = json.loads(path.read_text()) if path.exists() else {"partners": {}}
     used = state["partners"].get("python-tests", {"matches": 0, "identifiers": 0})
     return used["matches"], used["identifiers"], state.get("runs", {}).get("python-tests", [])
 
@@ -227,6 +228,28 @@ def test_a_shard_task_failing_on_every_attempt_fails_the_run(spark, idmatch_bin,
         assert not [p.name for p in (server.dir / "results").glob(f"*{run_id}*")]
     finally:
         server.stop()
+
+
+def test_a_shard_task_failing_after_its_stream_fails_the_run(spark, server, campaign_key, monkeypatch) -> None:
+    run_id = secrets.token_hex(16)
+    matches_before = budget(server)[0]
+    # Shard 1's task fails once its stream has ended: Spark's retry opens shard 1
+    # again, which the owner refuses, failing the run (a second stream of a shard
+    # would be a second query under the run's single charge).
+    monkeypatch.setattr(idmatch.spark, "_FAIL_SHARD_AFTER_STREAM", (1, 1))
+    with pytest.raises(idmatch.MatchError) as failed:
+        idmatch.spark.match(frame(spark, PARTNER, 2), server.url, "spring", shards=4, key_file=campaign_key,
+                            token=TOKEN, region="US", reveal="both", run_id=run_id)
+    message = str(failed.value)
+    assert f"run {run_id} failed" in message, message
+    assert "already joined" in message or "this run has failed" in message, message
+    runs, streams = audited(server, run_id)
+    assert len(runs) == 1 and runs[0]["outcome"] != "ok" and runs[0]["results_file"] is None, runs
+    # The first attempt's stream finished; the retry's was refused.
+    shard1 = [r["outcome"] for r in streams if r["shard"] == "1/4"]
+    assert shard1[0] == "ok" and len(shard1) == 2 and shard1[1] != "ok", shard1
+    assert not [p.name for p in (server.dir / "results").glob(f"*{run_id}*")]
+    assert budget(server)[0] == matches_before + 1
 
 
 def test_the_owners_shard_files_are_those_of_idmatch_shard(spark, idmatch_bin, campaign_key, tmp_path,
