@@ -23,9 +23,9 @@ those cross Spark's shuffle, never emails or phone numbers. The shuffle is
 ``repartition(shards, pkey)``, where ``pkey`` is, per shard, an integer that
 Spark's hash partitioning sends to the partition of the shard's number (checked
 in every shard task), so one task sees one whole shard; its output is cached and
-serves every later step. Each shard's distinct tokens (the run's size) are
-counted with PyArrow in the shard's own partition; record id uniqueness and the
-merge of the matches are Spark SQL in the JVM. Memory per task: a reader holds
+serves every later step. Counting (each shard's distinct tokens, within its
+partition: the run's size), record id uniqueness and the merge of the matches are
+Spark SQL in the JVM. Memory per task: a reader holds
 ``_BATCH_ROWS`` rows at a time, a shard task its whole shard (about 80 bytes per
 identifier as Arrow columns, plus the client's working set), so choose ``shards``
 for the executors' memory. Tokens are keyed hashes, still personal data: keep the
@@ -502,19 +502,12 @@ def match(
                     "must be unique, since the matches name records by id"
                 )
 
-        # The run's size: each shard's distinct tokens (in its own partition), summed.
-        def distinct_tokens(batches: Iterator["pyarrow.RecordBatch"]) -> Iterator["pyarrow.RecordBatch"]:
-            import pyarrow as pa
-            import pyarrow.compute as pc
-
-            schema = pa.schema([("shard", pa.int32()), ("token", pa.binary())])
-            table = _gather(batches, schema)
-            index = _task_shard(table, f"run {run_hex}")
-            n = pc.count_distinct(table["token"]).as_py() if table.num_rows else 0
-            yield pa.RecordBatch.from_pylist([{"shard": index, "n": n}],
-                                             schema=pa.schema([("shard", pa.int32()), ("n", pa.int64())]))
-
-        sizes = dict(entries.select("shard", "token").mapInArrow(distinct_tokens, "shard int, n long").collect())
+        # The run's size: each shard's distinct tokens, summed. Grouped by pkey as
+        # well, Spark counts them within the shards' partitions (no shuffle).
+        sizes = {
+            row.shard: row.n
+            for row in entries.groupBy("pkey", "shard").agg(F.countDistinct("token").alias("n")).collect()
+        }
         partner_set_size = sum(sizes.values())
         # Every shard is padded to the largest one's size (PROTOCOL.md §13.4).
         run_set_size = shards * max(sizes.values(), default=0)

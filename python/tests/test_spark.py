@@ -233,10 +233,11 @@ def test_a_shard_task_failing_on_every_attempt_fails_the_run(spark, idmatch_bin,
 def test_a_shard_task_failing_after_its_stream_fails_the_run(spark, server, campaign_key, monkeypatch) -> None:
     run_id = secrets.token_hex(16)
     matches_before = budget(server)[0]
-    # Shard 1's task fails once its stream has ended: Spark's retry opens shard 1
-    # again, which the owner refuses, failing the run (a second stream of a shard
-    # would be a second query under the run's single charge).
-    monkeypatch.setattr(idmatch.spark, "_FAIL_SHARD_AFTER_STREAM", (1, 1))
+    # Shard 0's task fails once its stream has ended: Spark's retry (the next task
+    # to start, while shards 2 and 3 wait for a slot) opens shard 0 again, which the
+    # owner refuses, failing the run (a second stream of a shard would be a second
+    # query under the run's single charge).
+    monkeypatch.setattr(idmatch.spark, "_FAIL_SHARD_AFTER_STREAM", (0, 1))
     with pytest.raises(idmatch.MatchError) as failed:
         idmatch.spark.match(frame(spark, PARTNER, 2), server.url, "spring", shards=4, key_file=campaign_key,
                             token=TOKEN, region="US", reveal="both", run_id=run_id)
@@ -246,8 +247,8 @@ def test_a_shard_task_failing_after_its_stream_fails_the_run(spark, server, camp
     runs, streams = audited(server, run_id)
     assert len(runs) == 1 and runs[0]["outcome"] != "ok" and runs[0]["results_file"] is None, runs
     # The first attempt's stream finished; the retry's was refused.
-    shard1 = [r["outcome"] for r in streams if r["shard"] == "1/4"]
-    assert shard1[0] == "ok" and len(shard1) == 2 and shard1[1] != "ok", shard1
+    shard0 = [r["outcome"] for r in streams if r["shard"] == "0/4"]
+    assert shard0[0] == "ok" and len(shard0) == 2 and shard0[1] != "ok", shard0
     assert not [p.name for p in (server.dir / "results").glob(f"*{run_id}*")]
     assert budget(server)[0] == matches_before + 1
 
