@@ -716,6 +716,72 @@ mod tests {
         assert!((0.6..1.5).contains(&(mean / expected)), "mean |noise| {mean}, expected {expected}");
     }
 
+    /// Issue 20, the open read behind the owner's `honest_client_trusted` gate: a
+    /// partner (learner `partner`) that sends `c·C1` of one person's limb, with `c`
+    /// above twice the slot's noise bound, gets back `c·m + η` and rounds it to `m`
+    /// exactly, noise or not. Played here as the cheater would, both limbs of the
+    /// first person of `people`; the value read is checked against the owner's
+    /// values (distinct and far apart from what noise of this scale would give).
+    /// Should this read ever be closed, this test fails and must become a refusal.
+    #[test]
+    fn a_partner_that_scales_a_persons_ciphertext_reads_its_value_exactly() {
+        use curve25519_dalek::ristretto::CompressedRistretto;
+        let noise = Noise { epsilon: 0.25, clip: 1_000 };
+        let bound = noise.limb_bounds().unwrap()[0];
+        // Values 881 ..= 1000, cut at 5 bits; one person's limbs are at most 31.
+        let values: Vec<u64> = (0..120).map(|i| 1_000 - i).collect();
+        let people: Vec<Person> =
+            values.iter().enumerate().map(|(i, &value)| Person { tokens: vec![token(i as u32)], value }).collect();
+        let exposures: Vec<Exposure> = (0..120).map(|i| Exposure { tokens: vec![token(i)], group: 0 }).collect();
+        let c = 2 * bound + 1;
+        let table = DlogTable::new(DlogTable::baby_steps_for(c * 31 + 2 * bound));
+        let mut rng = StdRng::seed_from_u64(78);
+        let mut read_values = std::collections::BTreeSet::new();
+        for seed in 0..8 {
+            let (mut oc, mut pc) = configs(100, Learner::Partner);
+            (oc.noise, oc.seed, pc.noise) = (Some(noise), Some(seed), Some(noise));
+            let mut owner = Owner::new(oc, &people).unwrap();
+            let mut partner = Partner::new(pc, vec!["all".into()], vec![120], &exposures).unwrap();
+            let first = owner.poll_outgoing().unwrap();
+            let OwnerMessage::People(sent) = &first else { panic!() };
+            let key = PublicKey::from_bytes(&sent.public_key).unwrap();
+            // c·(C1, C2) of the first person's limb l: c·C1 is what the owner sees.
+            let mut scaled = |l: usize| {
+                let mut bytes = [0u8; 64];
+                for part in 0..2 {
+                    let at = l * 64 + part * 32;
+                    let point = CompressedRistretto(sent.values[0][at..at + 32].try_into().unwrap());
+                    let point = point.decompress().unwrap() * curve25519_dalek::scalar::Scalar::from(c);
+                    bytes[part * 32..part * 32 + 32].copy_from_slice(point.compress().as_bytes());
+                }
+                Ciphertext::from_bytes(&bytes, 0).unwrap().mask(&mut rng)
+            };
+            let crafted = [scaled(0), scaled(1)];
+            partner.receive(first).unwrap();
+            owner.receive(partner.poll_outgoing().unwrap()).unwrap();
+            partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+            let PartnerMessage::Masked(mut lines) = partner.poll_outgoing().unwrap() else { panic!() };
+            for (slot, masked) in crafted.iter().enumerate() {
+                lines[0].points[slot * 32..slot * 32 + 32].copy_from_slice(&masked.point_bytes());
+            }
+            let shares = shares_of(&mut owner, lines);
+            assert_eq!(shares.noise_bounds, [bound, bound], "the owner noised both slots");
+            let limbs: Vec<u64> = (0..LIMBS)
+                .map(|slot| {
+                    let bytes: [u8; 32] = shares.shares[0][slot * 32..(slot + 1) * 32].try_into().unwrap();
+                    let share = CompressedRistretto(bytes).decompress().unwrap();
+                    let noisy = table.solve_shifted(&crafted[slot].unmask(&share, &key), bound, c * 31 + bound);
+                    let noisy = noisy.expect("c·m + η is within the search");
+                    // Round to the nearest multiple of c: |η| ≤ bound < c/2.
+                    u64::try_from((noisy + i128::from(c / 2)).div_euclid(i128::from(c))).unwrap()
+                })
+                .collect();
+            read_values.insert(limbs[0] + (limbs[1] << 5));
+        }
+        assert!(read_values.iter().all(|v| values.contains(v)), "{read_values:?} are not all owner values");
+        assert!(read_values.len() > 1, "different people read in different runs: {read_values:?}");
+    }
+
     /// Issue 20, attack 3, through the whole protocol: with noise, a group of exactly
     /// `min_aggregate` matched people is released in some runs and suppressed in
     /// others, whoever releases (the owner decrypting, or the partner under learner
