@@ -243,13 +243,21 @@ def test_a_shard_task_failing_after_its_stream_fails_the_run(spark, server, camp
                             token=TOKEN, region="US", reveal="both", run_id=run_id)
     message = str(failed.value)
     assert f"run {run_id} failed" in message, message
-    assert "already joined" in message or "this run has failed" in message, message
     runs, streams = audited(server, run_id)
-    assert len(runs) == 1 and runs[0]["outcome"] != "ok" and runs[0]["results_file"] is None, runs
+    # Audited once, whichever way the scheduling went (README, "Spark": retries).
+    assert len(runs) == 1, runs
     # The first attempt's stream finished; the retry's was refused.
     shard0 = [r["outcome"] for r in streams if r["shard"] == "0/4"]
     assert shard0[0] == "ok" and len(shard0) == 2 and shard0[1] != "ok", shard0
-    assert not [p.name for p in (server.dir / "results").glob(f"*{run_id}*")]
+    results = [p.name for p in (server.dir / "results").glob(f"*{run_id}*")]
+    if "this run has finished" in message:
+        # The lopsided case: every other shard had finished before the retry came,
+        # so the owner's run is complete while the partner's match raises.
+        assert runs[0]["outcome"] == "ok" and len(results) == 1, (runs, results)
+    else:
+        # The retry came while shards were still open: it fails the run.
+        assert "already joined" in message or "this run has failed" in message, message
+        assert runs[0]["outcome"] != "ok" and runs[0]["results_file"] is None and not results, runs
     assert budget(server)[0] == matches_before + 1
 
 

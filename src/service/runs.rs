@@ -424,6 +424,10 @@ impl Runs {
         match run.phase {
             Phase::Done => return Err(RunError::Finished),
             Phase::Failed => return Err(RunError::Failed),
+            // Every shard has finished and the last one is writing the results: the
+            // run is as good as done, and a late stream (a retried task) is refused
+            // as for a done run, without failing it (which would audit it twice).
+            Phase::Open if run.finished == run.shard_count => return Err(RunError::Finished),
             Phase::Open => {}
         }
         let index = hello.run.shard_index;
@@ -592,6 +596,11 @@ impl RunShard<'_> {
         self.settled = true;
         let settled = self.runs.lock().and_then(|registry| {
             let Some(mut run) = registry.load(&self.id)? else { return Ok(()) };
+            if run.phase != Phase::Open {
+                // Settled meanwhile (another process's sweep): audited there, once.
+                tracing::error!(run_id = %self.run_id(), "a run settled before its last shard recorded it as done");
+                return Ok(());
+            }
             run.active = run.active.saturating_sub(1);
             run.settle(Phase::Done);
             registry.save(&self.id, &run)?;
@@ -691,6 +700,27 @@ mod tests {
         let lines = audited(audit.path());
         assert_eq!(lines.len(), 1);
         assert_eq!((&lines[0]["outcome"], &lines[0]["owner_set_size"]), (&"ok".into(), &12.into()));
+    }
+
+    /// A retried shard that arrives while the last shard writes the run's results
+    /// (every shard finished, the run not yet done) is refused as for a finished run
+    /// and does not fail it: the run is audited once, as ok (it was audited twice,
+    /// failed then ok, before).
+    #[test]
+    fn a_shard_repeated_while_the_last_one_writes_the_results_is_refused_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
+        let runs = registry(&dir);
+        let idle = Duration::from_secs(60);
+        let mut first = runs.join(&audit, &hello("acme", 0, 10), idle, free).unwrap();
+        let mut second = runs.join(&audit, &hello("acme", 1, 10), idle, free).unwrap();
+        assert!(matches!(first.finish(5, "ecdh", None), Ok(Finished::Shard)));
+        let Ok(Finished::Last { .. }) = second.finish(7, "ecdh", None) else { panic!("not the last") };
+        assert_eq!(runs.join(&audit, &hello("acme", 0, 10), idle, free).err(), Some(RunError::Finished));
+        second.done(None, None);
+        let lines = audited(audit.path());
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["outcome"], "ok");
     }
 
     #[test]
