@@ -3,9 +3,9 @@
 //!
 //! `cargo bench --no-default-features --bench oprf`. Phases, each through the
 //! engine's public state machines: both setups (the base OTs), the receiver's
-//! correction matrix (D, PRG expansion, correction, own bits, then H2 of its own
-//! rows and its table), the sender's OPRF evaluation (PRG, gather, H2), the
-//! receiver's comparison (lookups of the sender's outputs in its table).
+//! table, code words, PRG expansion, correction and its own outputs, the sender's
+//! `Q` (PRG, transpose), the check (both sides' sums) and the sender's outputs,
+//! the receiver's comparison (lookups of the sender's outputs in its table).
 
 use std::hint::black_box;
 
@@ -32,7 +32,8 @@ fn after_setups<'a>(r: &'a PreparedSet, s: &'a PreparedSet) -> (OprfReceiver<'a>
     (receiver, sender)
 }
 
-fn corrections(receiver: &mut OprfReceiver<'_>) -> Vec<ReceiverMessage> {
+/// Everything the receiver has queued: after the setups, its seeds and correction.
+fn drain(receiver: &mut OprfReceiver<'_>) -> Vec<ReceiverMessage> {
     std::iter::from_fn(|| receiver.poll_outgoing()).collect()
 }
 
@@ -42,25 +43,46 @@ fn phases(c: &mut Criterion) {
     let mut g = c.benchmark_group(format!("oprf_2^16 ({params:?})"));
     g.sample_size(10);
 
-    // Both setups: the receiver's and the sender's base OTs (one per column).
-    g.bench_function("setups_base_ots", |b| b.iter(|| black_box(after_setups(&r, &s))));
-
-    g.bench_function("receiver_correction_matrix_and_own_outputs", |b| {
+    // The sender's base OTs (one per column), its setup message.
+    g.bench_function("sender_setup_base_ots", |b| {
         b.iter_batched(
-            || after_setups(&r, &s),
-            |(mut receiver, sender)| {
-                black_box(corrections(&mut receiver));
+            || {
+                let config = OprfConfig::new(Reveal::Partner);
+                let mut receiver = OprfReceiver::new(config.clone(), &r).unwrap();
+                let setup = receiver.poll_outgoing().unwrap();
+                (OprfSender::new(config, &s).unwrap(), setup)
+            },
+            |(mut sender, setup)| {
+                sender.receive(setup).unwrap();
+                black_box(sender.poll_outgoing())
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    g.bench_function("receiver_table_correction_and_own_outputs", |b| {
+        b.iter_batched(
+            || {
+                let config = OprfConfig::new(Reveal::Partner);
+                let mut receiver = OprfReceiver::new(config.clone(), &r).unwrap();
+                let mut sender = OprfSender::new(config, &s).unwrap();
+                sender.receive(receiver.poll_outgoing().unwrap()).unwrap();
+                let setup = sender.poll_outgoing().unwrap();
+                (receiver, sender, setup)
+            },
+            |(mut receiver, sender, setup)| {
+                receiver.receive(setup).unwrap();
                 (receiver, sender)
             },
             BatchSize::PerIteration,
         )
     });
 
-    g.bench_function("sender_oprf_evaluation", |b| {
+    g.bench_function("sender_q_matrix", |b| {
         b.iter_batched(
             || {
                 let (mut receiver, sender) = after_setups(&r, &s);
-                let messages = corrections(&mut receiver);
+                let messages = drain(&mut receiver);
                 (receiver, sender, messages)
             },
             |(receiver, mut sender, messages)| {
@@ -73,13 +95,34 @@ fn phases(c: &mut Criterion) {
         )
     });
 
+    g.bench_function("check_and_sender_outputs", |b| {
+        b.iter_batched(
+            || {
+                let (mut receiver, mut sender) = after_setups(&r, &s);
+                for m in drain(&mut receiver) {
+                    sender.receive(m).unwrap();
+                }
+                receiver.receive(sender.poll_outgoing().unwrap()).unwrap();
+                (receiver, sender)
+            },
+            |(mut receiver, mut sender)| {
+                // The receiver's check sums, then the sender's check and outputs.
+                sender.receive(receiver.poll_outgoing().unwrap()).unwrap();
+                (receiver, sender)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
     g.bench_function("receiver_comparison", |b| {
         b.iter_batched(
             || {
                 let (mut receiver, mut sender) = after_setups(&r, &s);
-                for m in corrections(&mut receiver) {
+                for m in drain(&mut receiver) {
                     sender.receive(m).unwrap();
                 }
+                receiver.receive(sender.poll_outgoing().unwrap()).unwrap();
+                sender.receive(receiver.poll_outgoing().unwrap()).unwrap();
                 let outputs: Vec<SenderMessage> = std::iter::from_fn(|| sender.poll_outgoing()).collect();
                 (receiver, sender, outputs)
             },

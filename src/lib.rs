@@ -5,9 +5,9 @@
 //! either side learning the other's other identifiers. Identifiers are normalized
 //! identically on both sides, turned into keyed tokens under a per-campaign key, and
 //! compared by private set intersection: ECDH on ristretto255 (secure against a
-//! partner that deviates from the protocol), or an OPRF engine (Chase–Miao, far
-//! faster, secure against semi-honest partners only, so the server runs it only for
-//! partners the owner trusts to run an honest client). Opt-outs are applied before
+//! partner that deviates from the protocol), or an OPRF engine (PaXoS PSI on an
+//! actively secure OT extension: far faster, and also secure against a deviating
+//! partner). Opt-outs are applied before
 //! anything leaves the owner. Campaigns are measured over the intersection with
 //! encrypted sums ([`measure`]).
 //!

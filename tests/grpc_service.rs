@@ -315,8 +315,8 @@ fn auto_gets_the_fastest_engine_the_campaign_allows() {
     assert!(matches!(err, ClientError::ProtocolChoice(_)), "refused before connecting: {err}");
     assert_eq!(f.audit_lines().len(), 2, "nothing reached the server");
 
-    // A campaign that allows only ecdh (the default: the fixture's line removed).
-    f.reload_with(|t| t.replace("protocols = [\"ecdh\", \"oprf\"]\n", "")).unwrap();
+    // A campaign that allows only ecdh.
+    f.reload_with(|t| t.replace("protocols = [\"ecdh\", \"oprf\"]\n", "protocols = [\"ecdh\"]\n")).unwrap();
     assert_eq!(run(Reveal::Both, ProtocolChoice::Auto).unwrap().protocol, Protocol::Ecdh);
     let err = run(Reveal::Both, ProtocolChoice::Exactly(Protocol::Oprf)).unwrap_err();
     assert!(matches!(err, ClientError::PermissionDenied(_)), "{err}");
@@ -337,14 +337,15 @@ fn auto_gets_the_fastest_engine_the_campaign_allows() {
     assert_eq!(audit[3]["outcome"], "PermissionDenied");
 }
 
-/// A partner the owner has not said it trusts to run an honest client never reaches
-/// the oprf engine (secure against semi-honest partners only), even on a campaign
-/// that allows it: `auto` gets ecdh, and a hello offering only oprf is refused
-/// before the owner sends anything, so the zero-correction attack (a crafted
-/// correction matrix that lets the receiver evaluate the owner's OPRF offline) gets
-/// no owner output to work on.
+/// A partner the owner has not said it trusts to run an honest client gets the
+/// oprf engine from `auto` like any other (it holds against a deviating
+/// partner), and the zero-correction attack of issue 19 (a crafted correction
+/// matrix that let the receiver evaluate the owner's OPRF offline under the
+/// earlier, semi-honest engine) fails the consistency check: the owner sends no
+/// output, ends the match with INVALID_ARGUMENT, and serves the next one.
 #[test]
-fn an_untrusted_partner_gets_ecdh_and_the_zero_correction_attack_gets_nothing() {
+fn an_untrusted_partner_gets_oprf_and_the_zero_correction_attack_gets_no_output() {
+    use idmatch::psi::oprf::Params;
     let f = Fixture::start(false, false);
     f.reload_with(|t| t.replace("honest_client_trusted = true\n", "")).unwrap();
     let run = |reveal, choice| {
@@ -354,26 +355,44 @@ fn an_untrusted_partner_gets_ecdh_and_the_zero_correction_attack_gets_nothing() 
     };
     for reveal in [Reveal::Partner, Reveal::Owner, Reveal::Both] {
         let summary = run(reveal, ProtocolChoice::Auto).unwrap();
-        assert_eq!(summary.protocol, Protocol::Ecdh, "{reveal}");
+        assert_eq!(summary.protocol, Protocol::Oprf, "{reveal}");
         assert_eq!((summary.outcome.partner_set_size, summary.outcome.owner_set_size), (1500, 3000));
     }
-    let err = run(Reveal::Both, ProtocolChoice::Exactly(Protocol::Oprf)).unwrap_err();
-    assert!(matches!(err, ClientError::PermissionDenied(_)), "{err}");
-    assert!(err.to_string().contains("honest_client_trusted"), "{err}");
 
-    // The attacker's script: an oprf-only hello, a valid receiver setup, then an
-    // all-zero correction matrix (with D = 0 the sender's columns equal the
-    // receiver's own, so any output would be computable offline for every token).
+    // The attacker's script: an oprf hello, a valid receiver setup, seeds, an
+    // all-zero correction matrix of the right size, and a check of zeros.
     let hello = hello_with(1500, |h| {
         h.key_fingerprint = f.fingerprint();
         h.protocols = vec![wire::Protocol::Oprf as i32];
     });
-    let zero_correction = oprf(wire::oprf::Body::Correction(vec![0; 1 << 16]));
-    let (received, status) = raw_call_collect(&f, vec![hello, receiver_setup(1500, |_| {}), zero_correction]);
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    assert!(received.is_empty(), "the owner sent nothing: {received:?}");
-    // A hello that offers oprf a million times is refused the same way, in a short
-    // message (the offer is named once).
+    let total = Params::derive(3000, 1500).unwrap().matrix_bytes() as usize;
+    let mut script = vec![hello, receiver_setup(1500, |_| {}), oprf(wire::oprf::Body::Seeds(vec![0; 32]))];
+    let zeros = vec![0u8; total];
+    script.extend(zeros.chunks(1 << 20).map(|c| oprf(wire::oprf::Body::Correction(c.to_vec()))));
+    script.push(oprf(wire::oprf::Body::Check(vec![0; 5120])));
+    let (received, status) = raw_call_collect(&f, script);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("consistency check failed"), "{}", status.message());
+    let kinds: Vec<&str> = received
+        .iter()
+        .map(|m| match &m.body {
+            Some(wire::owner_message::Body::Accept(_)) => "accept",
+            Some(wire::owner_message::Body::Oprf(wire::Oprf { body: Some(b) })) => match b {
+                wire::oprf::Body::SenderSetup(_) => "sender_setup",
+                wire::oprf::Body::Opening(_) => "opening",
+                wire::oprf::Body::Outputs(_) => "outputs",
+                _ => "other oprf",
+            },
+            _ => "other",
+        })
+        .collect();
+    // The owner's setup and opening may still be in flight when the status ends the
+    // stream; an output never left.
+    assert_eq!(kinds.first(), Some(&"accept"));
+    assert!(!kinds.contains(&"outputs"), "no output left the owner: {kinds:?}");
+    // A hello that offers an engine the campaign does not allow a million times is
+    // refused in a short message (the offer is named once).
+    f.reload_with(|t| t.replace("protocols = [\"ecdh\", \"oprf\"]\n", "protocols = [\"ecdh\"]\n")).unwrap();
     let long_offer = hello_with(1500, |h| {
         h.key_fingerprint = f.fingerprint();
         h.protocols = vec![wire::Protocol::Oprf as i32; 1_000_000];
@@ -384,12 +403,10 @@ fn an_untrusted_partner_gets_ecdh_and_the_zero_correction_attack_gets_nothing() 
     let audit = f.audit_lines();
     let outcomes: Vec<(&str, &str)> =
         audit.iter().map(|a| (a["outcome"].as_str().unwrap(), a["protocol"].as_str().unwrap_or("-"))).collect();
-    let ok = ("ok", "ecdh");
-    let denied = ("PermissionDenied", "-");
-    assert_eq!(outcomes, [ok, ok, ok, denied, denied, denied]);
+    let ok = ("ok", "oprf");
+    assert_eq!(outcomes, [ok, ok, ok, ("InvalidArgument", "oprf"), ("PermissionDenied", "-")]);
     assert!(audit.iter().all(|a| a.to_string().len() < 2000), "audit lines stay short");
-
-    // Trusted again (a reload), the same partner may choose oprf.
+    // The server still serves.
     f.reload_with(|t| t).unwrap();
     assert_eq!(run(Reveal::Both, ProtocolChoice::Auto).unwrap().protocol, Protocol::Oprf);
 }
@@ -644,7 +661,7 @@ fn oprf(body: wire::oprf::Body) -> wire::PartnerMessage {
 fn receiver_setup(size: u64, edit: impl FnOnce(&mut wire::OprfReceiverSetup)) -> wire::PartnerMessage {
     let point = BlindingKey::random().unwrap().blind_tokens(&[Token([7; 32])])[0].0.to_vec();
     let mut setup = wire::OprfReceiverSetup {
-        version: 1,
+        version: 2,
         receiver_set_size: size,
         report_back: true,
         max_chunk_bytes: 2 << 20,
@@ -683,7 +700,7 @@ fn malformed_oprf_traffic_gets_precise_codes_and_leaves_no_state() {
             FailedPrecondition,
             "announces 1499 tokens but 1500",
         ),
-        ("version", vec![receiver_setup(1500, |s| s.version = 2)], FailedPrecondition, "version 2 is not supported"),
+        ("version", vec![receiver_setup(1500, |s| s.version = 3)], FailedPrecondition, "version 3 is not supported"),
         (
             "report back",
             vec![receiver_setup(1500, |s| s.report_back = false)],
@@ -722,10 +739,36 @@ fn malformed_oprf_traffic_gets_precise_codes_and_leaves_no_state() {
             "unexpected oprf_outputs message",
         ),
         (
+            "correction before the seeds",
+            vec![receiver_setup(1500, |_| {}), oprf(wire::oprf::Body::Correction(vec![0; 64]))],
+            FailedPrecondition,
+            "unexpected correction message",
+        ),
+        (
+            "short seeds",
+            vec![receiver_setup(1500, |_| {}), oprf(wire::oprf::Body::Seeds(vec![0; 31]))],
+            InvalidArgument,
+            "seeds: 31 bytes, expected 32",
+        ),
+        (
             "empty correction",
-            vec![receiver_setup(1500, |_| {}), oprf(wire::oprf::Body::Correction(vec![]))],
+            vec![
+                receiver_setup(1500, |_| {}),
+                oprf(wire::oprf::Body::Seeds(vec![0; 32])),
+                oprf(wire::oprf::Body::Correction(vec![])),
+            ],
             InvalidArgument,
             "a chunk of 0 bytes is not allowed",
+        ),
+        (
+            "check before the correction",
+            vec![
+                receiver_setup(1500, |_| {}),
+                oprf(wire::oprf::Body::Seeds(vec![0; 32])),
+                oprf(wire::oprf::Body::Check(vec![0; 5120])),
+            ],
+            FailedPrecondition,
+            "unexpected check message",
         ),
         (
             "finished before the correction",

@@ -152,10 +152,11 @@ fn unbalanced(n: u32) {
             let params = Params::derive(sending.len() as u64, receiving.len() as u64).unwrap();
             let setup_r = 4 + 8 + 1 + 4 + 32;
             let report = if reveal == Reveal::Both { sending.len().div_ceil(8) as u64 } else { 0 };
-            assert_eq!(got.traffic.receiver_to_sender_bytes, setup_r + params.matrix_bytes() + report);
-            let setup_s = 4 + 8 + 16 + 16 + 32 * u64::from(params.width);
-            let outputs = sending.len() as u64 * u64::from(params.output_len);
-            assert_eq!(got.traffic.sender_to_receiver_bytes, setup_s + outputs);
+            let (seeds, check) = (32, 5120);
+            assert_eq!(got.traffic.receiver_to_sender_bytes, setup_r + seeds + params.matrix_bytes() + check + report);
+            let setup_s = 4 + 8 + 5 * 4 + 16 + 32 * u64::from(params.width) + 32;
+            let (opening, outputs) = (16, sending.len() as u64 * u64::from(params.output_len));
+            assert_eq!(got.traffic.sender_to_receiver_bytes, setup_s + opening + outputs);
         }
     }
 }
@@ -187,31 +188,54 @@ fn out_of_order_messages_are_refused_in_one_place() {
     let (rs, ss) = setups(&mut receiver, &mut sender);
     assert_eq!(
         sender.receive(ReceiverMessage::Setup(rs)),
-        Err(OprfError::UnexpectedMessage { state: "receiving the correction matrix", message: "receiver_setup" })
+        Err(OprfError::UnexpectedMessage { state: "awaiting seeds", message: "receiver_setup" })
     );
     assert_eq!(
-        sender.receive(ReceiverMessage::Finished),
-        Err(OprfError::UnexpectedMessage { state: "receiving the correction matrix", message: "finished" })
+        sender.receive(ReceiverMessage::Correction(vec![0; 32])),
+        Err(OprfError::UnexpectedMessage { state: "awaiting seeds", message: "correction" })
     );
     receiver.receive(SenderMessage::Setup(ss.clone())).unwrap();
     assert_eq!(
         receiver.receive(SenderMessage::Setup(ss)),
-        Err(OprfError::UnexpectedMessage { state: "sending the correction matrix", message: "sender_setup" })
+        Err(OprfError::UnexpectedMessage { state: "sending", message: "sender_setup" })
     );
-    // Outputs before the whole correction matrix has left are out of order, even
-    // once the receiver has computed its last chunk (owner mode: the owner is the
-    // receiver, and a sender cannot have used a chunk it has not received).
+    // An opening or outputs before the whole correction matrix has left are out of
+    // order, even once the receiver has computed its last chunk (owner mode: the
+    // owner is the receiver, and a sender cannot have used a chunk it has not
+    // received); so are outputs before the check has left.
     let mut config = OprfConfig::new(Reveal::Owner);
     config.send_chunk_bytes = oprf::MIN_CHUNK_BYTES;
     let mut receiver = OprfReceiver::new(config, &a).unwrap();
     let mut sender = OprfSender::new(OprfConfig::new(Reveal::Owner), &b).unwrap();
     let (_, ss) = setups(&mut receiver, &mut sender);
     receiver.receive(SenderMessage::Setup(ss)).unwrap();
-    let first = receiver.poll_outgoing();
-    assert!(matches!(first, Some(ReceiverMessage::Correction(_))), "the first chunk is out");
+    let seeds = receiver.poll_outgoing();
+    assert!(matches!(seeds, Some(ReceiverMessage::Seeds(_))), "the seeds come first");
+    sender.receive(seeds.unwrap()).unwrap();
+    let first = receiver.poll_outgoing().unwrap();
+    assert!(matches!(first, ReceiverMessage::Correction(_)), "the first chunk is out");
     assert_eq!(
         receiver.receive(SenderMessage::Outputs(vec![0; 10])),
-        Err(OprfError::UnexpectedMessage { state: "sending the correction matrix", message: "outputs" })
+        Err(OprfError::UnexpectedMessage { state: "sending", message: "outputs" })
+    );
+    assert_eq!(
+        receiver.receive(SenderMessage::Opening(vec![0; 16])),
+        Err(OprfError::UnexpectedMessage { state: "sending", message: "opening" })
+    );
+    sender.receive(first).unwrap();
+    while let Some(m) = receiver.poll_outgoing() {
+        sender.receive(m).unwrap();
+    }
+    // Matches before the outputs are out of order.
+    assert_eq!(
+        sender.receive(ReceiverMessage::Matches(vec![0])),
+        Err(OprfError::UnexpectedMessage { state: "awaiting the check", message: "matches" })
+    );
+    let Some(opening) = sender.poll_outgoing() else { panic!("the opening") };
+    receiver.receive(opening).unwrap();
+    assert_eq!(
+        receiver.receive(SenderMessage::Outputs(vec![0; 10])),
+        Err(OprfError::UnexpectedMessage { state: "sending", message: "outputs" })
     );
     // Matches are refused outside `both` mode, even at the end.
     let (mut receiver, mut sender) = pair(&a, &b, Reveal::Partner);
@@ -242,7 +266,7 @@ fn malformed_setups_are_refused_with_the_precise_error() {
         sender.receive(ReceiverMessage::Setup(rs)).unwrap_err()
     };
     let partner = OprfConfig::new(Reveal::Partner);
-    assert_eq!(sender_error(&|s| s.version = 2, partner.clone()), OprfError::UnsupportedVersion { ours: 1, theirs: 2 });
+    assert_eq!(sender_error(&|s| s.version = 1, partner.clone()), OprfError::UnsupportedVersion { ours: 2, theirs: 1 });
     assert_eq!(
         sender_error(&|s| s.report_back = true, partner.clone()),
         OprfError::ReportBackMismatch { ours: false, theirs: true }
@@ -280,15 +304,27 @@ fn malformed_setups_are_refused_with_the_precise_error() {
         OprfError::ParameterMismatch { what: "width", ours: u64::from(p.width), theirs: u64::from(p.width) + 1 }
     );
     assert_eq!(
-        receiver_error(&|s| s.log_height = 30),
-        OprfError::ParameterMismatch { what: "log_height", ours: u64::from(p.log_height), theirs: 30 }
+        receiver_error(&|s| s.height = 30),
+        OprfError::ParameterMismatch { what: "height", ours: u64::from(p.height), theirs: 30 }
+    );
+    assert_eq!(
+        receiver_error(&|s| s.sparse_len += 1),
+        OprfError::ParameterMismatch {
+            what: "sparse_len",
+            ours: u64::from(p.sparse_len),
+            theirs: u64::from(p.sparse_len) + 1
+        }
     );
     assert!(matches!(receiver_error(&|s| s.output_len = 3), OprfError::ParameterMismatch { what: "output_len", .. }));
     // A different announced size derives different parameters.
     assert!(matches!(receiver_error(&|s| s.sender_set_size = 1 << 20), OprfError::ParameterMismatch { .. }));
     assert_eq!(
-        receiver_error(&|s| s.prf_seed.push(0)),
-        OprfError::BadLength { what: "sender setup prf_seed", len: 17, expected: 16 }
+        receiver_error(&|s| s.hash_key.push(0)),
+        OprfError::BadLength { what: "sender setup hash_key", len: 17, expected: 16 }
+    );
+    assert_eq!(
+        receiver_error(&|s| s.commitment.pop().map_or((), drop)),
+        OprfError::BadLength { what: "sender setup commitment", len: 31, expected: 32 }
     );
     assert_eq!(
         receiver_error(&|s| s.ot_points.truncate(32 * 5)),
@@ -298,7 +334,7 @@ fn malformed_setups_are_refused_with_the_precise_error() {
         receiver_error(&|s| s.ot_points[32 * 3..32 * 4].fill(0xff)),
         OprfError::BadPoint { what: "sender setup ot_points", index: 3 }
     );
-    assert_eq!(receiver_error(&|s| s.version = 0), OprfError::UnsupportedVersion { ours: 1, theirs: 0 });
+    assert_eq!(receiver_error(&|s| s.version = 0), OprfError::UnsupportedVersion { ours: 2, theirs: 0 });
     assert!(matches!(receiver_error(&|s| s.max_chunk_bytes = MAX_CHUNK_BYTES + 1), OprfError::BadChunkLimit { .. }));
 }
 
@@ -311,8 +347,20 @@ fn malformed_chunks_are_refused_with_the_precise_error() {
         let (mut receiver, mut sender) = pair(&a, &b, Reveal::Both);
         let (_, ss) = setups(&mut receiver, &mut sender);
         receiver.receive(SenderMessage::Setup(ss)).unwrap();
+        sender.receive(receiver.poll_outgoing().unwrap()).unwrap();
         (receiver, sender)
     };
+    let (_, mut sender) = after_setups();
+    assert_eq!(
+        sender.receive(ReceiverMessage::Seeds(vec![0; 32])),
+        Err(OprfError::UnexpectedMessage { state: "receiving the correction matrix", message: "seeds" })
+    );
+    let (mut receiver, mut sender) = pair(&a, &b, Reveal::Both);
+    setups(&mut receiver, &mut sender);
+    assert_eq!(
+        sender.receive(ReceiverMessage::Seeds(vec![0; 31])),
+        Err(OprfError::BadLength { what: "seeds", len: 31, expected: 32 })
+    );
     let (_, mut sender) = after_setups();
     assert_eq!(
         sender.receive(ReceiverMessage::Correction(vec![])),
@@ -334,9 +382,7 @@ fn malformed_chunks_are_refused_with_the_precise_error() {
     );
     // Outputs that are not whole outputs, or too many of them.
     let (mut receiver, mut sender) = after_setups();
-    while let Some(m) = receiver.poll_outgoing() {
-        sender.receive(m).unwrap();
-    }
+    exchange_until_outputs(&mut receiver, &mut sender);
     let len = p.output_len as usize;
     assert_eq!(
         receiver.receive(SenderMessage::Outputs(vec![0; len + 1])),
@@ -355,9 +401,7 @@ fn malformed_chunks_are_refused_with_the_precise_error() {
         Err(OprfError::NonZeroPadding { what: "matches" })
     );
     let (mut receiver, mut sender) = after_setups();
-    while let Some(m) = receiver.poll_outgoing() {
-        sender.receive(m).unwrap();
-    }
+    exchange_until_outputs(&mut receiver, &mut sender);
     let Some(SenderMessage::Outputs(out)) = sender.poll_outgoing() else { panic!() };
     receiver.receive(SenderMessage::Outputs(out)).unwrap();
     assert_eq!(
@@ -368,6 +412,15 @@ fn malformed_chunks_are_refused_with_the_precise_error() {
         sender.receive(ReceiverMessage::Finished),
         Err(OprfError::UnexpectedMessage { state: "awaiting matches", message: "finished" })
     );
+}
+
+/// Correction, opening and check: afterwards the sender's outputs are ready.
+fn exchange_until_outputs(receiver: &mut OprfReceiver<'_>, sender: &mut OprfSender<'_>) {
+    while let Some(m) = receiver.poll_outgoing() {
+        sender.receive(m).unwrap();
+    }
+    receiver.receive(sender.poll_outgoing().unwrap()).unwrap();
+    sender.receive(receiver.poll_outgoing().unwrap()).unwrap();
 }
 
 #[test]
@@ -392,7 +445,7 @@ fn chunks_respect_the_limits_and_secrets_stay_out_of_debug() {
     })
     .unwrap();
     assert!(largest <= 64 * 1024, "{largest}");
-    assert!(debug.contains("prf_seed: <16 bytes>"), "{debug}");
+    assert!(debug.contains("hash_key: <16 bytes>") && debug.contains("commitment: <32 bytes>"), "{debug}");
     assert!(debug.contains("correction(<65536 bytes>)"), "{debug}");
     let r = receiver.outcome().unwrap();
     let s = sender.outcome().unwrap();

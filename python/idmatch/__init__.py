@@ -286,8 +286,8 @@ def match(
     (:class:`Key` or 32 bytes) or ``key_file``; the records ``records`` or
     ``input``. ``reveal`` is ``partner`` (default), ``both``, ``owner`` or
     ``count``; ``protocol`` the matching engine, ``auto`` (default: the fastest
-    the owner allows this partner for the mode; ``oprf`` only if the owner trusts
-    the partner's client), ``ecdh`` or ``oprf`` (not with ``count``);
+    the owner's campaign allows for the mode), ``ecdh`` or ``oprf`` (not with
+    ``count``);
     ``suppress`` a suppression list applied before anything is blinded
     (a list with unreadable rows refuses the match before connecting, unless
     ``skip_bad_list_rows``, which skips and counts them and warns, as the CLI does);

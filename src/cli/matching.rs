@@ -47,9 +47,8 @@ pub struct MatchArgs {
     #[arg(long, default_value = "both", value_parser = parse_reveal)]
     pub reveal: Reveal,
     /// The matching engine: auto (oprf for partner, owner and both; ecdh for count), ecdh or oprf.
-    /// With --server, auto offers both and the owner runs the fastest it allows this partner:
-    /// oprf only if the owner trusts the partner to run an honest client (a modified client
-    /// can read the owner's whole audience under oprf), ecdh otherwise.
+    /// With --server, auto offers both and the owner runs the fastest its campaign allows. Both
+    /// hold against a modified client (docs/PRIVACY.md).
     #[arg(long, default_value = "auto", value_parser = parse_protocol)]
     pub protocol: ProtocolChoice,
     #[command(flatten)]

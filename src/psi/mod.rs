@@ -18,7 +18,7 @@
 //! - `protocol`: which engine runs a match ([`Protocol`], [`ProtocolChoice`]);
 //! - `reveal`: who learns what ([`Reveal`]);
 //! - `transport`: the in-memory transport;
-//! - [`oprf`]: the second engine, OPRF-based PSI (Chase–Miao), for the reveal modes
+//! - [`oprf`]: the second engine, OPRF-based PSI (PaXoS PSI, malicious-secure), for the reveal modes
 //!   that name records.
 //!
 //! The API is what this module re-exports, plus two modules kept public on purpose:

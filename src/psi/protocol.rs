@@ -17,7 +17,7 @@ use super::reveal::Reveal;
 pub enum Protocol {
     /// ECDH private set intersection on ristretto255 (every reveal mode).
     Ecdh,
-    /// OPRF-based PSI, Chase–Miao (every reveal mode but `count`).
+    /// OPRF-based PSI, PaXoS on an actively secure OT extension (every reveal mode but `count`).
     Oprf,
 }
 
@@ -36,18 +36,6 @@ impl Protocol {
     /// Whether this engine offers `reveal`.
     pub fn offers(self, reveal: Reveal) -> bool {
         self == Protocol::Ecdh || reveal != Reveal::Count
-    }
-
-    /// Whether a partner that deviates from the protocol still learns nothing beyond
-    /// its reveal mode's output. True for `ecdh` (every owner token the partner can
-    /// test costs a blinded element it sent in a match, within the owner's budgets);
-    /// false for `oprf`, whose Chase–Miao OPRF is secure against a semi-honest
-    /// receiver only: a receiver that sends a crafted correction matrix (all zero,
-    /// say) can evaluate the owner's outputs offline for any token it guesses
-    /// (docs/PRIVACY.md, "Under `oprf`"). A server lets a partner run an engine for
-    /// which this is false only when the owner trusts that partner's client.
-    pub fn secure_against_deviating_partner(self) -> bool {
-        self == Protocol::Ecdh
     }
 }
 

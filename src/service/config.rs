@@ -190,13 +190,11 @@ pub struct PartnerConfig {
     /// Reveal modes this partner may ask for: partner, owner, both, count.
     pub reveals: Vec<String>,
     /// The owner trusts this partner to run an honest (unmodified) client. Only then
-    /// may it use engines that are secure against semi-honest partners only (`oprf`,
-    /// where a deviating client can recover every owner token offline: docs/PRIVACY.md,
-    /// "Under `oprf`"), and measurements that release figures to the partner
-    /// (learner `partner` or `both`, where a deviating client can read one person's
-    /// value exactly). Default `false`: the partner gets `ecdh` whatever it offers,
-    /// a hello offering only `oprf` is refused with PERMISSION_DENIED, and so is a
-    /// measurement whose campaign releases figures to the partner.
+    /// may it run measurements that release figures to the partner (learner
+    /// `partner` or `both`, where a deviating client can read one person's value
+    /// exactly: docs/PRIVACY.md, "Cheating parties, by learner"). Default `false`:
+    /// such a measurement is refused with PERMISSION_DENIED. Both matching engines
+    /// hold against a deviating partner and need no trust.
     #[serde(default)]
     pub honest_client_trusted: bool,
 }
@@ -222,8 +220,8 @@ pub struct CampaignConfig {
     pub columns: ColumnNames,
     /// The matching engines partners may use for this campaign, `ecdh` and/or
     /// `oprf` (a client's `auto` gets the fastest that offers its reveal mode).
-    /// Default `["ecdh"]`: `oprf` is opt-in, because it is secure against
-    /// semi-honest partners only (docs/PRIVACY.md, "Under `oprf`").
+    /// Default `["ecdh", "oprf"]`: both hold against a partner that deviates from
+    /// the protocol (docs/PRIVACY.md, "Under `oprf`").
     #[serde(default = "default_protocols")]
     pub protocols: Vec<String>,
     /// Campaign measurement over the `Measurer` rpc (`[campaigns.measurement]`);
@@ -316,7 +314,7 @@ fn default_profile() -> String {
 }
 
 fn default_protocols() -> Vec<String> {
-    vec![Protocol::Ecdh.name().to_owned()]
+    Protocol::ALL.iter().map(|p| p.name().to_owned()).collect()
 }
 
 /// A campaign's `columns` table: the [`ColumnSpec`] as written in the file.
@@ -373,20 +371,6 @@ pub struct PartnerPolicy {
     /// Whether the owner trusts it to run an honest client
     /// ([`PartnerConfig::honest_client_trusted`]).
     pub honest_client_trusted: bool,
-}
-
-impl PartnerPolicy {
-    /// The engines of `campaign` this partner may run: all the campaign allows when
-    /// the owner trusts its client, otherwise only those secure against a partner
-    /// that deviates from the protocol ([`Protocol::secure_against_deviating_partner`]).
-    pub fn protocols(&self, campaign: &CampaignSettings) -> Vec<Protocol> {
-        campaign
-            .protocols
-            .iter()
-            .copied()
-            .filter(|p| self.honest_client_trusted || p.secure_against_deviating_partner())
-            .collect()
-    }
 }
 
 /// A campaign's validated settings.
@@ -727,7 +711,7 @@ pub struct IssuedPartner {
 impl IssuedPartner {
     /// Draws a token from the operating system's CSPRNG and writes the entry for
     /// partner `name` allowed `campaigns` and `reveals` (and, with
-    /// `honest_client_trusted`, engines secure against semi-honest partners only).
+    /// `honest_client_trusted`, measurements that release figures to the partner).
     pub fn new(
         name: &str,
         campaigns: &[String],

@@ -121,12 +121,14 @@ fn sender_setup_to_wire(s: SenderSetup) -> wire::OprfSenderSetup {
     wire::OprfSenderSetup {
         version: s.version,
         sender_set_size: s.sender_set_size,
-        log_height: s.log_height,
+        height: s.height,
+        sparse_len: s.sparse_len,
         width: s.width,
         output_len: s.output_len,
         max_chunk_bytes: s.max_chunk_bytes,
-        prf_seed: s.prf_seed,
+        hash_key: s.hash_key,
         ot_points: s.ot_points,
+        commitment: s.commitment,
     }
 }
 
@@ -134,12 +136,14 @@ fn sender_setup_from_wire(s: wire::OprfSenderSetup) -> SenderSetup {
     SenderSetup {
         version: s.version,
         sender_set_size: s.sender_set_size,
-        log_height: s.log_height,
+        height: s.height,
+        sparse_len: s.sparse_len,
         width: s.width,
         output_len: s.output_len,
         max_chunk_bytes: s.max_chunk_bytes,
-        prf_seed: s.prf_seed,
+        hash_key: s.hash_key,
         ot_points: s.ot_points,
+        commitment: s.commitment,
     }
 }
 
@@ -148,7 +152,10 @@ fn oprf_to_wire(message: OprfMessage) -> wire::Oprf {
     let body = match message {
         OprfMessage::ReceiverSetup(s) => Body::ReceiverSetup(receiver_setup_to_wire(s)),
         OprfMessage::SenderSetup(s) => Body::SenderSetup(sender_setup_to_wire(s)),
+        OprfMessage::Seeds(data) => Body::Seeds(data),
         OprfMessage::Correction(data) => Body::Correction(data),
+        OprfMessage::Opening(data) => Body::Opening(data),
+        OprfMessage::Check(data) => Body::Check(data),
         OprfMessage::Outputs(data) => Body::Outputs(data),
         OprfMessage::Matches(data) => Body::Matches(data),
     };
@@ -160,7 +167,10 @@ fn oprf_from_wire(message: wire::Oprf) -> Result<OprfMessage, ProtocolError> {
     Ok(match message.body.ok_or(ProtocolError::Malformed("oprf message without a body"))? {
         Body::ReceiverSetup(s) => OprfMessage::ReceiverSetup(receiver_setup_from_wire(s)),
         Body::SenderSetup(s) => OprfMessage::SenderSetup(sender_setup_from_wire(s)),
+        Body::Seeds(data) => OprfMessage::Seeds(data),
         Body::Correction(data) => OprfMessage::Correction(data),
+        Body::Opening(data) => OprfMessage::Opening(data),
+        Body::Check(data) => OprfMessage::Check(data),
         Body::Outputs(data) => OprfMessage::Outputs(data),
         Body::Matches(data) => OprfMessage::Matches(data),
     })
@@ -313,18 +323,26 @@ mod tests {
             OwnerMessage::Accept(Accept { version: 1, owner_set_size: 9, max_chunk: 0, protocol: Protocol::Oprf });
         assert_eq!(owner_from_wire(owner_to_wire(accept.clone())).unwrap(), accept);
         let setup = OprfMessage::SenderSetup(SenderSetup {
-            version: 1,
+            version: 2,
             sender_set_size: 5,
-            log_height: 8,
-            width: 300,
+            height: 256,
+            sparse_len: 40,
+            width: 511,
             output_len: 6,
             max_chunk_bytes: 4096,
-            prf_seed: vec![1; 16],
+            hash_key: vec![1; 16],
             ot_points: vec![2; 64],
+            commitment: vec![4; 32],
         });
-        for m in
-            [setup, OprfMessage::Correction(vec![1, 2]), OprfMessage::Outputs(vec![3]), OprfMessage::Matches(vec![])]
-        {
+        for m in [
+            setup,
+            OprfMessage::Seeds(vec![5; 32]),
+            OprfMessage::Correction(vec![1, 2]),
+            OprfMessage::Opening(vec![6; 16]),
+            OprfMessage::Check(vec![7; 5120]),
+            OprfMessage::Outputs(vec![3]),
+            OprfMessage::Matches(vec![]),
+        ] {
             assert_eq!(
                 owner_from_wire(owner_to_wire(OwnerMessage::Oprf(m.clone()))).unwrap(),
                 OwnerMessage::Oprf(m.clone())

@@ -144,26 +144,9 @@ impl Service for MatchService {
             max_chunk,
             send_chunk: DEFAULT_CHUNK.min(max_chunk),
             key_fingerprint: Some(campaign.key_fingerprint),
-            allowed_protocols: session.partner.protocols(&campaign.settings),
+            allowed_protocols: campaign.settings.protocols.clone(),
         };
-        let protocol = config.check_hello(hello).map_err(|e| match e {
-            // The campaign allows an engine the hello offers, but not for this
-            // partner: say why, so the partner's engineer knows whom to ask.
-            ProtocolError::ProtocolNotAllowed { .. }
-                if hello.offered_protocols().iter().any(|p| {
-                    p.offers(hello.reveal)
-                        && campaign.settings.protocols.contains(p)
-                        && !config.allowed_protocols.contains(p)
-                }) =>
-            {
-                Status::permission_denied(
-                    "the oprf engine is secure against semi-honest partners only; this owner allows it only for \
-                     partners it trusts to run an honest client (honest_client_trusted), which this partner is not: \
-                     offer ecdh or auto",
-                )
-            }
-            other => protocol_status(&other),
-        })?;
+        let protocol = config.check_hello(hello).map_err(|e| protocol_status(&e))?;
         record.protocol = Some(protocol.name().to_owned());
         // ...a shard joins its run (checked against the run's other shards; the
         // run's first stream charges the daily budget for the run's whole size as

@@ -55,6 +55,7 @@ fn oprf_status(error: &OprfError, message: String) -> Status {
         UnexpectedMessage { .. } | UnsupportedVersion { .. } | ReportBackMismatch { .. } | ParameterMismatch { .. } => {
             Status::failed_precondition(message)
         }
+        CheckFailed | CommitmentMismatch => Status::invalid_argument(message),
         RevealNotOffered(_) => Status::permission_denied(message),
         SetSizeOutOfRange { .. } => Status::resource_exhausted(message),
         BadLength { .. }
@@ -64,7 +65,7 @@ fn oprf_status(error: &OprfError, message: String) -> Status {
         | TooMuchData { .. }
         | BadPoint { .. }
         | NonZeroPadding { .. } => Status::invalid_argument(message),
-        BadConfig(_) | Rng(_) => {
+        BadConfig(_) | Rng(_) | TableEncoding { .. } => {
             error!(error = %error, "the OPRF engine failed");
             Status::internal("the owner could not continue the match")
         }

@@ -125,6 +125,21 @@ pub enum OprfError {
         /// The field, stream or set concerned.
         what: &'static str,
     },
+    /// The receiver's correction is not what an honest receiver sends: a row of the
+    /// matrix is not a code word (the consistency check of `docs/PROTOCOL.md`
+    /// §11.4 failed). The sender sends no output.
+    #[error("the consistency check failed: the correction matrix is not an encoding of any set (a deviating receiver)")]
+    CheckFailed,
+    /// The sender's opening is not the seed it committed to.
+    #[error("the sender's check seed does not match its commitment (a deviating sender)")]
+    CommitmentMismatch,
+    /// The receiver could not encode its table in the allowed attempts (each fails
+    /// with probability below 2⁻²⁰; a bug or an adversarial set, never expected).
+    #[error("could not encode the receiver's table in {attempts} attempts")]
+    TableEncoding {
+        /// Attempts made, each with a fresh seed.
+        attempts: u32,
+    },
     /// A configuration that cannot run (a chunk size out of range, …).
     #[error("invalid OPRF configuration: {0}")]
     BadConfig(&'static str),

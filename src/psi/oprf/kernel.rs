@@ -1,112 +1,79 @@
-//! The symmetric-key work of the OPRF engine: the hash and PRF domains, the AES-CTR
-//! PRG, and the bulk matrix kernels (clearing `D`, gathering one bit per token and
-//! column, hashing rows to outputs), all on every core.
+//! The symmetric-key work of the OPRF engine: the hash domains, the AES-CTR PRG,
+//! the bit-matrix transposes between the wire's columns and the table's rows, the
+//! consistency-check sums, and hashing decoded rows to outputs, on every core.
 //!
-//! Domains (byte-exact in `docs/PROTOCOL.md`, "OPRF engine"):
-//! - `H1(t) = SHA-256("idmatch-oprf-v1 H1" ‖ t)[0..16]`: the PRF input of a token.
-//! - PRF: group key `K_g = AES-128(prf_seed, LE128(g))`; positions
-//!   `AES-128(K_g, H1(t))`, 32-bit little-endian lane `j` masked to `L` bits is the
-//!   row of `t` in column `4g + j`.
-//! - PRG: a column is the AES-128-CTR keystream under a 16-byte OT seed, counter
-//!   block starting at 0 (128-bit big-endian counter).
-//! - `H2(row) = SHA-256("idmatch-oprf-v1 H2" ‖ row)[0..ℓ2/8]`, `row` the token's `w`
-//!   gathered bits, bit `i` = column `i`, least significant bit first, zero-padded.
+//! Domains (byte-exact in `docs/PROTOCOL.md` §11.3):
+//! - `H(t) = SHA-256("idmatch-oprf-v2 H" ‖ hash_key ‖ t)`: bytes `0..10` read as a
+//!   little-endian integer and cut to 76 bits are `v(t)`, the value the receiver
+//!   encodes; bytes `16..32` are the table key of `t` ([`super::okvs`] rows).
+//! - PRG: a column is the AES-128-CTR keystream under a 16-byte seed, counter block
+//!   starting at 0 (128-bit big-endian counter).
+//! - Check challenge: `χ = PRG(seed_S ⊕ seed_R)`, 8 bytes per matrix row,
+//!   little-endian: bit `b` of `χ_j` puts row `j` in combination `b`.
+//! - `Out(t, r) = SHA-256("idmatch-oprf-v2 out" ‖ t ‖ r)[0..ℓ2/8]`, `r` the 64-byte
+//!   decoded row (bit `i` = column `i`, least significant bit first; bit 511 zero).
+//! - Commitment `SHA-256("idmatch-oprf-v2 commit" ‖ seed_S)`.
 //!
-//! Invariants: a seed or the PRF seed never leaves this module in a `Debug` string;
-//! the round keys (`aes` with `zeroize`) are wiped on drop. Matrix layout: a column
-//! is `m/8` bytes, row `r` at byte `r >> 3`, bit `r & 7`. Gathered bits live in
-//! [`Gathered`], one `[u64; 4]` per (column group, block of 64 tokens), bit `e` of
-//! word `j` = token `64·b + e` in column `4g + j`: each group's slab is contiguous,
-//! so groups are written without sharing and rows are rebuilt with 8×8 bit
-//! transposes.
+//! Layout: a matrix row is a [`Row`] (`[u64; 8]`, bit `i` of word `i / 64` is column
+//! `i`); a column is `h / 64` words, row `r` at bit `r % 64` of word `r / 64`, and
+//! goes on the wire as those words' little-endian bytes (row `r` at byte `r >> 3`,
+//! bit `r & 7`). Invariants: seeds never appear in a `Debug` string; the PRG's round
+//! keys are wiped on drop (`aes` with `zeroize`).
 
 use aes::Aes128;
-use aes::cipher::{Array, BlockCipherEncrypt, KeyInit, KeyIvInit, StreamCipher};
+use aes::cipher::{Array, KeyIvInit, StreamCipher};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use super::params::{H1_LEN, MAX_WIDTH};
+use super::params::CHECK_PLANES;
 use crate::token::Token;
 
-/// Columns per AES block of positions (four 32-bit lanes).
-pub const GROUP: usize = 4;
-/// Tokens whose rows are computed at once in the gather kernels ([`GroupRows`]; a
-/// multiple of 64 and of 256): 4 MiB of rows per core. Measured at 10⁶ × 10⁶ on
-/// the 2-core reference machine, the receiver's matrix phase took 2.0 s with blocks
-/// of 16,384 tokens, 1.6 s with 65,536 and 1.3 s with 262,144 (each column is
-/// brought back into L2 once per block, so fewer blocks mean fewer reloads).
-const ROW_BLOCK: usize = 262_144;
+/// Domain-separation label of `H`, `docs/PROTOCOL.md` §11.3.
+pub const LABEL_H: &[u8] = b"idmatch-oprf-v2 H";
+/// Domain-separation label of `Out`, `docs/PROTOCOL.md` §11.3.
+pub const LABEL_OUT: &[u8] = b"idmatch-oprf-v2 out";
+/// Domain-separation label of the sender's commitment to its check seed.
+pub const LABEL_COMMIT: &[u8] = b"idmatch-oprf-v2 commit";
+/// Bits of `v(t)`: the code's dimension.
+const VALUE_MASK: u128 = (1u128 << super::code::CODE_DIM) - 1;
 
-/// Domain-separation label of H1 (token → PRF input), `docs/PROTOCOL.md` §11.
-pub const LABEL_H1: &[u8] = b"idmatch-oprf-v1 H1";
-/// Domain-separation label of H2 (gathered bits → output), `docs/PROTOCOL.md` §11.
-pub const LABEL_H2: &[u8] = b"idmatch-oprf-v1 H2";
-
-/// One AES block.
-pub type Block = aes::Block;
+/// One matrix row: 512 bits, the top one always zero.
+pub type Row = [u64; 8];
 type Aes128Ctr = ctr::Ctr128BE<Aes128>;
 
-/// `H1(t)` for every token, in order.
-pub fn h1_all(tokens: &[Token]) -> Vec<Block> {
-    tokens.par_iter().map(|t| h1(&t.0)).collect()
+/// What `H` gives for one token: the value to encode and the table key.
+#[derive(Clone, Copy)]
+pub struct Hashed {
+    /// `v(t)`, 76 bits.
+    pub value: u128,
+    /// The table key of `t`.
+    pub key: [u8; 16],
 }
 
-/// `H1(t) = SHA-256(LABEL_H1 ‖ t)[0..16]`.
-pub fn h1(token: &[u8; 32]) -> Block {
-    let digest = Sha256::new().chain_update(LABEL_H1).chain_update(token).finalize();
-    let mut block = Block::default();
-    block.copy_from_slice(&digest[..H1_LEN]);
-    block
+/// `H(t)` for every token, in order.
+pub fn hash_all(hash_key: &[u8; 16], tokens: &[Token]) -> Vec<Hashed> {
+    tokens.par_iter().map(|t| hash(hash_key, &t.0)).collect()
 }
 
-/// The PRF `F_k`: one AES-128 key per group of four columns.
-pub struct Prf {
-    keys: Vec<Aes128>,
+/// `H(t)`.
+pub fn hash(hash_key: &[u8; 16], token: &[u8; 32]) -> Hashed {
+    let d = Sha256::new().chain_update(LABEL_H).chain_update(hash_key).chain_update(token).finalize();
+    let mut value = [0u8; 16];
+    value[..10].copy_from_slice(&d[..10]);
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&d[16..32]);
+    Hashed { value: u128::from_le_bytes(value) & VALUE_MASK, key }
 }
 
-impl Prf {
-    /// Group keys `K_g = AES-128(prf_seed, LE128(g))` for `groups` groups.
-    pub fn new(prf_seed: &[u8; 16], groups: usize) -> Prf {
-        let master = Aes128::new(&Array::from(*prf_seed));
-        let keys = (0..groups as u128)
-            .map(|g| {
-                let mut block = Block::from(g.to_le_bytes());
-                master.encrypt_block(&mut block);
-                let key = Aes128::new(&block);
-                block.fill(0);
-                key
-            })
-            .collect();
-        Prf { keys }
-    }
-
-    /// Encrypts `h1s` (values `H1(t)`) under group `g`'s key into `out` (as long):
-    /// lane `j` of an output block is the row of its token in column `4g + j`.
-    /// `out` must be as long as `h1s` (every caller sizes it so).
-    pub fn positions(&self, group: usize, h1s: &[Block], out: &mut [Block]) {
-        debug_assert_eq!(h1s.len(), out.len());
-        // The only error is a length mismatch, which the callers rule out.
-        let _ = self.keys[group].encrypt_blocks_b2b(h1s, out);
-    }
+/// The commitment to the sender's check seed.
+pub fn commitment(seed: &[u8; 16]) -> [u8; 32] {
+    Sha256::new().chain_update(LABEL_COMMIT).chain_update(seed).finalize().into()
 }
 
-impl std::fmt::Debug for Prf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Prf({} group keys, <redacted>)", self.keys.len())
-    }
-}
-
-/// Row of lane `j` of a position block, masked to `L` bits.
-#[inline(always)]
-pub fn lane(block: &Block, j: usize, mask: u32) -> usize {
-    let b = &block[4 * j..4 * j + 4];
-    (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & mask) as usize
-}
-
-/// XORs the PRG output of `seed` into `column`.
-pub fn xor_prg(seed: &[u8; 16], column: &mut [u8]) {
+/// XORs the PRG output of `seed` into `bytes`.
+pub fn xor_prg(seed: &[u8; 16], bytes: &mut [u8]) {
     let mut ctr = Aes128Ctr::new(&Array::from(*seed), &Array::from([0u8; 16]));
-    ctr.apply_keystream(column);
+    ctr.apply_keystream(bytes);
 }
 
 /// The PRG output of `seed`, `len` bytes.
@@ -116,172 +83,151 @@ pub fn prg(seed: &[u8; 16], len: usize) -> Vec<u8> {
     out
 }
 
-/// Gathered bits of every token of one party, for every column.
-pub struct Gathered {
-    /// Blocks of 64 tokens: `⌈n / 64⌉`.
-    blocks: usize,
-    words: Vec<[u64; GROUP]>,
+/// The PRG output of `seed` as `words` little-endian words (a column).
+pub fn prg_words(seed: &[u8; 16], words: usize) -> Vec<u64> {
+    to_words(&prg(seed, 8 * words))
 }
 
-impl Gathered {
-    /// Room for `tokens` tokens' bits in `width` columns, all zero.
-    pub fn new(tokens: usize, width: usize) -> Gathered {
-        let blocks = tokens.div_ceil(64);
-        Gathered { blocks, words: vec![[0; GROUP]; blocks * width.div_ceil(GROUP)] }
-    }
-
-    /// Group `g`'s slab: one `[u64; 4]` per block of 64 tokens.
-    fn slab(&mut self, group: usize) -> &mut [[u64; GROUP]] {
-        &mut self.words[group * self.blocks..(group + 1) * self.blocks]
-    }
+/// Little-endian bytes to words (`bytes.len()` a multiple of 8).
+pub fn to_words(bytes: &[u8]) -> Vec<u64> {
+    bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect()
 }
 
-/// The rows of up to [`ROW_BLOCK`] consecutive tokens in each column of one group,
-/// one `u32` array per column: the PRF is evaluated once per token and group (four
-/// lanes per AES block), and each column is then walked alone over the whole block,
-/// so the column (`m/8` bytes, 256 KiB at 10⁶ tokens) stays in the core's L2 cache
-/// for all of the block's random accesses.
-pub struct GroupRows {
-    /// `lanes[j * ROW_BLOCK + t]`: row of token `t` of the block in column `4g + j`.
-    lanes: Vec<u32>,
-    len: usize,
+/// Words to little-endian bytes.
+pub fn to_bytes(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
-impl GroupRows {
-    fn new() -> GroupRows {
-        GroupRows { lanes: vec![0; GROUP * ROW_BLOCK], len: 0 }
-    }
+/// The check challenge: one word per row.
+pub fn challenge(sender_seed: &[u8; 16], receiver_seed: &[u8; 16], height: usize) -> Vec<u64> {
+    let key: [u8; 16] = std::array::from_fn(|i| sender_seed[i] ^ receiver_seed[i]);
+    prg_words(&key, height)
+}
 
-    /// Computes the rows of the tokens whose `H1` values are `h1s` (at most
-    /// [`ROW_BLOCK`]) in group `group`'s columns, masked to `L` bits.
-    fn fill(&mut self, prf: &Prf, group: usize, h1s: &[Block], mask: u32) {
-        debug_assert!(h1s.len() <= ROW_BLOCK);
-        let mut blocks = [Block::default(); 256];
-        for (k, h1s) in h1s.chunks(blocks.len()).enumerate() {
-            let blocks = &mut blocks[..h1s.len()];
-            prf.positions(group, h1s, blocks);
-            let first = k * 256;
-            for j in 0..GROUP {
-                let out = &mut self.lanes[j * ROW_BLOCK + first..][..blocks.len()];
-                for (out, block) in out.iter_mut().zip(blocks.iter()) {
-                    *out = lane(block, j, mask) as u32;
+/// Columns (`width` of them, each `rows.len() / 64` words, one after the other)
+/// of `rows` (a multiple of 64 of them).
+pub fn rows_to_columns(rows: &[Row], width: usize) -> Vec<u64> {
+    let blocks = rows.len() / 64;
+    // One task per word of the row: 64 columns each.
+    let parts: Vec<Vec<u64>> = (0..width.div_ceil(64))
+        .into_par_iter()
+        .map(|word| {
+            let columns = (width - 64 * word).min(64);
+            let mut out = vec![0u64; columns * blocks];
+            let mut block = [0u64; 64];
+            for b in 0..blocks {
+                for (r, slot) in block.iter_mut().enumerate() {
+                    *slot = rows[64 * b + r][word];
+                }
+                transpose64(&mut block);
+                for (c, &v) in block.iter().take(columns).enumerate() {
+                    out[c * blocks + b] = v;
                 }
             }
-        }
-        self.len = h1s.len();
-    }
-
-    /// The rows of the block's tokens in column `4g + j`.
-    pub fn column(&self, j: usize) -> &[u32] {
-        &self.lanes[j * ROW_BLOCK..j * ROW_BLOCK + self.len]
-    }
+            out
+        })
+        .collect();
+    parts.concat()
 }
 
-/// Gathers, for every token, its bit in each column of group `g` from `columns`
-/// (1 to 4 columns of `m/8` bytes), into `gathered`, splitting the tokens across
-/// cores in blocks of [`ROW_BLOCK`].
-pub fn gather(gathered: &mut Gathered, group: usize, columns: &[&[u8]], prf: &Prf, h1s: &[Block], mask: u32) {
-    gathered.slab(group).par_chunks_mut(ROW_BLOCK / 64).zip(h1s.par_chunks(ROW_BLOCK)).for_each(|(words, h1s)| {
-        let mut rows = GroupRows::new();
-        rows.fill(prf, group, h1s, mask);
-        for (j, column) in columns.iter().enumerate() {
-            gather_column(column, rows.column(j), j, words);
-        }
-    });
-}
-
-/// Gathers the bits of a column at `rows` into word `j` of `words` (one per 64
-/// rows).
-#[inline]
-pub fn gather_column(column: &[u8], rows: &[u32], j: usize, words: &mut [[u64; GROUP]]) {
-    for (word, rows) in words.iter_mut().zip(rows.chunks(64)) {
-        let mut bits = 0u64;
-        for (e, &row) in rows.iter().enumerate() {
-            bits |= u64::from((column[(row >> 3) as usize] >> (row & 7)) & 1) << e;
-        }
-        word[j] = bits;
-    }
-}
-
-/// Group-parallel work: for each group `first..first + count` (one core per group),
-/// `work(state, rows, words)` runs once per block of [`ROW_BLOCK`] tokens with the
-/// tokens' rows in the group's columns and the slab words of those tokens.
-pub fn for_groups<S: Send>(
-    gathered: &mut Gathered,
-    first: usize,
-    states: Vec<S>,
-    prf: &Prf,
-    h1s: &[Block],
-    mask: u32,
-    work: impl Fn(&mut S, &GroupRows, &mut [[u64; GROUP]]) + Sync,
-) -> Vec<S> {
-    let blocks = gathered.blocks;
-    let count = states.len();
-    let slabs = &mut gathered.words[first * blocks..(first + count) * blocks];
-    let mut states = states;
-    if blocks == 0 {
-        return states;
-    }
-    states.par_iter_mut().zip(slabs.par_chunks_mut(blocks)).enumerate().for_each(|(k, (state, slab))| {
-        let mut rows = GroupRows::new();
-        for (words, h1s) in slab.chunks_mut(ROW_BLOCK / 64).zip(h1s.chunks(ROW_BLOCK)) {
-            rows.fill(prf, first + k, h1s, mask);
-            work(state, &rows, words);
-        }
-    });
-    states
-}
-
-/// Clears, in an all-ones column, every row in `rows`.
-pub fn clear_rows(column: &mut [u8], rows: &[u32]) {
-    for &row in rows {
-        column[(row >> 3) as usize] &= !(1u8 << (row & 7));
-    }
-}
-
-/// `H2` of every token's row of `width` gathered bits, truncated to `output_len`
-/// bytes, concatenated in token order.
-pub fn outputs(gathered: &Gathered, tokens: usize, width: usize, output_len: usize) -> Vec<u8> {
-    let row_len = width.div_ceil(8);
-    let mut out = vec![0u8; tokens * output_len];
-    out.par_chunks_mut(64 * output_len).enumerate().for_each(|(b, out)| {
-        let mut rows = vec![[0u8; MAX_WIDTH as usize / 8]; 64];
-        transpose_block(gathered, b, width, &mut rows);
-        for (row, out) in rows.iter().zip(out.chunks_mut(output_len)) {
-            let digest = Sha256::new().chain_update(LABEL_H2).chain_update(&row[..row_len]).finalize();
-            out.copy_from_slice(&digest[..output_len]);
-        }
-    });
-    out
-}
-
-/// Rebuilds the rows of block `b` (64 tokens): `rows[e]` bit `i` = column `i`.
-#[allow(clippy::needless_range_loop, reason = "`byte` indexes columns and every row alike")]
-fn transpose_block(gathered: &Gathered, b: usize, width: usize, rows: &mut [[u8; MAX_WIDTH as usize / 8]]) {
-    let word = |i: usize| if i < width { gathered.words[(i / GROUP) * gathered.blocks + b][i % GROUP] } else { 0 };
-    for byte in 0..width.div_ceil(8) {
-        let cols: [u64; 8] = std::array::from_fn(|j| word(8 * byte + j));
-        for eb in 0..8 {
-            // Row j of the 8×8 matrix: column 8·byte + j, tokens 8·eb .. 8·eb + 8.
-            let x = u64::from_le_bytes(std::array::from_fn(|j| (cols[j] >> (8 * eb)) as u8));
-            let t = transpose8(x).to_le_bytes();
-            for (e, &v) in t.iter().enumerate() {
-                rows[8 * eb + e][byte] = v;
+/// Rows (`columns.len() / width · 64` of them) of `width` columns laid out as
+/// [`rows_to_columns`] returns them. Bits past `width` are zero.
+pub fn columns_to_rows(columns: &[u64], width: usize) -> Vec<Row> {
+    let blocks = columns.len() / width;
+    let mut rows = vec![[0u64; 8]; 64 * blocks];
+    rows.par_chunks_mut(64).enumerate().for_each(|(b, rows)| {
+        let mut block = [0u64; 64];
+        for word in 0..width.div_ceil(64) {
+            let count = (width - 64 * word).min(64);
+            block.fill(0);
+            for (c, slot) in block.iter_mut().take(count).enumerate() {
+                *slot = columns[(64 * word + c) * blocks + b];
+            }
+            transpose64(&mut block);
+            for (r, row) in rows.iter_mut().enumerate() {
+                row[word] = block[r];
             }
         }
+    });
+    rows
+}
+
+/// Transposes a 64×64 bit matrix in place: bit `c` of word `r` ↔ bit `r` of word `c`.
+fn transpose64(m: &mut [u64; 64]) {
+    let mut width = 32;
+    let mut mask = 0x0000_0000_FFFF_FFFFu64;
+    while width != 0 {
+        let mut k = 0;
+        while k < 64 {
+            for i in k..k + width {
+                let t = ((m[i] >> width) ^ m[i + width]) & mask;
+                m[i] ^= t << width;
+                m[i + width] ^= t;
+            }
+            k += 2 * width;
+        }
+        width >>= 1;
+        mask ^= mask << width;
     }
 }
 
-/// Transposes an 8×8 bit matrix, bit `8r + c` ↔ bit `8c + r`.
+/// `Σ_{j : bit b of χ_j} rows[j]` for each of the [`CHECK_PLANES`] combinations.
+pub fn row_sums(rows: &[Row], chi: &[u64]) -> Vec<Row> {
+    rows.par_chunks(4096)
+        .zip(chi.par_chunks(4096))
+        .map(|(rows, chi)| {
+            let mut acc = vec![[0u64; 8]; CHECK_PLANES];
+            for (row, &c) in rows.iter().zip(chi) {
+                let mut bits = c;
+                while bits != 0 {
+                    let b = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    xor_row(&mut acc[b], row);
+                }
+            }
+            acc
+        })
+        .reduce(
+            || vec![[0u64; 8]; CHECK_PLANES],
+            |mut a, b| {
+                for (a, b) in a.iter_mut().zip(&b) {
+                    xor_row(a, b);
+                }
+                a
+            },
+        )
+}
+
+/// `Σ_{j : bit b of χ_j} values[j]` for each combination.
+pub fn value_sums(values: &[u128], chi: &[u64]) -> Vec<u128> {
+    let mut acc = vec![0u128; CHECK_PLANES];
+    for (&v, &c) in values.iter().zip(chi) {
+        let mut bits = c;
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            acc[b] ^= v;
+        }
+    }
+    acc
+}
+
+/// `a ^= b`.
 #[inline(always)]
-fn transpose8(mut x: u64) -> u64 {
-    let t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
-    x ^= t ^ (t << 7);
-    let t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
-    x ^= t ^ (t << 14);
-    let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
-    x ^= t ^ (t << 28);
-    x
+pub fn xor_row(a: &mut Row, b: &Row) {
+    for (a, b) in a.iter_mut().zip(b) {
+        *a ^= b;
+    }
+}
+
+/// `Out(t, r)` into `out` (`ℓ2/8` bytes).
+pub fn output(token: &[u8; 32], row: &Row, out: &mut [u8]) {
+    let mut hasher = Sha256::new().chain_update(LABEL_OUT).chain_update(token);
+    for w in row {
+        hasher.update(w.to_le_bytes());
+    }
+    let digest = hasher.finalize();
+    out.copy_from_slice(&digest[..out.len()]);
 }
 
 #[cfg(test)]
@@ -303,125 +249,98 @@ mod tests {
             let line = line.split("  (").next().unwrap_or("").trim();
             match line.split_once(" = ") {
                 Some((name, value)) => values.push((name.trim().to_owned(), value.trim().to_owned())),
-                None if !line.is_empty() => values.last_mut().unwrap().1.push_str(line),
+                None if !line.is_empty() => values.last_mut().unwrap().1.push_str(&format!(" {line}")),
                 None => {}
             }
         }
         let get = |name: &str| values.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name}")).1.clone();
-        let bytes = |name: &str| hex::decode(get(name)).unwrap();
+        let bytes = |name: &str| hex::decode(get(name).replace(' ', "")).unwrap();
         let arr16 = |name: &str| -> [u8; 16] { bytes(name).try_into().unwrap() };
         let arr32 = |name: &str| -> [u8; 32] { bytes(name).try_into().unwrap() };
+        let words = |name: &str| -> Vec<u64> {
+            get(name).split_whitespace().map(|w| u64::from_str_radix(w, 16).unwrap()).collect()
+        };
 
         let t = arr32("t");
-        let h = h1(&t);
-        assert_eq!(h.as_slice(), bytes("H1(t)"));
-        let seed = arr16("prf_seed");
-        let prf = Prf::new(&seed, 2);
-        let master = Aes128::new(&Array::from(seed));
-        for g in 0..2usize {
-            let mut key = Block::from((g as u128).to_le_bytes());
-            master.encrypt_block(&mut key);
-            assert_eq!(key.as_slice(), bytes(&format!("K_{g}")));
-            let mut pos = [Block::default()];
-            prf.positions(g, &[h], &mut pos);
-            assert_eq!(pos[0].as_slice(), bytes(&format!("AES(K_{g}, H1(t))")));
-            let rows: Vec<usize> = get(&format!("rows_{g}")).split_whitespace().map(|r| r.parse().unwrap()).collect();
-            let mask = (1u32 << 21) - 1;
-            assert_eq!(rows, (0..4).map(|j| lane(&pos[0], j, mask)).collect::<Vec<_>>());
-            let mut block_rows = GroupRows::new();
-            block_rows.fill(&prf, g, &[h], mask);
-            assert_eq!(rows, (0..4).map(|j| block_rows.column(j)[0] as usize).collect::<Vec<_>>());
-        }
+        let hashed = hash(&arr16("hash_key"), &t);
+        let full = Sha256::new().chain_update(LABEL_H).chain_update(arr16("hash_key")).chain_update(t).finalize();
+        assert_eq!(full.as_slice(), bytes("H(t)"));
+        assert_eq!(hashed.value, u128::from_str_radix(&get("v(t)"), 16).unwrap());
+        assert_eq!(hashed.key.as_slice(), bytes("key(t)"));
+        let layout = super::super::okvs::Layout::new(1000, arr16("table_seed")).unwrap();
+        let row = layout.row(&hashed.key);
+        let sparse: Vec<u32> = get("sparse").split_whitespace().map(|p| p.parse().unwrap()).collect();
+        assert_eq!(row.sparse.as_slice(), sparse);
+        assert_eq!(row.dense, u64::from_str_radix(&get("dense"), 16).unwrap());
+        let word = super::super::code::Encoder::get().encode(hashed.value);
+        assert_eq!(word.as_slice(), words("code(v(t))"));
+        let mut out = [0u8; 10];
+        output(&t, &word, &mut out);
+        assert_eq!(out.as_slice(), bytes("Out(t, code(v(t)))"));
+        assert_eq!(commitment(&arr16("check_seed")).as_slice(), bytes("commitment"));
+        assert_eq!(challenge(&arr16("check_seed"), &arr16("receiver_seed"), 3), words("chi_0 chi_1 chi_2"));
         assert_eq!(prg(&arr16("prg_key"), 48), bytes("PRG(prg_key)[0..48]"));
-
-        // H2 through the real path: 64 tokens whose rows are all `row`.
-        let row = bytes("row");
-        let width = 333;
-        let mut g = Gathered::new(64, width);
-        for i in (0..width).filter(|i| (row[i >> 3] >> (i & 7)) & 1 == 1) {
-            g.words[(i / GROUP) * g.blocks][i % GROUP] = u64::MAX;
-        }
-        let out = outputs(&g, 64, width, 10);
-        assert_eq!(&out[..10], bytes("H2(row)"));
-        assert_eq!(&out[630..], bytes("H2(row)"));
-
         let point = |name: &str| CompressedRistretto(arr32(name)).decompress().unwrap();
         let shared = point("P");
         assert_eq!(*super::super::ot::kdf(5, &arr32("A"), &arr32("B"), &shared), arr16("KDF(5, A, B, P)"));
+        // b0 and b1 through AES directly, as the spec defines them.
+        use aes::cipher::{BlockCipherEncrypt, KeyInit};
+        let aes = Aes128::new(&Array::from(arr16("table_seed")));
+        let mut b0 = Array::from(hashed.key);
+        aes.encrypt_block(&mut b0);
+        assert_eq!(b0.as_slice(), bytes("b0"));
     }
 
     #[test]
-    fn transpose8_is_a_transpose() {
-        for seed in [0x0123_4567_89ab_cdefu64, 1, 1 << 63, 0xdead_beef_f00d_cafe] {
-            let t = transpose8(seed);
-            for r in 0..8 {
-                for c in 0..8 {
-                    assert_eq!((seed >> (8 * r + c)) & 1, (t >> (8 * c + r)) & 1);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn rows_are_rebuilt_from_gathered_columns() {
-        let (tokens, width) = (130, 13);
-        let mut g = Gathered::new(tokens, width);
-        // Token e's bit in column i: (e * 7 + i * 3).is_multiple_of(5).
-        let bit = |e: usize, i: usize| (e * 7 + i * 3).is_multiple_of(5);
-        for i in 0..width {
-            for e in 0..tokens {
-                if bit(e, i) {
-                    g.words[(i / GROUP) * g.blocks + e / 64][i % GROUP] |= 1 << (e % 64);
-                }
-            }
-        }
-        for b in 0..g.blocks {
-            let mut rows = vec![[0u8; MAX_WIDTH as usize / 8]; 64];
-            transpose_block(&g, b, width, &mut rows);
-            for (e, row) in rows.iter().enumerate().filter(|(e, _)| 64 * b + e < tokens) {
-                for i in 0..width {
-                    assert_eq!((row[i >> 3] >> (i & 7)) & 1 == 1, bit(64 * b + e, i), "token {e} column {i}");
-                }
-                assert_eq!(row[1] >> 5, 0, "padding bits are zero");
+    fn transpose64_is_a_transpose() {
+        let mut m: [u64; 64] = std::array::from_fn(|r| (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (r as u64));
+        let original = m;
+        transpose64(&mut m);
+        for (r, row) in original.iter().enumerate() {
+            for (c, column) in m.iter().enumerate() {
+                assert_eq!((row >> c) & 1, (column >> r) & 1, "{r} {c}");
             }
         }
     }
 
-    /// Both gather kernels read, for every token (more than one block of them),
-    /// the bit of each column at the row the PRF gives, computed here block by block.
     #[test]
-    fn gathers_read_the_bit_at_each_prf_row() {
-        let (tokens, log_height) = (ROW_BLOCK + 70, 11);
-        let mask = (1u32 << log_height) - 1;
-        let column_bytes = 1usize << (log_height - 3);
-        let columns: Vec<Vec<u8>> =
-            (0..GROUP as u8).map(|j| (0..column_bytes).map(|i| (i as u8).wrapping_mul(37) ^ j).collect()).collect();
-        let refs: Vec<&[u8]> = columns.iter().map(Vec::as_slice).collect();
-        let h1s: Vec<Block> =
-            (0..tokens as u32).map(|t| h1(&[t.to_le_bytes(), [7; 4]].concat().repeat(4).try_into().unwrap())).collect();
-        let prf = Prf::new(&[9; 16], 2);
-        let group = 1;
-        let mut split = Gathered::new(tokens, 2 * GROUP);
-        gather(&mut split, group, &refs, &prf, &h1s, mask);
-        let mut by_group = Gathered::new(tokens, 2 * GROUP);
-        let states = for_groups(&mut by_group, group, vec![()], &prf, &h1s, mask, |_, rows, words| {
-            for (j, column) in refs.iter().enumerate() {
-                gather_column(column, rows.column(j), j, words);
-            }
-        });
-        assert_eq!(states.len(), 1);
-        let key = &prf.keys[group];
-        for (e, h) in h1s.iter().enumerate() {
-            let mut block = *h;
-            key.encrypt_block(&mut block);
-            for (j, column) in columns.iter().enumerate() {
-                let row = lane(&block, j, mask);
-                let expected = u64::from((column[row >> 3] >> (row & 7)) & 1);
-                let word = (group * split.blocks + e / 64, j);
-                assert_eq!((split.words[word.0][word.1] >> (e % 64)) & 1, expected, "token {e} column {j}");
-                assert_eq!((by_group.words[word.0][word.1] >> (e % 64)) & 1, expected, "token {e} column {j}");
+    fn rows_and_columns_round_trip() {
+        let width = 511;
+        let rows: Vec<Row> = (0..192u64)
+            .map(|r| {
+                let mut row: Row =
+                    std::array::from_fn(|w| (r + 1).wrapping_mul(0x2545_F491_4F6C_DD1D) ^ (w as u64) << 7);
+                row[7] &= !(1 << 63);
+                row
+            })
+            .collect();
+        let columns = rows_to_columns(&rows, width);
+        assert_eq!(columns.len(), width * 3);
+        for (r, row) in rows.iter().enumerate() {
+            for c in 0..width {
+                let bit = (columns[c * 3 + r / 64] >> (r % 64)) & 1;
+                assert_eq!(bit, (row[c / 64] >> (c % 64)) & 1, "row {r} column {c}");
             }
         }
-        assert!(split.words[..split.blocks].iter().all(|w| *w == [0; GROUP]), "group 0 untouched");
+        assert_eq!(columns_to_rows(&columns, width), rows);
+    }
+
+    #[test]
+    fn sums_follow_the_challenge_bits() {
+        let rows: Vec<Row> = (0..5000u64).map(|r| [r, r << 1, r << 2, r << 3, r << 4, r << 5, r << 6, r]).collect();
+        let values: Vec<u128> = (0..5000u128).map(|v| v * 0x1_0000_0001).collect();
+        let chi = prg_words(&[3; 16], 5000);
+        let sums = row_sums(&rows, &chi);
+        let vsums = value_sums(&values, &chi);
+        for b in [0, 17, 63] {
+            let mut expected = [0u64; 8];
+            let mut value = 0u128;
+            for j in (0..5000).filter(|&j| (chi[j] >> b) & 1 == 1) {
+                xor_row(&mut expected, &rows[j]);
+                value ^= values[j];
+            }
+            assert_eq!(sums[b], expected);
+            assert_eq!(vsums[b], value);
+        }
     }
 }

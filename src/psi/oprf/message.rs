@@ -5,11 +5,15 @@
 //!
 //! Byte layouts (`docs/PROTOCOL.md`, "OPRF engine", is normative):
 //! - `ReceiverSetup.ot_point`: 32 bytes, the OT point `A` (canonical ristretto255).
-//! - `SenderSetup.prf_seed`: 16 bytes; `SenderSetup.ot_points`: `w × 32` bytes,
-//!   `B_0 ‖ … ‖ B_{w−1}`.
+//! - `SenderSetup.hash_key`: 16 bytes; `SenderSetup.ot_points`: `w × 32` bytes,
+//!   `B_0 ‖ … ‖ B_{w−1}`; `SenderSetup.commitment`: 32 bytes.
+//! - `Seeds`: 32 bytes, the table seed then the receiver's check seed.
 //! - `Correction`: a chunk of the correction matrix `U`, serialized column after
-//!   column (`w · m/8` bytes in all; row `r` of a column at byte `r >> 3`, bit
+//!   column (`w · h/8` bytes in all; row `r` of a column at byte `r >> 3`, bit
 //!   `r & 7`); chunk boundaries carry no meaning.
+//! - `Opening`: 16 bytes, the sender's check seed.
+//! - `Check`: 64 × 64 bytes of row sums, then 64 × 16 bytes of value sums
+//!   (little-endian), 5120 bytes.
 //! - `Outputs`: a chunk of whole `ℓ2/8`-byte OPRF outputs, in the sender's token
 //!   order.
 //! - `Matches` (`both` mode): a chunk of the bitmap over the sender's outputs, bit
@@ -17,7 +21,7 @@
 //!   in all, padding bits zero.
 
 /// The engine version this build speaks.
-pub const OPRF_VERSION: u32 = 1;
+pub const OPRF_VERSION: u32 = 2;
 /// Largest chunk any party accepts or sends: 2 MiB, under gRPC's 4 MiB default.
 pub const MAX_CHUNK_BYTES: u32 = 2 * 1024 * 1024;
 /// Smallest chunk limit a party may announce.
@@ -45,19 +49,23 @@ pub struct SenderSetup {
     pub version: u32,
     /// `n_S`: the sender's distinct tokens.
     pub sender_set_size: u64,
-    /// `L` (`m = 2^L` rows); like the next two, it must equal the derivation from
+    /// `h`, matrix rows; like the next three, it must equal the derivation from
     /// the set sizes.
-    pub log_height: u32,
+    pub height: u32,
+    /// `m`, sparse cells of the receiver's table.
+    pub sparse_len: u32,
     /// `w`, the matrix width (columns, one base OT each).
     pub width: u32,
     /// `ℓ2/8`, the length of one OPRF output in bytes.
     pub output_len: u32,
     /// Largest `Correction` / `Matches` chunk, in bytes, the sender accepts.
     pub max_chunk_bytes: u32,
-    /// The PRF seed, 16 bytes, fresh for this match.
-    pub prf_seed: Vec<u8>,
+    /// The key of `H`, 16 bytes, fresh for this match.
+    pub hash_key: Vec<u8>,
     /// The base-OT points `B_i`, `w × 32` bytes.
     pub ot_points: Vec<u8>,
+    /// `SHA-256("idmatch-oprf-v2 commit" ‖ seed_S)`, 32 bytes.
+    pub commitment: Vec<u8>,
 }
 
 impl ReceiverSetup {
@@ -70,7 +78,7 @@ impl ReceiverSetup {
 impl SenderSetup {
     /// Bytes of the fields, integers at their fixed width.
     fn payload_len(&self) -> usize {
-        4 + 8 + 4 * 4 + self.prf_seed.len() + self.ot_points.len()
+        4 + 8 + 5 * 4 + self.hash_key.len() + self.ot_points.len() + self.commitment.len()
     }
 }
 
@@ -79,8 +87,12 @@ impl SenderSetup {
 pub enum ReceiverMessage {
     /// The receiver's setup (first message).
     Setup(ReceiverSetup),
+    /// The table seed and the receiver's check seed (before the correction).
+    Seeds(Vec<u8>),
     /// A chunk of the correction matrix.
     Correction(Vec<u8>),
+    /// The check sums (after the sender's opening).
+    Check(Vec<u8>),
     /// A chunk of the matched bitmap (`both` mode).
     Matches(Vec<u8>),
     /// The receiver has everything and sends nothing more.
@@ -92,6 +104,8 @@ pub enum ReceiverMessage {
 pub enum SenderMessage {
     /// The sender's setup (its first message).
     Setup(SenderSetup),
+    /// The sender's check seed (after the whole correction).
+    Opening(Vec<u8>),
     /// A chunk of OPRF outputs.
     Outputs(Vec<u8>),
 }
@@ -101,7 +115,9 @@ impl ReceiverMessage {
     pub fn name(&self) -> &'static str {
         match self {
             ReceiverMessage::Setup(_) => "receiver_setup",
+            ReceiverMessage::Seeds(_) => "seeds",
             ReceiverMessage::Correction(_) => "correction",
+            ReceiverMessage::Check(_) => "check",
             ReceiverMessage::Matches(_) => "matches",
             ReceiverMessage::Finished => "finished",
         }
@@ -112,7 +128,10 @@ impl ReceiverMessage {
     pub fn payload_len(&self) -> usize {
         match self {
             ReceiverMessage::Setup(s) => s.payload_len(),
-            ReceiverMessage::Correction(d) | ReceiverMessage::Matches(d) => d.len(),
+            ReceiverMessage::Seeds(d)
+            | ReceiverMessage::Correction(d)
+            | ReceiverMessage::Check(d)
+            | ReceiverMessage::Matches(d) => d.len(),
             ReceiverMessage::Finished => 0,
         }
     }
@@ -123,6 +142,7 @@ impl SenderMessage {
     pub fn name(&self) -> &'static str {
         match self {
             SenderMessage::Setup(_) => "sender_setup",
+            SenderMessage::Opening(_) => "opening",
             SenderMessage::Outputs(_) => "outputs",
         }
     }
@@ -131,7 +151,7 @@ impl SenderMessage {
     pub fn payload_len(&self) -> usize {
         match self {
             SenderMessage::Setup(s) => s.payload_len(),
-            SenderMessage::Outputs(d) => d.len(),
+            SenderMessage::Opening(d) | SenderMessage::Outputs(d) => d.len(),
         }
     }
 }
@@ -147,8 +167,14 @@ pub enum OprfMessage {
     ReceiverSetup(ReceiverSetup),
     /// [`SenderMessage::Setup`].
     SenderSetup(SenderSetup),
+    /// [`ReceiverMessage::Seeds`].
+    Seeds(Vec<u8>),
     /// [`ReceiverMessage::Correction`].
     Correction(Vec<u8>),
+    /// [`SenderMessage::Opening`].
+    Opening(Vec<u8>),
+    /// [`ReceiverMessage::Check`].
+    Check(Vec<u8>),
     /// [`SenderMessage::Outputs`].
     Outputs(Vec<u8>),
     /// [`ReceiverMessage::Matches`].
@@ -161,7 +187,10 @@ impl OprfMessage {
         match self {
             OprfMessage::ReceiverSetup(_) => "oprf_receiver_setup",
             OprfMessage::SenderSetup(_) => "oprf_sender_setup",
+            OprfMessage::Seeds(_) => "oprf_seeds",
             OprfMessage::Correction(_) => "oprf_correction",
+            OprfMessage::Opening(_) => "oprf_opening",
+            OprfMessage::Check(_) => "oprf_check",
             OprfMessage::Outputs(_) => "oprf_outputs",
             OprfMessage::Matches(_) => "oprf_matches",
         }
@@ -172,7 +201,9 @@ impl OprfMessage {
     pub fn from_receiver(message: ReceiverMessage) -> Option<OprfMessage> {
         match message {
             ReceiverMessage::Setup(s) => Some(OprfMessage::ReceiverSetup(s)),
+            ReceiverMessage::Seeds(d) => Some(OprfMessage::Seeds(d)),
             ReceiverMessage::Correction(d) => Some(OprfMessage::Correction(d)),
+            ReceiverMessage::Check(d) => Some(OprfMessage::Check(d)),
             ReceiverMessage::Matches(d) => Some(OprfMessage::Matches(d)),
             ReceiverMessage::Finished => None,
         }
@@ -182,6 +213,7 @@ impl OprfMessage {
     pub fn from_sender(message: SenderMessage) -> OprfMessage {
         match message {
             SenderMessage::Setup(s) => OprfMessage::SenderSetup(s),
+            SenderMessage::Opening(d) => OprfMessage::Opening(d),
             SenderMessage::Outputs(d) => OprfMessage::Outputs(d),
         }
     }
@@ -190,7 +222,9 @@ impl OprfMessage {
     pub fn into_receiver_message(self) -> Result<ReceiverMessage, OprfMessage> {
         match self {
             OprfMessage::ReceiverSetup(s) => Ok(ReceiverMessage::Setup(s)),
+            OprfMessage::Seeds(d) => Ok(ReceiverMessage::Seeds(d)),
             OprfMessage::Correction(d) => Ok(ReceiverMessage::Correction(d)),
+            OprfMessage::Check(d) => Ok(ReceiverMessage::Check(d)),
             OprfMessage::Matches(d) => Ok(ReceiverMessage::Matches(d)),
             other => Err(other),
         }
@@ -200,6 +234,7 @@ impl OprfMessage {
     pub fn into_sender_message(self) -> Result<SenderMessage, OprfMessage> {
         match self {
             OprfMessage::SenderSetup(s) => Ok(SenderMessage::Setup(s)),
+            OprfMessage::Opening(d) => Ok(SenderMessage::Opening(d)),
             OprfMessage::Outputs(d) => Ok(SenderMessage::Outputs(d)),
             other => Err(other),
         }
@@ -210,7 +245,12 @@ impl OprfMessage {
         match self {
             OprfMessage::ReceiverSetup(s) => s.payload_len(),
             OprfMessage::SenderSetup(s) => s.payload_len(),
-            OprfMessage::Correction(d) | OprfMessage::Outputs(d) | OprfMessage::Matches(d) => d.len(),
+            OprfMessage::Seeds(d)
+            | OprfMessage::Correction(d)
+            | OprfMessage::Opening(d)
+            | OprfMessage::Check(d)
+            | OprfMessage::Outputs(d)
+            | OprfMessage::Matches(d) => d.len(),
         }
     }
 }
@@ -225,18 +265,20 @@ impl std::fmt::Debug for OprfMessage {
     }
 }
 
-/// Sizes only: the PRF seed is a secret of this match until the receiver holds it.
+/// Sizes only: no key or seed in a `Debug` string.
 impl std::fmt::Debug for SenderSetup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SenderSetup")
             .field("version", &self.version)
             .field("sender_set_size", &self.sender_set_size)
-            .field("log_height", &self.log_height)
+            .field("height", &self.height)
+            .field("sparse_len", &self.sparse_len)
             .field("width", &self.width)
             .field("output_len", &self.output_len)
             .field("max_chunk_bytes", &self.max_chunk_bytes)
-            .field("prf_seed", &format_args!("<{} bytes>", self.prf_seed.len()))
+            .field("hash_key", &format_args!("<{} bytes>", self.hash_key.len()))
             .field("ot_points", &format_args!("<{} bytes>", self.ot_points.len()))
+            .field("commitment", &format_args!("<{} bytes>", self.commitment.len()))
             .finish()
     }
 }

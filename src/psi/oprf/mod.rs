@@ -1,6 +1,8 @@
-//! The OPRF engine: private set intersection from a lightweight oblivious PRF
-//! (Chase & Miao, CRYPTO 2020, IACR ePrint 2020/729), semi-honest, beside the ECDH
-//! engine of [`crate::psi`].
+//! The OPRF engine: private set intersection from an oblivious PRF built on an
+//! actively secure OT extension (Orrù–Orsini–Scholl, CT-RSA 2017) and an oblivious
+//! key-value store (PaXoS PSI, Pinkas–Rosulek–Trieu–Yanai, EUROCRYPT 2020, with a
+//! 3-hash table as in Raghuraman–Rindal, CCS 2022), secure against a receiver or a
+//! sender that deviates from the protocol, beside the ECDH engine of [`crate::psi`].
 //!
 //! Two roles. The **receiver** learns which of its own tokens the other side holds;
 //! the **sender** learns only the receiver's set size (and, in `both` mode, which of
@@ -10,24 +12,38 @@
 //! back; `count` is not offered ([`OprfError::RevealNotOffered`]): an OPRF receiver
 //! necessarily learns *which* of its tokens matched, more than a count.
 //!
-//! Flow (byte-exact in `docs/PROTOCOL.md`, "OPRF engine"):
+//! Flow (byte-exact in `docs/PROTOCOL.md` §11):
 //! 1. receiver → `ReceiverSetup` (`n_R`, the OT point `A`);
-//! 2. sender → `SenderSetup` (`n_S`, parameters, PRF seed, OT points `B_i`);
-//! 3. receiver → `Correction` chunks (`w · m/8` bytes);
-//! 4. sender → `Outputs` chunks (`n_S · ℓ2/8` bytes);
-//! 5. receiver → `Matches` chunks (`both` only), then `Finished`.
+//! 2. sender → `SenderSetup` (`n_S`, parameters, hash key, OT points `B_i`, a
+//!    commitment to its check seed);
+//! 3. receiver → `Seeds` (table seed, its check seed), `Correction` chunks
+//!    (`w · h/8` bytes);
+//! 4. sender → `Opening` (its check seed);
+//! 5. receiver → `Check` (64 combinations of its rows and table);
+//! 6. sender → `Outputs` chunks (`n_S · ℓ2/8` bytes), only if the check holds;
+//! 7. receiver → `Matches` chunks (`both` only), then `Finished`.
 //!
-//! Security invariants: all randomness (OT scalars, choice string, PRF seed) is
-//! fresh from the OS CSPRNG for every match, so nothing of one match is usable in
+//! Security (docs/PRIVACY.md, "Under `oprf`"): whatever a receiver sends, the
+//! sender's outputs it can compute are those of the at most `m + 64` points its
+//! table encodes (`m` derived from its announced set size), except with
+//! probability 2⁻⁴⁰; it cannot evaluate the sender's function offline. The sender
+//! sees the correction only under one-time pads it cannot remove and the check's
+//! combinations only masked by random rows, so it learns nothing of the receiver's
+//! set but its size.
+//!
+//! Invariants: all randomness (OT scalars, choice string, hash key, seeds) is fresh
+//! from the OS CSPRNG for every match, so nothing of one match is usable in
 //! another, and opt-outs applied before the [`PreparedSet`] is built keep their
 //! meaning; secrets are zeroized when no longer needed and never appear in `Debug`
 //! output; every field and count from the peer is checked before use, so malformed
 //! input ends the match with a precise [`OprfError`] and never panics.
 //!
 //! Modules (all private; what an embedder needs is re-exported here):
-//! - `params`: parameter derivation (`m`, `w`, ℓ1, ℓ2), [`Params`];
+//! - `params`: parameter derivation (`m`, `h`, `w`, ℓ2), [`Params`];
+//! - `code`: the [511, 76, 171] BCH code;
+//! - `okvs`: the receiver's table (3 sparse cells and 64 dense cells per key);
 //! - `ot`: base OTs on ristretto255;
-//! - `kernel`: hashing domains, PRF, PRG and the bulk matrix kernels;
+//! - `kernel`: hashing domains, PRG, transposes, check sums and outputs;
 //! - `message`, `error`: the messages ([`OprfMessage`], …) and [`OprfError`];
 //! - `receiver`, `sender`: one state machine per role ([`OprfReceiver`],
 //!   [`OprfSender`]); [`run_in_memory`] drives both in one process;
@@ -35,9 +51,13 @@
 //!   ([`OprfOwner`], [`OprfPartner`]), the roles wrapped in the messages the gRPC
 //!   service carries for either engine.
 
+#[cfg(test)]
+mod cheating;
+mod code;
 mod error;
 mod kernel;
 mod message;
+mod okvs;
 mod ot;
 mod params;
 mod party;

@@ -1,5 +1,9 @@
 //! Base oblivious transfers on ristretto255: Chou–Orlandi "simplest OT"
-//! (LATINCRYPT 2015), semi-honest, `w` random 1-out-of-2 OTs of 16-byte seeds.
+//! (LATINCRYPT 2015), `w` random 1-out-of-2 OTs of 16-byte seeds. Against a
+//! deviating OT sender (the PSI receiver) the choice string stays hidden (`B_i` is
+//! uniform); a deviating OT receiver (the PSI sender) can at most spoil its own
+//! seeds: it learns at most one seed per column, so the correction's other pad
+//! stays secret.
 //!
 //! - OT sender (the PSI **receiver**): draws `a`, sends `A = a·G`.
 //! - OT receiver (the PSI **sender**), for each `i` with choice bit `s_i`: draws

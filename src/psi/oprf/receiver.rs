@@ -2,35 +2,49 @@
 //! returns, feed the sender's messages to [`OprfReceiver::receive`].
 //!
 //! The receiver learns which of its own tokens the sender also holds. It is the OT
-//! sender of the base OTs; it builds the matrix `D` (all ones, then for every own
-//! token `y` and column `i` the bit at row `v_i(y)` cleared), draws
-//! `A_i = PRG(k_i^0)` and sends the correction `U_i = A_i ⊕ PRG(k_i^1) ⊕ D_i`, one
-//! group of four columns at a time (computed lazily, on all cores, in
-//! `poll_outgoing`), gathering its own bits `A_i[v_i(y)]` as it goes. Its outputs
-//! `H2(A[v(y)])` are compared with the sender's.
+//! sender of the base OTs (seeds `k_i^0, k_i^1` for each of the `w` columns). It
+//! encodes its set as a table `P` with `Decode(P, y) = v(y)` for every own token
+//! ([`super::okvs`]), appends random rows, and sends the correction
+//! `U_i = PRG(k_i^0) ⊕ PRG(k_i^1) ⊕ C_i`, where row `j` of the matrix `C` is the
+//! code word of `P_j` ([`super::code`]). Its outputs are
+//! `Out(y, Decode(T, y))` with `T` the rows of the columns `PRG(k_i^0)`. After the
+//! sender opens its check seed it proves, with 64 random combinations of its rows,
+//! that every row of `C` is a code word (`docs/PROTOCOL.md` §11.4).
 //!
 //! Invariants: the OT scalar and seeds are zeroized as soon as the correction is
-//! sent; every length and count from the sender is checked before use, so no peer
-//! input can panic; the parameters the sender announces must equal the derivation
-//! from both sizes ([`Params::derive`]).
+//! computed; every length and count from the sender is checked before use, so no
+//! peer input can panic; the parameters the sender announces must equal the
+//! derivation from both sizes ([`Params::derive`]); the check is sent only after
+//! the whole correction has left, and outputs are accepted only after the check.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use rand::rngs::{OsRng, StdRng};
+use rand::{RngCore, SeedableRng};
 use rayon::prelude::*;
+use zeroize::Zeroizing;
 
+use super::code::Encoder;
 use super::error::OprfError;
-use super::kernel::{self, Block, GROUP, Gathered, Prf};
+use super::kernel::{self, Row};
 use super::message::{MAX_CHUNK_BYTES, OPRF_VERSION, ReceiverMessage, ReceiverSetup, SenderMessage, SenderSetup};
+use super::okvs::{self, Layout};
 use super::ot::{OtSender, Seed};
 use super::params::{MAX_SET_SIZE, Params};
 use super::{OprfConfig, check_chunk, check_chunk_limit, output_key};
 use crate::psi::set::PreparedSet;
 
+/// Attempts at encoding the table, each with a fresh seed (one fails with
+/// probability below 2⁻²⁰).
+const ENCODE_ATTEMPTS: u32 = 8;
+/// Bytes of the `Check` message: 64 row sums of 64 bytes, 64 value sums of 16.
+pub(super) const CHECK_BYTES: usize = super::params::CHECK_PLANES * (64 + 16);
+
 #[derive(Debug)]
 enum State {
     AwaitingSenderSetup,
-    SendingCorrection { next_group: usize },
+    AwaitingOpening,
     ReceivingOutputs { received: u64 },
     Done,
 }
@@ -39,7 +53,7 @@ impl State {
     fn name(&self) -> &'static str {
         match self {
             State::AwaitingSenderSetup => "awaiting sender setup",
-            State::SendingCorrection { .. } => "sending the correction matrix",
+            State::AwaitingOpening => "awaiting the sender's opening",
             State::ReceivingOutputs { .. } => "receiving outputs",
             State::Done => "done",
         }
@@ -65,13 +79,21 @@ pub struct ReceiverOutcome {
     pub phases: Vec<(&'static str, Duration)>,
 }
 
-/// Everything the matrix phase needs; dropped (seeds zeroized) when it ends.
+/// What the matrix phase needs; the seeds are zeroized when it ends.
 struct Job {
     params: Params,
-    prf: Prf,
+    hash_key: [u8; 16],
+    commitment: [u8; 32],
     seeds: Vec<[Seed; 2]>,
-    h1s: Vec<Block>,
-    gathered: Gathered,
+}
+
+/// What the check needs once the correction is out: the rows `T`, the table and
+/// random rows `P`, and this side's check seed.
+struct Committed {
+    commitment: [u8; 32],
+    check_seed: Zeroizing<[u8; 16]>,
+    rows: Vec<Row>,
+    values: Vec<u128>,
 }
 
 /// Sorted outputs `(key, token index)` with a bucket index on the top bits.
@@ -118,7 +140,7 @@ pub struct OprfReceiver<'a> {
     ot: Option<OtSender>,
     state: State,
     outbox: VecDeque<ReceiverMessage>,
-    job: Option<Job>,
+    committed: Option<Committed>,
     params: Option<Params>,
     sender_set_size: u64,
     /// Bytes per chunk this side sends: min(own send size, sender's limit).
@@ -158,7 +180,7 @@ impl<'a> OprfReceiver<'a> {
             ot: Some(ot),
             state: State::AwaitingSenderSetup,
             outbox: VecDeque::from([ReceiverMessage::Setup(setup)]),
-            job: None,
+            committed: None,
             params: None,
             sender_set_size: 0,
             send_chunk: MAX_CHUNK_BYTES as usize,
@@ -176,58 +198,45 @@ impl<'a> OprfReceiver<'a> {
 
     /// Handles one message from the sender. Any error ends the match.
     ///
-    /// Outputs are accepted only once the whole correction matrix has been handed
-    /// out by [`poll_outgoing`](Self::poll_outgoing): the state machine moves to
-    /// receiving outputs when the last correction chunk is computed, but until that
-    /// chunk has left, a sender cannot have computed an output from it, so outputs
-    /// then are out of order (refused here, in the one place every transport goes
-    /// through).
+    /// The opening is accepted only once the whole correction matrix has been
+    /// handed out by [`poll_outgoing`](Self::poll_outgoing), and outputs only once
+    /// the check has: a sender cannot have computed either from what has not
+    /// left, so they are then out of order (refused here, in the one place every
+    /// transport goes through).
     pub fn receive(&mut self, message: SenderMessage) -> Result<(), OprfError> {
-        // In `ReceivingOutputs` the outbox holds nothing but correction chunks.
-        let correction_in_flight = matches!(self.state, State::ReceivingOutputs { .. }) && !self.outbox.is_empty();
+        let in_flight =
+            matches!(self.state, State::AwaitingOpening | State::ReceivingOutputs { .. }) && !self.outbox.is_empty();
         match (&self.state, message) {
             (State::AwaitingSenderSetup, SenderMessage::Setup(setup)) => self.on_setup(setup),
-            (&State::ReceivingOutputs { received }, SenderMessage::Outputs(chunk)) if !correction_in_flight => {
+            (State::AwaitingOpening, SenderMessage::Opening(seed)) if !in_flight => self.on_opening(&seed),
+            (&State::ReceivingOutputs { received }, SenderMessage::Outputs(chunk)) if !in_flight => {
                 self.on_outputs(received, &chunk)
             }
             (state, message) => Err(OprfError::UnexpectedMessage {
-                state: if correction_in_flight { "sending the correction matrix" } else { state.name() },
+                state: if in_flight { "sending" } else { state.name() },
                 message: message.name(),
             }),
         }
     }
 
-    /// The next message to send, if any. The correction matrix is computed here,
-    /// one batch of column groups per call.
+    /// The next message to send, if any.
     pub fn poll_outgoing(&mut self) -> Option<ReceiverMessage> {
-        if let Some(message) = self.outbox.pop_front() {
-            return Some(message);
-        }
-        match self.state {
-            State::SendingCorrection { next_group } => {
-                self.correction_batch(next_group);
-                self.outbox.pop_front()
-            }
-            State::ReceivingOutputs { .. } => {
-                // Nothing to send: a good moment to hash our own rows.
-                self.ensure_table();
-                None
-            }
-            _ => None,
-        }
+        self.outbox.pop_front()
     }
 
     /// The result, once the match is done.
     pub fn outcome(self) -> Option<ReceiverOutcome> {
         let params = self.params?;
-        matches!(self.state, State::Done).then(|| ReceiverOutcome {
-            report_back: self.report_back,
-            receiver_set_size: self.set.len() as u64,
-            sender_set_size: self.sender_set_size,
-            params,
-            intersection: self.matched.iter().filter(|&&m| m).count() as u64,
-            matched: self.matched,
-            phases: self.phases,
+        (matches!(self.state, State::Done) && self.table.is_none() && self.committed.is_none()).then(|| {
+            ReceiverOutcome {
+                report_back: self.report_back,
+                receiver_set_size: self.set.len() as u64,
+                sender_set_size: self.sender_set_size,
+                params,
+                intersection: self.matched.iter().filter(|&&m| m).count() as u64,
+                matched: self.matched,
+                phases: self.phases,
+            }
         })
     }
 
@@ -243,7 +252,8 @@ impl<'a> OprfReceiver<'a> {
         }
         let params = Params::derive(size, self.set.len() as u64)?;
         for (what, ours, theirs) in [
-            ("log_height", params.log_height, setup.log_height),
+            ("height", params.height, setup.height),
+            ("sparse_len", params.sparse_len, setup.sparse_len),
             ("width", params.width, setup.width),
             ("output_len", params.output_len, setup.output_len),
         ] {
@@ -252,78 +262,70 @@ impl<'a> OprfReceiver<'a> {
             }
         }
         check_chunk_limit("sender setup max_chunk_bytes", setup.max_chunk_bytes)?;
-        let prf_seed: [u8; 16] = setup.prf_seed.as_slice().try_into().map_err(|_| OprfError::BadLength {
-            what: "sender setup prf_seed",
-            len: setup.prf_seed.len(),
-            expected: 16,
-        })?;
+        let hash_key = fixed::<16>("sender setup hash_key", &setup.hash_key)?;
+        let commitment = fixed::<32>("sender setup commitment", &setup.commitment)?;
         let ot = self.ot.take().ok_or(OprfError::BadConfig("the OT secret is gone"))?;
         let seeds = ot.seeds(&setup.ot_points, params.width as usize)?;
         drop(ot);
         self.phases.push(("receiver: base OTs", start.elapsed()));
-        let start = Instant::now();
-        let width = params.width as usize;
-        self.job = Some(Job {
-            params,
-            prf: Prf::new(&prf_seed, width.div_ceil(GROUP)),
-            seeds,
-            h1s: kernel::h1_all(self.set.tokens()),
-            gathered: Gathered::new(self.set.len(), width),
-        });
-        self.phases.push(("receiver: H1", start.elapsed()));
         self.params = Some(params);
         self.sender_set_size = size;
         self.send_chunk = self.config.send_chunk_bytes.min(setup.max_chunk_bytes) as usize;
-        self.state = State::SendingCorrection { next_group: 0 };
+        self.encode(Job { params, hash_key, commitment, seeds })?;
+        self.state = State::AwaitingOpening;
         Ok(())
     }
 
-    /// Computes the next groups' correction columns (one core per group) and
-    /// queues them as chunks.
-    fn correction_batch(&mut self, first: usize) {
-        let Some(job) = self.job.as_mut() else { return };
+    /// Encodes the table, computes the correction matrix and this side's outputs,
+    /// and queues `Seeds` and the correction.
+    fn encode(&mut self, job: Job) -> Result<(), OprfError> {
+        let Job { params, hash_key, commitment, seeds } = job;
         let start = Instant::now();
-        let params = job.params;
-        let width = params.width as usize;
-        let groups = width.div_ceil(GROUP);
-        let group_bytes = GROUP * params.column_bytes();
-        let batch = (self.send_chunk / group_bytes).max(2 * rayon::current_num_threads());
-        let end = (first + batch).min(groups);
-        let data = correction_groups(job, first, end);
-        for chunk in data.chunks(self.send_chunk) {
+        let tokens = self.set.tokens();
+        let (table_seed, rows, values) = table(params, &hash_key, tokens)?;
+        self.phases.push(("receiver: H, table", start.elapsed()));
+
+        let start = Instant::now();
+        let (own_rows, correction) = matrix(params, &seeds, &values);
+        drop(seeds);
+        let mut check_seed = Zeroizing::new([0u8; 16]);
+        OsRng.try_fill_bytes(check_seed.as_mut()).map_err(|e| OprfError::Rng(e.to_string()))?;
+        self.outbox.push_back(ReceiverMessage::Seeds([table_seed, *check_seed].concat()));
+        for chunk in correction.chunks(self.send_chunk) {
             self.outbox.push_back(ReceiverMessage::Correction(chunk.to_vec()));
         }
-        add_phase(&mut self.phases, "receiver: matrix, PRG, correction, gather", start.elapsed());
-        if end == groups {
-            // The seeds are no longer needed (zeroized on drop). Our own rows are
-            // hashed once the last chunk is out (`ensure_table`).
-            job.seeds.clear();
-            self.state = State::ReceivingOutputs { received: 0 };
-            if self.sender_set_size == 0 {
-                self.finish();
-            }
-        } else {
-            self.state = State::SendingCorrection { next_group: end };
-        }
-    }
+        drop(correction);
+        self.phases.push(("receiver: code words, PRG, correction", start.elapsed()));
 
-    fn build_table(&mut self, job: Job) {
         let start = Instant::now();
-        let n = self.set.len();
-        let params = job.params;
-        let Job { gathered, .. } = job;
-        let outputs = kernel::outputs(&gathered, n, params.width as usize, params.output_len as usize);
-        drop(gathered);
-        self.table = Some(Table::new(&outputs, params.output_len as usize));
-        self.phases.push(("receiver: H2 of own rows, table", start.elapsed()));
+        let table_cells = &own_rows[..params.table_len()];
+        let output_len = params.output_len as usize;
+        let mut outputs = vec![0u8; tokens.len() * output_len];
+        outputs.par_chunks_mut(output_len).zip(tokens.par_iter().zip(rows.par_iter())).for_each(|(out, (t, row))| {
+            kernel::output(&t.0, &row.decode(params.sparse_len as usize, table_cells), out);
+        });
+        self.table = Some(Table::new(&outputs, output_len));
+        self.phases.push(("receiver: own outputs, table", start.elapsed()));
+        self.committed = Some(Committed { commitment, check_seed, rows: own_rows, values });
+        Ok(())
     }
 
-    fn ensure_table(&mut self) {
-        if self.table.is_none()
-            && let Some(job) = self.job.take()
-        {
-            self.build_table(job);
+    /// The sender opened its check seed: prove the rows are code words.
+    fn on_opening(&mut self, seed: &[u8]) -> Result<(), OprfError> {
+        let start = Instant::now();
+        let seed = fixed::<16>("opening", seed)?;
+        let Some(committed) = self.committed.take() else { return Err(OprfError::BadConfig("nothing committed")) };
+        if kernel::commitment(&seed) != committed.commitment {
+            return Err(OprfError::CommitmentMismatch);
         }
+        let chi = kernel::challenge(&seed, &committed.check_seed, committed.rows.len());
+        self.outbox.push_back(ReceiverMessage::Check(check(&committed.rows, &committed.values, &chi)));
+        self.phases.push(("receiver: check", start.elapsed()));
+        self.state = State::ReceivingOutputs { received: 0 };
+        if self.sender_set_size == 0 {
+            self.finish();
+        }
+        Ok(())
     }
 
     fn on_outputs(&mut self, received: u64, chunk: &[u8]) -> Result<(), OprfError> {
@@ -335,7 +337,6 @@ impl<'a> OprfReceiver<'a> {
             return Err(OprfError::NotMultiple { what: "outputs", len: chunk.len(), unit: output_len });
         }
         let start = Instant::now();
-        self.ensure_table();
         let Some(table) = self.table.as_ref() else { return Err(OprfError::BadConfig("no table")) };
         let hits: Vec<(usize, u32)> = chunk
             .par_chunks(output_len)
@@ -376,49 +377,78 @@ impl<'a> OprfReceiver<'a> {
     }
 }
 
-/// One group's `A` columns and `D` columns.
-type GroupColumns = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+/// The receiver's encoded table: its seed, each token's row, and the `h` values
+/// (the table's cells, then random rows).
+pub(super) type Encoded = ([u8; 16], Vec<okvs::Row>, Vec<u128>);
 
-/// The correction columns `U_i` of groups `first..end`, concatenated, gathering
-/// the receiver's own bits of `A` on the way; one core per group, each column of
-/// D and then of A walked alone over a block of tokens ([`kernel::for_groups`]).
-fn correction_groups(job: &mut Job, first: usize, end: usize) -> Vec<u8> {
-    let params = job.params;
+/// The receiver's table for `tokens` under `hash_key`, then random rows up to the
+/// matrix height.
+pub(super) fn table(params: Params, hash_key: &[u8; 16], tokens: &[crate::token::Token]) -> Result<Encoded, OprfError> {
+    let hashed = kernel::hash_all(hash_key, tokens);
+    let keys: Vec<[u8; 16]> = hashed.iter().map(|h| h.key).collect();
+    let targets: Vec<u128> = hashed.iter().map(|h| h.value).collect();
+    drop(hashed);
+    let mut rng = StdRng::from_rng(OsRng).map_err(|e| OprfError::Rng(e.to_string()))?;
+    for _ in 0..ENCODE_ATTEMPTS {
+        let mut table_seed = [0u8; 16];
+        rng.fill_bytes(&mut table_seed);
+        let layout = Layout::new(params.sparse_len, table_seed)
+            .map_err(|_| OprfError::BadConfig("table smaller than 3 cells"))?;
+        let rows = layout.rows(&keys);
+        if let Ok(mut values) = okvs::encode(&layout, &rows, &targets, &mut rng) {
+            values.extend((values.len()..params.height as usize).map(|_| {
+                let mut v = [0u8; 16];
+                rng.fill_bytes(&mut v);
+                u128::from_le_bytes(v)
+            }));
+            return Ok((table_seed, rows, values));
+        }
+    }
+    Err(OprfError::TableEncoding { attempts: ENCODE_ATTEMPTS })
+}
+
+/// The rows `T` (of the columns `PRG(k_i^0)`) and the correction
+/// `U_i = PRG(k_i^0) ⊕ PRG(k_i^1) ⊕ C_i` for the table and random rows `values`
+/// (`h` of them), `C_j` the code word of `values[j]`.
+pub(super) fn matrix(params: Params, seeds: &[[Seed; 2]], values: &[u128]) -> (Vec<Row>, Vec<u8>) {
+    let code = Encoder::get();
+    let words: Vec<Row> = values.par_iter().map(|&v| code.encode(v)).collect();
     let width = params.width as usize;
-    let column_bytes = params.column_bytes();
-    let mask = (params.height() - 1) as u32;
-    let seeds = &job.seeds;
-    // Per group: (A columns, D columns), A = PRG(k^0), D all ones.
-    let states: Vec<GroupColumns> = (first..end)
-        .into_par_iter()
-        .map(|g| {
-            let columns = GROUP.min(width - GROUP * g);
-            let a = (0..columns).map(|j| kernel::prg(&seeds[GROUP * g + j][0], column_bytes)).collect();
-            (a, vec![vec![0xffu8; column_bytes]; columns])
-        })
-        .collect();
-    let states =
-        kernel::for_groups(&mut job.gathered, first, states, &job.prf, &job.h1s, mask, |(a, d), rows, words| {
-            for (j, (a, d)) in a.iter().zip(d.iter_mut()).enumerate() {
-                kernel::clear_rows(d, rows.column(j));
-                kernel::gather_column(a, rows.column(j), j, words);
+    let code_columns = kernel::rows_to_columns(&words, width);
+    drop(words);
+    let blocks = params.height as usize / 64;
+    let (own, correction): (Vec<Vec<u64>>, Vec<Vec<u8>>) = code_columns
+        .par_chunks(blocks)
+        .zip(seeds.par_iter())
+        .map(|(code, seeds)| {
+            let own = kernel::prg_words(&seeds[0], blocks);
+            let mut u: Vec<u64> = own.iter().zip(code).map(|(t, c)| t ^ c).collect();
+            for (u, k1) in u.iter_mut().zip(kernel::prg_words(&seeds[1], blocks)) {
+                *u ^= k1;
             }
-        });
-    let columns: Vec<Vec<u8>> = states
-        .into_par_iter()
-        .enumerate()
-        .flat_map_iter(|(k, (a, d))| {
-            let g = first + k;
-            a.into_iter().zip(d).enumerate().map(move |(j, (a, mut u))| {
-                for (u, a) in u.iter_mut().zip(&a) {
-                    *u ^= a;
-                }
-                kernel::xor_prg(&seeds[GROUP * g + j][1], &mut u);
-                u
-            })
+            (own, kernel::to_bytes(&u))
         })
-        .collect();
-    columns.concat()
+        .unzip();
+    drop(code_columns);
+    (kernel::columns_to_rows(&own.concat(), width), correction.concat())
+}
+
+/// The `Check` message: the row sums of `T`, then the value sums of `P`, for the
+/// challenge `chi`.
+pub(super) fn check(rows: &[Row], values: &[u128], chi: &[u64]) -> Vec<u8> {
+    let mut check = Vec::with_capacity(CHECK_BYTES);
+    for row in &kernel::row_sums(rows, chi) {
+        check.extend(kernel::to_bytes(row));
+    }
+    for v in &kernel::value_sums(values, chi) {
+        check.extend(v.to_le_bytes());
+    }
+    check
+}
+
+/// A fixed-length field from the peer.
+pub(super) fn fixed<const N: usize>(what: &'static str, bytes: &[u8]) -> Result<[u8; N], OprfError> {
+    bytes.try_into().map_err(|_| OprfError::BadLength { what, len: bytes.len(), expected: N })
 }
 
 pub(super) fn add_phase(phases: &mut Vec<(&'static str, Duration)>, name: &'static str, d: Duration) {

@@ -4,36 +4,43 @@
 //! The sender learns only the receiver's set size (and, in `both` mode, which of its
 //! own tokens matched). It is the OT receiver of the base OTs, with a secret random
 //! choice string `s ∈ {0,1}^w`; from the receiver's correction it obtains column
-//! `C_i = PRG(k_i^{s_i}) ⊕ s_i·U_i`, which is `A_i` where `s_i = 0` and
-//! `A_i ⊕ D_i` where `s_i = 1`. It evaluates the OPRF on its own tokens,
-//! `ψ(x) = H2(C_1[v_1(x)] ‖ … ‖ C_w[v_w(x)])` truncated to `ℓ2` bits, group by group
-//! as the correction arrives (on all cores), and sends the outputs in its
-//! [`PreparedSet`] order (a uniformly random order).
+//! `Q_i = PRG(k_i^{s_i}) ⊕ s_i·U_i`, so row `j` of `Q` is `T_j ⊕ (C_j ∧ s)`. Once
+//! the whole correction is in, it opens the check seed it committed to, and checks
+//! the receiver's 64 combinations `Σ χ_j Q_j = T̃ ⊕ (code(P̃) ∧ s)`: only if every
+//! row of `C` is a code word (up to positions the receiver then had to guess) does
+//! it evaluate its tokens, `ψ(x) = Out(x, Decode(Q, x) ⊕ (code(v(x)) ∧ s))`, and
+//! send the outputs in its [`PreparedSet`] order (a uniformly random order).
 //!
-//! Invariants: `s`, the chosen seeds and the PRF seed are fresh for every match
-//! (OS CSPRNG) and zeroized when no longer needed; every length and count from the
-//! receiver is checked before use, so no peer input can panic.
+//! Invariants: `s`, the chosen seeds, the hash key and the check seed are fresh
+//! for every match (OS CSPRNG) and zeroized when no longer needed; no output is
+//! computed before the check passed; every length and count from the receiver is
+//! checked before use, so no peer input can panic.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use rand::rngs::OsRng;
+use rayon::prelude::*;
 use zeroize::Zeroizing;
 
+use super::code::Encoder;
 use super::error::OprfError;
-use super::kernel::{self, Block, GROUP, Gathered, Prf};
+use super::kernel::{self, Row};
 use super::message::{OPRF_VERSION, ReceiverMessage, ReceiverSetup, SenderMessage, SenderSetup};
+use super::okvs::Layout;
 use super::ot::{self, Seed};
-use super::params::{MAX_SET_SIZE, Params};
-use super::receiver::add_phase;
+use super::params::{CHECK_PLANES, MAX_SET_SIZE, Params};
+use super::receiver::{CHECK_BYTES, add_phase, fixed};
 use super::{OprfConfig, check_chunk, check_chunk_limit};
 use crate::psi::set::PreparedSet;
 
 #[derive(Debug)]
 enum State {
     AwaitingReceiverSetup,
+    AwaitingSeeds,
     ReceivingCorrection { received: u64 },
+    AwaitingCheck,
     SendingOutputs { sent: usize },
     AwaitingMatches { received: u64 },
     AwaitingFinished,
@@ -44,7 +51,9 @@ impl State {
     fn name(&self) -> &'static str {
         match self {
             State::AwaitingReceiverSetup => "awaiting receiver setup",
+            State::AwaitingSeeds => "awaiting seeds",
             State::ReceivingCorrection { .. } => "receiving the correction matrix",
+            State::AwaitingCheck => "awaiting the check",
             State::SendingOutputs { .. } => "sending outputs",
             State::AwaitingMatches { .. } => "awaiting matches",
             State::AwaitingFinished => "awaiting finished",
@@ -71,19 +80,22 @@ pub struct SenderOutcome {
     pub phases: Vec<(&'static str, Duration)>,
 }
 
-/// Everything the matrix phase needs; dropped (seeds zeroized) when it ends.
+/// The secrets of one match; zeroized on drop.
 struct Job {
     params: Params,
-    prf: Prf,
     /// `k_i^{s_i}`.
     seeds: Vec<Seed>,
-    /// `0xff` where `s_i = 1`, else `0`.
-    choice_masks: Zeroizing<Vec<u8>>,
-    h1s: Vec<Block>,
-    gathered: Gathered,
-    /// Correction bytes of the next, incomplete group.
-    pending: Vec<u8>,
-    next_group: usize,
+    /// `s` as a row: bit `i` set where `s_i = 1`.
+    choice: Zeroizing<Row>,
+    hash_key: Zeroizing<[u8; 16]>,
+    check_seed: Zeroizing<[u8; 16]>,
+    /// From `Seeds`: the table seed and the receiver's check seed.
+    table_seed: [u8; 16],
+    receiver_seed: [u8; 16],
+    /// The correction received so far.
+    correction: Vec<u8>,
+    /// `Q`, once the whole correction is in.
+    rows: Vec<Row>,
 }
 
 /// The sender's state machine for one match.
@@ -136,13 +148,18 @@ impl<'a> OprfSender<'a> {
         matches!(self.state, State::Done) && self.outbox.is_empty()
     }
 
-    /// Handles one message from the receiver. Any error ends the match.
+    /// Handles one message from the receiver. Any error ends the match. Seeds and
+    /// the check may arrive before this side's setup or opening has left (a
+    /// receiver may pipeline them): sent that early they cannot depend on the
+    /// commitment or the challenge, so a check then fails like any other wrong one.
     pub fn receive(&mut self, message: ReceiverMessage) -> Result<(), OprfError> {
         match (&self.state, message) {
             (State::AwaitingReceiverSetup, ReceiverMessage::Setup(setup)) => self.on_setup(setup),
+            (State::AwaitingSeeds, ReceiverMessage::Seeds(seeds)) => self.on_seeds(&seeds),
             (&State::ReceivingCorrection { received }, ReceiverMessage::Correction(chunk)) => {
-                self.on_correction(received, chunk)
+                self.on_correction(received, &chunk)
             }
+            (State::AwaitingCheck, ReceiverMessage::Check(check)) => self.on_check(&check),
             (&State::AwaitingMatches { received }, ReceiverMessage::Matches(chunk)) => {
                 self.on_matches(received, &chunk)
             }
@@ -205,92 +222,147 @@ impl<'a> OprfSender<'a> {
         check_chunk_limit("receiver setup max_chunk_bytes", setup.max_chunk_bytes)?;
         let params = Params::derive(self.set.len() as u64, size)?;
         let width = params.width as usize;
-        let mut random = Zeroizing::new(vec![0u8; width + 16]);
+        let mut random = Zeroizing::new(vec![0u8; width + 32]);
         OsRng.try_fill_bytes(&mut random).map_err(|e| OprfError::Rng(e.to_string()))?;
         let choices: Zeroizing<Vec<bool>> = Zeroizing::new(random[..width].iter().map(|b| b & 1 == 1).collect());
-        let mut prf_seed = Zeroizing::new([0u8; 16]);
-        prf_seed.copy_from_slice(&random[width..]);
+        let mut choice = Zeroizing::new([0u64; 8]);
+        for (i, _) in choices.iter().enumerate().filter(|(_, c)| **c) {
+            choice[i / 64] |= 1 << (i % 64);
+        }
+        let mut hash_key = Zeroizing::new([0u8; 16]);
+        hash_key.copy_from_slice(&random[width..width + 16]);
+        let mut check_seed = Zeroizing::new([0u8; 16]);
+        check_seed.copy_from_slice(&random[width + 16..]);
         let (ot_points, seeds) = ot::receive(&setup.ot_point, &choices)?;
         self.phases.push(("sender: base OTs", start.elapsed()));
-        let start = Instant::now();
-        self.job = Some(Job {
-            params,
-            prf: Prf::new(&prf_seed, width.div_ceil(GROUP)),
-            seeds,
-            choice_masks: Zeroizing::new(choices.iter().map(|&c| if c { 0xff } else { 0 }).collect()),
-            h1s: kernel::h1_all(self.set.tokens()),
-            gathered: Gathered::new(self.set.len(), width),
-            pending: Vec::new(),
-            next_group: 0,
-        });
-        self.phases.push(("sender: H1", start.elapsed()));
         self.outbox.push_back(SenderMessage::Setup(SenderSetup {
             version: OPRF_VERSION,
             sender_set_size: self.set.len() as u64,
-            log_height: params.log_height,
+            height: params.height,
+            sparse_len: params.sparse_len,
             width: params.width,
             output_len: params.output_len,
             max_chunk_bytes: self.config.max_chunk_bytes,
-            prf_seed: prf_seed.to_vec(),
+            hash_key: hash_key.to_vec(),
             ot_points,
+            commitment: kernel::commitment(&check_seed).to_vec(),
         }));
+        self.job = Some(Job {
+            params,
+            seeds,
+            choice,
+            hash_key,
+            check_seed,
+            table_seed: [0; 16],
+            receiver_seed: [0; 16],
+            correction: Vec::new(),
+            rows: Vec::new(),
+        });
         self.params = Some(params);
         self.receiver_set_size = size;
         self.send_chunk = self.config.send_chunk_bytes.min(setup.max_chunk_bytes) as usize;
+        self.state = State::AwaitingSeeds;
+        Ok(())
+    }
+
+    fn on_seeds(&mut self, seeds: &[u8]) -> Result<(), OprfError> {
+        let seeds = fixed::<32>("seeds", seeds)?;
+        let Some(job) = self.job.as_mut() else { return Err(OprfError::BadConfig("no matrix job")) };
+        job.table_seed.copy_from_slice(&seeds[..16]);
+        job.receiver_seed.copy_from_slice(&seeds[16..]);
         self.state = State::ReceivingCorrection { received: 0 };
         Ok(())
     }
 
-    fn on_correction(&mut self, received: u64, chunk: Vec<u8>) -> Result<(), OprfError> {
+    fn on_correction(&mut self, received: u64, chunk: &[u8]) -> Result<(), OprfError> {
         let Some(job) = self.job.as_mut() else { return Err(OprfError::BadConfig("no matrix job")) };
         let total = job.params.matrix_bytes();
         check_chunk("correction", chunk.len(), self.config.max_chunk_bytes, received, total)?;
-        let start = Instant::now();
-        let len = chunk.len();
-        if job.pending.is_empty() {
-            job.pending = chunk;
-        } else {
-            job.pending.extend_from_slice(&chunk);
+        if job.correction.is_empty() {
+            job.correction.reserve_exact(total as usize);
         }
-        let column_bytes = job.params.column_bytes();
-        let width = job.params.width as usize;
-        let groups = width.div_ceil(GROUP);
-        let mut complete = 0;
-        let mut bytes = 0;
-        while job.next_group + complete < groups {
-            let g = job.next_group + complete;
-            let group_bytes = GROUP.min(width - GROUP * g) * column_bytes;
-            if job.pending.len() < bytes + group_bytes {
-                break;
-            }
-            bytes += group_bytes;
-            complete += 1;
-        }
-        let data = std::mem::take(&mut job.pending);
-        if complete == 1 {
-            // One group: split its tokens across cores.
-            evaluate_group(job, job.next_group, &data[..bytes]);
-        } else if complete > 1 {
-            evaluate_groups(job, job.next_group, complete, &data[..bytes]);
-        }
-        job.pending = data;
-        job.next_group += complete;
-        let offset = bytes;
-        job.pending.drain(..offset);
-        add_phase(&mut self.phases, "sender: PRG, gather", start.elapsed());
-        let received = received + len as u64;
+        job.correction.extend_from_slice(chunk);
+        let received = received + chunk.len() as u64;
         if received < total {
             self.state = State::ReceivingCorrection { received };
             return Ok(());
         }
-        // The whole matrix is in, so every group has been evaluated: hash the rows.
+        // The whole matrix is in: Q, then open the check seed.
         let start = Instant::now();
-        if let Some(job) = self.job.take() {
-            let Job { params, gathered, .. } = job;
-            self.outputs =
-                kernel::outputs(&gathered, self.set.len(), params.width as usize, params.output_len as usize);
+        let column_bytes = job.params.column_bytes();
+        let correction = std::mem::take(&mut job.correction);
+        let job = &*job;
+        let columns: Vec<Vec<u64>> = correction
+            .par_chunks(column_bytes)
+            .enumerate()
+            .map(|(i, u)| {
+                let mut q = kernel::prg_words(&job.seeds[i], column_bytes / 8);
+                if (job.choice[i / 64] >> (i % 64)) & 1 == 1 {
+                    for (q, u) in q.iter_mut().zip(kernel::to_words(u)) {
+                        *q ^= u;
+                    }
+                }
+                q
+            })
+            .collect();
+        drop(correction);
+        let rows = kernel::columns_to_rows(&columns.concat(), job.params.width as usize);
+        let opening = job.check_seed.to_vec();
+        if let Some(job) = self.job.as_mut() {
+            job.rows = rows;
+            job.seeds.clear();
         }
-        self.phases.push(("sender: H2 (OPRF outputs)", start.elapsed()));
+        self.outbox.push_back(SenderMessage::Opening(opening));
+        add_phase(&mut self.phases, "sender: PRG, Q", start.elapsed());
+        self.state = State::AwaitingCheck;
+        Ok(())
+    }
+
+    /// Checks the receiver's combinations, then evaluates every own token.
+    fn on_check(&mut self, check: &[u8]) -> Result<(), OprfError> {
+        let start = Instant::now();
+        if check.len() != CHECK_BYTES {
+            return Err(OprfError::BadLength { what: "check", len: check.len(), expected: CHECK_BYTES });
+        }
+        let Some(job) = self.job.take() else { return Err(OprfError::BadConfig("no matrix job")) };
+        let code = Encoder::get();
+        let (row_bytes, value_bytes) = check.split_at(CHECK_PLANES * 64);
+        let chi = kernel::challenge(&job.check_seed, &job.receiver_seed, job.rows.len());
+        let sums = kernel::row_sums(&job.rows, &chi);
+        let mut difference = 0u64;
+        for (b, sum) in sums.iter().enumerate() {
+            let claimed = kernel::to_words(&row_bytes[64 * b..64 * (b + 1)]);
+            let value = u128::from_le_bytes(value_bytes[16 * b..16 * (b + 1)].try_into().unwrap_or_default());
+            let word = code.encode(value);
+            for w in 0..8 {
+                difference |= sum[w] ^ claimed[w] ^ (word[w] & job.choice[w]);
+            }
+        }
+        if difference != 0 {
+            return Err(OprfError::CheckFailed);
+        }
+        self.phases.push(("sender: check", start.elapsed()));
+
+        let start = Instant::now();
+        let params = job.params;
+        let layout = Layout::new(params.sparse_len, job.table_seed)
+            .map_err(|_| OprfError::BadConfig("table smaller than 3 cells"))?;
+        let tokens = self.set.tokens();
+        let output_len = params.output_len as usize;
+        let cells = &job.rows[..params.table_len()];
+        let mut outputs = vec![0u8; tokens.len() * output_len];
+        outputs.par_chunks_mut(output_len).zip(tokens.par_iter()).for_each(|(out, t)| {
+            let hashed = kernel::hash(&job.hash_key, &t.0);
+            let mut row = layout.row(&hashed.key).decode(params.sparse_len as usize, cells);
+            let word = code.encode(hashed.value);
+            for w in 0..8 {
+                row[w] ^= word[w] & job.choice[w];
+            }
+            kernel::output(&t.0, &row, out);
+        });
+        drop(job);
+        self.outputs = outputs;
+        self.phases.push(("sender: outputs", start.elapsed()));
         if self.outputs.is_empty() {
             self.after_outputs();
         } else {
@@ -324,53 +396,4 @@ impl<'a> OprfSender<'a> {
             State::AwaitingFinished
         };
     }
-}
-
-/// `C_i = PRG(k_i^{s_i}) ⊕ (s_i · U_i)` for column `i` from its correction `u`.
-fn sender_column(job: &Job, i: usize, u: &[u8]) -> Vec<u8> {
-    let choice = job.choice_masks[i];
-    let mut c: Vec<u8> = u.iter().map(|&b| b & choice).collect();
-    kernel::xor_prg(&job.seeds[i], &mut c);
-    c
-}
-
-/// Evaluates `count` complete groups from `first`, one core per group.
-fn evaluate_groups(job: &mut Job, first: usize, count: usize, correction: &[u8]) {
-    use rayon::prelude::*;
-    let params = job.params;
-    let column_bytes = params.column_bytes();
-    let mask = (params.height() - 1) as u32;
-    let states: Vec<Vec<Vec<u8>>> = {
-        let job = &*job;
-        correction
-            .par_chunks(GROUP * column_bytes)
-            .enumerate()
-            .map(|(k, group)| {
-                group
-                    .chunks(column_bytes)
-                    .enumerate()
-                    .map(|(j, u)| sender_column(job, GROUP * (first + k) + j, u))
-                    .collect()
-            })
-            .collect()
-    };
-    debug_assert_eq!(states.len(), count);
-    kernel::for_groups(&mut job.gathered, first, states, &job.prf, &job.h1s, mask, |columns, rows, words| {
-        for (j, c) in columns.iter().enumerate() {
-            kernel::gather_column(c, rows.column(j), j, words);
-        }
-    });
-}
-
-/// Builds `C_i = PRG(k_i^{s_i}) ⊕ (s_i · U_i)` for the columns of group `g` and
-/// gathers the sender's bits `C_i[v_i(x)]`.
-fn evaluate_group(job: &mut Job, g: usize, correction: &[u8]) {
-    use rayon::prelude::*;
-    let params = job.params;
-    let column_bytes = params.column_bytes();
-    let mask = (params.height() - 1) as u32;
-    let columns: Vec<Vec<u8>> =
-        correction.par_chunks(column_bytes).enumerate().map(|(j, u)| sender_column(job, GROUP * g + j, u)).collect();
-    let refs: Vec<&[u8]> = columns.iter().map(Vec::as_slice).collect();
-    kernel::gather(&mut job.gathered, g, &refs, &job.prf, &job.h1s, mask);
 }
