@@ -24,9 +24,10 @@
 //! 7. receiver → `Matches` chunks (`both` only), then `Finished`.
 //!
 //! Security (docs/PRIVACY.md, "Under `oprf`"): whatever a receiver sends, the
-//! sender's outputs it can compute are those of the at most `m + 64` points its
-//! table encodes (`m` derived from its announced set size), except with
-//! probability 2⁻⁴⁰; it cannot evaluate the sender's function offline. The sender
+//! sender's outputs it can compute are those of the points its table encodes:
+//! `m + 64` (`m` derived from its announced set size), plus the few a search for
+//! linear dependencies among 76-bit values can add, except with probability 2⁻⁴⁰;
+//! it cannot evaluate the sender's function offline. The sender
 //! sees the correction only under one-time pads it cannot remove and the check's
 //! combinations only masked by random rows, so it learns nothing of the receiver's
 //! set but its size.

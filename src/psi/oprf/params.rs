@@ -20,8 +20,9 @@
 //!    `1 − 2⁻σ`, so every output it did not program keeps at least κ unknown bits.
 //! 2. **Table** `m = sparse_len_for(n_R)` sparse cells plus 64 dense cells
 //!    ([`super::okvs`]): the receiver's encoding of `{H(y) : y}`. A receiver,
-//!    whatever it sends, can program at most `m + 64` points (the table's degrees of
-//!    freedom), the bound on what a cheating receiver learns.
+//!    whatever it sends, programs `m + 64` points (the table's degrees of freedom;
+//!    each point beyond needs a linear dependency among its candidates whose 76-bit
+//!    values cancel), the bound on what a cheating receiver learns.
 //! 3. **Height** `h` rows: the table, then at least [`MASK_ROWS`] rows of fresh
 //!    random values that hide the linear combinations the check reveals, rounded up
 //!    to a multiple of 64: `h = ⌈(m + 64 + 104) / 64⌉ · 64`.
