@@ -6,6 +6,7 @@
 #
 #   scripts/e2e-grpc.sh [N] [ENGINES]   # default 1000000 "ecdh oprf": exactly N distinct
 #                                       # identifiers per side; ENGINES to run, e.g. "oprf"
+#   IDMATCH_BENCH_BIN=/path/to/idmatch scripts/e2e-grpc.sh ...   # time that binary
 #
 # The data is `idmatch synth --distinct` (one valid email per row, 50% overlap), so
 # each side holds exactly N distinct identifiers and N/2 of them are in common; the
@@ -17,8 +18,13 @@ rows=${1:-1000000}
 engines=${2:-ecdh oprf}
 work=$(mktemp -d)
 trap 'kill "${server_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
-bin=${CARGO_TARGET_DIR:-target}/release/idmatch
-cargo build --release --quiet
+# IDMATCH_BENCH_BIN: time another build (say, one from an older commit) instead.
+if [ -n "${IDMATCH_BENCH_BIN:-}" ]; then
+  bin=$IDMATCH_BENCH_BIN
+else
+  bin=${CARGO_TARGET_DIR:-target}/release/idmatch
+  cargo build --release --quiet
+fi
 
 "$bin" synth --rows "$rows" --overlap 0.5 --distinct --out-dir "$work" --seed 1 >/dev/null
 "$bin" keygen --out "$work/campaign.key" 2>/dev/null
@@ -72,10 +78,13 @@ for _ in $(seq 1 600); do
 done
 for protocol in $engines; do
   echo "== over loopback TLS: idmatch match --server --protocol $protocol (audience loaded before timing)"
+  lo_before=$(awk '$1 == "lo:" {print $2}' /proc/net/dev 2>/dev/null || echo 0)
   /usr/bin/time -f "wall %e s, user %U s, sys %S s, max RSS %M KiB (client)" \
     "$bin" match --server "https://localhost:$port" --ca "$work/ca.pem" --token-file "$work/token" \
     --campaign e2e --key-file "$work/campaign.key" --input "$work/partner.csv" --output "$work/grpc-$protocol.csv" \
     --region US --reveal partner --protocol "$protocol"
+  lo_after=$(awk '$1 == "lo:" {print $2}' /proc/net/dev 2>/dev/null || echo 0)
+  echo "loopback bytes during the match (both directions, TLS and HTTP/2 included): $((lo_after - lo_before))"
   cmp <(sort "$work/local-$protocol/partner_matches.csv") <(sort "$work/grpc-$protocol.csv") &&
     echo "same matches in-process and over gRPC ($protocol)"
 done

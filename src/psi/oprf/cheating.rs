@@ -53,8 +53,8 @@ impl Cheater {
     /// The rows of the columns `PRG(k_i^0)`: what this side knows of `Q`.
     fn own_rows(&self) -> Vec<Row> {
         let blocks = self.params.height as usize / 64;
-        let columns: Vec<u64> = self.seeds.iter().flat_map(|s| kernel::prg_words(&s[0], blocks)).collect();
-        kernel::columns_to_rows(&columns, self.params.width as usize)
+        let columns: Vec<Vec<u64>> = self.seeds.iter().map(|s| kernel::prg_words(&s[0], blocks)).collect();
+        kernel::columns_to_rows(&columns)
     }
 
     /// Sends seeds and `correction` (in allowed chunks); returns the opening.
@@ -100,7 +100,7 @@ fn a_zero_or_random_correction_fails_the_check_and_gets_no_output() {
         let mut sender = OprfSender::new(OprfConfig::new(Reveal::Partner), &owner).unwrap();
         let cheater = Cheater::start(&mut sender, 1000);
         let len = cheater.params.matrix_bytes() as usize;
-        let correction = if random { kernel::prg(&[42; 16], len) } else { vec![0; len] };
+        let correction = if random { kernel::to_bytes(&kernel::prg_words(&[42; 16], len / 8)) } else { vec![0; len] };
         let opening = cheater.send_correction(&mut sender, [1; 16], &correction).unwrap();
         // The cheater's best claim: its own rows (it knows PRG(k^0) and PRG(k^1) of
         // every column) and any table, here all zeros.
@@ -141,7 +141,7 @@ fn a_receiver_learns_at_most_what_its_announced_table_encodes() {
         .unwrap();
     assert!(encoded > announced as usize, "more than announced fits ({encoded}), but no more than the table");
     let (rows, correction) = receiver::matrix(params, &cheater.seeds, &values);
-    let opening = cheater.send_correction(&mut sender, table_seed, &correction).unwrap();
+    let opening = cheater.send_correction(&mut sender, table_seed, &kernel::to_bytes(&correction.concat())).unwrap();
     sender.receive(ReceiverMessage::Check(cheater.check(&opening, &rows, &values))).unwrap();
     let output_len = params.output_len as usize;
     let outputs: std::collections::HashSet<Vec<u8>> = drain_outputs(&mut sender, output_len).into_iter().collect();

@@ -15,9 +15,9 @@
 //! - Commitment `SHA-256("idmatch-oprf-v2 commit" ‖ seed_S)`.
 //!
 //! Layout: a matrix row is a [`Row`] (`[u64; 8]`, bit `i` of word `i / 64` is column
-//! `i`); a column is `h / 64` words, row `r` at bit `r % 64` of word `r / 64`, and
-//! goes on the wire as those words' little-endian bytes (row `r` at byte `r >> 3`,
-//! bit `r & 7`). Invariants: seeds never appear in a `Debug` string; the PRG's round
+//! `i`); a column is a `Vec` of `h / 64` words, row `r` at bit `r % 64` of word
+//! `r / 64`, and goes on the wire as those words' little-endian bytes (row `r` at
+//! byte `r >> 3`, bit `r & 7`). Invariants: seeds never appear in a `Debug` string; the PRG's round
 //! keys are wiped on drop (`aes` with `zeroize`).
 
 use aes::Aes128;
@@ -70,22 +70,26 @@ pub fn commitment(seed: &[u8; 16]) -> [u8; 32] {
     Sha256::new().chain_update(LABEL_COMMIT).chain_update(seed).finalize().into()
 }
 
-/// XORs the PRG output of `seed` into `bytes`.
-pub fn xor_prg(seed: &[u8; 16], bytes: &mut [u8]) {
-    let mut ctr = Aes128Ctr::new(&Array::from(*seed), &Array::from([0u8; 16]));
-    ctr.apply_keystream(bytes);
-}
-
-/// The PRG output of `seed`, `len` bytes.
-pub fn prg(seed: &[u8; 16], len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    xor_prg(seed, &mut out);
+/// The PRG output of `seed` as `words` little-endian words (a column).
+pub fn prg_words(seed: &[u8; 16], words: usize) -> Vec<u64> {
+    let mut out = vec![0u64; words];
+    xor_prg_words(seed, &mut out);
     out
 }
 
-/// The PRG output of `seed` as `words` little-endian words (a column).
-pub fn prg_words(seed: &[u8; 16], words: usize) -> Vec<u64> {
-    to_words(&prg(seed, 8 * words))
+/// XORs the PRG output of `seed`, read as little-endian words, into `words`,
+/// through a small buffer (no column-sized allocation).
+pub fn xor_prg_words(seed: &[u8; 16], words: &mut [u64]) {
+    let mut ctr = Aes128Ctr::new(&Array::from(*seed), &Array::from([0u8; 16]));
+    let mut buffer = [0u8; 4096];
+    for part in words.chunks_mut(buffer.len() / 8) {
+        let bytes = &mut buffer[..8 * part.len()];
+        bytes.fill(0);
+        ctr.apply_keystream(bytes);
+        for (w, b) in part.iter_mut().zip(bytes.chunks_exact(8)) {
+            *w ^= u64::from_le_bytes(b.try_into().unwrap_or_default());
+        }
+    }
 }
 
 /// Little-endian bytes to words (`bytes.len()` a multiple of 8).
@@ -104,44 +108,43 @@ pub fn challenge(sender_seed: &[u8; 16], receiver_seed: &[u8; 16], height: usize
     prg_words(&key, height)
 }
 
-/// Columns (`width` of them, each `rows.len() / 64` words, one after the other)
-/// of `rows` (a multiple of 64 of them).
-pub fn rows_to_columns(rows: &[Row], width: usize) -> Vec<u64> {
+/// The `width` columns (each `rows.len() / 64` words) of `rows` (a multiple of 64
+/// of them).
+pub fn rows_to_columns(rows: &[Row], width: usize) -> Vec<Vec<u64>> {
     let blocks = rows.len() / 64;
     // One task per word of the row: 64 columns each.
-    let parts: Vec<Vec<u64>> = (0..width.div_ceil(64))
+    (0..width.div_ceil(64))
         .into_par_iter()
-        .map(|word| {
+        .flat_map_iter(|word| {
             let columns = (width - 64 * word).min(64);
-            let mut out = vec![0u64; columns * blocks];
+            let mut out = vec![vec![0u64; blocks]; columns];
             let mut block = [0u64; 64];
             for b in 0..blocks {
                 for (r, slot) in block.iter_mut().enumerate() {
                     *slot = rows[64 * b + r][word];
                 }
                 transpose64(&mut block);
-                for (c, &v) in block.iter().take(columns).enumerate() {
-                    out[c * blocks + b] = v;
+                for (column, &v) in out.iter_mut().zip(block.iter()) {
+                    column[b] = v;
                 }
             }
             out
         })
-        .collect();
-    parts.concat()
+        .collect()
 }
 
-/// Rows (`columns.len() / width · 64` of them) of `width` columns laid out as
-/// [`rows_to_columns`] returns them. Bits past `width` are zero.
-pub fn columns_to_rows(columns: &[u64], width: usize) -> Vec<Row> {
-    let blocks = columns.len() / width;
+/// The rows of `columns` (at most 512, each of the same whole number of words, as
+/// [`rows_to_columns`] returns them). Bits past the last column are zero.
+pub fn columns_to_rows<C: AsRef<[u64]> + Sync>(columns: &[C]) -> Vec<Row> {
+    let blocks = columns.first().map_or(0, |c| c.as_ref().len());
+    let width = columns.len();
     let mut rows = vec![[0u64; 8]; 64 * blocks];
     rows.par_chunks_mut(64).enumerate().for_each(|(b, rows)| {
         let mut block = [0u64; 64];
         for word in 0..width.div_ceil(64) {
-            let count = (width - 64 * word).min(64);
             block.fill(0);
-            for (c, slot) in block.iter_mut().take(count).enumerate() {
-                *slot = columns[(64 * word + c) * blocks + b];
+            for (slot, column) in block.iter_mut().zip(&columns[64 * word..width.min(64 * word + 64)]) {
+                *slot = column.as_ref()[b];
             }
             transpose64(&mut block);
             for (r, row) in rows.iter_mut().enumerate() {
@@ -279,7 +282,7 @@ mod tests {
         assert_eq!(out.as_slice(), bytes("Out(t, code(v(t)))"));
         assert_eq!(commitment(&arr16("check_seed")).as_slice(), bytes("commitment"));
         assert_eq!(challenge(&arr16("check_seed"), &arr16("receiver_seed"), 3), words("chi_0 chi_1 chi_2"));
-        assert_eq!(prg(&arr16("prg_key"), 48), bytes("PRG(prg_key)[0..48]"));
+        assert_eq!(to_bytes(&prg_words(&arr16("prg_key"), 6)), bytes("PRG(prg_key)[0..48]"));
         let point = |name: &str| CompressedRistretto(arr32(name)).decompress().unwrap();
         let shared = point("P");
         assert_eq!(*super::super::ot::kdf(5, &arr32("A"), &arr32("B"), &shared), arr16("KDF(5, A, B, P)"));
@@ -315,14 +318,14 @@ mod tests {
             })
             .collect();
         let columns = rows_to_columns(&rows, width);
-        assert_eq!(columns.len(), width * 3);
+        assert_eq!((columns.len(), columns[0].len()), (width, 3));
         for (r, row) in rows.iter().enumerate() {
-            for c in 0..width {
-                let bit = (columns[c * 3 + r / 64] >> (r % 64)) & 1;
+            for (c, column) in columns.iter().enumerate() {
+                let bit = (column[r / 64] >> (r % 64)) & 1;
                 assert_eq!(bit, (row[c / 64] >> (c % 64)) & 1, "row {r} column {c}");
             }
         }
-        assert_eq!(columns_to_rows(&columns, width), rows);
+        assert_eq!(columns_to_rows(&columns), rows);
     }
 
     #[test]

@@ -291,10 +291,24 @@ impl<'a> OprfReceiver<'a> {
         let mut check_seed = Zeroizing::new([0u8; 16]);
         OsRng.try_fill_bytes(check_seed.as_mut()).map_err(|e| OprfError::Rng(e.to_string()))?;
         self.outbox.push_back(ReceiverMessage::Seeds([table_seed, *check_seed].concat()));
-        for chunk in correction.chunks(self.send_chunk) {
-            self.outbox.push_back(ReceiverMessage::Correction(chunk.to_vec()));
+        // Chunks straight from the columns' words (little-endian), column after column.
+        let mut chunk = Vec::with_capacity(self.send_chunk);
+        for word in correction.into_iter().flatten() {
+            let bytes = word.to_le_bytes();
+            let mut rest = bytes.as_slice();
+            while !rest.is_empty() {
+                let take = rest.len().min(self.send_chunk - chunk.len());
+                chunk.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if chunk.len() == self.send_chunk {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(self.send_chunk));
+                    self.outbox.push_back(ReceiverMessage::Correction(full));
+                }
+            }
         }
-        drop(correction);
+        if !chunk.is_empty() {
+            self.outbox.push_back(ReceiverMessage::Correction(chunk));
+        }
         self.phases.push(("receiver: code words, PRG, correction", start.elapsed()));
 
         let start = Instant::now();
@@ -407,30 +421,28 @@ pub(super) fn table(params: Params, hash_key: &[u8; 16], tokens: &[crate::token:
     Err(OprfError::TableEncoding { attempts: ENCODE_ATTEMPTS })
 }
 
-/// The rows `T` (of the columns `PRG(k_i^0)`) and the correction
+/// The rows `T` (of the columns `PRG(k_i^0)`) and the correction columns
 /// `U_i = PRG(k_i^0) ⊕ PRG(k_i^1) ⊕ C_i` for the table and random rows `values`
 /// (`h` of them), `C_j` the code word of `values[j]`.
-pub(super) fn matrix(params: Params, seeds: &[[Seed; 2]], values: &[u128]) -> (Vec<Row>, Vec<u8>) {
+pub(super) fn matrix(params: Params, seeds: &[[Seed; 2]], values: &[u128]) -> (Vec<Row>, Vec<Vec<u64>>) {
     let code = Encoder::get();
     let words: Vec<Row> = values.par_iter().map(|&v| code.encode(v)).collect();
-    let width = params.width as usize;
-    let code_columns = kernel::rows_to_columns(&words, width);
+    let code_columns = kernel::rows_to_columns(&words, params.width as usize);
     drop(words);
     let blocks = params.height as usize / 64;
-    let (own, correction): (Vec<Vec<u64>>, Vec<Vec<u8>>) = code_columns
-        .par_chunks(blocks)
+    let (own, correction): (Vec<Vec<u64>>, Vec<Vec<u64>>) = code_columns
+        .into_par_iter()
         .zip(seeds.par_iter())
-        .map(|(code, seeds)| {
+        .map(|(mut u, seeds)| {
             let own = kernel::prg_words(&seeds[0], blocks);
-            let mut u: Vec<u64> = own.iter().zip(code).map(|(t, c)| t ^ c).collect();
-            for (u, k1) in u.iter_mut().zip(kernel::prg_words(&seeds[1], blocks)) {
-                *u ^= k1;
+            for (u, t) in u.iter_mut().zip(&own) {
+                *u ^= t;
             }
-            (own, kernel::to_bytes(&u))
+            kernel::xor_prg_words(&seeds[1], &mut u);
+            (own, u)
         })
         .unzip();
-    drop(code_columns);
-    (kernel::columns_to_rows(&own.concat(), width), correction.concat())
+    (kernel::columns_to_rows(&own), correction)
 }
 
 /// The `Check` message: the row sums of `T`, then the value sums of `P`, for the

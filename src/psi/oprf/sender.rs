@@ -298,15 +298,15 @@ impl<'a> OprfSender<'a> {
             .map(|(i, u)| {
                 let mut q = kernel::prg_words(&job.seeds[i], column_bytes / 8);
                 if (job.choice[i / 64] >> (i % 64)) & 1 == 1 {
-                    for (q, u) in q.iter_mut().zip(kernel::to_words(u)) {
-                        *q ^= u;
+                    for (q, u) in q.iter_mut().zip(u.chunks_exact(8)) {
+                        *q ^= u64::from_le_bytes(u.try_into().unwrap_or_default());
                     }
                 }
                 q
             })
             .collect();
         drop(correction);
-        let rows = kernel::columns_to_rows(&columns.concat(), job.params.width as usize);
+        let rows = kernel::columns_to_rows(&columns);
         let opening = job.check_seed.to_vec();
         if let Some(job) = self.job.as_mut() {
             job.rows = rows;
