@@ -88,12 +88,13 @@ struct Job {
 }
 
 /// What the check needs once the correction is out: the rows `T`, the table and
-/// random rows `P`, and this side's check seed.
+/// random rows `P` (both wiped when dropped: with the hash key they would tell
+/// which tokens the table holds), and this side's check seed.
 struct Committed {
     commitment: [u8; 32],
     check_seed: Zeroizing<[u8; 16]>,
-    rows: Vec<Row>,
-    values: Vec<u128>,
+    rows: Zeroizing<Vec<Row>>,
+    values: Zeroizing<Vec<u128>>,
 }
 
 /// Sorted outputs `(key, token index)` with a bucket index on the top bits.
@@ -320,7 +321,8 @@ impl<'a> OprfReceiver<'a> {
         });
         self.table = Some(Table::new(&outputs, output_len));
         self.phases.push(("receiver: own outputs, table", start.elapsed()));
-        self.committed = Some(Committed { commitment, check_seed, rows: own_rows, values });
+        self.committed =
+            Some(Committed { commitment, check_seed, rows: Zeroizing::new(own_rows), values: Zeroizing::new(values) });
         Ok(())
     }
 

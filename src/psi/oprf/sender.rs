@@ -94,8 +94,8 @@ struct Job {
     receiver_seed: [u8; 16],
     /// The correction received so far.
     correction: Vec<u8>,
-    /// `Q`, once the whole correction is in.
-    rows: Vec<Row>,
+    /// `Q`, once the whole correction is in (with `s`, it evaluates the OPRF).
+    rows: Zeroizing<Vec<Row>>,
 }
 
 /// The sender's state machine for one match.
@@ -256,7 +256,7 @@ impl<'a> OprfSender<'a> {
             table_seed: [0; 16],
             receiver_seed: [0; 16],
             correction: Vec::new(),
-            rows: Vec::new(),
+            rows: Zeroizing::new(Vec::new()),
         });
         self.params = Some(params);
         self.receiver_set_size = size;
@@ -309,7 +309,7 @@ impl<'a> OprfSender<'a> {
         let rows = kernel::columns_to_rows(&columns);
         let opening = job.check_seed.to_vec();
         if let Some(job) = self.job.as_mut() {
-            job.rows = rows;
+            job.rows = Zeroizing::new(rows);
             job.seeds.clear();
         }
         self.outbox.push_back(SenderMessage::Opening(opening));
