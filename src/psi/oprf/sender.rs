@@ -92,9 +92,11 @@ struct Job {
     /// From `Seeds`: the table seed and the receiver's check seed.
     table_seed: [u8; 16],
     receiver_seed: [u8; 16],
-    /// The correction received so far.
-    correction: Vec<u8>,
-    /// `Q`, once the whole correction is in (with `s`, it evaluates the OPRF).
+    /// Correction bytes of the next, incomplete column.
+    pending: Vec<u8>,
+    /// The columns `Q_i` computed so far, one per complete correction column.
+    columns: Zeroizing<Vec<Vec<u64>>>,
+    /// `Q` as rows, once the whole correction is in (with `s`, it evaluates the OPRF).
     rows: Zeroizing<Vec<Row>>,
 }
 
@@ -255,7 +257,8 @@ impl<'a> OprfSender<'a> {
             check_seed,
             table_seed: [0; 16],
             receiver_seed: [0; 16],
-            correction: Vec::new(),
+            pending: Vec::new(),
+            columns: Zeroizing::new(Vec::new()),
             rows: Zeroizing::new(Vec::new()),
         });
         self.params = Some(params);
@@ -274,45 +277,49 @@ impl<'a> OprfSender<'a> {
         Ok(())
     }
 
+    /// Takes a correction chunk: every column it completes becomes
+    /// `Q_i = PRG(k_i^{s_i}) ⊕ s_i·U_i` at once (on all cores), so only one
+    /// incomplete column is ever buffered.
     fn on_correction(&mut self, received: u64, chunk: &[u8]) -> Result<(), OprfError> {
         let Some(job) = self.job.as_mut() else { return Err(OprfError::BadConfig("no matrix job")) };
         let total = job.params.matrix_bytes();
         check_chunk("correction", chunk.len(), self.config.max_chunk_bytes, received, total)?;
-        if job.correction.is_empty() {
-            job.correction.reserve_exact(total as usize);
+        let start = Instant::now();
+        job.pending.extend_from_slice(chunk);
+        let column_bytes = job.params.column_bytes();
+        let complete = job.pending.len() / column_bytes;
+        if complete > 0 {
+            let first = job.columns.len();
+            let (seeds, choice) = (&job.seeds, &job.choice);
+            let columns: Vec<Vec<u64>> = job.pending[..complete * column_bytes]
+                .par_chunks(column_bytes)
+                .enumerate()
+                .map(|(k, u)| {
+                    let i = first + k;
+                    let mut q = kernel::prg_words(&seeds[i], column_bytes / 8);
+                    if (choice[i / 64] >> (i % 64)) & 1 == 1 {
+                        for (q, u) in q.iter_mut().zip(u.chunks_exact(8)) {
+                            *q ^= u64::from_le_bytes(u.try_into().unwrap_or_default());
+                        }
+                    }
+                    q
+                })
+                .collect();
+            job.columns.extend(columns);
+            job.pending.drain(..complete * column_bytes);
         }
-        job.correction.extend_from_slice(chunk);
         let received = received + chunk.len() as u64;
         if received < total {
+            add_phase(&mut self.phases, "sender: PRG, Q", start.elapsed());
             self.state = State::ReceivingCorrection { received };
             return Ok(());
         }
-        // The whole matrix is in: Q, then open the check seed.
-        let start = Instant::now();
-        let column_bytes = job.params.column_bytes();
-        let correction = std::mem::take(&mut job.correction);
-        let job = &*job;
-        let columns: Vec<Vec<u64>> = correction
-            .par_chunks(column_bytes)
-            .enumerate()
-            .map(|(i, u)| {
-                let mut q = kernel::prg_words(&job.seeds[i], column_bytes / 8);
-                if (job.choice[i / 64] >> (i % 64)) & 1 == 1 {
-                    for (q, u) in q.iter_mut().zip(u.chunks_exact(8)) {
-                        *q ^= u64::from_le_bytes(u.try_into().unwrap_or_default());
-                    }
-                }
-                q
-            })
-            .collect();
-        drop(correction);
-        let rows = kernel::columns_to_rows(&columns);
-        let opening = job.check_seed.to_vec();
-        if let Some(job) = self.job.as_mut() {
-            job.rows = Zeroizing::new(rows);
-            job.seeds.clear();
-        }
-        self.outbox.push_back(SenderMessage::Opening(opening));
+        // The whole matrix is in (every column complete): Q as rows, then open the
+        // check seed.
+        job.rows = Zeroizing::new(kernel::columns_to_rows(&job.columns));
+        job.columns = Zeroizing::new(Vec::new());
+        job.seeds.clear();
+        self.outbox.push_back(SenderMessage::Opening(job.check_seed.to_vec()));
         add_phase(&mut self.phases, "sender: PRG, Q", start.elapsed());
         self.state = State::AwaitingCheck;
         Ok(())
