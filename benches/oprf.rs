@@ -32,6 +32,16 @@ fn after_setups<'a>(r: &'a PreparedSet, s: &'a PreparedSet) -> (OprfReceiver<'a>
     (receiver, sender)
 }
 
+/// A receiver and a sender after the correction and the sender's opening.
+fn after_opening<'a>(r: &'a PreparedSet, s: &'a PreparedSet) -> (OprfReceiver<'a>, OprfSender<'a>) {
+    let (mut receiver, mut sender) = after_setups(r, s);
+    for m in drain(&mut receiver) {
+        sender.receive(m).unwrap();
+    }
+    receiver.receive(sender.poll_outgoing().unwrap()).unwrap();
+    (receiver, sender)
+}
+
 /// Everything the receiver has queued: after the setups, its seeds and correction.
 fn drain(receiver: &mut OprfReceiver<'_>) -> Vec<ReceiverMessage> {
     std::iter::from_fn(|| receiver.poll_outgoing()).collect()
@@ -97,14 +107,7 @@ fn phases(c: &mut Criterion) {
 
     g.bench_function("check_and_sender_outputs", |b| {
         b.iter_batched(
-            || {
-                let (mut receiver, mut sender) = after_setups(&r, &s);
-                for m in drain(&mut receiver) {
-                    sender.receive(m).unwrap();
-                }
-                receiver.receive(sender.poll_outgoing().unwrap()).unwrap();
-                (receiver, sender)
-            },
+            || after_opening(&r, &s),
             |(mut receiver, mut sender)| {
                 // The receiver's check sums, then the sender's check and outputs.
                 sender.receive(receiver.poll_outgoing().unwrap()).unwrap();
@@ -117,11 +120,7 @@ fn phases(c: &mut Criterion) {
     g.bench_function("receiver_comparison", |b| {
         b.iter_batched(
             || {
-                let (mut receiver, mut sender) = after_setups(&r, &s);
-                for m in drain(&mut receiver) {
-                    sender.receive(m).unwrap();
-                }
-                receiver.receive(sender.poll_outgoing().unwrap()).unwrap();
+                let (mut receiver, mut sender) = after_opening(&r, &s);
                 sender.receive(receiver.poll_outgoing().unwrap()).unwrap();
                 let outputs: Vec<SenderMessage> = std::iter::from_fn(|| sender.poll_outgoing()).collect();
                 (receiver, sender, outputs)
