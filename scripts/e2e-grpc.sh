@@ -48,7 +48,6 @@ name = "e2e"
 token_sha256 = "$sha"
 campaigns = ["e2e"]
 reveals = ["partner", "owner", "both", "count"]
-honest_client_trusted = true
 [[campaigns]]
 id = "e2e"
 key_file = "campaign.key"
