@@ -1388,7 +1388,7 @@ fn a_sharded_run_gives_the_outputs_of_one_match_in_every_mode_of_both_engines() 
 #[test]
 fn a_run_is_one_match_in_the_budget_and_its_set_size_range() {
     let f = Fixture::with(Setup {
-        limits: "max_matches_per_partner_per_day = 1\nmax_identifiers_per_partner_per_day = 2000\nidle_timeout_secs = 15",
+        limits: "max_matches_per_partner_per_day = 1\nmax_identifiers_per_partner_per_day = 10000\nidle_timeout_secs = 15",
         ..Setup::default()
     });
     // Sixteen shards of about 94 tokens: each under min_partner_set (100), which
@@ -1407,9 +1407,46 @@ fn a_run_is_one_match_in_the_budget_and_its_set_size_range() {
     assert_eq!(runs[0]["outcome"], "ok");
     let budgets: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path("budgets.json")).unwrap()).unwrap();
     assert_eq!(budgets["partners"]["acme"]["matches"], 1);
-    // Charged once, for the run's padded size.
-    assert_eq!(budgets["partners"]["acme"]["identifiers"], runs[0]["run_set_size"]);
-    assert!(runs[0]["run_set_size"].as_u64().unwrap() >= 1500);
+    // Charged once, for what the partner's oprf tables over the run's padded size
+    // can hold: 1.25 times it plus 215 per shard.
+    let run_set_size = runs[0]["run_set_size"].as_u64().unwrap();
+    assert!(run_set_size >= 1500);
+    let charged = budgets["partners"]["acme"]["identifiers"].as_u64().unwrap();
+    assert_eq!(charged, idmatch::psi::oprf::receiver_capacity(run_set_size, 16));
+    assert!(charged > run_set_size * 5 / 4 + 16 * 214, "{charged}");
+}
+
+/// Issue 19's review: under oprf each shard's table has a fixed slack (214 cells
+/// even for an empty shard) that a cheating receiver can fill with chosen
+/// candidates, so a run of 4,096 nearly empty shards announcing 1,000 tokens could
+/// test some 880,000. The owner charges what the tables hold, so such a run is
+/// refused by the identifier budget before any shard exchanges anything; the same
+/// hello under ecdh (every tested token costs an element sent) is charged its size.
+#[test]
+fn a_run_of_empty_oprf_shards_pays_for_what_its_tables_can_hold() {
+    let f = Fixture::with(Setup {
+        limits: "max_identifiers_per_partner_per_day = 100000\nidle_timeout_secs = 15",
+        ..Setup::default()
+    });
+    let hello = |protocol: wire::Protocol, id: u8| {
+        let mut m = shard_hello(&f, [id; 16], 0, 4096, 1000, 1000);
+        if let Some(wire::partner_message::Body::Hello(h)) = &mut m.body {
+            h.protocols = vec![protocol as i32];
+        }
+        m
+    };
+    let (received, status) = raw_call_collect(&f, vec![hello(wire::Protocol::Oprf, 1)]);
+    assert!(received.is_empty(), "{received:?}");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(kind(&status), "budget-identifiers");
+    let budgets: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path("budgets.json")).unwrap_or_default())
+        .unwrap_or(serde_json::Value::Null);
+    assert!(budgets["partners"]["acme"]["identifiers"].as_u64().unwrap_or(0) == 0, "nothing charged: {budgets}");
+    // Under ecdh the run costs its announced size and is accepted.
+    let (received, _) = raw_call_collect(&f, vec![hello(wire::Protocol::Ecdh, 2)]);
+    assert!(matches!(received.first().and_then(|m| m.body.as_ref()), Some(wire::owner_message::Body::Accept(_))));
+    let budgets: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path("budgets.json")).unwrap()).unwrap();
+    assert_eq!(budgets["partners"]["acme"]["identifiers"], 1000);
 }
 
 /// The padded shard size a `--shard I/N` process printed.

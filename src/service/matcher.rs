@@ -30,10 +30,10 @@ use super::status::protocol_status;
 use crate::output::write_match_file;
 use crate::prepare;
 use crate::psi::message::{DEFAULT_CHUNK, Hello, MAX_CHUNK};
-use crate::psi::oprf::{ChunkLimits, MAX_CHUNK_BYTES, OprfOwner};
+use crate::psi::oprf::{self, ChunkLimits, MAX_CHUNK_BYTES, OprfOwner};
 use crate::psi::{
     KindSet, Owner, OwnerConfig, OwnerMessage, OwnerOutcome, PartnerMessage, PreparedSet, Protocol, ProtocolError,
-    SetupError, untrusted,
+    Reveal, SetupError, untrusted,
 };
 use crate::wire;
 use crate::wire::matcher_server::Matcher;
@@ -165,8 +165,8 @@ impl Service for MatchService {
                     audience: campaign.audience_digest(),
                 };
                 let (partner, allowance) = (&session.partner.name, session.allowance());
-                let charge =
-                    || shared.budgets.charge_run(partner, &hex::encode(run.run_id), run.run_set_size, allowance);
+                let identifiers = charged_identifiers(protocol, hello.reveal, run.run_set_size, run.shard_count);
+                let charge = || shared.budgets.charge_run(partner, &hex::encode(run.run_id), identifiers, allowance);
                 Some(shared.runs.join(&shared.audit, &shard, session.idle, charge).map_err(RunError::status)?)
             }
         };
@@ -200,10 +200,9 @@ impl Service for MatchService {
         record.owner_set_size = Some(owner_tokens);
         // ...and only then the daily budget of a match alone, just before `Accept`
         // goes out.
+        let identifiers = charged_identifiers(protocol, hello.reveal, hello.partner_set_size, 1);
         let charge = |session: &Session<'_, MatchService>| match joined {
-            None => {
-                session.charge(|budgets, partner, allowance| budgets.charge(partner, hello.partner_set_size, allowance))
-            }
+            None => session.charge(|budgets, partner, allowance| budgets.charge(partner, identifiers, allowance)),
             Some(_) => Ok(()),
         };
         let (outcome, summary) = match exchange(session, &first, hello, config, protocol, &set, charge) {
@@ -299,4 +298,16 @@ fn exchange(
     };
     let outcome = outcome.ok_or_else(|| Status::internal("match ended in an unfinished state"))?;
     Ok((outcome, summary))
+}
+
+/// Identifiers charged to the partner's daily budget for a match (or a run of
+/// `streams` shards) announcing `announced` tokens: the announced size, except where
+/// the partner is the `oprf` receiver, which can learn the outputs of as many
+/// tokens as its tables hold ([`oprf::receiver_capacity`]: about 1.25× plus 214 per
+/// stream), so that is what it pays for.
+fn charged_identifiers(protocol: Protocol, reveal: Reveal, announced: u64, streams: u32) -> u64 {
+    match (protocol, oprf::receiver_party(reveal)) {
+        (Protocol::Oprf, Ok(oprf::Party::Partner)) => oprf::receiver_capacity(announced, u64::from(streams)),
+        _ => announced,
+    }
 }

@@ -24,6 +24,7 @@ use aes::Aes128;
 use aes::cipher::{Array, KeyIvInit, StreamCipher};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
 
 use super::params::CHECK_PLANES;
 use crate::token::Token;
@@ -90,6 +91,7 @@ pub fn xor_prg_words(seed: &[u8; 16], words: &mut [u64]) {
             *w ^= u64::from_le_bytes(b.try_into().unwrap_or_default());
         }
     }
+    buffer.zeroize();
 }
 
 /// Little-endian bytes to words (`bytes.len()` a multiple of 8).
@@ -292,6 +294,10 @@ mod tests {
         let mut b0 = Array::from(hashed.key);
         aes.encrypt_block(&mut b0);
         assert_eq!(b0.as_slice(), bytes("b0"));
+        let mut b1 = Array::from(hashed.key);
+        b1[0] ^= 1;
+        aes.encrypt_block(&mut b1);
+        assert_eq!(b1.as_slice(), bytes("b1"));
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub use message::{
     MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, OPRF_VERSION, OprfMessage, ReceiverMessage, ReceiverSetup, SenderMessage,
     SenderSetup,
 };
-pub use params::Params;
+pub use params::{Params, receiver_capacity};
 pub use party::{ChunkLimits, OprfOwner, OprfPartner};
 pub use receiver::{OprfReceiver, ReceiverOutcome};
 pub use sender::{OprfSender, SenderOutcome};

@@ -105,7 +105,8 @@ impl OtSender {
             });
         }
         let a_point = decode(&self.point, "own OT point", 0)?;
-        let a_a = a_point * *self.a;
+        // a·A turns either seed into the other: wiped when dropped.
+        let a_a = Zeroizing::new(a_point * *self.a);
         points
             .par_chunks(POINT_LEN)
             .enumerate()
@@ -113,7 +114,7 @@ impl OtSender {
                 let b = decode(bytes, "sender setup ot_points", i)?;
                 let b_bytes: [u8; 32] = b.compress().to_bytes();
                 let shared0 = b * *self.a;
-                let shared1 = shared0 - a_a;
+                let shared1 = shared0 - *a_a;
                 Ok([kdf(i as u32, &self.point, &b_bytes, &shared0), kdf(i as u32, &self.point, &b_bytes, &shared1)])
             })
             .collect()

@@ -100,6 +100,22 @@ impl Params {
     }
 }
 
+/// The most sender outputs a receiver that announced `announced` tokens in all,
+/// over `streams` matches (a sharded run's shards, or 1), can learn by what its
+/// tables encode: `Σ (m_i + 64)` over the streams. For one stream that is exactly
+/// `m + 64`; for a run, whatever the split, at most `⌈1.25·announced⌉ + 215·streams`
+/// (each stream's `⌈1.25·n_i⌉ + 150 + 64`). What the owner charges a partner's
+/// identifier budget for a match where the partner is the receiver
+/// (docs/PRIVACY.md, "Under `oprf`"): the table's slack, and a run of many nearly
+/// empty shards, are paid for like tokens sent. Saturates instead of overflowing.
+pub fn receiver_capacity(announced: u64, streams: u64) -> u64 {
+    if streams <= 1 {
+        return okvs::sparse_len_for(announced).map_or(u64::MAX, |m| u64::from(m).saturating_add(DENSE as u64));
+    }
+    let bound = (u128::from(announced) * 5).div_ceil(4) + u128::from(streams) * (1 + 150 + DENSE as u128);
+    u64::try_from(bound).unwrap_or(u64::MAX)
+}
+
 /// `⌈log2 n⌉`, with `⌈log2 0⌉ = ⌈log2 1⌉ = 0`.
 pub fn ceil_log2(n: u64) -> u32 {
     if n <= 1 { 0 } else { 64 - (n - 1).leading_zeros() }
@@ -129,6 +145,21 @@ mod tests {
             assert!(u64::from(p.height) >= u64::from(p.sparse_len) + 64 + MASK_ROWS, "{s} {r}");
             assert!(p.output_len >= 5);
         }
+    }
+
+    #[test]
+    fn capacity_bounds_every_split_of_a_run() {
+        let table = |n: u64| Params::derive(0, n).unwrap().table_len() as u64;
+        assert_eq!(receiver_capacity(1000, 1), table(1000));
+        assert_eq!(receiver_capacity(1000, 1), 1464);
+        for (sizes, streams) in [(vec![1000u64, 0, 0, 0], 4u64), (vec![250; 4], 4), (vec![0; 4096], 4096)] {
+            let run: u64 = sizes.iter().sum();
+            let exact: u64 = sizes.iter().map(|&n| table(n)).sum();
+            assert!(exact <= receiver_capacity(run, streams), "{sizes:?}");
+        }
+        // 4,096 empty shards: each still has a table of 214 cells to program.
+        assert!(receiver_capacity(0, 4096) >= 4096 * 214);
+        assert_eq!(receiver_capacity(u64::MAX, 1 << 20), u64::MAX);
     }
 
     #[test]

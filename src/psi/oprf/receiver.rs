@@ -401,8 +401,8 @@ pub(super) type Encoded = ([u8; 16], Vec<okvs::Row>, Vec<u128>);
 /// matrix height.
 pub(super) fn table(params: Params, hash_key: &[u8; 16], tokens: &[crate::token::Token]) -> Result<Encoded, OprfError> {
     let hashed = kernel::hash_all(hash_key, tokens);
-    let keys: Vec<[u8; 16]> = hashed.iter().map(|h| h.key).collect();
-    let targets: Vec<u128> = hashed.iter().map(|h| h.value).collect();
+    let keys: Zeroizing<Vec<[u8; 16]>> = Zeroizing::new(hashed.iter().map(|h| h.key).collect());
+    let targets: Zeroizing<Vec<u128>> = Zeroizing::new(hashed.iter().map(|h| h.value).collect());
     drop(hashed);
     let mut rng = StdRng::from_rng(OsRng).map_err(|e| OprfError::Rng(e.to_string()))?;
     for _ in 0..ENCODE_ATTEMPTS {
@@ -411,8 +411,13 @@ pub(super) fn table(params: Params, hash_key: &[u8; 16], tokens: &[crate::token:
         let layout = Layout::new(params.sparse_len, table_seed)
             .map_err(|_| OprfError::BadConfig("table smaller than 3 cells"))?;
         let rows = layout.rows(&keys);
-        if let Ok(mut values) = okvs::encode(&layout, &rows, &targets, &mut rng) {
-            values.extend((values.len()..params.height as usize).map(|_| {
+        if let Ok(table) = okvs::encode(&layout, &rows, &targets, &mut rng) {
+            // The cells, then the random rows, in one allocation; the encoder's
+            // copy is wiped.
+            let table = Zeroizing::new(table);
+            let mut values = Vec::with_capacity(params.height as usize);
+            values.extend_from_slice(&table);
+            values.extend((table.len()..params.height as usize).map(|_| {
                 let mut v = [0u8; 16];
                 rng.fill_bytes(&mut v);
                 u128::from_le_bytes(v)
@@ -428,7 +433,9 @@ pub(super) fn table(params: Params, hash_key: &[u8; 16], tokens: &[crate::token:
 /// (`h` of them), `C_j` the code word of `values[j]`.
 pub(super) fn matrix(params: Params, seeds: &[[Seed; 2]], values: &[u128]) -> (Vec<Row>, Vec<Vec<u64>>) {
     let code = Encoder::get();
-    let words: Vec<Row> = values.par_iter().map(|&v| code.encode(v)).collect();
+    // The code words of the table (and below, the T columns) tell which tokens it
+    // holds: wiped when dropped.
+    let words: Zeroizing<Vec<Row>> = Zeroizing::new(values.par_iter().map(|&v| code.encode(v)).collect());
     let code_columns = kernel::rows_to_columns(&words, params.width as usize);
     drop(words);
     let blocks = params.height as usize / 64;
@@ -444,6 +451,7 @@ pub(super) fn matrix(params: Params, seeds: &[[Seed; 2]], values: &[u128]) -> (V
             (own, u)
         })
         .unzip();
+    let own = Zeroizing::new(own);
     (kernel::columns_to_rows(&own), correction)
 }
 

@@ -296,11 +296,11 @@ impl<'a> OprfSender<'a> {
                 .enumerate()
                 .map(|(k, u)| {
                     let i = first + k;
+                    // The same work whatever s_i is (no branch on the secret).
+                    let mask = 0u64.wrapping_sub((choice[i / 64] >> (i % 64)) & 1);
                     let mut q = kernel::prg_words(&seeds[i], column_bytes / 8);
-                    if (choice[i / 64] >> (i % 64)) & 1 == 1 {
-                        for (q, u) in q.iter_mut().zip(u.chunks_exact(8)) {
-                            *q ^= u64::from_le_bytes(u.try_into().unwrap_or_default());
-                        }
+                    for (q, u) in q.iter_mut().zip(u.chunks_exact(8)) {
+                        *q ^= u64::from_le_bytes(u.try_into().unwrap_or_default()) & mask;
                     }
                     q
                 })
