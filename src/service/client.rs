@@ -26,12 +26,13 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use super::convert::{owner_from_wire, partner_to_wire};
 use super::driver::{DriveError, INBOUND_QUEUE, Inbound, drive, error_kind, receive_with_deadline, send_with_deadline};
 use crate::key::{Key, KeyError, read_secret_file};
+use crate::local_match::memory;
 use crate::normalize::{Normalizer, Profile};
 use crate::optout::{BadRows, OptOutError};
 use crate::output::{OutputError, Staged, write_matches};
 use crate::prepare::{self, Filter, PrepareError, Prepared};
 use crate::progress::{self, Meter, Progress, Unit};
-use crate::psi::oprf::{ChunkLimits, OprfPartner};
+use crate::psi::oprf::{self, ChunkLimits, OprfError, OprfPartner};
 use crate::psi::{
     KindSet, OwnerMessage, Partner, PartnerConfig, PartnerMessage, PartnerOutcome, PreparedSet, Protocol,
     ProtocolChoice, ProtocolChoiceError, ProtocolError, Reveal, SetupError, ShardRun, check_accept,
@@ -886,6 +887,28 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// In `owner` mode the partner is the OPRF sender and holds the matrix of the
+/// owner's announced size (about twice, while it transposes): an owner set whose
+/// matrix would not fit in the memory this process can count on (`available`, when
+/// known) is refused with a precise error before anything more is sent, rather than
+/// the client being killed (a cheating or misconfigured owner may announce 2³⁰).
+fn matrix_fits(reveal: Reveal, own: u64, owner: u64, available: Option<u64>) -> Result<(), OprfError> {
+    if !matches!(oprf::receiver_party(reveal), Ok(oprf::Party::Owner)) {
+        return Ok(());
+    }
+    let (Some(available), Ok(params)) = (available, oprf::Params::derive(own, owner)) else { return Ok(()) };
+    if params.matrix_bytes().saturating_mul(2) <= available {
+        return Ok(());
+    }
+    // About 160 bytes per owner token: 511 bits per table row, 1.25 rows per token, twice.
+    Err(OprfError::SetSizeOutOfRange {
+        what: "owner (its oprf matrix must fit twice in this machine's available memory: use shards or ecdh)",
+        size: owner,
+        min: 0,
+        max: available / 160,
+    })
+}
+
 /// Sends the hello, reads the owner's accept, and runs the engine it names: the
 /// ECDH `partner` it was given, or the OPRF engine's partner side.
 fn negotiate_and_drive(
@@ -910,6 +933,8 @@ fn negotiate_and_drive(
     };
     let outcome = match (protocol, first) {
         (Protocol::Oprf, OwnerMessage::Accept(accept)) => {
+            matrix_fits(config.reveal, set.len() as u64, accept.owner_set_size, memory::available())
+                .map_err(|e| DriveError::Setup(SetupError::Oprf(e)))?;
             let mut oprf = OprfPartner::new(config.reveal, accept.owner_set_size, set, ChunkLimits::default())?;
             drive(&mut oprf, inbound, outbound, Some, idle, runtime)?;
             oprf.outcome()
@@ -973,6 +998,27 @@ impl Phases {
         self.sent.set_position(self.sent_count.load(Ordering::Relaxed));
         for meter in [&self.sent, &self.returned, &self.owner] {
             meter.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 19's review: an owner announcing a huge set in `owner` mode (the partner
+    /// then holds the matrix) is refused before the client allocates it; in the
+    /// other modes, or with memory enough or unknown, nothing is refused.
+    #[test]
+    fn an_owner_matrix_beyond_memory_is_refused_in_owner_mode_only() {
+        let gib = 1u64 << 30;
+        let refused = matrix_fits(Reveal::Owner, 1000, 1 << 30, Some(8 * gib)).unwrap_err();
+        assert!(matches!(refused, OprfError::SetSizeOutOfRange { size, max, .. } if size == 1 << 30 && max < size));
+        assert!(refused.to_string().contains("available memory"), "{refused}");
+        assert_eq!(matrix_fits(Reveal::Owner, 1000, 1_000_000, Some(8 * gib)), Ok(()));
+        assert_eq!(matrix_fits(Reveal::Owner, 1000, 1 << 30, None), Ok(()));
+        for reveal in [Reveal::Partner, Reveal::Both] {
+            assert_eq!(matrix_fits(reveal, 1000, 1 << 30, Some(gib)), Ok(()), "{reveal}");
         }
     }
 }
