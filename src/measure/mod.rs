@@ -468,6 +468,36 @@ mod tests {
         shares
     }
 
+    /// A cheating partner under learner `partner` with noise: one measurement of
+    /// `people` against `exposures` (one group, "all"), the owner's noise drawn from
+    /// `seed`, in which the partner puts `craft(the owner's people message)` in group
+    /// 0's slots instead of its masked sums. Returns the owner's shares, what was
+    /// crafted and the owner's key, for the caller to unmask as the cheater would.
+    fn crafted_shares(
+        noise: Noise,
+        seed: u64,
+        people: &[Person],
+        exposures: &[Exposure],
+        craft: impl FnOnce(&message::People) -> [elgamal::Masked; LIMBS],
+    ) -> (message::Shares, [elgamal::Masked; LIMBS], PublicKey) {
+        let (mut oc, mut pc) = configs(100, Learner::Partner);
+        (oc.noise, oc.seed, pc.noise) = (Some(noise), Some(seed), Some(noise));
+        let mut owner = Owner::new(oc, people).unwrap();
+        let mut partner = Partner::new(pc, vec!["all".into()], vec![exposures.len() as u64], exposures).unwrap();
+        let first = owner.poll_outgoing().unwrap();
+        let OwnerMessage::People(sent) = &first else { panic!() };
+        let key = PublicKey::from_bytes(&sent.public_key).unwrap();
+        let crafted = craft(sent);
+        partner.receive(first).unwrap();
+        owner.receive(partner.poll_outgoing().unwrap()).unwrap();
+        partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+        let PartnerMessage::Masked(mut lines) = partner.poll_outgoing().unwrap() else { panic!() };
+        for (slot, masked) in crafted.iter().enumerate() {
+            lines[0].points[slot * 32..slot * 32 + 32].copy_from_slice(&masked.point_bytes());
+        }
+        (shares_of(&mut owner, lines), crafted, key)
+    }
+
     #[test]
     fn with_learner_partner_the_owner_sees_only_masked_points_and_refuses_plain_sums() {
         let (people, exposures, _) = fixture();
@@ -678,27 +708,15 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(77);
         let mut deviations = Vec::new();
         for seed in 0..24 {
-            let (mut oc, mut pc) = configs(100, Learner::Partner);
-            (oc.noise, oc.seed, pc.noise) = (Some(noise), Some(seed), Some(noise));
-            let mut owner = Owner::new(oc, &people).unwrap();
-            let mut partner = Partner::new(pc, vec!["all".into()], vec![120], &exposures).unwrap();
-            let first = owner.poll_outgoing().unwrap();
-            let OwnerMessage::People(sent) = &first else { panic!() };
-            let key = PublicKey::from_bytes(&sent.public_key).unwrap();
-            let limb = |l: usize| {
-                let bytes: [u8; 64] = sent.values[0][l * 64..(l + 1) * 64].try_into().unwrap();
-                Ciphertext::from_bytes(&bytes, 0).unwrap()
-            };
             // Slot 0 (low) gets the person's high limb, slot 1 (high) its low limb.
-            let crafted = [limb(1).mask(&mut rng), limb(0).mask(&mut rng)];
+            let (shares, crafted, key) = crafted_shares(noise, seed, &people, &exposures, |sent| {
+                let limb = |l: usize| {
+                    let bytes: [u8; 64] = sent.values[0][l * 64..(l + 1) * 64].try_into().unwrap();
+                    Ciphertext::from_bytes(&bytes, 0).unwrap()
+                };
+                [limb(1).mask(&mut rng), limb(0).mask(&mut rng)]
+            });
             let placed = [truth[1], truth[0]];
-            partner.receive(first).unwrap();
-            owner.receive(partner.poll_outgoing().unwrap()).unwrap();
-            partner.receive(owner.poll_outgoing().unwrap()).unwrap();
-            let PartnerMessage::Masked(mut lines) = partner.poll_outgoing().unwrap() else { panic!() };
-            lines[0].points[..32].copy_from_slice(&crafted[0].point_bytes());
-            lines[0].points[32..].copy_from_slice(&crafted[1].point_bytes());
-            let shares = shares_of(&mut owner, lines);
             assert_eq!(shares.noise_bounds, [bound, bound]);
             for slot in 0..LIMBS {
                 let bytes: [u8; 32] = shares.shares[0][slot * 32..(slot + 1) * 32].try_into().unwrap();
@@ -738,33 +756,20 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(78);
         let mut read_values = std::collections::BTreeSet::new();
         for seed in 0..8 {
-            let (mut oc, mut pc) = configs(100, Learner::Partner);
-            (oc.noise, oc.seed, pc.noise) = (Some(noise), Some(seed), Some(noise));
-            let mut owner = Owner::new(oc, &people).unwrap();
-            let mut partner = Partner::new(pc, vec!["all".into()], vec![120], &exposures).unwrap();
-            let first = owner.poll_outgoing().unwrap();
-            let OwnerMessage::People(sent) = &first else { panic!() };
-            let key = PublicKey::from_bytes(&sent.public_key).unwrap();
             // c·(C1, C2) of the first person's limb l: c·C1 is what the owner sees.
-            let mut scaled = |l: usize| {
-                let mut bytes = [0u8; 64];
-                for part in 0..2 {
-                    let at = l * 64 + part * 32;
-                    let point = CompressedRistretto(sent.values[0][at..at + 32].try_into().unwrap());
-                    let point = point.decompress().unwrap() * curve25519_dalek::scalar::Scalar::from(c);
-                    bytes[part * 32..part * 32 + 32].copy_from_slice(point.compress().as_bytes());
-                }
-                Ciphertext::from_bytes(&bytes, 0).unwrap().mask(&mut rng)
-            };
-            let crafted = [scaled(0), scaled(1)];
-            partner.receive(first).unwrap();
-            owner.receive(partner.poll_outgoing().unwrap()).unwrap();
-            partner.receive(owner.poll_outgoing().unwrap()).unwrap();
-            let PartnerMessage::Masked(mut lines) = partner.poll_outgoing().unwrap() else { panic!() };
-            for (slot, masked) in crafted.iter().enumerate() {
-                lines[0].points[slot * 32..slot * 32 + 32].copy_from_slice(&masked.point_bytes());
-            }
-            let shares = shares_of(&mut owner, lines);
+            let (shares, crafted, key) = crafted_shares(noise, seed, &people, &exposures, |sent| {
+                let mut scaled = |l: usize| {
+                    let mut bytes = [0u8; 64];
+                    for part in 0..2 {
+                        let at = l * 64 + part * 32;
+                        let point = CompressedRistretto(sent.values[0][at..at + 32].try_into().unwrap());
+                        let point = point.decompress().unwrap() * curve25519_dalek::scalar::Scalar::from(c);
+                        bytes[part * 32..part * 32 + 32].copy_from_slice(point.compress().as_bytes());
+                    }
+                    Ciphertext::from_bytes(&bytes, 0).unwrap().mask(&mut rng)
+                };
+                [scaled(0), scaled(1)]
+            });
             assert_eq!(shares.noise_bounds, [bound, bound], "the owner noised both slots");
             let limbs: Vec<u64> = (0..LIMBS)
                 .map(|slot| {
