@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Set, Tuple
 
 TOKEN = "bench-token"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -63,6 +63,18 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
+def descendants(root: int, parents: Dict[int, int]) -> Set[int]:
+    """`root` and every process below it, from each process's parent pid."""
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in tree:
+                tree.add(pid)
+                frontier.append(pid)
+    return tree
+
+
 class TreeMonitor(threading.Thread):
     """Samples a process tree: the peak of its summed RSS, and each process's last
     CPU time (so processes that exit during the run still count)."""
@@ -82,13 +94,7 @@ class TreeMonitor(threading.Thread):
                         stats[int(entry)] = proc_stat(int(entry))
                     except (OSError, IndexError, ValueError):
                         pass
-            tree, frontier = {self.root}, [self.root]
-            while frontier:
-                parent = frontier.pop()
-                for pid, (ppid, _, _) in stats.items():
-                    if ppid == parent and pid not in tree:
-                        tree.add(pid)
-                        frontier.append(pid)
+            tree = descendants(self.root, {pid: s[0] for pid, s in stats.items()})
             self.peak = max(self.peak, sum(stats[p][2] for p in tree if p in stats))
             for pid in tree:
                 if pid in stats:

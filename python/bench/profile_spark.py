@@ -21,7 +21,7 @@ import os
 import time
 from typing import Dict, Tuple
 
-TICKS = os.sysconf("SC_CLK_TCK")
+from bench_spark import TICKS, descendants  # this directory is on sys.path when run as a script
 
 
 def tree_cpu() -> Tuple[float, float]:
@@ -37,13 +37,7 @@ def tree_cpu() -> Tuple[float, float]:
             except (OSError, IndexError):
                 continue
             stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS, java)
-    tree, frontier = {os.getpid()}, [os.getpid()]
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, _, _) in stats.items():
-            if ppid == parent and pid not in tree:
-                tree.add(pid)
-                frontier.append(pid)
+    tree = descendants(os.getpid(), {pid: s[0] for pid, s in stats.items()})
     jvm = sum(stats[p][1] for p in tree if p in stats and stats[p][2])
     python = sum(stats[p][1] for p in tree if p in stats and not stats[p][2])
     return jvm, python
