@@ -114,7 +114,7 @@ idle_timeout_secs = 60
 [[partners]]
 name = "acme"
 token_sha256 = "{token_sha}"
-campaigns = ["spring", "summer", "autumn", "noisy", "noisy-twin", "winter", "dusk", "crafted"]
+campaigns = ["spring", "summer", "autumn", "noisy", "noisy-twin", "winter", "dusk", "crafted", "crafted-noisy"]
 reveals = ["count"]
 honest_client_trusted = true
 
@@ -153,6 +153,11 @@ reveals = ["count"]
     text += &campaign("winter", "");
     text += &campaign("hidden", &measurement("owner", ""));
     text += &campaign("crafted", "[campaigns.measurement]\noutcomes = \"crafted.csv\"\nlearner = \"owner\"\n");
+    // The same crafted values, all within the clip (2^19 ≤ 2^20): the owner's range
+    // proofs verify, and only the partner's noise stands between them and the split.
+    let crafted_noisy = "[campaigns.measurement]\noutcomes = \"crafted.csv\"\nvalue_column = \"value\"\nlearner = \"owner\"\n\
+        epsilon = 1.0\nvalue_max = 1048576\nmax_epsilon_per_partner_per_day = 10.0\nmax_epsilon_per_partner_lifetime = 10.0\n";
+    text += &campaign("crafted-noisy", crafted_noisy);
     text
 }
 
@@ -275,7 +280,7 @@ impl Fixture {
 
     fn hello_for(&self, campaign: &str, groups: u32, bundles: u64) -> wire::MeasurePartnerMessage {
         hello(wire::MeasureHello {
-            version: 3,
+            version: 4,
             campaign: campaign.into(),
             profile: "idmatch-v1".into(),
             key_fingerprint: self.fingerprint(),
@@ -548,7 +553,7 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
         (
             "another profile",
             vec![hello(wire::MeasureHello {
-                version: 3,
+                version: 4,
                 campaign: "spring".into(),
                 profile: "basic-v1".into(),
                 key_fingerprint: f.fingerprint(),
@@ -561,7 +566,7 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
         (
             "no key fingerprint",
             vec![hello(wire::MeasureHello {
-                version: 3,
+                version: 4,
                 campaign: "spring".into(),
                 profile: "idmatch-v1".into(),
                 key_fingerprint: Vec::new(),
@@ -799,6 +804,25 @@ fn learning_figures_needs_the_other_sides_trust() {
     assert!(!in_arm("test").is_empty() && !in_arm("control").is_empty(), "{arms:?}");
     assert_eq!(decoded("test"), in_arm("test"));
     assert_eq!(decoded("control"), in_arm("control"));
+
+    // With an epsilon the partner needs no trust (default settings): the same
+    // crafted values, within the campaign's clip so that the owner's range proofs
+    // verify, reach the owner only through the partner's noise, drawn before the
+    // owner decrypts (scale about 1.2·10^7 on a sum, against targets of 2^0 … 2^19).
+    // The decoding that was exact above now fails (all 20 right by chance: 2^-20).
+    let mut noisy = f.options("crafted-noisy", "out-noisy");
+    noisy.trust_owner_with_split = false;
+    f.run(noisy).unwrap_or_else(|e| panic!("{e}: {:?}", f.audit().last()));
+    let noisy_file = f.results().into_iter().find(|p| p.to_string_lossy().contains("crafted-noisy")).unwrap();
+    let noisy_file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(noisy_file).unwrap()).unwrap();
+    let noisy_sum = |arm: &str| figures(&noisy_file["groups"]).into_iter().find(|(g, _)| g == arm).unwrap().1[3];
+    let noisy_decoded = |arm: &str| (0..20).filter(|i| noisy_sum(arm) >> i & 1 == 1).collect::<Vec<usize>>();
+    assert_ne!((noisy_sum("test"), noisy_sum("control")), (sum("test"), sum("control")));
+    assert!(
+        noisy_decoded("test") != in_arm("test") || noisy_decoded("control") != in_arm("control"),
+        "the noisy sums decoded every target"
+    );
+    assert_eq!(f.audit().last().unwrap()["owner_learned"], true);
 
     // The owner's side: a partner it does not trust gets no figures of its values.
     let mut untrusted = f.options("summer", "out-untrusted");

@@ -79,9 +79,10 @@ pub struct MeasureArgs {
     /// Local mode: who receives the released figures: owner, partner or both (with --server, the campaign's setting).
     #[arg(long, default_value = "owner", value_parser = parse_learner, conflicts_with = "server")]
     pub learner: Learner,
-    /// Client mode: run even if the campaign releases figures to the owner (learner owner or both). A cheating
-    /// owner could then decode which of your exposed people you put in which group (docs/PRIVACY.md): without
-    /// this flag such a measurement is refused (exit code 9) before anything about your people is sent.
+    /// Client mode: run even if the campaign releases exact figures to the owner (learner owner or both, no
+    /// epsilon). A cheating owner could then decode which of your exposed people you put in which group
+    /// (docs/PRIVACY.md): without this flag such a measurement is refused (exit code 9) before anything about your
+    /// people is sent. Not needed with an epsilon: you noise what the owner decrypts and check its range proofs.
     #[arg(long, requires = "server")]
     pub trust_owner_with_split: bool,
     /// Not available: a measurement runs in one process (README, "Scale"); taken only to refuse it clearly.

@@ -1,24 +1,31 @@
-//! Exponential ElGamal on ristretto255: additively homomorphic encryption of small
-//! integers, decrypted by a bounded discrete logarithm (baby-step giant-step).
+//! Twisted exponential ElGamal on ristretto255: additively homomorphic encryption
+//! of small integers, decrypted by a bounded discrete logarithm (baby-step
+//! giant-step).
 //!
-//! `Enc(m; r) = (r·G, m·G + r·Y)` with `Y = x·G`. Adding ciphertexts adds the
-//! plaintexts; adding `Enc(0)` re-randomizes. Decryption recovers `m·G = C2 − x·C1`
-//! and then `m` by baby-step giant-step, which is only feasible for a known bound:
-//! values are therefore encrypted as [`LIMBS`] limbs cut by a [`Split`] (the low `s`
-//! bits, then the rest; `s = 16` without a clip, at most 2^16 in either limb for a
-//! value of 2^32), each summed separately, so that a sum over `n` people stays
-//! within `n·2^s` per limb (docs/PROTOCOL.md §12.5).
+//! `Enc(m; r) = (r·Y, m·G + r·H)` with `Y = x·H`, where `H` is a second generator
+//! nobody knows the logarithm of ([`h`]): `C2` is a Pedersen commitment to `m`
+//! with blinding `r`, binding even for the key holder (who knows `x = log_H Y` but
+//! not `log_G H`), which is what lets the owner prove each value in range
+//! ([`super::proof`]) and the partner check it (Chen et al., "PGC", ESORICS 2020).
+//! Adding ciphertexts adds the plaintexts; adding `Enc(0)` re-randomizes.
+//! Decryption recovers `m·G = C2 − x⁻¹·C1` and then `m` by baby-step giant-step,
+//! which is only feasible for a known bound: values are therefore encrypted as
+//! [`LIMBS`] limbs cut by a [`Split`] (the low `s` bits, then the rest; `s = 16`
+//! without a clip, at most 2^16 in either limb for a value of 2^32), each summed
+//! separately, so that a sum over `n` people stays within `n·2^s` per limb
+//! (docs/PROTOCOL.md §12.5).
 //!
-//! Decryption by the partner (learner `partner`, §12.5): the partner sends only
-//! `C1 + t·G` for a fresh random `t` ([`Ciphertext::mask`]); that point is uniform
+//! Decryption by the partner (learner `partner`, §12.5.1): the partner sends only
+//! `C1 + t·Y` for a fresh random `t` ([`Ciphertext::mask`]); that point is uniform
 //! whatever the plaintext, so the owner learns nothing from it. The owner answers
-//! with `D = x·(C1 + t·G) − η·G` ([`SecretKey::share`], `η` its noise), and the
-//! partner recovers `(m + η)·G = C2 − D + t·Y` ([`Masked::unmask`]). The partner
+//! with `D = x⁻¹·(C1 + t·Y) − η·G` ([`SecretKey::share`], `η` its noise), and the
+//! partner recovers `(m + η)·G = C2 − D + t·H` ([`Masked::unmask`]). The partner
 //! learns `m + η` and nothing of `x`; a partner that deviates could ask the owner to
 //! decrypt any ciphertext it holds, so the owner answers one share per limb and
 //! released group, and only semi-honest partners are covered (docs/PRIVACY.md).
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use curve25519_dalek::constants::{RISTRETTO_BASEPOINT_POINT, RISTRETTO_BASEPOINT_TABLE};
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoBasepointTable, RistrettoPoint};
@@ -63,42 +70,74 @@ pub struct DecryptError {
     pub max: u64,
 }
 
-/// The owner's ElGamal secret `x`: zeroized on drop, never printed.
-pub struct SecretKey(Zeroizing<Scalar>);
+/// The second generator `H`: `from_uniform_bytes(SHA-512("idmatch measure v4 H"))`,
+/// a point whose discrete logarithm to `G` nobody knows (it is a hash). `C2` commits
+/// to a limb under `G` and `H`, the generators of the range proofs.
+pub fn h() -> &'static RistrettoPoint {
+    static H: OnceLock<RistrettoPoint> = OnceLock::new();
+    H.get_or_init(|| {
+        use sha2::{Digest, Sha512};
+        let wide: [u8; 64] = Sha512::digest(b"idmatch measure v4 H").into();
+        RistrettoPoint::from_uniform_bytes(&wide)
+    })
+}
+
+/// `H` as a precomputed table (fixed-base multiplications in encryption).
+pub(crate) fn h_table() -> &'static RistrettoBasepointTable {
+    static TABLE: OnceLock<RistrettoBasepointTable> = OnceLock::new();
+    TABLE.get_or_init(|| RistrettoBasepointTable::create(h()))
+}
+
+/// The owner's ElGamal secret `x` and its inverse: zeroized on drop, never printed.
+pub struct SecretKey {
+    x: Zeroizing<Scalar>,
+    inverse: Zeroizing<Scalar>,
+}
 
 impl SecretKey {
     /// A uniformly random non-zero scalar from `rng`.
     pub fn random<R: RngCore + CryptoRng>(rng: &mut R) -> SecretKey {
-        SecretKey(Zeroizing::new(random_scalar(rng)))
+        SecretKey::from_scalar(random_scalar(rng))
+    }
+
+    fn from_scalar(x: Scalar) -> SecretKey {
+        SecretKey { inverse: Zeroizing::new(x.invert()), x: Zeroizing::new(x) }
     }
 
     /// `SHA-512(label) mod ℓ`: fixed keys for the test vectors of docs/PROTOCOL.md §12
     /// only, so compiled into tests only: no build of the library can make one.
     #[cfg(test)]
     pub(crate) fn from_label(label: &str) -> SecretKey {
-        SecretKey(Zeroizing::new(label_scalar(label)))
+        SecretKey::from_scalar(label_scalar(label))
     }
 
-    /// `Y = x·G`.
+    /// `Y = x·H`.
     pub fn public_key(&self) -> PublicKey {
-        PublicKey(&*self.0 * RISTRETTO_BASEPOINT_TABLE)
+        PublicKey(&*self.x * h_table())
     }
 
-    /// `m·G = C2 − x·C1`, then `m` in `0..=max` by baby-step giant-step over `table`.
-    pub fn decrypt(&self, ciphertext: &Ciphertext, max: u64, table: &DlogTable) -> Result<u64, DecryptError> {
-        let point = ciphertext.c2 - ciphertext.c1 * *self.0;
-        table.solve(&point, max).ok_or(DecryptError { max })
+    /// `m·G = C2 − x⁻¹·C1`, then `m` in `−below..=max` by baby-step giant-step over
+    /// `table` (`below`: the largest negative noise the sum may carry).
+    pub fn decrypt(
+        &self,
+        ciphertext: &Ciphertext,
+        below: u64,
+        max: u64,
+        table: &DlogTable,
+    ) -> Result<i128, DecryptError> {
+        let point = ciphertext.c2 - ciphertext.c1 * *self.inverse;
+        table.solve_shifted(&point, below, max).ok_or(DecryptError { max })
     }
 
-    /// The decryption share of a masked point `M = C1 + t·G`: `x·M − η·G`, where
+    /// The decryption share of a masked point `M = C1 + t·Y`: `x⁻¹·M − η·G`, where
     /// `η` is the noise the owner adds to the plaintext the partner will recover.
     pub fn share(&self, masked: &RistrettoPoint, noise: i64) -> RistrettoPoint {
-        masked * *self.0 - &signed_scalar(noise) * RISTRETTO_BASEPOINT_TABLE
+        masked * *self.inverse - &signed_scalar(noise) * RISTRETTO_BASEPOINT_TABLE
     }
 }
 
 /// `n` as a scalar, negative values as `ℓ − |n|`.
-fn signed_scalar(n: i64) -> Scalar {
+pub(crate) fn signed_scalar(n: i64) -> Scalar {
     let magnitude = Scalar::from(n.unsigned_abs());
     if n < 0 { -magnitude } else { magnitude }
 }
@@ -129,7 +168,7 @@ pub fn random_scalar<R: RngCore + CryptoRng>(rng: &mut R) -> Scalar {
     }
 }
 
-/// The public key `Y = x·G`.
+/// The public key `Y = x·H`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PublicKey(RistrettoPoint);
 
@@ -137,6 +176,11 @@ impl PublicKey {
     /// The 32-byte canonical encoding.
     pub fn to_bytes(&self) -> [u8; 32] {
         self.0.compress().to_bytes()
+    }
+
+    /// The point `Y`, for the proofs.
+    pub fn point(&self) -> &RistrettoPoint {
+        &self.0
     }
 
     /// Decodes a peer's public key, refusing non-canonical encodings and the identity.
@@ -187,15 +231,20 @@ impl Ciphertext {
         Ciphertext { c1: self.c1 + other.c1, c2: self.c2 + other.c2 }
     }
 
-    /// Masks the ciphertext for decryption by its holder: `C1 + t·G` for a fresh
+    /// Masks the ciphertext for decryption by its holder: `C1 + t·Y` for a fresh
     /// uniform `t` is what goes to the key owner; `C2` and `t` stay here.
-    pub fn mask<R: RngCore + CryptoRng>(&self, rng: &mut R) -> Masked {
-        self.mask_with(Zeroizing::new(random_scalar(rng)))
+    pub fn mask<R: RngCore + CryptoRng>(&self, key: &PublicKey, rng: &mut R) -> Masked {
+        self.mask_with(key, Zeroizing::new(random_scalar(rng)))
     }
 
     /// [`Ciphertext::mask`] with a given `t` (test vectors only).
-    pub fn mask_with(&self, t: Zeroizing<Scalar>) -> Masked {
-        Masked { point: self.c1 + &*t * RISTRETTO_BASEPOINT_TABLE, c2: self.c2, t }
+    pub fn mask_with(&self, key: &PublicKey, t: Zeroizing<Scalar>) -> Masked {
+        Masked { point: self.c1 + key.0 * *t, c2: self.c2, t }
+    }
+
+    /// `(C1, C2)`, for the proofs.
+    pub fn points(&self) -> (RistrettoPoint, RistrettoPoint) {
+        (self.c1, self.c2)
     }
 }
 
@@ -214,14 +263,14 @@ impl std::fmt::Debug for Masked {
 }
 
 impl Masked {
-    /// `C1 + t·G`, the 32 bytes sent to the key owner.
+    /// `C1 + t·Y`, the 32 bytes sent to the key owner.
     pub fn point_bytes(&self) -> [u8; 32] {
         self.point.compress().to_bytes()
     }
 
-    /// `(m + η)·G = C2 − D + t·Y` from the key owner's share `D`.
-    pub fn unmask(&self, share: &RistrettoPoint, key: &PublicKey) -> RistrettoPoint {
-        self.c2 - share + key.0 * *self.t
+    /// `(m + η)·G = C2 − D + t·H` from the key owner's share `D`.
+    pub fn unmask(&self, share: &RistrettoPoint) -> RistrettoPoint {
+        self.c2 - share + &*self.t * h_table()
     }
 }
 
@@ -243,21 +292,28 @@ impl Encryptor {
         Encryptor { key, table: Box::new(RistrettoBasepointTable::create(&key.0)) }
     }
 
-    /// `Enc(m; r) = (r·G, m·G + r·Y)`.
-    pub fn encrypt_with(&self, m: u64, r: &Scalar) -> Ciphertext {
-        let m_g = &Scalar::from(m) * RISTRETTO_BASEPOINT_TABLE;
-        Ciphertext { c1: r * RISTRETTO_BASEPOINT_TABLE, c2: m_g + r * &*self.table }
+    /// `Enc(m; r) = (r·Y, m·G + r·H)`; `m` may be negative (noise).
+    pub fn encrypt_with(&self, m: i64, r: &Scalar) -> Ciphertext {
+        let m_g = &signed_scalar(m) * RISTRETTO_BASEPOINT_TABLE;
+        Ciphertext { c1: r * &*self.table, c2: m_g + r * h_table() }
     }
 
     /// `Enc(m)` with a fresh random `r`.
-    pub fn encrypt<R: RngCore + CryptoRng>(&self, m: u64, rng: &mut R) -> Ciphertext {
+    pub fn encrypt<R: RngCore + CryptoRng>(&self, m: i64, rng: &mut R) -> Ciphertext {
         self.encrypt_with(m, &Zeroizing::new(random_scalar(rng)))
     }
 
-    /// A value within `split`'s clip as its [`LIMBS`] limbs ([`Split::limbs`]).
-    pub fn encrypt_value<R: RngCore + CryptoRng>(&self, value: u64, split: Split, rng: &mut R) -> [Ciphertext; LIMBS] {
-        let [low, high] = split.limbs(value);
-        [self.encrypt(low, rng), self.encrypt(high, rng)]
+    /// A value within `split`'s clip as its [`LIMBS`] limbs ([`Split::limbs`]), and
+    /// each limb's `r` (for the range proofs; zeroized on drop).
+    pub fn encrypt_value<R: RngCore + CryptoRng>(
+        &self,
+        value: u64,
+        split: Split,
+        rng: &mut R,
+    ) -> ([Ciphertext; LIMBS], Zeroizing<[Scalar; LIMBS]>) {
+        let r = Zeroizing::new([random_scalar(rng), random_scalar(rng)]);
+        let [low, high] = split.limbs(value).map(|l| l as i64);
+        ([self.encrypt_with(low, &r[0]), self.encrypt_with(high, &r[1])], r)
     }
 
     /// `C + Enc(0)`: the same plaintext, unlinkable to `C`.
@@ -432,20 +488,29 @@ mod tests {
         let values = [0u64, 1, 65535, 65536, 123_456, 1 << 32];
         let mut sums = [Ciphertext::zero(); LIMBS];
         for &v in &values {
-            let cts = enc.encrypt_value(v, Split::WIDE, &mut rng);
+            let (cts, _) = enc.encrypt_value(v, Split::WIDE, &mut rng);
             for (s, c) in sums.iter_mut().zip(&cts) {
                 *s = s.add(c);
             }
         }
         let sums = sums.map(|s| enc.rerandomize(&s, &mut rng));
         let bound = values.len() as u64 * Split::WIDE.limb_max()[1];
-        let low = sk.decrypt(&sums[0], bound, &table).unwrap();
-        let high = sk.decrypt(&sums[1], bound, &table).unwrap();
-        let sum = Split::WIDE.join(low.into(), high.into());
+        let low = sk.decrypt(&sums[0], 0, bound, &table).unwrap();
+        let high = sk.decrypt(&sums[1], 0, bound, &table).unwrap();
+        let sum = Split::WIDE.join(low, high);
         assert_eq!(sum, i128::from(values.iter().sum::<u64>()));
         let one = enc.encrypt(5, &mut rng);
-        assert_eq!(sk.decrypt(&one, 4, &table), Err(DecryptError { max: 4 }));
+        assert_eq!(sk.decrypt(&one, 0, 4, &table), Err(DecryptError { max: 4 }));
         assert_ne!(enc.rerandomize(&one, &mut rng), one);
+        // Negative plaintexts (noise) decrypt within the range below 0.
+        let noisy = enc.encrypt(-7, &mut rng).add(&enc.encrypt(3, &mut rng));
+        assert_eq!(sk.decrypt(&noisy, 7, 10, &table), Ok(-4));
+        assert_eq!(sk.decrypt(&noisy, 3, 10, &table), Err(DecryptError { max: 10 }));
+        // C2 commits under G and H, two generators, and C1 is a multiple of Y.
+        assert_ne!(*h(), RISTRETTO_BASEPOINT_POINT);
+        let r = random_scalar(&mut rng);
+        let c = enc.encrypt_with(9, &r);
+        assert_eq!(c.points(), (sk.public_key().0 * r, RISTRETTO_BASEPOINT_POINT * Scalar::from(9u8) + h() * r));
     }
 
     /// Every value up to the clip has both limbs within `2^s`, and the slot
@@ -476,7 +541,7 @@ mod tests {
         let max = 10_000 * Split::WIDE.limb_max()[1];
         let table = DlogTable::new(DlogTable::baby_steps_for(max));
         for m in [0, 1, max / 3 + 17, max] {
-            assert_eq!(sk.decrypt(&enc.encrypt(m, &mut rng), max, &table), Ok(m));
+            assert_eq!(sk.decrypt(&enc.encrypt(m as i64, &mut rng), 0, max, &table), Ok(i128::from(m)));
         }
     }
 
@@ -488,19 +553,19 @@ mod tests {
         let enc = Encryptor::new(key);
         let table = DlogTable::new(1 << 10);
         for (m, noise) in [(0u64, 0i64), (5, -9), (70_000, 1234), (1 << 20, -(1 << 20))] {
-            let c = enc.encrypt(m, &mut rng);
-            let masked = c.mask(&mut rng);
+            let c = enc.encrypt(m as i64, &mut rng);
+            let masked = c.mask(&key, &mut rng);
             // The owner's view: a point unrelated to C1.
             assert_ne!(masked.point_bytes(), c.to_bytes()[..32]);
             let point = CompressedRistretto(masked.point_bytes()).decompress().unwrap();
-            let recovered = masked.unmask(&sk.share(&point, noise), &key);
+            let recovered = masked.unmask(&sk.share(&point, noise));
             let below = 1 << 21;
             assert_eq!(table.solve_shifted(&recovered, below, 1 << 22), Some(i128::from(m) + i128::from(noise)));
         }
         // Outside the range: none.
         let c = enc.encrypt(3, &mut rng);
-        let masked = c.mask(&mut rng);
-        let recovered = masked.unmask(&sk.share(&masked.point, -10), &key);
+        let masked = c.mask(&key, &mut rng);
+        let recovered = masked.unmask(&sk.share(&masked.point, -10));
         assert_eq!(table.solve_shifted(&recovered, 6, 100), None);
         assert_eq!(table.solve_shifted(&recovered, 7, 100), Some(-7));
         assert_eq!(format!("{masked:?}"), "Masked(<redacted>)");

@@ -199,6 +199,8 @@ fn measure_into(options: &MeasureOptions, out_dir: &Path) -> Result<MeasurementR
         learner: options.learner,
         noise: options.noise,
         seed: options.seed,
+        // One operator's two files: nobody to prove the values to.
+        prove: false,
     };
     let partner_config = PartnerConfig {
         min_aggregate: options.min_aggregate,
@@ -206,6 +208,7 @@ fn measure_into(options: &MeasureOptions, out_dir: &Path) -> Result<MeasurementR
         noise: options.noise,
         // Its own stream, so that its count noise is independent of the owner's.
         seed: options.seed.map(|s| s ^ 0x9e37_79b9_7f4a_7c15),
+        require_proofs: false,
     };
     let mut owner = Owner::new(owner_config, &people)?;
     let mut partner = Partner::new(partner_config, labels, group_people, &exposures)?;

@@ -16,6 +16,7 @@
 use crate::psi::message::{ELEMENT_LEN, Element};
 
 use super::elgamal::{CIPHERTEXT_LEN, LIMBS};
+use super::proof::PEOPLE_PER_PROOF;
 
 /// Largest number of identifier elements in one bundle (one person or exposure record).
 pub const MAX_BUNDLE: u8 = 16;
@@ -50,8 +51,9 @@ pub mod tag {
     pub const SHARES: u8 = 7;
 }
 
-/// Tag 1: `Y`, the bundle size `k`, and per person `k` elements `b·P(t)` and the
-/// encrypted value limbs.
+/// Tag 1: `Y`, the bundle size `k`, per person `k` elements `b·P(t)` and the
+/// encrypted value limbs, then the range proofs of the values (none, or one per
+/// [`PEOPLE_PER_PROOF`] people in message order, the last for the rest).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct People {
     /// The owner's ElGamal public key `Y`.
@@ -62,6 +64,9 @@ pub struct People {
     pub elements: Vec<Element>,
     /// One encrypted value (its limbs, `C1 ‖ C2` each) per person.
     pub values: Vec<[u8; VALUE_LEN]>,
+    /// The proofs that each value's limbs are in range and well formed
+    /// ([`crate::measure::proof`]): empty, or one per chunk of people.
+    pub proofs: Vec<Vec<u8>>,
 }
 
 /// Tag 2 (and tag 3 without labels): bundles of `k` elements, each with a group index.
@@ -280,7 +285,12 @@ fn check_filled(message: &'static str, bundle: u8, items: usize, elements: usize
 }
 
 fn check_people(p: &People) -> Result<(), MessageError> {
-    check_filled("people", p.bundle, p.values.len(), p.elements.len())
+    check_filled("people", p.bundle, p.values.len(), p.elements.len())?;
+    let chunks = p.values.len().div_ceil(PEOPLE_PER_PROOF);
+    if !p.proofs.is_empty() && p.proofs.len() != chunks {
+        return Err(MessageError::ProofCount { expected: chunks, got: p.proofs.len() });
+    }
+    p.proofs.iter().try_for_each(|proof| check_count(proof.len()))
 }
 
 /// Tag 3 (no labels; the partner checks its group indices against its own).
@@ -386,6 +396,14 @@ pub enum MessageError {
         index: usize,
         /// The byte.
         status: u8,
+    },
+    /// `people` carries proofs, but not one per chunk of its people.
+    #[error("people: {got} range proofs where its people need {expected} (or none)")]
+    ProofCount {
+        /// One per [`PEOPLE_PER_PROOF`] people, the last for the rest.
+        expected: usize,
+        /// The proofs in the message.
+        got: usize,
     },
     /// A message built in memory whose elements do not fill its bundles exactly
     /// (decoded bytes never are: the count is read, then that many bundles).
@@ -502,7 +520,13 @@ pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
                 elements.extend(r.elements(k)?);
                 values.push(r.array::<VALUE_LEN>()?);
             }
-            Message::People(People { public_key, bundle, elements, values })
+            let chunks = r.count(4)?;
+            let mut proofs = Vec::with_capacity(chunks);
+            for _ in 0..chunks {
+                let len = r.u32()? as usize;
+                proofs.push(r.take(len)?.to_vec());
+            }
+            Message::People(People { public_key, bundle, elements, values, proofs })
         }
         tag::EXPOSURES | tag::REBLINDED => {
             let labels = if tag == tag::EXPOSURES {
@@ -600,6 +624,11 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, MessageError> {
                 put_elements(&mut out, bundle);
                 out.extend(value);
             }
+            out.extend((p.proofs.len() as u32).to_be_bytes());
+            for proof in &p.proofs {
+                out.extend((proof.len() as u32).to_be_bytes());
+                out.extend(proof);
+            }
         }
         Message::Exposures(x) | Message::Reblinded(x) => {
             if let Message::Exposures(_) = message {
@@ -658,9 +687,10 @@ mod tests {
             bundle: 2,
             elements: vec![Element([2; 32]), Element([3; 32])],
             values: vec![[4; VALUE_LEN]],
+            proofs: vec![vec![5; 7]],
         });
         let bytes = encode(&people).unwrap();
-        assert_eq!(bytes.len(), 1 + 32 + 1 + 4 + 64 + 128);
+        assert_eq!(bytes.len(), 1 + 32 + 1 + 4 + 64 + 128 + 4 + 4 + 7);
         assert_eq!(decode(&bytes).unwrap(), people);
         // By direction: the owner's message converts to its own type and back, and a
         // partner's type refuses it, giving it back.

@@ -30,6 +30,8 @@
 //!   partner's exposures, and their counts (used by `local` and the service).
 //! - [`local`]: `idmatch measure` on two local files, writing `measurement.json`.
 
+#[cfg(test)]
+mod cheating;
 pub mod elgamal;
 pub(crate) mod laplace;
 pub mod local;
@@ -37,6 +39,7 @@ pub mod message;
 mod owner;
 mod partner;
 mod people;
+pub mod proof;
 pub mod side;
 pub mod stats;
 
@@ -226,12 +229,40 @@ pub enum MeasureError {
     /// The noise's epsilon or sensitivity cannot be sampled (out of range).
     #[error("noise: {0}")]
     Noise(#[from] laplace::ScaleError),
+    /// The owner's range proofs are required (the owner decrypts, the campaign has
+    /// noise) and `people` carries none.
+    #[error("the owner's people carry no range proofs, which this partner requires before the owner may decrypt")]
+    ProofsMissing,
+    /// `people` carries range proofs nobody asked for (no clip to check them against).
+    #[error("the owner's people carry range proofs this measurement does not use")]
+    UnexpectedProofs,
+    /// A chunk's range proof does not verify: a value out of the clip's range, a
+    /// ciphertext not formed as encrypted, or damaged proof bytes.
+    #[error("the owner's range proof of people chunk {chunk} does not verify: {source}")]
+    Proof {
+        /// The chunk (of [`proof::PEOPLE_PER_PROOF`] people, in message order).
+        chunk: usize,
+        /// Why.
+        source: proof::ProofError,
+    },
+    /// The owner could not prove its own values (never the peer's doing).
+    #[error("could not prove the values in range: {0}")]
+    Prove(#[from] proof::ProofError),
     /// The session failed earlier; it accepts nothing more.
     #[error("the session already failed")]
     Failed,
     /// The in-memory run ended before both sides were done.
     #[error("the run stalled before both sides were done")]
     Stalled,
+}
+
+/// The position of the first element that repeats an earlier one, if any: the
+/// elements' positions sorted by (bytes, position), so equal elements sit together
+/// in order of appearance (8 bytes per element, not a copy of each).
+pub(crate) fn first_repeat(elements: &[Element]) -> Option<usize> {
+    let mut order: Vec<usize> = (0..elements.len()).collect();
+    order.sort_unstable_by(|&a, &b| elements[a].0.cmp(&elements[b].0).then(a.cmp(&b)));
+    order.windows(2).filter(|w| elements[w[0]] == elements[w[1]]).map(|w| w[1]).min()
 }
 
 /// A random element (uniform; padding of bundles, indistinguishable from blinded ones).
@@ -304,8 +335,8 @@ mod tests {
 
     fn configs(min: u64, learner: Learner) -> (OwnerConfig, PartnerConfig) {
         (
-            OwnerConfig { min_aggregate: min, min_group_size: 1, learner, noise: None, seed: Some(1) },
-            PartnerConfig { min_aggregate: min, learner, noise: None, seed: Some(2) },
+            OwnerConfig { min_aggregate: min, min_group_size: 1, learner, noise: None, seed: Some(1), prove: false },
+            PartnerConfig { min_aggregate: min, learner, noise: None, seed: Some(2), require_proofs: false },
         )
     }
 
@@ -478,8 +509,8 @@ mod tests {
         seed: u64,
         people: &[Person],
         exposures: &[Exposure],
-        craft: impl FnOnce(&message::People) -> [elgamal::Masked; LIMBS],
-    ) -> (message::Shares, [elgamal::Masked; LIMBS], PublicKey) {
+        craft: impl FnOnce(&message::People, &PublicKey) -> [elgamal::Masked; LIMBS],
+    ) -> (message::Shares, [elgamal::Masked; LIMBS]) {
         let (mut oc, mut pc) = configs(100, Learner::Partner);
         (oc.noise, oc.seed, pc.noise) = (Some(noise), Some(seed), Some(noise));
         let mut owner = Owner::new(oc, people).unwrap();
@@ -487,7 +518,7 @@ mod tests {
         let first = owner.poll_outgoing().unwrap();
         let OwnerMessage::People(sent) = &first else { panic!() };
         let key = PublicKey::from_bytes(&sent.public_key).unwrap();
-        let crafted = craft(sent);
+        let crafted = craft(sent, &key);
         partner.receive(first).unwrap();
         owner.receive(partner.poll_outgoing().unwrap()).unwrap();
         partner.receive(owner.poll_outgoing().unwrap()).unwrap();
@@ -495,7 +526,7 @@ mod tests {
         for (slot, masked) in crafted.iter().enumerate() {
             lines[0].points[slot * 32..slot * 32 + 32].copy_from_slice(&masked.point_bytes());
         }
-        (shares_of(&mut owner, lines), crafted, key)
+        (shares_of(&mut owner, lines), crafted)
     }
 
     #[test]
@@ -652,39 +683,80 @@ mod tests {
         assert!(owner.result().is_none());
     }
 
-    /// Noise through the whole learner-`partner` protocol, with fixed seeds: the
-    /// partner's released sums centre on the exact sum with the spread the limbs'
-    /// noise gives (`sd_low² + (2^16·sd_high)²`), and the counts are noised too.
+    /// A cheating owner (learner `owner`) may shuffle the reblinded bundles but not
+    /// move one to another group or copy one over another: either would let one
+    /// exposure record count twice or in a group the owner chose, beyond the reach
+    /// the partner's noise is scaled for. Both are refused before anything is summed.
     #[test]
-    fn partner_decrypted_noise_has_the_expected_mean_and_spread() {
+    fn the_partner_refuses_reblinded_bundles_moved_between_groups_or_copied() {
+        let (people, exposures, _) = fixture();
+        for copy in [false, true] {
+            let (mut owner, mut partner) = fixture_pair(&people, &exposures, Learner::Owner, None, 1);
+            partner.receive(owner.poll_outgoing().unwrap()).unwrap();
+            owner.receive(partner.poll_outgoing().unwrap()).unwrap();
+            let Some(OwnerMessage::Reblinded(mut x)) = owner.poll_outgoing() else { panic!("no reblinded") };
+            let k = usize::from(x.bundle);
+            if copy {
+                // Bundle 0's elements over another bundle of the same group.
+                let j = (1..x.groups.len()).find(|&j| x.groups[j] == x.groups[0]).unwrap();
+                let first = x.elements[..k].to_vec();
+                x.elements[j * k..(j + 1) * k].copy_from_slice(&first);
+            } else {
+                x.groups[0] = 1 - x.groups[0];
+            }
+            let err = partner.receive(OwnerMessage::Reblinded(x)).unwrap_err();
+            match (copy, &err) {
+                (true, MeasureError::RepeatedElement { .. }) => {}
+                (false, MeasureError::Inconsistent { reason, .. }) if reason.contains("moved between groups") => {}
+                _ => panic!("copy {copy}: {err}"),
+            }
+            assert!(partner.poll_outgoing().is_none(), "nothing summed or sent");
+        }
+    }
+
+    /// Noise through the whole protocol, with fixed seeds, for the two sides that
+    /// decrypt: the released sums centre on the exact sum with the spread the
+    /// limbs' noise gives (`sd_low² + (2^16·sd_high)²`), and the counts are noised
+    /// too. With learner `partner` the owner's shares carry noise for one person
+    /// per slot; with learner `owner` the partner's `Enc(η)` carries noise for the
+    /// `k = 2` people one of its records could match, and its counts noise for
+    /// `k` people (matched people) and one record.
+    #[test]
+    fn decrypted_noise_has_the_expected_mean_and_spread_for_each_learner() {
         let people: Vec<Person> =
             (0..120).map(|i| Person { tokens: vec![token(i)], value: if i % 2 == 0 { 1 << 32 } else { 7 } }).collect();
-        let exposures: Vec<Exposure> = (0..120).map(|i| Exposure { tokens: vec![token(i)], group: 0 }).collect();
         let exact = 60 * (1u64 << 32) + 60 * 7;
         let noise = Noise { epsilon: 3.0, clip: 1 << 32 };
         let runs = 150;
-        let (mut sums, mut people_counts) = (Vec::new(), Vec::new());
-        for seed in 0..runs {
-            let (mut oc, mut pc) = configs(100, Learner::Partner);
-            oc.noise = Some(noise);
-            oc.seed = Some(seed);
-            pc.noise = Some(noise);
-            pc.seed = Some(seed + 1_000);
-            let mut owner = Owner::new(oc, &people).unwrap();
-            let mut partner = Partner::new(pc, vec!["all".into()], vec![120], &exposures).unwrap();
-            run_in_memory(&mut owner, &mut partner).unwrap();
-            let g = &partner.release().unwrap().groups[0];
-            sums.push(g.sum.value().unwrap() as f64);
-            people_counts.push(g.matched_outcome_people.value().unwrap() as f64);
+        for (learner, width) in [(Learner::Partner, 1u32), (Learner::Owner, 2)] {
+            // Each record's second identifier (with width 2) matches nobody.
+            let exposures: Vec<Exposure> = (0..120)
+                .map(|i| Exposure { tokens: (0..width).map(|w| token(i + 10_000 * w)).collect(), group: 0 })
+                .collect();
+            let (mut sums, mut people_counts) = (Vec::new(), Vec::new());
+            for seed in 0..runs {
+                let (mut oc, mut pc) = configs(100, learner);
+                (oc.noise, oc.seed, pc.noise, pc.seed) = (Some(noise), Some(seed), Some(noise), Some(seed + 1_000));
+                let mut owner = Owner::new(oc, &people).unwrap();
+                let mut partner = Partner::new(pc, vec!["all".into()], vec![120], &exposures).unwrap();
+                run_in_memory(&mut owner, &mut partner).unwrap();
+                let g = &decrypted(learner, &owner, &partner).groups[0];
+                sums.push(g.sum.value().unwrap() as f64);
+                people_counts.push(g.matched_outcome_people.value().unwrap() as f64);
+            }
+            let sd = stats::laplace_sd;
+            let slot = sd(0.5, 65_536.0 * f64::from(width));
+            let expected_sd = (slot.powi(2) + (65_536.0 * slot).powi(2)).sqrt();
+            let (mean, spread) = stats::mean_sd(&sums);
+            let within = 4.0 * expected_sd / (runs as f64).sqrt();
+            assert!((mean - exact as f64).abs() < within, "{learner:?}: mean {mean}, exact {exact}");
+            assert!((spread / expected_sd - 1.0).abs() < 0.3, "{learner:?}: spread {spread}, expected {expected_sd}");
+            assert!(people_counts.iter().any(|&p| p != 120.0), "the counts are noised");
+            let (people_mean, people_sd) = stats::mean_sd(&people_counts);
+            let count_sd = sd(1.0, f64::from(width));
+            assert!((people_mean - 120.0).abs() < 4.0 * count_sd / (runs as f64).sqrt(), "{people_mean}");
+            assert!((people_sd / count_sd - 1.0).abs() < 0.3, "{learner:?}: count spread {people_sd}");
         }
-        let sd = stats::laplace_sd;
-        let expected_sd = (sd(0.5, 65_536.0).powi(2) + (65_536.0 * sd(0.5, 65_536.0)).powi(2)).sqrt();
-        let (mean, spread) = stats::mean_sd(&sums);
-        assert!((mean - exact as f64).abs() < 4.0 * expected_sd / (runs as f64).sqrt(), "mean {mean}, exact {exact}");
-        assert!((spread / expected_sd - 1.0).abs() < 0.3, "spread {spread}, expected {expected_sd}");
-        assert!(people_counts.iter().any(|&p| p != 120.0), "the counts are noised");
-        let (people_mean, _) = stats::mean_sd(&people_counts);
-        assert!((people_mean - 120.0).abs() < 4.0 * sd(1.0, 1.0) / (runs as f64).sqrt(), "{people_mean}");
     }
 
     /// Issue 20, attack 2: a partner (learner `partner`) that puts one person's
@@ -700,7 +772,7 @@ mod tests {
         // Cut at 5 bits: 1000 = 8 + 31·2^5; a slot's sensitivity is 31, at ε/6.
         let truth = [1_000 % 32, 1_000 / 32];
         let (sensitivity, epsilon) = (31.0, noise.epsilon / 6.0);
-        let bound = noise.limb_bounds().unwrap()[0];
+        let bound = noise.limb_bounds(1).unwrap()[0];
         assert_eq!(bound, (40.0 * sensitivity / epsilon).ceil() as u64);
         let people: Vec<Person> = (0..120).map(|i| Person { tokens: vec![token(i)], value }).collect();
         let exposures: Vec<Exposure> = (0..120).map(|i| Exposure { tokens: vec![token(i)], group: 0 }).collect();
@@ -709,19 +781,19 @@ mod tests {
         let mut deviations = Vec::new();
         for seed in 0..24 {
             // Slot 0 (low) gets the person's high limb, slot 1 (high) its low limb.
-            let (shares, crafted, key) = crafted_shares(noise, seed, &people, &exposures, |sent| {
+            let (shares, crafted) = crafted_shares(noise, seed, &people, &exposures, |sent, key| {
                 let limb = |l: usize| {
                     let bytes: [u8; 64] = sent.values[0][l * 64..(l + 1) * 64].try_into().unwrap();
                     Ciphertext::from_bytes(&bytes, 0).unwrap()
                 };
-                [limb(1).mask(&mut rng), limb(0).mask(&mut rng)]
+                [limb(1).mask(key, &mut rng), limb(0).mask(key, &mut rng)]
             });
             let placed = [truth[1], truth[0]];
             assert_eq!(shares.noise_bounds, [bound, bound]);
             for slot in 0..LIMBS {
                 let bytes: [u8; 32] = shares.shares[0][slot * 32..(slot + 1) * 32].try_into().unwrap();
                 let share = curve25519_dalek::ristretto::CompressedRistretto(bytes).decompress().unwrap();
-                let read = table.solve_shifted(&crafted[slot].unmask(&share, &key), bound, 31 + bound).unwrap();
+                let read = table.solve_shifted(&crafted[slot].unmask(&share), bound, 31 + bound).unwrap();
                 deviations.push(read - i128::from(placed[slot]));
             }
         }
@@ -745,7 +817,7 @@ mod tests {
     fn a_partner_that_scales_a_persons_ciphertext_reads_its_value_exactly() {
         use curve25519_dalek::ristretto::CompressedRistretto;
         let noise = Noise { epsilon: 0.25, clip: 1_000 };
-        let bound = noise.limb_bounds().unwrap()[0];
+        let bound = noise.limb_bounds(1).unwrap()[0];
         // Values 881 ..= 1000, cut at 5 bits; one person's limbs are at most 31.
         let values: Vec<u64> = (0..120).map(|i| 1_000 - i).collect();
         let people: Vec<Person> =
@@ -757,7 +829,7 @@ mod tests {
         let mut read_values = std::collections::BTreeSet::new();
         for seed in 0..8 {
             // c·(C1, C2) of the first person's limb l: c·C1 is what the owner sees.
-            let (shares, crafted, key) = crafted_shares(noise, seed, &people, &exposures, |sent| {
+            let (shares, crafted) = crafted_shares(noise, seed, &people, &exposures, |sent, key| {
                 let mut scaled = |l: usize| {
                     let mut bytes = [0u8; 64];
                     for part in 0..2 {
@@ -766,7 +838,7 @@ mod tests {
                         let point = point.decompress().unwrap() * curve25519_dalek::scalar::Scalar::from(c);
                         bytes[part * 32..part * 32 + 32].copy_from_slice(point.compress().as_bytes());
                     }
-                    Ciphertext::from_bytes(&bytes, 0).unwrap().mask(&mut rng)
+                    Ciphertext::from_bytes(&bytes, 0).unwrap().mask(key, &mut rng)
                 };
                 [scaled(0), scaled(1)]
             });
@@ -775,7 +847,7 @@ mod tests {
                 .map(|slot| {
                     let bytes: [u8; 32] = shares.shares[0][slot * 32..(slot + 1) * 32].try_into().unwrap();
                     let share = CompressedRistretto(bytes).decompress().unwrap();
-                    let noisy = table.solve_shifted(&crafted[slot].unmask(&share, &key), bound, c * 31 + bound);
+                    let noisy = table.solve_shifted(&crafted[slot].unmask(&share), bound, c * 31 + bound);
                     let noisy = noisy.expect("c·m + η is within the search");
                     // Round to the nearest multiple of c: |η| ≤ bound < c/2.
                     u64::try_from((noisy + i128::from(c / 2)).div_euclid(i128::from(c))).unwrap()
@@ -1023,8 +1095,8 @@ mod vectors {
         let y = x.public_key();
         let enc = Encryptor::new(y);
         let [low, high] = Split::WIDE.limbs(123_456);
-        let c_low = enc.encrypt_with(low, &r);
-        let c_high = enc.encrypt_with(high, &r);
+        let c_low = enc.encrypt_with(low as i64, &r);
+        let c_high = enc.encrypt_with(high as i64, &r);
         let mut sum = [0u8; VALUE_LEN];
         sum[..64].copy_from_slice(&c_low.to_bytes());
         sum[64..].copy_from_slice(&c_high.to_bytes());
@@ -1035,14 +1107,14 @@ mod vectors {
         // Learner `partner`: each limb masked with its own `t`, the owner's shares
         // with noise η = −5 and 2 (every slot is noised), and what the partner recovers.
         let (t, t2) = (label_scalar("idmatch test elgamal t"), label_scalar("idmatch test elgamal t2"));
-        let m_low = c_low.mask_with(Zeroizing::new(t));
-        let m_high = c_high.mask_with(Zeroizing::new(t2));
+        let m_low = c_low.mask_with(&y, Zeroizing::new(t));
+        let m_high = c_high.mask_with(&y, Zeroizing::new(t2));
         let point = |bytes: [u8; 32]| CompressedRistretto(bytes).decompress().unwrap();
         let d_low = x.share(&point(m_low.point_bytes()), -5);
         let d_high = x.share(&point(m_high.point_bytes()), 2);
         let table = DlogTable::new(256);
-        assert_eq!(table.solve_shifted(&m_low.unmask(&d_low, &y), 40, 65_535), Some(57_915));
-        assert_eq!(table.solve_shifted(&m_high.unmask(&d_high, &y), 40, 65_536), Some(3));
+        assert_eq!(table.solve_shifted(&m_low.unmask(&d_low), 40, 65_535), Some(57_915));
+        assert_eq!(table.solve_shifted(&m_high.unmask(&d_high), 40, 65_536), Some(3));
         let pair = |a: [u8; 32], b: [u8; 32]| {
             let mut out = [0u8; MASKED_LEN];
             out[..32].copy_from_slice(&a);
@@ -1056,6 +1128,7 @@ mod vectors {
             shares: vec![pair(d_low.compress().to_bytes(), d_high.compress().to_bytes())],
         });
         let computed = [
+            ("H", hex::encode(super::elgamal::h().compress().to_bytes())),
             ("x", hex::encode(label_scalar("idmatch test elgamal x").to_bytes())),
             ("Y", hex::encode(y.to_bytes())),
             ("r", hex::encode(r.to_bytes())),
@@ -1090,7 +1163,7 @@ mod vectors {
             let documented = values.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
             assert_eq!(documented, Some(hex_value.as_str()), "{name}; computed: {computed:#?}");
         }
-        assert_eq!(x.decrypt(&c_low, 65_536, &super::elgamal::DlogTable::new(256)), Ok(57_920));
+        assert_eq!(x.decrypt(&c_low, 0, 65_536, &super::elgamal::DlogTable::new(256)), Ok(57_920));
     }
 }
 

@@ -13,13 +13,16 @@ use std::collections::VecDeque;
 use rand::rngs::OsRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
+use zeroize::Zeroizing;
 
 use super::elgamal::{DlogTable, Encryptor, LIMBS, SecretKey, Split};
 use super::message::{
     Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MaskedSum, OwnerMessage, PartnerMessage, People, Shares, VALUE_LEN,
 };
+use super::partner::MAX_SHARE_RANGE;
+use super::proof::{self, PEOPLE_PER_PROOF};
 use super::stats::{self, Measurement, Noise, Noising, RawGroup};
-use super::{Learner, MeasureError, Person, bundles};
+use super::{Learner, MeasureError, Person, bundles, first_repeat};
 use crate::psi::group::{self, BlindingKey};
 use crate::psi::message::{ELEMENT_LEN, Element};
 use crate::records::MAX_VALUE;
@@ -42,6 +45,11 @@ pub struct OwnerConfig {
     pub noise: Option<Noise>,
     /// Seed of the noise generator (reproducible tests); `None`: from the OS.
     pub seed: Option<u64>,
+    /// Prove every value's limbs in range for the noise's clip (`people` carries
+    /// the proofs; needs `noise`): what a partner that does not trust the owner
+    /// checks before it sums anything (learner `owner` or `both` over gRPC). Local
+    /// runs, one operator's two files, skip the cost.
+    pub prove: bool,
 }
 
 impl OwnerConfig {
@@ -60,6 +68,7 @@ impl Default for OwnerConfig {
             learner: Learner::Owner,
             noise: None,
             seed: None,
+            prove: false,
         }
     }
 }
@@ -88,15 +97,6 @@ impl OwnerState {
             OwnerState::Failed => "failed",
         }
     }
-}
-
-/// The position of the first element that repeats an earlier one, if any: the
-/// elements' positions sorted by (bytes, position), so equal elements sit together
-/// in order of appearance (8 bytes per element, not a copy of each).
-fn first_repeat(elements: &[Element]) -> Option<usize> {
-    let mut order: Vec<usize> = (0..elements.len()).collect();
-    order.sort_unstable_by(|&a, &b| elements[a].0.cmp(&elements[b].0).then(a.cmp(&b)));
-    order.windows(2).filter(|w| elements[w[0]] == elements[w[1]]).map(|w| w[1]).min()
 }
 
 /// The owner's side of one measurement. `Debug` shows the state only.
@@ -145,19 +145,46 @@ impl Owner {
         let elements = bundles(&blinding, &tokens, bundle)?;
         let public_key = secret.public_key();
         let encryptor = Encryptor::new(public_key);
-        let values: Vec<[u8; VALUE_LEN]> = order
-            .par_iter()
-            .map(|p| {
+        let encrypted: Vec<_> = order.par_iter().map(|p| encryptor.encrypt_value(p.value, split, &mut OsRng)).collect();
+        let values: Vec<[u8; VALUE_LEN]> = encrypted
+            .iter()
+            .map(|(limbs, _)| {
                 let mut out = [0u8; VALUE_LEN];
-                let limbs = encryptor.encrypt_value(p.value, split, &mut OsRng);
                 for (i, c) in limbs.iter().enumerate() {
                     out[i * 64..(i + 1) * 64].copy_from_slice(&c.to_bytes());
                 }
                 out
             })
             .collect();
-        let first =
-            OwnerMessage::People(People { public_key: public_key.to_bytes(), bundle: bundle as u8, elements, values });
+        let proofs = match config.noise.filter(|_| config.prove) {
+            None => Vec::new(),
+            Some(noise) => {
+                let bounds = proof::Bounds::for_noise(noise);
+                let people = order.len();
+                encrypted
+                    .par_chunks(PEOPLE_PER_PROOF)
+                    .zip(order.par_chunks(PEOPLE_PER_PROOF))
+                    .enumerate()
+                    .map(|(chunk, (encrypted, persons))| {
+                        let limbs: Vec<[u64; LIMBS]> = persons.iter().map(|p| split.limbs(p.value)).collect();
+                        let randomness = Zeroizing::new(encrypted.iter().map(|(_, r)| **r).collect::<Vec<_>>());
+                        let points: Vec<_> = encrypted.iter().map(|(c, _)| c.map(|c| c.points())).collect();
+                        let context = proof::context(&public_key, people, chunk);
+                        let limb_max = bounds.limb_max();
+                        proof::prove(&context, public_key.point(), limb_max, &points, &limbs, &randomness)
+                            .map_err(MeasureError::from)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        drop(encrypted);
+        let first = OwnerMessage::People(People {
+            public_key: public_key.to_bytes(),
+            bundle: bundle as u8,
+            elements,
+            values,
+            proofs,
+        });
         Ok(Owner {
             config,
             state: OwnerState::AwaitingExposures,
@@ -170,6 +197,12 @@ impl Owner {
             bundle: 0,
             result: None,
         })
+    }
+
+    /// `b·P(t)`: where a cheating owner finds its own people in `people` (tests).
+    #[cfg(test)]
+    pub(crate) fn blind_for_tests(&self, token: &crate::token::Token) -> Element {
+        self.blinding.blind_tokens(std::slice::from_ref(token))[0]
     }
 
     /// Where the owner is.
@@ -282,7 +315,9 @@ impl Owner {
         self.check_sizes(lines.iter().map(|l| l.records))?;
         let mut raw = Vec::with_capacity(lines.len());
         for (g, line) in lines.iter().enumerate() {
-            if let Some(m) = &line.matched {
+            // Noisy counts (with noise) may pass any bound; they widen nothing, since
+            // the search below is bounded by the group's bundles, not by a count.
+            if let Some(m) = line.matched.as_ref().filter(|_| self.config.noise.is_none()) {
                 if m.records > line.records {
                     return Err(MeasureError::Inconsistent { group: g, reason: "more matched records than records" });
                 }
@@ -307,26 +342,43 @@ impl Owner {
             let matched = line.matched.as_ref().map(|m| (m.records, m.people));
             raw.push(RawGroup { label: self.labels[g].clone(), records: line.records, matched });
         }
+        // With noise the counts and limbs arrive noised by the partner (§12.4): the
+        // owner searches below 0 by the partner's noise bound, which it derives from
+        // the campaign (never from the message), and above for every person the
+        // group's bundles could have matched, not for the noisy count.
         let split = self.config.split();
-        let bound = |people: u64| people.saturating_mul(split.limb_max()[1]);
-        let largest = lines.iter().filter_map(|l| l.matched.as_ref()).map(|m| bound(m.people)).max().unwrap_or(0);
+        let below = self.config.noise.map_or(Ok(0), |n| n.limb_bounds(u64::from(self.bundle)).map(|b| b[0]))?;
+        let bound = |g: usize| {
+            let people = self.people.min(self.bundles_per_group[g].saturating_mul(u64::from(self.bundle)));
+            people.saturating_mul(split.limb_max()[1]).saturating_add(below)
+        };
+        let mut largest = 0;
+        for (g, _) in lines.iter().enumerate().filter(|(_, l)| l.matched.is_some()) {
+            if bound(g).saturating_add(below) > MAX_SHARE_RANGE {
+                return Err(MeasureError::Inconsistent { group: g, reason: "the noise bound is too large" });
+            }
+            largest = largest.max(bound(g).saturating_add(below));
+        }
         let mut table: Option<DlogTable> = None;
         let secret = &self.secret;
         let decrypt = |g: usize| {
             let Some(m) = &lines[g].matched else { return Err(MeasureError::Failed) };
             let table = table.get_or_insert_with(|| DlogTable::new(DlogTable::baby_steps_for(largest)));
-            let mut parts = [0u64; LIMBS];
+            let mut parts = [0i128; LIMBS];
             for (limb, part) in parts.iter_mut().enumerate() {
                 let mut bytes = [0u8; 64];
                 bytes.copy_from_slice(&m.sum[limb * 64..(limb + 1) * 64]);
                 let ct = super::elgamal::Ciphertext::from_bytes(&bytes, g * LIMBS + limb)?;
                 *part = secret
-                    .decrypt(&ct, bound(m.people), table)
+                    .decrypt(&ct, below, bound(g), table)
                     .map_err(|source| MeasureError::Decrypt { group: g, source })?;
             }
-            Ok(split.join(parts[0].into(), parts[1].into()))
+            Ok(split.join(parts[0], parts[1]))
         };
-        let noising = Noising::all(self.config.noise);
+        // The partner's noise protects its groups from the owner; the owner adds its
+        // own to the sums only when the partner learns them too (learner `both`),
+        // since the partner could take its own noise out.
+        let noising = Noising { counts: None, sum: self.config.noise.filter(|_| self.config.learner.partner_learns()) };
         let mut rng = stats::noise_rng(self.config.seed)?;
         let result = stats::release(&raw, self.config.min_aggregate, noising, &mut rng, decrypt)?;
         if self.config.learner.partner_learns() {
@@ -349,7 +401,7 @@ impl Owner {
         let noise = self.config.noise;
         let mut shares = Vec::with_capacity(lines.len());
         for (g, line) in lines.iter().enumerate() {
-            let limb_noise = noise.map_or(Ok([0; LIMBS]), |n| n.limbs(&mut rng))?;
+            let limb_noise = noise.map_or(Ok([0; LIMBS]), |n| n.limbs(1, &mut rng))?;
             let mut out = [0u8; MASKED_LEN];
             for (limb, eta) in limb_noise.iter().enumerate() {
                 let at = limb * ELEMENT_LEN..(limb + 1) * ELEMENT_LEN;
@@ -359,7 +411,7 @@ impl Owner {
             }
             shares.push(out);
         }
-        let noise_bounds = noise.map_or(Ok([0; LIMBS]), Noise::limb_bounds)?;
+        let noise_bounds = noise.map_or(Ok([0; LIMBS]), |n| n.limb_bounds(1))?;
         self.outgoing.push_back(OwnerMessage::Shares(Shares { noise_bounds, shares }));
         self.state = OwnerState::Done;
         Ok(())

@@ -17,12 +17,15 @@ use rayon::prelude::*;
 use super::elgamal::{Ciphertext, DecryptError, DlogTable, Encryptor, LIMBS, Masked, PublicKey, Split};
 use super::message::{
     Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, MAX_LABEL, MaskedSum, Matched, MessageError, OwnerMessage,
-    PartnerMessage, Shares, VALUE_LEN,
+    PartnerMessage, People, Shares, VALUE_LEN,
 };
+use super::proof::{self, PEOPLE_PER_PROOF};
 use super::stats::{self, Measurement, Noise, Noising, RawGroup};
-use super::{Exposure, Learner, MeasureError, bundles, random_element};
+use super::{Exposure, Learner, MeasureError, bundles, first_repeat, random_element};
 use crate::psi::group::{self, BlindingKey};
 use crate::psi::message::{ELEMENT_LEN, Element};
+use curve25519_dalek::ristretto::RistrettoPoint;
+use curve25519_dalek::traits::Identity;
 
 /// The widest plaintext range the partner searches for one limb of a share
 /// (`2^44`: at most 2^24 giant steps, a few seconds): a larger noise bound is refused.
@@ -42,6 +45,11 @@ pub struct PartnerConfig {
     pub noise: Option<Noise>,
     /// Seed of that noise (reproducible tests); `None`: from the OS.
     pub seed: Option<u64>,
+    /// Refuse the owner's people unless every value comes with its range proof
+    /// for the noise's clip (needs `noise`), checked before anything is summed:
+    /// what lets the owner decrypt sums of the partner's groups without being
+    /// trusted (learner `owner` or `both` over gRPC).
+    pub require_proofs: bool,
 }
 
 /// Where the partner is.
@@ -99,6 +107,8 @@ pub struct Partner {
     blinding: BlindingKey,
     labels: Vec<String>,
     group_records: Vec<u64>,
+    /// Per group, the bundles sent (the reblinded reply must keep them).
+    bundles_per_group: Vec<u64>,
     units: usize,
     bundle: u8,
     owner: Option<OwnerSide>,
@@ -148,6 +158,10 @@ impl Partner {
         }
         drop(seen);
         let bundle = widest.max(1);
+        let mut bundles_per_group = vec![0u64; labels.len()];
+        for x in exposures {
+            bundles_per_group[usize::from(x.group)] += 1;
+        }
         let blinding = BlindingKey::random().map_err(|e| MeasureError::Rng(e.to_string()))?;
         let mut order: Vec<&Exposure> = exposures.iter().collect();
         order.shuffle(&mut OsRng);
@@ -165,6 +179,7 @@ impl Partner {
             blinding,
             labels,
             group_records,
+            bundles_per_group,
             units: exposures.len(),
             bundle: bundle as u8,
             owner: None,
@@ -214,6 +229,7 @@ impl Partner {
         match (self.state, message) {
             (PartnerState::AwaitingPeople, OwnerMessage::People(p)) => {
                 let key = PublicKey::from_bytes(&p.public_key).ok_or(MeasureError::BadPublicKey)?;
+                self.check_proofs(&key, &p)?;
                 let k = usize::from(p.bundle);
                 let reblinded = self.blinding.reblind(&p.elements)?;
                 let mut index = HashMap::with_capacity(reblinded.len());
@@ -233,6 +249,35 @@ impl Partner {
             }
             (state, other) => Err(MeasureError::Unexpected { state: state.doing(), message: other.name() }),
         }
+    }
+
+    /// With [`PartnerConfig::require_proofs`], every chunk of the owner's people
+    /// must carry a proof that verifies for the campaign's clip (all chunks, on all
+    /// cores, before any ciphertext is used); without, the owner must send none.
+    fn check_proofs(&self, key: &PublicKey, p: &People) -> Result<(), MeasureError> {
+        let noise = match self.config.noise.filter(|_| self.config.require_proofs) {
+            None if p.proofs.is_empty() => return Ok(()),
+            None => return Err(MeasureError::UnexpectedProofs),
+            Some(_) if p.proofs.is_empty() => return Err(MeasureError::ProofsMissing),
+            Some(noise) => noise,
+        };
+        let bounds = proof::Bounds::for_noise(noise);
+        let people = p.values.len();
+        p.values.par_chunks(PEOPLE_PER_PROOF).zip(&p.proofs).enumerate().try_for_each(|(chunk, (values, bytes))| {
+            let mut ciphertexts = Vec::with_capacity(values.len());
+            for (i, value) in values.iter().enumerate() {
+                let mut limbs = [(RistrettoPoint::identity(), RistrettoPoint::identity()); LIMBS];
+                for (l, limb) in limbs.iter_mut().enumerate() {
+                    let mut c = [0u8; 64];
+                    c.copy_from_slice(&value[l * 64..(l + 1) * 64]);
+                    *limb = Ciphertext::from_bytes(&c, (chunk * PEOPLE_PER_PROOF + i) * LIMBS + l)?.points();
+                }
+                ciphertexts.push(limbs);
+            }
+            let context = proof::context(key, people, chunk);
+            proof::verify(&context, key.point(), bounds.limb_max(), &ciphertexts, bytes)
+                .map_err(|source| MeasureError::Proof { chunk, source })
+        })
     }
 
     fn on_reblinded(&mut self, x: &Exposures) -> Result<(), MeasureError> {
@@ -268,13 +313,29 @@ impl Partner {
                 records[g] += 1;
             }
         }
+        // The owner may shuffle the bundles but not move one to another group, copy
+        // one, or mix elements across them: each group keeps its bundles and no
+        // element repeats (an honest reblinding is injective on distinct elements),
+        // so one exposure record counts in one group, at most `k` people.
         for (g, &count) in sent.iter().enumerate() {
-            if count > self.group_records[g] {
-                return Err(MeasureError::Inconsistent { group: g, reason: "more bundles than records" });
+            if count != self.bundles_per_group[g] {
+                return Err(MeasureError::Inconsistent {
+                    group: g,
+                    reason: "the reblinded bundles moved between groups",
+                });
             }
+        }
+        if let Some(at) = first_repeat(&x.elements) {
+            return Err(MeasureError::RepeatedElement { bundle: (at / k.max(1)) as u64 });
         }
         let encryptor = Encryptor::new(owner.key);
         let only_partner = self.config.learner == Learner::Partner;
+        // When the owner decrypts, the partner's own noise goes into every count and
+        // limb it sends, so the owner never sees an exact figure of the partner's
+        // groups: one exposure record reaches at most `k` of the owner's people.
+        let reach = u64::from(self.bundle);
+        let mut rng = stats::noise_rng(self.config.seed)?;
+        let owner_noise = self.config.noise.filter(|_| !only_partner);
         let mut lines = Vec::with_capacity(groups);
         let mut masked_lines = Vec::with_capacity(groups);
         let mut view = Vec::with_capacity(groups);
@@ -306,11 +367,18 @@ impl Partner {
                         .try_reduce(|| [Ciphertext::zero(); LIMBS], |a, b| Ok([a[0].add(&b[0]), a[1].add(&b[1])]))?,
                 )
             };
-            let (matched_records, people) = (records[g], matched.len() as u64);
+            let (matched_records, people) = match owner_noise {
+                None => (records[g], matched.len() as u64),
+                Some(n) => (
+                    stats::noisy_count(records[g], n.epsilon, 1, &mut rng)?,
+                    stats::noisy_count(matched.len() as u64, n.epsilon, reach, &mut rng)?,
+                ),
+            };
+            let limb_noise = owner_noise.map_or(Ok([0; LIMBS]), |n| n.limbs(reach, &mut rng))?;
             if only_partner {
                 // The owner gets `C1 + t·G` per limb, and random points for a group
                 // suppressed here, so it cannot tell which; `C2` and `t` stay here.
-                let masked = sum.map(|limbs| limbs.map(|limb| limb.mask(&mut OsRng)));
+                let masked = sum.map(|limbs| limbs.map(|limb| limb.mask(&owner.key, &mut OsRng)));
                 let mut points = [0u8; MASKED_LEN];
                 for (l, out) in points.chunks_exact_mut(ELEMENT_LEN).enumerate() {
                     let point = match &masked {
@@ -322,11 +390,13 @@ impl Partner {
                 masked_lines.push(MaskedSum { records: self.group_records[g], points });
                 self.masked.push(masked);
             } else {
-                // Re-randomized, so the owner cannot recognise its own ciphertexts.
+                // Plus `Enc(η)` with fresh randomness: noised, and re-randomized so the
+                // owner cannot recognise its own ciphertexts.
                 let line = sum.map(|limbs| {
                     let mut out = [0u8; VALUE_LEN];
                     for (l, limb) in limbs.iter().enumerate() {
-                        out[l * 64..(l + 1) * 64].copy_from_slice(&encryptor.rerandomize(limb, &mut OsRng).to_bytes());
+                        let noised = limb.add(&encryptor.encrypt(limb_noise[l], &mut OsRng));
+                        out[l * 64..(l + 1) * 64].copy_from_slice(&noised.to_bytes());
                     }
                     Matched { records: matched_records, people, sum: out }
                 });
@@ -349,7 +419,7 @@ impl Partner {
     /// counts, and releases the figures (the sum clamped at 0). The shares of
     /// groups suppressed here are dropped.
     fn on_shares(&mut self, shares: &Shares) -> Result<(), MeasureError> {
-        let (Some(owner), Some(view)) = (&self.owner, &self.view) else { return Err(MeasureError::Failed) };
+        let Some(view) = &self.view else { return Err(MeasureError::Failed) };
         let groups = self.labels.len();
         if shares.shares.len() != groups {
             return Err(MeasureError::Mismatch {
@@ -395,7 +465,7 @@ impl Partner {
                 let point = group::decode(&element, g * LIMBS + l)?;
                 let (bound, max) = (shares.noise_bounds[l], max(view.matched[g].1, l));
                 *part = table
-                    .solve_shifted(&limb.unmask(&point, &owner.key), bound, max)
+                    .solve_shifted(&limb.unmask(&point), bound, max)
                     .ok_or(MeasureError::Decrypt { group: g, source: DecryptError { max } })?;
             }
             Ok(split.join(parts[0], parts[1]))

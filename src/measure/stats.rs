@@ -224,10 +224,10 @@ pub struct Noise {
 /// price of a bounded search for the partner's decryption.
 pub const NOISE_TAIL: f64 = 40.0;
 
-/// `value` plus discrete Laplace noise of sensitivity 1 at `epsilon / 3` (a count's
-/// share of a measurement's total `epsilon`), clamped at 0.
-pub fn noisy_count<R: Rng>(value: u64, epsilon: f64, rng: &mut R) -> Result<u64, ScaleError> {
-    Ok(clamp(i128::from(value) + DiscreteLaplace::new(epsilon, 3, 1)?.sample(rng)))
+/// `value` plus discrete Laplace noise of sensitivity `sensitivity` at `epsilon / 3`
+/// (a count's share of a measurement's total `epsilon`), clamped at 0.
+pub fn noisy_count<R: Rng>(value: u64, epsilon: f64, sensitivity: u64, rng: &mut R) -> Result<u64, ScaleError> {
+    Ok(clamp(i128::from(value) + DiscreteLaplace::new(epsilon, 3, sensitivity)?.sample(rng)))
 }
 
 impl Noise {
@@ -279,24 +279,32 @@ impl Noise {
     /// the two slots together are `ε/3`-DP for one person's value, whatever the
     /// partner placed in them (issue 20, attack 2). Every slot is noised, also a
     /// limb that cannot change for honest values.
-    fn limb_noise(self) -> Result<DiscreteLaplace, ScaleError> {
-        DiscreteLaplace::new(self.epsilon, 6, self.split().slot_sensitivity(self.sensitivity()))
+    ///
+    /// `reach` multiplies the sensitivity: the number of the owner's people one unit
+    /// of the protected data can bring into a slot. 1 for the owner's shares (one
+    /// person's value); the partner's bundle width `k` for the noise the partner
+    /// adds before the owner decrypts, since one exposure record matches at most `k`
+    /// people (its `k` elements, each equal to at most one of the owner's).
+    fn limb_noise(self, reach: u64) -> Result<DiscreteLaplace, ScaleError> {
+        let slot = self.split().slot_sensitivity(self.sensitivity());
+        DiscreteLaplace::new(self.epsilon, 6, slot.saturating_mul(reach.max(1)))
     }
 
-    /// Per limb, the largest noise [`Noise::limbs`] draws: `⌈40·6Δ/ε⌉`, the limb's
-    /// scale times [`NOISE_TAIL`] (the same for both limbs).
-    pub fn limb_bounds(self) -> Result<[u64; LIMBS], ScaleError> {
-        let (t, s) = self.limb_noise()?.scale();
+    /// Per limb, the largest noise [`Noise::limbs`] draws for `reach`: `⌈40·6Δ/ε⌉`,
+    /// the limb's scale times [`NOISE_TAIL`] (the same for both limbs).
+    pub fn limb_bounds(self, reach: u64) -> Result<[u64; LIMBS], ScaleError> {
+        let (t, s) = self.limb_noise(reach)?.scale();
         Ok([(NOISE_TAIL as u128 * t).div_ceil(s).min(u128::from(u64::MAX)) as u64; LIMBS])
     }
 
     /// One discrete Laplace draw per limb, each within its [`Noise::limb_bounds`]
     /// (redrawn past it): by sequential composition the limbs together are
-    /// `ε/3`-DP for one person's value, as the sum is when the owner decrypts (up
-    /// to the tail cut off).
-    pub fn limbs<R: Rng>(self, rng: &mut R) -> Result<[i64; LIMBS], ScaleError> {
-        let bounds = self.limb_bounds()?;
-        let noise = self.limb_noise()?;
+    /// `ε/3`-DP for one person's value (with `reach` 1; for one exposure record's
+    /// `reach` people otherwise), as the sum is when the owner adds the noise after
+    /// decrypting (up to the tail cut off).
+    pub fn limbs<R: Rng>(self, reach: u64, rng: &mut R) -> Result<[i64; LIMBS], ScaleError> {
+        let bounds = self.limb_bounds(reach)?;
+        let noise = self.limb_noise(reach)?;
         let mut out = [0i64; LIMBS];
         for (draw, bound) in out.iter_mut().zip(bounds) {
             *draw = loop {
@@ -381,7 +389,9 @@ pub fn release<R: Rng>(
     for (g, group) in raw.iter().enumerate() {
         let counts = match (group.matched, noising.counts) {
             (None, _) => None,
-            (Some((records, people)), Some(e)) => Some((noisy_count(records, e, rng)?, noisy_count(people, e, rng)?)),
+            (Some((records, people)), Some(e)) => {
+                Some((noisy_count(records, e, 1, rng)?, noisy_count(people, e, 1, rng)?))
+            }
             (Some(exact), None) => Some(exact),
         };
         let released = match counts.filter(|&(_, people)| people >= min_aggregate) {
@@ -577,8 +587,10 @@ mod tests {
         {
             let epsilon = noise.epsilon / 6.0;
             let bound = (40.0 * sensitivity / epsilon).ceil() as u64;
-            assert_eq!(noise.limb_bounds().unwrap(), [bound, bound]);
-            let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| noise.limbs(&mut rng).unwrap()).collect();
+            assert_eq!(noise.limb_bounds(1).unwrap(), [bound, bound]);
+            // One exposure record reaching two people doubles the sensitivity.
+            assert_eq!(noise.limb_bounds(2).unwrap()[0], (40.0 * 2.0 * sensitivity / epsilon).ceil() as u64);
+            let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| noise.limbs(1, &mut rng).unwrap()).collect();
             assert!(draws.iter().all(|d| d[0].unsigned_abs() <= bound && d[1].unsigned_abs() <= bound));
             for limb in 0..LIMBS {
                 let (m, s) = stats(&draws.iter().map(|d| d[limb] as f64).collect::<Vec<_>>());
@@ -590,7 +602,7 @@ mod tests {
         // Reproducible from a seed.
         let again = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..10).map(|_| large.limbs(&mut rng).unwrap()).collect::<Vec<_>>()
+            (0..10).map(|_| large.limbs(1, &mut rng).unwrap()).collect::<Vec<_>>()
         };
         assert_eq!(again(4), again(4));
     }

@@ -229,6 +229,7 @@ mod tests {
             bundle: 1,
             elements: vec![Element([2; 32])],
             values: vec![[3; VALUE_LEN]],
+            proofs: Vec::new(),
         });
         let mut frames = owner_frames(1, 1 << 20);
         let refused = frames.receive(frame(message::encode(&people).unwrap(), true));

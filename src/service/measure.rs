@@ -175,13 +175,15 @@ impl Service for MeasureService {
                 settings.learner.name()
             )));
         }
-        // And the owner learns figures only where the partner lets it: a cheating
-        // owner could decode the partner's groups from exact sums of crafted values.
-        if settings.learner != Learner::Partner && !hello.owner_may_learn {
+        // And the owner learns exact figures only where the partner lets it: with
+        // noise the partner noises every figure before the owner decrypts it and
+        // checks the owner's range proofs (version 4), without noise the owner
+        // would decrypt exact sums, from which crafted values decode the groups.
+        if settings.learner != Learner::Partner && settings.noise.is_none() && !hello.owner_may_learn {
             return Err(with_code(
                 Status::failed_precondition(format!(
-                    "this campaign's measurement releases figures to the owner (learner = {}), and the partner's \
-                     hello does not allow that (owner_may_learn)",
+                    "this campaign's measurement releases exact figures to the owner (learner = {}, no epsilon), \
+                     and the partner's hello does not allow that (owner_may_learn)",
                     settings.learner.name()
                 )),
                 OWNER_LEARNS_REFUSED,
@@ -268,6 +270,8 @@ impl Service for MeasureService {
             learner: settings.learner,
             noise: settings.noise,
             seed: None,
+            // The partner checks them whenever the owner decrypts its groups' sums.
+            prove: settings.learner != Learner::Partner && settings.noise.is_some(),
         };
         let owner = measure::Owner::new(owner_config, &people).map_err(|e| {
             error!(match_id = session.id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");

@@ -72,11 +72,12 @@ pub struct MeasureClientOptions {
     /// Longest wait for the server to send a message, or to take one of ours.
     pub idle_timeout: Duration,
     /// Whether the partner lets a measurement run in which the owner learns figures
-    /// (learner `owner` or `both`). Default `false`: such a measurement is refused
-    /// after the accept, before anything about the partner's people is sent,
-    /// because a cheating owner can give target people crafted values and decode
-    /// from the exact group sums which of them the partner put in which group
-    /// (docs/PRIVACY.md, "Cheating parties, by learner").
+    /// (learner `owner` or `both`) without noise. Default `false`: such a
+    /// measurement is refused after the accept, before anything about the partner's
+    /// people is sent, because a cheating owner can give target people crafted
+    /// values and decode from exact group sums which of them the partner put in
+    /// which group (docs/PRIVACY.md, "Cheating parties, by learner"). With noise the
+    /// partner noises what the owner decrypts and requires its range proofs.
     pub trust_owner_with_split: bool,
 }
 
@@ -287,18 +288,27 @@ fn run_partner(
         return Err(ProtocolError::UnsupportedVersion { ours: MEASURE_VERSION, theirs: accept.version }.into());
     }
     let learner = learner_from_wire(accept.learner)?;
-    if learner != Learner::Partner && !input.trust_owner {
+    if accept.epsilon.is_some_and(|e| !(laplace::MIN_EPSILON..=laplace::MAX_EPSILON).contains(&e)) {
+        return Err(FrameError::Malformed("the accept's epsilon is not a number from 2^-16 to 2^16").into());
+    }
+    let noise = accept_noise(accept.epsilon, accept.clip_value)?;
+    // With noise the partner noises what the owner decrypts and checks its range
+    // proofs; without, the owner would decrypt exact sums of values nobody checked.
+    let owner_learns = learner != Learner::Partner;
+    if owner_learns && noise.is_none() && !input.trust_owner {
         return Ok(Partnered::OwnerWouldLearn);
     }
     let PartnerInput { labels, group_records, exposures, bundles, .. } = input;
     if (accept.max_frame_bytes as usize) < MIN_FRAME_BYTES || accept.min_aggregate == 0 {
         return Err(FrameError::Malformed("the accept's frame limit or minimum aggregate is too small").into());
     }
-    if accept.epsilon.is_some_and(|e| !(laplace::MIN_EPSILON..=laplace::MAX_EPSILON).contains(&e)) {
-        return Err(FrameError::Malformed("the accept's epsilon is not a number from 2^-16 to 2^16").into());
-    }
-    let noise = accept_noise(accept.epsilon, accept.clip_value)?;
-    let config = measure::PartnerConfig { min_aggregate: accept.min_aggregate, learner, noise, seed: None };
+    let config = measure::PartnerConfig {
+        min_aggregate: accept.min_aggregate,
+        learner,
+        noise,
+        seed: None,
+        require_proofs: owner_learns && noise.is_some(),
+    };
     let partner = measure::Partner::new(config, labels, group_records, exposures).map_err(FrameError::from)?;
     let send = SEND_FRAME_BYTES.min(accept.max_frame_bytes as usize);
     let mut frames = PartnerFrames::new(partner, bundles, accept.owner_people, MAX_DECODING - 1024, send);
@@ -319,15 +329,19 @@ mod tests {
     use super::*;
 
     /// Against an owner that does not read `owner_may_learn` (an older server, or
-    /// one that cheats), the partner still stops at the accept: nothing is sent.
+    /// one that cheats), the partner still stops at an accept where the owner
+    /// would learn exact figures: nothing is sent. With noise it goes on (its own
+    /// noise and the owner's range proofs protect its split).
     #[test]
     fn a_partner_that_does_not_trust_the_owner_stops_at_an_accept_where_the_owner_learns() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        for (learner, trust, stops) in [
-            (wire::Learner::Owner, false, true),
-            (wire::Learner::Both, false, true),
-            (wire::Learner::Partner, false, false),
-            (wire::Learner::Owner, true, false),
+        for (learner, trust, epsilon, stops) in [
+            (wire::Learner::Owner, false, None, true),
+            (wire::Learner::Both, false, None, true),
+            (wire::Learner::Partner, false, None, false),
+            (wire::Learner::Owner, true, None, false),
+            (wire::Learner::Owner, false, Some(1.0), false),
+            (wire::Learner::Both, false, Some(1.0), false),
         ] {
             let (in_tx, mut inbound) = mpsc::channel(4);
             let (outbound, mut sent) = mpsc::channel(4);
@@ -337,7 +351,8 @@ mod tests {
                 min_aggregate: 1,
                 owner_people: 0,
                 max_frame_bytes: SEND_FRAME_BYTES as u32,
-                ..Default::default()
+                epsilon,
+                clip_value: epsilon.map(|_| 1_000),
             };
             in_tx.try_send(Ok(OwnerBody::Accept(accept))).unwrap();
             drop(in_tx);
@@ -349,7 +364,7 @@ mod tests {
                 trust_owner: trust,
             };
             let result = run_partner(input, &mut inbound, &outbound, Duration::from_secs(5), runtime.handle());
-            assert_eq!(matches!(result, Ok(Partnered::OwnerWouldLearn)), stops, "{learner:?} {trust}");
+            assert_eq!(matches!(result, Ok(Partnered::OwnerWouldLearn)), stops, "{learner:?} {trust} {epsilon:?}");
             if stops {
                 assert!(sent.try_recv().is_err(), "nothing sent after the accept");
             }

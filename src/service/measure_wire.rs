@@ -11,23 +11,25 @@ use crate::measure::elgamal::LIMBS;
 #[cfg(feature = "server")]
 use crate::measure::message::MAX_LABEL;
 use crate::measure::message::{self, MASKED_LEN, MAX_BUNDLE, MAX_GROUPS, Message, MessageError, VALUE_LEN};
+use crate::measure::proof::{MAX_PROOF_LEN, PEOPLE_PER_PROOF};
 use crate::measure::{Learner, MeasureError};
 use crate::psi::message::ELEMENT_LEN;
 use crate::wire;
 
-/// Measurement protocol version over gRPC: 3, where the accept carries the clip and
-/// values are cut into limbs by it, so that every decryption share is noised for
-/// the largest limb of any value (version 2 cut at 16 bits and left the high limb's
-/// share without noise under a clip below 2^16; version 1 let the owner decrypt for
-/// learner `partner`). Older versions are refused.
-pub const MEASURE_VERSION: u32 = 3;
+/// Measurement protocol version over gRPC: 4, twisted ElGamal with the owner's
+/// range proofs and the partner's noise in whatever the owner decrypts (version 3
+/// let a cheating owner decode the partner's groups from exact sums of crafted
+/// values; version 2 left the high limb's share without noise under a clip below
+/// 2^16; version 1 let the owner decrypt for learner `partner`). Older versions are
+/// refused.
+pub const MEASURE_VERSION: u32 = 4;
 /// Largest frame either side sends (smaller when the peer accepts less).
 pub const SEND_FRAME_BYTES: usize = 1 << 20;
 /// Smallest frame limit a side may announce.
 pub const MIN_FRAME_BYTES: usize = 1024;
 /// The `idmatch-error` kind of the owner's refusal of a hello that does not let it
-/// learn figures (`owner_may_learn` false) where the campaign's learner is `owner`
-/// or `both` (docs/PROTOCOL.md §12.9).
+/// learn exact figures (`owner_may_learn` false) where the campaign's learner is
+/// `owner` or `both` and it has no noise (docs/PROTOCOL.md §12.9).
 pub const OWNER_LEARNS_REFUSED: &str = "owner-learns-refused";
 /// Largest `release` message (the JSON of the released figures) a partner accepts.
 pub const MAX_RELEASE_BYTES: usize = 1 << 20;
@@ -215,10 +217,12 @@ pub fn reblinded_bound(n: u64) -> usize {
     (1 + 1 + 4usize).saturating_add(bound(&[usize::try_from(n).unwrap_or(usize::MAX), per]))
 }
 
-/// Largest `people` (tag 1) message for `n` people.
+/// Largest `people` (tag 1) message for `n` people, with their range proofs.
 pub fn people_bound(n: u64) -> usize {
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
     let per = usize::from(MAX_BUNDLE) * ELEMENT_LEN + VALUE_LEN;
-    (1 + 32 + 1 + 4usize).saturating_add(bound(&[usize::try_from(n).unwrap_or(usize::MAX), per]))
+    let proofs = bound(&[n.div_ceil(PEOPLE_PER_PROOF), 4 + MAX_PROOF_LEN]);
+    (1 + 32 + 1 + 4 + 4usize).saturating_add(bound(&[n, per])).saturating_add(proofs)
 }
 
 #[cfg(feature = "server")]

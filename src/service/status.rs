@@ -126,11 +126,14 @@ fn measure_status(error: &MeasureError, message: String) -> Status {
         | RepeatedToken
         | Decrypt { .. }
         | BadRelease
+        | ProofsMissing
+        | UnexpectedProofs
+        | Proof { .. }
         | Groups(_)
         | TooManyIdentifiers(_) => Status::invalid_argument(message),
         GroupTooSmall { .. } => Status::failed_precondition(message),
         Unexpected { .. } | Failed => Status::failed_precondition(message),
-        ValueTooLarge | ValueAboveClip | Rng(_) | Noise(_) | Stalled => {
+        ValueTooLarge | ValueAboveClip | Prove(_) | Rng(_) | Noise(_) | Stalled => {
             error!(error = %error, "the measurement failed on the owner's side");
             Status::internal("the owner could not continue the measurement")
         }

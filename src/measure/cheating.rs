@@ -1,0 +1,208 @@
+//! Tests only: the owner cheats against the partner's split (issue 20, attack 1).
+//!
+//! With learner `owner` the owner decrypts the partner's group sums. A cheating
+//! owner gives target people crafted values (`2^i` for target `i`), so that a group's
+//! exact sum spells out which targets the partner put in that group. Version 4
+//! answers with two things, each played against here and checked independently of
+//! the partner's code: the owner proves every value's limbs in the clip's range
+//! (`people` carries the proofs, the partner verifies them before it sums), and the
+//! partner adds its own noise to every count and limb before the owner decrypts.
+
+use curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT;
+use curve25519_dalek::scalar::Scalar;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use super::elgamal::{Ciphertext, Encryptor, LIMBS, PublicKey, random_scalar};
+use super::message::{OwnerMessage, People, VALUE_LEN};
+use super::proof::{self, PEOPLE_PER_PROOF};
+use super::stats::Noise;
+use super::*;
+
+const NOISE: Noise = Noise { epsilon: 1.0, clip: 1_000 };
+
+fn token(i: u32) -> Token {
+    let mut t = [0u8; 32];
+    t[..4].copy_from_slice(&i.to_be_bytes());
+    Token(t)
+}
+
+/// 400 outcome people; the first `targets` are the cheater's targets. Every person
+/// is exposed once, in `control` (0) or `test` (1) at random (`seed`); the
+/// targets' arms are returned as the truth to check a decoding against.
+fn setting(targets: usize, seed: u64) -> (Vec<Person>, Vec<Exposure>, Vec<u8>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let people: Vec<Person> = (0..400).map(|i| Person { tokens: vec![token(i)], value: 0 }).collect();
+    let mut arms: Vec<u8> = (0..400).map(|i| (i % 2) as u8).collect();
+    arms.shuffle(&mut rng);
+    let exposures = (0..400).map(|i| Exposure { tokens: vec![token(i)], group: arms[i as usize] }).collect();
+    (people, exposures, arms[..targets].to_vec())
+}
+
+fn sides(people: &[Person], exposures: &[Exposure], seed: u64, proofs: bool) -> (Owner, Partner) {
+    let owner = OwnerConfig {
+        min_aggregate: 1,
+        min_group_size: 1,
+        learner: Learner::Owner,
+        noise: Some(NOISE),
+        seed: Some(seed),
+        prove: proofs,
+    };
+    let partner = PartnerConfig {
+        min_aggregate: 1,
+        learner: Learner::Owner,
+        noise: Some(NOISE),
+        seed: Some(seed ^ 77),
+        require_proofs: proofs,
+    };
+    let counts = vec![200, 200];
+    (
+        Owner::new(owner, people).unwrap(),
+        Partner::new(partner, vec!["control".into(), "test".into()], counts, exposures).unwrap(),
+    )
+}
+
+/// The honest owner's `people` message and the person behind each of its
+/// positions (found by the owner's own blinding: the cheater knows its people).
+fn people_message(owner: &mut Owner) -> People {
+    match owner.poll_outgoing() {
+        Some(OwnerMessage::People(p)) => p,
+        other => panic!("{:?}", other.map(|m| m.name())),
+    }
+}
+
+/// Re-encrypts the values of `sent` as the cheater wants them (`value_of(position)`,
+/// limbs cut at the clip's split, whatever their size), under the owner's key, and
+/// proves them with the real prover (which, like the crate it uses, does not check
+/// its input: only the verifier can). `tweak` may then alter a ciphertext.
+fn recrafted(
+    sent: &People,
+    value_of: impl Fn(usize) -> u64,
+    tweak: impl Fn(usize, &mut [Ciphertext; LIMBS]),
+) -> People {
+    let key = PublicKey::from_bytes(&sent.public_key).unwrap();
+    let encryptor = Encryptor::new(key);
+    let split = NOISE.split();
+    let bounds = proof::Bounds::for_noise(NOISE);
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut values = Vec::new();
+    let mut proofs = Vec::new();
+    let n = sent.values.len();
+    for chunk in 0..n.div_ceil(PEOPLE_PER_PROOF) {
+        let positions = chunk * PEOPLE_PER_PROOF..((chunk + 1) * PEOPLE_PER_PROOF).min(n);
+        let (mut limbs, mut randomness, mut points) = (Vec::new(), Vec::new(), Vec::new());
+        for position in positions {
+            let l = split.limbs(value_of(position));
+            let r = [random_scalar(&mut rng), random_scalar(&mut rng)];
+            let honest = [encryptor.encrypt_with(l[0] as i64, &r[0]), encryptor.encrypt_with(l[1] as i64, &r[1])];
+            let mut c = honest;
+            tweak(position, &mut c);
+            let mut bytes = [0u8; VALUE_LEN];
+            bytes[..64].copy_from_slice(&c[0].to_bytes());
+            bytes[64..].copy_from_slice(&c[1].to_bytes());
+            values.push(bytes);
+            limbs.push(l);
+            randomness.push(r);
+            // The prover is given the honest ciphertexts; the message carries the tweaked.
+            points.push(honest.map(|c| c.points()));
+        }
+        let context = proof::context(&key, n, chunk);
+        proofs.push(proof::prove(&context, key.point(), bounds.limb_max(), &points, &limbs, &randomness).unwrap());
+    }
+    People { values, proofs, ..sent.clone() }
+}
+
+/// The position of each of the first `targets` people in the owner's shuffled
+/// message: its bundle's first element is the blinded token, unique to the person.
+fn positions(owner: &Owner, sent: &People, targets: usize) -> Vec<usize> {
+    let k = usize::from(sent.bundle);
+    (0..targets as u32)
+        .map(|i| {
+            let element = owner.blind_for_tests(&token(i));
+            (0..sent.values.len()).find(|&p| sent.elements[p * k..(p + 1) * k].contains(&element)).unwrap()
+        })
+        .collect()
+}
+
+/// Values beyond the clip (`2^i` for target `i`, up to `2^19`): the proof of every
+/// chunk holding one fails, and the partner refuses `people` before it blinds or
+/// sums anything. Checked against the targets' positions found independently.
+#[test]
+fn values_beyond_the_clip_are_refused_by_the_range_proofs() {
+    let (people, exposures, _) = setting(20, 1);
+    let (mut owner, mut partner) = sides(&people, &exposures, 1, true);
+    let sent = people_message(&mut owner);
+    let at = positions(&owner, &sent, 20);
+    let crafted = recrafted(&sent, |p| at.iter().position(|&q| q == p).map_or(0, |i| 1 << i), |_, _| {});
+    let err = partner.receive(OwnerMessage::People(crafted)).unwrap_err();
+    let MeasureError::Proof { chunk, .. } = err else { panic!("{err}") };
+    // The first chunk holding a target above 1000 (targets 10 and up: 2^10 = 1024).
+    let first = at[10..].iter().map(|p| p / PEOPLE_PER_PROOF).min().unwrap();
+    assert!(chunk <= first, "chunk {chunk}, first beyond the clip in {first}");
+    assert_eq!(partner.state(), PartnerState::Failed);
+    assert!(partner.poll_outgoing().is_none());
+    // The same message with the honest values passes: the refusal is the values'.
+    let (mut owner, mut partner) = sides(&people, &exposures, 2, true);
+    let sent = people_message(&mut owner);
+    partner.receive(OwnerMessage::People(recrafted(&sent, |_| 1_000, |_, _| {}))).unwrap();
+}
+
+/// In range but with `C1` shifted (`C1 − 2^i·x·G`... as the owner may compute it:
+/// any `C1` not `r·Y` for the `r` of `C2`): the owner's own decryption of a sum
+/// would move by the shift (`2^i` per target), so the consistency proof must fail.
+#[test]
+fn a_first_component_off_its_randomness_is_refused() {
+    let (people, exposures, _) = setting(4, 3);
+    let (mut owner, mut partner) = sides(&people, &exposures, 3, true);
+    let sent = people_message(&mut owner);
+    let at = positions(&owner, &sent, 4);
+    let shifted = recrafted(
+        &sent,
+        |_| 0,
+        |p, c| {
+            if p == at[2] {
+                let (c1, c2) = c[1].points();
+                let moved = c1 - RISTRETTO_BASEPOINT_POINT * Scalar::from(1u64 << 20);
+                let mut bytes = [0u8; 64];
+                bytes[..32].copy_from_slice(moved.compress().as_bytes());
+                bytes[32..].copy_from_slice(c2.compress().as_bytes());
+                *c = [c[0], Ciphertext::from_bytes(&bytes, 0).unwrap()];
+            }
+        },
+    );
+    let err = partner.receive(OwnerMessage::People(shifted)).unwrap_err();
+    assert!(matches!(err, MeasureError::Proof { chunk, .. } if chunk == at[2] / PEOPLE_PER_PROOF), "{err}");
+}
+
+/// The best the cheater can do within the clip: target `i` valued `2^i` for
+/// `i < 10` (all at most 1000, every proof verifies), everyone else 0, and decode
+/// each target's arm from the bits of the `test` group's sum. The partner's noise
+/// is in the sum before the owner decrypts it, so the decoding is a coin toss: over
+/// twelve runs, checked against the arms the exposures really hold, it gets about
+/// half right (without the partner's noise it would get every one).
+#[test]
+fn values_within_the_clip_decode_no_better_than_chance() {
+    let (targets, runs) = (10, 12);
+    let (mut right, mut total, mut exact) = (0, 0, 0);
+    for seed in 0..runs {
+        let (people, exposures, truth) = setting(targets, 100 + seed);
+        let (mut owner, mut partner) = sides(&people, &exposures, 100 + seed, true);
+        let sent = people_message(&mut owner);
+        let at = positions(&owner, &sent, targets);
+        let crafted = recrafted(&sent, |p| at.iter().position(|&q| q == p).map_or(0, |i| 1 << i), |_, _| {});
+        partner.receive(OwnerMessage::People(crafted)).unwrap();
+        run_in_memory(&mut owner, &mut partner).unwrap();
+        let test = owner.result().unwrap().groups[1].sum.value().unwrap();
+        let in_test: u64 = (0..targets).filter(|&i| truth[i] == 1).map(|i| 1 << i).sum();
+        exact += usize::from(test == in_test);
+        for (i, &arm) in truth.iter().enumerate() {
+            let decoded = u8::from((test >> i) & 1 == 1);
+            right += usize::from(decoded == arm);
+            total += 1;
+        }
+    }
+    assert!(exact <= 1, "{exact} of {runs} sums exact");
+    assert!(right * 4 <= total * 3, "{right} of {total} arms decoded");
+    assert!(right * 4 >= total, "{right} of {total}: a decoding worse than chance would also tell");
+}
