@@ -2,9 +2,11 @@
 # Campaign measurement timed side by side with the ECDH match of the same sets, in
 # one run: the in-process `idmatch match --protocol ecdh --reveal both`, the
 # in-process `idmatch measure` with learner `owner` and with learner `partner`, then
-# `idmatch serve` and `idmatch measure --server` over loopback TLS (learner
-# `partner`) as two processes. Checks that every measurement releases the same
-# figures.
+# `idmatch serve` and `idmatch measure --server` over loopback TLS as two processes:
+# learner `partner`, and learner `owner` (protocol version 4: the owner proves every
+# value within the clip, the partner verifies and noises what the owner decrypts;
+# no trust flag). Checks that every measurement releases the same figures (within
+# the noise).
 #
 #   scripts/measure-bench.sh [N]   # default 1000000: N exposures × N outcomes
 #
@@ -52,7 +54,7 @@ idle_timeout_secs = 600
 [[partners]]
 name = "bench"
 token_sha256 = "$sha"
-campaigns = ["bench"]
+campaigns = ["bench", "bench-owner"]
 reveals = ["count"]
 [[campaigns]]
 id = "bench"
@@ -69,6 +71,21 @@ epsilon = 65536.0
 value_max = 4294967296
 max_epsilon_per_partner_per_day = 1e9
 max_epsilon_per_partner_lifetime = 1e9
+[[campaigns]]
+id = "bench-owner"
+key_file = "campaign.key"
+audience = "members.csv"
+region = "US"
+[campaigns.measurement]
+outcomes = "outcomes.csv"
+value_column = "value"
+learner = "owner"
+# The owner decrypts: it proves every value within the clip (50000: the values are
+# below it), the partner noises every figure first (epsilon 2^16: nearly exact).
+epsilon = 65536.0
+value_max = 50000
+max_epsilon_per_partner_per_day = 1e9
+max_epsilon_per_partner_lifetime = 1e9
 TOML
 "$bin" serve --config "$work/server.toml" 2>"$work/server.log" &
 server_pid=$!
@@ -81,6 +98,11 @@ timed "$bin" measure --server "https://localhost:$port" --ca "$work/ca.pem" --to
   --campaign bench --key-file "$work/campaign.key" --partner "$work/exposures.csv" --group-col arm --region US \
   --out-dir "$work/grpc"
 echo "server peak RSS: $(grep VmHWM /proc/$server_pid/status | awk '{print $2, $3}')"
+echo "== over loopback TLS: idmatch measure --server (learner owner: range proofs, the partner's noise; no trust flag)"
+timed "$bin" measure --server "https://localhost:$port" --ca "$work/ca.pem" --token-file "$work/token" \
+  --campaign bench-owner --key-file "$work/campaign.key" --partner "$work/exposures.csv" --group-col arm --region US \
+  --out-dir "$work/grpc-owner"
+echo "server peak RSS (both runs): $(grep VmHWM /proc/$server_pid/status | awk '{print $2, $3}')"
 python3 - "$work" <<'PY'
 import json, sys
 w = sys.argv[1]
@@ -91,11 +113,17 @@ def groups(path, key=None):
 a = groups(w + "/local-owner/measurement.json")
 b = groups(w + "/local-partner/measurement.json")
 c = groups(w + "/grpc/measurement.json", "release")
+import glob
+d = groups(glob.glob(w + "/results/bench-owner-*.measurement.json")[0])
 print("figures (group, size, matched records, matched people, sum):", a)
 near = all(x[:4] == y[:4] and abs(x[4] - y[4]) <= 40 * 6 * (1 + 2**16) for x, y in zip(a, c)) and len(a) == len(c)
-print("learner owner and learner partner agree:", a == b, "; over gRPC (epsilon 2^16) within 40 noise scales:", near)
+# Learner owner: the partner's noise, epsilon 2^16, slot sensitivity 255 (clip 50000, s = 8).
+bound = 40 * 6 * 255 * (1 + 2**8) // 65536 + 1
+near_owner = all(x[:4] == y[:4] and abs(x[4] - y[4]) <= bound for x, y in zip(a, d)) and len(a) == len(d)
+print("learner owner and learner partner agree:", a == b, "; over gRPC (epsilon 2^16) within 40 noise scales:", near,
+      "; learner owner over gRPC (range proofs, the partner's noise) within 40 noise scales:", near_owner)
 m = json.load(open(w + "/match/summary.json"))
 print("ecdh match: distinct identifiers per side: owner %d, partner %d; in common: %d"
       % (m["owner"]["blinded"], m["partner"]["blinded"], m["intersection"]))
-sys.exit(0 if a == b and near else 1)
+sys.exit(0 if a == b and near and near_owner else 1)
 PY

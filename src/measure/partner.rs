@@ -258,7 +258,8 @@ impl Partner {
         let noise = match self.config.noise.filter(|_| self.config.require_proofs) {
             None if p.proofs.is_empty() => return Ok(()),
             None => return Err(MeasureError::UnexpectedProofs),
-            Some(_) if p.proofs.is_empty() => return Err(MeasureError::ProofsMissing),
+            // No people, no chunks: nothing to prove.
+            Some(_) if p.proofs.is_empty() && !p.values.is_empty() => return Err(MeasureError::ProofsMissing),
             Some(noise) => noise,
         };
         let bounds = proof::Bounds::for_noise(noise);
