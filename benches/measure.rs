@@ -57,7 +57,7 @@ fn elgamal(c: &mut Criterion) {
         });
     }
     // The partner's search of a high limb: `−B ..= max + B`.
-    let bound = Noise { epsilon: 1.0, clip: 1 << 32 }.limb_bounds(1).expect("epsilon 1 is in range")[1];
+    let bound = Noise { epsilon: 1.0, clip: 1 << 32 }.limb_bounds().expect("epsilon 1 is in range")[1];
     let wide = DlogTable::new(DlogTable::baby_steps_for(max + 2 * bound));
     let m = max - 12_345;
     let masked = enc.encrypt(m as i64, &mut rng).mask(&key, &mut rng);

@@ -808,7 +808,7 @@ fn learning_figures_needs_the_other_sides_trust() {
     // With an epsilon the partner needs no trust (default settings): the same
     // crafted values, within the campaign's clip so that the owner's range proofs
     // verify, reach the owner only through the partner's noise, drawn before the
-    // owner decrypts (scale about 1.2·10^7 on a sum, against targets of 2^0 … 2^19).
+    // owner decrypts (scale about 8·10^6 on a sum, against targets of 2^0 … 2^19).
     // The decoding that was exact above now fails (all 20 right by chance: 2^-20).
     let mut noisy = f.options("crafted-noisy", "out-noisy");
     noisy.trust_owner_with_split = false;

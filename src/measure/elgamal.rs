@@ -368,8 +368,17 @@ impl Split {
     /// The largest limb, low or high, of any value up to `clip`: what one person's
     /// ciphertext can put in either slot of a group's sum.
     pub fn slot_sensitivity(self, clip: u64) -> u64 {
+        let [low, high] = self.limb_bounds(clip);
+        low.max(high)
+    }
+
+    /// Per limb, the largest limb of a value up to `clip`: `min(clip, 2^s − 1)`
+    /// and `clip >> s` (`clip` at most 2^32). What the owner's range proofs prove
+    /// and what the partner's noise is scaled for (a proven value is below
+    /// `clip + 2^s`).
+    pub fn limb_bounds(self, clip: u64) -> [u64; LIMBS] {
         let clip = clip.min(1 << 32);
-        clip.min((1 << self.bits) - 1).max(clip >> self.bits)
+        [clip.min((1 << self.bits) - 1), clip >> self.bits]
     }
 
     /// `low + high·2^s`.

@@ -744,9 +744,16 @@ mod tests {
                 sums.push(g.sum.value().unwrap() as f64);
                 people_counts.push(g.matched_outcome_people.value().unwrap() as f64);
             }
+            // Learner partner: the owner's share noise, ε/6 per slot of sensitivity
+            // 2^16. Learner owner: the partner's, ε/12 on the low limb (its bound
+            // 2^16 − 1) and ε/4 on the high one (2^16), each times the reach.
             let sd = stats::laplace_sd;
-            let slot = sd(0.5, 65_536.0 * f64::from(width));
-            let expected_sd = (slot.powi(2) + (65_536.0 * slot).powi(2)).sqrt();
+            let w = f64::from(width);
+            let (low, high) = match learner {
+                Learner::Partner => (sd(0.5, 65_536.0), sd(0.5, 65_536.0)),
+                _ => (sd(0.25, 65_535.0 * w), sd(0.75, 65_536.0 * w)),
+            };
+            let expected_sd = (low.powi(2) + (65_536.0 * high).powi(2)).sqrt();
             let (mean, spread) = stats::mean_sd(&sums);
             let within = 4.0 * expected_sd / (runs as f64).sqrt();
             assert!((mean - exact as f64).abs() < within, "{learner:?}: mean {mean}, exact {exact}");
@@ -772,7 +779,7 @@ mod tests {
         // Cut at 5 bits: 1000 = 8 + 31·2^5; a slot's sensitivity is 31, at ε/6.
         let truth = [1_000 % 32, 1_000 / 32];
         let (sensitivity, epsilon) = (31.0, noise.epsilon / 6.0);
-        let bound = noise.limb_bounds(1).unwrap()[0];
+        let bound = noise.limb_bounds().unwrap()[0];
         assert_eq!(bound, (40.0 * sensitivity / epsilon).ceil() as u64);
         let people: Vec<Person> = (0..120).map(|i| Person { tokens: vec![token(i)], value }).collect();
         let exposures: Vec<Exposure> = (0..120).map(|i| Exposure { tokens: vec![token(i)], group: 0 }).collect();
@@ -817,7 +824,7 @@ mod tests {
     fn a_partner_that_scales_a_persons_ciphertext_reads_its_value_exactly() {
         use curve25519_dalek::ristretto::CompressedRistretto;
         let noise = Noise { epsilon: 0.25, clip: 1_000 };
-        let bound = noise.limb_bounds(1).unwrap()[0];
+        let bound = noise.limb_bounds().unwrap()[0];
         // Values 881 ..= 1000, cut at 5 bits; one person's limbs are at most 31.
         let values: Vec<u64> = (0..120).map(|i| 1_000 - i).collect();
         let people: Vec<Person> =

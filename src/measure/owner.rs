@@ -145,39 +145,34 @@ impl Owner {
         let elements = bundles(&blinding, &tokens, bundle)?;
         let public_key = secret.public_key();
         let encryptor = Encryptor::new(public_key);
-        let encrypted: Vec<_> = order.par_iter().map(|p| encryptor.encrypt_value(p.value, split, &mut OsRng)).collect();
-        let values: Vec<[u8; VALUE_LEN]> = encrypted
-            .iter()
-            .map(|(limbs, _)| {
-                let mut out = [0u8; VALUE_LEN];
-                for (i, c) in limbs.iter().enumerate() {
-                    out[i * 64..(i + 1) * 64].copy_from_slice(&c.to_bytes());
+        // Chunk by chunk (on all cores): encrypt, write the bytes in place, prove
+        // the chunk if asked; the points and randomness of one chunk at a time.
+        let bounds = config.noise.filter(|_| config.prove).map(proof::Bounds::for_noise);
+        let people = order.len();
+        let mut values = vec![[0u8; VALUE_LEN]; people];
+        let proofs: Vec<Option<Vec<u8>>> = values
+            .par_chunks_mut(PEOPLE_PER_PROOF)
+            .zip(order.par_chunks(PEOPLE_PER_PROOF))
+            .enumerate()
+            .map(|(chunk, (out, persons))| {
+                let encrypted: Vec<_> =
+                    persons.iter().map(|p| encryptor.encrypt_value(p.value, split, &mut OsRng)).collect();
+                for (bytes, (limbs, _)) in out.iter_mut().zip(&encrypted) {
+                    for (i, c) in limbs.iter().enumerate() {
+                        bytes[i * 64..(i + 1) * 64].copy_from_slice(&c.to_bytes());
+                    }
                 }
-                out
+                let Some(bounds) = bounds else { return Ok(None) };
+                let limbs: Vec<[u64; LIMBS]> = persons.iter().map(|p| split.limbs(p.value)).collect();
+                let randomness = Zeroizing::new(encrypted.iter().map(|(_, r)| **r).collect::<Vec<_>>());
+                let points: Vec<_> = encrypted.iter().map(|(c, _)| c.map(|c| c.points())).collect();
+                let context = proof::context(&public_key, people, chunk);
+                proof::prove(&context, public_key.point(), bounds.limb_max(), &points, &limbs, &randomness)
+                    .map(Some)
+                    .map_err(MeasureError::from)
             })
-            .collect();
-        let proofs = match config.noise.filter(|_| config.prove) {
-            None => Vec::new(),
-            Some(noise) => {
-                let bounds = proof::Bounds::for_noise(noise);
-                let people = order.len();
-                encrypted
-                    .par_chunks(PEOPLE_PER_PROOF)
-                    .zip(order.par_chunks(PEOPLE_PER_PROOF))
-                    .enumerate()
-                    .map(|(chunk, (encrypted, persons))| {
-                        let limbs: Vec<[u64; LIMBS]> = persons.iter().map(|p| split.limbs(p.value)).collect();
-                        let randomness = Zeroizing::new(encrypted.iter().map(|(_, r)| **r).collect::<Vec<_>>());
-                        let points: Vec<_> = encrypted.iter().map(|(c, _)| c.map(|c| c.points())).collect();
-                        let context = proof::context(&public_key, people, chunk);
-                        let limb_max = bounds.limb_max();
-                        proof::prove(&context, public_key.point(), limb_max, &points, &limbs, &randomness)
-                            .map_err(MeasureError::from)
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-        };
-        drop(encrypted);
+            .collect::<Result<_, _>>()?;
+        let proofs: Vec<Vec<u8>> = proofs.into_iter().flatten().collect();
         let first = OwnerMessage::People(People {
             public_key: public_key.to_bytes(),
             bundle: bundle as u8,
@@ -190,7 +185,7 @@ impl Owner {
             state: OwnerState::AwaitingExposures,
             blinding,
             secret,
-            people: people.len() as u64,
+            people: people as u64,
             outgoing: VecDeque::from([first]),
             labels: Vec::new(),
             bundles_per_group: Vec::new(),
@@ -347,17 +342,20 @@ impl Owner {
         // the campaign (never from the message), and above for every person the
         // group's bundles could have matched, not for the noisy count.
         let split = self.config.split();
-        let below = self.config.noise.map_or(Ok(0), |n| n.limb_bounds(u64::from(self.bundle)).map(|b| b[0]))?;
-        let bound = |g: usize| {
+        let below = self.config.noise.map_or(Ok([0; LIMBS]), |n| n.partner_limb_bounds(u64::from(self.bundle)))?;
+        let bound = |g: usize, limb: usize| {
             let people = self.people.min(self.bundles_per_group[g].saturating_mul(u64::from(self.bundle)));
-            people.saturating_mul(split.limb_max()[1]).saturating_add(below)
+            people.saturating_mul(split.limb_max()[limb]).saturating_add(below[limb])
         };
         let mut largest = 0;
         for (g, _) in lines.iter().enumerate().filter(|(_, l)| l.matched.is_some()) {
-            if bound(g).saturating_add(below) > MAX_SHARE_RANGE {
-                return Err(MeasureError::Inconsistent { group: g, reason: "the noise bound is too large" });
+            for (limb, below) in below.iter().enumerate() {
+                let range = bound(g, limb).saturating_add(*below);
+                if range > MAX_SHARE_RANGE {
+                    return Err(MeasureError::Inconsistent { group: g, reason: "the noise bound is too large" });
+                }
+                largest = largest.max(range);
             }
-            largest = largest.max(bound(g).saturating_add(below));
         }
         let mut table: Option<DlogTable> = None;
         let secret = &self.secret;
@@ -370,7 +368,7 @@ impl Owner {
                 bytes.copy_from_slice(&m.sum[limb * 64..(limb + 1) * 64]);
                 let ct = super::elgamal::Ciphertext::from_bytes(&bytes, g * LIMBS + limb)?;
                 *part = secret
-                    .decrypt(&ct, below, bound(g), table)
+                    .decrypt(&ct, below[limb], bound(g, limb), table)
                     .map_err(|source| MeasureError::Decrypt { group: g, source })?;
             }
             Ok(split.join(parts[0], parts[1]))
@@ -401,7 +399,7 @@ impl Owner {
         let noise = self.config.noise;
         let mut shares = Vec::with_capacity(lines.len());
         for (g, line) in lines.iter().enumerate() {
-            let limb_noise = noise.map_or(Ok([0; LIMBS]), |n| n.limbs(1, &mut rng))?;
+            let limb_noise = noise.map_or(Ok([0; LIMBS]), |n| n.limbs(&mut rng))?;
             let mut out = [0u8; MASKED_LEN];
             for (limb, eta) in limb_noise.iter().enumerate() {
                 let at = limb * ELEMENT_LEN..(limb + 1) * ELEMENT_LEN;
@@ -411,7 +409,7 @@ impl Owner {
             }
             shares.push(out);
         }
-        let noise_bounds = noise.map_or(Ok([0; LIMBS]), |n| n.limb_bounds(1))?;
+        let noise_bounds = noise.map_or(Ok([0; LIMBS]), |n| n.limb_bounds())?;
         self.outgoing.push_back(OwnerMessage::Shares(Shares { noise_bounds, shares }));
         self.state = OwnerState::Done;
         Ok(())

@@ -375,7 +375,7 @@ impl Partner {
                     stats::noisy_count(matched.len() as u64, n.epsilon, reach, &mut rng)?,
                 ),
             };
-            let limb_noise = owner_noise.map_or(Ok([0; LIMBS]), |n| n.limbs(reach, &mut rng))?;
+            let limb_noise = owner_noise.map_or(Ok([0; LIMBS]), |n| n.partner_limbs(reach, &mut rng))?;
             if only_partner {
                 // The owner gets `C1 + t·G` per limb, and random points for a group
                 // suppressed here, so it cannot tell which; `C2` and `t` stay here.

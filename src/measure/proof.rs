@@ -367,10 +367,7 @@ pub struct Bounds([u64; LIMBS]);
 impl Bounds {
     /// The bounds for `noise`'s clip, as both sides derive them from the accept.
     pub fn for_noise(noise: Noise) -> Bounds {
-        let split = noise.split();
-        let clip = noise.clip.min(MAX_VALUE);
-        let low = clip.min((1 << split.bits()) - 1);
-        Bounds([low, clip >> split.bits()])
+        Bounds(noise.split().limb_bounds(noise.clip.min(MAX_VALUE)))
     }
 
     /// Per limb, the largest value proven.

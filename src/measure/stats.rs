@@ -279,45 +279,78 @@ impl Noise {
     /// the two slots together are `ε/3`-DP for one person's value, whatever the
     /// partner placed in them (issue 20, attack 2). Every slot is noised, also a
     /// limb that cannot change for honest values.
-    ///
-    /// `reach` multiplies the sensitivity: the number of the owner's people one unit
-    /// of the protected data can bring into a slot. 1 for the owner's shares (one
-    /// person's value); the partner's bundle width `k` for the noise the partner
-    /// adds before the owner decrypts, since one exposure record matches at most `k`
-    /// people (its `k` elements, each equal to at most one of the owner's).
-    fn limb_noise(self, reach: u64) -> Result<DiscreteLaplace, ScaleError> {
-        let slot = self.split().slot_sensitivity(self.sensitivity());
-        DiscreteLaplace::new(self.epsilon, 6, slot.saturating_mul(reach.max(1)))
+    fn share_noise(self) -> Result<[DiscreteLaplace; LIMBS], ScaleError> {
+        let slot = DiscreteLaplace::new(self.epsilon, 6, self.split().slot_sensitivity(self.sensitivity()))?;
+        Ok([slot; LIMBS])
     }
 
-    /// Per limb, the largest noise [`Noise::limbs`] draws for `reach`: `⌈40·6Δ/ε⌉`,
-    /// the limb's scale times [`NOISE_TAIL`] (the same for both limbs).
-    pub fn limb_bounds(self, reach: u64) -> Result<[u64; LIMBS], ScaleError> {
-        let (t, s) = self.limb_noise(reach)?.scale();
-        Ok([(NOISE_TAIL as u128 * t).div_ceil(s).min(u128::from(u64::MAX)) as u64; LIMBS])
+    /// The sum's `ε/3` spent on the limbs the partner noises before the owner
+    /// decrypts them (learner `owner` or `both`): each limb with its own proven
+    /// bound ([`Split::limb_bounds`]: the owner's range proofs hold it there) times
+    /// `reach`, the people one exposure record can match (the partner's bundle
+    /// width: its elements each equal at most one of the owner's), so one record
+    /// moves a limb's sum by at most that. The low limb gets `ε/12` and the high
+    /// one `ε/4`: the released sum is `low + high·2^s`, so the high limb's noise,
+    /// multiplied by `2^s`, is nearly all of it, and gets most of the budget (the
+    /// sum's noise is then about `4·reach·V/ε`, against `6·reach·V/ε` for an even
+    /// split). By sequential composition the limbs together are `ε/3`-DP for one
+    /// exposure record, whatever values the owner proved.
+    fn partner_noise(self, reach: u64) -> Result<[DiscreteLaplace; LIMBS], ScaleError> {
+        let [low, high] = self.split().limb_bounds(self.sensitivity()).map(|b| b.max(1).saturating_mul(reach.max(1)));
+        Ok([DiscreteLaplace::new(self.epsilon, 12, low)?, DiscreteLaplace::new(self.epsilon, 4, high)?])
     }
 
-    /// One discrete Laplace draw per limb, each within its [`Noise::limb_bounds`]
+    /// Per limb, the largest noise of the owner's shares ([`Noise::limbs`]):
+    /// `⌈40·6Δ/ε⌉`, the limb's scale times [`NOISE_TAIL`] (the same for both limbs).
+    pub fn limb_bounds(self) -> Result<[u64; LIMBS], ScaleError> {
+        Ok(tail_bounds(self.share_noise()?))
+    }
+
+    /// The owner's share noise, one draw per limb within its [`Noise::limb_bounds`]
     /// (redrawn past it): by sequential composition the limbs together are
-    /// `ε/3`-DP for one person's value (with `reach` 1; for one exposure record's
-    /// `reach` people otherwise), as the sum is when the owner adds the noise after
-    /// decrypting (up to the tail cut off).
-    pub fn limbs<R: Rng>(self, reach: u64, rng: &mut R) -> Result<[i64; LIMBS], ScaleError> {
-        let bounds = self.limb_bounds(reach)?;
-        let noise = self.limb_noise(reach)?;
-        let mut out = [0i64; LIMBS];
-        for (draw, bound) in out.iter_mut().zip(bounds) {
-            *draw = loop {
-                let d = noise.sample(rng);
-                if d.unsigned_abs() <= u128::from(bound)
-                    && let Ok(d) = i64::try_from(d)
-                {
-                    break d;
-                }
-            };
-        }
-        Ok(out)
+    /// `ε/3`-DP for one person's value, as the sum is when the owner adds the noise
+    /// after decrypting (up to the tail cut off).
+    pub fn limbs<R: Rng>(self, rng: &mut R) -> Result<[i64; LIMBS], ScaleError> {
+        draw_within(self.share_noise()?, rng)
     }
+
+    /// Per limb, the largest noise of the partner's ([`Noise::partner_limbs`]):
+    /// what the owner adds to its search on either side, derived from the
+    /// campaign, never from a message.
+    pub fn partner_limb_bounds(self, reach: u64) -> Result<[u64; LIMBS], ScaleError> {
+        Ok(tail_bounds(self.partner_noise(reach)?))
+    }
+
+    /// The partner's noise on each limb of a group's sum before the owner decrypts
+    /// it ([`Noise::partner_noise`]'s scales), each within its bound.
+    pub fn partner_limbs<R: Rng>(self, reach: u64, rng: &mut R) -> Result<[i64; LIMBS], ScaleError> {
+        draw_within(self.partner_noise(reach)?, rng)
+    }
+}
+
+/// Per limb, `⌈scale · NOISE_TAIL⌉`: the most noise a draw may carry.
+fn tail_bounds(noise: [DiscreteLaplace; LIMBS]) -> [u64; LIMBS] {
+    noise.map(|n| {
+        let (t, s) = n.scale();
+        (NOISE_TAIL as u128 * t).div_ceil(s).min(u128::from(u64::MAX)) as u64
+    })
+}
+
+/// One draw per limb, redrawn until within its [`tail_bounds`].
+fn draw_within<R: Rng>(noise: [DiscreteLaplace; LIMBS], rng: &mut R) -> Result<[i64; LIMBS], ScaleError> {
+    let bounds = tail_bounds(noise);
+    let mut out = [0i64; LIMBS];
+    for ((draw, bound), n) in out.iter_mut().zip(bounds).zip(noise) {
+        *draw = loop {
+            let d = n.sample(rng);
+            if d.unsigned_abs() <= u128::from(bound)
+                && let Ok(d) = i64::try_from(d)
+            {
+                break d;
+            }
+        };
+    }
+    Ok(out)
 }
 
 /// The standard deviation of a discrete Laplace of scale `Δ/ε`: `√(2α)/(1 − α)`, `α = e^(−ε/Δ)`.
@@ -574,6 +607,28 @@ mod tests {
         assert_eq!(again(9), again(9));
     }
 
+    /// The partner's noise before the owner decrypts: each limb for its own
+    /// proven bound times the reach, `ε/12` low and `ε/4` high.
+    #[test]
+    fn partner_noise_follows_each_limbs_bound_and_the_reach() {
+        let sd = laplace_sd;
+        let mut rng = StdRng::seed_from_u64(12);
+        // Clip 100,000: s = 9, limbs up to 511 and 195; a reach of 2.
+        let noise = Noise { epsilon: 1.5, clip: 100_000 };
+        let (low, high) = (2.0_f64 * 511.0, 2.0_f64 * 195.0);
+        let bounds = [(40.0 * low * 12.0 / 1.5).ceil() as u64, (40.0 * high * 4.0 / 1.5).ceil() as u64];
+        assert_eq!(noise.partner_limb_bounds(2).unwrap(), bounds);
+        let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| noise.partner_limbs(2, &mut rng).unwrap()).collect();
+        for (limb, (sensitivity, epsilon)) in [(low, 1.5 / 12.0), (high, 1.5 / 4.0)].into_iter().enumerate() {
+            let (m, s) = mean_sd(&draws.iter().map(|d| d[limb] as f64).collect::<Vec<_>>());
+            assert!(draws.iter().all(|d| d[limb].unsigned_abs() <= bounds[limb]));
+            assert!(m.abs() < 0.02 * sd(epsilon, sensitivity), "{m}");
+            assert!((s / sd(epsilon, sensitivity) - 1.0).abs() < 0.03, "limb {limb}: {s}");
+        }
+        // A clip of 1: the high limb is always 0, still noised (sensitivity 1).
+        assert_eq!(Noise { epsilon: 1.0, clip: 1 }.partner_limb_bounds(1).unwrap(), [480, 160]);
+    }
+
     #[test]
     fn limb_noise_is_bounded_centred_and_spread_as_its_sensitivities_say() {
         let sd = laplace_sd;
@@ -587,10 +642,8 @@ mod tests {
         {
             let epsilon = noise.epsilon / 6.0;
             let bound = (40.0 * sensitivity / epsilon).ceil() as u64;
-            assert_eq!(noise.limb_bounds(1).unwrap(), [bound, bound]);
-            // One exposure record reaching two people doubles the sensitivity.
-            assert_eq!(noise.limb_bounds(2).unwrap()[0], (40.0 * 2.0 * sensitivity / epsilon).ceil() as u64);
-            let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| noise.limbs(1, &mut rng).unwrap()).collect();
+            assert_eq!(noise.limb_bounds().unwrap(), [bound, bound]);
+            let draws: Vec<[i64; LIMBS]> = (0..40_000).map(|_| noise.limbs(&mut rng).unwrap()).collect();
             assert!(draws.iter().all(|d| d[0].unsigned_abs() <= bound && d[1].unsigned_abs() <= bound));
             for limb in 0..LIMBS {
                 let (m, s) = stats(&draws.iter().map(|d| d[limb] as f64).collect::<Vec<_>>());
@@ -602,7 +655,7 @@ mod tests {
         // Reproducible from a seed.
         let again = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..10).map(|_| large.limbs(1, &mut rng).unwrap()).collect::<Vec<_>>()
+            (0..10).map(|_| large.limbs(&mut rng).unwrap()).collect::<Vec<_>>()
         };
         assert_eq!(again(4), again(4));
     }
