@@ -43,7 +43,7 @@
 //! - [`shard`]: the keyed partition into shards (docs/PROTOCOL.md §13), the shard
 //!   files, and the streaming split (`idmatch shard`, the sharded local match).
 //! - [`measure`]: campaign measurement (`idmatch measure`): private intersection-sum
-//!   with lift, by ECDH blinding and exponential ElGamal; `measure::side` turns a
+//!   with lift, by ECDH blinding, twisted ElGamal and the owner's range proofs; `measure::side` turns a
 //!   prepared side into the owner's people or the partner's exposures.
 //! - [`output`]: output files (matches, token exports, JSON reports) that appear
 //!   whole or not at all.

@@ -113,6 +113,25 @@ fn recrafted(
     People { values, proofs, ..sent.clone() }
 }
 
+/// A measurement of [`setting`]`(targets, seed)` with proofs, the owner's `people`
+/// message taken from it (for the cheater to rework), the targets' positions in it
+/// and their arms.
+struct Cheat {
+    owner: Owner,
+    partner: Partner,
+    sent: People,
+    at: Vec<usize>,
+    truth: Vec<u8>,
+}
+
+fn cheat(targets: usize, seed: u64) -> Cheat {
+    let (people, exposures, truth) = setting(targets, seed);
+    let (mut owner, partner) = sides(&people, &exposures, seed, true);
+    let sent = people_message(&mut owner);
+    let at = positions(&owner, &sent, targets);
+    Cheat { owner, partner, sent, at, truth }
+}
+
 /// The position of each of the first `targets` people in the owner's shuffled
 /// message: its bundle's first element is the blinded token, unique to the person.
 fn positions(owner: &Owner, sent: &People, targets: usize) -> Vec<usize> {
@@ -146,10 +165,7 @@ fn honest_proofs_pass_and_missing_ones_are_refused() {
 /// sums anything. Checked against the targets' positions found independently.
 #[test]
 fn values_beyond_the_clip_are_refused_by_the_range_proofs() {
-    let (people, exposures, _) = setting(20, 1);
-    let (mut owner, mut partner) = sides(&people, &exposures, 1, true);
-    let sent = people_message(&mut owner);
-    let at = positions(&owner, &sent, 20);
+    let Cheat { mut partner, sent, at, .. } = cheat(20, 1);
     let crafted = recrafted(&sent, |p| at.iter().position(|&q| q == p).map_or(0, |i| 1 << i), |_, _| {});
     let err = partner.receive(OwnerMessage::People(crafted)).unwrap_err();
     let MeasureError::Proof { chunk, .. } = err else { panic!("{err}") };
@@ -160,8 +176,7 @@ fn values_beyond_the_clip_are_refused_by_the_range_proofs() {
     assert_eq!(partner.state(), PartnerState::Failed);
     assert!(partner.poll_outgoing().is_none());
     // The same message with the honest values passes: the refusal is the values'.
-    let (mut owner, mut partner) = sides(&people, &exposures, 2, true);
-    let sent = people_message(&mut owner);
+    let Cheat { mut partner, sent, .. } = cheat(20, 2);
     partner.receive(OwnerMessage::People(recrafted(&sent, |_| 1_000, |_, _| {}))).unwrap();
 }
 
@@ -170,10 +185,7 @@ fn values_beyond_the_clip_are_refused_by_the_range_proofs() {
 /// would move by the shift (`2^i` per target), so the consistency proof must fail.
 #[test]
 fn a_first_component_off_its_randomness_is_refused() {
-    let (people, exposures, _) = setting(4, 3);
-    let (mut owner, mut partner) = sides(&people, &exposures, 3, true);
-    let sent = people_message(&mut owner);
-    let at = positions(&owner, &sent, 4);
+    let Cheat { mut partner, sent, at, .. } = cheat(4, 3);
     let shifted = recrafted(
         &sent,
         |_| 0,
@@ -203,10 +215,7 @@ fn values_within_the_clip_decode_no_better_than_chance() {
     let (targets, runs) = (10, 12);
     let (mut right, mut total, mut exact) = (0, 0, 0);
     for seed in 0..runs {
-        let (people, exposures, truth) = setting(targets, 100 + seed);
-        let (mut owner, mut partner) = sides(&people, &exposures, 100 + seed, true);
-        let sent = people_message(&mut owner);
-        let at = positions(&owner, &sent, targets);
+        let Cheat { mut owner, mut partner, sent, at, truth } = cheat(targets, 100 + seed);
         let crafted = recrafted(&sent, |p| at.iter().position(|&q| q == p).map_or(0, |i| 1 << i), |_, _| {});
         partner.receive(OwnerMessage::People(crafted)).unwrap();
         run_in_memory(&mut owner, &mut partner).unwrap();

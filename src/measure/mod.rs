@@ -4,9 +4,10 @@
 //! The partner holds exposure records (identifiers and a group such as `test` or
 //! `control`); the owner holds outcome records (identifiers and a non-negative
 //! integer value). Identifiers are compared doubly blinded on ristretto255 (as in
-//! [`crate::psi`]); values travel encrypted under the owner's exponential ElGamal key,
+//! [`crate::psi`]); values travel encrypted under the owner's twisted ElGamal key,
 //! are summed homomorphically by the partner over the matched people of each group,
-//! and only the per-group sums are decrypted: by the owner, or, when only the
+//! and only the per-group sums are decrypted: by the owner (with a campaign epsilon,
+//! once the partner has checked its range proofs and added its own noise), or, when only the
 //! partner learns, by the partner from the owner's decryption shares of masked sums
 //! (the owner then never sees a sum). Every bundle and ciphertext list is shuffled,
 //! so neither side can tie a match to a record.
@@ -19,7 +20,10 @@
 //! group however many identifiers matched.
 //!
 //! Submodules:
-//! - [`elgamal`]: exponential ElGamal, limbs, baby-step giant-step decryption.
+//! - [`elgamal`]: twisted exponential ElGamal, limbs, baby-step giant-step decryption.
+//! - [`proof`]: the owner's range proofs of its values (Bulletproofs) and the
+//!   consistency proofs of their first components, which the partner verifies
+//!   before the owner may decrypt sums of its groups.
 //! - [`message`]: the seven messages and their byte encoding (the state machines
 //!   take and return them typed; only a transport encodes them).
 //! - [`owner`]: the owner's state machine (outcomes, key holder, decrypts).
@@ -414,6 +418,25 @@ mod tests {
         )
     }
 
+    /// One group `all` of `exposures` measured with `noise` under `min_aggregate`
+    /// 100, the owner's and the partner's noise seeded with `seeds`: the figures of
+    /// the side that decrypts.
+    fn noisy_run(
+        learner: Learner,
+        noise: Noise,
+        seeds: (u64, u64),
+        people: &[Person],
+        exposures: &[Exposure],
+    ) -> Measurement {
+        let (mut oc, mut pc) = configs(100, learner);
+        (oc.noise, oc.seed, pc.noise, pc.seed) = (Some(noise), Some(seeds.0), Some(noise), Some(seeds.1));
+        let mut owner = Owner::new(oc, people).unwrap();
+        let records = vec![exposures.len() as u64];
+        let mut partner = Partner::new(pc, vec!["all".into()], records, exposures).unwrap();
+        run_in_memory(&mut owner, &mut partner).unwrap();
+        decrypted(learner, &owner, &partner)
+    }
+
     /// The released figures of the side that decrypts: the partner's with learner
     /// `partner` (the owner then has none), the owner's otherwise.
     fn decrypted(learner: Learner, owner: &Owner, partner: &Partner) -> Measurement {
@@ -735,12 +758,8 @@ mod tests {
                 .collect();
             let (mut sums, mut people_counts) = (Vec::new(), Vec::new());
             for seed in 0..runs {
-                let (mut oc, mut pc) = configs(100, learner);
-                (oc.noise, oc.seed, pc.noise, pc.seed) = (Some(noise), Some(seed), Some(noise), Some(seed + 1_000));
-                let mut owner = Owner::new(oc, &people).unwrap();
-                let mut partner = Partner::new(pc, vec!["all".into()], vec![120], &exposures).unwrap();
-                run_in_memory(&mut owner, &mut partner).unwrap();
-                let g = &decrypted(learner, &owner, &partner).groups[0];
+                let figures = noisy_run(learner, noise, (seed, seed + 1_000), &people, &exposures);
+                let g = &figures.groups[0];
                 sums.push(g.sum.value().unwrap() as f64);
                 people_counts.push(g.matched_outcome_people.value().unwrap() as f64);
             }
@@ -879,12 +898,8 @@ mod tests {
         for learner in [Learner::Owner, Learner::Both, Learner::Partner] {
             let mut outcomes = std::collections::BTreeSet::new();
             for seed in 0..30 {
-                let (mut oc, mut pc) = configs(100, learner);
-                (oc.noise, oc.seed, pc.noise, pc.seed) = (Some(noise), Some(seed), Some(noise), Some(seed + 500));
-                let mut owner = Owner::new(oc, &people).unwrap();
-                let mut partner = Partner::new(pc, vec!["all".into()], vec![100], &exposures).unwrap();
-                run_in_memory(&mut owner, &mut partner).unwrap();
-                let g = &decrypted(learner, &owner, &partner).groups[0];
+                let figures = noisy_run(learner, noise, (seed, seed + 500), &people, &exposures);
+                let g = &figures.groups[0];
                 outcomes.insert(g.matched_outcome_people.value().is_some());
                 if let Some(p) = g.matched_outcome_people.value() {
                     assert!(p >= 100, "{learner:?}: released with a noisy count of {p}");

@@ -1,6 +1,7 @@
 //! The owner's state machine: holds the outcome values, the ElGamal key and an ECDH
-//! scalar `b`; sends its people, blinds the partner's bundles again, and decrypts the
-//! per-group sums, or, when only the partner learns (learner `partner`), answers
+//! scalar `b`; sends its people (with range proofs of their values where the
+//! partner requires them), blinds the partner's bundles again, and decrypts the
+//! per-group sums the partner has noised, or, when only the partner learns (learner `partner`), answers
 //! the partner's masked sums with noisy decryption shares and sees neither a sum nor
 //! a count.
 //!

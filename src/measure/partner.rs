@@ -1,9 +1,12 @@
 //! The partner's state machine: holds the exposure records and an ECDH scalar `a`;
 //! sends its bundles, blinds the owner's people again, and computes per group the
-//! matched counts and the homomorphic sum of the matched people's values. When only
-//! the partner learns (learner `partner`), it sends each sum masked and no count,
-//! decrypts the sums from the owner's shares, and noises the counts and releases
-//! the figures itself.
+//! matched counts and the homomorphic sum of the matched people's values. When the
+//! owner decrypts (learner `owner` or `both`) and the campaign has noise, it first
+//! verifies the owner's range proofs ([`super::proof`]) and then adds its own noise
+//! to every count and limb it sends, so the owner never sees an exact figure of the
+//! partner's groups (issue 20, attack 1). When only the partner learns (learner
+//! `partner`), it sends each sum masked and no count, decrypts the sums from the
+//! owner's shares, and noises the counts and releases the figures itself.
 //!
 //! Sans-I/O like [`super::Owner`] ([`OwnerMessage`]s in, [`PartnerMessage`]s out); any error moves
 //! it to [`PartnerState::Failed`].
