@@ -273,11 +273,9 @@ impl Service for MeasureService {
             // The partner checks them whenever the owner decrypts its groups' sums.
             prove: settings.learner != Learner::Partner && settings.noise.is_some(),
         };
-        let owner = measure::Owner::new(owner_config, &people).map_err(|e| {
-            error!(match_id = session.id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");
-            Status::internal("the owner could not start the measurement")
-        })?;
-        drop(people);
+        // The accept goes first: it needs only the sizes, and the partner, which
+        // learns from it how many people the owner will prove, waits for the proofs
+        // accordingly (a million people take minutes on a few cores).
         let max_frame = limits.max_message_bytes.saturating_sub(1024);
         let accept = wire::MeasureAccept {
             version: MEASURE_VERSION,
@@ -289,6 +287,11 @@ impl Service for MeasureService {
             clip_value: settings.noise.map(|n| n.clip),
         };
         session.send(wire::MeasureOwnerMessage { body: Some(OwnerBody::Accept(accept)) })?;
+        let owner = measure::Owner::new(owner_config, &people).map_err(|e| {
+            error!(match_id = session.id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");
+            Status::internal("the owner could not start the measurement")
+        })?;
+        drop(people);
         let mut frames = OwnerFrames::new(
             owner,
             u64::from(hello.groups),
