@@ -44,7 +44,7 @@ pub mod tag {
     /// and the partner learns them too (learner `both`).
     pub const RELEASE: u8 = 5;
     /// Partner → owner (learner `partner`): per group its size and each limb's sum
-    /// masked to `C1 + t·G` (its `C2` stays with the partner); no counts.
+    /// masked to `C1 + t·Y` (its `C2` stays with the partner); no counts.
     pub const MASKED: u8 = 6;
     /// Owner → partner (learner `partner`): the noise bounds, then per group the
     /// decryption shares of the masked limbs.
@@ -109,7 +109,7 @@ pub struct Matched {
 pub struct MaskedSum {
     /// Exposure records in the group.
     pub records: u64,
-    /// Limb by limb, `C1 + t·G` of the group's sum (uniformly random points for a
+    /// Limb by limb, `C1 + t·Y` of the group's sum (uniformly random points for a
     /// group the partner suppresses).
     pub points: [u8; MASKED_LEN],
 }
@@ -120,7 +120,7 @@ pub struct Shares {
     /// Per limb, the largest absolute noise the owner added (0: no noise): the
     /// partner searches each limb's plaintext from `−bound`.
     pub noise_bounds: [u64; LIMBS],
-    /// Per group, limb by limb, the decryption share `x·M − η·G` of its masked point.
+    /// Per group, limb by limb, the decryption share `x⁻¹·M − η·G` of its masked point.
     pub shares: Vec<[u8; MASKED_LEN]>,
 }
 

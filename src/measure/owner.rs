@@ -389,7 +389,7 @@ impl Owner {
         Ok(())
     }
 
-    /// Learner `partner`: per group and limb a decryption share `x·M − η·G` of the
+    /// Learner `partner`: per group and limb a decryption share `x⁻¹·M − η·G` of the
     /// masked point, `η` the sum's noise. The owner decrypts nothing; each masked
     /// point is uniformly random to it, and the lines carry no counts, so it learns
     /// neither sums nor counts (nor which groups the partner suppresses: every group

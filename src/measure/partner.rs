@@ -380,7 +380,7 @@ impl Partner {
             };
             let limb_noise = owner_noise.map_or(Ok([0; LIMBS]), |n| n.partner_limbs(reach, &mut rng))?;
             if only_partner {
-                // The owner gets `C1 + t·G` per limb, and random points for a group
+                // The owner gets `C1 + t·Y` per limb, and random points for a group
                 // suppressed here, so it cannot tell which; `C2` and `t` stay here.
                 let masked = sum.map(|limbs| limbs.map(|limb| limb.mask(&owner.key, &mut OsRng)));
                 let mut points = [0u8; MASKED_LEN];

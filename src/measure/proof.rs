@@ -358,9 +358,9 @@ pub fn verify(
 
 /// The range each limb is proven in, for a campaign's clip `V`: the low limb in
 /// `0..=min(V, 2^s − 1)`, the high limb in `0..=V >> s` (the clip's split `s`,
-/// [`super::elgamal::Split`]), so a proven value is below `V + 2^s` whatever the owner encrypted, and the
-/// partner's noise, scaled for the largest of the two limbs
-/// (`Split::slot_sensitivity`), covers every proven value.
+/// [`super::elgamal::Split::limb_bounds`]), so a proven value is below `V + 2^s`
+/// whatever the owner encrypted, and the partner's noise, scaled for each limb's
+/// bound (`Noise::partner_limbs`), covers every proven value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounds([u64; LIMBS]);
 
