@@ -99,7 +99,7 @@ echo "server peak RSS: $(grep VmHWM /proc/$server_pid/status | awk '{print $2, $
 echo "== over loopback TLS: idmatch measure --server (learner owner: range proofs, the partner's noise; no trust flag)"
 timed "$bin" measure --server "https://localhost:$port" --ca "$work/ca.pem" --token-file "$work/token" \
   --campaign bench-owner --key-file "$work/campaign.key" --partner "$work/exposures.csv" --group-col arm --region US \
-  --out-dir "$work/grpc-owner"
+  --max-epsilon 65536 --out-dir "$work/grpc-owner"
 echo "server peak RSS (both runs): $(grep VmHWM /proc/$server_pid/status | awk '{print $2, $3}')"
 python3 - "$work" <<'PY'
 import json, sys

@@ -217,6 +217,7 @@ impl Fixture {
             idle_timeout: Duration::from_secs(60),
             // Most tests measure learner owner and both: this partner trusts the owner.
             trust_owner_with_split: true,
+            max_epsilon: idmatch::service::measure_client::DEFAULT_MAX_EPSILON,
         }
     }
 
@@ -823,6 +824,15 @@ fn learning_figures_needs_the_other_sides_trust() {
         "the noisy sums decoded every target"
     );
     assert_eq!(f.audit().last().unwrap()["owner_learned"], true);
+    // But the owner chooses epsilon: at 2^16 (campaign `autumn`) the partner's
+    // noise is nearly always 0, so an untrusting partner refuses it (its
+    // --max-epsilon, 4 by default), before anything about its people is sent.
+    let mut too_exact = f.options("autumn", "out-too-exact");
+    too_exact.trust_owner_with_split = false;
+    let refused = f.run(too_exact).unwrap_err();
+    assert!(matches!(refused, ClientError::OwnerWouldLearn), "{refused}");
+    assert!(refused.to_string().contains("--max-epsilon"), "{refused}");
+    assert!(!f.path("out-too-exact/measurement.json").exists());
 
     // The owner's side: a partner it does not trust gets no figures of its values.
     let mut untrusted = f.options("summer", "out-untrusted");

@@ -85,6 +85,11 @@ pub struct MeasureArgs {
     /// people is sent. Not needed with an epsilon: you noise what the owner decrypts and check its range proofs.
     #[arg(long, requires = "server")]
     pub trust_owner_with_split: bool,
+    /// Client mode: the largest campaign epsilon you take as protection when the owner learns figures
+    /// (learner owner or both). The owner chooses the epsilon, and at a large one your noise is nearly always 0:
+    /// above this the measurement is refused (exit code 9) unless --trust-owner-with-split.
+    #[arg(long, value_name = "E", default_value_t = idmatch::service::measure_client::DEFAULT_MAX_EPSILON, requires = "server")]
+    pub max_epsilon: f64,
     /// Not available: a measurement runs in one process (README, "Scale"); taken only to refuse it clearly.
     #[arg(long, value_name = "N", hide = true)]
     pub shards: Option<String>,
@@ -195,6 +200,7 @@ fn run_client(args: MeasureArgs) -> CliResult {
         token_file: args.credentials.token_file,
         idle_timeout: std::time::Duration::from_secs(300),
         trust_owner_with_split: args.trust_owner_with_split,
+        max_epsilon: args.max_epsilon,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(measure_client::run(options))?;

@@ -232,3 +232,30 @@ fn values_within_the_clip_decode_no_better_than_chance() {
     assert!(right * 4 <= total * 3, "{right} of {total} arms decoded");
     assert!(right * 4 >= total, "{right} of {total}: a decoding worse than chance would also tell");
 }
+
+/// A value that does not decode (here `C1` the identity) is refused when `people`
+/// arrives, also when its person matches nothing and proofs are not required: found
+/// only when summing, the failure would tell the owner that the person matched
+/// (the review's M2). And a side set up to prove without noise is refused.
+#[test]
+fn a_bad_ciphertext_is_refused_on_arrival_whether_or_not_its_person_matches() {
+    let (people, exposures, _) = setting(0, 6);
+    // Only the first 200 people are exposed: person 300 matches nothing.
+    let (mut owner, mut partner) = sides(&people, &exposures[..200], 6, false);
+    let mut sent = people_message(&mut owner);
+    let k = usize::from(sent.bundle);
+    let element = owner.blind_for_tests(&token(300));
+    let at = (0..sent.values.len()).find(|&p| sent.elements[p * k..(p + 1) * k].contains(&element)).unwrap();
+    sent.values[at][..32].fill(0);
+    let err = partner.receive(OwnerMessage::People(sent)).unwrap_err();
+    assert!(matches!(err, MeasureError::Ciphertext(_)), "{err}");
+
+    let mut config = OwnerConfig { prove: true, ..OwnerConfig::default() };
+    assert!(matches!(Owner::new(config, &people), Err(MeasureError::ProofsNeedNoise)));
+    config.noise = Some(NOISE);
+    assert!(Owner::new(config, &people).is_ok());
+    let partner =
+        PartnerConfig { min_aggregate: 1, learner: Learner::Owner, noise: None, seed: None, require_proofs: true };
+    let refused = Partner::new(partner, vec!["all".into()], vec![1], &exposures[..1]);
+    assert!(matches!(refused, Err(MeasureError::ProofsNeedNoise)));
+}

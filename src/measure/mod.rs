@@ -237,6 +237,11 @@ pub enum MeasureError {
     /// noise) and `people` carries none.
     #[error("the owner's people carry no range proofs, which this partner requires before the owner may decrypt")]
     ProofsMissing,
+    /// A side configured to make or require range proofs without noise: the
+    /// proofs bound the values by the noise's clip (a configuration error, never
+    /// the peer's doing).
+    #[error("range proofs need the measurement's noise (its clip bounds the values)")]
+    ProofsNeedNoise,
     /// `people` carries range proofs nobody asked for (no clip to check them against).
     #[error("the owner's people carry range proofs this measurement does not use")]
     UnexpectedProofs,
@@ -756,12 +761,13 @@ mod tests {
             let exposures: Vec<Exposure> = (0..120)
                 .map(|i| Exposure { tokens: (0..width).map(|w| token(i + 10_000 * w)).collect(), group: 0 })
                 .collect();
-            let (mut sums, mut people_counts) = (Vec::new(), Vec::new());
+            let (mut sums, mut people_counts, mut record_counts) = (Vec::new(), Vec::new(), Vec::new());
             for seed in 0..runs {
                 let figures = noisy_run(learner, noise, (seed, seed + 1_000), &people, &exposures);
                 let g = &figures.groups[0];
                 sums.push(g.sum.value().unwrap() as f64);
                 people_counts.push(g.matched_outcome_people.value().unwrap() as f64);
+                record_counts.push(g.matched_exposure_records.value().unwrap() as f64);
             }
             // Learner partner: the owner's share noise, ε/6 per slot of sensitivity
             // 2^16. Learner owner: the partner's, ε/12 on the low limb (its bound
@@ -782,6 +788,12 @@ mod tests {
             let count_sd = sd(1.0, f64::from(width));
             assert!((people_mean - 120.0).abs() < 4.0 * count_sd / (runs as f64).sqrt(), "{people_mean}");
             assert!((people_sd / count_sd - 1.0).abs() < 0.3, "{learner:?}: count spread {people_sd}");
+            // Matched records: the partner's noise covers the `k` records one record's
+            // elements can become when the owner re-pairs them; the partner's own
+            // release (learner partner) noises for one.
+            let records_sd = if learner == Learner::Partner { sd(1.0, 1.0) } else { count_sd };
+            let (_, spread) = stats::mean_sd(&record_counts);
+            assert!((spread / records_sd - 1.0).abs() < 0.3, "{learner:?}: records spread {spread}");
         }
     }
 

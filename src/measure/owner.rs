@@ -123,6 +123,9 @@ impl std::fmt::Debug for Owner {
 impl Owner {
     /// Blinds and encrypts `people` (shuffled) and queues the first message.
     pub fn new(config: OwnerConfig, people: &[Person]) -> Result<Owner, MeasureError> {
+        if config.prove && config.noise.is_none() {
+            return Err(MeasureError::ProofsNeedNoise);
+        }
         let blinding = BlindingKey::random().map_err(|e| MeasureError::Rng(e.to_string()))?;
         let secret = SecretKey::random(&mut OsRng);
         let widest = people.iter().map(|p| p.tokens.len()).max().unwrap_or(0);
@@ -164,7 +167,7 @@ impl Owner {
                     }
                 }
                 let Some(bounds) = bounds else { return Ok(None) };
-                let limbs: Vec<[u64; LIMBS]> = persons.iter().map(|p| split.limbs(p.value)).collect();
+                let limbs = Zeroizing::new(persons.iter().map(|p| split.limbs(p.value)).collect::<Vec<_>>());
                 let randomness = Zeroizing::new(encrypted.iter().map(|(_, r)| **r).collect::<Vec<_>>());
                 let points: Vec<_> = encrypted.iter().map(|(c, _)| c.map(|c| c.points())).collect();
                 let context = proof::context(&public_key, people, chunk);

@@ -147,6 +147,9 @@ impl Partner {
         if group_records.len() != labels.len() {
             return Err(MeasureError::Groups("one record count per group is needed"));
         }
+        if config.require_proofs && config.noise.is_none() {
+            return Err(MeasureError::ProofsNeedNoise);
+        }
         if exposures.iter().any(|x| usize::from(x.group) >= labels.len()) {
             return Err(MeasureError::Groups("an exposure names a group beyond the labels"));
         }
@@ -232,7 +235,7 @@ impl Partner {
         match (self.state, message) {
             (PartnerState::AwaitingPeople, OwnerMessage::People(p)) => {
                 let key = PublicKey::from_bytes(&p.public_key).ok_or(MeasureError::BadPublicKey)?;
-                self.check_proofs(&key, &p)?;
+                self.check_people(&key, &p)?;
                 let k = usize::from(p.bundle);
                 let reblinded = self.blinding.reblind(&p.elements)?;
                 let mut index = HashMap::with_capacity(reblinded.len());
@@ -254,20 +257,21 @@ impl Partner {
         }
     }
 
-    /// With [`PartnerConfig::require_proofs`], every chunk of the owner's people
-    /// must carry a proof that verifies for the campaign's clip (all chunks, on all
-    /// cores, before any ciphertext is used); without, the owner must send none.
-    fn check_proofs(&self, key: &PublicKey, p: &People) -> Result<(), MeasureError> {
-        let noise = match self.config.noise.filter(|_| self.config.require_proofs) {
-            None if p.proofs.is_empty() => return Ok(()),
+    /// Every value of the owner's people must decode, whether or not its person
+    /// will match (a bad ciphertext found only when summing would tell the owner
+    /// that its person matched); with [`PartnerConfig::require_proofs`] every chunk
+    /// must also carry a proof that verifies for the campaign's clip; without, the
+    /// owner must send none. All on all cores, before anything is used.
+    fn check_people(&self, key: &PublicKey, p: &People) -> Result<(), MeasureError> {
+        let bounds = match self.config.noise.filter(|_| self.config.require_proofs) {
+            None if p.proofs.is_empty() => None,
             None => return Err(MeasureError::UnexpectedProofs),
             // No people, no chunks: nothing to prove.
             Some(_) if p.proofs.is_empty() && !p.values.is_empty() => return Err(MeasureError::ProofsMissing),
-            Some(noise) => noise,
+            Some(noise) => Some(proof::Bounds::for_noise(noise)),
         };
-        let bounds = proof::Bounds::for_noise(noise);
         let people = p.values.len();
-        p.values.par_chunks(PEOPLE_PER_PROOF).zip(&p.proofs).enumerate().try_for_each(|(chunk, (values, bytes))| {
+        p.values.par_chunks(PEOPLE_PER_PROOF).enumerate().try_for_each(|(chunk, values)| {
             let mut ciphertexts = Vec::with_capacity(values.len());
             for (i, value) in values.iter().enumerate() {
                 let mut limbs = [(RistrettoPoint::identity(), RistrettoPoint::identity()); LIMBS];
@@ -278,6 +282,9 @@ impl Partner {
                 }
                 ciphertexts.push(limbs);
             }
+            let Some(bounds) = bounds else { return Ok(()) };
+            // `validate` has checked one proof per chunk.
+            let bytes = p.proofs.get(chunk).ok_or(MeasureError::ProofsMissing)?;
             let context = proof::context(key, people, chunk);
             proof::verify(&context, key.point(), bounds.limb_max(), &ciphertexts, bytes)
                 .map_err(|source| MeasureError::Proof { chunk, source })
@@ -317,10 +324,12 @@ impl Partner {
                 records[g] += 1;
             }
         }
-        // The owner may shuffle the bundles but not move one to another group, copy
-        // one, or mix elements across them: each group keeps its bundles and no
-        // element repeats (an honest reblinding is injective on distinct elements),
-        // so one exposure record counts in one group, at most `k` people.
+        // The owner may shuffle the bundles but not move one to another group or
+        // copy one: each group keeps its bundles and no element repeats (an honest
+        // reblinding is injective on distinct elements), so one exposure record's
+        // elements count in one group, at most `k` people. Re-pairing elements
+        // between bundles of one group cannot be seen (they are unlinkable): one
+        // record may then add up to `k` matched records, which its noise covers.
         for (g, &count) in sent.iter().enumerate() {
             if count != self.bundles_per_group[g] {
                 return Err(MeasureError::Inconsistent {
@@ -374,7 +383,7 @@ impl Partner {
             let (matched_records, people) = match owner_noise {
                 None => (records[g], matched.len() as u64),
                 Some(n) => (
-                    stats::noisy_count(records[g], n.epsilon, 1, &mut rng)?,
+                    stats::noisy_count(records[g], n.epsilon, reach, &mut rng)?,
                     stats::noisy_count(matched.len() as u64, n.epsilon, reach, &mut rng)?,
                 ),
             };

@@ -195,16 +195,18 @@ pub enum ClientError {
     /// The partner's state machine could not start (its random number generator).
     #[error("could not start the match: {0}")]
     Setup(#[from] SetupError),
-    /// This side refused a measurement in which the owner learns exact figures
-    /// (learner `owner` or `both`, no epsilon) because the partner did not say it
-    /// trusts the owner with its split (`--trust-owner-with-split`): nothing about
-    /// its people was sent (exit code 9).
+    /// This side refused a measurement in which the owner learns exact or nearly
+    /// exact figures (learner `owner` or `both`, no epsilon or one above
+    /// `--max-epsilon`) because the partner did not say it trusts the owner with its
+    /// split (`--trust-owner-with-split`): nothing about its people was sent (exit
+    /// code 9).
     #[error(
-        "the campaign's measurement releases exact figures to the owner (learner owner or both, no epsilon): a \
-         cheating owner could decode from them which of your exposed people you put in which group \
-         (docs/PRIVACY.md). Nothing about your people was sent. Give --trust-owner-with-split only if you trust the \
-         owner's server to follow the protocol, or ask the owner for an epsilon (your noise and its range proofs \
-         then protect your split) or for learner = \"partner\""
+        "the campaign's measurement releases figures to the owner (learner owner or both) with no epsilon, or one \
+         above your --max-epsilon (then your noise is nearly always 0): a cheating owner could decode from them \
+         which of your exposed people you put in which group (docs/PRIVACY.md). Nothing about your people was \
+         sent. Give --trust-owner-with-split only if you trust the owner's server to follow the protocol, or ask \
+         the owner for an epsilon within your maximum (your noise and its range proofs then protect your split) or \
+         for learner = \"partner\""
     )]
     OwnerWouldLearn,
     /// A measurement could not be run or its result written (`idmatch measure

@@ -79,7 +79,17 @@ pub struct MeasureClientOptions {
     /// which group (docs/PRIVACY.md, "Cheating parties, by learner"). With noise the
     /// partner noises what the owner decrypts and requires its range proofs.
     pub trust_owner_with_split: bool,
+    /// The largest epsilon this partner takes as protection from an owner that
+    /// decrypts (default [`DEFAULT_MAX_EPSILON`]): the owner chooses the campaign's
+    /// epsilon, and at a large one the partner's noise is nearly always 0, so an
+    /// accept above it is treated as one without noise (refused unless
+    /// [`MeasureClientOptions::trust_owner_with_split`]).
+    pub max_epsilon: f64,
 }
+
+/// The default of [`MeasureClientOptions::max_epsilon`]: 4, the total of one
+/// measurement (each figure gets a third of it).
+pub const DEFAULT_MAX_EPSILON: f64 = 4.0;
 
 /// The partner's `measurement.json` (and what [`run`] returns).
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -192,9 +202,16 @@ async fn measure(
     let idle = options.idle_timeout;
     let runtime = tokio::runtime::Handle::current();
     let bundles = exposures.len() as u64;
-    let trust_owner = options.trust_owner_with_split;
+    let (trust_owner, max_epsilon) = (options.trust_owner_with_split, options.max_epsilon);
     let driver = tokio::task::spawn_blocking(move || {
-        let partner = PartnerInput { labels, group_records: group_people, exposures: &exposures, bundles, trust_owner };
+        let partner = PartnerInput {
+            labels,
+            group_records: group_people,
+            exposures: &exposures,
+            bundles,
+            trust_owner,
+            max_epsilon,
+        };
         run_partner(partner, &mut in_rx, &out_tx, idle, &runtime)
     });
     let outcome = driver.await.map_err(|e| ClientError::Stream(e.to_string()))?;
@@ -280,6 +297,8 @@ struct PartnerInput<'a> {
     bundles: u64,
     /// [`MeasureClientOptions::trust_owner_with_split`].
     trust_owner: bool,
+    /// [`MeasureClientOptions::max_epsilon`].
+    max_epsilon: f64,
 }
 
 /// Reads the accept, runs the partner's role to its end and waits for the summary.
@@ -307,7 +326,9 @@ fn run_partner(
     // With noise the partner noises what the owner decrypts and checks its range
     // proofs; without, the owner would decrypt exact sums of values nobody checked.
     let owner_learns = learner != Learner::Partner;
-    if owner_learns && noise.is_none() && !input.trust_owner {
+    // The owner picks epsilon: only one up to this partner's maximum protects it.
+    let protected = noise.is_some_and(|n| n.epsilon <= input.max_epsilon);
+    if owner_learns && !protected && !input.trust_owner {
         return Ok(Partnered::OwnerWouldLearn);
     }
     let PartnerInput { labels, group_records, exposures, bundles, .. } = input;
@@ -353,6 +374,10 @@ mod tests {
             (wire::Learner::Owner, true, None, false),
             (wire::Learner::Owner, false, Some(1.0), false),
             (wire::Learner::Both, false, Some(1.0), false),
+            // Issue 20, the review's H1: an owner that announces epsilon 2^16 would
+            // get figures whose noise is nearly always 0.
+            (wire::Learner::Owner, false, Some(65_536.0), true),
+            (wire::Learner::Owner, true, Some(65_536.0), false),
         ] {
             let (in_tx, mut inbound) = mpsc::channel(4);
             let (outbound, mut sent) = mpsc::channel(4);
@@ -373,6 +398,7 @@ mod tests {
                 exposures: &[],
                 bundles: 0,
                 trust_owner: trust,
+                max_epsilon: DEFAULT_MAX_EPSILON,
             };
             let result = run_partner(input, &mut inbound, &outbound, Duration::from_secs(5), runtime.handle());
             assert_eq!(matches!(result, Ok(Partnered::OwnerWouldLearn)), stops, "{learner:?} {trust} {epsilon:?}");
