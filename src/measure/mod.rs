@@ -57,7 +57,7 @@ use rand::rngs::OsRng;
 pub use laplace::ScaleError;
 pub use owner::{Owner, OwnerConfig, OwnerState};
 pub use partner::{Partner, PartnerConfig, PartnerState};
-pub use stats::Measurement;
+pub use stats::{Measurement, SearchTooWide};
 
 use crate::psi::group::ElementError;
 use crate::psi::message::Element;

@@ -232,12 +232,15 @@ pub fn prove(
     let mut blindings = Zeroizing::new(Vec::with_capacity(padded));
     for (m, r) in limbs.iter().zip(randomness) {
         for l in 0..LIMBS {
-            let blinding = dalek4::scalar::Scalar::from_bytes_mod_order(r[l].to_bytes());
+            // The randomness crosses to dalek 4 through its bytes: both copies are
+            // wiped when dropped.
+            let bytes = Zeroizing::new(r[l].to_bytes());
+            let blinding = Zeroizing::new(dalek4::scalar::Scalar::from_bytes_mod_order(*bytes));
             values.push(m[l]);
-            blindings.push(blinding);
+            blindings.push(*blinding);
             if let Some(s) = shift[l] {
                 values.push(m[l].checked_add(s).ok_or(ProofError::Prover)?);
-                blindings.push(blinding);
+                blindings.push(*blinding);
             }
         }
     }

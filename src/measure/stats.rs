@@ -13,8 +13,11 @@ use rand::{Rng, SeedableRng};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::Learner;
 use super::elgamal::{LIMBS, Split};
 use super::laplace::{DiscreteLaplace, ScaleError};
+use super::message::MAX_BUNDLE;
+use super::partner::MAX_SHARE_RANGE;
 use crate::records::MAX_VALUE;
 
 /// The default minimum number of matched people behind any released figure.
@@ -326,6 +329,49 @@ impl Noise {
     pub fn partner_limbs<R: Rng>(self, reach: u64, rng: &mut R) -> Result<[i64; LIMBS], ScaleError> {
         draw_within(self.partner_noise(reach)?, rng)
     }
+
+    /// The widest plaintext range, over both limbs, that decrypting a group's sum of
+    /// at most `people` people searches under `learner`: `people · limb_max` plus
+    /// twice the noise bound (below 0 and above), the partner's for any bundle width
+    /// up to [`MAX_BUNDLE`] when the owner decrypts, the owner's shares' when the
+    /// partner does. Within [`MAX_SHARE_RANGE`] or refused, when the campaign is
+    /// loaded (`people` 0: the noise alone) and before a measurement is charged (the
+    /// owner's people), so that no run is charged for a search it will refuse.
+    pub fn check_search(self, learner: Learner, people: u64) -> Result<(), SearchTooWide> {
+        let noise = match learner {
+            Learner::Partner => self.limb_bounds(),
+            Learner::Owner | Learner::Both => self.partner_limb_bounds(u64::from(MAX_BUNDLE)),
+        }
+        .map_err(SearchTooWide::Scale)?;
+        let limb_max = self.split().limb_max();
+        let range = (0..LIMBS)
+            .map(|l| people.saturating_mul(limb_max[l]).saturating_add(noise[l].saturating_mul(2)))
+            .max()
+            .unwrap_or(0);
+        if range > MAX_SHARE_RANGE {
+            return Err(SearchTooWide::Range { range, people });
+        }
+        Ok(())
+    }
+}
+
+/// Why a campaign's noise cannot be searched ([`Noise::check_search`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SearchTooWide {
+    /// The noise itself cannot be drawn.
+    #[error(transparent)]
+    Scale(ScaleError),
+    /// The search would exceed [`MAX_SHARE_RANGE`] (2^44).
+    #[error(
+        "decrypting a sum of {people} people would search {range} values, above the limit of 2^44: raise epsilon \
+         or lower value_max (the noise bound grows with value_max / epsilon)"
+    )]
+    Range {
+        /// The widest range, in plaintext values.
+        range: u64,
+        /// The people it was computed for (0: the noise alone).
+        people: u64,
+    },
 }
 
 /// Per limb, `⌈scale · NOISE_TAIL⌉`: the most noise a draw may carry.
@@ -504,6 +550,29 @@ mod tests {
         assert_eq!(serde_json::to_value(groups[0].sum).unwrap(), serde_json::json!("<100"));
         assert_eq!(groups[1].matched_exposure_records, Figure::Suppressed(100));
         assert!(lift.is_none());
+    }
+
+    /// The review's L3: a campaign whose noise (or whose noise and people) the
+    /// decrypting side could not search is refused up front, for each learner.
+    #[test]
+    fn searches_beyond_two_to_the_44_are_refused_before_any_run() {
+        let usual = Noise { epsilon: 1.0, clip: 1 << 32 };
+        for learner in [Learner::Owner, Learner::Partner, Learner::Both] {
+            assert_eq!(usual.check_search(learner, 0), Ok(()));
+            assert_eq!(usual.check_search(learner, 10_000_000), Ok(()));
+        }
+        // At ε = 2^-16 and clip 2^32 the partner's noise for a 16-wide bundle is
+        // about 2^43 per side; the owner's share noise is narrower.
+        let tiny = Noise { epsilon: 1.0 / 65_536.0, clip: 1 << 32 };
+        assert!(matches!(tiny.check_search(Learner::Owner, 0), Err(SearchTooWide::Range { people: 0, .. })));
+        assert!(matches!(tiny.check_search(Learner::Both, 0), Err(SearchTooWide::Range { .. })));
+        let small = Noise { epsilon: 1.0 / 256.0, clip: 1 << 20 };
+        assert_eq!(small.check_search(Learner::Partner, 0), Ok(()));
+        // The people term alone: 2^30 people with high limbs up to 2^10 each.
+        let people = 1 << 36;
+        let err = small.check_search(Learner::Partner, people).unwrap_err();
+        assert!(matches!(err, SearchTooWide::Range { range, .. } if range > MAX_SHARE_RANGE), "{err}");
+        assert!(err.to_string().contains("raise epsilon or lower value_max"), "{err}");
     }
 
     /// Issue 20, attack 3: with noise, a group exactly at `min_aggregate` matched

@@ -646,6 +646,11 @@ fn measurement_settings(m: &MeasurementConfig, id: &str) -> Result<MeasurementSe
         }
         (Some(epsilon), Some(clip)) => Some(Noise { epsilon, clip }),
     };
+    // The review's L3: a noise bound the decrypting side could not search would
+    // fail every run, after its charge.
+    if let Some(noise) = noise {
+        noise.check_search(learner, 0).map_err(|e| err("epsilon", e.to_string()))?;
+    }
     let outcome_dataset = match &m.outcome_dataset {
         Some(name) if name.trim().is_empty() => return Err(err("outcome_dataset", "must not be empty".into())),
         Some(name) => name.trim().to_owned(),
@@ -833,6 +838,10 @@ audience = "members.csv"
             ("max_epsilon_per_partner_per_day = 1", "max_epsilon_per_partner_per_day: needs epsilon"),
             ("epsilon = 2.0\nvalue_max = 10\nmax_epsilon_per_partner_per_day = 1", "1 is smaller than epsilon (2)"),
             ("value_max = 0", "value_max: must be at least 1"),
+            (
+                "epsilon = 0.0000153\nvalue_max = 4294967296\nmax_epsilon_per_partner_per_day = 1\nmax_epsilon_per_partner_lifetime = 1",
+                "epsilon: decrypting a sum of 0 people would search",
+            ),
         ];
         for (extra, expected) in cases {
             let p = problem(&format!("{base}{extra}\n"));

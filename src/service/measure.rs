@@ -243,6 +243,12 @@ impl Service for MeasureService {
         record.outcome_records = Some(outcomes.len() as u64);
         record.opted_out_records = Some(side.excluded_records);
         record.owner_people = Some(people.len() as u64);
+        // A search the decrypting side would refuse is refused before the charge.
+        if let Some(noise) = settings.noise {
+            noise.check_search(settings.learner, people.len() as u64).map_err(|e| {
+                Status::failed_precondition(format!("this campaign's measurement cannot run on the owner's data: {e}"))
+            })?;
+        }
         // The daily budget before the expensive part (blinding and encrypting every
         // outcome person): a partner whose budget is spent costs a refusal, not the
         // owner's CPU (issue 20, item 6). A failure after this point is the owner's
