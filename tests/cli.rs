@@ -88,6 +88,25 @@ fn usage_errors_exit_2_and_other_errors_exit_1() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("does not run in shards"), "{}", text(&out.stderr));
     assert!(!dir.path().join("m").exists());
+    // --max-epsilon NaN would refuse every owner with a message about the owner.
+    for bad in ["NaN", "-1", "0", "inf"] {
+        let out = idmatch(&[
+            "measure",
+            "--server",
+            "https://127.0.0.1:1",
+            "--campaign",
+            "c",
+            "--partner",
+            members.to_str().unwrap(),
+            "--key-file",
+            &key,
+            "--out-dir",
+            dir.path().join("m").to_str().unwrap(),
+            &format!("--max-epsilon={bad}"),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("not a positive finite number"), "{}", text(&out.stderr));
+    }
     let out = idmatch(&["tokens", "--key-file", "/nonexistent/k", "--input", "x.csv", "--output", "y.csv"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("/nonexistent/k"), "{}", text(&out.stderr));

@@ -88,7 +88,13 @@ pub struct MeasureArgs {
     /// Client mode: the largest campaign epsilon you take as protection when the owner learns figures
     /// (learner owner or both). The owner chooses the epsilon, and at a large one your noise is nearly always 0:
     /// above this the measurement is refused (exit code 9) unless --trust-owner-with-split.
-    #[arg(long, value_name = "E", default_value_t = idmatch::service::measure_client::DEFAULT_MAX_EPSILON, requires = "server")]
+    #[arg(
+        long,
+        value_name = "E",
+        default_value_t = idmatch::service::measure_client::DEFAULT_MAX_EPSILON,
+        value_parser = parse_max_epsilon,
+        requires = "server"
+    )]
     pub max_epsilon: f64,
     /// Not available: a measurement runs in one process (README, "Scale"); taken only to refuse it clearly.
     #[arg(long, value_name = "N", hide = true)]
@@ -102,6 +108,15 @@ const NO_SHARDED_MEASUREMENT: &str = "idmatch measure does not run in shards: a 
 
 fn parse_learner(s: &str) -> Result<Learner, String> {
     s.parse()
+}
+
+/// `--max-epsilon`: a positive finite number (NaN or a negative one would refuse
+/// every accept with a message about the owner, not about the argument).
+fn parse_max_epsilon(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(e) if e.is_finite() && e > 0.0 => Ok(e),
+        _ => Err(format!("`{s}` is not a positive finite number")),
+    }
 }
 
 pub fn run(args: MeasureArgs) -> CliResult {
