@@ -218,6 +218,7 @@ impl Fixture {
             // Most tests measure learner owner and both: this partner trusts the owner.
             trust_owner_with_split: true,
             max_epsilon: idmatch::service::measure_client::DEFAULT_MAX_EPSILON,
+            progress: None,
         }
     }
 

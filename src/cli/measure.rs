@@ -216,6 +216,7 @@ fn run_client(args: MeasureArgs) -> CliResult {
         idle_timeout: std::time::Duration::from_secs(300),
         trust_owner_with_split: args.trust_owner_with_split,
         max_epsilon: args.max_epsilon,
+        progress: Bars::on_stderr(true),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(measure_client::run(options))?;

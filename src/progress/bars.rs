@@ -24,12 +24,15 @@ impl Bars {
 impl Progress for Bars {
     fn start(&self, label: &str, total: u64, unit: Unit) -> Arc<dyn Meter> {
         let template = match unit {
-            Unit::Bytes => "{msg} {wide_bar} {bytes}/{total_bytes} ({eta})",
-            Unit::Elements | Unit::Shards => "{msg:32} {wide_bar} {pos}/{len} ({eta})",
+            Unit::Bytes => "{msg} {wide_bar} {bytes}/{total_bytes} ({elapsed}, eta {eta})",
+            Unit::Elements | Unit::Shards => "{msg:32} {wide_bar} {pos}/{len} ({elapsed}, eta {eta})",
         };
         let bar = self.multi.add(ProgressBar::new(total));
         bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
         bar.set_message(label.to_owned());
+        // Redrawn every second, so that a long wait with nothing counted yet (the
+        // owner proving its people) still shows its time.
+        bar.enable_steady_tick(std::time::Duration::from_secs(1));
         Arc::new(bar)
     }
 }

@@ -6,12 +6,15 @@
 //! expects next by the sizes the hello and the accept announced before a byte of
 //! it is buffered; `measure_wire` cuts, joins, encodes and decodes.
 
+use std::sync::Arc;
+
 #[cfg(feature = "server")]
 use crate::measure::OwnerState;
 #[cfg(feature = "server")]
 use crate::measure::message::{MAX_GROUPS, PartnerMessage};
 use crate::measure::message::{Message, OwnerMessage};
 use crate::measure::{self, MeasureError, PartnerState};
+use crate::progress::{self, Meter, Progress, Unit};
 use crate::wire;
 use crate::wire::measure_owner_message::Body as OwnerBody;
 use crate::wire::measure_partner_message::Body as PartnerBody;
@@ -124,19 +127,54 @@ pub struct PartnerFrames {
     joiner: Joiner,
     cutter: Cutter,
     summary: Option<wire::MeasureSummary>,
+    waits: Waits,
+}
+
+/// What the partner shows while it waits for the owner's two large messages: its
+/// people (which take minutes to come when the owner proves them) and the
+/// partner's bundles blinded again. One meter each, filled when the message has
+/// arrived; nothing shown without a [`Progress`].
+struct Waits {
+    progress: Option<Arc<dyn Progress>>,
+    /// The state waited in, its meter and the meter's total.
+    current: Option<(PartnerState, Arc<dyn Meter>, u64)>,
+}
+
+impl Waits {
+    /// Finishes the meter of a state left behind and starts the next one's.
+    fn follow(&mut self, state: PartnerState, owner_people: u64, bundles: u64) {
+        if let Some((waited, meter, total)) = &self.current {
+            if *waited == state {
+                return;
+            }
+            meter.set_position(*total);
+            meter.finish();
+            self.current = None;
+        }
+        let (label, total) = match state {
+            PartnerState::AwaitingPeople => ("the owner's people", owner_people),
+            PartnerState::AwaitingReblinded => ("your bundles, blinded again", bundles),
+            _ => return,
+        };
+        let meter = progress::start(self.progress.as_ref(), label, total, Unit::Elements);
+        self.current = Some((state, meter, total));
+    }
 }
 
 impl PartnerFrames {
     /// `partner` (its `exposures` queued, of `bundles` bundles), after an accept
     /// announcing `owner_people`; frames of at most `max_frame` bytes are accepted,
-    /// `send_frame` are sent.
+    /// `send_frame` are sent; the waits for the owner's large messages are shown on
+    /// `progress`.
     pub fn new(
         partner: measure::Partner,
         bundles: u64,
         owner_people: u64,
-        max_frame: usize,
-        send_frame: usize,
+        (max_frame, send_frame): (usize, usize),
+        progress: Option<Arc<dyn Progress>>,
     ) -> PartnerFrames {
+        let mut waits = Waits { progress, current: None };
+        waits.follow(partner.state(), owner_people, bundles);
         PartnerFrames {
             partner,
             owner_people,
@@ -144,6 +182,7 @@ impl PartnerFrames {
             joiner: Joiner::new(max_frame),
             cutter: Cutter::new(send_frame),
             summary: None,
+            waits,
         }
     }
 
@@ -169,7 +208,9 @@ impl PartnerFrames {
         let Some(message) = self.joiner.push(frame, name, max)? else { return Ok(()) };
         let message = OwnerMessage::try_from(message)
             .map_err(|other| MeasureError::Unexpected { state: self.partner.state().doing(), message: other.name() })?;
-        Ok(self.partner.receive(message)?)
+        self.partner.receive(message)?;
+        self.waits.follow(self.partner.state(), self.owner_people, self.bundles);
+        Ok(())
     }
 }
 
@@ -220,6 +261,89 @@ mod tests {
 
     fn frame(data: Vec<u8>, last: bool) -> PartnerBody {
         PartnerBody::Frame(wire::MeasureFrame { data, last })
+    }
+
+    /// A meter that remembers what it was told.
+    #[derive(Debug)]
+    struct Recording {
+        label: String,
+        total: u64,
+        position: std::sync::atomic::AtomicU64,
+        finished: std::sync::atomic::AtomicBool,
+    }
+
+    impl Meter for Recording {
+        fn set_total(&self, _: u64) {}
+        fn set_position(&self, done: u64) {
+            self.position.store(done, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn advance(&self, units: u64) {
+            self.position.fetch_add(units, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn finish(&self) {
+            self.finished.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct Recorded(std::sync::Mutex<Vec<Arc<Recording>>>);
+
+    impl Progress for Recorded {
+        fn start(&self, label: &str, total: u64, _: Unit) -> Arc<dyn Meter> {
+            let meter = Arc::new(Recording {
+                label: label.to_owned(),
+                total,
+                position: Default::default(),
+                finished: Default::default(),
+            });
+            self.0.lock().unwrap().push(meter.clone());
+            meter
+        }
+    }
+
+    /// The partner shows its waits for the owner's people and for its own bundles
+    /// blinded again, each filled and finished once its message has arrived.
+    #[test]
+    fn the_partner_shows_its_waits_for_the_owners_large_messages() {
+        let people: Vec<Person> =
+            (0..3u8).map(|i| Person { tokens: vec![Token([i + 1; 32])], value: u64::from(i) }).collect();
+        let owner =
+            measure::Owner::new(OwnerConfig { min_aggregate: 1, min_group_size: 1, ..OwnerConfig::default() }, &people)
+                .unwrap();
+        let mut owner = OwnerFrames::new(owner, 1, 2, 1 << 20, 1 << 20, 1 << 24);
+        let exposures: Vec<measure::Exposure> =
+            (1..3u8).map(|i| measure::Exposure { tokens: vec![Token([i; 32])], group: 0 }).collect();
+        let config = measure::PartnerConfig {
+            min_aggregate: 1,
+            learner: measure::Learner::Owner,
+            noise: None,
+            seed: None,
+            require_proofs: false,
+        };
+        let partner = measure::Partner::new(config, vec!["all".into()], vec![2], &exposures).unwrap();
+        let recorded = Arc::new(Recorded::default());
+        let mut partner = PartnerFrames::new(partner, 2, 3, (1 << 20, 1 << 20), Some(recorded.clone() as _));
+        while !(owner.is_done() && partner.is_done()) {
+            let mut moved = false;
+            while let Some(m) = owner.poll_outgoing().unwrap() {
+                partner.receive(m.body.unwrap()).unwrap();
+                moved = true;
+            }
+            while let Some(m) = partner.poll_outgoing().unwrap() {
+                owner.receive(m.body.unwrap()).unwrap();
+                moved = true;
+            }
+            assert!(moved, "stuck");
+        }
+        let meters = recorded.0.lock().unwrap();
+        let seen: Vec<_> = meters
+            .iter()
+            .map(|m| {
+                let position = m.position.load(std::sync::atomic::Ordering::Relaxed);
+                (m.label.as_str(), m.total, position, m.finished.load(std::sync::atomic::Ordering::Relaxed))
+            })
+            .collect();
+        assert_eq!(seen, [("the owner's people", 3, 3, true), ("your bundles, blinded again", 2, 2, true)]);
     }
 
     #[test]

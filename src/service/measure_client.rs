@@ -6,6 +6,7 @@
 //! all) and returned.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -27,6 +28,7 @@ use crate::normalize::Normalizer;
 use crate::optout::BadRows;
 use crate::output::{OutDir, OutputError, write_json};
 use crate::prepare;
+use crate::progress::Progress;
 use crate::psi::ProtocolError;
 use crate::records::{ColumnSpec, MAX_VALUE, Mode, ReadOptions};
 use crate::token::Tokenizer;
@@ -85,6 +87,9 @@ pub struct MeasureClientOptions {
     /// accept above it is treated as one without noise (refused unless
     /// [`MeasureClientOptions::trust_owner_with_split`]).
     pub max_epsilon: f64,
+    /// Where reading the exposure file and the waits for the owner's people and
+    /// for its blinding of the partner's bundles are shown (`None`: nowhere).
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 /// The default of [`MeasureClientOptions::max_epsilon`]: 4, the total of one
@@ -153,6 +158,7 @@ async fn measure(
     let mut read =
         ReadOptions::new(options.normalizer.clone(), Mode::Exposures { group_column: options.group_column.clone() });
     read.columns = options.columns.clone();
+    read.progress = options.progress.clone();
     let input = options.input.clone();
     let PartnerSide { labels, group_people, exposures, report: mut side } = tokio::task::spawn_blocking(move || {
         let side = prepare::prepare(&input, &Tokenizer::new(&key), read, &suppress)?;
@@ -203,6 +209,7 @@ async fn measure(
     let runtime = tokio::runtime::Handle::current();
     let bundles = exposures.len() as u64;
     let (trust_owner, max_epsilon) = (options.trust_owner_with_split, options.max_epsilon);
+    let progress = options.progress.clone();
     let driver = tokio::task::spawn_blocking(move || {
         let partner = PartnerInput {
             labels,
@@ -211,6 +218,7 @@ async fn measure(
             bundles,
             trust_owner,
             max_epsilon,
+            progress,
         };
         run_partner(partner, &mut in_rx, &out_tx, idle, &runtime)
     });
@@ -299,6 +307,8 @@ struct PartnerInput<'a> {
     trust_owner: bool,
     /// [`MeasureClientOptions::max_epsilon`].
     max_epsilon: f64,
+    /// [`MeasureClientOptions::progress`].
+    progress: Option<Arc<dyn Progress>>,
 }
 
 /// Reads the accept, runs the partner's role to its end and waits for the summary.
@@ -331,7 +341,7 @@ fn run_partner(
     if owner_learns && !protected && !input.trust_owner {
         return Ok(Partnered::OwnerWouldLearn);
     }
-    let PartnerInput { labels, group_records, exposures, bundles, .. } = input;
+    let PartnerInput { labels, group_records, exposures, bundles, progress, .. } = input;
     if (accept.max_frame_bytes as usize) < MIN_FRAME_BYTES || accept.min_aggregate == 0 {
         return Err(FrameError::Malformed("the accept's frame limit or minimum aggregate is too small").into());
     }
@@ -343,7 +353,7 @@ fn run_partner(
     let idle = if require_proofs { idle.saturating_add(proving_allowance(accept.owner_people)) } else { idle };
     let partner = measure::Partner::new(config, labels, group_records, exposures).map_err(FrameError::from)?;
     let send = SEND_FRAME_BYTES.min(accept.max_frame_bytes as usize);
-    let mut frames = PartnerFrames::new(partner, bundles, accept.owner_people, MAX_DECODING - 1024, send);
+    let mut frames = PartnerFrames::new(partner, bundles, accept.owner_people, (MAX_DECODING - 1024, send), progress);
     drive(&mut frames, inbound, outbound, Some, idle, runtime)?;
     if frames.summary().is_none() {
         let last = receive_with_deadline(inbound, idle, runtime)?;
@@ -399,6 +409,7 @@ mod tests {
                 bundles: 0,
                 trust_owner: trust,
                 max_epsilon: DEFAULT_MAX_EPSILON,
+                progress: None,
             };
             let result = run_partner(input, &mut inbound, &outbound, Duration::from_secs(5), runtime.handle());
             assert_eq!(matches!(result, Ok(Partnered::OwnerWouldLearn)), stops, "{learner:?} {trust} {epsilon:?}");
