@@ -72,38 +72,18 @@ fn usage_errors_exit_2_and_other_errors_exit_1() {
     assert!(text(&out.stderr).contains("count"), "{}", text(&out.stderr));
     assert!(!dir.path().join("o").exists());
     // A measurement does not run in shards: said plainly, nothing written.
-    let out = idmatch(&[
-        "measure",
-        "--owner",
-        members.to_str().unwrap(),
-        "--partner",
-        members.to_str().unwrap(),
-        "--key-file",
-        &key,
-        "--out-dir",
-        dir.path().join("m").to_str().unwrap(),
-        "--shards",
-        "4",
-    ]);
+    let out_dir = dir.path().join("m");
+    let measure = |more: &[&str]| {
+        let common = ["measure", "--partner", members.to_str().unwrap(), "--key-file", &key, "--out-dir"];
+        idmatch(&[&common[..], &[out_dir.to_str().unwrap()], more].concat())
+    };
+    let out = measure(&["--owner", members.to_str().unwrap(), "--shards", "4"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("does not run in shards"), "{}", text(&out.stderr));
     assert!(!dir.path().join("m").exists());
     // --max-epsilon NaN would refuse every owner with a message about the owner.
     for bad in ["NaN", "-1", "0", "inf"] {
-        let out = idmatch(&[
-            "measure",
-            "--server",
-            "https://127.0.0.1:1",
-            "--campaign",
-            "c",
-            "--partner",
-            members.to_str().unwrap(),
-            "--key-file",
-            &key,
-            "--out-dir",
-            dir.path().join("m").to_str().unwrap(),
-            &format!("--max-epsilon={bad}"),
-        ]);
+        let out = measure(&["--server", "https://127.0.0.1:1", "--campaign", "c", &format!("--max-epsilon={bad}")]);
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out.stderr));
         assert!(text(&out.stderr).contains("not a positive finite number"), "{}", text(&out.stderr));
     }
