@@ -148,6 +148,15 @@ fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campai
     let outcomes = match &settings.measurement {
         Some(m) => {
             info!(campaign = %settings.id, outcomes = %m.outcomes.display(), "loading outcomes");
+            let owner_learns = m.learner != crate::measure::Learner::Partner;
+            let default_max = super::measure_client::DEFAULT_MAX_EPSILON;
+            if let Some(noise) = m.noise.filter(|n| owner_learns && n.epsilon > default_max) {
+                warn!(
+                    campaign = %settings.id,
+                    epsilon = noise.epsilon,
+                    "the measurement's epsilon is above the {default_max} that partner clients take by default when                      the owner learns the figures (--max-epsilon): a partner that does not raise it refuses this                      campaign's measurements (exit code 9)"
+                );
+            }
             // One row per purchase: repeated ids are one person's rows (measure::people).
             let mode = Mode::Outcomes { value_column: m.value_column.clone() };
             let mut options = ReadOptions::new(Normalizer::new(settings.profile, settings.region), mode);
