@@ -170,6 +170,11 @@ struct Fixture {
 
 impl Fixture {
     fn start() -> (Fixture, BTreeSet<String>, BTreeSet<String>) {
+        Fixture::start_with(&config_text())
+    }
+
+    /// [`Fixture::start`] with the server's configuration `config`.
+    fn start_with(config: &str) -> (Fixture, BTreeSet<String>, BTreeSet<String>) {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         synth(d, 4000, 21);
@@ -178,7 +183,7 @@ impl Fixture {
         write_pki(d);
         write(d, "token", TOKEN);
         write(d, "wary-token", WARY_TOKEN);
-        write(d, "server.toml", &config_text());
+        write(d, "server.toml", config);
         (Fixture::serve(dir), opted, suppressed)
     }
 
@@ -240,6 +245,25 @@ impl Fixture {
             std::fs::read_dir(self.path("results")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
         files.sort();
         files
+    }
+
+    /// A raw stream to the measurer, authenticated as the trusted partner: the
+    /// sender of its messages (the stream stays open while it lives) and the owner's
+    /// replies.
+    async fn open(
+        &self,
+    ) -> (tokio::sync::mpsc::Sender<wire::MeasurePartnerMessage>, tonic::Streaming<wire::MeasureOwnerMessage>) {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read_to_string(self.path("ca.pem")).unwrap()));
+        let endpoint =
+            Endpoint::from_shared(format!("https://localhost:{}", self.port)).unwrap().tls_config(tls).unwrap();
+        let channel = endpoint.connect().await.unwrap();
+        let mut client = MeasurerClient::new(channel).max_encoding_message_size(64 << 20);
+        let (sender, outgoing) = tokio::sync::mpsc::channel(4);
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+        request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let replies = client.measure(request);
+        (sender, replies.await.unwrap().into_inner())
     }
 
     fn fingerprint(&self) -> Vec<u8> {
@@ -527,6 +551,45 @@ fn refusals_and_the_epsilon_budget_across_a_restart() {
     assert_eq!(ledger.len(), 2);
     assert_eq!((ledger[0].0, ledger[0].1, ledger[1].1), (2.0, 2.0, 4.0));
     assert!(ledger[0].2.ends_with("outcomes.csv"), "{}", ledger[0].2);
+}
+
+/// Proving is the server's most expensive work (issue 20, item 6): while one
+/// measurement's owner proves its values, another that would prove is refused with
+/// RESOURCE_EXHAUSTED before its charge, and measurements run again once the
+/// proofs are done. Proving on one thread (`proving_threads = 1`) for the width of
+/// the window; the budgets tell, independently of the audit, what was charged.
+#[test]
+fn a_second_measurement_is_refused_while_the_owner_proves_and_is_not_charged() {
+    let (f, _, _) = Fixture::start_with(&config_text().replace("[limits]\n", "[limits]\nproving_threads = 1\n"));
+    let busy = f.server.runtime.block_on(async {
+        // A: learner both with noise, so the owner proves its outcome people after
+        // the accept, before the people message.
+        let (sender, mut replies) = f.open().await;
+        sender.send(f.hello_for("noisy", 2, 1000)).await.unwrap();
+        let accept = replies.message().await.unwrap().unwrap();
+        let Some(wire::measure_owner_message::Body::Accept(accept)) = accept.body else { panic!("{accept:?}") };
+        assert!(accept.owner_people > 500, "{accept:?}");
+        // B, while A's owner proves.
+        let (other, mut refused) = f.open().await;
+        other.send(f.hello_for("noisy", 2, 1000)).await.unwrap();
+        let busy = refused.message().await.unwrap_err();
+        // A's people come once its proofs are done, and free the slot.
+        replies.message().await.unwrap().unwrap();
+        drop((sender, other));
+        busy
+    });
+    assert_eq!(busy.code(), tonic::Code::ResourceExhausted, "{busy:?}");
+    assert!(busy.message().contains("max_concurrent_proofs = 1"), "{}", busy.message());
+    // The daily budget is 4.0 and a measurement is charged 2.0: A and one more fit,
+    // so B charged nothing.
+    let report = f.run(f.options("noisy", "n")).unwrap();
+    assert!(report.release.is_some());
+    let refused = f.run(f.options("noisy", "n")).unwrap_err();
+    assert!(matches!(&refused, ClientError::ResourceExhausted(m) if m.contains("daily epsilon budget")), "{refused}");
+    let audit = f.audit();
+    let spent: Vec<(&str, f64)> =
+        audit.iter().map(|a| (a["outcome"].as_str().unwrap(), a["epsilon_spent"].as_f64().unwrap())).collect();
+    assert!(spent.contains(&("ResourceExhausted", 0.0)) && spent.contains(&("ok", 2.0)), "{spent:?}");
 }
 
 #[test]

@@ -129,6 +129,15 @@ pub struct Limits {
     pub keepalive_timeout_secs: u64,
     /// TCP keepalive probes on idle connections after this long.
     pub tcp_keepalive_secs: u64,
+    /// Threads of the pool on which the owner encrypts and proves its values when
+    /// it learns measurement figures with noise (default: every core; positive).
+    /// A pool of its own, so that proving shares the cores with matches rather
+    /// than queueing them behind it. Changes need a restart.
+    pub proving_threads: Option<usize>,
+    /// Measurements whose owner proves its values at once, all partners together
+    /// (default 1, positive); more are refused with RESOURCE_EXHAUSTED before
+    /// anything is charged.
+    pub max_concurrent_proofs: usize,
 }
 
 /// Default of `max_concurrent_matches_per_partner`.
@@ -153,6 +162,8 @@ impl Default for Limits {
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 20,
             tcp_keepalive_secs: 60,
+            proving_threads: None,
+            max_concurrent_proofs: 1,
         }
     }
 }
@@ -168,10 +179,23 @@ impl Limits {
         self.max_concurrent_matches_per_partner.unwrap_or(DEFAULT_MATCHES_PER_PARTNER.min(self.max_concurrent_matches))
     }
 
-    /// The settings fixed for the life of the process (the gRPC server and its
-    /// connections are built with them): a reload may not change them.
-    pub(crate) fn restart_only(&self) -> (usize, u64, u64, u64) {
-        (self.max_message_bytes, self.keepalive_interval_secs, self.keepalive_timeout_secs, self.tcp_keepalive_secs)
+    /// Threads of the proving pool: [`proving_threads`](Self::proving_threads), or
+    /// every core.
+    pub fn proving_threads(&self) -> usize {
+        self.proving_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// The settings fixed for the life of the process (the gRPC server, its
+    /// connections and the proving pool are built with them): a reload may not
+    /// change them.
+    pub(crate) fn restart_only(&self) -> (usize, u64, u64, u64, Option<usize>) {
+        (
+            self.max_message_bytes,
+            self.keepalive_interval_secs,
+            self.keepalive_timeout_secs,
+            self.tcp_keepalive_secs,
+            self.proving_threads,
+        )
     }
 }
 
@@ -464,6 +488,9 @@ impl Config {
         if l.max_concurrent_matches == 0 || l.idle_timeout_secs == 0 || l.max_message_bytes < 64 * 1024 {
             return Err("[limits]: max_concurrent_matches and idle_timeout_secs must be positive and max_message_bytes at least 65536".into());
         }
+        if l.proving_threads == Some(0) || l.max_concurrent_proofs == 0 {
+            return Err("[limits]: proving_threads and max_concurrent_proofs must be positive".into());
+        }
         if l.max_measurement_message_bytes < 64 * 1024 {
             return Err("[limits]: max_measurement_message_bytes must be at least 65536".into());
         }
@@ -686,7 +713,7 @@ impl Config {
             ("metrics_listen", self.metrics_listen != new.metrics_listen),
             ("[optout_store]", self.optout_store != new.optout_store),
             (
-                "[limits] max_message_bytes or keepalive settings",
+                "[limits] max_message_bytes, keepalive settings or proving_threads",
                 self.limits.restart_only() != new.limits.restart_only(),
             ),
         ];

@@ -50,6 +50,9 @@ pub enum ServeError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
+    /// The thread pool for the owner's measurement proofs could not be started.
+    #[error("cannot start the proving pool ([limits] proving_threads): {0}")]
+    ProvingPool(String),
     /// tonic refused the TLS configuration, or the gRPC server failed while serving.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),

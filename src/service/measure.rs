@@ -8,7 +8,9 @@
 //! (FAILED_PRECONDITION), version, profile and key fingerprint
 //! (FAILED_PRECONDITION), the announced groups (INVALID_ARGUMENT) and bundles
 //! (RESOURCE_EXHAUSTED over `max_partner_set`). Then the opt-outs as they are now
-//! are applied to the outcomes, and the daily budget is charged (one match, the
+//! are applied to the outcomes, a proving slot is taken when the owner will prove
+//! its values (`proving`: RESOURCE_EXHAUSTED while `max_concurrent_proofs`
+//! measurements prove), and the daily budget is charged (one match, the
 //! bundles as identifiers, and the campaign's epsilon when it adds noise) before the
 //! owner blinds and encrypts its outcomes and sends `accept`. When the
 //! owner learns the figures they are written to the results directory before the
@@ -249,6 +251,14 @@ impl Service for MeasureService {
                 Status::failed_precondition(format!("this campaign's measurement cannot run on the owner's data: {e}"))
             })?;
         }
+        // The owner proves its values whenever it decrypts the groups' sums (the
+        // partner checks them): the most expensive part of the server, in a pool
+        // of its own, and refused before the charge when others are proving now.
+        let prove = settings.learner != Learner::Partner && settings.noise.is_some();
+        let proving = prove
+            .then(|| session.shared.proving.acquire(limits.max_concurrent_proofs))
+            .transpose()
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         // The daily budget before the expensive part (blinding and encrypting every
         // outcome person): a partner whose budget is spent costs a refusal, not the
         // owner's CPU (issue 20, item 6). A failure after this point is the owner's
@@ -276,8 +286,7 @@ impl Service for MeasureService {
             learner: settings.learner,
             noise: settings.noise,
             seed: None,
-            // The partner checks them whenever the owner decrypts its groups' sums.
-            prove: settings.learner != Learner::Partner && settings.noise.is_some(),
+            prove,
         };
         // The accept goes first: it needs only the sizes, and the partner, which
         // learns from it how many people the owner will prove, waits for the proofs
@@ -293,7 +302,13 @@ impl Service for MeasureService {
             clip_value: settings.noise.map(|n| n.clip),
         };
         session.send(wire::MeasureOwnerMessage { body: Some(OwnerBody::Accept(accept)) })?;
-        let owner = measure::Owner::new(owner_config, &people).map_err(|e| {
+        let start = || measure::Owner::new(owner_config, &people);
+        let owner = match &proving {
+            Some(slot) => session.shared.proving.run(slot, start),
+            None => start(),
+        };
+        drop(proving);
+        let owner = owner.map_err(|e| {
             error!(match_id = session.id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");
             Status::internal("the owner could not start the measurement")
         })?;

@@ -4,7 +4,8 @@
 //! - [`server`]: serving on a bound listener, health, reflection, graceful shutdown,
 //!   configuration reloads;
 //! - `state` (loading partners and campaigns), `auth` (credentials), `slots`
-//!   (concurrency caps), `error` (why the server could not start or reload);
+//!   (concurrency caps), `proving` (the owner's measurement proofs on a pool of
+//!   their own, a cap on how many run at once), `error` (why the server could not start or reload);
 //! - `shared` (what the server shares between streams: the configuration now,
 //!   opt-outs, audit log, budgets, metrics, slots), `session` (the one skeleton of a
 //!   stream: authenticate, admit, run, audit, count), `status` (refusals as gRPC
@@ -61,6 +62,8 @@ mod matcher;
 mod measure;
 #[cfg(feature = "server")]
 mod metrics;
+#[cfg(feature = "server")]
+mod proving;
 #[cfg(feature = "server")]
 mod runs;
 #[cfg(feature = "server")]

@@ -10,6 +10,7 @@ use super::budget::Budgets;
 use super::config::{Config, ConfigError};
 use super::error::ServeError;
 use super::metrics::Metrics;
+use super::proving::Proving;
 use super::runs::Runs;
 use super::slots::Slots;
 use super::state::{OptOuts, State};
@@ -25,6 +26,8 @@ pub(crate) struct Shared {
     pub budgets: Budgets,
     pub metrics: Arc<Metrics>,
     pub slots: Slots,
+    /// The pool and the cap for the owner's measurement proofs.
+    pub proving: Proving,
     /// Sharded match runs, in a registry shared by the processes that share the
     /// budget state (see `runs`).
     pub runs: Runs,
@@ -100,6 +103,8 @@ impl Shared {
         let budgets = Budgets::open(&config.state_file)?;
         let runs_dir = super::runs::registry_dir(&config.state_file);
         let runs = Runs::open(&runs_dir).map_err(|source| ServeError::Io { path: runs_dir, source })?;
+        let proving =
+            Proving::new(config.limits.proving_threads()).map_err(|e| ServeError::ProvingPool(e.to_string()))?;
         let state = State::load(config, &optouts).await?;
         Ok(Shared {
             state: RwLock::new(Arc::new(state)),
@@ -108,6 +113,7 @@ impl Shared {
             budgets,
             metrics: Arc::new(Metrics::default()),
             slots: Slots::default(),
+            proving,
             runs,
         })
     }
