@@ -131,8 +131,7 @@ pub struct Limits {
     pub tcp_keepalive_secs: u64,
     /// Threads of the pool on which the owner encrypts and proves its values when
     /// it learns measurement figures with noise (default: every core; positive).
-    /// A pool of its own, so that proving shares the cores with matches rather
-    /// than queueing them behind it. Changes need a restart.
+    /// Fewer leaves the other cores to matches. Changes need a restart.
     pub proving_threads: Option<usize>,
     /// Measurements whose owner proves its values at once, all partners together
     /// (default 1, positive); more are refused with RESOURCE_EXHAUSTED before
