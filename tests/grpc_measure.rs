@@ -18,6 +18,7 @@ use idmatch::normalize::{Normalizer, Profile, Region};
 use idmatch::psi::group::BlindingKey;
 use idmatch::records::ColumnSpec;
 use idmatch::service::client::ClientError;
+use idmatch::service::epsilon_ledger::{Ledger, LedgerError};
 use idmatch::service::measure_client::{self, MeasureClientOptions, PartnerReport};
 use idmatch::token::{KeyFingerprint, Token};
 use idmatch::wire;
@@ -224,6 +225,7 @@ impl Fixture {
             trust_owner_with_split: true,
             max_epsilon: idmatch::service::measure_client::DEFAULT_MAX_EPSILON,
             progress: None,
+            ledger: None,
         }
     }
 
@@ -555,11 +557,12 @@ fn refusals_and_the_epsilon_budget_across_a_restart() {
 
 /// Proving is the server's most expensive work (issue 20, item 6): while one
 /// measurement's owner proves its values, another that would prove is refused with
-/// RESOURCE_EXHAUSTED before its charge, and measurements run again once the
-/// proofs are done. Proving on one thread (`proving_threads = 1`) for the width of
-/// the window; the budgets tell, independently of the audit, what was charged.
+/// RESOURCE_EXHAUSTED before its charge; a partner that goes away stops the
+/// proving for it, and measurements run again. Proving on one thread
+/// (`proving_threads = 1`) for the width of the window; the budgets tell,
+/// independently of the audit, what was charged.
 #[test]
-fn a_second_measurement_is_refused_while_the_owner_proves_and_is_not_charged() {
+fn a_second_measurement_is_refused_while_the_owner_proves_and_the_first_stops_when_its_partner_goes() {
     let (f, _, _) = Fixture::start_with(&config_text().replace("[limits]\n", "[limits]\nproving_threads = 1\n"));
     let busy = f.server.runtime.block_on(async {
         // A: learner both with noise, so the owner proves its outcome people after
@@ -573,23 +576,98 @@ fn a_second_measurement_is_refused_while_the_owner_proves_and_is_not_charged() {
         let (other, mut refused) = f.open().await;
         other.send(f.hello_for("noisy", 2, 1000)).await.unwrap();
         let busy = refused.message().await.unwrap_err();
-        // A's people come once its proofs are done, and free the slot.
-        replies.message().await.unwrap().unwrap();
-        drop((sender, other));
-        busy
+        // A's partner goes away: the owner stops proving for it, and C is accepted.
+        drop((sender, replies, other, refused));
+        let gone = std::time::Instant::now();
+        let (c, mut c_replies, accepted) = loop {
+            let (c, mut c_replies) = f.open().await;
+            c.send(f.hello_for("noisy", 2, 1000)).await.unwrap();
+            match c_replies.message().await {
+                Ok(Some(_accept)) => break (c, c_replies, gone.elapsed()),
+                Err(status) if status.message().contains("max_concurrent_proofs") => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        // C's people come once its proofs are done: the time A's would have taken.
+        let started = std::time::Instant::now();
+        c_replies.message().await.unwrap().unwrap();
+        let proving = started.elapsed();
+        drop(c);
+        (busy, accepted, proving)
     });
+    let (busy, accepted, proving) = busy;
     assert_eq!(busy.code(), tonic::Code::ResourceExhausted, "{busy:?}");
     assert!(busy.message().contains("max_concurrent_proofs = 1"), "{}", busy.message());
-    // The daily budget is 4.0 and a measurement is charged 2.0: A and one more fit,
-    // so B charged nothing.
-    let report = f.run(f.options("noisy", "n")).unwrap();
-    assert!(report.release.is_some());
+    assert!(accepted * 4 < proving, "C accepted {accepted:?} after A's partner went; proving takes {proving:?}");
+    // The daily budget is 4.0 and a measurement is charged 2.0: A and C fit, so B
+    // charged nothing (C would have been refused otherwise), and the day is spent.
     let refused = f.run(f.options("noisy", "n")).unwrap_err();
     assert!(matches!(&refused, ClientError::ResourceExhausted(m) if m.contains("daily epsilon budget")), "{refused}");
     let audit = f.audit();
     let spent: Vec<(&str, f64)> =
         audit.iter().map(|a| (a["outcome"].as_str().unwrap(), a["epsilon_spent"].as_f64().unwrap())).collect();
-    assert!(spent.contains(&("ResourceExhausted", 0.0)) && spent.contains(&("ok", 2.0)), "{spent:?}");
+    assert!(spent.contains(&("ResourceExhausted", 0.0)) && spent.contains(&("Cancelled", 2.0)), "{spent:?}");
+}
+
+/// The partner's epsilon ledger against an owner that would average its noise
+/// over repeated measurements: each measurement in which the owner learns figures
+/// is charged the campaign's epsilon before the partner's people leave, under one
+/// exposure dataset across campaigns, and refused once the lifetime budget would
+/// be passed; the ledger's entries are checked against the owner's audit.
+#[test]
+fn the_partners_epsilon_ledger_stops_repeated_measurements_of_its_exposures() {
+    // A measurement refused after the accept leaves the owner proving for a
+    // moment: room for the next one.
+    let (f, _, _) = Fixture::start_with(&config_text().replace("[limits]\n", "[limits]\nmax_concurrent_proofs = 4\n"));
+    let ledger = |dataset: &str, lifetime: f64| {
+        Some(Ledger { path: f.path("partner-ledger.json"), dataset: dataset.into(), lifetime })
+    };
+    let with =
+        |campaign: &str, out: &str, ledger: Option<Ledger>| MeasureClientOptions { ledger, ..f.options(campaign, out) };
+    // A budget smaller than one measurement (learner both, epsilon 1.0): refused
+    // after the accept, before the exposures; the owner writes no figures and the
+    // ledger charges nothing.
+    let err = f.run(with("noisy", "n1", ledger("small", 0.5))).unwrap_err();
+    assert!(matches!(&err, ClientError::Ledger(LedgerError::Spent { epsilon, .. }) if *epsilon == Some(1.0)), "{err}");
+    assert_eq!(err.exit_code(), 9);
+    assert!(f.results().is_empty());
+    // Exact figures for the owner (trusted with the split) cannot be accounted for.
+    let err = f.run(with("spring", "s", ledger("small", 0.5))).unwrap_err();
+    assert!(matches!(err, ClientError::Ledger(LedgerError::Exact)), "{err}");
+    assert_eq!(err.exit_code(), 9);
+    assert!(f.results().is_empty());
+    // One measurement fits a budget of 1.0...
+    let report = f.run(with("noisy-twin", "n2", ledger("exposures", 1.0))).unwrap();
+    assert_eq!(report.epsilon, Some(1.0));
+    // ...and then the same exposures under another campaign are refused before
+    // connecting: the owner sees nothing.
+    let audited = f.audit().len();
+    let err = f.run(with("noisy", "n3", ledger("exposures", 1.0))).unwrap_err();
+    assert!(matches!(&err, ClientError::Ledger(LedgerError::Spent { epsilon, .. }) if epsilon.is_none()), "{err}");
+    assert_eq!(f.audit().len(), audited);
+    // Learner partner releases nothing to the owner: not charged.
+    f.run(with("summer", "summer", ledger("small", 0.5))).unwrap();
+
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.path("partner-ledger.json")).unwrap()).unwrap();
+    assert_eq!(file["datasets"]["exposures"]["spent"], 1.0);
+    assert!(file["datasets"].get("small").is_none(), "{file}");
+    let charged: BTreeSet<(String, String)> = file["datasets"]["exposures"]["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["campaign"].as_str().unwrap().to_owned(), m["measurement_id"].as_str().unwrap().to_owned()))
+        .collect();
+    let owner_learned: BTreeSet<(String, String)> = f
+        .audit()
+        .iter()
+        .filter(|a| a["outcome"] == "ok" && a["owner_learned"] == true)
+        .map(|a| (a["campaign"].as_str().unwrap().to_owned(), a["match_id"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(charged, owner_learned);
+    assert_eq!(charged.len(), 1);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use idmatch::measure::side::SideReport;
 use idmatch::measure::stats::{DEFAULT_MIN_AGGREGATE, Noise};
 use idmatch::optout::BadRows;
 use idmatch::progress::Bars;
+use idmatch::service::epsilon_ledger::Ledger;
 use idmatch::service::measure_client::{self, MeasureClientOptions};
 
 #[derive(Debug, Args)]
@@ -96,6 +97,25 @@ pub struct MeasureArgs {
         requires = "server"
     )]
     pub max_epsilon: f64,
+    /// Client mode: keep a lifetime account, in this JSON file, of the epsilon at which owners learned figures of
+    /// your exposures (learner owner or both). Each such measurement is charged the campaign's epsilon after the
+    /// owner's accept and before anything about your people is sent; one that would pass --max-epsilon-lifetime
+    /// is refused (exit code 9), as is one where the owner would learn exact figures.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub epsilon_ledger: Option<PathBuf>,
+    /// Client mode: the lifetime epsilon budget of each exposure dataset in --epsilon-ledger.
+    #[arg(
+        long,
+        value_name = "E",
+        default_value_t = idmatch::service::epsilon_ledger::DEFAULT_LIFETIME,
+        value_parser = parse_max_epsilon,
+        requires = "epsilon_ledger"
+    )]
+    pub max_epsilon_lifetime: f64,
+    /// Client mode: the name the ledger charges these exposures under (default: the campaign id); give the same
+    /// name to measurements of the same people under different campaigns.
+    #[arg(long, value_name = "NAME", requires = "epsilon_ledger")]
+    pub exposure_dataset: Option<String>,
     /// Not available: a measurement runs in one process (README, "Scale"); taken only to refuse it clearly.
     #[arg(long, value_name = "N", hide = true)]
     pub shards: Option<String>,
@@ -200,7 +220,7 @@ fn run_client(args: MeasureArgs) -> CliResult {
     };
     let options = MeasureClientOptions {
         server,
-        campaign,
+        campaign: campaign.clone(),
         key_file: args.key_file,
         input: args.partner,
         group_column: args.group_col,
@@ -217,9 +237,26 @@ fn run_client(args: MeasureArgs) -> CliResult {
         trust_owner_with_split: args.trust_owner_with_split,
         max_epsilon: args.max_epsilon,
         progress: Bars::on_stderr(true),
+        ledger: args.epsilon_ledger.map(|path| Ledger {
+            path,
+            dataset: args.exposure_dataset.unwrap_or_else(|| campaign.clone()),
+            lifetime: args.max_epsilon_lifetime,
+        }),
     };
+    let ledger = options.ledger.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(measure_client::run(options))?;
+    if let Some(ledger) = ledger {
+        let account = ledger.account()?;
+        println!(
+            "epsilon ledger {}: exposure dataset `{}` has spent {} of {} in {} measurement(s)",
+            ledger.path.display(),
+            ledger.dataset,
+            account.spent,
+            ledger.lifetime,
+            account.measurements.len()
+        );
+    }
     print_side("partner", &report.partner);
     println!("owner people: {}; measurement id: {}", report.owner_people, report.measurement_id);
     match &report.release {

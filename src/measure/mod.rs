@@ -242,6 +242,10 @@ pub enum MeasureError {
     /// the peer's doing).
     #[error("range proofs need the measurement's noise (its clip bounds the values)")]
     ProofsNeedNoise,
+    /// The owner stopped preparing its people: the caller said the measurement
+    /// was abandoned (its partner went away) ([`Owner::prepare`]).
+    #[error("the owner stopped preparing its people: the measurement was abandoned")]
+    Abandoned,
     /// `people` carries range proofs nobody asked for (no clip to check them against).
     #[error("the owner's people carry range proofs this measurement does not use")]
     UnexpectedProofs,

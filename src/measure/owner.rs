@@ -123,6 +123,18 @@ impl std::fmt::Debug for Owner {
 impl Owner {
     /// Blinds and encrypts `people` (shuffled) and queues the first message.
     pub fn new(config: OwnerConfig, people: &[Person]) -> Result<Owner, MeasureError> {
+        Owner::prepare(config, people, &|| false)
+    }
+
+    /// [`Owner::new`], which gives up ([`MeasureError::Abandoned`]) as soon as
+    /// `abandoned` says so, checked before each chunk of [`PEOPLE_PER_PROOF`]
+    /// people is encrypted and proven: the server stops proving for a partner that
+    /// went away (minutes of CPU for a million people) within a chunk's time.
+    pub fn prepare(
+        config: OwnerConfig,
+        people: &[Person],
+        abandoned: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Owner, MeasureError> {
         if config.prove && config.noise.is_none() {
             return Err(MeasureError::ProofsNeedNoise);
         }
@@ -159,6 +171,9 @@ impl Owner {
             .zip(order.par_chunks(PEOPLE_PER_PROOF))
             .enumerate()
             .map(|(chunk, (out, persons))| {
+                if abandoned() {
+                    return Err(MeasureError::Abandoned);
+                }
                 let encrypted: Vec<_> =
                     persons.iter().map(|p| encryptor.encrypt_value(p.value, split, &mut OsRng)).collect();
                 for (bytes, (limbs, _)) in out.iter_mut().zip(&encrypted) {

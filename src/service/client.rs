@@ -25,6 +25,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use super::convert::{owner_from_wire, partner_to_wire};
 use super::driver::{DriveError, INBOUND_QUEUE, Inbound, drive, error_kind, receive_with_deadline, send_with_deadline};
+use super::epsilon_ledger::LedgerError;
 use crate::key::{Key, KeyError, read_secret_file};
 use crate::local_match::memory;
 use crate::normalize::{Normalizer, Profile};
@@ -209,6 +210,12 @@ pub enum ClientError {
          for learner = \"partner\""
     )]
     OwnerWouldLearn,
+    /// The partner's epsilon ledger (`--epsilon-ledger`) refused the measurement:
+    /// the exposure dataset's lifetime budget would be passed, or the owner would
+    /// learn exact figures (exit code 9; nothing about the people was sent); or
+    /// the ledger could not be read or written (exit code 1).
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
     /// A measurement could not be run or its result written (`idmatch measure
     /// --server`): the exposures, the owner's messages or the output directory.
     #[error("measurement: {0}")]
@@ -222,7 +229,8 @@ pub enum ClientError {
 impl ClientError {
     /// 2 usage, 3 unreachable, 4 TLS, 5 credentials, 6 permission, 7 limits, 8
     /// campaign key mismatch, 9 a measurement this side refused (the owner would
-    /// learn figures), 1 anything else.
+    /// learn figures it is not allowed to, or its epsilon ledger is spent), 1
+    /// anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Usage(_) => 2,
@@ -233,6 +241,7 @@ impl ClientError {
             ClientError::ResourceExhausted(_) => 7,
             ClientError::KeyMismatch(_) => 8,
             ClientError::OwnerWouldLearn => 9,
+            ClientError::Ledger(LedgerError::Spent { .. } | LedgerError::Exact) => 9,
             _ => 1,
         }
     }

@@ -302,13 +302,18 @@ impl Service for MeasureService {
             clip_value: settings.noise.map(|n| n.clip),
         };
         session.send(wire::MeasureOwnerMessage { body: Some(OwnerBody::Accept(accept)) })?;
-        let start = || measure::Owner::new(owner_config, &people);
+        // Proving takes minutes for a million people: stopped when the partner goes.
+        let gone = session.partner_gone();
+        let start = || measure::Owner::prepare(owner_config, &people, &gone);
         let owner = match &proving {
             Some(slot) => session.shared.proving.run(slot, start),
             None => start(),
         };
         drop(proving);
         let owner = owner.map_err(|e| {
+            if matches!(e, measure::MeasureError::Abandoned) {
+                return Status::cancelled(e.to_string());
+            }
             error!(match_id = session.id, campaign = %campaign.settings.id, error = %e, "could not start the owner's side");
             Status::internal("the owner could not start the measurement")
         })?;

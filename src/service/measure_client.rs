@@ -17,6 +17,7 @@ use tonic::Request;
 
 use super::client::{ClientError, PartnerFiles, TlsFiles, authorize, check_server, connect_to};
 use super::driver::{DriveError, Driven, INBOUND_QUEUE, Inbound, drive, error_kind, receive_with_deadline};
+use super::epsilon_ledger::{Entry, Ledger, LedgerError};
 use super::frames::PartnerFrames;
 use super::measure_wire::{
     FrameError, MEASURE_VERSION, MIN_FRAME_BYTES, OWNER_LEARNS_REFUSED, SEND_FRAME_BYTES, learner_from_wire,
@@ -90,6 +91,10 @@ pub struct MeasureClientOptions {
     /// Where reading the exposure file and the waits for the owner's people and
     /// for its blinding of the partner's bundles are shown (`None`: nowhere).
     pub progress: Option<Arc<dyn Progress>>,
+    /// The partner's lifetime account of the epsilon owners learned its exposures
+    /// at (`None`: no account kept): checked before anything is read or sent,
+    /// charged after the accept, before anything about the people is sent.
+    pub ledger: Option<Ledger>,
 }
 
 /// The default of [`MeasureClientOptions::max_epsilon`]: 4, the total of one
@@ -128,6 +133,12 @@ pub async fn run(options: MeasureClientOptions) -> Result<PartnerReport, ClientE
     check_server(&options.server, tls)?;
     let out =
         OutDir::create(&options.out_dir).map_err(|source| OutputError { path: options.out_dir.clone(), source })?;
+    if let Some(ledger) = &options.ledger
+        && let Err(e) = ledger.check()
+    {
+        out.discard();
+        return Err(e.into());
+    }
     let result = measure(&options, tls, out.staging()).await;
     match result {
         Ok(report) if report.release.is_some() => {
@@ -210,6 +221,18 @@ async fn measure(
     let bundles = exposures.len() as u64;
     let (trust_owner, max_epsilon) = (options.trust_owner_with_split, options.max_epsilon);
     let progress = options.progress.clone();
+    let ledger = options.ledger.clone().map(|ledger| {
+        let entry = Entry {
+            time_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            server: options.server.clone(),
+            campaign: options.campaign.clone(),
+            measurement_id: measurement_id.clone(),
+            epsilon: 0.0,
+        };
+        (ledger, entry)
+    });
     let driver = tokio::task::spawn_blocking(move || {
         let partner = PartnerInput {
             labels,
@@ -219,6 +242,7 @@ async fn measure(
             trust_owner,
             max_epsilon,
             progress,
+            ledger,
         };
         run_partner(partner, &mut in_rx, &out_tx, idle, &runtime)
     });
@@ -233,6 +257,7 @@ async fn measure(
     let (accept, learner, release) = match outcome {
         Partnered::Done(outcome) => outcome,
         Partnered::OwnerWouldLearn => return Err(ClientError::OwnerWouldLearn),
+        Partnered::Ledger(e) => return Err(e.into()),
     };
     let report = PartnerReport {
         campaign: options.campaign.clone(),
@@ -271,6 +296,8 @@ enum Partnered {
     /// did not trust it with its split ([`MeasureClientOptions::trust_owner_with_split`]).
     /// (An owner that reads `owner_may_learn` refuses before the accept.)
     OwnerWouldLearn,
+    /// Refused after the accept by the partner's epsilon ledger.
+    Ledger(LedgerError),
 }
 
 /// How long the owner may take to prove one person's value before its `people`
@@ -309,6 +336,9 @@ struct PartnerInput<'a> {
     max_epsilon: f64,
     /// [`MeasureClientOptions::progress`].
     progress: Option<Arc<dyn Progress>>,
+    /// [`MeasureClientOptions::ledger`], and what its entry for this measurement
+    /// says but the epsilon.
+    ledger: Option<(Ledger, Entry)>,
 }
 
 /// Reads the accept, runs the partner's role to its end and waits for the summary.
@@ -340,6 +370,13 @@ fn run_partner(
     let protected = noise.is_some_and(|n| n.epsilon <= input.max_epsilon);
     if owner_learns && !protected && !input.trust_owner {
         return Ok(Partnered::OwnerWouldLearn);
+    }
+    // What the owner will learn is charged to the partner's ledger before anything
+    // about its people leaves; a refusal ends the measurement here.
+    if let Some((ledger, entry)) = input.ledger.as_ref().filter(|_| owner_learns)
+        && let Err(e) = ledger.charge(noise.map(|n| n.epsilon), entry.clone())
+    {
+        return Ok(Partnered::Ledger(e));
     }
     let PartnerInput { labels, group_records, exposures, bundles, progress, .. } = input;
     if (accept.max_frame_bytes as usize) < MIN_FRAME_BYTES || accept.min_aggregate == 0 {
@@ -410,6 +447,7 @@ mod tests {
                 trust_owner: trust,
                 max_epsilon: DEFAULT_MAX_EPSILON,
                 progress: None,
+                ledger: None,
             };
             let result = run_partner(input, &mut inbound, &outbound, Duration::from_secs(5), runtime.handle());
             assert_eq!(matches!(result, Ok(Partnered::OwnerWouldLearn)), stops, "{learner:?} {trust} {epsilon:?}");

@@ -17,6 +17,8 @@
 //! - [`shard_files`]: one shard stream of a run from the files `idmatch shard`
 //!   wrote (`idmatch match --server … --shard I/N --shard-files DIR`);
 //! - [`measure_client`]: the partner's client behind `idmatch measure --server`;
+//!   [`epsilon_ledger`]: its lifetime account of what owners learned about its
+//!   exposures;
 //! - [`admin_client`]: the owner's `OptOutAdmin` client behind `idmatch optout
 //!   --server`;
 //! - `convert`: engine messages ↔ protobuf wire types;
@@ -27,13 +29,15 @@
 //!   `measure_wire` (measurement messages ↔ frames: encoding, decoding, bounds);
 //! - `audit`, `budget`, `metrics`: the audit log, daily budgets, Prometheus;
 //!   `lockfile`: the lock that lets several server processes share the budget
-//!   state and the runs.
+//!   state and the runs (and several clients one epsilon ledger).
 
 // The clients (feature `client`)...
 pub mod client;
 mod convert;
 mod driver;
+pub mod epsilon_ledger;
 mod frames;
+mod lockfile;
 pub mod measure_client;
 mod measure_wire;
 pub mod shard_files;
@@ -54,8 +58,6 @@ mod budget;
 pub mod config;
 #[cfg(feature = "server")]
 mod error;
-#[cfg(feature = "server")]
-mod lockfile;
 #[cfg(feature = "server")]
 mod matcher;
 #[cfg(feature = "server")]

@@ -171,6 +171,14 @@ pub(crate) fn serve<S: Service>(
 }
 
 impl<'a, S: Service> Session<'a, S> {
+    /// A check of whether the partner went away (the stream's response side was
+    /// dropped: the partner cancelled or its connection broke), for long work
+    /// that should stop then.
+    pub fn partner_gone(&self) -> impl Fn() -> bool + Sync + use<S> {
+        let outbound = self.outbound.clone();
+        move || outbound.is_closed()
+    }
+
     /// The skeleton: the service's run between the metrics and the audit record,
     /// then the last message.
     fn run(&mut self) -> Result<(), Status> {

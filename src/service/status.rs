@@ -133,6 +133,7 @@ fn measure_status(error: &MeasureError, message: String) -> Status {
         | TooManyIdentifiers(_) => Status::invalid_argument(message),
         GroupTooSmall { .. } => Status::failed_precondition(message),
         Unexpected { .. } | Failed => Status::failed_precondition(message),
+        Abandoned => Status::cancelled(message),
         ValueTooLarge | ValueAboveClip | Prove(_) | ProofsNeedNoise | Rng(_) | Noise(_) | Stalled => {
             error!(error = %error, "the measurement failed on the owner's side");
             Status::internal("the owner could not continue the measurement")
