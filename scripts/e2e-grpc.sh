@@ -28,21 +28,9 @@ fi
 
 "$bin" synth --rows "$rows" --overlap 0.5 --distinct --out-dir "$work" --seed 1 >/dev/null
 "$bin" keygen --out "$work/campaign.key" 2>/dev/null
-scripts/throwaway-tls.sh "$work"
-token=e2e-token
-sha=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
-printf '%s\n' "$token" > "$work/token" && chmod 600 "$work/token"
-port=$((20000 + RANDOM % 20000))
-cat > "$work/server.toml" <<TOML
-listen = "127.0.0.1:$port"
-results_dir = "results"
-audit_log = "audit.jsonl"
-state_file = "budgets.json"
-[tls]
-cert = "server.pem"
-key = "server.key"
-[limits]
-idle_timeout_secs = 600
+. scripts/loopback-server.sh
+loopback_config "$work" e2e-token
+cat >> "$work/server.toml" <<TOML
 [[partners]]
 name = "e2e"
 token_sha256 = "$sha"
@@ -69,12 +57,7 @@ if [ "$engines" = "ecdh oprf" ]; then
     echo "both engines: identical partner_matches.csv"
 fi
 
-"$bin" serve --config "$work/server.toml" 2>"$work/server.log" &
-server_pid=$!
-for _ in $(seq 1 600); do
-  grep -q "serving" "$work/server.log" 2>/dev/null && break
-  sleep 0.5
-done
+loopback_serve "$bin" "$work"
 for protocol in $engines; do
   echo "== over loopback TLS: idmatch match --server --protocol $protocol (audience loaded before timing)"
   lo_before=$(awk '$1 == "lo:" {print $2}' /proc/net/dev 2>/dev/null || echo 0)

@@ -36,21 +36,9 @@ for learner in owner partner; do
     --group-col arm --key-file "$work/campaign.key" --region US --learner "$learner" --out-dir "$work/local-$learner"
 done
 
-scripts/throwaway-tls.sh "$work"
-token=bench-token
-sha=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
-printf '%s\n' "$token" > "$work/token" && chmod 600 "$work/token"
-port=$((20000 + RANDOM % 20000))
-cat > "$work/server.toml" <<TOML
-listen = "127.0.0.1:$port"
-results_dir = "results"
-audit_log = "audit.jsonl"
-state_file = "budgets.json"
-[tls]
-cert = "server.pem"
-key = "server.key"
-[limits]
-idle_timeout_secs = 600
+. scripts/loopback-server.sh
+loopback_config "$work" bench-token
+cat >> "$work/server.toml" <<TOML
 [[partners]]
 name = "bench"
 token_sha256 = "$sha"
@@ -85,12 +73,7 @@ campaign bench partner 4294967296
 # Learner owner: the owner proves every value within the clip (50000: the values are
 # below it), the partner noises every figure before the owner decrypts it.
 campaign bench-owner owner 50000
-"$bin" serve --config "$work/server.toml" 2>"$work/server.log" &
-server_pid=$!
-for _ in $(seq 1 1200); do
-  grep -q "serving" "$work/server.log" 2>/dev/null && break
-  sleep 0.5
-done
+loopback_serve "$bin" "$work"
 echo "== over loopback TLS: idmatch measure --server (learner partner; outcomes loaded before timing)"
 timed "$bin" measure --server "https://localhost:$port" --ca "$work/ca.pem" --token-file "$work/token" \
   --campaign bench --key-file "$work/campaign.key" --partner "$work/exposures.csv" --group-col arm --region US \

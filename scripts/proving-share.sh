@@ -17,20 +17,9 @@ trap 'kill "${server_pid:-0}" 2>/dev/null || true; rm -rf "$w"' EXIT
 head -n $((n+1)) "$w/members.csv" | awk 'NR==1{print $0",value";next}{print $0","((NR*7919)%1000)}' > "$w/outcomes.csv"
 head -n $((n+1)) "$w/partner.csv" | awk 'NR==1{print $0",arm";next}{print $0","((NR%2)?"test":"control")}' > "$w/exposures.csv"
 "$bin" keygen --out "$w/campaign.key" 2>/dev/null
-scripts/throwaway-tls.sh "$w"
-printf 'tok\n' > "$w/token"; chmod 600 "$w/token"; sha=$(printf tok | sha256sum | cut -d' ' -f1)
-port=$((20000 + RANDOM % 20000))
-cat > "$w/server.toml" <<TOML
-listen = "127.0.0.1:$port"
-results_dir = "results"
-audit_log = "audit.jsonl"
-state_file = "budgets.json"
-[tls]
-cert = "server.pem"
-key = "server.key"
-[limits]
-idle_timeout_secs = 600
-${2:+proving_threads = $2}
+. scripts/loopback-server.sh
+loopback_config "$w" tok "${2:+proving_threads = $2}"
+cat >> "$w/server.toml" <<TOML
 [[partners]]
 name = "bench"
 token_sha256 = "$sha"
@@ -56,9 +45,7 @@ value_max = 1000
 max_epsilon_per_partner_per_day = 1e9
 max_epsilon_per_partner_lifetime = 1e9
 TOML
-"$bin" serve --config "$w/server.toml" 2>"$w/server.log" &
-server_pid=$!
-for _ in $(seq 1 600); do grep -q "serving" "$w/server.log" 2>/dev/null && break; sleep 0.5; done
+loopback_serve "$bin" "$w"
 match() { /usr/bin/time -f "$1: match wall %e s" "$bin" match --server "https://localhost:$port" --ca "$w/ca.pem" --token-file "$w/token" \
   --campaign m --key-file "$w/campaign.key" --input "$w/partner.csv" --region US --reveal both --protocol ecdh --output "$w/$1.csv" >/dev/null 2>"$w/$1.err"; grep wall "$w/$1.err"; }
 match alone

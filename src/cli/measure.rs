@@ -93,7 +93,7 @@ pub struct MeasureArgs {
         long,
         value_name = "E",
         default_value_t = idmatch::service::measure_client::DEFAULT_MAX_EPSILON,
-        value_parser = parse_max_epsilon,
+        value_parser = parse_positive_epsilon,
         requires = "server"
     )]
     pub max_epsilon: f64,
@@ -108,7 +108,7 @@ pub struct MeasureArgs {
         long,
         value_name = "E",
         default_value_t = idmatch::service::epsilon_ledger::DEFAULT_LIFETIME,
-        value_parser = parse_max_epsilon,
+        value_parser = parse_positive_epsilon,
         requires = "epsilon_ledger"
     )]
     pub max_epsilon_lifetime: f64,
@@ -130,9 +130,9 @@ fn parse_learner(s: &str) -> Result<Learner, String> {
     s.parse()
 }
 
-/// `--max-epsilon`: a positive finite number (NaN or a negative one would refuse
+/// `--max-epsilon` and `--max-epsilon-lifetime`: a positive finite number (NaN or a negative one would refuse
 /// every accept with a message about the owner, not about the argument).
-fn parse_max_epsilon(s: &str) -> Result<f64, String> {
+fn parse_positive_epsilon(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(e) if e.is_finite() && e > 0.0 => Ok(e),
         _ => Err(format!("`{s}` is not a positive finite number")),
