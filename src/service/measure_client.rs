@@ -371,17 +371,18 @@ fn run_partner(
     if owner_learns && !protected && !input.trust_owner {
         return Ok(Partnered::OwnerWouldLearn);
     }
-    // What the owner will learn is charged to the partner's ledger before anything
-    // about its people leaves; a refusal ends the measurement here.
+    if (accept.max_frame_bytes as usize) < MIN_FRAME_BYTES || accept.min_aggregate == 0 {
+        return Err(FrameError::Malformed("the accept's frame limit or minimum aggregate is too small").into());
+    }
+    // What the owner will learn is charged to the partner's ledger once the accept
+    // passed its checks and before anything about the people leaves; a refusal
+    // ends the measurement here.
     if let Some((ledger, entry)) = input.ledger.as_ref().filter(|_| owner_learns)
         && let Err(e) = ledger.charge(noise.map(|n| n.epsilon), entry.clone())
     {
         return Ok(Partnered::Ledger(e));
     }
     let PartnerInput { labels, group_records, exposures, bundles, progress, .. } = input;
-    if (accept.max_frame_bytes as usize) < MIN_FRAME_BYTES || accept.min_aggregate == 0 {
-        return Err(FrameError::Malformed("the accept's frame limit or minimum aggregate is too small").into());
-    }
     let require_proofs = owner_learns && noise.is_some();
     let config =
         measure::PartnerConfig { min_aggregate: accept.min_aggregate, learner, noise, seed: None, require_proofs };
