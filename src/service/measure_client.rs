@@ -374,15 +374,7 @@ fn run_partner(
     if (accept.max_frame_bytes as usize) < MIN_FRAME_BYTES || accept.min_aggregate == 0 {
         return Err(FrameError::Malformed("the accept's frame limit or minimum aggregate is too small").into());
     }
-    // What the owner will learn is charged to the partner's ledger once the accept
-    // passed its checks and before anything about the people leaves; a refusal
-    // ends the measurement here.
-    if let Some((ledger, entry)) = input.ledger.as_ref().filter(|_| owner_learns)
-        && let Err(e) = ledger.charge(noise.map(|n| n.epsilon), entry.clone())
-    {
-        return Ok(Partnered::Ledger(e));
-    }
-    let PartnerInput { labels, group_records, exposures, bundles, progress, .. } = input;
+    let PartnerInput { labels, group_records, exposures, bundles, progress, ledger, .. } = input;
     let require_proofs = owner_learns && noise.is_some();
     let config =
         measure::PartnerConfig { min_aggregate: accept.min_aggregate, learner, noise, seed: None, require_proofs };
@@ -390,6 +382,15 @@ fn run_partner(
     // wait for each of its messages grows by the proving allowance per person.
     let idle = if require_proofs { idle.saturating_add(proving_allowance(accept.owner_people)) } else { idle };
     let partner = measure::Partner::new(config, labels, group_records, exposures).map_err(FrameError::from)?;
+    // What the owner will learn is charged to the partner's ledger once the accept
+    // passed its checks and the exposures are blinded, just before anything about
+    // the people leaves: a refusal ends the measurement here, and a measurement
+    // that fails before sending is never charged.
+    if let Some((ledger, entry)) = ledger.as_ref().filter(|_| owner_learns)
+        && let Err(e) = ledger.charge(noise.map(|n| n.epsilon), entry.clone())
+    {
+        return Ok(Partnered::Ledger(e));
+    }
     let send = SEND_FRAME_BYTES.min(accept.max_frame_bytes as usize);
     let mut frames = PartnerFrames::new(partner, bundles, accept.owner_people, (MAX_DECODING - 1024, send), progress);
     drive(&mut frames, inbound, outbound, Some, idle, runtime)?;
