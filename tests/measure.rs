@@ -297,3 +297,57 @@ fn repeated_purchases_are_summed_and_a_person_in_both_arms_is_left_out() {
     assert_eq!(report.partner.people_in_several_groups, 1);
     assert_eq!(report.partner.people, 500);
 }
+
+/// Opt-outs apply to the person, not the row: customer 250 opts out by email, and
+/// its phone-only purchase row (linked by its id) — the row that matches its control
+/// impression — is left out with it, so control neither counts nor sums it. The
+/// suppression of one exposure row likewise takes the person's other impression out.
+#[test]
+fn an_opt_out_leaves_out_every_record_of_the_person() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("campaign.key");
+    Key::generate_to_file(&key).unwrap();
+    let mut outcomes = String::from("id,email,phone,value\n");
+    for c in 0..300 {
+        outcomes += &format!("c{c},buyer{c}@example.com,,1000\n");
+        outcomes += &format!("c{c},,+1415555{c:04},1000\n");
+    }
+    std::fs::write(d.join("outcomes.csv"), outcomes).unwrap();
+    // test: 0..150 by email; control: 150..300 by phone, customer 10 twice in test
+    // (once by email, once by id only).
+    let mut exposures = String::from("id,email,phone,arm\n");
+    for c in 0..150 {
+        exposures += &format!("x{c},buyer{c}@example.com,,test\n");
+    }
+    exposures += "x10,,,test\n";
+    for c in 150..300 {
+        exposures += &format!("y{c},,+1415555{c:04},control\n");
+    }
+    std::fs::write(d.join("exposures.csv"), exposures).unwrap();
+    std::fs::write(d.join("optouts.csv"), "email\nBuyer250@Example.com\n").unwrap();
+    std::fs::write(d.join("suppress.csv"), "email\nbuyer10@example.com\n").unwrap();
+
+    let mut o = options(d, key, 50);
+    o.optouts = Some(d.join("optouts.csv"));
+    o.suppress = Some(d.join("suppress.csv"));
+    let report = local::run(&o).unwrap();
+    let figures = |group: &str| report.figures.groups.iter().find(|g| g.group == group).unwrap().clone();
+    let (test, control) = (figures("test"), figures("control"));
+    // Per row, customer 250's phone row would still match y250 (149 people, 150,000).
+    assert_eq!(control.group_size, 150);
+    assert_eq!(control.matched_outcome_people, Figure::Value(149));
+    assert_eq!(control.sum, Figure::Value(149 * 2000));
+    // Per row, x10's id-only impression would still count in test's size.
+    assert_eq!(test.group_size, 149);
+    assert_eq!(test.matched_outcome_people, Figure::Value(149));
+    assert_eq!(test.sum, Figure::Value(149 * 2000));
+    let owner = &report.owner;
+    assert_eq!((owner.excluded_records, owner.people_excluded, owner.records_excluded_with_person), (1, 1, 1));
+    assert_eq!((owner.records_after_exclusion, owner.people, owner.bundles_sent), (598, 299, 299));
+    let partner = &report.partner;
+    assert_eq!((partner.excluded_records, partner.people_excluded, partner.records_excluded_with_person), (1, 1, 1));
+    assert_eq!(partner.records_after_exclusion, 299);
+    let json = std::fs::read_to_string(d.join("out/measurement.json")).unwrap();
+    assert!(json.contains("\"records_excluded_with_person\": 1"), "{json}");
+}

@@ -196,8 +196,13 @@ fn print_noise(epsilon: Option<f64>, clip: Option<u64>) {
 fn print_side(name: &str, side: &SideReport) {
     print!("{name}: {}", format_stats(std::path::Path::new(&side.file), &side.read));
     println!(
-        "  excluded records: {}; people: {} ({} records joined an earlier record's person); bundles sent: {}",
-        side.excluded_records, side.people, side.records_merged, side.bundles_sent
+        "  excluded records: {} (their people left out whole: {}, with {} more records); people: {} ({} records joined an earlier record's person); bundles sent: {}",
+        side.excluded_records,
+        side.people_excluded,
+        side.records_excluded_with_person,
+        side.people,
+        side.records_merged,
+        side.bundles_sent
     );
     super::matching::warn_if_empty(&side.file, &side.read);
     if side.people_in_several_groups > 0 {

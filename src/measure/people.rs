@@ -3,9 +3,16 @@
 //! linked to another by a shared identifier (a token) or, when the file has an id
 //! column, by the same record id — transitively.
 //!
-//! Invariant: [`People::of`] puts every non-excluded record in exactly one person,
-//! and a token in exactly one person, so no identifier is sent twice and no record is
-//! counted twice; persons are listed in the order of their first record.
+//! Opt-outs and suppressions apply to the person, not the row: records are linked
+//! first, flagged or not, and a person with any flagged record is left out whole, so
+//! an opted-out member's other rows (a phone-only row, a row with the same id) are
+//! never sent. Linking is transitive, so a shared identifier (a household phone) can
+//! take a second person out with the first: that errs on the side of the opt-out.
+//!
+//! Invariant: [`People::of`] puts every record of a person without a flagged record
+//! in exactly one person, and a token in exactly one person, so no identifier is sent
+//! twice and no record is counted twice; persons are listed in the order of their
+//! first record. No token of a person with a flagged record appears anywhere.
 
 use std::collections::{HashMap, HashSet};
 
@@ -19,24 +26,29 @@ pub struct People {
     pub records: Vec<Vec<u32>>,
     /// Per person: its distinct tokens, in file order.
     pub tokens: Vec<Vec<Token>>,
-    /// Records that joined a person an earlier record started.
+    /// Records that joined a person an earlier record started (kept persons only).
     pub records_merged: u64,
+    /// Persons left out because one of their records is flagged.
+    pub people_excluded: u64,
+    /// Records not flagged themselves, left out with a person that has a flagged one.
+    pub records_excluded_with_person: u64,
 }
 
 impl People {
-    /// Groups the records of `records` not flagged in `excluded` (empty: none is).
+    /// Groups the records of `records` into persons and leaves out every person with
+    /// a record flagged in `excluded` (empty: none is).
     pub fn of(records: &RecordSet, excluded: &[bool]) -> People {
         let n = records.len();
         let is_out = |r: usize| excluded.get(r).copied().unwrap_or(false);
         let mut links = Links::new(n);
         let mut first_with_token: HashMap<Token, u32> = HashMap::with_capacity(records.entries().len());
-        for e in records.entries().iter().filter(|e| !is_out(e.record as usize)) {
+        for e in records.entries() {
             let first = *first_with_token.entry(e.token).or_insert(e.record);
             links.join(first, e.record);
         }
         if records.has_id_column() {
             let mut first_with_id: HashMap<&str, u32> = HashMap::new();
-            for r in (0..n as u32).filter(|&r| !is_out(r as usize)) {
+            for r in 0..n as u32 {
                 let id = records.id(r);
                 if !id.is_empty() {
                     let first = *first_with_id.entry(id).or_insert(r);
@@ -44,12 +56,26 @@ impl People {
                 }
             }
         }
+        let roots: Vec<u32> = (0..n as u32).map(|r| links.root(r)).collect();
+        let flagged_roots: HashSet<u32> = (0..n).filter(|&r| is_out(r)).map(|r| roots[r]).collect();
         // Persons in the order of their first record.
         let mut person_of_root: HashMap<u32, usize> = HashMap::new();
-        let mut people = People { records: Vec::new(), tokens: Vec::new(), records_merged: 0 };
+        let mut people = People {
+            records: Vec::new(),
+            tokens: Vec::new(),
+            records_merged: 0,
+            people_excluded: flagged_roots.len() as u64,
+            records_excluded_with_person: 0,
+        };
         let mut person_of_record = vec![usize::MAX; n];
-        for r in (0..n as u32).filter(|&r| !is_out(r as usize)) {
-            let root = links.root(r);
+        for r in 0..n as u32 {
+            let root = roots[r as usize];
+            if flagged_roots.contains(&root) {
+                if !is_out(r as usize) {
+                    people.records_excluded_with_person += 1;
+                }
+                continue;
+            }
             let person = *person_of_root.entry(root).or_insert_with(|| {
                 people.records.push(Vec::new());
                 people.tokens.push(Vec::new());
@@ -62,9 +88,10 @@ impl People {
             person_of_record[r as usize] = person;
         }
         let mut placed: HashSet<Token> = HashSet::with_capacity(first_with_token.len());
-        for e in records.entries().iter().filter(|e| !is_out(e.record as usize)) {
-            if placed.insert(e.token) {
-                people.tokens[person_of_record[e.record as usize]].push(e.token);
+        for e in records.entries() {
+            let person = person_of_record[e.record as usize];
+            if person != usize::MAX && placed.insert(e.token) {
+                people.tokens[person].push(e.token);
             }
         }
         people
@@ -142,9 +169,13 @@ mod tests {
         assert_eq!(people.records, vec![vec![0, 1, 3, 4], vec![2], vec![5]]);
         assert_eq!(people.tokens.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1, 0]);
         assert_eq!(people.records_merged, 3);
-        // Excluding row 3 breaks the link from 4 to the others.
+        assert_eq!((people.people_excluded, people.records_excluded_with_person), (0, 0));
+        // Flagging row 3 (an opt-out of its phone) leaves out all of a: its email
+        // rows and the row that shares its phone are never sent either.
         let people = People::of(&set, &[false, false, false, true, false, false]);
-        assert_eq!(people.records, vec![vec![0, 1], vec![2], vec![4], vec![5]]);
+        assert_eq!(people.records, vec![vec![2], vec![5]]);
+        assert_eq!(people.tokens.iter().map(Vec::len).collect::<Vec<_>>(), [1, 0]);
+        assert_eq!((people.people_excluded, people.records_excluded_with_person), (1, 3));
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! local command (`measure::local`), the owner's server and the partner's client
 //! build their inputs here, from a side read and filtered by `crate::prepare`.
 //!
-//! Invariant: a record flagged in `excluded` belongs to no person and no exposure; it
-//! is only counted ([`SideReport::excluded_records`]).
+//! Invariant: a record flagged in `excluded` belongs to no person and no exposure, and
+//! neither does any record linked to it ([`People`]): exclusion is per person. Both
+//! are only counted ([`SideReport::excluded_records`],
+//! [`SideReport::records_excluded_with_person`]).
 
 use std::collections::HashSet;
 
@@ -34,7 +36,13 @@ pub struct SideReport {
     pub read: ReadStats,
     /// Records removed by opt-outs (owner) or suppressions (partner).
     pub excluded_records: u64,
-    /// Records left after exclusion (the partner's group sizes add up to this).
+    /// Persons left out because one of their records was excluded: an opted-out
+    /// (owner) or suppressed (partner) person is left out with all its records.
+    pub people_excluded: u64,
+    /// Records not excluded themselves, left out with their person (a phone-only row
+    /// of a member whose email opted out, say).
+    pub records_excluded_with_person: u64,
+    /// Records left after exclusion of records and of their persons.
     pub records_after_exclusion: u64,
     /// Persons: records linked by a shared identifier or record id are one person
     /// (one row per purchase or impression).
@@ -108,7 +116,9 @@ fn side_report(records: &RecordSet, excluded: &[bool], people: &People) -> SideR
         file: String::new(),
         read: records.stats().clone(),
         excluded_records,
-        records_after_exclusion: records.len() as u64 - excluded_records,
+        people_excluded: people.people_excluded,
+        records_excluded_with_person: people.records_excluded_with_person,
+        records_after_exclusion: records.len() as u64 - excluded_records - people.records_excluded_with_person,
         people: people.len() as u64,
         records_merged: people.records_merged,
         bundles_sent: 0,
@@ -127,12 +137,9 @@ fn side_report(records: &RecordSet, excluded: &[bool], people: &People) -> SideR
 /// identifiers, so sizes and matched counts are of the same unit.
 pub fn partner_exposures(records: &RecordSet, excluded: &[bool]) -> Result<PartnerSide, TooManyGroups> {
     let label_of = |r: u32| records.group(r).unwrap_or(DEFAULT_GROUP);
-    let mut labels: Vec<String> = (0..records.len() as u32)
-        .filter(|&r| !excluded.get(r as usize).copied().unwrap_or(false))
-        .map(|r| label_of(r).to_owned())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    let people = People::of(records, excluded);
+    let mut labels: Vec<String> =
+        people.records.iter().flatten().map(|&r| label_of(r).to_owned()).collect::<HashSet<_>>().into_iter().collect();
     labels.sort();
     if labels.is_empty() {
         labels.push(DEFAULT_GROUP.to_owned());
@@ -140,7 +147,6 @@ pub fn partner_exposures(records: &RecordSet, excluded: &[bool]) -> Result<Partn
     if labels.len() > MAX_GROUPS {
         return Err(TooManyGroups(labels.len()));
     }
-    let people = People::of(records, excluded);
     let mut report = side_report(records, excluded, &people);
     let mut group_people = vec![0u64; labels.len()];
     let mut exposures = Vec::new();
