@@ -308,7 +308,7 @@ impl Fixture {
 
     fn hello_for(&self, campaign: &str, groups: u32, bundles: u64) -> wire::MeasurePartnerMessage {
         hello(wire::MeasureHello {
-            version: 4,
+            version: 5,
             campaign: campaign.into(),
             profile: "idmatch-v1".into(),
             key_fingerprint: self.fingerprint(),
@@ -683,6 +683,8 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
     .unwrap();
     // Learner `partner`'s message: two groups of 10 records, every point's bytes
     // `byte` (0xff: not a canonical encoding).
+    // The exposures below: two groups of 21 bundles, 5 real ones and their 16 traps
+    // as the owner counts them (`trap::real_bundles`).
     let masked = |byte: u8| {
         let line = MaskedSum { records: 10, points: [byte; MASKED_LEN] };
         message::encode(&Message::Masked(vec![line.clone(), line])).unwrap()
@@ -696,7 +698,7 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
         (
             "another profile",
             vec![hello(wire::MeasureHello {
-                version: 4,
+                version: 5,
                 campaign: "spring".into(),
                 profile: "basic-v1".into(),
                 key_fingerprint: f.fingerprint(),
@@ -709,7 +711,7 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
         (
             "no key fingerprint",
             vec![hello(wire::MeasureHello {
-                version: 4,
+                version: 5,
                 campaign: "spring".into(),
                 profile: "idmatch-v1".into(),
                 key_fingerprint: Vec::new(),
@@ -734,40 +736,40 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
         ),
         (
             "plain sums where only the partner learns",
-            vec![f.hello_for("summer", 2, 10), frame(exposures(2, 10), true), frame(two_sums.clone(), true)],
+            vec![f.hello_for("summer", 2, 42), frame(exposures(2, 42), true), frame(two_sums.clone(), true)],
             FailedPrecondition,
         ),
         (
             "masked sums where the owner learns",
-            vec![f.hello(2, 10), frame(exposures(2, 10), true), frame(masked(1), true)],
+            vec![f.hello(2, 42), frame(exposures(2, 42), true), frame(masked(1), true)],
             FailedPrecondition,
         ),
         (
             "a masked sum that is no point",
-            vec![f.hello_for("summer", 2, 10), frame(exposures(2, 10), true), frame(masked(0xff), true)],
+            vec![f.hello_for("summer", 2, 42), frame(exposures(2, 42), true), frame(masked(0xff), true)],
             InvalidArgument,
         ),
         (
             "groups of 5 exposed people where 100 is the minimum",
-            vec![f.hello_for("autumn", 2, 10), frame(exposures(2, 10), true)],
+            vec![f.hello_for("autumn", 2, 42), frame(exposures(2, 42), true)],
             FailedPrecondition,
         ),
-        ("a second hello", vec![f.hello(2, 10), f.hello(2, 10)], FailedPrecondition),
-        ("garbage", vec![f.hello(2, 10), frame(vec![0xee, 1, 2, 3], true)], InvalidArgument),
-        ("truncated", vec![f.hello(2, 10), frame(exposures(2, 10)[..200].to_vec(), true)], InvalidArgument),
+        ("a second hello", vec![f.hello(2, 42), f.hello(2, 42)], FailedPrecondition),
+        ("garbage", vec![f.hello(2, 42), frame(vec![0xee, 1, 2, 3], true)], InvalidArgument),
+        ("truncated", vec![f.hello(2, 42), frame(exposures(2, 42)[..200].to_vec(), true)], InvalidArgument),
         ("sums before exposures", vec![f.hello(1, 10), frame(sums, true)], FailedPrecondition),
-        ("other group count", vec![f.hello(3, 10), frame(exposures(2, 10), true)], FailedPrecondition),
-        ("other bundle count", vec![f.hello(2, 10), frame(exposures(2, 11)[..].to_vec(), true)], FailedPrecondition),
-        ("an empty frame", vec![f.hello(2, 10), frame(Vec::new(), false)], InvalidArgument),
+        ("other group count", vec![f.hello(3, 42), frame(exposures(2, 42), true)], FailedPrecondition),
+        ("other bundle count", vec![f.hello(2, 42), frame(exposures(2, 43)[..].to_vec(), true)], FailedPrecondition),
+        ("an empty frame", vec![f.hello(2, 42), frame(Vec::new(), false)], InvalidArgument),
         ("over the announced size", vec![f.hello(1, 1), frame(vec![2; 4000], false)], InvalidArgument),
-        ("over the message size limit", vec![f.hello(2, 10), frame(vec![2; 5 << 20], false)], OutOfRange),
+        ("over the message size limit", vec![f.hello(2, 42), frame(vec![2; 5 << 20], false)], OutOfRange),
     ];
     let n = cases.len();
     for (what, messages, expected) in cases {
         assert_eq!(code(messages), expected, "{what}");
     }
     // A partner that announces its exposures and goes away.
-    let gone = code(vec![f.hello(2, 10)]);
+    let gone = code(vec![f.hello(2, 42)]);
     assert!(matches!(gone, Cancelled | DeadlineExceeded), "{gone:?}");
     std::thread::sleep(Duration::from_millis(300));
     let audit = f.audit();

@@ -1,4 +1,5 @@
-//! Tests only: the owner cheats against the partner's split (issue 20, attack 1).
+//! Tests only: the owner cheats against the partner's split (issue 20, attack 1),
+//! by crafted values or by re-blinding with several keys.
 //!
 //! With learner `owner` the owner decrypts the partner's group sums. A cheating
 //! owner gives target people crafted values (`2^i` for target `i`), so that a group's
@@ -15,10 +16,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::elgamal::{Ciphertext, Encryptor, LIMBS, PublicKey, random_scalar};
-use super::message::{OwnerMessage, People, VALUE_LEN};
+use super::message::{OwnerMessage, PartnerMessage, People, VALUE_LEN};
 use super::proof::{self, PEOPLE_PER_PROOF};
 use super::stats::Noise;
 use super::*;
+use crate::psi::group;
 
 const NOISE: Noise = Noise { epsilon: 1.0, clip: 1_000 };
 
@@ -258,4 +260,88 @@ fn a_bad_ciphertext_is_refused_on_arrival_whether_or_not_its_person_matches() {
         PartnerConfig { min_aggregate: 1, learner: Learner::Owner, noise: None, seed: None, require_proofs: true };
     let refused = Partner::new(partner, vec!["all".into()], vec![1], &exposures[..1]);
     assert!(matches!(refused, Err(MeasureError::ProofsNeedNoise)));
+}
+
+/// Attack 1 by re-blinding: the owner re-blinds `copies` other bundles of the
+/// target's group with fresh scalars `b_j` as `b_j·(a·P(t))`, and adds people
+/// `b_j·P(t)` valued as the target, so the target's value counts `1 + copies` times
+/// in its group's sum, past the noise scaled for one exposure. The cheater is given
+/// an oracle for where the target's exposure bundle is (the partner's key): the
+/// strongest cheater short of breaking decisional Diffie–Hellman. `trap_aware`
+/// also lets it see which bundles are traps, which it cannot in reality. Returns
+/// the partner's verdict on the reply, the owner's result if the run went on, and
+/// the target's group.
+fn reblinding_cheat(copies: Option<usize>, trap_aware: bool, seed: u64) -> (Result<(), MeasureError>, Owner, u8) {
+    let (mut people, exposures, _) = setting(1, seed);
+    people[0].value = 1;
+    let owner_config = OwnerConfig {
+        min_aggregate: 1,
+        min_group_size: 1,
+        learner: Learner::Owner,
+        noise: None,
+        seed: None,
+        prove: false,
+    };
+    let partner_config =
+        PartnerConfig { min_aggregate: 1, learner: Learner::Owner, noise: None, seed: None, require_proofs: false };
+    let mut owner = Owner::new(owner_config, &people).unwrap();
+    let mut partner =
+        Partner::new(partner_config, vec!["control".into(), "test".into()], vec![200, 200], &exposures).unwrap();
+    let mut sent = people_message(&mut owner);
+    let Some(PartnerMessage::Exposures(x)) = partner.poll_outgoing() else { panic!("no exposures") };
+    assert_eq!((sent.bundle, x.bundle), (1, 1));
+    let target = partner.blind_for_tests(&token(0));
+    let at = x.elements.iter().position(|e| *e == target).unwrap();
+    let group = x.groups[at];
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut victims: Vec<usize> = (0..x.groups.len())
+        .filter(|&i| i != at && x.groups[i] == group)
+        .filter(|&i| !trap_aware || !partner.is_trap_for_tests(&x.elements[i..i + 1]))
+        .collect();
+    victims.shuffle(&mut rng);
+    victims.truncate(copies.unwrap_or(victims.len() * 3 / 4));
+    let scalars: Vec<Scalar> = victims.iter().map(|_| random_scalar(&mut rng)).collect();
+    // The cheater's extra people `b_j·P(t)`, each valued as the target.
+    let mine = owner.blind_for_tests(&token(0));
+    let value = sent.values[sent.elements.iter().position(|e| *e == mine).unwrap()];
+    for b in &scalars {
+        sent.elements.push(Element((group::hash_to_group(&token(0)) * b).compress().to_bytes()));
+        sent.values.push(value);
+    }
+    partner.receive(OwnerMessage::People(sent)).unwrap();
+    owner.receive(PartnerMessage::Exposures(x.clone())).unwrap();
+    let Some(OwnerMessage::Reblinded(mut back)) = owner.poll_outgoing() else { panic!("no reply") };
+    let a_target = group::decode(&target, 0).unwrap();
+    for (&victim, b) in victims.iter().zip(&scalars) {
+        let honest = owner.reblind_for_tests(&x.elements[victim..victim + 1])[0];
+        let place = back.elements.iter().position(|e| *e == honest).unwrap();
+        back.elements[place] = Element((a_target * b).compress().to_bytes());
+    }
+    let verdict = partner.receive(OwnerMessage::Reblinded(back));
+    if verdict.is_ok() {
+        run_in_memory(&mut owner, &mut partner).unwrap();
+    }
+    (verdict, owner, group)
+}
+
+/// The trap bundles catch an owner that re-blinds with more than one key: without
+/// knowing which bundles are traps it cannot rewrite enough bundles to gain
+/// anything and miss all 16 traps of the group (here it rewrites three quarters of
+/// the group's bundles: it passes with probability `(1/4)^16`). Only the trap-aware
+/// cheater (an oracle it does not have) gets through, and then its target's value
+/// counts `1 + copies` times, checked against the truth computed apart: what the
+/// traps are there to stop.
+#[test]
+fn an_owner_reblinding_with_several_keys_is_caught_by_the_traps() {
+    for seed in 0..3 {
+        let (verdict, owner, _) = reblinding_cheat(None, false, 40 + seed);
+        assert!(matches!(verdict, Err(MeasureError::TrapSprung(_))), "{verdict:?}");
+        assert!(owner.result().is_none());
+    }
+    let copies = 5;
+    let (verdict, owner, group) = reblinding_cheat(Some(copies), true, 50);
+    verdict.unwrap();
+    let result = owner.result().unwrap();
+    assert_eq!(result.groups[usize::from(group)].sum.value(), Some(1 + copies as u64));
+    assert_eq!(result.groups[1 - usize::from(group)].sum.value(), Some(0));
 }

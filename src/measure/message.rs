@@ -51,13 +51,16 @@ pub mod tag {
     pub const SHARES: u8 = 7;
 }
 
-/// Tag 1: `Y`, the bundle size `k`, per person `k` elements `b·P(t)` and the
+/// Tag 1: `Y`, the blinding point `B = b·G`, the bundle size `k`, per person `k` elements `b·P(t)` and the
 /// encrypted value limbs, then the range proofs of the values (none, or one per
 /// [`PEOPLE_PER_PROOF`] people in message order, the last for the rest).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct People {
     /// The owner's ElGamal public key `Y`.
     pub public_key: [u8; 32],
+    /// `B = b·G` for the owner's blinding scalar `b`: the partner checks its traps
+    /// with it ([`crate::measure::trap`]).
+    pub blinding_point: [u8; 32],
     /// Elements per person (padded with random elements).
     pub bundle: u8,
     /// `bundle` elements per person, person after person.
@@ -511,6 +514,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
     let message = match tag {
         tag::PEOPLE => {
             let public_key = r.array::<32>()?;
+            let blinding_point = r.array::<32>()?;
             let bundle = r.bundle()?;
             let k = usize::from(bundle);
             let n = r.count(k * ELEMENT_LEN + VALUE_LEN)?;
@@ -526,7 +530,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
                 let len = r.u32()? as usize;
                 proofs.push(r.take(len)?.to_vec());
             }
-            Message::People(People { public_key, bundle, elements, values, proofs })
+            Message::People(People { public_key, blinding_point, bundle, elements, values, proofs })
         }
         tag::EXPOSURES | tag::REBLINDED => {
             let labels = if tag == tag::EXPOSURES {
@@ -617,6 +621,7 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, MessageError> {
         Message::People(p) => {
             out.push(tag::PEOPLE);
             out.extend(p.public_key);
+            out.extend(p.blinding_point);
             out.push(p.bundle);
             out.extend((p.values.len() as u32).to_be_bytes());
             let k = usize::from(p.bundle);
@@ -684,13 +689,14 @@ mod tests {
     fn round_trips_and_refuses_malformed_bytes() {
         let people = Message::People(People {
             public_key: [1; 32],
+            blinding_point: [9; 32],
             bundle: 2,
             elements: vec![Element([2; 32]), Element([3; 32])],
             values: vec![[4; VALUE_LEN]],
             proofs: vec![vec![5; 7]],
         });
         let bytes = encode(&people).unwrap();
-        assert_eq!(bytes.len(), 1 + 32 + 1 + 4 + 64 + 128 + 4 + 4 + 7);
+        assert_eq!(bytes.len(), 1 + 32 + 32 + 1 + 4 + 64 + 128 + 4 + 4 + 7);
         assert_eq!(decode(&bytes).unwrap(), people);
         // By direction: the owner's message converts to its own type and back, and a
         // partner's type refuses it, giving it back.
@@ -705,7 +711,7 @@ mod tests {
         long.push(0);
         assert_eq!(decode(&long), Err(MessageError::TrailingBytes(1)));
         let mut zero_bundle = bytes.clone();
-        zero_bundle[33] = 0;
+        zero_bundle[65] = 0;
         assert_eq!(decode(&zero_bundle), Err(MessageError::BadBundle(0)));
 
         let exposures = Message::Exposures(Exposures {

@@ -29,6 +29,8 @@
 //! - [`owner`]: the owner's state machine (outcomes, key holder, decrypts).
 //! - [`partner`]: the partner's state machine (exposures, computes the sums).
 //! - [`stats`]: suppression, differential-privacy noise, rates, lift and its interval.
+//! - [`trap`]: the partner's trap bundles, which check that the owner re-blinded
+//!   every exposure with one key and kept each bundle whole.
 //! - [`people`]: who is one person (records linked by an identifier or an id).
 //! - [`side`]: a prepared side as the engine takes it: the owner's people, the
 //!   partner's exposures, and their counts (used by `local` and the service).
@@ -46,6 +48,7 @@ mod people;
 pub mod proof;
 pub mod side;
 pub mod stats;
+pub mod trap;
 
 use std::fmt;
 use std::str::FromStr;
@@ -154,6 +157,14 @@ pub enum MeasureError {
     /// The owner's public key is not a canonical non-identity element.
     #[error("the owner's public key is not a valid ristretto255 element")]
     BadPublicKey,
+    /// The owner's blinding point `B = b·G` is not a canonical non-identity element.
+    #[error("the owner's blinding point is not a valid ristretto255 element")]
+    BadBlindingPoint,
+    /// One of the partner's trap bundles did not come back as `b·(r·G) = r·B`,
+    /// whole and in its group: the owner did not re-blind every exposure with the
+    /// one key it announced ([`trap`]). Nothing is matched or summed.
+    #[error("the owner's reblinded exposures fail the partner's trap check: {0}")]
+    TrapSprung(&'static str),
     /// A message arrived that this state does not accept.
     #[error("unexpected `{message}` message while {state}")]
     Unexpected {
@@ -1050,7 +1061,7 @@ mod tests {
         back.elements.pop();
         assert!(matches!(
             partner.receive(OwnerMessage::Reblinded(back)),
-            Err(MeasureError::Mismatch { what: "bundles", expected: 3, got: 2 })
+            Err(MeasureError::Mismatch { what: "bundles", expected: 19, got: 18 })
         ));
     }
 

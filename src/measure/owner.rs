@@ -23,7 +23,7 @@ use super::message::{
 use super::partner::MAX_SHARE_RANGE;
 use super::proof::{self, PEOPLE_PER_PROOF};
 use super::stats::{self, Measurement, Noise, Noising, RawGroup};
-use super::{Learner, MeasureError, Person, bundles, first_repeat};
+use super::{Learner, MeasureError, Person, bundles, first_repeat, trap};
 use crate::psi::group::{self, BlindingKey};
 use crate::psi::message::{ELEMENT_LEN, Element};
 use crate::records::MAX_VALUE;
@@ -109,6 +109,7 @@ pub struct Owner {
     people: u64,
     outgoing: VecDeque<OwnerMessage>,
     labels: Vec<String>,
+    /// Per group, the partner's real bundles ([`trap::real_bundles`] of those received).
     bundles_per_group: Vec<u64>,
     bundle: u8,
     result: Option<Measurement>,
@@ -194,6 +195,7 @@ impl Owner {
         let proofs: Vec<Vec<u8>> = proofs.into_iter().flatten().collect();
         let first = OwnerMessage::People(People {
             public_key: public_key.to_bytes(),
+            blinding_point: blinding.public_point().0,
             bundle: bundle as u8,
             elements,
             values,
@@ -217,6 +219,13 @@ impl Owner {
     #[cfg(test)]
     pub(crate) fn blind_for_tests(&self, token: &crate::token::Token) -> Element {
         self.blinding.blind_tokens(std::slice::from_ref(token))[0]
+    }
+
+    /// `b·X` for each of `elements`: the honest re-blinding a cheating owner
+    /// starts from (tests).
+    #[cfg(test)]
+    pub(crate) fn reblind_for_tests(&self, elements: &[Element]) -> Vec<Element> {
+        self.blinding.reblind(elements).unwrap()
     }
 
     /// Where the owner is.
@@ -289,13 +298,20 @@ impl Owner {
             groups.push(x.groups[i]);
             per_group[usize::from(x.groups[i])] += 1;
         }
-        if let Some((group, &bundles)) =
-            per_group.iter().enumerate().find(|&(_, &n)| n > 0 && n < self.config.min_group_size)
+        // The minimum is of real bundles: `per_group` holds the partner's traps too
+        // (`trap::count` of them, which the owner cannot tell apart).
+        if let Some((group, bundles)) = per_group
+            .iter()
+            .map(|&n| (n, trap::real_bundles(n)))
+            .enumerate()
+            .find(|&(_, (n, real))| n > 0 && real < self.config.min_group_size)
+            .map(|(g, (_, real))| (g, real))
         {
             return Err(MeasureError::GroupTooSmall { group, bundles, min: self.config.min_group_size });
         }
         self.labels = x.labels;
-        self.bundles_per_group = per_group;
+        // From here on the owner's checks are of real bundles: traps match nobody.
+        self.bundles_per_group = per_group.into_iter().map(trap::real_bundles).collect();
         self.bundle = x.bundle;
         let reply = Exposures { labels: Vec::new(), bundle: self.bundle, groups, elements };
         self.outgoing.push_back(OwnerMessage::Reblinded(reply));
@@ -304,7 +320,7 @@ impl Owner {
     }
 
     /// `sums` and `masked` have one line per group, and each group's `records` is
-    /// at least the bundles received in it.
+    /// at least the real bundles received in it (traps left out, [`trap::real_bundles`]).
     fn check_sizes(&self, records: impl ExactSizeIterator<Item = u64>) -> Result<(), MeasureError> {
         if records.len() != self.labels.len() {
             return Err(MeasureError::Mismatch {

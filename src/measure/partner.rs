@@ -8,6 +8,9 @@
 //! `partner`), it sends each sum masked and no count, decrypts the sums from the
 //! owner's shares, and noises the counts and releases the figures itself.
 //!
+//! Trap bundles mixed among the exposures ([`super::trap`]) check that the owner
+//! re-blinds every exposure with one key and keeps each bundle whole.
+//!
 //! Sans-I/O like [`super::Owner`] ([`OwnerMessage`]s in, [`PartnerMessage`]s out); any error moves
 //! it to [`PartnerState::Failed`].
 
@@ -24,6 +27,7 @@ use super::message::{
 };
 use super::proof::{self, PEOPLE_PER_PROOF};
 use super::stats::{self, Measurement, Noise, Noising, RawGroup};
+use super::trap::Traps;
 use super::{Exposure, Learner, MeasureError, bundles, first_repeat, random_element};
 use crate::psi::group::{self, BlindingKey};
 use crate::psi::message::{ELEMENT_LEN, Element};
@@ -99,6 +103,8 @@ pub struct PartnerView {
 /// The owner's people, blinded twice, with their encrypted values.
 struct OwnerSide {
     key: PublicKey,
+    /// `B = b·G`, which the traps are checked against.
+    blinding_point: Element,
     index: HashMap<Element, u32>,
     values: Vec<[u8; VALUE_LEN]>,
 }
@@ -110,8 +116,10 @@ pub struct Partner {
     blinding: BlindingKey,
     labels: Vec<String>,
     group_records: Vec<u64>,
-    /// Per group, the bundles sent (the reblinded reply must keep them).
+    /// Per group, the bundles sent, traps included (the reblinded reply must keep them).
     bundles_per_group: Vec<u64>,
+    /// The trap bundles mixed among the real ones ([`trap`]).
+    traps: Traps,
     units: usize,
     bundle: u8,
     owner: Option<OwnerSide>,
@@ -129,7 +137,8 @@ impl std::fmt::Debug for Partner {
 }
 
 impl Partner {
-    /// Blinds `exposures` (shuffled) and queues the first message. `labels` names the
+    /// Blinds `exposures`, mixes in the trap bundles ([`super::trap`]; the message
+    /// holds [`super::trap::bundles_sent`] bundles), shuffles them and queues the first message. `labels` names the
     /// groups (1 to 16); `group_records[g]` is the number of exposure records of
     /// group `g`, including those without a valid identifier (not sent).
     pub fn new(
@@ -164,21 +173,39 @@ impl Partner {
         }
         drop(seen);
         let bundle = widest.max(1);
-        let mut bundles_per_group = vec![0u64; labels.len()];
+        let mut real_per_group = vec![0u64; labels.len()];
         for x in exposures {
-            bundles_per_group[usize::from(x.group)] += 1;
+            real_per_group[usize::from(x.group)] += 1;
         }
         let blinding = BlindingKey::random().map_err(|e| MeasureError::Rng(e.to_string()))?;
-        let mut order: Vec<&Exposure> = exposures.iter().collect();
+        let tokens: Vec<&[crate::token::Token]> = exposures.iter().map(|x| x.tokens.as_slice()).collect();
+        let real = bundles(&blinding, &tokens, bundle)?;
+        let (traps, trap_bundles) = Traps::draw(&real_per_group, bundle)?;
+        // Real bundles and traps in one fresh random order.
+        let mut order: Vec<usize> = (0..exposures.len() + trap_bundles.len()).collect();
         order.shuffle(&mut OsRng);
-        let tokens: Vec<&[crate::token::Token]> = order.iter().map(|x| x.tokens.as_slice()).collect();
-        let elements = bundles(&blinding, &tokens, bundle)?;
-        let first = PartnerMessage::Exposures(Exposures {
-            labels: labels.clone(),
-            bundle: bundle as u8,
-            groups: order.iter().map(|x| x.group).collect(),
-            elements,
-        });
+        let mut elements = Vec::with_capacity(order.len() * bundle);
+        let mut groups = Vec::with_capacity(order.len());
+        let mut bundles_per_group = vec![0u64; labels.len()];
+        for i in order {
+            let group = match exposures.get(i) {
+                Some(x) => {
+                    elements.extend_from_slice(&real[i * bundle..(i + 1) * bundle]);
+                    x.group
+                }
+                None => {
+                    let (group, trap) = &trap_bundles[i - exposures.len()];
+                    elements.extend_from_slice(trap);
+                    *group
+                }
+            };
+            bundles_per_group[usize::from(group)] += 1;
+            groups.push(group);
+        }
+        drop(real);
+        let units = groups.len();
+        let first =
+            PartnerMessage::Exposures(Exposures { labels: labels.clone(), bundle: bundle as u8, groups, elements });
         Ok(Partner {
             config,
             state: PartnerState::AwaitingPeople,
@@ -186,7 +213,8 @@ impl Partner {
             labels,
             group_records,
             bundles_per_group,
-            units: exposures.len(),
+            traps,
+            units,
             bundle: bundle as u8,
             owner: None,
             outgoing: VecDeque::from([first]),
@@ -194,6 +222,19 @@ impl Partner {
             masked: Vec::new(),
             release: None,
         })
+    }
+
+    /// `a·P(t)`: where a cheating owner given this oracle finds a target's
+    /// exposure bundle (tests).
+    #[cfg(test)]
+    pub(crate) fn blind_for_tests(&self, token: &crate::token::Token) -> Element {
+        self.blinding.blind_tokens(std::slice::from_ref(token))[0]
+    }
+
+    /// Whether `bundle` (as sent) is one of the traps (tests).
+    #[cfg(test)]
+    pub(crate) fn is_trap_for_tests(&self, bundle: &[Element]) -> bool {
+        self.traps.holds(bundle)
     }
 
     /// Where the partner is.
@@ -242,7 +283,9 @@ impl Partner {
                 for (i, e) in reblinded.into_iter().enumerate() {
                     index.entry(e).or_insert((i / k) as u32);
                 }
-                self.owner = Some(OwnerSide { key, index, values: p.values });
+                let blinding_point = Element(p.blinding_point);
+                group::decode(&blinding_point, 0).map_err(|_| MeasureError::BadBlindingPoint)?;
+                self.owner = Some(OwnerSide { key, blinding_point, index, values: p.values });
                 self.state = PartnerState::AwaitingReblinded;
                 Ok(())
             }
@@ -341,6 +384,9 @@ impl Partner {
         if let Some(at) = first_repeat(&x.elements) {
             return Err(MeasureError::RepeatedElement { bundle: (at / k.max(1)) as u64 });
         }
+        // Every trap whole, in its group, blinded with the announced key: the owner
+        // used one scalar for every element (with all but a tiny probability, §12.4).
+        self.traps.check(&owner.blinding_point, x)?;
         let encryptor = Encryptor::new(owner.key);
         let only_partner = self.config.learner == Learner::Partner;
         // When the owner decrypts, the partner's own noise goes into every count and

@@ -94,6 +94,14 @@ impl BlindingKey {
             .collect::<Result<_, ElementError>>()?;
         Ok(batches.concat())
     }
+
+    /// `s·G` (`G` the ristretto255 base point), encoded: what lets the peer predict
+    /// `s·X` for points `X = r·G` whose `r` it knows (the measurement partner's traps,
+    /// `measure::trap`). Revealing it tells nothing of `s·P(t)` for an unknown `t`
+    /// (decisional Diffie–Hellman).
+    pub fn public_point(&self) -> Element {
+        double_and_encode(&[RistrettoPoint::mul_base(&self.0)])[0]
+    }
 }
 
 impl std::fmt::Debug for BlindingKey {

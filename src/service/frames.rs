@@ -310,9 +310,12 @@ mod tests {
         let owner =
             measure::Owner::new(OwnerConfig { min_aggregate: 1, min_group_size: 1, ..OwnerConfig::default() }, &people)
                 .unwrap();
-        let mut owner = OwnerFrames::new(owner, 1, 2, 1 << 20, 1 << 20, 1 << 24);
         let exposures: Vec<measure::Exposure> =
             (1..3u8).map(|i| measure::Exposure { tokens: vec![Token([i; 32])], group: 0 }).collect();
+        // Two exposures and their 16 traps.
+        let sent = measure::trap::bundles_sent(&exposures, 1);
+        assert_eq!(sent, 18);
+        let mut owner = OwnerFrames::new(owner, 1, sent, 1 << 20, 1 << 20, 1 << 24);
         let config = measure::PartnerConfig {
             min_aggregate: 1,
             learner: measure::Learner::Owner,
@@ -322,7 +325,7 @@ mod tests {
         };
         let partner = measure::Partner::new(config, vec!["all".into()], vec![2], &exposures).unwrap();
         let recorded = Arc::new(Recorded::default());
-        let mut partner = PartnerFrames::new(partner, 2, 3, (1 << 20, 1 << 20), Some(recorded.clone() as _));
+        let mut partner = PartnerFrames::new(partner, sent, 3, (1 << 20, 1 << 20), Some(recorded.clone() as _));
         while !(owner.is_done() && partner.is_done()) {
             let mut moved = false;
             while let Some(m) = owner.poll_outgoing().unwrap() {
@@ -343,13 +346,14 @@ mod tests {
                 (m.label.as_str(), m.total, position, m.finished.load(std::sync::atomic::Ordering::Relaxed))
             })
             .collect();
-        assert_eq!(seen, [("the owner's people", 3, 3, true), ("your bundles, blinded again", 2, 2, true)]);
+        assert_eq!(seen, [("the owner's people", 3, 3, true), ("your bundles, blinded again", 18, 18, true)]);
     }
 
     #[test]
     fn the_owner_refuses_an_owners_message_and_frames_past_either_bound() {
         let people = Message::People(People {
             public_key: [1; 32],
+            blinding_point: [1; 32],
             bundle: 1,
             elements: vec![Element([2; 32])],
             values: vec![[3; VALUE_LEN]],

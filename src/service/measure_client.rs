@@ -188,7 +188,7 @@ async fn measure(
         campaign: options.campaign.clone(),
         profile: options.normalizer.profile().name().to_owned(),
         key_fingerprint: fingerprint.as_bytes().to_vec(),
-        exposure_bundles: exposures.len() as u64,
+        exposure_bundles: measure::trap::bundles_sent(&exposures, labels.len()),
         groups: labels.len() as u32,
         owner_may_learn: options.trust_owner_with_split,
     };
@@ -218,7 +218,7 @@ async fn measure(
     });
     let idle = options.idle_timeout;
     let runtime = tokio::runtime::Handle::current();
-    let bundles = exposures.len() as u64;
+    let bundles = measure::trap::bundles_sent(&exposures, labels.len());
     let (trust_owner, max_epsilon) = (options.trust_owner_with_split, options.max_epsilon);
     let progress = options.progress.clone();
     let ledger = options.ledger.clone().map(|ledger| {

@@ -16,13 +16,16 @@ use crate::measure::{Learner, MeasureError};
 use crate::psi::message::ELEMENT_LEN;
 use crate::wire;
 
-/// Measurement protocol version over gRPC: 4, twisted ElGamal with the owner's
+/// Measurement protocol version over gRPC: 5, the owner's blinding point in
+/// `people` and the partner's trap bundles that check its re-blinding (version 4
+/// let a cheating owner re-blind exposures with several keys, so that one target
+/// counted many times over the noise); twisted ElGamal with the owner's
 /// range proofs and the partner's noise in whatever the owner decrypts (version 3
 /// let a cheating owner decode the partner's groups from exact sums of crafted
 /// values; version 2 left the high limb's share without noise under a clip below
 /// 2^16; version 1 let the owner decrypt for learner `partner`). Older versions are
 /// refused.
-pub const MEASURE_VERSION: u32 = 4;
+pub const MEASURE_VERSION: u32 = 5;
 /// Largest frame either side sends (smaller when the peer accepts less).
 pub const SEND_FRAME_BYTES: usize = 1 << 20;
 /// Smallest frame limit a side may announce.
@@ -222,7 +225,7 @@ pub fn people_bound(n: u64) -> usize {
     let n = usize::try_from(n).unwrap_or(usize::MAX);
     let per = usize::from(MAX_BUNDLE) * ELEMENT_LEN + VALUE_LEN;
     let proofs = bound(&[n.div_ceil(PEOPLE_PER_PROOF), 4 + MAX_PROOF_LEN]);
-    (1 + 32 + 1 + 4 + 4usize).saturating_add(bound(&[n, per])).saturating_add(proofs)
+    (1 + 32 + 32 + 1 + 4 + 4usize).saturating_add(bound(&[n, per])).saturating_add(proofs)
 }
 
 #[cfg(feature = "server")]

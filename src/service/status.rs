@@ -120,6 +120,8 @@ fn measure_status(error: &MeasureError, message: String) -> Status {
         | Element(_)
         | Ciphertext(_)
         | BadPublicKey
+        | BadBlindingPoint
+        | TrapSprung(_)
         | Mismatch { .. }
         | Inconsistent { .. }
         | RepeatedElement { .. }

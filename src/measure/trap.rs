@@ -1,0 +1,192 @@
+//! The partner's traps: exposure bundles of random points `r·G` whose discrete logs
+//! `r` only the partner knows, mixed among its real bundles, that let it check the
+//! owner's re-blinding (PROTOCOL.md §12.4, step 5).
+//!
+//! An honest owner returns `b·X` for every element `X` it was sent, with one scalar
+//! `b`, each bundle kept whole (re-sorted) and in its group, bundles shuffled. A
+//! cheating owner could instead re-blind some elements with other scalars `b'`, so
+//! that one exposure element, copied into several bundles as `b'·X`, matches
+//! several of its people made for the purpose (`b'·P(t)`), and one exposed person
+//! counts many times over the noise (PRIVACY.md, "Measurement"). Re-blinded
+//! elements are unlinkable, so the partner cannot see this on its real bundles; on
+//! a trap it can: `b·(r·G) = r·B`, with `B = b·G` sent in `people` before the
+//! owner sees any exposure. Every trap bundle must come back whole, in its group,
+//! as `r·B` element for element, or the partner refuses the reply before it
+//! computes anything ([`MeasureError::TrapSprung`]).
+//!
+//! Security property: traps are uniform random points, as indistinguishable from
+//! blinded identifiers and from padding as those are from each other (decisional
+//! Diffie–Hellman), so an owner that tampers with a fraction `f` of the bundles
+//! passes all `T` traps with probability about `(1 − f)^T`. Tampering that gains it
+//! anything must touch many bundles: to count one target `m` times with chance `p`
+//! it must rewrite about `p·m` of all bundles, and passes unseen with chance about
+//! `p·e^(−p·m·T)`, at most `1/(e·m·T)`: below `10⁻⁵` for `m = 50` and the 16 traps
+//! of a small group, below `10⁻⁷` with `T = 16,000` (a million bundles).
+//!
+//! Invariant: a group with `n > 0` real bundles gets [`count`]`(n)` traps, and
+//! `n + count(n)` is strictly increasing in `n`, so the owner recovers `n` from
+//! what it received ([`real_bundles`]) for its minimum group size and its checks
+//! of the partner's group sizes, without learning which bundles are traps.
+
+use std::collections::HashMap;
+
+use curve25519_dalek::ristretto::{RistrettoBasepointTable, RistrettoPoint};
+use curve25519_dalek::scalar::Scalar;
+use rand::RngCore;
+use rand::rngs::OsRng;
+use rayon::prelude::*;
+use zeroize::Zeroizing;
+
+use super::message::Exposures;
+use super::{Exposure, MeasureError};
+use crate::psi::group;
+use crate::psi::message::Element;
+
+/// One trap per this many real bundles of a group (rounded up).
+pub const RATE: u64 = 64;
+/// The fewest traps of a group with any real bundle.
+pub const MIN_PER_GROUP: u64 = 16;
+
+/// Traps for a group of `real` bundles: none for an empty group, otherwise
+/// `max(16, ⌈real/64⌉)`.
+pub fn count(real: u64) -> u64 {
+    if real == 0 { 0 } else { real.div_ceil(RATE).max(MIN_PER_GROUP) }
+}
+
+/// The real bundles of a group in which `sent` bundles arrived: the largest `n` with
+/// `n + count(n) ≤ sent` (exactly the real bundles when the partner is honest).
+pub fn real_bundles(sent: u64) -> u64 {
+    let (mut low, mut high) = (0u64, sent);
+    while low < high {
+        let mid = low + (high - low).div_ceil(2);
+        if mid.saturating_add(count(mid)) <= sent { low = mid } else { high = mid - 1 }
+    }
+    low
+}
+
+/// Bundles the partner sends for `exposures` in `groups` groups: the real ones
+/// and their traps (what its hello announces).
+pub fn bundles_sent(exposures: &[Exposure], groups: usize) -> u64 {
+    let mut real = vec![0u64; groups];
+    for x in exposures {
+        if let Some(n) = real.get_mut(usize::from(x.group)) {
+            *n += 1;
+        }
+    }
+    real.iter().map(|&n| n + count(n)).sum()
+}
+
+/// One trap bundle as sent: its group and its elements (sorted).
+pub type TrapBundle = (u8, Vec<Element>);
+
+/// The partner's traps of one measurement: per trap bundle its group and the
+/// secret scalars of its elements (zeroized on drop). `Debug` shows the count only.
+pub struct Traps {
+    groups: Vec<u8>,
+    scalars: Zeroizing<Vec<Scalar>>,
+    bundle: usize,
+}
+
+impl std::fmt::Debug for Traps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Traps").field("bundles", &self.groups.len()).finish_non_exhaustive()
+    }
+}
+
+impl Traps {
+    /// Draws the traps for groups of `real[g]` real bundles of `bundle` elements:
+    /// returns them with their bundles (group, elements sorted as real ones are).
+    pub fn draw(real: &[u64], bundle: usize) -> Result<(Traps, Vec<TrapBundle>), MeasureError> {
+        let groups: Vec<u8> =
+            real.iter().enumerate().flat_map(|(g, &n)| std::iter::repeat_n(g as u8, count(n) as usize)).collect();
+        let mut scalars = Zeroizing::new(Vec::with_capacity(groups.len() * bundle));
+        for _ in 0..groups.len() * bundle {
+            let mut wide = Zeroizing::new([0u8; 64]);
+            OsRng.try_fill_bytes(wide.as_mut()).map_err(|e| MeasureError::Rng(e.to_string()))?;
+            scalars.push(Scalar::from_bytes_mod_order_wide(&wide));
+        }
+        let bundles = groups
+            .iter()
+            .zip(scalars.chunks(bundle))
+            .map(|(&g, rs)| {
+                let mut elements: Vec<Element> =
+                    rs.iter().map(|r| Element(RistrettoPoint::mul_base(r).compress().to_bytes())).collect();
+                elements.sort_unstable();
+                (g, elements)
+            })
+            .collect();
+        Ok((Traps { groups, scalars, bundle }, bundles))
+    }
+
+    /// Whether `bundle` (sorted, as sent) is one of these traps (tests).
+    #[cfg(test)]
+    pub(crate) fn holds(&self, bundle: &[Element]) -> bool {
+        self.scalars.chunks(self.bundle).any(|rs| {
+            let mut elements: Vec<Element> =
+                rs.iter().map(|r| Element(RistrettoPoint::mul_base(r).compress().to_bytes())).collect();
+            elements.sort_unstable();
+            elements == bundle
+        })
+    }
+
+    /// Checks the owner's `reply` against `blinding_point` (`B`, from `people`):
+    /// every trap bundle is in it once, whole (its `k` elements `r·B` in one
+    /// bundle) and in its group. The reply's shape (bundle size, bundles per group)
+    /// is checked by the caller.
+    pub fn check(&self, blinding_point: &Element, reply: &Exposures) -> Result<(), MeasureError> {
+        if self.groups.is_empty() {
+            return Ok(());
+        }
+        let b = group::decode(blinding_point, 0).map_err(|_| MeasureError::BadBlindingPoint)?;
+        let table = RistrettoBasepointTable::create(&b);
+        let expected: Vec<Element> =
+            self.scalars.par_iter().map(|r| Element((r * &table).compress().to_bytes())).collect();
+        let trap_of: HashMap<Element, usize> =
+            expected.into_iter().enumerate().map(|(i, e)| (e, i / self.bundle)).collect();
+        let k = self.bundle;
+        // Per trap: the reply bundle its first element was found in, and how many.
+        let mut found: Vec<Option<(usize, usize)>> = vec![None; self.groups.len()];
+        for (i, e) in reply.elements.iter().enumerate() {
+            let Some(&t) = trap_of.get(e) else { continue };
+            let at = i / k.max(1);
+            match &mut found[t] {
+                None => found[t] = Some((at, 1)),
+                Some((first, seen)) if *first == at => *seen += 1,
+                Some(_) => return Err(MeasureError::TrapSprung("a bundle came back split")),
+            }
+        }
+        for (t, found) in found.iter().enumerate() {
+            match found {
+                Some((at, seen)) if *seen == k => {
+                    if reply.groups.get(*at) != Some(&self.groups[t]) {
+                        return Err(MeasureError::TrapSprung("a bundle came back in another group"));
+                    }
+                }
+                Some(_) => return Err(MeasureError::TrapSprung("a bundle came back split")),
+                None => return Err(MeasureError::TrapSprung("a bundle came back blinded with another key")),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_recovers_the_real_bundles_of_every_group() {
+        assert_eq!((count(0), count(1), count(1024), count(1025), count(64_000)), (0, 16, 16, 17, 1000));
+        let mut last = 0;
+        for n in (0..5000).chain([1 << 20, 50_000_000]) {
+            let sent = n + count(n);
+            assert!(n == 0 || sent > last, "n + count(n) must grow with n");
+            last = sent;
+            assert_eq!(real_bundles(sent), n);
+        }
+        // A group of fewer bundles than one group's traps holds no real one.
+        assert_eq!((real_bundles(0), real_bundles(1), real_bundles(16), real_bundles(17)), (0, 0, 0, 1));
+        let exposures: Vec<Exposure> = [1, 2, 2].iter().map(|&group| Exposure { tokens: Vec::new(), group }).collect();
+        assert_eq!(bundles_sent(&exposures, 3), 17 + 18);
+    }
+}
