@@ -466,6 +466,11 @@ fn a_partner_only_learner_gets_noisy_figures_the_owner_never_sees() {
     // ε/3·(w + 2·min(w, G)) with w = 2 identifiers per person, G = 2 groups.
     assert_eq!(audit[0]["epsilon_spent"], 2.0);
     assert_eq!(audit[0]["epsilon_spent_lifetime"], 2.0);
+    // The partner's own measurement.json says what it was charged, as the audit does.
+    assert_eq!(report.epsilon_spent, 2.0);
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.path("out/measurement.json")).unwrap()).unwrap();
+    assert_eq!(file["epsilon_spent"], 2.0);
 }
 
 #[test]

@@ -351,3 +351,21 @@ fn an_opt_out_leaves_out_every_record_of_the_person() {
     let json = std::fs::read_to_string(d.join("out/measurement.json")).unwrap();
     assert!(json.contains("\"records_excluded_with_person\": 1"), "{json}");
 }
+
+/// An output directory that cannot be created fails the run before any input is
+/// read (issue 20, item 7): here the inputs do not even exist, and the error is
+/// the output's, with nothing written anywhere.
+#[test]
+fn an_unwritable_out_dir_fails_before_the_inputs_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a-file"), "not a directory").unwrap();
+    let mut o = options(d, d.join("missing.key"), 1);
+    o.owner = d.join("missing-outcomes.csv");
+    o.out_dir = d.join("a-file").join("out");
+    let err = local::run(&o).unwrap_err();
+    assert!(matches!(err, local::MeasureFailure::Write { .. }), "{err}");
+    assert!(err.to_string().contains("a-file"), "{err}");
+    let entries: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(entries, ["a-file"]);
+}

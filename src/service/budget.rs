@@ -70,8 +70,9 @@ pub enum BudgetError {
     /// The state file exists but is not a budget state (truncated, edited, another
     /// file): the server refuses to start rather than forget what was spent.
     #[error(
-        "budget state {path} cannot be read ({reason}); it records each partner's budget used today (state_file in server.toml). \
-         Restore it from a backup, or, to start again with nothing spent today, move it aside (mv {path} {path}.broken) and start the server again"
+        "budget state {path} cannot be read ({reason}); it records each partner's budget used today and the epsilon each partner \
+         ever spent on each outcome dataset (state_file in server.toml). Restore it from a backup: moving it aside would also \
+         forget the lifetime epsilon budgets, which protect the outcome data against repeated measurements"
     )]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -308,7 +309,8 @@ mod tests {
             assert!(matches!(err, BudgetError::Corrupt { .. }), "{err}");
             let message = err.to_string();
             assert!(message.contains("restore it from a backup") || message.contains("Restore it"), "{message}");
-            assert!(message.contains(&format!("mv {} {}.broken", path.display(), path.display())), "{message}");
+            // Moving the file aside would also forget the lifetime epsilon budgets.
+            assert!(message.contains("lifetime epsilon") && !message.contains("mv "), "{message}");
         }
     }
 

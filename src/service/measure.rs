@@ -10,9 +10,11 @@
 //! (RESOURCE_EXHAUSTED over `max_partner_set`). Then the opt-outs as they are now
 //! are applied to the outcomes, a proving slot is taken when the owner will prove
 //! its values (`proving`: RESOURCE_EXHAUSTED while `max_concurrent_proofs`
-//! measurements prove), and the daily budget is charged (one match, the
-//! bundles as identifiers, and the campaign's epsilon when it adds noise) before the
-//! owner blinds and encrypts its outcomes and sends `accept`. When the
+//! measurements prove), and the budgets are charged (one match and the bundles as
+//! identifiers from the daily ones; with noise, the measurement's worst-case
+//! epsilon for one outcome person from the partner's daily budget on the campaign
+//! and its lifetime budget on the outcome dataset) before the owner sends `accept`
+//! and blinds, encrypts and proves its outcomes. When the
 //! owner learns the figures they are written to the results directory before the
 //! measurement is audited; the summary goes out last.
 
@@ -179,7 +181,7 @@ impl Service for MeasureService {
         }
         // And the owner learns exact figures only where the partner lets it: with
         // noise the partner noises every figure before the owner decrypts it and
-        // checks the owner's range proofs (version 4), without noise the owner
+        // checks the owner's range proofs (since version 4), without noise the owner
         // would decrypt exact sums, from which crafted values decode the groups.
         if settings.learner != Learner::Partner && settings.noise.is_none() && !hello.owner_may_learn {
             return Err(with_code(

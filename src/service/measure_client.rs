@@ -116,6 +116,9 @@ pub struct PartnerReport {
     pub min_aggregate: u64,
     /// Total epsilon of the noise, if any.
     pub epsilon: Option<f64>,
+    /// The epsilon the owner's server charged this measurement to the partner's
+    /// budgets: its worst case for one outcome person (0 without noise).
+    pub epsilon_spent: f64,
     /// People the owner sent (after its opt-outs).
     pub owner_people: u64,
     /// The partner's own counts.
@@ -254,7 +257,7 @@ async fn measure(
         DriveError::Measure(m) => ClientError::Measurement(m.to_string()),
         other => ClientError::Stream(other.to_string()),
     })?;
-    let (accept, learner, release) = match outcome {
+    let (accept, learner, release, epsilon_spent) = match outcome {
         Partnered::Done(outcome) => outcome,
         Partnered::OwnerWouldLearn => return Err(ClientError::OwnerWouldLearn),
         Partnered::Ledger(e) => return Err(e.into()),
@@ -266,6 +269,7 @@ async fn measure(
         learner: learner.name().to_owned(),
         min_aggregate: accept.min_aggregate,
         epsilon: accept.epsilon,
+        epsilon_spent,
         owner_people: accept.owner_people,
         partner: side,
         release,
@@ -286,11 +290,12 @@ fn status_error(code: tonic::Code, message: &str, kind: Option<&str>) -> ClientE
     }
 }
 
-type PartnerOutcome = (wire::MeasureAccept, Learner, Option<Measurement>);
+type PartnerOutcome = (wire::MeasureAccept, Learner, Option<Measurement>, f64);
 
 /// How the partner's role ended, short of an error.
 enum Partnered {
-    /// The measurement ran: the accept, the learner and the release, if any.
+    /// The measurement ran: the accept, the learner, the release, if any, and the
+    /// epsilon the owner's server charged (its summary).
     Done(PartnerOutcome),
     /// Refused after the accept: the owner would learn figures, and the partner
     /// did not trust it with its split ([`MeasureClientOptions::trust_owner_with_split`]).
@@ -402,7 +407,8 @@ fn run_partner(
     if learner.partner_learns() && release.is_none() {
         return Err(FrameError::Malformed("the owner sent no release").into());
     }
-    Ok(Partnered::Done((accept, learner, release)))
+    let epsilon_spent = frames.summary().map_or(0.0, |s| s.epsilon_spent);
+    Ok(Partnered::Done((accept, learner, release, epsilon_spent)))
 }
 
 #[cfg(test)]

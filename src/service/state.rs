@@ -154,7 +154,7 @@ fn load_campaign(settings: CampaignSettings, optouts: &OptOuts) -> Result<Campai
                 warn!(
                     campaign = %settings.id,
                     epsilon = noise.epsilon,
-                    "the measurement's epsilon is above the {default_max} that partner clients take by default when                      the owner learns the figures (--max-epsilon): a partner that does not raise it refuses this                      campaign's measurements (exit code 9)"
+                    "the measurement's epsilon is above the {default_max} that partner clients take by default when the owner learns the figures (--max-epsilon): a partner that does not raise it refuses this campaign's measurements (exit code 9)"
                 );
             }
             // One row per purchase: repeated ids are one person's rows (measure::people).
