@@ -329,7 +329,13 @@ fn frame(data: Vec<u8>, last: bool) -> wire::MeasurePartnerMessage {
 
 /// A well-formed `exposures` message of `groups` groups and `n` one-element bundles.
 fn exposures(groups: usize, n: usize) -> Vec<u8> {
-    let tokens: Vec<Token> = (0..n).map(|i| Token([i as u8; 32])).collect();
+    let tokens: Vec<Token> = (0..n as u64)
+        .map(|i| {
+            let mut t = [0u8; 32];
+            t[..8].copy_from_slice(&i.to_be_bytes());
+            Token(t)
+        })
+        .collect();
     let elements = BlindingKey::random().unwrap().blind_tokens(&tokens);
     message::encode(&Message::Exposures(Exposures {
         labels: (0..groups).map(|g| format!("g{g}")).collect(),
@@ -571,12 +577,13 @@ fn a_second_measurement_is_refused_while_the_owner_proves_and_the_first_stops_wh
     let (f, _, _) = Fixture::start_with(&config_text().replace("[limits]\n", "[limits]\nproving_threads = 1\n"));
     let busy = f.server.runtime.block_on(async {
         // A: learner both with noise, so the owner proves its outcome people after
-        // the accept, before the people message.
+        // the accept and the partner's exposures, before the people message.
         let (sender, mut replies) = f.open().await;
         sender.send(f.hello_for("noisy", 2, 1000)).await.unwrap();
         let accept = replies.message().await.unwrap().unwrap();
         let Some(wire::measure_owner_message::Body::Accept(accept)) = accept.body else { panic!("{accept:?}") };
         assert!(accept.owner_people > 500, "{accept:?}");
+        sender.send(frame(exposures(2, 1000), true)).await.unwrap();
         // B, while A's owner proves.
         let (other, mut refused) = f.open().await;
         other.send(f.hello_for("noisy", 2, 1000)).await.unwrap();
@@ -596,6 +603,7 @@ fn a_second_measurement_is_refused_while_the_owner_proves_and_the_first_stops_wh
             }
         };
         // C's people come once its proofs are done: the time A's would have taken.
+        c.send(frame(exposures(2, 1000), true)).await.unwrap();
         let started = std::time::Instant::now();
         c_replies.message().await.unwrap().unwrap();
         let proving = started.elapsed();
@@ -614,6 +622,39 @@ fn a_second_measurement_is_refused_while_the_owner_proves_and_the_first_stops_wh
     let spent: Vec<(&str, f64)> =
         audit.iter().map(|a| (a["outcome"].as_str().unwrap(), a["epsilon_spent"].as_f64().unwrap())).collect();
     assert!(spent.contains(&("ResourceExhausted", 0.0)) && spent.contains(&("Cancelled", 2.0)), "{spent:?}");
+}
+
+/// The owner checks the partner's exposures as soon as they arrive, before it
+/// blinds, encrypts or proves its people: on a campaign whose owner proves
+/// (learner both, with noise), exposures with a group under `min_group_size` (5
+/// real bundles per group, 100 required) or with a repeated element are refused
+/// right after the accept, and no `people` frame ever comes (before, the owner
+/// proved all its people first and refused only then).
+#[test]
+fn refused_exposures_cost_the_owner_no_proving() {
+    let (f, _, _) = Fixture::start();
+    let mut repeated = message::decode(&exposures(2, 1000)).unwrap();
+    let Message::Exposures(x) = &mut repeated else { panic!() };
+    x.elements[7] = x.elements[3];
+    let repeated = message::encode(&repeated).unwrap();
+    for (bytes, bundles, code, says) in [
+        (exposures(2, 42), 42, tonic::Code::FailedPrecondition, "groups of at least 100"),
+        (repeated, 1000, tonic::Code::InvalidArgument, "repeats an element"),
+    ] {
+        let status = f.server.runtime.block_on(async {
+            let (sender, mut replies) = f.open().await;
+            sender.send(f.hello_for("noisy", 2, bundles)).await.unwrap();
+            let accept = replies.message().await.unwrap().unwrap();
+            assert!(matches!(accept.body, Some(wire::measure_owner_message::Body::Accept(_))), "{accept:?}");
+            sender.send(frame(bytes, true)).await.unwrap();
+            // The next reply is the refusal, not the first frame of `people`.
+            let next = replies.message().await;
+            drop(sender);
+            next.expect_err("the owner sent its people before refusing the exposures")
+        });
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(says), "{}", status.message());
+    }
 }
 
 /// The partner's epsilon ledger against an owner that would average its noise

@@ -18,7 +18,8 @@ use zeroize::Zeroizing;
 
 use super::elgamal::{DlogTable, Encryptor, LIMBS, SecretKey, Split};
 use super::message::{
-    Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MaskedSum, OwnerMessage, PartnerMessage, People, Shares, VALUE_LEN,
+    Exposures, GroupSum, MASKED_LEN, MAX_BUNDLE, MaskedSum, MessageError, OwnerMessage, PartnerMessage, People, Shares,
+    VALUE_LEN,
 };
 use super::partner::MAX_SHARE_RANGE;
 use super::proof::{self, PEOPLE_PER_PROOF};
@@ -271,10 +272,37 @@ impl Owner {
         }
     }
 
-    /// Re-blinds the partner's bundles, after checking that no element repeats:
-    /// with every token in at most one bundle, one of the owner's people (at most
-    /// `bundle` tokens) matches at most `bundle` exposure bundles, the bound the
-    /// budget's per-person charge rests on ([`super::stats::Noise::worst_case_epsilon`]).
+    /// The owner's checks of the partner's `exposures`, before anything is done with
+    /// them: no element repeats (with every token in at most one bundle, one of the
+    /// owner's people, at most `bundle` tokens, matches at most `bundle` exposure
+    /// bundles, the bound the budget's per-person charge rests on,
+    /// [`super::stats::Noise::worst_case_epsilon`]), and no group holds fewer than
+    /// `min_group_size` real bundles ([`trap::real_bundles`]; an empty group
+    /// passes). Returns the real bundles per group. The server calls it as soon as
+    /// the message has arrived, before it blinds, encrypts or proves its people, so
+    /// a refused message costs it none of that.
+    pub fn check_exposures(x: &Exposures, min_group_size: u64) -> Result<Vec<u64>, MeasureError> {
+        let k = usize::from(x.bundle);
+        if let Some(at) = first_repeat(&x.elements) {
+            return Err(MeasureError::RepeatedElement { bundle: (at / k.max(1)) as u64 });
+        }
+        let mut per_group = vec![0u64; x.labels.len()];
+        for (index, &g) in x.groups.iter().enumerate() {
+            let groups = per_group.len();
+            *per_group.get_mut(usize::from(g)).ok_or(MessageError::GroupOutOfRange { index, group: g, groups })? += 1;
+        }
+        // The minimum is of real bundles: `per_group` holds the partner's traps too
+        // (`trap::count` of them, which the owner cannot tell apart).
+        let real: Vec<u64> = per_group.iter().map(|&n| trap::real_bundles(n)).collect();
+        if let Some((group, &bundles)) =
+            real.iter().enumerate().find(|&(g, &real)| per_group[g] > 0 && real < min_group_size)
+        {
+            return Err(MeasureError::GroupTooSmall { group, bundles, min: min_group_size });
+        }
+        Ok(real)
+    }
+
+    /// Re-blinds the partner's bundles after [`Owner::check_exposures`].
     ///
     /// Memory: the partner's elements are dropped once blinded again, so at most two
     /// copies of the message's elements are held at once (the reblinded ones and
@@ -282,36 +310,21 @@ impl Owner {
     /// is gone before re-blinding starts.
     fn on_exposures(&mut self, mut x: Exposures) -> Result<(), MeasureError> {
         let k = usize::from(x.bundle);
-        if let Some(at) = first_repeat(&x.elements) {
-            return Err(MeasureError::RepeatedElement { bundle: (at / k.max(1)) as u64 });
-        }
+        // From here on the owner's checks are of real bundles: traps match nobody.
+        let real = Owner::check_exposures(&x, self.config.min_group_size)?;
         let reblinded = self.blinding.reblind(&std::mem::take(&mut x.elements))?;
         let mut order: Vec<usize> = (0..x.groups.len()).collect();
         order.shuffle(&mut OsRng);
         let mut elements: Vec<Element> = Vec::with_capacity(reblinded.len());
         let mut groups = Vec::with_capacity(order.len());
-        let mut per_group = vec![0u64; x.labels.len()];
         for i in order {
             let start = elements.len();
             elements.extend_from_slice(&reblinded[i * k..(i + 1) * k]);
             elements[start..].sort_unstable();
             groups.push(x.groups[i]);
-            per_group[usize::from(x.groups[i])] += 1;
-        }
-        // The minimum is of real bundles: `per_group` holds the partner's traps too
-        // (`trap::count` of them, which the owner cannot tell apart).
-        if let Some((group, bundles)) = per_group
-            .iter()
-            .map(|&n| (n, trap::real_bundles(n)))
-            .enumerate()
-            .find(|&(_, (n, real))| n > 0 && real < self.config.min_group_size)
-            .map(|(g, (_, real))| (g, real))
-        {
-            return Err(MeasureError::GroupTooSmall { group, bundles, min: self.config.min_group_size });
         }
         self.labels = x.labels;
-        // From here on the owner's checks are of real bundles: traps match nobody.
-        self.bundles_per_group = per_group.into_iter().map(trap::real_bundles).collect();
+        self.bundles_per_group = real;
         self.bundle = x.bundle;
         let reply = Exposures { labels: Vec::new(), bundle: self.bundle, groups, elements };
         self.outgoing.push_back(OwnerMessage::Reblinded(reply));

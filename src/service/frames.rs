@@ -11,7 +11,7 @@ use std::sync::Arc;
 #[cfg(feature = "server")]
 use crate::measure::OwnerState;
 #[cfg(feature = "server")]
-use crate::measure::message::{MAX_GROUPS, PartnerMessage};
+use crate::measure::message::{Exposures, MAX_GROUPS, PartnerMessage};
 use crate::measure::message::{Message, OwnerMessage};
 use crate::measure::{self, MeasureError, PartnerState};
 use crate::progress::{self, Meter, Progress, Unit};
@@ -72,25 +72,107 @@ impl OwnerFrames {
             OwnerState::Done => return Err(FrameError::Unexpected { state: "done", message: "frame" }),
             OwnerState::Failed => return Err(MeasureError::Failed.into()),
         };
-        let limited = max > self.max_message;
-        let max = max.min(self.max_message);
-        let pushed = self.joiner.push(frame, name, max).map_err(|e| match e {
-            FrameError::MessageTooLarge { message, max: limit } if limited => FrameError::OverLimit { message, limit },
-            other => other,
-        });
-        let Some(message) = pushed? else { return Ok(()) };
+        let Some(message) = join_limited(&mut self.joiner, frame, name, max, self.max_message)? else { return Ok(()) };
         let message = PartnerMessage::try_from(message)
             .map_err(|other| MeasureError::Unexpected { state: self.owner.state().doing(), message: other.name() })?;
         if let PartnerMessage::Exposures(x) = &message {
-            let (g, n) = (x.labels.len() as u64, x.groups.len() as u64);
-            if g != self.groups {
-                return Err(FrameError::Announced { what: "number of groups", announced: self.groups, got: g });
-            }
-            if n != self.bundles {
-                return Err(FrameError::Announced { what: "number of bundles", announced: self.bundles, got: n });
-            }
+            check_announced(x, self.groups, self.bundles)?;
         }
         Ok(self.owner.receive(message)?)
+    }
+}
+
+/// Adds `frame` to the message `name` being joined, within `max` bytes and the
+/// owner's `max_message` (over it: [`FrameError::OverLimit`]).
+#[cfg(feature = "server")]
+fn join_limited(
+    joiner: &mut Joiner,
+    frame: wire::MeasureFrame,
+    name: &'static str,
+    max: usize,
+    max_message: usize,
+) -> Result<Option<Message>, FrameError> {
+    let limited = max > max_message;
+    joiner.push(frame, name, max.min(max_message)).map_err(|e| match e {
+        FrameError::MessageTooLarge { message, max: limit } if limited => FrameError::OverLimit { message, limit },
+        other => other,
+    })
+}
+
+/// The `exposures` message holds the groups and bundles the hello announced.
+#[cfg(feature = "server")]
+fn check_announced(x: &Exposures, groups: u64, bundles: u64) -> Result<(), FrameError> {
+    let (g, n) = (x.labels.len() as u64, x.groups.len() as u64);
+    if g != groups {
+        return Err(FrameError::Announced { what: "number of groups", announced: groups, got: g });
+    }
+    if n != bundles {
+        return Err(FrameError::Announced { what: "number of bundles", announced: bundles, got: n });
+    }
+    Ok(())
+}
+
+/// The partner's `exposures`, taken in before the owner prepares its people (the
+/// partner sends them right after the accept): the owner checks them
+/// ([`measure::Owner::check_exposures`]) before it blinds, encrypts or proves
+/// anything, so a message it refuses costs it none of that. Bounded like
+/// [`OwnerFrames`]; any other message is refused as out of order.
+#[cfg(feature = "server")]
+pub struct ExposuresIntake {
+    groups: u64,
+    bundles: u64,
+    max_message: usize,
+    joiner: Joiner,
+    exposures: Option<Exposures>,
+}
+
+#[cfg(feature = "server")]
+impl ExposuresIntake {
+    /// For a hello announcing `groups` and `bundles`; frames of at most `max_frame`
+    /// bytes, a message of at most `max_message`.
+    pub fn new(groups: u64, bundles: u64, max_frame: usize, max_message: usize) -> ExposuresIntake {
+        ExposuresIntake { groups, bundles, max_message, joiner: Joiner::new(max_frame), exposures: None }
+    }
+
+    /// The message, once it has arrived whole.
+    pub fn into_exposures(self) -> Option<Exposures> {
+        self.exposures
+    }
+}
+
+#[cfg(feature = "server")]
+impl Driven for ExposuresIntake {
+    type Incoming = PartnerBody;
+    type Outgoing = wire::MeasureOwnerMessage;
+
+    fn receive(&mut self, message: PartnerBody) -> Result<(), DriveError> {
+        let PartnerBody::Frame(frame) = message else {
+            return Err(FrameError::Unexpected { state: "measuring", message: "hello" }.into());
+        };
+        if self.exposures.is_some() {
+            return Err(FrameError::Unexpected { state: "preparing", message: "frame" }.into());
+        }
+        let groups = usize::try_from(self.groups).unwrap_or(MAX_GROUPS);
+        let bound = exposures_bound(groups, self.bundles);
+        let Some(message) = join_limited(&mut self.joiner, frame, "exposures", bound, self.max_message)? else {
+            return Ok(());
+        };
+        // `decode` yields well-formed messages only (`Message::validate`).
+        let Message::Exposures(x) = message else {
+            let unexpected = MeasureError::Unexpected { state: "awaiting exposures", message: message.name() };
+            return Err(FrameError::from(unexpected).into());
+        };
+        check_announced(&x, self.groups, self.bundles)?;
+        self.exposures = Some(x);
+        Ok(())
+    }
+
+    fn poll_outgoing(&mut self) -> Result<Option<wire::MeasureOwnerMessage>, DriveError> {
+        Ok(None)
+    }
+
+    fn is_done(&self) -> bool {
+        self.exposures.is_some()
     }
 }
 

@@ -13,8 +13,11 @@
 //! measurements prove), and the budgets are charged (one match and the bundles as
 //! identifiers from the daily ones; with noise, the measurement's worst-case
 //! epsilon for one outcome person from the partner's daily budget on the campaign
-//! and its lifetime budget on the outcome dataset) before the owner sends `accept`
-//! and blinds, encrypts and proves its outcomes. When the
+//! and its lifetime budget on the outcome dataset) before the owner sends `accept`.
+//! Then the partner's exposures are taken in whole and checked
+//! ([`ExposuresIntake`], `measure::Owner::check_exposures`: repeated elements,
+//! groups under `min_group_size`) before the owner blinds, encrypts and proves its
+//! outcomes, so a refused message costs it none of that. When the
 //! owner learns the figures they are written to the results directory before the
 //! measurement is audited; the summary goes out last.
 
@@ -28,14 +31,14 @@ use tracing::error;
 use super::audit::{MeasureRecord, now_unix_ms};
 use super::budget::EpsilonCharge;
 use super::driver::DriveError;
-use super::frames::OwnerFrames;
+use super::frames::{ExposuresIntake, OwnerFrames};
 use super::measure_wire::{
     FrameError, MEASURE_VERSION, OWNER_LEARNS_REFUSED, SEND_FRAME_BYTES, exposures_min, learner_to_wire,
 };
 use super::metrics::Metrics;
 use super::session::{self, Service, Session};
 use super::shared::Shared;
-use super::status::{protocol_status, with_code};
+use super::status::{drive_status, protocol_status, with_code};
 use crate::measure::message::MAX_GROUPS;
 use crate::measure::side::{OwnerSide, SideReport, owner_people};
 use crate::measure::stats::{GroupFigures, Lift};
@@ -304,6 +307,14 @@ impl Service for MeasureService {
             clip_value: settings.noise.map(|n| n.clip),
         };
         session.send(wire::MeasureOwnerMessage { body: Some(OwnerBody::Accept(accept)) })?;
+        // The partner's exposures come right after the accept: checked before the
+        // owner blinds, encrypts or proves anything (repeated elements, groups under
+        // `min_group_size`), so a message the owner refuses costs it none of that.
+        let mut intake = ExposuresIntake::new(u64::from(hello.groups), hello.exposure_bundles, max_frame, max_message);
+        session.drive(&mut intake, Some)?;
+        let exposures = intake.into_exposures().ok_or_else(|| Status::internal("the exposures did not arrive"))?;
+        let refused = |e: measure::MeasureError| drive_status(DriveError::Measure(e.into()));
+        measure::Owner::check_exposures(&exposures, settings.min_group_size).map_err(refused)?;
         // Proving takes minutes for a million people: stopped when the partner goes.
         let gone = session.partner_gone();
         let start = || measure::Owner::prepare(owner_config, &people, &gone);
@@ -312,7 +323,7 @@ impl Service for MeasureService {
             None => start(),
         };
         drop(proving);
-        let owner = owner.map_err(|e| {
+        let mut owner = owner.map_err(|e| {
             if matches!(e, measure::MeasureError::Abandoned) {
                 return Status::cancelled(e.to_string());
             }
@@ -320,6 +331,8 @@ impl Service for MeasureService {
             Status::internal("the owner could not start the measurement")
         })?;
         drop(people);
+        // Re-blinded now, sent after `people`.
+        owner.receive(measure::message::PartnerMessage::Exposures(exposures)).map_err(refused)?;
         let mut frames = OwnerFrames::new(
             owner,
             u64::from(hello.groups),
