@@ -1032,8 +1032,13 @@ fn learning_figures_needs_the_other_sides_trust() {
     assert!(!f.path("out-untrusted/measurement.json").exists());
     let last = f.audit().pop().unwrap();
     assert_eq!((last["partner"].as_str(), last["epsilon_spent"].as_f64()), (Some("wary"), Some(0.0)), "{last}");
-    // ...while a measurement the owner learns is the wary partner's to allow.
+    // Nor one where only the owner learns: the partner's client computes the
+    // matches, and a modified one links its bundles through the reply to read which
+    // of its people are in the outcomes (measure::tests, `a_partner_links_…`).
     let mut owner_learns = f.options("spring", "out-wary-spring");
     owner_learns.token_file = Some(f.path("wary-token"));
-    assert!(f.run(owner_learns).is_ok());
+    let denied = f.run(owner_learns).unwrap_err();
+    assert!(matches!(&denied, ClientError::PermissionDenied(m) if m.contains("honest_client_trusted")), "{denied}");
+    let last = f.audit().pop().unwrap();
+    assert_eq!((last["partner"].as_str(), last["epsilon_spent"].as_f64()), (Some("wary"), Some(0.0)), "{last}");
 }

@@ -37,9 +37,10 @@ pub struct AddArgs {
     /// A reveal mode the partner may ask for: partner, owner, both or count (repeatable).
     #[arg(long = "reveal", value_name = "MODE", default_values = ["partner", "both", "count"], value_parser = parse_reveal)]
     pub reveals: Vec<Reveal>,
-    /// The owner trusts this partner to run an honest, unmodified client: allows
-    /// measurements that release figures to the partner, which a modified client can
-    /// turn into one person's exact value (docs/PRIVACY.md). Off by default.
+    /// The owner trusts this partner to run an honest, unmodified client: allows it
+    /// measurements, whose matches its client computes (a modified client can learn
+    /// which of its people are in the outcomes and, where it learns figures, one
+    /// person's exact value; docs/PRIVACY.md). Off by default.
     #[arg(long)]
     pub honest_client_trusted: bool,
     /// Where to write the token (a new file, mode 0600; never overwritten). Give it to

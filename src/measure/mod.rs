@@ -859,6 +859,62 @@ mod tests {
         assert!((0.6..1.5).contains(&(mean / expected)), "mean |noise| {mean}, expected {expected}");
     }
 
+    /// Open (docs/PRIVACY.md, "Cheating parties", point 3): a partner links its
+    /// own bundles through `reblinded` and so reads, target by target in one
+    /// measurement, which of its exposures are in the owner's outcome file. Into
+    /// each target's bundle it puts `a·P(t)` and `c·a·P(t)` with a secret `c` per
+    /// target; the owner cannot see the relation (decisional Diffie–Hellman) and
+    /// re-blinds both with `b`, so the reply bundle holding `Y` and `c·Y` is the
+    /// target's, and `Y` is in the partner's own `a·(b·P(t'))` set exactly when
+    /// the target is one of the owner's people. Played at the message level,
+    /// checked against the owner's people. Should this ever be closed, this test
+    /// fails and must become a refusal.
+    #[test]
+    fn a_partner_links_its_bundles_through_the_reply_and_reads_each_targets_membership() {
+        use crate::psi::group::{BlindingKey, decode};
+        use curve25519_dalek::scalar::Scalar;
+        let people: Vec<Person> = (0..200).map(|i| Person { tokens: vec![token(i)], value: 1 }).collect();
+        // Tokens 180..220: the first 20 are the owner's people, the other 20 are not.
+        let targets: Vec<u32> = (180..220).collect();
+        let (config, _) = configs(1, Learner::Owner);
+        let mut owner = Owner::new(config, &people).unwrap();
+        let Some(OwnerMessage::People(sent)) = owner.poll_outgoing() else { panic!("no people") };
+        let a = BlindingKey::random().unwrap();
+        let mut rng = StdRng::seed_from_u64(91);
+        let secrets: Vec<Scalar> = targets.iter().map(|_| Scalar::from(rng.r#gen::<u64>())).collect();
+        let mut elements = Vec::new();
+        for (&t, c) in targets.iter().zip(&secrets) {
+            let x = a.blind_tokens(&[token(t)])[0];
+            let cx = Element((decode(&x, 0).unwrap() * c).compress().to_bytes());
+            let mut bundle = [x, cx];
+            bundle.sort_unstable();
+            elements.extend(bundle);
+        }
+        let groups = vec![0; targets.len()];
+        let x = message::Exposures { labels: vec!["all".into()], bundle: 2, groups, elements };
+        owner.receive(PartnerMessage::Exposures(x)).unwrap();
+        let Some(OwnerMessage::Reblinded(back)) = owner.poll_outgoing() else { panic!("no reply") };
+        let mine: std::collections::HashSet<Element> = a.reblind(&sent.elements).unwrap().into_iter().collect();
+        let mut read = std::collections::BTreeMap::new();
+        for pair in back.elements.chunks(2) {
+            let (y0, y1) = (decode(&pair[0], 0).unwrap(), decode(&pair[1], 1).unwrap());
+            for (&t, c) in targets.iter().zip(&secrets) {
+                let base = if y0 * c == y1 {
+                    pair[0]
+                } else if y1 * c == y0 {
+                    pair[1]
+                } else {
+                    continue;
+                };
+                read.insert(t, mine.contains(&base));
+            }
+        }
+        assert_eq!(read.len(), targets.len(), "every target's bundle is found in the reply");
+        for (t, member) in read {
+            assert_eq!(member, t < 200, "target {t}: read from the partner's own matching");
+        }
+    }
+
     /// Issue 20, the open read behind the owner's `honest_client_trusted` gate: a
     /// partner (learner `partner`) that sends `c·C1` of one person's limb, with `c`
     /// above twice the slot's noise bound, gets back `c·m + η` and rounds it to `m`

@@ -213,11 +213,13 @@ pub struct PartnerConfig {
     /// Reveal modes this partner may ask for: partner, owner, both, count.
     pub reveals: Vec<String>,
     /// The owner trusts this partner to run an honest (unmodified) client. Only then
-    /// may it run measurements that release figures to the partner (learner
-    /// `partner` or `both`, where a deviating client can read one person's value
-    /// exactly: docs/PRIVACY.md, "Cheating parties, by learner"). Default `false`:
-    /// such a measurement is refused with PERMISSION_DENIED. Both matching engines
-    /// hold against a deviating partner and need no trust.
+    /// may it run measurements: the partner's client computes the matches, and a
+    /// deviating one can link its bundles through the owner's reply to learn which
+    /// of its people are in the outcomes, and, with learner `partner` or `both`,
+    /// read one person's value exactly (docs/PRIVACY.md, "Cheating parties, by
+    /// learner"). Default `false`: every measurement is refused with
+    /// PERMISSION_DENIED. Both matching engines hold against a deviating partner
+    /// and need no trust.
     #[serde(default)]
     pub honest_client_trusted: bool,
 }

@@ -169,16 +169,18 @@ impl Service for MeasureService {
             return Err(Status::failed_precondition("this campaign has no measurement configured"));
         };
         record.learner = Some(settings.learner.name().to_owned());
-        // A partner that learns figures of the owner's values could read one
-        // person's value exactly by sending crafted ciphertexts for decryption
-        // (docs/PRIVACY.md, "Cheating parties, by learner"): only a partner the
-        // owner trusts to run an honest client may, refused before anything is read,
-        // encrypted or charged.
-        if settings.learner.partner_learns() && !session.partner.honest_client_trusted {
+        // The partner computes the matches itself: a modified client can link its
+        // bundles through the owner's reply and read which of its exposures are in
+        // the outcomes, and one that learns figures can read one person's value
+        // exactly (docs/PRIVACY.md, "Cheating parties, by learner"). So measurements
+        // run only for partners the owner trusts to run an honest client, refused
+        // before anything is read, encrypted or charged.
+        if !session.partner.honest_client_trusted {
             return Err(Status::permission_denied(format!(
-                "this campaign's measurement releases figures to the partner (learner = {}), which the owner allows \
-                 only for partners it trusts to run an honest client (honest_client_trusted), which this partner is \
-                 not",
+                "measurements let the partner's client compute the matches (and with learner = partner or both, \
+                 decrypt figures of the owner's values), which a modified client could turn into which of its \
+                 people are in the outcomes; the owner runs them only for partners it trusts to run an honest \
+                 client (honest_client_trusted), which this partner is not (this campaign's learner: {})",
                 settings.learner.name()
             )));
         }
