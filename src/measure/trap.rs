@@ -162,7 +162,8 @@ impl Traps {
                         return Err(MeasureError::TrapSprung("a bundle came back in another group"));
                     }
                 }
-                Some(_) => return Err(MeasureError::TrapSprung("a bundle came back split")),
+                // Found in one bundle but not whole: an element is missing.
+                Some(_) => return Err(MeasureError::TrapSprung("an element came back blinded with another key")),
                 None => return Err(MeasureError::TrapSprung("a bundle came back blinded with another key")),
             }
         }
@@ -173,6 +174,57 @@ impl Traps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The owner's honest reply to `bundles` (each element times `b`, bundles
+    /// re-sorted, in reverse order as a shuffle), and `B = b·G`.
+    fn reply(bundles: &[TrapBundle], b: &Scalar) -> (Element, Exposures) {
+        let mut elements = Vec::new();
+        let mut groups = Vec::new();
+        for (g, bundle) in bundles.iter().rev() {
+            let mut blinded: Vec<Element> =
+                bundle.iter().map(|e| Element((group::decode(e, 0).unwrap() * b).compress().to_bytes())).collect();
+            blinded.sort_unstable();
+            elements.extend(blinded);
+            groups.push(*g);
+        }
+        let point = Element(RistrettoPoint::mul_base(b).compress().to_bytes());
+        (point, Exposures { labels: Vec::new(), bundle: 2, groups, elements })
+    }
+
+    /// An honest reply passes; one trap element blinded with another key, two trap
+    /// bundles' elements swapped, or a trap moved to the other group are each
+    /// refused with their reason; and a blinding point that is not one is refused.
+    #[test]
+    fn every_trap_must_come_back_whole_in_its_group_under_the_announced_key() {
+        let (traps, bundles) = Traps::draw(&[3, 5], 2).unwrap();
+        assert_eq!(bundles.len(), 32);
+        assert!(bundles.iter().all(|(_, b)| b.len() == 2 && b[0] < b[1]));
+        let b = Scalar::from(7u64);
+        let (point, honest) = reply(&bundles, &b);
+        traps.check(&point, &honest).unwrap();
+
+        let reason = |x: &Exposures| reason_with(&traps, &point, x);
+        let mut other_key = honest.clone();
+        let e = group::decode(&other_key.elements[5], 0).unwrap();
+        other_key.elements[5] = Element((e * Scalar::from(3u64)).compress().to_bytes());
+        assert_eq!(reason(&other_key), "an element came back blinded with another key");
+        let mut split = honest.clone();
+        split.elements.swap(1, 2);
+        assert_eq!(reason(&split), "a bundle came back split");
+        let mut moved = honest.clone();
+        moved.groups[0] = 1 - moved.groups[0];
+        assert_eq!(reason(&moved), "a bundle came back in another group");
+        let (wrong_point, _) = reply(&bundles, &Scalar::from(8u64));
+        assert_eq!(reason_with(&traps, &wrong_point, &honest), "a bundle came back blinded with another key");
+        assert!(matches!(traps.check(&Element([0; 32]), &honest), Err(MeasureError::BadBlindingPoint)));
+    }
+
+    fn reason_with(traps: &Traps, point: &Element, x: &Exposures) -> &'static str {
+        match traps.check(point, x) {
+            Err(MeasureError::TrapSprung(reason)) => reason,
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn the_owner_recovers_the_real_bundles_of_every_group() {
