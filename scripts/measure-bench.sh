@@ -3,7 +3,7 @@
 # one run: the in-process `idmatch match --protocol ecdh --reveal both`, the
 # in-process `idmatch measure` with learner `owner` and with learner `partner`, then
 # `idmatch serve` and `idmatch measure --server` over loopback TLS as two processes:
-# learner `partner`, and learner `owner` (protocol version 4: the owner proves every
+# learner `partner`, and learner `owner` (protocol version 5: the owner proves every
 # value within the clip, the partner verifies and noises what the owner decrypts;
 # no trust flag). Checks that every measurement releases the same figures (within
 # the noise).

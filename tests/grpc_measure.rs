@@ -115,7 +115,7 @@ idle_timeout_secs = 60
 [[partners]]
 name = "acme"
 token_sha256 = "{token_sha}"
-campaigns = ["spring", "summer", "autumn", "noisy", "noisy-twin", "winter", "dusk", "crafted", "crafted-noisy"]
+campaigns = ["spring", "summer", "autumn", "noisy", "noisy-twin", "winter", "dusk", "crafted", "crafted-noisy", "repeats"]
 reveals = ["count"]
 honest_client_trusted = true
 
@@ -159,6 +159,11 @@ reveals = ["count"]
     let crafted_noisy = "[campaigns.measurement]\noutcomes = \"crafted.csv\"\nvalue_column = \"value\"\nlearner = \"owner\"\n\
         epsilon = 1.0\nvalue_max = 1048576\nmax_epsilon_per_partner_per_day = 10.0\nmax_epsilon_per_partner_lifetime = 10.0\n";
     text += &campaign("crafted-noisy", crafted_noisy);
+    // Every outcome row three times (one row per purchase): summed per person.
+    text += &campaign(
+        "repeats",
+        "[campaigns.measurement]\noutcomes = \"repeats.csv\"\nlearner = \"owner\"\nmin_group_size = 1\n",
+    );
     text
 }
 
@@ -181,6 +186,10 @@ impl Fixture {
         synth(d, 4000, 21);
         let (opted, suppressed) = write_lists(d);
         write_crafted_outcomes(d, &suppressed);
+        let outcomes = std::fs::read_to_string(d.join("outcomes.csv")).unwrap();
+        let (header, rows) = outcomes.split_once('\n').unwrap();
+        let tripled: String = rows.lines().map(|row| format!("{row}\n{row}\n{row}\n")).collect();
+        write(d, "repeats.csv", &format!("{header}\n{tripled}"));
         write_pki(d);
         write(d, "token", TOKEN);
         write(d, "wary-token", WARY_TOKEN);
@@ -443,6 +452,28 @@ fn each_learner_gets_its_figures_over_tls() {
     assert_eq!(learned, [(true, false), (false, true), (true, true)]);
     let log = std::fs::read_to_string(f.path("audit.jsonl")).unwrap();
     assert!(!log.contains('@') && !log.contains("\"sum\""), "{log}");
+}
+
+/// One row per purchase over gRPC too (issue 20, item 5): the owner's server sums
+/// a person's rows. `repeats.csv` holds every outcome row three times (same id,
+/// same identifiers): the same matched people as the plaintext join and three
+/// times its sums, exactly, with the opt-outs applied to every row of a person.
+#[test]
+fn repeated_purchases_are_summed_by_the_server() {
+    let (f, opted, suppressed) = Fixture::start();
+    let expected: Vec<(String, [u64; 4])> = plaintext(f.dir.path(), &opted, &suppressed).into_iter().collect();
+    let report = f.run(f.options("repeats", "out-repeats")).unwrap();
+    assert_eq!(report.learner, "owner");
+    let results = f.results();
+    assert_eq!(results.len(), 1, "{results:?}");
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&results[0]).unwrap()).unwrap();
+    let tripled: Vec<(String, [u64; 4])> =
+        expected.iter().map(|(label, e)| (label.clone(), [e[0], e[1], e[2], 3 * e[3]])).collect();
+    assert_eq!(figures(&file["groups"]), tripled);
+    let owner = &file["owner"];
+    let rows = owner["records"].as_u64().unwrap_or_else(|| panic!("{owner}"));
+    assert_eq!(owner["records_merged"].as_u64(), Some(rows / 3 * 2 - 2 * opted.len() as u64), "{owner}");
+    assert_eq!(owner["excluded_records"].as_u64(), Some(3 * opted.len() as u64), "{owner}");
 }
 
 /// Learner `partner` with noise: the partner decrypts noisy sums the owner never
