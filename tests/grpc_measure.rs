@@ -167,6 +167,23 @@ reveals = ["count"]
     text
 }
 
+/// Every file of the fixture but `server.toml`: the synthetic campaign, its
+/// opt-out and suppression lists (returned), the crafted and the repeated outcomes,
+/// the PKI and both partners' tokens.
+fn write_inputs(d: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
+    synth(d, 4000, 21);
+    let (opted, suppressed) = write_lists(d);
+    write_crafted_outcomes(d, &suppressed);
+    let outcomes = std::fs::read_to_string(d.join("outcomes.csv")).unwrap();
+    let (header, rows) = outcomes.split_once('\n').unwrap();
+    let tripled: String = rows.lines().map(|row| format!("{row}\n{row}\n{row}\n")).collect();
+    write(d, "repeats.csv", &format!("{header}\n{tripled}"));
+    write_pki(d);
+    write(d, "token", TOKEN);
+    write(d, "wary-token", WARY_TOKEN);
+    (opted, suppressed)
+}
+
 /// A running server on loopback TLS over a synthetic campaign, and its files.
 struct Fixture {
     dir: tempfile::TempDir,
@@ -182,18 +199,8 @@ impl Fixture {
     /// [`Fixture::start`] with the server's configuration `config`.
     fn start_with(config: &str) -> (Fixture, BTreeSet<String>, BTreeSet<String>) {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        synth(d, 4000, 21);
-        let (opted, suppressed) = write_lists(d);
-        write_crafted_outcomes(d, &suppressed);
-        let outcomes = std::fs::read_to_string(d.join("outcomes.csv")).unwrap();
-        let (header, rows) = outcomes.split_once('\n').unwrap();
-        let tripled: String = rows.lines().map(|row| format!("{row}\n{row}\n{row}\n")).collect();
-        write(d, "repeats.csv", &format!("{header}\n{tripled}"));
-        write_pki(d);
-        write(d, "token", TOKEN);
-        write(d, "wary-token", WARY_TOKEN);
-        write(d, "server.toml", config);
+        let (opted, suppressed) = write_inputs(dir.path());
+        write(dir.path(), "server.toml", config);
         (Fixture::serve(dir), opted, suppressed)
     }
 
@@ -669,7 +676,7 @@ fn refused_exposures_cost_the_owner_no_proving() {
     x.elements[7] = x.elements[3];
     let repeated = message::encode(&repeated).unwrap();
     for (bytes, bundles, code, says) in [
-        (exposures(2, 42), 42, tonic::Code::FailedPrecondition, "groups of at least 100"),
+        (exposures(2, 522), 522, tonic::Code::FailedPrecondition, "groups of at least 100"),
         (repeated, 1000, tonic::Code::InvalidArgument, "repeats an element"),
     ] {
         let status = f.server.runtime.block_on(async {
@@ -760,8 +767,8 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
     .unwrap();
     // Learner `partner`'s message: two groups of 10 records, every point's bytes
     // `byte` (0xff: not a canonical encoding).
-    // The exposures below: two groups of 21 bundles, 5 real ones and their 16 traps
-    // as the owner counts them (`trap::real_bundles`).
+    // The exposures below: two groups of 261 bundles, 5 real ones and their 256
+    // traps as the owner counts them (`trap::real_bundles`).
     let masked = |byte: u8| {
         let line = MaskedSum { records: 10, points: [byte; MASKED_LEN] };
         message::encode(&Message::Masked(vec![line.clone(), line])).unwrap()
@@ -813,40 +820,40 @@ fn malformed_measurement_traffic_gets_precise_codes_writes_nothing_and_the_serve
         ),
         (
             "plain sums where only the partner learns",
-            vec![f.hello_for("summer", 2, 42), frame(exposures(2, 42), true), frame(two_sums.clone(), true)],
+            vec![f.hello_for("summer", 2, 522), frame(exposures(2, 522), true), frame(two_sums.clone(), true)],
             FailedPrecondition,
         ),
         (
             "masked sums where the owner learns",
-            vec![f.hello(2, 42), frame(exposures(2, 42), true), frame(masked(1), true)],
+            vec![f.hello(2, 522), frame(exposures(2, 522), true), frame(masked(1), true)],
             FailedPrecondition,
         ),
         (
             "a masked sum that is no point",
-            vec![f.hello_for("summer", 2, 42), frame(exposures(2, 42), true), frame(masked(0xff), true)],
+            vec![f.hello_for("summer", 2, 522), frame(exposures(2, 522), true), frame(masked(0xff), true)],
             InvalidArgument,
         ),
         (
             "groups of 5 exposed people where 100 is the minimum",
-            vec![f.hello_for("autumn", 2, 42), frame(exposures(2, 42), true)],
+            vec![f.hello_for("autumn", 2, 522), frame(exposures(2, 522), true)],
             FailedPrecondition,
         ),
-        ("a second hello", vec![f.hello(2, 42), f.hello(2, 42)], FailedPrecondition),
-        ("garbage", vec![f.hello(2, 42), frame(vec![0xee, 1, 2, 3], true)], InvalidArgument),
-        ("truncated", vec![f.hello(2, 42), frame(exposures(2, 42)[..200].to_vec(), true)], InvalidArgument),
+        ("a second hello", vec![f.hello(2, 522), f.hello(2, 522)], FailedPrecondition),
+        ("garbage", vec![f.hello(2, 522), frame(vec![0xee, 1, 2, 3], true)], InvalidArgument),
+        ("truncated", vec![f.hello(2, 522), frame(exposures(2, 522)[..200].to_vec(), true)], InvalidArgument),
         ("sums before exposures", vec![f.hello(1, 10), frame(sums, true)], FailedPrecondition),
-        ("other group count", vec![f.hello(3, 42), frame(exposures(2, 42), true)], FailedPrecondition),
-        ("other bundle count", vec![f.hello(2, 42), frame(exposures(2, 43)[..].to_vec(), true)], FailedPrecondition),
-        ("an empty frame", vec![f.hello(2, 42), frame(Vec::new(), false)], InvalidArgument),
+        ("other group count", vec![f.hello(3, 522), frame(exposures(2, 522), true)], FailedPrecondition),
+        ("other bundle count", vec![f.hello(2, 522), frame(exposures(2, 523)[..].to_vec(), true)], FailedPrecondition),
+        ("an empty frame", vec![f.hello(2, 522), frame(Vec::new(), false)], InvalidArgument),
         ("over the announced size", vec![f.hello(1, 1), frame(vec![2; 4000], false)], InvalidArgument),
-        ("over the message size limit", vec![f.hello(2, 42), frame(vec![2; 5 << 20], false)], OutOfRange),
+        ("over the message size limit", vec![f.hello(2, 522), frame(vec![2; 5 << 20], false)], OutOfRange),
     ];
     let n = cases.len();
     for (what, messages, expected) in cases {
         assert_eq!(code(messages), expected, "{what}");
     }
     // A partner that announces its exposures and goes away.
-    let gone = code(vec![f.hello(2, 42)]);
+    let gone = code(vec![f.hello(2, 522)]);
     assert!(matches!(gone, Cancelled | DeadlineExceeded), "{gone:?}");
     std::thread::sleep(Duration::from_millis(300));
     let audit = f.audit();
@@ -935,11 +942,7 @@ fn the_owner_puts_together_no_message_over_its_limit() {
     use tonic::Code::ResourceExhausted;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    synth(d, 4000, 21);
-    let (opted, suppressed) = write_lists(d);
-    write_crafted_outcomes(d, &suppressed);
-    write_pki(d);
-    write(d, "token", TOKEN);
+    let (opted, suppressed) = write_inputs(d);
     let limited = "idle_timeout_secs = 60\nmax_measurement_message_bytes = 1048576";
     write(d, "server.toml", &config_text().replace("idle_timeout_secs = 60", limited));
     let f = Fixture::serve(dir);

@@ -326,8 +326,8 @@ fn reblinding_cheat(copies: Option<usize>, trap_aware: bool, seed: u64) -> (Resu
 
 /// The trap bundles catch an owner that re-blinds with more than one key: without
 /// knowing which bundles are traps it cannot rewrite enough bundles to gain
-/// anything and miss all 16 traps of the group (here it rewrites three quarters of
-/// the group's bundles: it passes with probability `(1/4)^16`). Only the trap-aware
+/// anything and miss all 256 traps of the group (here it rewrites three quarters of
+/// the group's bundles: it passes with probability `(1/4)^256`). Only the trap-aware
 /// cheater (an oracle it does not have) gets through, and then its target's value
 /// counts `1 + copies` times, checked against the truth computed apart: what the
 /// traps are there to stop.

@@ -10,18 +10,24 @@
 //! counts many times over the noise (PRIVACY.md, "Measurement"). Re-blinded
 //! elements are unlinkable, so the partner cannot see this on its real bundles; on
 //! a trap it can: `b·(r·G) = r·B`, with `B = b·G` sent in `people` before the
-//! owner sees any exposure. Every trap bundle must come back whole, in its group,
+//! owner re-blinds any exposure (over gRPC the owner has received the exposures by
+//! then, which does not help it: `r·B` for an unknown `r` is computable only
+//! through `b`). Every trap bundle must come back whole, in its group,
 //! as `r·B` element for element, or the partner refuses the reply before it
 //! computes anything ([`MeasureError::TrapSprung`]).
 //!
 //! Security property: traps are uniform random points, as indistinguishable from
 //! blinded identifiers and from padding as those are from each other (decisional
-//! Diffie–Hellman), so an owner that tampers with a fraction `f` of the bundles
-//! passes all `T` traps with probability about `(1 − f)^T`. Tampering that gains it
-//! anything must touch many bundles: to count one target `m` times with chance `p`
-//! it must rewrite about `p·m` of all bundles, and passes unseen with chance about
-//! `p·e^(−p·m·T)`, at most `1/(e·m·T)`: below `10⁻⁵` for `m = 50` and the 16 traps
-//! of a small group, below `10⁻⁷` with `T = 16,000` (a million bundles).
+//! Diffie–Hellman), so an owner that rewrites a fraction `f` of a group's bundles
+//! passes its `T` traps with probability about `(1 − f)^T`. Tampering that gains
+//! anything must touch many bundles blindly: to add `m` to its target's count with
+//! chance `p` (the target's bundle among the sources it copies, each copy worth up
+//! to `w`, the target's identifiers) it rewrites about `p·m/w` of the bundles, and
+//! passes unseen with chance about `p·e^(−p·m·T/w)`, at most `w/(e·m·T)`. That is
+//! a `δ` per measurement, not a proof: about `1.4·10⁻⁴` for `w = 2`, a shift of
+//! `m = 20` (a few noise scales at `ε = 1`) and the 256 traps of a small group,
+//! about `2·10⁻⁶` for a group of a million bundles (15,625 traps). A verifiable
+//! shuffle would make it exact and is not built (docs/PRIVACY.md).
 //!
 //! Invariant: a group with `n > 0` real bundles gets [`count`]`(n)` traps, and
 //! `n + count(n)` is strictly increasing in `n`, so the owner recovers `n` from
@@ -44,11 +50,12 @@ use crate::psi::message::Element;
 
 /// One trap per this many real bundles of a group (rounded up).
 pub const RATE: u64 = 64;
-/// The fewest traps of a group with any real bundle.
-pub const MIN_PER_GROUP: u64 = 16;
+/// The fewest traps of a group with any real bundle (small groups are cheap, and
+/// the bound above shrinks with the traps).
+pub const MIN_PER_GROUP: u64 = 256;
 
 /// Traps for a group of `real` bundles: none for an empty group, otherwise
-/// `max(16, ⌈real/64⌉)`.
+/// `max(256, ⌈real/64⌉)`.
 pub fn count(real: u64) -> u64 {
     if real == 0 { 0 } else { real.div_ceil(RATE).max(MIN_PER_GROUP) }
 }
@@ -197,7 +204,7 @@ mod tests {
     #[test]
     fn every_trap_must_come_back_whole_in_its_group_under_the_announced_key() {
         let (traps, bundles) = Traps::draw(&[3, 5], 2).unwrap();
-        assert_eq!(bundles.len(), 32);
+        assert_eq!(bundles.len(), 512);
         assert!(bundles.iter().all(|(_, b)| b.len() == 2 && b[0] < b[1]));
         let b = Scalar::from(7u64);
         let (point, honest) = reply(&bundles, &b);
@@ -228,7 +235,7 @@ mod tests {
 
     #[test]
     fn the_owner_recovers_the_real_bundles_of_every_group() {
-        assert_eq!((count(0), count(1), count(1024), count(1025), count(64_000)), (0, 16, 16, 17, 1000));
+        assert_eq!((count(0), count(1), count(16_384), count(16_385), count(64_000)), (0, 256, 256, 257, 1000));
         let mut last = 0;
         for n in (0..5000).chain([1 << 20, 50_000_000]) {
             let sent = n + count(n);
@@ -237,8 +244,8 @@ mod tests {
             assert_eq!(real_bundles(sent), n);
         }
         // A group of fewer bundles than one group's traps holds no real one.
-        assert_eq!((real_bundles(0), real_bundles(1), real_bundles(16), real_bundles(17)), (0, 0, 0, 1));
+        assert_eq!((real_bundles(0), real_bundles(1), real_bundles(256), real_bundles(257)), (0, 0, 0, 1));
         let exposures: Vec<Exposure> = [1, 2, 2].iter().map(|&group| Exposure { tokens: Vec::new(), group }).collect();
-        assert_eq!(bundles_sent(&exposures, 3), 17 + 18);
+        assert_eq!(bundles_sent(&exposures, 3), 257 + 258);
     }
 }

@@ -61,7 +61,8 @@ pub struct MeasureRecord {
     /// Exposure bundles and groups the partner announced.
     pub exposure_bundles: Option<u64>,
     pub groups: Option<u64>,
-    /// Outcome records of the campaign, those excluded by opt-outs, and the people sent.
+    /// Outcome records of the campaign, those excluded by opt-outs (a listed
+    /// record and every other record of its person), and the people sent.
     pub outcome_records: Option<u64>,
     pub opted_out_records: Option<u64>,
     pub owner_people: Option<u64>,

@@ -135,7 +135,8 @@ pub struct Limits {
     pub proving_threads: Option<usize>,
     /// Measurements whose owner proves its values at once, all partners together
     /// (default 1, positive); more are refused with RESOURCE_EXHAUSTED before
-    /// anything is charged.
+    /// anything is charged. A measurement holds its slot from its charge, through
+    /// the wait for the partner's exposures, until its proofs are done.
     pub max_concurrent_proofs: usize,
 }
 
@@ -218,8 +219,8 @@ pub struct PartnerConfig {
     /// of its people are in the outcomes, and, with learner `partner` or `both`,
     /// read one person's value exactly (docs/PRIVACY.md, "Cheating parties, by
     /// learner"). Default `false`: every measurement is refused with
-    /// PERMISSION_DENIED. Both matching engines hold against a deviating partner
-    /// and need no trust.
+    /// PERMISSION_DENIED. Matching does not read it; but `ecdh` reveal `count`
+    /// keeps which records matched from an honest client only (docs/PRIVACY.md).
     #[serde(default)]
     pub honest_client_trusted: bool,
 }

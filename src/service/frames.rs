@@ -33,6 +33,10 @@ pub struct OwnerFrames {
     max_message: usize,
     joiner: Joiner,
     cutter: Cutter,
+    /// Exposures taken in before `people` ([`ExposuresIntake`]), given to the owner
+    /// once `people` has gone out, so that the partner works on `people` while the
+    /// owner re-blinds.
+    pending: Option<Exposures>,
 }
 
 #[cfg(feature = "server")]
@@ -56,7 +60,15 @@ impl OwnerFrames {
             max_message,
             joiner: Joiner::new(max_frame),
             cutter: Cutter::new(send_frame),
+            pending: None,
         }
+    }
+
+    /// With `exposures` already taken in and checked ([`ExposuresIntake`]): the
+    /// owner re-blinds them once its `people` has been sent.
+    pub fn with_exposures(mut self, exposures: Exposures) -> OwnerFrames {
+        self.pending = Some(exposures);
+        self
     }
 
     /// The state machine, for its result.
@@ -65,6 +77,11 @@ impl OwnerFrames {
     }
 
     fn on_frame(&mut self, frame: wire::MeasureFrame) -> Result<(), FrameError> {
+        // A frame before `people` is out (an honest partner sends none): the
+        // exposures come first, as they did on the wire.
+        if let Some(x) = self.pending.take() {
+            self.owner.receive(PartnerMessage::Exposures(x))?;
+        }
         let groups = usize::try_from(self.groups).unwrap_or(MAX_GROUPS);
         let (name, max) = match self.owner.state() {
             OwnerState::AwaitingExposures => ("exposures", exposures_bound(groups, self.bundles)),
@@ -190,14 +207,22 @@ impl Driven for OwnerFrames {
 
     fn poll_outgoing(&mut self) -> Result<Option<wire::MeasureOwnerMessage>, DriveError> {
         if !self.cutter.pending() {
-            let Some(message) = self.owner.poll_outgoing() else { return Ok(None) };
+            let mut message = self.owner.poll_outgoing();
+            if message.is_none()
+                && let Some(x) = self.pending.take()
+            {
+                // `people` is out: re-blind the exposures taken in before it.
+                self.owner.receive(PartnerMessage::Exposures(x)).map_err(FrameError::from)?;
+                message = self.owner.poll_outgoing();
+            }
+            let Some(message) = message else { return Ok(None) };
             self.cutter.load(&Message::from(message))?;
         }
         Ok(self.cutter.next().map(|f| wire::MeasureOwnerMessage { body: Some(OwnerBody::Frame(f)) }))
     }
 
     fn is_done(&self) -> bool {
-        self.owner.state() == OwnerState::Done && !self.cutter.pending()
+        self.owner.state() == OwnerState::Done && !self.cutter.pending() && self.pending.is_none()
     }
 }
 
@@ -394,9 +419,9 @@ mod tests {
                 .unwrap();
         let exposures: Vec<measure::Exposure> =
             (1..3u8).map(|i| measure::Exposure { tokens: vec![Token([i; 32])], group: 0 }).collect();
-        // Two exposures and their 16 traps.
+        // Two exposures and their 256 traps.
         let sent = measure::trap::bundles_sent(&exposures, 1);
-        assert_eq!(sent, 18);
+        assert_eq!(sent, 258);
         let mut owner = OwnerFrames::new(owner, 1, sent, 1 << 20, 1 << 20, 1 << 24);
         let config = measure::PartnerConfig {
             min_aggregate: 1,
@@ -428,7 +453,7 @@ mod tests {
                 (m.label.as_str(), m.total, position, m.finished.load(std::sync::atomic::Ordering::Relaxed))
             })
             .collect();
-        assert_eq!(seen, [("the owner's people", 3, 3, true), ("your bundles, blinded again", 18, 18, true)]);
+        assert_eq!(seen, [("the owner's people", 3, 3, true), ("your bundles, blinded again", 258, 258, true)]);
     }
 
     #[test]

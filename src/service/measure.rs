@@ -5,7 +5,8 @@
 //!
 //! Checks on the hello, in order: the partner may use the campaign
 //! (PERMISSION_DENIED), the campaign has measurement configured
-//! (FAILED_PRECONDITION), version, profile and key fingerprint
+//! (FAILED_PRECONDITION), the owner trusts the partner to run an honest client
+//! (`honest_client_trusted`, PERMISSION_DENIED), version, profile and key fingerprint
 //! (FAILED_PRECONDITION), the announced groups (INVALID_ARGUMENT) and bundles
 //! (RESOURCE_EXHAUSTED over `max_partner_set`). Then the opt-outs as they are now
 //! are applied to the outcomes, a proving slot is taken when the owner will prove
@@ -250,7 +251,9 @@ impl Service for MeasureService {
         let OwnerSide { people, report: mut side } = owner_people(outcomes, &excluded, settings.value_max);
         side.file = settings.outcomes.display().to_string();
         record.outcome_records = Some(outcomes.len() as u64);
-        record.opted_out_records = Some(side.excluded_records);
+        // Every record left out by the opt-outs: those listed and the other
+        // records of their people.
+        record.opted_out_records = Some(side.excluded_records + side.records_excluded_with_person);
         record.owner_people = Some(people.len() as u64);
         // A search the decrypting side would refuse is refused before the charge.
         if let Some(noise) = settings.noise {
@@ -325,7 +328,7 @@ impl Service for MeasureService {
             None => start(),
         };
         drop(proving);
-        let mut owner = owner.map_err(|e| {
+        let owner = owner.map_err(|e| {
             if matches!(e, measure::MeasureError::Abandoned) {
                 return Status::cancelled(e.to_string());
             }
@@ -333,8 +336,7 @@ impl Service for MeasureService {
             Status::internal("the owner could not start the measurement")
         })?;
         drop(people);
-        // Re-blinded now, sent after `people`.
-        owner.receive(measure::message::PartnerMessage::Exposures(exposures)).map_err(refused)?;
+        // The exposures are re-blinded once `people` has gone out.
         let mut frames = OwnerFrames::new(
             owner,
             u64::from(hello.groups),
@@ -342,7 +344,8 @@ impl Service for MeasureService {
             max_frame,
             SEND_FRAME_BYTES.min(max_frame),
             max_message,
-        );
+        )
+        .with_exposures(exposures);
         session.drive(&mut frames, Some)?;
         // With learner `partner` the owner decrypted nothing and writes nothing.
         if settings.learner != Learner::Partner {
