@@ -40,6 +40,14 @@ fn options(dir: &Path, key: PathBuf, min_aggregate: u64) -> MeasureOptions {
     }
 }
 
+/// A temporary directory with a fresh campaign key in it.
+fn keyed_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("campaign.key");
+    Key::generate_to_file(&key).unwrap();
+    (dir, key)
+}
+
 fn check(report: &MeasurementReport, expected: &BTreeMap<String, [u64; 4]>) {
     assert_eq!(report.figures.groups.len(), expected.len());
     for g in &report.figures.groups {
@@ -246,10 +254,8 @@ fn the_command_line_prints_a_table_and_writes_measurement_json() {
 /// — checked against a plaintext join of the same rows (issue 20, item 5).
 #[test]
 fn repeated_purchases_are_summed_and_a_person_in_both_arms_is_left_out() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, key) = keyed_dir();
     let d = dir.path();
-    let key = d.join("campaign.key");
-    Key::generate_to_file(&key).unwrap();
     // 300 customers with 3 purchases of 1,000 each (the third row of each by phone
     // only, linked by the customer id), plus 200 customers with one purchase of 7.
     let mut outcomes = String::from("id,email,phone,value\n");
@@ -304,10 +310,8 @@ fn repeated_purchases_are_summed_and_a_person_in_both_arms_is_left_out() {
 /// suppression of one exposure row likewise takes the person's other impression out.
 #[test]
 fn an_opt_out_leaves_out_every_record_of_the_person() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, key) = keyed_dir();
     let d = dir.path();
-    let key = d.join("campaign.key");
-    Key::generate_to_file(&key).unwrap();
     let mut outcomes = String::from("id,email,phone,value\n");
     for c in 0..300 {
         outcomes += &format!("c{c},buyer{c}@example.com,,1000\n");
